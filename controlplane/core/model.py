@@ -1,0 +1,299 @@
+"""The routing core's data model: topology, reports, health views and plans.
+
+Everything here is an immutable value (frozen msgspec Structs, tuples, frozensets): plans are
+published and swapped by reference, never mutated in place, so a reader can never observe half a
+change. This module must not import asyncio, grpc, an etcd client or prometheus_client, and must
+not read the clock: time comes in as `now` (monotonic seconds) from the caller.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any
+
+import msgspec
+
+
+class InvalidInput(ValueError):
+    """Bad input from outside (a report, a topology file, a lookup query).
+
+    The one error type that leaves the core for bad input; shells map it to INVALID_ARGUMENT or
+    HTTP 400. The message always names the field and the offending value.
+    """
+
+    def __init__(self, field: str, value: object, why: str) -> None:
+        self.field = field
+        self.value = value
+        self.why = why
+        super().__init__(f"{field}={value!r}: {why}")
+
+
+class AdminState(enum.StrEnum):
+    """What operators (or a center's own ACD) say about a center."""
+
+    OPEN = "open"
+    DRAINING = "draining"  # no new calls; calls in progress finish
+    CLOSED = "closed"  # no calls at all: DR routes take its branches
+
+
+class Status(enum.StrEnum):
+    """What the health tracker concludes from reports."""
+
+    HEALTHY = "healthy"
+    STALE = "stale"  # reports stopped recently: weight decays, receives no overflow
+    DOWN = "down"  # reports stopped long enough, or the stream closed past its grace
+    FAILING = "failing"  # reports arrive but calls sent there are not arriving / not answered
+    UNKNOWN = "unknown"  # never reported since the tracker started
+
+
+class OverloadAction(enum.StrEnum):
+    NONE = ""
+    ANNOUNCEMENT = "announcement"
+    CALLBACK = "callback"
+
+
+# ---------------------------------------------------------------- topology
+
+
+class Center(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: str
+    region: str = ""
+    # staffed seats per skill, from the topology; live reports override with logged-in agents
+    agents: dict[str, int] = {}
+    # where switches send this center's calls (SIP URI, trunk group): carried, not interpreted
+    address: str = ""
+
+
+class ScheduleRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A branch is hosted by `host` during these hours/days (local time of the network)."""
+
+    host: str
+    # half-open hour range [start, end) on a 24 h clock; start > end wraps midnight (20 -> 8)
+    hours: tuple[int, int] | None = None
+    # ISO weekdays 1 (Mon) .. 7 (Sun); empty means every day
+    days: tuple[int, ...] = ()
+
+
+class Branch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: str
+    home: str
+    calls_per_hour: dict[str, float] = {}
+    # skills whose calls never overflow (the branch's own special products)
+    pinned: tuple[str, ...] = ()
+    schedule: tuple[ScheduleRule, ...] = ()
+
+
+class ServiceLevel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    target: float = 0.80  # the 80/20 rule banks publish
+    answer_within_s: float = 20.0
+
+
+class OverflowPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # enter overflow when EWT exceeds this or measured SL falls below enter_sl
+    enter_ewt_s: float = 30.0
+    exit_ewt_s: float = 10.0  # lower than enter: hysteresis, routes do not flap
+    enter_sl: float = 0.70
+    exit_sl: float = 0.80
+    # VIP callers stay home until this much higher wait
+    vip_enter_ewt_s: float = 90.0
+    vip_exit_ewt_s: float = 30.0
+    min_hold_s: float = 30.0  # no state change for a center/skill sooner than this after the last
+    max_share: float = 0.60  # never move more than this share of a center's calls by overflow
+    max_step: float = 0.20  # share moved changes by at most this per plan
+    receivers: int = 4  # overflow spreads over at most this many centers
+
+
+class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    service_level: ServiceLevel = ServiceLevel()
+    dr_receivers: int = 8
+    # DR receivers in the closed center's own region first, when they have capacity
+    prefer_region: bool = False
+    overflow: OverflowPolicy = OverflowPolicy()
+    # average handle time per skill (seconds) when no report says otherwise
+    aht_s: dict[str, float] = {}
+    default_aht_s: float = 300.0
+    overload_action: OverloadAction = OverloadAction.CALLBACK
+
+
+class Topology(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    centers: tuple[Center, ...]
+    branches: tuple[Branch, ...]
+    policy: Policy = Policy()
+
+    def center_ids(self) -> tuple[str, ...]:
+        return tuple(c.id for c in self.centers)
+
+    def skills(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for b in self.branches:
+            for s in b.calls_per_hour:
+                seen[s] = None
+        for c in self.centers:
+            for s in c.agents:
+                seen[s] = None
+        return tuple(seen)
+
+    def aht(self, skill: str) -> float:
+        return self.policy.aht_s.get(skill, self.policy.default_aht_s)
+
+
+# ---------------------------------------------------------------- reports
+
+
+class SkillLoad(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One skill's state at a center, as its ACD sees it, over the last report interval."""
+
+    logged_in: int = 0
+    ready: int = 0
+    busy: int = 0
+    queued: int = 0
+    oldest_wait_s: float = 0.0
+    offered: int = 0
+    answered: int = 0
+    answered_within: int = 0  # answered within the service-level threshold
+    abandoned: int = 0
+    aht_s: float = 0.0  # 0 = unknown
+
+
+class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    center: str
+    seq: int  # monotonic per center, survives agent restarts
+    sent_at: float  # agent's wall time; informative only, decisions use the receiver's now
+    interval_s: float = 0.5
+    state: AdminState = AdminState.OPEN
+    skills: dict[str, SkillLoad] = {}
+    # calls this center's lookups sent to each target center during the interval
+    routed_to: dict[str, int] = {}
+
+
+# limits on report contents: a report is a few hundred bytes; anything bigger is broken or hostile
+MAX_SKILLS_PER_REPORT = 256
+MAX_TARGETS_PER_REPORT = 1024
+MAX_COUNT = 10_000_000  # no center offers ten million calls in one half-second interval
+MAX_ID_LEN = 64
+
+
+def _check_count(field: str, v: int) -> None:
+    if not isinstance(v, int) or v < 0 or v > MAX_COUNT:
+        raise InvalidInput(field, v, f"must be an integer in [0, {MAX_COUNT}]")
+
+
+def _check_real(field: str, v: float, hi: float = 1e7) -> None:
+    if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or v > hi:
+        raise InvalidInput(field, v, f"must be a finite number in [0, {hi:g}]")
+
+
+def check_id(field: str, v: str) -> None:
+    if not v or len(v) > MAX_ID_LEN or not all(ch.isalnum() or ch in "-_." for ch in v):
+        raise InvalidInput(field, v, f"must be 1..{MAX_ID_LEN} chars of letters, digits, - _ .")
+
+
+def validate_report(r: Report, known_centers: frozenset[str] | set[str]) -> None:
+    """B2: reject what is wrong with a report, naming the field and the value."""
+    check_id("center", r.center)
+    if r.center not in known_centers:
+        raise InvalidInput("center", r.center, "unknown center")
+    if not isinstance(r.seq, int) or r.seq < 0 or r.seq >= 2**63:
+        raise InvalidInput("seq", r.seq, "must be a non-negative 63-bit integer")
+    if not math.isfinite(r.sent_at) or r.sent_at < 0:
+        raise InvalidInput("sent_at", r.sent_at, "must be a finite non-negative time")
+    if not math.isfinite(r.interval_s) or not 0.01 <= r.interval_s <= 3600:
+        raise InvalidInput("interval_s", r.interval_s, "must be within [0.01, 3600]")
+    if len(r.skills) > MAX_SKILLS_PER_REPORT:
+        raise InvalidInput("skills", len(r.skills), f"more than {MAX_SKILLS_PER_REPORT} skills")
+    if len(r.routed_to) > MAX_TARGETS_PER_REPORT:
+        raise InvalidInput("routed_to", len(r.routed_to), f"more than {MAX_TARGETS_PER_REPORT} targets")
+    for skill, s in r.skills.items():
+        check_id("skills.key", skill)
+        p = f"skills[{skill}]"
+        for name in ("logged_in", "ready", "busy", "queued", "offered", "answered", "answered_within",
+                     "abandoned"):
+            _check_count(f"{p}.{name}", getattr(s, name))
+        _check_real(f"{p}.oldest_wait_s", s.oldest_wait_s)
+        _check_real(f"{p}.aht_s", s.aht_s)
+        if s.ready + s.busy > s.logged_in:
+            raise InvalidInput(f"{p}.ready", s.ready, "ready + busy exceeds logged_in")
+        if s.answered_within > s.answered:
+            raise InvalidInput(f"{p}.answered_within", s.answered_within, "exceeds answered")
+    for target, n in r.routed_to.items():
+        if target not in known_centers:
+            raise InvalidInput("routed_to.key", target, "unknown center")
+        _check_count(f"routed_to[{target}]", n)
+
+
+# ---------------------------------------------------------------- health view
+
+
+class CenterHealth(msgspec.Struct, frozen=True):
+    """The tracker's verdict on one center, as the planner consumes it."""
+
+    center: str
+    status: Status
+    # 1.0 for healthy; decays toward 0 while stale; 0 when down or failing
+    weight: float
+    # latest live per-skill state (None when never reported)
+    skills: dict[str, SkillLoad] = {}
+    state: AdminState = AdminState.OPEN  # what the center itself last reported
+    reason: str = ""
+
+
+class NetworkView(msgspec.Struct, frozen=True):
+    """All the planner needs besides the topology: health per center and operator states."""
+
+    health: dict[str, CenterHealth] = {}
+    admin: dict[str, AdminState] = {}  # operator-set states; absent means OPEN
+    # demand multiplier per skill (1.21 = the 2020 surge); live offered counts refine it
+    surge: dict[str, float] = {}
+
+
+# ---------------------------------------------------------------- plans
+
+
+class Target(msgspec.Struct, frozen=True, array_like=True):
+    center: str
+    weight: float
+
+
+class RouteKind(enum.StrEnum):
+    HOME = "home"
+    OVERFLOW = "overflow"
+    DR = "dr"
+    PINNED = "pinned"
+    OVERLOAD = "overload"  # no capacity anywhere: overload action only
+
+
+class Route(msgspec.Struct, frozen=True):
+    branch: str
+    skill: str
+    # weighted targets, weights sum to 1 (or empty with an overload action)
+    targets: tuple[Target, ...]
+    kind: RouteKind = RouteKind.HOME
+    # VIP callers' targets (empty = same as targets)
+    vip_targets: tuple[Target, ...] = ()
+    overload_action: OverloadAction = OverloadAction.NONE
+    # why: inputs and thresholds that produced this route, human-readable
+    explanation: str = ""
+
+
+class ReceiverPrediction(msgspec.Struct, frozen=True):
+    """Predicted load and service level of one center for one skill under the plan."""
+
+    agents: int
+    load_erlangs: float
+    service_level: float
+    occupancy: float
+
+
+class Plan(msgspec.Struct, frozen=True):
+    version: int
+    routes: tuple[Route, ...]
+    # predicted SL per center per skill
+    receivers: dict[str, dict[str, ReceiverPrediction]] = {}
+    feasible: bool = True
+    infeasible_reasons: tuple[str, ...] = ()
+    closed: tuple[str, ...] = ()  # centers that get no calls under this plan
+    created_at: float = 0.0  # control plane's wall time when published; informative
+    topology_hash: str = ""
+    # free-form per-plan extras; older agents ignore fields they do not know (B9)
+    meta: dict[str, Any] = {}
