@@ -274,6 +274,8 @@ class Route(msgspec.Struct, frozen=True):
     overload_action: OverloadAction = OverloadAction.NONE
     # why: inputs and thresholds that produced this route, human-readable
     explanation: str = ""
+    # the center hosting the branch when this plan was made (schedules can move it)
+    home: str = ""
 
 
 class ReceiverPrediction(msgspec.Struct, frozen=True):

@@ -1,0 +1,346 @@
+"""Computes routing plans: home routes, overflow for overloaded centers, DR for closed ones.
+
+Inputs are the topology, the health tracker's view and operators' states; the output is an
+immutable `Plan`. `PlanTracker` keeps the little state that makes routes stable across plans
+(overflow hysteresis, hold times, ramp limits); `compute_plan` is the stateless form for one-off
+questions ("what if wuhan closed?").
+
+How capacity is judged: a center's capacity for a skill is the load (Erlangs) its agents carry
+while meeting the service-level target (Erlang C). Spare capacity is that minus the load it already
+has, minus what its live queue says it is behind by. Displaced calls go to receivers in proportion
+to spare capacity, never to a center that is closed, down, stale, failing, overflowing itself or
+not staffed for the skill.
+
+Must not: read the clock, do I/O, import asyncio/grpc/etcd/prometheus.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import msgspec
+
+from .erlang import max_load, service_level
+from .model import (
+    AdminState,
+    Branch,
+    CenterHealth,
+    NetworkView,
+    OverloadAction,
+    Plan,
+    ReceiverPrediction,
+    Route,
+    RouteKind,
+    Status,
+    Target,
+    Topology,
+)
+
+# A queued call is work the center is already behind on. Spread over this horizon it is extra
+# load in Erlangs (Q * AHT / horizon): 60 s is three service-level thresholds, long enough not to
+# react to one burst and short enough to steer the next minute's calls away from a queue.
+QUEUE_HORIZON_S = 60.0
+# Weights below this are dropped and the rest renormalised: a 0.1% share is a call every few
+# minutes, not worth a hash-table slot set or a line in an operator's plan view.
+MIN_WEIGHT = 0.001
+# Receivers' spare capacity below this (Erlangs) counts as none: half an agent is rounding error.
+MIN_SPARE_ERLANGS = 0.5
+
+
+class CenterCapacity(msgspec.Struct):
+    """Working numbers for one center and skill during one computation."""
+
+    agents: int
+    aht_s: float
+    capacity: float  # Erlangs carried at the SL target
+    own_load: float  # Erlangs of its own (hosted) calls that stay here
+    assigned: float = 0.0  # Erlangs received from others
+    backlog: float = 0.0  # queue expressed as Erlangs over QUEUE_HORIZON_S
+
+    def spare(self) -> float:
+        return self.capacity - self.own_load - self.assigned - self.backlog
+
+
+class _OverflowState(msgspec.Struct):
+    active: bool = False
+    since: float = -math.inf
+    share: float = 0.0
+
+
+def effective_home(branch: Branch, wall_hour: float | None, weekday: int | None) -> str:
+    """The center hosting `branch` at this local time (night/weekend hosting schedules)."""
+    if wall_hour is None:
+        return branch.home
+    for rule in branch.schedule:
+        if rule.days and (weekday is None or weekday not in rule.days):
+            continue
+        if rule.hours is None:
+            return rule.host
+        start, end = rule.hours
+        inside = start <= wall_hour < end if start <= end else (wall_hour >= start or wall_hour < end)
+        if inside:
+            return rule.host
+    return branch.home
+
+
+def _normalise(pairs: Iterable[tuple[str, float]]) -> tuple[Target, ...]:
+    merged: dict[str, float] = {}
+    for c, w in pairs:
+        if w > 0:
+            merged[c] = merged.get(c, 0.0) + w
+    total = sum(merged.values())
+    if total <= 0:
+        return ()
+    kept = {c: w / total for c, w in merged.items() if w / total >= MIN_WEIGHT}
+    total = sum(kept.values())
+    return tuple(sorted((Target(c, round(w / total, 6)) for c, w in kept.items()),
+                        key=lambda t: (-t.weight, t.center)))
+
+
+class PlanTracker:
+    """Computes successive plans, keeping overflow hysteresis between them."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self._overflow: dict[tuple[str, str], _OverflowState] = {}
+        self._vip: dict[tuple[str, str], _OverflowState] = {}
+        self._cap_cache: dict[tuple[int, float], float] = {}
+
+    # ------------------------------------------------------------------ helpers
+
+    def _capacity(self, n: int, aht_s: float) -> float:
+        key = (n, aht_s)
+        v = self._cap_cache.get(key)
+        if v is None:
+            sl = self.topology.policy.service_level
+            v = max_load(n, aht_s, sl.target, sl.answer_within_s)
+            self._cap_cache[key] = v
+        return v
+
+    def _step(self, st: _OverflowState, enter: bool, leave: bool, desired: float, now: float) -> None:
+        pol = self.topology.policy.overflow
+        if not st.active and enter and now - st.since >= pol.min_hold_s:
+            st.active, st.since = True, now
+        elif st.active and leave and now - st.since >= pol.min_hold_s:
+            st.active, st.since = False, now
+        goal = min(max(desired, pol.max_step), pol.max_share) if st.active else 0.0
+        # ramp: the share moved changes by at most max_step per plan, both ways
+        st.share = max(st.share - pol.max_step, min(st.share + pol.max_step, goal))
+
+    # ------------------------------------------------------------------ the computation
+
+    def compute(self, view: NetworkView, now: float, version: int, wall_hour: float | None = None,
+                weekday: int | None = None) -> Plan:
+        topo = self.topology
+        pol = topo.policy
+        slp = pol.service_level
+        centers = {c.id: c for c in topo.centers}
+        health: dict[str, CenterHealth] = view.health
+
+        # ---- which centers take calls, and at what weight
+        closed: set[str] = set()
+        home_weight: dict[str, float] = {}
+        receiver_ok: set[str] = set()
+        why_closed: dict[str, str] = {}
+        for cid in centers:
+            h = health.get(cid)
+            admin = view.admin.get(cid, AdminState.OPEN)
+            self_state = h.state if h is not None else AdminState.OPEN
+            w = h.weight if h is not None else 1.0
+            status = h.status if h is not None else Status.UNKNOWN
+            if admin != AdminState.OPEN:
+                why_closed[cid] = f"{admin.value} by operator"
+            elif self_state != AdminState.OPEN:
+                why_closed[cid] = f"{self_state.value} (reported by the center)"
+            elif status == Status.DOWN:
+                why_closed[cid] = f"down ({h.reason if h else 'no reports'})"
+            elif w <= 0:
+                why_closed[cid] = f"{status.value} ({h.reason if h else ''})"
+            if cid in why_closed:
+                closed.add(cid)
+                home_weight[cid] = 0.0
+                continue
+            home_weight[cid] = min(1.0, max(0.0, w))
+            if status in (Status.HEALTHY, Status.UNKNOWN) and w >= 1.0:
+                receiver_ok.add(cid)
+
+        # ---- demand per home center and skill (Erlangs), after schedules and surge
+        homes: dict[str, str] = {}
+        demand: dict[tuple[str, str], float] = {}
+        for b in topo.branches:
+            home = effective_home(b, wall_hour, weekday)
+            homes[b.id] = home
+            for s, cph in b.calls_per_hour.items():
+                a = cph / 3600.0 * view.surge.get(s, 1.0) * topo.aht(s)
+                demand[(home, s)] = demand.get((home, s), 0.0) + a
+
+        # ---- capacity per center and skill, live where reports say so
+        cap: dict[tuple[str, str], CenterCapacity] = {}
+        skills = topo.skills()
+        for cid, c in centers.items():
+            h = health.get(cid)
+            live = h.skills if h is not None and h.status == Status.HEALTHY else {}
+            for s in skills:
+                sl = live.get(s)
+                n = sl.logged_in if sl is not None else c.agents.get(s, 0)
+                aht = sl.aht_s if sl is not None and sl.aht_s > 0 else topo.aht(s)
+                if n <= 0 and (cid, s) not in demand:
+                    continue
+                backlog = (sl.queued * aht / QUEUE_HORIZON_S) if sl is not None else 0.0
+                own = demand.get((cid, s), 0.0) * home_weight[cid]
+                cap[(cid, s)] = CenterCapacity(n, aht, self._capacity(n, aht) if n > 0 else 0.0, own,
+                                               backlog=backlog)
+
+        by_skill: dict[str, list[tuple[str, CenterCapacity]]] = {}
+        for (cid, s), cc in cap.items():
+            by_skill.setdefault(s, []).append((cid, cc))
+        center_demand: dict[str, float] = {}
+        for (cid, _), a in demand.items():
+            center_demand[cid] = center_demand.get(cid, 0.0) + a
+        reasons: list[str] = []
+        # targets per (home, skill) for branches whose calls may overflow, and for pinned calls
+        shared: dict[tuple[str, str], tuple[tuple[Target, ...], RouteKind, str, OverloadAction]] = {}
+        pinned_routes: dict[tuple[str, str], tuple[tuple[Target, ...], RouteKind, str, OverloadAction]] = {}
+        vip_routes: dict[tuple[str, str], tuple[Target, ...]] = {}
+
+        def pick_receivers(skill: str, exclude: set[str], k: int, region: str,
+                           overflowing: set[str]) -> list[tuple[str, CenterCapacity]]:
+            cands = [(cid, cc) for cid, cc in by_skill.get(skill, ())
+                     if cid not in exclude and cid in receiver_ok
+                     and cid not in overflowing and cc.agents > 0 and cc.spare() >= MIN_SPARE_ERLANGS]
+            if pol.prefer_region and region:
+                # same-region receivers first (shorter trunks, same dialect), then by spare capacity
+                cands.sort(key=lambda x: (centers[x[0]].region != region, -x[1].spare(), x[0]))
+            else:
+                cands.sort(key=lambda x: (-x[1].spare(), x[0]))
+            return cands[:k]
+
+        def spread(skill: str, load: float, source: str, k: int, overflowing: set[str]
+                   ) -> tuple[list[tuple[str, float]], float]:
+            """Choose receivers for `load` Erlangs and book it on them; returns (weights, unplaced)."""
+            recv = pick_receivers(skill, {source}, k, centers[source].region, overflowing)
+            total_spare = sum(cc.spare() for _, cc in recv)
+            if not recv or total_spare <= 0:
+                return [], load
+            weights = [(cid, cc.spare() / total_spare) for cid, cc in recv]
+            for (cid, cc), (_, w) in zip(recv, weights, strict=True):
+                cc.assigned += load * w
+            return weights, max(0.0, load - total_spare)
+
+        # ---- disaster recovery: closed centers first, biggest load first (it has fewest options)
+        overflowing: set[str] = set()
+        for cid in sorted(centers, key=lambda c: -center_demand.get(c, 0.0)):
+            shed = 1.0 - home_weight[cid]
+            if shed <= 0:
+                continue
+            for s in skills:
+                if (cid, s) not in demand:
+                    continue
+                # even a skill with no calls forecast gets DR targets: a call may still come
+                load = demand[(cid, s)] * shed
+                recv, unplaced = spread(s, load, cid, pol.dr_receivers, overflowing)
+                why = (f"{cid} {why_closed.get(cid, 'stale: weight %.2f' % home_weight[cid])}; "
+                       f"{len(recv)} receivers by spare capacity for {s}")
+                action = OverloadAction.NONE
+                if unplaced > 0:
+                    action = pol.overload_action
+                    reasons.append(f"{s}: {unplaced:.1f} Erlangs from {cid} exceed the network's spare capacity")
+                pairs = [(r, w * shed) for r, w in recv]
+                if home_weight[cid] > 0:
+                    pairs.append((cid, home_weight[cid]))
+                targets = _normalise(pairs)
+                kind = RouteKind.DR if targets else RouteKind.OVERLOAD
+                if not targets:
+                    action = pol.overload_action
+                entry = (targets, kind, why, action)
+                shared[(cid, s)] = entry
+                pinned_routes[(cid, s)] = entry
+
+        # ---- overflow: open centers whose wait or predicted load crosses the thresholds
+        ofp = pol.overflow
+        decisions: list[tuple[str, str, float]] = []
+        for (cid, s), cc in sorted(cap.items()):
+            if cid in closed or (cid, s) in shared:
+                continue
+            h = health.get(cid)
+            live = h.skills.get(s) if h is not None else None
+            total = cc.own_load + cc.backlog
+            ewt = (live.queued + 1) * cc.aht_s / cc.agents if (live and live.queued and cc.agents) else 0.0
+            over = cc.capacity <= 0 or total > cc.capacity
+            enter = ewt > ofp.enter_ewt_s or over
+            leave = ewt < ofp.exit_ewt_s and total <= 0.95 * cc.capacity
+            desired = (total - cc.capacity) / cc.own_load if cc.own_load > 0 and over else 0.0
+            st = self._overflow.setdefault((cid, s), _OverflowState())
+            self._step(st, enter, leave, desired, now)
+            vst = self._vip.setdefault((cid, s), _OverflowState())
+            self._step(vst, ewt > ofp.vip_enter_ewt_s, ewt < ofp.vip_exit_ewt_s, desired, now)
+            if st.share > 0:
+                overflowing.add(cid)
+                decisions.append((cid, s, st.share))
+        for cid, s, share in decisions:
+            cc = cap[(cid, s)]
+            moved = cc.own_load * share
+            recv, unplaced = spread(s, moved, cid, ofp.receivers, overflowing)
+            placed_share = share * (1.0 - unplaced / moved) if moved > 0 else 0.0
+            cc.own_load -= moved - unplaced
+            targets = _normalise([(cid, 1.0 - placed_share)] + [(r, w * placed_share) for r, w in recv])
+            why = (f"{cid} overloaded for {s}: load {cc.own_load + moved - unplaced:.1f} E + backlog "
+                   f"{cc.backlog:.1f} E vs capacity {cc.capacity:.1f} E at {slp.target:.0%}/"
+                   f"{slp.answer_within_s:g}s; moving {placed_share:.0%} to {len(recv)} receivers")
+            action = pol.overload_action if unplaced > 0 else OverloadAction.NONE
+            shared[(cid, s)] = (targets, RouteKind.OVERFLOW, why, action)
+            if not self._vip[(cid, s)].active:
+                vip_routes[(cid, s)] = (Target(cid, 1.0),)
+
+        # ---- receivers' predicted service level under the plan
+        receivers: dict[str, dict[str, ReceiverPrediction]] = {}
+        feasible = True
+        for (cid, s), cc in sorted(cap.items()):
+            if cid in closed:
+                continue
+            load = cc.own_load + cc.assigned
+            if load <= 0 and cc.agents <= 0:
+                continue
+            sl = service_level(cc.agents, load, cc.aht_s, slp.answer_within_s)
+            occ = load / cc.agents if cc.agents > 0 else (1.0 if load > 0 else 0.0)
+            receivers.setdefault(cid, {})[s] = ReceiverPrediction(cc.agents, round(load, 3),
+                                                                  round(sl, 4), round(min(occ, 1.0), 4))
+            if load > 0 and sl < slp.target - 1e-9:
+                feasible = False
+                reasons.append(f"{cid}/{s}: predicted service level {sl:.1%} below target {slp.target:.0%}")
+
+        # ---- the routes
+        home_targets: dict[str, tuple[Target, ...]] = {}
+        routes: list[Route] = []
+        for b in topo.branches:
+            home = homes[b.id]
+            pinned = set(b.pinned)
+            for s in b.calls_per_hour:
+                if s in pinned:
+                    entry = pinned_routes.get((home, s))
+                    if entry is None:
+                        t = home_targets.setdefault(home, (Target(home, 1.0),))
+                        routes.append(Route(b.id, s, t, RouteKind.PINNED, home=home,
+                                            explanation=f"{s} is pinned to {home}: never overflows"))
+                        continue
+                else:
+                    entry = shared.get((home, s))
+                if entry is None:
+                    t = home_targets.setdefault(home, (Target(home, 1.0),))
+                    routes.append(Route(b.id, s, t, RouteKind.HOME, home=home,
+                                        explanation=f"home {home} open and within capacity"))
+                    continue
+                targets, kind, why, action = entry
+                routes.append(Route(b.id, s, targets, kind, vip_targets=vip_routes.get((home, s), ()),
+                                    overload_action=action, explanation=why, home=home))
+
+        return Plan(version=version, routes=tuple(routes), receivers=receivers,
+                    feasible=feasible and not any("exceed" in r for r in reasons),
+                    infeasible_reasons=tuple(reasons), closed=tuple(sorted(closed)))
+
+
+def compute_plan(topology: Topology, view: NetworkView | None = None, version: int = 1,
+                 now: float = 0.0) -> Plan:
+    """One plan from scratch, without hysteresis history: for what-if questions and the CLI."""
+    return PlanTracker(topology).compute(view or NetworkView(), now, version)
