@@ -1,0 +1,508 @@
+from callroute.v1 import route_pb2 as _route_pb2
+from callroute.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ChangeStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHANGE_STATUS_UNSPECIFIED: _ClassVar[ChangeStatus]
+    CHANGE_STATUS_APPLIED: _ClassVar[ChangeStatus]
+    CHANGE_STATUS_PENDING_APPROVAL: _ClassVar[ChangeStatus]
+
+class DrillMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DRILL_MODE_UNSPECIFIED: _ClassVar[DrillMode]
+    DRILL_MODE_DRY_RUN: _ClassVar[DrillMode]
+    DRILL_MODE_LIVE: _ClassVar[DrillMode]
+
+class DrillState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DRILL_STATE_UNSPECIFIED: _ClassVar[DrillState]
+    DRILL_STATE_PENDING_APPROVAL: _ClassVar[DrillState]
+    DRILL_STATE_RUNNING: _ClassVar[DrillState]
+    DRILL_STATE_HELD: _ClassVar[DrillState]
+    DRILL_STATE_ROLLED_BACK: _ClassVar[DrillState]
+    DRILL_STATE_DONE: _ClassVar[DrillState]
+    DRILL_STATE_ABORTED: _ClassVar[DrillState]
+CHANGE_STATUS_UNSPECIFIED: ChangeStatus
+CHANGE_STATUS_APPLIED: ChangeStatus
+CHANGE_STATUS_PENDING_APPROVAL: ChangeStatus
+DRILL_MODE_UNSPECIFIED: DrillMode
+DRILL_MODE_DRY_RUN: DrillMode
+DRILL_MODE_LIVE: DrillMode
+DRILL_STATE_UNSPECIFIED: DrillState
+DRILL_STATE_PENDING_APPROVAL: DrillState
+DRILL_STATE_RUNNING: DrillState
+DRILL_STATE_HELD: DrillState
+DRILL_STATE_ROLLED_BACK: DrillState
+DRILL_STATE_DONE: DrillState
+DRILL_STATE_ABORTED: DrillState
+
+class ListCentersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListCentersReply(_message.Message):
+    __slots__ = ("centers", "plan_version")
+    CENTERS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    centers: _containers.RepeatedCompositeFieldContainer[CenterInfo]
+    plan_version: int
+    def __init__(self, centers: _Optional[_Iterable[_Union[CenterInfo, _Mapping]]] = ..., plan_version: _Optional[int] = ...) -> None: ...
+
+class CenterInfo(_message.Message):
+    __slots__ = ("center", "region", "status", "weight", "admin_state", "reported_state", "reason", "last_report_age_s", "skills", "acked_version", "nacked_version", "nack_error")
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_STATE_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    LAST_REPORT_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    SKILLS_FIELD_NUMBER: _ClassVar[int]
+    ACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NACK_ERROR_FIELD_NUMBER: _ClassVar[int]
+    center: str
+    region: str
+    status: _types_pb2.CenterStatus
+    weight: float
+    admin_state: _types_pb2.AdminState
+    reported_state: _types_pb2.AdminState
+    reason: str
+    last_report_age_s: float
+    skills: _containers.RepeatedCompositeFieldContainer[SkillStatus]
+    acked_version: int
+    nacked_version: int
+    nack_error: str
+    def __init__(self, center: _Optional[str] = ..., region: _Optional[str] = ..., status: _Optional[_Union[_types_pb2.CenterStatus, str]] = ..., weight: _Optional[float] = ..., admin_state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., reported_state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., reason: _Optional[str] = ..., last_report_age_s: _Optional[float] = ..., skills: _Optional[_Iterable[_Union[SkillStatus, _Mapping]]] = ..., acked_version: _Optional[int] = ..., nacked_version: _Optional[int] = ..., nack_error: _Optional[str] = ...) -> None: ...
+
+class SkillStatus(_message.Message):
+    __slots__ = ("skill", "logged_in", "ready", "busy", "queued", "ewt_s", "service_level", "predicted_service_level", "oldest_wait_s")
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    LOGGED_IN_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    EWT_S_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_SERVICE_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    skill: str
+    logged_in: int
+    ready: int
+    busy: int
+    queued: int
+    ewt_s: float
+    service_level: float
+    predicted_service_level: float
+    oldest_wait_s: float
+    def __init__(self, skill: _Optional[str] = ..., logged_in: _Optional[int] = ..., ready: _Optional[int] = ..., busy: _Optional[int] = ..., queued: _Optional[int] = ..., ewt_s: _Optional[float] = ..., service_level: _Optional[float] = ..., predicted_service_level: _Optional[float] = ..., oldest_wait_s: _Optional[float] = ...) -> None: ...
+
+class SetCenterStateRequest(_message.Message):
+    __slots__ = ("center", "state", "reason", "operator", "request_id")
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    center: str
+    state: _types_pb2.AdminState
+    reason: str
+    operator: str
+    request_id: str
+    def __init__(self, center: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., reason: _Optional[str] = ..., operator: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SetCenterStateReply(_message.Message):
+    __slots__ = ("status", "audit_id", "request_id", "plan_version", "message")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    status: ChangeStatus
+    audit_id: str
+    request_id: str
+    plan_version: int
+    message: str
+    def __init__(self, status: _Optional[_Union[ChangeStatus, str]] = ..., audit_id: _Optional[str] = ..., request_id: _Optional[str] = ..., plan_version: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ApproveRequest(_message.Message):
+    __slots__ = ("request_id", "approver")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    approver: str
+    def __init__(self, request_id: _Optional[str] = ..., approver: _Optional[str] = ...) -> None: ...
+
+class ApproveReply(_message.Message):
+    __slots__ = ("status", "audit_id", "plan_version", "message", "drill_id")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DRILL_ID_FIELD_NUMBER: _ClassVar[int]
+    status: ChangeStatus
+    audit_id: str
+    plan_version: int
+    message: str
+    drill_id: str
+    def __init__(self, status: _Optional[_Union[ChangeStatus, str]] = ..., audit_id: _Optional[str] = ..., plan_version: _Optional[int] = ..., message: _Optional[str] = ..., drill_id: _Optional[str] = ...) -> None: ...
+
+class ListPendingRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPendingReply(_message.Message):
+    __slots__ = ("pending",)
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    pending: _containers.RepeatedCompositeFieldContainer[PendingChange]
+    def __init__(self, pending: _Optional[_Iterable[_Union[PendingChange, _Mapping]]] = ...) -> None: ...
+
+class PendingChange(_message.Message):
+    __slots__ = ("request_id", "action", "center", "state", "drill", "reason", "operator", "requested_at", "expires_at")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DRILL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    action: str
+    center: str
+    state: _types_pb2.AdminState
+    drill: DrillSpec
+    reason: str
+    operator: str
+    requested_at: float
+    expires_at: float
+    def __init__(self, request_id: _Optional[str] = ..., action: _Optional[str] = ..., center: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., drill: _Optional[_Union[DrillSpec, _Mapping]] = ..., reason: _Optional[str] = ..., operator: _Optional[str] = ..., requested_at: _Optional[float] = ..., expires_at: _Optional[float] = ...) -> None: ...
+
+class DrillSpec(_message.Message):
+    __slots__ = ("center", "mode", "ramp_percents", "step_s", "duration_s", "abort_if_sl_below")
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    RAMP_PERCENTS_FIELD_NUMBER: _ClassVar[int]
+    STEP_S_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    ABORT_IF_SL_BELOW_FIELD_NUMBER: _ClassVar[int]
+    center: str
+    mode: DrillMode
+    ramp_percents: _containers.RepeatedScalarFieldContainer[float]
+    step_s: float
+    duration_s: float
+    abort_if_sl_below: float
+    def __init__(self, center: _Optional[str] = ..., mode: _Optional[_Union[DrillMode, str]] = ..., ramp_percents: _Optional[_Iterable[float]] = ..., step_s: _Optional[float] = ..., duration_s: _Optional[float] = ..., abort_if_sl_below: _Optional[float] = ...) -> None: ...
+
+class StartDrillRequest(_message.Message):
+    __slots__ = ("spec", "reason", "operator", "request_id")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    spec: DrillSpec
+    reason: str
+    operator: str
+    request_id: str
+    def __init__(self, spec: _Optional[_Union[DrillSpec, _Mapping]] = ..., reason: _Optional[str] = ..., operator: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class StartDrillReply(_message.Message):
+    __slots__ = ("status", "drill_id", "audit_id", "request_id", "drill")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DRILL_ID_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DRILL_FIELD_NUMBER: _ClassVar[int]
+    status: ChangeStatus
+    drill_id: str
+    audit_id: str
+    request_id: str
+    drill: Drill
+    def __init__(self, status: _Optional[_Union[ChangeStatus, str]] = ..., drill_id: _Optional[str] = ..., audit_id: _Optional[str] = ..., request_id: _Optional[str] = ..., drill: _Optional[_Union[Drill, _Mapping]] = ...) -> None: ...
+
+class DrillStatusRequest(_message.Message):
+    __slots__ = ("drill_id",)
+    DRILL_ID_FIELD_NUMBER: _ClassVar[int]
+    drill_id: str
+    def __init__(self, drill_id: _Optional[str] = ...) -> None: ...
+
+class DrillStatusReply(_message.Message):
+    __slots__ = ("drill",)
+    DRILL_FIELD_NUMBER: _ClassVar[int]
+    drill: Drill
+    def __init__(self, drill: _Optional[_Union[Drill, _Mapping]] = ...) -> None: ...
+
+class AbortDrillRequest(_message.Message):
+    __slots__ = ("drill_id", "reason", "operator", "request_id")
+    DRILL_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    drill_id: str
+    reason: str
+    operator: str
+    request_id: str
+    def __init__(self, drill_id: _Optional[str] = ..., reason: _Optional[str] = ..., operator: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class AbortDrillReply(_message.Message):
+    __slots__ = ("drill", "audit_id")
+    DRILL_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    drill: Drill
+    audit_id: str
+    def __init__(self, drill: _Optional[_Union[Drill, _Mapping]] = ..., audit_id: _Optional[str] = ...) -> None: ...
+
+class Drill(_message.Message):
+    __slots__ = ("drill_id", "spec", "state", "steps", "current_share", "receiver_service_level", "predicted_service_level", "reason", "started_at", "ended_at", "report_path", "plan_version", "operator", "approver")
+    class ReceiverServiceLevelEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class PredictedServiceLevelEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    DRILL_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_SHARE_FIELD_NUMBER: _ClassVar[int]
+    RECEIVER_SERVICE_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_SERVICE_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    REPORT_PATH_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_FIELD_NUMBER: _ClassVar[int]
+    drill_id: str
+    spec: DrillSpec
+    state: DrillState
+    steps: _containers.RepeatedCompositeFieldContainer[DrillStep]
+    current_share: float
+    receiver_service_level: _containers.ScalarMap[str, float]
+    predicted_service_level: _containers.ScalarMap[str, float]
+    reason: str
+    started_at: float
+    ended_at: float
+    report_path: str
+    plan_version: int
+    operator: str
+    approver: str
+    def __init__(self, drill_id: _Optional[str] = ..., spec: _Optional[_Union[DrillSpec, _Mapping]] = ..., state: _Optional[_Union[DrillState, str]] = ..., steps: _Optional[_Iterable[_Union[DrillStep, _Mapping]]] = ..., current_share: _Optional[float] = ..., receiver_service_level: _Optional[_Mapping[str, float]] = ..., predicted_service_level: _Optional[_Mapping[str, float]] = ..., reason: _Optional[str] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., report_path: _Optional[str] = ..., plan_version: _Optional[int] = ..., operator: _Optional[str] = ..., approver: _Optional[str] = ...) -> None: ...
+
+class DrillStep(_message.Message):
+    __slots__ = ("share", "started_at", "ended_at", "min_service_level", "plan_version", "note")
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    MIN_SERVICE_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    share: float
+    started_at: float
+    ended_at: float
+    min_service_level: float
+    plan_version: int
+    note: str
+    def __init__(self, share: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., min_service_level: _Optional[float] = ..., plan_version: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
+
+class ShowPlanRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
+
+class ShowPlanReply(_message.Message):
+    __slots__ = ("plan", "acks")
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    plan: _types_pb2.Plan
+    acks: _containers.RepeatedCompositeFieldContainer[CenterAck]
+    def __init__(self, plan: _Optional[_Union[_types_pb2.Plan, _Mapping]] = ..., acks: _Optional[_Iterable[_Union[CenterAck, _Mapping]]] = ...) -> None: ...
+
+class CenterAck(_message.Message):
+    __slots__ = ("center", "version", "ack", "error", "at")
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    center: str
+    version: int
+    ack: bool
+    error: str
+    at: float
+    def __init__(self, center: _Optional[str] = ..., version: _Optional[int] = ..., ack: _Optional[bool] = ..., error: _Optional[str] = ..., at: _Optional[float] = ...) -> None: ...
+
+class DiffPlansRequest(_message.Message):
+    __slots__ = ("from_version", "to_version")
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    from_version: int
+    to_version: int
+    def __init__(self, from_version: _Optional[int] = ..., to_version: _Optional[int] = ...) -> None: ...
+
+class DiffPlansReply(_message.Message):
+    __slots__ = ("from_version", "to_version", "changes")
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    from_version: int
+    to_version: int
+    changes: _containers.RepeatedCompositeFieldContainer[RouteChange]
+    def __init__(self, from_version: _Optional[int] = ..., to_version: _Optional[int] = ..., changes: _Optional[_Iterable[_Union[RouteChange, _Mapping]]] = ...) -> None: ...
+
+class RouteChange(_message.Message):
+    __slots__ = ("branch", "skill", "before", "after", "kind_before", "kind_after")
+    BRANCH_FIELD_NUMBER: _ClassVar[int]
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    KIND_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    KIND_AFTER_FIELD_NUMBER: _ClassVar[int]
+    branch: str
+    skill: str
+    before: _containers.RepeatedCompositeFieldContainer[_types_pb2.Target]
+    after: _containers.RepeatedCompositeFieldContainer[_types_pb2.Target]
+    kind_before: _types_pb2.RouteKind
+    kind_after: _types_pb2.RouteKind
+    def __init__(self, branch: _Optional[str] = ..., skill: _Optional[str] = ..., before: _Optional[_Iterable[_Union[_types_pb2.Target, _Mapping]]] = ..., after: _Optional[_Iterable[_Union[_types_pb2.Target, _Mapping]]] = ..., kind_before: _Optional[_Union[_types_pb2.RouteKind, str]] = ..., kind_after: _Optional[_Union[_types_pb2.RouteKind, str]] = ...) -> None: ...
+
+class PlanHistoryRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class PlanHistoryReply(_message.Message):
+    __slots__ = ("plans",)
+    PLANS_FIELD_NUMBER: _ClassVar[int]
+    plans: _containers.RepeatedCompositeFieldContainer[PlanSummary]
+    def __init__(self, plans: _Optional[_Iterable[_Union[PlanSummary, _Mapping]]] = ...) -> None: ...
+
+class PlanSummary(_message.Message):
+    __slots__ = ("version", "created_at", "feasible", "closed", "routes_by_kind", "topology_hash", "cause")
+    class RoutesByKindEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FEASIBLE_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_BY_KIND_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_HASH_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    created_at: float
+    feasible: bool
+    closed: _containers.RepeatedScalarFieldContainer[str]
+    routes_by_kind: _containers.ScalarMap[str, int]
+    topology_hash: str
+    cause: str
+    def __init__(self, version: _Optional[int] = ..., created_at: _Optional[float] = ..., feasible: _Optional[bool] = ..., closed: _Optional[_Iterable[str]] = ..., routes_by_kind: _Optional[_Mapping[str, int]] = ..., topology_hash: _Optional[str] = ..., cause: _Optional[str] = ...) -> None: ...
+
+class RollbackPlanRequest(_message.Message):
+    __slots__ = ("to_version", "reason", "operator", "request_id")
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    to_version: int
+    reason: str
+    operator: str
+    request_id: str
+    def __init__(self, to_version: _Optional[int] = ..., reason: _Optional[str] = ..., operator: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RollbackPlanReply(_message.Message):
+    __slots__ = ("status", "plan_version", "audit_id", "message")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    status: ChangeStatus
+    plan_version: int
+    audit_id: str
+    message: str
+    def __init__(self, status: _Optional[_Union[ChangeStatus, str]] = ..., plan_version: _Optional[int] = ..., audit_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("branch", "skill", "caller", "tier", "version")
+    BRANCH_FIELD_NUMBER: _ClassVar[int]
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    branch: str
+    skill: str
+    caller: str
+    tier: str
+    version: int
+    def __init__(self, branch: _Optional[str] = ..., skill: _Optional[str] = ..., caller: _Optional[str] = ..., tier: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ExplainReply(_message.Message):
+    __slots__ = ("decision", "route", "text", "plan_version")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    decision: _route_pb2.RouteReply
+    route: _types_pb2.Route
+    text: str
+    plan_version: int
+    def __init__(self, decision: _Optional[_Union[_route_pb2.RouteReply, _Mapping]] = ..., route: _Optional[_Union[_types_pb2.Route, _Mapping]] = ..., text: _Optional[str] = ..., plan_version: _Optional[int] = ...) -> None: ...
+
+class AuditRequest(_message.Message):
+    __slots__ = ("since", "limit")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    since: float
+    limit: int
+    def __init__(self, since: _Optional[float] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class AuditReply(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("id", "at", "operator", "action", "target", "reason", "result", "request_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    at: float
+    operator: str
+    action: str
+    target: str
+    reason: str
+    result: str
+    request_id: str
+    def __init__(self, id: _Optional[str] = ..., at: _Optional[float] = ..., operator: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ..., result: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...

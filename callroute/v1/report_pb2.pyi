@@ -1,0 +1,74 @@
+from callroute.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CenterReport(_message.Message):
+    __slots__ = ("center", "seq", "sent_at", "interval_s", "state", "skills", "routed_to")
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SKILLS_FIELD_NUMBER: _ClassVar[int]
+    ROUTED_TO_FIELD_NUMBER: _ClassVar[int]
+    center: str
+    seq: int
+    sent_at: float
+    interval_s: float
+    state: _types_pb2.AdminState
+    skills: _containers.RepeatedCompositeFieldContainer[SkillReport]
+    routed_to: _containers.RepeatedCompositeFieldContainer[RoutedCount]
+    def __init__(self, center: _Optional[str] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., skills: _Optional[_Iterable[_Union[SkillReport, _Mapping]]] = ..., routed_to: _Optional[_Iterable[_Union[RoutedCount, _Mapping]]] = ...) -> None: ...
+
+class SkillReport(_message.Message):
+    __slots__ = ("skill", "logged_in", "ready", "busy", "queued", "oldest_wait_s", "offered", "answered", "answered_within", "abandoned", "aht_s")
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    LOGGED_IN_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    OFFERED_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_WITHIN_FIELD_NUMBER: _ClassVar[int]
+    ABANDONED_FIELD_NUMBER: _ClassVar[int]
+    AHT_S_FIELD_NUMBER: _ClassVar[int]
+    skill: str
+    logged_in: int
+    ready: int
+    busy: int
+    queued: int
+    oldest_wait_s: float
+    offered: int
+    answered: int
+    answered_within: int
+    abandoned: int
+    aht_s: float
+    def __init__(self, skill: _Optional[str] = ..., logged_in: _Optional[int] = ..., ready: _Optional[int] = ..., busy: _Optional[int] = ..., queued: _Optional[int] = ..., oldest_wait_s: _Optional[float] = ..., offered: _Optional[int] = ..., answered: _Optional[int] = ..., answered_within: _Optional[int] = ..., abandoned: _Optional[int] = ..., aht_s: _Optional[float] = ...) -> None: ...
+
+class RoutedCount(_message.Message):
+    __slots__ = ("center", "calls")
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    center: str
+    calls: int
+    def __init__(self, center: _Optional[str] = ..., calls: _Optional[int] = ...) -> None: ...
+
+class ReportAck(_message.Message):
+    __slots__ = ("seq", "accepted", "error", "error_field", "plan_version")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    accepted: bool
+    error: str
+    error_field: str
+    plan_version: int
+    def __init__(self, seq: _Optional[int] = ..., accepted: _Optional[bool] = ..., error: _Optional[str] = ..., error_field: _Optional[str] = ..., plan_version: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,48 @@
+from callroute.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RouteRequest(_message.Message):
+    __slots__ = ("branch", "skill", "caller", "tier")
+    BRANCH_FIELD_NUMBER: _ClassVar[int]
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    branch: str
+    skill: str
+    caller: str
+    tier: str
+    def __init__(self, branch: _Optional[str] = ..., skill: _Optional[str] = ..., caller: _Optional[str] = ..., tier: _Optional[str] = ...) -> None: ...
+
+class RouteReply(_message.Message):
+    __slots__ = ("center", "fallbacks", "plan_version", "reason", "overload_action", "error")
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OVERLOAD_ACTION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    center: str
+    fallbacks: _containers.RepeatedScalarFieldContainer[str]
+    plan_version: int
+    reason: str
+    overload_action: _types_pb2.OverloadAction
+    error: str
+    def __init__(self, center: _Optional[str] = ..., fallbacks: _Optional[_Iterable[str]] = ..., plan_version: _Optional[int] = ..., reason: _Optional[str] = ..., overload_action: _Optional[_Union[_types_pb2.OverloadAction, str]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class RouteBatchRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[RouteRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[RouteRequest, _Mapping]]] = ...) -> None: ...
+
+class RouteBatchReply(_message.Message):
+    __slots__ = ("replies",)
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[RouteReply]
+    def __init__(self, replies: _Optional[_Iterable[_Union[RouteReply, _Mapping]]] = ...) -> None: ...
