@@ -1,0 +1,243 @@
+"""The per-call route lookup: (branch, skill, caller, tier) -> the center that takes the call.
+
+This is the hot path every telephony switch waits on. A published `Plan` is compiled once into a
+`CompiledPlan`: each route's weighted targets become a shared `ring.Ring` table and every possible
+answer (one per route and target) is built as a `Decision` up front. `resolve` then does only a
+dict lookup, one stable hash of the caller, one table index and returns a prebuilt, immutable
+Decision: no allocation, so shells may cache the encoded reply per Decision object.
+
+The answer is a pure function of the plan and the caller: the same caller reaches the same center
+for as long as the plan holds, in every process (xxhash, never Python's hash()).
+
+A CompiledPlan is immutable; agents build the next one off the hot path and swap the reference.
+Must not: do I/O, read the clock, or allocate per lookup beyond the hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import NoReturn
+
+import msgspec
+import xxhash
+
+from .model import InvalidInput, OverloadAction, Plan, Route, Target
+from .ring import MASK, SLOTS, Ring, RingCache
+
+__all__ = ["Decision", "CompiledPlan", "RingCache", "resolve", "resolve_many", "VIP_TIER",
+           "MAX_FALLBACKS", "MAX_REASON_CHARS"]
+
+# The one caller tier the plan routes differently; other tiers a switch may send (gold, silver)
+# route as standard calls: the plan has no targets for them.
+VIP_TIER = "vip"
+
+# A switch tries the chosen center and then a few fallbacks before the caller gives up; DR
+# spreads over at most Policy.dr_receivers (8) centers. Capping keeps every reply small and the
+# precomputed decisions O(targets) per route instead of O(targets**2).
+MAX_FALLBACKS = 8
+
+# The reason travels in every reply and into switch logs: enough for the kind and the planner's
+# first words of why, short enough not to dominate the reply.
+MAX_REASON_CHARS = 160
+
+# A route without targets answers from this table: every slot -> its one overload decision.
+_ALL_ZERO_TABLE = bytes(SLOTS)
+
+_xxh64 = xxhash.xxh64_intdigest
+
+
+class Decision(msgspec.Struct, frozen=True):
+    """Where one call goes. Built at compile time; shared by every call that gets this answer."""
+
+    center: str  # "" when no center can take the call: apply overload_action
+    fallbacks: tuple[str, ...]  # the route's other targets, highest weight first
+    plan_version: int
+    reason: str  # route kind + short why
+    overload_action: str = ""  # OverloadAction value; "" = none
+
+
+_Table = bytes | Sequence[int]
+_Answer = tuple[_Table, tuple[Decision, ...]]
+_Entry = tuple[_Answer, _Answer]  # (standard, vip); vip is standard when the route has no VIP set
+
+
+_ACTIONS = frozenset(a.value for a in OverloadAction)
+
+
+def _reason(route: Route, vip: bool, center: str, share: float, action: str) -> str:
+    head = str(route.kind) + (" vip" if vip else "")
+    if center:
+        head = f"{head} -> {center} {share:.0%}"
+    else:
+        head = f"{head}: no target, {action or 'no action'}"
+    why = route.explanation.split("\n", 1)[0]
+    text = f"{head}; {why}" if why else head
+    return text[:MAX_REASON_CHARS]
+
+
+def _fallbacks(targets: tuple[Target, ...], center: str) -> tuple[str, ...]:
+    live = sorted((t for t in targets if t.weight > 0 and t.center != center),
+                  key=lambda t: (-t.weight, t.center))
+    return tuple(t.center for t in live[:MAX_FALLBACKS])
+
+
+def _answer(route: Route, vip: bool, version: int, cache: RingCache,
+            where: str) -> tuple[_Answer, Ring | None]:
+    targets = route.vip_targets if vip else route.targets
+    field = f"{where}.vip_targets" if vip else f"{where}.targets"
+    # str() of the StrEnum is its value; a plain str from a hand-built Route passes through
+    action = str(route.overload_action)
+    if action not in _ACTIONS:
+        raise InvalidInput(f"{where}.overload_action", action, f"must be one of {sorted(_ACTIONS)}")
+    if not isinstance(targets, tuple | list) or not all(isinstance(t, Target) for t in targets):
+        raise InvalidInput(field, targets, "must be a sequence of Target")
+    ring = cache.get([(t.center, t.weight) for t in targets], field)
+    if ring is None:
+        # no targets (or none with weight): every caller gets the overload action
+        d = Decision("", (), version, _reason(route, vip, "", 0.0, action), action)
+        return (_ALL_ZERO_TABLE, (d,)), None
+    total = sum(ring.weights)
+    decisions = tuple(Decision(c, _fallbacks(targets, c), version, _reason(route, vip, c, w / total, action),
+                               action)
+                      for c, w in zip(ring.ids, ring.weights, strict=True))
+    return (ring.table, decisions), ring
+
+
+class CompiledPlan:
+    """A Plan ready for lookups. Immutable: build with `compile`, swap the reference to change."""
+
+    __slots__ = ("version", "plan", "index", "_rings")
+
+    version: int
+    plan: Plan
+    # branch -> skill -> (standard, vip) answers; nested dicts avoid building a tuple key per call
+    index: dict[str, dict[str, _Entry]]
+    _rings: dict[tuple[str, str, bool], Ring | None]
+
+    def __init__(self, plan: Plan, index: dict[str, dict[str, _Entry]],
+                 rings: dict[tuple[str, str, bool], Ring | None]) -> None:
+        object.__setattr__(self, "version", plan.version)
+        object.__setattr__(self, "plan", plan)
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "_rings", rings)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("CompiledPlan is immutable; compile a new one and swap the reference")
+
+    @classmethod
+    def compile(cls, plan: Plan, cache: RingCache | None = None) -> CompiledPlan:
+        """Build every route's table and decisions. Raises InvalidInput for a malformed plan.
+
+        Routes with the same weighted target set (weights to 1e-4) share one Ring; pass the
+        agent's long-lived `cache` so that a new plan reuses the tables of unchanged routes.
+        """
+        if not isinstance(plan, Plan):
+            raise InvalidInput("plan", type(plan).__name__, "must be a Plan")
+        if isinstance(plan.version, bool) or not isinstance(plan.version, int) or plan.version < 0:
+            raise InvalidInput("version", plan.version, "must be a non-negative integer")
+        if cache is None:
+            cache = RingCache()
+        index: dict[str, dict[str, _Entry]] = {}
+        rings: dict[tuple[str, str, bool], Ring | None] = {}
+        for i, route in enumerate(plan.routes):
+            if not isinstance(route, Route):
+                raise InvalidInput(f"routes[{i}]", type(route).__name__, "must be a Route")
+            for name in ("branch", "skill"):
+                if not isinstance(getattr(route, name), str):
+                    raise InvalidInput(f"routes[{i}].{name}", getattr(route, name), "must be a string")
+            skills = index.setdefault(route.branch, {})
+            if route.skill in skills:
+                raise InvalidInput(f"routes[{i}]", f"{route.branch}/{route.skill}",
+                                   "duplicate route for this branch and skill")
+            std, ring = _answer(route, False, plan.version, cache, f"routes[{i}]")
+            rings[(route.branch, route.skill, False)] = ring
+            vip = std
+            if route.vip_targets:
+                vip, ring = _answer(route, True, plan.version, cache, f"routes[{i}]")
+            rings[(route.branch, route.skill, True)] = ring
+            skills[route.skill] = (std, vip)
+        return cls(plan, index, rings)
+
+    def ring(self, branch: str, skill: str, vip: bool = False) -> Ring | None:
+        """The table a route uses (None for a route without targets); for tests and explanations."""
+        try:
+            return self._rings[(branch, skill, vip)]
+        except KeyError:
+            _raise_unknown(self, branch, skill)
+
+    def decisions(self) -> list[Decision]:
+        """Every distinct answer this plan can give (shells may pre-encode replies)."""
+        seen: dict[int, Decision] = {}
+        for skills in self.index.values():
+            for std, vip in skills.values():
+                for d in (*std[1], *vip[1]):
+                    seen.setdefault(id(d), d)
+        return list(seen.values())
+
+    def __repr__(self) -> str:
+        return f"CompiledPlan(version={self.version}, routes={len(self.plan.routes)})"
+
+
+def _raise_unknown(cp: CompiledPlan, branch: object, skill: object, caller: object = "") -> NoReturn:
+    """Name the field that made a lookup fail (the slow path, off the success path)."""
+    if not isinstance(branch, str):
+        raise InvalidInput("branch", branch, "must be a string")
+    if not isinstance(skill, str):
+        raise InvalidInput("skill", skill, "must be a string")
+    skills = cp.index.get(branch)
+    if skills is None:
+        raise InvalidInput("branch", branch, f"no route for this branch in plan {cp.version}")
+    if skill not in skills:
+        raise InvalidInput("skill", skill,
+                           f"no route for branch {branch!r} and this skill in plan {cp.version}")
+    if not isinstance(caller, str):
+        raise InvalidInput("caller", caller, "must be a string")
+    try:
+        caller.encode()
+    except UnicodeEncodeError as e:
+        raise InvalidInput("caller", caller, "must be encodable as UTF-8") from e
+    raise InvalidInput("caller", caller, "lookup failed")  # pragma: no cover - nothing else can fail
+
+
+def resolve(cp: CompiledPlan, branch: str, skill: str, caller: str, tier: str = "") -> Decision:
+    """The center for one call; the same caller gets the same answer while the plan holds.
+
+    Raises InvalidInput naming `branch` or `skill` when the plan has no such route (or `caller`
+    when it is not a string).
+    """
+    try:
+        std, vip = cp.index[branch][skill]
+        table, decisions = vip if tier == VIP_TIER else std
+        return decisions[table[_xxh64(caller.encode()) & MASK]]
+    except (KeyError, TypeError, AttributeError, UnicodeEncodeError):
+        _raise_unknown(cp, branch, skill, caller)
+
+
+def resolve_many(cp: CompiledPlan, queries: Iterable[Sequence[str]]) -> list[Decision]:
+    """Resolve a batch of (branch, skill, caller[, tier]) against one plan snapshot.
+
+    Raises InvalidInput for the first bad query, its field prefixed with `queries[i].`.
+    """
+    out: list[Decision] = []
+    append = out.append
+    index = cp.index
+    xxh = _xxh64
+    for i, q in enumerate(queries):
+        try:
+            if len(q) == 4:
+                branch, skill, caller, tier = q
+            else:
+                branch, skill, caller = q
+                tier = ""
+            std, vip = index[branch][skill]
+            table, decisions = vip if tier == VIP_TIER else std
+            append(decisions[table[xxh(caller.encode()) & MASK]])
+        except (KeyError, TypeError, AttributeError, UnicodeEncodeError, ValueError) as e:
+            if not isinstance(q, Sequence) or isinstance(q, str) or len(q) not in (3, 4):
+                raise InvalidInput(f"queries[{i}]", q, "must be (branch, skill, caller[, tier])") from e
+            try:
+                _raise_unknown(cp, q[0], q[1], q[2])
+            except InvalidInput as bad:
+                raise InvalidInput(f"queries[{i}].{bad.field}", bad.value, bad.why) from e
+    return out
+
