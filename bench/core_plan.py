@@ -56,7 +56,8 @@ def _large_child() -> None:
     dt = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"plan_compute_s_large": dt, "plan_compute_peak_mib_large": peak / 1024,
-                      "plan_compute_delta_mib_large": (peak - base) / 1024, "routes_large": len(plan.routes)}))
+                      "plan_compute_delta_mib_large": (peak - base) / 1024,
+                      "routes_large": len(plan.routes)}))
 
 
 def bench_large() -> dict[str, float]:

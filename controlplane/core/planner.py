@@ -62,6 +62,10 @@ class CenterCapacity(msgspec.Struct):
         return self.capacity - self.own_load - self.assigned - self.backlog
 
 
+# a route shared by every branch of one home center and skill: targets, kind, why, overload action
+_Entry = tuple[tuple[Target, ...], RouteKind, str, OverloadAction]
+
+
 class _OverflowState(msgspec.Struct):
     active: bool = False
     since: float = -math.inf
@@ -200,8 +204,8 @@ class PlanTracker:
             center_demand[cid] = center_demand.get(cid, 0.0) + a
         reasons: list[str] = []
         # targets per (home, skill) for branches whose calls may overflow, and for pinned calls
-        shared: dict[tuple[str, str], tuple[tuple[Target, ...], RouteKind, str, OverloadAction]] = {}
-        pinned_routes: dict[tuple[str, str], tuple[tuple[Target, ...], RouteKind, str, OverloadAction]] = {}
+        shared: dict[tuple[str, str], _Entry] = {}
+        pinned_routes: dict[tuple[str, str], _Entry] = {}
         vip_routes: dict[tuple[str, str], tuple[Target, ...]] = {}
 
         def pick_receivers(skill: str, exclude: set[str], k: int, region: str,
@@ -224,7 +228,7 @@ class PlanTracker:
             if not recv or total_spare <= 0:
                 return [], load
             weights = [(cid, cc.spare() / total_spare) for cid, cc in recv]
-            for (cid, cc), (_, w) in zip(recv, weights, strict=True):
+            for (_, cc), (_, w) in zip(recv, weights, strict=True):
                 cc.assigned += load * w
             return weights, max(0.0, load - total_spare)
 
@@ -240,12 +244,14 @@ class PlanTracker:
                 # even a skill with no calls forecast gets DR targets: a call may still come
                 load = demand[(cid, s)] * shed
                 recv, unplaced = spread(s, load, cid, pol.dr_receivers, overflowing)
-                why = (f"{cid} {why_closed.get(cid, 'stale: weight %.2f' % home_weight[cid])}; "
+                state = why_closed.get(cid, f"stale: weight {home_weight[cid]:.2f}")
+                why = (f"{cid} {state}; "
                        f"{len(recv)} receivers by spare capacity for {s}")
                 action = OverloadAction.NONE
                 if unplaced > 0:
                     action = pol.overload_action
-                    reasons.append(f"{s}: {unplaced:.1f} Erlangs from {cid} exceed the network's spare capacity")
+                    reasons.append(f"{s}: {unplaced:.1f} Erlangs from {cid} exceed the network's "
+                                   "spare capacity")
                 pairs = [(r, w * shed) for r, w in recv]
                 if home_weight[cid] > 0:
                     pairs.append((cid, home_weight[cid]))
@@ -253,9 +259,7 @@ class PlanTracker:
                 kind = RouteKind.DR if targets else RouteKind.OVERLOAD
                 if not targets:
                     action = pol.overload_action
-                entry = (targets, kind, why, action)
-                shared[(cid, s)] = entry
-                pinned_routes[(cid, s)] = entry
+                shared[(cid, s)] = pinned_routes[(cid, s)] = (targets, kind, why, action)
 
         # ---- overflow: open centers whose wait or predicted load crosses the thresholds
         ofp = pol.overflow
@@ -264,9 +268,10 @@ class PlanTracker:
             if cid in closed or (cid, s) in shared:
                 continue
             h = health.get(cid)
-            live = h.skills.get(s) if h is not None else None
+            now_load = h.skills.get(s) if h is not None else None
             total = cc.own_load + cc.backlog
-            ewt = (live.queued + 1) * cc.aht_s / cc.agents if (live and live.queued and cc.agents) else 0.0
+            ewt = ((now_load.queued + 1) * cc.aht_s / cc.agents
+                   if (now_load and now_load.queued and cc.agents) else 0.0)
             over = cc.capacity <= 0 or total > cc.capacity
             enter = ewt > ofp.enter_ewt_s or over
             leave = ewt < ofp.exit_ewt_s and total <= 0.95 * cc.capacity
@@ -302,13 +307,14 @@ class PlanTracker:
             load = cc.own_load + cc.assigned
             if load <= 0 and cc.agents <= 0:
                 continue
-            sl = service_level(cc.agents, load, cc.aht_s, slp.answer_within_s)
+            pred = service_level(cc.agents, load, cc.aht_s, slp.answer_within_s)
             occ = load / cc.agents if cc.agents > 0 else (1.0 if load > 0 else 0.0)
             receivers.setdefault(cid, {})[s] = ReceiverPrediction(cc.agents, round(load, 3),
-                                                                  round(sl, 4), round(min(occ, 1.0), 4))
-            if load > 0 and sl < slp.target - 1e-9:
+                                                                  round(pred, 4), round(min(occ, 1.0), 4))
+            if load > 0 and pred < slp.target - 1e-9:
                 feasible = False
-                reasons.append(f"{cid}/{s}: predicted service level {sl:.1%} below target {slp.target:.0%}")
+                reasons.append(f"{cid}/{s}: predicted service level {pred:.1%} below target "
+                               f"{slp.target:.0%}")
 
         # ---- the routes
         home_targets: dict[str, tuple[Target, ...]] = {}
@@ -317,6 +323,7 @@ class PlanTracker:
             home = homes[b.id]
             pinned = set(b.pinned)
             for s in b.calls_per_hour:
+                entry: _Entry | None
                 if s in pinned:
                     entry = pinned_routes.get((home, s))
                     if entry is None:
