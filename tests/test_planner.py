@@ -235,3 +235,35 @@ def test_b3_every_plan_is_consistent(case):
                 assert math.isfinite(t.weight)
             if r.kind == RouteKind.PINNED:
                 assert [t.center for t in r.targets] == [r.home]
+
+
+def test_national_closing_wuhan_spreads_hubei_and_hunan_over_8_receivers_by_spare_capacity():
+    from pathlib import Path
+
+    from controlplane.core.topology import load_topology
+
+    topo = load_topology(Path(__file__).resolve().parent.parent / "examples" / "national.yaml")
+    plan = compute_plan(topo, NetworkView(admin={"wuhan": AdminState.CLOSED}))
+    assert consistent(plan, topo) == [] and plan.feasible
+    routes = by_key(plan)
+    for branch in ("hubei", "hunan"):
+        for skill in ("retail", "credit_card", "corporate", "vip_wealth"):
+            r = routes[(branch, skill)]
+            assert r.kind == RouteKind.DR
+            assert len(r.targets) == 8 and "wuhan" not in {t.center for t in r.targets}
+            # weights follow spare capacity: capacity at the SL target minus own load
+            spare = {}
+            for c in topo.centers:
+                if c.id == "wuhan":
+                    continue
+                cap = max_load(c.agents[skill], topo.aht(skill), 0.8, 20)
+                own = sum(b.calls_per_hour.get(skill, 0) for b in topo.branches
+                          if b.home == c.id) * topo.aht(skill) / 3600
+                spare[c.id] = cap - own
+            total = sum(spare.values())
+            for t in r.targets:
+                assert t.weight == pytest.approx(spare[t.center] / total, abs=2e-3)
+    # no other branch moves
+    assert {r.branch for r in plan.routes if r.kind.value == "dr"} == {"hubei", "hunan"}
+    # chengdu, the main center, takes the biggest share, as it did in 2020
+    assert max(routes[("hubei", "retail")].targets, key=lambda t: t.weight).center == "chengdu"
