@@ -1,0 +1,510 @@
+"""The health tracker: from centers' reports and report-stream events to a status and weight per center.
+
+It is the one place that decides whether a center is HEALTHY, STALE, DOWN, FAILING or UNKNOWN; the
+planner only reads `view(now)`. It is a pure, stateful core object in the aioquic style: every input
+(`observe`, `stream_opened`, `stream_closed`, `expire`) takes `now` (monotonic seconds from the caller)
+and returns the status changes it caused as values; `next_deadline()` tells the shell when to call
+`expire` next. It must not read the clock, do I/O, import asyncio/grpc, or trust a report's `sent_at`:
+a wall-clock jump on an agent (F13) must change no decision here.
+
+The rules, per center (S = stale_after_intervals * interval_s, the time after which reports are late):
+
+  UNKNOWN  -- first accepted report ------------------------------------------------> HEALTHY
+  UNKNOWN  -- no report within down_after_s of the tracker's start ------------------> DOWN
+  HEALTHY  -- no report for S, or its report stream closed -------------------------> STALE
+  STALE    -- a report arrives (or the closed stream reopens while reports are fresh) -> HEALTHY
+  STALE    -- no report for down_after_s, or stream closed for stream_grace_s --------> DOWN
+  DOWN     -- recover_intervals consecutive fresh reports (failback, no oscillation) -> HEALTHY
+  HEALTHY  -- a failing detector fires on the last failing_window_intervals reports --> FAILING
+  FAILING  -- failing_holddown_s passes and the detector no longer fires -----------> HEALTHY
+              (on probation: failing again within failing_probation_s doubles the hold-down, capped;
+              a detector still firing when the hold-down ends is such a relapse at once)
+  FAILING  -- reports stop / stream closes -----------------------------------------> STALE, DOWN
+  (a STALE or recovering DOWN center whose failing hold-down still runs returns to FAILING, not HEALTHY)
+
+The failing detectors (F17; the 2020-02-04 incident, "the main center cannot receive the overflow
+calls"), judged when reports arrive, over each center's last failing_window_intervals reports:
+  (a) calls never arrive: the calls all centers' lookups routed to X add up to at least
+      failing_min_calls and X's own offered count is under failing_arrival_ratio of that;
+  (b) not answering: X was offered at least failing_min_calls, answered none, and its queue rose
+      across the window -- unless every skill with calls waiting had all its agents on calls in every
+      report of the window: that is a saturated center (a surge, overflow's job), not a dead one.
+A center that is draining or closed by its own report is never judged: refusing calls is its intent.
+
+Weights: HEALTHY and UNKNOWN 1.0 (a fresh control plane must not DR the whole network: the planner
+uses topology staffing); STALE decays linearly from 1.0 when it went stale to 0.0 at its DOWN time
+(neither trusted for a minute like Cisco ICM's frozen data, nor dropped at once); DOWN 0.0; FAILING
+1.0 when calls routed to it do not arrive (its own calls may still work; the planner stops using it as
+a receiver) and 0.0 when it does not answer. A STALE center still in a failing hold-down keeps the
+failing weight as a ceiling, so going silent never raises a center's weight.
+
+Two error families leave this module: `InvalidInput` for bad input (unknown center, non-finite time,
+bad settings) and its subclass `StaleReport` for a report whose sequence number is not new (F12).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+
+import msgspec
+
+from controlplane.core.model import (
+    AdminState,
+    CenterHealth,
+    InvalidInput,
+    Report,
+    SkillLoad,
+    Status,
+    check_id,
+)
+
+# A recovering center's report counts toward recover_intervals only if it comes at least this share of
+# an interval after the last one counted: an agent flushing a burst of buffered reports on reconnect
+# has not been up for four intervals, and failback must take real time (ordered, no oscillation).
+MIN_REPORT_SPACING = 0.5
+
+# A report stays in the failing detectors' window this many intervals past the window's nominal span:
+# reports jitter by tens of milliseconds, and a window that lost its oldest report just before each
+# evaluation would never be full. Older reports are dropped so a sender that went silent stops counting.
+WINDOW_SLACK_INTERVALS = 1
+
+# Upper bounds on settings: beyond these a value is a unit mistake (ms typed for s), not a choice.
+MAX_SETTING_S = 86_400.0  # a day
+MAX_SETTING_COUNT = 1_000
+
+
+class HealthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Timers and thresholds of the health tracker; every default says why it is that number."""
+
+    # agents report every 0.5 s: fast enough to see a queue build within a second, cheap at 40 centers
+    interval_s: float = 0.5
+    # F8: stale after 3 missed intervals (1.5 s): one late or lost report is jitter, three are not
+    stale_after_intervals: int = 3
+    # reports stop but the stream is not seen closing (a partition): the center is decayed while
+    # stale and dropped only then; Cisco ICM trusts frozen data for 60 s, far too long for DR, and
+    # 6 s rides out a GC pause or a congested link without moving a whole center's calls
+    down_after_s: float = 6.0
+    # a closed report stream makes the center unreachable at once and DOWN after this grace unless it
+    # reconnects: a rolling agent restart (sub-second) does not trigger DR, while a killed center is
+    # DOWN well within the 2 s DR budget of F14
+    stream_grace_s: float = 1.0
+    # the failing detectors judge this many of a center's latest reports: F17 demands detection within
+    # 3 report intervals, and fewer would judge a single noisy interval
+    failing_window_intervals: int = 3
+    # under this many calls in the window the evidence is noise (a quiet night, calls still in flight)
+    failing_min_calls: int = 5
+    # calls reported by the receiver an interval later than by the sender still arrive; fewer than
+    # half of what was sent arriving is a broken path, not timing (the 2020-02-04 incident)
+    failing_arrival_ratio: float = 0.5
+    # a failing center stays out at least this long: repairs take minutes, and routes flapping
+    # every few seconds hurt callers more than a 30 s wait before retrying the center
+    failing_holddown_s: float = 30.0
+    # each relapse doubles the hold-down up to this (30, 60, 120, 240, 480 s): a repaired center
+    # returns within 8 minutes without an operator, a broken one is not retried every 30 s all night
+    failing_holddown_max_s: float = 480.0
+    # after a hold-down the center is on probation this long: failing again within it is a relapse;
+    # two minutes is long enough for overflow to reach it again and the detectors to judge it
+    failing_probation_s: float = 120.0
+    # a DOWN center must report this many consecutive fresh intervals before HEALTHY: ordered
+    # failback (2 s at 0.5 s), so a center that comes and goes does not drag routes back and forth
+    recover_intervals: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("interval_s", "down_after_s", "stream_grace_s", "failing_holddown_s",
+                     "failing_holddown_max_s", "failing_probation_s"):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or not math.isfinite(v) or not 0 < v <= MAX_SETTING_S:
+                raise InvalidInput(name, v, f"must be a number in (0, {MAX_SETTING_S:g}] seconds")
+        for name, lo in (("stale_after_intervals", 1), ("failing_window_intervals", 2),
+                         ("failing_min_calls", 1), ("recover_intervals", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or not lo <= v <= MAX_SETTING_COUNT:
+                raise InvalidInput(name, v, f"must be an integer in [{lo}, {MAX_SETTING_COUNT}]")
+        r = self.failing_arrival_ratio
+        if not isinstance(r, int | float) or not math.isfinite(r) or not 0 < r <= 1:
+            raise InvalidInput("failing_arrival_ratio", r, "must be a number in (0, 1]")
+        if self.down_after_s <= self.stale_after_s:
+            # the STALE phase would be empty: a partitioned center would drop without decaying
+            raise InvalidInput("down_after_s", self.down_after_s,
+                               f"must exceed stale_after_intervals * interval_s ({self.stale_after_s:g})")
+        if self.failing_holddown_max_s < self.failing_holddown_s:
+            raise InvalidInput("failing_holddown_max_s", self.failing_holddown_max_s,
+                               f"must be at least failing_holddown_s ({self.failing_holddown_s:g})")
+
+    @property
+    def stale_after_s(self) -> float:
+        return self.stale_after_intervals * self.interval_s
+
+    @property
+    def window_horizon_s(self) -> float:
+        return (self.failing_window_intervals + WINDOW_SLACK_INTERVALS) * self.interval_s
+
+
+class HealthChange(msgspec.Struct, frozen=True):
+    """One center's status changed. `at` is when the new status began (a missed deadline's time when
+    expire() runs late, else the `now` of the event that caused it)."""
+
+    center: str
+    old: Status
+    new: Status
+    at: float
+    reason: str
+
+
+class HealthSnapshot(msgspec.Struct, frozen=True):
+    """What survives a control-plane restart: the last accepted sequence number per center.
+
+    Times do not: monotonic clocks of two processes share no origin, so a new tracker starts every
+    center UNKNOWN and lets fresh reports decide.
+    """
+
+    last_seq: dict[str, int] = {}
+
+
+class StaleReport(InvalidInput):
+    """F12: a report whose seq is not after the last accepted one (a paused agent resumed, a replay)."""
+
+    def __init__(self, center: str, seq: int, last_seq: int) -> None:
+        self.center = center
+        self.last_seq = last_seq
+        super().__init__("seq", seq, f"not after the last accepted seq {last_seq} of center {center!r}")
+
+
+class _Sample(msgspec.Struct, frozen=True):
+    """One accepted report, reduced to what the failing detectors need."""
+
+    at: float
+    offered: int
+    answered: int
+    queued: int
+    # every skill with calls waiting had all its logged-in agents on calls: a slow queue, not a dead one
+    saturated: bool
+    routed_to: dict[str, int]
+
+
+class _Failure(msgspec.Struct, frozen=True):
+    reason: str
+    weight: float
+
+
+class _Verdict(msgspec.Struct, frozen=True):
+    status: Status
+    weight: float
+    reason: str
+    since: float
+
+
+class _Center(msgspec.Struct):
+    """The tracker's mutable record of one center; never leaves this module."""
+
+    id: str
+    window: deque[_Sample]
+    status: Status = Status.UNKNOWN
+    reason: str = ""
+    last_seq: int | None = None
+    last_report_at: float | None = None
+    skills: dict[str, SkillLoad] = {}
+    state: AdminState = AdminState.OPEN
+    open_streams: int = 0
+    closed_at: float | None = None  # the last report stream closed then; None while one is open
+    down_since: float | None = None  # DOWN is latched: only a recovery streak clears it
+    down_reason: str = ""
+    streak: int = 0  # consecutive fresh reports while DOWN
+    streak_at: float = -math.inf  # when the last report counted toward the streak arrived
+    fail_since: float = 0.0
+    fail_until: float | None = None  # end of the failing hold-down; None when not failing
+    fail: _Failure | None = None
+    holddown_s: float = 0.0  # the hold-down length used last (doubles on relapse)
+    probation_until: float = -math.inf
+
+
+class HealthTracker:
+    """Status and weight per center from reports, stream events and the passage of `now`."""
+
+    def __init__(self, centers: Iterable[str], settings: HealthSettings, now: float) -> None:
+        self._s = settings
+        self._start = _finite("now", now)
+        self._now = self._start
+        # changes found while handling a call that then raised (a stale report): handed out by the next
+        # call, so that a rejected report still applies its `now` without losing what that changed
+        self._pending: list[HealthChange] = []
+        self._centers: dict[str, _Center] = {}
+        for cid in centers:
+            check_id("centers", cid)
+            if cid in self._centers:
+                raise InvalidInput("centers", cid, "duplicate center")
+            self._centers[cid] = _Center(cid, deque(maxlen=settings.failing_window_intervals),
+                                         reason="no report yet", holddown_s=settings.failing_holddown_s)
+
+    # ------------------------------------------------------------------ inputs
+
+    def observe(self, report: Report, now: float) -> list[HealthChange]:
+        """Take one report, already checked by model.validate_report; returns the changes it caused.
+
+        Raises StaleReport when report.seq is not after the last accepted seq of the center (F12); the
+        report is then ignored, but the timeouts due by `now` are applied and the changes they caused
+        are returned by the next call.
+        """
+        c = self._center("center", report.center)
+        now = self._clamp(now)
+        changes = self._advance(now)
+        if c.last_seq is not None and report.seq <= c.last_seq:
+            self._pending = changes + self._collect(now)
+            raise StaleReport(c.id, report.seq, c.last_seq)
+        s = self._s
+        if c.down_since is not None:
+            # only reports in an unbroken run, spaced like real intervals, earn failback
+            fresh = c.last_report_at is not None and now - c.last_report_at <= s.stale_after_s
+            if not fresh or c.streak == 0:
+                c.streak, c.streak_at = 1, now
+            elif now - c.streak_at >= MIN_REPORT_SPACING * s.interval_s:
+                c.streak, c.streak_at = c.streak + 1, now
+            if c.streak >= s.recover_intervals:
+                c.down_since = None
+        c.last_seq = report.seq
+        c.last_report_at = now
+        c.skills = dict(report.skills)
+        c.state = report.state
+        # a report arrived over some stream, so the center reaches us whatever we were told before
+        c.closed_at = None
+        c.open_streams = max(c.open_streams, 1)
+        loads = report.skills.values()
+        c.window.append(_Sample(
+            at=now,
+            offered=sum(x.offered for x in loads),
+            answered=sum(x.answered for x in loads),
+            queued=sum(x.queued for x in loads),
+            saturated=any(x.queued > 0 for x in loads) and all(
+                x.busy >= x.logged_in > 0 for x in loads if x.queued > 0),
+            routed_to={k: v for k, v in report.routed_to.items() if v > 0},
+        ))
+        # this report can only change the verdict on the reporter and on the centers it sent calls to
+        for cid in sorted({c.id, *c.window[-1].routed_to}):
+            x = self._centers.get(cid)
+            if x is None or self._evaluate(x, now).status != Status.HEALTHY:
+                continue
+            failure = self._detect(x, now)
+            if failure is not None:
+                self._start_failing(x, failure, now, relapse=now < x.probation_until)
+        return changes + self._collect(now)
+
+    def stream_opened(self, center: str, now: float) -> list[HealthChange]:
+        """A report stream from `center` opened; a reconnect within stream_grace_s avoids DOWN."""
+        c = self._center("center", center)
+        now = self._clamp(now)
+        changes = self._advance(now)
+        c.open_streams += 1
+        c.closed_at = None
+        return changes + self._collect(now)
+
+    def stream_closed(self, center: str, now: float) -> list[HealthChange]:
+        """A report stream from `center` closed: with none left open it is unreachable at once."""
+        c = self._center("center", center)
+        now = self._clamp(now)
+        changes = self._advance(now)
+        c.open_streams = max(0, c.open_streams - 1)
+        if c.open_streams == 0 and c.closed_at is None:
+            c.closed_at = now
+            if c.down_since is not None:
+                c.streak = 0  # a recovering center that drops again starts its failback over
+        return changes + self._collect(now)
+
+    def expire(self, now: float) -> list[HealthChange]:
+        """Apply every timeout due by `now`; returns the changes, oldest first per center."""
+        now = self._clamp(now)
+        return self._advance(now) + self._collect(now)
+
+    # ------------------------------------------------------------------ queries
+
+    def next_deadline(self) -> float | None:
+        """The earliest `now` at which expire() could change something; None when nothing is pending.
+
+        Always after the latest `now` given: every input applies the timeouts due by its `now` first.
+        """
+        best = math.inf
+        for c in self._centers.values():
+            if c.fail_until is not None:
+                best = min(best, c.fail_until)
+            if c.down_since is not None:
+                continue
+            if c.last_report_at is None:
+                best = min(best, self._start + self._s.down_after_s)
+                continue
+            stale_at, down_at, _ = self._deadlines(c)
+            if stale_at > self._now:
+                best = min(best, stale_at)
+            best = min(best, down_at)
+        return best if best < math.inf else None
+
+    def view(self, now: float) -> dict[str, CenterHealth]:
+        """Status and weight of every center as of `now`; changes nothing (call expire() for those)."""
+        now = self._clamp(now)
+        out: dict[str, CenterHealth] = {}
+        for cid, c in self._centers.items():
+            v = self._evaluate(c, now)
+            out[cid] = CenterHealth(center=cid, status=v.status, weight=v.weight, skills=dict(c.skills),
+                                    state=c.state, reason=v.reason)
+        return out
+
+    def last_seq(self, center: str) -> int | None:
+        return self._center("center", center).last_seq
+
+    def snapshot(self) -> HealthSnapshot:
+        return HealthSnapshot({cid: c.last_seq for cid, c in self._centers.items() if c.last_seq is not None})
+
+    def restore(self, snap: HealthSnapshot) -> None:
+        """Resume sequence checking after a restart; centers no longer in the topology are ignored."""
+        for cid, seq in snap.last_seq.items():
+            if not isinstance(seq, int) or seq < 0:
+                raise InvalidInput(f"last_seq[{cid}]", seq, "must be a non-negative integer")
+            c = self._centers.get(cid)
+            if c is not None and (c.last_seq is None or seq > c.last_seq):
+                c.last_seq = seq
+
+    # ------------------------------------------------------------------ internals
+
+    def _center(self, field: str, cid: str) -> _Center:
+        c = self._centers.get(cid)
+        if c is None:
+            raise InvalidInput(field, cid, "unknown center")
+        return c
+
+    def _clamp(self, now: float) -> float:
+        # a caller may compute `now` before an await and pass it after a later one: time never runs
+        # backwards here, so an older `now` is read as the latest one seen
+        return max(_finite("now", now), self._now)
+
+    def _deadlines(self, c: _Center) -> tuple[float, float, str]:
+        """(stale from, DOWN at, why DOWN) for a center that has reported and is not latched DOWN."""
+        assert c.last_report_at is not None
+        s = self._s
+        stale_at = c.last_report_at + s.stale_after_s
+        down_at = c.last_report_at + s.down_after_s
+        why = f"no report for {s.down_after_s:g} s"
+        if c.closed_at is not None:
+            stale_at = min(stale_at, c.closed_at)
+            if c.closed_at + s.stream_grace_s < down_at:
+                down_at = c.closed_at + s.stream_grace_s
+                why = f"report stream closed for {s.stream_grace_s:g} s"
+        return stale_at, down_at, why
+
+    def _recent(self, c: _Center, now: float) -> list[_Sample]:
+        horizon = now - self._s.window_horizon_s
+        return [x for x in c.window if x.at > horizon]
+
+    def _detect(self, c: _Center, now: float) -> _Failure | None:
+        """The two F17 detectors over the center's last failing_window_intervals reports."""
+        s = self._s
+        if c.state != AdminState.OPEN:
+            return None  # a draining or closed center refuses calls on purpose
+        own = self._recent(c, now)
+        if len(own) < s.failing_window_intervals:
+            return None  # too little of its own evidence, e.g. just back from DOWN
+        offered = sum(x.offered for x in own)
+        q0, q1 = own[0].queued, own[-1].queued
+        if (offered >= s.failing_min_calls and sum(x.answered for x in own) == 0 and q1 > q0
+                and not all(x.saturated for x in own)):
+            return _Failure(f"not answering (answered 0, queue rising {q0}->{q1})", 0.0)
+        sent = sum(x.routed_to.get(c.id, 0) for o in self._centers.values() for x in self._recent(o, now))
+        if sent >= s.failing_min_calls and offered < s.failing_arrival_ratio * sent:
+            return _Failure(f"calls routed here are not arriving (sent {sent}, offered {offered})", 1.0)
+        return None
+
+    def _start_failing(self, c: _Center, failure: _Failure, now: float, relapse: bool) -> None:
+        s = self._s
+        c.holddown_s = min(2 * c.holddown_s, s.failing_holddown_max_s) if relapse else s.failing_holddown_s
+        c.fail, c.fail_since, c.fail_until = failure, now, now + c.holddown_s
+
+    def _failure_at(self, c: _Center, now: float) -> _Failure | None:
+        """The failing verdict in force at `now`, judging a hold-down that ended without mutating."""
+        if c.fail_until is None:
+            return None
+        if now < c.fail_until:
+            return c.fail
+        return self._detect(c, now)
+
+    def _evaluate(self, c: _Center, now: float) -> _Verdict:
+        """The verdict on one center at `now` from its record; pure, so view() can use it."""
+        s = self._s
+        if c.down_since is not None:
+            why = c.down_reason
+            if c.streak:
+                why = f"{why}; recovering ({c.streak}/{s.recover_intervals} fresh reports)"
+            return _Verdict(Status.DOWN, 0.0, why, c.down_since)
+        if c.last_report_at is None:
+            t = self._start + s.down_after_s
+            if now >= t:
+                return _Verdict(Status.DOWN, 0.0, f"no report within {s.down_after_s:g} s of start", t)
+            return _Verdict(Status.UNKNOWN, 1.0, "no report yet", self._start)
+        stale_at, down_at, down_why = self._deadlines(c)
+        if now >= down_at:
+            return _Verdict(Status.DOWN, 0.0, down_why, down_at)
+        failure = self._failure_at(c, now)
+        if now >= stale_at:
+            weight = min(1.0, max(0.0, (down_at - now) / (down_at - stale_at)))
+            why = "report stream closed" if c.closed_at is not None else \
+                f"no report for {now - c.last_report_at:.1f} s"
+            if failure is not None:
+                weight = min(weight, failure.weight)
+                why = f"{why}; {failure.reason}"
+            return _Verdict(Status.STALE, weight, why, stale_at)
+        if failure is not None:
+            return _Verdict(Status.FAILING, failure.weight, failure.reason, c.fail_since)
+        why = "reporting"
+        if now < c.probation_until:
+            why = f"reporting; on probation until {c.probation_until:g}"
+        return _Verdict(Status.HEALTHY, 1.0, why, now)
+
+    def _advance(self, now: float) -> list[HealthChange]:
+        """Latch what timed out by `now`: DOWN, and the end of failing hold-downs."""
+        self._now = now
+        changes, self._pending = self._pending, []
+        for c in self._centers.values():
+            if c.fail_until is not None and now >= c.fail_until:
+                relapse = self._detect(c, now)
+                if relapse is not None:
+                    # still failing on fresh evidence after the hold-down: a relapse, hold longer
+                    self._start_failing(c, relapse, now, relapse=True)
+                else:
+                    c.probation_until = c.fail_until + self._s.failing_probation_s
+                    c.fail, c.fail_until = None, None
+            if c.down_since is None:
+                v = self._evaluate(c, now)
+                if v.status == Status.DOWN:
+                    c.down_since, c.down_reason = v.since, v.reason
+                    c.streak, c.streak_at = 0, -math.inf
+                    changes.extend(self._emit(c, v))
+        return changes
+
+    def _collect(self, now: float) -> list[HealthChange]:
+        changes: list[HealthChange] = []
+        for c in self._centers.values():
+            changes.extend(self._emit(c, self._evaluate(c, now)))
+        return changes
+
+    def _emit(self, c: _Center, v: _Verdict) -> list[HealthChange]:
+        if v.status == c.status:
+            c.reason = v.reason
+            return []
+        why = v.reason
+        if v.status == Status.HEALTHY:
+            # say what ended the previous status: that is what an operator reading the log asks
+            why = {
+                Status.UNKNOWN: "first report",
+                Status.DOWN: f"recovered: {self._s.recover_intervals} consecutive fresh reports",
+                Status.STALE: "reports fresh again",
+                Status.FAILING: "failing hold-down over, detectors quiet",
+            }.get(c.status, why)
+            if self._now < c.probation_until:
+                why = f"{why}; on probation until {c.probation_until:g}"
+        change = HealthChange(c.id, c.status, v.status, min(v.since, self._now), why)
+        c.status, c.reason = v.status, v.reason
+        return [change]
+
+
+def _finite(field: str, v: float) -> float:
+    if not isinstance(v, int | float) or not math.isfinite(v):
+        raise InvalidInput(field, v, "must be a finite number of monotonic seconds")
+    return float(v)
