@@ -1,0 +1,313 @@
+"""Control-plane benchmarks: close-to-converge latency over real WatchPlan streams, report ingestion.
+
+`bench_converge(agents=40, trials=30)`: one control-plane replica process on a real etcd; `agents`
+WatchPlan streams (emulated agents that ACK every push) and one Report stream per center. Each trial
+an operator closes (or reopens) a center; the time from the SetCenterState call to the moment the
+LAST of the agents holds the plan carrying it is one sample. The etcd put -> watch anchor
+(shared/anchors/etcd_anchor.py) runs against the same etcd in the same run.
+
+`bench_ingest(seconds=5)`: one replica process (embedded store) fed by Report streams as fast as
+they go; reports/s and the server process's CPU time per report (from /proc: user + system).
+
+Both start processes and kill them at the end; everything listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+ANCHOR = Path("/work/shared/anchors/etcd_anchor.py")
+SMALL = ROOT / "examples" / "small.yaml"
+CENTERS = ("north", "south", "west")
+SKILLS = ("retail", "credit_card", "corporate")
+# a trial that has not converged in this long is a failure, not a slow sample
+TRIAL_TIMEOUT_S = 10.0
+
+
+def _pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _etcd_anchor(port: int) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, str(ANCHOR), str(port)], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    m = re.search(r"put -> watch event: p50 ([\d.]+) ms\s+p99 ([\d.]+) ms", out)
+    p = re.search(r"sequential: ([\d.]+) ms/put", out)
+    if m is None or p is None:
+        raise RuntimeError(f"unexpected etcd anchor output: {out!r}")
+    return {
+        "etcd_put_watch_p50_ms": float(m.group(1)),
+        "etcd_put_watch_p99_ms": float(m.group(2)),
+        "etcd_put_ms": float(p.group(1)),
+    }
+
+
+class _Proc:
+    def __init__(self, store: str, tmp: Path, name: str, extra: dict[str, Any] | None = None) -> None:
+        import yaml
+
+        cfg = tmp / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump({"lease_ttl_s": 2, "publish_interval_s": 1.0, **(extra or {})}))
+        self.port_file = tmp / f"{name}.ports"
+        self.log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed in kill()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "controlplane.service",
+                "--topology",
+                str(SMALL),
+                "--store",
+                store,
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics",
+                "127.0.0.1:0",
+                "--id",
+                name,
+                "--config",
+                str(cfg),
+                "--port-file",
+                str(self.port_file),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while not self.port_file.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(
+                    f"control plane did not start: {(tmp / f'{name}.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.02)
+        self.port = int(self.port_file.read_text().split()[0])
+        self.addr = f"127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+
+async def _watchers(addr: str, n: int, held: dict[int, Any], got: list[float]) -> list[asyncio.Task[None]]:
+    import grpc
+
+    from callroute.v1 import plan_pb2, plan_pb2_grpc
+
+    async def one(i: int) -> None:
+        center = CENTERS[i % len(CENTERS)]
+        async with grpc.aio.insecure_channel(addr) as ch:
+            out: asyncio.Queue[Any] = asyncio.Queue()
+            await out.put(plan_pb2.PlanRequest(center=center, node=f"bench-{i}"))
+
+            async def reqs() -> Any:
+                while True:
+                    yield await out.get()
+
+            async for push in plan_pb2_grpc.PlanServiceStub(ch).WatchPlan(reqs()):
+                held[i] = push.plan
+                got[i] = time.perf_counter()
+                await out.put(
+                    plan_pb2.PlanRequest(
+                        center=center,
+                        node=f"bench-{i}",
+                        known_version=push.version,
+                        response_to_version=push.version,
+                        response_nonce=push.nonce,
+                        ack=True,
+                    )
+                )
+
+    return [asyncio.ensure_future(one(i)) for i in range(n)]
+
+
+async def _reporters(addr: str, interval_s: float, stop: asyncio.Event, counts: list[int]) -> list[Any]:
+    import grpc
+
+    from callroute.v1 import report_pb2, report_pb2_grpc, types_pb2
+
+    async def one(k: int, center: str) -> None:
+        seq = time.time_ns()
+        async with grpc.aio.insecure_channel(addr) as ch:
+
+            def msg() -> Any:
+                nonlocal seq
+                seq += 1
+                return report_pb2.CenterReport(
+                    center=center,
+                    seq=seq,
+                    sent_at=time.time(),
+                    interval_s=max(interval_s, 0.01),
+                    state=types_pb2.ADMIN_STATE_OPEN,
+                    skills=[
+                        report_pb2.SkillReport(
+                            skill=s,
+                            logged_in=100,
+                            ready=40,
+                            busy=60,
+                            queued=1,
+                            offered=10,
+                            answered=9,
+                            answered_within=8,
+                            aht_s=240,
+                        )
+                        for s in SKILLS
+                    ],
+                )
+
+            async def reqs() -> Any:
+                while not stop.is_set():
+                    yield msg()
+                    if interval_s:
+                        await asyncio.sleep(interval_s)
+                    elif seq % 64 == 0:
+                        await asyncio.sleep(0)  # let acks be read
+
+            async for ack in report_pb2_grpc.ReportServiceStub(ch).Report(reqs()):
+                counts[k] += 1 if ack.accepted else 0
+
+    return [asyncio.ensure_future(one(k, c)) for k, c in enumerate(CENTERS)]
+
+
+async def _converge(agents: int, trials: int) -> dict[str, Any]:
+    import grpc
+
+    from callroute.v1 import operator_pb2, operator_pb2_grpc, types_pb2
+    from controlplane.store.etcdtest import EtcdCluster
+
+    with EtcdCluster(1) as etcd, tempfile.TemporaryDirectory() as tmpd:
+        etcd.start()
+        anchor = _etcd_anchor(int(etcd.endpoints[0].rsplit(":", 1)[1]))
+        cp = _Proc(etcd.url, Path(tmpd), "bench-cp")
+        stop = asyncio.Event()
+        tasks: list[Any] = []
+        try:
+            held: dict[int, Any] = {}
+            got = [0.0] * agents
+            counts = [0] * len(CENTERS)
+            tasks += await _reporters(cp.addr, 0.5, stop, counts)
+            tasks += await _watchers(cp.addr, agents, held, got)
+            deadline = time.monotonic() + 20
+            while len(held) < agents:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {len(held)} of {agents} agents got a first plan")
+                await asyncio.sleep(0.01)
+            samples: list[float] = []
+            async with grpc.aio.insecure_channel(cp.addr) as ch:
+                op = operator_pb2_grpc.OperatorServiceStub(ch)
+                for t in range(trials):
+                    close = t % 2 == 0
+                    t0 = time.perf_counter()
+                    await op.SetCenterState(
+                        operator_pb2.SetCenterStateRequest(
+                            center="west",
+                            state=types_pb2.ADMIN_STATE_CLOSED if close else types_pb2.ADMIN_STATE_OPEN,
+                            reason="bench",
+                            operator="bench",
+                            request_id=f"bench-{os.getpid()}-{t}",
+                        ),
+                        timeout=5,
+                    )
+                    end = time.monotonic() + TRIAL_TIMEOUT_S
+                    while not all(("west" in held[i].closed) == close for i in range(agents)):
+                        if time.monotonic() > end:
+                            raise RuntimeError(f"trial {t}: agents did not converge in {TRIAL_TIMEOUT_S} s")
+                        await asyncio.sleep(0.0005)
+                    samples.append((max(got) - t0) * 1e3)
+                    await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            for x in tasks:
+                x.cancel()
+            for x in tasks:
+                with contextlib.suppress(BaseException):
+                    await x
+            cp.kill()
+    return {
+        "agents": agents,
+        "trials": trials,
+        "p50_ms": round(_pct(samples, 50), 2),
+        "p99_ms": round(_pct(samples, 99), 2),
+        "max_ms": round(max(samples), 2),
+        **anchor,
+        "ratio_p50_to_anchor": round(_pct(samples, 50) / anchor["etcd_put_watch_p50_ms"], 1),
+    }
+
+
+def bench_converge(agents: int = 40, trials: int = 30) -> dict[str, Any]:
+    """Operator close -> every one of `agents` WatchPlan streams holds the new plan (ms)."""
+    import uvloop
+
+    return uvloop.run(_converge(agents, trials))
+
+
+async def _ingest(seconds: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmpd:
+        # a long publish interval keeps plan computation out of the per-report cost
+        cp = _Proc("embedded", Path(tmpd), "bench-ingest", {"publish_interval_s": 5.0})
+        stop = asyncio.Event()
+        counts = [0] * len(CENTERS)
+        tasks = await _reporters(cp.addr, 0.0, stop, counts)
+        try:
+            await asyncio.sleep(1.0)  # warm up: connections open, first plan published
+            c0, cpu0, t0 = sum(counts), _cpu_s(cp.proc.pid), time.perf_counter()
+            await asyncio.sleep(seconds)
+            c1, cpu1, t1 = sum(counts), _cpu_s(cp.proc.pid), time.perf_counter()
+        finally:
+            stop.set()
+            for x in tasks:
+                x.cancel()
+            for x in tasks:
+                with contextlib.suppress(BaseException):
+                    await x
+            cp.kill()
+    n = c1 - c0
+    cpu = cpu1 - cpu0
+    return {
+        "reports": n,
+        "seconds": round(t1 - t0, 2),
+        "reports_per_s": round(n / (t1 - t0)),
+        "server_cpu_s": round(cpu, 2),
+        "server_cpu_us_per_report": round(cpu / max(n, 1) * 1e6, 1),
+        "reports_per_server_cpu_s": round(n / cpu) if cpu > 0 else 0,
+    }
+
+
+def bench_ingest(seconds: float = 5.0) -> dict[str, Any]:
+    """Reports/s into one replica process, and its CPU time per report."""
+    import uvloop
+
+    return uvloop.run(_ingest(seconds))
+
+
+if __name__ == "__main__":
+    import json
+
+    what = sys.argv[1] if len(sys.argv) > 1 else "all"
+    res: dict[str, Any] = {}
+    if what in ("converge", "all"):
+        res["converge"] = bench_converge()
+    if what in ("ingest", "all"):
+        res["ingest"] = bench_ingest()
+    print(json.dumps(res, indent=1))

@@ -1,0 +1,7 @@
+"""`python -m controlplane.service ...` = `callroute controlplane ...` (tests start replicas this way)."""
+
+import sys
+
+from .server import main
+
+sys.exit(main())

@@ -1,0 +1,392 @@
+"""The leader's decisions (`LeaderBrain`, no I/O) and the shell that runs them (`LeaderLoop`).
+
+`LeaderBrain` owns the health tracker and the plan tracker while this replica leads: reports,
+stream events, operator states and timer ticks go in with `now`; "publish this plan now" comes
+out. It never reads the clock, never awaits, never touches the store, so the rules (publish at
+most once per interval on load changes, at once for a close or a center going down, never a plan
+that fails `consistent()`) are tested by driving `now`.
+
+`LeaderLoop` is the thin shell: campaign, then while the lease holds run the brain's timer and
+publish through the fenced `Publisher`. Loss of the lease or a failed fence demotes at once:
+publishing stops before anything else happens, then the loss is logged and counted, then the
+replica campaigns again. Must not: publish without the fence, or keep leading after any doubt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import msgspec
+
+from controlplane.core.health import HealthSettings, HealthTracker
+from controlplane.core.model import AdminState, NetworkView, Plan, Report, Status, Topology
+from controlplane.core.plan import consistent
+from controlplane.core.planner import PlanTracker
+
+log = logging.getLogger("callroute.controlplane.leader")
+
+# Causes recorded in plan.meta["cause"] (PlanHistory shows them to operators).
+CAUSE_START = "leader start"
+CAUSE_LOAD = "load change"
+CAUSE_URGENT = "center down or closed"
+CAUSE_OPERATOR = "operator change"
+CAUSE_ROLLBACK = "rollback"
+# health gauges are refreshed at least this often (and on every change): scrapes are seconds apart
+HEALTH_METRICS_EVERY_S = 1.0
+
+
+def _change_status(change: Any) -> Status | None:
+    """The status a HealthChange moves to (the tracker's struct names it `new` or `status`)."""
+    for name in ("new", "status", "to"):
+        v = getattr(change, name, None)
+        if isinstance(v, Status):
+            return v
+    return None
+
+
+class LeaderBrain:
+    """What the leader should publish and when; fed events with `now`, returns plans as values."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        topology_hash: str,
+        now: float,
+        *,
+        publish_interval_s: float,
+        base_version: int,
+        base_plan: Plan | None = None,
+        admin: dict[str, AdminState] | None = None,
+        leader_id: str = "",
+        term: int = 0,
+        health_settings: HealthSettings | None = None,
+    ) -> None:
+        self.topology = topology
+        self.topology_hash = topology_hash
+        self.known = frozenset(topology.center_ids())
+        self.publish_interval_s = publish_interval_s
+        self.tracker = HealthTracker(topology.center_ids(), health_settings or HealthSettings(), now)
+        self.planner = PlanTracker(topology)
+        self.version = base_version  # highest version in the store when we took over
+        self.last_plan = base_plan
+        self.admin: dict[str, AdminState] = dict(admin or {})
+        self.leader_id = leader_id
+        self.term = term
+        self.last_publish_at = -float("inf")
+        # a new leader publishes once at start: its view may differ from the old leader's
+        self.urgent = True
+        self.dirty = True
+        self.cause = CAUSE_START
+        # a rollback holds its routes against load-driven recomputes until the next urgent event
+        self.holding = False
+        self._reported: dict[str, AdminState] = {}
+
+    # ------------------------------------------------------------------ inputs
+
+    def _note_changes(self, changes: list[Any]) -> None:
+        for c in changes:
+            st = _change_status(c)
+            if st in (Status.DOWN, Status.FAILING):
+                self._urgent(CAUSE_URGENT)
+            else:
+                self.dirty = True
+
+    def _urgent(self, cause: str) -> None:
+        self.urgent = True
+        self.dirty = True
+        self.holding = False
+        self.cause = cause
+
+    def observe(self, report: Report, now: float) -> list[Any]:
+        """An accepted report (validated by the caller). Raises the tracker's StaleReport."""
+        changes = self.tracker.observe(report, now)
+        self._note_changes(changes)
+        before = self._reported.get(report.center, AdminState.OPEN)
+        self._reported[report.center] = report.state
+        if report.state != before:
+            # the center's own emergency switch: as urgent as an operator close
+            self._urgent(CAUSE_URGENT)
+        self.dirty = True
+        return changes
+
+    def stream_opened(self, center: str, now: float) -> None:
+        self._note_changes(list(self.tracker.stream_opened(center, now) or ()))
+
+    def stream_closed(self, center: str, now: float) -> None:
+        self._note_changes(list(self.tracker.stream_closed(center, now) or ()))
+        self.dirty = True
+
+    def set_admin(self, admin: dict[str, AdminState]) -> None:
+        if admin != self.admin:
+            self.admin = dict(admin)
+            self._urgent(CAUSE_OPERATOR)
+
+    def expire(self, now: float) -> list[Any]:
+        changes = list(self.tracker.expire(now) or ())
+        self._note_changes(changes)
+        return changes
+
+    # ------------------------------------------------------------------ timing
+
+    def next_wakeup(self, now: float) -> float:
+        """Monotonic time at which `tick` has something to do (tracker deadline or a due publish)."""
+        t = self.tracker.next_deadline()
+        wake = float("inf") if t is None else t
+        if self.urgent:
+            return now
+        if self.dirty and not self.holding:
+            wake = min(wake, self.last_publish_at + self.publish_interval_s)
+        return wake
+
+    def due(self, now: float) -> bool:
+        if self.urgent:
+            return True
+        return self.dirty and not self.holding and now >= self.last_publish_at + self.publish_interval_s
+
+    # ------------------------------------------------------------------ outputs
+
+    def view(self, now: float) -> NetworkView:
+        return NetworkView(health=self.tracker.view(now), admin=dict(self.admin))
+
+    def compute(
+        self, now: float, wall: float, wall_hour: float | None = None, weekday: int | None = None
+    ) -> Plan | None:
+        """The plan to publish now, or None when it would not change a route.
+
+        Raises RuntimeError when the planner produced an inconsistent plan: a bug, never published.
+        """
+        self.urgent = False
+        self.dirty = False
+        cause = self.cause
+        self.cause = CAUSE_LOAD
+        plan = self.planner.compute(self.view(now), now, self.version + 1, wall_hour, weekday)
+        if (
+            self.last_plan is not None
+            and plan.routes == self.last_plan.routes
+            and plan.closed == self.last_plan.closed
+        ):
+            return None
+        plan = msgspec.structs.replace(
+            plan,
+            created_at=wall,
+            topology_hash=self.topology_hash,
+            meta={"cause": cause, "leader": self.leader_id, "term": str(self.term)},
+        )
+        errors = consistent(plan, self.topology)
+        if errors:
+            raise RuntimeError("computed plan is inconsistent: " + "; ".join(errors[:5]))
+        return plan
+
+    def rollback_plan(self, old: Plan, wall: float, reason: str) -> Plan:
+        """`old`'s routes as the next version; raises ValueError if it no longer fits."""
+        view = self.view(0.0)
+        closed = {c for c, a in self.admin.items() if a != AdminState.OPEN}
+        closed |= {c for c, h in view.health.items() if h.status == Status.DOWN}
+        plan = msgspec.structs.replace(
+            old,
+            version=self.version + 1,
+            created_at=wall,
+            closed=tuple(sorted(set(old.closed) | closed)),
+            topology_hash=self.topology_hash,
+            meta={
+                "cause": CAUSE_ROLLBACK,
+                "rollback_of": str(old.version),
+                "reason": reason,
+                "leader": self.leader_id,
+                "term": str(self.term),
+            },
+        )
+        errors = consistent(plan, self.topology)
+        if errors:
+            raise ValueError("; ".join(errors[:5]))
+        return plan
+
+    def published(self, plan: Plan, now: float) -> None:
+        self.version = plan.version
+        self.last_plan = plan
+        self.last_publish_at = now
+        if plan.meta.get("cause") == CAUSE_ROLLBACK:
+            self.holding = True
+
+
+# ---------------------------------------------------------------- the shell
+
+
+class Demoted(Exception):
+    """Raised inside the leader's tasks to end its term (lease lost, fence lost)."""
+
+
+class LeaderLoop:
+    """Campaign; while leading, run the brain's timer and publish through the fenced publisher."""
+
+    def __init__(self, cp: Any) -> None:
+        # cp: the ControlPlane (server.py); typed loosely to keep the import graph one-way
+        self.cp = cp
+        self.brain: LeaderBrain | None = None
+        self._wake = asyncio.Event()
+        self.terms = 0
+        self.losses: list[str] = []
+        self._sleep_until = 0.0  # loop time the timer task sleeps until
+        self.election: Any = None  # the current term's Election (for operators' and tests' eyes)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.brain is not None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def nudge(self, brain: LeaderBrain) -> None:
+        """After a report: wake the timer only if the brain now wants to act before it would wake
+        anyway (waking it per report would cost a health evaluation per report)."""
+        if brain.urgent or (
+            brain.dirty
+            and not brain.holding
+            and brain.last_publish_at + brain.publish_interval_s < self._sleep_until
+        ):
+            self._wake.set()
+
+    def on_lost(self, reason: str) -> None:
+        """Called by the Election (synchronously) the moment the lease or the fence is lost."""
+        # stop publishing before anything else: every publish path checks `brain` first
+        was = self.brain is not None
+        self.brain = None
+        self.losses.append(reason)
+        if was:
+            self.cp.on_leader_change(False)
+            (log.info if reason == "stopping" else log.error)("leadership lost: %s", reason)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Forever: campaign, lead until demoted, campaign again."""
+        cp = self.cp
+        s = cp.settings
+        while True:
+            try:
+                election = await cp.campaign()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # store down: keep trying, loudly
+                cp.metrics.store_errors.labels("campaign").inc()
+                log.warning("campaign failed: %r", e)
+                await asyncio.sleep(s.campaign_retry_s)
+                continue
+            try:
+                await self._lead(election)
+            except asyncio.CancelledError:
+                await self._demote(election, "stopping")
+                raise
+            except BaseException as e:
+                log.error("leader term ended: %r", e)
+            await self._demote(election, "term ended")
+            await asyncio.sleep(s.campaign_retry_s)
+
+    async def _lead(self, election: Any) -> None:
+        cp = self.cp
+        loop = asyncio.get_running_loop()
+        base_version = await cp.publisher.latest_version()
+        base_plan = cp.feed.latest
+        if base_version and (base_plan is None or base_plan.version != base_version):
+            base_plan = await cp.publisher.load(base_version)
+        admin = await cp.read_admin()
+        election.check()  # still ours after those reads?
+        self.terms += 1
+        self.election = election
+        self.brain = LeaderBrain(
+            cp.topology,
+            cp.topology_hash,
+            loop.time(),
+            publish_interval_s=cp.settings.publish_interval_s,
+            base_version=base_version,
+            base_plan=base_plan,
+            admin=admin,
+            leader_id=cp.settings.id,
+            term=election.leader_rev,
+            health_settings=cp.health_settings(),
+        )
+        cp.on_leader_change(True)
+        log.info("leading (term %s) from plan version %d", election.leader_rev, base_version)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._loss_watch(election))
+            tg.create_task(self._timer(election))
+            tg.create_task(self._heartbeat(election))
+            tg.create_task(cp.watch_admin(self))
+
+    async def _loss_watch(self, election: Any) -> None:
+        await election.lost.wait()
+        raise Demoted(election.reason or "lost")
+
+    async def _demote(self, election: Any, why: str) -> None:
+        if self.brain is not None:
+            self.on_lost(why)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(election.resign(), self.cp.settings.store_deadline_s)
+
+    def _brain(self, election: Any) -> LeaderBrain:
+        brain = self.brain
+        if brain is None:
+            raise Demoted("not leader")
+        election.check()  # raises FenceLost (and demotes) once the lease's deadline has passed (F1, F2)
+        return brain
+
+    async def _timer(self, election: Any) -> None:
+        cp = self.cp
+        loop = asyncio.get_running_loop()
+        health_at = -1.0
+        while True:
+            brain = self._brain(election)
+            now = loop.time()
+            if brain.expire(now) or now - health_at >= HEALTH_METRICS_EVERY_S:
+                cp.publish_health(brain, now)
+                health_at = now
+            if brain.due(now):
+                await self._publish_once(election, brain, now)
+                continue
+            wake = min(brain.next_wakeup(now), now + HEALTH_METRICS_EVERY_S)
+            self._sleep_until = wake
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, wake - now))
+            self._sleep_until = 0.0
+
+    async def _publish_once(self, election: Any, brain: LeaderBrain, now: float) -> None:
+        cp = self.cp
+        t0 = time.perf_counter()
+        lt = time.localtime()
+        plan = brain.compute(now, time.time(), lt.tm_hour + lt.tm_min / 60.0, lt.tm_wday + 1)
+        cp.metrics.plan_compute.observe(time.perf_counter() - t0)
+        if plan is not None:
+            await self.publish(election, brain, plan)
+
+    async def publish(self, election: Any, brain: LeaderBrain, plan: Plan) -> None:
+        cp = self.cp
+        self._brain(election)
+        t0 = time.perf_counter()
+        await cp.publisher.publish(election, plan)
+        cp.metrics.publish_latency.observe(time.perf_counter() - t0)
+        cp.metrics.publishes.labels(plan.meta.get("cause", "")).inc()
+        brain.published(plan, asyncio.get_running_loop().time())
+        log.info("published plan %d (%s)", plan.version, plan.meta.get("cause", ""))
+
+    async def _heartbeat(self, election: Any) -> None:
+        cp = self.cp
+        s = cp.settings
+        loop = asyncio.get_running_loop()
+        marks: list[tuple[float, int]] = []  # (when, revision) of heartbeats, for compaction
+        while True:
+            brain = self._brain(election)
+            rev = await cp.publisher.heartbeat(election, brain.version)
+            now = loop.time()
+            marks.append((now, rev))
+            old = [m for m in marks if m[0] <= now - s.compact_after_s]
+            if old:
+                marks = [m for m in marks if m[0] > now - s.compact_after_s]
+                try:
+                    await cp._call("compact", cp.store.compact(old[-1][1], timeout_s=s.store_deadline_s))
+                except Exception as e:  # housekeeping: retried at the next mark
+                    log.warning("compaction failed: %s", e)
+            await asyncio.sleep(s.plan_heartbeat_s)

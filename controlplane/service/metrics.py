@@ -1,0 +1,149 @@
+"""The control plane's Prometheus metrics, in a registry of their own, and the /metrics listener.
+
+One `ControlPlaneMetrics` per replica (tests run several in one process, so nothing goes into the
+global registry). Must not: decide anything; it only counts what the shells tell it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from controlplane.core.model import Status
+
+_P = "callroute_controlplane_"
+# plan computation of a national network takes milliseconds; a second is a bug
+_COMPUTE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# publish = fenced etcd txn(s): ~1 ms on loopback, tens of ms on a loaded cluster, seconds = trouble
+_PUBLISH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# acked-version series kept: one per version an agent runs; old versions are removed when no agent
+# reports them, so this bounds the label set if something goes wrong
+MAX_ACK_VERSIONS = 64
+
+
+class ControlPlaneMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.reports = Counter(
+            _P + "reports_total", "Center reports received, by result", ["result"], registry=r
+        )
+        self.report_rejects = Counter(
+            _P + "report_rejects_total", "Reports rejected, by reason", ["reason"], registry=r
+        )
+        self.center_health = Gauge(
+            _P + "center_health", "1 for the center's current status", ["center", "status"], registry=r
+        )
+        self.plan_version = Gauge(_P + "plan_version", "Latest plan version this replica holds", registry=r)
+        self.plan_age = Gauge(
+            _P + "plan_age_seconds",
+            "Seconds since this replica last saw a new plan or a leader heartbeat",
+            registry=r,
+        )
+        self.plan_stale = Gauge(
+            _P + "plan_stale", "1 when plan age exceeds plan_stale_after_s (alert)", registry=r
+        )
+        self.plan_compute = Histogram(
+            _P + "plan_compute_seconds", "Time to compute one plan", buckets=_COMPUTE_BUCKETS, registry=r
+        )
+        self.publish_latency = Histogram(
+            _P + "publish_latency_seconds",
+            "Time to store one plan (fenced, chunked)",
+            buckets=_PUBLISH_BUCKETS,
+            registry=r,
+        )
+        self.route_weight = Gauge(
+            _P + "route_weight",
+            "Share of a branch/skill's calls per center",
+            ["branch", "skill", "center"],
+            registry=r,
+        )
+        self.calls_routed = Counter(
+            _P + "calls_routed_total",
+            "Calls routed per origin and receiving center (from reports)",
+            ["branch", "center"],
+            registry=r,
+        )
+        self.agents_acked = Gauge(
+            _P + "agents_acked", "Agent streams whose last ACK is this version", ["version"], registry=r
+        )
+        self.nacks = Counter(_P + "plan_nacks_total", "Plan pushes refused by agents", ["center"], registry=r)
+        self.leader = Gauge(_P + "leader", "1 while this replica is the leader", registry=r)
+        self.leader_changes = Counter(
+            _P + "leader_changes_total",
+            "Times this replica became or stopped being leader",
+            ["event"],
+            registry=r,
+        )
+        self.store_errors = Counter(
+            _P + "store_errors_total", "Store calls that failed, by op", ["op"], registry=r
+        )
+        self.watch_streams = Gauge(_P + "watch_streams", "Open WatchPlan streams", registry=r)
+        self.report_streams = Gauge(_P + "report_streams", "Open Report streams", registry=r)
+        self.publishes = Counter(_P + "publishes_total", "Plans published, by cause", ["cause"], registry=r)
+        self._route_labels: set[tuple[str, str, str]] = set()
+        self._health_labels: dict[str, str] = {}
+
+    def set_health(self, center: str, status: Status) -> None:
+        old = self._health_labels.get(center)
+        if old == status.value:
+            return
+        if old is not None:
+            self.center_health.labels(center, old).set(0)
+        self.center_health.labels(center, status.value).set(1)
+        self._health_labels[center] = status.value
+
+    def set_route_weights(self, routes: Any) -> None:
+        """Replace the route-weight series with this plan's (series of vanished targets removed)."""
+        seen: set[tuple[str, str, str]] = set()
+        for r in routes:
+            for t in r.targets:
+                key = (r.branch, r.skill, t.center)
+                seen.add(key)
+                self.route_weight.labels(*key).set(t.weight)
+        for key in self._route_labels - seen:
+            self.route_weight.remove(*key)
+        self._route_labels = seen
+
+    def set_acked(self, counts: dict[int, int]) -> None:
+        self.agents_acked.clear()
+        for v, n in sorted(counts.items())[-MAX_ACK_VERSIONS:]:
+            self.agents_acked.labels(str(v)).set(n)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+# a scrape request line and headers fit in a few KiB; more is not Prometheus
+MAX_REQUEST_BYTES = 16 * 1024
+# a scraper that does not finish its request within this is dropped (no stuck connections)
+REQUEST_TIMEOUT_S = 5.0
+
+
+async def serve_metrics(metrics: ControlPlaneMetrics, host: str, port: int) -> Any:
+    """A minimal HTTP/1.1 listener for GET /metrics on the event loop (no thread, no global state)."""
+    import asyncio
+
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+            line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] == "/metrics":
+                body, status, ctype = metrics.render(), "200 OK", CONTENT_TYPE_LATEST
+            else:
+                body, status, ctype = b"not found\n", "404 Not Found", "text/plain"
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                f"Connection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port, limit=MAX_REQUEST_BYTES)

@@ -1,0 +1,89 @@
+"""ReportService: one stream per center, validated at the boundary, fed to the leader's brain.
+
+Only the leader accepts report streams; any other replica ends the stream at once with
+FAILED_PRECONDITION "not leader; leader at HOST:PORT" so the agent moves on. Every report gets a
+ReportAck: a bad one (B2) or a stale one (F12) is answered accepted=false with the field and value,
+never dropped in silence, and nothing of it reaches the core. Must not: block the event loop, keep
+per-stream state beyond the center id, or accept reports after this replica stops leading.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+
+from callroute.v1 import report_pb2_grpc
+from controlplane.convert import report_ack, report_from_pb
+from controlplane.core.health import StaleReport
+from controlplane.core.model import InvalidInput
+
+log = logging.getLogger("callroute.controlplane.reports")
+
+
+class ReportServicer(report_pb2_grpc.ReportServiceServicer):
+    def __init__(self, cp: Any) -> None:
+        self.cp = cp
+
+    async def _not_leader(self, context: grpc.aio.ServicerContext) -> None:
+        where = self.cp.leader_address or "unknown"
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"not leader; leader at {where}")
+
+    async def Report(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        cp = self.cp
+        leader = cp.leader
+        if leader.brain is None:
+            await self._not_leader(context)
+        metrics = cp.metrics
+        # bound once per stream: labels() is a dict lookup under a lock, per report it adds up
+        accepted = metrics.reports.labels("accepted")
+        rejected = metrics.reports.labels("rejected")
+        known = cp.known_centers
+        loop = cp.loop
+        center = ""
+        brain = leader.brain
+        metrics.report_streams.inc()
+        try:
+            async for msg in request_iterator:
+                if leader.brain is not brain:  # demoted (or re-elected: a new term starts clean)
+                    await self._not_leader(context)
+                version = cp.feed.version
+                try:
+                    report = report_from_pb(msg, known)
+                    if center and report.center != center:
+                        raise InvalidInput(
+                            "center",
+                            report.center,
+                            f"this stream reports for {center!r}; one center per stream",
+                        )
+                except InvalidInput as e:
+                    rejected.inc()
+                    metrics.report_rejects.labels("invalid").inc()
+                    yield report_ack(msg.seq, version, e)
+                    continue
+                now = loop.time()
+                if not center:
+                    center = report.center
+                    brain.stream_opened(center, now)
+                    leader.wake()
+                try:
+                    brain.observe(report, now)
+                except StaleReport as e:
+                    rejected.inc()
+                    metrics.report_rejects.labels("stale").inc()
+                    yield report_ack(msg.seq, version, InvalidInput("seq", msg.seq, f"stale: {e}"))
+                    continue
+                leader.nudge(brain)
+                accepted.inc()
+                for target, n in report.routed_to.items():
+                    if n:
+                        # the proto counts calls per (origin center, receiving center); a center's
+                        # lookups serve the branches it hosts, so the origin center stands for them
+                        metrics.calls_routed.labels(center, target).inc(n)
+                yield report_ack(msg.seq, version)
+        finally:
+            metrics.report_streams.dec()
+            if center and leader.brain is brain and brain is not None:
+                brain.stream_closed(center, loop.time())
+                leader.wake()

@@ -1,0 +1,173 @@
+"""The control-plane replica's settings: one frozen struct, loaded once at start and validated.
+
+Sources, later ones winning: the defaults here, a YAML/JSON `--config` file, command-line flags.
+Every default says why it is that number. This module must not start anything or keep state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from controlplane.core.health import HealthSettings
+from controlplane.core.model import InvalidInput, check_id
+
+
+class ControlPlaneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # the network topology YAML: the one source of centers, branches and policy
+    topology: str
+    # "etcd://H:P[,H:P]" for production, "embedded[:PATH]" for one machine (controlplane.store)
+    store: str = "embedded"
+    # gRPC listener for agents, switches and operators
+    listen: str = "127.0.0.1:7400"
+    # Prometheus /metrics listener; empty = none
+    metrics: str = ""
+    # this replica's name in the leader key and in pushes; empty = "<hostname>-<pid>" at load time
+    id: str = ""
+    # address other replicas tell agents to use ("not leader; leader at ..."); empty = listen
+    advertise: str = ""
+    # the key prefix in the store: several networks (or test runs) may share one etcd
+    prefix: str = "/callroute/"
+    # a load change republishes at most this often: one plan a second is plenty for human-scale
+    # queues and keeps etcd history and agent churn small; closes and DOWN publish at once
+    publish_interval_s: float = 1.0
+    # leader lease: a dead leader is replaced within TTL + 1 s (F3); 2 s rides out a GC pause or
+    # a slow etcd fsync without flapping, and keeps takeover inside the 2 s DR budget's order
+    lease_ttl_s: float = 2.0
+    # what agents are expected to send; the health tracker counts missed intervals of this
+    report_interval_s: float = 0.5
+    # plans kept in the store for rollback/diff; older ones are deleted (etcd size stays bounded, L5)
+    history_keep: int = 50
+    # deadline on every store call: a store slower than this is treated as unavailable (F5), and
+    # it is below the lease TTL so a stuck write cannot outlive the leadership it was made under
+    store_deadline_s: float = 1.0
+    # HTTP/2 keepalive, same as the agents': a half-open peer is noticed within 10 + 5 s (F11)
+    keepalive_time_s: float = 10.0
+    keepalive_timeout_s: float = 5.0
+    # agents ping at keepalive_time_s; refuse anything much faster (ping floods)
+    keepalive_min_ping_s: float = 5.0
+    # a failed campaign (store unreachable) is retried this often: fast enough for F3's TTL + 1 s,
+    # slow enough not to hammer a store that is down
+    campaign_retry_s: float = 0.2
+    # a plan watch that broke is re-opened after this; the store adapter resumes from the revision
+    watch_retry_s: float = 0.2
+    # grpc.aio handlers in flight at once; beyond that the server answers RESOURCE_EXHAUSTED
+    max_concurrent_rpcs: int = 10_000
+    # operator history/audit listings return at most this many entries per call
+    max_list: int = 1000
+    # a steady network publishes no new plan, so the leader confirms the current one by a fenced
+    # heartbeat key this often; every replica's plan age is the time since it last saw either. 1 s
+    # keeps plan age under TTL + 5 s through a takeover (F3) and makes a dead store visible (F5)
+    plan_heartbeat_s: float = 1.0
+    # plans are stored in chunks of at most this many bytes (etcd's request limit is 1.5 MiB; the
+    # store's CHUNK_SIZE of 1 MiB leaves room); tests set it small to publish in several transactions
+    plan_chunk_bytes: int = 1 << 20
+    # the health tracker's timers; None = the tracker's defaults with interval_s = report_interval_s
+    health: HealthSettings | None = None
+    # etcd history older than this is compacted by the leader: watchers that were away longer re-list
+    # (F7); ten minutes of plans and heartbeats is a few thousand revisions
+    compact_after_s: float = 600.0
+    # plan-age alert threshold (the _plan_stale gauge goes 1 above it): five missed heartbeats
+    plan_stale_after_s: float = 5.0
+
+
+def parse_hostport(field: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidInput(field, value, "must be HOST:PORT with a port in [0, 65535]")
+    return host.strip("[]"), int(port)
+
+
+# (low, high) for every float setting; outside is a typo (ms for s) or cannot work
+_RANGES: dict[str, tuple[float, float]] = {
+    "publish_interval_s": (0.0, 3600),
+    "lease_ttl_s": (0.2, 600),
+    "report_interval_s": (0.01, 3600),
+    "store_deadline_s": (0.01, 600),
+    "keepalive_time_s": (0.1, 3600),
+    "keepalive_timeout_s": (0.1, 600),
+    "keepalive_min_ping_s": (0.01, 3600),
+    "campaign_retry_s": (0.001, 60),
+    "watch_retry_s": (0.001, 60),
+    "plan_heartbeat_s": (0.05, 3600),
+    "compact_after_s": (1.0, 86400 * 7),
+    "plan_stale_after_s": (0.1, 86400),
+}
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "history_keep": (2, 100_000),
+    "plan_chunk_bytes": (64, 1 << 20),
+    "max_concurrent_rpcs": (1, 1_000_000),
+    "max_list": (1, 1_000_000),
+}
+
+
+def validate(s: ControlPlaneSettings) -> ControlPlaneSettings:
+    """Reject settings that cannot work, naming the field and value (B10)."""
+    if not s.topology:
+        raise InvalidInput("topology", s.topology, "a topology file is required")
+    parse_hostport("listen", s.listen)
+    if s.metrics:
+        parse_hostport("metrics", s.metrics)
+    if s.advertise:
+        parse_hostport("advertise", s.advertise)
+    check_id("id", s.id)
+    if not s.prefix.startswith("/") or not s.prefix.endswith("/"):
+        raise InvalidInput("prefix", s.prefix, "must start and end with '/'")
+    if not (s.store == "embedded" or s.store.startswith("embedded:") or s.store.startswith("etcd://")):
+        raise InvalidInput("store", s.store, "must be etcd://HOST:PORT[,HOST:PORT] or embedded[:PATH]")
+    for name, (lo, hi) in _RANGES.items():
+        v = getattr(s, name)
+        if not isinstance(v, int | float) or not math.isfinite(v) or not lo <= v <= hi:
+            raise InvalidInput(name, v, f"must be a number in [{lo}, {hi}]")
+    for name, (ilo, ihi) in _INT_RANGES.items():
+        v = getattr(s, name)
+        if not isinstance(v, int) or not ilo <= v <= ihi:
+            raise InvalidInput(name, v, f"must be an integer in [{ilo}, {ihi}]")
+    if s.store_deadline_s >= s.lease_ttl_s:
+        # a write that may still land after the lease expired could outlive the fence's meaning
+        raise InvalidInput(
+            "store_deadline_s", s.store_deadline_s, f"must be below lease_ttl_s ({s.lease_ttl_s})"
+        )
+    return s
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> ControlPlaneSettings:
+    """Defaults, then the config file, then non-None overrides (command-line flags)."""
+    data: dict[str, Any] = {}
+    if config:
+        path = Path(config)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise InvalidInput("config", str(path), f"cannot read: {e.strerror}") from None
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise InvalidInput("config", str(path), f"not YAML/JSON: {e}") from None
+        if not isinstance(loaded, dict):
+            raise InvalidInput("config", str(path), "must be a mapping of setting names to values")
+        data.update(loaded)
+    for k, v in overrides.items():
+        if v is not None:
+            data[k] = v
+    if not data.get("id"):
+        # hostname + pid is unique among live replicas; the leader key shows it to operators
+        host = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in socket.gethostname())[:40]
+        data["id"] = f"{host or 'cp'}-{os.getpid()}"
+    try:
+        s = msgspec.convert(data, ControlPlaneSettings)
+    except (msgspec.ValidationError, InvalidInput) as e:
+        if isinstance(e, InvalidInput):  # from HealthSettings' own checks
+            raise
+        msg = str(e)
+        field = msg.rsplit("`$.", 1)[-1].rstrip("`") if "`$." in msg else "config"
+        value = data.get(field.split(".")[0].split("[")[0], None)
+        raise InvalidInput(field, value, msg) from None
+    return validate(s)
