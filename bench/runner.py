@@ -23,15 +23,45 @@ def bench_core() -> dict[str, float]:
     return out
 
 
+def bench_converge() -> dict[str, float]:
+    from bench.converge import bench_converge as run
+
+    _progress("operator close -> 40 agents hold the new plan, 30 trials, beside the etcd anchor ...")
+    return dict(run(agents=40, trials=30))
+
+
+def bench_ingest() -> dict[str, float]:
+    from bench.converge import bench_ingest as run
+
+    _progress("report ingestion on one control plane ...")
+    return dict(run())
+
+
+def bench_lookup() -> dict[str, float]:
+    from bench.lookup import bench_lookup as run
+
+    _progress("lookups: HTTP (wrk) and gRPC (h2load) beside their anchors, batch, in-process, RSS ...")
+    return dict(run())
+
+
+SUITES = {"core": bench_core, "converge": bench_converge, "ingest": bench_ingest, "lookup": bench_lookup}
+
+
 def run_bench(what: str, as_json: bool = False) -> int:
-    results = {"core": bench_core()}
-    if what == "core":
-        res = results["core"]
-    else:
-        res = results
+    names = list(SUITES) if what == "all" else [what]
+    results = {}
+    for name in names:
+        results[name] = SUITES[name]()
+    res = results[what] if what != "all" else results
+    if what == "all":
+        from bench.report import write_benchmarks_md
+
+        write_benchmarks_md(results)
     if as_json:
         print(json.dumps(res, indent=1))
     else:
-        for k, v in (res.items() if what == "core" else res["core"].items()):
-            print(f"{k:40s} {v:12.3f}" if isinstance(v, float) else f"{k:40s} {v}")
+        for name in names:
+            print(f"== {name}")
+            for k, v in results[name].items():
+                print(f"{k:40s} {v:12.3f}" if isinstance(v, float) else f"{k:40s} {v}")
     return 0

@@ -141,11 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_route)
 
     sp = sub.add_parser("bench", help="benchmarks against the anchors")
-    sp.add_argument("what", choices=["core", "all"])
+    sp.add_argument("what", choices=["core", "converge", "ingest", "lookup", "all"])
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_bench)
 
     sub.add_parser("sim", help="service-level simulator (see `callroute sim --help`)", add_help=False)
+
+    from controlplane.service.server import add_controlplane_parser
+
+    add_controlplane_parser(sub)
+    try:
+        from agents.main import add_agent_parser
+    except ImportError:  # the agent package is optional on a control-plane-only install
+        pass
+    else:
+        add_agent_parser(sub)
     return p
 
 
