@@ -147,9 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("sim", help="service-level simulator (see `callroute sim --help`)", add_help=False)
 
+    from controlplane.opcli import add_operator_parsers
     from controlplane.service.server import add_controlplane_parser
 
     add_controlplane_parser(sub)
+    add_operator_parsers(sub)
     try:
         from agents.main import add_agent_parser
     except ImportError:  # the agent package is optional on a control-plane-only install
@@ -161,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "plan" and argv[1] in ("show", "diff", "history", "rollback"):
+        from controlplane.opcli import run_plan_subcommand
+
+        return int(run_plan_subcommand(argv[1:]))
     if argv and argv[0] == "sim":
         from chaos.sim.cli import main as sim_main
 
