@@ -4,7 +4,7 @@
 
 up:
 	@scripts/bootstrap.sh
-	.venv/bin/callroute plan --topology examples/national.yaml --close wuhan
+	.venv/bin/callroute up
 
 test:
 	@scripts/bootstrap.sh

@@ -150,8 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     from controlplane.opcli import add_operator_parsers
     from controlplane.service.server import add_controlplane_parser
 
+    from controlplane.up import add_up_parser
+
     add_controlplane_parser(sub)
     add_operator_parsers(sub)
+    add_up_parser(sub)
     try:
         from agents.main import add_agent_parser
     except ImportError:  # the agent package is optional on a control-plane-only install

@@ -1,0 +1,111 @@
+"""`callroute up` on the 9-center example: close a center with the CLI, see DR at every agent and in metrics."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port_block(n):
+    """n consecutive free ports (the agents' HTTP ports follow the metrics port)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n >= 65000:
+            continue
+        ok = True
+        for p in range(base, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port block")
+
+
+def get(url, timeout=2.0):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def poll(fn, deadline_s, what):
+    end = time.monotonic() + deadline_s
+    last = None
+    while time.monotonic() < end:
+        try:
+            last = fn()
+            if last:
+                return last
+        except OSError as e:
+            last = e
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached in {deadline_s} s (last: {last!r})")
+
+
+@pytest.mark.slow
+def test_up_close_center_reaches_every_agent_and_metrics(tmp_path):
+    grpc_port = free_port_block(1)
+    metrics_port = free_port_block(10)
+    cmd = [sys.executable, "-m", "controlplane.cli", "up", "--duration", "120", "--no-live",
+           "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
+           "--state-dir", str(tmp_path / "state"), "--speed", "2"]
+    up = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          start_new_session=True)
+    agents = {c: metrics_port + 1 + i for i, c in enumerate(
+        ["chengdu", "wuhan", "guangzhou", "nanning", "hefei", "beijing", "lanzhou", "shanghai", "tianjin"])}
+    try:
+        for c, port in agents.items():
+            poll(lambda port=port: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 60, f"{c} serving")
+        close = subprocess.run([sys.executable, "-m", "controlplane.cli", "close", "wuhan", "--reason",
+                                "test: lockdown", "--endpoint", f"127.0.0.1:{grpc_port}", "--json"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert close.returncode == 0, close.stdout + close.stderr
+
+        def all_agents_dr():
+            for port in agents.values():
+                status, body = get(f"http://127.0.0.1:{port}/v1/route?branch=hubei&skill=retail"
+                                   f"&caller=13800138000")
+                d = json.loads(body)
+                if status != 200 or d["center"] == "wuhan" or not d["reason"].startswith("dr"):
+                    return False
+            return True
+
+        poll(all_agents_dr, 10, "DR routes at every agent")
+        # many callers: none lands on wuhan, several receivers are used
+        port = agents["wuhan"]
+        seen = set()
+        for i in range(300):
+            _, body = get(f"http://127.0.0.1:{port}/v1/route?branch=hunan&skill=retail&caller=1390000{i:04d}")
+            seen.add(json.loads(body)["center"])
+        assert "wuhan" not in seen and len(seen) >= 5
+
+        def metrics_show_dr():
+            _, text = get(f"http://127.0.0.1:{metrics_port}/metrics")
+            lines = [ln for ln in text.decode().splitlines()
+                     if ln.startswith("callroute_controlplane_route_weight{") and 'branch="hubei"' in ln
+                     and 'skill="retail"' in ln]
+            weights = {ln.split('center="')[1].split('"')[0]: float(ln.rsplit(" ", 1)[1]) for ln in lines}
+            return weights.get("chengdu", 0) > 0 and weights.get("wuhan", 0) == 0 and weights
+
+        poll(metrics_show_dr, 10, "route weights in the control plane's metrics")
+    finally:
+        os.killpg(up.pid, signal.SIGINT)
+        out, _ = up.communicate(timeout=30)
+    assert up.returncode == 0, out.decode()[-3000:]
+    assert b"stopped:" in out
