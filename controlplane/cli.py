@@ -149,7 +149,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     from controlplane.opcli import add_operator_parsers
     from controlplane.service.server import add_controlplane_parser
-
     from controlplane.up import add_up_parser
 
     add_controlplane_parser(sub)

@@ -130,7 +130,7 @@ class Network:
                     length = int(line.split(b":")[1])
             body = await asyncio.wait_for(r.readexactly(length), 2.0)
             return status, body
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
             conn.pop(cid, None)
             w.close()
             raise
@@ -151,7 +151,7 @@ class Network:
                     status, _ = await self._get(conn, cid, "/healthz")
                     if status == 200:
                         pending.discard(cid)
-                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
                     pass
             await asyncio.sleep(0.2)
 
@@ -179,7 +179,7 @@ class Network:
                 if status != 200:
                     self.errors += 1
                 self.routed.append((time.monotonic(), home, center or "(overload)"))
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
                 self.errors += 1
 
     async def centers(self) -> tuple[int, list[Any]]:
@@ -220,6 +220,13 @@ class Network:
         return t
 
 
+async def _wait(stop: asyncio.Event, timeout_s: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), max(0.0, timeout_s))
+    except TimeoutError:
+        pass
+
+
 async def _run(net: Network) -> int:
     from rich.console import Console
     from rich.live import Live
@@ -245,7 +252,7 @@ async def _run(net: Network) -> int:
             while not stop.is_set() and time.monotonic() < end:
                 table = net.view(*await net.centers())
                 console.print(table)
-                await asyncio.wait([asyncio.create_task(stop.wait())], timeout=min(5.0, end - time.monotonic()))
+                await _wait(stop, min(5.0, end - time.monotonic()))
         else:
             with Live(console=console, refresh_per_second=2) as live:
                 while not stop.is_set() and time.monotonic() < end:
@@ -254,7 +261,7 @@ async def _run(net: Network) -> int:
                         live.update(table)
                     except Exception as e:  # noqa: BLE001 - a failed refresh is shown, not fatal
                         live.update(f"control plane not answering: {e}")
-                    await asyncio.wait([asyncio.create_task(stop.wait())], timeout=1.0)
+                    await _wait(stop, 1.0)
     finally:
         stop.set()
         await traffic

@@ -1,4 +1,5 @@
-"""`callroute up` on the 9-center example: close a center with the CLI, see DR at every agent and in metrics."""
+"""`callroute up` on the 9-center example: close a center with the CLI, see DR at every agent and in
+metrics."""
 
 import json
 import os
