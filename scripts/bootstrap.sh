@@ -17,8 +17,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
-  # Debian starts an etcd service on 2379 when it can; the tests start their own on free ports.
-  $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
+  # Debian starts these services where systemd runs; the tests start their own on free ports.
+  $SUDO systemctl disable --now etcd prometheus prometheus-node-exporter kamailio >/dev/null 2>&1 || true
 fi
 
 if [ ! -x .venv/bin/python ]; then

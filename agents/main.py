@@ -1,0 +1,360 @@
+"""`callroute agent`: one center's agent process, wired from its parts.
+
+    callroute agent --center ID --controlplane H:P[,H:P...] --http H:P [--grpc H:P]
+                    [--acd simulated|push] [--state-dir DIR] [--config FILE] [--topology FILE]
+
+Start order: settings -> topology -> last good plan from disk (so lookups are served before any
+control plane answers) -> ACD -> lookup listeners -> plan watcher and reporter. On SIGTERM/SIGINT:
+health turns NOT_SERVING (gRPC health and /healthz), lookups already received finish, listeners
+close, then the process exits (F15). Must not: exit with a half-started agent (a failed listener
+stops everything), or read the wall clock except for Report.sent_at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import msgspec
+
+from agents.acd import ACD, PushACD, SimulatedACD, invalid_from_msgspec
+from agents.httpserver import HttpLookupServer, LookupEngine
+from agents.plancache import PlanCache, PlanStore, PlanWatcher
+from agents.reporter import Reporter, RoutedCounter, SeqStore
+from agents.settings import AgentSettings, load_settings, parse_hostport
+from controlplane.core.model import InvalidInput, Topology
+
+log = logging.getLogger("callroute.agent")
+
+# A stdin line is one push message; longer is not a message (see acd.MAX_PUSH_BYTES).
+MAX_STDIN_LINE = 1 << 20
+
+
+class AdminCommand(msgspec.Struct, forbid_unknown_fields=True):
+    mode: str | None = None
+    state: str | None = None
+
+
+class Agent:
+    """The running agent: its parts, their start and their drain."""
+
+    def __init__(self, settings: AgentSettings, topology: Topology | None = None) -> None:
+        self.s = settings
+        self.topology = topology
+        self.started = time.monotonic()
+        known = frozenset(topology.center_ids()) if topology is not None else None
+        if known is not None and settings.center not in known:
+            raise InvalidInput("center", settings.center, "not a center of the topology")
+        store = PlanStore(settings.state_dir) if settings.state_dir else None
+        self.cache = PlanCache(topology, store)
+        self.counter = RoutedCounter()
+        self.engine = LookupEngine(self.cache, self.counter)
+        now = time.monotonic()
+        self.acd: ACD
+        if settings.acd == "simulated":
+            if topology is None:
+                raise InvalidInput("topology", "", "the simulated ACD needs --topology for its staffing")
+            self.acd = SimulatedACD(topology, settings.center, now=now, seed=settings.sim_seed,
+                                    time_scale=settings.sim_time_scale,
+                                    start_hour=settings.sim_start_hour,
+                                    own_traffic=settings.sim_own_traffic,
+                                    patience_s=settings.sim_patience_s)
+        else:
+            self.acd = PushACD(settings.center, now=now)
+        offset = settings.wall_offset_s
+
+        def wall() -> float:
+            return time.time() + offset
+
+        node = settings.node or f"{settings.center}-{os.getpid()}"
+        self.reporter = Reporter(
+            settings.center, self.acd, self.counter, SeqStore(settings.state_dir or None,
+                                                              settings.seq_block),
+            settings.controlplane, interval_s=settings.report_interval_s, wall=wall,
+            keepalive_time_s=settings.keepalive_time_s, keepalive_timeout_s=settings.keepalive_timeout_s,
+            deadline_s=settings.rpc_deadline_s, backoff_initial_s=settings.backoff_initial_s,
+            backoff_max_s=settings.backoff_max_s, stream_max_age_s=settings.stream_max_age_s,
+            known_centers=known)
+        self.watcher = PlanWatcher(
+            self.cache, settings.controlplane, settings.center, node,
+            keepalive_time_s=settings.keepalive_time_s, keepalive_timeout_s=settings.keepalive_timeout_s,
+            connect_deadline_s=settings.rpc_deadline_s, backoff_initial_s=settings.backoff_initial_s,
+            backoff_max_s=settings.backoff_max_s)
+        self.http = HttpLookupServer(
+            self.engine, health=self.health, metrics=self.metrics_text,
+            push=self._push if isinstance(self.acd, PushACD) else None,
+            admin=self._admin if isinstance(self.acd, SimulatedACD) else None,
+            sample_every=settings.latency_sample_every, max_batch=settings.max_batch)
+        self.grpc: Any = None
+        self.http_port = 0
+        self.grpc_port = 0
+        self.draining = False
+        self._stop = asyncio.Event()
+
+    # ------------------------------------------------------------ outside input
+
+    def _push(self, body: bytes) -> None:
+        assert isinstance(self.acd, PushACD)
+        self.acd.push_json(body, time.monotonic())
+
+    def _admin(self, body: bytes) -> dict[str, Any]:
+        assert isinstance(self.acd, SimulatedACD)
+        try:
+            cmd = msgspec.json.decode(body or b"{}", type=AdminCommand)
+        except (msgspec.ValidationError, msgspec.DecodeError) as e:
+            raise invalid_from_msgspec(e, body) from None
+        if cmd.mode is not None:
+            self.acd.set_mode(cmd.mode)
+        if cmd.state is not None:
+            self.acd.set_state(cmd.state)
+        return {"mode": self.acd.mode, "state": self.acd.state.value}
+
+    async def _stdin_pushes(self) -> None:
+        """JSON lines on stdin, one push each; a bad line is logged and counted, never fatal.
+
+        Read on a daemon thread: stdin may be a pipe, a file, a tty or /dev/null, and uvloop's
+        pipe transport aborts the process on some of those; a daemon thread also never holds up
+        shutdown while blocked in read."""
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[bytes] = asyncio.Queue()
+
+        def reader() -> None:
+            stream = sys.stdin.buffer if sys.stdin is not None else None
+            while stream is not None:
+                try:
+                    line = stream.readline(MAX_STDIN_LINE + 1)
+                except (OSError, ValueError):
+                    line = b""
+                loop.call_soon_threadsafe(lines.put_nowait, line)
+                if not line:
+                    return
+
+        threading.Thread(target=reader, name="stdin-push", daemon=True).start()
+        while True:
+            line = await lines.get()
+            if not line:
+                return
+            if len(line) > MAX_STDIN_LINE:
+                log.warning("push on stdin rejected: line longer than %d bytes", MAX_STDIN_LINE)
+                continue
+            if not line.strip():
+                continue
+            try:
+                self._push(line)
+            except InvalidInput as e:
+                log.warning("push on stdin rejected: %s", e)
+
+    # ------------------------------------------------------------ health and metrics
+
+    def health(self) -> dict[str, Any]:
+        return {"center": self.s.center, "plan_version": self.cache.version,
+                "plan_age_s": round(self.cache.age(), 3), "restored": self.cache.restored,
+                "report_stream": self.reporter.state, "plan_stream": self.watcher.connected,
+                "controlplane": self.reporter.endpoint}
+
+    def metrics_text(self) -> bytes:
+        st = self.engine.stats
+        c = self.s.center
+        lines = [
+            "# HELP callroute_agent_lookups_total Route lookups answered, by result.",
+            "# TYPE callroute_agent_lookups_total counter",
+        ]
+        for result, n in (("ok", st.ok), ("bad_request", st.bad), ("no_plan", st.no_plan),
+                          ("error", st.errors)):
+            lines.append(f'callroute_agent_lookups_total{{center="{c}",result="{result}"}} {n}')
+        lines += ["# HELP callroute_agent_lookup_latency_seconds Server-side lookup time (sampled).",
+                  "# TYPE callroute_agent_lookup_latency_seconds histogram"]
+        from agents.httpserver import LATENCY_BUCKETS
+
+        acc = 0
+        for le, n in zip((*LATENCY_BUCKETS, "+Inf"), st.hist, strict=True):
+            acc += n
+            lines.append(f'callroute_agent_lookup_latency_seconds_bucket{{le="{le}"}} {acc}')
+        lines.append(f"callroute_agent_lookup_latency_seconds_sum {st.hist_sum:.9f}")
+        lines.append(f"callroute_agent_lookup_latency_seconds_count {st.hist_n}")
+        r = self.reporter
+        states = ("connecting", "connected", "backoff", "stopped")
+        lines += [
+            "# HELP callroute_agent_plan_version Version of the plan being served (0 = none).",
+            "# TYPE callroute_agent_plan_version gauge",
+            f"callroute_agent_plan_version {self.cache.version}",
+            "# HELP callroute_agent_plan_age_seconds Time since the served plan was last known current.",
+            "# TYPE callroute_agent_plan_age_seconds gauge",
+            f"callroute_agent_plan_age_seconds {self.cache.age():.3f}",
+            "# HELP callroute_agent_plans_total Pushed plans, by outcome.",
+            "# TYPE callroute_agent_plans_total counter",
+            f'callroute_agent_plans_total{{outcome="accepted"}} {self.cache.accepted}',
+            f'callroute_agent_plans_total{{outcome="rejected"}} {self.cache.rejected}',
+            "# HELP callroute_agent_report_stream_state Report stream state (1 = current).",
+            "# TYPE callroute_agent_report_stream_state gauge",
+            *(f'callroute_agent_report_stream_state{{state="{s}"}} {int(r.state == s)}' for s in states),
+            "# HELP callroute_agent_reports_total Reports, by outcome.",
+            "# TYPE callroute_agent_reports_total counter",
+            f'callroute_agent_reports_total{{outcome="sent"}} {r.sent}',
+            f'callroute_agent_reports_total{{outcome="accepted"}} {r.acked}',
+            f'callroute_agent_reports_total{{outcome="rejected"}} {r.rejected}',
+            f'callroute_agent_reports_total{{outcome="dropped"}} {r.dropped}',
+            "# HELP callroute_agent_stream_reconnects_total Report and plan stream reconnects.",
+            "# TYPE callroute_agent_stream_reconnects_total counter",
+            f'callroute_agent_stream_reconnects_total{{stream="report"}} {r.reconnects}',
+            f'callroute_agent_stream_reconnects_total{{stream="plan"}} {self.watcher.reconnects}',
+            "# HELP callroute_agent_draining 1 while the agent drains before stopping.",
+            "# TYPE callroute_agent_draining gauge",
+            f"callroute_agent_draining {int(self.draining)}",
+        ]
+        return ("\n".join(lines) + "\n").encode()
+
+    # ------------------------------------------------------------ running
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def start(self) -> None:
+        """Restore, listen; raises (and closes what it opened) if any listener fails."""
+        self.cache.restore()
+        host, port = parse_hostport("http", self.s.http)
+        self.http_port = await self.http.start(host, port)
+        if self.s.grpc:
+            from agents.grpcserver import GrpcLookupServer
+
+            self.grpc = GrpcLookupServer(self.engine)
+            ghost, gport = parse_hostport("grpc", self.s.grpc)
+            try:
+                self.grpc_port = await self.grpc.start(ghost, gport)
+            except Exception:
+                await self.http.stop(0)
+                raise
+
+    async def run(self) -> None:
+        await self.start()
+        # everything allocated so far (modules, the plan, its tables) lives as long as the
+        # process: keep it out of the collector's scans, which would otherwise stall lookups
+        gc.collect()
+        gc.freeze()
+        log.info("agent %s: http on %s, grpc on %s, plan v%s", self.s.center, self.http_port,
+                 self.grpc_port or "-", self.cache.version)
+        # one line on stdout for supervisors and tests: the ports actually bound
+        print(msgspec.json.encode({"event": "listening", "http": self.http_port, "grpc": self.grpc_port,
+                                   "plan_version": self.cache.version}).decode(), flush=True)
+        tasks = [asyncio.create_task(self.reporter.run(), name="reporter"),
+                 asyncio.create_task(self.watcher.run(), name="plan-watcher")]
+        if isinstance(self.acd, PushACD):
+            tasks.append(asyncio.create_task(self._stdin_pushes(), name="stdin-push"))
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            pending = {*tasks, stop}
+            while stop in pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if t is stop or t.get_name() == "stdin-push":
+                        continue  # stdin closing is normal: pushes over HTTP still work
+                    # a part that ends or dies takes the agent down: no half-working agent
+                    if t.cancelled():
+                        raise RuntimeError(f"{t.get_name()} was cancelled")
+                    if t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
+                    raise RuntimeError(f"{t.get_name()} ended")
+        finally:
+            await self.drain()
+            self.reporter.stop()
+            self.watcher.stop()
+            for t in (*tasks, stop):
+                t.cancel()
+            await asyncio.gather(*tasks, stop, return_exceptions=True)
+
+    async def drain(self) -> None:
+        """F15: NOT_SERVING first, then let lookups in flight finish, then close."""
+        if self.draining:
+            return
+        self.draining = True
+        self.http.start_drain()
+        if self.grpc is not None:
+            await self.grpc.start_drain()
+        log.info("draining: health NOT_SERVING for %.1f s before closing", self.s.drain_notice_s)
+        await asyncio.sleep(self.s.drain_notice_s)
+        if self.grpc is not None:
+            await asyncio.gather(self.http.stop(self.s.drain_grace_s), self.grpc.stop(self.s.drain_grace_s))
+        else:
+            await self.http.stop(self.s.drain_grace_s)
+
+
+def settings_from_args(args: argparse.Namespace) -> AgentSettings:
+    return load_settings(
+        args.config, center=args.center, controlplane=args.controlplane, http=args.http,
+        grpc=args.grpc, acd=args.acd, state_dir=args.state_dir, topology=args.topology,
+        node=getattr(args, "node", None))
+
+
+async def _amain(settings: AgentSettings) -> int:
+    topology = None
+    if settings.topology:
+        from controlplane.core.topology import load_topology
+
+        topology = load_topology(settings.topology)
+    agent = Agent(settings, topology)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.request_stop)
+    await agent.run()
+    return 0
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    """Entry point for `callroute agent` (see add_agent_parser)."""
+    logging.basicConfig(level=os.environ.get("CALLROUTE_LOG", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from_args(args)
+    except InvalidInput as e:
+        print(f"callroute agent: error: {e}", file=sys.stderr)
+        return 2
+    import uvloop
+
+    try:
+        return uvloop.run(_amain(settings))
+    except InvalidInput as e:
+        print(f"callroute agent: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"callroute agent: error: {e}", file=sys.stderr)
+        return 1
+
+
+def add_agent_parser(sub: Any) -> argparse.ArgumentParser:
+    """Adds `agent` to the `callroute` subcommands (the lead's cli.py calls this)."""
+    sp = sub.add_parser("agent", help="run a center's agent: reports, plan cache, route lookups")
+    sp.add_argument("--center", required=True, help="center id (as in the topology)")
+    sp.add_argument("--controlplane", help="control-plane endpoints HOST:PORT[,HOST:PORT...]")
+    sp.add_argument("--http", help="switch-facing HTTP listener HOST:PORT (port 0 = any free)")
+    sp.add_argument("--grpc", help="gRPC Route/RouteBatch listener HOST:PORT")
+    sp.add_argument("--acd", choices=["simulated", "push"], help="where load figures come from")
+    sp.add_argument("--state-dir", help="last good plan and report sequence survive restarts here")
+    sp.add_argument("--config", help="settings file (YAML or JSON); flags override it")
+    sp.add_argument("--topology", help="topology YAML: plan checks and the simulated ACD's staffing")
+    sp.add_argument("--node", help="this agent instance's name (default CENTER-PID)")
+    sp.set_defaults(func=run_agent)
+    return sp
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m agents.main [agent] --center ...`: the same as `callroute agent ...`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] != ["agent"]:
+        argv.insert(0, "agent")
+    p = argparse.ArgumentParser(prog="callroute")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_agent_parser(sub)
+    args = p.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""The agent's load reports to the control-plane leader, every interval, over one Report stream.
+
+- `SeqStore`: report sequence numbers that survive reconnects and restarts. The high-water mark is
+  reserved in blocks (one fsync per block), so taking a number is a counter increment.
+- `RoutedCounter`: what the lookup paths bump per answered lookup (one dict increment); swapped out
+  whole each interval, so counting never locks and never does I/O.
+- `Reporter`: samples the ACD, builds a `Report`, and keeps a stream to the leader with deadlines,
+  keepalive, leader redirects and jittered exponential backoff across endpoints.
+
+Must not: queue old reports for later (a late report is a lie about the present: F12), block the
+event loop, or take decisions on the wall clock (it is only stamped into `sent_at`: F13).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from agents.acd import ACD
+from agents.plancache import Backoff, _short, channel_options, write_atomic
+from controlplane.core.model import MAX_COUNT, MAX_TARGETS_PER_REPORT, Report
+
+log = logging.getLogger("callroute.agent.report")
+
+SEQ_FILE = "report_seq"
+# Reports waiting for the stream: one interval's worth. Anything older is stale and dropped.
+OUTBOX_SIZE = 2
+_LEADER_RE = re.compile(r"leader at ([^\s;,]+:\d+)")
+
+
+class SeqStore:
+    """Strictly increasing report sequence numbers across restarts.
+
+    The file holds the highest number this agent may have used. At start everything up to it is
+    presumed used; the next block is reserved (written and fsynced) before any of it is handed out.
+    """
+
+    def __init__(self, state_dir: str | Path | None, block: int = 10_000) -> None:
+        self.path = Path(state_dir) / SEQ_FILE if state_dir else None
+        self.block = block
+        self.reserved = 0
+        if self.path is not None:
+            try:
+                self.reserved = int(self.path.read_text().strip() or 0)
+            except FileNotFoundError:
+                pass
+            except ValueError:
+                # a corrupt mark must not restart numbering low: the control plane would reject
+                # every report as stale; jump far ahead instead (63-bit space is plenty)
+                log.error("%s is corrupt; jumping the sequence ahead", self.path)
+                self.reserved = int(time.time() * 1000) * 1000
+        if self.path is None:
+            # nowhere to remember the mark: start from the wall clock in microseconds, which is
+            # above any earlier run's numbers unless the clock went back (set --state-dir!)
+            self.reserved = int(time.time() * 1e6)
+        self.next = self.reserved + 1
+        self._reserve()
+
+    def _reserve(self) -> None:
+        self.reserved = self.next + self.block - 1
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, str(self.reserved).encode())
+
+    def take(self) -> int:
+        if self.next > self.reserved:
+            self._reserve()
+        n = self.next
+        self.next += 1
+        return n
+
+
+class RoutedCounter:
+    """Answered lookups per (target center, skill) in the current interval."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def swap(self) -> dict[tuple[str, str], int]:
+        old, self.counts = self.counts, {}
+        return old
+
+
+class Reporter:
+    """Builds a report every interval and keeps it flowing to the control-plane leader."""
+
+    def __init__(self, center: str, acd: ACD, counter: RoutedCounter, seqs: SeqStore,
+                 endpoints: Sequence[str], *, interval_s: float = 0.5,
+                 wall: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic,
+                 keepalive_time_s: float = 10.0, keepalive_timeout_s: float = 5.0,
+                 deadline_s: float = 5.0, backoff_initial_s: float = 0.1, backoff_max_s: float = 3.0,
+                 stream_max_age_s: float = 600.0, seed: int | None = None,
+                 known_centers: frozenset[str] | None = None) -> None:
+        self.center = center
+        self.acd = acd
+        self.counter = counter
+        self.seqs = seqs
+        self.endpoints = list(endpoints)
+        self.interval_s = interval_s
+        self.wall = wall
+        self.clock = clock
+        self.keepalive = (keepalive_time_s, keepalive_timeout_s)
+        self.deadline_s = deadline_s
+        self.stream_max_age_s = stream_max_age_s
+        self.backoff = Backoff(backoff_initial_s, backoff_max_s, random.Random(seed))
+        self.known_centers = known_centers
+        # (monotonic build time, report): a report older than one interval is stale when sent
+        self.outbox: asyncio.Queue[tuple[float, Report]] = asyncio.Queue(OUTBOX_SIZE)
+        self.state = "connecting"  # connecting | connected | backoff | stopped
+        self.endpoint = ""
+        self.sent = self.acked = self.rejected = self.dropped = self.reconnects = 0
+        self.last_error = ""
+        self.cp_plan_version = 0
+        self._unacked: dict[int, float] = {}  # seq -> monotonic send time (stuck-stream watchdog)
+        self._call: Any = None
+        self._stuck = False  # the watchdog cancelled the call: a reconnect, not a shutdown
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------ building reports
+
+    def build(self, now: float) -> Report | None:
+        routed = self.counter.swap()
+        routed_to: dict[str, int] = {}
+        own: dict[str, int] = {}
+        for (target, skill), n in routed.items():
+            if not target:
+                continue  # overload answers route nowhere
+            if self.known_centers is not None and target not in self.known_centers:
+                continue
+            routed_to[target] = routed_to.get(target, 0) + n
+            if target == self.center:
+                own[skill] = own.get(skill, 0) + n
+        self.acd.offer_routed(own, now)
+        skills = self.acd.sample(now)
+        if skills is None:
+            return None
+        if len(routed_to) > MAX_TARGETS_PER_REPORT:
+            routed_to = dict(sorted(routed_to.items(), key=lambda kv: -kv[1])[:MAX_TARGETS_PER_REPORT])
+        routed_to = {c: min(n, MAX_COUNT) for c, n in routed_to.items()}
+        return Report(center=self.center, seq=self.seqs.take(), sent_at=self.wall(),
+                      interval_s=self.interval_s, state=self.acd.state, skills=skills,
+                      routed_to=routed_to)
+
+    def _enqueue(self, r: Report, now: float) -> None:
+        if self.state != "connected":
+            self.dropped += 1  # nobody to tell; a late report would describe the past
+            return
+        while self.outbox.full():
+            self.outbox.get_nowait()
+            self.dropped += 1
+        self.outbox.put_nowait((now, r))
+
+    # ------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        """Report until stop(); a task that dies takes the reporter down with it (no orphans)."""
+        tasks = [asyncio.create_task(self._ticks()), asyncio.create_task(self._streams())]
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stop:
+                    if t.cancelled():
+                        raise RuntimeError(f"{t.get_name()} was cancelled")
+                    if t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
+        finally:
+            for t in (*tasks, stop):
+                t.cancel()
+            await asyncio.gather(*tasks, stop, return_exceptions=True)
+            self.state = "stopped"
+
+    async def _ticks(self) -> None:
+        next_at = self.clock()
+        while True:
+            now = self.clock()
+            if now < next_at:
+                await asyncio.sleep(next_at - now)
+                now = self.clock()
+            # after a pause (SIGSTOP, a stalled loop) skip the missed ticks instead of bursting
+            next_at = max(next_at + self.interval_s, now + self.interval_s / 2)
+            try:
+                r = self.build(now)
+            except Exception:  # noqa: BLE001 - one bad sample must not end reporting
+                log.exception("building a report failed")
+                continue
+            if r is not None:
+                self._enqueue(r, now)
+            self._watchdog(now)
+
+    def _watchdog(self, now: float) -> None:
+        if self._unacked and self._call is not None:
+            oldest = min(self._unacked.values())
+            if now - oldest > self.deadline_s:
+                self.last_error = f"no ack within {self.deadline_s} s"
+                log.warning("report stream to %s stuck: %s", self.endpoint, self.last_error)
+                self._stuck = True
+                self._call.cancel()
+
+    async def _streams(self) -> None:
+        if not self.endpoints:
+            self.state = "stopped"
+            await self._stop.wait()
+            return
+        i = 0
+        redirect: str | None = None
+        while True:
+            ep = redirect or self.endpoints[i % len(self.endpoints)]
+            redirect = None
+            self.state = "connecting"
+            try:
+                redirect = await self._session(ep)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any stream failure: next endpoint, with backoff
+                self.last_error = _short(e)
+                log.info("report stream to %s ended: %s", ep, self.last_error)
+                redirect = _leader_hint(e)
+            self._call = None
+            self._unacked.clear()
+            while not self.outbox.empty():
+                self.outbox.get_nowait()
+                self.dropped += 1
+            self.reconnects += 1
+            if redirect is None:
+                i += 1
+            self.state = "backoff"
+            await asyncio.sleep(self.backoff.next() if redirect is None else 0.0)
+
+    async def _session(self, ep: str) -> str | None:
+        import grpc
+
+        from callroute.v1 import report_pb2_grpc
+        from controlplane.convert import report_to_pb
+
+        async with grpc.aio.insecure_channel(ep, options=channel_options(*self.keepalive)) as ch:
+            await asyncio.wait_for(ch.channel_ready(), self.deadline_s)
+            stub = report_pb2_grpc.ReportServiceStub(ch)
+            opened = self.clock()
+
+            async def requests():  # type: ignore[no-untyped-def]
+                while self.clock() - opened < self.stream_max_age_s:
+                    built, r = await self.outbox.get()
+                    now = self.clock()
+                    if now - built > self.interval_s:
+                        # built before a pause (SIGSTOP, a stall): it describes the past and
+                        # the control plane must not take it for the present (F12)
+                        self.dropped += 1
+                        continue
+                    self._unacked[r.seq] = now
+                    self.sent += 1
+                    yield report_to_pb(r)
+
+            call = stub.Report(requests())
+            self._call = call
+            self._stuck = False
+            self.endpoint = ep
+            self.state = "connected"
+            try:
+                await self._read_acks(call)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._stuck and (task is None or not task.cancelling()):
+                    raise StuckStream(self.last_error) from None
+                raise
+            return None
+
+    async def _read_acks(self, call: Any) -> None:
+        async for ack in call:
+            self._unacked.pop(ack.seq, None)
+            self.backoff.reset()
+            if ack.accepted:
+                self.acked += 1
+            else:
+                self.rejected += 1
+                self.last_error = ack.error
+                log.warning("report seq %s rejected: %s", ack.seq, ack.error)
+            if ack.plan_version:
+                self.cp_plan_version = ack.plan_version
+
+
+class StuckStream(Exception):
+    """The control plane took reports but acknowledged none within the deadline (F11)."""
+
+
+def _leader_hint(e: BaseException) -> str | None:
+    """The leader's address from a non-leader's FAILED_PRECONDITION "not leader; leader at H:P"."""
+    details = getattr(e, "details", None)
+    if not callable(details):
+        return None
+    try:
+        text = details() or ""
+    except Exception:  # noqa: BLE001
+        return None
+    m = _LEADER_RE.search(text)
+    return m.group(1) if m else None

@@ -1,0 +1,156 @@
+"""The center agent's settings: one frozen struct, loaded once at start and validated.
+
+Sources, later ones winning: defaults here, a YAML/JSON `--config` file, command-line flags.
+Every default says why it is that number. This module must not start anything or keep state.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from controlplane.core.model import InvalidInput, check_id
+
+# An address list longer than this is a typo (a pasted file), not a control-plane cluster.
+MAX_ENDPOINTS = 16
+
+
+class AgentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # the center this agent speaks for; must be a center of the topology when one is given
+    center: str
+    # control-plane endpoints "host:port"; the reporter and plan watcher walk them in order
+    controlplane: tuple[str, ...] = ()
+    # switch-facing HTTP/1.1 lookup listener (also /healthz, /metrics, the push ACD and admin)
+    http: str = "127.0.0.1:8080"
+    # gRPC Route/RouteBatch listener; empty = no gRPC lookups
+    grpc: str = ""
+    # "simulated" for drills and development, "push" when a real ACD feeds us
+    acd: str = "simulated"
+    # last good plan and the report sequence high-water mark live here; empty = nothing survives
+    state_dir: str = ""
+    # the network topology: the plan checks use it and the simulated ACD takes its staffing from it
+    topology: str = ""
+    # node name sent to the control plane (several agents may serve one center)
+    node: str = ""
+    # the control plane counts stale (3 missed) and down intervals in these; a lost center must be
+    # rerouted within 2 s, so reports come every half second
+    report_interval_s: float = 0.5
+    # HTTP/2 keepalive pings: a half-open control-plane link is noticed within 10 + 5 s (F11)
+    keepalive_time_s: float = 10.0
+    keepalive_timeout_s: float = 5.0
+    # deadline for unary RPCs and for opening a stream; every network call has one
+    rpc_deadline_s: float = 5.0
+    # a stream that must not hang forever is re-opened after this long even when healthy; long
+    # enough that reconnect cost is negligible, short enough to rebalance after a leader change
+    stream_max_age_s: float = 600.0
+    # reconnect backoff: first retry quickly (a leader moved), cap so that a control plane that
+    # returns is found within a few seconds; jitter spreads a herd of agents (L4)
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 3.0
+    # report sequence numbers are reserved in blocks: one fsync per block keeps the hot path free
+    # of I/O; 10,000 reports = 83 minutes at 2 Hz
+    seq_block: int = 10_000
+    # after SIGTERM: health says NOT_SERVING for this long before listeners close, so that
+    # switches and load balancers polling health stop sending (F15)
+    drain_notice_s: float = 0.5
+    # then in-flight lookups get at most this long to finish before connections are cut
+    drain_grace_s: float = 2.0
+    # one lookup in this many is timed for the latency histogram: timing every one costs ~5%
+    latency_sample_every: int = 32
+    # simulated ACD: a factor of 60 runs a day in 24 minutes; seed makes runs repeatable
+    sim_time_scale: float = 1.0
+    sim_seed: int = 1
+    # simulated local hour at start (shifts follow the simulated clock)
+    sim_start_hour: float = 10.0
+    # share of the center's own hosted branch traffic that arrives without a lookup by this agent
+    sim_own_traffic: float = 1.0
+    # mean caller patience before abandoning (seconds of simulated time)
+    sim_patience_s: float = 90.0
+    # added to the wall clock used for Report.sent_at; test hook for F13 (must change nothing)
+    wall_offset_s: float = 0.0
+    # lookups per POST /v1/routes or RouteBatch (route.proto says 1000): bounds one request's work
+    max_batch: int = 1000
+
+
+def parse_hostport(field: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidInput(field, value, "must be HOST:PORT with a port in [0, 65535]")
+    return host.strip("[]"), int(port)
+
+
+def validate(s: AgentSettings) -> AgentSettings:
+    """Reject settings that cannot work, naming the field and value (B10)."""
+    check_id("center", s.center)
+    if len(s.controlplane) > MAX_ENDPOINTS:
+        raise InvalidInput("controlplane", len(s.controlplane), f"more than {MAX_ENDPOINTS} endpoints")
+    for ep in s.controlplane:
+        parse_hostport("controlplane", ep)
+    parse_hostport("http", s.http)
+    if s.grpc:
+        parse_hostport("grpc", s.grpc)
+    if s.acd not in ("simulated", "push"):
+        raise InvalidInput("acd", s.acd, "must be 'simulated' or 'push'")
+    positive = {"report_interval_s": (0.01, 3600), "keepalive_time_s": (0.1, 3600),
+                "keepalive_timeout_s": (0.1, 600), "rpc_deadline_s": (0.01, 600),
+                "stream_max_age_s": (1, 86400), "backoff_initial_s": (0.001, 60),
+                "backoff_max_s": (0.001, 600), "drain_notice_s": (0, 600), "drain_grace_s": (0, 600),
+                "sim_time_scale": (0.001, 100_000), "sim_patience_s": (0.1, 86400),
+                "sim_own_traffic": (0, 1000), "sim_start_hour": (0, 24)}
+    for name, (lo, hi) in positive.items():
+        v = getattr(s, name)
+        if not isinstance(v, int | float) or not math.isfinite(v) or not lo <= v <= hi:
+            raise InvalidInput(name, v, f"must be a number in [{lo}, {hi}]")
+    if not math.isfinite(s.wall_offset_s):
+        raise InvalidInput("wall_offset_s", s.wall_offset_s, "must be finite")
+    for name, lo, hi in (("seq_block", 1, 10_000_000), ("latency_sample_every", 1, 1_000_000),
+                         ("max_batch", 1, 1_000_000)):
+        v = getattr(s, name)
+        if not isinstance(v, int) or not lo <= v <= hi:
+            raise InvalidInput(name, v, f"must be an integer in [{lo}, {hi}]")
+    return s
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> AgentSettings:
+    """Defaults, then the config file, then non-None overrides (command-line flags)."""
+    data: dict[str, Any] = {}
+    if config:
+        path = Path(config)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise InvalidInput("config", str(path), f"cannot read: {e.strerror}") from None
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise InvalidInput("config", str(path), f"not YAML/JSON: {e}") from None
+        if not isinstance(loaded, dict):
+            raise InvalidInput("config", str(path), "must be a mapping of setting names to values")
+        data.update(loaded)
+    for k, v in overrides.items():
+        if v is not None:
+            data[k] = v
+    if isinstance(data.get("controlplane"), str):
+        data["controlplane"] = [x.strip() for x in data["controlplane"].split(",") if x.strip()]
+    where = f" (in {config} or its command-line override)" if config else ""
+    try:
+        s = msgspec.convert(data, AgentSettings)
+    except msgspec.ValidationError as e:
+        # msgspec says "... - at `$.field`": turn it into the one error type, naming the field
+        msg = str(e)
+        field = msg.rsplit("`$.", 1)[-1].rstrip("`") if "`$." in msg else "config"
+        unknown = re.match(r"Object contains unknown field `([^`]*)`", msg)
+        if unknown:
+            field = unknown.group(1)
+        value = data.get(field.split(".")[0].split("[")[0], None)
+        raise InvalidInput(field, value, msg.split(" - at ")[0] + where) from None
+    try:
+        return validate(s)
+    except InvalidInput as e:
+        raise InvalidInput(e.field, e.value, e.why + where) from None
