@@ -54,7 +54,7 @@ class Agent:
         if known is not None and settings.center not in known:
             raise InvalidInput("center", settings.center, "not a center of the topology")
         store = PlanStore(settings.state_dir) if settings.state_dir else None
-        self.cache = PlanCache(topology, store)
+        self.cache = PlanCache(topology, store, confirm_by_stream=False)
         self.counter = RoutedCounter()
         self.engine = LookupEngine(self.cache, self.counter)
         now = time.monotonic()
@@ -67,6 +67,7 @@ class Agent:
                                     start_hour=settings.sim_start_hour,
                                     own_traffic=settings.sim_own_traffic,
                                     patience_s=settings.sim_patience_s)
+            self.acd.set_mode(settings.sim_mode)
         else:
             self.acd = PushACD(settings.center, now=now)
         offset = settings.wall_offset_s
@@ -82,7 +83,7 @@ class Agent:
             keepalive_time_s=settings.keepalive_time_s, keepalive_timeout_s=settings.keepalive_timeout_s,
             deadline_s=settings.rpc_deadline_s, backoff_initial_s=settings.backoff_initial_s,
             backoff_max_s=settings.backoff_max_s, stream_max_age_s=settings.stream_max_age_s,
-            known_centers=known)
+            known_centers=known, on_plan_version=self.cache.confirm)
         self.watcher = PlanWatcher(
             self.cache, settings.controlplane, settings.center, node,
             keepalive_time_s=settings.keepalive_time_s, keepalive_timeout_s=settings.keepalive_timeout_s,

@@ -130,7 +130,7 @@ class PlanCache:
     """Last good plan: accept only newer and consistent plans; swap one reference."""
 
     def __init__(self, topology: Topology | None = None, store: PlanStore | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, confirm_by_stream: bool = True) -> None:
         self.topology = topology
         self.store = store
         self.clock = clock
@@ -139,6 +139,10 @@ class PlanCache:
         # monotonic time the plan was last known current (a push, or a live watch stream)
         self.confirmed_at: float = clock()
         self.live = False
+        # how the served plan is known to be current: an open watch stream (the in-process client,
+        # which has nothing else), or, in the agent, report acks naming the leader's latest
+        # version: a control plane that lost its store stops acking, and the age shows it
+        self.confirm_by_stream = confirm_by_stream
         self.restored = False
         self.accepted = 0
         self.rejected = 0
@@ -156,10 +160,17 @@ class PlanCache:
     def set_live(self, live: bool) -> None:
         # while a watch stream is up the served plan is the current one (the control plane pushes
         # every newer one); from the moment it drops, the plan ages
-        self.live = live
-        self.confirmed_at = self.clock()
+        if self.confirm_by_stream:
+            self.live = live
+            self.confirmed_at = self.clock()
+
+    def confirm(self, latest_version: int) -> None:
+        """The control plane says `latest_version` is its newest plan: ours is current if not older."""
+        if self.served is not None and latest_version <= self.served.version:
+            self.confirmed_at = self.clock()
 
     def age(self, now: float | None = None) -> float:
+        """Seconds since the served plan was last known to be the newest one."""
         if self.live:
             return 0.0
         return max(0.0, (self.clock() if now is None else now) - self.confirmed_at)
@@ -386,7 +397,6 @@ class PlanWatcher:
                     except StopAsyncIteration:
                         return
                     self.pushes += 1
-                    self.cache.confirmed_at = self.cache.clock()
                     try:
                         plan = plan_from_pb(push.plan)
                         # a plan we already serve (a replica resending it): ACK, nothing to do
@@ -400,6 +410,8 @@ class PlanWatcher:
                     if why:
                         self.nacks += 1
                         log.warning("NACK plan v%s: %s", push.version, why)
+                    else:  # the newest plan the control plane has is the one we serve
+                        self.cache.confirmed_at = self.cache.clock()
                     await out.put(plan_pb2.PlanRequest(
                         center=self.center, node=self.node, known_version=self.cache.version,
                         response_to_version=push.version, response_nonce=push.nonce, ack=not why,

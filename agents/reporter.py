@@ -98,7 +98,8 @@ class Reporter:
                  keepalive_time_s: float = 10.0, keepalive_timeout_s: float = 5.0,
                  deadline_s: float = 5.0, backoff_initial_s: float = 0.1, backoff_max_s: float = 3.0,
                  stream_max_age_s: float = 600.0, seed: int | None = None,
-                 known_centers: frozenset[str] | None = None) -> None:
+                 known_centers: frozenset[str] | None = None,
+                 on_plan_version: Callable[[int], None] | None = None) -> None:
         self.center = center
         self.acd = acd
         self.counter = counter
@@ -112,6 +113,7 @@ class Reporter:
         self.stream_max_age_s = stream_max_age_s
         self.backoff = Backoff(backoff_initial_s, backoff_max_s, random.Random(seed))
         self.known_centers = known_centers
+        self.on_plan_version = on_plan_version  # every ack names the leader's latest plan
         # (monotonic build time, report): a report older than one interval is stale when sent
         self.outbox: asyncio.Queue[tuple[float, Report]] = asyncio.Queue(OUTBOX_SIZE)
         self.state = "connecting"  # connecting | connected | backoff | stopped
@@ -288,6 +290,8 @@ class Reporter:
                 log.warning("report seq %s rejected: %s", ack.seq, ack.error)
             if ack.plan_version:
                 self.cp_plan_version = ack.plan_version
+                if self.on_plan_version is not None:
+                    self.on_plan_version(ack.plan_version)
 
 
 class StuckStream(Exception):

@@ -70,6 +70,9 @@ class AgentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sim_own_traffic: float = 1.0
     # mean caller patience before abandoning (seconds of simulated time)
     sim_patience_s: float = 90.0
+    # simulated ACD fault at start (chaos harness): normal | not_answering | calls_not_arriving;
+    # POST /v1/admin/acd {"mode": ...} changes it at run time
+    sim_mode: str = "normal"
     # added to the wall clock used for Report.sent_at; test hook for F13 (must change nothing)
     wall_offset_s: float = 0.0
     # lookups per POST /v1/routes or RouteBatch (route.proto says 1000): bounds one request's work
@@ -93,6 +96,8 @@ def validate(s: AgentSettings) -> AgentSettings:
     parse_hostport("http", s.http)
     if s.grpc:
         parse_hostport("grpc", s.grpc)
+    if s.sim_mode not in ("normal", "not_answering", "calls_not_arriving"):
+        raise InvalidInput("sim_mode", s.sim_mode, "must be normal, not_answering or calls_not_arriving")
     if s.acd not in ("simulated", "push"):
         raise InvalidInput("acd", s.acd, "must be 'simulated' or 'push'")
     positive = {"report_interval_s": (0.01, 3600), "keepalive_time_s": (0.1, 3600),

@@ -236,7 +236,8 @@ def test_F8_partition_serves_last_good_plan_without_errors(cp, agents, tmp_path)
     assert c.failed == 0, c.errors[:3]
     assert {d["plan_version"] for _, d in c.answers} == {1}
     assert len(cp.cp.acks) - acks0 <= 1  # at most one plan change per partition event
-    assert http_get(a.http_port, "/healthz")[1]["plan_age_s"] == 0.0
+    # acks from the control plane confirm the plan is current again
+    poll(lambda: http_get(a.http_port, "/healthz")[1]["plan_age_s"] < 1.0, what="plan confirmed")
 
 
 def test_F12_paused_agent_sends_no_stale_reports(cp, agents, tmp_path):

@@ -351,3 +351,23 @@ async def test_reporter_cancels_a_stuck_stream_and_reconnects():
         await task
         await cp.stop()
     assert rep.state == "stopped"
+
+
+def test_plan_age_counts_from_the_last_confirmation():
+    topo = small_topology()
+    now = [100.0]
+    cache = PlanCache(topo, clock=lambda: now[0], confirm_by_stream=False)
+    assert cache.offer(make_plan(topo, 3)) == ""
+    assert cache.age() == 0.0
+    now[0] += 5
+    assert cache.age() == 5.0
+    cache.confirm(3)  # a report ack: the leader's newest plan is ours
+    assert cache.age() == 0.0
+    now[0] += 2
+    cache.confirm(4)  # the leader has a newer plan we do not serve yet: still ageing
+    assert cache.age() == 2.0
+    cache.set_live(True)  # stream liveness does not count in the agent
+    assert cache.age() == 2.0
+    client_cache = PlanCache(topo, clock=lambda: now[0])
+    client_cache.set_live(True)
+    assert client_cache.age() == 0.0

@@ -1,0 +1,234 @@
+"""The simulator's scenarios: the days the domain notes describe, on any topology.
+
+- `normal-day`: the forecast, nothing goes wrong.
+- `surge-2007`: the 2007 stock-market boom. A loaded center other than the head office gets a
+  surge on all its branches, sized so that, routed statically, its answer rate at the peak
+  collapses to about 60% (Erlang A at peak staffing): where ICBC's branch centers were before
+  overflow to the head office. The center is the most loaded one (forecast peak occupancy) whose
+  surge the rest of the network can absorb (SURGE_ABSORB_SHARE); in the national example that is
+  hefei (x2.01, +10% calls network-wide), more than the head office alone has room for.
+- `wuhan-2020`: Wuhan closed for the whole window (lockdown from 2020-01-23), calls 21% above
+  forecast everywhere, and staff from other duties (collections) moved to inbound calls at the
+  other centers during the event.
+- `overflow-path-broken`: wuhan-2020, and for a stretch of the window calls routed to the main
+  receiving center (chengdu) from other branches never arrive there: the 2020-02-04 incident.
+
+Times: sim seconds since 00:00 of day 0. A 24 h (or longer) window starts at 00:00; a shorter one
+starts at the morning peak, where routing matters most. Must not: read the clock or draw random
+numbers (the calls are drawn from the scenario by workload.generate_calls with a seed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from controlplane.core.erlang import max_load
+from controlplane.core.model import InvalidInput, Topology
+
+from .engine import Closure, PathBreak, ScenarioEvent, StaffMove
+from .erlang_a import erlang_a
+from .workload import DEFAULT_PATIENCE_S, HOUR_S, INTRADAY_PROFILE
+
+SCENARIOS = ("normal-day", "surge-2007", "wuhan-2020", "overflow-path-broken")
+
+# Short windows start here: 09:00, the ramp into the 10:00 peak of the profile.
+PEAK_START_H = 9.0
+# Queues start empty; this much simulated time before the window fills them. Half an hour is
+# several handle times and patience times, and the peak ramp (07:00-09:00 doubles the load) is
+# followed closely by a network that has settled.
+WARMUP_S = 1800.0
+# A window is at most a week: the call arrays for longer would not fit in memory comfortably.
+MAX_HOURS = 168.0
+
+# surge-2007: answer rate the surged center collapses to under static routing (domain notes: 60%)
+SURGE_ANSWER_RATE = 0.60
+# The 2007 figure is +40% calls; the surge at the loaded center is at least that, more if needed
+# to bring its answer rate down to SURGE_ANSWER_RATE.
+SURGE_MIN_FACTOR = 1.40
+# The surged center is the most loaded one whose extra calls fit, for every skill, in this share of
+# the other centers' spare capacity at the SL target: a surge the network cannot absorb is a
+# staffing problem no routing solves (every policy, pooled included, just drowns), so it would
+# not tell routing policies apart. In 2007 the head office did have room (it answered ~90%).
+SURGE_ABSORB_SHARE = 0.75
+# wuhan-2020: calls 21% above the year before (domain notes)
+WUHAN_VOLUME = 1.21
+# Staff moved from collections to inbound: this many more agents at every open center, from this
+# far into the window. +15% is about what makes the 8 receivers carry +21% calls plus Wuhan's
+# share at a tolerable occupancy; at the start of the window it is "already moved" (the staff
+# move happened in the first days of the lockdown), and the engine applies it from then on.
+WUHAN_STAFF_FACTOR = 1.15
+WUHAN_STAFF_AT_S = 0.0
+# overflow-path-broken: the receiving path is broken from this share of the window to that share
+# (2020-02-04: late at night until 3 a.m., repaired by hand), at least BREAK_MIN_S long.
+BREAK_FROM, BREAK_TO = 0.25, 0.60
+BREAK_MIN_S = 1800.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    topology: Topology
+    start_s: float  # measurement window [start_s, end_s)
+    end_s: float
+    warmup_s: float
+    main_center: str  # the head office: nrings' overflow target, lookups for dark centers
+    volume: Mapping[str, float] = field(default_factory=dict)  # per-branch factor
+    volume_all: float = 1.0
+    events: tuple[ScenarioEvent, ...] = ()
+    profile: tuple[float, ...] = INTRADAY_PROFILE
+    patience_s: float | None = DEFAULT_PATIENCE_S
+    handle: str = "exponential"
+    notes: tuple[str, ...] = ()  # what the scenario chose, for the report
+
+    @property
+    def hours(self) -> float:
+        return (self.end_s - self.start_s) / HOUR_S
+
+
+def _main_center(topo: Topology, main: str | None) -> str:
+    ids = topo.center_ids()
+    if main is not None:
+        if main not in ids:
+            raise InvalidInput("main_center", main, "not a center of the topology")
+        return main
+    # the head office: chengdu in the national example, else the center hosting most branches
+    if "chengdu" in ids:
+        return "chengdu"
+    hosted = {c: sum(1 for b in topo.branches if b.home == c) for c in ids}
+    return max(ids, key=lambda c: (hosted[c], c))
+
+
+def peak_load(topo: Topology, center: str, skill: str, factor: float = 1.0) -> float:
+    """Erlangs of `center`'s hosted calls for `skill` at the peak hour."""
+    cph = sum(b.calls_per_hour.get(skill, 0.0) for b in topo.branches if b.home == center)
+    return cph * factor * topo.aht(skill) / HOUR_S
+
+
+def _occupancy(topo: Topology, center: str) -> float:
+    c = next(x for x in topo.centers if x.id == center)
+    load = sum(peak_load(topo, center, s) for s in c.agents)
+    agents = sum(n for n in c.agents.values())
+    return load / agents if agents else 0.0
+
+
+def _answer_rate(topo: Topology, center: str, factor: float, patience_s: float | None) -> float:
+    """Calls answered / offered at `center` at the peak with its own calls x factor (Erlang A)."""
+    c = next(x for x in topo.centers if x.id == center)
+    offered = answered = 0.0
+    for s, n in c.agents.items():
+        a = peak_load(topo, center, s, factor)
+        if a <= 0 or n <= 0:
+            continue
+        lam = a / topo.aht(s)
+        r = erlang_a(n, lam, topo.aht(s), patience_s if patience_s is not None else 1e9, 20.0)
+        offered += lam
+        answered += lam * r.answered
+    return answered / offered if offered else 1.0
+
+
+def calibrate_surge(topo: Topology, center: str, patience_s: float | None,
+                    target: float = SURGE_ANSWER_RATE) -> float:
+    """Smallest factor (>= SURGE_MIN_FACTOR, to 0.01) bringing `center`'s answer rate to `target`."""
+    lo, hi = SURGE_MIN_FACTOR, SURGE_MIN_FACTOR
+    if _answer_rate(topo, center, lo, patience_s) <= target:
+        return lo
+    while _answer_rate(topo, center, hi, patience_s) > target:
+        hi *= 1.25
+        if hi > 20:
+            raise InvalidInput("surge", center, "no surge up to 20x brings the answer rate down")
+    while hi - lo > 0.01:
+        mid = (lo + hi) / 2
+        if _answer_rate(topo, center, mid, patience_s) > target:
+            lo = mid
+        else:
+            hi = mid
+    return round(hi, 2)
+
+
+def pick_surge(topo: Topology, main: str, patience_s: float | None) -> tuple[str, float]:
+    """(center, factor) for surge-2007; see SURGE_ABSORB_SHARE."""
+    sl = topo.policy.service_level
+    spare: dict[tuple[str, str], float] = {}
+    for c in topo.centers:
+        for s, n in c.agents.items():
+            if n > 0:
+                spare[(c.id, s)] = max(0.0, max_load(n, topo.aht(s), sl.target, sl.answer_within_s)
+                                       - peak_load(topo, c.id, s))
+    candidates = sorted((c for c in topo.center_ids() if c != main),
+                        key=lambda c: (-_occupancy(topo, c), c)) or [main]
+    for cid in candidates:
+        f = calibrate_surge(topo, cid, patience_s)
+        fits = True
+        for s in topo.skills():
+            extra = (f - 1) * peak_load(topo, cid, s)
+            room = sum(v for (o, sk), v in spare.items() if sk == s and o != cid)
+            if extra > SURGE_ABSORB_SHARE * room:
+                fits = False
+                break
+        if fits:
+            return cid, f
+    # nothing fits: surge the least loaded candidate, the mildest case the network offers
+    cid = candidates[-1]
+    return cid, calibrate_surge(topo, cid, patience_s)
+
+
+def build_scenario(name: str, topology: Topology, *, hours: float = 24.0, start_h: float | None = None,
+                   warmup_s: float = WARMUP_S, main_center: str | None = None,
+                   patience_s: float | None = DEFAULT_PATIENCE_S, handle: str = "exponential",
+                   profile: tuple[float, ...] = INTRADAY_PROFILE) -> Scenario:
+    """The named scenario on `topology` for a window of `hours`."""
+    if name not in SCENARIOS:
+        raise InvalidInput("scenario", name, f"must be one of {', '.join(SCENARIOS)}")
+    if not (isinstance(hours, int | float) and math.isfinite(hours) and 0 < hours <= MAX_HOURS):
+        raise InvalidInput("hours", hours, f"must be in (0, {MAX_HOURS:g}]")
+    if start_h is None:
+        start_h = 0.0 if hours >= 24 else PEAK_START_H
+    if not (math.isfinite(start_h) and 0 <= start_h < 24):
+        raise InvalidInput("start_h", start_h, "must be an hour in [0, 24)")
+    if not (math.isfinite(warmup_s) and 0 <= warmup_s <= 6 * HOUR_S):
+        raise InvalidInput("warmup_s", warmup_s, "must be within [0, 21600] seconds")
+    main = _main_center(topology, main_center)
+    # the window starts on day 1 so the warm-up (and a wrap past midnight) stays at t >= 0
+    start_s = 24 * HOUR_S + start_h * HOUR_S
+    end_s = start_s + hours * HOUR_S
+    base = Scenario(name=name, topology=topology, start_s=start_s, end_s=end_s, warmup_s=warmup_s,
+                    main_center=main, profile=profile, patience_s=patience_s, handle=handle)
+    ids = topology.center_ids()
+    if name == "normal-day":
+        return base
+    if name == "surge-2007":
+        loaded, f = pick_surge(topology, main, patience_s)
+        total = sum(sum(b.calls_per_hour.values()) for b in topology.branches)
+        extra = sum(sum(b.calls_per_hour.values()) for b in topology.branches if b.home == loaded) * (f - 1)
+        notes = (f"surge at {loaded} (forecast peak occupancy {_occupancy(topology, loaded):.1%}, the most "
+                 f"loaded center whose surge fits in {SURGE_ABSORB_SHARE:.0%} of the others' spare "
+                 f"capacity): its branches' calls x{f:.2f}, so its static answer rate at the peak is "
+                 f"~{SURGE_ANSWER_RATE:.0%} (Erlang A); network calls +{extra / total:.0%}",)
+        volume = {b.id: f for b in topology.branches if b.home == loaded}
+        return Scenario(**{**base.__dict__, "volume": volume, "notes": notes})
+    # wuhan-2020 and overflow-path-broken
+    closed = "wuhan" if "wuhan" in ids else next(c for c in ids if c != main)
+    others = tuple(c for c in ids if c != closed)
+    events: list[ScenarioEvent] = [Closure(closed, 0.0)]
+    for s in topology.skills():
+        events.append(StaffMove(start_s + WUHAN_STAFF_AT_S, others, s, WUHAN_STAFF_FACTOR))
+    wuhan_notes = [f"{closed} closed for the whole window; calls x{WUHAN_VOLUME} everywhere; "
+             f"+{WUHAN_STAFF_FACTOR - 1:.0%} agents for every skill at the other {len(others)} centers "
+             "(collections staff moved to inbound)"]
+    if name == "overflow-path-broken":
+        span = end_s - start_s
+        b0 = start_s + BREAK_FROM * span
+        b1 = max(start_s + BREAK_TO * span, b0 + BREAK_MIN_S)
+        events.append(PathBreak(main, b0, b1))
+        wuhan_notes.append(f"calls routed to {main} from other branches do not arrive from "
+                     f"{_clock(b0)} to {_clock(b1)}")
+    return Scenario(**{**base.__dict__, "volume_all": WUHAN_VOLUME, "events": tuple(events),
+                       "notes": tuple(wuhan_notes)})
+
+
+def _clock(t: float) -> str:
+    day, rest = divmod(t, 24 * HOUR_S)
+    h, rest = divmod(rest, HOUR_S)
+    return f"day {int(day)} {int(h):02d}:{int(rest // 60):02d}"
