@@ -43,8 +43,8 @@ class RouteClient:
         self._resolve_many = resolve_many
         self.cache = PlanCache(topology, PlanStore(state_dir) if state_dir else None)
         self.cache.restore()
-        self._args = dict(keepalive_time_s=keepalive_time_s, keepalive_timeout_s=keepalive_timeout_s,
-                          connect_deadline_s=connect_deadline_s)
+        self._keepalive = (keepalive_time_s, keepalive_timeout_s)
+        self._connect_deadline_s = connect_deadline_s
         self.endpoints = list(endpoints)
         self.center = center
         self.node = node or f"{center}-client"
@@ -67,7 +67,10 @@ class RouteClient:
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:
-            self._watcher = PlanWatcher(self.cache, self.endpoints, self.center, self.node, **self._args)
+            self._watcher = PlanWatcher(self.cache, self.endpoints, self.center, self.node,
+                                        keepalive_time_s=self._keepalive[0],
+                                        keepalive_timeout_s=self._keepalive[1],
+                                        connect_deadline_s=self._connect_deadline_s)
             self._ready.set()
             loop.run_until_complete(self._watcher.run())
         finally:
@@ -111,7 +114,7 @@ class RouteClient:
             raise NoPlan("no plan yet")
         return self._resolve(served.compiled, branch, skill, caller, tier)
 
-    def resolve_many(self, queries: Iterable[tuple[str, str, str, str]]) -> list[Any]:
+    def resolve_many(self, queries: Iterable[Sequence[str]]) -> list[Any]:
         """Many lookups against one plan snapshot (all answers from the same version)."""
         served = self.cache.served
         if served is None:

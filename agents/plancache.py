@@ -198,14 +198,14 @@ class PlanCache:
         return ""
 
     def _topology_hash(self) -> str:
-        if self._topo_hash is None:
+        if self._topo_hash is None and self.topology is not None:
             try:
                 from controlplane.core.topology import topology_hash
 
                 self._topo_hash = topology_hash(self.topology)
             except ImportError:
                 self._topo_hash = ""
-        return self._topo_hash
+        return self._topo_hash or ""
 
     def compile(self, plan: Plan) -> Served:
         """The slow part (ring tables): call it off the event loop."""
