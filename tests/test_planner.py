@@ -267,3 +267,28 @@ def test_national_closing_wuhan_spreads_hubei_and_hunan_over_8_receivers_by_spar
     assert {r.branch for r in plan.routes if r.kind.value == "dr"} == {"hubei", "hunan"}
     # chengdu, the main center, takes the biggest share, as it did in 2020
     assert max(routes[("hubei", "retail")].targets, key=lambda t: t.weight).center == "chengdu"
+
+
+def test_drill_shed_moves_that_share_to_dr_receivers_and_full_shed_closes():
+    topo = net()
+    plan = compute_plan(topo, NetworkView(shed={"c3": 0.5}))
+    assert consistent(plan, topo) == []
+    w = {t.center: t.weight for t in by_key(plan)[("b3", "retail")].targets}
+    assert w["c3"] == pytest.approx(0.5, abs=1e-3) and len(w) == 9
+    assert "drill" in by_key(plan)[("b3", "retail")].explanation
+    # a center being drilled receives nothing from others
+    assert all("c3" not in {t.center for t in r.targets} for r in plan.routes if r.home != "c3")
+    full = compute_plan(topo, NetworkView(shed={"c3": 1.0}))
+    assert "c3" in full.closed and "c3" not in {t.center for t in by_key(full)[("b3", "retail")].targets}
+
+
+def test_busy_receivers_still_get_dr_calls_with_overload_advice_not_a_callback_for_everyone():
+    topo = net(n_centers=3)
+    # every open center has a long live queue: no spare capacity once backlog counts
+    busy = {c.id: CenterHealth(c.id, Status.HEALTHY, 1.0, skills={
+        s: SkillLoad(logged_in=n, ready=0, busy=n, queued=500) for s, n in c.agents.items()})
+        for c in topo.centers}
+    plan = compute_plan(topo, NetworkView(health=busy, admin={"c0": AdminState.CLOSED}))
+    r = by_key(plan)[("b0", "retail")]
+    assert {t.center for t in r.targets} == {"c1", "c2"}
+    assert consistent(plan, topo) == []

@@ -245,6 +245,9 @@ class NetworkView(msgspec.Struct, frozen=True):
     admin: dict[str, AdminState] = {}  # operator-set states; absent means OPEN
     # demand multiplier per skill (1.21 = the 2020 surge); live offered counts refine it
     surge: dict[str, float] = {}
+    # operator-imposed share of a center's own calls to move away (a live drill's ramp step:
+    # 0.1, 0.5, 1.0); the moved calls follow the center's DR receivers
+    shed: dict[str, float] = {}
 
 
 # ---------------------------------------------------------------- plans

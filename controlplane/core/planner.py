@@ -165,8 +165,13 @@ class PlanTracker:
                 closed.add(cid)
                 home_weight[cid] = 0.0
                 continue
-            home_weight[cid] = min(1.0, max(0.0, w))
-            if status in (Status.HEALTHY, Status.UNKNOWN) and w >= 1.0:
+            home_weight[cid] = min(1.0, max(0.0, w), 1.0 - min(1.0, max(0.0, view.shed.get(cid, 0.0))))
+            if view.shed.get(cid, 0.0) >= 1.0:
+                why_closed[cid] = "shed 100% (drill)"
+                closed.add(cid)
+                home_weight[cid] = 0.0
+                continue
+            if status in (Status.HEALTHY, Status.UNKNOWN) and w >= 1.0 and cid not in view.shed:
                 receiver_ok.add(cid)
 
         # ---- demand per home center and skill (Erlangs), after schedules and surge
@@ -191,7 +196,8 @@ class PlanTracker:
                 aht = sl.aht_s if sl is not None and sl.aht_s > 0 else topo.aht(s)
                 if n <= 0 and (cid, s) not in demand:
                     continue
-                backlog = (sl.queued * aht / QUEUE_HORIZON_S) if sl is not None else 0.0
+                # calls waiting beyond the ready agents who can take them at once
+                backlog = (max(0, sl.queued - sl.ready) * aht / QUEUE_HORIZON_S) if sl is not None else 0.0
                 own = demand.get((cid, s), 0.0) * home_weight[cid]
                 cap[(cid, s)] = CenterCapacity(n, aht, self._capacity(n, aht) if n > 0 else 0.0, own,
                                                backlog=backlog)
@@ -208,27 +214,40 @@ class PlanTracker:
         pinned_routes: dict[tuple[str, str], _Entry] = {}
         vip_routes: dict[tuple[str, str], tuple[Target, ...]] = {}
 
-        def pick_receivers(skill: str, exclude: set[str], k: int, region: str,
-                           overflowing: set[str]) -> list[tuple[str, CenterCapacity]]:
-            cands = [(cid, cc) for cid, cc in by_skill.get(skill, ())
-                     if cid not in exclude and cid in receiver_ok
-                     and cid not in overflowing and cc.agents > 0 and cc.spare() >= MIN_SPARE_ERLANGS]
+        def pick_receivers(skill: str, exclude: set[str], k: int, region: str, overflowing: set[str],
+                           live: bool) -> list[tuple[str, float, CenterCapacity]]:
+            """Up to k receivers with their spare Erlangs, most spare first (region first if asked).
+
+            live=False ignores queue backlog: used only when live queues leave no spare anywhere,
+            so calls still go where agents are staffed (with overload advice) instead of every
+            caller being offered a callback while centers are merely busy.
+            """
+            cands = []
+            for cid, cc in by_skill.get(skill, ()):
+                if cid in exclude or cid not in receiver_ok or cid in overflowing or cc.agents <= 0:
+                    continue
+                spare = cc.spare() if live else cc.spare() + cc.backlog
+                if spare >= MIN_SPARE_ERLANGS:
+                    cands.append((cid, spare, cc))
             if pol.prefer_region and region:
                 # same-region receivers first (shorter trunks, same dialect), then by spare capacity
-                cands.sort(key=lambda x: (centers[x[0]].region != region, -x[1].spare(), x[0]))
+                cands.sort(key=lambda x: (centers[x[0]].region != region, -x[1], x[0]))
             else:
-                cands.sort(key=lambda x: (-x[1].spare(), x[0]))
+                cands.sort(key=lambda x: (-x[1], x[0]))
             return cands[:k]
 
         def spread(skill: str, load: float, source: str, k: int, overflowing: set[str]
                    ) -> tuple[list[tuple[str, float]], float]:
             """Choose receivers for `load` Erlangs and book it on them; returns (weights, unplaced)."""
-            recv = pick_receivers(skill, {source}, k, centers[source].region, overflowing)
-            total_spare = sum(cc.spare() for _, cc in recv)
+            region = centers[source].region
+            recv = pick_receivers(skill, {source}, k, region, overflowing, live=True)
+            if not recv:
+                recv = pick_receivers(skill, {source}, k, region, overflowing, live=False)
+            total_spare = sum(sp for _, sp, _ in recv)
             if not recv or total_spare <= 0:
                 return [], load
-            weights = [(cid, cc.spare() / total_spare) for cid, cc in recv]
-            for (_, cc), (_, w) in zip(recv, weights, strict=True):
+            weights = [(cid, sp / total_spare) for cid, sp, _ in recv]
+            for (_, _, cc), (_, w) in zip(recv, weights, strict=True):
                 cc.assigned += load * w
             return weights, max(0.0, load - total_spare)
 
@@ -244,7 +263,8 @@ class PlanTracker:
                 # even a skill with no calls forecast gets DR targets: a call may still come
                 load = demand[(cid, s)] * shed
                 recv, unplaced = spread(s, load, cid, pol.dr_receivers, overflowing)
-                state = why_closed.get(cid, f"stale: weight {home_weight[cid]:.2f}")
+                state = why_closed.get(cid, f"shedding {view.shed[cid]:.0%} (drill)" if cid in view.shed
+                                       else f"stale: weight {home_weight[cid]:.2f}")
                 why = (f"{cid} {state}; "
                        f"{len(recv)} receivers by spare capacity for {s}")
                 action = OverloadAction.NONE
