@@ -505,6 +505,29 @@ def test_f17a_calls_not_arriving_is_caught_within_three_intervals():
     assert (n.status("a"), n.status("b")) == (Status.HEALTHY, Status.HEALTHY)
 
 
+def test_f17a_overflow_from_other_centers_lost_while_own_calls_arrive():
+    # 2020-02-04: the main center answers its own calls but none of the overflow sent to it
+    n = Net()
+    for _ in range(4):
+        n.report("a", routed={"x": 3}, offered=6, answered=6)
+        n.report("b", routed={"x": 3}, offered=6, answered=6)
+        n.report("x", routed={"x": 40}, offered=46, answered=46)
+        n.advance(S.interval_s)
+    assert n.status("x") == Status.HEALTHY
+    t_broken = n.now
+    ch: list[HealthChange] = []
+    for _ in range(3):
+        ch += n.report("a", routed={"x": 3}, offered=6, answered=6)
+        ch += n.report("b", routed={"x": 3}, offered=6, answered=6)
+        # only its own 40 calls arrive: 40 of 46 sent overall (87%), 0 of 6 from elsewhere
+        ch += n.report("x", routed={"x": 40}, offered=40, answered=40)
+        ch += n.advance(S.interval_s)
+    fail = [c for c in ch if c.center == "x"]
+    assert fail and fail[0].new == Status.FAILING and fail[0].at <= t_broken + 2 * S.interval_s
+    assert "from other centers are not arriving" in fail[0].reason
+    assert n.weight("x") == 1.0
+
+
 def test_f17a_reason_names_sent_and_offered():
     n = Net()
     warm(n, sent=4)

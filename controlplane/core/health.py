@@ -407,9 +407,19 @@ class HealthTracker:
         if (offered >= s.failing_min_calls and sum(x.answered for x in own) == 0 and q1 > q0
                 and not all(x.saturated for x in own)):
             return _Failure(f"not answering (answered 0, queue rising {q0}->{q1})", 0.0)
-        sent = sum(x.routed_to.get(c.id, 0) for o in self._centers.values() for x in self._recent(o, now))
+        own_sent = sum(x.routed_to.get(c.id, 0) for x in own)
+        others_sent = sum(x.routed_to.get(c.id, 0) for o in self._centers.values() if o is not c
+                          for x in self._recent(o, now))
+        sent = own_sent + others_sent
         if sent >= s.failing_min_calls and offered < s.failing_arrival_ratio * sent:
             return _Failure(f"calls routed here are not arriving (sent {sent}, offered {offered})", 1.0)
+        # Per origin: a receiver's own calls can hide the loss of every call other centers send it
+        # (2020-02-04: the main center took its own calls but none of Wuhan's overflow). What it
+        # offered beyond its own agent's lookups is what arrived from elsewhere.
+        from_others = max(0, offered - own_sent)
+        if others_sent >= s.failing_min_calls and from_others < s.failing_arrival_ratio * others_sent:
+            return _Failure(f"calls routed here from other centers are not arriving (sent {others_sent}, "
+                            f"arrived {from_others})", 1.0)
         return None
 
     def _start_failing(self, c: _Center, failure: _Failure, now: float, relapse: bool) -> None:
