@@ -94,6 +94,9 @@ class Network:
                                          "--http", f"{host}:{port}", "--acd", "simulated",
                                          "--state-dir", str(sd), "--topology", self.args.topology,
                                          "--config", str(cfg)])
+        # tests and operators kill one process by pid (e.g. one center's agent, F14) without
+        # guessing from command lines
+        (self.tmp / "pids.json").write_text(json.dumps({n: p.pid for n, p in self.procs}))
 
     def alive(self) -> list[str]:
         return [n for n, p in self.procs if p.poll() is not None]
