@@ -30,7 +30,8 @@ from agents.httpserver import HttpLookupServer, LookupEngine
 from agents.plancache import PlanCache, PlanStore, PlanWatcher
 from agents.reporter import Reporter, RoutedCounter, SeqStore
 from agents.settings import AgentSettings, load_settings, parse_hostport
-from controlplane.core.model import InvalidInput, Topology
+from controlplane.core.model import MAX_COUNT, MAX_SKILLS_PER_REPORT, InvalidInput, Topology, check_id
+from controlplane.service.auth import agent_tls
 
 log = logging.getLogger("callroute.agent")
 
@@ -38,9 +39,18 @@ log = logging.getLogger("callroute.agent")
 MAX_STDIN_LINE = 1 << 20
 
 
+# a simulated call notice to a peer agent is dropped after this long: on loopback it takes
+# a millisecond; a stuck peer must not pile up tasks across report intervals
+SIM_OFFER_TIMEOUT_S = 0.5
+
+
 class AdminCommand(msgspec.Struct, forbid_unknown_fields=True):
     mode: str | None = None
     state: str | None = None
+    # simulation only: calls per skill another center's agent routed here. Real calls reach a
+    # center's ACD over the telephone network; simulated ACDs in separate processes need this
+    # message so that a receiver's offered count rises when others send it calls.
+    offer: dict[str, int] | None = None
 
 
 class Agent:
@@ -83,12 +93,16 @@ class Agent:
             keepalive_time_s=settings.keepalive_time_s, keepalive_timeout_s=settings.keepalive_timeout_s,
             deadline_s=settings.rpc_deadline_s, backoff_initial_s=settings.backoff_initial_s,
             backoff_max_s=settings.backoff_max_s, stream_max_age_s=settings.stream_max_age_s,
-            known_centers=known, on_plan_version=self.cache.confirm)
+            known_centers=known, on_plan_version=self.cache.confirm, tls=agent_tls(settings))
+        self._offers: set[asyncio.Task[None]] = set()
+        self.offer_errors = 0
+        if settings.sim_peers and isinstance(self.acd, SimulatedACD):
+            self.reporter.deliver = self._deliver
         self.watcher = PlanWatcher(
             self.cache, settings.controlplane, settings.center, node,
             keepalive_time_s=settings.keepalive_time_s, keepalive_timeout_s=settings.keepalive_timeout_s,
             connect_deadline_s=settings.rpc_deadline_s, backoff_initial_s=settings.backoff_initial_s,
-            backoff_max_s=settings.backoff_max_s)
+            backoff_max_s=settings.backoff_max_s, tls=agent_tls(settings))
         self.http = HttpLookupServer(
             self.engine, health=self.health, metrics=self.metrics_text,
             push=self._push if isinstance(self.acd, PushACD) else None,
@@ -116,7 +130,41 @@ class Agent:
             self.acd.set_mode(cmd.mode)
         if cmd.state is not None:
             self.acd.set_state(cmd.state)
+        if cmd.offer is not None:
+            if len(cmd.offer) > MAX_SKILLS_PER_REPORT:
+                raise InvalidInput("offer", len(cmd.offer), f"more than {MAX_SKILLS_PER_REPORT} skills")
+            for skill, n in cmd.offer.items():
+                check_id("offer.key", skill)
+                if n < 0 or n > MAX_COUNT:
+                    raise InvalidInput(f"offer[{skill}]", n, f"must be an integer in [0, {MAX_COUNT}]")
+            self.acd.offer_routed(cmd.offer, time.monotonic())
         return {"mode": self.acd.mode, "state": self.acd.state.value}
+
+    def _deliver(self, others: dict[str, dict[str, int]]) -> None:
+        """Simulation: tell the receiving centers' agents about the calls routed to them."""
+        loop = asyncio.get_running_loop()
+        for target, per_skill in others.items():
+            addr = self.s.sim_peers.get(target)
+            if addr:
+                task = loop.create_task(self._post_offer(addr, per_skill))
+                self._offers.add(task)
+                task.add_done_callback(self._offers.discard)
+
+    async def _post_offer(self, addr: str, per_skill: dict[str, int]) -> None:
+        host, _, port = addr.rpartition(":")
+        body = msgspec.json.encode({"offer": per_skill})
+        writer = None
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)),
+                                                    SIM_OFFER_TIMEOUT_S)
+            writer.write(b"POST /v1/admin/acd HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n%s" % (host.encode(), len(body), body))
+            await asyncio.wait_for(reader.read(), SIM_OFFER_TIMEOUT_S)
+        except (OSError, TimeoutError, ValueError):
+            self.offer_errors += 1  # a dead peer is a lost simulated call, as on a real trunk
+        finally:
+            if writer is not None:
+                writer.close()
 
     async def _stdin_pushes(self) -> None:
         """JSON lines on stdin, one push each; a bad line is logged and counted, never fatal.
@@ -267,9 +315,10 @@ class Agent:
             await self.drain()
             self.reporter.stop()
             self.watcher.stop()
-            for t in (*tasks, stop):
+            offers = list(self._offers)
+            for t in (*tasks, stop, *offers):
                 t.cancel()
-            await asyncio.gather(*tasks, stop, return_exceptions=True)
+            await asyncio.gather(*tasks, stop, *offers, return_exceptions=True)
 
     async def drain(self) -> None:
         """F15: NOT_SERVING first, then let lookups in flight finish, then close."""

@@ -318,8 +318,10 @@ class PlanWatcher:
     def __init__(self, cache: PlanCache, endpoints: Sequence[str], center: str, node: str, *,
                  keepalive_time_s: float = 10.0, keepalive_timeout_s: float = 5.0,
                  connect_deadline_s: float = 5.0, backoff_initial_s: float = 0.1,
-                 backoff_max_s: float = 3.0, seed: int | None = None) -> None:
+                 backoff_max_s: float = 3.0, seed: int | None = None, tls: Any = None) -> None:
         self.cache = cache
+        # controlplane.service.auth.ClientTLS, or None for plaintext
+        self.tls = tls
         self.endpoints = list(endpoints)
         self.center = center
         self.node = node
@@ -356,13 +358,12 @@ class PlanWatcher:
                 await asyncio.wait_for(self._stop.wait(), self.backoff.next())
 
     async def _session(self, ep: str) -> None:
-        import grpc
-
         from callroute.v1 import plan_pb2, plan_pb2_grpc
         from controlplane.convert import plan_from_pb
+        from controlplane.service.auth import open_channel
 
         opts = channel_options(*self.keepalive)
-        async with grpc.aio.insecure_channel(ep, options=opts) as ch:
+        async with open_channel(ep, self.tls, opts) as ch:
             await asyncio.wait_for(ch.channel_ready(), self.connect_deadline_s)
             stub = plan_pb2_grpc.PlanServiceStub(ch)
             out: asyncio.Queue[Any] = asyncio.Queue()

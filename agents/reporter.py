@@ -99,8 +99,10 @@ class Reporter:
                  deadline_s: float = 5.0, backoff_initial_s: float = 0.1, backoff_max_s: float = 3.0,
                  stream_max_age_s: float = 600.0, seed: int | None = None,
                  known_centers: frozenset[str] | None = None,
-                 on_plan_version: Callable[[int], None] | None = None) -> None:
+                 on_plan_version: Callable[[int], None] | None = None, tls: Any = None) -> None:
         self.center = center
+        # controlplane.service.auth.ClientTLS, or None for plaintext
+        self.tls = tls
         self.acd = acd
         self.counter = counter
         self.seqs = seqs
@@ -114,6 +116,8 @@ class Reporter:
         self.backoff = Backoff(backoff_initial_s, backoff_max_s, random.Random(seed))
         self.known_centers = known_centers
         self.on_plan_version = on_plan_version  # every ack names the leader's latest plan
+        # simulation: given {target center: {skill: calls}} routed to other centers this interval
+        self.deliver: Callable[[dict[str, dict[str, int]]], None] | None = None
         # (monotonic build time, report): a report older than one interval is stale when sent
         self.outbox: asyncio.Queue[tuple[float, Report]] = asyncio.Queue(OUTBOX_SIZE)
         self.state = "connecting"  # connecting | connected | backoff | stopped
@@ -135,6 +139,7 @@ class Reporter:
         routed = self.counter.swap()
         routed_to: dict[str, int] = {}
         own: dict[str, int] = {}
+        others: dict[str, dict[str, int]] = {}
         for (target, skill), n in routed.items():
             if not target:
                 continue  # overload answers route nowhere
@@ -143,7 +148,11 @@ class Reporter:
             routed_to[target] = routed_to.get(target, 0) + n
             if target == self.center:
                 own[skill] = own.get(skill, 0) + n
+            else:
+                others.setdefault(target, {})[skill] = others.get(target, {}).get(skill, 0) + n
         self.acd.offer_routed(own, now)
+        if others and self.deliver is not None:
+            self.deliver(others)
         skills = self.acd.sample(now)
         if skills is None:
             return None
@@ -241,12 +250,11 @@ class Reporter:
             await asyncio.sleep(self.backoff.next() if redirect is None else 0.0)
 
     async def _session(self, ep: str) -> str | None:
-        import grpc
-
         from callroute.v1 import report_pb2_grpc
         from controlplane.convert import report_to_pb
+        from controlplane.service.auth import open_channel
 
-        async with grpc.aio.insecure_channel(ep, options=channel_options(*self.keepalive)) as ch:
+        async with open_channel(ep, self.tls, channel_options(*self.keepalive)) as ch:
             await asyncio.wait_for(ch.channel_ready(), self.deadline_s)
             stub = report_pb2_grpc.ReportServiceStub(ch)
             opened = self.clock()

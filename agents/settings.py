@@ -70,6 +70,9 @@ class AgentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sim_own_traffic: float = 1.0
     # mean caller patience before abandoning (seconds of simulated time)
     sim_patience_s: float = 90.0
+    # simulation only: center -> HTTP HOST:PORT of its agent, so calls this agent routes to another
+    # center reach that center's simulated ACD (callroute up and the chaos harness fill it in)
+    sim_peers: dict[str, str] = {}
     # simulated ACD fault at start (chaos harness): normal | not_answering | calls_not_arriving;
     # POST /v1/admin/acd {"mode": ...} changes it at run time
     sim_mode: str = "normal"
@@ -77,6 +80,14 @@ class AgentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     wall_offset_s: float = 0.0
     # lookups per POST /v1/routes or RouteBatch (route.proto says 1000): bounds one request's work
     max_batch: int = 1000
+    # mTLS to the control plane (files from `callroute certs init`); all empty = plaintext, as
+    # before. The control plane takes this center's identity from tls_cert, so it must be the
+    # certificate issued for `center`. Files are re-read at every reconnect (rotation, B7).
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    # expected name in the control plane's certificate when not the endpoint's host
+    tls_server_name: str = ""
 
 
 def parse_hostport(field: str, value: str) -> tuple[str, int]:
@@ -117,6 +128,9 @@ def validate(s: AgentSettings) -> AgentSettings:
         v = getattr(s, name)
         if not isinstance(v, int) or not lo <= v <= hi:
             raise InvalidInput(name, v, f"must be an integer in [{lo}, {hi}]")
+    if bool(s.tls_cert) != bool(s.tls_key):
+        field = "tls_key" if s.tls_cert else "tls_cert"
+        raise InvalidInput(field, getattr(s, field), "tls_cert and tls_key go together")
     return s
 
 

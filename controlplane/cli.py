@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("sim", help="service-level simulator (see `callroute sim --help`)", add_help=False)
 
+    from controlplane.certs import add_certs_parser
     from controlplane.opcli import add_operator_parsers
     from controlplane.service.server import add_controlplane_parser
     from controlplane.up import add_up_parser
@@ -154,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_controlplane_parser(sub)
     add_operator_parsers(sub)
     add_up_parser(sub)
+    from chaos.cli import add_chaos_parser
+    from controlplane.drillcli import add_drill_parsers
+
+    add_chaos_parser(sub)
+    add_drill_parsers(sub)
+    add_certs_parser(sub)
     try:
         from agents.main import add_agent_parser
     except ImportError:  # the agent package is optional on a control-plane-only install

@@ -50,6 +50,10 @@ ENV_ENDPOINT = "CALLROUTE_ENDPOINT"
 # a token on the command line shows in `ps`; the environment does not
 ENV_TOKEN = "CALLROUTE_TOKEN"
 ENV_OPERATOR = "CALLROUTE_OPERATOR"
+# mTLS files for a TLS control plane (`callroute certs init` writes operators/<name>.crt/.key)
+ENV_CA = "CALLROUTE_CA"
+ENV_CERT = "CALLROUTE_CERT"
+ENV_KEY = "CALLROUTE_KEY"
 # an operator waits a few seconds at most; SetCenterState itself waits up to 2 s for the plan
 # carrying the change (operator.APPLY_WAIT_S), so 5 s leaves room for the store write
 DEFAULT_TIMEOUT_S = 5.0
@@ -102,9 +106,12 @@ class OperatorClient:
     """OperatorService over the first endpoint that answers; channels are opened lazily."""
 
     def __init__(
-        self, endpoints: Sequence[str], token: str = "", timeout_s: float = DEFAULT_TIMEOUT_S
+        self, endpoints: Sequence[str], token: str = "", timeout_s: float = DEFAULT_TIMEOUT_S,
+        tls: Any = None,
     ) -> None:
         self.endpoints = list(endpoints)
+        # controlplane.service.auth.ClientTLS, or None for plaintext
+        self.tls = tls
         self.timeout_s = timeout_s
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._channels: dict[str, grpc.Channel] = {}
@@ -116,8 +123,11 @@ class OperatorClient:
 
         ch = self._channels.get(endpoint)
         if ch is None:
-            ch = grpc.insecure_channel(
+            from controlplane.service.auth import open_sync_channel
+
+            ch = open_sync_channel(
                 endpoint,
+                self.tls,
                 options=[
                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -247,7 +257,15 @@ def _short(enum_desc: Any, number: int) -> str:
 def _client(args: argparse.Namespace) -> OperatorClient:
     if not 0 < args.timeout <= MAX_TIMEOUT_S:
         raise InvalidInput("--timeout", args.timeout, f"must be in (0, {MAX_TIMEOUT_S:g}] seconds")
-    return OperatorClient(parse_endpoints(args.endpoint), args.token or "", args.timeout)
+    from controlplane.service.auth import client_tls
+
+    for flag, path in (("--ca", args.ca), ("--cert", args.cert), ("--key", args.key)):
+        if path and not os.access(path, os.R_OK):
+            raise InvalidInput(flag, path, "cannot read this file")
+    if bool(args.cert) != bool(args.key):
+        raise InvalidInput("--key" if args.cert else "--cert", "", "--cert and --key go together")
+    tls = client_tls(args.ca or "", args.cert or "", args.key or "")
+    return OperatorClient(parse_endpoints(args.endpoint), args.token or "", args.timeout, tls)
 
 
 def _check_limit(field: str, v: int) -> None:
@@ -697,6 +715,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--token", default=os.environ.get(ENV_TOKEN, ""),
                    help=f"sent as 'authorization: Bearer TOKEN' (env {ENV_TOKEN})")
+    p.add_argument("--ca", default=os.environ.get(ENV_CA, ""),
+                   help=f"CA file: connect with TLS and verify the control plane by it (env {ENV_CA})")
+    p.add_argument("--cert", default=os.environ.get(ENV_CERT, ""),
+                   help=f"client certificate for mTLS, with --key (env {ENV_CERT})")
+    p.add_argument("--key", default=os.environ.get(ENV_KEY, ""),
+                   help=f"client certificate's key (env {ENV_KEY})")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                    help=f"deadline of each call, seconds (default {DEFAULT_TIMEOUT_S:g})")

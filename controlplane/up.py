@@ -86,7 +86,11 @@ class Network:
                                      "--listen", self.cp_addr,
                                      "--metrics", f"127.0.0.1:{self.args.metrics_port}"])
         cfg = self.tmp / "agent.json"
-        cfg.write_text(json.dumps({"sim_time_scale": self.args.speed}))
+        peers = {cid: f"{h}:{p}" for cid, (h, p) in self.agent_http.items()}
+        # the switch traffic below is the calls: each lookup's call is offered at the center it was
+        # routed to (the own center directly, others through sim_peers), none invented besides
+        cfg.write_text(json.dumps({"sim_time_scale": self.args.speed, "sim_peers": peers,
+                                   "sim_own_traffic": 0.0}))
         for cid, (host, port) in self.agent_http.items():
             sd = self.tmp / cid
             sd.mkdir(exist_ok=True)

@@ -89,6 +89,18 @@ def print_tables(run: ScenarioRun, console: object) -> None:
         console.print(ct)  # type: ignore[attr-defined]
 
 
+def _patience(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        raise InvalidInput("patience", text, "must be seconds > 0 or 'none'") from None
+    if not (math.isfinite(v) and v > 0):
+        raise InvalidInput("patience", text, "must be seconds > 0 or 'none'")
+    return v
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     from rich.console import Console
@@ -97,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from controlplane.core.topology import load_topology
 
-        patience = None if args.patience.strip().lower() == "none" else float(args.patience)
+        patience = _patience(args.patience)
         topo = load_topology(args.topology)
         sc = build_scenario(args.scenario, topo, hours=args.hours, start_h=args.start, warmup_s=args.warmup,
                             patience_s=patience, handle=args.handle)
@@ -115,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tasks = {p: prog.add_task(p, total=1.0) for p in policies}
                 run = run_scenario(sc, policies, args.seed, bin_s=args.bin * 60,
                                    progress=lambda p, f: prog.update(tasks[p], completed=f), **options)
-    except (InvalidInput, ValueError) as e:
+    except InvalidInput as e:
         err.print(f"callroute sim: error: {e}", markup=False, highlight=False)
         return 2
     result = run.to_json()

@@ -350,11 +350,12 @@ class Simulation:
         if center < 0:
             self._lose(call, LOST_NO_ROUTE, now)
             return
-        if self.path_broken[center] and self.branch_home[self.call_branch[call]] != center:
+        q = self.queues[self.qmap[center][self.call_skill[call]]]
+        # the pooled bound is one idealised queue: it has no trunks to break
+        if self.path_broken[center] and q.center >= 0 and self.branch_home[self.call_branch[call]] != center:
             self.call_center[call] = center
             self._lose(call, LOST_PATH, now)
             return
-        q = self.queues[self.qmap[center][self.call_skill[call]]]
         self.call_center[call] = center if q.center >= 0 else -1
         self.call_queue[call] = q.idx
         q.offered += 1

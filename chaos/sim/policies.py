@@ -11,6 +11,12 @@ and the pooled bound no routing can beat.
   agent answers a switch.
 - `pooled`: all agents of a skill as one pool with one FIFO queue across centers: the bound.
 
+Two callroute variants show what the core lacks, and are always reported under their own names:
+- `callroute+jsew`: an agent-side layer: among the route's targets, the one with the least
+  expected wait now (join the shortest expected wait);
+- `callroute+demand`: the same PlanTracker fed each branch's live lookup rate (which agents see)
+  as its demand, instead of the forecast times one network-wide surge factor per skill.
+
 A policy sees only what the real component would: the sim's live queues (what an ACD reports),
 the topology and the call's branch, skill and caller number.
 Must not: read the clock or use unseeded randomness (even8 spreads by a stable hash of the caller).
@@ -22,10 +28,11 @@ import bisect
 import math
 from typing import NamedTuple
 
+import msgspec
 import xxhash
 
 from controlplane.core.health import HealthSettings, HealthTracker
-from controlplane.core.lookup import CompiledPlan, Decision, RingCache, resolve
+from controlplane.core.lookup import MAX_FALLBACKS, CompiledPlan, Decision, RingCache, resolve
 from controlplane.core.model import (
     AdminState,
     InvalidInput,
@@ -33,6 +40,7 @@ from controlplane.core.model import (
     Plan,
     Report,
     SkillLoad,
+    Topology,
     validate_report,
 )
 from controlplane.core.planner import PlanTracker
@@ -216,8 +224,8 @@ class WeightedPlan:
                 acc += t.weight / total
                 cum.append(acc)
             order = sorted(targets, key=lambda t: (-t.weight, t.center))
-            choices = tuple(_Choice(t.center, tuple(o.center for o in order if o.center != t.center)[:8])
-                            for t in targets)
+            choices = tuple(_Choice(t.center, tuple(o.center for o in order if o.center != t.center)
+                                    [:MAX_FALLBACKS]) for t in targets)
             self.index[(r.branch, r.skill)] = (tuple(cum), choices)
 
     def resolve(self, branch: str, skill: str, caller: str) -> _Choice:
@@ -241,6 +249,12 @@ class CallroutePolicy(BasePolicy):
     `live_balance`: a thin layer the core does not have (off by default): among the route's targets
     (the chosen center and its fallbacks) take the one with the least expected wait now. It stands
     for what an agent could do with live receiver state; it is reported separately when used.
+    `live_demand`: a prototype of an input the planner does not have (off by default): before each
+    plan, the planner's topology gets each branch's live lookup rate as its calls_per_hour (and no
+    surge factor). Lookups per branch and skill are counted by the agents that answer them, so a
+    control plane could receive them in reports. The planner itself is unchanged.
+    `lookup`: "ring" routes through CompiledPlan.compile + lookup.resolve, as agents do; "weights"
+    draws from the same weights without building ring tables (WeightedPlan), ~3x faster overall.
     """
 
     name = "callroute"
@@ -248,7 +262,8 @@ class CallroutePolicy(BasePolicy):
     def __init__(self, *, report_s: float = REPORT_INTERVAL_S, publish_s: float = PUBLISH_INTERVAL_S,
                  operator_closes: bool = True, live_balance: bool = False, validate: bool = False,
                  publish_min_change: float = PUBLISH_MIN_CHANGE, lookup: str = "ring",
-                 report_aht: bool = False, health: HealthSettings | None = None) -> None:
+                 report_aht: bool = False, live_demand: bool = False,
+                 health: HealthSettings | None = None) -> None:
         for field, v in (("report_s", report_s), ("publish_s", publish_s)):
             if not (math.isfinite(v) and v > 0):
                 raise InvalidInput(field, v, "must be a positive number of seconds")
@@ -263,10 +278,13 @@ class CallroutePolicy(BasePolicy):
         self.publish_min_change = publish_min_change
         self.operator_closes = operator_closes
         self.live_balance = live_balance
+        self.live_demand = live_demand
         self.validate = validate
         self.health_settings = health or HealthSettings(interval_s=report_s)
         if live_balance:
             self.name = "callroute+jsew"
+        if live_demand:
+            self.name = "callroute+demand"
 
     # ------------------------------------------------------------------ set-up
 
@@ -294,6 +312,10 @@ class CallroutePolicy(BasePolicy):
         # by the weighted time, not assuming a full window, keeps the first minutes unbiased)
         self.demand_calls = [0.0] * len(sim.skills)
         self.demand_time = 0.0
+        # live_demand: lookups per (branch, skill), weighted like demand_calls
+        self.branch_calls = [[0.0] * len(sim.skills) for _ in sim.branches]
+        self.branch_now = [[0] * len(sim.skills) for _ in sim.branches]
+        self.topology = topo
         self.last_tick = sim.now
         self.next_publish = sim.now
         self.plans = 0
@@ -302,7 +324,6 @@ class CallroutePolicy(BasePolicy):
         self.fallback_used = 0
         self.balanced = 0
         self.overload = 0
-        self.failing_seen: dict[str, float] = {}
         self.status_log: list[tuple[float, str, str, str]] = []
         self.last_plan: Plan | None = None
         self._publish(sim.now)
@@ -322,10 +343,27 @@ class CallroutePolicy(BasePolicy):
                     surge[s] = self.demand_calls[si] / self.demand_time * 3600.0 / f
         return NetworkView(health=self.health.view(now), admin=admin, surge=surge)
 
+    def _live_topology(self) -> Topology:
+        """The topology with each branch's calls_per_hour replaced by its live lookup rate."""
+        sim = self.sim
+        by_id = {b.id: b for b in self.topology.branches}
+        branches = []
+        for bi, bid in enumerate(sim.branches):
+            b = by_id[bid]
+            rates = {s: self.branch_calls[bi][sim.skill_index[s]] / self.demand_time * 3600.0
+                     for s in b.calls_per_hour}
+            branches.append(msgspec.structs.replace(b, calls_per_hour=rates))
+        return msgspec.structs.replace(self.topology, branches=tuple(branches))
+
     def _publish(self, now: float) -> None:
         self.version += 1
-        plan = self.planner.compute(self._view(now), now, self.version,
-                                    wall_hour=(now / 3600.0) % 24.0)
+        view = self._view(now)
+        if self.live_demand and self.demand_time > 0:
+            # a prototype of what the planner lacks: demand per branch from the agents' own lookup
+            # counts instead of forecast x one network-wide surge factor per skill
+            self.planner.topology = self._live_topology()
+            view = msgspec.structs.replace(view, surge={})
+        plan = self.planner.compute(view, now, self.version, wall_hour=(now / 3600.0) % 24.0)
         self.plans += 1
         if self.last_plan is not None and not _material_change(self.last_plan, plan, self.publish_min_change):
             self.version -= 1  # nothing that matters changed: the agents keep the plan in force
@@ -380,6 +418,11 @@ class CallroutePolicy(BasePolicy):
         self.demand_time = self.demand_time * decay_d + dt
         for si in range(len(sim.skills)):
             self.demand_calls[si] = self.demand_calls[si] * decay_d + offered_by_skill[si]
+        if self.live_demand:
+            for row, cur in zip(self.branch_calls, self.branch_now, strict=True):
+                for si in range(len(row)):
+                    row[si] = row[si] * decay_d + cur[si]
+                    cur[si] = 0
         if now >= self.next_publish:
             self.next_publish = now + self.publish_s
             self._publish(now)
@@ -401,6 +444,8 @@ class CallroutePolicy(BasePolicy):
         else:
             d = self.wt.resolve(sim.branches[bi], sim.skills[sim.call_skill[call]], str(sim.caller[call]))
         self.decisions += 1
+        if self.live_demand:
+            self.branch_now[bi][sim.call_skill[call]] += 1
         # the lookup is answered by the home center's agent; a switch whose home center is dark asks
         # its backup agent, the next open center in topology order
         agent = home if sim.center_open[home] else self._backup_agent(sim, home)
@@ -467,14 +512,14 @@ def _material_change(old: Plan, new: Plan, min_change: float) -> bool:
             wb = {t.center: t.weight for t in tb}
             if wa.keys() != wb.keys():
                 return True
-            if any(abs(wa[c] - wb[c]) >= min_change or (min_change == 0 and wa[c] != wb[c]) for c in wa):
+            if any(abs(wa[c] - wb[c]) >= min_change for c in wa):
                 return True
     return False
 
 
 POLICIES = ("static", "nrings", "even8", "callroute", "pooled")
 # callroute with the agent-side live layer (see CallroutePolicy.live_balance): reported apart
-EXTRA_POLICIES = ("callroute+jsew",)
+EXTRA_POLICIES = ("callroute+jsew", "callroute+demand")
 
 
 def make_policy(name: str, *, lookup: str = "ring", report_s: float = REPORT_INTERVAL_S,
@@ -489,9 +534,9 @@ def make_policy(name: str, *, lookup: str = "ring", report_s: float = REPORT_INT
         return NRingsPolicy()
     if name == "even8":
         return Even8Policy()
-    if name in ("callroute", "callroute+jsew"):
+    if name in ("callroute", "callroute+jsew", "callroute+demand"):
         return CallroutePolicy(lookup=lookup, report_s=report_s, publish_s=publish_s,
-                               live_balance=name == "callroute+jsew")
+                               live_balance=name == "callroute+jsew", live_demand=name == "callroute+demand")
     if name == "pooled":
         return PooledPolicy()
     raise InvalidInput("policy", name, f"must be one of {', '.join(POLICIES + EXTRA_POLICIES)}")

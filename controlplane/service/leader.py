@@ -35,8 +35,14 @@ CAUSE_LOAD = "load change"
 CAUSE_URGENT = "center down or closed"
 CAUSE_OPERATOR = "operator change"
 CAUSE_ROLLBACK = "rollback"
+CAUSE_DRILL = "drill"
 # health gauges are refreshed at least this often (and on every change): scrapes are seconds apart
 HEALTH_METRICS_EVERY_S = 1.0
+
+
+def shed_meta(shed: dict[str, float]) -> str:
+    """plan.meta["shed"] for a live drill's share: how the drill runner recognises its plan."""
+    return ",".join(f"{c}={v:g}" for c, v in sorted(shed.items()))
 
 
 def _change_status(change: Any) -> Status | None:
@@ -74,6 +80,8 @@ class LeaderBrain:
         self.version = base_version  # highest version in the store when we took over
         self.last_plan = base_plan
         self.admin: dict[str, AdminState] = dict(admin or {})
+        # a live drill's ramp step (center -> share of its calls moved away); set by drills.py
+        self.shed: dict[str, float] = {}
         self.leader_id = leader_id
         self.term = term
         self.last_publish_at = -float("inf")
@@ -125,6 +133,11 @@ class LeaderBrain:
             self.admin = dict(admin)
             self._urgent(CAUSE_OPERATOR)
 
+    def set_shed(self, shed: dict[str, float], cause: str = CAUSE_DRILL) -> None:
+        if shed != self.shed:
+            self.shed = dict(shed)
+            self._urgent(cause)
+
     def expire(self, now: float) -> list[Any]:
         changes = list(self.tracker.expire(now) or ())
         self._note_changes(changes)
@@ -150,7 +163,7 @@ class LeaderBrain:
     # ------------------------------------------------------------------ outputs
 
     def view(self, now: float) -> NetworkView:
-        return NetworkView(health=self.tracker.view(now), admin=dict(self.admin))
+        return NetworkView(health=self.tracker.view(now), admin=dict(self.admin), shed=dict(self.shed))
 
     def compute(
         self, now: float, wall: float, wall_hour: float | None = None, weekday: int | None = None
@@ -174,7 +187,8 @@ class LeaderBrain:
             plan,
             created_at=wall,
             topology_hash=self.topology_hash,
-            meta={"cause": cause, "leader": self.leader_id, "term": str(self.term)},
+            meta={"cause": cause, "leader": self.leader_id, "term": str(self.term)}
+            | ({"shed": shed_meta(self.shed)} if self.shed else {}),
         )
         errors = consistent(plan, self.topology)
         if errors:
@@ -293,6 +307,11 @@ class LeaderLoop:
         if base_version and (base_plan is None or base_plan.version != base_version):
             base_plan = await cp.publisher.load(base_version)
         admin = await cp.read_admin()
+        from .drills import DrillRunner
+
+        drills = DrillRunner(cp, self, election)
+        # a running drill keeps its step across a takeover: no flap back to home routes
+        shed = await drills.resume_shed()
         election.check()  # still ours after those reads?
         self.terms += 1
         self.election = election
@@ -308,6 +327,7 @@ class LeaderLoop:
             term=election.leader_rev,
             health_settings=cp.health_settings(),
         )
+        self.brain.shed = shed
         cp.on_leader_change(True)
         log.info("leading (term %s) from plan version %d", election.leader_rev, base_version)
         async with asyncio.TaskGroup() as tg:
@@ -315,6 +335,7 @@ class LeaderLoop:
             tg.create_task(self._timer(election))
             tg.create_task(self._heartbeat(election))
             tg.create_task(cp.watch_admin(self))
+            tg.create_task(drills.run())
 
     async def _loss_watch(self, election: Any) -> None:
         await election.lost.wait()
@@ -349,8 +370,11 @@ class LeaderLoop:
             wake = min(brain.next_wakeup(now), now + HEALTH_METRICS_EVERY_S)
             self._sleep_until = wake
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as
+            # the event fires (CPython gh-86296), and the leader's task group never exits on stop
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, wake - now))
+                async with asyncio.timeout(max(0.0, wake - now)):
+                    await self._wake.wait()
             self._sleep_until = 0.0
 
     async def _publish_once(self, election: Any, brain: LeaderBrain, now: float) -> None:

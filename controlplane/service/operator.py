@@ -4,9 +4,18 @@ Any replica accepts operator writes: they go to the store, and the leader follow
 change is written to `admin/<center>` together with its audit entry and its request record in ONE
 transaction before the reply; if the store cannot take it (no quorum, deadline) the RPC fails with
 UNAVAILABLE and says so: never reported as done (F5). Repeating a request_id returns the first
-answer and changes nothing. Approvals and drills belong to the operator issue: UNIMPLEMENTED here.
+answer and changes nothing.
 
-Must not: change routing other than through the store, or answer APPLIED for a change not stored.
+Two-person rule (settings.require_two_person): closing or draining a center, or starting a LIVE
+drill, is stored under `pending/<request_id>` and answered PENDING_APPROVAL; Approve by a
+different operator applies it in one transaction that also removes the pending entry, so it is
+applied at most once; the requester's own approval is refused with FAILED_PRECONDITION naming the
+rule, and a pending request expires after settings.approval_ttl_s. Reopening never waits: putting
+traffic back home must be fast. Drills (StartDrill, DrillStatus, AbortDrill) write their records
+here and are run by the leader (drills.py); a DRY_RUN only computes and audits.
+
+Must not: change routing other than through the store, answer APPLIED for a change not stored,
+or apply a change the two-person rule holds without a second operator.
 """
 
 from __future__ import annotations
@@ -31,9 +40,9 @@ from controlplane.convert import (
     route_request_from_pb,
     status_to_pb,
 )
-from controlplane.core.model import AdminState, InvalidInput, Plan, check_id
+from controlplane.core.model import AdminState, InvalidInput, NetworkView, Plan, check_id
 from controlplane.core.plan import diff_plans, explain, find_route
-from controlplane.store.base import Get, Put, key_missing
+from controlplane.store.base import Delete, Get, Put, key_missing, mod_revision_is
 
 log = logging.getLogger("callroute.controlplane.operator")
 
@@ -45,6 +54,19 @@ DEFAULT_AUDIT = 100
 # SetCenterState waits this long for the plan carrying the change, to report its version; the
 # change is durable before the wait, so running out only means "plan version not yet known"
 APPLY_WAIT_S = 2.0
+# AbortDrill waits this long for the leader to restore the routes (a tick and an urgent publish,
+# normally well under a second) before answering with the drill as it stands
+ABORT_WAIT_S = 3.0
+
+
+def _bind_identity(request: Any, field: str, context: Any) -> None:
+    """With operator tokens or certificates configured, who acts is who authenticated: the
+    name in the request cannot impersonate another operator (the two-person rule relies on it)."""
+    from .auth import caller_identity
+
+    ident = caller_identity(context)
+    if ident:
+        setattr(request, field, ident)
 
 
 class AdminRecord(msgspec.Struct, frozen=True):
@@ -177,6 +199,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         return operator_pb2.ListCentersReply(centers=infos, plan_version=cp.feed.version)
 
     async def SetCenterState(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        _bind_identity(request, "operator", context)
         cp = self.cp
         try:
             check_id("center", request.center)
@@ -192,6 +215,15 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 check_id("request_id", request.request_id)
         except InvalidInput as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if cp.settings.require_two_person and state != AdminState.OPEN:
+            # moving live traffic away from a center waits for a second operator
+            status, audit_id, rid, msg = await self._request_approval(
+                context, action="set_center_state", center=request.center, operator=request.operator,
+                reason=request.reason, request_id=request.request_id, state=state.value,
+            )
+            return operator_pb2.SetCenterStateReply(
+                status=status, audit_id=audit_id, request_id=rid, plan_version=cp.feed.version, message=msg
+            )
         now = time.time()
         audit_id = self._audit_id()
         target = f"center/{request.center}"
@@ -285,25 +317,392 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 return 0
         return feed.version
 
-    # ------------------------------------------------------------------ not in this issue
+    # ------------------------------------------------------------------ two-person rule and drills
 
-    async def _unimplemented(self, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "approvals and drills: not in this build yet")
+    async def _txn(self, context: grpc.aio.ServicerContext, compare: list[Any], success: list[Any],
+                   failure: list[Any] | None = None) -> Any:
+        """One store transaction within the caller's deadline; failures become UNAVAILABLE."""
+        cp = self.cp
+        left = context.time_remaining()
+        budget = cp.settings.store_deadline_s if left is None else min(cp.settings.store_deadline_s, left)
+        if budget <= 0:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the write")
+        try:
+            return await cp._call(
+                "operator_txn", cp.store.txn(compare, success, failure or [], timeout_s=budget), budget=budget
+            )
+        except Exception as e:
+            await self._fail(context, e)
+            raise
 
-    async def Approve(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        await self._unimplemented(context)
+    async def _get(self, context: grpc.aio.ServicerContext, rel: str) -> Any:
+        cp = self.cp
+        try:
+            return await cp._call("get", cp.store.get(cp.key(rel), timeout_s=cp.settings.store_deadline_s))
+        except Exception as e:
+            await self._fail(context, e)
+            raise
+
+    def _audit_put(self, operator: str, action: str, target: str, reason: str, result: str,
+                   request_id: str) -> tuple[str, Put]:
+        audit_id = self._audit_id()
+        rec = AuditRecord(audit_id, time.time(), operator, action, target, reason, result, request_id)
+        return audit_id, Put(self.cp.key("audit/" + audit_id), msgspec.json.encode(rec))
+
+    def _request_id(self, given: str) -> str:
+        # a request needs an id to be approved by; the reply shows the one chosen
+        return given or f"req-{time.time_ns()}-{next(self._ids)}"
+
+    async def _request_approval(self, context: grpc.aio.ServicerContext, *, action: str, center: str,
+                                operator: str, reason: str, request_id: str, state: str = "",
+                                drill: Any = None) -> tuple[Any, str, str, str]:
+        """Store a pending change; (status, audit_id, request_id, message). A repeat of the same
+        request_id answers as the first time (still pending, or applied since)."""
+        from .drills import PENDING, PendingRecord, decode_pending, encode
+
+        cp = self.cp
+        rid = self._request_id(request_id)
+        pkey, rkey = cp.key(PENDING + rid), cp.key("requests/" + rid)
+        now = time.time()
+        what = f"{state} {center}" if action == "set_center_state" else f"live drill of {center}"
+        audit_id, audit_put = self._audit_put(operator, action, f"center/{center}", reason,
+                                              "pending approval (two-person rule)", rid)
+        pending = PendingRecord(rid, action, center, operator, reason, now,
+                                now + cp.settings.approval_ttl_s, state, drill, audit_id)
+        r = await self._txn(context, [key_missing(pkey), key_missing(rkey)],
+                            [Put(pkey, encode(pending)), audit_put], [Get(pkey), Get(rkey)])
+        if not r.succeeded:
+            pend, done = r.responses[0].kvs, r.responses[1].kvs
+            if done:
+                rec = msgspec.json.decode(done[0].value, type=RequestRecord)
+                return (operator_pb2.CHANGE_STATUS_APPLIED, rec.audit_id, rid,
+                        rec.message + " (repeated request)")
+            first = decode_pending(pend[0].value)
+            return (operator_pb2.CHANGE_STATUS_PENDING_APPROVAL, first.audit_id, rid,
+                    f"{what}: still waiting for a second operator (repeated request)")
+        return (operator_pb2.CHANGE_STATUS_PENDING_APPROVAL, audit_id, rid,
+                f"{what}: waiting for approval by a second operator (request {rid}, expires in "
+                f"{cp.settings.approval_ttl_s:g} s)")
 
     async def ListPending(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        return operator_pb2.ListPendingReply()
+        from .drills import PENDING, decode_pending, pending_to_pb
+
+        cp = self.cp
+        try:
+            kvs = (await cp._call("range", cp.store.range(cp.key(PENDING)))).kvs
+        except Exception as e:
+            await self._fail(context, e)
+            raise
+        now = time.time()
+        out = []
+        for kv in kvs:
+            try:
+                p = decode_pending(kv.value)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.error("unreadable pending request at %s", kv.key)
+                continue
+            if p.expires_at > now:  # expired ones can no longer be approved: not listed
+                out.append(p)
+        out.sort(key=lambda p: (p.requested_at, p.request_id))
+        return operator_pb2.ListPendingReply(pending=[pending_to_pb(p) for p in out[: cp.settings.max_list]])
+
+    async def Approve(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        from .drills import PENDING, TwoPersonRule, check_approval, decode_pending
+
+        _bind_identity(request, "approver", context)
+        cp = self.cp
+        try:
+            check_id("request_id", request.request_id)
+            check_id("approver", request.approver)
+        except InvalidInput as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        rid = request.request_id
+        pkv = await self._get(context, PENDING + rid)
+        if pkv is None:
+            done = await self._get(context, "requests/" + rid)
+            if done is not None:  # approved already: the first answer again, nothing applied twice
+                rec = msgspec.json.decode(done.value, type=RequestRecord)
+                return operator_pb2.ApproveReply(
+                    status=operator_pb2.CHANGE_STATUS_APPLIED, audit_id=rec.audit_id,
+                    plan_version=cp.feed.version, message=rec.message + " (repeated approval)",
+                    drill_id=rec.message if rec.action == "start_drill" else "",
+                )
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"request_id={rid!r}: no such pending request")
+        pending = decode_pending(pkv.value)
+        try:
+            check_approval(pending, request.approver, time.time())
+        except TwoPersonRule as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        audit_id, audit_put = self._audit_put(
+            request.approver, "approve", f"center/{pending.center}",
+            f"approves {pending.action} by {pending.operator}: {pending.reason}", "applied", rid,
+        )
+        pkey, rkey = cp.key(PENDING + rid), cp.key("requests/" + rid)
+        # the pending entry exactly as read, and no answer yet: two approvers cannot both apply it
+        compare = [mod_revision_is(pkey, pkv.mod_revision), key_missing(rkey)]
+        if pending.action == "set_center_state":
+            state = AdminState(pending.state)
+            message = f"{state.value} {pending.center}: approved by {request.approver}"
+            admin = AdminRecord(state.value, pending.reason, pending.operator, time.time(), rid)
+            ops = [
+                Put(cp.key("admin/" + pending.center), msgspec.json.encode(admin)),
+                audit_put,
+                Put(rkey, msgspec.json.encode(RequestRecord(audit_id, message, pending.action))),
+                Delete(pkey),
+            ]
+            r = await self._txn(context, compare, ops)
+            if not r.succeeded:
+                await context.abort(grpc.StatusCode.ABORTED,
+                                    f"request_id={rid!r} changed while approving; retry the approval")
+            version = await self._wait_for_plan(pending.center, state)
+            return operator_pb2.ApproveReply(
+                status=operator_pb2.CHANGE_STATUS_APPLIED, audit_id=audit_id, plan_version=version,
+                message=message + (f"; in plan {version}" if version else "; stored, plan not yet published"),
+            )
+        if pending.action == "start_drill" and pending.drill is not None:
+            rec, ops = await self._new_drill(context, pending.drill, pending.operator, pending.reason, rid,
+                                             approver=request.approver, audit_id=audit_id)
+            return await self._create_drill(context, rec, [*ops, audit_put, Delete(pkey)], compare,
+                                            audit_id, status_reply=False)
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"request_id={rid!r}: unknown pending action {pending.action!r}")
+
+    async def _view(self) -> NetworkView:
+        """The leader's live view if this replica leads, else the operators' states alone."""
+        brain = self.cp.leader.brain
+        if brain is not None:
+            return brain.view(self.cp.loop.time())  # type: ignore[no-any-return]
+        return NetworkView(admin=await self.cp.read_admin())
+
+    async def _new_drill(self, context: grpc.aio.ServicerContext, spec: Any, operator: str, reason: str,
+                         rid: str, approver: str = "", audit_id: str = "") -> tuple[Any, list[Any]]:
+        """A new running drill's record and the ops that create it (record, drill-active, request)."""
+        from .drills import ACTIVE, DRILLS, DrillRecord, DrillState, dry_run, encode
+
+        cp = self.cp
+        try:
+            view = await self._view()
+        except Exception as e:
+            await self._fail(context, e)
+            raise
+        _, predicted = dry_run(cp.topology, view, spec.center)
+        drill_id = self._drill_id(spec.center)
+        rec = DrillRecord(
+            id=drill_id, spec=spec, state=DrillState.RUNNING, operator=operator, reason=reason,
+            approver=approver, request_id=rid, started_at=time.time(), predicted=predicted,
+            base_version=cp.feed.version,
+        )
+        ops = [
+            Put(cp.key(DRILLS + drill_id), encode(rec)),
+            Put(cp.key(ACTIVE), drill_id.encode()),
+            # for start_drill the request's answer is the drill id (a repeat finds the drill)
+            Put(cp.key("requests/" + rid),
+                msgspec.json.encode(RequestRecord(audit_id, drill_id, "start_drill"))),
+        ]
+        return rec, ops
+
+    def _drill_id(self, center: str) -> str:
+        # sorts by start time (DrillStatus without an id shows the latest); the suffix keeps two
+        # replicas' ids apart within one second
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        return f"{stamp}-{center[:32]}-{time.time_ns() % 1_000_000:06d}"
+
+    async def _create_drill(self, context: grpc.aio.ServicerContext, rec: Any, ops: list[Any],
+                            compare: list[Any], audit_id: str, status_reply: bool = True) -> Any:
+        from .drills import ACTIVE, DRILLS, decode_record, drill_to_pb
+
+        cp = self.cp
+        rkey = cp.key("requests/" + rec.request_id)
+        r = await self._txn(context, [*compare, key_missing(cp.key(ACTIVE))], ops,
+                            [Get(cp.key(ACTIVE)), Get(rkey)])
+        if not r.succeeded:
+            active, done = r.responses[0].kvs, r.responses[1].kvs
+            if done:  # a repeat of a request already done: its drill, nothing started twice
+                first = msgspec.json.decode(done[0].value, type=RequestRecord)
+                kv = await self._get(context, DRILLS + first.message)
+                drill = drill_to_pb(decode_record(kv.value)) if kv is not None else None
+                if status_reply:
+                    return operator_pb2.StartDrillReply(
+                        status=operator_pb2.CHANGE_STATUS_APPLIED, drill_id=first.message,
+                        audit_id=first.audit_id, request_id=rec.request_id, drill=drill)
+                return operator_pb2.ApproveReply(
+                    status=operator_pb2.CHANGE_STATUS_APPLIED, audit_id=first.audit_id,
+                    plan_version=cp.feed.version, drill_id=first.message,
+                    message=f"drill {first.message} started (repeated request)")
+            if active:
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"drill {active[0].value.decode(errors='replace')} is running: one drill at a time "
+                    "(abort it or wait for it to end)")
+            await context.abort(grpc.StatusCode.ABORTED, "the pending request changed while approving; retry")
+        log.info("drill %s of %s started by %s", rec.id, rec.spec.center, rec.operator)
+        if status_reply:
+            return operator_pb2.StartDrillReply(
+                status=operator_pb2.CHANGE_STATUS_APPLIED, drill_id=rec.id, audit_id=audit_id,
+                request_id=rec.request_id, drill=drill_to_pb(rec))
+        return operator_pb2.ApproveReply(
+            status=operator_pb2.CHANGE_STATUS_APPLIED, audit_id=audit_id, plan_version=cp.feed.version,
+            drill_id=rec.id, message=f"drill {rec.id} of {rec.spec.center} started (approved)")
 
     async def StartDrill(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        await self._unimplemented(context)
+        from .drills import DrillMode, DrillRecord, DrillState, drill_to_pb, spec_from_pb
+
+        _bind_identity(request, "operator", context)
+        cp = self.cp
+        try:
+            spec = spec_from_pb(request.spec, cp.known_centers)
+            if not request.reason.strip():
+                raise InvalidInput("reason", request.reason, "required: say why (it goes to the audit trail)")
+            if len(request.reason) > MAX_REASON:
+                raise InvalidInput("reason", len(request.reason), f"longer than {MAX_REASON} characters")
+            check_id("operator", request.operator)
+            if request.request_id:
+                check_id("request_id", request.request_id)
+        except InvalidInput as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if spec.mode == DrillMode.DRY_RUN:
+            return await self._dry_run(context, spec, request)
+        try:
+            admin = await cp.read_admin()
+        except Exception as e:
+            await self._fail(context, e)
+            raise
+        if admin.get(spec.center, AdminState.OPEN) != AdminState.OPEN:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"center={spec.center!r} is {admin[spec.center].value}: a drill rehearses the loss of an "
+                "open center")
+        rid = self._request_id(request.request_id)
+        if cp.settings.require_two_person:
+            status, audit_id, rid, msg = await self._request_approval(
+                context, action="start_drill", center=spec.center, operator=request.operator,
+                reason=request.reason, request_id=rid, drill=spec)
+            shown = DrillRecord(id="", spec=spec, state=DrillState.PENDING_APPROVAL,
+                                operator=request.operator, reason=request.reason, request_id=rid,
+                                end_reason=msg)
+            return operator_pb2.StartDrillReply(status=status, audit_id=audit_id, request_id=rid,
+                                                drill=drill_to_pb(shown))
+        audit_id, audit_put = self._audit_put(request.operator, "start_drill", f"center/{spec.center}",
+                                              request.reason, "live drill started", rid)
+        rec, ops = await self._new_drill(context, spec, request.operator, request.reason, rid,
+                                         audit_id=audit_id)
+        return await self._create_drill(context, rec, [*ops, audit_put],
+                                        [key_missing(cp.key("requests/" + rid))], audit_id)
+
+    async def _dry_run(self, context: grpc.aio.ServicerContext, spec: Any, request: Any) -> Any:
+        """The DR plan as if the center closed, with receivers' predicted service level; the
+        store gets an audit entry and nothing else (the report goes to the report directory)."""
+        from .drills import DrillRecord, DrillState, Event, drill_to_pb, dry_run
+
+        cp = self.cp
+        try:
+            view = await self._view()
+        except Exception as e:
+            await self._fail(context, e)
+            raise
+        plan, predicted = dry_run(cp.topology, view, spec.center)
+        now = time.time()
+        drill_id = self._drill_id(spec.center)
+        worst = min(predicted.items(), key=lambda kv: kv[1]) if predicted else None
+        summary = (f"dry run: {spec.center}'s calls would go to {len(predicted)} receivers"
+                   + (f"; lowest predicted service level {worst[1]:.1%} at {worst[0]}" if worst else "")
+                   + ("" if plan.feasible else "; NOT feasible: " + "; ".join(plan.infeasible_reasons[:3])))
+        live = "live view of the leader" if cp.leader.brain is not None else "topology staffing (not leader)"
+        rec = DrillRecord(
+            id=drill_id, spec=spec, state=DrillState.DONE, operator=request.operator, reason=request.reason,
+            request_id=request.request_id, started_at=now, ended_at=now, predicted=predicted,
+            base_version=cp.feed.version, end_reason=summary,
+            events=(Event(now, 0.0, f"dry run on the {live}: {summary}"),),
+        )
+        try:
+            from controlplane.drillreport import write_report
+
+            path = await asyncio.to_thread(write_report, rec, cp.settings.drill_report_dir, cp.topology, plan)
+            rec = msgspec.structs.replace(rec, report_path=str(path))
+        except Exception as e:  # the answer stands without its report: say so in the log
+            log.error("dry run %s: writing the report failed: %r", drill_id, e)
+        audit_id, audit_put = self._audit_put(request.operator, "start_drill", f"center/{spec.center}",
+                                              request.reason, summary, request.request_id)
+        await self._txn(context, [], [audit_put])
+        return operator_pb2.StartDrillReply(
+            status=operator_pb2.CHANGE_STATUS_APPLIED, drill_id=drill_id, audit_id=audit_id,
+            request_id=request.request_id, drill=drill_to_pb(rec))
+
+    async def _drill_record(self, context: grpc.aio.ServicerContext, drill_id: str) -> Any:
+        """The named drill, else the running one, else the latest; None when there is none."""
+        from .drills import ACTIVE, DRILLS, decode_record
+
+        cp = self.cp
+        if drill_id:
+            try:
+                check_id("drill_id", drill_id)
+            except InvalidInput as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        else:
+            kv = await self._get(context, ACTIVE)
+            if kv is not None and kv.value:
+                drill_id = kv.value.decode()
+        if drill_id:
+            kv = await self._get(context, DRILLS + drill_id)
+            return None if kv is None else decode_record(kv.value)
+        try:
+            kvs = (await cp._call("range", cp.store.range(cp.key(DRILLS)))).kvs
+        except Exception as e:
+            await self._fail(context, e)
+            raise
+        recs = []
+        for kv in kvs:
+            try:
+                recs.append(decode_record(kv.value))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.error("unreadable drill record at %s", kv.key)
+        return max(recs, key=lambda r: (r.started_at, r.id), default=None)
 
     async def DrillStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        await self._unimplemented(context)
+        from .drills import drill_to_pb
+
+        rec = await self._drill_record(context, request.drill_id)
+        if rec is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"drill_id={request.drill_id!r}: no such drill" if request.drill_id
+                                else "no drill has run")
+        return operator_pb2.DrillStatusReply(drill=drill_to_pb(rec))
 
     async def AbortDrill(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        await self._unimplemented(context)
+        from .drills import ABORTS, DRILLS, TERMINAL, AbortRequest, decode_record, drill_to_pb, encode
+
+        _bind_identity(request, "operator", context)
+        cp = self.cp
+        try:
+            if not request.reason.strip():
+                raise InvalidInput("reason", request.reason, "required: say why (it goes to the audit trail)")
+            if len(request.reason) > MAX_REASON:
+                raise InvalidInput("reason", len(request.reason), f"longer than {MAX_REASON} characters")
+            check_id("operator", request.operator)
+            if request.request_id:
+                check_id("request_id", request.request_id)
+        except InvalidInput as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        rec = await self._drill_record(context, request.drill_id)
+        if rec is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"drill_id={request.drill_id!r}: no such drill")
+        if rec.state in TERMINAL:  # nothing to stop: its routes are restored already
+            return operator_pb2.AbortDrillReply(drill=drill_to_pb(rec))
+        # no two-person rule here: stopping a drill puts traffic back home, and must be quick
+        audit_id, audit_put = self._audit_put(request.operator, "abort_drill", f"drill/{rec.id}",
+                                              request.reason, "abort requested", request.request_id)
+        akey = cp.key(ABORTS + rec.id)
+        await self._txn(context, [key_missing(akey)],
+                        [Put(akey, encode(AbortRequest(request.operator, request.reason, time.time()))),
+                         audit_put])
+        # the leader's runner restores the routes, then stores the final state: wait for it
+        deadline = cp.loop.time() + ABORT_WAIT_S
+        while rec.state not in TERMINAL and cp.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            kv = await self._get(context, DRILLS + rec.id)
+            if kv is not None:
+                rec = decode_record(kv.value)
+        return operator_pb2.AbortDrillReply(drill=drill_to_pb(rec), audit_id=audit_id)
 
     # ------------------------------------------------------------------ plans
 

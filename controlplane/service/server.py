@@ -214,6 +214,8 @@ class ControlPlane:
         self.leader_address = ""
         self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop_policy().get_event_loop()
         self.server: grpc.aio.Server | None = None
+        # auth.ServerSecurity once started: TLS credentials (and their reloader), interceptors
+        self.security: Any = None
         self.port = 0
         self.metrics_server: Any = None
         self.metrics_port = 0
@@ -451,7 +453,15 @@ class ControlPlane:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
+        from .auth import server_security
+
+        # mTLS credentials + the auth interceptor, or (nothing configured) plaintext as before
+        self.security = server_security(s)
+        server = grpc.aio.server(
+            options=options,
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+            interceptors=self.security.interceptors,
+        )
         register(server, ReportServicer(self), report_pb2, "ReportService")
         register(server, self.plan_servicer, plan_pb2, "PlanService")
         register(server, RouteServicer(self), route_pb2, "RouteService")
@@ -469,7 +479,10 @@ class ControlPlane:
         ]
         reflection.enable_server_reflection(names, server)
         host, port = parse_hostport("listen", s.listen)
-        self.port = server.add_insecure_port(f"{host}:{port}")
+        if self.security.credentials is not None:
+            self.port = server.add_secure_port(f"{host}:{port}", self.security.credentials)
+        else:
+            self.port = server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise InvalidInput("listen", s.listen, "cannot bind")
         await server.start()
@@ -581,10 +594,11 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
     return int(uvloop.run(serve(settings, port_file=args.port_file)))
 
 
-async def open_store(url: str, deadline_s: float) -> Any:
+async def open_store(url: str, deadline_s: float, **security: Any) -> Any:
+    """`security`: tls, user, password for an etcd store (auth.store_security)."""
     from controlplane.store.etcd import parse_store_url
 
-    return await _maybe_await(parse_store_url(url, request_timeout_s=deadline_s))
+    return await _maybe_await(parse_store_url(url, request_timeout_s=deadline_s, **security))
 
 
 async def _maybe_await(x: Any) -> Any:
@@ -597,7 +611,9 @@ async def serve(settings: ControlPlaneSettings, port_file: str | None = None) ->
     from controlplane.core.topology import load_topology, topology_hash
 
     topo = load_topology(settings.topology)
-    store = await open_store(settings.store, settings.store_deadline_s)
+    from .auth import store_security
+
+    store = await open_store(settings.store, settings.store_deadline_s, **store_security(settings))
     cp = ControlPlane(settings, topo, topology_hash(topo), store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -74,6 +74,33 @@ class ControlPlaneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     compact_after_s: float = 600.0
     # plan-age alert threshold (the _plan_stale gauge goes 1 above it): five missed heartbeats
     plan_stale_after_s: float = 5.0
+    # two-person rule for moving live traffic away from a center (close, drain, LIVE drill): off
+    # by default so one-machine demos and existing tests keep working; production (helm) turns it on
+    require_two_person: bool = False
+    # an unapproved request expires after this: 15 min is time to reach a second operator on the
+    # bridge, short enough that nobody approves a request out of its context
+    approval_ttl_s: float = 900.0
+    # where the leader writes each drill's report directory (plots + summary), on its own host
+    drill_report_dir: str = "./drill-reports"
+
+    # --- security (controlplane.service.auth); every one empty = plaintext and no tokens, as before
+    # mTLS on the gRPC listener: server certificate and key (PEM, from `callroute certs init`);
+    # re-read when they change, so rotation needs no restart (B7)
+    tls_cert: str = ""
+    tls_key: str = ""
+    # CA that client certificates must chain to; required with tls_cert (agents are identified by
+    # their certificate, so a listener without client authentication is not offered)
+    tls_ca: str = ""
+    # operator tokens (tokens.yaml: sha256 -> name + role); empty = OperatorService open to all
+    tokens: str = ""
+    # etcd client TLS: CA, client certificate and key, expected server name (empty = endpoint host)
+    etcd_ca: str = ""
+    etcd_cert: str = ""
+    etcd_key: str = ""
+    etcd_server_name: str = ""
+    # etcd user; its password is read from etcd_password_file (never in config files or argv)
+    etcd_user: str = ""
+    etcd_password_file: str = ""
 
 
 def parse_hostport(field: str, value: str) -> tuple[str, int]:
@@ -97,6 +124,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "plan_heartbeat_s": (0.05, 3600),
     "compact_after_s": (1.0, 86400 * 7),
     "plan_stale_after_s": (0.1, 86400),
+    "approval_ttl_s": (0.1, 86400),
 }
 _INT_RANGES: dict[str, tuple[int, int]] = {
     "history_keep": (2, 100_000),
@@ -128,12 +156,32 @@ def validate(s: ControlPlaneSettings) -> ControlPlaneSettings:
         v = getattr(s, name)
         if not isinstance(v, int) or not ilo <= v <= ihi:
             raise InvalidInput(name, v, f"must be an integer in [{ilo}, {ihi}]")
+    _validate_security(s)
     if s.store_deadline_s >= s.lease_ttl_s:
         # a write that may still land after the lease expired could outlive the fence's meaning
         raise InvalidInput(
             "store_deadline_s", s.store_deadline_s, f"must be below lease_ttl_s ({s.lease_ttl_s})"
         )
     return s
+
+
+def _validate_security(s: ControlPlaneSettings) -> None:
+    tls = (s.tls_cert, s.tls_key, s.tls_ca)
+    if any(tls) and not all(tls):
+        field = ("tls_cert", "tls_key", "tls_ca")[[bool(x) for x in tls].index(False)]
+        raise InvalidInput(field, getattr(s, field), "tls_cert, tls_key and tls_ca go together (mTLS)")
+    if bool(s.etcd_cert) != bool(s.etcd_key):
+        field = "etcd_key" if s.etcd_cert else "etcd_cert"
+        raise InvalidInput(field, getattr(s, field), "etcd_cert and etcd_key go together")
+    if bool(s.etcd_user) != bool(s.etcd_password_file):
+        field = "etcd_password_file" if s.etcd_user else "etcd_user"
+        raise InvalidInput(field, getattr(s, field), "etcd_user and etcd_password_file go together")
+    if s.etcd_user:
+        check_id("etcd_user", s.etcd_user)
+    etcd_only = ("etcd_ca", "etcd_cert", "etcd_key", "etcd_server_name", "etcd_user")
+    for name in etcd_only:
+        if getattr(s, name) and not s.store.startswith("etcd://"):
+            raise InvalidInput(name, getattr(s, name), f"only applies to an etcd:// store, not {s.store!r}")
 
 
 def load_settings(config: str | Path | None = None, **overrides: Any) -> ControlPlaneSettings:

@@ -1,0 +1,178 @@
+"""What every chaos scenario shares: options, the registry entry, observation and route probes.
+
+A scenario is an async function `run(opts) -> ScenarioResult`: it starts a `Cluster`, runs switch
+traffic and plan sampling while it injects its fault, and records pass checks and figures. It is
+bounded in time (a deadline on every wait) and must not leave processes behind (the Cluster context
+manager stops them). Must not: sleep to wait for state (poll with a deadline), or assert with
+`assert` (a failed criterion is a Check in the result, so the report is written either way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chaos.harness import Cluster, PlanSampler, SwitchLoad, log
+from chaos.report import ScenarioResult
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+SMALL = str(ROOT / "examples" / "small.yaml")
+NATIONAL = str(ROOT / "examples" / "national.yaml")
+# Probes of the agents' routes during convergence: 20 ms resolution on a 2 s budget is 1%.
+PROBE_PERIOD_S = 0.02
+# The simulated ACDs run faster than real time so that a 0.5 s report interval carries tens of calls:
+# the failing detectors need at least failing_min_calls per window to judge anything. The small
+# network (4,455 calls/h) runs a minute per second; the national one (90,715 calls/h) ten seconds
+# per second: 250 simulated calls a second across nine agents is what two shared cores can carry.
+SIM_TIME_SCALE = 60.0
+SIM_TIME_SCALE_NATIONAL = 10.0
+# Switch lookups per second in a scenario: enough to see every center's share each second, well
+# under what two shared cores can serve beside the agents.
+DEFAULT_RATE_PER_S = 100.0
+# The agents' report interval and the control plane's lease, as in production settings.
+REPORT_INTERVAL_S = 0.5
+LEASE_TTL_S = 2.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    trials: int = 0  # 0 = the scenario's default
+    topology: str = ""  # "" = the scenario's default
+    ci: bool = False  # smaller: the small topology, fewer trials, shorter holds
+    tmp: str | None = None  # keep the cluster's files here (default: a temp dir, removed)
+    rate_per_s: float = DEFAULT_RATE_PER_S
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    run: Callable[[RunOptions], Awaitable[ScenarioResult]]
+    budget_s: float  # wall-time bound of a full run; runs are stopped past it
+    ci_budget_s: float = 0.0
+
+
+def default_agent_config(topology: str = SMALL, **extra: Any) -> dict[str, Any]:
+    scale = SIM_TIME_SCALE_NATIONAL if Path(topology).name == "national.yaml" else SIM_TIME_SCALE
+    return {"sim_time_scale": scale, **extra}
+
+
+@contextlib.asynccontextmanager
+async def observed(cluster: Cluster, result: ScenarioResult, rate_per_s: float,
+                   retry_peer: bool = True) -> AsyncIterator[SwitchLoad]:
+    """Switch traffic and plan sampling for the body's duration; records go into `result`."""
+    load = SwitchLoad(cluster, rate_per_s=rate_per_s, retry_peer=retry_peer).start()
+    sampler = PlanSampler(cluster).start()
+    result.t0 = cluster.t0
+    try:
+        yield load
+    finally:
+        await load.stop()
+        await sampler.stop()
+        result.lookups = load.records
+        result.plan_samples = sampler.samples
+        result.events = list(cluster.events)
+        result.duration_s = time.monotonic() - cluster.t0
+
+
+async def poll(pred: Callable[[], Awaitable[bool]], timeout_s: float,
+               period_s: float = PROBE_PERIOD_S) -> float | None:
+    """Seconds until `pred` is true, or None after `timeout_s`."""
+    t0 = time.monotonic()
+    while True:
+        if await pred():
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout_s:
+            return None
+        await asyncio.sleep(period_s)
+
+
+async def routes_at(cluster: Cluster, agents: Iterable[str], keys: list[tuple[str, str]]
+                    ) -> dict[tuple[str, str, str], dict[str, Any] | None]:
+    """(agent, branch, skill) -> the agent's answer, for every pair, probed concurrently."""
+    pairs = [(a, b, s) for a in agents for b, s in keys]
+    got = await asyncio.gather(*(cluster.route(a, b, s) for a, b, s in pairs))
+    return dict(zip(pairs, got, strict=True))
+
+
+def targets_of(d: dict[str, Any] | None) -> set[str]:
+    """Every center a route answer may send calls to: the chosen one and its weighted fallbacks."""
+    if not d:
+        return set()
+    return ({d["center"]} if d.get("center") else set()) | set(d.get("fallbacks", []))
+
+
+def live_agents(cluster: Cluster, exclude: Iterable[str] = ()) -> list[str]:
+    skip = set(exclude)
+    return [c for c, a in cluster.agents.items() if a.alive and not a.paused and c not in skip]
+
+
+async def center_excluded(cluster: Cluster, center: str, keys: list[tuple[str, str]],
+                          agents: list[str]) -> bool:
+    """True when every agent answers every key without `center` among the targets."""
+    got = await routes_at(cluster, agents, keys)
+    return all(d is not None and center not in targets_of(d) for d in got.values())
+
+
+async def home_restored(cluster: Cluster, center: str, keys: list[tuple[str, str]],
+                        agents: list[str]) -> bool:
+    """True when every agent routes `center`'s branches to it again: home, or overflow from home (a
+    restarted center's simulated queue may be long), but no longer DR."""
+    got = await routes_at(cluster, agents, keys)
+    return all(d is not None and center in targets_of(d) and not str(d.get("reason", "")).startswith("dr")
+               for d in got.values())
+
+
+def leader_metric(cluster: Cluster, name: str) -> float | None:
+    for r in cluster.replicas:
+        m = r.metrics()
+        if m.get("callroute_controlplane_leader") == 1.0:
+            return m.get(name)
+    return None
+
+
+def center_status(metrics: dict[str, float], center: str) -> str:
+    for k, v in metrics.items():
+        if v == 1.0 and k.startswith("callroute_controlplane_center_health{") and f'center="{center}"' in k:
+            return k.split('status="', 1)[1].split('"', 1)[0]
+    return ""
+
+
+async def leader_center_status(cluster: Cluster, center: str) -> str:
+    r = await cluster.leader()
+    if r is None:
+        return ""
+    return center_status(await asyncio.to_thread(r.metrics), center)
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """Nearest-rank percentile: with 20 trials p99 is the worst, as it should be for a budget."""
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    import math
+
+    return s[max(0, min(len(s) - 1, math.ceil(q * len(s)) - 1))]
+
+
+def lookup_checks(result: ScenarioResult, start: float = 0.0, end: float = float("inf"),
+                  name: str = "0 lookup errors") -> None:
+    errs = [x for x in result.lookups if x.error and start <= x.t < end]
+    n = sum(1 for x in result.lookups if start <= x.t < end)
+    result.check(name, not errs and n > 0, f"{len(errs)} errors in {n} lookups"
+                 + (f"; first: {errs[0].error}" if errs else ""))
+
+
+async def run_guarded(result: ScenarioResult, body: Callable[[], Awaitable[None]]) -> ScenarioResult:
+    """Run the scenario body; a harness failure becomes result.error instead of losing the report."""
+    try:
+        await body()
+    except Exception as e:  # noqa: BLE001 - any harness failure is reported, with the scenario's figures
+        log(f"{result.name}: scenario error: {type(e).__name__}: {e}")
+        result.error = f"{type(e).__name__}: {e}"[:2000]
+    return result
