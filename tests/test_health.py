@@ -542,9 +542,13 @@ def test_f17a_reason_names_sent_and_offered():
 def test_f17a_needs_enough_calls_and_ignores_late_arrivals():
     n = Net()
     warm(n, sent=1, sent_b=0)
-    for _ in range(10):  # 1 call an interval never arrives: under failing_min_calls in the window
+    for _ in range(2):  # 1 call an interval never arrives: too few calls to judge yet
         interval(n, sent=1, sent_b=0, offered=0, answered=0)
     assert n.status("x") == Status.HEALTHY
+    for _ in range(8):  # the look-back grows until enough calls were sent: a trickle is judged too
+        interval(n, sent=1, sent_b=0, offered=0, answered=0)
+    assert n.status("x") == Status.FAILING
+    assert "from other centers are not arriving" in n.t.view(n.now)["x"].reason
     n = Net()
     warm(n)
     for _ in range(10):  # calls arrive one interval late, alternately: still over half arrive

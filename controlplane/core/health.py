@@ -107,13 +107,17 @@ class HealthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # after a hold-down the center is on probation this long: failing again within it is a relapse;
     # two minutes is long enough for overflow to reach it again and the detectors to judge it
     failing_probation_s: float = 120.0
+    # the per-origin arrival check looks back up to this long to gather failing_min_calls sent by
+    # other centers: a DR flow of under a call a second (Wuhan's into Chengdu) never fills three
+    # intervals, and half a minute still beats a broken overflow path found by hand at 3 a.m.
+    failing_arrival_window_s: float = 30.0
     # a DOWN center must report this many consecutive fresh intervals before HEALTHY: ordered
     # failback (2 s at 0.5 s), so a center that comes and goes does not drag routes back and forth
     recover_intervals: int = 4
 
     def __post_init__(self) -> None:
         for name in ("interval_s", "down_after_s", "stream_grace_s", "failing_holddown_s",
-                     "failing_holddown_max_s", "failing_probation_s"):
+                     "failing_holddown_max_s", "failing_probation_s", "failing_arrival_window_s"):
             v = getattr(self, name)
             if not isinstance(v, int | float) or not math.isfinite(v) or not 0 < v <= MAX_SETTING_S:
                 raise InvalidInput(name, v, f"must be a number in (0, {MAX_SETTING_S:g}] seconds")
@@ -235,7 +239,11 @@ class HealthTracker:
             check_id("centers", cid)
             if cid in self._centers:
                 raise InvalidInput("centers", cid, "duplicate center")
-            self._centers[cid] = _Center(cid, deque(maxlen=settings.failing_window_intervals),
+            # enough samples for the longest look-back of the per-origin arrival check
+            keep = max(settings.failing_window_intervals,
+                       math.ceil(settings.failing_arrival_window_s / settings.interval_s)
+                       + WINDOW_SLACK_INTERVALS)
+            self._centers[cid] = _Center(cid, deque(maxlen=keep),
                                          reason="no report yet", holddown_s=settings.failing_holddown_s)
 
     # ------------------------------------------------------------------ inputs
@@ -390,8 +398,13 @@ class HealthTracker:
                 why = f"report stream closed for {s.stream_grace_s:g} s"
         return stale_at, down_at, why
 
-    def _recent(self, c: _Center, now: float) -> list[_Sample]:
-        horizon = now - self._s.window_horizon_s
+    def _recent(self, c: _Center, now: float, span_s: float | None = None) -> list[_Sample]:
+        """Samples within `span_s` (default: the failing window), at most that many intervals' worth."""
+        s = self._s
+        if span_s is None:
+            horizon = now - s.window_horizon_s
+            return [x for x in c.window if x.at > horizon][-s.failing_window_intervals:]
+        horizon = now - span_s - WINDOW_SLACK_INTERVALS * s.interval_s
         return [x for x in c.window if x.at > horizon]
 
     def _detect(self, c: _Center, now: float) -> _Failure | None:
@@ -415,11 +428,20 @@ class HealthTracker:
             return _Failure(f"calls routed here are not arriving (sent {sent}, offered {offered})", 1.0)
         # Per origin: a receiver's own calls can hide the loss of every call other centers send it
         # (2020-02-04: the main center took its own calls but none of Wuhan's overflow). What it
-        # offered beyond its own agent's lookups is what arrived from elsewhere.
-        from_others = max(0, offered - own_sent)
+        # offered beyond its own agent's lookups is what arrived from elsewhere. The look-back
+        # grows (3 intervals, then doubling) until other centers sent enough calls to judge.
+        span = s.failing_window_intervals * s.interval_s
+        while True:
+            mine = self._recent(c, now, span)
+            others_sent = sum(x.routed_to.get(c.id, 0) for o in self._centers.values() if o is not c
+                              for x in self._recent(o, now, span))
+            if others_sent >= s.failing_min_calls or span >= s.failing_arrival_window_s:
+                break
+            span = min(2 * span, s.failing_arrival_window_s)
+        from_others = max(0, sum(x.offered for x in mine) - sum(x.routed_to.get(c.id, 0) for x in mine))
         if others_sent >= s.failing_min_calls and from_others < s.failing_arrival_ratio * others_sent:
             return _Failure(f"calls routed here from other centers are not arriving (sent {others_sent}, "
-                            f"arrived {from_others})", 1.0)
+                            f"arrived {from_others} in {span:g} s)", 1.0)
         return None
 
     def _start_failing(self, c: _Center, failure: _Failure, now: float, relapse: bool) -> None:
