@@ -95,14 +95,16 @@ def test_closed_center_never_appears_in_any_route():
 def test_down_and_stale_centers():
     topo = net()
     health = {"c2": CenterHealth("c2", Status.DOWN, 0.0, reason="stream closed"),
-              "c5": CenterHealth("c5", Status.STALE, 0.4)}
+              "c5": CenterHealth("c5", Status.STALE, 0.7), "c6": CenterHealth("c6", Status.STALE, 0.3)}
     plan = compute_plan(topo, NetworkView(health=health))
     assert consistent(plan, topo) == []
     routes = by_key(plan)
     assert "c2" not in {t.center for t in routes[("b2", "retail")].targets}
     stale = {t.center: t.weight for t in routes[("b5", "retail")].targets}
-    # a stale center is neither trusted fully nor dropped: it keeps its decayed weight
-    assert stale["c5"] == pytest.approx(0.4, abs=1e-3)
+    # a stale center is neither trusted fully nor dropped at once: its decayed weight is followed in
+    # half steps (F8: one route change for a short partition, not one a second)
+    assert stale["c5"] == pytest.approx(0.5, abs=1e-3)
+    assert "c6" in plan.closed and "c6" not in {t.center for t in routes[("b6", "retail")].targets}
     # and receives nothing from others
     assert all("c5" not in {t.center for t in r.targets} for r in plan.routes if r.home != "c5")
 

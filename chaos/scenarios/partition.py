@@ -84,6 +84,8 @@ async def f8(opts: RunOptions) -> ScenarioResult:
                 stop.set()
                 await watcher
             in_part = [x for x in changes if t_part <= x[0] < t_heal]
+            for t, state in changes:  # what the observer saw, for the report: flaps are read here
+                r.notes.append(f"t={t - t_part:+.2f} s from the partition: {' '.join(sorted(state))}")
             after_heal = [x for x in changes if x[0] >= t_heal]
             own = [x for x in load.window(t_part, t_heal) if x.branch in {b.id for b in c.topology.branches
                                                                           if b.home == victim}]

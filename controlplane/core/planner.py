@@ -44,6 +44,10 @@ QUEUE_HORIZON_S = 60.0
 # Weights below this are dropped and the rest renormalised: a 0.1% share is a call every few
 # minutes, not worth a hash-table slot set or a line in an operator's plan view.
 MIN_WEIGHT = 0.001
+# A stale center's decaying weight is followed in half steps (1, 0.5, then DR): every change is a
+# plan push and a move of callers, and a continuous decay republished each second would be the
+# flapping F8 forbids. A short partition costs one change, and one more when it heals.
+STALE_WEIGHT_STEP = 0.5
 # Receivers' spare capacity below this (Erlangs) counts as none: half an agent is rounding error.
 MIN_SPARE_ERLANGS = 0.5
 
@@ -110,6 +114,8 @@ class PlanTracker:
         self._overflow: dict[tuple[str, str], _OverflowState] = {}
         self._vip: dict[tuple[str, str], _OverflowState] = {}
         self._cap_cache: dict[tuple[int, float], float] = {}
+        # the receivers each (source center, skill) used in the last plan: receiver hysteresis
+        self._receivers: dict[tuple[str, str], frozenset[str]] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -165,6 +171,13 @@ class PlanTracker:
                 closed.add(cid)
                 home_weight[cid] = 0.0
                 continue
+            if status == Status.STALE:
+                w = math.floor(w / STALE_WEIGHT_STEP) * STALE_WEIGHT_STEP
+                if w <= 0:
+                    why_closed[cid] = f"stale ({h.reason if h else ''}): weight decayed to 0"
+                    closed.add(cid)
+                    home_weight[cid] = 0.0
+                    continue
             home_weight[cid] = min(1.0, max(0.0, w), 1.0 - min(1.0, max(0.0, view.shed.get(cid, 0.0))))
             if view.shed.get(cid, 0.0) >= 1.0:
                 why_closed[cid] = "shed 100% (drill)"
@@ -214,7 +227,7 @@ class PlanTracker:
         pinned_routes: dict[tuple[str, str], _Entry] = {}
         vip_routes: dict[tuple[str, str], tuple[Target, ...]] = {}
 
-        def pick_receivers(skill: str, exclude: set[str], k: int, region: str, overflowing: set[str],
+        def pick_receivers(skill: str, source: str, k: int, region: str, overflowing: set[str],
                            live: bool) -> list[tuple[str, float, CenterCapacity]]:
             """Up to k receivers with their spare Erlangs, most spare first (region first if asked).
 
@@ -223,12 +236,18 @@ class PlanTracker:
             caller being offered a callback while centers are merely busy.
             """
             cands = []
+            # hysteresis on receivers: one that took this source's calls in the last plan stays
+            # while its spare capacity is not clearly negative, so live-load noise around the
+            # threshold does not swap receivers (and move callers) every second
+            incumbents = self._receivers.get((source, skill), frozenset())
             for cid, cc in by_skill.get(skill, ()):
-                if cid in exclude or cid not in receiver_ok or cid in overflowing or cc.agents <= 0:
+                if cid == source or cid not in receiver_ok or cid in overflowing or cc.agents <= 0:
                     continue
                 spare = cc.spare() if live else cc.spare() + cc.backlog
                 if spare >= MIN_SPARE_ERLANGS:
                     cands.append((cid, spare, cc))
+                elif cid in incumbents and spare > -MIN_SPARE_ERLANGS:
+                    cands.append((cid, MIN_SPARE_ERLANGS, cc))
             if pol.prefer_region and region:
                 # same-region receivers first (shorter trunks, same dialect), then by spare capacity
                 cands.sort(key=lambda x: (centers[x[0]].region != region, -x[1], x[0]))
@@ -236,13 +255,16 @@ class PlanTracker:
                 cands.sort(key=lambda x: (-x[1], x[0]))
             return cands[:k]
 
+        chosen: dict[tuple[str, str], frozenset[str]] = {}
+
         def spread(skill: str, load: float, source: str, k: int, overflowing: set[str]
                    ) -> tuple[list[tuple[str, float]], float]:
             """Choose receivers for `load` Erlangs and book it on them; returns (weights, unplaced)."""
             region = centers[source].region
-            recv = pick_receivers(skill, {source}, k, region, overflowing, live=True)
+            recv = pick_receivers(skill, source, k, region, overflowing, live=True)
             if not recv:
-                recv = pick_receivers(skill, {source}, k, region, overflowing, live=False)
+                recv = pick_receivers(skill, source, k, region, overflowing, live=False)
+            chosen[(source, skill)] = frozenset(cid for cid, _, _ in recv)
             total_spare = sum(sp for _, sp, _ in recv)
             if not recv or total_spare <= 0:
                 return [], load
@@ -317,6 +339,8 @@ class PlanTracker:
             shared[(cid, s)] = (targets, RouteKind.OVERFLOW, why, action)
             if not self._vip[(cid, s)].active:
                 vip_routes[(cid, s)] = (Target(cid, 1.0),)
+
+        self._receivers = chosen
 
         # ---- receivers' predicted service level under the plan
         receivers: dict[str, dict[str, ReceiverPrediction]] = {}
