@@ -19,18 +19,13 @@ from typing import Any
 
 from chaos.harness import Cluster, PlanSampler, SwitchLoad, log
 from chaos.report import ScenarioResult
+from controlplane.core.topology import load_topology
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SMALL = str(ROOT / "examples" / "small.yaml")
 NATIONAL = str(ROOT / "examples" / "national.yaml")
 # Probes of the agents' routes during convergence: 20 ms resolution on a 2 s budget is 1%.
 PROBE_PERIOD_S = 0.02
-# The simulated ACDs run faster than real time so that a 0.5 s report interval carries tens of calls:
-# the failing detectors need at least failing_min_calls per window to judge anything. The small
-# network (4,455 calls/h) runs a minute per second; the national one (90,715 calls/h) ten seconds
-# per second: 250 simulated calls a second across nine agents is what two shared cores can carry.
-SIM_TIME_SCALE = 60.0
-SIM_TIME_SCALE_NATIONAL = 10.0
 # Switch lookups per second in a scenario: enough to see every center's share each second, well
 # under what two shared cores can serve beside the agents.
 DEFAULT_RATE_PER_S = 100.0
@@ -57,9 +52,16 @@ class Scenario:
     ci_budget_s: float = 0.0
 
 
-def default_agent_config(topology: str = SMALL, **extra: Any) -> dict[str, Any]:
-    scale = SIM_TIME_SCALE_NATIONAL if Path(topology).name == "national.yaml" else SIM_TIME_SCALE
-    return {"sim_time_scale": scale, **extra}
+def default_agent_config(topology: str = SMALL, rate_per_s: float = DEFAULT_RATE_PER_S,
+                         **extra: Any) -> dict[str, Any]:
+    """The switch lookups are the calls: each is offered where it was routed (sim_peers carries the
+    ones routed to other centers), and the simulated ACDs invent none of their own. Simulated time
+    runs at the speed that makes `rate_per_s` lookups the topology's nominal volume, so centers
+    carry the load they were staffed for (double traffic would overload every receiver and make
+    any failover look like a capacity shortage)."""
+    topo = load_topology(topology)
+    per_hour = sum(sum(b.calls_per_hour.values()) for b in topo.branches)
+    return {"sim_time_scale": rate_per_s * 3600.0 / per_hour, "sim_own_traffic": 0.0, **extra}
 
 
 @contextlib.asynccontextmanager

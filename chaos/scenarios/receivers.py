@@ -167,7 +167,8 @@ async def wuhan_2020(opts: RunOptions) -> ScenarioResult:
     topo = opts.topology or NATIONAL
 
     async def body() -> None:
-        cfg = default_agent_config(topo, sim_own_traffic=SURGE)
+        # the same lookups stand for 21% more calls than nominal: simulated time runs slower
+        cfg = default_agent_config(topo, rate_per_s=opts.rate_per_s / SURGE)
         async with Cluster(topo, tmp=opts.tmp, agent_config=cfg,
                            cp_config={"lease_ttl_s": LEASE_TTL_S}) as c, \
                 observed(c, r, opts.rate_per_s) as load:

@@ -430,11 +430,14 @@ class HealthTracker:
         # (2020-02-04: the main center took its own calls but none of Wuhan's overflow). What it
         # offered beyond its own agent's lookups is what arrived from elsewhere. The look-back
         # grows (3 intervals, then doubling) until other centers sent enough calls to judge.
+        # Calls sent in the last interval may not have reached the receiver's ACD report yet (the
+        # sender reports them at once, the receiver in its next interval): they are not judged.
+        in_flight = now - s.interval_s
         span = s.failing_window_intervals * s.interval_s
         while True:
             mine = self._recent(c, now, span)
             others_sent = sum(x.routed_to.get(c.id, 0) for o in self._centers.values() if o is not c
-                              for x in self._recent(o, now, span))
+                              for x in self._recent(o, now, span) if x.at <= in_flight)
             if others_sent >= s.failing_min_calls or span >= s.failing_arrival_window_s:
                 break
             span = min(2 * span, s.failing_arrival_window_s)
