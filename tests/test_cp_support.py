@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # a replica imports grpc, protobuf and the core: a couple of seconds on a loaded 2-core machine
 START_TIMEOUT_S = 20.0
 
+# a cancelled test double's task ends in milliseconds; a hang is reported, not waited out
+STOP_TIMEOUT_S = 5.0
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -220,8 +223,10 @@ class FakeAgent:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
+            if not done:  # a grpc.aio stream read that swallowed the cancel: say so, do not hang
+                print(f"{type(self).__name__}: task ignored its cancellation for {STOP_TIMEOUT_S} s",
+                      file=sys.stderr)
 
 
 def skill_report(skill: str, logged_in: int = 50, queued: int = 0, **kw: Any) -> report_pb2.SkillReport:
@@ -297,8 +302,10 @@ class Reporter:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
+            if not done:  # a grpc.aio stream read that swallowed the cancel: say so, do not hang
+                print(f"{type(self).__name__}: task ignored its cancellation for {STOP_TIMEOUT_S} s",
+                      file=sys.stderr)
 
 
 def operator_stub(addr: str) -> tuple[grpc.aio.Channel, operator_pb2_grpc.OperatorServiceStub]:

@@ -49,6 +49,8 @@ from .publisher import Heartbeat, Publisher
 from .reports import ReportServicer
 from .settings import ControlPlaneSettings, load_settings, parse_hostport
 
+# how long stop() waits for cancelled tasks: they end within milliseconds; longer is a bug to log
+STOP_TASKS_TIMEOUT_S = 5.0
 log = logging.getLogger("callroute.controlplane")
 
 # how often plan age and the stale alert gauge are refreshed: metrics scrapes are 5-15 s apart
@@ -550,9 +552,13 @@ class ControlPlane:
                 await self._set_serving(False)
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        if self._tasks:
+            # bounded: a task that swallows its cancellation (a grpc.aio or asyncio quirk) must
+            # not keep the process from stopping; it is named in the log as the bug it is
+            _, pending = await asyncio.wait(self._tasks, timeout=STOP_TASKS_TIMEOUT_S)
+            for t in pending:
+                log.error("task %s did not stop within %.0f s of cancellation", t.get_name(),
+                          STOP_TASKS_TIMEOUT_S)
         self._tasks.clear()
         if self.server is not None:
             await self.server.stop(grace)
