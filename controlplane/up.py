@@ -242,15 +242,22 @@ async def _run(net: Network) -> int:
     console = Console(record=bool(net.args.svg), width=None if sys.stdout.isatty() else 120)
     console.print(f"starting the control plane on {net.cp_addr} (metrics http://127.0.0.1:"
                   f"{net.args.metrics_port}/metrics) and {len(net.agent_http)} agents; logs in {net.tmp}")
-    await net.wait_ready()
-    for cid, (h, p) in net.agent_http.items():
-        console.print(f"  agent {cid:10s} lookups http://{h}:{p}/v1/route?branch=..&skill=..&caller=..")
-    console.print(f"operators: callroute centers --endpoint {net.cp_addr}; "
-                  f"callroute close CENTER --reason TEXT --endpoint {net.cp_addr}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Ctrl-C while the network comes up stops it cleanly too
+    ready = asyncio.create_task(net.wait_ready())
+    await asyncio.wait([ready, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
+        ready.cancel()
+        console.print("stopped before the network was up")
+        return 0
+    ready.result()
+    for cid, (h, p) in net.agent_http.items():
+        console.print(f"  agent {cid:10s} lookups http://{h}:{p}/v1/route?branch=..&skill=..&caller=..")
+    console.print(f"operators: callroute centers --endpoint {net.cp_addr}; "
+                  f"callroute close CENTER --reason TEXT --endpoint {net.cp_addr}")
     traffic = asyncio.create_task(net.traffic(stop))
     end = time.monotonic() + net.args.duration if net.args.duration > 0 else float("inf")
     table = None

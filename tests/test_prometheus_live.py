@@ -176,10 +176,11 @@ def test_prometheus_fires_center_down_when_a_center_agent_is_killed(tmp_path: Pa
     killed_branches = {b.id: b for b in topo.branches if b.home == KILLED}
     assert killed_branches, f"no branch is hosted by {KILLED}"
 
-    grpc_port = free_port_block(1)
-    metrics_port = free_port_block(len(centers) + 1)
+    # one block: gRPC, then metrics, then the agents' HTTP ports, none of them shared
+    grpc_port = free_port_block(len(centers) + 3)
+    metrics_port = grpc_port + 1
     agent_ports = {c: metrics_port + 1 + i for i, c in enumerate(centers)}
-    prom_port = free_port_block(1)
+    prom_port = metrics_port + 1 + len(centers)
     prom_base = f"http://127.0.0.1:{prom_port}"
     state = tmp_path / "state"
     pids_file = state / "pids.json"

@@ -61,8 +61,9 @@ def poll(fn, deadline_s, what):
 
 @pytest.mark.slow
 def test_up_close_center_reaches_every_agent_and_metrics(tmp_path):
-    grpc_port = free_port_block(1)
-    metrics_port = free_port_block(10)
+    # one block: gRPC, then metrics, then the 9 agents' HTTP ports, none of them shared
+    grpc_port = free_port_block(11)
+    metrics_port = grpc_port + 1
     cmd = [sys.executable, "-m", "controlplane.cli", "up", "--duration", "120", "--no-live",
            "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
            "--state-dir", str(tmp_path / "state"), "--speed", "2"]
