@@ -435,3 +435,30 @@ async def test_f7_compaction_past_a_disconnected_watcher_relists(etcd, replicas)
         with contextlib.suppress(Exception):
             b.signal(signal.SIGCONT)
         await stop_all(reporters, agents)
+
+
+async def test_audit_entries_survive_a_leader_kill(etcd, replicas):
+    """Issue 5: every acknowledged operator action is in the store before the reply, so a SIGKILLed
+    leader loses none of them: the surviving replica lists them all, once each, in order."""
+    a = replicas("a", etcd.url)
+    b = replicas("b", etcd.url)
+    await wait_for(lambda: leader_of(a, b), 10, "a leader")
+    reporters, agents = await start_centers([a.addr, b.addr])
+    old = leader_of(a, b)
+    survivor = b if old is a else a
+    acked = []
+    for i, (center, state) in enumerate([("north", types_pb2.ADMIN_STATE_DRAINING),
+                                         ("north", types_pb2.ADMIN_STATE_OPEN),
+                                         ("south", types_pb2.ADMIN_STATE_CLOSED)]):
+        reply = await close_center(old.addr, center, state, request_id=f"kill-{i}")
+        acked.append((f"kill-{i}", reply.audit_id))
+    old.kill()
+    await wait_for(lambda: leader_of(survivor) is survivor, 10, "the survivor leads")
+    ch, op = operator_stub(survivor.addr)
+    try:
+        audit = await op.Audit(operator_pb2.AuditRequest(), timeout=5)
+    finally:
+        await ch.close()
+    got = [(e.request_id, e.id) for e in audit.entries if e.request_id.startswith("kill-")]
+    assert got == acked
+    await stop_all(reporters, agents)
