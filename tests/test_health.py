@@ -528,6 +528,20 @@ def test_f17a_overflow_from_other_centers_lost_while_own_calls_arrive():
     assert n.weight("x") == 1.0
 
 
+def test_calls_sent_while_the_receivers_reports_were_lost_are_not_judged():
+    # F8: x is cut off from the control plane (its reports lost) while others still send it calls
+    # that do arrive; when its reports resume, those calls are not counted as lost
+    n = Net()
+    warm(n, sent=1)
+    for _ in range(8):  # partition: a and b report sending calls to x, x's reports are lost
+        n.report("a", routed={"x": 10}, offered=6, answered=6)
+        n.report("b", routed={"x": 10}, offered=6, answered=6)
+        n.advance(S.interval_s)
+    for _ in range(4):  # healed: x reports again, everything sent now arrives (a trickle: the
+        interval(n, sent=1)  # look-back must widen, and must not reach into the lost reports)
+    assert n.status("x") == Status.HEALTHY, n.t.view(n.now)["x"].reason
+
+
 def test_f17a_reason_names_sent_and_offered():
     n = Net()
     warm(n, sent=4)
@@ -744,6 +758,9 @@ class TrackerMachine(RuleBasedStateMachine):
                        queued=self.queue[c], busy=2, routed={o: 3 for o in CENTERS if o != c})
             self.take(self.t.observe(r, self.now))
             self.accepted[c].append(seq)
+        if all(m == "silent" for m in modes.values()):
+            # nobody spoke: only the shell's timer brings `now` to the tracker, as in production
+            self.take(self.t.expire(self.now))
 
     @rule(center=st.sampled_from(CENTERS), dt=DT)
     def open_stream(self, center: str, dt: float) -> None:

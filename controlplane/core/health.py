@@ -420,9 +420,19 @@ class HealthTracker:
         if (offered >= s.failing_min_calls and sum(x.answered for x in own) == 0 and q1 > q0
                 and not all(x.saturated for x in own)):
             return _Failure(f"not answering (answered 0, queue rising {q0}->{q1})", 0.0)
+        # Only since the receiver's reports last ran without a gap: calls sent while its reports
+        # were lost (a partition) arrived in intervals nobody told us about.
+        since = -math.inf
+        history = list(c.window)
+        for prev, nxt in zip(history, history[1:], strict=False):
+            if nxt.at - prev.at > 2 * s.interval_s:
+                since = nxt.at - 0.5 * s.interval_s  # its first report covers one interval
+        # ... and only calls sent before the receiver's latest report: it has not yet had the chance
+        # to report later ones (its reports may just have stopped: that is staleness, not loss)
+        upto = own[-1].at
         own_sent = sum(x.routed_to.get(c.id, 0) for x in own)
         others_sent = sum(x.routed_to.get(c.id, 0) for o in self._centers.values() if o is not c
-                          for x in self._recent(o, now))
+                          for x in self._recent(o, now) if since <= x.at <= upto)
         sent = own_sent + others_sent
         if sent >= s.failing_min_calls and offered < s.failing_arrival_ratio * sent:
             return _Failure(f"calls routed here are not arriving (sent {sent}, offered {offered})", 1.0)
@@ -432,12 +442,12 @@ class HealthTracker:
         # grows (3 intervals, then doubling) until other centers sent enough calls to judge.
         # Calls sent in the last interval may not have reached the receiver's ACD report yet (the
         # sender reports them at once, the receiver in its next interval): they are not judged.
-        in_flight = now - s.interval_s
+        in_flight = min(now - s.interval_s, upto)
         span = s.failing_window_intervals * s.interval_s
         while True:
-            mine = self._recent(c, now, span)
+            mine = [x for x in self._recent(c, now, span) if x.at >= since]
             others_sent = sum(x.routed_to.get(c.id, 0) for o in self._centers.values() if o is not c
-                              for x in self._recent(o, now, span) if x.at <= in_flight)
+                              for x in self._recent(o, now, span) if since <= x.at <= in_flight)
             if others_sent >= s.failing_min_calls or span >= s.failing_arrival_window_s:
                 break
             span = min(2 * span, s.failing_arrival_window_s)
