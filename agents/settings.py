@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from controlplane.core.model import InvalidInput, check_id
+from controlplane.settingsfile import read_settings_data
 
 # An address list longer than this is a typo (a pasted file), not a control-plane cluster.
 MAX_ENDPOINTS = 16
@@ -136,25 +137,7 @@ def validate(s: AgentSettings) -> AgentSettings:
 
 def load_settings(config: str | Path | None = None, **overrides: Any) -> AgentSettings:
     """Defaults, then the config file, then non-None overrides (command-line flags)."""
-    data: dict[str, Any] = {}
-    if config:
-        path = Path(config)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise InvalidInput("config", str(path), f"cannot read: {e.strerror}") from None
-        import yaml
-
-        try:
-            loaded = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise InvalidInput("config", str(path), f"not YAML/JSON: {e}") from None
-        if not isinstance(loaded, dict):
-            raise InvalidInput("config", str(path), "must be a mapping of setting names to values")
-        data.update(loaded)
-    for k, v in overrides.items():
-        if v is not None:
-            data[k] = v
+    data = read_settings_data(config, overrides)
     if isinstance(data.get("controlplane"), str):
         data["controlplane"] = [x.strip() for x in data["controlplane"].split(",") if x.strip()]
     where = f" (in {config} or its command-line override)" if config else ""

@@ -16,6 +16,7 @@ import msgspec
 
 from controlplane.core.health import HealthSettings
 from controlplane.core.model import InvalidInput, check_id
+from controlplane.settingsfile import read_settings_data
 
 
 class ControlPlaneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -186,25 +187,7 @@ def _validate_security(s: ControlPlaneSettings) -> None:
 
 def load_settings(config: str | Path | None = None, **overrides: Any) -> ControlPlaneSettings:
     """Defaults, then the config file, then non-None overrides (command-line flags)."""
-    data: dict[str, Any] = {}
-    if config:
-        path = Path(config)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise InvalidInput("config", str(path), f"cannot read: {e.strerror}") from None
-        import yaml
-
-        try:
-            loaded = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise InvalidInput("config", str(path), f"not YAML/JSON: {e}") from None
-        if not isinstance(loaded, dict):
-            raise InvalidInput("config", str(path), "must be a mapping of setting names to values")
-        data.update(loaded)
-    for k, v in overrides.items():
-        if v is not None:
-            data[k] = v
+    data = read_settings_data(config, overrides)
     if not data.get("id"):
         # hostname + pid is unique among live replicas; the leader key shows it to operators
         host = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in socket.gethostname())[:40]
