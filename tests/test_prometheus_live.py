@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from test_up import free_port_block
 
 from controlplane.core.topology import load_topology
 
@@ -63,27 +63,6 @@ pytestmark = [
                        reason="prometheus not installed (Debian package `prometheus`; "
                               "scripts/bootstrap.sh installs it)"),
 ]
-
-
-def free_port_block(n: int) -> int:
-    """n consecutive free ports on 127.0.0.1 (up's agents' HTTP ports follow its metrics port)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n >= 65000:
-            continue
-        ok = True
-        for p in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port block")
 
 
 def get(url: str) -> tuple[int, bytes]:
