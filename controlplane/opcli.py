@@ -568,8 +568,12 @@ def cmd_plan_rollback(args: argparse.Namespace) -> int:
     from callroute.v1 import operator_pb2
 
     out, _ = _streams(args)
-    if args.version <= 0:
-        raise InvalidInput("VERSION", args.version, "must be a plan version >= 1")
+    if args.end:
+        if args.version is not None:
+            raise InvalidInput("VERSION", args.version, "not with --end: --end ends the rollback in force")
+        args.version = 0
+    elif args.version is None or args.version <= 0:
+        raise InvalidInput("VERSION", args.version, "must be a plan version >= 1 (or use --end)")
     if not args.reason.strip():
         raise InvalidInput("--reason", args.reason, "required: say why (it goes to the audit trail)")
     operator = _operator(args)
@@ -591,9 +595,13 @@ def cmd_plan_rollback(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(out, {"command": "plan rollback", "to_version": args.version, "request_id": request_id,
                          **message_to_json(reply)})
+    elif applied and args.end:
+        out.write(f"rollback ended: APPLIED, plan v{reply.plan_version} follows the live view\n"
+                  f"  {reply.message}\n  audit {reply.audit_id}  request id {request_id}\n")
     elif applied:
         out.write(f"rolled back to the routes of v{args.version}: APPLIED as plan v{reply.plan_version}\n"
-                  f"  {reply.message}\n  audit {reply.audit_id}  request id {request_id}\n")
+                  f"  {reply.message}\n  held until `callroute plan rollback --end` or a center goes down,"
+                  f" fails or closes\n  audit {reply.audit_id}  request id {request_id}\n")
     elif pending:
         out.write(f"rollback to v{args.version}: PENDING approval, NOT applied yet\n"
                   f"  audit {reply.audit_id}  request id {request_id}\n")
@@ -758,8 +766,10 @@ def _add_plan_history(sub: Any, name: str) -> None:
 
 
 def _add_plan_rollback(sub: Any, name: str) -> None:
-    sp = sub.add_parser(name, help="republish an older plan's routes as a new version")
-    sp.add_argument("version", type=int, metavar="VERSION")
+    sp = sub.add_parser(name, help="republish an older plan's routes as a new version and hold them")
+    sp.add_argument("version", type=int, metavar="VERSION", nargs="?", default=None)
+    sp.add_argument("--end", action="store_true",
+                    help="end the rollback in force: plans follow the live view again")
     _change(sp)
     _common(sp)
     sp.set_defaults(func=_guarded("plan rollback", cmd_plan_rollback), command_name="plan rollback")

@@ -254,8 +254,8 @@ async def test_server_errors_map_to_exit_codes(cp):
     rc, out, err = await cli("close", "atlantis", "--reason", "x", "--operator", "dave", *ep)
     assert rc == EXIT_USAGE and out == ""
     assert err.startswith("callroute: close: INVALID_ARGUMENT: ") and "atlantis" in err
-    rc, _, err = await cli("plan", "rollback", "1", "--reason", "undo", "--operator", "dave", *ep)
-    assert rc == EXIT_FAILED and err.startswith("callroute: plan rollback: UNIMPLEMENTED: ")
+    rc, _, err = await cli("plan", "rollback", "999", "--reason", "undo", "--operator", "dave", *ep)
+    assert rc == EXIT_USAGE and err.startswith("callroute: plan rollback: INVALID_ARGUMENT: to_version=999")
     rc, _, err = await cli("plan", "show", "--version", "999", *ep)
     assert rc == EXIT_FAILED and err.startswith("callroute: plan show: NOT_FOUND: ")
 

@@ -181,7 +181,7 @@ class PendingRecord(msgspec.Struct, frozen=True):
     """A change waiting for a second operator (two-person rule)."""
 
     request_id: str
-    action: str  # "set_center_state" or "start_drill"
+    action: str  # "set_center_state", "start_drill" or "rollback_plan"
     center: str
     operator: str
     reason: str
@@ -190,6 +190,7 @@ class PendingRecord(msgspec.Struct, frozen=True):
     state: str = ""  # set_center_state: the requested AdminState value
     drill: DrillSpec | None = None
     audit_id: str = ""  # the audit entry of the request, returned again on a repeat
+    to_version: int = 0  # rollback_plan: the plan whose routes to hold
 
 
 class AbortRequest(msgspec.Struct, frozen=True):

@@ -26,6 +26,7 @@ from controlplane.core.health import HealthSettings, HealthTracker
 from controlplane.core.model import AdminState, NetworkView, Plan, Report, Status, Topology
 from controlplane.core.plan import consistent
 from controlplane.core.planner import PlanTracker
+from controlplane.store.base import Delete, Put, mod_revision_is
 
 log = logging.getLogger("callroute.controlplane.leader")
 
@@ -38,6 +39,23 @@ CAUSE_ROLLBACK = "rollback"
 CAUSE_DRILL = "drill"
 # health gauges are refreshed at least this often (and on every change): scrapes are seconds apart
 HEALTH_METRICS_EVERY_S = 1.0
+# the store key (under the cluster prefix) of the operator's rollback in force; absent: none
+ROLLBACK_KEY = "rollback/hold"
+
+
+class RollbackRecord(msgspec.Struct, frozen=True):
+    """An operator's `plan rollback`: hold `to_version`'s routes until released or overtaken."""
+
+    to_version: int
+    reason: str
+    operator: str
+    at: float
+    request_id: str = ""
+    audit_id: str = ""
+
+
+def decode_rollback(value: bytes) -> RollbackRecord:
+    return msgspec.json.decode(value, type=RollbackRecord)
 
 
 def shed_meta(shed: dict[str, float]) -> str:
@@ -91,6 +109,14 @@ class LeaderBrain:
         self.cause = CAUSE_START
         # a rollback holds its routes against load-driven recomputes until the next urgent event
         self.holding = False
+        # the operator's rollback in force (the store's rollback record, `rollback/hold`): the
+        # version whose routes to hold, 0 for none; `rollback_due` until its plan is published
+        self.rollback_to = 0
+        self.rollback_reason = ""
+        self.rollback_due = False
+        # (version, why) of a hold that ended for the network's sake: the shell removes the
+        # store's record and audits why, so operators see their rollback is no longer in force
+        self.released: tuple[int, str] | None = None
         self._reported: dict[str, AdminState] = {}
 
     # ------------------------------------------------------------------ inputs
@@ -106,8 +132,49 @@ class LeaderBrain:
     def _urgent(self, cause: str) -> None:
         self.urgent = True
         self.dirty = True
-        self.holding = False
         self.cause = cause
+        if self.rollback_to:
+            # a center going down or closing, or a drill step, outranks an operator's rollback: the
+            # held routes were right for a network that no longer exists
+            self.released = (self.rollback_to, cause)
+            self.rollback_to = 0
+            self.rollback_due = False
+        self.holding = False
+
+    def want_rollback(self, to_version: int, reason: str) -> None:
+        """The store's rollback record says: hold `to_version`'s routes (0: no rollback)."""
+        if to_version == self.rollback_to:
+            return
+        if to_version == 0:
+            self.release_rollback()
+            return
+        self.rollback_to = to_version
+        self.rollback_reason = reason
+        last = self.last_plan
+        if (
+            self.urgent
+            and self.cause == CAUSE_START
+            and last is not None
+            and last.meta.get("cause") == CAUSE_ROLLBACK
+            and last.meta.get("rollback_of") == str(to_version)
+        ):
+            # a new leader finding the rollback already published: keep holding it instead of
+            # replacing it with a fresh computation (a takeover is not a reason to end a hold)
+            self.urgent = False
+            self.dirty = False
+            self.holding = True
+            return
+        self.rollback_due = True
+
+    def release_rollback(self) -> None:
+        """The operator ended the rollback: recompute from the live view at once."""
+        if self.rollback_to or self.holding:
+            self.rollback_to = 0
+            self.rollback_due = False
+            self.holding = False
+            self.urgent = True
+            self.dirty = True
+            self.cause = CAUSE_OPERATOR
 
     def observe(self, report: Report, now: float) -> list[Any]:
         """An accepted report (validated by the caller). Raises the tracker's StaleReport."""
@@ -149,7 +216,7 @@ class LeaderBrain:
         """Monotonic time at which `tick` has something to do (tracker deadline or a due publish)."""
         t = self.tracker.next_deadline()
         wake = float("inf") if t is None else t
-        if self.urgent:
+        if self.urgent or self.rollback_due:
             return now
         if self.dirty and not self.holding:
             wake = min(wake, self.last_publish_at + self.publish_interval_s)
@@ -195,11 +262,12 @@ class LeaderBrain:
             raise RuntimeError("computed plan is inconsistent: " + "; ".join(errors[:5]))
         return plan
 
-    def rollback_plan(self, old: Plan, wall: float, reason: str) -> Plan:
-        """`old`'s routes as the next version; raises ValueError if it no longer fits."""
-        view = self.view(0.0)
+    def rollback_plan(self, old: Plan, now: float, wall: float, reason: str) -> Plan:
+        """`old`'s routes as the next version; raises ValueError if it no longer fits (it sends
+        calls to a center that is closed or down now)."""
+        view = self.view(now)
         closed = {c for c, a in self.admin.items() if a != AdminState.OPEN}
-        closed |= {c for c, h in view.health.items() if h.status == Status.DOWN}
+        closed |= {c for c, h in view.health.items() if h.status in (Status.DOWN, Status.FAILING)}
         plan = msgspec.structs.replace(
             old,
             version=self.version + 1,
@@ -219,12 +287,21 @@ class LeaderBrain:
             raise ValueError("; ".join(errors[:5]))
         return plan
 
+    def rollback_failed(self, why: str) -> None:
+        """The wanted rollback cannot be published: end it, and let the shell say so."""
+        self.released = (self.rollback_to, f"failed: {why}")
+        self.rollback_to = 0
+        self.rollback_due = False
+
     def published(self, plan: Plan, now: float) -> None:
         self.version = plan.version
         self.last_plan = plan
         self.last_publish_at = now
         if plan.meta.get("cause") == CAUSE_ROLLBACK:
+            self.rollback_due = False
             self.holding = True
+            self.urgent = False
+            self.dirty = False
 
 
 # ---------------------------------------------------------------- the shell
@@ -307,6 +384,7 @@ class LeaderLoop:
         if base_version and (base_plan is None or base_plan.version != base_version):
             base_plan = await cp.publisher.load(base_version)
         admin = await cp.read_admin()
+        rollback = await self._read_rollback()
         from .drills import DrillRunner
 
         drills = DrillRunner(cp, self, election)
@@ -328,6 +406,9 @@ class LeaderLoop:
             health_settings=cp.health_settings(),
         )
         self.brain.shed = shed
+        if rollback is not None:
+            # an operator's rollback outlives the leader that published it
+            self.brain.want_rollback(rollback.to_version, rollback.reason)
         cp.on_leader_change(True)
         log.info("leading (term %s) from plan version %d", election.leader_rev, base_version)
         async with asyncio.TaskGroup() as tg:
@@ -335,7 +416,79 @@ class LeaderLoop:
             tg.create_task(self._timer(election))
             tg.create_task(self._heartbeat(election))
             tg.create_task(cp.watch_admin(self))
+            tg.create_task(self._watch_rollback())
             tg.create_task(drills.run())
+
+    # ------------------------------------------------------------------ operator rollback
+
+    async def _read_rollback(self) -> RollbackRecord | None:
+        cp = self.cp
+        kv = await cp._call("get", cp.store.get(cp.key(ROLLBACK_KEY), timeout_s=cp.settings.store_deadline_s))
+        return None if kv is None else decode_rollback(kv.value)
+
+    async def _watch_rollback(self) -> None:
+        """While leading: follow the rollback record and hand it to the brain at once."""
+        from controlplane.store.base import Snapshot, list_and_watch
+
+        cp = self.cp
+        key = cp.key(ROLLBACK_KEY)
+        async for item in list_and_watch(cp.store, key, retry_s=cp.settings.watch_retry_s):
+            value = b""
+            if isinstance(item, Snapshot):
+                value = next((kv.value for kv in item.kvs if kv.key == key), b"")
+            elif item.key == key:
+                value = item.value
+            else:
+                continue
+            brain = self.brain
+            if brain is None:
+                return
+            rec = decode_rollback(value) if value else None
+            brain.want_rollback(rec.to_version if rec else 0, rec.reason if rec else "")
+            self.wake()
+
+    async def _publish_rollback(self, election: Any, brain: LeaderBrain, now: float) -> None:
+        cp = self.cp
+        want = brain.rollback_to
+        try:
+            got = await cp.read_plan(want)
+            if got is None:
+                raise ValueError(f"plan {want} is no longer in the store")
+            plan = brain.rollback_plan(got[1], now, time.time(), brain.rollback_reason)
+        except ValueError as e:
+            log.error("rollback to plan %d refused: %s", want, e)
+            brain.rollback_failed(str(e))
+            return
+        await self.publish(election, brain, plan)
+
+    async def _end_rollback(self, brain: LeaderBrain) -> None:
+        """A hold ended by the network (or refused): remove the record and audit why. Best effort
+        with a retry at the next tick: the routes are already right, only the record is stale."""
+        from .operator import AuditRecord
+
+        if brain.released is None:
+            return
+        version, why = brain.released
+        cp = self.cp
+        key = cp.key(ROLLBACK_KEY)
+        audit_id = f"{time.time_ns():020d}-{cp.settings.id}-rollback"
+        audit = AuditRecord(audit_id, time.time(), f"leader:{cp.settings.id}", "rollback_plan",
+                            f"plan/{version}", "rollback ended by the control plane",
+                            f"ended: {why}")
+        try:
+            kv = await cp._call("get", cp.store.get(key, timeout_s=cp.settings.store_deadline_s))
+            ops: list[Any] = [Put(cp.key("audit/" + audit_id), msgspec.json.encode(audit))]
+            compare: list[Any] = []
+            if kv is not None and decode_rollback(kv.value).to_version == version:
+                # only the record we ended: a newer rollback written meanwhile stays
+                compare = [mod_revision_is(key, kv.mod_revision)]
+                ops.append(Delete(key))
+            await cp._call("txn", cp.store.txn(compare, ops, [], timeout_s=cp.settings.store_deadline_s))
+        except Exception as e:
+            log.warning("could not record the end of rollback to plan %d: %r", version, e)
+            return
+        brain.released = None
+        log.info("rollback to plan %d ended: %s", version, why)
 
     async def _loss_watch(self, election: Any) -> None:
         await election.lost.wait()
@@ -364,9 +517,14 @@ class LeaderLoop:
             if brain.expire(now) or now - health_at >= HEALTH_METRICS_EVERY_S:
                 cp.publish_health(brain, now)
                 health_at = now
+            if brain.rollback_due:  # only a takeover's first publish can be pending with it: it wins
+                await self._publish_rollback(election, brain, now)
+                continue
             if brain.due(now):
                 await self._publish_once(election, brain, now)
                 continue
+            if brain.released is not None:
+                await self._end_rollback(brain)
             wake = min(brain.next_wakeup(now), now + HEALTH_METRICS_EVERY_S)
             self._sleep_until = wake
             self._wake.clear()

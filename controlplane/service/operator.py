@@ -40,7 +40,7 @@ from controlplane.convert import (
     route_request_from_pb,
     status_to_pb,
 )
-from controlplane.core.model import AdminState, InvalidInput, NetworkView, Plan, check_id
+from controlplane.core.model import AdminState, InvalidInput, NetworkView, Plan, Status, check_id
 from controlplane.core.plan import diff_plans, explain, find_route
 from controlplane.store.base import Delete, Get, Put, key_missing, mod_revision_is
 
@@ -355,7 +355,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
 
     async def _request_approval(self, context: grpc.aio.ServicerContext, *, action: str, center: str,
                                 operator: str, reason: str, request_id: str, state: str = "",
-                                drill: Any = None) -> tuple[Any, str, str, str]:
+                                drill: Any = None, to_version: int = 0) -> tuple[Any, str, str, str]:
         """Store a pending change; (status, audit_id, request_id, message). A repeat of the same
         request_id answers as the first time (still pending, or applied since)."""
         from .drills import PENDING, PendingRecord, decode_pending, encode
@@ -364,11 +364,13 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         rid = self._request_id(request_id)
         pkey, rkey = cp.key(PENDING + rid), cp.key("requests/" + rid)
         now = time.time()
-        what = f"{state} {center}" if action == "set_center_state" else f"live drill of {center}"
-        audit_id, audit_put = self._audit_put(operator, action, f"center/{center}", reason,
+        whats = {"set_center_state": f"{state} {center}", "rollback_plan": f"rollback to plan {to_version}"}
+        what = whats.get(action, f"live drill of {center}")
+        target = f"plan/{to_version}" if action == "rollback_plan" else f"center/{center}"
+        audit_id, audit_put = self._audit_put(operator, action, target, reason,
                                               "pending approval (two-person rule)", rid)
         pending = PendingRecord(rid, action, center, operator, reason, now,
-                                now + cp.settings.approval_ttl_s, state, drill, audit_id)
+                                now + cp.settings.approval_ttl_s, state, drill, audit_id, to_version)
         r = await self._txn(context, [key_missing(pkey), key_missing(rkey)],
                             [Put(pkey, encode(pending)), audit_put], [Get(pkey), Get(rkey)])
         if not r.succeeded:
@@ -434,7 +436,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         except TwoPersonRule as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         audit_id, audit_put = self._audit_put(
-            request.approver, "approve", f"center/{pending.center}",
+            request.approver, "approve",
+            f"plan/{pending.to_version}" if pending.action == "rollback_plan" else f"center/{pending.center}",
             f"approves {pending.action} by {pending.operator}: {pending.reason}", "applied", rid,
         )
         pkey, rkey = cp.key(PENDING + rid), cp.key("requests/" + rid)
@@ -458,6 +461,17 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             return operator_pb2.ApproveReply(
                 status=operator_pb2.CHANGE_STATUS_APPLIED, audit_id=audit_id, plan_version=version,
                 message=message + (f"; in plan {version}" if version else "; stored, plan not yet published"),
+            )
+        if pending.action == "rollback_plan" and pending.to_version > 0:
+            message = f"rollback to plan {pending.to_version}: approved by {request.approver}"
+            version = await self._store_rollback(
+                context, pending.to_version, pending.reason, pending.operator, rid, audit_id, message,
+                [audit_put, Delete(pkey)], compare,
+            )
+            return operator_pb2.ApproveReply(
+                status=operator_pb2.CHANGE_STATUS_APPLIED, audit_id=audit_id, plan_version=version,
+                message=message
+                + (f"; held as plan {version}" if version else "; stored, plan not yet published"),
             )
         if pending.action == "start_drill" and pending.drill is not None:
             rec, ops = await self._new_drill(context, pending.drill, pending.operator, pending.reason, rid,
@@ -770,7 +784,133 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         return operator_pb2.PlanHistoryReply(plans=out)
 
     async def RollbackPlan(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "rollback: not in this build yet")
+        """Hold an older plan's routes as a new version, or (to_version 0) end the hold.
+
+        The leader republishes the old routes as the next version and holds them against
+        load-driven recomputes until an operator ends the hold or the network overtakes it (a
+        center down, failing or closed, a drill step): then it recomputes and audits why. A
+        rollback that would send calls to a center closed or down now is refused; one that would
+        move calls away from a center open now activates DR and so needs the two-person rule.
+        """
+        from .leader import ROLLBACK_KEY, decode_rollback
+
+        _bind_identity(request, "operator", context)
+        cp = self.cp
+        try:
+            if not request.reason.strip():
+                raise InvalidInput("reason", request.reason, "required: say why (it goes to the audit trail)")
+            if len(request.reason) > MAX_REASON:
+                raise InvalidInput("reason", len(request.reason), f"longer than {MAX_REASON} characters")
+            check_id("operator", request.operator)
+            if request.request_id:
+                check_id("request_id", request.request_id)
+            if request.to_version >= cp.feed.version > 0:
+                raise InvalidInput("to_version", request.to_version,
+                                   f"must be older than the plan in force ({cp.feed.version})")
+        except InvalidInput as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        rid = self._request_id(request.request_id)
+        if request.to_version == 0:
+            kv = await self._get(context, ROLLBACK_KEY)
+            if kv is None:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    "to_version=0 ends a rollback, and none is in force")
+            held = decode_rollback(kv.value)
+            audit_id, audit_put = self._audit_put(request.operator, "rollback_plan",
+                                                  f"plan/{held.to_version}", request.reason,
+                                                  "applied: hold ended", rid)
+            message = f"rollback to plan {held.to_version} ended; plans follow the live view again"
+            r = await self._txn(context, [mod_revision_is(cp.key(ROLLBACK_KEY), kv.mod_revision)],
+                                [Delete(cp.key(ROLLBACK_KEY)), audit_put,
+                                 Put(cp.key("requests/" + rid),
+                                     msgspec.json.encode(RequestRecord(audit_id, message, "rollback_plan")))])
+            if not r.succeeded:
+                await context.abort(grpc.StatusCode.ABORTED,
+                                    "the rollback changed meanwhile; look again and retry")
+            version = await self._wait_for(lambda p: p.meta.get("cause") != "rollback")
+            return operator_pb2.RollbackPlanReply(status=operator_pb2.CHANGE_STATUS_APPLIED,
+                                                  plan_version=version, audit_id=audit_id, message=message)
+        done = await self._get(context, "requests/" + rid)
+        if done is not None:
+            rec = msgspec.json.decode(done.value, type=RequestRecord)
+            return operator_pb2.RollbackPlanReply(status=operator_pb2.CHANGE_STATUS_APPLIED,
+                                                  plan_version=cp.feed.version, audit_id=rec.audit_id,
+                                                  message=rec.message + " (repeated request)")
+        old = await self._plan(context, request.to_version)
+        current = cp.feed.latest
+        admin = await self._admin(context)
+        view = await self._view()
+        gone = {c for c, a in admin.items() if a != AdminState.OPEN}
+        gone |= {c for c, h in view.health.items() if h.status in (Status.DOWN, Status.FAILING)}
+        for r in old.routes:
+            for t in (*r.targets, *r.vip_targets):
+                if t.center in gone:
+                    await context.abort(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"to_version={request.to_version}: that plan sends {r.branch}/{r.skill} calls to "
+                        f"{t.center}, which is closed or down now",
+                    )
+        away = sorted(set(old.closed) - gone - set(current.closed if current is not None else ()))
+        if cp.settings.require_two_person and away:
+            status, audit_id, rid, msg = await self._request_approval(
+                context, action="rollback_plan", center=",".join(away), operator=request.operator,
+                reason=request.reason, request_id=rid, to_version=request.to_version,
+            )
+            return operator_pb2.RollbackPlanReply(
+                status=status, audit_id=audit_id, plan_version=cp.feed.version,
+                message=msg + f" (it moves calls away from {', '.join(away)})")
+        to = request.to_version
+        audit_id, audit_put = self._audit_put(request.operator, "rollback_plan", f"plan/{to}", request.reason,
+                                              f"applied: hold routes of plan {to}", rid)
+        message = f"rollback to plan {to}"
+        version = await self._store_rollback(context, to, request.reason, request.operator, rid, audit_id,
+                                             message, [audit_put], [key_missing(cp.key("requests/" + rid))])
+        return operator_pb2.RollbackPlanReply(
+            status=operator_pb2.CHANGE_STATUS_APPLIED, plan_version=version, audit_id=audit_id,
+            message=message
+            + (f": held as plan {version}" if version else ": stored, plan not yet published"),
+        )
+
+    async def _admin(self, context: grpc.aio.ServicerContext) -> dict[str, AdminState]:
+        try:
+            return await self.cp.read_admin()  # type: ignore[no-any-return]
+        except Exception as e:
+            await self._fail(context, e)
+            raise
+
+    async def _store_rollback(self, context: grpc.aio.ServicerContext, to_version: int, reason: str,
+                              operator: str, rid: str, audit_id: str, message: str, extra: list[Any],
+                              compare: list[Any]) -> int:
+        """Write the rollback record with its audit entry and request record in one transaction,
+        then wait for the leader's plan carrying it; the version, or 0 if not seen in time."""
+        from .leader import ROLLBACK_KEY, RollbackRecord
+
+        cp = self.cp
+        rec = RollbackRecord(to_version, reason, operator, time.time(), rid, audit_id)
+        answer = RequestRecord(audit_id, message, "rollback_plan")
+        ops = [Put(cp.key(ROLLBACK_KEY), msgspec.json.encode(rec)), *extra,
+               Put(cp.key("requests/" + rid), msgspec.json.encode(answer))]
+        r = await self._txn(context, compare, ops)
+        if not r.succeeded:
+            await context.abort(grpc.StatusCode.ABORTED,
+                                f"request_id={rid!r} was answered meanwhile; retry to see its outcome")
+        want = str(to_version)
+        return await self._wait_for(
+            lambda p: p.meta.get("cause") == "rollback" and p.meta.get("rollback_of") == want)
+
+    async def _wait_for(self, carried: Any) -> int:
+        """The feed's version once its plan satisfies `carried`, or 0 after APPLY_WAIT_S."""
+        feed = self.cp.feed
+        deadline = self.cp.loop.time() + APPLY_WAIT_S
+        while feed.latest is None or not carried(feed.latest):
+            left = deadline - self.cp.loop.time()
+            if left <= 0:
+                return 0
+            try:
+                await asyncio.wait_for(feed.wait_newer(feed.version), left)
+            except TimeoutError:
+                return 0
+        return feed.version  # type: ignore[no-any-return]
 
     async def Explain(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         from callroute.v1 import route_pb2
