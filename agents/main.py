@@ -340,7 +340,8 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     return load_settings(
         args.config, center=args.center, controlplane=args.controlplane, http=args.http,
         grpc=args.grpc, acd=args.acd, state_dir=args.state_dir, topology=args.topology,
-        node=getattr(args, "node", None))
+        node=getattr(args, "node", None),
+        **{k: getattr(args, k, None) for k in ("tls_ca", "tls_cert", "tls_key", "tls_server_name")})
 
 
 async def _amain(settings: AgentSettings) -> int:
@@ -390,6 +391,11 @@ def add_agent_parser(sub: Any) -> argparse.ArgumentParser:
     sp.add_argument("--config", help="settings file (YAML or JSON); flags override it")
     sp.add_argument("--topology", help="topology YAML: plan checks and the simulated ACD's staffing")
     sp.add_argument("--node", help="this agent instance's name (default CENTER-PID)")
+    sec = sp.add_argument_group("mTLS to the control plane (each also a settings-file key)")
+    sec.add_argument("--tls-ca", help="CA of the control plane's certificate")
+    sec.add_argument("--tls-cert", help="this center's client certificate: its identity")
+    sec.add_argument("--tls-key", help="its private key")
+    sec.add_argument("--tls-server-name", help="name expected in the control plane's certificate")
     sp.set_defaults(func=run_agent)
     return sp
 

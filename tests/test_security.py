@@ -657,3 +657,61 @@ async def test_control_plane_uses_etcd_with_tls_and_password_from_settings(tmp_p
             assert "cp" in str(err.value)
         finally:
             await bad.close()
+
+
+# ---------------------------------------------------------------- security from the command line
+
+
+def test_flags_alone_run_mtls_between_real_processes(tmp_path: Path) -> None:
+    """`callroute controlplane --tls-* --tokens` and `callroute agent --tls-*` with no settings
+    file: the agent's plan arrives over mTLS; a plaintext client and a tokenless operator are refused."""
+    from test_agent_fakes import TOPOLOGY_YAML, AgentProc, http_get
+    from test_cp_support import Replica
+
+    centers = ["c0", "c1", "c2", "c3"]
+    files = certs.init_pki(tmp_path / "pki", centers, OPERATORS)
+    (tmp_path / "topology.yaml").write_text(TOPOLOGY_YAML)
+    rep = Replica(tmp_path, "cp-flags", str(tmp_path / "topology.yaml"), "embedded")
+    rep.args += ["--tls-cert", files.server_cert, "--tls-key", files.server_key, "--tls-ca", files.ca_cert,
+                 "--tokens", files.tokens]
+    agent: AgentProc | None = None
+    try:
+        rep.start()
+        cert, key = files.centers["c1"]
+        agent = AgentProc("c1", tmp_path, rep.addr, grpc=False)
+        agent.args += ["--tls-ca", files.ca_cert, "--tls-cert", cert, "--tls-key", key,
+                       "--tls-server-name", "localhost"]
+        agent.start()
+        agent.wait_listening()
+
+        def has_plan() -> bool:
+            st_, h = http_get(agent.http_port, "/healthz")
+            return st_ == 200 and isinstance(h, dict) and int(h.get("plan_version", 0)) >= 1
+
+        deadline = time.monotonic() + 20
+        while not has_plan():
+            assert time.monotonic() < deadline, f"no plan over mTLS:\n{agent.log.read_text()[-2000:]}"
+            time.sleep(0.05)
+
+        async def probe() -> None:
+            async with grpc.aio.insecure_channel(rep.addr) as ch:
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await operator_pb2_grpc.OperatorServiceStub(ch).ListCenters(
+                        operator_pb2.ListCentersRequest(), timeout=RPC_TIMEOUT_S)
+                assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            cert_, key_ = files.operators["carol"][:2]
+            ch = auth.open_channel(rep.addr, auth.client_tls(files.ca_cert, cert_, key_), [])
+            try:
+                # a valid certificate but no token: the tokens file from the flag is in force
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await operator_pb2_grpc.OperatorServiceStub(ch).ListCenters(
+                        operator_pb2.ListCentersRequest(), timeout=RPC_TIMEOUT_S)
+                assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            finally:
+                await ch.close()
+
+        asyncio.run(probe())
+    finally:
+        if agent is not None:
+            agent.stop()
+        rep.kill()

@@ -582,7 +582,30 @@ def add_controlplane_parser(sub: Any) -> None:
     sp.add_argument("--id", help="replica id (default: hostname-pid)")
     sp.add_argument("--advertise", help="address other replicas give agents (default: listen)")
     sp.add_argument("--port-file", help="write the bound gRPC and metrics ports here once serving")
+    sec = sp.add_argument_group("security (each also a settings-file key; see `callroute certs init`)")
+    for flag, help_ in SECURITY_FLAGS:
+        sec.add_argument(flag, help=help_)
     sp.set_defaults(func=cmd_controlplane)
+
+
+# Security settings as flags, so a replica can be run with mTLS, tokens and etcd auth without a
+# settings file; the names are the settings' keys with "-" for "_".
+SECURITY_FLAGS = (
+    ("--tls-cert", "server certificate (PEM) of the gRPC listener: mTLS on"),
+    ("--tls-key", "its private key (PEM)"),
+    ("--tls-ca", "CA that agents' and operators' client certificates must chain to"),
+    ("--tokens", "operator tokens file (sha256 -> name and role)"),
+    ("--etcd-ca", "CA of etcd's server certificate"),
+    ("--etcd-cert", "client certificate for etcd"),
+    ("--etcd-key", "its private key"),
+    ("--etcd-server-name", "name expected in etcd's certificate (default: the endpoint host)"),
+    ("--etcd-user", "etcd user (with --etcd-password-file)"),
+    ("--etcd-password-file", "file holding the etcd user's password (never on the command line)"),
+)
+
+
+def security_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {f[2:].replace("-", "_"): getattr(args, f[2:].replace("-", "_"), None) for f, _ in SECURITY_FLAGS}
 
 
 def cmd_controlplane(args: argparse.Namespace) -> int:
@@ -594,6 +617,7 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         id=args.id,
         advertise=args.advertise,
+        **security_overrides(args),
     )
     import uvloop
 
