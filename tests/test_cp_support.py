@@ -311,3 +311,33 @@ class Reporter:
 def operator_stub(addr: str) -> tuple[grpc.aio.Channel, operator_pb2_grpc.OperatorServiceStub]:
     ch = grpc.aio.insecure_channel(addr)
     return ch, operator_pb2_grpc.OperatorServiceStub(ch)
+
+
+async def start_replica(store: Any, name: str, topology: str = "", **over: Any) -> Any:
+    """An in-process control plane on `store` with test-speed timings; `over` wins over them."""
+    from controlplane.core.topology import load_topology, topology_hash
+    from controlplane.service.server import ControlPlane
+    from controlplane.service.settings import load_settings
+
+    s = load_settings(
+        None, topology=topology or str(ROOT / "examples" / "small.yaml"), store="embedded",
+        listen="127.0.0.1:0", id=name, metrics="127.0.0.1:0",
+        **({"lease_ttl_s": 1.0, "store_deadline_s": 0.5, "publish_interval_s": 0.2} | over),
+    )
+    topo = load_topology(s.topology)
+    cp = ControlPlane(s, topo, topology_hash(topo), store)
+    await cp.start()
+    return cp
+
+
+async def embedded_store() -> Any:
+    """A fresh in-memory store (a fixture body: `yield` it, then `close_store` it)."""
+    from controlplane.store.embedded import EmbeddedStore
+
+    return EmbeddedStore(None)
+
+
+async def close_store(store: Any) -> None:
+    r = store.close()
+    if asyncio.iscoroutine(r):
+        await r

@@ -9,7 +9,6 @@ drill back and names west; the routes are home again at every agent.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,8 @@ async def test_simulated_acd_below_the_floor_rolls_the_drill_back(tmp_path: Path
                 versions = await c.plan_versions()
                 return all(v >= d.plan_version for v in versions.values())
 
-            assert await poll(step_at_every_agent, 15) is not None, "the drill's first step never reached agents"
+            reached = await poll(step_at_every_agent, 15)
+            assert reached is not None, "the drill's first step never reached agents"
             # west takes part of north's calls; now its ACD stops answering them
             t_fault = time.monotonic()
             await c.set_acd_mode("west", "not_answering")

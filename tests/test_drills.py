@@ -18,7 +18,16 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_cp_support import FakeAgent, Reporter, operator_stub, skill_report, wait_for
+from test_cp_support import (
+    FakeAgent,
+    Reporter,
+    close_store,
+    embedded_store,
+    operator_stub,
+    skill_report,
+    start_replica,
+    wait_for,
+)
 
 from callroute.v1 import operator_pb2, report_pb2, types_pb2
 from controlplane.core.model import InvalidInput, NetworkView, SkillLoad
@@ -40,7 +49,6 @@ from controlplane.service.drills import (
     validate_spec,
 )
 from controlplane.service.server import ControlPlane
-from controlplane.service.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = str(ROOT / "examples" / "small.yaml")
@@ -199,26 +207,15 @@ def test_dry_run_plan_predicts_receivers():
 
 
 async def _replica(store: Any, name: str, **over: Any) -> ControlPlane:
-    from controlplane.core.topology import topology_hash
-
-    s = load_settings(
-        None, topology=SMALL, store="embedded", listen="127.0.0.1:0", id=name, metrics="127.0.0.1:0",
-        **({"lease_ttl_s": 1.0, "store_deadline_s": 0.5, "publish_interval_s": 0.2} | over),
-    )
-    cp = ControlPlane(s, TOPO, topology_hash(TOPO), store)
-    await cp.start()
+    cp: ControlPlane = await start_replica(store, name, **over)
     return cp
 
 
 @pytest.fixture
 async def store():
-    from controlplane.store.embedded import EmbeddedStore
-
-    st_ = EmbeddedStore(None)
+    st_ = await embedded_store()
     yield st_
-    r = st_.close()
-    if asyncio.iscoroutine(r):
-        await r
+    await close_store(st_)
 
 
 class Net:

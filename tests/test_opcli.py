@@ -20,7 +20,15 @@ import grpc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_cp_support import FakeAgent, Reporter, free_port, wait_for
+from test_cp_support import (
+    FakeAgent,
+    Reporter,
+    close_store,
+    embedded_store,
+    free_port,
+    start_replica,
+    wait_for,
+)
 
 from callroute.v1 import operator_pb2, operator_pb2_grpc
 from controlplane.core.model import InvalidInput
@@ -35,7 +43,6 @@ from controlplane.opcli import (
     run_plan_subcommand,
 )
 from controlplane.service.server import ControlPlane
-from controlplane.service.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = str(ROOT / "examples" / "small.yaml")
@@ -44,34 +51,15 @@ NORTH_BRANCHES = {"beijing", "hebei"}  # hosted by north in small.yaml
 
 
 async def _replica(store: Any, name: str) -> ControlPlane:
-    from controlplane.core.topology import load_topology, topology_hash
-
-    s = load_settings(
-        None,
-        topology=SMALL,
-        store="embedded",
-        listen="127.0.0.1:0",
-        id=name,
-        metrics="127.0.0.1:0",
-        lease_ttl_s=1.0,
-        store_deadline_s=0.5,
-        publish_interval_s=0.2,
-    )
-    topo = load_topology(s.topology)
-    cp = ControlPlane(s, topo, topology_hash(topo), store)
-    await cp.start()
+    cp: ControlPlane = await start_replica(store, name)
     return cp
 
 
 @pytest.fixture
 async def store():
-    from controlplane.store.embedded import EmbeddedStore
-
-    st_ = EmbeddedStore(None)
+    st_ = await embedded_store()
     yield st_
-    r = st_.close()
-    if asyncio.iscoroutine(r):
-        await r
+    await close_store(st_)
 
 
 @pytest.fixture

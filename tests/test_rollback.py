@@ -15,18 +15,16 @@ from typing import Any
 
 import msgspec
 import pytest
-from test_cp_support import FakeAgent, Reporter, wait_for
+from test_cp_support import FakeAgent, Reporter, close_store, embedded_store, start_replica, wait_for
 from test_opcli import CENTERS, cli, cli_json
 
 from controlplane import drillcli
-
 from controlplane.core.health import HealthSettings
 from controlplane.core.model import AdminState, Report, SkillLoad, Status
 from controlplane.core.topology import load_topology, topology_hash
 from controlplane.opcli import EXIT_FAILED, EXIT_OK, EXIT_PENDING, EXIT_USAGE
 from controlplane.service.leader import CAUSE_ROLLBACK, ROLLBACK_KEY, LeaderBrain, decode_rollback
 from controlplane.service.server import ControlPlane
-from controlplane.service.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = str(ROOT / "examples" / "small.yaml")
@@ -95,14 +93,20 @@ def test_rollback_republishes_old_routes_and_holds_them_against_load_changes():
     assert after.meta["cause"] != CAUSE_ROLLBACK and "north" not in after.closed
 
 
-def test_a_center_going_down_overtakes_the_hold_and_says_so():
-    b = _brain()
+def _west_closed_then_reopened(b: LeaderBrain) -> Any:
+    """Plans 1 (all open), 2 (west closed) and 3 (west reopened); returns plan 2."""
     _feed(b, 0.0, 1)
     _publish(b, 0.0)
     b.set_admin({"west": AdminState.CLOSED})
     v2 = _publish(b, 0.1)
     b.set_admin({})
     _publish(b, 0.2)
+    return v2
+
+
+def test_a_center_going_down_overtakes_the_hold_and_says_so():
+    b = _brain()
+    v2 = _west_closed_then_reopened(b)
     b.want_rollback(v2.version, "r")
     b.published(b.rollback_plan(v2, 0.3, 1.0, "r"), 0.3)
     assert b.holding
@@ -123,12 +127,7 @@ def test_a_center_going_down_overtakes_the_hold_and_says_so():
 
 def test_a_new_leader_keeps_holding_a_published_rollback():
     b = _brain()
-    _feed(b, 0.0, 1)
-    _publish(b, 0.0)
-    b.set_admin({"west": AdminState.CLOSED})
-    v2 = _publish(b, 0.1)
-    b.set_admin({})
-    _publish(b, 0.2)
+    v2 = _west_closed_then_reopened(b)
     rb = b.rollback_plan(v2, 0.3, 1.0, "r")
     # the successor starts from the stored rollback plan and finds the rollback record
     nb = _brain(10.0, base_plan=rb)
@@ -145,25 +144,16 @@ def test_a_new_leader_keeps_holding_a_published_rollback():
 
 
 async def _replica(store: Any, name: str, **over: Any) -> ControlPlane:
-    s = load_settings(None, topology=SMALL, store="embedded", listen="127.0.0.1:0", id=name,
-                      metrics="127.0.0.1:0", **({"lease_ttl_s": 1.0, "store_deadline_s": 0.5,
-                                                  "publish_interval_s": 0.2} | over))
-    topo = load_topology(s.topology)
-    cp = ControlPlane(s, topo, topology_hash(topo), store)
-    await cp.start()
+    cp: ControlPlane = await start_replica(store, name, **over)
     await wait_for(lambda: cp.leader.brain is not None, 5, "leadership")
     return cp
 
 
 @pytest.fixture
 async def store():
-    from controlplane.store.embedded import EmbeddedStore
-
-    st = EmbeddedStore(None)
+    st = await embedded_store()
     yield st
-    r = st.close()
-    if asyncio.iscoroutine(r):
-        await r
+    await close_store(st)
 
 
 class _Net:
@@ -172,14 +162,16 @@ class _Net:
         self.cp = cp
         self.ep = ("--endpoint", addr)
         self.agents = [FakeAgent([addr], c).start() for c in CENTERS]
-        self.reporters = [Reporter([addr], c, ["retail", "credit_card", "corporate"]).start() for c in CENTERS]
+        skills = ["retail", "credit_card", "corporate"]
+        self.reporters = [Reporter([addr], c, skills).start() for c in CENTERS]
 
     async def stop(self) -> None:
         for x in (*self.agents, *self.reporters):
             await x.stop()
 
     async def at_every_agent(self, version: int) -> None:
-        await wait_for(lambda: all(a.version >= version for a in self.agents), 5, f"plan {version} at every agent")
+        await wait_for(lambda: all(a.version >= version for a in self.agents), 5,
+                       f"plan {version} at every agent")
 
 
 async def approve(*argv: str) -> tuple[int, str, str]:
@@ -206,7 +198,8 @@ async def test_rollback_end_to_end_with_agents_and_audit(store):
 
         # a plan that sends calls to a center closed now cannot come back
         await cli_json("close", "west", "--reason", "power", "--operator", "alice", *n.ep)
-        rc, _, err = await cli("plan", "rollback", str(open_version), "--reason", "x", "--operator", "bob", *n.ep)
+        rc, _, err = await cli("plan", "rollback", str(open_version), "--reason", "x", "--operator", "bob",
+                               *n.ep)
         assert rc == EXIT_FAILED and "FAILED_PRECONDITION" in err and "west" in err, err
         await cli_json("open", "west", "--reason", "power back", "--operator", "alice", *n.ep)
         rc, _, err = await cli("plan", "rollback", "999", "--reason", "x", "--operator", "bob", *n.ep)
@@ -249,7 +242,8 @@ async def test_rollback_end_to_end_with_agents_and_audit(store):
 
         audit = (await cli_json("audit", *n.ep))["entries"]
         rb = [e for e in audit if e["action"] == "rollback_plan"]
-        assert [e["result"] for e in rb] == [f"applied: hold routes of plan {dr_version}", "applied: hold ended"]
+        assert [e["result"] for e in rb] == [f"applied: hold routes of plan {dr_version}",
+                                             "applied: hold ended"]
         assert rb[0]["operator"] == "bob" and rb[0]["reason"] == "reopen was premature"
     finally:
         await n.stop()
@@ -263,7 +257,8 @@ async def test_a_held_rollback_survives_a_leader_change_and_a_close_ends_it(stor
     try:
         await n.at_every_agent(1)
         dr_version, _ = await _close_then_reopen(n)
-        got = await cli_json("plan", "rollback", str(dr_version), "--reason", "hold DR", "--operator", "bob", *n.ep)
+        got = await cli_json("plan", "rollback", str(dr_version), "--reason", "hold DR", "--operator", "bob",
+                             *n.ep)
         v = got["plan_version"]
         assert v > 0
         await n.stop()
@@ -306,8 +301,8 @@ async def test_a_rollback_that_moves_calls_off_an_open_center_needs_two_people(s
         await wait_for(lambda: cp.feed.latest is not None and "north" in cp.feed.latest.closed, 5, "DR plan")
         dr_version = cp.feed.version
         await cli_json("open", "north", "--reason", "dry", "--operator", "alice", *ep)
-        rc, out, _ = await cli("plan", "rollback", str(dr_version), "--reason", "hold DR", "--operator", "alice",
-                               "--request-id", "rb-2p", *ep)
+        rc, out, _ = await cli("plan", "rollback", str(dr_version), "--reason", "hold DR",
+                               "--operator", "alice", "--request-id", "rb-2p", *ep)
         assert rc == EXIT_PENDING and "PENDING" in out
         assert await cp.store.get(cp.key(ROLLBACK_KEY)) is None  # nothing applied yet
         rc, _, err = await approve("rb-2p", "--operator", "alice", *ep)

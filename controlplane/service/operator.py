@@ -69,6 +69,17 @@ def _bind_identity(request: Any, field: str, context: Any) -> None:
         setattr(request, field, ident)
 
 
+def _check_change(request: Any) -> None:
+    """The fields every change request carries: why, who, and the idempotency key."""
+    if not request.reason.strip():
+        raise InvalidInput("reason", request.reason, "required: say why (it goes to the audit trail)")
+    if len(request.reason) > MAX_REASON:
+        raise InvalidInput("reason", len(request.reason), f"longer than {MAX_REASON} characters")
+    check_id("operator", request.operator)
+    if request.request_id:
+        check_id("request_id", request.request_id)
+
+
 class AdminRecord(msgspec.Struct, frozen=True):
     state: str
     reason: str
@@ -206,13 +217,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             if request.center not in cp.known_centers:
                 raise InvalidInput("center", request.center, "unknown center")
             state = admin_state_from_pb(request.state, "state")
-            if not request.reason.strip():
-                raise InvalidInput("reason", request.reason, "required: say why (it goes to the audit trail)")
-            if len(request.reason) > MAX_REASON:
-                raise InvalidInput("reason", len(request.reason), f"longer than {MAX_REASON} characters")
-            check_id("operator", request.operator)
-            if request.request_id:
-                check_id("request_id", request.request_id)
+            _check_change(request)
         except InvalidInput as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if cp.settings.require_two_person and state != AdminState.OPEN:
@@ -565,13 +570,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         cp = self.cp
         try:
             spec = spec_from_pb(request.spec, cp.known_centers)
-            if not request.reason.strip():
-                raise InvalidInput("reason", request.reason, "required: say why (it goes to the audit trail)")
-            if len(request.reason) > MAX_REASON:
-                raise InvalidInput("reason", len(request.reason), f"longer than {MAX_REASON} characters")
-            check_id("operator", request.operator)
-            if request.request_id:
-                check_id("request_id", request.request_id)
+            _check_change(request)
         except InvalidInput as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if spec.mode == DrillMode.DRY_RUN:
@@ -688,13 +687,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         _bind_identity(request, "operator", context)
         cp = self.cp
         try:
-            if not request.reason.strip():
-                raise InvalidInput("reason", request.reason, "required: say why (it goes to the audit trail)")
-            if len(request.reason) > MAX_REASON:
-                raise InvalidInput("reason", len(request.reason), f"longer than {MAX_REASON} characters")
-            check_id("operator", request.operator)
-            if request.request_id:
-                check_id("request_id", request.request_id)
+            _check_change(request)
         except InvalidInput as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         rec = await self._drill_record(context, request.drill_id)
@@ -797,13 +790,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         _bind_identity(request, "operator", context)
         cp = self.cp
         try:
-            if not request.reason.strip():
-                raise InvalidInput("reason", request.reason, "required: say why (it goes to the audit trail)")
-            if len(request.reason) > MAX_REASON:
-                raise InvalidInput("reason", len(request.reason), f"longer than {MAX_REASON} characters")
-            check_id("operator", request.operator)
-            if request.request_id:
-                check_id("request_id", request.request_id)
+            _check_change(request)
             if request.to_version >= cp.feed.version > 0:
                 raise InvalidInput("to_version", request.to_version,
                                    f"must be older than the plan in force ({cp.feed.version})")
