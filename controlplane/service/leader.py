@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from controlplane.core.health import HealthSettings, HealthTracker
+from controlplane.core.health import HealthSettings, HealthSnapshot, HealthTracker
 from controlplane.core.model import AdminState, NetworkView, Plan, Report, Status, Topology
 from controlplane.core.plan import consistent
 from controlplane.core.planner import PlanTracker
@@ -41,6 +41,10 @@ CAUSE_DRILL = "drill"
 HEALTH_METRICS_EVERY_S = 1.0
 # the store key (under the cluster prefix) of the operator's rollback in force; absent: none
 ROLLBACK_KEY = "rollback/hold"
+# the leader's checkpoint of the last accepted report seq per center, written with every plan
+# heartbeat: a new leader rejects reports at or below it (F12 across a takeover). Reports accepted
+# after the last checkpoint are not covered; that window is one heartbeat (plan_heartbeat_s).
+SEQS_KEY = "health/seqs"
 
 
 class RollbackRecord(msgspec.Struct, frozen=True):
@@ -385,6 +389,7 @@ class LeaderLoop:
             base_plan = await cp.publisher.load(base_version)
         admin = await cp.read_admin()
         rollback = await self._read_rollback()
+        seqs = await self._read_seqs()
         from .drills import DrillRunner
 
         drills = DrillRunner(cp, self, election)
@@ -406,6 +411,8 @@ class LeaderLoop:
             health_settings=cp.health_settings(),
         )
         self.brain.shed = shed
+        if seqs is not None:
+            self.brain.tracker.restore(seqs)
         if rollback is not None:
             # an operator's rollback outlives the leader that published it
             self.brain.want_rollback(rollback.to_version, rollback.reason)
@@ -420,6 +427,18 @@ class LeaderLoop:
             tg.create_task(drills.run())
 
     # ------------------------------------------------------------------ operator rollback
+
+    async def _read_seqs(self) -> HealthSnapshot | None:
+        cp = self.cp
+        kv = await cp._call("get", cp.store.get(cp.key(SEQS_KEY), timeout_s=cp.settings.store_deadline_s))
+        if kv is None:
+            return None
+        try:
+            return msgspec.json.decode(kv.value, type=HealthSnapshot)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            # a lost checkpoint weakens F12 for one takeover; refusing to lead would be worse
+            log.error("unreadable report-seq checkpoint at %s: %s", SEQS_KEY, e)
+            return None
 
     async def _read_rollback(self) -> RollbackRecord | None:
         cp = self.cp
@@ -559,9 +578,14 @@ class LeaderLoop:
         s = cp.settings
         loop = asyncio.get_running_loop()
         marks: list[tuple[float, int]] = []  # (when, revision) of heartbeats, for compaction
+        last_seqs: HealthSnapshot | None = None
         while True:
             brain = self._brain(election)
             rev = await cp.publisher.heartbeat(election, brain.version)
+            snap = brain.tracker.snapshot()
+            if snap.last_seq and snap != last_seqs:
+                await cp.fenced_put(election, SEQS_KEY, msgspec.json.encode(snap))
+                last_seqs = snap
             now = loop.time()
             marks.append((now, rev))
             old = [m for m in marks if m[0] <= now - s.compact_after_s]

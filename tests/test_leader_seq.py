@@ -1,0 +1,64 @@
+"""F12 across a takeover: a new leader rejects reports whose seq the old leader had already passed.
+
+Two in-process replicas share one embedded store; the first leads and accepts a center's reports,
+then stops; the second leads from the first's checkpoint and refuses a replay of an old report,
+while the center's next report goes through. Every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+import pytest
+from test_cp_support import close_store, embedded_store, skill_report, start_replica, wait_for
+
+from callroute.v1 import report_pb2, report_pb2_grpc, types_pb2
+from controlplane.service.leader import SEQS_KEY
+
+
+@pytest.fixture
+async def store():
+    st = await embedded_store()
+    yield st
+    await close_store(st)
+
+
+def _report(seq: int) -> report_pb2.CenterReport:
+    return report_pb2.CenterReport(center="north", seq=seq, sent_at=time.time(), interval_s=0.1,
+                                   state=types_pb2.ADMIN_STATE_OPEN, skills=[skill_report("retail")])
+
+
+async def _send(addr: str, seqs: list[int]) -> list[report_pb2.ReportAck]:
+    """One Report stream: each report, then its ack, in order."""
+    async with grpc.aio.insecure_channel(addr) as ch:
+        call = report_pb2_grpc.ReportServiceStub(ch).Report(iter([_report(s) for s in seqs]), timeout=10)
+        return [ack async for ack in call]
+
+
+async def test_a_new_leader_rejects_reports_the_old_one_had_passed(store: Any) -> None:
+    first = await start_replica(store, "cp-1", plan_heartbeat_s=0.05)
+    await wait_for(lambda: first.leader.brain is not None, 5, "the first leader")
+    acks = await _send(f"127.0.0.1:{first.port}", [100, 101, 102])
+    assert [a.accepted for a in acks] == [True, True, True]
+    # within one leader: a replay is stale
+    again = await _send(f"127.0.0.1:{first.port}", [101])
+    assert not again[0].accepted and "seq" in again[0].error
+
+    async def checkpointed() -> bool:
+        kv = await store.get(first.key(SEQS_KEY))
+        return kv is not None and b'"north":102' in kv.value
+
+    await wait_for(checkpointed, 5, "the seq checkpoint in the store")
+    await first.stop(0)
+
+    second = await start_replica(store, "cp-2", plan_heartbeat_s=0.05)
+    try:
+        await wait_for(lambda: second.leader.brain is not None, 5, "the second leader")
+        assert second.leader.brain.tracker.last_seq("north") == 102
+        acks = await _send(f"127.0.0.1:{second.port}", [101, 102, 103])
+        assert [a.accepted for a in acks] == [False, False, True], [a.error for a in acks]
+        assert "seq=101" in acks[0].error
+    finally:
+        await second.stop(0)
