@@ -32,6 +32,9 @@ SERVICE = "callroute.v1.RouteService"
 SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    # gRPC core times an unanswered keepalive ping by this, not keepalive_timeout_ms (default 60 s;
+    # see agents.plancache.channel_options)
+    ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     # a second agent on the same port must fail to start, not silently share it

@@ -1,9 +1,12 @@
 """Switch-facing HTTP/1.1 lookups on uvloop + httptools: one asyncio.Protocol, no framework.
 
-    GET  /v1/route?branch=..&skill=..&caller=..[&tier=vip]  -> {center, fallbacks, plan_version,
-                                                                reason, overload_action}
-    POST /v1/routes   JSON list of {branch, skill, caller, tier?} -> list of decisions, or of
-                      {"error", "field"} for a bad item (the others are still answered)
+    GET  /v1/route?branch=..&skill=..&caller=..[&tier=vip][&probe=1]  -> {center, fallbacks,
+                                                  plan_version, reason, overload_action}
+    POST /v1/routes   JSON list of {branch, skill, caller, tier?, probe?} -> list of decisions, or
+                      of {"error", "field"} for a bad item (the others are still answered)
+
+probe=1 / "probe": true: a monitor asking what a switch would be told, not a call: answered the
+same, but not counted as a call routed (routed_to, simulated offers) nor as the branch's demand.
     GET  /healthz     200 with plan version and age; 503 while draining or without a plan
     GET  /metrics     Prometheus text
     POST /v1/acd      the push ACD adapter (only with --acd push)
@@ -81,6 +84,7 @@ class BatchItem(msgspec.Struct, forbid_unknown_fields=True):
     skill: str
     caller: str = ""
     tier: str = ""
+    probe: bool = False  # a monitor's question, not a call: not counted (see the module doc)
 
 
 _BATCH_DECODER = msgspec.json.Decoder(list[BatchItem])
@@ -120,11 +124,20 @@ class LookupEngine:
     def _swapped(self, served: Served) -> None:
         self.responses = {}
 
-    def resolve(self, served: Served, branch: str, skill: str, caller: str, tier: str) -> Any:
+    def resolve(self, served: Served, branch: str, skill: str, caller: str, tier: str,
+                probe: bool = False) -> Any:
         d = self.resolve_fn(served.compiled, branch, skill, caller, tier)
-        counts = self.counter.counts
+        if probe:
+            return d
+        c = self.counter
+        counts = c.counts
         key = (d.center, skill)
         counts[key] = counts.get(key, 0) + 1
+        # only answered lookups reach here (resolve raised for an unknown branch or skill): the
+        # demand counts name branches and skills of the served plan
+        demand = c.demand
+        key = (branch, skill)
+        demand[key] = demand.get(key, 0) + 1
         return d
 
     def http_response(self, d: Any) -> bytes:
@@ -203,6 +216,7 @@ class HttpLookupServer:
             return _NO_PLAN
         branch = skill = tier = ""
         caller = ""
+        probe = False
         try:
             for part in query.split(b"&"):
                 k, _, v = part.partition(b"=")
@@ -214,6 +228,10 @@ class HttpLookupServer:
                     caller = _arg(v, "caller")
                 elif k == b"tier":
                     tier = _arg(v, "tier")
+                elif k == b"probe":
+                    if v not in (b"0", b"1"):
+                        raise InvalidInput("probe", _arg(v, "probe")[:64], "must be 0 or 1")
+                    probe = v == b"1"
                 elif k:
                     raise InvalidInput("query", _arg(k, "query")[:64], "unknown parameter")
             if not branch:
@@ -225,7 +243,7 @@ class HttpLookupServer:
                                    f"must be at most {MAX_CALLER_LEN} printable characters")
             if tier:
                 check_id("tier", tier)  # other tiers than "vip" route as standard calls
-            d = eng.resolve(served, branch, skill, caller, tier)
+            d = eng.resolve(served, branch, skill, caller, tier, probe)
         except InvalidInput as e:
             eng.stats.bad += 1
             return _bad(e)
@@ -257,7 +275,7 @@ class HttpLookupServer:
                                        f"must be at most {MAX_CALLER_LEN} printable characters")
                 if it.tier:
                     check_id("tier", it.tier)
-                d = eng.resolve(served, it.branch, it.skill, it.caller, it.tier)
+                d = eng.resolve(served, it.branch, it.skill, it.caller, it.tier, it.probe)
                 out.append(decision_dict(d))
                 eng.stats.ok += 1
             except InvalidInput as e:

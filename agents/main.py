@@ -93,7 +93,10 @@ class Agent:
             keepalive_time_s=settings.keepalive_time_s, keepalive_timeout_s=settings.keepalive_timeout_s,
             deadline_s=settings.rpc_deadline_s, backoff_initial_s=settings.backoff_initial_s,
             backoff_max_s=settings.backoff_max_s, stream_max_age_s=settings.stream_max_age_s,
-            known_centers=known, on_plan_version=self.cache.confirm, tls=agent_tls(settings))
+            known_centers=known,
+            known_branches=frozenset(b.id for b in topology.branches) if topology is not None else None,
+            known_skills=frozenset(topology.skills()) if topology is not None else None,
+            on_plan_version=self.cache.confirm, tls=agent_tls(settings))
         self._offers: set[asyncio.Task[None]] = set()
         self.offer_errors = 0
         if settings.sim_peers and isinstance(self.acd, SimulatedACD):
@@ -251,6 +254,17 @@ class Agent:
             f'callroute_agent_reports_total{{outcome="accepted"}} {r.acked}',
             f'callroute_agent_reports_total{{outcome="rejected"}} {r.rejected}',
             f'callroute_agent_reports_total{{outcome="dropped"}} {r.dropped}',
+            "# HELP callroute_agent_demand_lookups_total Per-branch lookup counts off the normal path "
+            "(rejected with a report, discarded as unknown to the topology, re-sent after a lost ack).",
+            "# TYPE callroute_agent_demand_lookups_total counter",
+            f'callroute_agent_demand_lookups_total{{outcome="rejected"}} {r.ledger.rejected}',
+            f'callroute_agent_demand_lookups_total{{outcome="discarded"}} {r.demand_discarded}',
+            f'callroute_agent_demand_lookups_total{{outcome="recovered"}} {r.ledger.recovered}',
+            "# HELP callroute_agent_demand_outstanding_lookups Lookups not yet acknowledged by the "
+            "control plane (pending, in flight or in doubt).",
+            "# TYPE callroute_agent_demand_outstanding_lookups gauge",
+            f"callroute_agent_demand_outstanding_lookups "
+            f"{r.ledger.outstanding() + sum(self.counter.demand.values())}",
             "# HELP callroute_agent_stream_reconnects_total Report and plan stream reconnects.",
             "# TYPE callroute_agent_stream_reconnects_total counter",
             f'callroute_agent_stream_reconnects_total{{stream="report"}} {r.reconnects}',

@@ -2,8 +2,10 @@
 
 - `SeqStore`: report sequence numbers that survive reconnects and restarts. The high-water mark is
   reserved in blocks (one fsync per block), so taking a number is a counter increment.
-- `RoutedCounter`: what the lookup paths bump per answered lookup (one dict increment); swapped out
-  whole each interval, so counting never locks and never does I/O.
+- `RoutedCounter`: what the lookup paths bump per answered lookup (two dict increments: per target
+  and per branch); swapped out whole each interval, so counting never locks and never does I/O.
+- `DemandLedger`: the per-branch lookup counts between the lookup paths and the control plane's
+  acks, so that each lookup is counted there once (see its docstring).
 - `Reporter`: samples the ACD, builds a `Report`, and keeps a stream to the leader with deadlines,
   keepalive, leader redirects and jittered exponential backoff across endpoints.
 
@@ -24,7 +26,7 @@ from typing import Any
 
 from agents.acd import ACD
 from agents.plancache import Backoff, _short, channel_options, write_atomic
-from controlplane.core.model import MAX_COUNT, MAX_TARGETS_PER_REPORT, Report
+from controlplane.core.model import MAX_COUNT, MAX_DEMAND_ENTRIES, MAX_TARGETS_PER_REPORT, Report
 
 log = logging.getLogger("callroute.agent.report")
 
@@ -77,16 +79,112 @@ class SeqStore:
 
 
 class RoutedCounter:
-    """Answered lookups per (target center, skill) in the current interval."""
+    """Answered lookups in the current interval: per (target center, skill) and per (branch, skill)."""
 
-    __slots__ = ("counts",)
+    __slots__ = ("counts", "demand")
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str], int] = {}
+        self.demand: dict[tuple[str, str], int] = {}
 
     def swap(self) -> dict[tuple[str, str], int]:
         old, self.counts = self.counts, {}
         return old
+
+    def swap_demand(self) -> dict[tuple[str, str], int]:
+        old, self.demand = self.demand, {}
+        return old
+
+
+class DemandLedger:
+    """Lookup counts per (branch, skill) on their way to the control plane, each counted once.
+
+    Unlike routed_to (a description of the interval, dropped with its report: F12), demand is a
+    tally the control plane sums (billing, the demand estimate): a count must reach it exactly once.
+    Counts live in one of three places until the control plane has them:
+      - `pending`: not in any report sent yet (new lookups; reports dropped unsent; a remainder
+        past the per-report limits) -> carried into the next report;
+      - `in_flight`: in a report sent on the current stream, awaiting its ack -> an accepted ack
+        settles them; a rejected one drops them (re-sending what was refused would loop);
+      - `in_doubt`: sent on a stream that broke before the ack came: the control plane may or may
+        not have counted them. The first accepted ack on the next stream carries the control
+        plane's last accepted seq before it (`prior_accepted_seq`): reports up to it were counted
+        (one stream delivers in order and the control plane rejects a seq not above its last), the
+        others go back to `pending`. A control plane that knows no earlier seq (a new leader, an
+        older version) says 0: they go back too, so across a leader change a report whose ack was
+        lost may be counted twice (by the old leader and the new one), never lost.
+    """
+
+    __slots__ = ("pending", "in_flight", "in_doubt", "rejected", "recovered")
+
+    def __init__(self) -> None:
+        self.pending: dict[tuple[str, str], int] = {}
+        self.in_flight: dict[int, dict[str, dict[str, int]]] = {}
+        self.in_doubt: dict[int, dict[str, dict[str, int]]] = {}
+        self.rejected = 0  # lookups dropped with rejected reports
+        self.recovered = 0  # lookups of in-doubt reports found not counted, carried forward
+
+    def add(self, counts: dict[tuple[str, str], int]) -> None:
+        pending = self.pending
+        for key, n in counts.items():
+            pending[key] = pending.get(key, 0) + n
+
+    def take(self) -> dict[str, dict[str, int]]:
+        """Pending counts for one report, within the report limits; the rest stays pending."""
+        out: dict[str, dict[str, int]] = {}
+        rest: dict[tuple[str, str], int] = {}
+        entries = 0
+        for (branch, skill), n in self.pending.items():
+            if n <= 0:
+                continue
+            if entries >= MAX_DEMAND_ENTRIES:
+                rest[(branch, skill)] = n
+                continue
+            sent = min(n, MAX_COUNT)
+            out.setdefault(branch, {})[skill] = sent
+            entries += 1
+            if n > sent:
+                rest[(branch, skill)] = n - sent
+        self.pending = rest
+        return out
+
+    def put_back(self, demand: dict[str, dict[str, int]]) -> None:
+        """A report built but never sent: its counts go into a later one."""
+        pending = self.pending
+        for branch, per_skill in demand.items():
+            for skill, n in per_skill.items():
+                key = (branch, skill)
+                pending[key] = pending.get(key, 0) + n
+
+    def sent(self, seq: int, demand: dict[str, dict[str, int]]) -> None:
+        if demand:
+            self.in_flight[seq] = demand
+
+    def acked(self, seq: int, accepted: bool, prior_accepted_seq: int) -> None:
+        demand = self.in_flight.pop(seq, None)
+        if not accepted:
+            if demand:
+                self.rejected += _total(demand)
+            return
+        if self.in_doubt:
+            for s, d in self.in_doubt.items():
+                if not (prior_accepted_seq and s <= prior_accepted_seq):
+                    self.recovered += _total(d)
+                    self.put_back(d)
+            self.in_doubt = {}
+
+    def stream_ended(self) -> None:
+        self.in_doubt.update(self.in_flight)
+        self.in_flight = {}
+
+    def outstanding(self) -> int:
+        """Lookups not yet known to be counted (pending, in flight, in doubt)."""
+        return (sum(self.pending.values()) + sum(_total(d) for d in self.in_flight.values())
+                + sum(_total(d) for d in self.in_doubt.values()))
+
+
+def _total(demand: dict[str, dict[str, int]]) -> int:
+    return sum(n for per_skill in demand.values() for n in per_skill.values())
 
 
 class Reporter:
@@ -99,6 +197,8 @@ class Reporter:
                  deadline_s: float = 5.0, backoff_initial_s: float = 0.1, backoff_max_s: float = 3.0,
                  stream_max_age_s: float = 600.0, seed: int | None = None,
                  known_centers: frozenset[str] | None = None,
+                 known_branches: frozenset[str] | None = None,
+                 known_skills: frozenset[str] | None = None,
                  on_plan_version: Callable[[int], None] | None = None, tls: Any = None) -> None:
         self.center = center
         # controlplane.service.auth.ClientTLS, or None for plaintext
@@ -115,6 +215,12 @@ class Reporter:
         self.stream_max_age_s = stream_max_age_s
         self.backoff = Backoff(backoff_initial_s, backoff_max_s, random.Random(seed))
         self.known_centers = known_centers
+        # the topology's ids: demand for others would get the whole report rejected (B2), load
+        # included, so it is discarded here instead (a plan from another topology: counted below)
+        self.known_branches = known_branches
+        self.known_skills = known_skills
+        self.ledger = DemandLedger()
+        self.demand_discarded = 0
         self.on_plan_version = on_plan_version  # every ack names the leader's latest plan
         # simulation: given {target center: {skill: calls}} routed to other centers this interval
         self.deliver: Callable[[dict[str, dict[str, int]]], None] | None = None
@@ -153,23 +259,36 @@ class Reporter:
         self.acd.offer_routed(own, now)
         if others and self.deliver is not None:
             self.deliver(others)
+        self._count_demand(self.counter.swap_demand())
         skills = self.acd.sample(now)
         if skills is None:
-            return None
+            return None  # the demand stays pending for the next report
         if len(routed_to) > MAX_TARGETS_PER_REPORT:
             routed_to = dict(sorted(routed_to.items(), key=lambda kv: -kv[1])[:MAX_TARGETS_PER_REPORT])
         routed_to = {c: min(n, MAX_COUNT) for c, n in routed_to.items()}
         return Report(center=self.center, seq=self.seqs.take(), sent_at=self.wall(),
                       interval_s=self.interval_s, state=self.acd.state, skills=skills,
-                      routed_to=routed_to)
+                      routed_to=routed_to, demand=self.ledger.take())
+
+    def _count_demand(self, counts: dict[tuple[str, str], int]) -> None:
+        branches, skills = self.known_branches, self.known_skills
+        if branches is not None or skills is not None:
+            for key in [k for k in counts if (branches is not None and k[0] not in branches)
+                        or (skills is not None and k[1] not in skills)]:
+                self.demand_discarded += counts.pop(key)
+        self.ledger.add(counts)
+
+    def _drop(self, r: Report) -> None:
+        """A report that will not be sent: the load it describes is stale, its demand is not."""
+        self.dropped += 1
+        self.ledger.put_back(r.demand)
 
     def _enqueue(self, r: Report, now: float) -> None:
         if self.state != "connected":
-            self.dropped += 1  # nobody to tell; a late report would describe the past
+            self._drop(r)  # nobody to tell; a late report would describe the past
             return
         while self.outbox.full():
-            self.outbox.get_nowait()
-            self.dropped += 1
+            self._drop(self.outbox.get_nowait()[1])
         self.outbox.put_nowait((now, r))
 
     # ------------------------------------------------------------ running
@@ -240,9 +359,9 @@ class Reporter:
                 redirect = _leader_hint(e)
             self._call = None
             self._unacked.clear()
+            self.ledger.stream_ended()
             while not self.outbox.empty():
-                self.outbox.get_nowait()
-                self.dropped += 1
+                self._drop(self.outbox.get_nowait()[1])
             self.reconnects += 1
             if redirect is None:
                 i += 1
@@ -266,9 +385,10 @@ class Reporter:
                     if now - built > self.interval_s:
                         # built before a pause (SIGSTOP, a stall): it describes the past and
                         # the control plane must not take it for the present (F12)
-                        self.dropped += 1
+                        self._drop(r)
                         continue
                     self._unacked[r.seq] = now
+                    self.ledger.sent(r.seq, r.demand)
                     self.sent += 1
                     yield report_to_pb(r)
 
@@ -289,6 +409,7 @@ class Reporter:
     async def _read_acks(self, call: Any) -> None:
         async for ack in call:
             self._unacked.pop(ack.seq, None)
+            self.ledger.acked(ack.seq, ack.accepted, ack.prior_accepted_seq)
             self.backoff.reset()
             if ack.accepted:
                 self.acked += 1

@@ -320,6 +320,11 @@ class Cluster:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.cp_config = {**DEFAULT_CP_CONFIG, **(cp_config or {})}
         self.agent_config = dict(agent_config or {})
+        scale = self.agent_config.get("sim_time_scale")
+        if scale and "demand" not in self.cp_config:
+            # switch lookups stand for calls of the simulated ACDs' time: the control plane reads the
+            # agents' lookup counts in that time, or every branch would look `scale` times busier
+            self.cp_config["demand"] = {"time_scale": float(scale)}
         self.agent_config_for = dict(agent_config_for or {})
         self.proxy_agents = frozenset(proxy_agents)
         self.proxy_etcd = proxy_etcd
@@ -330,6 +335,7 @@ class Cluster:
         # per proxied agent: one proxy per replica, in replica order
         self.cp_proxies: dict[str, list[FaultProxy]] = {}
         self.events: list[Event] = []
+        self._last_leader: Replica | None = None  # see list_centers
         self.t0 = time.monotonic()
         self.http = HttpPool()
 
@@ -543,11 +549,13 @@ class Cluster:
 
     async def route(self, center: str, branch: str, skill: str, caller: str = "13800000000",
                     timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any] | None:
-        """One lookup at `center`'s agent; None when it does not answer."""
+        """One probe lookup at `center`'s agent (probe=1: answered like a call, not counted as one, so
+        the harness's watching moves no demand and offers no simulated calls); None when it does
+        not answer."""
         a = self.agents[center]
         try:
             st, body = await self.http.get(a.http_port, f"/v1/route?branch={branch}&skill={skill}"
-                                           f"&caller={caller}", timeout_s)
+                                           f"&caller={caller}&probe=1", timeout_s)
             if st != 200:
                 return None
             d: dict[str, Any] = json.loads(body)
@@ -588,6 +596,59 @@ class Cluster:
                 except grpc.aio.AioRpcError as e:
                     errors.append(f"{r.name}: {e.code().name}: {e.details()}")
         raise RuntimeError("SetCenterState failed: " + "; ".join(errors))
+
+    async def list_centers(self, timeout_s: float = 2.0) -> dict[str, dict[str, Any]]:
+        """The leader's ListCenters: per center its status ("healthy", "failing", ...) and, per skill,
+        the live load of its latest report (logged_in, ready, busy, queued): what the planner
+        knows of it right now. {} when no replica leads.
+
+        The replica that led last time is asked first: a ListCenters is one cheap RPC, while
+        finding the leader scrapes every replica's /metrics (hundreds of series since per-branch
+        demand), and a 20 ms poll of that slowed the very leader it watched (F17's detection
+        measured 3.0 s, 1.2 s when watched by ListCenters)."""
+        import grpc
+
+        from callroute.v1 import operator_pb2, operator_pb2_grpc, types_pb2
+
+        for attempt in range(2):
+            ldr = self._last_leader if attempt == 0 and self._last_leader is not None else await self.leader()
+            if ldr is None or not ldr.alive or ldr.paused:
+                continue
+            try:
+                async with grpc.aio.insecure_channel(ldr.addr) as ch:
+                    rep = await operator_pb2_grpc.OperatorServiceStub(ch).ListCenters(
+                        operator_pb2.ListCentersRequest(), timeout=timeout_s)
+            except grpc.aio.AioRpcError:
+                self._last_leader = None
+                continue
+            # a replica that does not lead has no health view: its centers carry no status
+            if not any(c.status for c in rep.centers):
+                self._last_leader = None
+                continue
+            self._last_leader = ldr
+            break
+        else:
+            return {}
+        names = {v: k.removeprefix("CENTER_STATUS_").lower() for k, v in types_pb2.CenterStatus.items()}
+        return {c.center: {"status": names.get(c.status, ""), "weight": c.weight, "reason": c.reason,
+                           "skills": {k.skill: {"logged_in": k.logged_in, "ready": k.ready, "busy": k.busy,
+                                                "queued": k.queued} for k in c.skills}}
+                for c in rep.centers}
+
+    async def show_plan(self, version: int = 0, timeout_s: float = 2.0) -> Any:
+        """The leader's plan (model.Plan), the latest when version is 0."""
+        import grpc
+
+        from callroute.v1 import operator_pb2, operator_pb2_grpc
+        from controlplane.convert import plan_from_pb
+
+        ldr = await self.leader()
+        if ldr is None:
+            raise RuntimeError("ShowPlan: no leader")
+        async with grpc.aio.insecure_channel(ldr.addr) as ch:
+            rep = await operator_pb2_grpc.OperatorServiceStub(ch).ShowPlan(
+                operator_pb2.ShowPlanRequest(version=version), timeout=timeout_s)
+        return plan_from_pb(rep.plan)
 
     def etcdctl(self, *args: str) -> str:
         assert self.etcd is not None

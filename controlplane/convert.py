@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError, Message
 from callroute.v1 import operator_pb2, report_pb2, route_pb2, types_pb2
 from controlplane.core.model import (
     MAX_COUNT,
+    MAX_DEMAND_ENTRIES,
     MAX_SKILLS_PER_REPORT,
     MAX_TARGETS_PER_REPORT,
     AdminState,
@@ -166,9 +167,12 @@ def _parse(cls: type[Message], b: object, limit: int) -> Any:
     return msg
 
 
-def parse_report_bytes(b: bytes, known_centers: frozenset[str] | set[str]) -> Report:
+def parse_report_bytes(b: bytes, known_centers: frozenset[str] | set[str], *,
+                       known_branches: frozenset[str] | set[str] | None = None,
+                       known_skills: frozenset[str] | set[str] | None = None) -> Report:
     """A serialized CenterReport -> a validated model.Report."""
-    return report_from_pb(_parse(report_pb2.CenterReport, b, MAX_REPORT_BYTES), known_centers)
+    return report_from_pb(_parse(report_pb2.CenterReport, b, MAX_REPORT_BYTES), known_centers,
+                          known_branches=known_branches, known_skills=known_skills)
 
 
 def parse_plan_bytes(b: bytes) -> Plan:
@@ -186,14 +190,24 @@ def parse_route_batch_bytes(b: bytes) -> list[RouteQuery | InvalidInput]:
 
 # ---------------------------------------------------------------- reports
 
-def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] | set[str]) -> Report:
-    """A CenterReport -> a model.Report that passed model.validate_report, or InvalidInput."""
+def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] | set[str], *,
+                   known_branches: frozenset[str] | set[str] | None = None,
+                   known_skills: frozenset[str] | set[str] | None = None) -> Report:
+    """A CenterReport -> a model.Report that passed model.validate_report, or InvalidInput.
+
+    known_branches / known_skills: the topology's, to reject demand for a branch or skill it does
+    not have (None: ids need only be well-formed). A report without demand (an older agent) is
+    valid: its demand is empty.
+    """
     n_skills = len(msg.skills)
     if n_skills > MAX_SKILLS_PER_REPORT:
         raise InvalidInput("skills", n_skills, f"more than {MAX_SKILLS_PER_REPORT} skills")
     n_routed = len(msg.routed_to)
     if n_routed > MAX_TARGETS_PER_REPORT:
         raise InvalidInput("routed_to", n_routed, f"more than {MAX_TARGETS_PER_REPORT} targets")
+    n_demand = len(msg.demand)
+    if n_demand > MAX_DEMAND_ENTRIES:
+        raise InvalidInput("demand", n_demand, f"more than {MAX_DEMAND_ENTRIES} entries")
     check_id("center", msg.center)
     state = admin_state_from_pb(msg.state, "state")
     if msg.sent_at > MAX_WALL_TIME_S:  # NaN and negatives are validate_report's to name
@@ -211,15 +225,28 @@ def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] |
         if c in routed:
             raise InvalidInput("routed_to.center", c, "duplicate center")
         routed[c] = rc.calls
+    demand: dict[str, dict[str, int]] = {}
+    for i, d in enumerate(msg.demand):
+        # ids are checked here, per entry, so that a field name never quotes an unchecked string
+        branch, skill = d.branch, d.skill
+        check_id(f"demand[{i}].branch", branch)
+        check_id(f"demand[{i}].skill", skill)
+        per_skill = demand.setdefault(branch, {})
+        if skill in per_skill:
+            raise InvalidInput(f"demand[{i}]", f"{branch}/{skill}", "duplicate branch and skill")
+        if known_skills is not None and skill not in known_skills:
+            raise InvalidInput(f"demand[{i}].skill", skill, "unknown skill")
+        per_skill[skill] = d.lookups
     r = Report(center=msg.center, seq=msg.seq, sent_at=msg.sent_at, interval_s=msg.interval_s,
-               state=state, skills=skills, routed_to=routed)
-    validate_report(r, known_centers)
+               state=state, skills=skills, routed_to=routed, demand=demand)
+    validate_report(r, known_centers, known_branches=known_branches)
     return r
 
 
 def report_to_pb(r: Report) -> report_pb2.CenterReport:
     SkillReport = report_pb2.SkillReport
     RoutedCount = report_pb2.RoutedCount
+    BranchDemand = report_pb2.BranchDemand
     return report_pb2.CenterReport(
         center=r.center, seq=r.seq, sent_at=r.sent_at, interval_s=r.interval_s,
         state=_ADMIN_TO_PB[r.state],
@@ -227,17 +254,22 @@ def report_to_pb(r: Report) -> report_pb2.CenterReport:
                             oldest_wait_s=s.oldest_wait_s, offered=s.offered, answered=s.answered,
                             answered_within=s.answered_within, abandoned=s.abandoned, aht_s=s.aht_s)
                 for k, s in r.skills.items()],
-        routed_to=[RoutedCount(center=c, calls=n) for c, n in r.routed_to.items()])
+        routed_to=[RoutedCount(center=c, calls=n) for c, n in r.routed_to.items()],
+        demand=[BranchDemand(branch=b, skill=s, lookups=n)
+                for b, per_skill in r.demand.items() for s, n in per_skill.items()])
 
 
-def report_ack(seq: int, plan_version: int, error: Exception | None = None) -> report_pb2.ReportAck:
+def report_ack(seq: int, plan_version: int, error: Exception | None = None, *,
+               prior_accepted_seq: int = 0) -> report_pb2.ReportAck:
     """The answer to one report: accepted, or rejected with the reason.
 
     `error` is normally an InvalidInput (its text names field and value, and its field goes to
     error_field); any other rejection (a stale seq, say) is passed as its text alone.
+    prior_accepted_seq (accepted reports only): the center's last accepted seq before this one.
     """
     if error is None:
-        return report_pb2.ReportAck(seq=seq, accepted=True, plan_version=plan_version)
+        return report_pb2.ReportAck(seq=seq, accepted=True, plan_version=plan_version,
+                                    prior_accepted_seq=prior_accepted_seq)
     return report_pb2.ReportAck(seq=seq, accepted=False, error=str(error),
                                 error_field=str(getattr(error, "field", "")), plan_version=plan_version)
 

@@ -82,8 +82,11 @@ class Network:
             self.etcd.start()
             self.etcd.wait_healthy()
             store = "etcd://" + ",".join(e.removeprefix("http://") for e in self.etcd.endpoints())
+        # the agents' lookups stand for calls at --speed x real time: demand is read in that time
+        cp_cfg = self.tmp / "controlplane.json"
+        cp_cfg.write_text(json.dumps({"demand": {"time_scale": self.args.speed}}))
         self._spawn("controlplane", ["controlplane", "--topology", self.args.topology, "--store", store,
-                                     "--listen", self.cp_addr,
+                                     "--listen", self.cp_addr, "--config", str(cp_cfg),
                                      "--metrics", f"127.0.0.1:{self.args.metrics_port}"])
         cfg = self.tmp / "agent.json"
         peers = {cid: f"{h}:{p}" for cid, (h, p) in self.agent_http.items()}

@@ -318,6 +318,23 @@ def test_routed_counter_counts_each_answered_lookup():
     assert eng.stats.ok == 30 and eng.stats.bad == 1
 
 
+def test_probe_lookups_answer_like_calls_but_are_not_counted_as_calls():
+    """A monitor's (or the chaos harness's) probe asks what a switch would be told; it is no call: it
+    must not count as a call routed (routed_to, simulated offers) nor as a branch's demand. The chaos
+    harness's probes (40 a second in F8, batches of 1,000 in F17) were read as calls and moved the
+    live demand of the branches probed (wuhan's load 253 -> 680 E) and saturated receivers."""
+    srv, eng = _http_server()
+    a = srv.route_get(b"branch=b0&skill=retail&caller=1")
+    b = srv.route_get(b"branch=b0&skill=retail&caller=1&probe=1")
+    assert a == b and a.startswith(b"HTTP/1.1 200")
+    body = json.dumps([{"branch": "b0", "skill": "retail", "caller": str(i), "probe": True}
+                       for i in range(5)]).encode()
+    assert srv.routes_post(body).startswith(b"HTTP/1.1 200")
+    assert sum(eng.counter.swap().values()) == 1
+    assert sum(eng.counter.swap_demand().values()) == 1
+    assert srv.route_get(b"branch=b0&skill=retail&probe=yes").startswith(b"HTTP/1.1 400")
+
+
 def test_seq_without_state_dir_starts_above_earlier_runs():
     assert SeqStore(None).take() > 10**15
 
@@ -371,3 +388,31 @@ def test_plan_age_counts_from_the_last_confirmation():
     client_cache = PlanCache(topo, clock=lambda: now[0])
     client_cache.set_live(True)
     assert client_cache.age() == 0.0
+
+
+def test_ring_tables_kept_are_those_of_the_last_two_plans_only():
+    """L5: a plan a second with live weights is a new weighted target set most seconds; the agent's
+    ring tables (64 KiB each) must not pile up with every plan it ever served (+11.6% RSS in a
+    2-minute soak), while a plan and the one before it (a rollback, a close then reopen) share them."""
+    from controlplane.core.model import Route, Target
+
+    topo = small_topology()
+    cache = PlanCache(topo)
+    base = make_plan(topo, 1)
+    sizes = []
+    for v in range(1, 41):
+        # b0's DR weights change with every plan: c1 from 0.30 to 0.69
+        w = round(0.3 + v / 100, 2)
+        r0 = Route("b0", "retail", (Target("c1", w), Target("c2", round(1 - w, 2))), home="c0")
+        plan = msgspec.structs.replace(base, version=v, routes=(r0,) + base.routes[1:])
+        assert cache.offer(plan, persist=False) == ""
+        sizes.append(len(cache._ring_cache))
+    # the rings of the last plan (b0's and one per home center) and b0's of the two plans before
+    assert max(sizes[5:]) <= len({tuple(t.center for t in r.targets) for r in plan.routes}) + 2
+    assert sizes[-1] == sizes[-2], sizes
+    # a route back to the weights of the plan before the served one reuses its table (no rebuild)
+    misses = cache._ring_cache.misses
+    r0 = Route("b0", "retail", (Target("c1", 0.69), Target("c2", 0.31)), home="c0")
+    assert cache.offer(msgspec.structs.replace(base, version=41, routes=(r0,) + base.routes[1:]),
+                       persist=False) == ""
+    assert cache._ring_cache.misses == misses

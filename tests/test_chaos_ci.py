@@ -35,9 +35,6 @@ KNOWN = {
     "F17": "detection time of a receiver that stops answering ranged 0.87-2.23 s over runs on this shared "
            "2-core machine against the 2.0 s budget (3 report intervals + 1 for alignment); the full run "
            "in docs/chaos measured 0.87 s",
-    "F8": "passes in about 2 of 3 runs: one route change while stale, one back home at heal; in the "
-          "other runs the healed center's simulated queue (built while it was partitioned) starts "
-          "overflow a second later, which the check counts as a second change after heal",
 }
 
 

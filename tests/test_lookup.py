@@ -114,6 +114,29 @@ def test_same_weighted_target_set_shares_one_ring_and_a_new_plan_reuses_it():
     assert resolve(nxt, "hubei", "retail", "1").plan_version == 8
 
 
+def test_a_compile_reusing_remembered_answers_equals_a_fresh_one():
+    cache = RingCache()
+    CompiledPlan.compile(plan(version=7), cache)
+    assert cache.memo  # the second compile below answers its routes from the memo
+    warm = CompiledPlan.compile(plan(version=8), cache)
+    fresh = CompiledPlan.compile(plan(version=8))
+    assert warm.index.keys() == fresh.index.keys()
+    for b, skills in fresh.index.items():
+        for s, entry in skills.items():
+            assert warm.index[b][s] == entry  # same tables and decisions, version 8 included
+
+
+def test_a_remembered_answer_does_not_let_an_equal_but_invalid_target_through():
+    cache = RingCache()
+    CompiledPlan.compile(plan(), cache)
+    # True == 1.0, so this route's targets equal the remembered VIP ones; a bool is still no weight
+    bad = Plan(8, (Route("hubei", "retail", DR, kind=RouteKind.DR, explanation="wuhan closed\nmore detail",
+                         home="wuhan", vip_targets=(Target("beijing", True),)),))
+    with pytest.raises(InvalidInput) as ei:
+        CompiledPlan.compile(bad, cache)
+    assert ei.value.field == "routes[0].vip_targets[0].weight"
+
+
 def test_same_caller_same_center_in_a_fresh_compile():
     a = CompiledPlan.compile(plan())
     b = CompiledPlan.compile(plan())

@@ -100,13 +100,38 @@ def test_down_and_stale_centers():
     assert consistent(plan, topo) == []
     routes = by_key(plan)
     assert "c2" not in {t.center for t in routes[("b2", "retail")].targets}
-    stale = {t.center: t.weight for t in routes[("b5", "retail")].targets}
-    # a stale center is neither trusted fully nor dropped at once: its decayed weight is followed in
-    # half steps (F8: one route change for a short partition, not one a second)
-    assert stale["c5"] == pytest.approx(0.5, abs=1e-3)
-    assert "c6" in plan.closed and "c6" not in {t.center for t in routes[("b6", "retail")].targets}
-    # and receives nothing from others
-    assert all("c5" not in {t.center for t in r.targets} for r in plan.routes if r.home != "c5")
+    # a stale center keeps its own calls until it is down (F8: a partition is one route change, at
+    # DOWN, not a step per decay of its weight) ...
+    for c in ("c5", "c6"):
+        b = f"b{c[1:]}"
+        assert [(t.center, t.weight) for t in routes[(b, "retail")].targets] == [(c, 1.0)]
+        assert c not in plan.closed
+    # ... but receives nothing from others
+    assert all(not {"c5", "c6"} & {t.center for t in r.targets} for r in plan.routes
+               if r.home not in ("c5", "c6"))
+
+
+def test_partition_is_one_route_change_for_the_stale_center():
+    """F8: a center silent for 9 s goes STALE (weight decaying 1 -> 0) then DOWN; every plan of the
+    tracker in between gives its branches the same targets until DOWN, then DR: one change."""
+    topo = net()
+    tracker = PlanTracker(topo)
+    seen = []
+    # 20 plans at 0.5 s: stale from 1.5 s, weight decaying linearly to 0 at DOWN (6 s), down after
+    for i in range(20):
+        now = 0.5 * i
+        if now < 1.5:
+            h = CenterHealth("c5", Status.HEALTHY, 1.0)
+        elif now < 6.0:
+            h = CenterHealth("c5", Status.STALE, (6.0 - now) / 4.5)
+        else:
+            h = CenterHealth("c5", Status.DOWN, 0.0)
+        plan = tracker.compute(NetworkView(health={"c5": h}), now, i + 1)
+        targets = tuple(t.center for t in by_key(plan)[("b5", "retail")].targets)
+        if not seen or seen[-1] != targets:
+            seen.append(targets)
+    assert len(seen) == 2, seen
+    assert seen[0] == ("c5",) and "c5" not in seen[1] and len(seen[1]) == 8
 
 
 def test_pinned_skill_never_overflows_but_follows_dr():
@@ -145,6 +170,24 @@ def test_no_capacity_anywhere_gives_overload_action_not_a_full_center():
     assert r.targets == () and r.overload_action.value == "callback" and r.kind == RouteKind.OVERLOAD
     assert not plan.feasible and plan.infeasible_reasons
     assert consistent(plan, full) == []
+
+
+def test_two_closed_centers_share_a_spare_capacity_too_small_for_both():
+    """The network's spare holds only part of two closed centers' calls: both centers' callers go
+    to the receivers (with the overload action), the first closed is not given all of it while the
+    second gets a callback for every caller (what F17 found when the main receiver failed too)."""
+    topo = Topology(
+        tuple(Center(c, agents={"retail": 10}) for c in ("a", "b", "c", "d")),
+        (Branch("ba", "a", {"retail": 84.0}), Branch("bb", "b", {"retail": 36.0}),
+         Branch("bc", "c", {"retail": 48.0}), Branch("bd", "d", {"retail": 48.0})),
+        Policy(aht_s={"retail": 300}))
+    plan = compute_plan(topo, NetworkView(admin={"a": AdminState.CLOSED, "b": AdminState.CLOSED}))
+    routes = by_key(plan)
+    for branch in ("ba", "bb"):
+        r = routes[(branch, "retail")]
+        assert {t.center for t in r.targets} == {"c", "d"}, (branch, r)
+        assert r.kind == RouteKind.DR and r.overload_action.value == "callback", (branch, r)
+    assert not plan.feasible and consistent(plan, topo) == []
 
 
 def test_night_schedule_moves_hosting():
@@ -294,3 +337,59 @@ def test_busy_receivers_still_get_dr_calls_with_overload_advice_not_a_callback_f
     r = by_key(plan)[("b0", "retail")]
     assert {t.center for t in r.targets} == {"c1", "c2"}
     assert consistent(plan, topo) == []
+
+
+# ---------------------------------------------------------------- live demand (NetworkView.demand)
+
+
+def test_live_demand_replaces_the_forecast_for_its_branch_and_skill():
+    topo = net()
+    hot = topo.branches[0].home
+    # b0 forecast 600/h retail; live it sends 2400/h, the same load as the heavy topology above
+    plan = compute_plan(topo, NetworkView(demand={"b0": {"retail": 2400.0}}))
+    assert consistent(plan, topo) == []
+    r = by_key(plan)[("b0", "retail")]
+    assert r.kind == RouteKind.OVERFLOW
+    # b0's 160 E + b10's 40 E at home, less the first ramp step (max_step 20%) moved away
+    assert plan.receivers[hot]["retail"].load_erlangs == pytest.approx(0.8 * 200.0, abs=1e-3)
+    # the forecast alone keeps everything home
+    assert by_key(compute_plan(topo))[("b0", "retail")].kind == RouteKind.HOME
+
+
+def test_live_demand_carries_no_surge_multiplier_and_absent_pairs_keep_forecast_times_surge():
+    topo = net()
+    live = {b.id: {"retail": b.calls_per_hour["retail"]} for b in topo.branches}
+    surge = {"retail": 2.0, "card": 2.0}
+    plan = compute_plan(topo, NetworkView(surge=surge, demand=live))
+    # retail is live at the forecast rate: the 2x surge factor must not apply on top of it
+    for c in topo.centers:
+        own = sum(b.calls_per_hour["retail"] for b in topo.branches if b.home == c.id) * 240 / 3600
+        assert plan.receivers[c.id]["retail"].load_erlangs == pytest.approx(own, abs=1e-3)
+        # card has no live figure: forecast x surge
+        card = sum(b.calls_per_hour["card"] for b in topo.branches if b.home == c.id) * 300 / 3600
+        assert plan.receivers[c.id]["card"].load_erlangs == pytest.approx(2.0 * card, abs=1e-3)
+    assert all(r.kind in (RouteKind.HOME, RouteKind.PINNED) for r in plan.routes
+               if r.skill == "retail")
+    # and without the live figure the same surge overloads every center's retail
+    surged = compute_plan(topo, NetworkView(surge=surge))
+    assert any(r.kind == RouteKind.OVERFLOW for r in surged.routes if r.skill == "retail")
+
+
+def test_dr_books_the_closed_centers_live_demand_on_its_receivers():
+    topo = net()
+    closed = {"c3": AdminState.CLOSED}
+    quiet = compute_plan(topo, NetworkView(admin=closed, demand={"b3": {"retail": 0.0},
+                                                                 "b13": {"retail": 0.0}}))
+    busy = compute_plan(topo, NetworkView(admin=closed, demand={"b3": {"retail": 1200.0},
+                                                                "b13": {"retail": 1200.0}}))
+    booked = {s: sum(p["retail"].load_erlangs for c, p in plan.receivers.items())
+              for s, plan in (("quiet", quiet), ("busy", busy))}
+    # c3's own 2 x 1200/h x 240 s = 160 E land on the receivers; nothing when its branches are quiet
+    assert booked["busy"] - booked["quiet"] == pytest.approx(160.0, abs=1e-2)
+
+
+@pytest.mark.parametrize("bad", [math.nan, -5.0, math.inf])
+def test_a_nonsense_live_figure_falls_back_to_the_forecast(bad):
+    topo = net()
+    plan = compute_plan(topo, NetworkView(demand={"b0": {"retail": bad}}))
+    assert plan == compute_plan(topo)

@@ -15,6 +15,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controlplane.core import ring as ring_mod
 from controlplane.core.model import InvalidInput
 from controlplane.core.ring import (
     MASK,
@@ -144,6 +145,50 @@ def test_table_is_the_known_one():
 
 
 KNOWN_TABLE_DIGEST = "be15add28baa4847"
+
+
+def _reference_table(targets):
+    """The race computed from scratch for every target (no cached keys): what every build must equal."""
+    live = sorted((t, float(w)) for t, w in targets if w >= MIN_WEIGHT)
+    slots = np.arange(SLOTS, dtype=np.uint64)
+    best = np.full(SLOTS, np.inf)
+    owner = np.zeros(SLOTS, dtype=np.int64)
+    for i, (tid, w) in enumerate(live):
+        z = slots ^ np.uint64(xxhash.xxh64_intdigest(tid.encode()))
+        z += np.uint64(0x9E3779B97F4A7C15)
+        z ^= z >> np.uint64(30)
+        z *= np.uint64(0xBF58476D1CE4E5B9)
+        z ^= z >> np.uint64(27)
+        z *= np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+        u = ((z >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+        key = -np.log(u) / w
+        wins = key < best
+        owner[wins] = i
+        best = np.minimum(best, key)
+    return owner
+
+
+def test_builds_from_cached_race_keys_equal_the_uncached_race():
+    targets = receivers(12, seed=3)
+    ring_mod._RACE_KEYS.clear()
+    cold = build_table(targets)  # every target's keys computed now
+    assert set(ring_mod._RACE_KEYS) == {t for t, _ in targets}
+    reweighted = [(t, w * (1 + i % 3)) for i, (t, w) in enumerate(targets)]
+    warm = build_table(reweighted)  # every target's keys from the cache, new weights
+    for ring, tg in ((cold, targets), (warm, reweighted)):
+        assert np.array_equal(np.frombuffer(ring.table, dtype=np.uint8), _reference_table(tg))
+    # more targets than the cache keeps: evicted keys are recomputed, bit for bit the same
+    many = receivers(ring_mod.RACE_KEY_CACHE_TARGETS + 8, seed=5)
+    for _ in range(2):
+        ring = build_table(many)
+        assert len(ring_mod._RACE_KEYS) == ring_mod.RACE_KEY_CACHE_TARGETS
+        assert np.array_equal(np.frombuffer(ring.table, dtype=np.uint8), _reference_table(many))
+    assert build_table(targets).table == cold.table
+    # two-byte indices: more than 255 targets
+    wide = receivers(300, seed=9)
+    table = np.frombuffer(build_table(wide).table, dtype=np.uint16)
+    assert np.array_equal(table, _reference_table(wide))
 
 
 # ---------------------------------------------------------------- properties

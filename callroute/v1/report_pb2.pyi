@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CenterReport(_message.Message):
-    __slots__ = ("center", "seq", "sent_at", "interval_s", "state", "skills", "routed_to")
+    __slots__ = ("center", "seq", "sent_at", "interval_s", "state", "skills", "routed_to", "demand")
     CENTER_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class CenterReport(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     SKILLS_FIELD_NUMBER: _ClassVar[int]
     ROUTED_TO_FIELD_NUMBER: _ClassVar[int]
+    DEMAND_FIELD_NUMBER: _ClassVar[int]
     center: str
     seq: int
     sent_at: float
@@ -23,7 +24,8 @@ class CenterReport(_message.Message):
     state: _types_pb2.AdminState
     skills: _containers.RepeatedCompositeFieldContainer[SkillReport]
     routed_to: _containers.RepeatedCompositeFieldContainer[RoutedCount]
-    def __init__(self, center: _Optional[str] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., skills: _Optional[_Iterable[_Union[SkillReport, _Mapping]]] = ..., routed_to: _Optional[_Iterable[_Union[RoutedCount, _Mapping]]] = ...) -> None: ...
+    demand: _containers.RepeatedCompositeFieldContainer[BranchDemand]
+    def __init__(self, center: _Optional[str] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., skills: _Optional[_Iterable[_Union[SkillReport, _Mapping]]] = ..., routed_to: _Optional[_Iterable[_Union[RoutedCount, _Mapping]]] = ..., demand: _Optional[_Iterable[_Union[BranchDemand, _Mapping]]] = ...) -> None: ...
 
 class SkillReport(_message.Message):
     __slots__ = ("skill", "logged_in", "ready", "busy", "queued", "oldest_wait_s", "offered", "answered", "answered_within", "abandoned", "aht_s")
@@ -59,16 +61,28 @@ class RoutedCount(_message.Message):
     calls: int
     def __init__(self, center: _Optional[str] = ..., calls: _Optional[int] = ...) -> None: ...
 
+class BranchDemand(_message.Message):
+    __slots__ = ("branch", "skill", "lookups")
+    BRANCH_FIELD_NUMBER: _ClassVar[int]
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    LOOKUPS_FIELD_NUMBER: _ClassVar[int]
+    branch: str
+    skill: str
+    lookups: int
+    def __init__(self, branch: _Optional[str] = ..., skill: _Optional[str] = ..., lookups: _Optional[int] = ...) -> None: ...
+
 class ReportAck(_message.Message):
-    __slots__ = ("seq", "accepted", "error", "error_field", "plan_version")
+    __slots__ = ("seq", "accepted", "error", "error_field", "plan_version", "prior_accepted_seq")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_FIELD_NUMBER: _ClassVar[int]
     PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PRIOR_ACCEPTED_SEQ_FIELD_NUMBER: _ClassVar[int]
     seq: int
     accepted: bool
     error: str
     error_field: str
     plan_version: int
-    def __init__(self, seq: _Optional[int] = ..., accepted: _Optional[bool] = ..., error: _Optional[str] = ..., error_field: _Optional[str] = ..., plan_version: _Optional[int] = ...) -> None: ...
+    prior_accepted_seq: int
+    def __init__(self, seq: _Optional[int] = ..., accepted: _Optional[bool] = ..., error: _Optional[str] = ..., error_field: _Optional[str] = ..., plan_version: _Optional[int] = ..., prior_accepted_seq: _Optional[int] = ...) -> None: ...

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chaos.harness import Cluster, PlanSampler, SwitchLoad, log
+from chaos.harness import PROBE_TIMEOUT_S, Cluster, PlanSampler, SwitchLoad, log
 from chaos.report import ScenarioResult
 from controlplane.core.topology import load_topology
 
@@ -146,10 +146,14 @@ def center_status(metrics: dict[str, float], center: str) -> str:
 
 
 async def leader_center_status(cluster: Cluster, center: str) -> str:
-    r = await cluster.leader()
-    if r is None:
+    """The leader's verdict on `center` ("healthy", "stale", "down", "failing", "unknown"; "" when
+    no replica leads or answers), by ListCenters (see Cluster.list_centers: not a /metrics scrape)."""
+    import grpc
+
+    try:
+        return str((await cluster.list_centers(PROBE_TIMEOUT_S)).get(center, {}).get("status", ""))
+    except (grpc.aio.AioRpcError, OSError, RuntimeError):
         return ""
-    return center_status(await asyncio.to_thread(r.metrics), center)
 
 
 def percentile(xs: list[float], q: float) -> float:

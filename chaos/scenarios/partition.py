@@ -30,13 +30,14 @@ STALE_BUDGET_S = 4 * REPORT_INTERVAL_S
 
 
 async def _route_changes(c: Cluster, observer: str, keys: list[tuple[str, str]], center: str,
-                         stop: asyncio.Event, out: list[tuple[float, frozenset[str]]]) -> None:
-    """Record every change of the targets `observer` gives `center`'s branches (flap counting)."""
+                         stop: asyncio.Event, out: list[tuple[float, frozenset[str], str]]) -> None:
+    """Record every change of the targets `observer` gives `center`'s branches (flap counting), with
+    the first key's reason (why the plan routes it so: the report reads flaps from it)."""
     while not stop.is_set():
         got = await asyncio.gather(*(c.route(observer, b, s) for b, s in keys))
         state = frozenset(f"{b}:{t}" for (b, _), d in zip(keys, got, strict=True) for t in targets_of(d))
         if got and all(d is not None for d in got) and (not out or out[-1][1] != state):
-            out.append((time.monotonic(), state))
+            out.append((time.monotonic(), state, str((got[0] or {}).get("reason", ""))))
         await asyncio.sleep(0.05)
 
 
@@ -54,7 +55,7 @@ async def f8(opts: RunOptions) -> ScenarioResult:
             observer = next(a for a in c.agents if a != victim)
             keys = c.probe_keys(victim)
             stop = asyncio.Event()
-            changes: list[tuple[float, frozenset[str]]] = []
+            changes: list[tuple[float, frozenset[str], str]] = []
             watcher = asyncio.ensure_future(_route_changes(c, observer, keys, victim, stop, changes))
             try:
                 await asyncio.sleep(2.0)
@@ -84,8 +85,8 @@ async def f8(opts: RunOptions) -> ScenarioResult:
                 stop.set()
                 await watcher
             in_part = [x for x in changes if t_part <= x[0] < t_heal]
-            for t, state in changes:  # what the observer saw, for the report: flaps are read here
-                r.notes.append(f"t={t - t_part:+.2f} s from the partition: {' '.join(sorted(state))}")
+            for t, state, why in changes:  # what the observer saw, for the report: flaps are read here
+                r.notes.append(f"t={t - t_part:+.2f} s from the partition: {' '.join(sorted(state))} ({why})")
             after_heal = [x for x in changes if x[0] >= t_heal]
             own = [x for x in load.window(t_part, t_heal) if x.branch in {b.id for b in c.topology.branches
                                                                           if b.home == victim}]

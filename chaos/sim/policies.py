@@ -6,16 +6,18 @@ and the pooled bound no routing can beat.
   head-office center (chengdu), joining the back of its queue.
 - `even8`: the 2020 DR practice: a closed center's calls split evenly over 8 other centers.
 - `callroute`: the real core. Each center's agent reports its live state (built from the sim's
-  queues) every report interval into `HealthTracker`; `PlanTracker` computes a plan every publish
-  interval; the plan is compiled and every call is routed with `lookup.resolve`, exactly as an
-  agent answers a switch.
+  queues) and the lookups it answered per branch and skill (`Report.demand`) every report interval
+  into `HealthTracker` and `DemandTracker`; `PlanTracker` computes a plan every publish interval from
+  the health view and the live demand (`NetworkView.demand`); the plan is compiled and every call is
+  routed with `lookup.resolve`, exactly as an agent answers a switch.
 - `pooled`: all agents of a skill as one pool with one FIFO queue across centers: the bound.
 
-Two callroute variants show what the core lacks, and are always reported under their own names:
-- `callroute+jsew`: an agent-side layer: among the route's targets, the one with the least
-  expected wait now (join the shortest expected wait);
-- `callroute+demand`: the same PlanTracker fed each branch's live lookup rate (which agents see)
-  as its demand, instead of the forecast times one network-wide surge factor per skill.
+Two callroute variants, always reported under their own names:
+- `callroute+jsew`: what the core lacks: an agent-side layer that takes, among the route's targets,
+  the one with the least expected wait now (join the shortest expected wait);
+- `callroute-nodetect`: what one part of the core is worth: the health tracker's failing detectors
+  (F17, the 2020-02-04 broken receiving path) switched off, to compare overflow-path-broken with
+  and without them.
 
 A policy sees only what the real component would: the sim's live queues (what an ACD reports),
 the topology and the call's branch, skill and caller number.
@@ -31,7 +33,8 @@ from typing import NamedTuple
 import msgspec
 import xxhash
 
-from controlplane.core.health import HealthSettings, HealthTracker
+from controlplane.core.demand import DemandSettings, DemandTracker
+from controlplane.core.health import MAX_SETTING_COUNT, HealthSettings, HealthTracker
 from controlplane.core.lookup import MAX_FALLBACKS, CompiledPlan, Decision, RingCache, resolve
 from controlplane.core.model import (
     AdminState,
@@ -40,7 +43,7 @@ from controlplane.core.model import (
     Plan,
     Report,
     SkillLoad,
-    Topology,
+    Target,
     validate_report,
 )
 from controlplane.core.planner import PlanTracker
@@ -55,10 +58,6 @@ EVEN_RECEIVERS = 8
 # (agents/settings.py, controlplane/service/settings.py): the sim uses the same numbers.
 REPORT_INTERVAL_S = 0.5
 PUBLISH_INTERVAL_S = 1.0
-# Live demand per skill (for NetworkView.surge) is an exponentially weighted rate over about five
-# minutes: long enough that a half-second's handful of calls is not read as a surge, short enough
-# to follow the morning ramp (the profile changes by at most ~30% an hour).
-DEMAND_TAU_S = 300.0
 # A reported AHT is the exponentially weighted mean of handle times over about five minutes, the
 # window ACDs report ("5-minute average handle time"), rounded to whole seconds.
 AHT_TAU_S = 300.0
@@ -66,7 +65,7 @@ AHT_TAU_S = 300.0
 # target set, or some target's weight moves by at least this much against the plan in force. One
 # point of a route's share is below what a 15-minute SL figure can tell apart, and without it the
 # core's plan changes every second (spare capacity moves with every queue) and the sim spends its
-# time building rings (~2 ms each) for weight changes of a few thousandths. 0 = every change.
+# time building rings (~0.3 ms each) for weight changes of a few thousandths. 0 = every change.
 PUBLISH_MIN_CHANGE = 0.01
 # Until there is data, the AHT estimate leans on the topology's value as if this many calls of that
 # length had been seen: enough to keep the first few calls from swinging it.
@@ -208,14 +207,21 @@ class WeightedPlan:
     stable hash picks the slot; here the same hash picks a point on the cumulative weights. Each
     call therefore reaches each target with the same probability as through `lookup.resolve`; what
     is lost is only the consistent-hash property (a caller keeping its center across plans), which
-    no outcome the simulator measures depends on. It spares building a 64 Ki-slot table (~2 ms) for
+    no outcome the simulator measures depends on. It spares building a 64 Ki-slot table (~0.3 ms) for
     every route whose weights move, which is most of a run's time at one plan a second.
     """
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, memo: dict[tuple[Target, ...], _WeightedRoute] | None = None) -> None:
+        """`memo`: target lists seen before and what they were drawn from (bounded by the caller);
+        consecutive plans repeat most routes' targets."""
         self.version = plan.version
-        self.index: dict[tuple[str, str], tuple[tuple[float, ...], tuple[_Choice, ...]]] = {}
+        self.index: dict[tuple[str, str], _WeightedRoute] = {}
         for r in plan.routes:
+            if memo is not None:
+                hit = memo.get(r.targets)
+                if hit is not None:
+                    self.index[(r.branch, r.skill)] = hit
+                    continue
             targets = [t for t in r.targets if t.weight > 0]
             total = sum(t.weight for t in targets)
             cum: list[float] = []
@@ -227,6 +233,8 @@ class WeightedPlan:
             choices = tuple(_Choice(t.center, tuple(o.center for o in order if o.center != t.center)
                                     [:MAX_FALLBACKS]) for t in targets)
             self.index[(r.branch, r.skill)] = (tuple(cum), choices)
+            if memo is not None:
+                memo[r.targets] = (tuple(cum), choices)
 
     def resolve(self, branch: str, skill: str, caller: str) -> _Choice:
         cum, choices = self.index[(branch, skill)]
@@ -238,6 +246,11 @@ class WeightedPlan:
 
 
 _NO_TARGET = _Choice("", ())
+# cumulative weights and the choice (center, fallbacks) per target of one route
+_WeightedRoute = tuple[tuple[float, ...], tuple[_Choice, ...]]
+# Target lists WeightedPlan remembers: a plan has a few hundred routes and far fewer distinct
+# lists; the memo starts over when it reaches this many, so it stays a few MiB at most.
+WEIGHTED_MEMO_SIZE = 4096
 _U64 = 2.0**-64
 
 
@@ -249,10 +262,9 @@ class CallroutePolicy(BasePolicy):
     `live_balance`: a thin layer the core does not have (off by default): among the route's targets
     (the chosen center and its fallbacks) take the one with the least expected wait now. It stands
     for what an agent could do with live receiver state; it is reported separately when used.
-    `live_demand`: a prototype of an input the planner does not have (off by default): before each
-    plan, the planner's topology gets each branch's live lookup rate as its calls_per_hour (and no
-    surge factor). Lookups per branch and skill are counted by the agents that answer them, so a
-    control plane could receive them in reports. The planner itself is unchanged.
+    `detect_failing=False`: the health tracker's failing detectors off (callroute-nodetect).
+    `demand`: the DemandTracker's settings (live calls per hour per branch and skill from the
+    lookups each agent answered, as the control plane keeps them).
     `lookup`: "ring" routes through CompiledPlan.compile + lookup.resolve, as agents do; "weights"
     draws from the same weights without building ring tables (WeightedPlan), ~3x faster overall.
     """
@@ -260,10 +272,11 @@ class CallroutePolicy(BasePolicy):
     name = "callroute"
 
     def __init__(self, *, report_s: float = REPORT_INTERVAL_S, publish_s: float = PUBLISH_INTERVAL_S,
-                 operator_closes: bool = True, live_balance: bool = False, validate: bool = False,
+                 operator_closes: bool = True, live_balance: bool = False, detect_failing: bool = True,
+                 validate: bool = False,
                  publish_min_change: float = PUBLISH_MIN_CHANGE, lookup: str = "ring",
-                 report_aht: bool = False, live_demand: bool = False,
-                 health: HealthSettings | None = None) -> None:
+                 report_aht: bool = False, health: HealthSettings | None = None,
+                 demand: DemandSettings | None = None) -> None:
         for field, v in (("report_s", report_s), ("publish_s", publish_s)):
             if not (math.isfinite(v) and v > 0):
                 raise InvalidInput(field, v, "must be a positive number of seconds")
@@ -278,13 +291,17 @@ class CallroutePolicy(BasePolicy):
         self.publish_min_change = publish_min_change
         self.operator_closes = operator_closes
         self.live_balance = live_balance
-        self.live_demand = live_demand
         self.validate = validate
         self.health_settings = health or HealthSettings(interval_s=report_s)
+        if not detect_failing:
+            # the detectors judge nothing under failing_min_calls calls; the most a setting allows
+            # is more than any receiver here is sent within their 30 s look-back: switched off
+            self.health_settings = msgspec.structs.replace(self.health_settings,
+                                                           failing_min_calls=MAX_SETTING_COUNT)
+            self.name = "callroute-nodetect"
+        self.demand_settings = demand or DemandSettings()
         if live_balance:
             self.name = "callroute+jsew"
-        if live_demand:
-            self.name = "callroute+demand"
 
     # ------------------------------------------------------------------ set-up
 
@@ -293,9 +310,12 @@ class CallroutePolicy(BasePolicy):
         topo = sim.topology
         self.sim = sim
         self.known = frozenset(sim.centers)
+        self.known_branches = frozenset(b.id for b in topo.branches)
         self.health = HealthTracker(sim.centers, self.health_settings, sim.now)
+        self.demand = DemandTracker(topo, self.demand_settings, sim.now)
         self.planner = PlanTracker(topo)
         self.cache = RingCache()
+        self._weighted_memo: dict[tuple[Target, ...], _WeightedRoute] = {}
         self.version = 0
         self.seq = [0] * len(sim.centers)
         self.counters = [[_Counters(topo.aht(s)) for s in sim.skills] for _ in sim.centers]
@@ -304,18 +324,8 @@ class CallroutePolicy(BasePolicy):
         # which skills each center reports: staffed in the topology, or seen calls
         self.reported = [[self._skill_staffed[c][s] for s in range(len(sim.skills))]
                          for c in range(len(sim.centers))]
-        self.forecast_cph = {s: 0.0 for s in sim.skills}
-        for b in topo.branches:
-            for s, cph in b.calls_per_hour.items():
-                self.forecast_cph[s] += cph
-        # exponentially weighted calls and seconds per skill; their ratio is the live rate (dividing
-        # by the weighted time, not assuming a full window, keeps the first minutes unbiased)
-        self.demand_calls = [0.0] * len(sim.skills)
-        self.demand_time = 0.0
-        # live_demand: lookups per (branch, skill), weighted like demand_calls
-        self.branch_calls = [[0.0] * len(sim.skills) for _ in sim.branches]
-        self.branch_now = [[0] * len(sim.skills) for _ in sim.branches]
-        self.topology = topo
+        # lookups each agent answered per (branch, skill) index since its last report
+        self.looked_up: list[dict[tuple[int, int], int]] = [{} for _ in sim.centers]
         self.last_tick = sim.now
         self.next_publish = sim.now
         self.plans = 0
@@ -335,35 +345,11 @@ class CallroutePolicy(BasePolicy):
         admin = {}
         if self.operator_closes:
             admin = {c: AdminState.CLOSED for ci, c in enumerate(sim.centers) if not sim.center_open[ci]}
-        surge = {}
-        if self.demand_time > 0:
-            for si, s in enumerate(sim.skills):
-                f = self.forecast_cph.get(s, 0.0)
-                if f > 0:
-                    surge[s] = self.demand_calls[si] / self.demand_time * 3600.0 / f
-        return NetworkView(health=self.health.view(now), admin=admin, surge=surge)
-
-    def _live_topology(self) -> Topology:
-        """The topology with each branch's calls_per_hour replaced by its live lookup rate."""
-        sim = self.sim
-        by_id = {b.id: b for b in self.topology.branches}
-        branches = []
-        for bi, bid in enumerate(sim.branches):
-            b = by_id[bid]
-            rates = {s: self.branch_calls[bi][sim.skill_index[s]] / self.demand_time * 3600.0
-                     for s in b.calls_per_hour}
-            branches.append(msgspec.structs.replace(b, calls_per_hour=rates))
-        return msgspec.structs.replace(self.topology, branches=tuple(branches))
+        return NetworkView(health=self.health.view(now), admin=admin, demand=self.demand.rates(now))
 
     def _publish(self, now: float) -> None:
         self.version += 1
-        view = self._view(now)
-        if self.live_demand and self.demand_time > 0:
-            # a prototype of what the planner lacks: demand per branch from the agents' own lookup
-            # counts instead of forecast x one network-wide surge factor per skill
-            self.planner.topology = self._live_topology()
-            view = msgspec.structs.replace(view, surge={})
-        plan = self.planner.compute(view, now, self.version, wall_hour=(now / 3600.0) % 24.0)
+        plan = self.planner.compute(self._view(now), now, self.version, wall_hour=(now / 3600.0) % 24.0)
         self.plans += 1
         if self.last_plan is not None and not _material_change(self.last_plan, plan, self.publish_min_change):
             self.version -= 1  # nothing that matters changed: the agents keep the plan in force
@@ -372,20 +358,26 @@ class CallroutePolicy(BasePolicy):
         if self.lookup == "ring":
             self.cp = CompiledPlan.compile(plan, self.cache)
         else:
-            self.wt = WeightedPlan(plan)
+            if len(self._weighted_memo) >= WEIGHTED_MEMO_SIZE:
+                self._weighted_memo.clear()
+            self.wt = WeightedPlan(plan, self._weighted_memo)
         self.publishes += 1
 
     def tick(self, sim: Simulation, now: float) -> None:
         dt = max(1e-9, now - self.last_tick)
         self.last_tick = now
-        decay_d = math.exp(-dt / DEMAND_TAU_S)
         decay_a = math.exp(-dt / AHT_TAU_S)
-        offered_by_skill = [0] * len(sim.skills)
+        branches, skill_names = sim.branches, sim.skills
         for ci, cid in enumerate(sim.centers):
             routed = self.routed[ci]
             self.routed[ci] = {}
+            looked_up = self.looked_up[ci]
+            self.looked_up[ci] = {}
             if not sim.center_open[ci]:
                 continue  # the building is dark: its agent sends nothing
+            demand: dict[str, dict[str, int]] = {}
+            for (bi, si), n in looked_up.items():
+                demand.setdefault(branches[bi], {})[skill_names[si]] = n
             skills: dict[str, SkillLoad] = {}
             for si, s in enumerate(sim.skills):
                 q = sim.queue(ci, si)
@@ -398,7 +390,6 @@ class CallroutePolicy(BasePolicy):
                 k.handled, k.handled_s = q.handled, q.handled_s
                 k.aht_n = k.aht_n * decay_a + d_h
                 k.aht_s = k.aht_s * decay_a + d_hs
-                offered_by_skill[si] += d_off
                 if not self.reported[ci][si]:
                     if not (d_off or q.n or q.busy or q.waiting):
                         continue
@@ -409,20 +400,16 @@ class CallroutePolicy(BasePolicy):
                                       abandoned=d_ab, aht_s=self._aht(k))
             self.seq[ci] += 1
             report = Report(center=cid, seq=self.seq[ci], sent_at=now, interval_s=self.tick_s or 0.5,
-                            state=AdminState.OPEN, skills=skills, routed_to=routed)
+                            state=AdminState.OPEN, skills=skills, routed_to=routed, demand=demand)
             if self.validate:
-                validate_report(report, self.known)
-            self.health.observe(report, now)
+                validate_report(report, self.known, known_branches=self.known_branches)
+            # a report can change a status too (a receiver found FAILING): log those as well
+            changes = self.health.observe(report, now)
+            self.demand.observe(report, now)
+            for ch in changes:
+                self.status_log.append((now, ch.center, ch.old.value, ch.new.value))
         for ch in self.health.expire(now):
             self.status_log.append((now, ch.center, ch.old.value, ch.new.value))
-        self.demand_time = self.demand_time * decay_d + dt
-        for si in range(len(sim.skills)):
-            self.demand_calls[si] = self.demand_calls[si] * decay_d + offered_by_skill[si]
-        if self.live_demand:
-            for row, cur in zip(self.branch_calls, self.branch_now, strict=True):
-                for si in range(len(row)):
-                    row[si] = row[si] * decay_d + cur[si]
-                    cur[si] = 0
         if now >= self.next_publish:
             self.next_publish = now + self.publish_s
             self._publish(now)
@@ -444,11 +431,13 @@ class CallroutePolicy(BasePolicy):
         else:
             d = self.wt.resolve(sim.branches[bi], sim.skills[sim.call_skill[call]], str(sim.caller[call]))
         self.decisions += 1
-        if self.live_demand:
-            self.branch_now[bi][sim.call_skill[call]] += 1
         # the lookup is answered by the home center's agent; a switch whose home center is dark asks
-        # its backup agent, the next open center in topology order
+        # its backup agent, the next open center in topology order. The agent counts it for its
+        # report's demand whatever the answer (a callback advice is demand too).
         agent = home if sim.center_open[home] else self._backup_agent(sim, home)
+        key = (bi, sim.call_skill[call])
+        looked_up = self.looked_up[agent]
+        looked_up[key] = looked_up.get(key, 0) + 1
         if not d.center:
             self.overload += 1
             return -1, 0.0
@@ -518,8 +507,9 @@ def _material_change(old: Plan, new: Plan, min_change: float) -> bool:
 
 
 POLICIES = ("static", "nrings", "even8", "callroute", "pooled")
-# callroute with the agent-side live layer (see CallroutePolicy.live_balance): reported apart
-EXTRA_POLICIES = ("callroute+jsew", "callroute+demand")
+# callroute with the agent-side live layer (live_balance), or without the failing detectors
+# (detect_failing=False): reported apart, never as callroute
+EXTRA_POLICIES = ("callroute+jsew", "callroute-nodetect")
 
 
 def make_policy(name: str, *, lookup: str = "ring", report_s: float = REPORT_INTERVAL_S,
@@ -534,9 +524,10 @@ def make_policy(name: str, *, lookup: str = "ring", report_s: float = REPORT_INT
         return NRingsPolicy()
     if name == "even8":
         return Even8Policy()
-    if name in ("callroute", "callroute+jsew", "callroute+demand"):
+    if name in ("callroute", "callroute+jsew", "callroute-nodetect"):
         return CallroutePolicy(lookup=lookup, report_s=report_s, publish_s=publish_s,
-                               live_balance=name == "callroute+jsew", live_demand=name == "callroute+demand")
+                               live_balance=name == "callroute+jsew",
+                               detect_failing=name != "callroute-nodetect")
     if name == "pooled":
         return PooledPolicy()
     raise InvalidInput("policy", name, f"must be one of {', '.join(POLICIES + EXTRA_POLICIES)}")

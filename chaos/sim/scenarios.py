@@ -11,7 +11,10 @@
   forecast everywhere, and staff from other duties (collections) moved to inbound calls at the
   other centers during the event.
 - `overflow-path-broken`: wuhan-2020, and for a stretch of the window calls routed to the main
-  receiving center (chengdu) from other branches never arrive there: the 2020-02-04 incident.
+  receiving center from other branches never arrive there: the 2020-02-04 incident ("the main
+  center cannot receive the overflow calls from Wuhan"). The broken center is the one the planner's
+  DR plan sends most of the closed center's calls to (chengdu in the national example), so the
+  break hits calls really in flight and the health tracker has something to detect.
 
 Times: sim seconds since 00:00 of day 0. A 24 h (or longer) window starts at 00:00; a shorter one
 starts at the morning peak, where routing matters most. Must not: read the clock or draw random
@@ -24,8 +27,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import msgspec
+
 from controlplane.core.erlang import max_load
-from controlplane.core.model import InvalidInput, Topology
+from controlplane.core.model import AdminState, InvalidInput, NetworkView, Topology
+from controlplane.core.planner import compute_plan
 
 from .engine import Closure, PathBreak, ScenarioEvent, StaffMove
 from .erlang_a import erlang_a
@@ -174,6 +180,25 @@ def pick_surge(topo: Topology, main: str, patience_s: float | None) -> tuple[str
     return cid, calibrate_surge(topo, cid, patience_s)
 
 
+def main_receiver(topo: Topology, closed: str, volume: float, staff_factor: float) -> str:
+    """The center that the planner's DR plan sends most of `closed`'s calls to (forecast x volume,
+    the other centers' staff x staff_factor): where a broken receiving path costs the most calls."""
+    centers = tuple(c if c.id == closed else msgspec.structs.replace(
+        c, agents={s: round(n * staff_factor) for s, n in c.agents.items()}) for c in topo.centers)
+    plan = compute_plan(msgspec.structs.replace(topo, centers=centers),
+                        NetworkView(admin={closed: AdminState.CLOSED},
+                                    surge=dict.fromkeys(topo.skills(), volume)))
+    cph = {(b.id, s): v for b in topo.branches if b.home == closed for s, v in b.calls_per_hour.items()}
+    taken: dict[str, float] = {}
+    for r in plan.routes:
+        for t in r.targets:
+            if (r.branch, r.skill) in cph and t.center != closed:
+                taken[t.center] = taken.get(t.center, 0.0) + cph[(r.branch, r.skill)] * t.weight
+    if not taken:
+        raise InvalidInput("topology", closed, "no other center takes its calls: no receiving path to break")
+    return max(sorted(taken), key=lambda c: taken[c])
+
+
 def build_scenario(name: str, topology: Topology, *, hours: float = 24.0, start_h: float | None = None,
                    warmup_s: float = WARMUP_S, main_center: str | None = None,
                    patience_s: float | None = DEFAULT_PATIENCE_S, handle: str = "exponential",
@@ -221,9 +246,10 @@ def build_scenario(name: str, topology: Topology, *, hours: float = 24.0, start_
         span = end_s - start_s
         b0 = start_s + BREAK_FROM * span
         b1 = max(start_s + BREAK_TO * span, b0 + BREAK_MIN_S)
-        events.append(PathBreak(main, b0, b1))
-        wuhan_notes.append(f"calls routed to {main} from other branches do not arrive from "
-                     f"{_clock(b0)} to {_clock(b1)}")
+        receiver = main_receiver(topology, closed, WUHAN_VOLUME, WUHAN_STAFF_FACTOR)
+        events.append(PathBreak(receiver, b0, b1))
+        wuhan_notes.append(f"calls routed to {receiver} (the main receiver of {closed}'s calls) from "
+                           f"other branches do not arrive from {_clock(b0)} to {_clock(b1)}")
     return Scenario(**{**base.__dict__, "volume_all": WUHAN_VOLUME, "events": tuple(events),
                        "notes": tuple(wuhan_notes)})
 

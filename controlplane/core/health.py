@@ -33,7 +33,9 @@ A center that is draining or closed by its own report is never judged: refusing 
 
 Weights: HEALTHY and UNKNOWN 1.0 (a fresh control plane must not DR the whole network: the planner
 uses topology staffing); STALE decays linearly from 1.0 when it went stale to 0.0 at its DOWN time
-(neither trusted for a minute like Cisco ICM's frozen data, nor dropped at once); DOWN 0.0; FAILING
+(neither trusted for a minute like Cisco ICM's frozen data, nor dropped at once; the planner keeps a
+stale center's own calls home until DOWN, so a partition is one route change (F8), and the decay tells
+operators how close to DOWN it is); DOWN 0.0; FAILING
 1.0 when calls routed to it do not arrive (its own calls may still work; the planner stops using it as
 a receiver) and 0.0 when it does not answer. A STALE center still in a failing hold-down keeps the
 failing weight as a ceiling, so going silent never raises a center's weight.
@@ -222,6 +224,7 @@ class _Center(msgspec.Struct):
     fail: _Failure | None = None
     holddown_s: float = 0.0  # the hold-down length used last (doubles on relapse)
     probation_until: float = -math.inf
+    samples: int = 0  # samples ever appended to window: the newest has serial `samples`
 
 
 class HealthTracker:
@@ -245,6 +248,16 @@ class HealthTracker:
                        + WINDOW_SLACK_INTERVALS)
             self._centers[cid] = _Center(cid, deque(maxlen=keep),
                                          reason="no report yet", holddown_s=settings.failing_holddown_s)
+        # Per receiver, the other centers' samples that routed calls to it, oldest first, as
+        # (at, origin, origin's sample serial, calls): the arrival checks sum these instead of
+        # rescanning every other center's window for each receiver on every report. An entry
+        # counts while its sample is still in the origin's window; one older than twice the longest
+        # look-back (twice: clear of any rounding at the edge) is dropped.
+        self._sent_to: dict[str, deque[tuple[float, _Center, int, int]]] = {
+            cid: deque() for cid in self._centers}
+        longest = max(settings.window_horizon_s, settings.failing_window_intervals * settings.interval_s,
+                      settings.failing_arrival_window_s) + WINDOW_SLACK_INTERVALS * settings.interval_s
+        self._forget_after_s = 2 * longest
 
     # ------------------------------------------------------------------ inputs
 
@@ -288,6 +301,15 @@ class HealthTracker:
                 x.busy >= x.logged_in > 0 for x in loads if x.queued > 0),
             routed_to={k: v for k, v in report.routed_to.items() if v > 0},
         ))
+        c.samples += 1
+        expired = now - self._forget_after_s
+        for rid, n in c.window[-1].routed_to.items():
+            sent = self._sent_to.get(rid)
+            if sent is None or rid == c.id:
+                continue
+            sent.append((now, c, c.samples, n))
+            while sent[0][0] < expired:
+                sent.popleft()
         # this report can only change the verdict on the reporter and on the centers it sent calls to
         for cid in sorted({c.id, *c.window[-1].routed_to}):
             x = self._centers.get(cid)
@@ -431,8 +453,13 @@ class HealthTracker:
         # to report later ones (its reports may just have stopped: that is staleness, not loss)
         upto = own[-1].at
         own_sent = sum(x.routed_to.get(c.id, 0) for x in own)
-        others_sent = sum(x.routed_to.get(c.id, 0) for o in self._centers.values() if o is not c
-                          for x in self._recent(o, now) if since <= x.at <= upto)
+        sent_here = self._sent_to[c.id]
+        # as summing over _recent(o, now) of each other center o: its samples after the horizon,
+        # at most its last failing_window_intervals ones
+        horizon = now - s.window_horizon_s
+        others_sent = sum(n for at, o, serial, n in sent_here
+                          if serial > o.samples - s.failing_window_intervals and at > horizon
+                          and since <= at <= upto)
         sent = own_sent + others_sent
         if sent >= s.failing_min_calls and offered < s.failing_arrival_ratio * sent:
             return _Failure(f"calls routed here are not arriving (sent {sent}, offered {offered})", 1.0)
@@ -443,14 +470,21 @@ class HealthTracker:
         # Calls sent in the last interval may not have reached the receiver's ACD report yet (the
         # sender reports them at once, the receiver in its next interval): they are not judged.
         in_flight = min(now - s.interval_s, upto)
+        slack = WINDOW_SLACK_INTERVALS * s.interval_s
+        # The other centers' samples that sent calls here within the longest look-back, gathered
+        # once: each step of the look-back below only narrows them by time (rescanning every
+        # center's window per step was most of the simulator's time).
         span = s.failing_window_intervals * s.interval_s
+        lo = max(since, now - max(span, s.failing_arrival_window_s) - slack)
+        sent_at = [(at, n) for at, o, serial, n in sent_here
+                   if serial > o.samples - len(o.window) and lo <= at <= in_flight]
         while True:
-            mine = [x for x in self._recent(c, now, span) if x.at >= since]
-            others_sent = sum(x.routed_to.get(c.id, 0) for o in self._centers.values() if o is not c
-                              for x in self._recent(o, now, span) if since <= x.at <= in_flight)
+            horizon = now - span - slack  # as _recent(o, now, span)
+            others_sent = sum(n for at, n in sent_at if at > horizon)
             if others_sent >= s.failing_min_calls or span >= s.failing_arrival_window_s:
                 break
             span = min(2 * span, s.failing_arrival_window_s)
+        mine = [x for x in c.window if x.at > horizon and x.at >= since]
         from_others = max(0, sum(x.offered for x in mine) - sum(x.routed_to.get(c.id, 0) for x in mine))
         if others_sent >= s.failing_min_calls and from_others < s.failing_arrival_ratio * others_sent:
             return _Failure(f"calls routed here from other centers are not arriving (sent {others_sent}, "

@@ -22,7 +22,7 @@ import msgspec
 import xxhash
 
 from .model import InvalidInput, OverloadAction, Plan, Route, Target
-from .ring import MASK, SLOTS, Ring, RingCache
+from .ring import MASK, SLOTS, CanonicalKey, Ring, RingCache, canonical_key
 
 __all__ = ["Decision", "CompiledPlan", "RingCache", "resolve", "resolve_many", "VIP_TIER",
            "MAX_FALLBACKS", "MAX_REASON_CHARS"]
@@ -39,6 +39,11 @@ MAX_FALLBACKS = 8
 # The reason travels in every reply and into switch logs: enough for the kind and the planner's
 # first words of why, short enough not to dominate the reply.
 MAX_REASON_CHARS = 160
+
+# Route answers remembered per RingCache (see _answer). A plan has a few hundred routes, each with
+# a standard and maybe a VIP answer; this keeps several plans' worth (each entry well under 1 KiB:
+# about 2 MiB at most on an agent) so routes that come back after a change hit again.
+ANSWER_MEMO_SIZE = 2048
 
 # A route without targets answers from this table: every slot -> its one overload decision.
 _ALL_ZERO_TABLE = bytes(SLOTS)
@@ -81,26 +86,71 @@ def _fallbacks(targets: tuple[Target, ...], center: str) -> tuple[str, ...]:
     return tuple(t.center for t in live[:MAX_FALLBACKS])
 
 
+# What a route's answer depends on besides the plan version: (vip, kind, overload action, first
+# line of the explanation, targets) -> (canonical ring key, (fallbacks, reason) per ring target).
+_MemoKey = tuple[bool, str, str, str, tuple[Target, ...]]
+_Memo = tuple[CanonicalKey, tuple[tuple[tuple[str, ...], str], ...]]
+
+
+def _memo_key(route: Route, vip: bool, targets: object, action: str) -> _MemoKey | None:
+    """The memo key of an answer, or None when its targets are not a tuple of plainly typed Targets:
+    equal targets then always pass or fail validation alike (True == 1.0 but a bool weight is
+    refused), so a remembered answer never lets a target through that validation would refuse."""
+    if type(targets) is not tuple or type(route.explanation) is not str:
+        return None
+    for t in targets:
+        if type(t) is not Target:
+            return None
+        w = t.weight
+        if type(t.center) is not str or (type(w) is not float and type(w) is not int):
+            return None
+    return (vip, str(route.kind), action, route.explanation.split("\n", 1)[0], targets)
+
+
 def _answer(route: Route, vip: bool, version: int, cache: RingCache,
-            where: str) -> tuple[_Answer, Ring | None]:
+            index: int) -> tuple[_Answer, Ring | None]:
     targets = route.vip_targets if vip else route.targets
-    field = f"{where}.vip_targets" if vip else f"{where}.targets"
     # str() of the StrEnum is its value; a plain str from a hand-built Route passes through
     action = str(route.overload_action)
     if action not in _ACTIONS:
-        raise InvalidInput(f"{where}.overload_action", action, f"must be one of {sorted(_ACTIONS)}")
+        raise InvalidInput(f"routes[{index}].overload_action", action, f"must be one of {sorted(_ACTIONS)}")
+    # Consecutive plans mostly repeat a route's targets and reason with a new version: reuse the
+    # validated key, fallbacks and reasons (sorting and formatting were most of a compile).
+    memo = cache.memo
+    mkey = _memo_key(route, vip, targets, action)
+    hit = memo.get(mkey) if mkey is not None else None
+    if hit is not None:
+        memo.move_to_end(mkey)
+        key, parts = hit
+        if not key:
+            return (_ALL_ZERO_TABLE, (Decision("", (), version, parts[0][1], action),)), None
+        ring = cache.get_key(key)
+        return (ring.table, tuple([Decision(c, fb, version, why, action)
+                                   for c, (fb, why) in zip(ring.ids, parts, strict=True)])), ring
+    field = f"routes[{index}].vip_targets" if vip else f"routes[{index}].targets"
     if not isinstance(targets, tuple | list) or not all(isinstance(t, Target) for t in targets):
         raise InvalidInput(field, targets, "must be a sequence of Target")
-    ring = cache.get([(t.center, t.weight) for t in targets], field)
-    if ring is None:
+    key = canonical_key([(t.center, t.weight) for t in targets], field)
+    if not key:
         # no targets (or none with weight): every caller gets the overload action
         d = Decision("", (), version, _reason(route, vip, "", 0.0, action), action)
+        _remember(cache, mkey, (key, (((), d.reason),)))
         return (_ALL_ZERO_TABLE, (d,)), None
+    ring = cache.get_key(key)
     total = sum(ring.weights)
     decisions = tuple(Decision(c, _fallbacks(targets, c), version, _reason(route, vip, c, w / total, action),
                                action)
                       for c, w in zip(ring.ids, ring.weights, strict=True))
+    _remember(cache, mkey, (key, tuple((d.fallbacks, d.reason) for d in decisions)))
     return (ring.table, decisions), ring
+
+
+def _remember(cache: RingCache, mkey: _MemoKey | None, value: _Memo) -> None:
+    if mkey is None:
+        return
+    cache.memo[mkey] = value
+    if len(cache.memo) > ANSWER_MEMO_SIZE:
+        cache.memo.popitem(last=False)
 
 
 class CompiledPlan:
@@ -149,11 +199,11 @@ class CompiledPlan:
             if route.skill in skills:
                 raise InvalidInput(f"routes[{i}]", f"{route.branch}/{route.skill}",
                                    "duplicate route for this branch and skill")
-            std, ring = _answer(route, False, plan.version, cache, f"routes[{i}]")
+            std, ring = _answer(route, False, plan.version, cache, i)
             rings[(route.branch, route.skill, False)] = ring
             vip = std
             if route.vip_targets:
-                vip, ring = _answer(route, True, plan.version, cache, f"routes[{i}]")
+                vip, ring = _answer(route, True, plan.version, cache, i)
             rings[(route.branch, route.skill, True)] = ring
             skills[route.skill] = (std, vip)
         return cls(plan, index, rings)

@@ -165,12 +165,19 @@ class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     skills: dict[str, SkillLoad] = {}
     # calls this center's lookups sent to each target center during the interval
     routed_to: dict[str, int] = {}
+    # branch -> skill -> lookups this center's agent answered for that branch and skill during the
+    # interval (what the agent sees from switches): the live demand the planner spreads
+    demand: dict[str, dict[str, int]] = {}
 
 
 # limits on report contents: a report is a few hundred bytes; anything bigger is broken or hostile
 MAX_SKILLS_PER_REPORT = 256
 MAX_TARGETS_PER_REPORT = 1024
 MAX_COUNT = 10_000_000  # no center offers ten million calls in one half-second interval
+# (branch, skill) entries in one report's demand: an agent answers for its own branches and, as a
+# backup, for a dark neighbour's; 37 branches x 5 skills is 185, and 4096 leaves room for a network
+# of 100+ branches with 40 skills while keeping a report well under 100 KB
+MAX_DEMAND_ENTRIES = 4096
 MAX_ID_LEN = 64
 
 
@@ -189,8 +196,13 @@ def check_id(field: str, v: str) -> None:
         raise InvalidInput(field, v, f"must be 1..{MAX_ID_LEN} chars of letters, digits, - _ .")
 
 
-def validate_report(r: Report, known_centers: frozenset[str] | set[str]) -> None:
-    """B2: reject what is wrong with a report, naming the field and the value."""
+def validate_report(r: Report, known_centers: frozenset[str] | set[str], *,
+                    known_branches: frozenset[str] | set[str] | None = None) -> None:
+    """B2: reject what is wrong with a report, naming the field and the value.
+
+    known_branches: the topology's branch ids, to reject demand for a branch nobody hosts;
+    None leaves demand's branch ids unchecked against the topology (still well-formed).
+    """
     check_id("center", r.center)
     if r.center not in known_centers:
         raise InvalidInput("center", r.center, "unknown center")
@@ -220,6 +232,19 @@ def validate_report(r: Report, known_centers: frozenset[str] | set[str]) -> None
         if target not in known_centers:
             raise InvalidInput("routed_to.key", target, "unknown center")
         _check_count(f"routed_to[{target}]", n)
+    # counted before the loop: a hostile report must not cost a walk over millions of entries
+    if len(r.demand) > MAX_DEMAND_ENTRIES:
+        raise InvalidInput("demand", len(r.demand), f"more than {MAX_DEMAND_ENTRIES} entries")
+    entries = sum(len(per_skill) for per_skill in r.demand.values())
+    if entries > MAX_DEMAND_ENTRIES:
+        raise InvalidInput("demand", entries, f"more than {MAX_DEMAND_ENTRIES} entries")
+    for branch, per_skill in r.demand.items():
+        check_id("demand.key", branch)
+        if known_branches is not None and branch not in known_branches:
+            raise InvalidInput("demand.key", branch, "unknown branch")
+        for skill, n in per_skill.items():
+            check_id(f"demand[{branch}].key", skill)
+            _check_count(f"demand[{branch}][{skill}]", n)
 
 
 # ---------------------------------------------------------------- health view
@@ -248,6 +273,9 @@ class NetworkView(msgspec.Struct, frozen=True):
     # operator-imposed share of a center's own calls to move away (a live drill's ramp step:
     # 0.1, 0.5, 1.0); the moved calls follow the center's DR receivers
     shed: dict[str, float] = {}
+    # branch -> skill -> live calls per hour (demand.DemandTracker.rates): where present the planner
+    # uses it instead of the forecast x surge; absent pairs keep the forecast x surge
+    demand: dict[str, dict[str, float]] = {}
 
 
 # ---------------------------------------------------------------- plans

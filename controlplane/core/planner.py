@@ -44,10 +44,6 @@ QUEUE_HORIZON_S = 60.0
 # Weights below this are dropped and the rest renormalised: a 0.1% share is a call every few
 # minutes, not worth a hash-table slot set or a line in an operator's plan view.
 MIN_WEIGHT = 0.001
-# A stale center's decaying weight is followed in half steps (1, 0.5, then DR): every change is a
-# plan push and a move of callers, and a continuous decay republished each second would be the
-# flapping F8 forbids. A short partition costs one change, and one more when it heals.
-STALE_WEIGHT_STEP = 0.5
 # Receivers' spare capacity below this (Erlangs) counts as none: half an agent is rounding error.
 MIN_SPARE_ERLANGS = 0.5
 
@@ -172,12 +168,12 @@ class PlanTracker:
                 home_weight[cid] = 0.0
                 continue
             if status == Status.STALE:
-                w = math.floor(w / STALE_WEIGHT_STEP) * STALE_WEIGHT_STEP
-                if w <= 0:
-                    why_closed[cid] = f"stale ({h.reason if h else ''}): weight decayed to 0"
-                    closed.add(cid)
-                    home_weight[cid] = 0.0
-                    continue
+                # A stale center keeps its own calls until it is DOWN, whatever its decaying weight:
+                # its agent still serves the last plan and its calls still arrive, and every step of
+                # the decay followed here was a plan push and a move of callers (F8 saw 1 -> 0.5 ->
+                # DR plus receiver churn: 3 changes in one partition). One change per partition, at
+                # DOWN, and one back when it heals. It is no receiver meanwhile (receiver_ok).
+                w = 1.0
             home_weight[cid] = min(1.0, max(0.0, w), 1.0 - min(1.0, max(0.0, view.shed.get(cid, 0.0))))
             if view.shed.get(cid, 0.0) >= 1.0:
                 why_closed[cid] = "shed 100% (drill)"
@@ -187,14 +183,21 @@ class PlanTracker:
             if status in (Status.HEALTHY, Status.UNKNOWN) and w >= 1.0 and cid not in view.shed:
                 receiver_ok.add(cid)
 
-        # ---- demand per home center and skill (Erlangs), after schedules and surge
+        # ---- demand per home center and skill (Erlangs), after schedules and surge: the live
+        # rate where the view has one (it already contains any surge, so no multiplier then),
+        # else the forecast x the skill's surge factor
         homes: dict[str, str] = {}
         demand: dict[tuple[str, str], float] = {}
         for b in topo.branches:
             home = effective_home(b, wall_hour, weekday)
             homes[b.id] = home
+            live_b = view.demand.get(b.id, {})
             for s, cph in b.calls_per_hour.items():
-                a = cph / 3600.0 * view.surge.get(s, 1.0) * topo.aht(s)
+                live_cph = live_b.get(s)
+                if live_cph is not None and math.isfinite(live_cph) and live_cph >= 0:
+                    a = live_cph / 3600.0 * topo.aht(s)
+                else:
+                    a = cph / 3600.0 * view.surge.get(s, 1.0) * topo.aht(s)
                 demand[(home, s)] = demand.get((home, s), 0.0) + a
 
         # ---- capacity per center and skill, live where reports say so
@@ -228,12 +231,15 @@ class PlanTracker:
         vip_routes: dict[tuple[str, str], tuple[Target, ...]] = {}
 
         def pick_receivers(skill: str, source: str, k: int, region: str, overflowing: set[str],
-                           live: bool) -> list[tuple[str, float, CenterCapacity]]:
+                           live: bool, shared: bool = False) -> list[tuple[str, float, CenterCapacity]]:
             """Up to k receivers with their spare Erlangs, most spare first (region first if asked).
 
             live=False ignores queue backlog: used only when live queues leave no spare anywhere,
             so calls still go where agents are staffed (with overload advice) instead of every
             caller being offered a callback while centers are merely busy.
+            shared=True also ignores what earlier displaced loads booked: used only when they took
+            all of it, so the shortage is shared by every displaced center's callers instead of the
+            first one placed taking all the spare and the next getting a callback for every caller.
             """
             cands = []
             # hysteresis on receivers: one that took this source's calls in the last plan stays
@@ -244,6 +250,8 @@ class PlanTracker:
                 if cid == source or cid not in receiver_ok or cid in overflowing or cc.agents <= 0:
                     continue
                 spare = cc.spare() if live else cc.spare() + cc.backlog
+                if shared:
+                    spare = cc.capacity - cc.own_load
                 if spare >= MIN_SPARE_ERLANGS:
                     cands.append((cid, spare, cc))
                 elif cid in incumbents and spare > -MIN_SPARE_ERLANGS:
@@ -257,13 +265,26 @@ class PlanTracker:
 
         chosen: dict[tuple[str, str], frozenset[str]] = {}
 
-        def spread(skill: str, load: float, source: str, k: int, overflowing: set[str]
-                   ) -> tuple[list[tuple[str, float]], float]:
-            """Choose receivers for `load` Erlangs and book it on them; returns (weights, unplaced)."""
+        def spread(skill: str, load: float, source: str, k: int, overflowing: set[str],
+                   share_shortage: bool = False) -> tuple[list[tuple[str, float]], float]:
+            """Choose receivers for `load` Erlangs and book it on them; returns (weights, unplaced).
+
+            share_shortage (DR only: a closed center's calls must go somewhere, an overloaded one's
+            can stay home): when earlier DR loads took all the spare, place this one beside them.
+            """
             region = centers[source].region
             recv = pick_receivers(skill, source, k, region, overflowing, live=True)
             if not recv:
                 recv = pick_receivers(skill, source, k, region, overflowing, live=False)
+            if not recv and share_shortage:
+                recv = pick_receivers(skill, source, k, region, overflowing, live=False, shared=True)
+                if recv:
+                    # none of it is spare: all of this load is beyond the network's capacity
+                    weights = [(cid, sp / sum(x[1] for x in recv)) for cid, sp, _ in recv]
+                    chosen[(source, skill)] = frozenset(cid for cid, _, _ in recv)
+                    for (_, _, cc), (_, w) in zip(recv, weights, strict=True):
+                        cc.assigned += load * w
+                    return weights, load
             chosen[(source, skill)] = frozenset(cid for cid, _, _ in recv)
             total_spare = sum(sp for _, sp, _ in recv)
             if not recv or total_spare <= 0:
@@ -284,7 +305,7 @@ class PlanTracker:
                     continue
                 # even a skill with no calls forecast gets DR targets: a call may still come
                 load = demand[(cid, s)] * shed
-                recv, unplaced = spread(s, load, cid, pol.dr_receivers, overflowing)
+                recv, unplaced = spread(s, load, cid, pol.dr_receivers, overflowing, share_shortage=True)
                 state = why_closed.get(cid, f"shedding {view.shed[cid]:.0%} (drill)" if cid in view.shed
                                        else f"stale: weight {home_weight[cid]:.2f}")
                 why = (f"{cid} {state}; "

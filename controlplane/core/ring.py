@@ -28,6 +28,7 @@ import math
 from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import xxhash
@@ -64,6 +65,13 @@ KEY_DECIMALS = 4
 # Tables in use by the served plan stay alive through it whatever the cache evicts.
 RING_CACHE_SIZE = 1024
 
+# Targets whose race keys (-ln(u) per slot, 512 KiB each) are kept for rebuilds. A ring's targets
+# are centers: the national network has 9 (4.5 MiB more agent RSS, ~67 MB against the 80 MB
+# target); 16 covers networks nearly twice its size for at most 8 MiB. A ring over more targets
+# than this still builds the same table, only at the uncached speed (~0.4 ms per target, against
+# ~0.05 ms from cached keys).
+RACE_KEY_CACHE_TARGETS = 16
+
 # splitmix64 (Steele, Lea, Flood 2014): a full-avalanche 64-bit mix, so that neighbouring slots and
 # neighbouring seeds give independent-looking u values.
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -73,6 +81,9 @@ _SLOT_IDS = np.arange(SLOTS, dtype=np.uint64)
 _TO_UNIT = 2.0**-53  # 53 high bits -> [0, 1); adding half a unit keeps u strictly inside (0, 1)
 
 CanonicalKey = tuple[tuple[str, float], ...]
+
+# target id -> its race keys, least recently used first (see _race_keys)
+_RACE_KEYS: dict[str, np.ndarray] = {}
 
 
 def target_seed(target_id: str) -> int:
@@ -147,20 +158,19 @@ def canonical_key(targets: Sequence[tuple[str, float]], field: str = "targets") 
     return tuple(sorted((tid, w) for tid, w in rounded if w > 0))
 
 
-def _build(ids: tuple[str, ...], weights: tuple[float, ...]) -> Ring:
-    """Fill the table by an exponential race per slot; ids sorted, weights > 0, at least one."""
-    n = len(ids)
-    z = np.empty(SLOTS, dtype=np.uint64)
-    tmp = np.empty(SLOTS, dtype=np.uint64)
-    key = np.empty(SLOTS, dtype=np.float64)
-    best = np.empty(SLOTS, dtype=np.float64)
-    wins = np.empty(SLOTS, dtype=np.bool_)
-    index_type = np.uint8 if n < 256 else np.uint16
-    owner = np.zeros(SLOTS, dtype=index_type)
-    step = np.empty(SLOTS, dtype=index_type)
-    for i, (tid, w) in enumerate(zip(ids, weights, strict=True)):
+def _race_keys(target_id: str) -> np.ndarray:
+    """-ln(u(target, slot)) for every slot: the target's exponential race keys before its weight.
+
+    They depend on the id alone, so they are kept (RACE_KEY_CACHE_TARGETS ids, LRU) and a rebuild
+    for new weights is a divide and a running minimum. Read-only: callers must not change them.
+    """
+    key = _RACE_KEYS.pop(target_id, None)  # re-inserted below as the most recently used
+    if key is None:
+        z = np.empty(SLOTS, dtype=np.uint64)
+        tmp = np.empty(SLOTS, dtype=np.uint64)
+        key = np.empty(SLOTS, dtype=np.float64)
         # In-place uint64 array arithmetic wraps modulo 2**64, as splitmix64 needs.
-        np.bitwise_xor(_SLOT_IDS, np.uint64(target_seed(tid)), out=z)
+        np.bitwise_xor(_SLOT_IDS, np.uint64(target_seed(target_id)), out=z)
         z += _GOLDEN
         np.right_shift(z, np.uint64(30), out=tmp)
         z ^= tmp
@@ -176,21 +186,39 @@ def _build(ids: tuple[str, ...], weights: tuple[float, ...]) -> Ring:
         key += 0.5
         key *= _TO_UNIT
         np.log(key, out=key)
-        # -ln(u) / w: an Exp(w) variable, the smallest of which wins with probability w / sum(w).
-        # It depends on this target's id, slot and weight only, bit for bit, so removing another
-        # target can never change which of the remaining ones wins a slot.
         np.negative(key, out=key)
-        key /= w
-        if i == 0:
-            best[:] = key
-        else:
-            # strict <: an exact tie keeps the lower index (ids are sorted), the same everywhere.
-            # Branch-free updates: masked assignment is ~10x slower on random masks.
-            np.less(key, best, out=wins)
-            np.minimum(best, key, out=best)
-            np.subtract(index_type(i), owner, out=step)  # wraps; owner + step == i
-            np.multiply(step, wins, out=step)
-            np.add(owner, step, out=owner)
+        key.setflags(write=False)
+    _RACE_KEYS[target_id] = key
+    while len(_RACE_KEYS) > RACE_KEY_CACHE_TARGETS:
+        try:
+            del _RACE_KEYS[next(iter(_RACE_KEYS))]
+        except (KeyError, RuntimeError, StopIteration):  # another thread trimmed it meanwhile
+            break
+    return key
+
+
+def _build(ids: tuple[str, ...], weights: tuple[float, ...]) -> Ring:
+    """Fill the table by an exponential race per slot; ids sorted, weights > 0, at least one."""
+    n = len(ids)
+    key = np.empty(SLOTS, dtype=np.float64)
+    best = np.empty(SLOTS, dtype=np.float64)
+    wins = np.empty(SLOTS, dtype=np.bool_)
+    index_type = np.uint8 if n < 256 else np.uint16
+    owner = np.zeros(SLOTS, dtype=index_type)
+    step = np.empty(SLOTS, dtype=index_type)
+    # -ln(u) / w: an Exp(w) variable, the smallest of which wins with probability w / sum(w).
+    # It depends on this target's id, slot and weight only, bit for bit, so removing another
+    # target can never change which of the remaining ones wins a slot.
+    np.divide(_race_keys(ids[0]), weights[0], out=best)
+    for i in range(1, n):
+        np.divide(_race_keys(ids[i]), weights[i], out=key)
+        # strict <: an exact tie keeps the lower index (ids are sorted), the same everywhere.
+        # Branch-free updates (masked assignment is ~10x slower on random masks): owner is below
+        # i before this step, so max(owner, i if won else 0) is i exactly where target i won.
+        np.less(key, best, out=wins)
+        np.minimum(best, key, out=best)
+        np.multiply(wins, index_type(i), out=step)
+        np.maximum(owner, step, out=owner)
     table: bytes | array[int]
     if n < 256:
         table = owner.tobytes()
@@ -217,13 +245,16 @@ def build_table(targets: Sequence[tuple[str, float]]) -> Ring:
 class RingCache:
     """A bounded LRU of Rings keyed by canonical weighted target set (see `canonical_key`)."""
 
-    __slots__ = ("maxsize", "_rings", "hits", "misses")
+    __slots__ = ("maxsize", "_rings", "hits", "misses", "memo")
 
     def __init__(self, maxsize: int = RING_CACHE_SIZE) -> None:
         if not isinstance(maxsize, int) or maxsize < 1:
             raise InvalidInput("maxsize", maxsize, "must be a positive integer")
         self.maxsize = maxsize
         self._rings: OrderedDict[CanonicalKey, Ring] = OrderedDict()
+        # lookup.CompiledPlan.compile's per-route memo (bounded there); it travels with the cache
+        # because the cache is what lives from one compile to the next
+        self.memo: OrderedDict[Any, Any] = OrderedDict()
         self.hits = 0
         self.misses = 0
 

@@ -300,7 +300,8 @@ def dry_run(topology: Topology, view: NetworkView, center: str) -> tuple[Plan, d
 
     admin = dict(view.admin)
     admin[center] = AdminState.CLOSED
-    plan = compute_plan(topology, NetworkView(health=view.health, admin=admin, surge=view.surge))
+    plan = compute_plan(topology, NetworkView(health=view.health, admin=admin, surge=view.surge,
+                                              demand=view.demand))
     skills_to: dict[str, set[str]] = {}
     for r in plan.routes:
         if r.home == center:

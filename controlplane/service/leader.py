@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from controlplane.core.demand import DemandSettings, DemandTracker
 from controlplane.core.health import HealthSettings, HealthSnapshot, HealthTracker
 from controlplane.core.model import AdminState, NetworkView, Plan, Report, Status, Topology
 from controlplane.core.plan import consistent
@@ -92,6 +93,7 @@ class LeaderBrain:
         leader_id: str = "",
         term: int = 0,
         health_settings: HealthSettings | None = None,
+        demand_settings: DemandSettings | None = None,
     ) -> None:
         self.topology = topology
         self.topology_hash = topology_hash
@@ -99,6 +101,10 @@ class LeaderBrain:
         self.publish_interval_s = publish_interval_s
         self.tracker = HealthTracker(topology.center_ids(), health_settings or HealthSettings(), now)
         self.planner = PlanTracker(topology)
+        # live calls per branch from the agents' lookup counts (reports.py feeds it); a new leader
+        # starts empty and plans on the forecast until reports arrive: the old leader's estimate
+        # is not carried over, a few report intervals rebuild it
+        self.demand = DemandTracker(topology, demand_settings or DemandSettings(), now)
         self.version = base_version  # highest version in the store when we took over
         self.last_plan = base_plan
         self.admin: dict[str, AdminState] = dict(admin or {})
@@ -234,7 +240,8 @@ class LeaderBrain:
     # ------------------------------------------------------------------ outputs
 
     def view(self, now: float) -> NetworkView:
-        return NetworkView(health=self.tracker.view(now), admin=dict(self.admin), shed=dict(self.shed))
+        return NetworkView(health=self.tracker.view(now), admin=dict(self.admin), shed=dict(self.shed),
+                           demand=self.demand.rates(now))
 
     def compute(
         self, now: float, wall: float, wall_hour: float | None = None, weekday: int | None = None
@@ -409,6 +416,7 @@ class LeaderLoop:
             leader_id=cp.settings.id,
             term=election.leader_rev,
             health_settings=cp.health_settings(),
+            demand_settings=cp.demand_settings(),
         )
         self.brain.shed = shed
         if seqs is not None:

@@ -64,6 +64,24 @@ class ControlPlaneMetrics:
             ["branch", "center"],
             registry=r,
         )
+        # per branch, not per reporting center: what hosted branches are billed by (domain.md,
+        # internal pricing); label values are the topology's branches and skills (reports naming
+        # others are rejected), so the series are bounded by the topology
+        self.branch_lookups = Counter(
+            _P + "branch_lookups_total",
+            "Lookups agents answered per branch and skill (from reports' demand; leader only)",
+            ["branch", "skill"],
+            registry=r,
+        )
+        self.branch_demand = Gauge(
+            _P + "branch_demand_calls_per_hour",
+            "Live demand estimate the planner uses per branch and skill (the forecast while no "
+            "center reports; leader only)",
+            ["branch", "skill"],
+            registry=r,
+        )
+        # bound children of branch_lookups: labels() takes a lock and builds a key, per report entry
+        self._branch_lookups: dict[tuple[str, str], Any] = {}
         self.agents_acked = Gauge(
             _P + "agents_acked", "Agent streams whose last ACK is this version", ["version"], registry=r
         )
@@ -104,6 +122,26 @@ class ControlPlaneMetrics:
         for key in self._route_labels - seen:
             self.route_weight.remove(*key)
         self._route_labels = seen
+
+    def count_lookups(self, demand: dict[str, dict[str, int]]) -> None:
+        """One accepted report's per-branch lookup counts."""
+        children = self._branch_lookups
+        for branch, per_skill in demand.items():
+            for skill, n in per_skill.items():
+                if n:
+                    child = children.get((branch, skill))
+                    if child is None:
+                        child = children[(branch, skill)] = self.branch_lookups.labels(branch, skill)
+                    child.inc(n)
+
+    def set_demand(self, rates: dict[str, dict[str, float]]) -> None:
+        """The leader's demand estimate (calls per hour); {} when not leading clears the series."""
+        if not rates:
+            self.branch_demand.clear()
+            return
+        for branch, per_skill in rates.items():
+            for skill, v in per_skill.items():
+                self.branch_demand.labels(branch, skill).set(v)
 
     def set_acked(self, counts: dict[int, int]) -> None:
         self.agents_acked.clear()

@@ -3,8 +3,12 @@
 Only the leader accepts report streams; any other replica ends the stream at once with
 FAILED_PRECONDITION "not leader; leader at HOST:PORT" so the agent moves on. Every report gets a
 ReportAck: a bad one (B2) or a stale one (F12) is answered accepted=false with the field and value,
-never dropped in silence, and nothing of it reaches the core. Must not: block the event loop, keep
-per-stream state beyond the center id, or accept reports after this replica stops leading.
+never dropped in silence, and nothing of it reaches the core. An accepted report's per-branch
+lookup counts (`demand`) go to the leader term's DemandTracker (the planner's live demand) and to
+the per-branch lookup counter; its ack carries the center's previous accepted seq, so an agent whose
+stream broke can tell which unacknowledged reports were counted (each lookup counted once). Must
+not: block the event loop, keep per-stream state beyond the center id and whether its agent counts
+demand, or accept reports after this replica stops leading.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ log = logging.getLogger("callroute.controlplane.reports")
 class ReportServicer(report_pb2_grpc.ReportServiceServicer):
     def __init__(self, cp: Any) -> None:
         self.cp = cp
+        # demand may name only the topology's branches and skills (B2): a typo'd id is refused
+        # with its field, and the per-branch metric's label set stays bounded
+        self.branches = frozenset(b.id for b in cp.topology.branches)
+        self.skills = frozenset(cp.topology.skills())
 
     async def _not_leader(self, context: grpc.aio.ServicerContext) -> None:
         where = self.cp.leader_address or "unknown"
@@ -40,9 +48,17 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
         accepted = metrics.reports.labels("accepted")
         rejected = metrics.reports.labels("rejected")
         known = cp.known_centers
+        branches, skills = self.branches, self.skills
         loop = cp.loop
         center = ""
         brain = leader.brain
+        # the term's tracker (server.on_leader_change): a new leader's starts empty and the
+        # planner keeps the forecast until reports fill it
+        demand = cp.demand_tracker(brain)
+        # whether this stream's agent counts lookups: once it has sent demand, its reports without
+        # any say "no lookups this interval" (zero is data); an older agent's never do, and feeding
+        # them would read its branches' calls as zero instead of leaving the forecast
+        counting = False
         metrics.report_streams.inc()
         try:
             async for msg in request_iterator:
@@ -50,7 +66,7 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                     await self._not_leader(context)
                 version = cp.feed.version
                 try:
-                    report = report_from_pb(msg, known)
+                    report = report_from_pb(msg, known, known_branches=branches, known_skills=skills)
                     if center and report.center != center:
                         raise InvalidInput(
                             "center",
@@ -67,6 +83,7 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                     center = report.center
                     brain.stream_opened(center, now)
                     leader.wake()
+                prior_seq = brain.tracker.last_seq(report.center) or 0
                 try:
                     brain.observe(report, now)
                 except StaleReport as e:
@@ -74,6 +91,13 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                     metrics.report_rejects.labels("stale").inc()
                     yield report_ack(msg.seq, version, InvalidInput("seq", msg.seq, f"stale: {e}"))
                     continue
+                if report.demand:
+                    counting = True
+                    metrics.count_lookups(report.demand)
+                if counting:
+                    # after the seq check: a stale report's lookups were counted with it already;
+                    # its ids were checked against the tracker's topology by report_from_pb
+                    demand.observe(report, now)
                 leader.nudge(brain)
                 accepted.inc()
                 for target, n in report.routed_to.items():
@@ -81,7 +105,7 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                         # the proto counts calls per (origin center, receiving center); a center's
                         # lookups serve the branches it hosts, so the origin center stands for them
                         metrics.calls_routed.labels(center, target).inc(n)
-                yield report_ack(msg.seq, version)
+                yield report_ack(msg.seq, version, prior_accepted_seq=prior_seq)
         finally:
             metrics.report_streams.dec()
             if center and leader.brain is brain and brain is not None:

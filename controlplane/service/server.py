@@ -39,6 +39,7 @@ from controlplane.convert import (
     route_batch_reply,
     route_request_from_pb,
 )
+from controlplane.core.demand import DemandSettings, DemandTracker
 from controlplane.core.model import AdminState, InvalidInput, Plan, Topology
 
 from .leader import LeaderBrain, LeaderLoop
@@ -59,6 +60,26 @@ AGE_REFRESH_S = 0.5
 MAX_CHUNKS_PER_TXN = 128
 # gRPC message limit both ways: a national plan is a few hundred KiB; convert.MAX_PLAN_BYTES is 4 MiB
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+def server_keepalive_options(keepalive_time_s: float, keepalive_timeout_s: float,
+                             min_ping_s: float) -> list[tuple[str, Any]]:
+    """HTTP/2 keepalive of the control plane's server: a half-open agent (its host gone without a
+    FIN) is dropped within keepalive time + timeout, and its report stream closes (F11).
+
+    ping_timeout_ms is set with keepalive_timeout_ms because gRPC core (1.85) arms an unanswered
+    ping's timeout from ping_timeout_ms (default 60 s), keepalive pings included: without it a dead
+    agent's stream lingered a minute (see agents.plancache.channel_options for the client side).
+    """
+    timeout_ms = int(keepalive_timeout_s * 1000)
+    return [
+        ("grpc.keepalive_time_ms", int(keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", timeout_ms),
+        ("grpc.http2.ping_timeout_ms", timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(min_ping_s * 1000)),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 def plan_key_version(version: int) -> str:
@@ -427,10 +448,28 @@ class ControlPlane:
         self.metrics.leader_changes.labels("elected" if leading else "demoted").inc()
         if leading:
             self.leader_address = self.advertised()
+            if self.leader.brain is not None:
+                self.demand_tracker(self.leader.brain)  # the term's demand estimate starts now
+        else:
+            self.metrics.set_demand({})  # only the leader estimates demand: no frozen series
+
+    def demand_tracker(self, brain: LeaderBrain) -> DemandTracker:
+        """The leader term's live demand per branch and skill, fed by accepted reports.
+
+        One per brain, so a new leader starts with an empty tracker: until reports fill it the
+        estimate is the forecast (DemandTracker.rates), which is what plans used before live demand;
+        the old leader's counts are not carried over (they were about its term's minutes).
+        """
+        tracker: DemandTracker | None = getattr(brain, "demand", None)
+        if tracker is None:
+            tracker = DemandTracker(self.topology, self.demand_settings(), self.loop.time())
+            brain.demand = tracker  # type: ignore[attr-defined]
+        return tracker
 
     def publish_health(self, brain: LeaderBrain, now: float) -> None:
         for c, h in brain.tracker.view(now).items():
             self.metrics.set_health(c, h.status)
+        self.metrics.set_demand(self.demand_tracker(brain).rates(now))
 
     def health_settings(self) -> Any:
         from controlplane.core.health import HealthSettings
@@ -439,18 +478,16 @@ class ControlPlane:
             return self.settings.health
         return HealthSettings(interval_s=self.settings.report_interval_s)
 
+    def demand_settings(self) -> DemandSettings:
+        return self.settings.demand or DemandSettings()
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         s = self.settings
         self.loop = asyncio.get_running_loop()
-        ka_ms = int(s.keepalive_time_s * 1000)
         options = [
-            ("grpc.keepalive_time_ms", ka_ms),
-            ("grpc.keepalive_timeout_ms", int(s.keepalive_timeout_s * 1000)),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", int(s.keepalive_min_ping_s * 1000)),
-            ("grpc.http2.max_pings_without_data", 0),
+            *server_keepalive_options(s.keepalive_time_s, s.keepalive_timeout_s, s.keepalive_min_ping_s),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from controlplane.core.demand import DemandSettings
 from controlplane.core.health import HealthSettings
 from controlplane.core.model import InvalidInput, check_id
 from controlplane.settingsfile import read_settings_data
@@ -70,6 +71,8 @@ class ControlPlaneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     plan_chunk_bytes: int = 1 << 20
     # the health tracker's timers; None = the tracker's defaults with interval_s = report_interval_s
     health: HealthSettings | None = None
+    # the live demand estimate's windows (controlplane.core.demand); None = its defaults
+    demand: DemandSettings | None = None
     # etcd history older than this is compacted by the leader: watchers that were away longer re-list
     # (F7); ten minutes of plans and heartbeats is a few thousand revisions
     compact_after_s: float = 600.0

@@ -1,0 +1,193 @@
+"""The demand tracker: live calls per hour per branch and skill, from the lookups agents answer.
+
+A switch asks its branch's home agent for a route per call (or a backup agent while the home
+center is dark); each agent counts the lookups it answered per (branch, skill) and sends the counts
+in its reports (`Report.demand`). This tracker sums them over all reporting centers (a branch's
+lookups may be answered by more than one agent in one interval, around a failover) and keeps an
+exponentially weighted rate per (branch, skill); the planner reads `rates(now)` into
+`NetworkView.demand` and spreads what branches really send instead of forecast x one surge factor
+per skill.
+
+The estimate, per (branch, skill), with t0 the start of the current run of reports:
+
+    rate(t) = (C(t) + f * P(t)) / (W(t) + P(t))
+    C(t) = sum of counts n_i * exp(-(t - t_i) / tau)        (lookups, weighted by age)
+    W(t) = tau * (1 - exp(-(t - t0) / tau))                   (seconds observed, weighted the same)
+    P(t) = prior_s * exp(-(t - t0) / tau)                     (the prior, aging like data)
+
+f is the forecast (the branch's calls_per_hour, times a surge factor if the caller passes one): the
+prior counts as `prior_s` seconds of calls at the forecast rate seen at t0, so during the first
+minute a few calls are not read as a surge, and after a few tau the data alone decide. Dividing by
+the weighted time observed (not assuming a full window) keeps the early estimate unbiased.
+
+No reports: until the first report, and whenever no center has reported for `silence_s`, `rates`
+returns the forecast (x surge) for every pair: with every agent silent nobody measures demand, and
+the forecast is a better guess than a rate decaying to zero, which would strip the receivers'
+booked load and overbook them. The next report starts a new run from the prior.
+
+Must not: read the clock, do I/O, import asyncio/grpc/etcd/prometheus.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import msgspec
+
+from .model import InvalidInput, Report, Topology
+
+# Counts are stored scaled by exp((t - ref) / tau) so a report costs only its own entries (no decay
+# of every pair on every report); the reference moves forward once the scale passes exp(this), far
+# below float overflow (exp(709)) and far above the precision the rates need.
+RESCALE_AT = 50.0
+# Upper bounds on settings: beyond these a value is a unit mistake (ms typed for s), not a choice.
+MAX_SETTING_S = 86_400.0  # a day
+# a simulated day in a second is the fastest any harness runs
+MAX_TIME_SCALE = 86_400.0
+
+
+class DemandSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How the live demand estimate weighs the past; every default says why it is that number."""
+
+    # an exponentially weighted rate over about five minutes: long enough that a half-second's
+    # handful of calls is not read as a surge, short enough to follow a morning ramp (profiles move
+    # by at most ~30% an hour) and a surge within minutes
+    tau_s: float = 300.0
+    # the forecast counts as a minute of calls seen at the start: the first few calls of a run move
+    # the estimate a little, a real surge takes over within a minute or two
+    prior_s: float = 60.0
+    # no report from any center for this long: nobody measures demand, fall back to the forecast;
+    # the health tracker's down_after_s (6 s), when every center would be DOWN anyway
+    silence_s: float = 6.0
+    # lookups arrive this many times faster than the calls they stand for: only a simulated network
+    # running faster than real time (the chaos harness, `callroute up --speed`, whose simulated ACDs
+    # run at the same factor); 1 in production
+    time_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        ts = self.time_scale
+        if not isinstance(ts, int | float) or not math.isfinite(ts) or not 0 < ts <= MAX_TIME_SCALE:
+            raise InvalidInput("time_scale", ts, f"must be a number in (0, {MAX_TIME_SCALE:g}]")
+        for name in ("tau_s", "silence_s"):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or not math.isfinite(v) or not 0 < v <= MAX_SETTING_S:
+                raise InvalidInput(name, v, f"must be a number in (0, {MAX_SETTING_S:g}] seconds")
+        v = self.prior_s
+        if not isinstance(v, int | float) or not math.isfinite(v) or not 0 <= v <= MAX_SETTING_S:
+            raise InvalidInput("prior_s", v, f"must be a number in [0, {MAX_SETTING_S:g}] seconds")
+
+
+class DemandTracker:
+    """Calls per hour per (branch, skill), from the lookup counts in centers' reports."""
+
+    def __init__(self, topology: Topology, settings: DemandSettings, now: float) -> None:
+        self._s = settings
+        self._now = _finite("now", now)
+        self._skills = frozenset(topology.skills())
+        # forecast calls per second per (branch, skill): the prior, and the answer with no reports
+        self._forecast: dict[str, dict[str, float]] = {
+            b.id: {s: cph / 3600.0 for s, cph in b.calls_per_hour.items()} for b in topology.branches}
+        # scaled weighted counts: C(t) = _counts[b][s] * exp(-(t - _ref) / tau)
+        self._counts: dict[str, dict[str, float]] = {b: {} for b in self._forecast}
+        self._ref = self._now
+        self._start: float | None = None  # t0 of the current run of reports; None = no run
+        self._last_report_at: float | None = None
+        # reports already counted are not counted again (a replay, a duplicate delivery)
+        self._last_seq: dict[str, int] = {}
+        # a branch's switches ask its home center's agent: once that agent has reported (the shell
+        # feeds only agents that count lookups), zero lookups mean zero calls. Until then the branch
+        # keeps its forecast, so one served by an agent that does not count (an older build,
+        # mid-upgrade) is not read as silent; lookups counted elsewhere (a backup agent) count too.
+        self._home = {b.id: b.home for b in topology.branches}
+        self._measured: set[str] = set()
+        self._measuring: set[str] = set()
+
+    def observe(self, report: Report, now: float) -> None:
+        """Add one report's lookup counts (the report already passed model.validate_report).
+
+        A report whose seq is not after the last one counted for its center is ignored: its lookups
+        were counted already. Raises InvalidInput for a branch or skill the topology does not know,
+        before counting anything.
+        """
+        now = self._clamp(now)
+        for branch, per_skill in report.demand.items():
+            if branch not in self._counts:
+                raise InvalidInput("demand.key", branch, "unknown branch")
+            for skill in per_skill:
+                if skill not in self._skills:
+                    raise InvalidInput(f"demand[{branch}].key", skill, "unknown skill")
+        last = self._last_seq.get(report.center)
+        if last is not None and report.seq <= last:
+            return
+        self._last_seq[report.center] = report.seq
+        if self._silent(now):
+            # a new run: what was counted before the silence is too old to describe now
+            for row in self._counts.values():
+                row.clear()
+            self._ref = now
+            # the report's counts cover the interval before it
+            self._start = now - report.interval_s
+        self._last_report_at = now
+        if report.center not in self._measuring:
+            self._measuring.add(report.center)
+            self._measured.update(b for b, h in self._home.items() if h == report.center)
+        if now - self._ref > RESCALE_AT * self._s.tau_s:
+            k = math.exp(-(now - self._ref) / self._s.tau_s)
+            for row in self._counts.values():
+                for s in row:
+                    row[s] *= k
+            self._ref = now
+        scale = math.exp((now - self._ref) / self._s.tau_s) / self._s.time_scale
+        for branch, counts in report.demand.items():
+            row = self._counts[branch]
+            for skill, n in counts.items():
+                if n:
+                    row[skill] = row.get(skill, 0.0) + n * scale
+                    self._measured.add(branch)
+
+    def rates(self, now: float, surge: Mapping[str, float] | None = None) -> dict[str, dict[str, float]]:
+        """Calls per hour per branch and skill: every forecast pair, plus pairs only seen live.
+
+        surge: a multiplier per skill on the forecast (NetworkView.surge), for the prior and for the
+        no-report fallback; the live counts are what they are.
+        """
+        now = self._clamp(now)
+        surge = surge or {}
+        if self._silent(now) or self._start is None:
+            return {b: {s: f * 3600.0 * surge.get(s, 1.0) for s, f in row.items()}
+                    for b, row in self._forecast.items()}
+        tau = self._s.tau_s
+        age = max(0.0, now - self._start)
+        decay_run = math.exp(-age / tau)
+        observed = tau * (1.0 - decay_run)
+        prior = self._s.prior_s * decay_run
+        decay = math.exp(-(now - self._ref) / tau)
+        denom = observed + prior
+        out: dict[str, dict[str, float]] = {}
+        for b, fc in self._forecast.items():
+            if b not in self._measured:
+                out[b] = {s: f * 3600.0 * surge.get(s, 1.0) for s, f in fc.items()}
+                continue
+            counts = self._counts[b]
+            row: dict[str, float] = {}
+            for s in fc.keys() | counts.keys():
+                f = fc.get(s, 0.0) * surge.get(s, 1.0)
+                c = counts.get(s, 0.0) * decay
+                row[s] = (c + f * prior) / denom * 3600.0 if denom > 0 else f * 3600.0
+            out[b] = row
+        return out
+
+    def _silent(self, now: float) -> bool:
+        return self._last_report_at is None or now - self._last_report_at > self._s.silence_s
+
+    def _clamp(self, now: float) -> float:
+        # time never runs backwards here: an older `now` is read as the latest one seen
+        self._now = max(_finite("now", now), self._now)
+        return self._now
+
+
+def _finite(field: str, v: float) -> float:
+    if not isinstance(v, int | float) or not math.isfinite(v):
+        raise InvalidInput(field, v, "must be a finite number of monotonic seconds")
+    return float(v)
