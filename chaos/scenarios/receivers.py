@@ -33,10 +33,12 @@ from chaos.scenarios.common import (
 # more interval. Publishing and pushing the plan gets half a second on a loaded 2-core machine.
 DETECT_BUDGET_S = 4 * REPORT_INTERVAL_S
 REMOVE_BUDGET_S = DETECT_BUDGET_S + 0.5
-# After the main receiver fails, most of the closed center's callers must still reach a center:
-# a callback for everyone is not "its share goes to the others" (F17); some overload-only answers
-# are honest when the branches' own skills have no staffed receiver left.
-MAX_OVERLOAD_ONLY = 0.5
+# After the main receiver fails, most of the closed center's callers must still reach a center on
+# the national network, whose other seven centers have the staff: a callback for everyone is not
+# "its share goes to the others" (F17). The small network's CI run loses two of its three centers
+# (one closed, one failing): the last one cannot hold all three centers' calls at every hour of
+# its simulated day, so there overload-only answers are honest and only reported.
+MIN_CENTERS_SHARE_NATIONAL = 0.5
 # Give up on a detector after this long: it has not fired, and the report says so.
 DETECT_TIMEOUT_S = 15.0
 # The receiver must have been healthy this long (with the closed center's calls) before the fault.
@@ -147,7 +149,7 @@ def rank_correlation(a: dict[str, float], b: dict[str, float]) -> float:
 
 
 async def _receiver_fault(c: Cluster, r: ScenarioResult, closed: str, receiver: str, mode: str,
-                          prefix: str, xfail: str = "") -> None:
+                          prefix: str, xfail: str = "", min_centers_share: float = 0.0) -> None:
     """Close `closed`, then break `receiver` with ACD `mode`; check it leaves the receivers in time."""
     keys = c.probe_keys(closed)
     t_close = time.monotonic()
@@ -205,9 +207,9 @@ async def _receiver_fault(c: Cluster, r: ScenarioResult, closed: str, receiver: 
     r.figures[f"{prefix}{closed}_overload_share_after"] = overload
     centers_share = sum(v for k, v in others.items() if k != "(overload)")
     # dr_shares rounds each share to 4 decimals: eight of them sum to 1 within 8 x 0.00005
-    r.check(f"{prefix}its share goes to the other centers (overload-only answers at most "
-            f"{MAX_OVERLOAD_ONLY:.0%})", after.get(receiver, 0.0) == 0.0
-            and abs(sum(others.values()) - 1.0) <= SHARE_ROUNDING and centers_share >= 1 - MAX_OVERLOAD_ONLY,
+    r.check(f"{prefix}its share goes to the other centers (at least {min_centers_share:.0%} to centers, "
+            f"the rest to the overload action)", after.get(receiver, 0.0) == 0.0
+            and abs(sum(others.values()) - 1.0) <= SHARE_ROUNDING and centers_share >= min_centers_share,
             f"after: {after}", xfail)
     r.notes.append(f"{prefix}{closed}'s calls before: {before}; after {receiver} {mode}: {after}")
 
@@ -221,7 +223,8 @@ async def f17(opts: RunOptions) -> ScenarioResult:
         async with Cluster(topo, tmp=opts.tmp, agent_config=default_agent_config(topo),
                            cp_config={"lease_ttl_s": LEASE_TTL_S}) as c, observed(c, r, opts.rate_per_s):
             await asyncio.sleep(2.0)
-            await _receiver_fault(c, r, closed, receiver, "not_answering", "")
+            await _receiver_fault(c, r, closed, receiver, "not_answering", "",
+                                  min_centers_share=0.0 if topo == SMALL else MIN_CENTERS_SHARE_NATIONAL)
             await asyncio.sleep(1.0)
             await c.set_acd_mode(receiver, "normal")
         lookup_checks(r)
@@ -305,7 +308,8 @@ async def overflow_path_broken(opts: RunOptions) -> ScenarioResult:
                 sub = ScenarioResult(r.name, r.title)
                 async with observed(c, sub, opts.rate_per_s):
                     await asyncio.sleep(2.0)
-                    await _receiver_fault(c, sub, "wuhan", "chengdu", mode, prefix, xfail)
+                    await _receiver_fault(c, sub, "wuhan", "chengdu", mode, prefix, xfail,
+                                          min_centers_share=MIN_CENTERS_SHARE_NATIONAL)
                     await asyncio.sleep(1.0)
                 lookup_checks(sub, name=f"{prefix}0 lookup errors")
                 # both phases in one report: the second's times follow the first's
