@@ -305,22 +305,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         )
 
     async def _wait_for_plan(self, center: str, state: AdminState) -> int:
-        feed = self.cp.feed
-        deadline = self.cp.loop.time() + APPLY_WAIT_S
-
-        def carried() -> bool:
-            p = feed.latest
-            return p is not None and ((center in p.closed) == (state != AdminState.OPEN))
-
-        while not carried():
-            left = deadline - self.cp.loop.time()
-            if left <= 0:
-                return 0
-            try:
-                await asyncio.wait_for(feed.wait_newer(feed.version), left)
-            except TimeoutError:
-                return 0
-        return feed.version
+        """The version of the first plan that carries `center`'s new state, or 0 if none in time."""
+        return await self._wait_for(lambda p: (center in p.closed) == (state != AdminState.OPEN))
 
     # ------------------------------------------------------------------ two-person rule and drills
 
