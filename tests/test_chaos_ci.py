@@ -32,9 +32,9 @@ def run(name: str, tmp_path: Path, **kw: object):  # type: ignore[no-untyped-def
 
 # Known failures found by these scenarios, reported to the lead (not hidden: the report says so).
 KNOWN = {
-    "F17": "detection time of a receiver that stops answering ranged 0.87-2.23 s over runs on this shared "
-           "2-core machine against the 2.0 s budget (3 report intervals + 1 for alignment); the full run "
-           "in docs/chaos measured 0.87 s",
+    "F17": "detection of a receiver that stops answering on the small network: 1.2-1.5 s run alone, up "
+           "to 2.03 s with other work on this shared 2-core machine, against the 2.0 s budget (3 report "
+           "intervals + 1 for alignment); the full run in docs/chaos measured 1.24 s",
 }
 
 
