@@ -129,15 +129,11 @@ class LookupEngine:
         d = self.resolve_fn(served.compiled, branch, skill, caller, tier)
         if probe:
             return d
-        c = self.counter
-        counts = c.counts
-        key = (d.center, skill)
-        counts[key] = counts.get(key, 0) + 1
         # only answered lookups reach here (resolve raised for an unknown branch or skill): the
-        # demand counts name branches and skills of the served plan
-        demand = c.demand
-        key = (branch, skill)
-        demand[key] = demand.get(key, 0) + 1
+        # counts name branches and skills of the served plan
+        counts = self.counter.counts
+        key = (branch, skill, d.center)
+        counts[key] = counts.get(key, 0) + 1
         return d
 
     def http_response(self, d: Any) -> bytes:

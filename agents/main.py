@@ -264,7 +264,7 @@ class Agent:
             "control plane (pending, in flight or in doubt).",
             "# TYPE callroute_agent_demand_outstanding_lookups gauge",
             f"callroute_agent_demand_outstanding_lookups "
-            f"{r.ledger.outstanding() + sum(self.counter.demand.values())}",
+            f"{r.ledger.outstanding() + sum(self.counter.counts.values())}",
             "# HELP callroute_agent_stream_reconnects_total Report and plan stream reconnects.",
             "# TYPE callroute_agent_stream_reconnects_total counter",
             f'callroute_agent_stream_reconnects_total{{stream="report"}} {r.reconnects}',

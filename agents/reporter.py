@@ -79,21 +79,29 @@ class SeqStore:
 
 
 class RoutedCounter:
-    """Answered lookups in the current interval: per (target center, skill) and per (branch, skill)."""
+    """Answered lookups in the current interval per (branch, skill, answered center; "" for an
+    overload answer). One count per lookup on the hot path; the report derives from it both the
+    calls routed per target center and the branch's demand (`split_calls`)."""
 
-    __slots__ = ("counts", "demand")
+    __slots__ = ("counts",)
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, str], int] = {}
-        self.demand: dict[tuple[str, str], int] = {}
+        self.counts: dict[tuple[str, str, str], int] = {}
 
-    def swap(self) -> dict[tuple[str, str], int]:
+    def swap(self) -> dict[tuple[str, str, str], int]:
         old, self.counts = self.counts, {}
         return old
 
-    def swap_demand(self) -> dict[tuple[str, str], int]:
-        old, self.demand = self.demand, {}
-        return old
+
+def split_calls(calls: dict[tuple[str, str, str], int]
+                ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+    """(routed per (target center, skill), demand per (branch, skill)) from RoutedCounter counts."""
+    routed: dict[tuple[str, str], int] = {}
+    demand: dict[tuple[str, str], int] = {}
+    for (branch, skill, target), n in calls.items():
+        demand[(branch, skill)] = demand.get((branch, skill), 0) + n
+        routed[(target, skill)] = routed.get((target, skill), 0) + n
+    return routed, demand
 
 
 class DemandLedger:
@@ -242,7 +250,7 @@ class Reporter:
     # ------------------------------------------------------------ building reports
 
     def build(self, now: float) -> Report | None:
-        routed = self.counter.swap()
+        routed, demand = split_calls(self.counter.swap())
         routed_to: dict[str, int] = {}
         own: dict[str, int] = {}
         others: dict[str, dict[str, int]] = {}
@@ -259,7 +267,7 @@ class Reporter:
         self.acd.offer_routed(own, now)
         if others and self.deliver is not None:
             self.deliver(others)
-        self._count_demand(self.counter.swap_demand())
+        self._count_demand(demand)
         skills = self.acd.sample(now)
         if skills is None:
             return None  # the demand stays pending for the next report

@@ -55,8 +55,8 @@ async def test_reporter_delivers_calls_routed_elsewhere_to_the_peer(tmp_path):
     server = await asyncio.start_server(peer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     agent = make_agent(tmp_path, sim_peers={"west": f"127.0.0.1:{port}"})
-    agent.counter.counts[("west", "retail")] = 3
-    agent.counter.counts[("south", "retail")] = 2  # its own: stays local, not sent to a peer
+    agent.counter.counts[("b1", "retail", "west")] = 3
+    agent.counter.counts[("b2", "retail", "south")] = 2  # its own: stays local, not sent to a peer
     agent.reporter.build(0.0)
     deadline = asyncio.get_running_loop().time() + 5
     while not seen and asyncio.get_running_loop().time() < deadline:

@@ -14,7 +14,7 @@ from test_agent_fakes import make_plan, small_topology
 
 from agents.acd import MAX_QUEUE, PushACD, SimulatedACD
 from agents.plancache import PlanCache, PlanStore, self_consistent
-from agents.reporter import RoutedCounter, SeqStore
+from agents.reporter import RoutedCounter, SeqStore, split_calls
 from agents.settings import AgentSettings, load_settings
 from controlplane.core.model import (
     AdminState,
@@ -234,11 +234,16 @@ def test_seq_corrupt_file_jumps_ahead(tmp_path):
     assert SeqStore(tmp_path).take() > 10**12
 
 
-def test_routed_counter_swaps_whole():
+def test_routed_counter_swaps_whole_and_splits_into_routed_and_demand():
     c = RoutedCounter()
-    c.counts[("c1", "retail")] = 3
+    c.counts[("b1", "retail", "c1")] = 3
+    c.counts[("b2", "retail", "c1")] = 1
+    c.counts[("b1", "retail", "")] = 2  # overload answers: demand, routed nowhere
     old = c.swap()
-    assert old == {("c1", "retail"): 3} and c.counts == {}
+    assert c.counts == {}
+    routed, demand = split_calls(old)
+    assert routed == {("c1", "retail"): 4, ("", "retail"): 2}
+    assert demand == {("b1", "retail"): 5, ("b2", "retail"): 1}
 
 
 # ---------------------------------------------------------------- plan store and checks
@@ -314,7 +319,7 @@ def test_routed_counter_counts_each_answered_lookup():
         assert srv.route_get(b"branch=b0&skill=retail&caller=%d" % i).startswith(b"HTTP/1.1 200")
     srv.route_get(b"branch=nope&skill=retail")
     counts = eng.counter.swap()
-    assert sum(counts.values()) == 30 and {s for _, s in counts} == {"retail"}
+    assert sum(counts.values()) == 30 and {(b, s) for b, s, _ in counts} == {("b0", "retail")}
     assert eng.stats.ok == 30 and eng.stats.bad == 1
 
 
@@ -331,7 +336,6 @@ def test_probe_lookups_answer_like_calls_but_are_not_counted_as_calls():
                        for i in range(5)]).encode()
     assert srv.routes_post(body).startswith(b"HTTP/1.1 200")
     assert sum(eng.counter.swap().values()) == 1
-    assert sum(eng.counter.swap_demand().values()) == 1
     assert srv.route_get(b"branch=b0&skill=retail&probe=yes").startswith(b"HTTP/1.1 400")
 
 

@@ -27,7 +27,7 @@ from test_agent_fakes import ROOT, AgentProc, apoll, free_port, http_get, make_p
 from agents.acd import SimulatedACD
 from agents.httpserver import HttpLookupServer, LookupEngine
 from agents.plancache import PlanCache
-from agents.reporter import DemandLedger, Reporter, RoutedCounter, SeqStore
+from agents.reporter import DemandLedger, Reporter, RoutedCounter, SeqStore, split_calls
 from callroute.v1 import report_pb2, route_pb2, types_pb2
 from controlplane.convert import parse_report_bytes, report_ack, report_from_pb, report_to_pb
 from controlplane.core.model import MAX_COUNT, MAX_DEMAND_ENTRIES, InvalidInput, Report
@@ -198,23 +198,24 @@ async def test_every_lookup_path_counts_answered_lookups_per_branch_and_skill():
                                                   route_pb2.RouteRequest(branch="b4", skill="retail"),
                                                   route_pb2.RouteRequest(branch="zz", skill="retail")])
     await grpc_srv.route_batch(batch.SerializeToString(), _Ctx())
-    assert eng.counter.swap_demand() == {("b0", "retail"): 5, ("b1", "card"): 1, ("b2", "retail"): 1,
-                                         ("b3", "card"): 2, ("b4", "retail"): 1}
-    assert sum(eng.counter.swap().values()) == 10  # routed_to counts the same answered lookups
-    assert eng.counter.demand == {}
+    routed, demand = split_calls(eng.counter.swap())
+    assert demand == {("b0", "retail"): 5, ("b1", "card"): 1, ("b2", "retail"): 1,
+                      ("b3", "card"): 2, ("b4", "retail"): 1}
+    assert sum(routed.values()) == 10  # routed_to counts the same answered lookups
+    assert eng.counter.counts == {}
 
 
 def test_reports_dropped_unsent_carry_their_demand_into_the_next_report():
     counter = RoutedCounter()
     rep = Reporter("c0", SimulatedACD(TOPO, "c0", now=0.0, seed=1), counter, SeqStore(None), [],
                    interval_s=0.5, known_centers=KNOWN, known_branches=BRANCHES, known_skills=SKILLS)
-    counter.demand[("b0", "retail")] = 3
-    counter.demand[("gone", "retail")] = 4  # a branch the topology no longer has: never sent
+    counter.counts[("b0", "retail", "c0")] = 3
+    counter.counts[("gone", "retail", "c0")] = 4  # a branch the topology no longer has: never sent
     r1 = rep.build(0.5)
     assert r1 is not None and r1.demand == {"b0": {"retail": 3}} and rep.demand_discarded == 4
     rep._enqueue(r1, 0.5)  # not connected: the report is dropped, its counts are not
     assert rep.dropped == 1
-    counter.demand[("b0", "retail")] = 2
+    counter.counts[("b0", "retail", "c0")] = 2
     r2 = rep.build(1.0)
     assert r2 is not None and r2.demand == {"b0": {"retail": 5}}
 
