@@ -5,43 +5,13 @@ and its center fails back."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pytest
-from test_agent_fakes import ROOT, AgentProc, free_port, http_get, poll
+from test_agent_fakes import ROOT, AgentProc, http_get, poll
 
 SMALL = ROOT / "examples" / "small.yaml"
-
-
-@pytest.fixture
-def controlplane(tmp_path):
-    if not SMALL.exists():
-        pytest.skip("examples/small.yaml not present")
-    port, mport = free_port(), free_port()
-    log = open(tmp_path / "cp.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "controlplane.service", "--topology", str(SMALL), "--store", "embedded",
-         "--listen", f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{mport}",
-         "--port-file", str(tmp_path / "cp.ports")],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL)
-    try:
-        poll(lambda: (tmp_path / "cp.ports").exists() or proc.poll() is not None, 30, what="control plane")
-        assert proc.poll() is None, (tmp_path / "cp.log").read_text()
-        yield f"127.0.0.1:{port}", mport
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def _cp_metric(mport: int, name: str) -> float:

@@ -144,15 +144,10 @@ class Replica:
         """The replica's /metrics as {'name{labels}': value}."""
         import urllib.request
 
+        from chaos.harness import parse_metrics
+
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                k, _, v = line.rpartition(" ")
-                with contextlib.suppress(ValueError):
-                    out[k] = float(v)
-        return out
+            return parse_metrics(r.read().decode())
 
 
 class FakeAgent:

@@ -14,15 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from test_agent_fakes import ROOT, AgentProc, apoll, free_port, http_get, make_plan, small_topology
+from test_agent_fakes import ROOT, AgentProc, apoll, http_get, make_plan, small_topology
 
 from agents.acd import SimulatedACD
 from agents.httpserver import HttpLookupServer, LookupEngine
@@ -233,35 +230,6 @@ def _metric(port: int, name: str, labels: str = "") -> float:
     return total
 
 
-@pytest.fixture
-def controlplane(tmp_path):
-    if not SMALL.exists():
-        pytest.skip("examples/small.yaml not present")
-    port, mport = free_port(), free_port()
-    log = open(tmp_path / "cp.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "controlplane.service", "--topology", str(SMALL), "--store", "embedded",
-         "--listen", f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{mport}",
-         "--port-file", str(tmp_path / "cp.ports")],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "cp.ports").exists() and proc.poll() is None:
-            assert time.monotonic() < deadline, "control plane did not start"
-            time.sleep(0.02)
-        assert proc.poll() is None, (tmp_path / "cp.log").read_text()
-        yield port, mport
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
 class _Switch:
     """Lookups to one agent from a thread (the test's loop runs the fault proxy), counted exactly:
     HTTP GETs on one keep-alive connection, an HTTP batch and gRPC calls now and then."""
@@ -373,8 +341,8 @@ async def _settled(mport: int, agent: AgentProc, want: dict[tuple[str, str], int
 
 
 async def test_lookups_reach_the_leader_as_per_branch_counts_and_demand(controlplane, tmp_path):
-    port, mport = controlplane
-    agent = _agent(tmp_path, f"127.0.0.1:{port}").start()
+    addr, mport = controlplane
+    agent = _agent(tmp_path, addr).start()
     try:
         agent.wait_listening()
         await apoll(lambda: http_get(agent.http_port, "/healthz")[0] == 200, 30, what="plan served")
@@ -400,7 +368,7 @@ async def test_control_plane_rejects_bad_demand_naming_the_field_and_accepts_old
 
     from callroute.v1 import report_pb2_grpc
 
-    port, mport = controlplane
+    addr, mport = controlplane
     base = 10**12 + int(time.time())  # above anything another run of this center sent
 
     def report(seq: int, demand=()) -> report_pb2.CenterReport:
@@ -414,7 +382,7 @@ async def test_control_plane_rejects_bad_demand_naming_the_field_and_accepts_old
             report(base + 4, [("beijing", "yoga", 1)]),
             report(base + 5, [("beijing", "retail", -2)]),
             report(base + 6, [("hebei", "corporate", 3)])]
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+    async with grpc.aio.insecure_channel(addr) as ch:
         stub = report_pb2_grpc.ReportServiceStub(ch)
         call = stub.Report(iter(sent), timeout=20)
         acks = [a async for a in call]
@@ -435,8 +403,8 @@ async def test_each_lookup_counted_once_across_broken_report_streams(controlplan
     bytes lost (it did not): after each break the leader's count is exactly the lookups answered."""
     from chaos.proxy import BLACKHOLE, Fault, FaultProxy
 
-    port, mport = controlplane
-    proxy = FaultProxy("127.0.0.1", port)
+    addr, mport = controlplane
+    proxy = FaultProxy("127.0.0.1", int(addr.rsplit(":", 1)[1]))
     pport = await proxy.start()
     agent = _agent(tmp_path, f"127.0.0.1:{pport}").start()
     switch: _Switch | None = None
