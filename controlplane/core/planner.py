@@ -249,9 +249,10 @@ class PlanTracker:
             for cid, cc in by_skill.get(skill, ()):
                 if cid == source or cid not in receiver_ok or cid in overflowing or cc.agents <= 0:
                     continue
-                spare = cc.spare() if live else cc.spare() + cc.backlog
                 if shared:
                     spare = cc.capacity - cc.own_load
+                else:
+                    spare = cc.spare() if live else cc.spare() + cc.backlog
                 if spare >= MIN_SPARE_ERLANGS:
                     cands.append((cid, spare, cc))
                 elif cid in incumbents and spare > -MIN_SPARE_ERLANGS:
@@ -276,15 +277,11 @@ class PlanTracker:
             recv = pick_receivers(skill, source, k, region, overflowing, live=True)
             if not recv:
                 recv = pick_receivers(skill, source, k, region, overflowing, live=False)
+            beyond_capacity = False
             if not recv and share_shortage:
                 recv = pick_receivers(skill, source, k, region, overflowing, live=False, shared=True)
-                if recv:
-                    # none of it is spare: all of this load is beyond the network's capacity
-                    weights = [(cid, sp / sum(x[1] for x in recv)) for cid, sp, _ in recv]
-                    chosen[(source, skill)] = frozenset(cid for cid, _, _ in recv)
-                    for (_, _, cc), (_, w) in zip(recv, weights, strict=True):
-                        cc.assigned += load * w
-                    return weights, load
+                # none of it is spare: all of this load is beyond the network's capacity
+                beyond_capacity = True
             chosen[(source, skill)] = frozenset(cid for cid, _, _ in recv)
             total_spare = sum(sp for _, sp, _ in recv)
             if not recv or total_spare <= 0:
@@ -292,7 +289,7 @@ class PlanTracker:
             weights = [(cid, sp / total_spare) for cid, sp, _ in recv]
             for (_, _, cc), (_, w) in zip(recv, weights, strict=True):
                 cc.assigned += load * w
-            return weights, max(0.0, load - total_spare)
+            return weights, load if beyond_capacity else max(0.0, load - total_spare)
 
         # ---- disaster recovery: closed centers first, biggest load first (it has fewest options)
         overflowing: set[str] = set()
