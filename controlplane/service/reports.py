@@ -52,9 +52,9 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
         loop = cp.loop
         center = ""
         brain = leader.brain
-        # the term's tracker (server.on_leader_change): a new leader's starts empty and the
-        # planner keeps the forecast until reports fill it
-        demand = cp.demand_tracker(brain)
+        # the term's tracker (LeaderBrain.demand): a new leader's starts empty and the planner
+        # keeps the forecast until reports fill it
+        demand = brain.demand
         # whether this stream's agent counts lookups: once it has sent demand, its reports without
         # any say "no lookups this interval" (zero is data); an older agent's never do, and feeding
         # them would read its branches' calls as zero instead of leaving the forecast

@@ -39,7 +39,7 @@ from controlplane.convert import (
     route_batch_reply,
     route_request_from_pb,
 )
-from controlplane.core.demand import DemandSettings, DemandTracker
+from controlplane.core.demand import DemandSettings
 from controlplane.core.model import AdminState, InvalidInput, Plan, Topology
 
 from .leader import LeaderBrain, LeaderLoop
@@ -448,28 +448,13 @@ class ControlPlane:
         self.metrics.leader_changes.labels("elected" if leading else "demoted").inc()
         if leading:
             self.leader_address = self.advertised()
-            if self.leader.brain is not None:
-                self.demand_tracker(self.leader.brain)  # the term's demand estimate starts now
         else:
             self.metrics.set_demand({})  # only the leader estimates demand: no frozen series
-
-    def demand_tracker(self, brain: LeaderBrain) -> DemandTracker:
-        """The leader term's live demand per branch and skill, fed by accepted reports.
-
-        One per brain, so a new leader starts with an empty tracker: until reports fill it the
-        estimate is the forecast (DemandTracker.rates), which is what plans used before live demand;
-        the old leader's counts are not carried over (they were about its term's minutes).
-        """
-        tracker: DemandTracker | None = getattr(brain, "demand", None)
-        if tracker is None:
-            tracker = DemandTracker(self.topology, self.demand_settings(), self.loop.time())
-            brain.demand = tracker  # type: ignore[attr-defined]
-        return tracker
 
     def publish_health(self, brain: LeaderBrain, now: float) -> None:
         for c, h in brain.tracker.view(now).items():
             self.metrics.set_health(c, h.status)
-        self.metrics.set_demand(self.demand_tracker(brain).rates(now))
+        self.metrics.set_demand(brain.demand.rates(now))
 
     def health_settings(self) -> Any:
         from controlplane.core.health import HealthSettings
