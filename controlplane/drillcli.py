@@ -22,7 +22,6 @@ from controlplane.core.model import InvalidInput, check_id
 from controlplane.opcli import (
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_PENDING,
     _change,
     _client,
     _common,
@@ -34,6 +33,7 @@ from controlplane.opcli import (
     _short,
     _streams,
     _when,
+    change_exit,
     message_to_json,
 )
 
@@ -126,13 +126,7 @@ def cmd_drill_start(args: argparse.Namespace) -> int:
         out.write(f"live drill of {args.center}: PENDING approval by a second operator, NOT started\n"
                   f"  approve with: callroute approve {reply.request_id or request_id}\n"
                   f"  audit {reply.audit_id}  request id {reply.request_id or request_id}\n")
-    if applied:
-        return EXIT_OK
-    if pending:
-        return EXIT_PENDING
-    err.write(f"callroute: drill start: unexpected status {reply.status}\n"
-              f"  request id {request_id} (retry with --request-id {request_id})\n")
-    return EXIT_FAILED
+    return change_exit(reply, "drill start", request_id, err)
 
 
 def cmd_drill_status(args: argparse.Namespace) -> int:

@@ -441,13 +441,21 @@ def cmd_set_state(args: argparse.Namespace) -> int:
             f"{args.command_name} {args.center}: PENDING approval by a second operator, NOT applied yet\n"
             f"  audit {reply.audit_id}  request id {request_id}\n"
         )
-    if applied:
+    return change_exit(reply, args.command_name, request_id, err)
+
+
+def change_exit(reply: Any, command: str, request_id: str, err: IO[str]) -> int:
+    """The exit code of a change command: EXIT_OK when APPLIED, EXIT_PENDING when it waits for a
+    second operator; any other answer is said on stderr and is never called done."""
+    from callroute.v1 import operator_pb2
+
+    if reply.status == operator_pb2.CHANGE_STATUS_APPLIED:
         return EXIT_OK
-    if pending:
+    if reply.status == operator_pb2.CHANGE_STATUS_PENDING_APPROVAL:
         return EXIT_PENDING
-    # an answer that is neither: never call it done
-    err.write(f"callroute: {args.command_name}: unexpected status {reply.status}: {reply.message}\n"
-              f"  request id {request_id} (retry with --request-id {request_id})\n")
+    message = getattr(reply, "message", "")
+    err.write(f"callroute: {command}: unexpected status {reply.status}" + (f": {message}" if message else "")
+              + f"\n  request id {request_id} (retry with --request-id {request_id})\n")
     return EXIT_FAILED
 
 
@@ -605,12 +613,7 @@ def cmd_plan_rollback(args: argparse.Namespace) -> int:
     elif pending:
         out.write(f"rollback to v{args.version}: PENDING approval, NOT applied yet\n"
                   f"  audit {reply.audit_id}  request id {request_id}\n")
-    else:
-        _, err = _streams(args)
-        err.write(f"callroute: plan rollback: unexpected status {reply.status}: {reply.message}\n"
-                  f"  request id {request_id} (retry with --request-id {request_id})\n")
-        return EXIT_FAILED
-    return EXIT_OK if applied else EXIT_PENDING
+    return change_exit(reply, "plan rollback", request_id, _streams(args)[1])
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
