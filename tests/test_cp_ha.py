@@ -19,6 +19,8 @@ import pytest
 from test_cp_support import FakeAgent, Replica, Reporter, operator_stub, wait_for
 
 from callroute.v1 import operator_pb2, route_pb2, route_pb2_grpc, types_pb2
+from controlplane.store.base import Compacted
+from controlplane.store.etcd import EtcdStore
 from controlplane.store.etcdtest import EtcdCluster, etcd_binary
 
 pytestmark = [
@@ -386,11 +388,13 @@ async def test_f6_etcd_restart_replicas_resume_without_gap(etcd, replicas):
         assert leader is not None
         await wait_for(lambda: _try_close(leader.addr, "north"), 10, "operator command", step=0.2)
         await wait_for(lambda: all("north" in x.plans[x.version].closed for x in agents), 10, "new plan")
-        versions = [
-            a.metrics()["callroute_controlplane_plan_version"],
-            b.metrics()["callroute_controlplane_plan_version"],
-        ]
-        assert versions[0] == versions[1]
+        # the leader may publish again at any moment, so wait for agreement instead of sampling once
+        await wait_for(
+            lambda: a.metrics()["callroute_controlplane_plan_version"]
+            == b.metrics()["callroute_controlplane_plan_version"],
+            10,
+            "both replicas on the same plan version",
+        )
     finally:
         await stop_all(reporters, agents)
 
@@ -403,9 +407,11 @@ async def test_f7_compaction_past_a_disconnected_watcher_relists(etcd, replicas)
     await wait_for(lambda: leader_of(a), 10, "a leads")
     b = replicas("b", etcd.url)
     reporters, agents = await start_centers([a.addr])
+    probe = EtcdStore(etcd.endpoints, request_timeout_s=1.0)
     try:
         await wait_for(lambda: b.metrics()["callroute_controlplane_plan_version"] >= 1, 10, "b follows")
         b.signal(signal.SIGSTOP)
+        stopped_at = (await probe.status()).revision
         for i, (center, state) in enumerate(
             [
                 ("west", types_pb2.ADMIN_STATE_CLOSED),
@@ -415,25 +421,40 @@ async def test_f7_compaction_past_a_disconnected_watcher_relists(etcd, replicas)
         ):
             await close_center(a.addr, center, state, request_id=f"f7-{i}")
         want = a.metrics()["callroute_controlplane_plan_version"]
-        # a compacts history older than 1 s; then b's watch stream breaks (etcd restarts), so on
-        # resuming b must re-watch from a compacted revision
-        await asyncio.sleep(2.5)
+
+        async def history_compacted() -> bool:
+            # the leader compacts history older than 1 s; once the revision b stopped at is gone, a
+            # re-watch from where b left off must fail with Compacted and b must re-list
+            try:
+                async for _ in probe.watch("/", start_revision=stopped_at + 1):
+                    return False
+            except Compacted:
+                return True
+            return False
+
+        await wait_for(history_compacted, 15, "a compacted the history b still needs", step=0.2)
+        # b's watch stream breaks while b is stopped (etcd restarts), so on resuming b re-watches
+        # from a compacted revision
         etcd.restart(0)
         await wait_for(lambda: leader_of(a), 10, "a leads after the etcd restart")
-        await asyncio.sleep(1.5)
         b.signal(signal.SIGCONT)
         await wait_for(
             lambda: b.metrics()["callroute_controlplane_plan_version"] >= want,
             10,
             "b re-listed and caught up",
         )
-        assert (
-            b.metrics()["callroute_controlplane_plan_version"]
-            == a.metrics()["callroute_controlplane_plan_version"]
+        # a keeps publishing (reports resume after the etcd restart), so compare once both agree
+        # rather than at one instant: b must reach a's newest version, not merely `want`
+        await wait_for(
+            lambda: b.metrics()["callroute_controlplane_plan_version"]
+            == a.metrics()["callroute_controlplane_plan_version"],
+            10,
+            "b follows a's newest plan",
         )
     finally:
         with contextlib.suppress(Exception):
             b.signal(signal.SIGCONT)
+        await probe.close()
         await stop_all(reporters, agents)
 
 
