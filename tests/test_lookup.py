@@ -15,6 +15,7 @@ from controlplane.core.lookup import (
     MAX_REASON_CHARS,
     CompiledPlan,
     Decision,
+    LazyPlan,
     RingCache,
     resolve,
     resolve_many,
@@ -326,6 +327,66 @@ def test_routes_with_the_same_weighted_set_share_one_ring(p):
                 continue
             assert by_set.setdefault(key, ring) is ring
     assert cache.misses == len(by_set)
+
+
+# ---------------------------------------------------------------- LazyPlan (the simulator's lookups)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(plans(), min_size=1, max_size=3), st.lists(st.text(max_size=20), min_size=1, max_size=30),
+       st.sampled_from(["", "vip", "x"]))
+def test_lazy_plan_answers_equal_the_compiled_plan(ps, callers, tier):
+    # successive plans through one long-lived cache (as the simulator replans) and a fresh one
+    shared = RingCache()
+    for p in ps:
+        cp = CompiledPlan.compile(p)
+        lazy, lazy_fresh = LazyPlan(p, shared), LazyPlan(p)
+        for r in p.routes:
+            for c in callers:
+                want = resolve(cp, r.branch, r.skill, c, tier)
+                assert lazy.resolve(r.branch, r.skill, c, tier) == want
+                assert lazy_fresh.resolve(r.branch, r.skill, c, tier) == want
+
+
+def test_lazy_plan_agrees_on_every_caller_of_a_dr_route():
+    p = plan()
+    cp, lazy = CompiledPlan.compile(p), LazyPlan(p)
+    for c in CALLERS:
+        for tier in ("", "vip"):
+            assert lazy.resolve("hubei", "retail", c, tier) == resolve(cp, "hubei", "retail", c, tier)
+    # and the spread is the ring's: every DR target is reached
+    assert {lazy.resolve("hunan", "retail", c).center for c in CALLERS} == {t.center for t in DR}
+
+
+@pytest.mark.parametrize("branch, skill, caller, field, value", [
+    ("nowhere", "retail", "1", "branch", "nowhere"),
+    ("henan", "card", "1", "skill", "card"),
+    (None, "retail", "1", "branch", None),
+    ("hubei", ["retail"], "1", "skill", ["retail"]),
+    ("hubei", "retail", 13800000000, "caller", 13800000000),
+    ("hubei", "retail", "\ud800", "caller", "\ud800"),
+])
+def test_lazy_plan_bad_queries_name_the_field_and_value(branch, skill, caller, field, value):
+    with pytest.raises(InvalidInput) as ei:
+        LazyPlan(plan()).resolve(branch, skill, caller)
+    assert (ei.value.field, ei.value.value) == (field, value)
+
+
+def test_lazy_plan_rejects_malformed_plans_up_front_or_at_the_route():
+    dup = Plan(1, (Route("b", "s", targets(("a", 1.0))), Route("b", "s", targets(("c", 1.0)))))
+    with pytest.raises(InvalidInput) as ei:
+        LazyPlan(dup)
+    assert (ei.value.field, ei.value.value) == ("routes[1]", "b/s")
+    with pytest.raises(InvalidInput) as ei:
+        LazyPlan(Plan(-1, ()))
+    assert (ei.value.field, ei.value.value) == ("version", -1)
+    # a bad route is found when a call first asks for it, and named as compile names it
+    bad_w = Plan(1, (Route("b", "s", targets(("a", 1.0))), Route("b", "t", targets(("a", float("nan"))))))
+    lazy = LazyPlan(bad_w)
+    assert lazy.resolve("b", "s", "1").center == "a"
+    with pytest.raises(InvalidInput) as ei:
+        lazy.resolve("b", "t", "1")
+    assert ei.value.field == "routes[1].targets[0].weight"
 
 
 # ---------------------------------------------------------------- speed

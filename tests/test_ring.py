@@ -25,6 +25,7 @@ from controlplane.core.ring import (
     RingCache,
     build_table,
     canonical_key,
+    slot_owner,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -327,3 +328,23 @@ def test_cache_names_the_callers_field_in_errors():
     with pytest.raises(InvalidInput) as ei:
         RingCache().get([("a", -0.5)], "routes[3].targets")
     assert ei.value.field == "routes[3].targets[0].weight" and ei.value.value == -0.5
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(st.text(alphabet="abcdefghijklmnop", min_size=1, max_size=6),
+                       st.floats(min_value=1e-4, max_value=1.0), min_size=1, max_size=10),
+       st.lists(st.integers(0, SLOTS - 1), min_size=1, max_size=200))
+def test_slot_owner_is_the_tables_entry(weights, slots):
+    key = canonical_key(list(weights.items()))
+    if not key:
+        return
+    table = RingCache().get_key(key).table
+    for s in slots:
+        assert slot_owner(key, s) == table[s]
+
+
+def test_slot_owner_agrees_on_every_slot_of_a_nine_center_ring():
+    shares = (0.3, 0.2, 0.1, 0.1, 0.1, 0.08, 0.06, 0.04, 0.02)
+    key = canonical_key([(f"c{i}", w) for i, w in enumerate(shares)])
+    table = RingCache().get_key(key).table
+    assert [slot_owner(key, s) for s in range(SLOTS)] == list(table)

@@ -316,6 +316,25 @@ def test_every_policy_routes_only_to_open_staffed_centers(national, policy):
         assert isinstance(pol, CallroutePolicy) and pol.publishes >= 1 and pol.decisions == len(calls)
 
 
+def test_policies_in_worker_processes_give_the_results_of_one_process(national):
+    sc = build_scenario("wuhan-2020", national, hours=0.05, warmup_s=120)
+    seen: dict[str, float] = {}
+
+    def progress(name: str, f: float) -> None:
+        seen[name] = max(seen.get(name, 0.0), f)
+
+    names = ["static", "callroute", "even8"]
+    forked = run_scenario(sc, names, 3, jobs=2, progress=progress)
+    here = run_scenario(sc, names, 3, jobs=1)
+    assert list(forked.metrics) == names  # in the order asked, whichever finished first
+    for name in names:  # as JSON: a closed center's occupancy is NaN, which equals nothing
+        assert forked.metrics[name].to_json() == here.metrics[name].to_json()
+    assert seen == dict.fromkeys(names, 1.0)  # every worker's progress came back, to the end
+    with pytest.raises(InvalidInput) as ei:
+        run_scenario(sc, names, 3, jobs=0)
+    assert (ei.value.field, ei.value.value) == ("jobs", 0)
+
+
 def test_callroute_reports_pass_the_control_planes_validation(national):
     sc = build_scenario("surge-2007", national, hours=0.02, warmup_s=60)
     pol = CallroutePolicy(validate=True)  # validate_report raises on any bad report

@@ -18,7 +18,7 @@ from pathlib import Path
 from controlplane.core.model import InvalidInput
 
 from .policies import EXTRA_POLICIES, POLICIES, PUBLISH_INTERVAL_S, REPORT_INTERVAL_S
-from .run import ScenarioRun, run_scenario
+from .run import ScenarioRun, default_jobs, run_scenario
 from .scenarios import SCENARIOS, WARMUP_S, build_scenario
 from .workload import DEFAULT_PATIENCE_S
 
@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--out", default=None, help="directory for result.json and PNG plots")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="policies run in this many worker processes at once (default: one per core)")
     return p
 
 
@@ -116,16 +118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (math.isfinite(args.bin) and 1 <= args.bin <= 24 * 60):
             raise InvalidInput("bin", args.bin, "must be within [1, 1440] minutes")
         policies = args.policy or list(POLICIES)
+        jobs = default_jobs() if args.jobs is None else args.jobs
         options = {"lookup": args.lookup, "report_s": args.report_interval,
                    "publish_s": args.publish_interval}
         if args.no_progress:
-            run = run_scenario(sc, policies, args.seed, bin_s=args.bin * 60, **options)
+            run = run_scenario(sc, policies, args.seed, bin_s=args.bin * 60, jobs=jobs, **options)
         else:
             from rich.progress import Progress
 
             with Progress(console=err, transient=True) as prog:
                 tasks = {p: prog.add_task(p, total=1.0) for p in policies}
-                run = run_scenario(sc, policies, args.seed, bin_s=args.bin * 60,
+                run = run_scenario(sc, policies, args.seed, bin_s=args.bin * 60, jobs=jobs,
                                    progress=lambda p, f: prog.update(tasks[p], completed=f), **options)
     except InvalidInput as e:
         err.print(f"callroute sim: error: {e}", markup=False, highlight=False)

@@ -35,7 +35,7 @@ import xxhash
 
 from controlplane.core.demand import DemandSettings, DemandTracker
 from controlplane.core.health import MAX_SETTING_COUNT, HealthSettings, HealthTracker
-from controlplane.core.lookup import MAX_FALLBACKS, CompiledPlan, Decision, RingCache, resolve
+from controlplane.core.lookup import MAX_FALLBACKS, Decision, LazyPlan, RingCache
 from controlplane.core.model import (
     AdminState,
     InvalidInput,
@@ -356,7 +356,8 @@ class CallroutePolicy(BasePolicy):
             return
         self.last_plan = plan
         if self.lookup == "ring":
-            self.cp = CompiledPlan.compile(plan, self.cache)
+            # the answers an agent's CompiledPlan gives, built for the routes calls ask for
+            self.cp = LazyPlan(plan, self.cache)
         else:
             if len(self._weighted_memo) >= WEIGHTED_MEMO_SIZE:
                 self._weighted_memo.clear()
@@ -427,7 +428,7 @@ class CallroutePolicy(BasePolicy):
         home = sim.branch_home[bi]
         d: Decision | _Choice
         if self.lookup == "ring":
-            d = resolve(self.cp, sim.branches[bi], sim.skills[sim.call_skill[call]], str(sim.caller[call]))
+            d = self.cp.resolve(sim.branches[bi], sim.skills[sim.call_skill[call]], str(sim.caller[call]))
         else:
             d = self.wt.resolve(sim.branches[bi], sim.skills[sim.call_skill[call]], str(sim.caller[call]))
         self.decisions += 1

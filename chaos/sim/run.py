@@ -1,17 +1,26 @@
 """Runs a scenario under several policies on one set of calls (common random numbers).
 
 `run_scenario` draws the calls once from the scenario and a seed, plans the shifts once, then runs
-each policy on its own Simulation over the same CallSet and returns each policy's metrics.
+each policy on its own Simulation over the same CallSet and returns each policy's metrics. With
+jobs > 1 the policies run in that many forked worker processes (each inherits the calls; only
+metrics and progress come back), so a day takes as long as its slowest policy, not their sum.
 Must not: read the clock for anything that affects results (run time is measured for the
-report only, with perf_counter), or share mutable state between policy runs.
+report only, with perf_counter), or share mutable state between policy runs: a policy's result
+is the same in a worker as in this process.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import queue
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
+
+from controlplane.core.model import InvalidInput
 
 from .engine import Simulation
 from .metrics import DEFAULT_BIN_S, PolicyMetrics, gap_closed, summarize
@@ -72,14 +81,90 @@ def run_policy(sc: Scenario, calls: CallSet, staffing: StaffingPlan, policy: str
 
 def run_scenario(sc: Scenario, policies: Sequence[str], seed: int, *,
                  progress: Callable[[str, float], None] | None = None,
-                 bin_s: float = DEFAULT_BIN_S, **options: Any) -> ScenarioRun:
+                 bin_s: float = DEFAULT_BIN_S, jobs: int = 1, **options: Any) -> ScenarioRun:
+    """Every policy over one draw of calls; `jobs` worker processes (1: all in this process)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise InvalidInput("jobs", jobs, "must be a positive integer")
     calls = draw_calls(sc, seed)
     staffing = plan_staffing(sc.topology, sc.profile)
     metrics: dict[str, PolicyMetrics] = {}
     run_s: dict[str, float] = {}
-    for name in policies:
-        t0 = time.perf_counter()
-        cb = (lambda f, _n=name: progress(_n, f)) if progress is not None else None
-        metrics[name] = run_policy(sc, calls, staffing, name, cb, bin_s, **options)
-        run_s[name] = time.perf_counter() - t0
+    jobs = min(jobs, len(policies))
+    if jobs > 1 and "fork" in multiprocessing.get_all_start_methods():
+        results = _run_forked(sc, calls, staffing, policies, jobs, progress, bin_s, options)
+    else:
+        results = {name: _timed(sc, calls, staffing, name, (lambda f, _n=name: progress(_n, f))
+                                if progress is not None else None, bin_s, options)
+                   for name in policies}
+    for name in policies:  # in the order asked, whichever finished first
+        metrics[name], run_s[name] = results[name]
     return ScenarioRun(sc, seed, len(calls), metrics, run_s)
+
+
+def _timed(sc: Scenario, calls: CallSet, staffing: StaffingPlan, name: str,
+           progress: Callable[[float], None] | None, bin_s: float,
+           options: dict[str, Any]) -> tuple[PolicyMetrics, float]:
+    t0 = time.perf_counter()
+    m = run_policy(sc, calls, staffing, name, progress, bin_s, **options)
+    return m, time.perf_counter() - t0
+
+
+# What a forked worker inherits instead of unpickling: the scenario, its calls and shifts, and the
+# queue progress goes back on. Set in the parent just before the workers fork, cleared after.
+_FORK_STATE: dict[str, Any] = {}
+
+
+def _worker(name: str, bin_s: float, options: dict[str, Any]) -> tuple[PolicyMetrics, float]:
+    st = _FORK_STATE
+    updates: Any = st["progress"]
+
+    def report(f: float) -> None:
+        updates.put((name, f))
+
+    return _timed(st["scenario"], st["calls"], st["staffing"], name,
+                  report if updates is not None else None, bin_s, options)
+
+
+def _run_forked(sc: Scenario, calls: CallSet, staffing: StaffingPlan, policies: Sequence[str], jobs: int,
+                progress: Callable[[str, float], None] | None, bin_s: float,
+                options: dict[str, Any]) -> dict[str, tuple[PolicyMetrics, float]]:
+    ctx = multiprocessing.get_context("fork")
+    updates = ctx.Queue() if progress is not None else None
+    _FORK_STATE.update(scenario=sc, calls=calls, staffing=staffing, progress=updates)
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            # the slowest policies first, so the others fill the remaining workers meanwhile
+            order = sorted(policies, key=lambda p: not p.startswith("callroute"))
+            futures: dict[str, Future[tuple[PolicyMetrics, float]]] = {
+                name: pool.submit(_worker, name, bin_s, options) for name in order}
+            pending = set(futures.values())
+            while pending:
+                _, pending = wait(pending, timeout=PROGRESS_POLL_S)
+                _drain(updates, progress)
+            # a worker's exception (bad input, a crash) is raised here, not lost
+            return {name: f.result() for name, f in futures.items()}
+    finally:
+        _FORK_STATE.clear()
+
+
+# How often the parent passes the workers' progress on while it waits for them.
+PROGRESS_POLL_S = 0.2
+
+
+def _drain(updates: Any, progress: Callable[[str, float], None] | None) -> None:
+    if updates is None or progress is None:
+        return
+    try:
+        while True:
+            name, f = updates.get_nowait()
+            progress(name, f)
+    except queue.Empty:
+        pass
+
+
+def default_jobs() -> int:
+    """Worker processes for the CLI: one per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)

@@ -22,9 +22,9 @@ import msgspec
 import xxhash
 
 from .model import InvalidInput, OverloadAction, Plan, Route, Target
-from .ring import MASK, SLOTS, CanonicalKey, Ring, RingCache, canonical_key
+from .ring import MASK, SLOTS, CanonicalKey, Ring, RingCache, canonical_key, slot_owner
 
-__all__ = ["Decision", "CompiledPlan", "RingCache", "resolve", "resolve_many", "VIP_TIER",
+__all__ = ["Decision", "CompiledPlan", "LazyPlan", "RingCache", "resolve", "resolve_many", "VIP_TIER",
            "MAX_FALLBACKS", "MAX_REASON_CHARS"]
 
 # The one caller tier the plan routes differently; other tiers a switch may send (gold, silver)
@@ -109,6 +109,17 @@ def _memo_key(route: Route, vip: bool, targets: object, action: str) -> _MemoKey
 
 def _answer(route: Route, vip: bool, version: int, cache: RingCache,
             index: int) -> tuple[_Answer, Ring | None]:
+    key, decisions = _decisions(route, vip, version, cache, index)
+    if not key:
+        return (_ALL_ZERO_TABLE, decisions), None
+    ring = cache.get_key(key)
+    return (ring.table, decisions), ring
+
+
+def _decisions(route: Route, vip: bool, version: int, cache: RingCache,
+               index: int) -> tuple[CanonicalKey, tuple[Decision, ...]]:
+    """A route's canonical ring key and its answers, one per key target in key order (the ring's
+    `ids` order, so the table's slot values index them); one overload answer for an empty key."""
     targets = route.vip_targets if vip else route.targets
     # str() of the StrEnum is its value; a plain str from a hand-built Route passes through
     action = str(route.overload_action)
@@ -123,10 +134,9 @@ def _answer(route: Route, vip: bool, version: int, cache: RingCache,
         memo.move_to_end(mkey)
         key, parts = hit
         if not key:
-            return (_ALL_ZERO_TABLE, (Decision("", (), version, parts[0][1], action),)), None
-        ring = cache.get_key(key)
-        return (ring.table, tuple([Decision(c, fb, version, why, action)
-                                   for c, (fb, why) in zip(ring.ids, parts, strict=True)])), ring
+            return key, (Decision("", (), version, parts[0][1], action),)
+        return key, tuple([Decision(c, fb, version, why, action)
+                           for (c, _), (fb, why) in zip(key, parts, strict=True)])
     field = f"routes[{index}].vip_targets" if vip else f"routes[{index}].targets"
     if not isinstance(targets, tuple | list) or not all(isinstance(t, Target) for t in targets):
         raise InvalidInput(field, targets, "must be a sequence of Target")
@@ -135,14 +145,14 @@ def _answer(route: Route, vip: bool, version: int, cache: RingCache,
         # no targets (or none with weight): every caller gets the overload action
         d = Decision("", (), version, _reason(route, vip, "", 0.0, action), action)
         _remember(cache, mkey, (key, (((), d.reason),)))
-        return (_ALL_ZERO_TABLE, (d,)), None
-    ring = cache.get_key(key)
-    total = sum(ring.weights)
+        return key, (d,)
+    # the ring is built from the key's rounded weights: shares in the reasons are the table's
+    total = sum(w for _, w in key)
     decisions = tuple(Decision(c, _fallbacks(targets, c), version, _reason(route, vip, c, w / total, action),
                                action)
-                      for c, w in zip(ring.ids, ring.weights, strict=True))
+                      for c, w in key)
     _remember(cache, mkey, (key, tuple((d.fallbacks, d.reason) for d in decisions)))
-    return (ring.table, decisions), ring
+    return key, decisions
 
 
 def _remember(cache: RingCache, mkey: _MemoKey | None, value: _Memo) -> None:
@@ -226,6 +236,80 @@ class CompiledPlan:
 
     def __repr__(self) -> str:
         return f"CompiledPlan(version={self.version}, routes={len(self.plan.routes)})"
+
+
+class LazyPlan:
+    """The same answers as `resolve(CompiledPlan.compile(plan, cache), ...)`, built as they are asked.
+
+    An agent compiles a plan once and serves it for minutes to thousands of calls a second, so it
+    builds every table up front. The simulator replans every second and looks up a few dozen calls
+    per plan: building ~200 answers and several 64 Ki-slot tables per plan was over half its time.
+    Here a route's answers are built on its first lookup (through the same `_decisions` and memo as
+    `compile`) and a caller's slot owner is computed for that slot alone (`ring.slot_owner`), so
+    every lookup returns a Decision equal to the compiled plan's. Raises InvalidInput as `compile`
+    does, but for a route's targets only when that route is first looked up.
+    """
+
+    __slots__ = ("version", "plan", "_cache", "_routes", "_answers")
+
+    def __init__(self, plan: Plan, cache: RingCache | None = None) -> None:
+        if not isinstance(plan, Plan):
+            raise InvalidInput("plan", type(plan).__name__, "must be a Plan")
+        if isinstance(plan.version, bool) or not isinstance(plan.version, int) or plan.version < 0:
+            raise InvalidInput("version", plan.version, "must be a non-negative integer")
+        self.version = plan.version
+        self.plan = plan
+        self._cache = cache if cache is not None else RingCache()
+        self._routes: dict[tuple[str, str], tuple[int, Route]] = {}
+        for i, route in enumerate(plan.routes):
+            if not isinstance(route, Route):
+                raise InvalidInput(f"routes[{i}]", type(route).__name__, "must be a Route")
+            for name in ("branch", "skill"):
+                if not isinstance(getattr(route, name), str):
+                    raise InvalidInput(f"routes[{i}].{name}", getattr(route, name), "must be a string")
+            rkey = (route.branch, route.skill)
+            if rkey in self._routes:
+                raise InvalidInput(f"routes[{i}]", f"{route.branch}/{route.skill}",
+                                   "duplicate route for this branch and skill")
+            self._routes[rkey] = (i, route)
+        self._answers: dict[tuple[str, str, bool], tuple[CanonicalKey, tuple[Decision, ...]]] = {}
+
+    def resolve(self, branch: str, skill: str, caller: str, tier: str = "") -> Decision:
+        """As `resolve` on the compiled plan; InvalidInput names `branch`, `skill` or `caller`."""
+        vip = tier == VIP_TIER
+        try:
+            answer = self._answers.get((branch, skill, vip))
+        except TypeError:  # an unhashable branch or skill: named below
+            answer = None
+        if answer is None:
+            found = self._routes.get((branch, skill)) if isinstance(branch, str) and isinstance(skill, str) \
+                else None
+            if found is None:
+                _raise_unknown_route(self.version, {b for b, _ in self._routes}, branch, skill)
+            i, route = found
+            # a route without VIP targets answers VIP callers as standard ones (as compile does)
+            answer = _decisions(route, vip and bool(route.vip_targets), self.version, self._cache, i)
+            self._answers[(branch, skill, vip)] = answer
+        key, decisions = answer
+        if not isinstance(caller, str):
+            raise InvalidInput("caller", caller, "must be a string")
+        try:
+            h = _xxh64(caller.encode())
+        except UnicodeEncodeError as e:
+            raise InvalidInput("caller", caller, "must be encodable as UTF-8") from e
+        if not key:
+            return decisions[0]
+        return decisions[slot_owner(key, h & MASK)]
+
+
+def _raise_unknown_route(version: int, branches: set[str], branch: object, skill: object) -> NoReturn:
+    if not isinstance(branch, str):
+        raise InvalidInput("branch", branch, "must be a string")
+    if not isinstance(skill, str):
+        raise InvalidInput("skill", skill, "must be a string")
+    if branch not in branches:
+        raise InvalidInput("branch", branch, f"no route for this branch in plan {version}")
+    raise InvalidInput("skill", skill, f"no route for branch {branch!r} and this skill in plan {version}")
 
 
 def _raise_unknown(cp: CompiledPlan, branch: object, skill: object, caller: object = "") -> NoReturn:
