@@ -319,6 +319,9 @@ class CallroutePolicy(BasePolicy):
         self.version = 0
         self.seq = [0] * len(sim.centers)
         self.counters = [[_Counters(topo.aht(s)) for s in sim.skills] for _ in sim.centers]
+        # per center and skill: the last SkillLoad reported and its field values
+        self.last_loads: list[list[tuple[tuple[object, ...], SkillLoad] | None]] = [
+            [None] * len(sim.skills) for _ in sim.centers]
         # lookups per agent (the center whose agent answered the switch) and target center
         self.routed: list[dict[str, int]] = [{} for _ in sim.centers]
         # which skills each center reports: staffed in the topology, or seen calls
@@ -380,25 +383,36 @@ class CallroutePolicy(BasePolicy):
             for (bi, si), n in looked_up.items():
                 demand.setdefault(branches[bi], {})[skill_names[si]] = n
             skills: dict[str, SkillLoad] = {}
-            for si, s in enumerate(sim.skills):
+            reported, last_loads = self.reported[ci], self.last_loads[ci]
+            for si, (s, k) in enumerate(zip(skill_names, self.counters[ci], strict=True)):
                 q = sim.queue(ci, si)
-                k = self.counters[ci][si]
                 d_off, d_ans = q.offered - k.offered, q.answered - k.answered
                 d_within, d_ab = q.answered_within - k.within, q.abandoned - k.abandoned
-                d_h, d_hs = q.handled - k.handled, q.handled_s - k.handled_s
+                d_h = q.handled - k.handled
+                if d_h:
+                    k.aht_n = k.aht_n * decay_a + d_h
+                    k.aht_s = k.aht_s * decay_a + (q.handled_s - k.handled_s)
+                    k.handled, k.handled_s = q.handled, q.handled_s
+                else:
+                    k.aht_n *= decay_a
+                    k.aht_s *= decay_a
                 k.offered, k.answered, k.within, k.abandoned = q.offered, q.answered, q.answered_within, \
                     q.abandoned
-                k.handled, k.handled_s = q.handled, q.handled_s
-                k.aht_n = k.aht_n * decay_a + d_h
-                k.aht_s = k.aht_s * decay_a + d_hs
-                if not self.reported[ci][si]:
-                    if not (d_off or q.n or q.busy or q.waiting):
+                n, busy, waiting = q.n, q.busy, q.waiting
+                if not reported[si]:
+                    if not (d_off or n or busy or waiting):
                         continue
-                    self.reported[ci][si] = True
-                skills[s] = SkillLoad(logged_in=max(q.n, q.busy), ready=max(0, q.n - q.busy), busy=q.busy,
-                                      queued=q.waiting, oldest_wait_s=round(sim.oldest_wait_s(q, now), 3),
-                                      offered=d_off, answered=d_ans, answered_within=d_within,
-                                      abandoned=d_ab, aht_s=self._aht(k))
+                    reported[si] = True
+                # positional, in SkillLoad's field order: logged_in, ready, busy, queued, oldest_wait_s,
+                # offered, answered, answered_within, abandoned, aht_s
+                values = (n if n > busy else busy, n - busy if n > busy else 0, busy, waiting,
+                          round(sim.oldest_wait_s(q, now), 3) if waiting else 0.0,
+                          d_off, d_ans, d_within, d_ab, self._aht(k))
+                load = last_loads[si]
+                if load is None or load[0] != values:
+                    # an idle queue (most of them, at night) reports the same load every interval
+                    load = last_loads[si] = (values, SkillLoad(*values))
+                skills[s] = load[1]
             self.seq[ci] += 1
             report = Report(center=cid, seq=self.seq[ci], sent_at=now, interval_s=self.tick_s or 0.5,
                             state=AdminState.OPEN, skills=skills, routed_to=routed, demand=demand)

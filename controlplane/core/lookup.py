@@ -260,18 +260,16 @@ class LazyPlan:
         self.version = plan.version
         self.plan = plan
         self._cache = cache if cache is not None else RingCache()
-        self._routes: dict[tuple[str, str], tuple[int, Route]] = {}
-        for i, route in enumerate(plan.routes):
-            if not isinstance(route, Route):
-                raise InvalidInput(f"routes[{i}]", type(route).__name__, "must be a Route")
-            for name in ("branch", "skill"):
-                if not isinstance(getattr(route, name), str):
-                    raise InvalidInput(f"routes[{i}].{name}", getattr(route, name), "must be a string")
-            rkey = (route.branch, route.skill)
-            if rkey in self._routes:
-                raise InvalidInput(f"routes[{i}]", f"{route.branch}/{route.skill}",
-                                   "duplicate route for this branch and skill")
-            self._routes[rkey] = (i, route)
+        # Built for every plan (the simulator's once a second), so the index is one comprehension;
+        # a plan it does not fit (a duplicate, a malformed route) is checked route by route below,
+        # and a route's types are checked again when it is first looked up.
+        try:
+            routes = {(r.branch, r.skill): (i, r) for i, r in enumerate(plan.routes)}
+        except (AttributeError, TypeError):
+            routes = {}
+        if len(routes) != len(plan.routes):
+            routes = _route_index(plan.routes)
+        self._routes = routes
         self._answers: dict[tuple[str, str, bool], tuple[CanonicalKey, tuple[Decision, ...]]] = {}
 
     def resolve(self, branch: str, skill: str, caller: str, tier: str = "") -> Decision:
@@ -287,6 +285,7 @@ class LazyPlan:
             if found is None:
                 _raise_unknown_route(self.version, {b for b, _ in self._routes}, branch, skill)
             i, route = found
+            _check_route(i, route)
             # a route without VIP targets answers VIP callers as standard ones (as compile does)
             answer = _decisions(route, vip and bool(route.vip_targets), self.version, self._cache, i)
             self._answers[(branch, skill, vip)] = answer
@@ -300,6 +299,27 @@ class LazyPlan:
         if not key:
             return decisions[0]
         return decisions[slot_owner(key, h & MASK)]
+
+
+def _check_route(i: int, route: object) -> None:
+    if not isinstance(route, Route):
+        raise InvalidInput(f"routes[{i}]", type(route).__name__, "must be a Route")
+    for name in ("branch", "skill"):
+        if not isinstance(getattr(route, name), str):
+            raise InvalidInput(f"routes[{i}].{name}", getattr(route, name), "must be a string")
+
+
+def _route_index(routes: Sequence[object]) -> dict[tuple[str, str], tuple[int, Route]]:
+    """(branch, skill) -> (position, route), raising InvalidInput for the first malformed route."""
+    index: dict[tuple[str, str], tuple[int, Route]] = {}
+    for i, route in enumerate(routes):
+        _check_route(i, route)
+        assert isinstance(route, Route)
+        if (route.branch, route.skill) in index:
+            raise InvalidInput(f"routes[{i}]", f"{route.branch}/{route.skill}",
+                               "duplicate route for this branch and skill")
+        index[(route.branch, route.skill)] = (i, route)
+    return index
 
 
 def _raise_unknown_route(version: int, branches: set[str], branch: object, skill: object) -> NoReturn:
