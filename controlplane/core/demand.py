@@ -165,14 +165,21 @@ class DemandTracker:
         decay = math.exp(-(now - self._ref) / tau)
         denom = observed + prior
         out: dict[str, dict[str, float]] = {}
+        measured = self._measured
+        # asked for every plan (once a second): the common case, no surge, skips the multiplier
+        # lookups; x 1.0 is exact, so both paths give the same numbers
         for b, fc in self._forecast.items():
-            if b not in self._measured:
-                out[b] = {s: f * 3600.0 * surge.get(s, 1.0) for s, f in fc.items()}
+            if b not in measured:
+                if surge:
+                    out[b] = {s: f * 3600.0 * surge.get(s, 1.0) for s, f in fc.items()}
+                else:
+                    out[b] = {s: f * 3600.0 for s, f in fc.items()}
                 continue
             counts = self._counts[b]
+            skills = fc.keys() | counts.keys() if counts.keys() - fc.keys() else fc.keys()
             row: dict[str, float] = {}
-            for s in fc.keys() | counts.keys():
-                f = fc.get(s, 0.0) * surge.get(s, 1.0)
+            for s in skills:
+                f = fc.get(s, 0.0) * surge.get(s, 1.0) if surge else fc.get(s, 0.0)
                 c = counts.get(s, 0.0) * decay
                 row[s] = (c + f * prior) / denom * 3600.0 if denom > 0 else f * 3600.0
             out[b] = row
