@@ -120,6 +120,19 @@ def _decisions(route: Route, vip: bool, version: int, cache: RingCache,
                index: int) -> tuple[CanonicalKey, tuple[Decision, ...]]:
     """A route's canonical ring key and its answers, one per key target in key order (the ring's
     `ids` order, so the table's slot values index them); one overload answer for an empty key."""
+    key, parts, action = _route_parts(route, vip, cache, index)
+    if not key:
+        return key, (Decision("", (), version, parts[0][1], action),)
+    return key, tuple([Decision(c, fb, version, why, action)
+                       for (c, _), (fb, why) in zip(key, parts, strict=True)])
+
+
+# per target of a route's canonical key (or the one overload answer): (fallbacks, reason)
+_Parts = tuple[tuple[tuple[str, ...], str], ...]
+
+
+def _route_parts(route: Route, vip: bool, cache: RingCache, index: int) -> tuple[CanonicalKey, _Parts, str]:
+    """What a route's answers are made of besides the plan version: (ring key, parts, action)."""
     targets = route.vip_targets if vip else route.targets
     # str() of the StrEnum is its value; a plain str from a hand-built Route passes through
     action = str(route.overload_action)
@@ -132,27 +145,21 @@ def _decisions(route: Route, vip: bool, version: int, cache: RingCache,
     hit = memo.get(mkey) if mkey is not None else None
     if hit is not None:
         memo.move_to_end(mkey)
-        key, parts = hit
-        if not key:
-            return key, (Decision("", (), version, parts[0][1], action),)
-        return key, tuple([Decision(c, fb, version, why, action)
-                           for (c, _), (fb, why) in zip(key, parts, strict=True)])
+        return hit[0], hit[1], action
     field = f"routes[{index}].vip_targets" if vip else f"routes[{index}].targets"
     if not isinstance(targets, tuple | list) or not all(isinstance(t, Target) for t in targets):
         raise InvalidInput(field, targets, "must be a sequence of Target")
     key = canonical_key([(t.center, t.weight) for t in targets], field)
+    parts: _Parts
     if not key:
         # no targets (or none with weight): every caller gets the overload action
-        d = Decision("", (), version, _reason(route, vip, "", 0.0, action), action)
-        _remember(cache, mkey, (key, (((), d.reason),)))
-        return key, (d,)
-    # the ring is built from the key's rounded weights: shares in the reasons are the table's
-    total = sum(w for _, w in key)
-    decisions = tuple(Decision(c, _fallbacks(targets, c), version, _reason(route, vip, c, w / total, action),
-                               action)
-                      for c, w in key)
-    _remember(cache, mkey, (key, tuple((d.fallbacks, d.reason) for d in decisions)))
-    return key, decisions
+        parts = (((), _reason(route, vip, "", 0.0, action)),)
+    else:
+        # the ring is built from the key's rounded weights: shares in the reasons are the table's
+        total = sum(w for _, w in key)
+        parts = tuple((_fallbacks(targets, c), _reason(route, vip, c, w / total, action)) for c, w in key)
+    _remember(cache, mkey, (key, parts))
+    return key, parts, action
 
 
 def _remember(cache: RingCache, mkey: _MemoKey | None, value: _Memo) -> None:
@@ -270,7 +277,9 @@ class LazyPlan:
         if len(routes) != len(plan.routes):
             routes = _route_index(plan.routes)
         self._routes = routes
-        self._answers: dict[tuple[str, str, bool], tuple[CanonicalKey, tuple[Decision, ...]]] = {}
+        # (branch, skill, vip) -> (ring key, parts, action, the Decisions built so far by key index)
+        self._answers: dict[tuple[str, str, bool],
+                            tuple[CanonicalKey, _Parts, str, list[Decision | None]]] = {}
 
     def resolve(self, branch: str, skill: str, caller: str, tier: str = "") -> Decision:
         """As `resolve` on the compiled plan; InvalidInput names `branch`, `skill` or `caller`."""
@@ -287,18 +296,24 @@ class LazyPlan:
             i, route = found
             _check_route(i, route)
             # a route without VIP targets answers VIP callers as standard ones (as compile does)
-            answer = _decisions(route, vip and bool(route.vip_targets), self.version, self._cache, i)
+            key, parts, action = _route_parts(route, vip and bool(route.vip_targets), self._cache, i)
+            answer = (key, parts, action, [None] * len(parts))
             self._answers[(branch, skill, vip)] = answer
-        key, decisions = answer
+        key, parts, action, built = answer
         if not isinstance(caller, str):
             raise InvalidInput("caller", caller, "must be a string")
         try:
             h = _xxh64(caller.encode())
         except UnicodeEncodeError as e:
             raise InvalidInput("caller", caller, "must be encodable as UTF-8") from e
-        if not key:
-            return decisions[0]
-        return decisions[slot_owner(key, h & MASK)]
+        # a route's answers are built one by one as callers reach them: a plan lasts about a second
+        # here and most routes see a caller or two, not every one of their up to 9 targets
+        j = slot_owner(key, h & MASK) if key else 0
+        d = built[j]
+        if d is None:
+            fallbacks, why = parts[j]
+            d = built[j] = Decision(key[j][0] if key else "", fallbacks, self.version, why, action)
+        return d
 
 
 def _check_route(i: int, route: object) -> None:
