@@ -507,7 +507,7 @@ def _material_change(old: Plan, new: Plan, min_change: float) -> bool:
     if len(old.routes) != len(new.routes):
         return True
     for a, b in zip(old.routes, new.routes, strict=True):
-        if a == b:
+        if a is b or a == b:  # the planner hands back the same Route object for an unchanged route
             continue
         if (a.branch, a.skill, a.kind, a.overload_action) != (b.branch, b.skill, b.kind, b.overload_action):
             return True

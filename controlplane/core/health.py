@@ -47,6 +47,7 @@ bad settings) and its subclass `StaleReport` for a report whose sequence number 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterable
 
@@ -188,6 +189,16 @@ class _Sample(msgspec.Struct, frozen=True):
     # every skill with calls waiting had all its logged-in agents on calls: a slow queue, not a dead one
     saturated: bool
     routed_to: dict[str, int]
+    kept: int  # routed_to.get(own center): calls its own lookups kept home
+    # `offered`, `answered` and `kept` summed over every sample of the center up to this one: the
+    # detectors sum a stretch of the window as a difference of two of these instead of walking it
+    offered_total: int
+    answered_total: int
+    kept_total: int
+
+
+# The routed_to of a sample whose report routed nothing: shared, since samples never change it.
+_NO_ROUTES: dict[str, int] = {}
 
 
 class _Failure(msgspec.Struct, frozen=True):
@@ -206,9 +217,10 @@ class _Center(msgspec.Struct):
     """The tracker's mutable record of one center; never leaves this module."""
 
     id: str
+    position: int  # in the tracker's center order: changes are handed out in that order
     window: deque[_Sample]
+    times: deque[float]  # the window's sample times, apart for bisection without a key function
     status: Status = Status.UNKNOWN
-    reason: str = ""
     last_seq: int | None = None
     last_report_at: float | None = None
     skills: dict[str, SkillLoad] = {}
@@ -225,6 +237,13 @@ class _Center(msgspec.Struct):
     holddown_s: float = 0.0  # the hold-down length used last (doubles on relapse)
     probation_until: float = -math.inf
     samples: int = 0  # samples ever appended to window: the newest has serial `samples`
+    evicted: int = 0  # samples - len(window): serials up to this one have left the window
+    # The latest reporting gap (two consecutive samples further apart than 2 intervals), kept as
+    # samples arrive instead of rescanning the window on every detection: `gap_since` is when the
+    # run after it began, and it counts while its earlier sample (serial `gap_serial`) is in window.
+    gap_since: float = -math.inf
+    gap_serial: int = 0
+    touched: bool = False  # its record changed since _collect last judged it (see HealthTracker._due)
 
 
 class HealthTracker:
@@ -246,8 +265,8 @@ class HealthTracker:
             keep = max(settings.failing_window_intervals,
                        math.ceil(settings.failing_arrival_window_s / settings.interval_s)
                        + WINDOW_SLACK_INTERVALS)
-            self._centers[cid] = _Center(cid, deque(maxlen=keep),
-                                         reason="no report yet", holddown_s=settings.failing_holddown_s)
+            self._centers[cid] = _Center(cid, len(self._centers), deque(maxlen=keep), deque(maxlen=keep),
+                                         holddown_s=settings.failing_holddown_s)
         # Per receiver, the other centers' samples that routed calls to it, oldest first, as
         # (at, origin, origin's sample serial, calls): the arrival checks sum these instead of
         # rescanning every other center's window for each receiver on every report. An entry
@@ -258,6 +277,26 @@ class HealthTracker:
         longest = max(settings.window_horizon_s, settings.failing_window_intervals * settings.interval_s,
                       settings.failing_arrival_window_s) + WINDOW_SLACK_INTERVALS * settings.interval_s
         self._forget_after_s = 2 * longest
+        # Settings read on every report, computed once (the same float expressions as the properties).
+        self._stale_after_s = settings.stale_after_s
+        self._window_horizon_s = settings.window_horizon_s
+        self._slack_s = WINDOW_SLACK_INTERVALS * settings.interval_s
+        self._why_silent = f"no report for {settings.down_after_s:g} s"
+        self._why_closed = f"report stream closed for {settings.stream_grace_s:g} s"
+        # A center's status moves with `now` only at its deadlines (stale, DOWN, end of a failing
+        # hold-down, DOWN for never reporting): until the earliest of them, `_due`, a call only needs
+        # to judge the centers whose record it changed (`_touched`), not all of them twice. `_due` may
+        # be early (a touched center's old deadline), never late: at or after it, every center is judged.
+        self._due = self._start + settings.down_after_s
+        # the per-origin arrival check's look-backs: the failing window, then doubling up to
+        # failing_arrival_window_s (the last one is at least that)
+        span = settings.failing_window_intervals * settings.interval_s
+        self._look_back_spans = [span]
+        while span < settings.failing_arrival_window_s:
+            span = min(2 * span, settings.failing_arrival_window_s)
+            self._look_back_spans.append(span)
+        self._longest_span_s = max(self._look_back_spans[0], settings.failing_arrival_window_s)
+        self._touched: list[_Center] = []
 
     # ------------------------------------------------------------------ inputs
 
@@ -290,35 +329,63 @@ class HealthTracker:
         c.state = report.state
         # a report arrived over some stream, so the center reaches us whatever we were told before
         c.closed_at = None
-        c.open_streams = max(c.open_streams, 1)
-        loads = report.skills.values()
-        c.window.append(_Sample(
-            at=now,
-            offered=sum(x.offered for x in loads),
-            answered=sum(x.answered for x in loads),
-            queued=sum(x.queued for x in loads),
-            saturated=any(x.queued > 0 for x in loads) and all(
-                x.busy >= x.logged_in > 0 for x in loads if x.queued > 0),
-            routed_to={k: v for k, v in report.routed_to.items() if v > 0},
-        ))
+        if c.open_streams < 1:
+            c.open_streams = 1
+        if not c.touched:  # self._touch(c), inline: this is the simulator's hottest path
+            c.touched = True
+            self._touched.append(c)
+        offered = answered = queued = 0
+        waiting, all_busy = False, True
+        for load in report.skills.values():
+            offered += load.offered
+            answered += load.answered
+            queued += load.queued
+            if load.queued > 0:
+                waiting = True
+                all_busy = all_busy and load.busy >= load.logged_in > 0
+        routed_to = report.routed_to
+        if not routed_to:
+            routed_to = _NO_ROUTES
+        elif min(routed_to.values()) > 0:
+            routed_to = dict(routed_to)  # a copy: the caller's dict may change after the call
+        else:
+            routed_to = {k: v for k, v in routed_to.items() if v > 0}
+        kept = routed_to.get(c.id, 0)
+        window = c.window
+        if window:
+            prev = window[-1]
+            window.append(_Sample(now, offered, answered, queued, waiting and all_busy, routed_to, kept,
+                                  prev.offered_total + offered, prev.answered_total + answered,
+                                  prev.kept_total + kept))
+            if now - prev.at > 2 * s.interval_s:
+                # a gap in its reports: its first report after covers one interval
+                c.gap_since, c.gap_serial = now - 0.5 * s.interval_s, c.samples
+        else:
+            window.append(_Sample(now, offered, answered, queued, waiting and all_busy, routed_to, kept,
+                                  offered, answered, kept))
+        c.times.append(now)
         c.samples += 1
-        expired = now - self._forget_after_s
-        for rid, n in c.window[-1].routed_to.items():
-            sent = self._sent_to.get(rid)
-            if sent is None or rid == c.id:
-                continue
-            sent.append((now, c, c.samples, n))
-            while sent[0][0] < expired:
-                sent.popleft()
-        # this report can only change the verdict on the reporter and on the centers it sent calls to
-        for cid in sorted({c.id, *c.window[-1].routed_to}):
-            x = self._centers.get(cid)
-            if x is None or self._evaluate(x, now).status != Status.HEALTHY:
-                continue
-            failure = self._detect(x, now)
-            if failure is not None:
-                self._start_failing(x, failure, now, relapse=now < x.probation_until)
-        return changes + self._collect(now)
+        c.evicted = c.samples - len(window)
+        receivers: list[_Center] = []
+        if routed_to:
+            expired = now - self._forget_after_s
+            for rid, n in routed_to.items():
+                sent = self._sent_to.get(rid)
+                if sent is None or rid == c.id:
+                    continue
+                sent.append((now, c, c.samples, n))
+                while sent[0][0] < expired:
+                    sent.popleft()
+                receivers.append(self._centers[rid])
+        # This report can only change the verdict on the reporter and on the centers it sent calls to.
+        # Judging one changes only its own record, never what judging another reads: any order will do.
+        verdict = self._evaluate(c, now)
+        if verdict.status == Status.HEALTHY and self._judge(c, now):
+            verdict = self._evaluate(c, now)
+        for x in receivers:
+            if self._evaluate(x, now).status == Status.HEALTHY:
+                self._judge(x, now)
+        return changes + self._collect(now, (c, verdict))
 
     def stream_opened(self, center: str, now: float) -> list[HealthChange]:
         """A report stream from `center` opened; a reconnect within stream_grace_s avoids DOWN."""
@@ -327,6 +394,7 @@ class HealthTracker:
         changes = self._advance(now)
         c.open_streams += 1
         c.closed_at = None
+        self._touch(c)
         return changes + self._collect(now)
 
     def stream_closed(self, center: str, now: float) -> list[HealthChange]:
@@ -335,6 +403,7 @@ class HealthTracker:
         now = self._clamp(now)
         changes = self._advance(now)
         c.open_streams = max(0, c.open_streams - 1)
+        self._touch(c)
         if c.open_streams == 0 and c.closed_at is None:
             c.closed_at = now
             if c.down_since is not None:
@@ -353,19 +422,7 @@ class HealthTracker:
 
         Always after the latest `now` given: every input applies the timeouts due by its `now` first.
         """
-        best = math.inf
-        for c in self._centers.values():
-            if c.fail_until is not None:
-                best = min(best, c.fail_until)
-            if c.down_since is not None:
-                continue
-            if c.last_report_at is None:
-                best = min(best, self._start + self._s.down_after_s)
-                continue
-            stale_at, down_at, _ = self._deadlines(c)
-            if stale_at > self._now:
-                best = min(best, stale_at)
-            best = min(best, down_at)
+        best = min((self._next_change(c, self._now) for c in self._centers.values()), default=math.inf)
         return best if best < math.inf else None
 
     def view(self, now: float) -> dict[str, CenterHealth]:
@@ -410,56 +467,77 @@ class HealthTracker:
         """(stale from, DOWN at, why DOWN) for a center that has reported and is not latched DOWN."""
         assert c.last_report_at is not None
         s = self._s
-        stale_at = c.last_report_at + s.stale_after_s
+        stale_at = c.last_report_at + self._stale_after_s
         down_at = c.last_report_at + s.down_after_s
-        why = f"no report for {s.down_after_s:g} s"
+        why = self._why_silent
         if c.closed_at is not None:
             stale_at = min(stale_at, c.closed_at)
             if c.closed_at + s.stream_grace_s < down_at:
                 down_at = c.closed_at + s.stream_grace_s
-                why = f"report stream closed for {s.stream_grace_s:g} s"
+                why = self._why_closed
         return stale_at, down_at, why
 
-    def _recent(self, c: _Center, now: float, span_s: float | None = None) -> list[_Sample]:
-        """Samples within `span_s` (default: the failing window), at most that many intervals' worth."""
-        s = self._s
-        if span_s is None:
-            horizon = now - s.window_horizon_s
-            return [x for x in c.window if x.at > horizon][-s.failing_window_intervals:]
-        horizon = now - span_s - WINDOW_SLACK_INTERVALS * s.interval_s
-        return [x for x in c.window if x.at > horizon]
+    def _next_change(self, c: _Center, now: float) -> float:
+        """The earliest time after `now` at which `now` alone could change the center's status or a
+        latch of _advance (inf: none); its record changing is what _touch is for."""
+        best = math.inf if c.fail_until is None else c.fail_until
+        if c.down_since is not None:
+            return best
+        if c.last_report_at is None:
+            return min(best, self._start + self._s.down_after_s)
+        stale_at, down_at, _ = self._deadlines(c)
+        if stale_at > now:
+            best = min(best, stale_at)
+        return min(best, down_at)
+
+    def _touch(self, c: _Center) -> None:
+        """The center's record changed: the next _collect judges it whatever the time."""
+        if not c.touched:
+            c.touched = True
+            self._touched.append(c)
 
     def _detect(self, c: _Center, now: float) -> _Failure | None:
-        """The two F17 detectors over the center's last failing_window_intervals reports."""
+        """The two F17 detectors over the center's last failing_window_intervals reports.
+
+        Samples and _sent_to entries are in time order (`now` never runs backwards), so every "within
+        the last so many seconds" below is a suffix: found from the newest end or by bisection, and
+        summed as a difference of running totals. The sums are of integers: their order is free.
+        """
         s = self._s
         if c.state != AdminState.OPEN:
             return None  # a draining or closed center refuses calls on purpose
-        own = self._recent(c, now)
-        if len(own) < s.failing_window_intervals:
-            return None  # too little of its own evidence, e.g. just back from DOWN
-        offered = sum(x.offered for x in own)
-        q0, q1 = own[0].queued, own[-1].queued
-        if (offered >= s.failing_min_calls and sum(x.answered for x in own) == 0 and q1 > q0
-                and not all(x.saturated for x in own)):
+        k = s.failing_window_intervals
+        window = c.window
+        n = len(window)
+        # its own last k samples, first..last, if all are within the window's horizon (else too
+        # little of its own evidence, e.g. just back from DOWN)
+        if n < k:
+            return None
+        first, last = window[n - k], window[-1]
+        horizon = now - self._window_horizon_s
+        if first.at <= horizon:
+            return None
+        offered = last.offered_total - first.offered_total + first.offered
+        answered = last.answered_total - first.answered_total + first.answered
+        q0, q1 = first.queued, last.queued
+        if (offered >= s.failing_min_calls and answered == 0 and q1 > q0
+                and not all(window[i].saturated for i in range(n - k, n))):
             return _Failure(f"not answering (answered 0, queue rising {q0}->{q1})", 0.0)
         # Only since the receiver's reports last ran without a gap: calls sent while its reports
         # were lost (a partition) arrived in intervals nobody told us about.
-        since = -math.inf
-        history = list(c.window)
-        for prev, nxt in zip(history, history[1:], strict=False):
-            if nxt.at - prev.at > 2 * s.interval_s:
-                since = nxt.at - 0.5 * s.interval_s  # its first report covers one interval
+        since = self._since_gap(c)
         # ... and only calls sent before the receiver's latest report: it has not yet had the chance
         # to report later ones (its reports may just have stopped: that is staleness, not loss)
-        upto = own[-1].at
-        own_sent = sum(x.routed_to.get(c.id, 0) for x in own)
+        upto = last.at
+        own_sent = last.kept_total - first.kept_total + first.kept
         sent_here = self._sent_to[c.id]
-        # as summing over _recent(o, now) of each other center o: its samples after the horizon,
-        # at most its last failing_window_intervals ones
-        horizon = now - s.window_horizon_s
-        others_sent = sum(n for at, o, serial, n in sent_here
-                          if serial > o.samples - s.failing_window_intervals and at > horizon
-                          and since <= at <= upto)
+        # each other center's samples after the horizon, at most its last k ones
+        others_sent = 0
+        for at, o, serial, calls in reversed(sent_here):
+            if at <= horizon or at < since:
+                break
+            if at <= upto and serial > o.samples - k:
+                others_sent += calls
         sent = own_sent + others_sent
         if sent >= s.failing_min_calls and offered < s.failing_arrival_ratio * sent:
             return _Failure(f"calls routed here are not arriving (sent {sent}, offered {offered})", 1.0)
@@ -470,39 +548,61 @@ class HealthTracker:
         # Calls sent in the last interval may not have reached the receiver's ACD report yet (the
         # sender reports them at once, the receiver in its next interval): they are not judged.
         in_flight = min(now - s.interval_s, upto)
-        slack = WINDOW_SLACK_INTERVALS * s.interval_s
-        # The other centers' samples that sent calls here within the longest look-back, gathered
-        # once: each step of the look-back below only narrows them by time (rescanning every
-        # center's window per step was most of the simulator's time).
-        span = s.failing_window_intervals * s.interval_s
-        lo = max(since, now - max(span, s.failing_arrival_window_s) - slack)
-        sent_at = [(at, n) for at, o, serial, n in sent_here
-                   if serial > o.samples - len(o.window) and lo <= at <= in_flight]
-        while True:
-            horizon = now - span - slack  # as _recent(o, now, span)
-            others_sent = sum(n for at, n in sent_at if at > horizon)
-            if others_sent >= s.failing_min_calls or span >= s.failing_arrival_window_s:
+        slack = self._slack_s
+        # The other centers' samples (still in their window) that sent calls here within the longest
+        # look-back, newest first, gathered once: each step of the look-back below only reaches
+        # further into them (rescanning every center's window per step was most of the simulator's time).
+        lo = max(since, now - self._longest_span_s - slack)
+        sent_at: list[tuple[float, int]] = []
+        gathered = 0
+        for at, o, serial, calls in reversed(sent_here):
+            if at < lo:
                 break
-            span = min(2 * span, s.failing_arrival_window_s)
-        mine = [x for x in c.window if x.at > horizon and x.at >= since]
-        from_others = max(0, sum(x.offered for x in mine) - sum(x.routed_to.get(c.id, 0) for x in mine))
+            if at <= in_flight and serial > o.evicted:
+                sent_at.append((at, calls))
+                gathered += calls
+        if gathered < s.failing_min_calls:
+            return None  # no look-back below can reach enough calls to judge
+        others_sent = 0
+        counted = 0
+        for span in self._look_back_spans:
+            horizon = now - span - slack  # a sample counts within `span` if after this
+            while counted < len(sent_at) and sent_at[counted][0] > horizon:
+                others_sent += sent_at[counted][1]
+                counted += 1
+            if others_sent >= s.failing_min_calls:
+                break
+        # its own samples after the horizon and since the gap
+        start = max(bisect_right(c.times, horizon), bisect_left(c.times, since))
+        from_others = 0
+        if start < n:
+            oldest = window[start]
+            from_others = max(0, (last.offered_total - oldest.offered_total + oldest.offered)
+                              - (last.kept_total - oldest.kept_total + oldest.kept))
         if others_sent >= s.failing_min_calls and from_others < s.failing_arrival_ratio * others_sent:
             return _Failure(f"calls routed here from other centers are not arriving (sent {others_sent}, "
                             f"arrived {from_others} in {span:g} s)", 1.0)
         return None
 
+    @staticmethod
+    def _since_gap(c: _Center) -> float:
+        """When the run of reports after the latest gap in the window began (-inf: no gap in it)."""
+        # the gap counts while its earlier sample is still in the window
+        return c.gap_since if c.gap_serial > c.evicted else -math.inf
+
+    def _judge(self, c: _Center, now: float) -> bool:
+        """Run the detectors on a HEALTHY center; start its hold-down if one fires (then True)."""
+        failure = self._detect(c, now)
+        if failure is None:
+            return False
+        self._start_failing(c, failure, now, relapse=now < c.probation_until)
+        return True
+
     def _start_failing(self, c: _Center, failure: _Failure, now: float, relapse: bool) -> None:
         s = self._s
         c.holddown_s = min(2 * c.holddown_s, s.failing_holddown_max_s) if relapse else s.failing_holddown_s
         c.fail, c.fail_since, c.fail_until = failure, now, now + c.holddown_s
-
-    def _failure_at(self, c: _Center, now: float) -> _Failure | None:
-        """The failing verdict in force at `now`, judging a hold-down that ended without mutating."""
-        if c.fail_until is None:
-            return None
-        if now < c.fail_until:
-            return c.fail
-        return self._detect(c, now)
+        self._touch(c)
 
     def _evaluate(self, c: _Center, now: float) -> _Verdict:
         """The verdict on one center at `now` from its record; pure, so view() can use it."""
@@ -520,7 +620,13 @@ class HealthTracker:
         stale_at, down_at, down_why = self._deadlines(c)
         if now >= down_at:
             return _Verdict(Status.DOWN, 0.0, down_why, down_at)
-        failure = self._failure_at(c, now)
+        # the failing verdict in force at `now`, judging a hold-down that ended without mutating
+        if c.fail_until is None:
+            failure = None
+        elif now < c.fail_until:
+            failure = c.fail
+        else:
+            failure = self._detect(c, now)
         if now >= stale_at:
             weight = min(1.0, max(0.0, (down_at - now) / (down_at - stale_at)))
             why = "report stream closed" if c.closed_at is not None else \
@@ -540,6 +646,8 @@ class HealthTracker:
         """Latch what timed out by `now`: DOWN, and the end of failing hold-downs."""
         self._now = now
         changes, self._pending = self._pending, []
+        if now < self._due:
+            return changes  # no deadline has passed: nothing to latch
         for c in self._centers.values():
             if c.fail_until is not None and now >= c.fail_until:
                 relapse = self._detect(c, now)
@@ -549,6 +657,7 @@ class HealthTracker:
                 else:
                     c.probation_until = c.fail_until + self._s.failing_probation_s
                     c.fail, c.fail_until = None, None
+                    self._touch(c)
             if c.down_since is None:
                 v = self._evaluate(c, now)
                 if v.status == Status.DOWN:
@@ -557,15 +666,35 @@ class HealthTracker:
                     changes.extend(self._emit(c, v))
         return changes
 
-    def _collect(self, now: float) -> list[HealthChange]:
+    def _collect(self, now: float, judged: tuple[_Center, _Verdict] | None = None) -> list[HealthChange]:
+        """The status changes as of `now`, in center order; judges only the centers that can have one.
+
+        `judged`: a center and its verdict as of `now` that the caller already has (its record has not
+        changed since), so it is not evaluated again.
+        """
+        touched, self._touched = self._touched, []
+        for c in touched:
+            c.touched = False
         changes: list[HealthChange] = []
-        for c in self._centers.values():
-            changes.extend(self._emit(c, self._evaluate(c, now)))
+        if now >= self._due:
+            for c in self._centers.values():
+                v = judged[1] if judged is not None and c is judged[0] else self._evaluate(c, now)
+                changes.extend(self._emit(c, v))
+            self._due = min((self._next_change(c, now) for c in self._centers.values()), default=math.inf)
+            return changes
+        if len(touched) > 1:
+            touched.sort(key=_position)
+        for c in touched:
+            v = judged[1] if judged is not None and c is judged[0] else self._evaluate(c, now)
+            if v.status != c.status:
+                changes.extend(self._emit(c, v))
+            due = self._next_change(c, now)
+            if due < self._due:
+                self._due = due
         return changes
 
     def _emit(self, c: _Center, v: _Verdict) -> list[HealthChange]:
         if v.status == c.status:
-            c.reason = v.reason
             return []
         why = v.reason
         if v.status == Status.HEALTHY:
@@ -579,8 +708,12 @@ class HealthTracker:
             if self._now < c.probation_until:
                 why = f"{why}; on probation until {c.probation_until:g}"
         change = HealthChange(c.id, c.status, v.status, min(v.since, self._now), why)
-        c.status, c.reason = v.status, v.reason
+        c.status = v.status
         return [change]
+
+
+def _position(c: _Center) -> int:
+    return c.position
 
 
 def _finite(field: str, v: float) -> float:
