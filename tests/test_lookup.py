@@ -372,6 +372,33 @@ def test_lazy_plan_bad_queries_name_the_field_and_value(branch, skill, caller, f
     assert (ei.value.field, ei.value.value) == (field, value)
 
 
+def test_lazy_plan_reuses_the_previous_plans_work_only_for_the_same_route_object():
+    p1 = plan(version=1)
+    changed = Route("hunan", "retail", targets(("chengdu", 0.5), ("beijing", 0.5)), kind=RouteKind.DR,
+                    home="wuhan")
+    # the same Route objects where unchanged (as the planner hands them back), one new route
+    p2 = Plan(2, (p1.routes[0], changed, *p1.routes[2:]))
+    first = LazyPlan(p1)
+    for c in CALLERS[:200]:
+        first.resolve("hubei", "retail", c)
+        first.resolve("hunan", "retail", c)
+    second = LazyPlan(p2, previous=first)
+    cp2 = CompiledPlan.compile(p2)
+    for c in CALLERS[:200]:
+        for branch in ("hubei", "hunan"):
+            d = second.resolve(branch, "retail", c)
+            assert d == resolve(cp2, branch, "retail", c) and d.plan_version == 2
+    assert {second.resolve("hunan", "retail", c).center for c in CALLERS} == {"chengdu", "beijing"}
+    # an equal route that validation refuses (a bool weight equals 1.0) is not taken on trust
+    bad = Route("hubei", "card", (Target("wuhan", True),), kind=RouteKind.PINNED, home="wuhan")
+    assert bad == p1.routes[2]
+    third = LazyPlan(Plan(3, (*p2.routes[:2], bad, p2.routes[3])), previous=second)
+    second.resolve("hubei", "card", "1")
+    with pytest.raises(InvalidInput) as ei:
+        third.resolve("hubei", "card", "1")
+    assert ei.value.field == "routes[2].targets[0].weight"
+
+
 def test_lazy_plan_rejects_malformed_plans_up_front_or_at_the_route():
     dup = Plan(1, (Route("b", "s", targets(("a", 1.0))), Route("b", "s", targets(("c", 1.0)))))
     with pytest.raises(InvalidInput) as ei:

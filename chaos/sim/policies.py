@@ -339,6 +339,7 @@ class CallroutePolicy(BasePolicy):
         self.overload = 0
         self.status_log: list[tuple[float, str, str, str]] = []
         self.last_plan: Plan | None = None
+        self.cp: LazyPlan | None = None
         self._publish(sim.now)
 
     # ------------------------------------------------------------------ the control plane
@@ -360,7 +361,7 @@ class CallroutePolicy(BasePolicy):
         self.last_plan = plan
         if self.lookup == "ring":
             # the answers an agent's CompiledPlan gives, built for the routes calls ask for
-            self.cp = LazyPlan(plan, self.cache)
+            self.cp = LazyPlan(plan, self.cache, previous=self.cp)
         else:
             if len(self._weighted_memo) >= WEIGHTED_MEMO_SIZE:
                 self._weighted_memo.clear()

@@ -257,9 +257,14 @@ class LazyPlan:
     does, but for a route's targets only when that route is first looked up.
     """
 
-    __slots__ = ("version", "plan", "_cache", "_routes", "_answers")
+    __slots__ = ("version", "plan", "_cache", "_routes", "_answers", "_previous")
 
-    def __init__(self, plan: Plan, cache: RingCache | None = None) -> None:
+    _previous: LazyPlan | None
+
+    def __init__(self, plan: Plan, cache: RingCache | None = None, previous: LazyPlan | None = None) -> None:
+        """`previous`: the plan this one replaces; a route that is the same object as its route there
+        reuses what was built for it (all but the version), a cheaper check than the memo's key.
+        Only one plan back is kept, so a chain of plans does not hold on to every earlier one."""
         if not isinstance(plan, Plan):
             raise InvalidInput("plan", type(plan).__name__, "must be a Plan")
         if isinstance(plan.version, bool) or not isinstance(plan.version, int) or plan.version < 0:
@@ -277,6 +282,9 @@ class LazyPlan:
         if len(routes) != len(plan.routes):
             routes = _route_index(plan.routes)
         self._routes = routes
+        if previous is not None:
+            previous._previous = None
+        self._previous = previous
         # (branch, skill, vip) -> (ring key, parts, action, the Decisions built so far by key index)
         self._answers: dict[tuple[str, str, bool],
                             tuple[CanonicalKey, _Parts, str, list[Decision | None]]] = {}
@@ -295,8 +303,12 @@ class LazyPlan:
                 _raise_unknown_route(self.version, {b for b, _ in self._routes}, branch, skill)
             i, route = found
             _check_route(i, route)
-            # a route without VIP targets answers VIP callers as standard ones (as compile does)
-            key, parts, action = _route_parts(route, vip and bool(route.vip_targets), self._cache, i)
+            reused = self._reuse(branch, skill, vip, route)
+            if reused is not None:
+                key, parts, action = reused
+            else:
+                # a route without VIP targets answers VIP callers as standard ones (as compile does)
+                key, parts, action = _route_parts(route, vip and bool(route.vip_targets), self._cache, i)
             answer = (key, parts, action, [None] * len(parts))
             self._answers[(branch, skill, vip)] = answer
         key, parts, action, built = answer
@@ -314,6 +326,22 @@ class LazyPlan:
             fallbacks, why = parts[j]
             d = built[j] = Decision(key[j][0] if key else "", fallbacks, self.version, why, action)
         return d
+
+
+    def _reuse(self, branch: str, skill: str, vip: bool,
+               route: Route) -> tuple[CanonicalKey, _Parts, str] | None:
+        """What the previous plan built for this very Route object (the planner hands back the same
+        object for a route that did not change). The same object, not an equal one: an equal route
+        may still differ in what validation refuses (a bool weight equals 1.0)."""
+        prev = self._previous
+        if prev is None:
+            return None
+        answer = prev._answers.get((branch, skill, vip))
+        if answer is None:
+            return None
+        if prev._routes[(branch, skill)][1] is not route:
+            return None
+        return answer[0], answer[1], answer[2]
 
 
 def _check_route(i: int, route: object) -> None:
