@@ -20,6 +20,18 @@ _SERIES_EPS = 1e-12
 _LOAD_TOL = 0.01
 
 
+# erlang_b divides k = n, n-1, ... by the load. A float k gives the same IEEE division as the int
+# (an int below 2**53 converts exactly) without converting it each time, and this loop is most
+# of a plan's computing time, so the descending floats are kept per n. Near the operating point
+# the series stops within a few hundred terms: this many are kept, and a longer run goes on with
+# ints.
+_DESCENDING_KEPT = 512
+# Staffing levels (n) whose descending floats are kept, about 16 kB each: a network has one per
+# center and skill, plus what live logged-in counts wander through; past this the memo restarts.
+_DESCENDING_MAX_N = 256
+_descending: dict[int, tuple[float, ...]] = {}
+
+
 def erlang_b(n: int, a: float) -> float:
     """Blocking probability of n servers under a Erlangs.
 
@@ -30,15 +42,31 @@ def erlang_b(n: int, a: float) -> float:
         return 1.0
     if a <= 0:
         return 0.0
+    ks = _descending.get(n)
+    if ks is None:
+        if len(_descending) >= _DESCENDING_MAX_N:
+            _descending.clear()
+        ks = _descending[n] = tuple(map(float, range(n, max(0, n - _DESCENDING_KEPT), -1)))
     total = 1.0
     term = 1.0
-    for j in range(n):
-        term *= (n - j) / a
+    eps = _SERIES_EPS
+    # term j is the previous one times (n - j) / a; k runs n, n-1, ..., 1
+    for k in ks:
+        term *= k / a
         total += term
-        if term < _SERIES_EPS * total:
+        if term < eps * total:
             break
         if total > 1e300:  # a << n: blocking is 0 to double precision
             return 0.0
+    else:
+        # past the kept floats: the same steps with int k
+        for j in range(n - len(ks), 0, -1):
+            term *= j / a
+            total += term
+            if term < eps * total:
+                break
+            if total > 1e300:
+                return 0.0
     return 1.0 / total
 
 

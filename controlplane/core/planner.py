@@ -17,7 +17,7 @@ Must not: read the clock, do I/O, import asyncio/grpc/etcd/prometheus.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import msgspec
 
@@ -32,6 +32,7 @@ from .model import (
     ReceiverPrediction,
     Route,
     RouteKind,
+    SkillLoad,
     Status,
     Target,
     Topology,
@@ -88,7 +89,40 @@ def effective_home(branch: Branch, wall_hour: float | None, weekday: int | None)
     return branch.home
 
 
-def _normalise(pairs: Iterable[tuple[str, float]]) -> tuple[Target, ...]:
+# round_fast takes its short cut only below this: x * 10**ndigits is then within 2**-22 of the
+# exact product, far inside the 1e-6 distance from a half-way point that it insists on.
+_ROUND_FAST_MAX = 2.0**31
+# how far (in units of the last kept digit) x * 10**ndigits must be from a half-way point for the
+# short cut; nearer than this, round() itself decides
+_ROUND_FAST_MARGIN = 0.499999
+
+
+def round_fast(x: float, scale: float, ndigits: int) -> float:
+    """`round(x, ndigits)` for `scale` = 10.0**ndigits, bit for bit, at a third of its cost.
+
+    round() goes through a decimal string. For a positive float whose scaled value is not near a
+    half-way point, the nearest integer k of the exact x * 10**ndigits is the nearest integer of
+    the rounded product, and k / scale (one correctly rounded division) is the double nearest to
+    k * 10**-ndigits: exactly what round() returns. Everything else goes to round().
+    """
+    if type(x) is float:
+        if x == 0.0:
+            return x  # round() keeps the zero's sign too
+        y = x * scale
+        if 0.0 < y < _ROUND_FAST_MAX:
+            k = int(y + 0.5)
+            if -_ROUND_FAST_MARGIN < y - k < _ROUND_FAST_MARGIN:
+                return k / scale
+    return round(x, ndigits)
+
+
+def _normalise(pairs: Sequence[tuple[str, float]]) -> tuple[Target, ...]:
+    if len(pairs) == 1:
+        # one center takes it all (an overloaded center with no receiver): w / w is exactly 1.0
+        # for any finite w > 0, and so is every step after it
+        c, w = pairs[0]
+        if 0 < w < math.inf:
+            return (Target(c, 1.0),)
     merged: dict[str, float] = {}
     for c, w in pairs:
         if w > 0:
@@ -98,12 +132,57 @@ def _normalise(pairs: Iterable[tuple[str, float]]) -> tuple[Target, ...]:
         return ()
     kept = {c: w / total for c, w in merged.items() if w / total >= MIN_WEIGHT}
     total = sum(kept.values())
-    return tuple(sorted((Target(c, round(w / total, 6)) for c, w in kept.items()),
-                        key=lambda t: (-t.weight, t.center)))
+    # heaviest first, ties by center: (-weight, center) tuples sort that way (centers are unique
+    # keys, and the weights are at least MIN_WEIGHT, never NaN); negating is exact both ways
+    ranked = sorted([(-round_fast(w / total, 1e6, 6), c) for c, w in kept.items()])
+    return tuple([Target(c, -neg) for neg, c in ranked])
+
+
+class _Layout:
+    """Where each branch's calls land for one assignment of hosts to the scheduled branches.
+
+    Hosting changes only when a schedule rule starts or ends, so everything that depends on it
+    alone is worked out once per assignment instead of once per plan: the order of the (home,
+    skill) demand keys (which fixes the order of the float additions), the slot each branch and
+    skill adds into, and the HOME/PINNED route each branch and skill gets when nothing overflows.
+    """
+
+    __slots__ = ("keys", "branches", "center_slots", "fixed", "unpinned_at", "pinned_at", "memo")
+
+    def __init__(self, keys: list[tuple[str, str]],
+                 branches: list[tuple[str, tuple[tuple[str, int, float, float, float], ...]]],
+                 center_slots: dict[str, list[int]], fixed: list[Route],
+                 unpinned_at: dict[tuple[str, str], list[int]],
+                 pinned_at: dict[tuple[str, str], list[int]]) -> None:
+        # (home, skill) demand keys in the order the branches first add to them
+        self.keys = keys
+        # per branch: (id, ((skill, slot, forecast cph / 3600, aht, forecast Erlangs), ...))
+        self.branches = branches
+        # per home center: its demand slots in key order (a center's total adds them in that order)
+        self.center_slots = center_slots
+        # the route of every branch and skill, in plan order, when its (home, skill) has no entry
+        self.fixed = fixed
+        # positions in `fixed` of the routes that follow a (home, skill) entry: the unpinned ones
+        # follow any entry, the pinned ones only a DR entry
+        self.unpinned_at = unpinned_at
+        self.pinned_at = pinned_at
+        # per position: the entry, VIP targets and route built from them in an earlier plan
+        self.memo: list[tuple[_Entry, tuple[Target, ...], Route] | None] = [None] * len(fixed)
+
+
+# Distinct host assignments kept. Schedules make a handful (day, night, weekend); past this many
+# something is churning (a topology with many overlapping rules) and the memo is dropped.
+MAX_LAYOUTS = 64
+
+_NO_RECEIVERS: frozenset[str] = frozenset()
 
 
 class PlanTracker:
-    """Computes successive plans, keeping overflow hysteresis between them."""
+    """Computes successive plans, keeping overflow hysteresis between them.
+
+    `topology` is fixed for the tracker's life in practice; assigning a new one makes the next
+    `compute` rebuild everything derived from it.
+    """
 
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
@@ -112,6 +191,72 @@ class PlanTracker:
         self._cap_cache: dict[tuple[int, float], float] = {}
         # the receivers each (source center, skill) used in the last plan: receiver hysteresis
         self._receivers: dict[tuple[str, str], frozenset[str]] = {}
+        self._prepare()
+
+    # ------------------------------------------------------------------ topology-derived constants
+
+    def _prepare(self) -> None:
+        topo = self.topology
+        self._prepared_for = topo
+        self._centers = {c.id: c for c in topo.centers}
+        self._region = {c.id: c.region for c in topo.centers}
+        self._skills = topo.skills()
+        self._aht = {s: topo.aht(s) for s in self._skills}
+        # every (center, skill) pair in sorted order: the order overflow and predictions visit them
+        self._sorted_pairs = sorted((c, s) for c in self._centers for s in self._skills)
+        self._pairs = {c: tuple((s, (c, s), self._aht[s]) for s in self._skills) for c in self._centers}
+        self._scheduled = tuple(b for b in topo.branches if b.schedule)
+        self._layouts: dict[tuple[str, ...], _Layout] = {}
+        self._home_only: dict[str, tuple[Target, ...]] = {}
+        # the last plan's route entries per (home, skill): an equal entry is that object again, so
+        # the routes built from it (_Layout.memo) can be reused
+        self._last_entries: dict[tuple[str, str], _Entry] = {}
+        # _step leaves an inactive state with no share untouched unless it enters: skipping that
+        # call is only exact when the ramp step cannot push a zero share away from zero
+        self._idle_is_fixed = topo.policy.overflow.max_step >= 0.0
+        slp = topo.policy.service_level
+        # the service-level target as overflow explanations quote it ("80%/20s")
+        self._sl_text = f"{slp.target:.0%}/{slp.answer_within_s:g}s"
+
+    def _only(self, cid: str) -> tuple[Target, ...]:
+        t = self._home_only.get(cid)
+        if t is None:
+            t = self._home_only[cid] = (Target(cid, 1.0),)
+        return t
+
+    def _layout(self, hosts: tuple[str, ...]) -> _Layout:
+        slot_of: dict[tuple[str, str], int] = {}
+        branches = []
+        fixed: list[Route] = []
+        unpinned_at: dict[tuple[str, str], list[int]] = {}
+        pinned_at: dict[tuple[str, str], list[int]] = {}
+        host_of = iter(hosts)
+        for b in self.topology.branches:
+            home = next(host_of) if b.schedule else b.home
+            items = []
+            for s, cph in b.calls_per_hour.items():
+                slot = slot_of.setdefault((home, s), len(slot_of))
+                per_s = cph / 3600.0
+                aht = self._aht[s]
+                # forecast x surge x aht with no surge: x * 1.0 is x, so this is that product
+                items.append((s, slot, per_s, aht, per_s * aht))
+            branches.append((b.id, tuple(items)))
+            pinned = set(b.pinned)
+            t = self._only(home)
+            for s in b.calls_per_hour:
+                if s in pinned:
+                    pinned_at.setdefault((home, s), []).append(len(fixed))
+                    fixed.append(Route(b.id, s, t, RouteKind.PINNED, home=home,
+                                       explanation=f"{s} is pinned to {home}: never overflows"))
+                else:
+                    unpinned_at.setdefault((home, s), []).append(len(fixed))
+                    fixed.append(Route(b.id, s, t, RouteKind.HOME, home=home,
+                                       explanation=f"home {home} open and within capacity"))
+        keys = list(slot_of)
+        center_slots: dict[str, list[int]] = {}
+        for i, (home, _) in enumerate(keys):
+            center_slots.setdefault(home, []).append(i)
+        return _Layout(keys, branches, center_slots, fixed, unpinned_at, pinned_at)
 
     # ------------------------------------------------------------------ helpers
 
@@ -139,10 +284,13 @@ class PlanTracker:
     def compute(self, view: NetworkView, now: float, version: int, wall_hour: float | None = None,
                 weekday: int | None = None) -> Plan:
         topo = self.topology
+        if topo is not self._prepared_for:
+            self._prepare()
         pol = topo.policy
         slp = pol.service_level
-        centers = {c.id: c for c in topo.centers}
+        centers = self._centers
         health: dict[str, CenterHealth] = view.health
+        vshed = view.shed
 
         # ---- which centers take calls, and at what weight
         closed: set[str] = set()
@@ -174,65 +322,91 @@ class PlanTracker:
                 # DR plus receiver churn: 3 changes in one partition). One change per partition, at
                 # DOWN, and one back when it heals. It is no receiver meanwhile (receiver_ok).
                 w = 1.0
-            home_weight[cid] = min(1.0, max(0.0, w), 1.0 - min(1.0, max(0.0, view.shed.get(cid, 0.0))))
-            if view.shed.get(cid, 0.0) >= 1.0:
+            home_weight[cid] = min(1.0, max(0.0, w), 1.0 - min(1.0, max(0.0, vshed.get(cid, 0.0))))
+            if vshed.get(cid, 0.0) >= 1.0:
                 why_closed[cid] = "shed 100% (drill)"
                 closed.add(cid)
                 home_weight[cid] = 0.0
                 continue
-            if status in (Status.HEALTHY, Status.UNKNOWN) and w >= 1.0 and cid not in view.shed:
+            if status in (Status.HEALTHY, Status.UNKNOWN) and w >= 1.0 and cid not in vshed:
                 receiver_ok.add(cid)
 
         # ---- demand per home center and skill (Erlangs), after schedules and surge: the live
         # rate where the view has one (it already contains any surge, so no multiplier then),
-        # else the forecast x the skill's surge factor
-        homes: dict[str, str] = {}
-        demand: dict[tuple[str, str], float] = {}
-        for b in topo.branches:
-            home = effective_home(b, wall_hour, weekday)
-            homes[b.id] = home
-            live_b = view.demand.get(b.id, {})
-            for s, cph in b.calls_per_hour.items():
-                live_cph = live_b.get(s)
-                if live_cph is not None and math.isfinite(live_cph) and live_cph >= 0:
-                    a = live_cph / 3600.0 * topo.aht(s)
-                else:
-                    a = cph / 3600.0 * view.surge.get(s, 1.0) * topo.aht(s)
-                demand[(home, s)] = demand.get((home, s), 0.0) + a
+        # else the forecast x the skill's surge factor. Each (home, skill) sum adds its branches
+        # in topology order, as a dict keyed by (home, skill) would.
+        hosts = tuple(effective_home(b, wall_hour, weekday) for b in self._scheduled)
+        layout = self._layouts.get(hosts)
+        if layout is None:
+            if len(self._layouts) >= MAX_LAYOUTS:
+                self._layouts.clear()
+            layout = self._layouts[hosts] = self._layout(hosts)
+        acc = [0.0] * len(layout.keys)
+        surge = view.surge
+        live_demand = view.demand
+        isfinite = math.isfinite
+        for bid, items in layout.branches:
+            live_b = live_demand.get(bid)
+            if live_b:
+                for s, slot, per_s, aht, forecast in items:
+                    live_cph = live_b.get(s)
+                    if live_cph is not None and isfinite(live_cph) and live_cph >= 0:
+                        acc[slot] += live_cph / 3600.0 * aht
+                    elif surge:
+                        acc[slot] += per_s * surge.get(s, 1.0) * aht
+                    else:
+                        acc[slot] += forecast
+            elif surge:
+                for s, slot, per_s, aht, _ in items:
+                    acc[slot] += per_s * surge.get(s, 1.0) * aht
+            else:
+                for _, slot, _, _, forecast in items:
+                    acc[slot] += forecast
+        demand: dict[tuple[str, str], float] = dict(zip(layout.keys, acc, strict=True))
 
         # ---- capacity per center and skill, live where reports say so
         cap: dict[tuple[str, str], CenterCapacity] = {}
-        skills = topo.skills()
+        by_skill: dict[str, list[tuple[str, CenterCapacity]]] = {s: [] for s in self._skills}
+        no_live: dict[str, SkillLoad] = {}
         for cid, c in centers.items():
             h = health.get(cid)
-            live = h.skills if h is not None and h.status == Status.HEALTHY else {}
-            for s in skills:
+            live = h.skills if h is not None and h.status == Status.HEALTHY else no_live
+            hw = home_weight[cid]
+            for s, key, topo_aht in self._pairs[cid]:
                 sl = live.get(s)
-                n = sl.logged_in if sl is not None else c.agents.get(s, 0)
-                aht = sl.aht_s if sl is not None and sl.aht_s > 0 else topo.aht(s)
-                if n <= 0 and (cid, s) not in demand:
-                    continue
-                # calls waiting beyond the ready agents who can take them at once
-                backlog = (max(0, sl.queued - sl.ready) * aht / QUEUE_HORIZON_S) if sl is not None else 0.0
-                own = demand.get((cid, s), 0.0) * home_weight[cid]
-                cap[(cid, s)] = CenterCapacity(n, aht, self._capacity(n, aht) if n > 0 else 0.0, own,
-                                               backlog=backlog)
+                if sl is None:
+                    n = c.agents.get(s, 0)
+                    if n <= 0 and key not in demand:
+                        continue
+                    aht = topo_aht
+                    backlog = 0.0
+                else:
+                    n = sl.logged_in
+                    aht = sl.aht_s if sl.aht_s > 0 else topo_aht
+                    if n <= 0 and key not in demand:
+                        continue
+                    # calls waiting beyond the ready agents who can take them at once
+                    backlog = max(0, sl.queued - sl.ready) * aht / QUEUE_HORIZON_S
+                own = demand.get(key, 0.0) * hw
+                cc = CenterCapacity(n, aht, self._capacity(n, aht) if n > 0 else 0.0, own, 0.0, backlog)
+                cap[key] = cc
+                by_skill[s].append((cid, cc))
 
-        by_skill: dict[str, list[tuple[str, CenterCapacity]]] = {}
-        for (cid, s), cc in cap.items():
-            by_skill.setdefault(s, []).append((cid, cc))
-        center_demand: dict[str, float] = {}
-        for (cid, _), a in demand.items():
-            center_demand[cid] = center_demand.get(cid, 0.0) + a
         reasons: list[str] = []
         # targets per (home, skill) for branches whose calls may overflow, and for pinned calls
         shared: dict[tuple[str, str], _Entry] = {}
         pinned_routes: dict[tuple[str, str], _Entry] = {}
         vip_routes: dict[tuple[str, str], tuple[Target, ...]] = {}
+        last_receivers = self._receivers
+        region_of = self._region
+        eligible: dict[str, list[tuple[str, CenterCapacity]]] = {}
 
-        def pick_receivers(skill: str, source: str, k: int, region: str, overflowing: set[str],
+        def pick_receivers(skill: str, source: str, k: int, region: str,
+                           pool: list[tuple[str, CenterCapacity]],
                            live: bool, shared: bool = False) -> list[tuple[str, float, CenterCapacity]]:
-            """Up to k receivers with their spare Erlangs, most spare first (region first if asked).
+            """Up to k receivers from `pool` with their spare Erlangs, most spare first (region first
+            if asked). The pool is every open, healthy, staffed center other than the source that is
+            not overflowing itself.
 
             live=False ignores queue backlog: used only when live queues leave no spare anywhere,
             so calls still go where agents are staffed (with overload advice) instead of every
@@ -241,28 +415,32 @@ class PlanTracker:
             all of it, so the shortage is shared by every displaced center's callers instead of the
             first one placed taking all the spare and the next getting a callback for every caller.
             """
-            cands = []
+            # candidates as (-spare, center, working numbers): sorted as they are, most spare first
+            # and ties by center (centers are unique; a NaN spare never qualifies)
+            cands: list[tuple[float, str, CenterCapacity]] = []
             # hysteresis on receivers: one that took this source's calls in the last plan stays
             # while its spare capacity is not clearly negative, so live-load noise around the
             # threshold does not swap receivers (and move callers) every second
-            incumbents = self._receivers.get((source, skill), frozenset())
-            for cid, cc in by_skill.get(skill, ()):
-                if cid == source or cid not in receiver_ok or cid in overflowing or cc.agents <= 0:
-                    continue
+            incumbents = last_receivers.get((source, skill), _NO_RECEIVERS)
+            for cid, cc in pool:
+                # CenterCapacity.spare() written out, same operations in the same order
                 if shared:
                     spare = cc.capacity - cc.own_load
+                elif live:
+                    spare = cc.capacity - cc.own_load - cc.assigned - cc.backlog
                 else:
-                    spare = cc.spare() if live else cc.spare() + cc.backlog
+                    spare = cc.capacity - cc.own_load - cc.assigned - cc.backlog + cc.backlog
                 if spare >= MIN_SPARE_ERLANGS:
-                    cands.append((cid, spare, cc))
+                    cands.append((-spare, cid, cc))
                 elif cid in incumbents and spare > -MIN_SPARE_ERLANGS:
-                    cands.append((cid, MIN_SPARE_ERLANGS, cc))
-            if pol.prefer_region and region:
-                # same-region receivers first (shorter trunks, same dialect), then by spare capacity
-                cands.sort(key=lambda x: (centers[x[0]].region != region, -x[1], x[0]))
-            else:
-                cands.sort(key=lambda x: (-x[1], x[0]))
-            return cands[:k]
+                    cands.append((-MIN_SPARE_ERLANGS, cid, cc))
+            if len(cands) > 1:
+                if pol.prefer_region and region:
+                    # same-region receivers first (shorter trunks, same dialect), then by spare capacity
+                    cands.sort(key=lambda x: (region_of[x[1]] != region, x[0], x[1]))
+                else:
+                    cands.sort()
+            return [(cid, -neg, cc) for neg, cid, cc in cands[:k]]
 
         chosen: dict[tuple[str, str], frozenset[str]] = {}
 
@@ -273,15 +451,23 @@ class PlanTracker:
             share_shortage (DR only: a closed center's calls must go somewhere, an overloaded one's
             can stay home): when earlier DR loads took all the spare, place this one beside them.
             """
-            region = centers[source].region
-            recv = pick_receivers(skill, source, k, region, overflowing, live=True)
-            if not recv:
-                recv = pick_receivers(skill, source, k, region, overflowing, live=False)
+            region = region_of[source]
+            staffed = eligible.get(skill)
+            if staffed is None:
+                # open, healthy, not draining and staffed: the same for every spread in this plan
+                staffed = eligible[skill] = [(cid, cc) for cid, cc in by_skill.get(skill, ())
+                                             if cid in receiver_ok and cc.agents > 0]
+            pool = [(cid, cc) for cid, cc in staffed if cid != source and cid not in overflowing]
+            recv: list[tuple[str, float, CenterCapacity]] = []
             beyond_capacity = False
-            if not recv and share_shortage:
-                recv = pick_receivers(skill, source, k, region, overflowing, live=False, shared=True)
-                # none of it is spare: all of this load is beyond the network's capacity
-                beyond_capacity = True
+            if pool:  # else no pick below can find anyone
+                recv = pick_receivers(skill, source, k, region, pool, live=True)
+                if not recv:
+                    recv = pick_receivers(skill, source, k, region, pool, live=False)
+                if not recv and share_shortage:
+                    recv = pick_receivers(skill, source, k, region, pool, live=False, shared=True)
+                    # none of it is spare: all of this load is beyond the network's capacity
+                    beyond_capacity = True
             chosen[(source, skill)] = frozenset(cid for cid, _, _ in recv)
             total_spare = sum(sp for _, sp, _ in recv)
             if not recv or total_spare <= 0:
@@ -293,39 +479,57 @@ class PlanTracker:
 
         # ---- disaster recovery: closed centers first, biggest load first (it has fewest options)
         overflowing: set[str] = set()
-        for cid in sorted(centers, key=lambda c: -center_demand.get(c, 0.0)):
-            shed = 1.0 - home_weight[cid]
-            if shed <= 0:
-                continue
-            for s in skills:
-                if (cid, s) not in demand:
+        if any(w < 1.0 for w in home_weight.values()):
+            # per center, its skills' demand added in key order, as summing the demand dict would
+            center_demand: dict[str, float] = {}
+            for cid, slots in layout.center_slots.items():
+                total = 0.0
+                for i in slots:
+                    total = total + acc[i]
+                center_demand[cid] = total
+            for cid in sorted(centers, key=lambda c: -center_demand.get(c, 0.0)):
+                shed = 1.0 - home_weight[cid]
+                if shed <= 0:
                     continue
-                # even a skill with no calls forecast gets DR targets: a call may still come
-                load = demand[(cid, s)] * shed
-                recv, unplaced = spread(s, load, cid, pol.dr_receivers, overflowing, share_shortage=True)
-                state = why_closed.get(cid, f"shedding {view.shed[cid]:.0%} (drill)" if cid in view.shed
-                                       else f"stale: weight {home_weight[cid]:.2f}")
-                why = (f"{cid} {state}; "
-                       f"{len(recv)} receivers by spare capacity for {s}")
-                action = OverloadAction.NONE
-                if unplaced > 0:
-                    action = pol.overload_action
-                    reasons.append(f"{s}: {unplaced:.1f} Erlangs from {cid} exceed the network's "
-                                   "spare capacity")
-                pairs = [(r, w * shed) for r, w in recv]
-                if home_weight[cid] > 0:
-                    pairs.append((cid, home_weight[cid]))
-                targets = _normalise(pairs)
-                kind = RouteKind.DR if targets else RouteKind.OVERLOAD
-                if not targets:
-                    action = pol.overload_action
-                shared[(cid, s)] = pinned_routes[(cid, s)] = (targets, kind, why, action)
+                for s in self._skills:
+                    if (cid, s) not in demand:
+                        continue
+                    # even a skill with no calls forecast gets DR targets: a call may still come
+                    load = demand[(cid, s)] * shed
+                    recv, unplaced = spread(s, load, cid, pol.dr_receivers, overflowing, share_shortage=True)
+                    state = why_closed.get(cid)
+                    if state is None:
+                        state = (f"shedding {vshed[cid]:.0%} (drill)" if cid in vshed
+                                 else f"stale: weight {home_weight[cid]:.2f}")
+                    why = (f"{cid} {state}; "
+                           f"{len(recv)} receivers by spare capacity for {s}")
+                    action = OverloadAction.NONE
+                    if unplaced > 0:
+                        action = pol.overload_action
+                        reasons.append(f"{s}: {unplaced:.1f} Erlangs from {cid} exceed the network's "
+                                       "spare capacity")
+                    pairs = [(r, w * shed) for r, w in recv]
+                    if home_weight[cid] > 0:
+                        pairs.append((cid, home_weight[cid]))
+                    targets = _normalise(pairs)
+                    kind = RouteKind.DR if targets else RouteKind.OVERLOAD
+                    if not targets:
+                        action = pol.overload_action
+                    shared[(cid, s)] = pinned_routes[(cid, s)] = (targets, kind, why, action)
 
         # ---- overflow: open centers whose wait or predicted load crosses the thresholds
         ofp = pol.overflow
+        idle_is_fixed = self._idle_is_fixed
+        overflow_states = self._overflow
+        vip_states = self._vip
         decisions: list[tuple[str, str, float]] = []
-        for (cid, s), cc in sorted(cap.items()):
-            if cid in closed or (cid, s) in shared:
+        for key in self._sorted_pairs:
+            cc_or_none = cap.get(key)
+            if cc_or_none is None:
+                continue
+            cc = cc_or_none
+            cid, s = key
+            if cid in closed or key in shared:
                 continue
             h = health.get(cid)
             now_load = h.skills.get(s) if h is not None else None
@@ -334,12 +538,22 @@ class PlanTracker:
                    if (now_load and now_load.queued and cc.agents) else 0.0)
             over = cc.capacity <= 0 or total > cc.capacity
             enter = ewt > ofp.enter_ewt_s or over
+            vip_enter = ewt > ofp.vip_enter_ewt_s
+            st = overflow_states.get(key)
+            vst = vip_states.get(key)
+            if idle_is_fixed and not enter and not vip_enter and \
+                    (st is None or (not st.active and st.share == 0.0)) and \
+                    (vst is None or (not vst.active and vst.share == 0.0)):
+                # neither state can change: _step would leave both as they are
+                continue
             leave = ewt < ofp.exit_ewt_s and total <= 0.95 * cc.capacity
             desired = (total - cc.capacity) / cc.own_load if cc.own_load > 0 and over else 0.0
-            st = self._overflow.setdefault((cid, s), _OverflowState())
+            if st is None:
+                st = overflow_states[key] = _OverflowState()
             self._step(st, enter, leave, desired, now)
-            vst = self._vip.setdefault((cid, s), _OverflowState())
-            self._step(vst, ewt > ofp.vip_enter_ewt_s, ewt < ofp.vip_exit_ewt_s, desired, now)
+            if vst is None:
+                vst = vip_states[key] = _OverflowState()
+            self._step(vst, vip_enter, ewt < ofp.vip_exit_ewt_s, desired, now)
             if st.share > 0:
                 overflowing.add(cid)
                 decisions.append((cid, s, st.share))
@@ -351,58 +565,73 @@ class PlanTracker:
             cc.own_load -= moved - unplaced
             targets = _normalise([(cid, 1.0 - placed_share)] + [(r, w * placed_share) for r, w in recv])
             why = (f"{cid} overloaded for {s}: load {cc.own_load + moved - unplaced:.1f} E + backlog "
-                   f"{cc.backlog:.1f} E vs capacity {cc.capacity:.1f} E at {slp.target:.0%}/"
-                   f"{slp.answer_within_s:g}s; moving {placed_share:.0%} to {len(recv)} receivers")
+                   f"{cc.backlog:.1f} E vs capacity {cc.capacity:.1f} E at {self._sl_text}; "
+                   f"moving {placed_share:.0%} to {len(recv)} receivers")
             action = pol.overload_action if unplaced > 0 else OverloadAction.NONE
             shared[(cid, s)] = (targets, RouteKind.OVERFLOW, why, action)
-            if not self._vip[(cid, s)].active:
-                vip_routes[(cid, s)] = (Target(cid, 1.0),)
+            if not vip_states[(cid, s)].active:
+                vip_routes[(cid, s)] = self._only(cid)
 
         self._receivers = chosen
 
         # ---- receivers' predicted service level under the plan
         receivers: dict[str, dict[str, ReceiverPrediction]] = {}
         feasible = True
-        for (cid, s), cc in sorted(cap.items()):
+        t_s = slp.answer_within_s
+        for key in self._sorted_pairs:
+            cc_or_none = cap.get(key)
+            if cc_or_none is None:
+                continue
+            cc = cc_or_none
+            cid, s = key
             if cid in closed:
                 continue
             load = cc.own_load + cc.assigned
             if load <= 0 and cc.agents <= 0:
                 continue
-            pred = service_level(cc.agents, load, cc.aht_s, slp.answer_within_s)
+            pred = service_level(cc.agents, load, cc.aht_s, t_s)
             occ = load / cc.agents if cc.agents > 0 else (1.0 if load > 0 else 0.0)
-            receivers.setdefault(cid, {})[s] = ReceiverPrediction(cc.agents, round(load, 3),
-                                                                  round(pred, 4), round(min(occ, 1.0), 4))
+            prediction = ReceiverPrediction(cc.agents, round_fast(load, 1e3, 3), round_fast(pred, 1e4, 4),
+                                            round_fast(min(occ, 1.0), 1e4, 4))
+            per_center = receivers.get(cid)
+            if per_center is None:
+                receivers[cid] = {s: prediction}
+            else:
+                per_center[s] = prediction
             if load > 0 and pred < slp.target - 1e-9:
                 feasible = False
                 reasons.append(f"{cid}/{s}: predicted service level {pred:.1%} below target "
                                f"{slp.target:.0%}")
 
-        # ---- the routes
-        home_targets: dict[str, tuple[Target, ...]] = {}
-        routes: list[Route] = []
-        for b in topo.branches:
-            home = homes[b.id]
-            pinned = set(b.pinned)
-            for s in b.calls_per_hour:
-                entry: _Entry | None
-                if s in pinned:
-                    entry = pinned_routes.get((home, s))
-                    if entry is None:
-                        t = home_targets.setdefault(home, (Target(home, 1.0),))
-                        routes.append(Route(b.id, s, t, RouteKind.PINNED, home=home,
-                                            explanation=f"{s} is pinned to {home}: never overflows"))
-                        continue
-                else:
-                    entry = shared.get((home, s))
-                if entry is None:
-                    t = home_targets.setdefault(home, (Target(home, 1.0),))
-                    routes.append(Route(b.id, s, t, RouteKind.HOME, home=home,
-                                        explanation=f"home {home} open and within capacity"))
+        # ---- the routes: every branch and skill follows its (home, skill) entry if there is one,
+        # else gets its fixed HOME/PINNED route. An entry equal to the last plan's is that same
+        # object again, and a route built from the same entry is the same Route: equal values.
+        last_entries = self._last_entries
+        entries: dict[tuple[str, str], _Entry] = {}
+        for key, entry in shared.items():
+            prev = last_entries.get(key)
+            entries[key] = prev if prev is not None and prev == entry else entry
+        self._last_entries = entries
+        memo = layout.memo
+        fixed = layout.fixed
+        routes = fixed.copy()
+        no_positions: list[int] = []
+        for key, entry in entries.items():
+            positions = layout.unpinned_at.get(key, no_positions)
+            if key in pinned_routes:
+                positions = positions + layout.pinned_at.get(key, no_positions)
+            vip = vip_routes.get(key, ())
+            for pos in positions:
+                m = memo[pos]
+                if m is not None and m[0] is entry and m[1] is vip:
+                    routes[pos] = m[2]
                     continue
+                f = fixed[pos]
                 targets, kind, why, action = entry
-                routes.append(Route(b.id, s, targets, kind, vip_targets=vip_routes.get((home, s), ()),
-                                    overload_action=action, explanation=why, home=home))
+                route = Route(f.branch, f.skill, targets, kind, vip_targets=vip, overload_action=action,
+                              explanation=why, home=key[0])
+                memo[pos] = (entry, vip, route)
+                routes[pos] = route
 
         return Plan(version=version, routes=tuple(routes), receivers=receivers,
                     feasible=feasible and not any("exceed" in r for r in reasons),
