@@ -186,6 +186,25 @@ def test_plans_equal_the_reference_planner_over_a_sequence_of_views(data):
                              slow.compute(view, now, version, hour, day))
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_a_plan_without_predictions_routes_the_same(data):
+    """predict=False (the simulator's plans) leaves out the receivers' predictions and their reasons,
+    and nothing else: same routes, hysteresis and capacity verdicts, plan after plan."""
+    topo = data.draw(networks())
+    full, lean = PlanTracker(topo), PlanTracker(topo)
+    now = 0.0
+    for version in range(1, data.draw(st.integers(2, 7))):
+        view = data.draw(views(topo))
+        now += data.draw(st.sampled_from([1.0, 15.0, 31.0]))
+        hour = data.draw(st.one_of(st.none(), st.floats(0, 23.99)))
+        a = full.compute(view, now, version, hour)
+        b = lean.compute(view, now, version, hour, predict=False)
+        assert b.routes == a.routes and b.closed == a.closed and b.receivers == {}
+        assert b.infeasible_reasons == tuple(r for r in a.infeasible_reasons if "predicted" not in r)
+        assert b.feasible == (not any("exceed" in r for r in a.infeasible_reasons))
+
+
 def test_a_new_topology_on_the_tracker_rebuilds_what_it_derived():
     topo_a = load_topology("examples/national.yaml")
     topo_b = Topology(topo_a.centers[:5], tuple(b for b in topo_a.branches

@@ -353,7 +353,9 @@ class CallroutePolicy(BasePolicy):
 
     def _publish(self, now: float) -> None:
         self.version += 1
-        plan = self.planner.compute(self._view(now), now, self.version, wall_hour=(now / 3600.0) % 24.0)
+        # routes only: the receivers' predicted service levels are for operators, not for routing
+        plan = self.planner.compute(self._view(now), now, self.version, wall_hour=(now / 3600.0) % 24.0,
+                                    predict=False)
         self.plans += 1
         if self.last_plan is not None and not _material_change(self.last_plan, plan, self.publish_min_change):
             self.version -= 1  # nothing that matters changed: the agents keep the plan in force

@@ -282,7 +282,11 @@ class PlanTracker:
     # ------------------------------------------------------------------ the computation
 
     def compute(self, view: NetworkView, now: float, version: int, wall_hour: float | None = None,
-                weekday: int | None = None) -> Plan:
+                weekday: int | None = None, predict: bool = True) -> Plan:
+        """The next plan. `predict=False` leaves out the receivers' predicted service levels
+        (`Plan.receivers` empty, and no "below target" reasons): what operators read and drills check,
+        not what routes follow, which come out the same. The simulator, which reads only routes and
+        replans every second, skips them: they were over a third of a computation."""
         topo = self.topology
         if topo is not self._prepared_for:
             self._prepare()
@@ -578,7 +582,7 @@ class PlanTracker:
         receivers: dict[str, dict[str, ReceiverPrediction]] = {}
         feasible = True
         t_s = slp.answer_within_s
-        for key in self._sorted_pairs:
+        for key in self._sorted_pairs if predict else ():
             cc_or_none = cap.get(key)
             if cc_or_none is None:
                 continue
