@@ -35,7 +35,7 @@ import xxhash
 
 from controlplane.core.demand import DemandSettings, DemandTracker
 from controlplane.core.health import MAX_SETTING_COUNT, HealthSettings, HealthTracker
-from controlplane.core.lookup import MAX_FALLBACKS, Decision, LazyPlan, RingCache
+from controlplane.core.lookup import MAX_FALLBACKS, Decision, LazyPlan
 from controlplane.core.model import (
     AdminState,
     InvalidInput,
@@ -314,7 +314,6 @@ class CallroutePolicy(BasePolicy):
         self.health = HealthTracker(sim.centers, self.health_settings, sim.now)
         self.demand = DemandTracker(topo, self.demand_settings, sim.now)
         self.planner = PlanTracker(topo)
-        self.cache = RingCache()
         self._weighted_memo: dict[tuple[Target, ...], _WeightedRoute] = {}
         self.version = 0
         self.seq = [0] * len(sim.centers)
@@ -363,7 +362,7 @@ class CallroutePolicy(BasePolicy):
         self.last_plan = plan
         if self.lookup == "ring":
             # the answers an agent's CompiledPlan gives, built for the routes calls ask for
-            self.cp = LazyPlan(plan, self.cache, previous=self.cp)
+            self.cp = LazyPlan(plan, previous=self.cp)
         else:
             if len(self._weighted_memo) >= WEIGHTED_MEMO_SIZE:
                 self._weighted_memo.clear()

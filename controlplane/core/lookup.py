@@ -251,27 +251,27 @@ class LazyPlan:
     An agent compiles a plan once and serves it for minutes to thousands of calls a second, so it
     builds every table up front. The simulator replans every second and looks up a few dozen calls
     per plan: building ~200 answers and several 64 Ki-slot tables per plan was over half its time.
-    Here a route's answers are built on its first lookup (through the same `_decisions` and memo as
-    `compile`) and a caller's slot owner is computed for that slot alone (`ring.slot_owner`), so
-    every lookup returns a Decision equal to the compiled plan's. Raises InvalidInput as `compile`
-    does, but for a route's targets only when that route is first looked up.
+    Here a route's ring key is built and checked on its first lookup, a caller's slot owner is
+    computed for that slot alone (`ring.slot_owner`), and the answer for a target (its fallbacks
+    and reason, by the same `_fallbacks` and `_reason` as `compile`) when a caller first reaches
+    it: every lookup returns a Decision equal to the compiled plan's. Raises InvalidInput as
+    `compile` does, but for a route's fields only when that route is first looked up.
     """
 
-    __slots__ = ("version", "plan", "_cache", "_routes", "_answers", "_previous")
+    __slots__ = ("version", "plan", "_routes", "_answers", "_previous")
 
     _previous: LazyPlan | None
 
-    def __init__(self, plan: Plan, cache: RingCache | None = None, previous: LazyPlan | None = None) -> None:
+    def __init__(self, plan: Plan, previous: LazyPlan | None = None) -> None:
         """`previous`: the plan this one replaces; a route that is the same object as its route there
-        reuses what was built for it (all but the version), a cheaper check than the memo's key.
-        Only one plan back is kept, so a chain of plans does not hold on to every earlier one."""
+        reuses what was built for it (all but the version). Only one plan back is kept, so a chain
+        of plans does not hold on to every earlier one."""
         if not isinstance(plan, Plan):
             raise InvalidInput("plan", type(plan).__name__, "must be a Plan")
         if isinstance(plan.version, bool) or not isinstance(plan.version, int) or plan.version < 0:
             raise InvalidInput("version", plan.version, "must be a non-negative integer")
         self.version = plan.version
         self.plan = plan
-        self._cache = cache if cache is not None else RingCache()
         # Built for every plan (the simulator's once a second), so the index is one comprehension;
         # a plan it does not fit (a duplicate, a malformed route) is checked route by route below,
         # and a route's types are checked again when it is first looked up.
@@ -285,9 +285,8 @@ class LazyPlan:
         if previous is not None:
             previous._previous = None
         self._previous = previous
-        # (branch, skill, vip) -> (ring key, parts, action, the Decisions built so far by key index)
-        self._answers: dict[tuple[str, str, bool],
-                            tuple[CanonicalKey, _Parts, str, list[Decision | None]]] = {}
+        # (branch, skill, vip) -> what this plan knows of that answer so far
+        self._answers: dict[tuple[str, str, bool], _LazyAnswer] = {}
 
     def resolve(self, branch: str, skill: str, caller: str, tier: str = "") -> Decision:
         """As `resolve` on the compiled plan; InvalidInput names `branch`, `skill` or `caller`."""
@@ -297,51 +296,83 @@ class LazyPlan:
         except TypeError:  # an unhashable branch or skill: named below
             answer = None
         if answer is None:
-            found = self._routes.get((branch, skill)) if isinstance(branch, str) and isinstance(skill, str) \
-                else None
-            if found is None:
-                _raise_unknown_route(self.version, {b for b, _ in self._routes}, branch, skill)
-            i, route = found
-            _check_route(i, route)
-            reused = self._reuse(branch, skill, vip, route)
-            if reused is not None:
-                key, parts, action = reused
-            else:
-                # a route without VIP targets answers VIP callers as standard ones (as compile does)
-                key, parts, action = _route_parts(route, vip and bool(route.vip_targets), self._cache, i)
-            answer = (key, parts, action, [None] * len(parts))
-            self._answers[(branch, skill, vip)] = answer
-        key, parts, action, built = answer
+            answer = self._answers[(branch, skill, vip)] = self._first_lookup(branch, skill, vip)
         if not isinstance(caller, str):
             raise InvalidInput("caller", caller, "must be a string")
         try:
             h = _xxh64(caller.encode())
         except UnicodeEncodeError as e:
             raise InvalidInput("caller", caller, "must be encodable as UTF-8") from e
-        # a route's answers are built one by one as callers reach them: a plan lasts about a second
-        # here and most routes see a caller or two, not every one of their up to 9 targets
+        key = answer.key
         j = slot_owner(key, h & MASK) if key else 0
-        d = built[j]
+        d = answer.built[j]
         if d is None:
-            fallbacks, why = parts[j]
-            d = built[j] = Decision(key[j][0] if key else "", fallbacks, self.version, why, action)
+            d = answer.built[j] = answer.decision(j, self.version)
         return d
 
-
-    def _reuse(self, branch: str, skill: str, vip: bool,
-               route: Route) -> tuple[CanonicalKey, _Parts, str] | None:
-        """What the previous plan built for this very Route object (the planner hands back the same
-        object for a route that did not change). The same object, not an equal one: an equal route
-        may still differ in what validation refuses (a bool weight equals 1.0)."""
+    def _first_lookup(self, branch: object, skill: object, vip: bool) -> _LazyAnswer:
+        found = self._routes.get((branch, skill)) if isinstance(branch, str) and isinstance(skill, str) \
+            else None
+        if found is None:
+            _raise_unknown_route(self.version, {b for b, _ in self._routes}, branch, skill)
+        i, route = found
+        _check_route(i, route)
         prev = self._previous
-        if prev is None:
-            return None
-        answer = prev._answers.get((branch, skill, vip))
-        if answer is None:
-            return None
-        if prev._routes[(branch, skill)][1] is not route:
-            return None
-        return answer[0], answer[1], answer[2]
+        if prev is not None and prev._routes.get((route.branch, route.skill), (0, None))[1] is route:
+            # the planner hands back the same Route object for a route that did not change (the
+            # same object, not an equal one: an equal route may still differ in what validation
+            # refuses, a bool weight equals 1.0)
+            earlier = prev._answers.get((route.branch, route.skill, vip))
+            if earlier is not None:
+                return earlier.again()
+        # a route without VIP targets answers VIP callers as standard ones (as compile does)
+        return _LazyAnswer.build(route, vip and bool(route.vip_targets), i)
+
+
+class _LazyAnswer:
+    """One route's answer in a LazyPlan: its ring key, and per key target the (fallbacks, reason)
+    and Decision once some caller reached it."""
+
+    __slots__ = ("route", "vip", "targets", "key", "action", "total", "parts", "built")
+
+    def __init__(self, route: Route, vip: bool, targets: tuple[Target, ...], key: CanonicalKey, action: str,
+                 parts: list[tuple[tuple[str, ...], str] | None]) -> None:
+        self.route, self.vip, self.targets, self.key, self.action = route, vip, targets, key, action
+        # the ring is built from the key's rounded weights: shares in the reasons are the table's
+        self.total = sum(w for _, w in key)
+        self.parts = parts  # shared with the same route's answer in the next plan: same values
+        self.built: list[Decision | None] = [None] * max(1, len(key))
+
+    @classmethod
+    def build(cls, route: Route, vip: bool, index: int) -> _LazyAnswer:
+        """The checks `_route_parts` makes, without building any target's answer yet."""
+        targets = route.vip_targets if vip else route.targets
+        action = str(route.overload_action)
+        if action not in _ACTIONS:
+            raise InvalidInput(f"routes[{index}].overload_action", action,
+                               f"must be one of {sorted(_ACTIONS)}")
+        field = f"routes[{index}].vip_targets" if vip else f"routes[{index}].targets"
+        if not isinstance(targets, tuple | list) or not all(isinstance(t, Target) for t in targets):
+            raise InvalidInput(field, targets, "must be a sequence of Target")
+        key = canonical_key([(t.center, t.weight) for t in targets], field)
+        return cls(route, vip, tuple(targets), key, action, [None] * max(1, len(key)))
+
+    def again(self) -> _LazyAnswer:
+        """The same answer for a new plan: its parts carry over, its Decisions (versioned) do not."""
+        return _LazyAnswer(self.route, self.vip, self.targets, self.key, self.action, self.parts)
+
+    def decision(self, j: int, version: int) -> Decision:
+        part = self.parts[j]
+        if part is None:
+            if not self.key:
+                # no targets (or none with weight): every caller gets the overload action
+                part = ((), _reason(self.route, self.vip, "", 0.0, self.action))
+            else:
+                c, w = self.key[j]
+                share = w / self.total
+                part = (_fallbacks(self.targets, c), _reason(self.route, self.vip, c, share, self.action))
+            self.parts[j] = part
+        return Decision(self.key[j][0] if self.key else "", part[0], version, part[1], self.action)
 
 
 def _check_route(i: int, route: object) -> None:
