@@ -404,6 +404,26 @@ def test_lazy_plan_reuses_the_previous_plans_work_only_for_the_same_route_object
     assert ei.value.field == "routes[2].targets[0].weight"
 
 
+def test_lazy_plan_routes_sharing_one_entry_answer_alike_and_others_do_not():
+    # the planner gives every branch of one home center and skill the same targets tuple object
+    shared = targets(("chengdu", 0.6), ("beijing", 0.4))
+    p = Plan(4, (
+        Route("hubei", "retail", shared, kind=RouteKind.DR, explanation="wuhan closed", home="wuhan"),
+        Route("hunan", "retail", shared, kind=RouteKind.DR, explanation="wuhan closed", home="wuhan"),
+        Route("henan", "retail", shared, kind=RouteKind.OVERFLOW, explanation="wuhan busy", home="wuhan",
+              overload_action=OverloadAction.CALLBACK),
+        Route("anhui", "retail", shared, kind=RouteKind.DR, explanation="wuhan closed", home="wuhan",
+              vip_targets=targets(("beijing", 1.0))),
+    ))
+    cp, lazy = CompiledPlan.compile(p), LazyPlan(p)
+    for c in CALLERS[:300]:
+        for branch in ("hubei", "hunan", "henan", "anhui"):
+            for tier in ("", "vip"):
+                assert lazy.resolve(branch, "retail", c, tier) == resolve(cp, branch, "retail", c, tier)
+    assert lazy.resolve("henan", "retail", "1").overload_action == "callback"
+    assert lazy.resolve("anhui", "retail", "1", "vip").center == "beijing"
+
+
 def test_lazy_plan_rejects_malformed_plans_up_front_or_at_the_route():
     dup = Plan(1, (Route("b", "s", targets(("a", 1.0))), Route("b", "s", targets(("c", 1.0)))))
     with pytest.raises(InvalidInput) as ei:

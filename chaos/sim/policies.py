@@ -508,19 +508,29 @@ class CallroutePolicy(BasePolicy):
 def _material_change(old: Plan, new: Plan, min_change: float) -> bool:
     if len(old.routes) != len(new.routes):
         return True
+    # every branch of one home center and skill carries the same targets tuple: judge each pair once
+    judged: dict[tuple[int, int], bool] = {}
     for a, b in zip(old.routes, new.routes, strict=True):
         if a is b or a == b:  # the planner hands back the same Route object for an unchanged route
             continue
         if (a.branch, a.skill, a.kind, a.overload_action) != (b.branch, b.skill, b.kind, b.overload_action):
             return True
         for ta, tb in ((a.targets, b.targets), (a.vip_targets, b.vip_targets)):
-            wa = {t.center: t.weight for t in ta}
-            wb = {t.center: t.weight for t in tb}
-            if wa.keys() != wb.keys():
-                return True
-            if any(abs(wa[c] - wb[c]) >= min_change for c in wa):
+            if ta is tb:
+                continue
+            pair = (id(ta), id(tb))  # both plans hold these tuples for the whole call
+            moved = judged.get(pair)
+            if moved is None:
+                moved = judged[pair] = _weights_moved(ta, tb, min_change)
+            if moved:
                 return True
     return False
+
+
+def _weights_moved(ta: tuple[Target, ...], tb: tuple[Target, ...], min_change: float) -> bool:
+    wa = {t.center: t.weight for t in ta}
+    wb = {t.center: t.weight for t in tb}
+    return wa.keys() != wb.keys() or any(abs(wa[c] - wb[c]) >= min_change for c in wa)
 
 
 POLICIES = ("static", "nrings", "even8", "callroute", "pooled")

@@ -258,7 +258,7 @@ class LazyPlan:
     `compile` does, but for a route's fields only when that route is first looked up.
     """
 
-    __slots__ = ("version", "plan", "_routes", "_answers", "_previous")
+    __slots__ = ("version", "plan", "_routes", "_answers", "_previous", "_by_entry")
 
     _previous: LazyPlan | None
 
@@ -287,6 +287,10 @@ class LazyPlan:
         self._previous = previous
         # (branch, skill, vip) -> what this plan knows of that answer so far
         self._answers: dict[tuple[str, str, bool], _LazyAnswer] = {}
+        # Every branch of one home center and skill gets a route with the very same targets tuple,
+        # kind, action and explanation (the planner's shared entry): their answers are equal, so
+        # they are one. Keyed by the tuple's id, which the plan keeps alive and so unique.
+        self._by_entry: dict[tuple[int, bool, str, str, str], _LazyAnswer] = {}
 
     def resolve(self, branch: str, skill: str, caller: str, tier: str = "") -> Decision:
         """As `resolve` on the compiled plan; InvalidInput names `branch`, `skill` or `caller`."""
@@ -326,7 +330,19 @@ class LazyPlan:
             if earlier is not None:
                 return earlier.again()
         # a route without VIP targets answers VIP callers as standard ones (as compile does)
-        return _LazyAnswer.build(route, vip and bool(route.vip_targets), i)
+        vip = vip and bool(route.vip_targets)
+        targets = route.vip_targets if vip else route.targets
+        entry = (id(targets), vip, str(route.kind), str(route.overload_action), route.explanation)
+        try:
+            same = self._by_entry.get(entry)
+        except TypeError:  # an unhashable explanation: the checks below name it
+            same = None
+        if same is not None:
+            return same
+        answer = _LazyAnswer.build(route, vip, i)
+        if type(targets) is tuple and type(route.explanation) is str:
+            self._by_entry[entry] = answer
+        return answer
 
 
 class _LazyAnswer:
