@@ -318,6 +318,9 @@ class CallroutePolicy(BasePolicy):
         self.version = 0
         self.seq = [0] * len(sim.centers)
         self.counters = [[_Counters(topo.aht(s)) for s in sim.skills] for _ in sim.centers]
+        # each center's queues in skill order (the engine keeps its Queue objects for the whole run)
+        self.queue_rows = [[sim.queue(ci, si) for si in range(len(sim.skills))]
+                           for ci in range(len(sim.centers))]
         # per center and skill: the last SkillLoad reported and its field values
         self.last_loads: list[list[tuple[tuple[object, ...], SkillLoad] | None]] = [
             [None] * len(sim.skills) for _ in sim.centers]
@@ -372,34 +375,37 @@ class CallroutePolicy(BasePolicy):
     def tick(self, sim: Simulation, now: float) -> None:
         dt = max(1e-9, now - self.last_tick)
         self.last_tick = now
+        # the 5-minute AHT is kept only when it is reported (report_aht): nothing else reads it
+        report_aht = self.report_aht
         decay_a = math.exp(-dt / AHT_TAU_S)
         branches, skill_names = sim.branches, sim.skills
+        interval_s = self.tick_s or 0.5
+        center_open = sim.center_open
         for ci, cid in enumerate(sim.centers):
             routed = self.routed[ci]
             self.routed[ci] = {}
             looked_up = self.looked_up[ci]
             self.looked_up[ci] = {}
-            if not sim.center_open[ci]:
+            if not center_open[ci]:
                 continue  # the building is dark: its agent sends nothing
             demand: dict[str, dict[str, int]] = {}
             for (bi, si), n in looked_up.items():
                 demand.setdefault(branches[bi], {})[skill_names[si]] = n
             skills: dict[str, SkillLoad] = {}
             reported, last_loads = self.reported[ci], self.last_loads[ci]
-            for si, (s, k) in enumerate(zip(skill_names, self.counters[ci], strict=True)):
-                q = sim.queue(ci, si)
-                d_off, d_ans = q.offered - k.offered, q.answered - k.answered
-                d_within, d_ab = q.answered_within - k.within, q.abandoned - k.abandoned
-                d_h = q.handled - k.handled
-                if d_h:
+            rows = zip(skill_names, self.counters[ci], self.queue_rows[ci], strict=True)
+            for si, (s, k, q) in enumerate(rows):
+                offered, answered, within, abandoned = q.offered, q.answered, q.answered_within, q.abandoned
+                d_off, d_ans = offered - k.offered, answered - k.answered
+                d_within, d_ab = within - k.within, abandoned - k.abandoned
+                k.offered, k.answered, k.within, k.abandoned = offered, answered, within, abandoned
+                aht = 0.0
+                if report_aht:
+                    d_h = q.handled - k.handled
                     k.aht_n = k.aht_n * decay_a + d_h
                     k.aht_s = k.aht_s * decay_a + (q.handled_s - k.handled_s)
                     k.handled, k.handled_s = q.handled, q.handled_s
-                else:
-                    k.aht_n *= decay_a
-                    k.aht_s *= decay_a
-                k.offered, k.answered, k.within, k.abandoned = q.offered, q.answered, q.answered_within, \
-                    q.abandoned
+                    aht = self._aht(k)
                 n, busy, waiting = q.n, q.busy, q.waiting
                 if not reported[si]:
                     if not (d_off or n or busy or waiting):
@@ -409,15 +415,16 @@ class CallroutePolicy(BasePolicy):
                 # offered, answered, answered_within, abandoned, aht_s
                 values = (n if n > busy else busy, n - busy if n > busy else 0, busy, waiting,
                           round(sim.oldest_wait_s(q, now), 3) if waiting else 0.0,
-                          d_off, d_ans, d_within, d_ab, self._aht(k))
+                          d_off, d_ans, d_within, d_ab, aht)
                 load = last_loads[si]
                 if load is None or load[0] != values:
                     # an idle queue (most of them, at night) reports the same load every interval
                     load = last_loads[si] = (values, SkillLoad(*values))
                 skills[s] = load[1]
-            self.seq[ci] += 1
-            report = Report(center=cid, seq=self.seq[ci], sent_at=now, interval_s=self.tick_s or 0.5,
-                            state=AdminState.OPEN, skills=skills, routed_to=routed, demand=demand)
+            seq = self.seq[ci] = self.seq[ci] + 1
+            # positional, in Report's field order: center, seq, sent_at, interval_s, state, skills,
+            # routed_to, demand
+            report = Report(cid, seq, now, interval_s, AdminState.OPEN, skills, routed, demand)
             if self.validate:
                 validate_report(report, self.known, known_branches=self.known_branches)
             # a report can change a status too (a receiver found FAILING): log those as well
