@@ -335,6 +335,20 @@ def test_policies_in_worker_processes_give_the_results_of_one_process(national):
     assert (ei.value.field, ei.value.value) == ("jobs", 0)
 
 
+def test_callroute_reports_the_measured_handle_time_when_asked(national):
+    sc = build_scenario("surge-2007", national, hours=0.2, warmup_s=1800)
+    measured, quiet = CallroutePolicy(report_aht=True), CallroutePolicy()
+    for pol in (measured, quiet):
+        Simulation(national, draw_calls(sc, 1), pol, plan_staffing(national), window=(sc.start_s, sc.end_s),
+                   warmup_s=sc.warmup_s, events=sc.events, main_center=sc.main_center).run()
+    loads = measured.health.view(sc.end_s)["chengdu"].skills
+    # a 5-minute mean of the handle times that ended (drawn around the topology's AHT; the ones that
+    # end first are the short ones), in whole seconds
+    assert 0.5 * national.aht("retail") < loads["retail"].aht_s < 1.5 * national.aht("retail")
+    assert float(loads["retail"].aht_s).is_integer()
+    assert quiet.health.view(sc.end_s)["chengdu"].skills["retail"].aht_s == 0.0  # 0 = unknown
+
+
 def test_callroute_reports_pass_the_control_planes_validation(national):
     sc = build_scenario("surge-2007", national, hours=0.02, warmup_s=60)
     pol = CallroutePolicy(validate=True)  # validate_report raises on any bad report
