@@ -258,14 +258,12 @@ class LazyPlan:
     `compile` does, but for a route's fields only when that route is first looked up.
     """
 
-    __slots__ = ("version", "plan", "_routes", "_answers", "_previous", "_by_entry")
-
-    _previous: LazyPlan | None
+    __slots__ = ("version", "plan", "_routes", "_answers", "_known", "_by_entry")
 
     def __init__(self, plan: Plan, previous: LazyPlan | None = None) -> None:
-        """`previous`: the plan this one replaces; a route that is the same object as its route there
-        reuses what was built for it (all but the version). Only one plan back is kept, so a chain
-        of plans does not hold on to every earlier one."""
+        """`previous`: the plan this one replaces. A route that is the same Route object as one of
+        an earlier plan in the chain (the planner hands back the same object for a route that did
+        not change) reuses what was built for it; at most KNOWN_ROUTES routes are remembered."""
         if not isinstance(plan, Plan):
             raise InvalidInput("plan", type(plan).__name__, "must be a Plan")
         if isinstance(plan.version, bool) or not isinstance(plan.version, int) or plan.version < 0:
@@ -282,10 +280,15 @@ class LazyPlan:
         if len(routes) != len(plan.routes):
             routes = _route_index(plan.routes)
         self._routes = routes
-        if previous is not None:
-            previous._previous = None
-        self._previous = previous
-        # (branch, skill, vip) -> what this plan knows of that answer so far
+        # (id(route), vip) -> (route, its answer), shared along the chain of plans. The entry holds
+        # the route, so its id cannot be reused while the entry lives; the same object, not an
+        # equal one, because an equal route may still differ in what validation refuses (a bool
+        # weight equals 1.0). Started over when full: a plan has a few hundred routes.
+        known = previous._known if previous is not None else {}
+        if len(known) > KNOWN_ROUTES:
+            known = {}
+        self._known: dict[tuple[int, bool], tuple[Route, _LazyAnswer]] = known
+        # (branch, skill, vip) -> this plan's answer
         self._answers: dict[tuple[str, str, bool], _LazyAnswer] = {}
         # Every branch of one home center and skill gets a route with the very same targets tuple,
         # kind, action and explanation (the planner's shared entry): their answers are equal, so
@@ -310,7 +313,8 @@ class LazyPlan:
         key = answer.key
         j = slot_owner(key, h & MASK) if key else 0
         d = answer.built[j]
-        if d is None:
+        # an answer outlives its plan (see _known): a Decision carries its plan's version
+        if d is None or d.plan_version != self.version:
             d = answer.built[j] = answer.decision(j, self.version)
         return d
 
@@ -320,29 +324,29 @@ class LazyPlan:
         if found is None:
             _raise_unknown_route(self.version, {b for b, _ in self._routes}, branch, skill)
         i, route = found
+        hit = self._known.get((id(route), vip))
+        if hit is not None and hit[0] is route:
+            return hit[1]
         _check_route(i, route)
-        prev = self._previous
-        if prev is not None and prev._routes.get((route.branch, route.skill), (0, None))[1] is route:
-            # the planner hands back the same Route object for a route that did not change (the
-            # same object, not an equal one: an equal route may still differ in what validation
-            # refuses, a bool weight equals 1.0)
-            earlier = prev._answers.get((route.branch, route.skill, vip))
-            if earlier is not None:
-                return earlier.again()
         # a route without VIP targets answers VIP callers as standard ones (as compile does)
-        vip = vip and bool(route.vip_targets)
-        targets = route.vip_targets if vip else route.targets
-        entry = (id(targets), vip, str(route.kind), str(route.overload_action), route.explanation)
+        effective_vip = vip and bool(route.vip_targets)
+        targets = route.vip_targets if effective_vip else route.targets
+        entry = (id(targets), effective_vip, str(route.kind), str(route.overload_action), route.explanation)
         try:
-            same = self._by_entry.get(entry)
+            answer = self._by_entry.get(entry)
         except TypeError:  # an unhashable explanation: the checks below name it
-            same = None
-        if same is not None:
-            return same
-        answer = _LazyAnswer.build(route, vip, i)
-        if type(targets) is tuple and type(route.explanation) is str:
-            self._by_entry[entry] = answer
+            answer = None
+        if answer is None:
+            answer = _LazyAnswer.build(route, effective_vip, i)
+            if type(targets) is tuple and type(route.explanation) is str:
+                self._by_entry[entry] = answer
+        self._known[(id(route), vip)] = (route, answer)
         return answer
+
+
+# Routes (with their answers) a chain of LazyPlans remembers: a plan has a few hundred routes and
+# most of them come back as the same objects in the next plan; a few plans' worth, a few MiB.
+KNOWN_ROUTES = 4096
 
 
 class _LazyAnswer:
@@ -356,7 +360,7 @@ class _LazyAnswer:
         self.route, self.vip, self.targets, self.key, self.action = route, vip, targets, key, action
         # the ring is built from the key's rounded weights: shares in the reasons are the table's
         self.total = sum(w for _, w in key)
-        self.parts = parts  # shared with the same route's answer in the next plan: same values
+        self.parts = parts
         self.built: list[Decision | None] = [None] * max(1, len(key))
 
     @classmethod
@@ -372,10 +376,6 @@ class _LazyAnswer:
             raise InvalidInput(field, targets, "must be a sequence of Target")
         key = canonical_key([(t.center, t.weight) for t in targets], field)
         return cls(route, vip, tuple(targets), key, action, [None] * max(1, len(key)))
-
-    def again(self) -> _LazyAnswer:
-        """The same answer for a new plan: its parts carry over, its Decisions (versioned) do not."""
-        return _LazyAnswer(self.route, self.vip, self.targets, self.key, self.action, self.parts)
 
     def decision(self, j: int, version: int) -> Decision:
         part = self.parts[j]
