@@ -166,8 +166,6 @@ class DemandTracker:
         denom = observed + prior
         out: dict[str, dict[str, float]] = {}
         measured = self._measured
-        # asked for every plan (once a second): the common case, no surge, skips the multiplier
-        # lookups; x 1.0 is exact, so both paths give the same numbers
         for b, fc in self._forecast.items():
             if b not in measured:
                 if surge:
@@ -176,13 +174,19 @@ class DemandTracker:
                     out[b] = {s: f * 3600.0 for s, f in fc.items()}
                 continue
             counts = self._counts[b]
-            skills = fc.keys() | counts.keys() if counts.keys() - fc.keys() else fc.keys()
-            row: dict[str, float] = {}
-            for s in skills:
-                f = fc.get(s, 0.0) * surge.get(s, 1.0) if surge else fc.get(s, 0.0)
-                c = counts.get(s, 0.0) * decay
-                row[s] = (c + f * prior) / denom * 3600.0 if denom > 0 else f * 3600.0
-            out[b] = row
+            if surge or denom <= 0 or not counts.keys() <= fc.keys():
+                skills = fc.keys() | counts.keys()
+                row: dict[str, float] = {}
+                for s in skills:
+                    f = fc.get(s, 0.0) * surge.get(s, 1.0) if surge else fc.get(s, 0.0)
+                    c = counts.get(s, 0.0) * decay
+                    row[s] = (c + f * prior) / denom * 3600.0 if denom > 0 else f * 3600.0
+                out[b] = row
+            else:
+                # asked for every plan (once a second): the common case (no surge, every counted
+                # skill forecast) as one comprehension, the same operations in the same order
+                get = counts.get
+                out[b] = {s: (get(s, 0.0) * decay + f * prior) / denom * 3600.0 for s, f in fc.items()}
         return out
 
     def _silent(self, now: float) -> bool:
