@@ -32,7 +32,6 @@ from chaos.sim.policies import (
     CallroutePolicy,
     NRingsPolicy,
     StaticPolicy,
-    WeightedPlan,
     make_policy,
 )
 from chaos.sim.run import draw_calls, run_scenario
@@ -47,7 +46,7 @@ from chaos.sim.workload import (
 )
 from controlplane.core.demand import DemandTracker
 from controlplane.core.erlang import erlang_c, service_level
-from controlplane.core.lookup import CompiledPlan, resolve
+from controlplane.core.lookup import CompiledPlan, LazyPlan, resolve
 from controlplane.core.model import (
     AdminState,
     Branch,
@@ -282,7 +281,7 @@ def test_every_policy_routes_only_to_open_staffed_centers(national, policy):
     sc = build_scenario("wuhan-2020", national, hours=0.05, warmup_s=120)
     staffing = plan_staffing(national)
     calls = draw_calls(sc, 2)
-    pol = make_policy(policy, lookup="ring")
+    pol = make_policy(policy)
     staffed = {(c.id, s) for c in national.centers for s, n in c.agents.items() if n > 0}
     bad: list[tuple[str, str, str]] = []
     route = pol.route
@@ -357,20 +356,20 @@ def test_callroute_reports_pass_the_control_planes_validation(national):
     assert pol.seq[0] > 200 and (r.status[r.in_window] != LOST).all()
 
 
-def test_weighted_stand_in_routes_like_the_compiled_ring(national):
+def test_callroute_routes_each_call_as_the_agents_compiled_plan_would(national):
+    """The simulator's lookups (LazyPlan) give the agent's answers: same center, fallbacks, reason."""
     plan = compute_plan(national, NetworkView(admin={"wuhan": AdminState.CLOSED}))
-    cp, wt = CompiledPlan.compile(plan), WeightedPlan(plan)
+    cp, lazy = CompiledPlan.compile(plan), LazyPlan(plan)
     route = next(r for r in plan.routes if r.branch == "hubei" and r.skill == "retail")
     assert len(route.targets) == 8
     callers = [str(13_000_000_000 + 7919 * i) for i in range(40_000)]
-    for res in (lambda c: resolve(cp, "hubei", "retail", c), lambda c: wt.resolve("hubei", "retail", c)):
-        got: dict[str, int] = {}
-        for c in callers:
-            d = res(c)
-            got[d.center] = got.get(d.center, 0) + 1
-            assert d.center not in d.fallbacks and set(d.fallbacks) <= {t.center for t in route.targets}
-        for t in route.targets:
-            assert got.get(t.center, 0) / len(callers) == pytest.approx(t.weight, abs=0.01)
+    got: dict[str, int] = {}
+    for c in callers:
+        d = lazy.resolve("hubei", "retail", c)
+        assert d == resolve(cp, "hubei", "retail", c)
+        got[d.center] = got.get(d.center, 0) + 1
+    for t in route.targets:
+        assert got.get(t.center, 0) / len(callers) == pytest.approx(t.weight, abs=0.01)
 
 
 # ---------------------------------------------------------------- engine events
@@ -525,7 +524,7 @@ CLAIM_HOURS, CLAIM_WARMUP_S, CLAIM_SEED = 1.25, 900.0, 1
 def _claim(national, name, policy, hours=CLAIM_HOURS):
     """SL per policy over the peak (09:00 + hours), fixed seed, the real report/publish intervals."""
     sc = build_scenario(name, national, hours=hours, warmup_s=CLAIM_WARMUP_S)
-    run = run_scenario(sc, ["static", "nrings", "even8", policy, "pooled"], CLAIM_SEED, lookup="weights")
+    run = run_scenario(sc, ["static", "nrings", "even8", policy, "pooled"], CLAIM_SEED)
     sl = {p: m.service_level for p, m in run.metrics.items()}
     assert sl["pooled"] - sl["even8"] > 0.02, "the scenario must leave a gap worth closing"
     return sl, run.gap_closed(policy)
@@ -572,7 +571,7 @@ def test_callroute_reports_carry_the_lookups_each_agent_answered(national):
     """Report.demand counts every lookup once, at the agent that answered it (the home agent, or
     the backup agent of a dark center), and the DemandTracker's rates follow the surge."""
     sc = build_scenario("surge-2007", national, hours=0.25, warmup_s=300)
-    pol = _RecordingCallroute(lookup="weights", validate=True)
+    pol = _RecordingCallroute(validate=True)
     calls = draw_calls(sc, 3)
     sim = Simulation(national, calls, pol, plan_staffing(national), window=(sc.start_s, sc.end_s),
                      warmup_s=sc.warmup_s, events=sc.events, main_center=sc.main_center)
@@ -603,7 +602,7 @@ def test_callroute_detects_the_broken_overflow_path(national):
     calls, staffing = draw_calls(sc, 1), plan_staffing(national)
     runs = {}
     for name in ("callroute", "callroute-nodetect"):
-        pol = make_policy(name, lookup="weights")
+        pol = make_policy(name)
         assert isinstance(pol, CallroutePolicy)
         r = Simulation(national, calls, pol, staffing, window=(sc.start_s, sc.end_s), warmup_s=sc.warmup_s,
                        events=sc.events, main_center=sc.main_center).run()

@@ -41,9 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", default=str(DEFAULT_PATIENCE_S),
                    help="callers' mean patience in seconds, or 'none' (nobody hangs up)")
     p.add_argument("--handle", choices=("exponential", "lognormal"), default="exponential")
-    p.add_argument("--lookup", choices=("ring", "weights"), default="ring",
-                   help="callroute: the agent's CompiledPlan + resolve (ring), or the same weights "
-                        "drawn without building ring tables (weights: faster, same distribution)")
     p.add_argument("--report-interval", type=float, default=REPORT_INTERVAL_S,
                    help="callroute: agents' report interval, simulated seconds")
     p.add_argument("--publish-interval", type=float, default=PUBLISH_INTERVAL_S,
@@ -119,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InvalidInput("bin", args.bin, "must be within [1, 1440] minutes")
         policies = args.policy or list(POLICIES)
         jobs = default_jobs() if args.jobs is None else args.jobs
-        options = {"lookup": args.lookup, "report_s": args.report_interval,
+        options = {"report_s": args.report_interval,
                    "publish_s": args.publish_interval}
         if args.no_progress:
             run = run_scenario(sc, policies, args.seed, bin_s=args.bin * 60, jobs=jobs, **options)

@@ -9,7 +9,7 @@ and the pooled bound no routing can beat.
   queues) and the lookups it answered per branch and skill (`Report.demand`) every report interval
   into `HealthTracker` and `DemandTracker`; `PlanTracker` computes a plan every publish interval from
   the health view and the live demand (`NetworkView.demand`); the plan is compiled and every call is
-  routed with `lookup.resolve`, exactly as an agent answers a switch.
+  routed with `lookup.LazyPlan.resolve`, exactly as an agent answers a switch.
 - `pooled`: all agents of a skill as one pool with one FIFO queue across centers: the bound.
 
 Two callroute variants, always reported under their own names:
@@ -26,16 +26,14 @@ Must not: read the clock or use unseeded randomness (even8 spreads by a stable h
 
 from __future__ import annotations
 
-import bisect
 import math
-from typing import NamedTuple
 
 import msgspec
 import xxhash
 
 from controlplane.core.demand import DemandSettings, DemandTracker
 from controlplane.core.health import MAX_SETTING_COUNT, HealthSettings, HealthTracker
-from controlplane.core.lookup import MAX_FALLBACKS, Decision, LazyPlan
+from controlplane.core.lookup import LazyPlan
 from controlplane.core.model import (
     AdminState,
     InvalidInput,
@@ -195,67 +193,8 @@ class _Counters:
         self.aht_s = AHT_PRIOR_CALLS * aht
 
 
-class _Choice(NamedTuple):
-    center: str
-    fallbacks: tuple[str, ...]
-
-
-class WeightedPlan:
-    """The plan's weighted choice without ring tables: the fast stand-in for CompiledPlan.
-
-    A ring gives target t a share of slots equal to its weight (the HRW race), and a caller's
-    stable hash picks the slot; here the same hash picks a point on the cumulative weights. Each
-    call therefore reaches each target with the same probability as through `lookup.resolve`; what
-    is lost is only the consistent-hash property (a caller keeping its center across plans), which
-    no outcome the simulator measures depends on. It spares building a 64 Ki-slot table (~0.3 ms) for
-    every route whose weights move, and compiling a plan a second: over half of a ring run's time.
-    """
-
-    def __init__(self, plan: Plan, memo: dict[tuple[Target, ...], _WeightedRoute] | None = None) -> None:
-        """`memo`: target lists seen before and what they were drawn from (bounded by the caller);
-        consecutive plans repeat most routes' targets."""
-        self.version = plan.version
-        self.index: dict[tuple[str, str], _WeightedRoute] = {}
-        for r in plan.routes:
-            if memo is not None:
-                hit = memo.get(r.targets)
-                if hit is not None:
-                    self.index[(r.branch, r.skill)] = hit
-                    continue
-            targets = [t for t in r.targets if t.weight > 0]
-            total = sum(t.weight for t in targets)
-            cum: list[float] = []
-            acc = 0.0
-            for t in targets:
-                acc += t.weight / total
-                cum.append(acc)
-            order = sorted(targets, key=lambda t: (-t.weight, t.center))
-            choices = tuple(_Choice(t.center, tuple(o.center for o in order if o.center != t.center)
-                                    [:MAX_FALLBACKS]) for t in targets)
-            self.index[(r.branch, r.skill)] = (tuple(cum), choices)
-            if memo is not None:
-                memo[r.targets] = (tuple(cum), choices)
-
-    def resolve(self, branch: str, skill: str, caller: str) -> _Choice:
-        cum, choices = self.index[(branch, skill)]
-        if not choices:
-            return _NO_TARGET
-        u = xxhash.xxh64_intdigest(caller.encode()) * _U64
-        i = bisect.bisect_right(cum, u)
-        return choices[min(i, len(choices) - 1)]
-
-
-_NO_TARGET = _Choice("", ())
-# cumulative weights and the choice (center, fallbacks) per target of one route
-_WeightedRoute = tuple[tuple[float, ...], tuple[_Choice, ...]]
-# Target lists WeightedPlan remembers: a plan has a few hundred routes and far fewer distinct
-# lists; the memo starts over when it reaches this many, so it stays a few MiB at most.
-WEIGHTED_MEMO_SIZE = 4096
-_U64 = 2.0**-64
-
-
 class CallroutePolicy(BasePolicy):
-    """The real core in the loop: reports -> HealthTracker -> PlanTracker -> CompiledPlan -> resolve.
+    """The real core in the loop: reports -> HealthTracker -> PlanTracker -> LazyPlan.resolve.
 
     `operator_closes`: when a center closes (a lockdown everyone knows of), an operator also marks it
     CLOSED at once; without it the core notices only from the missing reports (DOWN after 6 s).
@@ -265,8 +204,8 @@ class CallroutePolicy(BasePolicy):
     `detect_failing=False`: the health tracker's failing detectors off (callroute-nodetect).
     `demand`: the DemandTracker's settings (live calls per hour per branch and skill from the
     lookups each agent answered, as the control plane keeps them).
-    `lookup`: "ring" routes through CompiledPlan.compile + lookup.resolve, as agents do; "weights"
-    draws from the same weights without building ring tables (WeightedPlan), ~2.5x faster overall.
+    Every call is routed by `lookup.LazyPlan`, which answers as the agent's CompiledPlan would (the
+    same ring slot owner, fallbacks and reason) but builds only what callers reach.
     """
 
     name = "callroute"
@@ -274,7 +213,7 @@ class CallroutePolicy(BasePolicy):
     def __init__(self, *, report_s: float = REPORT_INTERVAL_S, publish_s: float = PUBLISH_INTERVAL_S,
                  operator_closes: bool = True, live_balance: bool = False, detect_failing: bool = True,
                  validate: bool = False,
-                 publish_min_change: float = PUBLISH_MIN_CHANGE, lookup: str = "ring",
+                 publish_min_change: float = PUBLISH_MIN_CHANGE,
                  report_aht: bool = False, health: HealthSettings | None = None,
                  demand: DemandSettings | None = None) -> None:
         for field, v in (("report_s", report_s), ("publish_s", publish_s)):
@@ -282,9 +221,6 @@ class CallroutePolicy(BasePolicy):
                 raise InvalidInput(field, v, "must be a positive number of seconds")
         if not (math.isfinite(publish_min_change) and 0 <= publish_min_change <= 1):
             raise InvalidInput("publish_min_change", publish_min_change, "must be within [0, 1]")
-        if lookup not in ("ring", "weights"):
-            raise InvalidInput("lookup", lookup, "must be 'ring' or 'weights'")
-        self.lookup = lookup
         self.report_aht = report_aht
         self.tick_s = report_s
         self.publish_s = publish_s
@@ -314,7 +250,6 @@ class CallroutePolicy(BasePolicy):
         self.health = HealthTracker(sim.centers, self.health_settings, sim.now)
         self.demand = DemandTracker(topo, self.demand_settings, sim.now)
         self.planner = PlanTracker(topo)
-        self._weighted_memo: dict[tuple[Target, ...], _WeightedRoute] = {}
         self.version = 0
         self.seq = [0] * len(sim.centers)
         self.counters = [[_Counters(topo.aht(s)) for s in sim.skills] for _ in sim.centers]
@@ -363,13 +298,8 @@ class CallroutePolicy(BasePolicy):
             self.version -= 1  # nothing that matters changed: the agents keep the plan in force
             return
         self.last_plan = plan
-        if self.lookup == "ring":
-            # the answers an agent's CompiledPlan gives, built for the routes calls ask for
-            self.cp = LazyPlan(plan, previous=self.cp)
-        else:
-            if len(self._weighted_memo) >= WEIGHTED_MEMO_SIZE:
-                self._weighted_memo.clear()
-            self.wt = WeightedPlan(plan, self._weighted_memo)
+        # the answers an agent's CompiledPlan gives, built for the routes calls ask for
+        self.cp = LazyPlan(plan, previous=self.cp)
         self.publishes += 1
 
     def tick(self, sim: Simulation, now: float) -> None:
@@ -449,11 +379,8 @@ class CallroutePolicy(BasePolicy):
     def route(self, sim: Simulation, call: int, now: float) -> tuple[int, float]:
         bi = sim.call_branch[call]
         home = sim.branch_home[bi]
-        d: Decision | _Choice
-        if self.lookup == "ring":
-            d = self.cp.resolve(sim.branches[bi], sim.skills[sim.call_skill[call]], str(sim.caller[call]))
-        else:
-            d = self.wt.resolve(sim.branches[bi], sim.skills[sim.call_skill[call]], str(sim.caller[call]))
+        assert self.cp is not None  # published in start()
+        d = self.cp.resolve(sim.branches[bi], sim.skills[sim.call_skill[call]], str(sim.caller[call]))
         self.decisions += 1
         # the lookup is answered by the home center's agent; a switch whose home center is dark asks
         # its backup agent, the next open center in topology order. The agent counts it for its
@@ -546,11 +473,11 @@ POLICIES = ("static", "nrings", "even8", "callroute", "pooled")
 EXTRA_POLICIES = ("callroute+jsew", "callroute-nodetect")
 
 
-def make_policy(name: str, *, lookup: str = "ring", report_s: float = REPORT_INTERVAL_S,
+def make_policy(name: str, *, report_s: float = REPORT_INTERVAL_S,
                 publish_s: float = PUBLISH_INTERVAL_S) -> BasePolicy:
     """A fresh policy object by name (policies keep per-run state: one object per run).
 
-    lookup, report_s and publish_s apply to the callroute policies only.
+    report_s and publish_s apply to the callroute policies only.
     """
     if name == "static":
         return StaticPolicy()
@@ -559,7 +486,7 @@ def make_policy(name: str, *, lookup: str = "ring", report_s: float = REPORT_INT
     if name == "even8":
         return Even8Policy()
     if name in ("callroute", "callroute+jsew", "callroute-nodetect"):
-        return CallroutePolicy(lookup=lookup, report_s=report_s, publish_s=publish_s,
+        return CallroutePolicy(report_s=report_s, publish_s=publish_s,
                                live_balance=name == "callroute+jsew",
                                detect_failing=name != "callroute-nodetect")
     if name == "pooled":

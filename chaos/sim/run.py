@@ -67,7 +67,7 @@ def draw_calls(sc: Scenario, seed: int) -> CallSet:
 def run_policy(sc: Scenario, calls: CallSet, staffing: StaffingPlan, policy: str,
                progress: Callable[[float], None] | None = None, bin_s: float = DEFAULT_BIN_S,
                **options: Any) -> PolicyMetrics:
-    """One policy over `calls`; options (lookup, report_s, publish_s) go to make_policy."""
+    """One policy over `calls`; options (report_s, publish_s) go to make_policy."""
     pol = make_policy(policy, **options)
     sim = Simulation(sc.topology, calls, pol, staffing, window=(sc.start_s, sc.end_s), warmup_s=sc.warmup_s,
                      events=sc.events, main_center=sc.main_center, progress=progress)
