@@ -31,9 +31,10 @@ from controlplane.core.model import (
     ServiceLevel,
     SkillLoad,
     Status,
+    Target,
     Topology,
 )
-from controlplane.core.planner import PlanTracker, round_fast
+from controlplane.core.planner import MIN_WEIGHT, PlanTracker, _normalise, round_fast
 from controlplane.core.topology import load_topology
 
 SKILLS = ("s0", "s1", "s2", "s3")
@@ -92,6 +93,33 @@ def test_round_fast_is_round_next_to_half_way_points(k, ndigits, ulps):
     for _ in range(abs(ulps)):
         x = math.nextafter(x, math.copysign(math.inf, ulps))
     assert repr(round_fast(x, 10.0**ndigits, ndigits)) == repr(round(x, ndigits))
+
+
+# ---------------------------------------------------------------- _normalise
+
+
+def plain_normalise(pairs: list[tuple[str, float]]) -> tuple[Target, ...]:
+    """_normalise as it reads without its short cuts: weights merged per center from a 0.0 start,
+    each share divided twice, round() itself."""
+    merged: dict[str, float] = {}
+    for c, w in pairs:
+        if w > 0:
+            merged[c] = merged.get(c, 0.0) + w
+    total = sum(merged.values())
+    if total <= 0:
+        return ()
+    kept = {c: w / total for c, w in merged.items() if w / total >= MIN_WEIGHT}
+    total = sum(kept.values())
+    ranked = sorted(kept.items(), key=lambda cw: (-round(cw[1] / total, 6), cw[0]))
+    return tuple(Target(c, round(w / total, 6)) for c, w in ranked)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.one_of(st.floats(0, 1), st.floats(-1, 1e6), st.floats(),
+                          st.sampled_from([0.0, 1e-5, 1.0])), min_size=1, max_size=10))
+def test_normalise_is_the_plain_form_for_distinct_centers(weights):
+    pairs = [(f"c{i % 7}{i}", w) for i, w in enumerate(weights)]
+    assert repr(_normalise(pairs)) == repr(plain_normalise(pairs))
 
 
 # ---------------------------------------------------------------- Erlang

@@ -117,25 +117,78 @@ def round_fast(x: float, scale: float, ndigits: int) -> float:
 
 
 def _normalise(pairs: Sequence[tuple[str, float]]) -> tuple[Target, ...]:
+    """Weights summing to 1 for (center, weight) pairs of distinct centers: non-positive ones and
+    shares under MIN_WEIGHT dropped, rounded to 6 places, heaviest first and ties by center."""
     if len(pairs) == 1:
         # one center takes it all (an overloaded center with no receiver): w / w is exactly 1.0
         # for any finite w > 0, and so is every step after it
         c, w = pairs[0]
         if 0 < w < math.inf:
             return (Target(c, 1.0),)
-    merged: dict[str, float] = {}
-    for c, w in pairs:
-        if w > 0:
-            merged[c] = merged.get(c, 0.0) + w
+    # the centers are distinct (every caller's are), so each weight is kept as it is: adding it to
+    # a 0.0 start would give the same float for any w > 0
+    merged = {c: w for c, w in pairs if w > 0}
     total = sum(merged.values())
     if total <= 0:
         return ()
-    kept = {c: w / total for c, w in merged.items() if w / total >= MIN_WEIGHT}
+    kept = {c: share for c, w in merged.items() if (share := w / total) >= MIN_WEIGHT}
     total = sum(kept.values())
     # heaviest first, ties by center: (-weight, center) tuples sort that way (centers are unique
     # keys, and the weights are at least MIN_WEIGHT, never NaN); negating is exact both ways
-    ranked = sorted([(-round_fast(w / total, 1e6, 6), c) for c, w in kept.items()])
+    ranked: list[tuple[float, str]] = []
+    for c, w in kept.items():
+        # round_fast(x, 1e6, 6) written out (x, a float quotient, is never the 0.0 it treats apart:
+        # 0.0 fails 0.0 < y and goes to round(), which returns it as it is)
+        x = w / total
+        y = x * 1e6
+        if 0.0 < y < _ROUND_FAST_MAX:
+            k = int(y + 0.5)
+            if -_ROUND_FAST_MARGIN < y - k < _ROUND_FAST_MARGIN:
+                ranked.append((-(k / 1e6), c))
+                continue
+        ranked.append((-round(x, 6), c))
+    ranked.sort()
     return tuple([Target(c, -neg) for neg, c in ranked])
+
+
+def _pick_receivers(pool: list[tuple[str, CenterCapacity]], incumbents: frozenset[str], k: int,
+                    region: str | None, region_of: dict[str, str], live: bool,
+                    shared: bool) -> list[tuple[float, str, CenterCapacity]]:
+    """Up to k receivers from `pool` as (-spare Erlangs, center, working numbers), most spare first
+    (region first if `region` is given).
+
+    live=False ignores queue backlog: used only when live queues leave no spare anywhere, so calls
+    still go where agents are staffed (with overload advice) instead of every caller being offered
+    a callback while centers are merely busy. shared=True also ignores what earlier displaced
+    loads booked: used only when they took all of it, so the shortage is shared by every displaced
+    center's callers instead of the first one placed taking all the spare and the next getting a
+    callback for every caller.
+    """
+    # candidates as (-spare, center, working numbers): sorted as they are, most spare first and
+    # ties by center (centers are unique; a NaN spare never qualifies)
+    cands: list[tuple[float, str, CenterCapacity]] = []
+    # hysteresis on receivers: one that took this source's calls in the last plan stays while its
+    # spare capacity is not clearly negative, so live-load noise around the threshold does not
+    # swap receivers (and move callers) every second
+    for cid, cc in pool:
+        # CenterCapacity.spare() written out, same operations in the same order
+        if shared:
+            spare = cc.capacity - cc.own_load
+        elif live:
+            spare = cc.capacity - cc.own_load - cc.assigned - cc.backlog
+        else:
+            spare = cc.capacity - cc.own_load - cc.assigned - cc.backlog + cc.backlog
+        if spare >= MIN_SPARE_ERLANGS:
+            cands.append((-spare, cid, cc))
+        elif cid in incumbents and spare > -MIN_SPARE_ERLANGS:
+            cands.append((-MIN_SPARE_ERLANGS, cid, cc))
+    if len(cands) > 1:
+        if region is not None:
+            # same-region receivers first (shorter trunks, same dialect), then by spare capacity
+            cands.sort(key=lambda x: (region_of[x[1]] != region, x[0], x[1]))
+        else:
+            cands.sort()
+    return cands[:k]
 
 
 class _Layout:
@@ -301,9 +354,18 @@ class PlanTracker:
         home_weight: dict[str, float] = {}
         receiver_ok: set[str] = set()
         why_closed: dict[str, str] = {}
+        vadmin = view.admin
         for cid in centers:
             h = health.get(cid)
-            admin = view.admin.get(cid, AdminState.OPEN)
+            if h is not None and h.status is Status.HEALTHY and h.weight >= 1.0 and \
+                    h.state is AdminState.OPEN and vadmin.get(cid, AdminState.OPEN) is AdminState.OPEN \
+                    and cid not in vshed:
+                # the usual case, taken by the steps below too: open, full weight (min(1.0, w, 1.0)
+                # with w >= 1 is the first 1.0), no drill, so a receiver
+                home_weight[cid] = 1.0
+                receiver_ok.add(cid)
+                continue
+            admin = vadmin.get(cid, AdminState.OPEN)
             self_state = h.state if h is not None else AdminState.OPEN
             w = h.weight if h is not None else 1.0
             status = h.status if h is not None else Status.UNKNOWN
@@ -348,13 +410,15 @@ class PlanTracker:
         acc = [0.0] * len(layout.keys)
         surge = view.surge
         live_demand = view.demand
-        isfinite = math.isfinite
+        inf = math.inf
         for bid, items in layout.branches:
             live_b = live_demand.get(bid)
             if live_b:
                 for s, slot, per_s, aht, forecast in items:
                     live_cph = live_b.get(s)
-                    if live_cph is not None and isfinite(live_cph) and live_cph >= 0:
+                    # isfinite(x) and x >= 0, without the call: NaN and -inf fail the first test,
+                    # inf the second (and an int too big for a float raises either way)
+                    if live_cph is not None and 0 <= live_cph < inf:
                         acc[slot] += live_cph / 3600.0 * aht
                     elif surge:
                         acc[slot] += per_s * surge.get(s, 1.0) * aht
@@ -372,6 +436,7 @@ class PlanTracker:
         cap: dict[tuple[str, str], CenterCapacity] = {}
         by_skill: dict[str, list[tuple[str, CenterCapacity]]] = {s: [] for s in self._skills}
         no_live: dict[str, SkillLoad] = {}
+        cap_cache = self._cap_cache
         for cid, c in centers.items():
             h = health.get(cid)
             live = h.skills if h is not None and h.status == Status.HEALTHY else no_live
@@ -392,7 +457,14 @@ class PlanTracker:
                     # calls waiting beyond the ready agents who can take them at once
                     backlog = max(0, sl.queued - sl.ready) * aht / QUEUE_HORIZON_S
                 own = demand.get(key, 0.0) * hw
-                cc = CenterCapacity(n, aht, self._capacity(n, aht) if n > 0 else 0.0, own, 0.0, backlog)
+                if n > 0:
+                    # self._capacity(n, aht) with the cache read here: most pairs hit it
+                    capacity = cap_cache.get((n, aht))
+                    if capacity is None:
+                        capacity = self._capacity(n, aht)
+                else:
+                    capacity = 0.0
+                cc = CenterCapacity(n, aht, capacity, own, 0.0, backlog)
                 cap[key] = cc
                 by_skill[s].append((cid, cc))
 
@@ -403,86 +475,56 @@ class PlanTracker:
         vip_routes: dict[tuple[str, str], tuple[Target, ...]] = {}
         last_receivers = self._receivers
         region_of = self._region
+        region_first = pol.prefer_region
         eligible: dict[str, list[tuple[str, CenterCapacity]]] = {}
-
-        def pick_receivers(skill: str, source: str, k: int, region: str,
-                           pool: list[tuple[str, CenterCapacity]],
-                           live: bool, shared: bool = False) -> list[tuple[str, float, CenterCapacity]]:
-            """Up to k receivers from `pool` with their spare Erlangs, most spare first (region first
-            if asked). The pool is every open, healthy, staffed center other than the source that is
-            not overflowing itself.
-
-            live=False ignores queue backlog: used only when live queues leave no spare anywhere,
-            so calls still go where agents are staffed (with overload advice) instead of every
-            caller being offered a callback while centers are merely busy.
-            shared=True also ignores what earlier displaced loads booked: used only when they took
-            all of it, so the shortage is shared by every displaced center's callers instead of the
-            first one placed taking all the spare and the next getting a callback for every caller.
-            """
-            # candidates as (-spare, center, working numbers): sorted as they are, most spare first
-            # and ties by center (centers are unique; a NaN spare never qualifies)
-            cands: list[tuple[float, str, CenterCapacity]] = []
-            # hysteresis on receivers: one that took this source's calls in the last plan stays
-            # while its spare capacity is not clearly negative, so live-load noise around the
-            # threshold does not swap receivers (and move callers) every second
-            incumbents = last_receivers.get((source, skill), _NO_RECEIVERS)
-            for cid, cc in pool:
-                # CenterCapacity.spare() written out, same operations in the same order
-                if shared:
-                    spare = cc.capacity - cc.own_load
-                elif live:
-                    spare = cc.capacity - cc.own_load - cc.assigned - cc.backlog
-                else:
-                    spare = cc.capacity - cc.own_load - cc.assigned - cc.backlog + cc.backlog
-                if spare >= MIN_SPARE_ERLANGS:
-                    cands.append((-spare, cid, cc))
-                elif cid in incumbents and spare > -MIN_SPARE_ERLANGS:
-                    cands.append((-MIN_SPARE_ERLANGS, cid, cc))
-            if len(cands) > 1:
-                if pol.prefer_region and region:
-                    # same-region receivers first (shorter trunks, same dialect), then by spare capacity
-                    cands.sort(key=lambda x: (region_of[x[1]] != region, x[0], x[1]))
-                else:
-                    cands.sort()
-            return [(cid, -neg, cc) for neg, cid, cc in cands[:k]]
-
         chosen: dict[tuple[str, str], frozenset[str]] = {}
 
-        def spread(skill: str, load: float, source: str, k: int, overflowing: set[str],
+        def spread(skill: str, load: float, source: str, k: int, pool: list[tuple[str, CenterCapacity]],
                    share_shortage: bool = False) -> tuple[list[tuple[str, float]], float]:
-            """Choose receivers for `load` Erlangs and book it on them; returns (weights, unplaced).
+            """Choose receivers for `load` Erlangs from `pool` (every open, healthy, staffed center
+            other than the source that is not overflowing itself) and book it on them; returns
+            (weights, unplaced).
 
             share_shortage (DR only: a closed center's calls must go somewhere, an overloaded one's
             can stay home): when earlier DR loads took all the spare, place this one beside them.
             """
-            region = region_of[source]
-            staffed = eligible.get(skill)
-            if staffed is None:
-                # open, healthy, not draining and staffed: the same for every spread in this plan
-                staffed = eligible[skill] = [(cid, cc) for cid, cc in by_skill.get(skill, ())
-                                             if cid in receiver_ok and cc.agents > 0]
-            pool = [(cid, cc) for cid, cc in staffed if cid != source and cid not in overflowing]
-            recv: list[tuple[str, float, CenterCapacity]] = []
+            region = region_of[source] if region_first else ""
+            region_key = region if region else None
+            incumbents = last_receivers.get((source, skill), _NO_RECEIVERS)
+            recv: list[tuple[float, str, CenterCapacity]] = []
             beyond_capacity = False
             if pool:  # else no pick below can find anyone
-                recv = pick_receivers(skill, source, k, region, pool, live=True)
+                recv = _pick_receivers(pool, incumbents, k, region_key, region_of, True, False)
                 if not recv:
-                    recv = pick_receivers(skill, source, k, region, pool, live=False)
+                    recv = _pick_receivers(pool, incumbents, k, region_key, region_of, False, False)
                 if not recv and share_shortage:
-                    recv = pick_receivers(skill, source, k, region, pool, live=False, shared=True)
+                    recv = _pick_receivers(pool, incumbents, k, region_key, region_of, False, True)
                     # none of it is spare: all of this load is beyond the network's capacity
                     beyond_capacity = True
-            chosen[(source, skill)] = frozenset(cid for cid, _, _ in recv)
-            total_spare = sum(sp for _, sp, _ in recv)
-            if not recv or total_spare <= 0:
+            chosen[(source, skill)] = frozenset([cid for _, cid, _ in recv])
+            if not recv:
                 return [], load
-            weights = [(cid, sp / total_spare) for cid, sp, _ in recv]
-            for (_, _, cc), (_, w) in zip(recv, weights, strict=True):
+            # the receivers' spare, added in their order (negating is exact)
+            total_spare = sum([-neg for neg, _, _ in recv])
+            if total_spare <= 0:
+                return [], load
+            weights = []
+            for neg, cid, cc in recv:
+                w = -neg / total_spare
+                weights.append((cid, w))
                 cc.assigned += load * w
             return weights, load if beyond_capacity else max(0.0, load - total_spare)
 
+        def staffed_for(skill: str) -> list[tuple[str, CenterCapacity]]:
+            """Open, healthy, not draining and staffed for `skill`: the same for every spread in
+            this plan."""
+            staffed = eligible.get(skill)
+            if staffed is None:
+                staffed = eligible[skill] = [(cid, cc) for cid, cc in by_skill.get(skill, ())
+                                             if cid in receiver_ok and cc.agents > 0]
+            return staffed
+
         # ---- disaster recovery: closed centers first, biggest load first (it has fewest options)
-        overflowing: set[str] = set()
         if any(w < 1.0 for w in home_weight.values()):
             # per center, its skills' demand added in key order, as summing the demand dict would
             center_demand: dict[str, float] = {}
@@ -500,7 +542,9 @@ class PlanTracker:
                         continue
                     # even a skill with no calls forecast gets DR targets: a call may still come
                     load = demand[(cid, s)] * shed
-                    recv, unplaced = spread(s, load, cid, pol.dr_receivers, overflowing, share_shortage=True)
+                    # nothing overflows yet: the pool is every staffed receiver but the source
+                    pool = [(r, cc) for r, cc in staffed_for(s) if r != cid]
+                    recv, unplaced = spread(s, load, cid, pol.dr_receivers, pool, share_shortage=True)
                     state = why_closed.get(cid)
                     if state is None:
                         state = (f"shedding {vshed[cid]:.0%} (drill)" if cid in vshed
@@ -523,9 +567,13 @@ class PlanTracker:
 
         # ---- overflow: open centers whose wait or predicted load crosses the thresholds
         ofp = pol.overflow
+        enter_ewt, exit_ewt = ofp.enter_ewt_s, ofp.exit_ewt_s
+        vip_enter_ewt, vip_exit_ewt = ofp.vip_enter_ewt_s, ofp.vip_exit_ewt_s
+        hold, max_step, max_share = ofp.min_hold_s, ofp.max_step, ofp.max_share
         idle_is_fixed = self._idle_is_fixed
         overflow_states = self._overflow
         vip_states = self._vip
+        overflowing: set[str] = set()
         decisions: list[tuple[str, str, float]] = []
         for key in self._sorted_pairs:
             cc_or_none = cap.get(key)
@@ -541,8 +589,8 @@ class PlanTracker:
             ewt = ((now_load.queued + 1) * cc.aht_s / cc.agents
                    if (now_load and now_load.queued and cc.agents) else 0.0)
             over = cc.capacity <= 0 or total > cc.capacity
-            enter = ewt > ofp.enter_ewt_s or over
-            vip_enter = ewt > ofp.vip_enter_ewt_s
+            enter = ewt > enter_ewt or over
+            vip_enter = ewt > vip_enter_ewt
             st = overflow_states.get(key)
             vst = vip_states.get(key)
             if idle_is_fixed and not enter and not vip_enter and \
@@ -550,21 +598,44 @@ class PlanTracker:
                     (vst is None or (not vst.active and vst.share == 0.0)):
                 # neither state can change: _step would leave both as they are
                 continue
-            leave = ewt < ofp.exit_ewt_s and total <= 0.95 * cc.capacity
+            leave = ewt < exit_ewt and total <= 0.95 * cc.capacity
             desired = (total - cc.capacity) / cc.own_load if cc.own_load > 0 and over else 0.0
             if st is None:
                 st = overflow_states[key] = _OverflowState()
-            self._step(st, enter, leave, desired, now)
             if vst is None:
                 vst = vip_states[key] = _OverflowState()
-            self._step(vst, vip_enter, ewt < ofp.vip_exit_ewt_s, desired, now)
+            # self._step(st, enter, leave, desired, now), then the same for vst, written out
+            if st.active:
+                if leave and now - st.since >= hold:
+                    st.active, st.since = False, now
+            elif enter and now - st.since >= hold:
+                st.active, st.since = True, now
+            goal = min(max(desired, max_step), max_share) if st.active else 0.0
+            st.share = max(st.share - max_step, min(st.share + max_step, goal))
+            if vst.active:
+                if ewt < vip_exit_ewt and now - vst.since >= hold:
+                    vst.active, vst.since = False, now
+            elif vip_enter and now - vst.since >= hold:
+                vst.active, vst.since = True, now
+            goal = min(max(desired, max_step), max_share) if vst.active else 0.0
+            vst.share = max(vst.share - max_step, min(vst.share + max_step, goal))
             if st.share > 0:
                 overflowing.add(cid)
                 decisions.append((cid, s, st.share))
+        # every source is overflowing itself, so a skill's pool is the same for all its decisions
+        pools: dict[str, list[tuple[str, CenterCapacity]]] = {}
         for cid, s, share in decisions:
             cc = cap[(cid, s)]
             moved = cc.own_load * share
-            recv, unplaced = spread(s, moved, cid, ofp.receivers, overflowing)
+            skill_pool = pools.get(s)
+            if skill_pool is None:
+                skill_pool = pools[s] = [(r, rc) for r, rc in staffed_for(s) if r not in overflowing]
+            if skill_pool:
+                recv, unplaced = spread(s, moved, cid, ofp.receivers, skill_pool)
+            else:
+                # spread() with nobody to pick: no receivers, all of it stays
+                chosen[(cid, s)] = _NO_RECEIVERS
+                recv, unplaced = [], moved
             placed_share = share * (1.0 - unplaced / moved) if moved > 0 else 0.0
             cc.own_load -= moved - unplaced
             targets = _normalise([(cid, 1.0 - placed_share)] + [(r, w * placed_share) for r, w in recv])
