@@ -1,11 +1,12 @@
 """The health tracker's fast paths against the straightforward computation they replace.
 
 HealthTracker judges only the centers whose record changed until the earliest time-driven deadline
-(`_due`, `_touched`), reuses the reporter's verdict, and runs the failing detectors on running totals,
-an incrementally kept reporting gap and newest-first scans. `Reference` switches all of that off: it
-judges every center on every call and detects failures with the original detector, which rescans
-the windows. Random event sequences (hypothesis) must give both the same changes, errors, views and
-deadlines, bit for bit."""
+(`_due`, the minimum of each center's last computed deadline, `_touched`), reuses the reporter's
+verdict or skips it for the usual report of a HEALTHY center, and runs the failing detectors on
+running totals, an incrementally kept reporting gap and one newest-first walk for all look-backs.
+`Reference` switches all of that off: it judges every center on every call and detects failures with
+the original detector, which rescans the windows. Random event sequences (hypothesis) must give
+both the same changes, errors, views and deadlines, bit for bit."""
 
 from __future__ import annotations
 
@@ -107,6 +108,7 @@ class Reference(HealthTracker):
         return reference_detect(self, c, now)
 
     def observe(self, report: Report, now: float) -> list[HealthChange]:
+        self._due = -math.inf  # observe applies deadlines and collects inline, not through the above
         changes = super().observe(report, now)
         c = self._centers[report.center]
         x, loads = c.window[-1], report.skills.values()
@@ -206,6 +208,13 @@ class SameAsReference(RuleBasedStateMachine):
             gaps = [nxt.at - 0.5 * step for prev, nxt in zip(w, w[1:], strict=False)
                     if nxt.at - prev.at > 2 * step]
             assert t._since_gap(c) == (gaps[-1] if gaps else -math.inf)
+
+    @invariant()
+    def due_is_never_late(self) -> None:
+        """`_due` follows each center's deadline as reports move it, but never past a real one."""
+        t = self.fast
+        assert t._due == min(t._dues)
+        assert t._due <= min((t._next_change(c, t._now) for c in t._centers.values()), default=math.inf)
 
     @invariant()
     def untouched_centers_are_judged_right(self) -> None:

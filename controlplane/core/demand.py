@@ -88,8 +88,23 @@ class DemandTracker:
         # forecast calls per second per (branch, skill): the prior, and the answer with no reports
         self._forecast: dict[str, dict[str, float]] = {
             b.id: {s: cph / 3600.0 for s, cph in b.calls_per_hour.items()} for b in topology.branches}
-        # scaled weighted counts: C(t) = _counts[b][s] * exp(-(t - _ref) / tau)
-        self._counts: dict[str, dict[str, float]] = {b: {} for b in self._forecast}
+        # Scaled weighted counts: C(t) = count * exp(-(t - _ref) / tau). The forecast pairs' counts sit
+        # in one flat list in forecast order (0.0 until counted: adding to 0.0 and scaling 0.0 give
+        # what a missing count would), so rates() computes them in one pass and splits the values into
+        # rows; `_slots[b][s]` is a pair's place in it, `_layout` each branch's skills in order.
+        # Counts of skills a branch has no forecast for are kept apart per branch, in `_extra`.
+        self._slots: dict[str, dict[str, int]] = {}
+        self._layout: list[tuple[str, list[str]]] = []
+        self._flat_forecast: list[float] = []  # the forecast of each slot
+        for b, row in self._forecast.items():
+            self._slots[b] = {}
+            for s, f in row.items():
+                self._slots[b][s] = len(self._flat_forecast)
+                self._flat_forecast.append(f)
+            self._layout.append((b, list(row)))
+        self._counts = [0.0] * len(self._flat_forecast)
+        self._extra: dict[str, dict[str, float]] = {b: {} for b in self._forecast}
+        self._any_extra = False  # some row of _extra is not empty
         self._ref = self._now
         self._start: float | None = None  # t0 of the current run of reports; None = no run
         self._last_report_at: float | None = None
@@ -111,20 +126,26 @@ class DemandTracker:
         before counting anything.
         """
         now = self._clamp(now)
-        for branch, per_skill in report.demand.items():
-            if branch not in self._counts:
-                raise InvalidInput("demand.key", branch, "unknown branch")
-            for skill in per_skill:
-                if skill not in self._skills:
-                    raise InvalidInput(f"demand[{branch}].key", skill, "unknown skill")
+        demand = report.demand
+        slots = self._slots
+        if demand:
+            skills = self._skills
+            for branch, per_skill in demand.items():
+                if branch not in slots:
+                    raise InvalidInput("demand.key", branch, "unknown branch")
+                for skill in per_skill:
+                    if skill not in skills:
+                        raise InvalidInput(f"demand[{branch}].key", skill, "unknown skill")
         last = self._last_seq.get(report.center)
         if last is not None and report.seq <= last:
             return
         self._last_seq[report.center] = report.seq
-        if self._silent(now):
+        if self._last_report_at is None or now - self._last_report_at > self._s.silence_s:  # _silent, inline
             # a new run: what was counted before the silence is too old to describe now
-            for row in self._counts.values():
-                row.clear()
+            self._counts = [0.0] * len(self._counts)
+            for extra in self._extra.values():
+                extra.clear()
+            self._any_extra = False
             self._ref = now
             # the report's counts cover the interval before it
             self._start = now - report.interval_s
@@ -132,19 +153,33 @@ class DemandTracker:
         if report.center not in self._measuring:
             self._measuring.add(report.center)
             self._measured.update(b for b, h in self._home.items() if h == report.center)
-        if now - self._ref > RESCALE_AT * self._s.tau_s:
-            k = math.exp(-(now - self._ref) / self._s.tau_s)
-            for row in self._counts.values():
-                for s in row:
-                    row[s] *= k
+        tau = self._s.tau_s
+        if now - self._ref > RESCALE_AT * tau:
+            k = math.exp(-(now - self._ref) / tau)
+            self._counts = [x * k for x in self._counts]
+            for extra in self._extra.values():
+                for s in extra:
+                    extra[s] *= k
             self._ref = now
-        scale = math.exp((now - self._ref) / self._s.tau_s) / self._s.time_scale
-        for branch, counts in report.demand.items():
-            row = self._counts[branch]
+        if not demand:
+            return  # a third of reports: no lookups answered in the interval
+        scale = math.exp((now - self._ref) / tau) / self._s.time_scale
+        flat = self._counts
+        for branch, counts in demand.items():
+            where = slots[branch]
+            counted = False
             for skill, n in counts.items():
                 if n:
-                    row[skill] = row.get(skill, 0.0) + n * scale
-                    self._measured.add(branch)
+                    i = where.get(skill)
+                    if i is None:
+                        extra = self._extra[branch]
+                        extra[skill] = extra.get(skill, 0.0) + n * scale
+                        self._any_extra = True
+                    else:
+                        flat[i] = flat[i] + n * scale  # 0.0 + x where the count was missing before
+                    counted = True
+            if counted:
+                self._measured.add(branch)
 
     def rates(self, now: float, surge: Mapping[str, float] | None = None) -> dict[str, dict[str, float]]:
         """Calls per hour per branch and skill: every forecast pair, plus pairs only seen live.
@@ -164,7 +199,18 @@ class DemandTracker:
         prior = self._s.prior_s * decay_run
         decay = math.exp(-(now - self._ref) / tau)
         denom = observed + prior
-        out: dict[str, dict[str, float]] = {}
+        out: dict[str, dict[str, float]]
+        if not surge and denom > 0:
+            # asked for every plan (once a second): every forecast pair in one pass over the flat
+            # lists, split into rows in forecast order; the branches that need more are redone below
+            values = iter([(c * decay + f * prior) / denom * 3600.0
+                           for c, f in zip(self._counts, self._flat_forecast, strict=True)])
+            # each row takes its skills' values off the shared iterator: not strict, by design
+            out = {b: dict(zip(skills, values, strict=False)) for b, skills in self._layout}
+            if len(self._measured) == len(self._forecast) and not self._any_extra:
+                return out
+        else:
+            out = {}
         measured = self._measured
         for b, fc in self._forecast.items():
             if b not in measured:
@@ -173,32 +219,39 @@ class DemandTracker:
                 else:
                     out[b] = {s: f * 3600.0 for s, f in fc.items()}
                 continue
-            counts = self._counts[b]
-            if surge or denom <= 0 or not counts.keys() <= fc.keys():
-                skills = fc.keys() | counts.keys()
+            extra = self._extra[b]
+            if surge or denom <= 0 or extra:
+                counts = self._row_counts(b)
+                skills = fc.keys() | extra.keys()
                 row: dict[str, float] = {}
                 for s in skills:
                     f = fc.get(s, 0.0) * surge.get(s, 1.0) if surge else fc.get(s, 0.0)
                     c = counts.get(s, 0.0) * decay
                     row[s] = (c + f * prior) / denom * 3600.0 if denom > 0 else f * 3600.0
                 out[b] = row
-            else:
-                # asked for every plan (once a second): the common case (no surge, every counted
-                # skill forecast) as one comprehension, the same operations in the same order
-                get = counts.get
-                out[b] = {s: (get(s, 0.0) * decay + f * prior) / denom * 3600.0 for s, f in fc.items()}
         return out
+
+    def _row_counts(self, branch: str) -> dict[str, float]:
+        """One branch's scaled counts per skill: forecast skills first, then the others."""
+        counts = {s: self._counts[i] for s, i in self._slots[branch].items()}
+        counts.update(self._extra[branch])
+        return counts
 
     def _silent(self, now: float) -> bool:
         return self._last_report_at is None or now - self._last_report_at > self._s.silence_s
 
     def _clamp(self, now: float) -> float:
         # time never runs backwards here: an older `now` is read as the latest one seen
-        self._now = max(_finite("now", now), self._now)
-        return self._now
+        now = _finite("now", now)
+        if self._now > now:  # max(now, self._now), as max() picks it
+            now = self._now
+        self._now = now
+        return now
 
 
 def _finite(field: str, v: float) -> float:
+    if type(v) is float and math.isfinite(v):
+        return v  # the usual case, as below: float(v) of a float is v
     if not isinstance(v, int | float) or not math.isfinite(v):
         raise InvalidInput(field, v, "must be a finite number of monotonic seconds")
     return float(v)

@@ -197,6 +197,11 @@ class _Sample(msgspec.Struct, frozen=True):
     kept_total: int
 
 
+# Looked up once: reading a member off an enum class costs more than a global, on every report.
+_HEALTHY = Status.HEALTHY
+_OPEN = AdminState.OPEN
+_NEVER = -math.inf  # _since_gap when there is no gap in the window
+
 # The routed_to of a sample whose report routed nothing: shared, since samples never change it.
 _NO_ROUTES: dict[str, int] = {}
 
@@ -279,6 +284,7 @@ class HealthTracker:
         self._forget_after_s = 2 * longest
         # Settings read on every report, computed once (the same float expressions as the properties).
         self._stale_after_s = settings.stale_after_s
+        self._down_after_s = settings.down_after_s
         self._window_horizon_s = settings.window_horizon_s
         self._slack_s = WINDOW_SLACK_INTERVALS * settings.interval_s
         self._why_silent = f"no report for {settings.down_after_s:g} s"
@@ -286,8 +292,12 @@ class HealthTracker:
         # A center's status moves with `now` only at its deadlines (stale, DOWN, end of a failing
         # hold-down, DOWN for never reporting): until the earliest of them, `_due`, a call only needs
         # to judge the centers whose record it changed (`_touched`), not all of them twice. `_due` may
-        # be early (a touched center's old deadline), never late: at or after it, every center is judged.
+        # be early, never late: at or after it, every center is judged. It is the minimum of `_dues`,
+        # each center's _next_change (by position) as of when its record last changed or it was last
+        # judged: a reporting center's deadline moves on with each report, so the minimum must too,
+        # or every center would be judged about once a second for nothing.
         self._due = self._start + settings.down_after_s
+        self._dues = [self._due] * len(self._centers)
         # the per-origin arrival check's look-backs: the failing window, then doubling up to
         # failing_arrival_window_s (the last one is at least that)
         span = settings.failing_window_intervals * settings.interval_s
@@ -309,7 +319,11 @@ class HealthTracker:
         """
         c = self._center("center", report.center)
         now = self._clamp(now)
-        changes = self._advance(now)
+        # self._advance(now), inline: with no deadline passed it only takes the pending changes
+        self._now = now
+        changes, self._pending = self._pending, []
+        if now >= self._due:
+            self._latch(now, changes)
         if c.last_seq is not None and report.seq <= c.last_seq:
             self._pending = changes + self._collect(now)
             raise StaleReport(c.id, report.seq, c.last_seq)
@@ -379,13 +393,36 @@ class HealthTracker:
                 receivers.append(self._centers[rid])
         # This report can only change the verdict on the reporter and on the centers it sent calls to.
         # Judging one changes only its own record, never what judging another reads: any order will do.
-        verdict = self._evaluate(c, now)
-        if verdict.status == Status.HEALTHY and self._judge(c, now):
+        stale_at = now + self._stale_after_s
+        down_at = now + self._down_after_s
+        # The usual report, between deadlines: a HEALTHY center, not in a hold-down, that just reported
+        # is HEALTHY again (what _evaluate finds: its deadlines are this report's time plus positive
+        # settings), so no verdict is built, and unless a detector fires only its deadline changes.
+        usual = (now < self._due and c.status is _HEALTHY and c.down_since is None and c.fail_until is None
+                 and now < stale_at and now < down_at)
+        judged: tuple[_Center, _Verdict] | None = None
+        if usual:
+            usual = not self._judge(c, now)
+        else:
             verdict = self._evaluate(c, now)
+            if verdict.status is _HEALTHY and self._judge(c, now):
+                verdict = self._evaluate(c, now)
+            judged = (c, verdict)
         for x in receivers:
-            if self._evaluate(x, now).status == Status.HEALTHY:
+            if self._evaluate(x, now).status is _HEALTHY:
                 self._judge(x, now)
-        return changes + self._collect(now, (c, verdict))
+        touched = self._touched
+        if usual and len(touched) == 1:
+            # self._collect(now) with only the reporter touched and no status change: take its next
+            # deadline (_next_change, inline: no hold-down, not DOWN, stream open, reported now)
+            c.touched = False
+            touched.clear()
+            due = stale_at if stale_at < math.inf else math.inf
+            dues = self._dues
+            dues[c.position] = down_at if down_at < due else due
+            self._due = min(dues)
+            return changes
+        return changes + self._collect(now, judged)
 
     def stream_opened(self, center: str, now: float) -> list[HealthChange]:
         """A report stream from `center` opened; a reconnect within stream_grace_s avoids DOWN."""
@@ -461,7 +498,8 @@ class HealthTracker:
     def _clamp(self, now: float) -> float:
         # a caller may compute `now` before an await and pass it after a later one: time never runs
         # backwards here, so an older `now` is read as the latest one seen
-        return max(_finite("now", now), self._now)
+        now = _finite("now", now)
+        return self._now if self._now > now else now  # max(now, self._now), as max() picks it
 
     def _deadlines(self, c: _Center) -> tuple[float, float, str]:
         """(stale from, DOWN at, why DOWN) for a center that has reported and is not latched DOWN."""
@@ -483,12 +521,17 @@ class HealthTracker:
         best = math.inf if c.fail_until is None else c.fail_until
         if c.down_since is not None:
             return best
-        if c.last_report_at is None:
-            return min(best, self._start + self._s.down_after_s)
-        stale_at, down_at, _ = self._deadlines(c)
-        if stale_at > now:
-            best = min(best, stale_at)
-        return min(best, down_at)
+        last = c.last_report_at
+        if last is None:
+            return min(best, self._start + self._down_after_s)
+        if c.closed_at is None:  # _deadlines(c), inline for the usual case: called on every report
+            stale_at = last + self._stale_after_s
+            down_at = last + self._down_after_s
+        else:
+            stale_at, down_at, _ = self._deadlines(c)
+        if now < stale_at < best:
+            best = stale_at
+        return down_at if down_at < best else best
 
     def _touch(self, c: _Center) -> None:
         """The center's record changed: the next _collect judges it whatever the time."""
@@ -504,7 +547,7 @@ class HealthTracker:
         summed as a difference of running totals. The sums are of integers: their order is free.
         """
         s = self._s
-        if c.state != AdminState.OPEN:
+        if c.state != _OPEN:
             return None  # a draining or closed center refuses calls on purpose
         k = s.failing_window_intervals
         window = c.window
@@ -525,7 +568,7 @@ class HealthTracker:
             return _Failure(f"not answering (answered 0, queue rising {q0}->{q1})", 0.0)
         # Only since the receiver's reports last ran without a gap: calls sent while its reports
         # were lost (a partition) arrived in intervals nobody told us about.
-        since = self._since_gap(c)
+        since = c.gap_since if c.gap_serial > c.evicted else _NEVER  # self._since_gap(c), inline
         # ... and only calls sent before the receiver's latest report: it has not yet had the chance
         # to report later ones (its reports may just have stopped: that is staleness, not loss)
         upto = last.at
@@ -547,31 +590,39 @@ class HealthTracker:
         # grows (3 intervals, then doubling) until other centers sent enough calls to judge.
         # Calls sent in the last interval may not have reached the receiver's ACD report yet (the
         # sender reports them at once, the receiver in its next interval): they are not judged.
-        in_flight = min(now - s.interval_s, upto)
+        in_flight = now - s.interval_s
+        if upto < in_flight:  # min(now - interval, upto), as min() picks it
+            in_flight = upto
         slack = self._slack_s
         # The other centers' samples (still in their window) that sent calls here within the longest
-        # look-back, newest first, gathered once: each step of the look-back below only reaches
-        # further into them (rescanning every center's window per step was most of the simulator's time).
-        lo = max(since, now - self._longest_span_s - slack)
-        sent_at: list[tuple[float, int]] = []
-        gathered = 0
+        # look-back, in one newest-first walk for every step of the look-back (rescanning every
+        # center's window per step was most of the simulator's time): the entries are in time order,
+        # so when one is outside the current span, that span has all it will count and is judged
+        # before widening. The walk stops at the first span with enough calls: wider ones are not tried.
+        lo = now - self._longest_span_s - slack
+        if not lo > since:  # max(since, lo), as max() picks it
+            lo = since
+        min_calls = s.failing_min_calls
+        spans = self._look_back_spans
+        widest = len(spans) - 1
+        j = 0
+        span = spans[0]
+        horizon = now - span - slack  # a sample counts within `span` if after this
+        others_sent = 0
         for at, o, serial, calls in reversed(sent_here):
             if at < lo:
                 break
             if at <= in_flight and serial > o.evicted:
-                sent_at.append((at, calls))
-                gathered += calls
-        if gathered < s.failing_min_calls:
-            return None  # no look-back below can reach enough calls to judge
-        others_sent = 0
-        counted = 0
-        for span in self._look_back_spans:
-            horizon = now - span - slack  # a sample counts within `span` if after this
-            while counted < len(sent_at) and sent_at[counted][0] > horizon:
-                others_sent += sent_at[counted][1]
-                counted += 1
-            if others_sent >= s.failing_min_calls:
-                break
+                if at <= horizon:
+                    while at <= horizon and others_sent < min_calls and j < widest:
+                        j += 1
+                        span = spans[j]
+                        horizon = now - span - slack
+                    if at <= horizon:
+                        break  # enough calls within span j, or this one is outside every span
+                others_sent += calls
+        if others_sent < min_calls:
+            return None  # no look-back reaches enough calls to judge
         # its own samples after the horizon and since the gap
         start = max(bisect_right(c.times, horizon), bisect_left(c.times, since))
         from_others = 0
@@ -579,7 +630,7 @@ class HealthTracker:
             oldest = window[start]
             from_others = max(0, (last.offered_total - oldest.offered_total + oldest.offered)
                               - (last.kept_total - oldest.kept_total + oldest.kept))
-        if others_sent >= s.failing_min_calls and from_others < s.failing_arrival_ratio * others_sent:
+        if from_others < s.failing_arrival_ratio * others_sent:
             return _Failure(f"calls routed here from other centers are not arriving (sent {others_sent}, "
                             f"arrived {from_others} in {span:g} s)", 1.0)
         return None
@@ -617,7 +668,12 @@ class HealthTracker:
             if now >= t:
                 return _Verdict(Status.DOWN, 0.0, f"no report within {s.down_after_s:g} s of start", t)
             return _Verdict(Status.UNKNOWN, 1.0, "no report yet", self._start)
-        stale_at, down_at, down_why = self._deadlines(c)
+        if c.closed_at is None:  # _deadlines(c), inline for the usual case: called on every report
+            stale_at = c.last_report_at + self._stale_after_s
+            down_at = c.last_report_at + self._down_after_s
+            down_why = self._why_silent
+        else:
+            stale_at, down_at, down_why = self._deadlines(c)
         if now >= down_at:
             return _Verdict(Status.DOWN, 0.0, down_why, down_at)
         # the failing verdict in force at `now`, judging a hold-down that ended without mutating
@@ -646,8 +702,12 @@ class HealthTracker:
         """Latch what timed out by `now`: DOWN, and the end of failing hold-downs."""
         self._now = now
         changes, self._pending = self._pending, []
-        if now < self._due:
-            return changes  # no deadline has passed: nothing to latch
+        if now >= self._due:
+            self._latch(now, changes)
+        return changes
+
+    def _latch(self, now: float, changes: list[HealthChange]) -> None:
+        """_advance once a deadline has passed: judge every center, adding the DOWN changes to `changes`."""
         for c in self._centers.values():
             if c.fail_until is not None and now >= c.fail_until:
                 relapse = self._detect(c, now)
@@ -664,7 +724,6 @@ class HealthTracker:
                     c.down_since, c.down_reason = v.since, v.reason
                     c.streak, c.streak_at = 0, -math.inf
                     changes.extend(self._emit(c, v))
-        return changes
 
     def _collect(self, now: float, judged: tuple[_Center, _Verdict] | None = None) -> list[HealthChange]:
         """The status changes as of `now`, in center order; judges only the centers that can have one.
@@ -680,17 +739,20 @@ class HealthTracker:
             for c in self._centers.values():
                 v = judged[1] if judged is not None and c is judged[0] else self._evaluate(c, now)
                 changes.extend(self._emit(c, v))
-            self._due = min((self._next_change(c, now) for c in self._centers.values()), default=math.inf)
+            dues = self._dues = [self._next_change(c, now) for c in self._centers.values()]
+            self._due = min(dues, default=math.inf)
+            return changes
+        if not touched:
             return changes
         if len(touched) > 1:
             touched.sort(key=_position)
+        dues = self._dues
         for c in touched:
             v = judged[1] if judged is not None and c is judged[0] else self._evaluate(c, now)
             if v.status != c.status:
                 changes.extend(self._emit(c, v))
-            due = self._next_change(c, now)
-            if due < self._due:
-                self._due = due
+            dues[c.position] = self._next_change(c, now)
+        self._due = min(dues)
         return changes
 
     def _emit(self, c: _Center, v: _Verdict) -> list[HealthChange]:
@@ -717,6 +779,8 @@ def _position(c: _Center) -> int:
 
 
 def _finite(field: str, v: float) -> float:
+    if type(v) is float and math.isfinite(v):
+        return v  # the usual case, as below: float(v) of a float is v
     if not isinstance(v, int | float) or not math.isfinite(v):
         raise InvalidInput(field, v, "must be a finite number of monotonic seconds")
     return float(v)
