@@ -35,14 +35,13 @@ from collections.abc import Mapping
 
 import msgspec
 
+from .health import MAX_SETTING_S  # the same bound on every core setting in seconds
 from .model import InvalidInput, Report, Topology
 
 # Counts are stored scaled by exp((t - ref) / tau) so a report costs only its own entries (no decay
 # of every pair on every report); the reference moves forward once the scale passes exp(this), far
 # below float overflow (exp(709)) and far above the precision the rates need.
 RESCALE_AT = 50.0
-# Upper bounds on settings: beyond these a value is a unit mistake (ms typed for s), not a choice.
-MAX_SETTING_S = 86_400.0  # a day
 # a simulated day in a second is the fastest any harness runs
 MAX_TIME_SCALE = 86_400.0
 

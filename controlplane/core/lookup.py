@@ -80,7 +80,7 @@ def _reason(route: Route, vip: bool, center: str, share: float, action: str) -> 
     return text[:MAX_REASON_CHARS]
 
 
-def _fallbacks(targets: tuple[Target, ...], center: str) -> tuple[str, ...]:
+def _fallbacks(targets: Sequence[Target], center: str) -> tuple[str, ...]:
     live = sorted((t for t in targets if t.weight > 0 and t.center != center),
                   key=lambda t: (-t.weight, t.center))
     return tuple(t.center for t in live[:MAX_FALLBACKS])
@@ -134,10 +134,7 @@ _Parts = tuple[tuple[tuple[str, ...], str], ...]
 def _route_parts(route: Route, vip: bool, cache: RingCache, index: int) -> tuple[CanonicalKey, _Parts, str]:
     """What a route's answers are made of besides the plan version: (ring key, parts, action)."""
     targets = route.vip_targets if vip else route.targets
-    # str() of the StrEnum is its value; a plain str from a hand-built Route passes through
-    action = str(route.overload_action)
-    if action not in _ACTIONS:
-        raise InvalidInput(f"routes[{index}].overload_action", action, f"must be one of {sorted(_ACTIONS)}")
+    action = _checked_action(route, index)
     # Consecutive plans mostly repeat a route's targets and reason with a new version: reuse the
     # validated key, fallbacks and reasons (sorting and formatting were most of a compile).
     memo = cache.memo
@@ -146,20 +143,38 @@ def _route_parts(route: Route, vip: bool, cache: RingCache, index: int) -> tuple
     if hit is not None:
         memo.move_to_end(mkey)
         return hit[0], hit[1], action
+    key = _checked_key(targets, vip, index)
+    total = sum(w for _, w in key)
+    parts = tuple(_part(route, vip, targets, key, total, j, action) for j in range(max(1, len(key))))
+    _remember(cache, mkey, (key, parts))
+    return key, parts, action
+
+
+def _checked_action(route: Route, index: int) -> str:
+    # str() of the StrEnum is its value; a plain str from a hand-built Route passes through
+    action = str(route.overload_action)
+    if action not in _ACTIONS:
+        raise InvalidInput(f"routes[{index}].overload_action", action, f"must be one of {sorted(_ACTIONS)}")
+    return action
+
+
+def _checked_key(targets: object, vip: bool, index: int) -> CanonicalKey:
     field = f"routes[{index}].vip_targets" if vip else f"routes[{index}].targets"
     if not isinstance(targets, tuple | list) or not all(isinstance(t, Target) for t in targets):
         raise InvalidInput(field, targets, "must be a sequence of Target")
-    key = canonical_key([(t.center, t.weight) for t in targets], field)
-    parts: _Parts
+    return canonical_key([(t.center, t.weight) for t in targets], field)
+
+
+def _part(route: Route, vip: bool, targets: Sequence[Target], key: CanonicalKey, total: float, j: int,
+          action: str) -> tuple[tuple[str, ...], str]:
+    """(fallbacks, reason) of the answer for key target j; the one overload answer for an empty key."""
     if not key:
         # no targets (or none with weight): every caller gets the overload action
-        parts = (((), _reason(route, vip, "", 0.0, action)),)
-    else:
-        # the ring is built from the key's rounded weights: shares in the reasons are the table's
-        total = sum(w for _, w in key)
-        parts = tuple((_fallbacks(targets, c), _reason(route, vip, c, w / total, action)) for c, w in key)
-    _remember(cache, mkey, (key, parts))
-    return key, parts, action
+        return (), _reason(route, vip, "", 0.0, action)
+    # the ring is built from the key's rounded weights (total is their sum): shares in the reasons
+    # are the table's
+    c, w = key[j]
+    return _fallbacks(targets, c), _reason(route, vip, c, w / total, action)
 
 
 def _remember(cache: RingCache, mkey: _MemoKey | None, value: _Memo) -> None:
@@ -337,7 +352,7 @@ class LazyPlan:
         except TypeError:  # an unhashable explanation: the checks below name it
             answer = None
         if answer is None:
-            answer = _LazyAnswer.build(route, effective_vip, i)
+            answer = _LazyAnswer(route, effective_vip, i)
             if type(targets) is tuple and type(route.explanation) is str:
                 self._by_entry[entry] = answer
         self._known[(id(route), vip)] = (route, answer)
@@ -355,39 +370,22 @@ class _LazyAnswer:
 
     __slots__ = ("route", "vip", "targets", "key", "action", "total", "parts", "built")
 
-    def __init__(self, route: Route, vip: bool, targets: tuple[Target, ...], key: CanonicalKey, action: str,
-                 parts: list[tuple[tuple[str, ...], str] | None]) -> None:
-        self.route, self.vip, self.targets, self.key, self.action = route, vip, targets, key, action
-        # the ring is built from the key's rounded weights: shares in the reasons are the table's
-        self.total = sum(w for _, w in key)
-        self.parts = parts
-        self.built: list[Decision | None] = [None] * max(1, len(key))
-
-    @classmethod
-    def build(cls, route: Route, vip: bool, index: int) -> _LazyAnswer:
+    def __init__(self, route: Route, vip: bool, index: int) -> None:
         """The checks `_route_parts` makes, without building any target's answer yet."""
+        self.route, self.vip = route, vip
+        self.action = _checked_action(route, index)
         targets = route.vip_targets if vip else route.targets
-        action = str(route.overload_action)
-        if action not in _ACTIONS:
-            raise InvalidInput(f"routes[{index}].overload_action", action,
-                               f"must be one of {sorted(_ACTIONS)}")
-        field = f"routes[{index}].vip_targets" if vip else f"routes[{index}].targets"
-        if not isinstance(targets, tuple | list) or not all(isinstance(t, Target) for t in targets):
-            raise InvalidInput(field, targets, "must be a sequence of Target")
-        key = canonical_key([(t.center, t.weight) for t in targets], field)
-        return cls(route, vip, tuple(targets), key, action, [None] * max(1, len(key)))
+        self.key = _checked_key(targets, vip, index)
+        self.targets = tuple(targets)
+        self.total = sum(w for _, w in self.key)
+        self.parts: list[tuple[tuple[str, ...], str] | None] = [None] * max(1, len(self.key))
+        self.built: list[Decision | None] = [None] * max(1, len(self.key))
 
     def decision(self, j: int, version: int) -> Decision:
         part = self.parts[j]
         if part is None:
-            if not self.key:
-                # no targets (or none with weight): every caller gets the overload action
-                part = ((), _reason(self.route, self.vip, "", 0.0, self.action))
-            else:
-                c, w = self.key[j]
-                share = w / self.total
-                part = (_fallbacks(self.targets, c), _reason(self.route, self.vip, c, share, self.action))
-            self.parts[j] = part
+            part = self.parts[j] = _part(self.route, self.vip, self.targets, self.key, self.total, j,
+                                         self.action)
         return Decision(self.key[j][0] if self.key else "", part[0], version, part[1], self.action)
 
 

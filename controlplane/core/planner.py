@@ -58,9 +58,7 @@ class CenterCapacity(msgspec.Struct):
     own_load: float  # Erlangs of its own (hosted) calls that stay here
     assigned: float = 0.0  # Erlangs received from others
     backlog: float = 0.0  # queue expressed as Erlangs over QUEUE_HORIZON_S
-
-    def spare(self) -> float:
-        return self.capacity - self.own_load - self.assigned - self.backlog
+    # spare capacity: capacity - own_load - assigned - backlog (written out where it is used)
 
 
 # a route shared by every branch of one home center and skill: targets, kind, why, overload action
@@ -171,7 +169,7 @@ def _pick_receivers(pool: list[tuple[str, CenterCapacity]], incumbents: frozense
     # spare capacity is not clearly negative, so live-load noise around the threshold does not
     # swap receivers (and move callers) every second
     for cid, cc in pool:
-        # CenterCapacity.spare() written out, same operations in the same order
+        # spare capacity (see CenterCapacity), in that order of operations
         if shared:
             spare = cc.capacity - cc.own_load
         elif live:
@@ -264,7 +262,7 @@ class PlanTracker:
         # the last plan's route entries per (home, skill): an equal entry is that object again, so
         # the routes built from it (_Layout.memo) can be reused
         self._last_entries: dict[tuple[str, str], _Entry] = {}
-        # _step leaves an inactive state with no share untouched unless it enters: skipping that
+        # a hysteresis step leaves an inactive state with no share untouched unless it enters: skipping that
         # call is only exact when the ramp step cannot push a zero share away from zero
         self._idle_is_fixed = topo.policy.overflow.max_step >= 0.0
         slp = topo.policy.service_level
@@ -321,16 +319,6 @@ class PlanTracker:
             v = max_load(n, aht_s, sl.target, sl.answer_within_s)
             self._cap_cache[key] = v
         return v
-
-    def _step(self, st: _OverflowState, enter: bool, leave: bool, desired: float, now: float) -> None:
-        pol = self.topology.policy.overflow
-        if not st.active and enter and now - st.since >= pol.min_hold_s:
-            st.active, st.since = True, now
-        elif st.active and leave and now - st.since >= pol.min_hold_s:
-            st.active, st.since = False, now
-        goal = min(max(desired, pol.max_step), pol.max_share) if st.active else 0.0
-        # ramp: the share moved changes by at most max_step per plan, both ways
-        st.share = max(st.share - pol.max_step, min(st.share + pol.max_step, goal))
 
     # ------------------------------------------------------------------ the computation
 
@@ -596,7 +584,7 @@ class PlanTracker:
             if idle_is_fixed and not enter and not vip_enter and \
                     (st is None or (not st.active and st.share == 0.0)) and \
                     (vst is None or (not vst.active and vst.share == 0.0)):
-                # neither state can change: _step would leave both as they are
+                # neither state can change: the hysteresis steps below would leave both as they are
                 continue
             leave = ewt < exit_ewt and total <= 0.95 * cc.capacity
             desired = (total - cc.capacity) / cc.own_load if cc.own_load > 0 and over else 0.0
@@ -604,7 +592,9 @@ class PlanTracker:
                 st = overflow_states[key] = _OverflowState()
             if vst is None:
                 vst = vip_states[key] = _OverflowState()
-            # self._step(st, enter, leave, desired, now), then the same for vst, written out
+            # Hysteresis, the same steps for the overflow state and the VIP one (written out: this
+            # runs for every busy pair of every plan): enter or leave once the state has held for
+            # min_hold_s; the share moves toward its goal by at most max_step per plan, both ways.
             if st.active:
                 if leave and now - st.since >= hold:
                     st.active, st.since = False, now
