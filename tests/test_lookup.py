@@ -1,8 +1,6 @@
 """The per-call lookup: compiled plans, resolve, VIP tier, overload, bad queries, ring sharing."""
 
 import random
-import statistics
-import time
 
 import msgspec
 import pytest
@@ -439,19 +437,3 @@ def test_lazy_plan_rejects_malformed_plans_up_front_or_at_the_route():
     with pytest.raises(InvalidInput) as ei:
         lazy.resolve("b", "t", "1")
     assert ei.value.field == "routes[1].targets[0].weight"
-
-
-# ---------------------------------------------------------------- speed
-
-
-def test_resolve_median_is_under_a_microsecond():
-    cp = CompiledPlan.compile(plan())
-    keys = CALLERS * 5
-    batches = []
-    for _ in range(7):
-        t = time.perf_counter()
-        for c in keys:
-            resolve(cp, "hubei", "retail", c)
-        batches.append((time.perf_counter() - t) / len(keys))
-    # other engineers share the 2 cores: the median batch, with a little room for their load
-    assert statistics.median(batches) <= 1e-6, batches
