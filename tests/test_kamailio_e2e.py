@@ -156,8 +156,14 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     procs = Procs(tmp)
     try:
         cp_port, cp_mport = free_port(), free_port()
+        # the latency test sends 400 calls in a few seconds: with the default prior (a minute of
+        # forecast) the live demand estimate rightly reads that as a threefold surge and leaves the
+        # receivers no spare for north's DR load, so the close test would see overload answers.
+        # The forecast counts as an hour of calls here: the test's bursts are probes, not demand.
+        (tmp / "cp.json").write_text(json.dumps({"demand": {"prior_s": 3600.0}}))
         procs.start("cp", [PY, "-m", "controlplane.cli", "controlplane", "--topology", str(SMALL),
                            "--store", "embedded", "--listen", f"127.0.0.1:{cp_port}",
+                           "--config", str(tmp / "cp.json"),
                            "--metrics", f"127.0.0.1:{cp_mport}", "--port-file", str(tmp / "cp.ports")])
         uas = {c: free_port(socket.SOCK_DGRAM) for c in CENTERS}
         for c, port in uas.items():
@@ -217,15 +223,31 @@ def _where(net: dict[str, Any], call_ids: set[str]) -> dict[str, str]:
     return out
 
 
-def _calls(net: dict[str, Any], sip: SipClient, callers: list[str]) -> dict[str, str]:
-    """caller -> center that answered, for one call per caller through the lookup proxy."""
+def _calls_and_plans(net: dict[str, Any], sip: SipClient,
+                     callers: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(caller -> center that answered, caller -> plan version the switch's lookup used)."""
     by_cid: dict[str, str] = {}
     for caller in callers:
         r = sip.invite(("127.0.0.1", net["kam"]), "95533", caller, {"X-Branch": BRANCH, "X-Skill": "retail"})
         assert r.status == 200, f"caller {caller}: {r.status} {r.reason}\n{net['procs'].log('kamailio')}"
         by_cid[r.reply.get("call-id")] = caller
-    where = _where(net, set(by_cid))
-    return {by_cid[cid]: c for cid, c in where.items()}
+    where, plans = {}, {}
+    for c in CENTERS:
+        for rec in _records(net, c):
+            if rec["call_id"] in by_cid:
+                where[by_cid[rec["call_id"]]] = c
+                plans[by_cid[rec["call_id"]]] = str(rec["plan"])
+    return where, plans
+
+
+def _network_view(net: dict[str, Any], caller: str) -> str:
+    """`callroute centers` and `callroute explain` for a failure message: why the plan is what it is."""
+    out = []
+    for args in (["centers"], ["explain", "--branch", BRANCH, "--skill", "retail", "--caller", caller]):
+        r = subprocess.run([PY, "-m", "controlplane.cli", *args, "--endpoint", net["cp"]],
+                           capture_output=True, text=True, cwd=ROOT, timeout=30)
+        out.append(r.stdout + r.stderr)
+    return "\n".join(out)
 
 
 def _close(cp: str, center: str) -> int:
@@ -285,7 +307,7 @@ def test_calls_follow_plan_close_and_fallback(net: dict[str, Any]) -> None:
     callers = [f"1380013{i:04d}" for i in range(20)]
     with SipClient() as sip:
         # 1) every call of the branch reaches its home center, via the agent
-        got = _calls(net, sip, callers)
+        got = _calls_and_plans(net, sip, callers)[0]
         assert set(got) == set(callers)
         assert set(got.values()) == {HOME}, got
         home_recs = [r for r in _records(net, HOME) if r["branch"] == BRANCH]
@@ -295,21 +317,31 @@ def test_calls_follow_plan_close_and_fallback(net: dict[str, Any]) -> None:
         before = http_get(local, "/healthz")[1]["plan_version"]
         _close(net["cp"], HOME)
         q = f"/v1/route?branch={BRANCH}&skill=retail&caller={callers[0]}"
-        poll(lambda: (d := http_get(local, q)[1]) and d["center"] != HOME and d["plan_version"] > before,
-             20, "the agent's plan to route around the closed center")
-        got = _calls(net, sip, callers)
-        assert set(got) == set(callers)
-        assert HOME not in got.values(), got
-        receivers = set(got.values())
-        assert receivers <= set(CENTERS) - {HOME}
-        decisions = {c: http_get(local, f"/v1/route?branch={BRANCH}&skill=retail&caller={c}")[1]
-                     for c in callers}
+        # a real receiver, not the overload answer (center "") that would also differ from HOME
+        poll(lambda: (d := http_get(local, q)[1]) and d["center"] not in ("", HOME)
+             and d["plan_version"] > before, 20, "the agent's plan to route around the closed center")
+        # the control plane replans every second from the demand these calls add, so a caller's
+        # center may move between its call and the lookup that checks it: compare only rounds whose
+        # calls and checks all saw one plan version (the switch records the version it used)
+        for _ in range(5):
+            got, plans = _calls_and_plans(net, sip, callers)
+            assert set(got) == set(callers)
+            assert HOME not in got.values(), got
+            assert set(got.values()) <= set(CENTERS) - {HOME}
+            decisions = {c: http_get(local, f"/v1/route?branch={BRANCH}&skill=retail&caller={c}")[1]
+                         for c in callers}
+            versions = set(plans.values()) | {str(d["plan_version"]) for d in decisions.values()}
+            if len(versions) == 1:
+                break
+        else:
+            raise AssertionError(f"no round of calls saw a single plan version: {versions}")
         assert all(got[c] == decisions[c]["center"] for c in callers), (got, decisions)
 
         # 3) kill the UAS of the receiver that takes the first caller; its calls go to their fallback
         victim_caller = callers[0]
         victim = decisions[victim_caller]["center"]
-        fallback = next(f for f in decisions[victim_caller]["fallbacks"] if f != HOME)
+        fallback = next((f for f in decisions[victim_caller]["fallbacks"] if f != HOME), None)
+        assert fallback, f"{decisions[victim_caller]}\n{_network_view(net, victim_caller)}"
         procs.kill(f"uas-{victim}")
         moved = [c for c in callers if decisions[c]["center"] == victim]
         assert moved
