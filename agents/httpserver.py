@@ -31,6 +31,7 @@ import asyncio
 import bisect
 import hmac
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -83,6 +84,10 @@ class HttpLimits(msgspec.Struct, frozen=True):
     # the write buffer's high/low water marks for backpressure: a few answers' worth
     write_high: int = 64 << 10
     write_low: int = 16 << 10
+    # the kernel's send buffer per connection. Linux grows it to tcp_wmem's 4 MiB for a client
+    # that does not read, so that ~800 /metrics answers are rendered before backpressure starts;
+    # 64 KiB (the kernel doubles it) holds a 1000-item batch answer and stops a flood early
+    sndbuf: int = 64 << 10
 
 
 # why a connection was closed by the server: the keys of HttpServerBase.closed (and the metric)
@@ -94,6 +99,11 @@ _IDLE, _HEAD, _BODY = 0, 1, 2
 
 class _HeadTooLarge(Exception):
     pass
+
+
+class _Closed(Exception):
+    """Raised from a parser callback once the connection is being closed: the rest of what the
+    client sent (a flood's 256 KiB read) is not parsed."""
 
 
 def _response(status: bytes, body: bytes, close: bool = False) -> bytes:
@@ -499,6 +509,9 @@ class _Conn(asyncio.Protocol):
             return
         srv.accepted += 1
         transport.set_write_buffer_limits(high=srv.limits.write_high, low=srv.limits.write_low)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, srv.limits.sndbuf)
         self.parser = httptools.HttpRequestParser(self)
         srv.conns.add(self)
 
@@ -550,27 +563,37 @@ class _Conn(asyncio.Protocol):
         self.busy = True
         try:
             self.parser.feed_data(data)
-        except _HeadTooLarge:
-            self.srv.stats.bad += 1
-            self.closing = True
-            self.srv.close_conn(self, "header_too_large", _response(
-                b"431 Request Header Fields Too Large", _JSON.encode(
-                    {"error": f"request head larger than {self.srv.limits.max_header_bytes} bytes",
-                     "field": "headers"}), True))
         except httptools.HttpParserUpgrade:
             self._fail(InvalidInput("upgrade", "", "protocol upgrades are not supported"))
         except httptools.HttpParserError as e:
-            why = str(e)
-            # request smuggling: the two lengths disagree about where the next request starts
-            field = "Transfer-Encoding" if "Transfer-Encoding" in why else "request"
-            self._fail(InvalidInput(field, repr(bytes(data[:64])), f"not valid HTTP/1.1: {why}"))
+            # httptools wraps what a callback raised; our own signals arrive as its context
+            if isinstance(e.__context__, _Closed):
+                pass
+            elif isinstance(e.__context__, _HeadTooLarge):
+                self.srv.stats.bad += 1
+                self.closing = True
+                self.srv.close_conn(self, "header_too_large", _response(
+                    b"431 Request Header Fields Too Large", _JSON.encode(
+                        {"error": f"request head larger than {self.srv.limits.max_header_bytes} bytes",
+                         "field": "headers"}), True))
+            elif isinstance(e, httptools.parser.errors.HttpParserCallbackError):
+                self._internal_error(e.__context__ or e)  # a bug in a handler
+            else:
+                why = str(e)
+                # request smuggling: the two lengths disagree about where the next request starts
+                field = "Transfer-Encoding" if "Transfer-Encoding" in why else "request"
+                self._fail(InvalidInput(field, repr(bytes(data[:64])), f"not valid HTTP/1.1: {why}"))
         except Exception as e:  # noqa: BLE001 - a bug must cost one connection, never the server
-            log.exception("request handling failed")
-            self.srv.stats.errors += 1
-            self.transport.write(_response(b"500 Internal Server Error",
-                                           _JSON.encode({"error": type(e).__name__}), close=True))
-            self.transport.close()
+            self._internal_error(e)
         self.busy = False
+
+    def _internal_error(self, e: BaseException) -> None:
+        log.error("request handling failed", exc_info=e)
+        self.srv.stats.errors += 1
+        self.closing = True
+        self.transport.write(_response(b"500 Internal Server Error",
+                                       _JSON.encode({"error": type(e).__name__}), close=True))
+        self.transport.close()
 
     def _fail(self, e: InvalidInput) -> None:
         self.srv.stats.bad += 1
@@ -625,10 +648,12 @@ class _Conn(asyncio.Protocol):
             if len(self.pending) >= self.srv.limits.max_pipeline:
                 self.closing = True
                 self.srv.close_conn(self, "pipeline_limit")
-                return
+                raise _Closed
             self.pending.append(req)
             return
         self._answer(*req)
+        if self.closing:
+            raise _Closed
 
     def _answer(self, method: bytes, url: bytes, body: bytes, too_big: bool, url_too_long: bool,
                 keep_alive: bool, authorization: bytes) -> None:
