@@ -287,14 +287,14 @@ def test_self_consistent_without_topology():
 # ---------------------------------------------------------------- HTTP request handling
 
 
-def _http_server():
+def _http_server(metrics=bytes, **kw):  # type: ignore[no-untyped-def]
     from agents.httpserver import HttpLookupServer, LookupEngine
 
     topo = small_topology()
     cache = PlanCache(topo)
     assert cache.offer(make_plan(topo, 1)) == ""
     eng = LookupEngine(cache, RoutedCounter())
-    return HttpLookupServer(eng, health=dict, metrics=bytes), eng
+    return HttpLookupServer(eng, health=dict, metrics=metrics, **kw), eng
 
 
 @settings(max_examples=300, deadline=None)
