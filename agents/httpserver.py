@@ -86,8 +86,9 @@ class HttpLimits(msgspec.Struct, frozen=True):
     write_low: int = 16 << 10
     # the kernel's send buffer per connection. Linux grows it to tcp_wmem's 4 MiB for a client
     # that does not read, so that ~800 /metrics answers are rendered before backpressure starts;
-    # 64 KiB (the kernel doubles it) holds a 1000-item batch answer and stops a flood early
-    sndbuf: int = 64 << 10
+    # at 16 KiB (the kernel doubles it) a never-reading flooder gets ~25, not ~80 at 64 KiB. A
+    # 100 KB batch answer still goes out: the rest waits in our buffer (write_high) meanwhile
+    sndbuf: int = 16 << 10
 
 
 # why a connection was closed by the server: the keys of HttpServerBase.closed (and the metric)
@@ -554,11 +555,11 @@ class _Conn(asyncio.Protocol):
         self.write_paused = False
         while self.pending and not self.write_paused and not self.closing:
             self._answer(*self.pending.pop(0))
-        if not self.write_paused and not self.closing:
+        if not self.write_paused and not self.closing and not self.transport.is_closing():
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.transport.is_closing():
             return
         self.busy = True
         try:
@@ -638,6 +639,11 @@ class _Conn(asyncio.Protocol):
                 self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.closing or self.transport.is_closing():
+            # a write failed (the client reset the connection): its writes are dropped without
+            # backpressure, so answering the rest of what it sent would only burn CPU
+            self.closing = True
+            raise _Closed
         self.phase = _IDLE
         self.nreq += 1
         req = (self.parser.get_method(), self.url, b"".join(self.body) if self.body else b"",
