@@ -220,6 +220,9 @@ class HttpServerBase:
 
     # the lookup fast path (GET /v1/route?...) is taken only by the switch-facing server
     serves_lookups = False
+    # whether requests' headers are read (Authorization): a callback per header costs the lookup
+    # path ~1 us, so the switch port does without
+    wants_headers = False
     sample_every = 32
     name = "http"
 
@@ -235,8 +238,9 @@ class HttpServerBase:
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
         loop = asyncio.get_running_loop()
+        conn = _AcdConn if self.wants_headers else _Conn
         self.server = await loop.create_server(
-            lambda: _Conn(self), host, port, backlog=1024, reuse_address=True, ssl=ssl_context,
+            lambda: conn(self), host, port, backlog=1024, reuse_address=True, ssl=ssl_context,
             ssl_handshake_timeout=self.limits.header_timeout_s if ssl_context else None)
         self._sweeper = loop.create_task(self._sweep(), name=f"{self.name}-sweeper")
         return int(self.server.sockets[0].getsockname()[1])
@@ -441,6 +445,7 @@ class AcdHttpServer(HttpServerBase):
     switches). Loopback by default; elsewhere TLS and a bearer token (checked in main)."""
 
     name = "acd"
+    wants_headers = True
 
     def __init__(self, *, push: Callable[[bytes], None] | None = None,
                  admin: Callable[[bytes], dict[str, Any]] | None = None, token: bytes = b"",
@@ -495,7 +500,7 @@ class _Conn(asyncio.Protocol):
         self.write_paused = False
         # requests parsed while the client was not reading: (method, url, body, too_big,
         # url_too_long, keep_alive, authorization), answered in order once it reads again
-        self.pending: list[tuple[bytes, bytes, bytes, bool, bool, bool, bytes]] = []
+        self.pending: list[tuple[bytes, bytes, list[bytes], bool, bool, bool, bytes]] = []
         self.seen: tuple[int, int, bool] = (-1, -1, False)
         self.seen_at = 0.0
         self.closing = False
@@ -563,20 +568,27 @@ class _Conn(asyncio.Protocol):
             return
         self.busy = True
         try:
-            self.parser.feed_data(data)
+            if self.phase == _HEAD:
+                # a head spread over reads (a whole one comes in one): count the reads that do
+                # not end it; headers are not kept, so this bounds the time spent parsing one
+                nreq = self.nreq
+                self.parser.feed_data(data)
+                if self.phase == _HEAD and self.nreq == nreq:
+                    self.head_bytes += len(data)
+                    if self.head_bytes > self.srv.limits.max_header_bytes:
+                        raise _HeadTooLarge
+            else:
+                self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(InvalidInput("upgrade", "", "protocol upgrades are not supported"))
+        except _HeadTooLarge:
+            self._head_too_large()
         except httptools.HttpParserError as e:
             # httptools wraps what a callback raised; our own signals arrive as its context
             if isinstance(e.__context__, _Closed):
                 pass
             elif isinstance(e.__context__, _HeadTooLarge):
-                self.srv.stats.bad += 1
-                self.closing = True
-                self.srv.close_conn(self, "header_too_large", _response(
-                    b"431 Request Header Fields Too Large", _JSON.encode(
-                        {"error": f"request head larger than {self.srv.limits.max_header_bytes} bytes",
-                         "field": "headers"}), True))
+                self._head_too_large()
             elif isinstance(e, httptools.parser.errors.HttpParserCallbackError):
                 self._internal_error(e.__context__ or e)  # a bug in a handler
             else:
@@ -595,6 +607,14 @@ class _Conn(asyncio.Protocol):
         self.transport.write(_response(b"500 Internal Server Error",
                                        _JSON.encode({"error": type(e).__name__}), close=True))
         self.transport.close()
+
+    def _head_too_large(self) -> None:
+        self.srv.stats.bad += 1
+        self.closing = True
+        self.srv.close_conn(self, "header_too_large", _response(
+            b"431 Request Header Fields Too Large", _JSON.encode(
+                {"error": f"request head larger than {self.srv.limits.max_header_bytes} bytes",
+                 "field": "headers"}), True))
 
     def _fail(self, e: InvalidInput) -> None:
         self.srv.stats.bad += 1
@@ -618,18 +638,9 @@ class _Conn(asyncio.Protocol):
         else:
             self.url += url
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_bytes += len(name) + len(value)
-        if self.head_bytes > self.srv.limits.max_header_bytes:
-            raise _HeadTooLarge
-        if len(name) == 13 and name.lower() == b"authorization":
-            self.authorization += value
-
-    def on_headers_complete(self) -> None:
-        self.phase = _BODY
-
     def on_body(self, body: bytes) -> None:
         # a list of chunks and a running length: linear in the body, however finely it is cut
+        self.phase = _BODY
         if not self.too_big:
             self.body_len += len(body)
             if self.body_len > MAX_BODY:
@@ -646,23 +657,23 @@ class _Conn(asyncio.Protocol):
             raise _Closed
         self.phase = _IDLE
         self.nreq += 1
-        req = (self.parser.get_method(), self.url, b"".join(self.body) if self.body else b"",
-               self.too_big, self.url_too_long, self.parser.should_keep_alive(), self.authorization)
-        self.body = []
+        parser = self.parser
         if self.write_paused or self.pending:
             # the client is not reading its answers: hold a few requests, then cut it off
             if len(self.pending) >= self.srv.limits.max_pipeline:
                 self.closing = True
                 self.srv.close_conn(self, "pipeline_limit")
                 raise _Closed
-            self.pending.append(req)
+            self.pending.append((parser.get_method(), self.url, self.body, self.too_big,
+                                 self.url_too_long, parser.should_keep_alive(), self.authorization))
             return
-        self._answer(*req)
+        self._answer(parser.get_method(), self.url, self.body, self.too_big, self.url_too_long,
+                     parser.should_keep_alive(), self.authorization)
         if self.closing:
             raise _Closed
 
-    def _answer(self, method: bytes, url: bytes, body: bytes, too_big: bool, url_too_long: bool,
-                keep_alive: bool, authorization: bytes) -> None:
+    def _answer(self, method: bytes, url: bytes, body: list[bytes], too_big: bool,
+                url_too_long: bool, keep_alive: bool, authorization: bytes) -> None:
         if self.closing:
             return
         srv = self.srv
@@ -680,7 +691,7 @@ class _Conn(asyncio.Protocol):
         elif not srv.authorized(authorization):
             resp = _UNAUTHORIZED
         else:
-            resp = srv.other(method, url, body)
+            resp = srv.other(method, url, b"".join(body))
         if srv.draining or not keep_alive:
             # while draining every answer says so, and the switch reconnects (to a peer, F15)
             if b"Connection: close" not in resp[:200]:
@@ -692,3 +703,16 @@ class _Conn(asyncio.Protocol):
             self.transport.write(resp)
         if timed:
             stats.observe(time.perf_counter() - t0)
+
+
+class _AcdConn(_Conn):
+    """A connection to the ACD listener: also reads the request's headers (Authorization)."""
+
+    __slots__ = ()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value)
+        if self.head_bytes > self.srv.limits.max_header_bytes:
+            raise _HeadTooLarge
+        if len(name) == 13 and name.lower() == b"authorization":
+            self.authorization += value
