@@ -212,6 +212,13 @@ def good_client(port: int, seconds: float, rate: float = GOOD_RATE) -> list[floa
     return lat
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def p99_ms(lat: list[float]) -> float:
     s = sorted(lat)
     return s[min(len(s) - 1, int(len(s) * 0.99))] * 1000 if s else float("nan")
@@ -261,7 +268,9 @@ def bench_hostile(progress: Callable[[str], None] = _progress) -> dict[str, Any]
         rss_before, _ = _rss_mb(agent.pid)
         progress(f"agent pid {agent.pid} on {port}, RSS {rss_before:.1f} MB; unloaded lookups "
                  f"{UNLOADED_SECONDS:.0f} s at {GOOD_RATE}/s ...")
+        cpu0 = cpu_s(agent.pid)
         unloaded = good_client(port, UNLOADED_SECONDS)
+        cpu_unloaded = (cpu_s(agent.pid) - cpu0) / UNLOADED_SECONDS
         progress(f"attack: {SLOWLORIS} slowloris + {FLOODERS} pipelining flooders + {TRICKLERS} "
                  f"1 MiB tricklers for {LOAD_SECONDS:.0f} s, lookups meanwhile ...")
         attacker = subprocess.Popen(
@@ -269,6 +278,7 @@ def bench_hostile(progress: Callable[[str], None] = _progress) -> dict[str, Any]
              str(SLOWLORIS), str(FLOODERS), str(TRICKLERS)], cwd=ROOT, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         t0 = time.monotonic()
+        cpu0 = cpu_s(agent.pid)
         timeline: list[tuple[float, dict[str, float]]] = []
         rss_peak = rss_before
         loaded: list[float] = []
@@ -278,6 +288,7 @@ def bench_hostile(progress: Callable[[str], None] = _progress) -> dict[str, Any]
             loaded += good_client(port, 1.0)
             rss_peak = max(rss_peak, _rss_mb(agent.pid)[0])
             timeline.append((round(time.monotonic() - t0, 1), closed_counts(port)))
+        cpu_loaded = (cpu_s(agent.pid) - cpu0) / (time.monotonic() - t0)
         a_out, a_err = attacker.communicate(timeout=LOAD_SECONDS + 30)
         if attacker.returncode != 0:
             raise RuntimeError(f"attack process failed: {a_err.decode()[-2000:]}")
@@ -292,6 +303,8 @@ def bench_hostile(progress: Callable[[str], None] = _progress) -> dict[str, Any]
         out = {"unloaded_p99_ms": p99_ms(unloaded), "loaded_p99_ms": p99_ms(loaded),
                "loaded_over_unloaded": p99_ms(loaded) / p99_ms(unloaded),
                "lookups_unloaded": float(len(unloaded)), "lookups_loaded": float(len(loaded)),
+               "agent_cpu_share_unloaded": cpu_unloaded, "agent_cpu_share_loaded": cpu_loaded,
+               "load_average_1m": os.getloadavg()[0],
                "rss_before_mb": rss_before, "rss_peak_mb": rss_peak, "rss_after_mb": rss_after,
                "attack_connections": counts, "closed_by_reason": when,
                "closed_timeline": [(t, {k: int(v) for k, v in c.items() if v}) for t, c in timeline]}
