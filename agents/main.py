@@ -417,6 +417,17 @@ class Agent:
                              *([self.grpc.stop(grace)] if self.grpc is not None else []))
 
 
+def raise_fd_limit(need: int) -> None:
+    """Raise the soft open-files limit towards `need` (never past the hard one): past the soft limit
+    accept() fails with EMFILE before the connection limit can close anything at once."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (need if hard == resource.RLIM_INFINITY else min(need, hard), hard))
+
+
 def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     return load_settings(
         args.config, center=args.center, controlplane=args.controlplane, http=args.http,
@@ -453,6 +464,8 @@ def run_agent(args: argparse.Namespace) -> int:
         return 2
     import uvloop
 
+    # both listeners may hold http_max_connections each; 256 for the rest (gRPC, files, stdin)
+    raise_fd_limit(2 * settings.http_max_connections + 256)
     try:
         return uvloop.run(_amain(settings))
     except InvalidInput as e:

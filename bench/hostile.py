@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import re
-import resource
 import shutil
 import socket
 import subprocess
@@ -159,12 +158,6 @@ async def attack(port: int, seconds: float, slow: int, flood: int, trickle: int,
              *(trickler(port, stop, counts["trickle"], reconnect) for _ in range(trickle))]
     await asyncio.wait_for(asyncio.gather(*tasks), seconds + 10)
     return counts
-
-
-def raise_fd_limit(need: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
 
 
 # ---------------------------------------------------------------- the well-behaved client
@@ -327,6 +320,8 @@ def bench_hostile(progress: Callable[[str], None] = _progress) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["attack"]:
+        from agents.main import raise_fd_limit
+
         port, seconds, slow, flood, trickle = int(argv[1]), float(argv[2]), *map(int, argv[3:6])
         raise_fd_limit(2 * (slow + flood + trickle) + 256)
         print(json.dumps(asyncio.run(attack(port, seconds, slow, flood, trickle))), flush=True)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
-from test_agent_fakes import AgentProc, apoll, http_get, http_post, poll
+from test_agent_fakes import ROOT, AgentProc, apoll, http_get, http_post, poll
 from test_agent_units import _http_server
 
 from agents.httpserver import MAX_BODY, AcdHttpServer, HttpLimits, _Conn
@@ -366,3 +368,15 @@ def test_agent_process_under_hostile_load_holds_memory_and_closes_slow_connectio
     finally:
         a.stop()
     assert a.proc.returncode == 0 or a.proc.returncode == -15, a.output()[-2000:]
+
+
+def test_agent_raises_its_open_files_limit_to_cover_the_connection_limits():
+    """With a soft limit below 2 x http_max_connections accept() would fail with EMFILE before the
+    connection limit closes anything; the agent raises it (in a child: limits are per process)."""
+    code = ("import resource; soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)); "
+            "from agents.main import raise_fd_limit; raise_fd_limit(2 * 1024 + 256); "
+            "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == 2 * 1024 + 256
