@@ -535,10 +535,11 @@ class _Conn(asyncio.Protocol):
         lim = self.srv.limits
         if self.write_paused:
             reason, limit = "write_timeout", lim.write_timeout_s
-        elif self.phase == _HEAD:
-            reason, limit = "header_timeout", lim.header_timeout_s
         elif self.phase == _BODY:
             reason, limit = "body_timeout", lim.body_timeout_s
+        elif self.phase == _HEAD or self.nreq == 0:
+            # a new connection that sends nothing is a slowloris too: a switch asks at once
+            reason, limit = "header_timeout", lim.header_timeout_s
         else:
             reason, limit = "idle_timeout", lim.idle_timeout_s
         if now - self.seen_at >= limit:

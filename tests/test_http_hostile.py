@@ -59,6 +59,11 @@ async def test_slowloris_head_is_closed_by_the_header_timeout_with_408():
         assert 0.25 < time.monotonic() - t0 < 3.0
         assert srv.closed["header_timeout"] == 1 and not srv.conns
         w.close()
+        # a connection that never sends a byte is held no longer than a slow head (not idle_timeout)
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        assert await _read_all(r) == b""
+        assert srv.closed["header_timeout"] == 2 and srv.closed["idle_timeout"] == 0
+        w.close()
     finally:
         await srv.stop(0)
 
