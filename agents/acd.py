@@ -355,8 +355,14 @@ def invalid_from_msgspec(e: msgspec.ValidationError | msgspec.DecodeError, raw: 
 class PushACD:
     """Holds what the real ACD last pushed; counters add up until the reporter samples them."""
 
-    def __init__(self, center: str, *, now: float, stale_s: float = 5.0) -> None:
+    def __init__(self, center: str, *, now: float, stale_s: float = 5.0,
+                 known_skills: frozenset[str] | None = None,
+                 max_skills: int = MAX_SKILLS_PER_REPORT) -> None:
         self.center = center
+        # a pushing client must not make the agent hold names without end (B16): with a topology
+        # only its skills are accepted, without one at most max_skills distinct names
+        self.known_skills = known_skills
+        self.max_skills = max_skills
         self.state = AdminState.OPEN
         self.stale_s = stale_s
         self._last_push: float | None = None
@@ -389,6 +395,15 @@ class PushACD:
         skills = {s: SkillLoad(**msgspec.structs.asdict(v)) for s, v in msg.skills.items()}
         # the same checks the control plane applies, so a bad push never becomes a bad report
         validate_report(Report(center=self.center, seq=0, sent_at=0.0, skills=skills), {self.center})
+        if self.known_skills is not None:
+            for name in msg.skills:
+                if name not in self.known_skills:
+                    raise InvalidInput("skills", name, "not a skill of the topology")
+        else:
+            new = [name for name in msg.skills if name not in self._gauges]
+            if len(self._gauges) + len(new) > self.max_skills:
+                raise InvalidInput("skills", new[0], f"more than {self.max_skills} distinct skills "
+                                   "pushed (push_max_skills)")
         self.state = state
         for s, v in msg.skills.items():
             self._gauges[s] = v

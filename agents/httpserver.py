@@ -9,8 +9,15 @@ probe=1 / "probe": true: a monitor asking what a switch would be told, not a cal
 same, but not counted as a call routed (routed_to, simulated offers) nor as the branch's demand.
     GET  /healthz     200 with plan version and age; 503 while draining or without a plan
     GET  /metrics     Prometheus text
-    POST /v1/acd      the push ACD adapter (only with --acd push)
-    POST /v1/admin/acd  fault switches of the simulated ACD: {"mode": ..} / {"state": ..}
+
+Nothing on this port changes routing: the ACD push and the simulated ACD's fault switches are on
+the ACD listener (`AcdHttpServer`, --acd-listen; loopback by default, TLS and a bearer token when
+not), so an anonymous POST to the switch port can close no center (B11).
+
+Hostile clients (B12) are held by the limits in `HttpLimits`: a request's head and body must
+arrive within their timeouts, an idle keep-alive connection is closed, connections beyond a limit
+are closed at once, a client that does not read its answers stops being read (write backpressure)
+and, past a small queue of pipelined requests or a write timeout, is cut off.
 
 Bad input is a 400 whose JSON error names the field and the value; a request never takes the
 server down. The hot path (GET /v1/route) is kept minimal: split the query by hand, resolve on the
@@ -22,7 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import hmac
 import logging
+import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +58,53 @@ MAX_BODY = 1 << 20
 LATENCY_BUCKETS = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
 
 _JSON = msgspec.json.Encoder()
+
+
+class HttpLimits(msgspec.Struct, frozen=True):
+    """What one client can make the server hold, and for how long (B12). Agent settings http_*."""
+
+    # a switch sends a lookup's head in one packet; 10 s allows a congested WAN and bounds how long
+    # a slowloris client holds a connection slot
+    header_timeout_s: float = 10.0
+    # from the end of the head to the end of the body: a 1000-item batch (~100 KB) takes
+    # milliseconds on a switch LAN; a body trickled 20 bytes at a time is cut off after this
+    body_timeout_s: float = 10.0
+    # keep-alive connections with no request: Kamailio's http_client reuses a connection per
+    # worker; one idle for a minute is a switch gone or a client holding slots
+    idle_timeout_s: float = 60.0
+    # a client whose unread answers fill our write buffer is not reading: cut it off after this
+    write_timeout_s: float = 10.0
+    # connections held at once; beyond it new ones are closed at once. A switch site has tens of
+    # workers; 1024 leaves room for many switches and stays below the fd limit the agent raises
+    max_connections: int = 1024
+    # request head bytes (request line + headers): 16 KiB is nginx's and every proxy's ceiling
+    max_header_bytes: int = 16 << 10
+    # requests parsed while the client is not reading its answers; more is a pipelining flood
+    max_pipeline: int = 64
+    # the write buffer's high/low water marks for backpressure: a few answers' worth
+    write_high: int = 64 << 10
+    write_low: int = 16 << 10
+    # the kernel's send buffer per connection. Linux grows it to tcp_wmem's 4 MiB for a client
+    # that does not read, so that ~800 /metrics answers are rendered before backpressure starts;
+    # at 16 KiB (the kernel doubles it) a never-reading flooder gets ~25, not ~80 at 64 KiB. A
+    # 100 KB batch answer still goes out: the rest waits in our buffer (write_high) meanwhile
+    sndbuf: int = 16 << 10
+
+
+# why a connection was closed by the server: the keys of HttpServerBase.closed (and the metric)
+CLOSE_REASONS = ("header_timeout", "body_timeout", "idle_timeout", "write_timeout", "connection_limit",
+                 "pipeline_limit", "header_too_large", "bad_request")
+# connection phases: what it is waiting for, and so which timeout applies
+_IDLE, _HEAD, _BODY = 0, 1, 2
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class _Closed(Exception):
+    """Raised from a parser callback once the connection is being closed: the rest of what the
+    client sent (a flood's 256 KiB read) is not parsed."""
 
 
 def _response(status: bytes, body: bytes, close: bool = False) -> bytes:
@@ -158,31 +215,56 @@ def _arg(v: bytes, field: str) -> str:
     return s
 
 
-class HttpLookupServer:
-    """The listener, its connections and the request handlers (see module docstring)."""
+class HttpServerBase:
+    """A listener and its connections under `HttpLimits`; subclasses answer the requests."""
 
-    def __init__(self, engine: LookupEngine, *, health: Callable[[], dict[str, Any]],
-                 metrics: Callable[[], bytes], push: Callable[[bytes], None] | None = None,
-                 admin: Callable[[bytes], dict[str, Any]] | None = None, sample_every: int = 32,
-                 max_batch: int = 1000) -> None:
-        self.engine = engine
-        self.cache = engine.cache
-        self.health = health
-        self.metrics = metrics
-        self.push = push
-        self.admin = admin
-        self.sample_every = sample_every
-        self.max_batch = max_batch
+    # the lookup fast path (GET /v1/route?...) is taken only by the switch-facing server
+    serves_lookups = False
+    # whether requests' headers are read (Authorization): a callback per header costs the lookup
+    # path ~1 us, so the switch port does without
+    wants_headers = False
+    sample_every = 32
+    name = "http"
+
+    def __init__(self, limits: HttpLimits | None = None, stats: LookupStats | None = None) -> None:
+        self.limits = limits or HttpLimits()
+        self.stats = stats or LookupStats()
         self.draining = False
         self.conns: set[_Conn] = set()
         self.server: asyncio.AbstractServer | None = None
-        self.inflight = 0
+        self.closed = dict.fromkeys(CLOSE_REASONS, 0)
+        self.accepted = 0
+        self._sweeper: asyncio.Task[None] | None = None
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _Conn(self), host, port, backlog=1024,
-                                               reuse_address=True)
-        return self.server.sockets[0].getsockname()[1]
+        conn = _AcdConn if self.wants_headers else _Conn
+        self.server = await loop.create_server(
+            lambda: conn(self), host, port, backlog=1024, reuse_address=True, ssl=ssl_context,
+            ssl_handshake_timeout=self.limits.header_timeout_s if ssl_context else None)
+        self._sweeper = loop.create_task(self._sweep(), name=f"{self.name}-sweeper")
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _sweep(self) -> None:
+        """Close connections stuck in one phase past its timeout. One pass over the connections
+        every tick instead of a timer per request: the lookup path never touches a clock."""
+        lim = self.limits
+        tick = max(0.01, min(0.5, lim.header_timeout_s / 4, lim.body_timeout_s / 4,
+                             lim.idle_timeout_s / 4, lim.write_timeout_s / 4))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for c in list(self.conns):
+                c.check(now)
+
+    def close_conn(self, c: _Conn, reason: str, resp: bytes = b"") -> None:
+        self.closed[reason] += 1
+        if c.write_paused or not resp:
+            c.transport.abort()  # nothing to say, or the client is not reading: free it now
+        else:
+            c.transport.write(resp)
+            c.transport.close()
 
     def start_drain(self) -> None:
         self.draining = True
@@ -191,6 +273,8 @@ class HttpLookupServer:
         """Stop accepting, let requests in progress finish, then close what is left."""
         if self.server is not None:
             self.server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         deadline = time.monotonic() + grace_s
         for c in list(self.conns):
             if not c.busy:
@@ -198,9 +282,59 @@ class HttpLookupServer:
         while any(c.busy for c in self.conns) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         for c in list(self.conns):
-            c.transport.close()
+            if c.write_paused:
+                c.transport.abort()
+            else:
+                c.transport.close()
         if self.server is not None:
             await self.server.wait_closed()
+
+    def metrics_lines(self) -> list[str]:
+        n = self.name
+        return [
+            f'callroute_agent_http_connections{{listener="{n}"}} {len(self.conns)}',
+            f'callroute_agent_http_connections_accepted_total{{listener="{n}"}} {self.accepted}',
+            *(f'callroute_agent_http_closed_total{{listener="{n}",reason="{r}"}} {k}'
+              for r, k in self.closed.items()),
+        ]
+
+    def authorized(self, authorization: bytes) -> bool:
+        return True
+
+    def route_get(self, query: bytes) -> bytes:
+        return _NOT_FOUND
+
+    def other(self, method: bytes, url: bytes, body: bytes) -> bytes:
+        return _NOT_FOUND
+
+
+HTTP_METRICS_HELP = [
+    "# HELP callroute_agent_http_connections Open HTTP connections, by listener.",
+    "# TYPE callroute_agent_http_connections gauge",
+    "# HELP callroute_agent_http_connections_accepted_total HTTP connections accepted, by listener.",
+    "# TYPE callroute_agent_http_connections_accepted_total counter",
+    "# HELP callroute_agent_http_closed_total Connections the server closed, by listener and why "
+    "(timeouts, limits, bad requests).",
+    "# TYPE callroute_agent_http_closed_total counter",
+]
+
+
+class HttpLookupServer(HttpServerBase):
+    """The switch-facing listener: lookups, health and metrics (see module docstring)."""
+
+    serves_lookups = True
+    name = "switch"
+
+    def __init__(self, engine: LookupEngine, *, health: Callable[[], dict[str, Any]],
+                 metrics: Callable[[], bytes], sample_every: int = 32, max_batch: int = 1000,
+                 limits: HttpLimits | None = None) -> None:
+        super().__init__(limits, engine.stats)
+        self.engine = engine
+        self.cache = engine.cache
+        self.health = health
+        self.metrics = metrics
+        self.sample_every = sample_every
+        self.max_batch = max_batch
 
     # ------------------------------------------------------------ handlers
 
@@ -297,6 +431,37 @@ class HttpLookupServer:
                 return self.route_get(b"") if method == b"GET" else _BAD_METHOD
             if path == b"/v1/routes":
                 return self.routes_post(body) if method == b"POST" else _BAD_METHOD
+        except InvalidInput as e:
+            return _bad(e)
+        return _NOT_FOUND
+
+
+_UNAUTHORIZED = _response(b"401 Unauthorized", b'{"error":"a valid bearer token is required",'
+                          b'"field":"authorization"}')
+
+
+class AcdHttpServer(HttpServerBase):
+    """The ACD listener: POST /v1/acd (push ACD) and POST /v1/admin/acd (simulated ACD's fault
+    switches). Loopback by default; elsewhere TLS and a bearer token (checked in main)."""
+
+    name = "acd"
+    wants_headers = True
+
+    def __init__(self, *, push: Callable[[bytes], None] | None = None,
+                 admin: Callable[[bytes], dict[str, Any]] | None = None, token: bytes = b"",
+                 limits: HttpLimits | None = None) -> None:
+        super().__init__(limits)
+        self.push = push
+        self.admin = admin
+        # the whole header value expected, compared in constant time (no early exit on a prefix)
+        self.expected = b"Bearer " + token if token else b""
+
+    def authorized(self, authorization: bytes) -> bool:
+        return not self.expected or hmac.compare_digest(authorization, self.expected)
+
+    def other(self, method: bytes, url: bytes, body: bytes) -> bytes:
+        path = url.split(b"?", 1)[0]
+        try:
             if path == b"/v1/acd" and self.push is not None:
                 if method != b"POST":
                     return _BAD_METHOD
@@ -307,58 +472,165 @@ class HttpLookupServer:
                     return _BAD_METHOD
                 return _response(b"200 OK", _JSON.encode(self.admin(body)))
         except InvalidInput as e:
+            self.stats.bad += 1
             return _bad(e)
         return _NOT_FOUND
 
 
 class _Conn(asyncio.Protocol):
-    """One switch connection: HTTP/1.1 keep-alive, pipelining answered in order."""
+    """One client connection: HTTP/1.1 keep-alive, pipelining answered in order, under the
+    server's HttpLimits (timeouts by phase, backpressure, a bounded queue of pipelined requests)."""
 
-    __slots__ = ("srv", "transport", "parser", "url", "body", "busy", "too_big", "url_too_long")
+    __slots__ = ("srv", "transport", "parser", "url", "body", "body_len", "busy", "too_big",
+                 "url_too_long", "head_bytes", "authorization", "phase", "nreq", "write_paused",
+                 "pending", "seen", "seen_at", "closing")
 
-    def __init__(self, srv: HttpLookupServer) -> None:
+    def __init__(self, srv: HttpServerBase) -> None:
         self.srv = srv
         self.url = b""
         self.body: list[bytes] = []
+        self.body_len = 0
         self.busy = False
         self.too_big = False
         self.url_too_long = False
+        self.head_bytes = 0
+        self.authorization = b""
+        self.phase = _IDLE
+        self.nreq = 0
+        self.write_paused = False
+        # requests parsed while the client was not reading: (method, url, body, too_big,
+        # url_too_long, keep_alive, authorization), answered in order once it reads again
+        self.pending: list[tuple[bytes, bytes, list[bytes], bool, bool, bool, bytes]] = []
+        self.seen: tuple[int, int, bool] = (-1, -1, False)
+        self.seen_at = 0.0
+        self.closing = False
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        srv = self.srv
+        if len(srv.conns) >= srv.limits.max_connections:
+            self.closing = True
+            srv.closed["connection_limit"] += 1
+            transport.abort()
+            return
+        srv.accepted += 1
+        transport.set_write_buffer_limits(high=srv.limits.write_high, low=srv.limits.write_low)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, srv.limits.sndbuf)
         self.parser = httptools.HttpRequestParser(self)
-        self.srv.conns.add(self)
+        srv.conns.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.pending = []
         self.srv.conns.discard(self)
 
+    def check(self, now: float) -> None:
+        """Called by the server's sweeper: close the connection if it sat in one phase too long."""
+        sig = (self.nreq, self.phase, self.write_paused)
+        if sig != self.seen:
+            self.seen, self.seen_at = sig, now
+            return
+        lim = self.srv.limits
+        if self.write_paused:
+            reason, limit = "write_timeout", lim.write_timeout_s
+        elif self.phase == _BODY:
+            reason, limit = "body_timeout", lim.body_timeout_s
+        elif self.phase == _HEAD or self.nreq == 0:
+            # a new connection that sends nothing is a slowloris too: a switch asks at once
+            reason, limit = "header_timeout", lim.header_timeout_s
+        else:
+            reason, limit = "idle_timeout", lim.idle_timeout_s
+        if now - self.seen_at >= limit:
+            self.closing = True
+            resp = b""
+            if self.phase != _IDLE:
+                part = "head" if self.phase == _HEAD else "body"
+                resp = _response(b"408 Request Timeout", _JSON.encode(
+                    {"error": f"request {part} not received within {limit} s", "field": part}), True)
+            self.srv.close_conn(self, reason, resp)
+
+    # backpressure: asyncio calls these when the write buffer crosses its high/low water marks
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        while self.pending and not self.write_paused and not self.closing:
+            self._answer(*self.pending.pop(0))
+        if not self.write_paused and not self.closing and not self.transport.is_closing():
+            self.transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
+        if self.closing or self.transport.is_closing():
+            return
         self.busy = True
         try:
-            self.parser.feed_data(data)
+            if self.phase == _HEAD:
+                # a head spread over reads (a whole one comes in one): count the reads that do
+                # not end it; headers are not kept, so this bounds the time spent parsing one
+                nreq = self.nreq
+                self.parser.feed_data(data)
+                if self.phase == _HEAD and self.nreq == nreq:
+                    self.head_bytes += len(data)
+                    if self.head_bytes > self.srv.limits.max_header_bytes:
+                        raise _HeadTooLarge
+            else:
+                self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(InvalidInput("upgrade", "", "protocol upgrades are not supported"))
+        except _HeadTooLarge:
+            self._head_too_large()
         except httptools.HttpParserError as e:
-            self._fail(InvalidInput("request", repr(bytes(data[:64])), f"not HTTP/1.1: {e}"))
+            # httptools wraps what a callback raised; our own signals arrive as its context
+            if isinstance(e.__context__, _Closed):
+                pass
+            elif isinstance(e.__context__, _HeadTooLarge):
+                self._head_too_large()
+            elif isinstance(e, httptools.parser.errors.HttpParserCallbackError):
+                self._internal_error(e.__context__ or e)  # a bug in a handler
+            else:
+                why = str(e)
+                # request smuggling: the two lengths disagree about where the next request starts
+                field = "Transfer-Encoding" if "Transfer-Encoding" in why else "request"
+                self._fail(InvalidInput(field, repr(bytes(data[:64])), f"not valid HTTP/1.1: {why}"))
         except Exception as e:  # noqa: BLE001 - a bug must cost one connection, never the server
-            log.exception("request handling failed")
-            self.srv.engine.stats.errors += 1
-            self.transport.write(_response(b"500 Internal Server Error",
-                                           _JSON.encode({"error": type(e).__name__}), close=True))
-            self.transport.close()
+            self._internal_error(e)
         self.busy = False
 
-    def _fail(self, e: InvalidInput) -> None:
-        self.srv.engine.stats.bad += 1
-        self.transport.write(_bad(e, close=True))
+    def _internal_error(self, e: BaseException) -> None:
+        log.error("request handling failed", exc_info=e)
+        self.srv.stats.errors += 1
+        self.closing = True
+        self.transport.write(_response(b"500 Internal Server Error",
+                                       _JSON.encode({"error": type(e).__name__}), close=True))
         self.transport.close()
+
+    def _head_too_large(self) -> None:
+        self.srv.stats.bad += 1
+        self.closing = True
+        self.srv.close_conn(self, "header_too_large", _response(
+            b"431 Request Header Fields Too Large", _JSON.encode(
+                {"error": f"request head larger than {self.srv.limits.max_header_bytes} bytes",
+                 "field": "headers"}), True))
+
+    def _fail(self, e: InvalidInput) -> None:
+        self.srv.stats.bad += 1
+        self.closing = True
+        self.srv.close_conn(self, "bad_request", _bad(e, close=True))
 
     # httptools callbacks (only those defined are called)
 
     def on_message_begin(self) -> None:
         self.url = b""
         self.body = []
+        self.body_len = self.head_bytes = 0
+        self.authorization = b""
         self.too_big = self.url_too_long = False
+        self.phase = _HEAD
 
     def on_url(self, url: bytes) -> None:
         if len(self.url) + len(url) > MAX_URL:
@@ -368,38 +640,80 @@ class _Conn(asyncio.Protocol):
             self.url += url
 
     def on_body(self, body: bytes) -> None:
+        # a list of chunks and a running length: linear in the body, however finely it is cut
+        self.phase = _BODY
         if not self.too_big:
-            self.body.append(body)
-            if sum(map(len, self.body)) > MAX_BODY:
+            self.body_len += len(body)
+            if self.body_len > MAX_BODY:
                 self.too_big = True
                 self.body = []
+            else:
+                self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.closing or self.transport.is_closing():
+            # a write failed (the client reset the connection): its writes are dropped without
+            # backpressure, so answering the rest of what it sent would only burn CPU
+            self.closing = True
+            raise _Closed
+        self.phase = _IDLE
+        self.nreq += 1
+        parser = self.parser
+        if self.write_paused or self.pending:
+            # the client is not reading its answers: hold a few requests, then cut it off
+            if len(self.pending) >= self.srv.limits.max_pipeline:
+                self.closing = True
+                self.srv.close_conn(self, "pipeline_limit")
+                raise _Closed
+            self.pending.append((parser.get_method(), self.url, self.body, self.too_big,
+                                 self.url_too_long, parser.should_keep_alive(), self.authorization))
+            return
+        self._answer(parser.get_method(), self.url, self.body, self.too_big, self.url_too_long,
+                     parser.should_keep_alive(), self.authorization)
+        if self.closing:
+            raise _Closed
+
+    def _answer(self, method: bytes, url: bytes, body: list[bytes], too_big: bool,
+                url_too_long: bool, keep_alive: bool, authorization: bytes) -> None:
+        if self.closing:
+            return
         srv = self.srv
-        url = self.url
-        stats = srv.engine.stats
-        timed = stats.ok % srv.sample_every == 0
+        stats = srv.stats
+        timed = srv.serves_lookups and stats.ok % srv.sample_every == 0
         if timed:
             t0 = time.perf_counter()
-        if url.startswith(b"/v1/route?") and not self.too_big:
-            if self.parser.get_method() == b"GET":
-                resp = srv.route_get(url[10:])
-            else:
-                resp = _BAD_METHOD
-        elif self.too_big:
+        if srv.serves_lookups and url.startswith(b"/v1/route?") and not too_big:
+            resp = srv.route_get(url[10:]) if method == b"GET" else _BAD_METHOD
+        elif too_big:
             stats.bad += 1
             resp = _bad(InvalidInput("url", f">{MAX_URL} bytes", "request line too long")
-                        if self.url_too_long
+                        if url_too_long
                         else InvalidInput("body", f">{MAX_BODY} bytes", "request body too large"))
+        elif not srv.authorized(authorization):
+            resp = _UNAUTHORIZED
         else:
-            resp = srv.other(self.parser.get_method(), url, b"".join(self.body))
-        if srv.draining or not self.parser.should_keep_alive():
+            resp = srv.other(method, url, b"".join(body))
+        if srv.draining or not keep_alive:
             # while draining every answer says so, and the switch reconnects (to a peer, F15)
             if b"Connection: close" not in resp[:200]:
                 resp = resp.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+            self.closing = True
             self.transport.write(resp)
             self.transport.close()
         else:
             self.transport.write(resp)
         if timed:
             stats.observe(time.perf_counter() - t0)
+
+
+class _AcdConn(_Conn):
+    """A connection to the ACD listener: also reads the request's headers (Authorization)."""
+
+    __slots__ = ()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value)
+        if self.head_bytes > self.srv.limits.max_header_bytes:
+            raise _HeadTooLarge
+        if len(name) == 13 and name.lower() == b"authorization":
+            self.authorization += value

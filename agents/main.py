@@ -26,12 +26,12 @@ from typing import Any
 import msgspec
 
 from agents.acd import ACD, PushACD, SimulatedACD, invalid_from_msgspec
-from agents.httpserver import HttpLookupServer, LookupEngine
+from agents.httpserver import HTTP_METRICS_HELP, AcdHttpServer, HttpLimits, HttpLookupServer, LookupEngine
 from agents.plancache import PlanCache, PlanStore, PlanWatcher
 from agents.reporter import Reporter, RoutedCounter, SeqStore
-from agents.settings import AgentSettings, load_settings, parse_hostport
+from agents.settings import AgentSettings, is_loopback, load_settings, parse_hostport
 from controlplane.core.model import MAX_COUNT, MAX_SKILLS_PER_REPORT, InvalidInput, Topology, check_id
-from controlplane.service.auth import agent_tls
+from controlplane.service.auth import _check_pair, _read, agent_tls
 
 log = logging.getLogger("callroute.agent")
 
@@ -51,6 +51,49 @@ class AdminCommand(msgspec.Struct, forbid_unknown_fields=True):
     # center's ACD over the telephone network; simulated ACDs in separate processes need this
     # message so that a receiver's offered count rises when others send it calls.
     offer: dict[str, int] | None = None
+
+
+class AcdSecurity(msgspec.Struct, frozen=True):
+    """The ACD listener's credentials: TLS context (None = plaintext), bearer token (b"" = none)."""
+
+    ssl: Any = None
+    token: bytes = b""
+    insecure: bool = False
+
+
+def acd_security(s: AgentSettings) -> AcdSecurity:
+    """Check and load the ACD listener's credentials; refuse what would leave it open (B11).
+
+    Off loopback: TLS and a token, or `insecure`. A token is never taken over plaintext off
+    loopback, even with `insecure`: it would travel in the clear."""
+    host, _ = parse_hostport("acd_listen", s.acd_listen)
+    ctx = None
+    if s.acd_tls_cert:
+        import ssl
+
+        _check_pair(_read("acd_tls_cert", s.acd_tls_cert), _read("acd_tls_key", s.acd_tls_key),
+                    s.acd_tls_cert)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(s.acd_tls_cert, s.acd_tls_key)
+    token = b""
+    if s.acd_token_file:
+        token = _read("acd_token_file", s.acd_token_file).strip()
+        if not token or not all(0x21 <= b < 0x7F for b in token):
+            raise InvalidInput("acd_token_file", s.acd_token_file,
+                               "must hold one token of printable ASCII without spaces")
+    if is_loopback(host):
+        return AcdSecurity(ctx, token)
+    if token and ctx is None:
+        raise InvalidInput("acd_token_file", s.acd_token_file, f"a bearer token over plaintext on "
+                           f"{s.acd_listen} would travel in the clear: set acd_tls_cert/acd_tls_key")
+    if ctx is not None and token:
+        return AcdSecurity(ctx, token)
+    if not s.insecure:
+        raise InvalidInput("acd_listen", s.acd_listen, "not loopback: needs acd_tls_cert, acd_tls_key "
+                           "and acd_token_file, or --insecure")
+    log.warning("INSECURE: the ACD listener on %s takes pushes and fault switches without %s",
+                s.acd_listen, "a token" if ctx is not None else "TLS or a token")
+    return AcdSecurity(ctx, token, insecure=True)
 
 
 class Agent:
@@ -79,7 +122,8 @@ class Agent:
                                     patience_s=settings.sim_patience_s)
             self.acd.set_mode(settings.sim_mode)
         else:
-            self.acd = PushACD(settings.center, now=now)
+            self.acd = PushACD(settings.center, now=now, max_skills=settings.push_max_skills,
+                               known_skills=frozenset(topology.skills()) if topology is not None else None)
         offset = settings.wall_offset_s
 
         def wall() -> float:
@@ -106,11 +150,20 @@ class Agent:
             keepalive_time_s=settings.keepalive_time_s, keepalive_timeout_s=settings.keepalive_timeout_s,
             connect_deadline_s=settings.rpc_deadline_s, backoff_initial_s=settings.backoff_initial_s,
             backoff_max_s=settings.backoff_max_s, tls=agent_tls(settings))
+        limits = HttpLimits(
+            header_timeout_s=settings.http_header_timeout_s, body_timeout_s=settings.http_body_timeout_s,
+            idle_timeout_s=settings.http_idle_timeout_s, write_timeout_s=settings.http_write_timeout_s,
+            max_connections=settings.http_max_connections,
+            max_header_bytes=settings.http_max_header_bytes, max_pipeline=settings.http_max_pipeline)
         self.http = HttpLookupServer(
             self.engine, health=self.health, metrics=self.metrics_text,
+            sample_every=settings.latency_sample_every, max_batch=settings.max_batch, limits=limits)
+        self.acd_security = acd_security(settings)
+        self.acd_http = AcdHttpServer(
             push=self._push if isinstance(self.acd, PushACD) else None,
             admin=self._admin if isinstance(self.acd, SimulatedACD) else None,
-            sample_every=settings.latency_sample_every, max_batch=settings.max_batch)
+            token=self.acd_security.token, limits=limits)
+        self.acd_port = 0
         self.grpc: Any = None
         self.http_port = 0
         self.grpc_port = 0
@@ -156,12 +209,15 @@ class Agent:
     async def _post_offer(self, addr: str, per_skill: dict[str, int]) -> None:
         host, _, port = addr.rpartition(":")
         body = msgspec.json.encode({"offer": per_skill})
+        # peers are the other agents' ACD listeners; the token goes only over loopback plaintext
+        auth = (b"Authorization: Bearer " + self.acd_security.token + b"\r\n"
+                if self.acd_security.token and is_loopback(host) else b"")
         writer = None
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)),
                                                     SIM_OFFER_TIMEOUT_S)
-            writer.write(b"POST /v1/admin/acd HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n"
-                         b"Connection: close\r\n\r\n%s" % (host.encode(), len(body), body))
+            writer.write(b"POST /v1/admin/acd HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n%s"
+                         b"Connection: close\r\n\r\n%s" % (host.encode(), len(body), auth, body))
             await asyncio.wait_for(reader.read(), SIM_OFFER_TIMEOUT_S)
         except (OSError, TimeoutError, ValueError):
             self.offer_errors += 1  # a dead peer is a lost simulated call, as on a real trunk
@@ -272,6 +328,11 @@ class Agent:
             "# HELP callroute_agent_draining 1 while the agent drains before stopping.",
             "# TYPE callroute_agent_draining gauge",
             f"callroute_agent_draining {int(self.draining)}",
+            "# HELP callroute_agent_insecure 1 when a listener runs off loopback without TLS and "
+            "authentication (--insecure).",
+            "# TYPE callroute_agent_insecure gauge",
+            f'callroute_agent_insecure{{listener="acd"}} {int(self.acd_security.insecure)}',
+            *HTTP_METRICS_HELP, *self.http.metrics_lines(), *self.acd_http.metrics_lines(),
         ]
         return ("\n".join(lines) + "\n").encode()
 
@@ -285,6 +346,12 @@ class Agent:
         self.cache.restore()
         host, port = parse_hostport("http", self.s.http)
         self.http_port = await self.http.start(host, port)
+        ahost, aport = parse_hostport("acd_listen", self.s.acd_listen)
+        try:
+            self.acd_port = await self.acd_http.start(ahost, aport, self.acd_security.ssl)
+        except Exception:
+            await self.http.stop(0)
+            raise
         if self.s.grpc:
             from agents.grpcserver import GrpcLookupServer
 
@@ -293,7 +360,7 @@ class Agent:
             try:
                 self.grpc_port = await self.grpc.start(ghost, gport)
             except Exception:
-                await self.http.stop(0)
+                await asyncio.gather(self.http.stop(0), self.acd_http.stop(0))
                 raise
 
     async def run(self) -> None:
@@ -302,10 +369,11 @@ class Agent:
         # process: keep it out of the collector's scans, which would otherwise stall lookups
         gc.collect()
         gc.freeze()
-        log.info("agent %s: http on %s, grpc on %s, plan v%s", self.s.center, self.http_port,
-                 self.grpc_port or "-", self.cache.version)
+        log.info("agent %s: http on %s, acd on %s, grpc on %s, plan v%s", self.s.center, self.http_port,
+                 self.acd_port, self.grpc_port or "-", self.cache.version)
         # one line on stdout for supervisors and tests: the ports actually bound
-        print(msgspec.json.encode({"event": "listening", "http": self.http_port, "grpc": self.grpc_port,
+        print(msgspec.json.encode({"event": "listening", "http": self.http_port, "acd": self.acd_port,
+                                   "grpc": self.grpc_port,
                                    "plan_version": self.cache.version}).decode(), flush=True)
         tasks = [asyncio.create_task(self.reporter.run(), name="reporter"),
                  asyncio.create_task(self.watcher.run(), name="plan-watcher")]
@@ -344,10 +412,20 @@ class Agent:
             await self.grpc.start_drain()
         log.info("draining: health NOT_SERVING for %.1f s before closing", self.s.drain_notice_s)
         await asyncio.sleep(self.s.drain_notice_s)
-        if self.grpc is not None:
-            await asyncio.gather(self.http.stop(self.s.drain_grace_s), self.grpc.stop(self.s.drain_grace_s))
-        else:
-            await self.http.stop(self.s.drain_grace_s)
+        grace = self.s.drain_grace_s
+        await asyncio.gather(self.http.stop(grace), self.acd_http.stop(grace),
+                             *([self.grpc.stop(grace)] if self.grpc is not None else []))
+
+
+def raise_fd_limit(need: int) -> None:
+    """Raise the soft open-files limit towards `need` (never past the hard one): past the soft limit
+    accept() fails with EMFILE before the connection limit can close anything at once."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (need if hard == resource.RLIM_INFINITY else min(need, hard), hard))
 
 
 def settings_from_args(args: argparse.Namespace) -> AgentSettings:
@@ -355,7 +433,10 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         args.config, center=args.center, controlplane=args.controlplane, http=args.http,
         grpc=args.grpc, acd=args.acd, state_dir=args.state_dir, topology=args.topology,
         node=getattr(args, "node", None),
-        **{k: getattr(args, k, None) for k in ("tls_ca", "tls_cert", "tls_key", "tls_server_name")})
+        insecure=True if getattr(args, "insecure", False) else None,
+        **{k: getattr(args, k, None) for k in ("tls_ca", "tls_cert", "tls_key", "tls_server_name",
+                                               "acd_listen", "acd_tls_cert", "acd_tls_key",
+                                               "acd_token_file")})
 
 
 async def _amain(settings: AgentSettings) -> int:
@@ -383,6 +464,8 @@ def run_agent(args: argparse.Namespace) -> int:
         return 2
     import uvloop
 
+    # both listeners may hold http_max_connections each; 256 for the rest (gRPC, files, stdin)
+    raise_fd_limit(2 * settings.http_max_connections + 256)
     try:
         return uvloop.run(_amain(settings))
     except InvalidInput as e:
@@ -410,6 +493,14 @@ def add_agent_parser(sub: Any) -> argparse.ArgumentParser:
     sec.add_argument("--tls-cert", help="this center's client certificate: its identity")
     sec.add_argument("--tls-key", help="its private key")
     sec.add_argument("--tls-server-name", help="name expected in the control plane's certificate")
+    acd = sp.add_argument_group("the ACD listener: push ACD and simulated-ACD fault switches "
+                                "(each also a settings-file key)")
+    acd.add_argument("--acd-listen", help="HOST:PORT (default 127.0.0.1:0, loopback, any free port)")
+    acd.add_argument("--acd-tls-cert", help="its TLS certificate (required off loopback)")
+    acd.add_argument("--acd-tls-key", help="its private key")
+    acd.add_argument("--acd-token-file", help="file with the bearer token the ACD must send")
+    acd.add_argument("--insecure", action="store_true",
+                     help="allow a non-loopback ACD listener without TLS and token (logged, metric)")
     sp.set_defaults(func=run_agent)
     return sp
 

@@ -6,6 +6,7 @@ Every default says why it is that number. This module must not start anything or
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from controlplane.core.model import InvalidInput, check_id
+from controlplane.core.model import MAX_SKILLS_PER_REPORT, InvalidInput, check_id
 from controlplane.settingsfile import read_settings_data
 
 # An address list longer than this is a typo (a pasted file), not a control-plane cluster.
@@ -25,8 +26,32 @@ class AgentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     center: str
     # control-plane endpoints "host:port"; the reporter and plan watcher walk them in order
     controlplane: tuple[str, ...] = ()
-    # switch-facing HTTP/1.1 lookup listener (also /healthz, /metrics, the push ACD and admin)
+    # switch-facing HTTP/1.1 lookup listener (also /healthz and /metrics); nothing on it changes
+    # routing, so switches need no credential
     http: str = "127.0.0.1:8080"
+    # the ACD listener: POST /v1/acd (push ACD) and /v1/admin/acd (simulated ACD's fault switches).
+    # Loopback, any free port by default: several agents share a host (callroute up, tests) and the
+    # bound port is printed; a deployment with a push ACD sets it. Off loopback it needs
+    # acd_tls_cert/acd_tls_key and acd_token_file, or `insecure`.
+    acd_listen: str = "127.0.0.1:0"
+    acd_tls_cert: str = ""
+    acd_tls_key: str = ""
+    # file holding the bearer token the ACD must send (Authorization: Bearer ...)
+    acd_token_file: str = ""
+    # allow a non-loopback ACD listener without TLS and token (logged, and exported as
+    # callroute_agent_insecure{listener="acd"} 1)
+    insecure: bool = False
+    # hostile-client limits of both HTTP listeners (agents.httpserver.HttpLimits says why each)
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 10.0
+    http_idle_timeout_s: float = 60.0
+    http_write_timeout_s: float = 10.0
+    http_max_connections: int = 1024
+    http_max_header_bytes: int = 16 << 10
+    http_max_pipeline: int = 64
+    # push ACD without a topology: distinct skill names it may make the agent hold (with a
+    # topology only its skills are accepted); a report carries at most this many anyway
+    push_max_skills: int = 256
     # gRPC Route/RouteBatch listener; empty = no gRPC lookups
     grpc: str = ""
     # "simulated" for drills and development, "push" when a real ACD feeds us
@@ -71,8 +96,8 @@ class AgentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sim_own_traffic: float = 1.0
     # mean caller patience before abandoning (seconds of simulated time)
     sim_patience_s: float = 90.0
-    # simulation only: center -> HTTP HOST:PORT of its agent, so calls this agent routes to another
-    # center reach that center's simulated ACD (callroute up and the chaos harness fill it in)
+    # simulation only: center -> ACD listener HOST:PORT of its agent, so calls this agent routes to
+    # another center reach that center's simulated ACD (callroute up and the chaos harness fill it)
     sim_peers: dict[str, str] = {}
     # simulated ACD fault at start (chaos harness): normal | not_answering | calls_not_arriving;
     # POST /v1/admin/acd {"mode": ...} changes it at run time
@@ -91,6 +116,16 @@ class AgentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tls_server_name: str = ""
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost: only this machine's processes can connect."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def parse_hostport(field: str, value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -106,6 +141,10 @@ def validate(s: AgentSettings) -> AgentSettings:
     for ep in s.controlplane:
         parse_hostport("controlplane", ep)
     parse_hostport("http", s.http)
+    parse_hostport("acd_listen", s.acd_listen)
+    if bool(s.acd_tls_cert) != bool(s.acd_tls_key):
+        field = "acd_tls_key" if s.acd_tls_cert else "acd_tls_cert"
+        raise InvalidInput(field, getattr(s, field), "acd_tls_cert and acd_tls_key go together")
     if s.grpc:
         parse_hostport("grpc", s.grpc)
     if s.sim_mode not in ("normal", "not_answering", "calls_not_arriving"):
@@ -117,7 +156,9 @@ def validate(s: AgentSettings) -> AgentSettings:
                 "stream_max_age_s": (1, 86400), "backoff_initial_s": (0.001, 60),
                 "backoff_max_s": (0.001, 600), "drain_notice_s": (0, 600), "drain_grace_s": (0, 600),
                 "sim_time_scale": (0.001, 100_000), "sim_patience_s": (0.1, 86400),
-                "sim_own_traffic": (0, 1000), "sim_start_hour": (0, 24)}
+                "sim_own_traffic": (0, 1000), "sim_start_hour": (0, 24),
+                "http_header_timeout_s": (0.01, 3600), "http_body_timeout_s": (0.01, 3600),
+                "http_idle_timeout_s": (0.01, 86400), "http_write_timeout_s": (0.01, 3600)}
     for name, (lo, hi) in positive.items():
         v = getattr(s, name)
         if not isinstance(v, int | float) or not math.isfinite(v) or not lo <= v <= hi:
@@ -125,7 +166,9 @@ def validate(s: AgentSettings) -> AgentSettings:
     if not math.isfinite(s.wall_offset_s):
         raise InvalidInput("wall_offset_s", s.wall_offset_s, "must be finite")
     for name, lo, hi in (("seq_block", 1, 10_000_000), ("latency_sample_every", 1, 1_000_000),
-                         ("max_batch", 1, 1_000_000)):
+                         ("max_batch", 1, 1_000_000), ("http_max_connections", 1, 1_000_000),
+                         ("http_max_header_bytes", 1024, 1 << 20), ("http_max_pipeline", 1, 100_000),
+                         ("push_max_skills", 1, MAX_SKILLS_PER_REPORT)):
         v = getattr(s, name)
         if not isinstance(v, int) or not lo <= v <= hi:
             raise InvalidInput(name, v, f"must be an integer in [{lo}, {hi}]")

@@ -23,6 +23,9 @@ ROWS = [
     ("lookup", "batch_lookups_per_s", None, ">= 50,000 /s"),
     ("lookup", "inprocess_lookups_per_s", None, ">= 1,000,000 /s"),
     ("lookup", "rss_mb", None, "<= 80 MB"),
+    ("hostile", "unloaded_p99_ms", None, "a well-behaved switch's lookups, alone"),
+    ("hostile", "loaded_p99_ms", None, "<= 2x unloaded, under the B12 load"),
+    ("hostile", "rss_peak_mb", None, "bounded (before + tens of MB)"),
 ]
 
 

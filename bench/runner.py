@@ -44,7 +44,15 @@ def bench_lookup() -> dict[str, float]:
     return dict(run())
 
 
-SUITES = {"core": bench_core, "converge": bench_converge, "ingest": bench_ingest, "lookup": bench_lookup}
+def bench_hostile() -> dict[str, float]:
+    from bench.hostile import bench_hostile as run
+
+    _progress("the switch port under 500 slowloris + 20 pipelining flooders + 100 1 MiB tricklers ...")
+    return dict(run())
+
+
+SUITES = {"core": bench_core, "converge": bench_converge, "ingest": bench_ingest, "lookup": bench_lookup,
+          "hostile": bench_hostile}
 
 
 def run_bench(what: str, as_json: bool = False) -> int:

@@ -209,6 +209,8 @@ class AgentProc(Proc):
                  config: dict[str, Any]) -> None:
         self.center = center
         self.http_port = free_port()
+        # the ACD listener (fault switches, peers' simulated calls): fixed too, for the same reason
+        self.acd_port = free_port()
         self.state_dir = tmp / f"agent-{center}"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = tmp / f"agent-{center}.json"
@@ -216,6 +218,7 @@ class AgentProc(Proc):
         super().__init__(f"agent-{center}", [
             sys.executable, "-m", "controlplane.cli", "agent", "--center", center,
             "--controlplane", ",".join(controlplane), "--http", f"127.0.0.1:{self.http_port}",
+            "--acd-listen", f"127.0.0.1:{self.acd_port}",
             "--acd", "simulated", "--state-dir", str(self.state_dir), "--topology", topology,
             "--config", str(self.config_path)], tmp / f"agent-{center}.log")
 
@@ -390,7 +393,7 @@ class Cluster:
             cfg = {**self.agent_config, **self.agent_config_for.get(c, {})}
             self.agents[c] = AgentProc(self.tmp, c, self.topology_path, cps, cfg)
         # calls one agent routes to another center reach that center's simulated ACD
-        peers = {c: f"127.0.0.1:{a.http_port}" for c, a in self.agents.items()}
+        peers = {c: f"127.0.0.1:{a.acd_port}" for c, a in self.agents.items()}
         for c, a in self.agents.items():
             cfg = {**self.agent_config, **self.agent_config_for.get(c, {})}
             a.config_path.write_text(json.dumps({"sim_peers": peers, **cfg}))
@@ -567,7 +570,7 @@ class Cluster:
         a = self.agents[center]
         self.mark(f"{center} ACD {mode}", "heal" if mode == "normal" else "fault")
         req = json.dumps({"mode": mode}).encode()
-        st, body = await self.http.post(a.http_port, "/v1/admin/acd", req, 2.0)
+        st, body = await self.http.post(a.acd_port, "/v1/admin/acd", req, 2.0)
         if st != 200:
             raise RuntimeError(f"agent {center} refused ACD mode {mode}: {st} {body!r}")
         out: dict[str, Any] = json.loads(body)

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_route)
 
     sp = sub.add_parser("bench", help="benchmarks against the anchors")
-    sp.add_argument("what", choices=["core", "converge", "ingest", "lookup", "all"])
+    sp.add_argument("what", choices=["core", "converge", "ingest", "lookup", "hostile", "all"])
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_bench)
 

@@ -42,7 +42,8 @@ def add_up_parser(sub: Any) -> None:
     sp.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: Ctrl-C)")
     sp.add_argument("--grpc-port", type=int, default=7400, help="control plane gRPC port")
     sp.add_argument("--metrics-port", type=int, default=9100,
-                    help="control plane /metrics; agents' HTTP (lookups and /metrics) follow: +1, +2, ...")
+                    help="control plane /metrics; agents' HTTP (lookups and /metrics) follow: +1, +2, "
+                         "..., then their loopback ACD listeners (simulated ACD fault switches)")
     sp.add_argument("--state-dir", default="", help="where agents keep state (default: a temp dir)")
     sp.add_argument("--svg", default="", help="save the last live view as SVG here")
     sp.add_argument("--no-live", action="store_true", help="print a plain table every few seconds")
@@ -61,6 +62,11 @@ class Network:
         self.cp_addr = f"127.0.0.1:{args.grpc_port}"
         self.agent_http = {c.id: ("127.0.0.1", args.metrics_port + 1 + i)
                            for i, c in enumerate(self.topology.centers)}
+        # each agent's ACD listener (fault switches, simulated calls from peers): loopback, after
+        # the HTTP ports, fixed so that peers and operators know where it is
+        n = len(self.topology.centers)
+        self.agent_acd = {c.id: ("127.0.0.1", args.metrics_port + 1 + n + i)
+                          for i, c in enumerate(self.topology.centers)}
         self.routed: deque[tuple[float, str, str]] = deque()  # (t, entry center, answered center)
         self.errors = 0
         self.lookups = 0
@@ -89,7 +95,7 @@ class Network:
                                      "--listen", self.cp_addr, "--config", str(cp_cfg),
                                      "--metrics", f"127.0.0.1:{self.args.metrics_port}"])
         cfg = self.tmp / "agent.json"
-        peers = {cid: f"{h}:{p}" for cid, (h, p) in self.agent_http.items()}
+        peers = {cid: f"{h}:{p}" for cid, (h, p) in self.agent_acd.items()}
         # the switch traffic below is the calls: each lookup's call is offered at the center it was
         # routed to (the own center directly, others through sim_peers), none invented besides
         cfg.write_text(json.dumps({"sim_time_scale": self.args.speed, "sim_peers": peers,
@@ -99,6 +105,7 @@ class Network:
             sd.mkdir(exist_ok=True)
             self._spawn(f"agent-{cid}", ["agent", "--center", cid, "--controlplane", self.cp_addr,
                                          "--http", f"{host}:{port}", "--acd", "simulated",
+                                         "--acd-listen", "{}:{}".format(*self.agent_acd[cid]),
                                          "--state-dir", str(sd), "--topology", self.args.topology,
                                          "--config", str(cfg)])
         # tests and operators kill one process by pid (e.g. one center's agent, F14) without
@@ -258,7 +265,9 @@ async def _run(net: Network) -> int:
         return 0
     ready.result()
     for cid, (h, p) in net.agent_http.items():
-        console.print(f"  agent {cid:10s} lookups http://{h}:{p}/v1/route?branch=..&skill=..&caller=..")
+        ah, ap = net.agent_acd[cid]
+        console.print(f"  agent {cid:10s} lookups http://{h}:{p}/v1/route?branch=..&skill=..&caller=..  "
+                      f"ACD http://{ah}:{ap}/v1/admin/acd")
     console.print(f"operators: callroute centers --endpoint {net.cp_addr}; "
                   f"callroute close CENTER --reason TEXT --endpoint {net.cp_addr}")
     traffic = asyncio.create_task(net.traffic(stop))

@@ -197,6 +197,7 @@ class AgentProc:
         self.state_dir = state_dir or tmp / f"state-{center}"
         self.http_port = http_port or free_port()
         self.grpc_port = (grpc_port or free_port()) if grpc else 0
+        self.acd_port = free_port()
         cfg = {"report_interval_s": 0.1, "backoff_initial_s": 0.05, "backoff_max_s": 0.5,
                "drain_notice_s": 0.3, "drain_grace_s": 2.0, "rpc_deadline_s": 2.0}
         cfg.update(extra or {})
@@ -204,6 +205,7 @@ class AgentProc:
         self.config.write_text(json.dumps(cfg))
         self.args = [PY, "-m", "agents.main", "agent", "--center", center, "--http",
                      f"127.0.0.1:{self.http_port}", "--acd", acd, "--state-dir", str(self.state_dir),
+                     "--acd-listen", f"127.0.0.1:{self.acd_port}",
                      "--config", str(self.config), "--topology", str(topo)]
         if controlplane:
             self.args += ["--controlplane", controlplane]

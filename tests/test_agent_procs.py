@@ -186,30 +186,39 @@ def test_report_stream_follows_leader_redirect(agents, tmp_path):
 def test_simulated_acd_admin_switch_and_push_acd(cp, agents, tmp_path):
     a = agents("c0", tmp_path, cp.address).start()
     a.wait_listening()
-    st, body = http_post(a.http_port, "/v1/admin/acd", b'{"mode": "not_answering", "state": "draining"}')
+    # B11: the switch-facing port changes nothing; the fault switches are on the ACD listener
+    st, body = http_post(a.http_port, "/v1/admin/acd", b'{"state": "closed"}')
+    assert st == 404 and body["field"] == "path"
+    st, body = http_post(a.acd_port, "/v1/admin/acd", b'{"mode": "not_answering", "state": "draining"}')
     assert st == 200 and body == {"mode": "not_answering", "state": "draining"}
     n0 = len(cp.cp.reports)
     poll(lambda: len(cp.cp.reports) > n0 + 2)
     r = cp.cp.reports[-1]
     assert r.state.value == "draining" and all(s.answered == 0 for s in r.skills.values())
-    st, body = http_post(a.http_port, "/v1/admin/acd", b'{"mode": "sleeping"}')
+    st, body = http_post(a.acd_port, "/v1/admin/acd", b'{"mode": "sleeping"}')
     assert st == 400 and body["field"] == "mode" and body["value"] == "sleeping"
 
     p = agents("c1", tmp_path, cp.address, acd="push")
     p.start(stdin=subprocess.PIPE)
     p.wait_listening()
-    st, _ = http_post(p.http_port, "/v1/acd", json.dumps(
-        {"skills": {"retail": {"logged_in": 9, "ready": 4, "busy": 5, "offered": 3}}}).encode())
+    push = json.dumps({"skills": {"retail": {"logged_in": 9, "ready": 4, "busy": 5, "offered": 3}}}).encode()
+    st, body = http_post(p.http_port, "/v1/acd", push)
+    assert st == 404 and body["field"] == "path"
+    st, _ = http_post(p.acd_port, "/v1/acd", push)
     assert st == 200
     poll(lambda: any(r.center == "c1" and r.skills.get("retail") and r.skills["retail"].logged_in == 9
                      for r in cp.cp.reports), what="pushed load in a report")
-    st, body = http_post(p.http_port, "/v1/acd", b'{"skills": {"retail": {"queued": -3}}}')
+    st, body = http_post(p.acd_port, "/v1/acd", b'{"skills": {"retail": {"queued": -3}}}')
     assert st == 400 and body["field"] == "skills[retail].queued" and body["value"] == -3
+    # B16: only the topology's skills; a made-up name is refused by field and value, not held
+    st, body = http_post(p.acd_port, "/v1/acd", b'{"skills": {"made-up-1": {"logged_in": 1}}}')
+    assert st == 400 and body["field"] == "skills" and body["value"] == "made-up-1"
     p.proc.stdin.write(b'not json\n{"skills": {"card": {"logged_in": 7}}}\n')
     p.proc.stdin.flush()
     poll(lambda: any(r.center == "c1" and "card" in r.skills and r.skills["card"].logged_in == 7
                      for r in cp.cp.reports), what="stdin push in a report")
     assert p.proc.poll() is None
+    assert not any(r.center == "c1" and "made-up-1" in r.skills for r in cp.cp.reports)
 
 
 # ---------------------------------------------------------------- faults

@@ -185,6 +185,23 @@ def test_push_acd_sums_counters_and_keeps_latest_gauges():
     assert acd.sample(100.0) is None  # the ACD went quiet
 
 
+def test_push_acd_holds_only_topology_skills_or_a_bounded_number_of_names():
+    """B16: a pushing client cannot make the agent hold skill names without end."""
+    known = PushACD("c0", now=0.0, known_skills=frozenset({"retail", "card"}))
+    _push(known, {"skills": {"retail": {"logged_in": 1}}})
+    with pytest.raises(InvalidInput) as e:
+        _push(known, {"skills": {"retail": {"logged_in": 1}, "made-up": {"logged_in": 1}}})
+    assert (e.value.field, e.value.value) == ("skills", "made-up") and known.rejected == 1
+    assert set(known.sample(1.5)) == {"retail"}  # the refused message left nothing behind
+    free = PushACD("c0", now=0.0, max_skills=2)
+    _push(free, {"skills": {"a": {}, "b": {}}})
+    _push(free, {"skills": {"b": {"logged_in": 3}}})  # a name already held is no new name
+    with pytest.raises(InvalidInput) as e:
+        _push(free, {"skills": {"c": {}}})
+    assert (e.value.field, e.value.value) == ("skills", "c")
+    assert set(free.sample(1.5)) == {"a", "b"}
+
+
 @pytest.mark.parametrize("body,field", [
     ({"skills": {"retail": {"offered": -3}}}, "skills[retail].offered"),
     (b'{"skills": {"retail": {"oldest_wait_s": 1e400}}}', "skills[retail].oldest_wait_s"),
@@ -287,14 +304,14 @@ def test_self_consistent_without_topology():
 # ---------------------------------------------------------------- HTTP request handling
 
 
-def _http_server():
+def _http_server(metrics=bytes, **kw):  # type: ignore[no-untyped-def]
     from agents.httpserver import HttpLookupServer, LookupEngine
 
     topo = small_topology()
     cache = PlanCache(topo)
     assert cache.offer(make_plan(topo, 1)) == ""
     eng = LookupEngine(cache, RoutedCounter())
-    return HttpLookupServer(eng, health=dict, metrics=bytes), eng
+    return HttpLookupServer(eng, health=dict, metrics=metrics, **kw), eng
 
 
 @settings(max_examples=300, deadline=None)
