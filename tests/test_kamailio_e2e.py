@@ -178,16 +178,22 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         poll(lambda: (tmp / "cp.ports").exists() or procs.procs["cp"].poll() is not None, 30, "control plane")
         procs.alive("cp")
         agents = {c: free_port() for c in CENTERS}
+        acd_ports = {c: free_port() for c in CENTERS}
         cfg = tmp / "agent.json"
         # simulated ACDs at 60x: the test's bursts of calls (each one counted by the agent and
         # offered to the receiving center's ACD) are handled in seconds, not in 4-6 minutes, so
-        # they do not eat the spare capacity the DR plan needs; a minute of test = an hour of day
+        # they do not eat the spare capacity the DR plan needs; a minute of test = an hour of day.
+        # sim_peers offers each routed call to the receiving center's simulated ACD too, as the
+        # real trunk would: without it the control plane rightly sees the calls north's agent
+        # sends never arrive, and marks the receivers failing
         cfg.write_text(json.dumps({"report_interval_s": 0.5, "drain_notice_s": 0.1, "drain_grace_s": 1.0,
-                                   "sim_time_scale": 60.0}))
+                                   "sim_time_scale": 60.0,
+                                   "sim_peers": {c: f"127.0.0.1:{p}" for c, p in acd_ports.items()}}))
         for c, port in agents.items():
             procs.start(f"agent-{c}", [PY, "-m", "controlplane.cli", "agent", "--center", c,
                                        "--controlplane", f"127.0.0.1:{cp_port}",
                                        "--http", f"127.0.0.1:{port}",
+                                       "--acd-listen", f"127.0.0.1:{acd_ports[c]}",
                                        "--topology", str(SMALL), "--state-dir", str(tmp / f"state-{c}"),
                                        "--config", str(cfg)])
         # Kamailio asks the agent of the center it stands in (north's switch asks north's agent)
