@@ -102,6 +102,10 @@ def test_each_center_has_its_own_certificate_mounted_in_its_agent(default_docs: 
         flags = flag_values(args)
         assert flags["--center"] == center and flags["--tls-cert"] == "/etc/callroute/tls/tls.crt"
         assert flags["--tls-ca"] and flags["--tls-key"] and "--insecure" not in args
+        # redirected to the leader's pod IP, the agent still verifies a name the certificate has
+        cp_names = find(default_docs, "Certificate", "cr-callroute-controlplane")["spec"]["dnsNames"]
+        assert flags["--tls-server-name"] in cp_names
+        assert flags["--controlplane"].rpartition(":")[0] in cp_names
         p = argparse.ArgumentParser()
         add_agent_parser(p.add_subparsers())
         assert p.parse_args(args).tls_cert == "/etc/callroute/tls/tls.crt"
