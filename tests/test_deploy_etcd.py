@@ -79,6 +79,8 @@ def test_chart_etcd_roles_let_the_control_plane_in_and_keep_agents_out(tmp_path:
         async def probe() -> None:
             latest = await _as(c, CP_USER, lambda s: s.get(PREFIX + "plans/latest"))
             assert latest.value  # type: ignore[attr-defined]
+            # the leader's compaction (compact_after_s) still works under its role
+            await _as(c, CP_USER, lambda s: s.compact(1))
             # the control plane's role stops at its prefix
             with pytest.raises(PermissionDenied):
                 await _as(c, CP_USER, lambda s: s.get("/other/key"))
