@@ -265,7 +265,16 @@ def _client(args: argparse.Namespace) -> OperatorClient:
     if bool(args.cert) != bool(args.key):
         raise InvalidInput("--key" if args.cert else "--cert", "", "--cert and --key go together")
     tls = client_tls(args.ca or "", args.cert or "", args.key or "")
-    return OperatorClient(parse_endpoints(args.endpoint), args.token or "", args.timeout, tls)
+    endpoints = parse_endpoints(args.endpoint)
+    if args.token and tls is None:
+        from controlplane.service.settings import is_loopback, parse_hostport
+
+        for e in endpoints:
+            if not is_loopback(parse_hostport("--endpoint", e)[0]):
+                # refused before connecting: the token never leaves this machine in the clear
+                raise InvalidInput("--endpoint", e, "not loopback: a token is sent only over TLS "
+                                   "(give --ca, and --cert/--key if the server asks)")
+    return OperatorClient(endpoints, args.token or "", args.timeout, tls)
 
 
 def _check_limit(field: str, v: int) -> None:

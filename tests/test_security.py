@@ -279,6 +279,9 @@ class _FakeContext:
     def invocation_metadata(self) -> Any:
         return self.md
 
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:50000"  # a plaintext token is taken from loopback only
+
     def auth_context(self) -> dict[str, list[bytes]]:
         return {"peer_uri": [u.encode() for u in self.uris]} if self.uris else {}
 

@@ -142,6 +142,22 @@ def peer_operator(context: Any) -> str | None:
     return _spiffe_name(context, SPIFFE_OPERATOR)
 
 
+def peer_is_loopback(context: Any) -> bool:
+    """The caller reached us over loopback (or a Unix socket): gRPC peers are 'ipv4:H:P',
+    'ipv6:[H]:P' (brackets possibly %-escaped) or 'unix:PATH'."""
+    from urllib.parse import unquote
+
+    from .settings import is_loopback
+
+    peer = unquote(context.peer() or "")
+    kind, _, rest = peer.partition(":")
+    if kind == "unix":
+        return True
+    if kind not in ("ipv4", "ipv6"):
+        return False
+    return is_loopback(rest.rpartition(":")[0].strip("[]"))
+
+
 # ---------------------------------------------------------------- tokens
 
 
@@ -409,6 +425,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             # no tokens configured: nothing to check roles against (plaintext development mode, or
             # mTLS alone); the certificate's operator name still goes to the audit trail
             return Caller(name, Role.ADMIN, "certificate") if name else None
+        if not self.tls and not peer_is_loopback(context):
+            # a token sent in the clear can be replayed by anyone on the path; refuse it before
+            # looking at it, so a guessed or stolen one is not even checked
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "bearer tokens are accepted over plaintext from loopback only: connect with TLS",
+            )
         token = bearer_token(context.invocation_metadata())
         if token is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing 'authorization: Bearer TOKEN'")

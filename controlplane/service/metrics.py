@@ -43,6 +43,11 @@ class ControlPlaneMetrics:
         self.plan_stale = Gauge(
             _P + "plan_stale", "1 when plan age exceeds plan_stale_after_s (alert)", registry=r
         )
+        self.insecure_mode = Gauge(
+            _P + "insecure_mode",
+            "1 when a listener or the store runs off loopback without TLS and authentication (--insecure)",
+            registry=r,
+        )
         self.plan_compute = Histogram(
             _P + "plan_compute_seconds", "Time to compute one plan", buckets=_COMPUTE_BUCKETS, registry=r
         )

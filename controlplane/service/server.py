@@ -48,7 +48,7 @@ from .operator import OperatorServicer
 from .planwatch import AckRecorder, PlanFeed, PlanServicer, decode_plan
 from .publisher import Heartbeat, Publisher
 from .reports import ReportServicer
-from .settings import ControlPlaneSettings, load_settings, parse_hostport
+from .settings import ControlPlaneSettings, insecure_exposures, load_settings, parse_hostport
 
 # how long stop() waits for cancelled tasks: they end within milliseconds; longer is a bug to log
 STOP_TASKS_TIMEOUT_S = 5.0
@@ -479,6 +479,12 @@ class ControlPlane:
         ]
         from .auth import server_security
 
+        # settings validation refused these unless `insecure` said so: say it at every start
+        exposed = insecure_exposures(s)
+        for field, value, missing in exposed:
+            log.warning("INSECURE: %s=%s is off loopback and %s; anyone who reaches it can use it",
+                        field, value, missing)
+        self.metrics.insecure_mode.set(1 if exposed else 0)
         # mTLS credentials + the auth interceptor, or (nothing configured) plaintext as before
         self.security = server_security(s)
         server = grpc.aio.server(
@@ -607,6 +613,9 @@ def add_controlplane_parser(sub: Any) -> None:
     sec = sp.add_argument_group("security (each also a settings-file key; see `callroute certs init`)")
     for flag, help_ in SECURITY_FLAGS:
         sec.add_argument(flag, help=help_)
+    sec.add_argument("--insecure", action="store_true", default=None,
+                     help="allow listening or reaching etcd off loopback without TLS and authentication "
+                          "(logged, and exported as callroute_controlplane_insecure_mode 1)")
     sp.set_defaults(func=cmd_controlplane)
 
 
@@ -639,6 +648,7 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         id=args.id,
         advertise=args.advertise,
+        insecure=args.insecure,
         **security_overrides(args),
     )
     import uvloop

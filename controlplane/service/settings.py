@@ -6,6 +6,7 @@ Every default says why it is that number. This module must not start anything or
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import socket
@@ -105,6 +106,10 @@ class ControlPlaneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     # etcd user; its password is read from etcd_password_file (never in config files or argv)
     etcd_user: str = ""
     etcd_password_file: str = ""
+    # a listener or store off loopback without TLS and authentication is refused at start; this
+    # says the operator means it (a lab network): the replica then logs a warning and exports
+    # callroute_controlplane_insecure_mode 1, so it cannot pass for a secured install
+    insecure: bool = False
 
 
 def parse_hostport(field: str, value: str) -> tuple[str, int]:
@@ -112,6 +117,32 @@ def parse_hostport(field: str, value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise InvalidInput(field, value, "must be HOST:PORT with a port in [0, 65535]")
     return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for a name or address that only this machine can reach. 0.0.0.0 and :: are every
+    interface, not loopback; any other name may resolve anywhere, so it counts as reachable."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def insecure_exposures(s: ControlPlaneSettings) -> list[tuple[str, str, str]]:
+    """(field, value, what is missing) for every connection off loopback that would run without TLS
+    and authentication. Refused unless `insecure`; with it, each is logged and the gauge says so."""
+    out = []
+    host, _ = parse_hostport("listen", s.listen)
+    if not is_loopback(host) and not (s.tls_cert and s.tokens):
+        out.append(("listen", s.listen, "needs mTLS (tls_cert, tls_key, tls_ca) and operator tokens"))
+    if s.store.startswith("etcd://"):
+        hosts = [parse_hostport("store", ep)[0] for ep in s.store[len("etcd://"):].rstrip("/").split(",")]
+        if not all(map(is_loopback, hosts)) and not (s.etcd_ca and (s.etcd_cert or s.etcd_user)):
+            out.append(("store", s.store, "an etcd off loopback needs etcd_ca and a client "
+                        "certificate (etcd_cert, etcd_key) or etcd_user"))
+    return out
 
 
 # (low, high) for every float setting; outside is a typo (ms for s) or cannot work
@@ -161,6 +192,10 @@ def validate(s: ControlPlaneSettings) -> ControlPlaneSettings:
         if not isinstance(v, int) or not ilo <= v <= ihi:
             raise InvalidInput(name, v, f"must be an integer in [{ilo}, {ihi}]")
     _validate_security(s)
+    exposed = insecure_exposures(s)
+    if exposed and not s.insecure:
+        field, value, missing = exposed[0]
+        raise InvalidInput(field, value, f"not loopback: {missing}, or --insecure to run without them")
     if s.store_deadline_s >= s.lease_ttl_s:
         # a write that may still land after the lease expired could outlive the fence's meaning
         raise InvalidInput(

@@ -31,9 +31,23 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.topology.existingConfigMap -}}{{ .Values.topology.existingConfigMap }}{{- else -}}{{ include "callroute.name" . }}-topology{{- end -}}
 {{- end -}}
 
+{{/* https:// URLs of the chart's etcd members, for etcdctl. */}}
+{{- define "callroute.etcdURLs" -}}
+{{- $urls := list -}}
+{{- range (split "," (include "callroute.etcdEndpoints" .)) -}}
+{{- $urls = append $urls (printf "https://%s" .) -}}
+{{- end -}}
+{{- join "," $urls -}}
+{{- end -}}
+
 {{/* auth (etcd client-certificate users) is meaningless without TLS: refuse the combination. */}}
+{{/* Off loopback the processes refuse to run without TLS and authentication unless --insecure: */}}
+{{/* say so at render time instead of in a crash loop. */}}
 {{- define "callroute.checkSecurity" -}}
 {{- if and .Values.auth.enabled (not .Values.tls.enabled) -}}
 {{- fail "auth.enabled needs tls.enabled: etcd users are the CNs of client certificates" -}}
+{{- end -}}
+{{- if and (not .Values.insecure) (not (and .Values.tls.enabled .Values.auth.enabled)) -}}
+{{- fail "tls.enabled and auth.enabled are required; insecure: true runs without them (a lab, never production)" -}}
 {{- end -}}
 {{- end -}}
