@@ -35,7 +35,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from .health import MAX_SETTING_S  # the same bound on every core setting in seconds
+from .health import MAX_INCARNATIONS, MAX_SETTING_S  # the same bounds as the health tracker
 from .model import InvalidInput, Report, Topology
 
 # Counts are stored scaled by exp((t - ref) / tau) so a report costs only its own entries (no decay
@@ -107,8 +107,9 @@ class DemandTracker:
         self._ref = self._now
         self._start: float | None = None  # t0 of the current run of reports; None = no run
         self._last_report_at: float | None = None
-        # reports already counted are not counted again (a replay, a duplicate delivery)
-        self._last_seq: dict[str, int] = {}
+        # reports already counted are not counted again (a replay, a duplicate delivery); per
+        # (center, incarnation) as in the health tracker, so two replicas of a center both count
+        self._last_seq: dict[tuple[str, int], int] = {}
         # a branch's switches ask its home center's agent: once that agent has reported (the shell
         # feeds only agents that count lookups), zero lookups mean zero calls. Until then the branch
         # keeps its forecast, so one served by an agent that does not count (an older build,
@@ -116,6 +117,13 @@ class DemandTracker:
         self._home = {b.id: b.home for b in topology.branches}
         self._measured: set[str] = set()
         self._measuring: set[str] = set()
+
+    def _new_incarnation(self, key: tuple[str, int]) -> None:
+        """Room for a center's new incarnation: its oldest beyond the health tracker's bound goes
+        (that tracker refuses reports from incarnations it forgot, so none comes back here)."""
+        mine = sorted(k for k in self._last_seq if k[0] == key[0])
+        for old in mine[: max(0, len(mine) + 1 - MAX_INCARNATIONS)]:
+            del self._last_seq[old]
 
     def observe(self, report: Report, now: float) -> None:
         """Add one report's lookup counts (the report already passed model.validate_report).
@@ -135,10 +143,13 @@ class DemandTracker:
                 for skill in per_skill:
                     if skill not in skills:
                         raise InvalidInput(f"demand[{branch}].key", skill, "unknown skill")
-        last = self._last_seq.get(report.center)
+        key = (report.center, report.incarnation)
+        last = self._last_seq.get(key)
         if last is not None and report.seq <= last:
             return
-        self._last_seq[report.center] = report.seq
+        if last is None:
+            self._new_incarnation(key)
+        self._last_seq[key] = report.seq
         if self._last_report_at is None or now - self._last_report_at > self._s.silence_s:  # _silent, inline
             # a new run: what was counted before the silence is too old to describe now
             self._counts = [0.0] * len(self._counts)

@@ -83,13 +83,15 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                     center = report.center
                     brain.stream_opened(center, now)
                     leader.wake()
-                prior_seq = brain.tracker.last_seq(report.center) or 0
+                # per incarnation: the agent resolves its own in-doubt reports with it, and a
+                # replica's or a predecessor's seqs say nothing about this agent's
+                prior_seq = brain.tracker.last_seq(report.center, report.incarnation) or 0
                 try:
                     brain.observe(report, now)
                 except StaleReport as e:
                     rejected.inc()
                     metrics.report_rejects.labels("stale").inc()
-                    yield report_ack(msg.seq, version, InvalidInput("seq", msg.seq, f"stale: {e}"))
+                    yield report_ack(msg.seq, version, InvalidInput(e.field, e.value, f"stale: {e}"))
                     continue
                 if report.demand:
                     counting = True
