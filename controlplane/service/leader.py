@@ -42,9 +42,10 @@ CAUSE_DRILL = "drill"
 HEALTH_METRICS_EVERY_S = 1.0
 # the store key (under the cluster prefix) of the operator's rollback in force; absent: none
 ROLLBACK_KEY = "rollback/hold"
-# the leader's checkpoint of the last accepted report seq per center, written with every plan
-# heartbeat: a new leader rejects reports at or below it (F12 across a takeover). Reports accepted
-# after the last checkpoint are not covered; that window is one heartbeat (plan_heartbeat_s).
+# the leader's checkpoint of the last accepted report seq per center and incarnation (B14), written
+# with every plan heartbeat: a new leader rejects reports at or below it (F12 across a takeover).
+# Reports accepted after the last checkpoint are not covered; that window is one heartbeat
+# (plan_heartbeat_s).
 SEQS_KEY = "health/seqs"
 
 
@@ -591,7 +592,7 @@ class LeaderLoop:
             brain = self._brain(election)
             rev = await cp.publisher.heartbeat(election, brain.version)
             snap = brain.tracker.snapshot()
-            if snap.last_seq and snap != last_seqs:
+            if (snap.last_seq or snap.seqs) and snap != last_seqs:
                 await cp.fenced_put(election, SEQS_KEY, msgspec.json.encode(snap))
                 last_seqs = snap
             now = loop.time()
