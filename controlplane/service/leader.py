@@ -40,6 +40,12 @@ CAUSE_ROLLBACK = "rollback"
 CAUSE_DRILL = "drill"
 # health gauges are refreshed at least this often (and on every change): scrapes are seconds apart
 HEALTH_METRICS_EVERY_S = 1.0
+# a center's own state changes (its ACD's emergency switch, a local drain) waiting for their audit
+# entries, kept per center while the store is unreachable: past this many, the oldest waiting are
+# folded into one "N more changes" note, so a flapping ACD cannot grow the leader without bound
+MAX_PENDING_REPORTED = 32
+# the audit entry's action for such a change; its operator is "center:<id>", the source
+ACTION_REPORTED_STATE = "center_reported_state"
 # the store key (under the cluster prefix) of the operator's rollback in force; absent: none
 ROLLBACK_KEY = "rollback/hold"
 # the leader's checkpoint of the last accepted report seq per center and incarnation (B14), written
@@ -129,6 +135,10 @@ class LeaderBrain:
         # store's record and audits why, so operators see their rollback is no longer in force
         self.released: tuple[int, str] | None = None
         self._reported: dict[str, AdminState] = {}
+        # center -> [(from, to)] of state changes its reports made, oldest first, until audited
+        # (`take_reported`); `folded` counts those merged away by MAX_PENDING_REPORTED
+        self.reported_changes: dict[str, list[tuple[AdminState, AdminState]]] = {}
+        self.reported_folded: dict[str, int] = {}
 
     # ------------------------------------------------------------------ inputs
 
@@ -194,10 +204,32 @@ class LeaderBrain:
         before = self._reported.get(report.center, AdminState.OPEN)
         self._reported[report.center] = report.state
         if report.state != before:
-            # the center's own emergency switch: as urgent as an operator close
+            # the center's own emergency switch: as urgent as an operator close, and audited with
+            # its source like one (B11)
             self._urgent(CAUSE_URGENT)
+            waiting = self.reported_changes.setdefault(report.center, [])
+            waiting.append((before, report.state))
+            if len(waiting) > MAX_PENDING_REPORTED:
+                del waiting[0]
+                self.reported_folded[report.center] = self.reported_folded.get(report.center, 0) + 1
         self.dirty = True
         return changes
+
+    def reported_audits(self) -> list[tuple[str, str, str]]:
+        """(center, reason, result) of an audit entry per waiting reported state change, oldest
+        first per center; the shell calls `reported_written` once they are stored."""
+        out = []
+        for center, waiting in self.reported_changes.items():
+            folded = self.reported_folded.get(center, 0)
+            for i, (before, after) in enumerate(waiting):
+                note = f" ({folded} earlier changes not written separately)" if i == 0 and folded else ""
+                out.append((center, f"reported by the center (its ACD), was {before.value}{note}",
+                            f"{after.value} by center"))
+        return out
+
+    def reported_written(self) -> None:
+        self.reported_changes.clear()
+        self.reported_folded.clear()
 
     def stream_opened(self, center: str, now: float) -> None:
         self._note_changes(list(self.tracker.stream_opened(center, now) or ()))
@@ -518,6 +550,27 @@ class LeaderLoop:
         brain.released = None
         log.info("rollback to plan %d ended: %s", version, why)
 
+    async def _audit_reported(self, election: Any, brain: LeaderBrain) -> None:
+        """Audit the state changes centers reported about themselves (B11: a center closed by its
+        own ACD is in the trail with its source). All in one fenced transaction; on failure they
+        stay waiting and the next tick (within HEALTH_METRICS_EVERY_S) tries again."""
+        from .operator import AuditRecord
+
+        cp = self.cp
+        wall = time.time()
+        ops: list[Any] = []
+        for i, (center, reason, result) in enumerate(brain.reported_audits()):
+            audit_id = f"{time.time_ns():020d}-{cp.settings.id}-reported-{i}"
+            rec = AuditRecord(audit_id, wall, f"center:{center}", ACTION_REPORTED_STATE, f"center/{center}",
+                              reason, result)
+            ops.append(Put(cp.key("audit/" + audit_id), msgspec.json.encode(rec)))
+        try:
+            await cp._call("txn", election.fenced_txn((), ops, timeout_s=cp.settings.store_deadline_s))
+        except Exception as e:
+            log.warning("could not audit %d reported state changes (retrying): %r", len(ops), e)
+            return
+        brain.reported_written()
+
     async def _loss_watch(self, election: Any) -> None:
         await election.lost.wait()
         raise Demoted(election.reason or "lost")
@@ -553,6 +606,8 @@ class LeaderLoop:
                 continue
             if brain.released is not None:
                 await self._end_rollback(brain)
+            if brain.reported_changes:
+                await self._audit_reported(election, brain)
             wake = min(brain.next_wakeup(now), now + HEALTH_METRICS_EVERY_S)
             self._sleep_until = wake
             self._wake.clear()
