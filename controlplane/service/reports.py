@@ -99,7 +99,12 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                 if counting:
                     # after the seq check: a stale report's lookups were counted with it already;
                     # its ids were checked against the tracker's topology by report_from_pb
-                    demand.observe(report, now)
+                    excess = demand.observe(report, now)
+                    if excess:
+                        # flagged, not planned on: the metric now, an audit entry at most once
+                        # a minute per center (the leader's timer writes it)
+                        metrics.foreign_demand_excess.labels(center).inc(excess)
+                        brain.foreign_excess(center, excess)
                 leader.nudge(brain)
                 accepted.inc()
                 for target, n in report.routed_to.items():
