@@ -40,6 +40,13 @@ operators how close to DOWN it is); DOWN 0.0; FAILING
 a receiver) and 0.0 when it does not answer. A STALE center still in a failing hold-down keeps the
 failing weight as a ceiling, so going silent never raises a center's weight.
 
+Sequence numbers (F12, B14): each agent process reports under its own incarnation (epoch), and seqs
+strictly increase within one. Per center the tracker keeps the last seq of up to MAX_INCARNATIONS
+incarnations: a new incarnation is accepted whatever its seq (a restarted agent, a new pod with an
+empty state dir), two replicas' reports both count, each once; an unknown incarnation below the
+center's floor (older than one forgotten) is stale. Room for a newcomer is made by forgetting the
+least recently heard incarnation silent for the stale time; while all are live a newcomer is refused.
+
 Two error families leave this module: `InvalidInput` for bad input (unknown center, non-finite time,
 bad settings) and its subclass `StaleReport` for a report whose sequence number is not new (F12).
 """
