@@ -135,8 +135,8 @@ class DemandTracker:
         # bucket of silence_s worth: [tokens, when last refilled]
         self._hosts = {b.id: frozenset({b.home, *(r.host for r in b.schedule)}) for b in topology.branches}
         own: dict[str, float] = {c.id: 0.0 for c in topology.centers}
-        for b in topology.branches:
-            own[b.home] = own.get(b.home, 0.0) + sum(b.calls_per_hour.values())
+        for branch in topology.branches:
+            own[branch.home] = own.get(branch.home, 0.0) + sum(branch.calls_per_hour.values())
         seats = {c.id: sum(c.agents.values()) * SEAT_CALLS_PER_HOUR for c in topology.centers}
         self._foreign_rate = {c: settings.foreign_demand_factor * (cph or seats.get(c, 0.0)) / 3600.0
                               * settings.time_scale for c, cph in own.items()}
