@@ -1,7 +1,8 @@
 """The agent's load reports to the control-plane leader, every interval, over one Report stream.
 
-- `SeqStore`: report sequence numbers that survive reconnects and restarts. The high-water mark is
-  reserved in blocks (one fsync per block), so taking a number is a counter increment.
+- `SeqStore`: report sequence numbers that survive reconnects and restarts, and the incarnation
+  (epoch) they belong to. The high-water mark is reserved in blocks (one fsync per block), so taking
+  a number is a counter increment.
 - `RoutedCounter`: what the lookup paths bump per answered lookup (two dict increments: per target
   and per branch); swapped out whole each interval, so counting never locks and never does I/O.
 - `DemandLedger`: the per-branch lookup counts between the lookup paths and the control plane's
@@ -31,22 +32,43 @@ from controlplane.core.model import MAX_COUNT, MAX_DEMAND_ENTRIES, MAX_TARGETS_P
 log = logging.getLogger("callroute.agent.report")
 
 SEQ_FILE = "report_seq"
+INCARNATION_FILE = "report_incarnation"
+# the wire's uint64: the largest seq and incarnation a report can carry
+MAX_SEQ = 2**64 - 1
 # Reports waiting for the stream: one interval's worth. Anything older is stale and dropped.
 OUTBOX_SIZE = 2
 _LEADER_RE = re.compile(r"leader at ([^\s;,]+:\d+)")
 
 
 class SeqStore:
-    """Strictly increasing report sequence numbers across restarts.
+    """Strictly increasing report sequence numbers across restarts, within an incarnation.
 
     The file holds the highest number this agent may have used. At start everything up to it is
     presumed used; the next block is reserved (written and fsynced) before any of it is handed out.
+
+    The incarnation is this process's epoch (report.proto, CenterReport.incarnation): at start the
+    larger of the wall clock in nanoseconds and the state dir's last + 1, so a restart supersedes
+    its predecessor even with an empty state dir (a new pod) and even if the clock went back. A
+    new one is taken (`renew`) when the seq would pass MAX_SEQ, or when the control plane calls a
+    report of the current one stale (its numbering is behind the control plane's: a lost state
+    file, a replayed checkpoint): a center is never locked out by its own numbers.
     """
 
     def __init__(self, state_dir: str | Path | None, block: int = 10_000) -> None:
         self.path = Path(state_dir) / SEQ_FILE if state_dir else None
+        self.inc_path = Path(state_dir) / INCARNATION_FILE if state_dir else None
         self.block = block
         self.reserved = 0
+        self.incarnation = 0
+        if self.inc_path is not None:
+            try:
+                self.incarnation = int(self.inc_path.read_text().strip() or 0)
+            except FileNotFoundError:
+                pass
+            except ValueError:
+                log.error("%s is corrupt; taking a new incarnation from the clock", self.inc_path)
+        self.next = 1
+        self.renew()
         if self.path is not None:
             try:
                 self.reserved = int(self.path.read_text().strip() or 0)
@@ -61,21 +83,48 @@ class SeqStore:
             # nowhere to remember the mark: start from the wall clock in microseconds, which is
             # above any earlier run's numbers unless the clock went back (set --state-dir!)
             self.reserved = int(time.time() * 1e6)
-        self.next = self.reserved + 1
+        self.next = min(self.reserved, MAX_SEQ) + 1
+        if self.next > MAX_SEQ:
+            self._roll_over()
         self._reserve()
+        # seqs from here on belong to the current incarnation (see `stale`)
+        self.first_seq = self.next
 
     def _reserve(self) -> None:
-        self.reserved = self.next + self.block - 1
+        self.reserved = min(self.next + self.block - 1, MAX_SEQ)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.path, str(self.reserved).encode())
 
-    def take(self) -> int:
+    def _roll_over(self) -> None:
+        # the top of the range: numbering starts again at 1 in a new incarnation
+        self.next = 1
+        self.renew()
+
+    def renew(self) -> None:
+        """Take a new incarnation above every earlier one, persisted before any report carries it."""
+        self.incarnation = min(MAX_SEQ, max(time.time_ns(), self.incarnation + 1))
+        if self.inc_path is not None:
+            self.inc_path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.inc_path, str(self.incarnation).encode())
+        self.first_seq = self.next
+
+    def stale(self, seq: int) -> None:
+        """The control plane rejected report `seq` as stale: if it was of the current incarnation,
+        take a new one (reports of an older one already in flight say nothing new)."""
+        if seq >= self.first_seq:
+            log.warning("report seq %d called stale: taking a new incarnation", seq)
+            self.renew()
+
+    def take(self) -> tuple[int, int]:
+        """(incarnation, seq) for the next report."""
         if self.next > self.reserved:
+            if self.next > MAX_SEQ:
+                self._roll_over()
             self._reserve()
         n = self.next
         self.next += 1
-        return n
+        return self.incarnation, n
 
 
 class RoutedCounter:
@@ -274,7 +323,8 @@ class Reporter:
         if len(routed_to) > MAX_TARGETS_PER_REPORT:
             routed_to = dict(sorted(routed_to.items(), key=lambda kv: -kv[1])[:MAX_TARGETS_PER_REPORT])
         routed_to = {c: min(n, MAX_COUNT) for c, n in routed_to.items()}
-        return Report(center=self.center, seq=self.seqs.take(), sent_at=self.wall(),
+        incarnation, seq = self.seqs.take()
+        return Report(center=self.center, seq=seq, incarnation=incarnation, sent_at=self.wall(),
                       interval_s=self.interval_s, state=self.acd.state, skills=skills,
                       routed_to=routed_to, demand=self.ledger.take())
 
@@ -424,6 +474,8 @@ class Reporter:
             else:
                 self.rejected += 1
                 self.last_error = ack.error
+                if ack.error_field in ("seq", "incarnation"):
+                    self.seqs.stale(ack.seq)
                 log.warning("report seq %s rejected: %s", ack.seq, ack.error)
             if ack.plan_version:
                 self.cp_plan_version = ack.plan_version

@@ -238,7 +238,7 @@ def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] |
             raise InvalidInput(f"demand[{i}].skill", skill, "unknown skill")
         per_skill[skill] = d.lookups
     r = Report(center=msg.center, seq=msg.seq, sent_at=msg.sent_at, interval_s=msg.interval_s,
-               state=state, skills=skills, routed_to=routed, demand=demand)
+               state=state, skills=skills, routed_to=routed, demand=demand, incarnation=msg.incarnation)
     validate_report(r, known_centers, known_branches=known_branches)
     return r
 
@@ -248,7 +248,7 @@ def report_to_pb(r: Report) -> report_pb2.CenterReport:
     RoutedCount = report_pb2.RoutedCount
     BranchDemand = report_pb2.BranchDemand
     return report_pb2.CenterReport(
-        center=r.center, seq=r.seq, sent_at=r.sent_at, interval_s=r.interval_s,
+        center=r.center, seq=r.seq, incarnation=r.incarnation, sent_at=r.sent_at, interval_s=r.interval_s,
         state=_ADMIN_TO_PB[r.state],
         skills=[SkillReport(skill=k, logged_in=s.logged_in, ready=s.ready, busy=s.busy, queued=s.queued,
                             oldest_wait_s=s.oldest_wait_s, offered=s.offered, answered=s.answered,

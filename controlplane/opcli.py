@@ -282,6 +282,16 @@ def _check_limit(field: str, v: int) -> None:
         raise InvalidInput(field, v, f"must be in [0, {MAX_LIMIT}] (0: the server's default)")
 
 
+def _admin_cell(admin: str, reported: str) -> str:
+    """The operators' state, and the center's own when it differs from open (its ACD's emergency
+    switch or a local drain): "closed by center" moves calls as surely as an operator's close."""
+    cell = admin if admin == "open" else f"[bold red]{admin}[/]"
+    if reported in ("draining", "closed"):
+        by = f"[bold red]{reported} by center[/]"
+        cell = by if admin == "open" else f"{cell} / {by}"
+    return cell
+
+
 def centers_table(reply: Any) -> Any:
     """One row per center: health, operator state, load, EWT, service level, acked plan."""
     from rich.table import Table
@@ -299,6 +309,7 @@ def centers_table(reply: Any) -> Any:
     for c in reply.centers:
         status = _short(types_pb2.CenterStatus.DESCRIPTOR, c.status)
         admin = _short(types_pb2.AdminState.DESCRIPTOR, c.admin_state)
+        reported = _short(types_pb2.AdminState.DESCRIPTOR, c.reported_state)
         ready = sum(s.ready for s in c.skills)
         logged = sum(s.logged_in for s in c.skills)
         queued = sum(s.queued for s in c.skills)
@@ -315,7 +326,7 @@ def centers_table(reply: Any) -> Any:
             c.center,
             c.region,
             f"[{color}]{status}[/]" if color else status,
-            admin if admin == "open" else f"[bold red]{admin}[/]",
+            _admin_cell(admin, reported),
             f"{c.weight:.2f}",
             f"{ready}/{logged}" if c.skills else "-",
             str(queued) if c.skills else "-",

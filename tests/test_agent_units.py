@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import msgspec
 import pytest
@@ -239,16 +240,53 @@ def test_push_acd_random_bytes_only_invalid_input(raw):
 
 def test_seq_survives_restarts_and_reserves_blocks(tmp_path):
     a = SeqStore(tmp_path, block=100)
-    seqs = [a.take() for _ in range(250)]
-    assert seqs == list(range(1, 251))
+    taken = [a.take() for _ in range(250)]
+    assert [seq for _, seq in taken] == list(range(1, 251))
+    assert {inc for inc, _ in taken} == {a.incarnation}  # one process, one incarnation
     b = SeqStore(tmp_path, block=100)  # a restart (or a crash after any of those)
-    assert b.take() > 250
+    inc, seq = b.take()
+    assert seq > 250 and inc > a.incarnation
     assert int((tmp_path / "report_seq").read_text()) >= 250
+
+
+def test_incarnation_supersedes_with_an_empty_state_dir_and_a_clock_gone_back(tmp_path, monkeypatch):
+    # B14: a new pod (empty state dir) still takes a newer incarnation than its predecessor's
+    old = SeqStore(tmp_path / "old")
+    new = SeqStore(tmp_path / "new")
+    assert new.incarnation > old.incarnation > 10**18  # nanoseconds since the epoch
+    # with its state dir, a restart is above the last one even if the wall clock went back an hour
+    real_ns = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real_ns() - 3600 * 10**9)
+    again = SeqStore(tmp_path / "old")
+    assert again.incarnation == old.incarnation + 1
+    assert int((tmp_path / "old" / "report_incarnation").read_text()) == again.incarnation
+
+
+def test_seq_at_the_top_rolls_into_a_new_incarnation(tmp_path):
+    (tmp_path / "report_seq").write_text(str(2**64 - 3))
+    s = SeqStore(tmp_path, block=100)
+    first = s.incarnation
+    assert [s.take() for _ in range(2)] == [(first, 2**64 - 2), (first, 2**64 - 1)]
+    inc, seq = s.take()
+    assert (seq, inc > first) == (1, True)
+
+
+def test_a_stale_answer_renews_the_incarnation_once(tmp_path):
+    s = SeqStore(tmp_path)
+    first, seq = s.take()
+    _, seq2 = s.take()
+    s.stale(seq)
+    renewed = s.incarnation
+    assert renewed > first
+    s.stale(seq2)  # another report of the old incarnation, still in flight: no new one
+    assert s.incarnation == renewed
+    inc, seq3 = s.take()
+    assert inc == renewed and seq3 > seq2
 
 
 def test_seq_corrupt_file_jumps_ahead(tmp_path):
     (tmp_path / "report_seq").write_text("garbage")
-    assert SeqStore(tmp_path).take() > 10**12
+    assert SeqStore(tmp_path).take()[1] > 10**12
 
 
 def test_routed_counter_swaps_whole_and_splits_into_routed_and_demand():
@@ -357,7 +395,7 @@ def test_probe_lookups_answer_like_calls_but_are_not_counted_as_calls():
 
 
 def test_seq_without_state_dir_starts_above_earlier_runs():
-    assert SeqStore(None).take() > 10**15
+    assert SeqStore(None).take()[1] > 10**15
 
 
 # ---------------------------------------------------------------- reporter against a fake control plane

@@ -60,6 +60,7 @@ from controlplane.core.model import (
     Status,
     Target,
     Topology,
+    validate_report,
 )
 from controlplane.core.plan import diff_plans
 from controlplane.core.planner import compute_plan
@@ -338,8 +339,19 @@ def test_unspecified_or_unknown_state_is_rejected(state):
     reject(sample_report(state=state), "state", str(state))
 
 
-def test_seq_beyond_63_bits_is_rejected():
-    reject(sample_report(seq=2**63), "seq", str(2**63))
+def test_seq_and_incarnation_take_the_whole_uint64_range():
+    # B14: the largest seq on the wire is a report like any other (an agent then starts a new
+    # incarnation), not an error that leaves the center silent
+    top = 2**64 - 1
+    msg = sample_report(seq=top)
+    msg.incarnation = top
+    r = report_from_pb(msg, KNOWN)
+    assert (r.seq, r.incarnation) == (top, top)
+    assert report_to_pb(r).incarnation == top
+    for field in ("seq", "incarnation"):
+        with pytest.raises(InvalidInput) as err:  # beyond the wire's range: only from Python callers
+            validate_report(msgspec.structs.replace(r, **{field: 2**64}), KNOWN)
+        assert err.value.field == field
 
 
 def test_inconsistent_skill_counts_are_rejected():

@@ -19,7 +19,7 @@ from test_cp_support import wait_for
 from controlplane.core.health import HealthSettings
 from controlplane.core.model import AdminState, Plan, Report, SkillLoad
 from controlplane.core.topology import load_topology, topology_hash
-from controlplane.service.leader import LeaderBrain
+from controlplane.service.leader import MAX_PENDING_REPORTED, LeaderBrain
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPO = load_topology(ROOT / "examples" / "small.yaml")
@@ -64,6 +64,44 @@ def test_operator_close_is_urgent_and_routes_avoid_the_closed_center():
     p = b.compute(0.01, 0.0)
     assert p is not None and "north" in p.closed and p.meta["cause"] == "operator change"
     assert all(t.center != "north" for r in p.routes for t in r.targets)
+
+
+def test_b11_a_centers_own_state_changes_wait_for_their_audit_bounded():
+    b = brain()
+    b.observe(report("north", 1), 0.0)
+    assert b.reported_audits(0.0) == []  # open as before: nothing to audit
+    b.observe(report("north", 2, state=AdminState.CLOSED), 0.1)
+    assert b.due(0.1)  # as urgent as an operator's close
+    closed = ("north", "center_reported_state", "reported by the center (its ACD), was open",
+              "closed by center")
+    assert b.reported_audits(0.1) == [closed]
+    # a flapping ACD while the store is away: at most MAX_PENDING_REPORTED wait, the rest are counted
+    flips = [AdminState.OPEN, AdminState.CLOSED] * MAX_PENDING_REPORTED
+    for i, st_ in enumerate(flips):
+        b.observe(report("north", 3 + i, state=st_), 0.2 + 0.01 * i)
+    audits = b.reported_audits(1.0)
+    assert len(audits) == MAX_PENDING_REPORTED
+    assert f"({len(flips) + 1 - MAX_PENDING_REPORTED} earlier changes not written separately)" in audits[0][2]
+    assert audits[-1][3] == "closed by center"
+    b.reported_written(1.0)
+    assert b.reported_audits(1.0) == [] and not b.audits_due(1.0)
+
+
+def test_capped_foreign_demand_is_audited_at_most_once_a_minute_per_center():
+    b = brain()
+    b.foreign_excess("north", 500.0)
+    assert b.audits_due(0.0)
+    [(center, action, _, result)] = b.reported_audits(0.0)
+    assert (center, action, result) == ("north", "foreign_demand_capped", "not planned on: 500 lookups")
+    b.reported_written(0.0)
+    for t in range(1, 60):  # a flood for a minute: counted, not audited
+        b.foreign_excess("north", 100.0)
+        assert not b.audits_due(float(t))
+    b.foreign_excess("south", 1.0)  # another center is not held back by north's limit
+    assert [a[0] for a in b.reported_audits(59.0)] == ["south"]
+    b.reported_written(59.0)
+    [(_, _, _, result)] = b.reported_audits(60.0)
+    assert result == "not planned on: 5900 lookups"  # nothing dropped from the trail's total
 
 
 def test_center_down_is_urgent():

@@ -155,14 +155,35 @@ def test_a_real_surge_takes_over_within_minutes():
 
 
 def test_counts_sum_over_every_reporting_center():
-    # around a failover the home agent and a backup agent both answer b0's lookups
-    f = Feed()
+    # around a failover the home agent and a backup agent both answer b0's lookups (at 20 times
+    # c1's own forecast: the foreign cap raised out of the way, tested below)
+    f = Feed(DemandSettings(foreign_demand_factor=20.0))
     f.run(3000.0, {"c0": {"b0": {"retail": 1}}, "c1": {"b0": {"retail": 1}, "b1": {"retail": 2}}})
     r = f.t.rates(f.now)
     assert r["b0"]["retail"] == pytest.approx(2 * 7200.0, rel=0.01)
     assert r["b1"]["retail"] == pytest.approx(2 * 7200.0, rel=0.01)
     # a forecast pair nobody saw decays to zero: the branch really sends nothing for it
     assert r["b0"]["card"] == pytest.approx(0.0, abs=1.0)
+
+
+def test_foreign_demand_is_capped_at_the_centers_allowance_and_the_excess_returned():
+    # c1 (own forecast 720 calls/h) reports a flood for c0's branch b0: counted only up to
+    # foreign_demand_factor x 720 = 2160 calls/h, the rest returned as excess, never planned on
+    f = Feed()
+    excess = 0.0
+    for _ in range(round(1200 / 0.5)):
+        f.now += 0.5
+        f.seq["c1"] += 1
+        f.seq["c0"] += 1
+        excess += f.t.observe(Report("c1", f.seq["c1"], 1.7e9, demand={"b0": {"retail": 10_000}}), f.now)
+        # c0's own lookups for its own branch are never capped, however many
+        assert f.t.observe(Report("c0", f.seq["c0"], 1.7e9, demand={"b0": {"card": 100}}), f.now) == 0.0
+    rates = f.t.rates(f.now)
+    cap = S.foreign_demand_factor * 720.0
+    assert cap * 0.9 < rates["b0"]["retail"] < cap * 1.01  # not 10_000 x 7200 = 72 million an hour
+    assert rates["b0"]["card"] == pytest.approx(100 * 7200.0, rel=0.01)
+    reported = 10_000 * round(1200 / 0.5)
+    assert excess == pytest.approx(reported - cap / 3600.0 * (1200 + S.silence_s), rel=0.01)
 
 
 def test_a_pair_seen_only_live_is_reported_too():

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from controlplane.core.health import (
+    MAX_INCARNATIONS,
     HealthChange,
     HealthSettings,
     HealthSnapshot,
@@ -403,6 +405,96 @@ def test_f12_paused_agent_is_excluded_and_its_old_reports_rejected():
         n.advance(0.5)
     assert n.status("a") == Status.HEALTHY
     assert n.t.last_seq("a") == 14
+
+
+# ---------------------------------------------------------------- B14: report incarnations
+
+
+def inc_report(center: str, incarnation: int, seq: int) -> Report:
+    return msgspec.structs.replace(report(center, seq), incarnation=incarnation)
+
+
+def test_b14_a_restarted_agent_is_accepted_at_once_whatever_its_seq():
+    n = Net()
+    for seq in range(1, 51):  # the old agent ran a while: seq 50
+        n.t.observe(inc_report("a", 1_000, seq), n.now)
+        n.advance(0.5)
+    # a new pod, empty state dir: seq restarts at 1 in a newer incarnation, accepted at once
+    n.t.observe(inc_report("a", 2_000, 1), n.now)
+    assert n.status("a") == Status.HEALTHY
+    assert (n.t.last_seq("a", 2_000), n.t.last_seq("a", 1_000)) == (1, 50)
+    # within an incarnation seqs still strictly increase (F12)
+    with pytest.raises(StaleReport) as e:
+        n.t.observe(inc_report("a", 2_000, 1), n.now)
+    assert (e.value.field, e.value.incarnation) == ("seq", 2_000)
+    assert "incarnation 2000" in str(e.value)
+
+
+def test_b14_two_replicas_alternating_both_count_each_report_once():
+    n = Net()
+    for i in range(1, 21):
+        n.t.observe(inc_report("a", 7, 100 + i), n.now)  # replica one, started first, high seqs
+        n.t.observe(inc_report("a", 9, i), n.now)  # replica two, newer, low seqs
+        n.advance(0.25)
+    assert n.t.reports_seen("a") == 40
+    assert (n.t.last_seq("a", 7), n.t.last_seq("a", 9)) == (120, 20)
+    for inc, seq in ((7, 120), (9, 20), (9, 3)):  # a duplicate delivery of either: stale
+        with pytest.raises(StaleReport):
+            n.t.observe(inc_report("a", inc, seq), n.now)
+    assert n.t.reports_seen("a") == 40 and n.status("a") == Status.HEALTHY
+
+
+def test_b14_the_largest_seq_does_not_lock_a_center_out():
+    n = Net()
+    top = 2**64 - 1
+    n.t.observe(inc_report("a", 5, top), n.now)
+    with pytest.raises(StaleReport):  # nothing is above it in that incarnation...
+        n.t.observe(inc_report("a", 5, top), n.now)
+    n.advance(0.5)
+    n.t.observe(inc_report("a", 6, 1), n.now)  # ...so the agent rolls into a new one
+    assert n.t.last_seq("a", 6) == 1 and n.status("a") == Status.HEALTHY
+
+
+def test_b14_incarnations_are_bounded_and_forgotten_ones_stay_stale():
+    n = Net()
+    live = list(range(1, MAX_INCARNATIONS + 1))
+    for inc in live:
+        n.t.observe(inc_report("a", inc, 1), n.now)
+    # all live (heard within the stale time): a ninth is refused, no working agent pushed out
+    with pytest.raises(StaleReport) as e:
+        n.t.observe(inc_report("a", 100, 1), n.now)
+    assert e.value.field == "incarnation" and "live incarnations" in str(e.value)
+    # incarnation 1 falls silent, the others keep reporting
+    for _ in range(4):
+        n.advance(0.5)
+        for inc in live[1:]:
+            n.t.observe(inc_report("a", inc, n.t.last_seq("a", inc) + 1), n.now)
+    n.t.observe(inc_report("a", 100, 1), n.now)  # room made by forgetting the silent one
+    assert n.t.last_seq("a", 1) is None and n.t.last_seq("a", 100) == 1
+    # a replay from the forgotten incarnation, or anything older, is stale, not a newcomer
+    for inc in (1, 0):
+        with pytest.raises(StaleReport) as e:
+            n.t.observe(inc_report("a", inc, 99), n.now)
+        assert e.value.field == "incarnation" and "older than incarnation 2" in str(e.value)
+    assert len(n.t.snapshot().seqs["a"]) == MAX_INCARNATIONS
+
+
+def test_b14_checkpoint_carries_incarnations_to_a_new_leader():
+    n = Net()
+    n.t.observe(report("a", 4), n.now)  # an agent from before incarnations
+    n.t.observe(inc_report("a", 7, 30), n.now)
+    n.t.observe(inc_report("b", 9, 2), n.now)
+    snap = msgspec.json.decode(msgspec.json.encode(n.t.snapshot()), type=HealthSnapshot)
+    assert snap == HealthSnapshot({"a": 4}, {"a": {7: 30}, "b": {9: 2}}, {})
+    fresh = HealthTracker(CENTERS, S, 5.0)
+    fresh.restore(snap)
+    for c, inc, seq in (("a", 0, 4), ("a", 7, 30), ("b", 9, 2)):
+        with pytest.raises(StaleReport):
+            fresh.observe(inc_report(c, inc, seq), 5.0)
+    fresh.observe(inc_report("a", 7, 31), 5.0)
+    fresh.observe(inc_report("a", 8, 1), 5.0)  # a restart during the takeover: accepted
+    with pytest.raises(InvalidInput):
+        fresh.restore(HealthSnapshot(seqs={"a": {7: -1}}))
 
 
 def test_rejected_report_changes_nothing_even_when_timeouts_are_due():

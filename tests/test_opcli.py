@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import string
 from concurrent import futures
 from pathlib import Path
@@ -30,7 +31,7 @@ from test_cp_support import (
     wait_for,
 )
 
-from callroute.v1 import operator_pb2, operator_pb2_grpc
+from callroute.v1 import operator_pb2, operator_pb2_grpc, types_pb2
 from controlplane.core.model import InvalidInput
 from controlplane.opcli import (
     EXIT_FAILED,
@@ -192,6 +193,48 @@ async def test_close_audit_centers_history_diff_explain(cp, agents):
     # (in a thread: a blocking call here would stall the replica's own event loop)
     assert await asyncio.to_thread(run_plan_subcommand, ["history", "--json", *ep], out=out) == EXIT_OK
     assert "north" not in json.loads(out.getvalue())["plans"][0]["closed"]
+
+
+async def test_b11_a_center_closed_by_its_own_acd_is_audited_and_shown_with_report_age(cp):
+    ep = ("--endpoint", f"127.0.0.1:{cp.port}")
+    addr = f"127.0.0.1:{cp.port}"
+    reporters = {c: Reporter([addr], c, ["retail"]).start() for c in CENTERS}
+    try:
+        async def all_reporting() -> Any:
+            got = await cli_json("centers", *ep)
+            return all(0 <= c["last_report_age_s"] < 5 for c in got["centers"]) and got
+
+        await wait_for(all_reporting, 10, "every center's report age", step=0.1)
+        rc, text, _ = await cli("centers", *ep)
+        assert rc == EXIT_OK and len(re.findall(r"\b\d+\.\d s\b", text)) == len(CENTERS), text
+
+        reporters["north"].state = types_pb2.ADMIN_STATE_CLOSED  # north's ACD emergency switch
+
+        async def audited(result: str) -> Any:
+            entries = (await cli_json("audit", *ep)).get("entries", [])
+            mine = (e for e in entries if e["operator"] == "center:north" and e["result"] == result)
+            return next(mine, None)
+
+        entry = await wait_for(lambda: audited("closed by center"), 10, "the ACD's close in the audit trail",
+                               step=0.1)
+        assert (entry["action"], entry["target"]) == ("center_reported_state", "center/north")
+        assert "was open" in entry["reason"]
+        north = next(c for c in (await cli_json("centers", *ep))["centers"] if c["center"] == "north")
+        assert (north["admin_state"], north["reported_state"]) == ("open", "closed")
+        rc, text, _ = await cli("centers", *ep)
+        assert rc == EXIT_OK and "closed by center" in text, text
+        rc, text, _ = await cli("centers", "--watch", "--count", "1", "--interval", "0.05", *ep)
+        assert rc == EXIT_OK and "closed by center" in text, text  # the live view too
+
+        reporters["north"].state = types_pb2.ADMIN_STATE_OPEN
+        entry = await wait_for(lambda: audited("open by center"), 10, "the ACD's reopening in the audit",
+                               step=0.1)
+        assert "was closed" in entry["reason"]
+        rc, text, _ = await cli("centers", *ep)
+        assert "by center" not in text
+    finally:
+        for r in reporters.values():
+            await r.stop()
 
 
 async def test_store_without_quorum_is_never_reported_as_done(cp):

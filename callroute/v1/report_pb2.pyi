@@ -8,12 +8,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CenterReport(_message.Message):
-    __slots__ = ("center", "seq", "sent_at", "interval_s", "state", "skills", "routed_to", "demand")
+    __slots__ = ("center", "seq", "sent_at", "interval_s", "state", "incarnation", "skills", "routed_to", "demand")
     CENTER_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     SKILLS_FIELD_NUMBER: _ClassVar[int]
     ROUTED_TO_FIELD_NUMBER: _ClassVar[int]
     DEMAND_FIELD_NUMBER: _ClassVar[int]
@@ -22,10 +23,11 @@ class CenterReport(_message.Message):
     sent_at: float
     interval_s: float
     state: _types_pb2.AdminState
+    incarnation: int
     skills: _containers.RepeatedCompositeFieldContainer[SkillReport]
     routed_to: _containers.RepeatedCompositeFieldContainer[RoutedCount]
     demand: _containers.RepeatedCompositeFieldContainer[BranchDemand]
-    def __init__(self, center: _Optional[str] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., skills: _Optional[_Iterable[_Union[SkillReport, _Mapping]]] = ..., routed_to: _Optional[_Iterable[_Union[RoutedCount, _Mapping]]] = ..., demand: _Optional[_Iterable[_Union[BranchDemand, _Mapping]]] = ...) -> None: ...
+    def __init__(self, center: _Optional[str] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., incarnation: _Optional[int] = ..., skills: _Optional[_Iterable[_Union[SkillReport, _Mapping]]] = ..., routed_to: _Optional[_Iterable[_Union[RoutedCount, _Mapping]]] = ..., demand: _Optional[_Iterable[_Union[BranchDemand, _Mapping]]] = ...) -> None: ...
 
 class SkillReport(_message.Message):
     __slots__ = ("skill", "logged_in", "ready", "busy", "queued", "oldest_wait_s", "offered", "answered", "answered_within", "abandoned", "aht_s")

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from .health import MAX_SETTING_S  # the same bound on every core setting in seconds
+from .health import MAX_INCARNATIONS, MAX_SETTING_S  # the same bounds as the health tracker
 from .model import InvalidInput, Report, Topology
 
 # Counts are stored scaled by exp((t - ref) / tau) so a report costs only its own entries (no decay
@@ -44,6 +44,11 @@ from .model import InvalidInput, Report, Topology
 RESCALE_AT = 50.0
 # a simulated day in a second is the fastest any harness runs
 MAX_TIME_SCALE = 86_400.0
+# beyond this the cap on foreign demand caps nothing: a unit mistake, not a choice
+MAX_FOREIGN_FACTOR = 1_000.0
+# calls per hour one seat answers at a 5-minute handle time: the foreign-demand base of a center
+# that hosts no branch
+SEAT_CALLS_PER_HOUR = 12.0
 
 
 class DemandSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -63,6 +68,13 @@ class DemandSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # running faster than real time (the chaos harness, `callroute up --speed`, whose simulated ACDs
     # run at the same factor); 1 in production
     time_scale: float = 1.0
+    # B5-style containment: lookups a center reports for branches it does not host (a backup agent
+    # answering for a dark neighbour) are counted up to this many times the calls per hour its own
+    # branches forecast (its seats x 12 calls/h, a 5-minute handle time, if it hosts none): in the
+    # example networks no neighbour forecasts more than twice a center's own, and a surge adds half
+    # again. Beyond it a center's report would move other centers' traffic; the excess is flagged
+    # (returned by observe), not planned on.
+    foreign_demand_factor: float = 3.0
 
     def __post_init__(self) -> None:
         ts = self.time_scale
@@ -75,6 +87,9 @@ class DemandSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         v = self.prior_s
         if not isinstance(v, int | float) or not math.isfinite(v) or not 0 <= v <= MAX_SETTING_S:
             raise InvalidInput("prior_s", v, f"must be a number in [0, {MAX_SETTING_S:g}] seconds")
+        v = self.foreign_demand_factor
+        if not isinstance(v, int | float) or not math.isfinite(v) or not 0 < v <= MAX_FOREIGN_FACTOR:
+            raise InvalidInput("foreign_demand_factor", v, f"must be a number in (0, {MAX_FOREIGN_FACTOR:g}]")
 
 
 class DemandTracker:
@@ -107,22 +122,56 @@ class DemandTracker:
         self._ref = self._now
         self._start: float | None = None  # t0 of the current run of reports; None = no run
         self._last_report_at: float | None = None
-        # reports already counted are not counted again (a replay, a duplicate delivery)
-        self._last_seq: dict[str, int] = {}
+        # reports already counted are not counted again (a replay, a duplicate delivery); per
+        # (center, incarnation) as in the health tracker, so two replicas of a center both count
+        self._last_seq: dict[tuple[str, int], int] = {}
         # a branch's switches ask its home center's agent: once that agent has reported (the shell
         # feeds only agents that count lookups), zero lookups mean zero calls. Until then the branch
         # keeps its forecast, so one served by an agent that does not count (an older build,
         # mid-upgrade) is not read as silent; lookups counted elsewhere (a backup agent) count too.
         self._home = {b.id: b.home for b in topology.branches}
+        # the centers a branch's switches ask by design (home, or a scheduled host): lookups from any
+        # other center are foreign, allowed per center at a rate (lookups per second) with a
+        # bucket of silence_s worth: [tokens, when last refilled]
+        self._hosts = {b.id: frozenset({b.home, *(r.host for r in b.schedule)}) for b in topology.branches}
+        own: dict[str, float] = {c.id: 0.0 for c in topology.centers}
+        for branch in topology.branches:
+            own[branch.home] = own.get(branch.home, 0.0) + sum(branch.calls_per_hour.values())
+        seats = {c.id: sum(c.agents.values()) * SEAT_CALLS_PER_HOUR for c in topology.centers}
+        self._foreign_rate = {c: settings.foreign_demand_factor * (cph or seats.get(c, 0.0)) / 3600.0
+                              * settings.time_scale for c, cph in own.items()}
+        self._foreign_bucket: dict[str, list[float]] = {}
         self._measured: set[str] = set()
         self._measuring: set[str] = set()
 
-    def observe(self, report: Report, now: float) -> None:
-        """Add one report's lookup counts (the report already passed model.validate_report).
+    def _new_incarnation(self, key: tuple[str, int]) -> None:
+        """Room for a center's new incarnation: its oldest beyond the health tracker's bound goes
+        (that tracker refuses reports from incarnations it forgot, so none comes back here)."""
+        mine = sorted(k for k in self._last_seq if k[0] == key[0])
+        for old in mine[: max(0, len(mine) + 1 - MAX_INCARNATIONS)]:
+            del self._last_seq[old]
+
+    def _foreign_allowed(self, center: str, foreign: float, now: float) -> float:
+        """How many of `foreign` lookups `center` may add now: a token bucket at its foreign rate,
+        holding silence_s of it, so neither many small reports nor a claimed long interval widen it."""
+        rate = self._foreign_rate.get(center, 0.0)
+        cap = rate * self._s.silence_s
+        bucket = self._foreign_bucket.get(center)
+        if bucket is None:
+            bucket = self._foreign_bucket[center] = [cap, now]
+        tokens = min(cap, bucket[0] + rate * (now - bucket[1]))
+        allowed = min(foreign, tokens)
+        bucket[0], bucket[1] = tokens - allowed, now
+        return allowed
+
+    def observe(self, report: Report, now: float) -> float:
+        """Add one report's lookup counts (the report already passed model.validate_report); returns
+        the lookups not counted for exceeding the center's foreign-demand allowance (0.0 usually).
 
         A report whose seq is not after the last one counted for its center is ignored: its lookups
         were counted already. Raises InvalidInput for a branch or skill the topology does not know,
-        before counting anything.
+        before counting anything. Lookups for branches the center does not host count up to
+        foreign_demand_factor (see DemandSettings); past it each is counted in proportion.
         """
         now = self._clamp(now)
         demand = report.demand
@@ -135,10 +184,13 @@ class DemandTracker:
                 for skill in per_skill:
                     if skill not in skills:
                         raise InvalidInput(f"demand[{branch}].key", skill, "unknown skill")
-        last = self._last_seq.get(report.center)
+        key = (report.center, report.incarnation)
+        last = self._last_seq.get(key)
         if last is not None and report.seq <= last:
-            return
-        self._last_seq[report.center] = report.seq
+            return 0.0
+        if last is None:
+            self._new_incarnation(key)
+        self._last_seq[key] = report.seq
         if self._last_report_at is None or now - self._last_report_at > self._s.silence_s:  # _silent, inline
             # a new run: what was counted before the silence is too old to describe now
             self._counts = [0.0] * len(self._counts)
@@ -161,24 +213,37 @@ class DemandTracker:
                     extra[s] *= k
             self._ref = now
         if not demand:
-            return  # a third of reports: no lookups answered in the interval
+            return 0.0  # a third of reports: no lookups answered in the interval
         scale = math.exp((now - self._ref) / tau) / self._s.time_scale
+        center, hosts = report.center, self._hosts
+        foreign = 0
+        for branch, counts in demand.items():
+            if center not in hosts[branch]:
+                foreign += sum(counts.values())
+        excess = 0.0
+        keep = 1.0
+        if foreign:
+            allowed = self._foreign_allowed(center, foreign, now)
+            if allowed < foreign:
+                excess, keep = foreign - allowed, allowed / foreign
         flat = self._counts
         for branch, counts in demand.items():
             where = slots[branch]
             counted = False
+            k = scale if keep == 1.0 or center in hosts[branch] else scale * keep
             for skill, n in counts.items():
                 if n:
                     i = where.get(skill)
                     if i is None:
                         extra = self._extra[branch]
-                        extra[skill] = extra.get(skill, 0.0) + n * scale
+                        extra[skill] = extra.get(skill, 0.0) + n * k
                         self._any_extra = True
                     else:
-                        flat[i] = flat[i] + n * scale  # 0.0 + x where the count was missing before
+                        flat[i] = flat[i] + n * k  # 0.0 + x where the count was missing before
                     counted = True
             if counted:
                 self._measured.add(branch)
+        return excess
 
     def rates(self, now: float, surge: Mapping[str, float] | None = None) -> dict[str, dict[str, float]]:
         """Calls per hour per branch and skill: every forecast pair, plus pairs only seen live.

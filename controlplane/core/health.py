@@ -40,6 +40,13 @@ operators how close to DOWN it is); DOWN 0.0; FAILING
 a receiver) and 0.0 when it does not answer. A STALE center still in a failing hold-down keeps the
 failing weight as a ceiling, so going silent never raises a center's weight.
 
+Sequence numbers (F12, B14): each agent process reports under its own incarnation (epoch), and seqs
+strictly increase within one. Per center the tracker keeps the last seq of up to MAX_INCARNATIONS
+incarnations: a new incarnation is accepted whatever its seq (a restarted agent, a new pod with an
+empty state dir), two replicas' reports both count, each once; an unknown incarnation below the
+center's floor (older than one forgotten) is stale. Room for a newcomer is made by forgetting the
+least recently heard incarnation silent for the stale time; while all are live a newcomer is refused.
+
 Two error families leave this module: `InvalidInput` for bad input (unknown center, non-finite time,
 bad settings) and its subclass `StaleReport` for a report whose sequence number is not new (F12).
 """
@@ -72,6 +79,14 @@ MIN_REPORT_SPACING = 0.5
 # reports jitter by tens of milliseconds, and a window that lost its oldest report just before each
 # evaluation would never be full. Older reports are dropped so a sender that went silent stops counting.
 WINDOW_SLACK_INTERVALS = 1
+
+# Report incarnations remembered per center (see HealthTracker.observe): two agent replicas of a
+# center are two live incarnations, and each restart adds one; 8 leaves room for replicas mid-rollout
+# while a center's sequence state stays a few hundred bytes. Beyond it the incarnation heard from
+# least recently, if silent for the stale time, is forgotten; if all are live, a new one is refused.
+MAX_INCARNATIONS = 8
+# the largest report seq and incarnation: the wire's uint64
+MAX_SEQ = 2**64 - 1
 
 # Upper bounds on settings: beyond these a value is a unit mistake (ms typed for s), not a choice.
 MAX_SETTING_S = 86_400.0  # a day
@@ -161,22 +176,33 @@ class HealthChange(msgspec.Struct, frozen=True):
 
 
 class HealthSnapshot(msgspec.Struct, frozen=True):
-    """What survives a control-plane restart: the last accepted sequence number per center.
+    """What survives a control-plane restart: the last accepted sequence number per center and
+    report incarnation, and each center's incarnation floor.
 
-    Times do not: monotonic clocks of two processes share no origin, so a new tracker starts every
-    center UNKNOWN and lets fresh reports decide.
+    `last_seq` holds incarnation 0's (agents from before incarnations; what older control planes
+    wrote and read), `seqs` every other incarnation's, `floors` the incarnation below which a
+    center's reports are stale. Times do not survive: monotonic clocks of two processes share no
+    origin, so a new tracker starts every center UNKNOWN and lets fresh reports decide.
     """
 
     last_seq: dict[str, int] = {}
+    seqs: dict[str, dict[int, int]] = {}
+    floors: dict[str, int] = {}
 
 
 class StaleReport(InvalidInput):
-    """F12: a report whose seq is not after the last accepted one (a paused agent resumed, a replay)."""
+    """F12: a report whose seq is not after the last accepted one of its incarnation (a paused agent
+    resumed, a replay), or whose incarnation is older than the center's floor."""
 
-    def __init__(self, center: str, seq: int, last_seq: int) -> None:
+    def __init__(self, center: str, seq: int, last_seq: int, incarnation: int = 0, why: str = "") -> None:
         self.center = center
         self.last_seq = last_seq
-        super().__init__("seq", seq, f"not after the last accepted seq {last_seq} of center {center!r}")
+        self.incarnation = incarnation
+        if why:
+            super().__init__("incarnation", incarnation, why)
+            return
+        of = f" incarnation {incarnation}" if incarnation else ""
+        super().__init__("seq", seq, f"not after the last accepted seq {last_seq} of center {center!r}{of}")
 
 
 class _Sample(msgspec.Struct, frozen=True):
@@ -226,7 +252,9 @@ class _Center(msgspec.Struct):
     window: deque[_Sample]
     times: deque[float]  # the window's sample times, apart for bisection without a key function
     status: Status = Status.UNKNOWN
-    last_seq: int | None = None
+    # incarnation -> [last accepted seq, when last heard (-inf: restored, never heard by us)]
+    seqs: dict[int, list[float]] = {}
+    floor: int = 0  # reports from an unknown incarnation below this are stale
     last_report_at: float | None = None
     skills: dict[str, SkillLoad] = {}
     state: AdminState = AdminState.OPEN
@@ -307,6 +335,8 @@ class HealthTracker:
             self._look_back_spans.append(span)
         self._longest_span_s = max(self._look_back_spans[0], settings.failing_arrival_window_s)
         self._touched: list[_Center] = []
+        # the rejection _admit found, raised by observe after it saved the changes due
+        self._stale = StaleReport("", 0, 0)
 
     # ------------------------------------------------------------------ inputs
 
@@ -324,9 +354,12 @@ class HealthTracker:
         changes, self._pending = self._pending, []
         if now >= self._due:
             self._latch(now, changes)
-        if c.last_seq is not None and report.seq <= c.last_seq:
-            self._pending = changes + self._collect(now)
-            raise StaleReport(c.id, report.seq, c.last_seq)
+        heard = c.seqs.get(report.incarnation)
+        if heard is None or report.seq <= heard[0]:
+            heard = self._admit(c, report, now, heard)
+            if heard is None:
+                self._pending = changes + self._collect(now)
+                raise self._stale
         s = self._s
         if c.down_since is not None:
             # only reports in an unbroken run, spaced like real intervals, earn failback
@@ -337,7 +370,7 @@ class HealthTracker:
                 c.streak, c.streak_at = c.streak + 1, now
             if c.streak >= s.recover_intervals:
                 c.down_since = None
-        c.last_seq = report.seq
+        heard[0], heard[1] = report.seq, now
         c.last_report_at = now
         c.skills = dict(report.skills)
         c.state = report.state
@@ -472,20 +505,106 @@ class HealthTracker:
                                     state=c.state, reason=v.reason)
         return out
 
-    def last_seq(self, center: str) -> int | None:
-        return self._center("center", center).last_seq
+    def last_seq(self, center: str, incarnation: int = 0) -> int | None:
+        """The last accepted seq of `center`'s reports from `incarnation`; None when none."""
+        heard = self._center("center", center).seqs.get(incarnation)
+        return None if heard is None else int(heard[0])
+
+    def last_report_at(self, center: str) -> float | None:
+        """`now` of the center's last accepted report (any incarnation); None when none."""
+        return self._center("center", center).last_report_at
+
+    def reports_seen(self, center: str) -> int:
+        """Reports accepted from `center` by this tracker: grows by one per report, whichever
+        incarnation sent it (a marker for "a new report came", unlike seqs of two replicas)."""
+        return self._center("center", center).samples
 
     def snapshot(self) -> HealthSnapshot:
-        return HealthSnapshot({cid: c.last_seq for cid, c in self._centers.items() if c.last_seq is not None})
+        last: dict[str, int] = {}
+        seqs: dict[str, dict[int, int]] = {}
+        floors: dict[str, int] = {}
+        for cid, c in self._centers.items():
+            for inc, heard in c.seqs.items():
+                if inc == 0:
+                    last[cid] = int(heard[0])
+                else:
+                    seqs.setdefault(cid, {})[inc] = int(heard[0])
+            if c.floor:
+                floors[cid] = c.floor
+        return HealthSnapshot(last, seqs, floors)
 
     def restore(self, snap: HealthSnapshot) -> None:
-        """Resume sequence checking after a restart; centers no longer in the topology are ignored."""
-        for cid, seq in snap.last_seq.items():
-            if not isinstance(seq, int) or seq < 0:
-                raise InvalidInput(f"last_seq[{cid}]", seq, "must be a non-negative integer")
+        """Resume sequence checking after a restart; centers no longer in the topology are ignored.
+        Restored incarnations count as silent: the first to be forgotten when a center runs out of
+        room (their agents' times did not survive)."""
+        entries = [(cid, 0, seq) for cid, seq in snap.last_seq.items()]
+        entries += [(cid, inc, seq) for cid, per in snap.seqs.items() for inc, seq in per.items()]
+        for cid, inc, seq in entries:
+            if not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+                raise InvalidInput(f"last_seq[{cid}]", seq, f"must be an integer in [0, {MAX_SEQ}]")
+            if not isinstance(inc, int) or not 0 <= inc <= MAX_SEQ:
+                raise InvalidInput(f"seqs[{cid}]", inc, f"incarnation must be an integer in [0, {MAX_SEQ}]")
+        for cid, floor in snap.floors.items():
+            if not isinstance(floor, int) or not 0 <= floor <= MAX_SEQ:
+                raise InvalidInput(f"floors[{cid}]", floor, f"must be an integer in [0, {MAX_SEQ}]")
             c = self._centers.get(cid)
-            if c is not None and (c.last_seq is None or seq > c.last_seq):
-                c.last_seq = seq
+            if c is not None:
+                c.floor = max(c.floor, floor)
+        for cid, inc, seq in entries:
+            c = self._centers.get(cid)
+            if c is None or inc < c.floor:
+                continue
+            heard = c.seqs.get(inc)
+            if heard is None:
+                c.seqs[inc] = [seq, -math.inf]
+            elif seq > heard[0]:
+                heard[0] = seq
+        for c in self._centers.values():
+            while len(c.seqs) > MAX_INCARNATIONS:
+                self._forget(c, min(c.seqs))
+
+    # ------------------------------------------------------------------ report incarnations
+
+    def _admit(self, c: _Center, report: Report, now: float,
+               heard: list[float] | None) -> list[float] | None:
+        """The sequence rule, for a report that is not simply the next of a known incarnation.
+
+        Per center, each incarnation (an agent process's epoch, e.g. its start time in ns) has its
+        own strictly increasing seq, so a restarted agent (a new incarnation) is accepted at once
+        whatever its seq, and two replicas (two live incarnations) both count. A report is stale
+        when its seq is not above its incarnation's last, or its incarnation is unknown and below
+        the center's floor: a report from an incarnation older than one forgotten. A center keeps
+        at most MAX_INCARNATIONS; to admit another, the least recently heard one silent for the
+        stale time is forgotten and the floor rises above it; when all are live the newcomer is
+        refused (a replay cannot push out a working agent). Returns the incarnation's record for
+        the caller to update, or None with `self._stale` set.
+        """
+        inc = report.incarnation
+        if heard is not None:
+            self._stale = StaleReport(c.id, report.seq, int(heard[0]), inc)
+            return None
+        if inc < c.floor:
+            self._stale = StaleReport(c.id, report.seq, 0, inc, f"older than incarnation {c.floor} of "
+                                      f"center {c.id!r}, whose older incarnations are forgotten")
+            return None
+        if len(c.seqs) >= MAX_INCARNATIONS:
+            silent = [(h[1], i) for i, h in c.seqs.items() if now - h[1] > self._stale_after_s]
+            if not silent:
+                self._stale = StaleReport(c.id, report.seq, 0, inc, f"center {c.id!r} already has "
+                                          f"{MAX_INCARNATIONS} live incarnations")
+                return None
+            self._forget(c, min(silent)[1])
+            if inc < c.floor:  # forgetting raised the floor above it: it is older still
+                self._stale = StaleReport(c.id, report.seq, 0, inc, f"older than incarnation {c.floor} "
+                                          f"of center {c.id!r}, whose older incarnations are forgotten")
+                return None
+        heard = c.seqs[inc] = [-1, now]
+        return heard
+
+    @staticmethod
+    def _forget(c: _Center, inc: int) -> None:
+        del c.seqs[inc]
+        c.floor = max(c.floor, inc + 1)
 
     # ------------------------------------------------------------------ internals
 

@@ -158,7 +158,8 @@ class SkillLoad(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     center: str
-    seq: int  # monotonic per center, survives agent restarts
+    # strictly increasing within one incarnation (an agent process's epoch; see health.HealthTracker)
+    seq: int
     sent_at: float  # agent's wall time; informative only, decisions use the receiver's now
     interval_s: float = 0.5
     state: AdminState = AdminState.OPEN
@@ -168,6 +169,9 @@ class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # branch -> skill -> lookups this center's agent answered for that branch and skill during the
     # interval (what the agent sees from switches): the live demand the planner spreads
     demand: dict[str, dict[str, int]] = {}
+    # the sending agent's epoch: a restarted agent (a new pod, an empty state dir) picks a newer one,
+    # two replicas of a center have two; 0 is an agent from before incarnations
+    incarnation: int = 0
 
 
 # limits on report contents: a report is a few hundred bytes; anything bigger is broken or hostile
@@ -206,8 +210,11 @@ def validate_report(r: Report, known_centers: frozenset[str] | set[str], *,
     check_id("center", r.center)
     if r.center not in known_centers:
         raise InvalidInput("center", r.center, "unknown center")
-    if not isinstance(r.seq, int) or r.seq < 0 or r.seq >= 2**63:
-        raise InvalidInput("seq", r.seq, "must be a non-negative 63-bit integer")
+    # the wire's uint64, all of it: an agent whose numbering reaches the top starts a new incarnation
+    if not isinstance(r.seq, int) or not 0 <= r.seq < 2**64:
+        raise InvalidInput("seq", r.seq, "must be an unsigned 64-bit integer")
+    if not isinstance(r.incarnation, int) or not 0 <= r.incarnation < 2**64:
+        raise InvalidInput("incarnation", r.incarnation, "must be an unsigned 64-bit integer")
     if not math.isfinite(r.sent_at) or r.sent_at < 0:
         raise InvalidInput("sent_at", r.sent_at, "must be a finite non-negative time")
     if not math.isfinite(r.interval_s) or not 0.01 <= r.interval_s <= 3600:

@@ -388,7 +388,8 @@ class DrillTracker:
     # ------------------------------------------------------------------ inputs
 
     def observe(self, center: str, seq: int | None, skills: dict[str, SkillLoad]) -> None:
-        """The latest report of a receiver (seq deduplicates repeated sampling of one report)."""
+        """The latest report of a receiver; `seq` numbers its reports in arrival order (the health
+        tracker's count, so two replicas' reports both count) and deduplicates repeated sampling."""
         if seq is None:
             return
         self.windows.setdefault(center, _Window()).add(seq, skills)
@@ -618,7 +619,7 @@ class DrillRunner:
         for c in t.receivers:
             h = view.get(c)
             if h is not None:
-                t.observe(c, brain.tracker.last_seq(c), h.skills)
+                t.observe(c, brain.tracker.reports_seen(c) or None, h.skills)
         before = (t.state, t.step_index)
         wall = time.time()
         t.advance(now, wall)

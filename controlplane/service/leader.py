@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import Any
 
@@ -40,11 +41,23 @@ CAUSE_ROLLBACK = "rollback"
 CAUSE_DRILL = "drill"
 # health gauges are refreshed at least this often (and on every change): scrapes are seconds apart
 HEALTH_METRICS_EVERY_S = 1.0
+# a center's own state changes (its ACD's emergency switch, a local drain) waiting for their audit
+# entries, kept per center while the store is unreachable: past this many, the oldest waiting are
+# folded into one "N more changes" note, so a flapping ACD cannot grow the leader without bound
+MAX_PENDING_REPORTED = 32
+# the audit entry's action for such a change; its operator is "center:<id>", the source
+ACTION_REPORTED_STATE = "center_reported_state"
+# demand a center reported for branches it does not host beyond its allowance (DemandSettings.
+# foreign_demand_factor): audited at most this often per center, with the lookups dropped since the
+# last entry, so one bad center cannot flood the audit trail (the metric counts every one)
+FOREIGN_AUDIT_EVERY_S = 60.0
+ACTION_FOREIGN_DEMAND = "foreign_demand_capped"
 # the store key (under the cluster prefix) of the operator's rollback in force; absent: none
 ROLLBACK_KEY = "rollback/hold"
-# the leader's checkpoint of the last accepted report seq per center, written with every plan
-# heartbeat: a new leader rejects reports at or below it (F12 across a takeover). Reports accepted
-# after the last checkpoint are not covered; that window is one heartbeat (plan_heartbeat_s).
+# the leader's checkpoint of the last accepted report seq per center and incarnation (B14), written
+# with every plan heartbeat: a new leader rejects reports at or below it (F12 across a takeover).
+# Reports accepted after the last checkpoint are not covered; that window is one heartbeat
+# (plan_heartbeat_s).
 SEQS_KEY = "health/seqs"
 
 
@@ -128,6 +141,13 @@ class LeaderBrain:
         # store's record and audits why, so operators see their rollback is no longer in force
         self.released: tuple[int, str] | None = None
         self._reported: dict[str, AdminState] = {}
+        # center -> [(from, to)] of state changes its reports made, oldest first, until audited
+        # (`take_reported`); `folded` counts those merged away by MAX_PENDING_REPORTED
+        self.reported_changes: dict[str, list[tuple[AdminState, AdminState]]] = {}
+        self.reported_folded: dict[str, int] = {}
+        # center -> lookups over its foreign-demand allowance not yet audited, and when it was last
+        self.foreign_dropped: dict[str, float] = {}
+        self._foreign_audited_at: dict[str, float] = {}
 
     # ------------------------------------------------------------------ inputs
 
@@ -193,10 +213,54 @@ class LeaderBrain:
         before = self._reported.get(report.center, AdminState.OPEN)
         self._reported[report.center] = report.state
         if report.state != before:
-            # the center's own emergency switch: as urgent as an operator close
+            # the center's own emergency switch: as urgent as an operator close, and audited with
+            # its source like one (B11)
             self._urgent(CAUSE_URGENT)
+            waiting = self.reported_changes.setdefault(report.center, [])
+            waiting.append((before, report.state))
+            if len(waiting) > MAX_PENDING_REPORTED:
+                del waiting[0]
+                self.reported_folded[report.center] = self.reported_folded.get(report.center, 0) + 1
         self.dirty = True
         return changes
+
+    def foreign_excess(self, center: str, lookups: float) -> None:
+        """The demand tracker did not count `lookups` of `center`'s report (over its allowance)."""
+        self.foreign_dropped[center] = self.foreign_dropped.get(center, 0.0) + lookups
+
+    def reported_audits(self, now: float) -> list[tuple[str, str, str, str]]:
+        """(center, action, reason, result) of the audit entries due: one per waiting reported state
+        change, oldest first per center, and one per center whose foreign demand was capped, at
+        most every FOREIGN_AUDIT_EVERY_S. The shell calls `reported_written(now)` once stored."""
+        out = []
+        for center in self._foreign_due(now):
+            out.append((center, ACTION_FOREIGN_DEMAND,
+                        "demand reported for branches the center does not host, beyond "
+                        "foreign_demand_factor x its own branches' forecast",
+                        f"not planned on: {self.foreign_dropped[center]:.0f} lookups"))
+        for center, waiting in self.reported_changes.items():
+            folded = self.reported_folded.get(center, 0)
+            for i, (before, after) in enumerate(waiting):
+                note = f" ({folded} earlier changes not written separately)" if i == 0 and folded else ""
+                out.append((center, ACTION_REPORTED_STATE,
+                            f"reported by the center (its ACD), was {before.value}{note}",
+                            f"{after.value} by center"))
+        return out
+
+    def reported_written(self, now: float) -> None:
+        self.reported_changes.clear()
+        self.reported_folded.clear()
+        for center in self._foreign_due(now):
+            del self.foreign_dropped[center]
+            self._foreign_audited_at[center] = now
+
+    def audits_due(self, now: float) -> bool:
+        return bool(self.reported_changes) or bool(self._foreign_due(now))
+
+    def _foreign_due(self, now: float) -> list[str]:
+        """Centers with capped foreign demand whose last audit entry is FOREIGN_AUDIT_EVERY_S old."""
+        last = self._foreign_audited_at
+        return [c for c in self.foreign_dropped if now - last.get(c, -math.inf) >= FOREIGN_AUDIT_EVERY_S]
 
     def stream_opened(self, center: str, now: float) -> None:
         self._note_changes(list(self.tracker.stream_opened(center, now) or ()))
@@ -517,6 +581,27 @@ class LeaderLoop:
         brain.released = None
         log.info("rollback to plan %d ended: %s", version, why)
 
+    async def _audit_reported(self, election: Any, brain: LeaderBrain, now: float) -> None:
+        """Audit what centers' reports did on their own: state changes (B11: a center closed by its
+        own ACD is in the trail with its source) and capped foreign demand. All in one fenced
+        transaction; on failure they stay waiting and the next tick (within
+        HEALTH_METRICS_EVERY_S) tries again."""
+        from .operator import AuditRecord
+
+        cp = self.cp
+        wall = time.time()
+        ops: list[Any] = []
+        for i, (center, action, reason, result) in enumerate(brain.reported_audits(now)):
+            audit_id = f"{time.time_ns():020d}-{cp.settings.id}-reported-{i}"
+            rec = AuditRecord(audit_id, wall, f"center:{center}", action, f"center/{center}", reason, result)
+            ops.append(Put(cp.key("audit/" + audit_id), msgspec.json.encode(rec)))
+        try:
+            await cp._call("txn", election.fenced_txn((), ops, timeout_s=cp.settings.store_deadline_s))
+        except Exception as e:
+            log.warning("could not audit %d reported state changes (retrying): %r", len(ops), e)
+            return
+        brain.reported_written(now)
+
     async def _loss_watch(self, election: Any) -> None:
         await election.lost.wait()
         raise Demoted(election.reason or "lost")
@@ -552,6 +637,8 @@ class LeaderLoop:
                 continue
             if brain.released is not None:
                 await self._end_rollback(brain)
+            if brain.audits_due(now):
+                await self._audit_reported(election, brain, now)
             wake = min(brain.next_wakeup(now), now + HEALTH_METRICS_EVERY_S)
             self._sleep_until = wake
             self._wake.clear()
@@ -591,7 +678,7 @@ class LeaderLoop:
             brain = self._brain(election)
             rev = await cp.publisher.heartbeat(election, brain.version)
             snap = brain.tracker.snapshot()
-            if snap.last_seq and snap != last_seqs:
+            if (snap.last_seq or snap.seqs) and snap != last_seqs:
                 await cp.fenced_put(election, SEQS_KEY, msgspec.json.encode(snap))
                 last_seqs = snap
             now = loop.time()

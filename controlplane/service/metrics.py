@@ -85,6 +85,15 @@ class ControlPlaneMetrics:
             ["branch", "skill"],
             registry=r,
         )
+        # issue 15 item 5: one center's report must not move another's traffic; label values are the
+        # topology's centers (the report stream's authenticated center)
+        self.foreign_demand_excess = Counter(
+            _P + "foreign_demand_excess_lookups_total",
+            "Lookups a center reported for branches it does not host beyond its allowance "
+            "(foreign_demand_factor), not planned on",
+            ["center"],
+            registry=r,
+        )
         # bound children of branch_lookups: labels() takes a lock and builds a key, per report entry
         self._branch_lookups: dict[tuple[str, str], Any] = {}
         self.agents_acked = Gauge(

@@ -177,7 +177,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             await self._fail(context, e)
             raise
         brain = cp.leader.brain
-        view = brain.tracker.view(cp.loop.time()) if brain is not None else {}
+        now = cp.loop.time()
+        view = brain.tracker.view(now) if brain is not None else {}
         infos = []
         for c in cp.topology.centers:
             h = view.get(c.id)
@@ -193,6 +194,9 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 info.weight = h.weight
                 info.reported_state = admin_state_to_pb(h.state)
                 info.reason = h.reason
+                last = brain.tracker.last_report_at(c.id) if brain is not None else None
+                if last is not None:
+                    info.last_report_age_s = max(0.0, now - last)
                 for s, load in h.skills.items():
                     info.skills.add(
                         skill=s,

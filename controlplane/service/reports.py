@@ -83,13 +83,15 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                     center = report.center
                     brain.stream_opened(center, now)
                     leader.wake()
-                prior_seq = brain.tracker.last_seq(report.center) or 0
+                # per incarnation: the agent resolves its own in-doubt reports with it, and a
+                # replica's or a predecessor's seqs say nothing about this agent's
+                prior_seq = brain.tracker.last_seq(report.center, report.incarnation) or 0
                 try:
                     brain.observe(report, now)
                 except StaleReport as e:
                     rejected.inc()
                     metrics.report_rejects.labels("stale").inc()
-                    yield report_ack(msg.seq, version, InvalidInput("seq", msg.seq, f"stale: {e}"))
+                    yield report_ack(msg.seq, version, InvalidInput(e.field, e.value, f"stale: {e}"))
                     continue
                 if report.demand:
                     counting = True
@@ -97,7 +99,12 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                 if counting:
                     # after the seq check: a stale report's lookups were counted with it already;
                     # its ids were checked against the tracker's topology by report_from_pb
-                    demand.observe(report, now)
+                    excess = demand.observe(report, now)
+                    if excess:
+                        # flagged, not planned on: the metric now, an audit entry at most once
+                        # a minute per center (the leader's timer writes it)
+                        metrics.foreign_demand_excess.labels(center).inc(excess)
+                        brain.foreign_excess(center, excess)
                 leader.nudge(brain)
                 accepted.inc()
                 for target, n in report.routed_to.items():
