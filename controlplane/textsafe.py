@@ -18,9 +18,10 @@ import logging
 import re
 from typing import IO
 
-# Markdown's punctuation that can start a construct (emphasis, links, tables, code, headings,
-# HTML); a backslash before any ASCII punctuation is a literal in CommonMark
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~&])")
+# Markdown's punctuation that opens a construct mid-line (emphasis, links, images, code, table
+# cells, HTML, entities, strikethrough); a backslash before ASCII punctuation is a literal in
+# CommonMark. Line-start constructs (headings, lists) cannot occur: a value never starts a line.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|&~])")
 
 
 def _escape_char(ch: str) -> str:

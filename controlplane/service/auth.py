@@ -9,7 +9,8 @@
   method's role (`METHOD_ROLES`): none or an unknown one is UNAUTHENTICATED, too low a role is
   PERMISSION_DENIED; a center's certificate never reaches OperatorService. Lookups and health need
   only the TLS handshake.
-- `caller_identity(context)`: the authenticated operator's name, for audit entries.
+- `caller_identity(context)`: the authenticated operator's name, for audit entries and approvals;
+  with TLS or tokens configured it replaces any name a request carries.
 - `ClientTLS` / `open_channel`: the client side, for agents and the operator CLI.
 - `store_security(settings)`: etcd TLS and user/password for `parse_store_url`.
 
@@ -405,10 +406,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         needed = METHOD_ROLES.get(method, Role.ADMIN)
         if self.tokens is None:
-            name = peer_operator(context) if self.tls else None
-            # no tokens configured: nothing to check roles against (plaintext development mode, or
-            # mTLS alone); the certificate's operator name still goes to the audit trail
-            return Caller(name, Role.ADMIN, "certificate") if name else None
+            # no tokens configured (mTLS alone): an operator certificate is the credential, and its
+            # name goes to the audit trail. A certificate naming no operator (a CA-signed one
+            # issued for something else) is no credential at all: no role, never admin (B13).
+            name = peer_operator(context)
+            if name is None:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"{method.rsplit('/', 1)[-1]} needs an operator certificate (URI SAN "
+                    f"{SPIFFE_OPERATOR}<name>) or a bearer token; this certificate names no operator",
+                )
+            assert name is not None
+            return Caller(name, Role.ADMIN, "certificate")
         token = bearer_token(context.invocation_metadata())
         if token is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing 'authorization: Bearer TOKEN'")

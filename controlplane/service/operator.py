@@ -105,6 +105,29 @@ class RequestRecord(msgspec.Struct, frozen=True):
     audit_id: str
     message: str
     action: str
+    # what the id was first used for and by whom: it answers only that request again (B13); ""
+    # in records stored before ids were bound
+    what: str = ""
+    operator: str = ""
+
+
+def request_what(action: str, center: str = "", state: str = "", to_version: int = 0) -> str:
+    """What a request id is bound to: the action, its target and the state asked for."""
+    if action == "rollback_plan":
+        return f"rollback_plan plan/{to_version}"
+    return f"{action} center/{center}" + (f" {state}" if state else "")
+
+
+async def check_same_request(context: grpc.aio.ServicerContext, rid: str, first_what: str,
+                             first_operator: str, what: str, operator: str) -> None:
+    """Refuse a request id already used for another action, target or operator: a retry must
+    never be answered with, or approve, someone else's change."""
+    if first_what and (first_what, first_operator) != (what, operator):
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"request_id={rid!r} was used for {first_what!r} by {first_operator!r}, not {what!r} by "
+            f"{operator!r}: a request id names one change; use a new one",
+        )
 
 
 class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
@@ -245,13 +268,17 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             request.request_id,
         )
         req_key = cp.key("requests/" + request.request_id) if request.request_id else ""
+        what = request_what("set_center_state", request.center, state.value)
+        if request.request_id:
+            await self._check_not_pending_otherwise(context, request.request_id, what, request.operator)
         ops = [
             Put(cp.key("admin/" + request.center), msgspec.json.encode(admin)),
             Put(cp.key("audit/" + audit_id), msgspec.json.encode(audit)),
         ]
         if req_key:
             ops.append(
-                Put(req_key, msgspec.json.encode(RequestRecord(audit_id, message, "set_center_state")))
+                Put(req_key, msgspec.json.encode(
+                    RequestRecord(audit_id, message, "set_center_state", what, request.operator)))
             )
         try:
             # ONE transaction: the state, its audit entry and the request record land together or
@@ -285,6 +312,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         first = r.responses[0].kvs[0].value if not ok and r.responses and r.responses[0].kvs else b""
         if not ok:  # a retry of a request already done: the first answer, nothing changed again
             rec = msgspec.json.decode(first, type=RequestRecord)
+            await check_same_request(context, request.request_id, rec.what, rec.operator, what,
+                                     request.operator)
             return operator_pb2.SetCenterStateReply(
                 status=operator_pb2.CHANGE_STATUS_APPLIED,
                 audit_id=rec.audit_id,
@@ -340,6 +369,18 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         rec = AuditRecord(audit_id, time.time(), operator, action, target, reason, result, request_id)
         return audit_id, Put(self.cp.key("audit/" + audit_id), msgspec.json.encode(rec))
 
+    async def _check_not_pending_otherwise(self, context: grpc.aio.ServicerContext, rid: str, what: str,
+                                           operator: str) -> None:
+        """A change that needs no approval may not take the id of another change waiting for one
+        (approving that one would then fail for ever, or answer with this one)."""
+        from .drills import PENDING, decode_pending
+
+        kv = await self._get(context, PENDING + rid)
+        if kv is not None:
+            p = decode_pending(kv.value)
+            await check_same_request(context, rid, request_what(p.action, p.center, p.state, p.to_version),
+                                     p.operator, what, operator)
+
     def _request_id(self, given: str) -> str:
         # a request needs an id to be approved by; the reply shows the one chosen
         return given or f"req-{time.time_ns()}-{next(self._ids)}"
@@ -357,6 +398,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         now = time.time()
         whats = {"set_center_state": f"{state} {center}", "rollback_plan": f"rollback to plan {to_version}"}
         what = whats.get(action, f"live drill of {center}")
+        bound = request_what(action, center, state, to_version)
         target = f"plan/{to_version}" if action == "rollback_plan" else f"center/{center}"
         audit_id, audit_put = self._audit_put(operator, action, target, reason,
                                               "pending approval (two-person rule)", rid)
@@ -368,9 +410,13 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             pend, done = r.responses[0].kvs, r.responses[1].kvs
             if done:
                 rec = msgspec.json.decode(done[0].value, type=RequestRecord)
+                await check_same_request(context, rid, rec.what, rec.operator, bound, operator)
                 return (operator_pb2.CHANGE_STATUS_APPLIED, rec.audit_id, rid,
                         rec.message + " (repeated request)")
             first = decode_pending(pend[0].value)
+            await check_same_request(context, rid, request_what(first.action, first.center, first.state,
+                                                                first.to_version),
+                                     first.operator, bound, operator)
             return (operator_pb2.CHANGE_STATUS_PENDING_APPROVAL, first.audit_id, rid,
                     f"{what}: still waiting for a second operator (repeated request)")
         return (operator_pb2.CHANGE_STATUS_PENDING_APPROVAL, audit_id, rid,
@@ -441,7 +487,9 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             ops = [
                 Put(cp.key("admin/" + pending.center), msgspec.json.encode(admin)),
                 audit_put,
-                Put(rkey, msgspec.json.encode(RequestRecord(audit_id, message, pending.action))),
+                Put(rkey, msgspec.json.encode(RequestRecord(
+                    audit_id, message, pending.action,
+                    request_what(pending.action, pending.center, pending.state), pending.operator))),
                 Delete(pkey),
             ]
             r = await self._txn(context, compare, ops)
@@ -502,7 +550,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             Put(cp.key(ACTIVE), drill_id.encode()),
             # for start_drill the request's answer is the drill id (a repeat finds the drill)
             Put(cp.key("requests/" + rid),
-                msgspec.json.encode(RequestRecord(audit_id, drill_id, "start_drill"))),
+                msgspec.json.encode(RequestRecord(audit_id, drill_id, "start_drill",
+                                                  request_what("start_drill", spec.center), operator))),
         ]
         return rec, ops
 
@@ -524,6 +573,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             active, done = r.responses[0].kvs, r.responses[1].kvs
             if done:  # a repeat of a request already done: its drill, nothing started twice
                 first = msgspec.json.decode(done[0].value, type=RequestRecord)
+                await check_same_request(context, rec.request_id, first.what, first.operator,
+                                         request_what("start_drill", rec.spec.center), rec.operator)
                 kv = await self._get(context, DRILLS + first.message)
                 drill = drill_to_pb(decode_record(kv.value)) if kv is not None else None
                 if status_reply:
@@ -783,6 +834,14 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         except InvalidInput as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         rid = self._request_id(request.request_id)
+        what = request_what("rollback_plan", to_version=request.to_version)
+        done = await self._get(context, "requests/" + rid)
+        if done is not None:
+            rec = msgspec.json.decode(done.value, type=RequestRecord)
+            await check_same_request(context, rid, rec.what, rec.operator, what, request.operator)
+            return operator_pb2.RollbackPlanReply(status=operator_pb2.CHANGE_STATUS_APPLIED,
+                                                  plan_version=cp.feed.version, audit_id=rec.audit_id,
+                                                  message=rec.message + " (repeated request)")
         if request.to_version == 0:
             kv = await self._get(context, ROLLBACK_KEY)
             if kv is None:
@@ -793,22 +852,17 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                                                   f"plan/{held.to_version}", request.reason,
                                                   "applied: hold ended", rid)
             message = f"rollback to plan {held.to_version} ended; plans follow the live view again"
-            r = await self._txn(context, [mod_revision_is(cp.key(ROLLBACK_KEY), kv.mod_revision)],
+            answer = RequestRecord(audit_id, message, "rollback_plan", what, request.operator)
+            r = await self._txn(context, [mod_revision_is(cp.key(ROLLBACK_KEY), kv.mod_revision),
+                                          key_missing(cp.key("requests/" + rid))],
                                 [Delete(cp.key(ROLLBACK_KEY)), audit_put,
-                                 Put(cp.key("requests/" + rid),
-                                     msgspec.json.encode(RequestRecord(audit_id, message, "rollback_plan")))])
+                                 Put(cp.key("requests/" + rid), msgspec.json.encode(answer))])
             if not r.succeeded:
                 await context.abort(grpc.StatusCode.ABORTED,
-                                    "the rollback changed meanwhile; look again and retry")
+                                    "the rollback or this request_id changed meanwhile; look again and retry")
             version = await self._wait_for(lambda p: p.meta.get("cause") != "rollback")
             return operator_pb2.RollbackPlanReply(status=operator_pb2.CHANGE_STATUS_APPLIED,
                                                   plan_version=version, audit_id=audit_id, message=message)
-        done = await self._get(context, "requests/" + rid)
-        if done is not None:
-            rec = msgspec.json.decode(done.value, type=RequestRecord)
-            return operator_pb2.RollbackPlanReply(status=operator_pb2.CHANGE_STATUS_APPLIED,
-                                                  plan_version=cp.feed.version, audit_id=rec.audit_id,
-                                                  message=rec.message + " (repeated request)")
         old = await self._plan(context, request.to_version)
         current = cp.feed.latest
         admin = await self._admin(context)
@@ -833,6 +887,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 status=status, audit_id=audit_id, plan_version=cp.feed.version,
                 message=msg + f" (it moves calls away from {', '.join(away)})")
         to = request.to_version
+        await self._check_not_pending_otherwise(context, rid, what, request.operator)
         audit_id, audit_put = self._audit_put(request.operator, "rollback_plan", f"plan/{to}", request.reason,
                                               f"applied: hold routes of plan {to}", rid)
         message = f"rollback to plan {to}"
@@ -860,7 +915,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
 
         cp = self.cp
         rec = RollbackRecord(to_version, reason, operator, time.time(), rid, audit_id)
-        answer = RequestRecord(audit_id, message, "rollback_plan")
+        answer = RequestRecord(audit_id, message, "rollback_plan",
+                               request_what("rollback_plan", to_version=to_version), operator)
         ops = [Put(cp.key(ROLLBACK_KEY), msgspec.json.encode(rec)), *extra,
                Put(cp.key("requests/" + rid), msgspec.json.encode(answer))]
         r = await self._txn(context, compare, ops)
