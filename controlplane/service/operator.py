@@ -10,7 +10,10 @@ Two-person rule (settings.require_two_person): closing or draining a center, or 
 drill, is stored under `pending/<request_id>` and answered PENDING_APPROVAL; Approve by a
 different operator applies it in one transaction that also removes the pending entry, so it is
 applied at most once; the requester's own approval is refused with FAILED_PRECONDITION naming the
-rule, and a pending request expires after settings.approval_ttl_s. Reopening never waits: putting
+rule, and a pending request expires after settings.approval_ttl_s: its key is bound to a store
+lease of that TTL, so the store's clock (etcd's leader's, the embedded store's loop) decides when,
+the same for every replica, and no replica's wall clock can expire it early or keep it alive
+(F13). Reopening never waits: putting
 traffic back home must be fast. Drills (StartDrill, DrillStatus, AbortDrill) write their records
 here and are run by the leader (drills.py); a DRY_RUN only computes and audits.
 
@@ -404,8 +407,15 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                                               "pending approval (two-person rule)", rid)
         pending = PendingRecord(rid, action, center, operator, reason, now,
                                 now + cp.settings.approval_ttl_s, state, drill, audit_id, to_version)
+        try:
+            # unused when the request exists already: it then expires by itself, holding nothing
+            lease = await cp._call("grant", cp.store.grant_lease(cp.settings.approval_ttl_s,
+                                                                 timeout_s=cp.settings.store_deadline_s))
+        except Exception as e:
+            await self._fail(context, e)
+            raise
         r = await self._txn(context, [key_missing(pkey), key_missing(rkey)],
-                            [Put(pkey, encode(pending)), audit_put], [Get(pkey), Get(rkey)])
+                            [Put(pkey, encode(pending), lease=lease.id), audit_put], [Get(pkey), Get(rkey)])
         if not r.succeeded:
             pend, done = r.responses[0].kvs, r.responses[1].kvs
             if done:
@@ -432,16 +442,12 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         except Exception as e:
             await self._fail(context, e)
             raise
-        now = time.time()
         out = []
         for kv in kvs:
             try:
-                p = decode_pending(kv.value)
+                out.append(decode_pending(kv.value))  # an expired one is gone with its lease
             except (msgspec.DecodeError, msgspec.ValidationError):
                 log.error("unreadable pending request at %s", kv.key)
-                continue
-            if p.expires_at > now:  # expired ones can no longer be approved: not listed
-                out.append(p)
         out.sort(key=lambda p: (p.requested_at, p.request_id))
         return operator_pb2.ListPendingReply(pending=[pending_to_pb(p) for p in out[: cp.settings.max_list]])
 
@@ -466,10 +472,13 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                     plan_version=cp.feed.version, message=rec.message + " (repeated approval)",
                     drill_id=rec.message if rec.action == "start_drill" else "",
                 )
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"request_id={rid!r}: no such pending request")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"request_id={rid!r}: no such pending request (never made, or expired unapproved after "
+                f"{cp.settings.approval_ttl_s:g} s: ask again)")
         pending = decode_pending(pkv.value)
         try:
-            check_approval(pending, request.approver, time.time())
+            check_approval(pending, request.approver)
         except TwoPersonRule as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         audit_id, audit_put = self._audit_put(
