@@ -44,7 +44,7 @@ from controlplane.convert import (
     status_to_pb,
 )
 from controlplane.core.model import AdminState, InvalidInput, NetworkView, Plan, Status, check_id
-from controlplane.core.plan import diff_plans, explain, find_route
+from controlplane.core.plan import diff_plans, explain, find_route, moves_traffic_off_open_center
 from controlplane.store.base import Delete, Get, Put, key_missing, mod_revision_is
 
 log = logging.getLogger("callroute.controlplane.operator")
@@ -886,7 +886,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                         f"to_version={request.to_version}: that plan sends {r.branch}/{r.skill} calls to "
                         f"{t.center}, which is closed or down now",
                     )
-        away = sorted(set(old.closed) - gone - set(current.closed if current is not None else ()))
+        # the rule holds a rollback that sheds any part of an open center's calls, not only a close
+        away = moves_traffic_off_open_center(current, old, set(cp.known_centers) - gone)
         if cp.settings.require_two_person and away:
             status, audit_id, rid, msg = await self._request_approval(
                 context, action="rollback_plan", center=",".join(away), operator=request.operator,
