@@ -560,6 +560,8 @@ async def test_b13_a_certificate_naming_no_operator_gets_no_role(pki: certs.PkiF
                 err = await _refused(call)
                 assert err.code() == grpc.StatusCode.PERMISSION_DENIED, err.details()
                 assert "names no operator" in (err.details() or "")
+            # nor does it speak for a center
+            assert await _code(_report_once(anon, "north")) == grpc.StatusCode.PERMISSION_DENIED
         assert (await cp.read_admin()).get("west") is None  # nothing applied
         # an operator certificate is a credential: its name is recorded, not the one in the request
         async with _channel(cp, pki, "bob") as ch:
