@@ -490,6 +490,19 @@ async def test_f13_approval_expiry_is_the_stores_not_a_replicas_wall_clock(store
         await _close(n)
 
 
+async def test_repeating_a_pending_request_holds_no_lease_per_repeat(net2):
+    close = operator_pb2.SetCenterStateRequest(center="west", state=types_pb2.ADMIN_STATE_CLOSED,
+                                               reason="power", operator="alice", request_id="rep-1")
+    first = await net2.op.SetCenterState(close, timeout=5)
+    assert first.status == operator_pb2.CHANGE_STATUS_PENDING_APPROVAL
+    # the embedded store's lease table: the one place that shows what the store holds
+    leases = len(net2.cp.store._leases)
+    for _ in range(5):
+        again = await net2.op.SetCenterState(close, timeout=5)
+        assert again.status == operator_pb2.CHANGE_STATUS_PENDING_APPROVAL and "repeated" in again.message
+    assert len(net2.cp.store._leases) == leases
+
+
 async def test_two_person_rule_for_close_and_live_drill(net2):
     cp, op, agents = net2.cp, net2.op, net2.agents
     close = operator_pb2.SetCenterStateRequest(center="north", state=types_pb2.ADMIN_STATE_CLOSED,

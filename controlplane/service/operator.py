@@ -417,6 +417,11 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         r = await self._txn(context, [key_missing(pkey), key_missing(rkey)],
                             [Put(pkey, encode(pending), lease=lease.id), audit_put], [Get(pkey), Get(rkey)])
         if not r.succeeded:
+            # a client repeating its request must not make the store hold a lease per repeat
+            try:
+                await cp._call("revoke", cp.store.revoke(lease, timeout_s=cp.settings.store_deadline_s))
+            except Exception as e:  # it expires by itself within approval_ttl_s
+                log.warning("revoking the unused lease of repeated request %r failed: %r", rid, e)
             pend, done = r.responses[0].kvs, r.responses[1].kvs
             if done:
                 rec = msgspec.json.decode(done[0].value, type=RequestRecord)
