@@ -390,6 +390,20 @@ def test_settings_security_fields_are_validated(tmp_path: Path) -> None:
     assert err.value.field == "tls_key"
 
 
+def test_two_person_rule_without_operator_credentials_says_it_can_be_bypassed(
+    pki: certs.PkiFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="callroute.controlplane.auth"):
+        auth.server_security(load_settings(None, topology=SMALL, require_two_person=True))
+    assert "operator names are taken from requests as given" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="callroute.controlplane.auth"):
+        auth.server_security(load_settings(None, topology=SMALL, require_two_person=True,
+                                           tls_cert=pki.server_cert, tls_key=pki.server_key,
+                                           tls_ca=pki.ca_cert, tokens=pki.tokens))
+    assert "taken from requests" not in caplog.text
+
+
 # ---------------------------------------------------------------- B5: real servers
 
 

@@ -488,6 +488,11 @@ def server_security(settings: Any) -> ServerSecurity:
     tokens = TokenTable(settings.tokens) if settings.tokens else None
     if tokens is not None and creds is None:
         log.warning("operator tokens configured on a plaintext listener: tokens travel in the clear")
+    if settings.require_two_person and creds is None and tokens is None:
+        # nothing authenticates operators: each names itself, and one person can be both
+        log.warning("require_two_person is on but no operator credentials are configured (--tokens or "
+                    "--tls-*): operator names are taken from requests as given, so the rule can be "
+                    "bypassed; configure tokens or TLS")
     interceptors = [AuthInterceptor(tokens, creds is not None)] if (creds or tokens) else []
     return ServerSecurity(creds, interceptors, reloader, tokens)
 
