@@ -138,3 +138,15 @@ def test_printable_changes_only_control_characters(s):
     assert p.isprintable()
     assert p == s if s.isprintable() else p != s
     assert markdown_literal(s).isprintable()
+
+
+def test_a_process_configured_by_configure_logging_logs_one_escaped_line():
+    # a process of its own: the root logger of this test session is pytest's
+    import subprocess
+    import sys
+
+    code = ("import logging; from controlplane.textsafe import configure_logging; "
+            "configure_logging('INFO', '%(levelname)s %(message)s'); "
+            "logging.getLogger('callroute.x').warning('NACK: %s', 'bad\\nERROR forged\\x1b[2J')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    assert r.stderr == "WARNING NACK: bad\\nERROR forged\\x1b[2J\n"
