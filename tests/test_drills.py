@@ -490,6 +490,18 @@ async def test_f13_approval_expiry_is_the_stores_not_a_replicas_wall_clock(store
         await _close(n)
 
 
+async def test_a_pending_request_stored_without_a_lease_cannot_be_approved(net2):
+    # what an older version stored: expiry by wall clock only, which no two replicas agree on
+    old = PendingRecord("old-1", "set_center_state", "north", "alice", "flood", time.time(),
+                        time.time() + 900, state="closed")
+    await net2.cp.store.put(net2.cp.key("pending/old-1"), encode(old))
+    assert not (await net2.op.ListPending(operator_pb2.ListPendingRequest(), timeout=5)).pending
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await net2.op.Approve(operator_pb2.ApproveRequest(request_id="old-1", approver="bob"), timeout=5)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "lease" in (e.value.details() or "")
+    assert await net2.cp.store.get(net2.cp.key("admin/north")) is None
+
+
 async def test_repeating_a_pending_request_holds_no_lease_per_repeat(net2):
     close = operator_pb2.SetCenterStateRequest(center="west", state=types_pb2.ADMIN_STATE_CLOSED,
                                                reason="power", operator="alice", request_id="rep-1")

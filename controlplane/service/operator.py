@@ -449,6 +449,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             raise
         out = []
         for kv in kvs:
+            if not kv.lease:  # stored before approvals had leases: it can no longer be approved
+                continue
             try:
                 out.append(decode_pending(kv.value))  # an expired one is gone with its lease
             except (msgspec.DecodeError, msgspec.ValidationError):
@@ -481,6 +483,12 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"request_id={rid!r}: no such pending request (never made, or expired unapproved after "
                 f"{cp.settings.approval_ttl_s:g} s: ask again)")
+        if not pkv.lease:
+            # stored by a version that judged expiry by wall clock: no clock every replica agrees
+            # on says whether it is still valid, so it is not (F13)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"request_id={rid!r} was stored without an expiry lease (an older "
+                                "version): it can no longer be approved; ask again with a new id")
         pending = decode_pending(pkv.value)
         try:
             check_approval(pending, request.approver)
