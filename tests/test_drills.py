@@ -490,6 +490,29 @@ async def test_f13_approval_expiry_is_the_stores_not_a_replicas_wall_clock(store
         await _close(n)
 
 
+async def test_a_drills_request_id_cannot_be_reused_by_a_dry_run_or_an_abort(net):
+    started = await net.op.StartDrill(operator_pb2.StartDrillRequest(
+        spec=live_spec([50], step_s=30.0, duration_s=60.0), reason="drill", operator="alice",
+        request_id="d-x"), timeout=10)
+    assert started.status == operator_pb2.CHANGE_STATUS_APPLIED
+    dry = operator_pb2.DrillSpec(center="south", mode=operator_pb2.DRILL_MODE_DRY_RUN)
+    dry_run_req = operator_pb2.StartDrillRequest(spec=dry, reason="what if", operator="alice",
+                                                 request_id="d-x")
+    for call in (net.op.StartDrill(dry_run_req, timeout=10),
+                 net.op.AbortDrill(operator_pb2.AbortDrillRequest(reason="stop", operator="alice",
+                                                                  request_id="d-x"), timeout=10)):
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await call
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "'d-x'" in (e.value.details() or "")
+    await net.op.AbortDrill(operator_pb2.AbortDrillRequest(reason="stop", operator="alice", request_id="d-y"),
+                            timeout=10)
+
+    async def aborted() -> bool:
+        return (await _status(net.op, started.drill_id)).state == operator_pb2.DRILL_STATE_ABORTED
+
+    await wait_for(aborted, 10, "the drill aborted under a fresh id")
+
+
 async def test_a_pending_request_stored_without_a_lease_cannot_be_approved(net2):
     # what an older version stored: expiry by wall clock only, which no two replicas agree on
     old = PendingRecord("old-1", "set_center_state", "north", "alice", "flood", time.time(),

@@ -273,7 +273,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         req_key = cp.key("requests/" + request.request_id) if request.request_id else ""
         what = request_what("set_center_state", request.center, state.value)
         if request.request_id:
-            await self._check_not_pending_otherwise(context, request.request_id, what, request.operator)
+            await self._check_id_unused_otherwise(context, request.request_id, what, request.operator)
         ops = [
             Put(cp.key("admin/" + request.center), msgspec.json.encode(admin)),
             Put(cp.key("audit/" + audit_id), msgspec.json.encode(audit)),
@@ -372,9 +372,9 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         rec = AuditRecord(audit_id, time.time(), operator, action, target, reason, result, request_id)
         return audit_id, Put(self.cp.key("audit/" + audit_id), msgspec.json.encode(rec))
 
-    async def _check_not_pending_otherwise(self, context: grpc.aio.ServicerContext, rid: str, what: str,
-                                           operator: str) -> None:
-        """A change that needs no approval may not take the id of another change waiting for one
+    async def _check_id_unused_otherwise(self, context: grpc.aio.ServicerContext, rid: str, what: str,
+                                         operator: str) -> None:
+        """A request may not take the id of another change, done or waiting for approval
         (approving that one would then fail for ever, or answer with this one)."""
         from .drills import PENDING, decode_pending
 
@@ -383,6 +383,10 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             p = decode_pending(kv.value)
             await check_same_request(context, rid, request_what(p.action, p.center, p.state, p.to_version),
                                      p.operator, what, operator)
+        kv = await self._get(context, "requests/" + rid)
+        if kv is not None:
+            rec = msgspec.json.decode(kv.value, type=RequestRecord)
+            await check_same_request(context, rid, rec.what, rec.operator, what, operator)
 
     def _request_id(self, given: str) -> str:
         # a request needs an id to be approved by; the reply shows the one chosen
@@ -667,6 +671,9 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         from .drills import DrillRecord, DrillState, Event, drill_to_pb, dry_run
 
         cp = self.cp
+        if request.request_id:  # a dry run is only audited, but its id may not be another change's
+            await self._check_id_unused_otherwise(context, request.request_id,
+                                                  request_what("dry_run", spec.center), request.operator)
         try:
             view = await self._view()
         except Exception as e:
@@ -755,6 +762,9 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         if rec.state in TERMINAL:  # nothing to stop: its routes are restored already
             return operator_pb2.AbortDrillReply(drill=drill_to_pb(rec))
         # no two-person rule here: stopping a drill puts traffic back home, and must be quick
+        if request.request_id:
+            await self._check_id_unused_otherwise(context, request.request_id, f"abort_drill drill/{rec.id}",
+                                                  request.operator)
         audit_id, audit_put = self._audit_put(request.operator, "abort_drill", f"drill/{rec.id}",
                                               request.reason, "abort requested", request.request_id)
         akey = cp.key(ABORTS + rec.id)
@@ -910,7 +920,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 status=status, audit_id=audit_id, plan_version=cp.feed.version,
                 message=msg + f" (it moves calls away from {', '.join(away)})")
         to = request.to_version
-        await self._check_not_pending_otherwise(context, rid, what, request.operator)
+        await self._check_id_unused_otherwise(context, rid, what, request.operator)
         audit_id, audit_put = self._audit_put(request.operator, "rollback_plan", f"plan/{to}", request.reason,
                                               f"applied: hold routes of plan {to}", rid)
         message = f"rollback to plan {to}"
