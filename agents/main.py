@@ -455,8 +455,11 @@ async def _amain(settings: AgentSettings) -> int:
 
 def run_agent(args: argparse.Namespace) -> int:
     """Entry point for `callroute agent` (see add_agent_parser)."""
-    logging.basicConfig(level=os.environ.get("CALLROUTE_LOG", "INFO"), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from controlplane.textsafe import configure_logging
+
+    # reasons, NACK errors and peers' names reach the log as text, never as control sequences
+    configure_logging(os.environ.get("CALLROUTE_LOG", "INFO"),
+                      "%(asctime)s %(levelname)s %(name)s: %(message)s", sys.stderr)
     try:
         settings = settings_from_args(args)
     except InvalidInput as e:

@@ -32,10 +32,12 @@ from controlplane.opcli import (
     _run_parsed,
     _short,
     _streams,
+    _text,
     _when,
     change_exit,
     message_to_json,
 )
+from controlplane.textsafe import printable
 
 # `drill status --watch` redraw period: the leader stores the drill's progress every 2 s at least
 DEFAULT_WATCH_INTERVAL_S = 1.0
@@ -87,7 +89,8 @@ def _drill_text(d: Any) -> str:
                      f"measured {'-' if m is None else f'{m:.1%}'}")
     if d.report_path:
         lines.append(f"  report: {d.report_path}")
-    return "\n".join(lines) + "\n"
+    # each line one line: a reason or a note cannot add lines or terminal escapes (B15)
+    return "\n".join(map(printable, lines)) + "\n"
 
 
 def cmd_drill_start(args: argparse.Namespace) -> int:
@@ -206,7 +209,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
         out.write(f"approved {args.request_id}: APPLIED"
                   + (f" (plan {reply.plan_version})" if reply.plan_version else "")
                   + (f", drill {reply.drill_id}" if reply.drill_id else "")
-                  + f"\n  {reply.message}\n  audit {reply.audit_id}\n")
+                  + f"\n  {printable(reply.message)}\n  audit {reply.audit_id}\n")
     return EXIT_OK
 
 
@@ -230,8 +233,8 @@ def cmd_pending(args: argparse.Namespace) -> int:
     for p in reply.pending:
         what = (_short(types_pb2.AdminState.DESCRIPTOR, p.state) if p.action == "set_center_state"
                 else "live drill " + ",".join(f"{x:g}%" for x in p.drill.ramp_percents))
-        t.add_row(p.request_id, p.action, p.center, what, p.operator, p.reason, _when(p.requested_at),
-                  _when(p.expires_at))
+        t.add_row(*(_text(x) for x in (p.request_id, p.action, p.center, what, p.operator, p.reason)),
+                  _when(p.requested_at), _when(p.expires_at))
     _console(out).print(t)
     return EXIT_OK
 

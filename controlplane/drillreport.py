@@ -21,6 +21,7 @@ import msgspec
 
 from controlplane.core.model import Plan, Topology
 from controlplane.service.drills import MIN_OFFERED_FOR_SL, DrillMode, DrillRecord, traffic_shares
+from controlplane.textsafe import markdown_literal as md
 
 # plots readable on a laptop screen and in a markdown viewer
 FIG_SIZE = (9.0, 4.0)
@@ -111,10 +112,10 @@ def summary_markdown(rec: DrillRecord, topology: Topology, plan: Plan | None = N
     lines = [
         f"# Drill {rec.id}: loss of {s.center} ({s.mode.value.replace('_', ' ')})",
         "",
-        f"- **Outcome:** {rec.state.value} - {rec.end_reason or '-'}",
-        f"- **Requested by:** {rec.operator or '-'}"
-        + (f", approved by {rec.approver}" if rec.approver else "")
-        + f"; reason: {rec.reason or '-'}",
+        f"- **Outcome:** {rec.state.value} - {md(rec.end_reason or '-')}",
+        f"- **Requested by:** {md(rec.operator or '-')}"
+        + (f", approved by {md(rec.approver)}" if rec.approver else "")
+        + f"; reason: {md(rec.reason or '-')}",
         f"- **Started:** {_when(rec.started_at)} UTC; **ended:** {_when(rec.ended_at)} UTC; "
         f"**ran:** {rec.elapsed_s:.1f} s",
     ]
@@ -134,7 +135,7 @@ def summary_markdown(rec: DrillRecord, topology: Topology, plan: Plan | None = N
         ]
         for i, st in enumerate(rec.steps, 1):
             lines.append(f"| {i} | {st.share:.0%} | {_when(st.started_at)} | {_when(st.ended_at)} | "
-                         f"{st.plan_version or '-'} | {_pct(st.min_service_level)} | {st.note or ''} |")
+                         f"{st.plan_version or '-'} | {_pct(st.min_service_level)} | {md(st.note or '')} |")
     else:
         lines += [f"- **Plan in force:** v{rec.base_version} (nothing was changed)"]
     lines += ["", "## Receivers", "", "| center | predicted SL at 100 % | measured SL (last) |",
@@ -149,10 +150,10 @@ def summary_markdown(rec: DrillRecord, topology: Topology, plan: Plan | None = N
                   "| --- | --- |"]
         lines += [f"| {c} | {v:.1%} |" for c, v in sorted(shares.items(), key=lambda kv: -kv[1])]
         if not plan.feasible:
-            lines += ["", "**Not feasible:**", ""] + [f"- {r}" for r in plan.infeasible_reasons]
+            lines += ["", "**Not feasible:**", ""] + [f"- {md(r)}" for r in plan.infeasible_reasons]
     if rec.events:
         lines += ["", "## Timeline", "", "| time (UTC) | t (s) | event |", "| --- | --- | --- |"]
-        lines += [f"| {_when(e.at)} | {e.t:.1f} | {e.text} |" for e in rec.events]
+        lines += [f"| {_when(e.at)} | {e.t:.1f} | {md(e.text)} |" for e in rec.events]
     if images:
         lines += ["", "## Plots", ""] + [f"![{i}]({i})" for i in images]
     return "\n".join(lines) + "\n"

@@ -34,6 +34,7 @@ from typing import IO, Any
 import grpc
 
 from controlplane.core.model import InvalidInput, check_id
+from controlplane.textsafe import printable
 
 # exit codes: scripts branch on them, so each outcome has its own
 EXIT_OK = 0
@@ -232,6 +233,14 @@ def _console(out: IO[str]) -> Any:
     return Console(file=out, width=None if out.isatty() else 160, highlight=False)
 
 
+def _text(s: str, style: str = "") -> Any:
+    """A table cell or line from outside (a reason, a NACK error, a name): literal text, never
+    markup, with control characters escaped (B15)."""
+    from rich.text import Text
+
+    return Text(printable(s), style=style)
+
+
 def _emit_json(out: IO[str], obj: Any) -> None:
     out.write(json.dumps(obj, indent=1, sort_keys=False) + "\n")
     out.flush()
@@ -282,13 +291,16 @@ def _check_limit(field: str, v: int) -> None:
         raise InvalidInput(field, v, f"must be in [0, {MAX_LIMIT}] (0: the server's default)")
 
 
-def _admin_cell(admin: str, reported: str) -> str:
+def _admin_cell(admin: str, reported: str) -> Any:
     """The operators' state, and the center's own when it differs from open (its ACD's emergency
     switch or a local drain): "closed by center" moves calls as surely as an operator's close."""
-    cell = admin if admin == "open" else f"[bold red]{admin}[/]"
+    cell = _text(admin, "" if admin == "open" else "bold red")
     if reported in ("draining", "closed"):
-        by = f"[bold red]{reported} by center[/]"
-        cell = by if admin == "open" else f"{cell} / {by}"
+        by = _text(f"{reported} by center", "bold red")
+        if admin == "open":
+            return by
+        cell.append(" / ")
+        cell.append_text(by)
     return cell
 
 
@@ -316,16 +328,15 @@ def centers_table(reply: Any) -> Any:
         # the worst skill is what an operator acts on
         ewt = max((s.ewt_s for s in c.skills), default=0.0)
         sls = [s.service_level for s in c.skills if s.service_level > 0]
-        acked = str(c.acked_version) if c.acked_version else "-"
-        if c.acked_version and c.acked_version < latest:
-            acked = f"[yellow]{acked}[/]"
+        acked = _text(str(c.acked_version) if c.acked_version else "-",
+                      "yellow" if c.acked_version and c.acked_version < latest else "")
         if c.nacked_version:
-            acked += f" [red](nack v{c.nacked_version})[/]"
+            acked.append(f" (nack v{c.nacked_version})", style="red")
         color = {"healthy": "green", "stale": "yellow", "down": "red", "failing": "red"}.get(status, "")
         t.add_row(
-            c.center,
-            c.region,
-            f"[{color}]{status}[/]" if color else status,
+            _text(c.center),
+            _text(c.region),
+            _text(status, color),
             _admin_cell(admin, reported),
             f"{c.weight:.2f}",
             f"{ready}/{logged}" if c.skills else "-",
@@ -335,7 +346,7 @@ def centers_table(reply: Any) -> Any:
             acked,
             # negative means "never" to the server, but some builds leave it unset: say nothing
             f"{c.last_report_age_s:.1f} s" if c.last_report_age_s >= 0 else "-",
-            c.reason or c.nack_error,
+            _text(c.reason or c.nack_error),
         )
     return t
 
@@ -396,10 +407,11 @@ def _watch_centers(args: argparse.Namespace, client: OperatorClient, out: IO[str
                     parts: list[Any] = []
                     if last is not None:
                         parts.append(centers_table(last))
-                    line = f"{stamp}  refresh every {args.interval:g} s, Ctrl-C to stop"
+                    line = Text(f"{stamp}  refresh every {args.interval:g} s, Ctrl-C to stop")
                     if not ok:
-                        line += f"\n[bold red]refresh failed ({'showing the last good view' if last else 'nothing to show'}): {problem}[/]"  # noqa: E501
-                    parts.append(Text.from_markup(line))
+                        shown = "showing the last good view" if last else "nothing to show"
+                        line.append(f"\nrefresh failed ({shown}): {printable(problem)}", style="bold red")
+                    parts.append(line)
                     if live is not None:
                         live.update(Group(*parts), refresh=True)
                     else:
@@ -412,7 +424,7 @@ def _watch_centers(args: argparse.Namespace, client: OperatorClient, out: IO[str
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a watch ends
     if not ok:
-        err.write(f"callroute: centers: last refresh failed: {problem}\n")
+        err.write(f"callroute: centers: last refresh failed: {printable(problem)}\n")
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -474,7 +486,8 @@ def change_exit(reply: Any, command: str, request_id: str, err: IO[str]) -> int:
     if reply.status == operator_pb2.CHANGE_STATUS_PENDING_APPROVAL:
         return EXIT_PENDING
     message = getattr(reply, "message", "")
-    err.write(f"callroute: {command}: unexpected status {reply.status}" + (f": {message}" if message else "")
+    err.write(f"callroute: {command}: unexpected status {reply.status}"
+              + (f": {printable(message)}" if message else "")
               + f"\n  request id {request_id} (retry with --request-id {request_id})\n")
     return EXIT_FAILED
 
@@ -497,23 +510,23 @@ def cmd_plan_show(args: argparse.Namespace) -> int:
         return EXIT_OK
     p = reply.plan
     con = _console(out)
-    con.print(
+    con.print(_text(
         f"plan v{p.version}  created {_when(p.created_at)}  feasible: {p.feasible}  "
         f"closed: {', '.join(p.closed) or '-'}  cause: {p.meta.get('cause', '-')}  "
         f"topology {p.topology_hash[:12] or '-'}"
-    )
+    ))
     for r in p.infeasible_reasons:
-        con.print(f"  infeasible: {r}")
+        con.print(_text(f"  infeasible: {r}"))
     kinds = types_pb2.RouteKind.DESCRIPTOR
     shown = [r for r in p.routes if args.all or _short(kinds, r.kind) not in ("home", "pinned")]
     t = Table(title="routes" if args.all else "routes that leave home (--all for every route)")
     for col in ("branch", "skill", "home", "kind", "targets", "vip targets"):
         t.add_column(col)
     for r in shown:
-        t.add_row(r.branch, r.skill, r.home, _short(kinds, r.kind),
-                  _targets(r.targets) if r.targets else _short(types_pb2.OverloadAction.DESCRIPTOR,
-                                                                r.overload_action),
-                  _targets(r.vip_targets) if r.vip_targets else "(same)")
+        t.add_row(_text(r.branch), _text(r.skill), _text(r.home), _short(kinds, r.kind),
+                  _text(_targets(r.targets)) if r.targets else _short(types_pb2.OverloadAction.DESCRIPTOR,
+                                                                      r.overload_action),
+                  _text(_targets(r.vip_targets)) if r.vip_targets else "(same)")
     if shown:
         con.print(t)
     con.print(f"{len(p.routes)} routes, {len(p.routes) - len(shown)} not shown" if not args.all
@@ -522,7 +535,8 @@ def cmd_plan_show(args: argparse.Namespace) -> int:
     for col in ("center", "answer", "at", "error"):
         a.add_column(col)
     for ack in sorted(reply.acks, key=lambda x: x.center):
-        a.add_row(ack.center, "[green]ACK[/]" if ack.ack else "[red]NACK[/]", _when(ack.at), ack.error)
+        answer = _text("ACK", "green") if ack.ack else _text("NACK", "red")
+        a.add_row(_text(ack.center), answer, _when(ack.at), _text(ack.error))
     if reply.acks:
         con.print(a)
     else:
@@ -560,7 +574,7 @@ def cmd_plan_diff(args: argparse.Namespace) -> int:
     for c in reply.changes:
         before = f"{_short(kinds, c.kind_before)}: {_targets(c.before)}" if c.kind_before else "(none)"
         after = f"{_short(kinds, c.kind_after)}: {_targets(c.after)}" if c.kind_after else "(none)"
-        t.add_row(c.branch, c.skill, before, after)
+        t.add_row(_text(c.branch), _text(c.skill), _text(before), _text(after))
     con.print(t)
     con.print(f"{len(reply.changes)} routes changed")
     return EXIT_OK
@@ -585,8 +599,8 @@ def cmd_plan_history(args: argparse.Namespace) -> int:
     for col in ("version", "created", "cause", "feasible", "closed", "routes by kind"):
         t.add_column(col)
     for p in reply.plans:
-        t.add_row(str(p.version), _when(p.created_at), p.cause or "-", "yes" if p.feasible else "[red]no[/]",
-                  ", ".join(p.closed) or "-",
+        t.add_row(str(p.version), _when(p.created_at), _text(p.cause or "-"),
+                  "yes" if p.feasible else _text("no", "red"), _text(", ".join(p.closed) or "-"),
                   ", ".join(f"{k} {v}" for k, v in sorted(p.routes_by_kind.items())))
     _console(out).print(t)
     return EXIT_OK
@@ -695,7 +709,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     for col in ("at", "operator", "action", "target", "reason", "result", "request id"):
         t.add_column(col)
     for e in reply.entries:
-        t.add_row(_when(e.at), e.operator, e.action, e.target, e.reason, e.result, e.request_id)
+        t.add_row(_when(e.at), *(_text(x) for x in (e.operator, e.action, e.target, e.reason, e.result,
+                                                     e.request_id)))
     _console(out).print(t)
     return EXIT_OK
 
@@ -713,14 +728,14 @@ def _guarded(name: str, fn: Callable[[argparse.Namespace], int]) -> Callable[[ar
         try:
             return fn(args)
         except RpcFailure as e:
-            err.write(f"callroute: {label}: {e.code.name}: {e.details}\n")
+            err.write(f"callroute: {label}: {e.code.name}: {printable(e.details)}\n")
             rid = getattr(args, "request_id_used", "")
             if rid:
                 # the change may or may not have landed: the same id finds out without repeating it
                 err.write(f"callroute: {label}: NOT confirmed; retry with --request-id {rid}\n")
             return EXIT_USAGE if e.code == grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAILED
         except InvalidInput as e:
-            err.write(f"callroute: {label}: error: {e}\n")
+            err.write(f"callroute: {label}: error: {printable(str(e))}\n")
             return EXIT_USAGE
         except KeyboardInterrupt:
             rid = getattr(args, "request_id_used", "")

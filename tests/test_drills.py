@@ -185,13 +185,11 @@ def test_spec_validation_names_field_and_value():
         assert e.value.field == field
 
 
-def test_two_person_rule_and_expiry():
+def test_two_person_rule():
     p = PendingRecord("r1", "set_center_state", "north", "alice", "why", 100.0, 200.0, state="closed")
     with pytest.raises(TwoPersonRule, match="two-person rule"):
-        check_approval(p, "alice", 150.0)
-    check_approval(p, "bob", 150.0)
-    with pytest.raises(TwoPersonRule, match="expired"):
-        check_approval(p, "bob", 200.0)
+        check_approval(p, "alice")
+    check_approval(p, "bob")  # expiry is the store lease's (test_security: F13)
 
 
 def test_dry_run_plan_predicts_receivers():
@@ -441,6 +439,103 @@ async def test_bad_drill_requests_are_invalid_argument(net):
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await net.op.DrillStatus(operator_pb2.DrillStatusRequest(drill_id="nope"), timeout=5)
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+class _SkewedClock:
+    """The `time` module as the operator service sees it, with its wall clock off by `by` seconds
+    (gRPC's own deadlines read time.time(): the whole process's clock cannot be moved)."""
+
+    def __init__(self, by: float) -> None:
+        self.by = by
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def time(self) -> float:
+        return time.time() + self.by
+
+
+async def test_f13_approval_expiry_is_the_stores_not_a_replicas_wall_clock(store, tmp_path, monkeypatch):
+    from controlplane.service import operator as operator_service
+
+    # a short TTL so that expiry can be watched; the store's lease times it on its own clock
+    n = await _net(store, tmp_path, require_two_person=True, approval_ttl_s=2.0)
+    try:
+        def drain(center: str, rid: str) -> Any:
+            return n.op.SetCenterState(operator_pb2.SetCenterStateRequest(
+                center=center, state=types_pb2.ADMIN_STATE_DRAINING, reason="f13", operator="alice",
+                request_id=rid), timeout=5)
+
+        # this replica's wall clock jumps an hour ahead: a fresh request is not expired by it
+        pending = operator_pb2.CHANGE_STATUS_PENDING_APPROVAL
+        assert (await drain("north", "f13-ahead")).status == pending
+        monkeypatch.setattr(operator_service, "time", _SkewedClock(3600))
+        ok = await n.op.Approve(operator_pb2.ApproveRequest(request_id="f13-ahead", approver="bob"),
+                                timeout=5)
+        assert ok.status == operator_pb2.CHANGE_STATUS_APPLIED
+        # and an hour behind: an old request is not kept alive by it
+        monkeypatch.setattr(operator_service, "time", _SkewedClock(-3600))
+        assert (await drain("south", "f13-behind")).status == pending
+
+        async def none_pending() -> bool:
+            return not (await n.op.ListPending(operator_pb2.ListPendingRequest(), timeout=5)).pending
+
+        await wait_for(none_pending, 10, "the request expired on the store's clock")
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await n.op.Approve(operator_pb2.ApproveRequest(request_id="f13-behind", approver="bob"),
+                               timeout=5)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND and "expired" in (e.value.details() or "")
+        assert await n.cp.store.get(n.cp.key("admin/south")) is None
+    finally:
+        await _close(n)
+
+
+async def test_a_drills_request_id_cannot_be_reused_by_a_dry_run_or_an_abort(net):
+    started = await net.op.StartDrill(operator_pb2.StartDrillRequest(
+        spec=live_spec([50], step_s=30.0, duration_s=60.0), reason="drill", operator="alice",
+        request_id="d-x"), timeout=10)
+    assert started.status == operator_pb2.CHANGE_STATUS_APPLIED
+    dry = operator_pb2.DrillSpec(center="south", mode=operator_pb2.DRILL_MODE_DRY_RUN)
+    dry_run_req = operator_pb2.StartDrillRequest(spec=dry, reason="what if", operator="alice",
+                                                 request_id="d-x")
+    for call in (net.op.StartDrill(dry_run_req, timeout=10),
+                 net.op.AbortDrill(operator_pb2.AbortDrillRequest(reason="stop", operator="alice",
+                                                                  request_id="d-x"), timeout=10)):
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await call
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "'d-x'" in (e.value.details() or "")
+    await net.op.AbortDrill(operator_pb2.AbortDrillRequest(reason="stop", operator="alice", request_id="d-y"),
+                            timeout=10)
+
+    async def aborted() -> bool:
+        return (await _status(net.op, started.drill_id)).state == operator_pb2.DRILL_STATE_ABORTED
+
+    await wait_for(aborted, 10, "the drill aborted under a fresh id")
+
+
+async def test_a_pending_request_stored_without_a_lease_cannot_be_approved(net2):
+    # what an older version stored: expiry by wall clock only, which no two replicas agree on
+    old = PendingRecord("old-1", "set_center_state", "north", "alice", "flood", time.time(),
+                        time.time() + 900, state="closed")
+    await net2.cp.store.put(net2.cp.key("pending/old-1"), encode(old))
+    assert not (await net2.op.ListPending(operator_pb2.ListPendingRequest(), timeout=5)).pending
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await net2.op.Approve(operator_pb2.ApproveRequest(request_id="old-1", approver="bob"), timeout=5)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "lease" in (e.value.details() or "")
+    assert await net2.cp.store.get(net2.cp.key("admin/north")) is None
+
+
+async def test_repeating_a_pending_request_holds_no_lease_per_repeat(net2):
+    close = operator_pb2.SetCenterStateRequest(center="west", state=types_pb2.ADMIN_STATE_CLOSED,
+                                               reason="power", operator="alice", request_id="rep-1")
+    first = await net2.op.SetCenterState(close, timeout=5)
+    assert first.status == operator_pb2.CHANGE_STATUS_PENDING_APPROVAL
+    # the embedded store's lease table: the one place that shows what the store holds
+    leases = len(net2.cp.store._leases)
+    for _ in range(5):
+        again = await net2.op.SetCenterState(close, timeout=5)
+        assert again.status == operator_pb2.CHANGE_STATUS_PENDING_APPROVAL and "repeated" in again.message
+    assert len(net2.cp.store._leases) == leases
 
 
 async def test_two_person_rule_for_close_and_live_drill(net2):

@@ -20,7 +20,8 @@ from test_opcli import CENTERS, cli, cli_json
 
 from controlplane import drillcli
 from controlplane.core.health import HealthSettings
-from controlplane.core.model import AdminState, Report, SkillLoad, Status
+from controlplane.core.model import AdminState, Report, SkillLoad, Status, Target
+from controlplane.core.plan import moves_traffic_off_open_center
 from controlplane.core.topology import load_topology, topology_hash
 from controlplane.opcli import EXIT_FAILED, EXIT_OK, EXIT_PENDING, EXIT_USAGE
 from controlplane.service.leader import CAUSE_ROLLBACK, ROLLBACK_KEY, LeaderBrain, decode_rollback
@@ -147,6 +148,27 @@ async def _replica(store: Any, name: str, **over: Any) -> ControlPlane:
     cp: ControlPlane = await start_replica(store, name, **over)
     await wait_for(lambda: cp.leader.brain is not None, 5, "leadership")
     return cp
+
+
+def test_moves_traffic_off_open_center_counts_partial_sheds_and_closes():
+    b = _brain()
+    _feed(b, 0.0, 1)
+    home = _publish(b, 0.0)
+    r0 = next(r for r in home.routes if r.home == "south" and r.targets)
+    half = (Target("south", 0.5), Target("west", 0.5))
+    shed = msgspec.structs.replace(home, routes=tuple(
+        msgspec.structs.replace(r, targets=half) if r is r0 else r for r in home.routes))
+    vip = msgspec.structs.replace(home, routes=tuple(
+        msgspec.structs.replace(r, vip_targets=half) if r is r0 else r for r in home.routes))
+    opened = {"north", "south", "west"}
+    assert moves_traffic_off_open_center(home, shed, opened) == ["south"]  # part of its calls
+    assert moves_traffic_off_open_center(home, vip, opened) == ["south"]  # its VIP callers'
+    assert moves_traffic_off_open_center(shed, home, opened) == []  # putting calls home
+    assert moves_traffic_off_open_center(home, home, opened) == []
+    assert moves_traffic_off_open_center(home, shed, {"north", "west"}) == []  # south not open now
+    closed = msgspec.structs.replace(home, closed=("north",))
+    assert moves_traffic_off_open_center(home, closed, opened) == ["north"]
+    assert moves_traffic_off_open_center(None, shed, opened) == ["south"]
 
 
 @pytest.fixture
@@ -317,5 +339,47 @@ async def test_a_rollback_that_moves_calls_off_an_open_center_needs_two_people(s
         assert plan.meta["rollback_of"] == str(dr_version) and "north" in plan.closed
         assert msgspec.json.decode(kv.value)["operator"] == "alice"
     finally:
+        await n.stop()
+        await cp.stop(0)
+
+
+async def test_a_rollback_to_a_plan_that_shed_part_of_an_open_center_needs_two_people(store):
+    from test_cp_support import operator_stub
+
+    from callroute.v1 import operator_pb2
+
+    cp = await _replica(store, "cp-2p-part", require_two_person=True)
+    n = _Net(cp)
+    ch, op = operator_stub(f"127.0.0.1:{cp.port}")
+    try:
+        await n.at_every_agent(1)
+        # a live drill holding half of north's calls elsewhere (approved), then aborted
+        spec = operator_pb2.DrillSpec(center="north", mode=operator_pb2.DRILL_MODE_LIVE,
+                                      ramp_percents=[50], step_s=60.0, duration_s=120.0)
+        asked = await op.StartDrill(operator_pb2.StartDrillRequest(
+            spec=spec, reason="half", operator="alice", request_id="half-1"), timeout=10)
+        assert asked.status == operator_pb2.CHANGE_STATUS_PENDING_APPROVAL
+        approval = operator_pb2.ApproveRequest(request_id="half-1", approver="bob")
+        started = await op.Approve(approval, timeout=10)
+
+        async def step_version() -> int:
+            d = (await op.DrillStatus(operator_pb2.DrillStatusRequest(drill_id=started.drill_id),
+                                      timeout=5)).drill
+            return d.steps[0].plan_version if d.steps and d.steps[0].plan_version else 0
+
+        half = await wait_for(step_version, 10, "the 50 % step's plan")
+        assert "north" not in (await cp.read_plan(half))[1].closed  # a partial shed, not a close
+        abort = operator_pb2.AbortDrillRequest(drill_id=started.drill_id, reason="done", operator="alice")
+        ended = await op.AbortDrill(abort, timeout=10)
+        assert ended.drill.state == operator_pb2.DRILL_STATE_ABORTED
+        await wait_for(lambda: cp.feed.version > half, 10, "routes restored in a newer plan")
+        rc, out, err = await cli("plan", "rollback", str(half), "--reason", "that again", "--operator",
+                                 "alice", "--request-id", "rb-half", *n.ep)
+        assert rc == EXIT_PENDING, (out, err)  # on main: applied by one person
+        pending = (await op.ListPending(operator_pb2.ListPendingRequest(), timeout=5)).pending
+        assert [(p.request_id, p.center) for p in pending] == [("rb-half", "north")]
+        assert await cp.store.get(cp.key(ROLLBACK_KEY)) is None
+    finally:
+        await ch.close()
         await n.stop()
         await cp.stop(0)

@@ -393,6 +393,20 @@ def test_settings_security_fields_are_validated(tmp_path: Path) -> None:
     assert err.value.field == "tls_key"
 
 
+def test_two_person_rule_without_operator_credentials_says_it_can_be_bypassed(
+    pki: certs.PkiFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="callroute.controlplane.auth"):
+        auth.server_security(load_settings(None, topology=SMALL, require_two_person=True))
+    assert "operator names are taken from requests as given" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="callroute.controlplane.auth"):
+        auth.server_security(load_settings(None, topology=SMALL, require_two_person=True,
+                                           tls_cert=pki.server_cert, tls_key=pki.server_key,
+                                           tls_ca=pki.ca_cert, tokens=pki.tokens))
+    assert "taken from requests" not in caplog.text
+
+
 # ---------------------------------------------------------------- B5: real servers
 
 
@@ -531,6 +545,106 @@ async def test_tokens_and_roles_on_a_real_server(tls_cp: ControlPlane, pki: cert
         # a broken edit keeps the last good tokens instead of locking everyone out
         tokens_file.write_text("tokens: [not, a, mapping")
         assert await _code(call("ListCenters", listing, "bob")) == grpc.StatusCode.OK
+
+
+# ---------------------------------------------------------------- B13: identity confusion
+
+
+def _md(files: certs.PkiFiles, who: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {_token(files, who)}"),)
+
+
+async def _refused(call: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await call
+    return e.value
+
+
+async def test_b13_a_certificate_naming_no_operator_gets_no_role(pki: certs.PkiFiles, tmp_path: Path) -> None:
+    files = _live_copy(pki, tmp_path / "live")
+    del files["tokens"]  # mTLS alone: the certificate is the only credential
+    cp = await _start(**files)
+    try:
+        await _leader(cp)
+        drain = operator_pb2.SetCenterStateRequest(center="west", state=types_pb2.ADMIN_STATE_DRAINING,
+                                                   reason="who am I", operator="alice", request_id="b13-anon")
+        # signed by the same CA, but it names neither a center nor an operator (etcd's client certificate)
+        anon = auth.open_channel(f"127.0.0.1:{cp.port}", auth.client_tls(pki.ca_cert, *pki.etcd_client), [])
+        async with anon:
+            stub = operator_pb2_grpc.OperatorServiceStub(anon)
+            for call in (stub.ListCenters(operator_pb2.ListCentersRequest(), timeout=RPC_TIMEOUT_S),
+                         stub.SetCenterState(drain, timeout=RPC_TIMEOUT_S)):
+                err = await _refused(call)
+                assert err.code() == grpc.StatusCode.PERMISSION_DENIED, err.details()
+                assert "names no operator" in (err.details() or "")
+            # nor does it speak for a center
+            assert await _code(_report_once(anon, "north")) == grpc.StatusCode.PERMISSION_DENIED
+        assert (await cp.read_admin()).get("west") is None  # nothing applied
+        # an operator certificate is a credential: its name is recorded, not the one in the request
+        async with _channel(cp, pki, "bob") as ch:
+            stub = operator_pb2_grpc.OperatorServiceStub(ch)
+            drain.request_id = "b13-cert"
+            assert (await stub.SetCenterState(drain, timeout=RPC_TIMEOUT_S)).status == \
+                operator_pb2.CHANGE_STATUS_APPLIED
+            audit = await stub.Audit(operator_pb2.AuditRequest(), timeout=RPC_TIMEOUT_S)
+            assert [e.operator for e in audit.entries if e.request_id == "b13-cert"] == ["bob"]
+    finally:
+        await _stop(cp)
+
+
+async def test_b13_the_credential_names_the_operator_and_a_request_id_one_change(
+    pki: certs.PkiFiles, tmp_path: Path
+) -> None:
+    cp = await _start(**_live_copy(pki, tmp_path / "live"), require_two_person=True)
+    try:
+        await _leader(cp)
+        async with _channel(cp, pki, "bob") as ch:
+            stub = operator_pb2_grpc.OperatorServiceStub(ch)
+            t = RPC_TIMEOUT_S
+
+            def change(center: str, state: int, rid: str = "b13-1") -> operator_pb2.SetCenterStateRequest:
+                # every request names alice: the token says who really asks
+                return operator_pb2.SetCenterStateRequest(center=center, state=state, reason="b13",
+                                                          operator="alice", request_id=rid)
+
+            drain_west = change("west", types_pb2.ADMIN_STATE_DRAINING)
+            r = await stub.SetCenterState(drain_west, timeout=t, metadata=_md(pki, "bob"))
+            assert r.status == operator_pb2.CHANGE_STATUS_PENDING_APPROVAL
+            listed = await stub.ListPending(operator_pb2.ListPendingRequest(), timeout=t,
+                                            metadata=_md(pki, "carol"))
+            assert [p.operator for p in listed.pending] == ["bob"]
+            # bob approving his own request under alice's name is still bob approving it
+            self_approval = operator_pb2.ApproveRequest(request_id="b13-1", approver="alice")
+            err = await _refused(stub.Approve(self_approval, timeout=t, metadata=_md(pki, "bob")))
+            assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "two-person" in (err.details() or "")
+
+            async def reuse_refused() -> None:
+                """The id of bob's drain of west, used for any other change, by anyone: refused."""
+                for req, who in ((change("west", types_pb2.ADMIN_STATE_OPEN), "bob"),
+                                 (change("north", types_pb2.ADMIN_STATE_DRAINING), "bob"),
+                                 (drain_west, "alice")):
+                    e = await _refused(stub.SetCenterState(req, timeout=t, metadata=_md(pki, who)))
+                    assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, (who, e.details())
+                    assert "request_id='b13-1'" in (e.details() or "")
+
+            await reuse_refused()  # while it waits for approval
+            forged = operator_pb2.ApproveRequest(request_id="b13-1", approver="bob")
+            ok = await stub.Approve(forged, timeout=t, metadata=_md(pki, "alice"))
+            assert ok.status == operator_pb2.CHANGE_STATUS_APPLIED
+            await reuse_refused()  # and once applied
+            # the same change again, by the same operator: the first answer
+            again = await stub.SetCenterState(drain_west, timeout=t, metadata=_md(pki, "bob"))
+            assert again.status == operator_pb2.CHANGE_STATUS_APPLIED and "repeated" in again.message
+            await wait_for(lambda: cp.feed.version >= 2, 5, "a plan with west draining")
+            rollback = operator_pb2.RollbackPlanRequest(to_version=1, reason="b13", operator="bob",
+                                                        request_id="b13-1")
+            e = await _refused(stub.RollbackPlan(rollback, timeout=t, metadata=_md(pki, "alice")))
+            assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "b13-1" in (e.details() or "")
+            audit = await stub.Audit(operator_pb2.AuditRequest(), timeout=t, metadata=_md(pki, "carol"))
+            mine = [(e.action, e.operator) for e in audit.entries if e.request_id == "b13-1"]
+            assert mine == [("set_center_state", "bob"), ("approve", "alice")]
+    finally:
+        await _stop(cp)
 
 
 async def test_opcli_talks_mtls_with_a_token(tls_cp: ControlPlane, pki: certs.PkiFiles) -> None:

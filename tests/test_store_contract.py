@@ -270,6 +270,16 @@ async def test_lease_expiry_deletes_its_keys(backend: Backend) -> None:
     assert await st.revoke(lease) is False
 
 
+async def test_a_put_in_a_transaction_carries_its_lease(backend: Backend) -> None:
+    # pending approvals are created this way: their expiry is the lease's, on the store's clock (F13)
+    st, k = backend.store, backend.k
+    lease = await st.grant_lease(30)
+    r = await st.txn([key_missing(k("tl"))], [Put(k("tl"), b"x", lease=lease.id), Put(k("tp"), b"p")])
+    assert r.succeeded and (await st.get(k("tl"))).lease == lease.id
+    assert await st.revoke(lease) is True
+    assert await _absent(st, k("tl")) and not await _absent(st, k("tp"))
+
+
 async def _absent(st: Store, key: str) -> bool:
     return await st.get(key) is None
 

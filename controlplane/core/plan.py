@@ -7,6 +7,7 @@ is applied (agent): a plan that fails it is never stored or served. Pure functio
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import msgspec
 
@@ -134,6 +135,30 @@ def diff_plans(old: Plan, new: Plan) -> list[RouteChange]:
         if ta != tb or ka != kb:
             out.append(RouteChange(key[0], key[1], ta, tb, ka, kb))
     return out
+
+
+def _home_share(r: Route) -> float:
+    """The share of a route's calls its home center keeps (the lower of regular and VIP callers)."""
+    return min(sum(t.weight for t in ts if t.center == r.home)
+               for ts in (r.targets, r.vip_targets or r.targets))
+
+
+def moves_traffic_off_open_center(before: Plan | None, after: Plan,
+                                  open_centers: Collection[str]) -> list[str]:
+    """The open centers whose own calls `after` sends elsewhere more than `before` does, sorted.
+
+    The one test of the two-person rule for a change given as plans (a rollback to an old plan,
+    a traffic override): a full close, and a partial shed too (a drill step's plan, an overflow).
+    Routes are compared by (branch, skill) on their home share; a route with no targets (an
+    overload action) moves no calls to another center, and a route new in `after` is compared with
+    keeping all its calls home."""
+    kept = {(r.branch, r.skill): _home_share(r) for r in before.routes if r.targets} if before else {}
+    out = {c for c in after.closed if c in open_centers} - set(before.closed if before else ())
+    for r in after.routes:
+        if r.targets and r.home in open_centers and (
+                _home_share(r) < kept.get((r.branch, r.skill), 1.0) - WEIGHT_SUM_TOL):
+            out.add(r.home)
+    return sorted(out)
 
 
 def find_route(plan: Plan, branch: str, skill: str) -> Route | None:

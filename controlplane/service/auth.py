@@ -9,7 +9,8 @@
   method's role (`METHOD_ROLES`): none or an unknown one is UNAUTHENTICATED, too low a role is
   PERMISSION_DENIED; a center's certificate never reaches OperatorService. Lookups and health need
   only the TLS handshake.
-- `caller_identity(context)`: the authenticated operator's name, for audit entries.
+- `caller_identity(context)`: the authenticated operator's name, for audit entries and approvals;
+  with TLS or tokens configured it replaces any name a request carries.
 - `ClientTLS` / `open_channel`: the client side, for agents and the operator CLI.
 - `store_security(settings)`: etcd TLS and user/password for `parse_store_url`.
 
@@ -421,10 +422,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         needed = METHOD_ROLES.get(method, Role.ADMIN)
         if self.tokens is None:
-            name = peer_operator(context) if self.tls else None
-            # no tokens configured: nothing to check roles against (plaintext development mode, or
-            # mTLS alone); the certificate's operator name still goes to the audit trail
-            return Caller(name, Role.ADMIN, "certificate") if name else None
+            if not self.tls:
+                # plaintext development mode: no credential to check (the process refuses this
+                # mode off loopback without --insecure)
+                return None
+            # no tokens configured (mTLS alone): an operator certificate is the credential, and its
+            # name goes to the audit trail. A certificate naming no operator (a CA-signed one
+            # issued for something else) is no credential at all: no role, never admin (B13).
+            name = peer_operator(context)
+            if name is None:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"{method.rsplit('/', 1)[-1]} needs an operator certificate (URI SAN "
+                    f"{SPIFFE_OPERATOR}<name>) or a bearer token; this certificate names no operator",
+                )
+            assert name is not None
+            return Caller(name, Role.ADMIN, "certificate")
         if not self.tls and not peer_is_loopback(context):
             # a token sent in the clear can be replayed by anyone on the path; refuse it before
             # looking at it, so a guessed or stolen one is not even checked
@@ -502,6 +515,11 @@ def server_security(settings: Any) -> ServerSecurity:
     tokens = TokenTable(settings.tokens) if settings.tokens else None
     if tokens is not None and creds is None:
         log.warning("operator tokens configured on a plaintext listener: tokens travel in the clear")
+    if settings.require_two_person and creds is None and tokens is None:
+        # nothing authenticates operators: each names itself, and one person can be both
+        log.warning("require_two_person is on but no operator credentials are configured (--tokens or "
+                    "--tls-*): operator names are taken from requests as given, so the rule can be "
+                    "bypassed; configure tokens or TLS")
     interceptors = [AuthInterceptor(tokens, creds is not None)] if (creds or tokens) else []
     return ServerSecurity(creds, interceptors, reloader, tokens)
 

@@ -10,7 +10,10 @@ Two-person rule (settings.require_two_person): closing or draining a center, or 
 drill, is stored under `pending/<request_id>` and answered PENDING_APPROVAL; Approve by a
 different operator applies it in one transaction that also removes the pending entry, so it is
 applied at most once; the requester's own approval is refused with FAILED_PRECONDITION naming the
-rule, and a pending request expires after settings.approval_ttl_s. Reopening never waits: putting
+rule, and a pending request expires after settings.approval_ttl_s: its key is bound to a store
+lease of that TTL, so the store's clock (etcd's leader's, the embedded store's loop) decides when,
+the same for every replica, and no replica's wall clock can expire it early or keep it alive
+(F13). Reopening never waits: putting
 traffic back home must be fast. Drills (StartDrill, DrillStatus, AbortDrill) write their records
 here and are run by the leader (drills.py); a DRY_RUN only computes and audits.
 
@@ -41,7 +44,7 @@ from controlplane.convert import (
     status_to_pb,
 )
 from controlplane.core.model import AdminState, InvalidInput, NetworkView, Plan, Status, check_id
-from controlplane.core.plan import diff_plans, explain, find_route
+from controlplane.core.plan import diff_plans, explain, find_route, moves_traffic_off_open_center
 from controlplane.store.base import Delete, Get, Put, key_missing, mod_revision_is
 
 log = logging.getLogger("callroute.controlplane.operator")
@@ -105,6 +108,29 @@ class RequestRecord(msgspec.Struct, frozen=True):
     audit_id: str
     message: str
     action: str
+    # what the id was first used for and by whom: it answers only that request again (B13); ""
+    # in records stored before ids were bound
+    what: str = ""
+    operator: str = ""
+
+
+def request_what(action: str, center: str = "", state: str = "", to_version: int = 0) -> str:
+    """What a request id is bound to: the action, its target and the state asked for."""
+    if action == "rollback_plan":
+        return f"rollback_plan plan/{to_version}"
+    return f"{action} center/{center}" + (f" {state}" if state else "")
+
+
+async def check_same_request(context: grpc.aio.ServicerContext, rid: str, first_what: str,
+                             first_operator: str, what: str, operator: str) -> None:
+    """Refuse a request id already used for another action, target or operator: a retry must
+    never be answered with, or approve, someone else's change."""
+    if first_what and (first_what, first_operator) != (what, operator):
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"request_id={rid!r} was used for {first_what!r} by {first_operator!r}, not {what!r} by "
+            f"{operator!r}: a request id names one change; use a new one",
+        )
 
 
 class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
@@ -249,13 +275,17 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             request.request_id,
         )
         req_key = cp.key("requests/" + request.request_id) if request.request_id else ""
+        what = request_what("set_center_state", request.center, state.value)
+        if request.request_id:
+            await self._check_id_unused_otherwise(context, request.request_id, what, request.operator)
         ops = [
             Put(cp.key("admin/" + request.center), msgspec.json.encode(admin)),
             Put(cp.key("audit/" + audit_id), msgspec.json.encode(audit)),
         ]
         if req_key:
             ops.append(
-                Put(req_key, msgspec.json.encode(RequestRecord(audit_id, message, "set_center_state")))
+                Put(req_key, msgspec.json.encode(
+                    RequestRecord(audit_id, message, "set_center_state", what, request.operator)))
             )
         try:
             # ONE transaction: the state, its audit entry and the request record land together or
@@ -289,6 +319,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         first = r.responses[0].kvs[0].value if not ok and r.responses and r.responses[0].kvs else b""
         if not ok:  # a retry of a request already done: the first answer, nothing changed again
             rec = msgspec.json.decode(first, type=RequestRecord)
+            await check_same_request(context, request.request_id, rec.what, rec.operator, what,
+                                     request.operator)
             return operator_pb2.SetCenterStateReply(
                 status=operator_pb2.CHANGE_STATUS_APPLIED,
                 audit_id=rec.audit_id,
@@ -344,6 +376,22 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         rec = AuditRecord(audit_id, time.time(), operator, action, target, reason, result, request_id)
         return audit_id, Put(self.cp.key("audit/" + audit_id), msgspec.json.encode(rec))
 
+    async def _check_id_unused_otherwise(self, context: grpc.aio.ServicerContext, rid: str, what: str,
+                                         operator: str) -> None:
+        """A request may not take the id of another change, done or waiting for approval
+        (approving that one would then fail for ever, or answer with this one)."""
+        from .drills import PENDING, decode_pending
+
+        kv = await self._get(context, PENDING + rid)
+        if kv is not None:
+            p = decode_pending(kv.value)
+            await check_same_request(context, rid, request_what(p.action, p.center, p.state, p.to_version),
+                                     p.operator, what, operator)
+        kv = await self._get(context, "requests/" + rid)
+        if kv is not None:
+            rec = msgspec.json.decode(kv.value, type=RequestRecord)
+            await check_same_request(context, rid, rec.what, rec.operator, what, operator)
+
     def _request_id(self, given: str) -> str:
         # a request needs an id to be approved by; the reply shows the one chosen
         return given or f"req-{time.time_ns()}-{next(self._ids)}"
@@ -361,20 +409,37 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         now = time.time()
         whats = {"set_center_state": f"{state} {center}", "rollback_plan": f"rollback to plan {to_version}"}
         what = whats.get(action, f"live drill of {center}")
+        bound = request_what(action, center, state, to_version)
         target = f"plan/{to_version}" if action == "rollback_plan" else f"center/{center}"
         audit_id, audit_put = self._audit_put(operator, action, target, reason,
                                               "pending approval (two-person rule)", rid)
         pending = PendingRecord(rid, action, center, operator, reason, now,
                                 now + cp.settings.approval_ttl_s, state, drill, audit_id, to_version)
+        try:
+            # unused when the request exists already: it then expires by itself, holding nothing
+            lease = await cp._call("grant", cp.store.grant_lease(cp.settings.approval_ttl_s,
+                                                                 timeout_s=cp.settings.store_deadline_s))
+        except Exception as e:
+            await self._fail(context, e)
+            raise
         r = await self._txn(context, [key_missing(pkey), key_missing(rkey)],
-                            [Put(pkey, encode(pending)), audit_put], [Get(pkey), Get(rkey)])
+                            [Put(pkey, encode(pending), lease=lease.id), audit_put], [Get(pkey), Get(rkey)])
         if not r.succeeded:
+            # a client repeating its request must not make the store hold a lease per repeat
+            try:
+                await cp._call("revoke", cp.store.revoke(lease, timeout_s=cp.settings.store_deadline_s))
+            except Exception as e:  # it expires by itself within approval_ttl_s
+                log.warning("revoking the unused lease of repeated request %r failed: %r", rid, e)
             pend, done = r.responses[0].kvs, r.responses[1].kvs
             if done:
                 rec = msgspec.json.decode(done[0].value, type=RequestRecord)
+                await check_same_request(context, rid, rec.what, rec.operator, bound, operator)
                 return (operator_pb2.CHANGE_STATUS_APPLIED, rec.audit_id, rid,
                         rec.message + " (repeated request)")
             first = decode_pending(pend[0].value)
+            await check_same_request(context, rid, request_what(first.action, first.center, first.state,
+                                                                first.to_version),
+                                     first.operator, bound, operator)
             return (operator_pb2.CHANGE_STATUS_PENDING_APPROVAL, first.audit_id, rid,
                     f"{what}: still waiting for a second operator (repeated request)")
         return (operator_pb2.CHANGE_STATUS_PENDING_APPROVAL, audit_id, rid,
@@ -390,16 +455,14 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         except Exception as e:
             await self._fail(context, e)
             raise
-        now = time.time()
         out = []
         for kv in kvs:
+            if not kv.lease:  # stored before approvals had leases: it can no longer be approved
+                continue
             try:
-                p = decode_pending(kv.value)
+                out.append(decode_pending(kv.value))  # an expired one is gone with its lease
             except (msgspec.DecodeError, msgspec.ValidationError):
                 log.error("unreadable pending request at %s", kv.key)
-                continue
-            if p.expires_at > now:  # expired ones can no longer be approved: not listed
-                out.append(p)
         out.sort(key=lambda p: (p.requested_at, p.request_id))
         return operator_pb2.ListPendingReply(pending=[pending_to_pb(p) for p in out[: cp.settings.max_list]])
 
@@ -424,10 +487,19 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                     plan_version=cp.feed.version, message=rec.message + " (repeated approval)",
                     drill_id=rec.message if rec.action == "start_drill" else "",
                 )
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"request_id={rid!r}: no such pending request")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"request_id={rid!r}: no such pending request (never made, or expired unapproved after "
+                f"{cp.settings.approval_ttl_s:g} s: ask again)")
+        if not pkv.lease:
+            # stored by a version that judged expiry by wall clock: no clock every replica agrees
+            # on says whether it is still valid, so it is not (F13)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"request_id={rid!r} was stored without an expiry lease (an older "
+                                "version): it can no longer be approved; ask again with a new id")
         pending = decode_pending(pkv.value)
         try:
-            check_approval(pending, request.approver, time.time())
+            check_approval(pending, request.approver)
         except TwoPersonRule as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         audit_id, audit_put = self._audit_put(
@@ -445,7 +517,9 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             ops = [
                 Put(cp.key("admin/" + pending.center), msgspec.json.encode(admin)),
                 audit_put,
-                Put(rkey, msgspec.json.encode(RequestRecord(audit_id, message, pending.action))),
+                Put(rkey, msgspec.json.encode(RequestRecord(
+                    audit_id, message, pending.action,
+                    request_what(pending.action, pending.center, pending.state), pending.operator))),
                 Delete(pkey),
             ]
             r = await self._txn(context, compare, ops)
@@ -506,7 +580,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             Put(cp.key(ACTIVE), drill_id.encode()),
             # for start_drill the request's answer is the drill id (a repeat finds the drill)
             Put(cp.key("requests/" + rid),
-                msgspec.json.encode(RequestRecord(audit_id, drill_id, "start_drill"))),
+                msgspec.json.encode(RequestRecord(audit_id, drill_id, "start_drill",
+                                                  request_what("start_drill", spec.center), operator))),
         ]
         return rec, ops
 
@@ -528,6 +603,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             active, done = r.responses[0].kvs, r.responses[1].kvs
             if done:  # a repeat of a request already done: its drill, nothing started twice
                 first = msgspec.json.decode(done[0].value, type=RequestRecord)
+                await check_same_request(context, rec.request_id, first.what, first.operator,
+                                         request_what("start_drill", rec.spec.center), rec.operator)
                 kv = await self._get(context, DRILLS + first.message)
                 drill = drill_to_pb(decode_record(kv.value)) if kv is not None else None
                 if status_reply:
@@ -598,6 +675,9 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         from .drills import DrillRecord, DrillState, Event, drill_to_pb, dry_run
 
         cp = self.cp
+        if request.request_id:  # a dry run is only audited, but its id may not be another change's
+            await self._check_id_unused_otherwise(context, request.request_id,
+                                                  request_what("dry_run", spec.center), request.operator)
         try:
             view = await self._view()
         except Exception as e:
@@ -686,6 +766,9 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         if rec.state in TERMINAL:  # nothing to stop: its routes are restored already
             return operator_pb2.AbortDrillReply(drill=drill_to_pb(rec))
         # no two-person rule here: stopping a drill puts traffic back home, and must be quick
+        if request.request_id:
+            await self._check_id_unused_otherwise(context, request.request_id, f"abort_drill drill/{rec.id}",
+                                                  request.operator)
         audit_id, audit_put = self._audit_put(request.operator, "abort_drill", f"drill/{rec.id}",
                                               request.reason, "abort requested", request.request_id)
         akey = cp.key(ABORTS + rec.id)
@@ -787,6 +870,14 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         except InvalidInput as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         rid = self._request_id(request.request_id)
+        what = request_what("rollback_plan", to_version=request.to_version)
+        done = await self._get(context, "requests/" + rid)
+        if done is not None:
+            rec = msgspec.json.decode(done.value, type=RequestRecord)
+            await check_same_request(context, rid, rec.what, rec.operator, what, request.operator)
+            return operator_pb2.RollbackPlanReply(status=operator_pb2.CHANGE_STATUS_APPLIED,
+                                                  plan_version=cp.feed.version, audit_id=rec.audit_id,
+                                                  message=rec.message + " (repeated request)")
         if request.to_version == 0:
             kv = await self._get(context, ROLLBACK_KEY)
             if kv is None:
@@ -797,22 +888,17 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                                                   f"plan/{held.to_version}", request.reason,
                                                   "applied: hold ended", rid)
             message = f"rollback to plan {held.to_version} ended; plans follow the live view again"
-            r = await self._txn(context, [mod_revision_is(cp.key(ROLLBACK_KEY), kv.mod_revision)],
+            answer = RequestRecord(audit_id, message, "rollback_plan", what, request.operator)
+            r = await self._txn(context, [mod_revision_is(cp.key(ROLLBACK_KEY), kv.mod_revision),
+                                          key_missing(cp.key("requests/" + rid))],
                                 [Delete(cp.key(ROLLBACK_KEY)), audit_put,
-                                 Put(cp.key("requests/" + rid),
-                                     msgspec.json.encode(RequestRecord(audit_id, message, "rollback_plan")))])
+                                 Put(cp.key("requests/" + rid), msgspec.json.encode(answer))])
             if not r.succeeded:
                 await context.abort(grpc.StatusCode.ABORTED,
-                                    "the rollback changed meanwhile; look again and retry")
+                                    "the rollback or this request_id changed meanwhile; look again and retry")
             version = await self._wait_for(lambda p: p.meta.get("cause") != "rollback")
             return operator_pb2.RollbackPlanReply(status=operator_pb2.CHANGE_STATUS_APPLIED,
                                                   plan_version=version, audit_id=audit_id, message=message)
-        done = await self._get(context, "requests/" + rid)
-        if done is not None:
-            rec = msgspec.json.decode(done.value, type=RequestRecord)
-            return operator_pb2.RollbackPlanReply(status=operator_pb2.CHANGE_STATUS_APPLIED,
-                                                  plan_version=cp.feed.version, audit_id=rec.audit_id,
-                                                  message=rec.message + " (repeated request)")
         old = await self._plan(context, request.to_version)
         current = cp.feed.latest
         admin = await self._admin(context)
@@ -827,7 +913,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                         f"to_version={request.to_version}: that plan sends {r.branch}/{r.skill} calls to "
                         f"{t.center}, which is closed or down now",
                     )
-        away = sorted(set(old.closed) - gone - set(current.closed if current is not None else ()))
+        # the rule holds a rollback that sheds any part of an open center's calls, not only a close
+        away = moves_traffic_off_open_center(current, old, set(cp.known_centers) - gone)
         if cp.settings.require_two_person and away:
             status, audit_id, rid, msg = await self._request_approval(
                 context, action="rollback_plan", center=",".join(away), operator=request.operator,
@@ -837,6 +924,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 status=status, audit_id=audit_id, plan_version=cp.feed.version,
                 message=msg + f" (it moves calls away from {', '.join(away)})")
         to = request.to_version
+        await self._check_id_unused_otherwise(context, rid, what, request.operator)
         audit_id, audit_put = self._audit_put(request.operator, "rollback_plan", f"plan/{to}", request.reason,
                                               f"applied: hold routes of plan {to}", rid)
         message = f"rollback to plan {to}"
@@ -864,7 +952,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
 
         cp = self.cp
         rec = RollbackRecord(to_version, reason, operator, time.time(), rid, audit_id)
-        answer = RequestRecord(audit_id, message, "rollback_plan")
+        answer = RequestRecord(audit_id, message, "rollback_plan",
+                               request_what("rollback_plan", to_version=to_version), operator)
         ops = [Put(cp.key(ROLLBACK_KEY), msgspec.json.encode(rec)), *extra,
                Put(cp.key("requests/" + rid), msgspec.json.encode(answer))]
         r = await self._txn(context, compare, ops)

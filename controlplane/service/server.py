@@ -699,7 +699,9 @@ async def serve(settings: ControlPlaneSettings, port_file: str | None = None) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from controlplane.textsafe import configure_logging
+
+    configure_logging(logging.INFO, "%(asctime)s %(name)s %(levelname)s %(message)s")
     p = argparse.ArgumentParser(prog="callroute")
     sub = p.add_subparsers(dest="command", required=True)
     add_controlplane_parser(sub)
