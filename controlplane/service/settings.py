@@ -23,8 +23,13 @@ from controlplane.settingsfile import read_settings_data
 class ControlPlaneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # the network topology YAML: the one source of centers, branches and policy
     topology: str
-    # "etcd://H:P[,H:P]" for production, "embedded[:PATH]" for one machine (controlplane.store)
-    store: str = "embedded"
+    # "etcd://H:P[,H:P]" for production, "embedded:PATH" for one machine (controlplane.store),
+    # "embedded" for memory only (tests; a warning says acknowledged changes die with the process).
+    # Empty = "embedded:<data_dir>/store.log": an acknowledged command must survive a restart, so the
+    # one-machine default persists (and the path is printed at start), as etcd's ./default.etcd does
+    store: str = ""
+    # where the default embedded store lives, relative to the working directory unless absolute
+    data_dir: str = "callroute-data"
     # gRPC listener for agents, switches and operators
     listen: str = "127.0.0.1:7400"
     # Prometheus /metrics listener; empty = none
@@ -150,7 +155,7 @@ def validate(s: ControlPlaneSettings) -> ControlPlaneSettings:
     check_id("id", s.id)
     if not s.prefix.startswith("/") or not s.prefix.endswith("/"):
         raise InvalidInput("prefix", s.prefix, "must start and end with '/'")
-    if not (s.store == "embedded" or s.store.startswith("embedded:") or s.store.startswith("etcd://")):
+    if not (s.store in ("", "embedded") or s.store.startswith("embedded:") or s.store.startswith("etcd://")):
         raise InvalidInput("store", s.store, "must be etcd://HOST:PORT[,HOST:PORT] or embedded[:PATH]")
     for name, (lo, hi) in _RANGES.items():
         v = getattr(s, name)
@@ -186,6 +191,11 @@ def _validate_security(s: ControlPlaneSettings) -> None:
     for name in etcd_only:
         if getattr(s, name) and not s.store.startswith("etcd://"):
             raise InvalidInput(name, getattr(s, name), f"only applies to an etcd:// store, not {s.store!r}")
+
+
+def store_url(s: ControlPlaneSettings) -> str:
+    """The store to open: `store`, or the persisted embedded store under `data_dir` (absolute)."""
+    return s.store or "embedded:" + os.path.abspath(os.path.join(s.data_dir, "store.log"))
 
 
 def load_settings(config: str | Path | None = None, **overrides: Any) -> ControlPlaneSettings:
