@@ -51,6 +51,7 @@ from controlplane.store.base import (
     TxnResult,
     WatchEvent,
     check_key,
+    check_page,
     check_ttl,
     check_txn,
     check_value,
@@ -398,10 +399,16 @@ class EmbeddedStore:
         await self._enter(timeout_s)
         return self._kvs.get(key)
 
-    async def range(self, prefix: str, *, timeout_s: float | None = None) -> RangeResult:
+    async def range(self, prefix: str, *, start_after: str = "", limit: int = 0,
+                    timeout_s: float | None = None) -> RangeResult:
         check_key("prefix", prefix)
+        check_page(prefix, start_after, limit)
         await self._enter(timeout_s)
-        return RangeResult(self._range_view(prefix, True, {}), self.revision)
+        kvs = self._range_view(prefix, True, {})
+        if start_after:
+            kvs = kvs[bisect.bisect_right(kvs, start_after, key=lambda kv: kv.key):]
+        page = kvs[:limit] if limit else kvs
+        return RangeResult(page, self.revision, len(kvs), len(page) < len(kvs))
 
     # ------------------------------------------------------------ writes
 
