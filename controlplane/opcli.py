@@ -268,6 +268,22 @@ def _client(args: argparse.Namespace) -> OperatorClient:
     return OperatorClient(parse_endpoints(args.endpoint), args.token or "", args.timeout, tls)
 
 
+def follow_pages(client: OperatorClient, method: str, request: Any, field: str, limit: int = 0) -> Any:
+    """Every page of a paged list RPC (up to `limit` entries; 0: all), merged into the first reply."""
+    reply = client.call(method, request)
+    items = getattr(reply, field)
+    token = reply.next_page_token
+    while token and not 0 < limit <= len(items):
+        request.page_token = token
+        page = client.call(method, request)
+        items.extend(getattr(page, field))
+        token = page.next_page_token
+    if limit:
+        del items[limit:]
+    reply.next_page_token = ""
+    return reply
+
+
 def _check_limit(field: str, v: int) -> None:
     if not 0 <= v <= MAX_LIMIT:
         raise InvalidInput(field, v, f"must be in [0, {MAX_LIMIT}] (0: the server's default)")
@@ -665,7 +681,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise InvalidInput("--since", args.since, "must be Unix seconds (0: from the beginning)")
     client = _client(args)
     try:
-        reply = client.call("Audit", operator_pb2.AuditRequest(since=args.since, limit=args.limit))
+        reply = follow_pages(client, "Audit", operator_pb2.AuditRequest(since=args.since), "entries",
+                             args.limit)
     finally:
         client.close()
     if args.json:
@@ -812,7 +829,7 @@ def add_operator_parsers(sub: Any) -> None:
     sp.set_defaults(func=_guarded("explain", cmd_explain), command_name="explain")
 
     sp = sub.add_parser("audit", help="the audit trail of operator actions")
-    sp.add_argument("--limit", type=int, default=0, help="most entries (default: the server's)")
+    sp.add_argument("--limit", type=int, default=0, help="most entries, oldest first (default: all, page by page)")
     sp.add_argument("--since", type=float, default=0.0, help="Unix seconds (default: the beginning)")
     _common(sp)
     sp.set_defaults(func=_guarded("audit", cmd_audit), command_name="audit")

@@ -17,6 +17,7 @@ import msgspec
 from controlplane.core.demand import DemandSettings
 from controlplane.core.health import HealthSettings
 from controlplane.core.model import InvalidInput, check_id
+from controlplane.core.retention import RetentionSettings, validate_retention
 from controlplane.settingsfile import read_settings_data
 
 
@@ -65,7 +66,8 @@ class ControlPlaneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     watch_retry_s: float = 0.2
     # grpc.aio handlers in flight at once; beyond that the server answers RESOURCE_EXHAUSTED
     max_concurrent_rpcs: int = 10_000
-    # operator history/audit listings return at most this many entries per call
+    # operator listings (audit, pending) return at most this many entries per page; the CLI follows
+    # next_page_token for the rest
     max_list: int = 1000
     # a steady network publishes no new plan, so the leader confirms the current one by a fenced
     # heartbeat key this often; every replica's plan age is the time since it last saw either. 1 s
@@ -89,6 +91,9 @@ class ControlPlaneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     # an unapproved request expires after this: 15 min is time to reach a second operator on the
     # bridge, short enough that nobody approves a request out of its context
     approval_ttl_s: float = 900.0
+    # how long and how many audit entries, requests, pending approvals and finished drills are kept
+    # (controlplane.core.retention, each default with its reason): what clients add stays bounded
+    retention: RetentionSettings = RetentionSettings()
     # where the leader writes each drill's report directory (plots + summary), on its own host
     drill_report_dir: str = "./drill-reports"
 
@@ -166,6 +171,7 @@ def validate(s: ControlPlaneSettings) -> ControlPlaneSettings:
         if not isinstance(v, int) or not ilo <= v <= ihi:
             raise InvalidInput(name, v, f"must be an integer in [{ilo}, {ihi}]")
     _validate_security(s)
+    validate_retention(s.retention, s.approval_ttl_s)
     if s.store_deadline_s >= s.lease_ttl_s:
         # a write that may still land after the lease expired could outlive the fence's meaning
         raise InvalidInput(
