@@ -829,7 +829,8 @@ def add_operator_parsers(sub: Any) -> None:
     sp.set_defaults(func=_guarded("explain", cmd_explain), command_name="explain")
 
     sp = sub.add_parser("audit", help="the audit trail of operator actions")
-    sp.add_argument("--limit", type=int, default=0, help="most entries, oldest first (default: all, page by page)")
+    sp.add_argument("--limit", type=int, default=0,
+                    help="most entries, oldest first (default: all, page by page)")
     sp.add_argument("--since", type=float, default=0.0, help="Unix seconds (default: the beginning)")
     _common(sp)
     sp.set_defaults(func=_guarded("audit", cmd_audit), command_name="audit")

@@ -75,7 +75,8 @@ def validate_retention(r: RetentionSettings, approval_ttl_s: float) -> Retention
         # a request still approvable must not be deleted for its age
         raise InvalidInput("retention.pending.max_age_s", r.pending.max_age_s,
                            f"must be >= approval_ttl_s ({approval_ttl_s})")
-    if not isinstance(r.sweep_s, int | float) or not math.isfinite(r.sweep_s) or not 0.01 <= r.sweep_s <= DAY_S:
+    sweep = r.sweep_s
+    if not isinstance(sweep, int | float) or not math.isfinite(sweep) or not 0.01 <= sweep <= DAY_S:
         raise InvalidInput("retention.sweep_s", r.sweep_s, "must be a number in [0.01, 86400]")
     if isinstance(r.batch, bool) or not isinstance(r.batch, int) or not 1 <= r.batch <= 127:
         raise InvalidInput("retention.batch", r.batch, "must be an integer in [1, 127]")

@@ -65,12 +65,13 @@ class RetentionSweeper:
 
         cp = self.cp
         r = cp.settings.retention
-        active_kv = await cp._call("get", cp.store.get(cp.key(ACTIVE), timeout_s=cp.settings.store_deadline_s))
-        active = cp.key(DRILLS + active_kv.value.decode()) if active_kv is not None and active_kv.value else ""
+        got = await cp._call("get", cp.store.get(cp.key(ACTIVE), timeout_s=cp.settings.store_deadline_s))
+        active = cp.key(DRILLS + got.value.decode()) if got is not None and got.value else ""
 
         def request(kv: Any) -> Held:
             # no time in it (never written so today): as young as now, so only the count removes it
-            return Held(kv.key, audit_at_id(msgspec.json.decode(kv.value, type=RequestRecord).audit_id) or now)
+            aid = msgspec.json.decode(kv.value, type=RequestRecord).audit_id
+            return Held(kv.key, audit_at_id(aid) or now)
 
         def pending(kv: Any) -> Held:
             return Held(kv.key, decode_pending(kv.value).requested_at)
