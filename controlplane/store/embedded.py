@@ -20,6 +20,7 @@ import asyncio
 import bisect
 import contextlib
 import fcntl
+import heapq
 import logging
 import os
 from collections.abc import AsyncGenerator, Sequence
@@ -404,11 +405,11 @@ class EmbeddedStore:
         check_key("prefix", prefix)
         check_page(prefix, start_after, limit)
         await self._enter(timeout_s)
-        kvs = self._range_view(prefix, True, {})
-        if start_after:
-            kvs = kvs[bisect.bisect_right(kvs, start_after, key=lambda kv: kv.key):]
-        page = kvs[:limit] if limit else kvs
-        return RangeResult(page, self.revision, len(kvs), len(page) < len(kvs))
+        # one scan, and a partial sort for a page: paging through a big prefix stays linear per page
+        keys = [k for k in self._kvs if k.startswith(prefix) and k > start_after]
+        chosen = heapq.nsmallest(limit, keys) if 0 < limit < len(keys) else sorted(keys)
+        page = tuple(self._kvs[k] for k in chosen)
+        return RangeResult(page, self.revision, len(keys), len(page) < len(keys))
 
     # ------------------------------------------------------------ writes
 
