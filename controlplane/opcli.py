@@ -69,6 +69,9 @@ MIN_WATCH_INTERVAL_S = 0.01
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 # the server caps pages itself (history_keep, max_list); this only rejects nonsense early
 MAX_LIMIT = 100_000
+# audit entries asked for per call: the server's default max_list, so a long trail takes few round
+# trips and each answer stays a few hundred KiB
+AUDIT_PAGE = 1000
 
 _ADMIN_BY_COMMAND = {"close": "CLOSED", "drain": "DRAINING", "open": "OPEN"}
 _PAST_TENSE = {"close": "closed", "drain": "draining", "open": "opened"}
@@ -681,8 +684,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise InvalidInput("--since", args.since, "must be Unix seconds (0: from the beginning)")
     client = _client(args)
     try:
-        reply = follow_pages(client, "Audit", operator_pb2.AuditRequest(since=args.since), "entries",
-                             args.limit)
+        page = min(args.limit or AUDIT_PAGE, AUDIT_PAGE)
+        request = operator_pb2.AuditRequest(since=args.since, page_size=page)
+        reply = follow_pages(client, "Audit", request, "entries", args.limit)
     finally:
         client.close()
     if args.json:

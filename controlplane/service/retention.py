@@ -48,6 +48,8 @@ class RetentionSweeper:
         from .leader import Demoted
 
         while True:
+            # sleep first: a new term's first moments belong to its first plan, not to housekeeping
+            await asyncio.sleep(self.cp.settings.retention.sweep_s)
             self.leader._brain(self.election)  # Demoted / FenceLost end the term
             try:
                 await self.sweep(time.time())
@@ -56,7 +58,6 @@ class RetentionSweeper:
             except Exception as e:
                 self.cp.metrics.store_errors.labels("retention").inc()
                 log.warning("retention sweep failed (retrying at the next): %r", e)
-            await asyncio.sleep(self.cp.settings.retention.sweep_s)
 
     async def sweep(self, now: float) -> dict[str, int]:
         """One pass over every kind; returns how many records of each were deleted."""
