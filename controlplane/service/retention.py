@@ -94,12 +94,11 @@ class RetentionSweeper:
                                                       timeout_s=cp.settings.store_deadline_s))
 
     async def _sweep_audit(self, keep: Keep, now: float) -> int:
-        batch = self.cp.settings.retention.batch
         deleted = 0
         while True:
-            page = await self._range(AUDIT, "", batch)
+            page = await self._range(AUDIT, "", LIST_PAGE)
             keys = to_delete([Held(kv.key, audit_at(kv)) for kv in page.kvs], page.count, keep, now)
-            await self._delete("audit", keys)
+            await self._delete_all("audit", keys)
             deleted += len(keys)
             if len(keys) < len(page.kvs) or not page.more:
                 return deleted
@@ -120,21 +119,22 @@ class RetentionSweeper:
             after = page.kvs[-1].key
         held.sort(key=lambda h: (h.at, h.key))
         keys = to_delete(held, len(held), keep, now)
-        batch = self.cp.settings.retention.batch
-        for i in range(0, len(keys), batch):
-            await self._delete(kind, keys[i:i + batch])
+        await self._delete_all(kind, keys)
         return len(keys)
 
-    async def _delete(self, kind: str, keys: list[str]) -> None:
-        if not keys:
-            return
+    async def _delete_all(self, kind: str, keys: list[str]) -> None:
+        """Fenced deletes, `retention.batch` keys per transaction (etcd's operation limit)."""
         from controlplane.store.base import Delete
 
         cp = self.cp
-        await cp._call("retention", self.election.fenced_txn(
-            (), [Delete(k) for k in keys], timeout_s=cp.settings.store_deadline_s))
-        cp.metrics.retention_deleted.labels(kind).inc(len(keys))
-        log.info("retention: deleted %d %s record(s), oldest %s", len(keys), kind, keys[0])
+        batch = cp.settings.retention.batch
+        for i in range(0, len(keys), batch):
+            chunk = keys[i:i + batch]
+            await cp._call("retention", self.election.fenced_txn(
+                (), [Delete(k) for k in chunk], timeout_s=cp.settings.store_deadline_s))
+            cp.metrics.retention_deleted.labels(kind).inc(len(chunk))
+        if keys:
+            log.info("retention: deleted %d %s record(s), oldest %s", len(keys), kind, keys[0])
 
 
 def audit_at_id(audit_id: str) -> float:
