@@ -150,11 +150,14 @@ async def _ids(cp: ControlPlane, rel: str) -> list[str]:
     return [kv.key.rsplit("/", 1)[1] for kv in (await cp.store.range(cp.key(rel))).kvs]
 
 
-async def test_the_leader_trims_audit_requests_pending_and_finished_drills(store) -> None:
+async def test_the_leader_trims_audit_requests_pending_and_finished_drills(store, monkeypatch) -> None:
+    import controlplane.service.retention as retention
+
+    monkeypatch.setattr(retention, "LIST_PAGE", 4)  # several pages and transactions of each kind
     cp = await start_replica(store, "cp-ret", retention={
         "audit": {"max_age_s": 3600, "max_count": 5}, "requests": {"max_age_s": 3600, "max_count": 3},
         "pending": {"max_age_s": 900, "max_count": 2}, "drills": {"max_age_s": 3600, "max_count": 1},
-        "sweep_s": 0.05})
+        "sweep_s": 0.05, "batch": 3})
     try:
         await wait_for(lambda: cp.leader.brain is not None, 5, "leadership")
         now_ns = time.time_ns()
