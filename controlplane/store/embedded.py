@@ -7,8 +7,9 @@ clock, watches from any revision still in history, and compaction.
 
 Optionally persisted: every change is appended to a JSON-lines log and fsync'ed before it is applied
 or acknowledged; opening replays the log (a torn last line from a crash is dropped); compaction
-rewrites the log atomically (write + fsync + rename) as one snapshot line. Leases restart with their
-full TTL after a reopen, as etcd's do after a restart.
+rewrites the log atomically as one snapshot line (write all of it + fsync + rename + fsync the
+directory; a short write, a full disk or a failed fsync leaves the old log in place). Leases
+restart with their full TTL after a reopen, as etcd's do after a restart.
 
 It must not be shared between processes (the log is locked), must not read wall time, and is not a
 cluster: `set_available(False)` only simulates an unreachable store for tests.
