@@ -35,6 +35,7 @@ from controlplane.opcli import (
     _text,
     _when,
     change_exit,
+    follow_pages,
     message_to_json,
 )
 from controlplane.textsafe import printable
@@ -221,7 +222,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
     out, _ = _streams(args)
     client = _client(args)
     try:
-        reply = client.call("ListPending", operator_pb2.ListPendingRequest())
+        reply = follow_pages(client, "ListPending", operator_pb2.ListPendingRequest(), "pending")
     finally:
         client.close()
     if args.json:
@@ -230,7 +231,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
     t = Table(title="changes waiting for a second operator")
     for col in ("request id", "action", "center", "what", "operator", "reason", "requested", "expires"):
         t.add_column(col)
-    for p in reply.pending:
+    for p in sorted(reply.pending, key=lambda p: (p.requested_at, p.request_id)):
         what = (_short(types_pb2.AdminState.DESCRIPTOR, p.state) if p.action == "set_center_state"
                 else "live drill " + ",".join(f"{x:g}%" for x in p.drill.ramp_percents))
         t.add_row(*(_text(x) for x in (p.request_id, p.action, p.center, what, p.operator, p.reason)),

@@ -70,6 +70,9 @@ MIN_WATCH_INTERVAL_S = 0.01
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 # the server caps pages itself (history_keep, max_list); this only rejects nonsense early
 MAX_LIMIT = 100_000
+# audit entries asked for per call: the server's default max_list, so a long trail takes few round
+# trips and each answer stays a few hundred KiB
+AUDIT_PAGE = 1000
 
 _ADMIN_BY_COMMAND = {"close": "CLOSED", "drain": "DRAINING", "open": "OPEN"}
 _PAST_TENSE = {"close": "closed", "drain": "draining", "open": "opened"}
@@ -284,6 +287,22 @@ def _client(args: argparse.Namespace) -> OperatorClient:
                 raise InvalidInput("--endpoint", e, "not loopback: a token is sent only over TLS "
                                    "(give --ca, and --cert/--key if the server asks)")
     return OperatorClient(endpoints, args.token or "", args.timeout, tls)
+
+
+def follow_pages(client: OperatorClient, method: str, request: Any, field: str, limit: int = 0) -> Any:
+    """Every page of a paged list RPC (up to `limit` entries; 0: all), merged into the first reply."""
+    reply = client.call(method, request)
+    items = getattr(reply, field)
+    token = reply.next_page_token
+    while token and not 0 < limit <= len(items):
+        request.page_token = token
+        page = client.call(method, request)
+        items.extend(getattr(page, field))
+        token = page.next_page_token
+    if limit:
+        del items[limit:]
+    reply.next_page_token = ""
+    return reply
 
 
 def _check_limit(field: str, v: int) -> None:
@@ -699,7 +718,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise InvalidInput("--since", args.since, "must be Unix seconds (0: from the beginning)")
     client = _client(args)
     try:
-        reply = client.call("Audit", operator_pb2.AuditRequest(since=args.since, limit=args.limit))
+        page = min(args.limit or AUDIT_PAGE, AUDIT_PAGE)
+        request = operator_pb2.AuditRequest(since=args.since, page_size=page)
+        reply = follow_pages(client, "Audit", request, "entries", args.limit)
     finally:
         client.close()
     if args.json:
@@ -847,7 +868,8 @@ def add_operator_parsers(sub: Any) -> None:
     sp.set_defaults(func=_guarded("explain", cmd_explain), command_name="explain")
 
     sp = sub.add_parser("audit", help="the audit trail of operator actions")
-    sp.add_argument("--limit", type=int, default=0, help="most entries (default: the server's)")
+    sp.add_argument("--limit", type=int, default=0,
+                    help="most entries, oldest first (default: all, page by page)")
     sp.add_argument("--since", type=float, default=0.0, help="Unix seconds (default: the beginning)")
     _common(sp)
     sp.set_defaults(func=_guarded("audit", cmd_audit), command_name="audit")

@@ -93,6 +93,7 @@ class Replica:
             str(self.port_file),
         ]
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.cwd = ROOT  # where relative paths (the default data_dir) resolve
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.metrics_port = 0
@@ -102,7 +103,7 @@ class Replica:
             self.port_file.unlink()
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in kill()
         self.proc = subprocess.Popen(
-            self.args, env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT
+            self.args, env=self.env, cwd=self.cwd, stdout=self.log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.port_file.exists():

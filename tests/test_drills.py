@@ -346,6 +346,57 @@ async def test_live_drill_ramps_holds_and_restores_at_every_agent(net):
     assert not await cp.store.get(cp.key("drill-active"))
 
 
+async def test_a_drill_step_whose_audit_write_fails_is_retried_until_written(net, monkeypatch):
+    """Item 9: the store refuses the step's audit write (injected: the real embedded store's txn
+    raises StoreUnavailable for it). The step still moves traffic, but it is not reported done (no
+    plan in the drill's record) until its audit entry is durable; then both show."""
+    from controlplane.store import StoreUnavailable
+
+    cp, op, agents = net.cp, net.op, net.agents
+    real_txn = cp.store.txn
+    refused: list[str] = []
+    store_down = asyncio.Event()
+    store_down.set()
+
+    async def txn(compare, success=(), failure=(), **kw):
+        if store_down.is_set() and any("/audit/" in o.key and b'"drill_step"' in getattr(o, "value", b"")
+                                       for o in success):
+            refused.append(success[0].key)
+            raise StoreUnavailable("injected: audit write refused", maybe_applied=False)
+        return await real_txn(compare, success, failure, **kw)
+
+    monkeypatch.setattr(cp.store, "txn", txn)
+    reply = await op.StartDrill(operator_pb2.StartDrillRequest(
+        spec=live_spec([100], step_s=1.0, duration_s=30.0), reason="audit under failure",
+        operator="alice", request_id="live-audit"), timeout=10)
+    await wait_for(lambda: held(agents, 1.0), 5, "every agent shedding 100%")
+    await wait_for(lambda: len(refused) >= 3, 10, "the step's audit write refused, and retried")
+    d = await _status(op, reply.drill_id)
+    assert [s.plan_version for s in d.steps] == [0], "a step reported done before its audit was written"
+    actions = [e.action for e in (await op.Audit(operator_pb2.AuditRequest(), timeout=5)).entries]
+    assert "drill_step" not in actions
+    store_down.clear()
+
+    async def step_audited() -> Any:
+        es = (await op.Audit(operator_pb2.AuditRequest(), timeout=5)).entries
+        return [e for e in es if e.action == "drill_step"]
+
+    steps = await wait_for(step_audited, 10, "the step's audit entry written after the store is back")
+    assert len(steps) == 1 and steps[0].result.startswith("shed 100%")
+    # the retried write used one id: the refused attempts and the entry are the same key
+    assert {k.rsplit("/", 1)[1] for k in refused} == {steps[0].id}
+    d = await wait_for(lambda: _stepped(op, reply.drill_id), 10, "the step reported with its plan")
+    assert d.steps[0].plan_version > 0
+    await op.AbortDrill(operator_pb2.AbortDrillRequest(drill_id=reply.drill_id, reason="done",
+                                                       operator="alice", request_id="abort-audit"), timeout=5)
+    await wait_for(lambda: _done(op, reply.drill_id), 10, "the drill ended")
+
+
+async def _stepped(op: Any, drill_id: str) -> Any:
+    d = await _status(op, drill_id)
+    return d if d.steps and d.steps[0].plan_version > 0 else None
+
+
 async def _done(op: Any, drill_id: str) -> Any:
     d = await _status(op, drill_id)
     return d if d.report_path and d.state in TERMINAL_PB else None

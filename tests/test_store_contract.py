@@ -159,6 +159,41 @@ async def faulty(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator
 # ---------------------------------------------------------------- KV, revisions, transactions
 
 
+async def test_paged_range_returns_every_key_once_while_keys_arrive(backend: Backend) -> None:
+    """B16: list calls page. Pages of 3 from start_after, with new keys written between pages (some
+    before the cursor, some after): every key present at the start comes exactly once, in order."""
+    st, k = backend.store, backend.k
+    for i in range(0, 20, 2):
+        await st.put(k(f"p/{i:03d}"), b"x")
+    await st.put(k("q"), b"outside the prefix")
+    first = await st.range(k("p/"), limit=3)
+    assert (first.count, first.more, len(first.kvs)) == (10, True, 3)
+    seen: list[str] = []
+    after = ""
+    for page_no in range(100):
+        page = await st.range(k("p/"), start_after=after, limit=3)
+        seen += [kv.key for kv in page.kvs]
+        assert page.more == (page.count > len(page.kvs))  # count ignores the limit
+        if not page.more:
+            break
+        after = page.kvs[-1].key
+        await st.put(k(f"p/{2 * page_no + 1:03d}"), b"new")  # odd: lands before or after the cursor
+    else:
+        raise AssertionError("paging never ended")
+    assert len(seen) == len(set(seen)), "a key came twice"
+    assert seen == sorted(seen)
+    assert {k(f"p/{i:03d}") for i in range(0, 20, 2)} <= set(seen)
+    assert k("q") not in seen
+    rest = await st.range(k("p/"), start_after=k("p/005"), limit=0)
+    assert [kv.key for kv in rest.kvs] == sorted(kv.key for kv in (await st.range(k("p/"))).kvs
+                                                 if kv.key > k("p/005"))
+    assert rest.count == len(rest.kvs) and not rest.more
+    with pytest.raises(InvalidInput, match="start_after"):
+        await st.range(k("p/"), start_after=k("q"))
+    with pytest.raises(InvalidInput, match="limit"):
+        await st.range(k("p/"), limit=-1)
+
+
 @pytest.mark.parametrize("backend", WITH_CLUSTER, indirect=True)
 async def test_put_get_delete_revisions_and_versions(backend: Backend) -> None:
     st, k = backend.store, backend.k

@@ -157,14 +157,20 @@ class ApproveReply(_message.Message):
     def __init__(self, status: _Optional[_Union[ChangeStatus, str]] = ..., audit_id: _Optional[str] = ..., plan_version: _Optional[int] = ..., message: _Optional[str] = ..., drill_id: _Optional[str] = ...) -> None: ...
 
 class ListPendingRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListPendingReply(_message.Message):
-    __slots__ = ("pending",)
+    __slots__ = ("pending", "next_page_token")
     PENDING_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     pending: _containers.RepeatedCompositeFieldContainer[PendingChange]
-    def __init__(self, pending: _Optional[_Iterable[_Union[PendingChange, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, pending: _Optional[_Iterable[_Union[PendingChange, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class PendingChange(_message.Message):
     __slots__ = ("request_id", "action", "center", "state", "drill", "reason", "operator", "requested_at", "expires_at")
@@ -474,18 +480,24 @@ class ExplainReply(_message.Message):
     def __init__(self, decision: _Optional[_Union[_route_pb2.RouteReply, _Mapping]] = ..., route: _Optional[_Union[_types_pb2.Route, _Mapping]] = ..., text: _Optional[str] = ..., plan_version: _Optional[int] = ...) -> None: ...
 
 class AuditRequest(_message.Message):
-    __slots__ = ("since", "limit")
+    __slots__ = ("since", "limit", "page_size", "page_token")
     SINCE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     since: float
     limit: int
-    def __init__(self, since: _Optional[float] = ..., limit: _Optional[int] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, since: _Optional[float] = ..., limit: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class AuditReply(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "next_page_token")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class AuditEntry(_message.Message):
     __slots__ = ("id", "at", "operator", "action", "target", "reason", "result", "request_id")

@@ -629,11 +629,12 @@ class DrillRunner:
             brain.set_shed({t.spec.center: want} if want > 0 else {})
             self.leader.wake()
             version = await self._wait_published(brain, want)
-            t.published(version, time.time(), want)
+            # the step is reported (its plan in the record) only once its audit entry is durable
             await self._audit(
                 t, "drill_step", f"center/{t.spec.center}",
                 f"shed {want:.0%}" + (f" in plan {version}" if version else " (plan not confirmed)"),
             )
+            t.published(version, time.time(), want)
             changed = True
         t.sample(traffic_shares(brain.last_plan, cp.topology, t.spec.center))
         if t.terminal and want == 0 and have == 0:
@@ -683,8 +684,12 @@ class DrillRunner:
         self._saved_at = now
 
     async def _audit(self, t: DrillTracker, action: str, target: str, result: str) -> None:
-        from controlplane.store.base import Put
+        """Write the audit entry, retrying with backoff until it is durable (a drill's step must not
+        go unaudited because the store blinked). One id for every attempt: a write whose outcome was
+        unknown and is then repeated leaves one entry, not two. Only the end of the term stops it."""
+        from controlplane.store.base import Backoff, FenceLost, Put
 
+        from .leader import Demoted
         from .operator import AuditRecord
 
         cp = self.cp
@@ -693,11 +698,23 @@ class DrillRunner:
         aid = f"{time.time_ns():020d}-{cp.settings.id}-d{self._audits}"
         rec = AuditRecord(aid, wall, "leader:" + cp.settings.id, action, target,
                           f"drill {t.id}", result, t.rec.request_id)
-        await cp._call(
-            "drill_audit",
-            self.election.fenced_txn((), [Put(cp.key("audit/" + aid), msgspec.json.encode(rec))],
-                                     timeout_s=cp.settings.store_deadline_s),
-        )
+        put = Put(cp.key("audit/" + aid), msgspec.json.encode(rec))
+        backoff = Backoff(cp.store.settings)
+        while True:
+            self.leader._brain(self.election)  # Demoted / FenceLost: the term is over
+            try:
+                await cp._call(
+                    "drill_audit",
+                    self.election.fenced_txn((), [put], timeout_s=cp.settings.store_deadline_s),
+                )
+                return
+            except (FenceLost, Demoted):
+                raise
+            except Exception as e:
+                pause = backoff.next()
+                log.warning("drill %s: audit of %s not written (retrying in %.2f s): %r", t.id, action,
+                            pause, e)
+                await asyncio.sleep(pause)
 
     async def _finish(self, brain: Any) -> None:
         """Routes are restored: write the report, store the final record, clear drill-active."""

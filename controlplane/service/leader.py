@@ -462,6 +462,7 @@ class LeaderLoop:
         rollback = await self._read_rollback()
         seqs = await self._read_seqs()
         from .drills import DrillRunner
+        from .retention import RetentionSweeper
 
         drills = DrillRunner(cp, self, election)
         # a running drill keeps its step across a takeover: no flap back to home routes
@@ -497,6 +498,7 @@ class LeaderLoop:
             tg.create_task(cp.watch_admin(self))
             tg.create_task(self._watch_rollback())
             tg.create_task(drills.run())
+            tg.create_task(RetentionSweeper(cp, self, election).run())
 
     # ------------------------------------------------------------------ operator rollback
 

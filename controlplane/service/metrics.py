@@ -111,6 +111,10 @@ class ControlPlaneMetrics:
             _P + "store_errors_total", "Store calls that failed, by op", ["op"], registry=r
         )
         self.watch_streams = Gauge(_P + "watch_streams", "Open WatchPlan streams", registry=r)
+        self.retention_deleted = Counter(
+            _P + "retention_deleted_total", "Stored records deleted by retention (age or count), by kind",
+            ["kind"], registry=r
+        )
         self.report_streams = Gauge(_P + "report_streams", "Open Report streams", registry=r)
         self.publishes = Counter(_P + "publishes_total", "Plans published, by cause", ["cause"], registry=r)
         self._route_labels: set[tuple[str, str, str]] = set()

@@ -449,12 +449,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     async def ListPending(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         from .drills import PENDING, decode_pending, pending_to_pb
 
-        cp = self.cp
-        try:
-            kvs = (await cp._call("range", cp.store.range(cp.key(PENDING)))).kvs
-        except Exception as e:
-            await self._fail(context, e)
-            raise
+        kvs, token = await self._page(context, PENDING, request.page_size, request.page_token)
         out = []
         for kv in kvs:
             if not kv.lease:  # stored before approvals had leases: it can no longer be approved
@@ -463,8 +458,29 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 out.append(decode_pending(kv.value))  # an expired one is gone with its lease
             except (msgspec.DecodeError, msgspec.ValidationError):
                 log.error("unreadable pending request at %s", kv.key)
-        out.sort(key=lambda p: (p.requested_at, p.request_id))
-        return operator_pb2.ListPendingReply(pending=[pending_to_pb(p) for p in out[: cp.settings.max_list]])
+        # key order, as paged: every request present throughout comes exactly once
+        return operator_pb2.ListPendingReply(pending=[pending_to_pb(p) for p in out], next_page_token=token)
+
+    async def _page(self, context: grpc.aio.ServicerContext, rel: str, page_size: int, page_token: str,
+                    start_after: str = "") -> tuple[Any, str]:
+        """One page of the records under `rel`, in key order, after `page_token` (the last id of the
+        previous page) or else `start_after`; and the token of the next page ("" when none).
+        Keyset paging: every record present throughout comes exactly once, however many arrive."""
+        cp = self.cp
+        size = min(page_size or cp.settings.max_list, cp.settings.max_list)
+        try:
+            if page_token:
+                if len(page_token) > 256 or "/" in page_token or not page_token.isprintable():
+                    raise InvalidInput("page_token", page_token[:64], "not a token this service returned")
+                start_after = page_token
+            got = await cp._call("range", cp.store.range(
+                cp.key(rel), start_after=cp.key(rel + start_after) if start_after else "", limit=size,
+                timeout_s=cp.settings.store_deadline_s))
+        except Exception as e:
+            await self._fail(context, e)
+            raise
+        token = got.kvs[-1].key.rsplit("/", 1)[-1] if got.more and got.kvs else ""
+        return got.kvs, token
 
     async def Approve(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         from .drills import PENDING, TwoPersonRule, check_approval, decode_pending
@@ -1013,13 +1029,13 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         )
 
     async def Audit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        cp = self.cp
-        limit = min(request.limit or DEFAULT_AUDIT, cp.settings.max_list)
-        try:
-            kvs = (await cp._call("range", cp.store.range(cp.key("audit/")))).kvs
-        except Exception as e:
-            await self._fail(context, e)
-            raise
+        if not 0 <= request.since < 1e11:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"since={request.since!r}: must be Unix seconds (0: from the beginning)")
+        # audit ids begin with the time in ns (20 digits): `since` is where the keys start
+        since_key = f"{int(request.since * 1e9):020d}" if request.since > 0 else ""
+        size = max(request.page_size, request.limit) or DEFAULT_AUDIT
+        kvs, token = await self._page(context, "audit/", size, request.page_token, since_key)
         out = []
         for kv in kvs:
             try:
@@ -1039,5 +1055,4 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                         request_id=a.request_id,
                     )
                 )
-        out.sort(key=lambda e: e.id)
-        return operator_pb2.AuditReply(entries=out[:limit])
+        return operator_pb2.AuditReply(entries=out, next_page_token=token)

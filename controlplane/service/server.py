@@ -48,7 +48,7 @@ from .operator import OperatorServicer
 from .planwatch import AckRecorder, PlanFeed, PlanServicer, decode_plan
 from .publisher import Heartbeat, Publisher
 from .reports import ReportServicer
-from .settings import ControlPlaneSettings, insecure_exposures, load_settings, parse_hostport
+from .settings import ControlPlaneSettings, insecure_exposures, load_settings, parse_hostport, store_url
 
 # how long stop() waits for cancelled tasks: they end within milliseconds; longer is a bug to log
 STOP_TASKS_TIMEOUT_S = 5.0
@@ -603,7 +603,9 @@ def add_controlplane_parser(sub: Any) -> None:
     """Adds `controlplane` to the `callroute` CLI's subparsers."""
     sp = sub.add_parser("controlplane", help="run one control-plane replica")
     sp.add_argument("--topology", help="topology YAML file")
-    sp.add_argument("--store", help="etcd://HOST:PORT[,HOST:PORT...] or embedded[:PATH]")
+    sp.add_argument("--store", help="etcd://HOST:PORT[,HOST:PORT...], embedded:PATH, or embedded (memory "
+                    "only); default: embedded:<data_dir>/store.log")
+    sp.add_argument("--data-dir", help="directory of the default embedded store (default: ./callroute-data)")
     sp.add_argument("--listen", help="gRPC HOST:PORT (port 0 = any free port)")
     sp.add_argument("--metrics", help="Prometheus HOST:PORT for /metrics")
     sp.add_argument("--config", help="YAML settings file (flags win)")
@@ -644,6 +646,7 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
         args.config,
         topology=args.topology,
         store=args.store,
+        data_dir=args.data_dir,
         listen=args.listen,
         metrics=args.metrics,
         id=args.id,
@@ -669,13 +672,34 @@ async def _maybe_await(x: Any) -> Any:
     return x
 
 
+def announce_store(settings: ControlPlaneSettings) -> str:
+    """The store URL to open, said on stderr: operators must know where acknowledged changes live,
+    and a memory-only store must never look like a persisted one."""
+    import os
+
+    url = store_url(settings)
+    if url == "embedded":
+        print("callroute controlplane: WARNING: --store embedded keeps every acknowledged change in "
+              "memory only: they are lost when this process stops (use embedded:PATH or etcd://)",
+              file=sys.stderr, flush=True)
+    elif url.startswith("embedded:"):
+        path = url[len("embedded:"):]
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        print(f"callroute controlplane: store {url} (acknowledged changes are kept in this file; "
+              f"--store etcd://... for an HA deployment)", file=sys.stderr, flush=True)
+    else:
+        print(f"callroute controlplane: store {url}", file=sys.stderr, flush=True)
+    return url
+
+
 async def serve(settings: ControlPlaneSettings, port_file: str | None = None) -> int:
     from controlplane.core.topology import load_topology, topology_hash
 
     topo = load_topology(settings.topology)
     from .auth import store_security
 
-    store = await open_store(settings.store, settings.store_deadline_s, **store_security(settings))
+    url = announce_store(settings)
+    store = await open_store(url, settings.store_deadline_s, **store_security(settings))
     cp = ControlPlane(settings, topo, topology_hash(topo), store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -18,14 +18,20 @@ import msgspec
 from controlplane.core.demand import DemandSettings
 from controlplane.core.health import HealthSettings
 from controlplane.core.model import InvalidInput, check_id
+from controlplane.core.retention import RetentionSettings, validate_retention
 from controlplane.settingsfile import read_settings_data
 
 
 class ControlPlaneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # the network topology YAML: the one source of centers, branches and policy
     topology: str
-    # "etcd://H:P[,H:P]" for production, "embedded[:PATH]" for one machine (controlplane.store)
-    store: str = "embedded"
+    # "etcd://H:P[,H:P]" for production, "embedded:PATH" for one machine (controlplane.store),
+    # "embedded" for memory only (tests; a warning says acknowledged changes die with the process).
+    # Empty = "embedded:<data_dir>/store.log": an acknowledged command must survive a restart, so the
+    # one-machine default persists (and the path is printed at start), as etcd's ./default.etcd does
+    store: str = ""
+    # where the default embedded store lives, relative to the working directory unless absolute
+    data_dir: str = "callroute-data"
     # gRPC listener for agents, switches and operators
     listen: str = "127.0.0.1:7400"
     # Prometheus /metrics listener; empty = none
@@ -61,7 +67,8 @@ class ControlPlaneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     watch_retry_s: float = 0.2
     # grpc.aio handlers in flight at once; beyond that the server answers RESOURCE_EXHAUSTED
     max_concurrent_rpcs: int = 10_000
-    # operator history/audit listings return at most this many entries per call
+    # operator listings (audit, pending) return at most this many entries per page; the CLI follows
+    # next_page_token for the rest
     max_list: int = 1000
     # a steady network publishes no new plan, so the leader confirms the current one by a fenced
     # heartbeat key this often; every replica's plan age is the time since it last saw either. 1 s
@@ -85,6 +92,9 @@ class ControlPlaneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     # an unapproved request expires after this: 15 min is time to reach a second operator on the
     # bridge, short enough that nobody approves a request out of its context
     approval_ttl_s: float = 900.0
+    # how long and how many audit entries, requests, pending approvals and finished drills are kept
+    # (controlplane.core.retention, each default with its reason): what clients add stays bounded
+    retention: RetentionSettings = RetentionSettings()
     # where the leader writes each drill's report directory (plots + summary), on its own host
     drill_report_dir: str = "./drill-reports"
 
@@ -181,7 +191,7 @@ def validate(s: ControlPlaneSettings) -> ControlPlaneSettings:
     check_id("id", s.id)
     if not s.prefix.startswith("/") or not s.prefix.endswith("/"):
         raise InvalidInput("prefix", s.prefix, "must start and end with '/'")
-    if not (s.store == "embedded" or s.store.startswith("embedded:") or s.store.startswith("etcd://")):
+    if not (s.store in ("", "embedded") or s.store.startswith("embedded:") or s.store.startswith("etcd://")):
         raise InvalidInput("store", s.store, "must be etcd://HOST:PORT[,HOST:PORT] or embedded[:PATH]")
     for name, (lo, hi) in _RANGES.items():
         v = getattr(s, name)
@@ -192,6 +202,7 @@ def validate(s: ControlPlaneSettings) -> ControlPlaneSettings:
         if not isinstance(v, int) or not ilo <= v <= ihi:
             raise InvalidInput(name, v, f"must be an integer in [{ilo}, {ihi}]")
     _validate_security(s)
+    validate_retention(s.retention, s.approval_ttl_s)
     exposed = insecure_exposures(s)
     if exposed and not s.insecure:
         field, value, missing = exposed[0]
@@ -221,6 +232,11 @@ def _validate_security(s: ControlPlaneSettings) -> None:
     for name in etcd_only:
         if getattr(s, name) and not s.store.startswith("etcd://"):
             raise InvalidInput(name, getattr(s, name), f"only applies to an etcd:// store, not {s.store!r}")
+
+
+def store_url(s: ControlPlaneSettings) -> str:
+    """The store to open: `store`, or the persisted embedded store under `data_dir` (absolute)."""
+    return s.store or "embedded:" + os.path.abspath(os.path.join(s.data_dir, "store.log"))
 
 
 def load_settings(config: str | Path | None = None, **overrides: Any) -> ControlPlaneSettings:

@@ -166,6 +166,10 @@ class KV(msgspec.Struct, frozen=True):
 class RangeResult(msgspec.Struct, frozen=True):
     kvs: tuple[KV, ...]
     revision: int  # the store revision the range was read at
+    # for a paged range (start_after / limit): keys in the range from its start, limit ignored (etcd's
+    # count), and whether keys beyond the returned ones remain
+    count: int = 0
+    more: bool = False
 
 
 class PutResult(msgspec.Struct, frozen=True):
@@ -319,6 +323,13 @@ def check_value(field: str, value: object) -> bytes:
     return value
 
 
+def check_page(prefix: str, start_after: object, limit: object) -> None:
+    if not isinstance(start_after, str) or (start_after and not start_after.startswith(prefix)):
+        raise InvalidInput("start_after", start_after, f"must be empty or a key under {prefix!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidInput("limit", limit, "must be an int >= 0 (0: no limit)")
+
+
 def check_txn(compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]) -> None:
     """Reject what etcd would reject, before anything is sent or applied (both backends)."""
     for i, c in enumerate(compare):
@@ -371,7 +382,12 @@ class Store(Protocol):
 
     async def get(self, key: str, *, timeout_s: float | None = None) -> KV | None: ...
 
-    async def range(self, prefix: str, *, timeout_s: float | None = None) -> RangeResult: ...
+    async def range(self, prefix: str, *, start_after: str = "", limit: int = 0,
+                    timeout_s: float | None = None) -> RangeResult:
+        """Keys under `prefix` in key order, at one revision; only those after `start_after` (a key
+        under `prefix`) and at most `limit` of them (0: all). Pages read this way return every key
+        present throughout exactly once, however many are written meanwhile."""
+        ...
 
     async def put(self, key: str, value: bytes, lease: int | Lease | None = None, *,
                   timeout_s: float | None = None) -> int:

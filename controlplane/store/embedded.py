@@ -7,8 +7,9 @@ clock, watches from any revision still in history, and compaction.
 
 Optionally persisted: every change is appended to a JSON-lines log and fsync'ed before it is applied
 or acknowledged; opening replays the log (a torn last line from a crash is dropped); compaction
-rewrites the log atomically (write + fsync + rename) as one snapshot line. Leases restart with their
-full TTL after a reopen, as etcd's do after a restart.
+rewrites the log atomically as one snapshot line (write all of it + fsync + rename + fsync the
+directory; a short write, a full disk or a failed fsync leaves the old log in place). Leases
+restart with their full TTL after a reopen, as etcd's do after a restart.
 
 It must not be shared between processes (the log is locked), must not read wall time, and is not a
 cluster: `set_available(False)` only simulates an unreachable store for tests.
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import fcntl
+import heapq
 import logging
 import os
 from collections.abc import AsyncGenerator, Sequence
@@ -50,6 +53,7 @@ from controlplane.store.base import (
     TxnResult,
     WatchEvent,
     check_key,
+    check_page,
     check_ttl,
     check_txn,
     check_value,
@@ -96,6 +100,16 @@ class _SnapshotRec(msgspec.Struct, tag="snapshot"):
 _Rec = _TxnRec | _GrantRec | _RevokeRec | _SnapshotRec
 _decoder = msgspec.json.Decoder(_Rec)
 _encoder = msgspec.json.Encoder()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write may take only part (a nearly full disk): loop until all of it is written."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(f"write returned {n} with {len(view)} bytes left")
+        view = view[n:]
 
 
 class _LeaseState:
@@ -155,6 +169,7 @@ class EmbeddedStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._fd: int | None = None
+        self._dir_unsynced = False  # a compaction renamed the log and the directory is not yet fsync'ed
         if path is not None:
             self._open_log(path)
 
@@ -225,10 +240,11 @@ class EmbeddedStore:
             return
         data = _encoder.encode(rec) + b"\n"
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+            if self._dir_unsynced:
+                # the last compaction's rename is not yet durable: acknowledging a write appended to
+                # the new log before it is could lose that write to a crash that brings back the old
+                self._fsync_dir()
+            _write_all(self._fd, data)
             if self._fsync:
                 os.fsync(self._fd)
         except OSError as e:
@@ -236,32 +252,48 @@ class EmbeddedStore:
             raise StoreUnavailable(f"embedded store {self.path}: log write failed: {e}") from e
 
     def _rewrite(self) -> None:
-        """Replace the log by one snapshot line: write a temp file, fsync, rename, fsync the dir."""
+        """Replace the log by one snapshot line: write a temp file, fsync, rename, fsync the dir.
+
+        Until the rename the old log is the log, whatever fails (a short write, a full disk, a failed
+        fsync): the temp file is removed and the error raised. After the rename the new file is the
+        log even if the directory's fsync fails; the next append retries that fsync first.
+        """
         if self._fd is None or self.path is None:
             return
         snap = _SnapshotRec(self.revision, self.compact_revision, self._next_lease,
                             list(self._kvs.values()), [(ls.id, ls.ttl) for ls in self._leases.values()],
                             list(self._history))
         tmp = self.path + ".compact"
+        new_fd = -1
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, _encoder.encode(snap) + b"\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            new_fd = os.open(tmp, os.O_RDWR | os.O_APPEND)
+            new_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
             fcntl.flock(new_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _write_all(new_fd, _encoder.encode(snap) + b"\n")
+            os.fsync(new_fd)
             os.replace(tmp, self.path)
-            dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
         except OSError as e:
+            if new_fd >= 0:
+                os.close(new_fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise StoreUnavailable(f"embedded store {self.path}: compaction rewrite failed: {e}") from e
         old, self._fd = self._fd, new_fd
         os.close(old)
+        self._dir_unsynced = True
+        try:
+            self._fsync_dir()
+        except OSError as e:
+            raise StoreUnavailable(f"embedded store {self.path}: compaction rewrite failed: the directory's "
+                                   f"fsync after the rename: {e} (retried before the next write)") from e
+
+    def _fsync_dir(self) -> None:
+        assert self.path is not None
+        dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        self._dir_unsynced = False
 
     # ------------------------------------------------------------ state changes
 
@@ -369,10 +401,16 @@ class EmbeddedStore:
         await self._enter(timeout_s)
         return self._kvs.get(key)
 
-    async def range(self, prefix: str, *, timeout_s: float | None = None) -> RangeResult:
+    async def range(self, prefix: str, *, start_after: str = "", limit: int = 0,
+                    timeout_s: float | None = None) -> RangeResult:
         check_key("prefix", prefix)
+        check_page(prefix, start_after, limit)
         await self._enter(timeout_s)
-        return RangeResult(self._range_view(prefix, True, {}), self.revision)
+        # one scan, and a partial sort for a page: paging through a big prefix stays linear per page
+        keys = [k for k in self._kvs if k.startswith(prefix) and k > start_after]
+        chosen = heapq.nsmallest(limit, keys) if 0 < limit < len(keys) else sorted(keys)
+        page = tuple(self._kvs[k] for k in chosen)
+        return RangeResult(page, self.revision, len(keys), len(page) < len(keys))
 
     # ------------------------------------------------------------ writes
 
@@ -507,7 +545,8 @@ class EmbeddedStore:
         try:
             self._rewrite()
         except StoreError:
-            self.compact_revision, self._history = old
+            if not self._dir_unsynced:  # the old log is still the log: so is the old history
+                self.compact_revision, self._history = old
             raise
         self._notify()  # watchers behind the new compact revision learn it now
 

@@ -58,6 +58,7 @@ from controlplane.store.base import (
     TxnResult,
     WatchEvent,
     check_key,
+    check_page,
     check_ttl,
     check_txn,
     check_value,
@@ -407,12 +408,17 @@ class EtcdStore:
 
         return await self._call(f"get {key}", fn, timeout_s=timeout_s, idempotent=True)
 
-    async def range(self, prefix: str, *, timeout_s: float | None = None) -> RangeResult:
+    async def range(self, prefix: str, *, start_after: str = "", limit: int = 0,
+                    timeout_s: float | None = None) -> RangeResult:
         k = check_key("prefix", prefix).encode()
+        check_page(prefix, start_after, limit)
+        # the smallest key after start_after is start_after + NUL
+        start = start_after.encode() + b"\0" if start_after else k
+        req = rpc.RangeRequest(key=start, range_end=prefix_end(k), limit=limit)
 
         async def fn(c: _Conn, t: float) -> RangeResult:
-            r = await c.kv.Range(rpc.RangeRequest(key=k, range_end=prefix_end(k)), timeout=t, metadata=c.md())
-            return RangeResult(tuple(_kv(x) for x in r.kvs), r.header.revision)
+            r = await c.kv.Range(req, timeout=t, metadata=c.md())
+            return RangeResult(tuple(_kv(x) for x in r.kvs), r.header.revision, int(r.count), bool(r.more))
 
         return await self._call(f"range {prefix}", fn, timeout_s=timeout_s, idempotent=True)
 
