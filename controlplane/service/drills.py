@@ -32,6 +32,8 @@ import enum
 import logging
 import math
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -263,6 +265,11 @@ def check_approval(pending: PendingRecord, approver: str, wall: float) -> None:
 
 
 # ---------------------------------------------------------------- pure helpers on plans
+
+
+def shed_meta(shed: dict[str, float]) -> str:
+    """plan.meta["shed"] for a live drill's share: how the drill runner recognises its plan."""
+    return ",".join(f"{c}={v:g}" for c, v in sorted(shed.items()))
 
 
 def traffic_shares(plan: Plan | None, topology: Topology, center: str) -> dict[str, float]:
@@ -537,10 +544,12 @@ class DrillRunner:
     other leader task.
     """
 
-    def __init__(self, cp: Any, leader: Any, election: Any) -> None:
+    def __init__(self, cp: Any, leader: Any, election: Any, write_report: Callable[..., Path]) -> None:
         self.cp = cp
         self.leader = leader
         self.election = election
+        # handed in (drillreport.write_report) because the report module reads this module's records
+        self.write_report = write_report
         self.tracker: DrillTracker | None = None
         self._saved_at = -math.inf
         self._audits = 0
@@ -570,7 +579,7 @@ class DrillRunner:
     async def run(self) -> None:
         from controlplane.store.base import FenceLost
 
-        from .leader import Demoted
+        from .term import Demoted
 
         loop = asyncio.get_running_loop()
         while True:
@@ -646,8 +655,6 @@ class DrillRunner:
 
     async def _wait_published(self, brain: Any, share: float) -> int:
         """The version of the first plan computed with this share (0 if none within the wait)."""
-        from .leader import shed_meta
-
         center = self.tracker.spec.center if self.tracker else ""
         want = shed_meta({center: share}) if share > 0 else ""
         loop = asyncio.get_running_loop()
@@ -688,7 +695,7 @@ class DrillRunner:
     async def _audit(self, t: DrillTracker, action: str, target: str, result: str) -> None:
         from controlplane.store.base import Put
 
-        from .operator import AuditRecord
+        from .audit import AuditRecord
 
         cp = self.cp
         self._audits += 1
@@ -709,10 +716,8 @@ class DrillRunner:
         rec = t.to_record()
         if not rec.report_path:
             try:
-                from controlplane.drillreport import write_report
-
                 path = await asyncio.to_thread(
-                    write_report, rec, self.cp.settings.drill_report_dir, self.cp.topology
+                    self.write_report, rec, self.cp.settings.drill_report_dir, self.cp.topology
                 )
                 t.report_path = str(path)
             except Exception as e:  # the drill itself is over and restored: the report is secondary

@@ -27,7 +27,12 @@ from controlplane.core.health import HealthSettings, HealthSnapshot, HealthTrack
 from controlplane.core.model import AdminState, NetworkView, Plan, Report, Status, Topology
 from controlplane.core.plan import consistent
 from controlplane.core.planner import PlanTracker
+from controlplane.drillreport import write_report
 from controlplane.store.base import Delete, Put, mod_revision_is
+
+from .audit import AuditRecord
+from .drills import DrillRunner, shed_meta
+from .term import Demoted
 
 log = logging.getLogger("callroute.controlplane.leader")
 
@@ -61,11 +66,6 @@ class RollbackRecord(msgspec.Struct, frozen=True):
 
 def decode_rollback(value: bytes) -> RollbackRecord:
     return msgspec.json.decode(value, type=RollbackRecord)
-
-
-def shed_meta(shed: dict[str, float]) -> str:
-    """plan.meta["shed"] for a live drill's share: how the drill runner recognises its plan."""
-    return ",".join(f"{c}={v:g}" for c, v in sorted(shed.items()))
 
 
 def _change_status(change: Any) -> Status | None:
@@ -318,10 +318,6 @@ class LeaderBrain:
 # ---------------------------------------------------------------- the shell
 
 
-class Demoted(Exception):
-    """Raised inside the leader's tasks to end its term (lease lost, fence lost)."""
-
-
 class LeaderLoop:
     """Campaign; while leading, run the brain's timer and publish through the fenced publisher."""
 
@@ -397,9 +393,7 @@ class LeaderLoop:
         admin = await cp.read_admin()
         rollback = await self._read_rollback()
         seqs = await self._read_seqs()
-        from .drills import DrillRunner
-
-        drills = DrillRunner(cp, self, election)
+        drills = DrillRunner(cp, self, election, write_report)
         # a running drill keeps its step across a takeover: no flap back to home routes
         shed = await drills.resume_shed()
         election.check()  # still ours after those reads?
@@ -491,8 +485,6 @@ class LeaderLoop:
     async def _end_rollback(self, brain: LeaderBrain) -> None:
         """A hold ended by the network (or refused): remove the record and audit why. Best effort
         with a retry at the next tick: the routes are already right, only the record is stale."""
-        from .operator import AuditRecord
-
         if brain.released is None:
             return
         version, why = brain.released

@@ -44,6 +44,8 @@ from controlplane.core.model import AdminState, InvalidInput, NetworkView, Plan,
 from controlplane.core.plan import diff_plans, explain, find_route
 from controlplane.store.base import Delete, Get, Put, key_missing, mod_revision_is
 
+from .audit import AuditRecord
+
 log = logging.getLogger("callroute.controlplane.operator")
 
 # operators type reasons; a page of text is the most any audit line needs
@@ -85,17 +87,6 @@ class AdminRecord(msgspec.Struct, frozen=True):
     reason: str
     operator: str
     at: float
-    request_id: str = ""
-
-
-class AuditRecord(msgspec.Struct, frozen=True):
-    id: str
-    at: float
-    operator: str
-    action: str
-    target: str
-    reason: str
-    result: str
     request_id: str = ""
 
 
