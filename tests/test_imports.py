@@ -3,6 +3,11 @@ hidden in a function still ties the modules together, and still breaks on a reor
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import grimp
 
 PACKAGES = ("controlplane", "agents", "chaos", "bench", "callroute")
@@ -36,3 +41,22 @@ def test_a_cycle_through_an_import_inside_a_function_is_found(tmp_path, monkeypa
     graph = grimp.build_graph("cyclepkg", cache_dir=None)
     assert set(import_cycles(graph)) == {("cyclepkg.a", "cyclepkg.b", "cyclepkg.a"),
                                          ("cyclepkg.b", "cyclepkg.a", "cyclepkg.b")}
+
+
+def test_ci_runs_property_tests_derandomized() -> None:
+    """CI=true (as .ci/run sets it) loads the derandomized profile for every property test, explicit
+    per-test settings included; `make test` names it too, and `make fuzz` uses the random one."""
+    root = Path(__file__).resolve().parent.parent
+    probe = ("import sys; sys.path.insert(0, 'tests'); import conftest; from hypothesis import settings; "
+             "own = settings(max_examples=7); "
+             "print(settings.get_current_profile_name(), settings.default.derandomize, own.derandomize)")
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=dict(env, CI="true"),
+                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert out == ["ci", "True", "True"]
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()
+    assert out[1:] == ["False", "False"]
+    make = (root / "Makefile").read_text()
+    assert "pytest -q -p no:cacheprovider --hypothesis-profile=ci" in make
+    assert "--hypothesis-profile=fuzz -m hypothesis" in make
