@@ -26,7 +26,7 @@ from controlplane.core.demand import DemandSettings, DemandTracker
 from controlplane.core.health import HealthSettings, HealthSnapshot, HealthTracker
 from controlplane.core.model import AdminState, NetworkView, Plan, Report, Status, Topology
 from controlplane.core.plan import consistent
-from controlplane.core.planner import PlanTracker
+from controlplane.core.planner import PlanTracker, reason_closed
 from controlplane.drillreport import write_report
 from controlplane.store.base import Delete, Put, mod_revision_is
 
@@ -277,8 +277,8 @@ class LeaderBrain:
         """`old`'s routes as the next version; raises ValueError if it no longer fits (it sends
         calls to a center that is closed or down now)."""
         view = self.view(now)
-        closed = {c for c, a in self.admin.items() if a != AdminState.OPEN}
-        closed |= {c for c, h in view.health.items() if h.status in (Status.DOWN, Status.FAILING)}
+        closed = {c.id for c in self.topology.centers
+                  if reason_closed(view.admin.get(c.id, AdminState.OPEN), view.health.get(c.id))}
         plan = msgspec.structs.replace(
             old,
             version=self.version + 1,
