@@ -6,8 +6,11 @@ an operator closes (or reopens) a center; the time from the SetCenterState call 
 LAST of the agents holds the plan carrying it is one sample. The etcd put -> watch anchor
 (shared/anchors/etcd_anchor.py) runs against the same etcd in the same run.
 
-`bench_ingest(seconds=5)`: one replica process (embedded store) fed by Report streams as fast as
-they go; reports/s and the server process's CPU time per report (from /proc: user + system).
+`bench_ingest(seconds=5)`: one replica process (embedded store) on a national-size synthetic network
+(INGEST_CENTERS centers, INGEST_BRANCHES branches, INGEST_SKILLS skills), fed by one Report stream per
+center as fast as they go. Reports vary (per-skill loads, routed counts) and carry demand for every
+branch and skill the center hosts, as agents send them; reports/s and the server process's CPU time per
+report (from /proc: user + system).
 
 Both start processes and kill them at the end; everything listens on 127.0.0.1.
 """
@@ -32,6 +35,11 @@ CENTERS = ("north", "south", "west")
 SKILLS = ("retail", "credit_card", "corporate")
 # a trial that has not converged in this long is a failure, not a slow sample
 TRIAL_TIMEOUT_S = 10.0
+# The ingest network: national size (40 centers, as a large bank's), 400 branches and 12 skills, so
+# a center hosts ~10 branches and reports ~10 skills, ~60 demand entries a report.
+INGEST_CENTERS, INGEST_BRANCHES, INGEST_SKILLS = 40, 400, 12
+# distinct reports prepared per center and sent in turn: varied without building them in the timed loop
+INGEST_VARIANTS = 32
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -60,7 +68,8 @@ def _etcd_anchor(port: int) -> dict[str, float]:
 
 
 class _Proc:
-    def __init__(self, store: str, tmp: Path, name: str, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, store: str, tmp: Path, name: str, extra: dict[str, Any] | None = None,
+                 topology: Path = SMALL) -> None:
         import yaml
 
         cfg = tmp / f"{name}.yaml"
@@ -73,7 +82,7 @@ class _Proc:
                 "-m",
                 "controlplane.service",
                 "--topology",
-                str(SMALL),
+                str(topology),
                 "--store",
                 store,
                 "--listen",
@@ -190,6 +199,70 @@ async def _reporters(addr: str, interval_s: float, stop: asyncio.Event, counts: 
     return [asyncio.ensure_future(one(k, c)) for k, c in enumerate(CENTERS)]
 
 
+def national_reports(topo: Any, variants: int, seed: int = 7) -> dict[str, list[Any]]:
+    """`variants` different CenterReport messages per center of `topo`: every skill it staffs with a
+    load drawn around its staffing, routed counts to a few centers, and demand for every (branch,
+    skill) it hosts. seq and sent_at are set when sent."""
+    import random
+
+    from callroute.v1 import report_pb2, types_pb2
+
+    rng = random.Random(seed)
+    ids = [c.id for c in topo.centers]
+    hosted: dict[str, list[tuple[str, str]]] = {c: [] for c in ids}
+    for b in topo.branches:
+        hosted[b.home] += [(b.id, s) for s in b.calls_per_hour]
+    out: dict[str, list[Any]] = {}
+    for c in topo.centers:
+        msgs = []
+        for _ in range(variants):
+            skills = []
+            for s, n in sorted(c.agents.items()):
+                busy = min(n, round(n * rng.uniform(0.5, 0.98)))
+                offered = rng.randrange(0, 40)
+                answered = rng.randrange(0, offered + 1)
+                skills.append(report_pb2.SkillReport(
+                    skill=s, logged_in=n, ready=n - busy, busy=busy, queued=rng.randrange(0, 8),
+                    oldest_wait_s=rng.uniform(0, 30), offered=offered, answered=answered,
+                    answered_within=rng.randrange(0, answered + 1), abandoned=rng.randrange(0, 3),
+                    aht_s=rng.uniform(180, 480)))
+            msgs.append(report_pb2.CenterReport(
+                center=c.id, interval_s=0.5, state=types_pb2.ADMIN_STATE_OPEN, skills=skills,
+                routed_to=[report_pb2.RoutedCount(center=t, calls=rng.randrange(1, 50))
+                           for t in rng.sample(ids, 3)],
+                demand=[report_pb2.BranchDemand(branch=b, skill=s, lookups=rng.randrange(0, 20))
+                        for b, s in hosted[c.id]]))
+        out[c.id] = msgs
+    return out
+
+
+async def _national_reporters(addr: str, reports: dict[str, list[Any]], stop: asyncio.Event,
+                              counts: list[int]) -> list[Any]:
+    """One Report stream per center, sending its prepared reports in turn as fast as acks allow."""
+    import grpc
+
+    from callroute.v1 import report_pb2_grpc
+
+    async def one(k: int, msgs: list[Any]) -> None:
+        seq = time.time_ns()
+        async with grpc.aio.insecure_channel(addr) as ch:
+
+            async def reqs() -> Any:
+                nonlocal seq
+                while not stop.is_set():
+                    seq += 1
+                    m = msgs[seq % len(msgs)]
+                    m.seq, m.sent_at = seq, time.time()
+                    yield m
+                    if seq % 64 == 0:
+                        await asyncio.sleep(0)  # let acks be read
+
+            async for ack in report_pb2_grpc.ReportServiceStub(ch).Report(reqs()):
+                counts[k] += 1 if ack.accepted else 0
+
+    return [asyncio.ensure_future(one(k, msgs)) for k, msgs in enumerate(reports.values())]
+
+
 async def _converge(agents: int, trials: int) -> dict[str, Any]:
     import grpc
 
@@ -263,12 +336,19 @@ def bench_converge(agents: int = 40, trials: int = 30) -> dict[str, Any]:
 
 
 async def _ingest(seconds: float) -> dict[str, Any]:
+    from controlplane.core.synth import synth_topology
+    from controlplane.core.topology import dump_topology
+
+    topo = synth_topology(INGEST_CENTERS, INGEST_BRANCHES, INGEST_SKILLS, seed=3)
+    reports = national_reports(topo, INGEST_VARIANTS)
     with tempfile.TemporaryDirectory() as tmpd:
+        topo_file = Path(tmpd) / "national-synth.yaml"
+        topo_file.write_text(dump_topology(topo))
         # a long publish interval keeps plan computation out of the per-report cost
-        cp = _Proc("embedded", Path(tmpd), "bench-ingest", {"publish_interval_s": 5.0})
+        cp = _Proc("embedded", Path(tmpd), "bench-ingest", {"publish_interval_s": 5.0}, topo_file)
         stop = asyncio.Event()
-        counts = [0] * len(CENTERS)
-        tasks = await _reporters(cp.addr, 0.0, stop, counts)
+        counts = [0] * len(reports)
+        tasks = await _national_reporters(cp.addr, reports, stop, counts)
         try:
             await asyncio.sleep(1.0)  # warm up: connections open, first plan published
             c0, cpu0, t0 = sum(counts), _cpu_s(cp.proc.pid), time.perf_counter()
@@ -285,6 +365,11 @@ async def _ingest(seconds: float) -> dict[str, Any]:
     n = c1 - c0
     cpu = cpu1 - cpu0
     return {
+        "centers": len(reports),
+        "skill_entries_per_report": round(sum(len(m.skills) for ms in reports.values() for m in ms)
+                                          / sum(map(len, reports.values())), 1),
+        "demand_entries_per_report": round(sum(len(m.demand) for ms in reports.values() for m in ms)
+                                           / sum(map(len, reports.values())), 1),
         "reports": n,
         "seconds": round(t1 - t0, 2),
         "reports_per_s": round(n / (t1 - t0)),
