@@ -1,6 +1,6 @@
 # The two set-up commands of the README: `make up` runs the system, `make test` runs the tests.
 # Each creates .venv and installs what is missing (Python packages, etcd) first.
-.PHONY: up test chaos bench lint proto
+.PHONY: up test fuzz chaos bench lint proto
 
 up:
 	@scripts/bootstrap.sh
@@ -8,7 +8,12 @@ up:
 
 test:
 	@scripts/bootstrap.sh
-	.venv/bin/python -m pytest -q -p no:cacheprovider
+	.venv/bin/python -m pytest -q -p no:cacheprovider --hypothesis-profile=ci
+
+# Random exploration of the property tests (hypothesis), ten times their CI examples; not part of `make test`.
+fuzz:
+	@scripts/bootstrap.sh
+	.venv/bin/python -m pytest -q -p no:cacheprovider --hypothesis-profile=fuzz -m hypothesis
 
 lint:
 	@scripts/bootstrap.sh

@@ -1,13 +1,18 @@
 """Control-plane benchmarks: close-to-converge latency over real WatchPlan streams, report ingestion.
 
-`bench_converge(agents=40, trials=30)`: one control-plane replica process on a real etcd; `agents`
-WatchPlan streams (emulated agents that ACK every push) and one Report stream per center. Each trial
-an operator closes (or reopens) a center; the time from the SetCenterState call to the moment the
-LAST of the agents holds the plan carrying it is one sample. The etcd put -> watch anchor
-(shared/anchors/etcd_anchor.py) runs against the same etcd in the same run.
+`bench_converge(trials=30)`: the national network on loopback (chaos.harness.Cluster): one etcd, one
+control-plane replica and a real agent process per center, each reporting from its simulated ACD and
+compiling, persisting and serving every plan it is pushed. Each trial an operator closes (or reopens)
+a center; the time from the SetCenterState call to the moment the LAST agent serves the plan carrying
+it (its /healthz plan_version, polled every CONVERGE_POLL_S) is one sample. The etcd put -> watch
+anchor (shared/anchors/etcd_anchor.py) runs against the same etcd in the same run; p99 is compared
+with the anchor's p99.
 
-`bench_ingest(seconds=5)`: one replica process (embedded store) fed by Report streams as fast as
-they go; reports/s and the server process's CPU time per report (from /proc: user + system).
+`bench_ingest(seconds=5)`: one replica process (embedded store) on a national-size synthetic network
+(INGEST_CENTERS centers, INGEST_BRANCHES branches, INGEST_SKILLS skills), fed by one Report stream per
+center as fast as they go. Reports vary (per-skill loads, routed counts) and carry demand for every
+branch and skill the center hosts, as agents send them; reports/s and the server process's CPU time per
+report (from /proc: user + system).
 
 Both start processes and kill them at the end; everything listens on 127.0.0.1.
 """
@@ -28,10 +33,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 ANCHOR = Path("/work/shared/anchors/etcd_anchor.py")
 SMALL = ROOT / "examples" / "small.yaml"
-CENTERS = ("north", "south", "west")
-SKILLS = ("retail", "credit_card", "corporate")
+NATIONAL = ROOT / "examples" / "national.yaml"
+# the center closed and reopened by the converge trials (2020's)
+CONVERGE_CENTER = "wuhan"
+# the agents' plan versions are polled this often during a trial: 2 ms is 2% of the 100 ms target
+CONVERGE_POLL_S = 0.002
 # a trial that has not converged in this long is a failure, not a slow sample
 TRIAL_TIMEOUT_S = 10.0
+# The ingest network: national size (40 centers, as a large bank's), 400 branches and 12 skills, so
+# a center hosts ~10 branches and reports ~10 skills, ~60 demand entries a report.
+INGEST_CENTERS, INGEST_BRANCHES, INGEST_SKILLS = 40, 400, 12
+# distinct reports prepared per center and sent in turn: varied without building them in the timed loop
+INGEST_VARIANTS = 32
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -60,7 +73,8 @@ def _etcd_anchor(port: int) -> dict[str, float]:
 
 
 class _Proc:
-    def __init__(self, store: str, tmp: Path, name: str, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, store: str, tmp: Path, name: str, extra: dict[str, Any] | None = None,
+                 topology: Path = SMALL) -> None:
         import yaml
 
         cfg = tmp / f"{name}.yaml"
@@ -73,7 +87,7 @@ class _Proc:
                 "-m",
                 "controlplane.service",
                 "--topology",
-                str(SMALL),
+                str(topology),
                 "--store",
                 store,
                 "--listen",
@@ -110,165 +124,131 @@ class _Proc:
         self.log.close()
 
 
-async def _watchers(addr: str, n: int, held: dict[int, Any], got: list[float]) -> list[asyncio.Task[None]]:
+def national_reports(topo: Any, variants: int, seed: int = 7) -> dict[str, list[Any]]:
+    """`variants` different CenterReport messages per center of `topo`: every skill it staffs with a
+    load drawn around its staffing, routed counts to a few centers, and demand for every (branch,
+    skill) it hosts. seq and sent_at are set when sent."""
+    import random
+
+    from callroute.v1 import report_pb2, types_pb2
+
+    rng = random.Random(seed)
+    ids = [c.id for c in topo.centers]
+    hosted: dict[str, list[tuple[str, str]]] = {c: [] for c in ids}
+    for b in topo.branches:
+        hosted[b.home] += [(b.id, s) for s in b.calls_per_hour]
+    out: dict[str, list[Any]] = {}
+    for c in topo.centers:
+        msgs = []
+        for _ in range(variants):
+            skills = []
+            for s, n in sorted(c.agents.items()):
+                busy = min(n, round(n * rng.uniform(0.5, 0.98)))
+                offered = rng.randrange(0, 40)
+                answered = rng.randrange(0, offered + 1)
+                skills.append(report_pb2.SkillReport(
+                    skill=s, logged_in=n, ready=n - busy, busy=busy, queued=rng.randrange(0, 8),
+                    oldest_wait_s=rng.uniform(0, 30), offered=offered, answered=answered,
+                    answered_within=rng.randrange(0, answered + 1), abandoned=rng.randrange(0, 3),
+                    aht_s=rng.uniform(180, 480)))
+            msgs.append(report_pb2.CenterReport(
+                center=c.id, interval_s=0.5, state=types_pb2.ADMIN_STATE_OPEN, skills=skills,
+                routed_to=[report_pb2.RoutedCount(center=t, calls=rng.randrange(1, 50))
+                           for t in rng.sample(ids, 3)],
+                demand=[report_pb2.BranchDemand(branch=b, skill=s, lookups=rng.randrange(0, 20))
+                        for b, s in hosted[c.id]]))
+        out[c.id] = msgs
+    return out
+
+
+async def _national_reporters(addr: str, reports: dict[str, list[Any]], stop: asyncio.Event,
+                              counts: list[int]) -> list[Any]:
+    """One Report stream per center, sending its prepared reports in turn as fast as acks allow."""
     import grpc
 
-    from callroute.v1 import plan_pb2, plan_pb2_grpc
+    from callroute.v1 import report_pb2_grpc
 
-    async def one(i: int) -> None:
-        center = CENTERS[i % len(CENTERS)]
-        async with grpc.aio.insecure_channel(addr) as ch:
-            out: asyncio.Queue[Any] = asyncio.Queue()
-            await out.put(plan_pb2.PlanRequest(center=center, node=f"bench-{i}"))
-
-            async def reqs() -> Any:
-                while True:
-                    yield await out.get()
-
-            async for push in plan_pb2_grpc.PlanServiceStub(ch).WatchPlan(reqs()):
-                held[i] = push.plan
-                got[i] = time.perf_counter()
-                await out.put(
-                    plan_pb2.PlanRequest(
-                        center=center,
-                        node=f"bench-{i}",
-                        known_version=push.version,
-                        response_to_version=push.version,
-                        response_nonce=push.nonce,
-                        ack=True,
-                    )
-                )
-
-    return [asyncio.ensure_future(one(i)) for i in range(n)]
-
-
-async def _reporters(addr: str, interval_s: float, stop: asyncio.Event, counts: list[int]) -> list[Any]:
-    import grpc
-
-    from callroute.v1 import report_pb2, report_pb2_grpc, types_pb2
-
-    async def one(k: int, center: str) -> None:
+    async def one(k: int, msgs: list[Any]) -> None:
         seq = time.time_ns()
         async with grpc.aio.insecure_channel(addr) as ch:
 
-            def msg() -> Any:
-                nonlocal seq
-                seq += 1
-                return report_pb2.CenterReport(
-                    center=center,
-                    seq=seq,
-                    sent_at=time.time(),
-                    interval_s=max(interval_s, 0.01),
-                    state=types_pb2.ADMIN_STATE_OPEN,
-                    skills=[
-                        report_pb2.SkillReport(
-                            skill=s,
-                            logged_in=100,
-                            ready=40,
-                            busy=60,
-                            queued=1,
-                            offered=10,
-                            answered=9,
-                            answered_within=8,
-                            aht_s=240,
-                        )
-                        for s in SKILLS
-                    ],
-                )
-
             async def reqs() -> Any:
+                nonlocal seq
                 while not stop.is_set():
-                    yield msg()
-                    if interval_s:
-                        await asyncio.sleep(interval_s)
-                    elif seq % 64 == 0:
+                    seq += 1
+                    m = msgs[seq % len(msgs)]
+                    m.seq, m.sent_at = seq, time.time()
+                    yield m
+                    if seq % 64 == 0:
                         await asyncio.sleep(0)  # let acks be read
 
             async for ack in report_pb2_grpc.ReportServiceStub(ch).Report(reqs()):
                 counts[k] += 1 if ack.accepted else 0
 
-    return [asyncio.ensure_future(one(k, c)) for k, c in enumerate(CENTERS)]
+    return [asyncio.ensure_future(one(k, msgs)) for k, msgs in enumerate(reports.values())]
 
 
-async def _converge(agents: int, trials: int) -> dict[str, Any]:
-    import grpc
+async def _converge(trials: int) -> dict[str, Any]:
+    from chaos.harness import Cluster
+    from chaos.scenarios.common import default_agent_config
 
-    from callroute.v1 import operator_pb2, operator_pb2_grpc, types_pb2
-    from controlplane.store.etcdtest import EtcdCluster
-
-    with EtcdCluster(1) as etcd, tempfile.TemporaryDirectory() as tmpd:
-        etcd.start()
-        anchor = _etcd_anchor(int(etcd.endpoints[0].rsplit(":", 1)[1]))
-        cp = _Proc(etcd.url, Path(tmpd), "bench-cp")
-        stop = asyncio.Event()
-        tasks: list[Any] = []
-        try:
-            held: dict[int, Any] = {}
-            got = [0.0] * agents
-            counts = [0] * len(CENTERS)
-            tasks += await _reporters(cp.addr, 0.5, stop, counts)
-            tasks += await _watchers(cp.addr, agents, held, got)
-            deadline = time.monotonic() + 20
-            while len(held) < agents:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"only {len(held)} of {agents} agents got a first plan")
-                await asyncio.sleep(0.01)
-            samples: list[float] = []
-            async with grpc.aio.insecure_channel(cp.addr) as ch:
-                op = operator_pb2_grpc.OperatorServiceStub(ch)
-                for t in range(trials):
-                    close = t % 2 == 0
-                    t0 = time.perf_counter()
-                    await op.SetCenterState(
-                        operator_pb2.SetCenterStateRequest(
-                            center="west",
-                            state=types_pb2.ADMIN_STATE_CLOSED if close else types_pb2.ADMIN_STATE_OPEN,
-                            reason="bench",
-                            operator="bench",
-                            request_id=f"bench-{os.getpid()}-{t}",
-                        ),
-                        timeout=5,
-                    )
-                    end = time.monotonic() + TRIAL_TIMEOUT_S
-                    while not all(("west" in held[i].closed) == close for i in range(agents)):
-                        if time.monotonic() > end:
-                            raise RuntimeError(f"trial {t}: agents did not converge in {TRIAL_TIMEOUT_S} s")
-                        await asyncio.sleep(0.0005)
-                    samples.append((max(got) - t0) * 1e3)
-                    await asyncio.sleep(0.05)
-        finally:
-            stop.set()
-            for x in tasks:
-                x.cancel()
-            for x in tasks:
-                with contextlib.suppress(BaseException):
-                    await x
-            cp.kill()
+    async with Cluster(NATIONAL, etcd_members=1, replicas=1,
+                       agent_config=default_agent_config(str(NATIONAL))) as c:
+        assert c.etcd is not None
+        anchor = await asyncio.to_thread(_etcd_anchor, int(c.etcd.endpoints[0].rsplit(":", 1)[1]))
+        samples: list[float] = []
+        for t in range(trials):
+            close = t % 2 == 0
+            t0 = time.perf_counter()
+            reply = await c.set_center_state(CONVERGE_CENTER, "closed" if close else "open", "bench")
+            want = int(reply.plan_version)
+            if want <= 0:
+                raise RuntimeError(f"trial {t}: the reply named no plan: {reply.message}")
+            end = time.monotonic() + TRIAL_TIMEOUT_S
+            # every agent process serves (compiled, persisted, swapped in) the plan carrying the change
+            while True:
+                held = await c.plan_versions()
+                if len(held) == len(c.agents) and min(held.values()) >= want:
+                    break
+                if time.monotonic() > end:
+                    raise RuntimeError(f"trial {t}: agents at {held}, not plan {want}, after "
+                                       f"{TRIAL_TIMEOUT_S} s")
+                await asyncio.sleep(CONVERGE_POLL_S)
+            samples.append((time.perf_counter() - t0) * 1e3)
+            await asyncio.sleep(0.2)  # let reports and acks settle between trials
+    p99 = _pct(samples, 99)
     return {
-        "agents": agents,
+        "agents": len(c.agents),
         "trials": trials,
         "p50_ms": round(_pct(samples, 50), 2),
-        "p99_ms": round(_pct(samples, 99), 2),
+        "p99_ms": round(p99, 2),
         "max_ms": round(max(samples), 2),
         **anchor,
-        "ratio_p50_to_anchor": round(_pct(samples, 50) / anchor["etcd_put_watch_p50_ms"], 1),
+        "ratio_p99_to_anchor_p99": round(p99 / anchor["etcd_put_watch_p99_ms"], 1),
     }
 
 
-def bench_converge(agents: int = 40, trials: int = 30) -> dict[str, Any]:
-    """Operator close -> every one of `agents` WatchPlan streams holds the new plan (ms)."""
+def bench_converge(trials: int = 30) -> dict[str, Any]:
+    """Operator close/open -> every agent process of the national network serves the plan carrying it (ms)."""
     import uvloop
 
-    return uvloop.run(_converge(agents, trials))
+    return uvloop.run(_converge(trials))
 
 
 async def _ingest(seconds: float) -> dict[str, Any]:
+    from controlplane.core.synth import synth_topology
+    from controlplane.core.topology import dump_topology
+
+    topo = synth_topology(INGEST_CENTERS, INGEST_BRANCHES, INGEST_SKILLS, seed=3)
+    reports = national_reports(topo, INGEST_VARIANTS)
     with tempfile.TemporaryDirectory() as tmpd:
+        topo_file = Path(tmpd) / "national-synth.yaml"
+        topo_file.write_text(dump_topology(topo))
         # a long publish interval keeps plan computation out of the per-report cost
-        cp = _Proc("embedded", Path(tmpd), "bench-ingest", {"publish_interval_s": 5.0})
+        cp = _Proc("embedded", Path(tmpd), "bench-ingest", {"publish_interval_s": 5.0}, topo_file)
         stop = asyncio.Event()
-        counts = [0] * len(CENTERS)
-        tasks = await _reporters(cp.addr, 0.0, stop, counts)
+        counts = [0] * len(reports)
+        tasks = await _national_reporters(cp.addr, reports, stop, counts)
         try:
             await asyncio.sleep(1.0)  # warm up: connections open, first plan published
             c0, cpu0, t0 = sum(counts), _cpu_s(cp.proc.pid), time.perf_counter()
@@ -285,6 +265,11 @@ async def _ingest(seconds: float) -> dict[str, Any]:
     n = c1 - c0
     cpu = cpu1 - cpu0
     return {
+        "centers": len(reports),
+        "skill_entries_per_report": round(sum(len(m.skills) for ms in reports.values() for m in ms)
+                                          / sum(map(len, reports.values())), 1),
+        "demand_entries_per_report": round(sum(len(m.demand) for ms in reports.values() for m in ms)
+                                           / sum(map(len, reports.values())), 1),
         "reports": n,
         "seconds": round(t1 - t0, 2),
         "reports_per_s": round(n / (t1 - t0)),

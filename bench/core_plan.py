@@ -1,13 +1,14 @@
 """Plan computation benchmark: the 9-center example, and a 200 x 2,000 x 20 synthetic network.
 
-The large case runs in a child process so that its peak memory (ru_maxrss) is its own, not the
-parent's after loading matplotlib or the lookup benchmark's tables.
+The large case runs in a fresh child process and reads its peak memory from the kernel's high-water
+mark of that process's own address space (VmHWM). Not ru_maxrss: Linux carries it across fork and exec,
+so a child of a runner that had loaded matplotlib or the lookup benchmark's tables reported the
+runner's peak (the "delta 0.000 MiB" of an earlier BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,18 +44,27 @@ def bench_example(reps: int = 30) -> dict[str, float]:
             "plan_compute_ms_example_warm": statistics.median(wtimes) * 1e3}
 
 
+def peak_rss_kib() -> int:
+    """This process's own peak resident memory (KiB): VmHWM, which a new address space starts afresh."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status: the memory figure needs Linux")
+
+
 def _large_child() -> None:
     from controlplane.core.planner import PlanTracker
     from controlplane.core.synth import synth_topology
 
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak_rss_kib()
     topo = synth_topology(200, 2000, 20, seed=1)
     first = topo.centers[0].id
     view = NetworkView(admin={first: AdminState.CLOSED})
     t = time.perf_counter()
     plan = PlanTracker(topo).compute(view, 0.0, 1)
     dt = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kib()
     print(json.dumps({"plan_compute_s_large": dt, "plan_compute_peak_mib_large": peak / 1024,
                       "plan_compute_delta_mib_large": (peak - base) / 1024,
                       "routes_large": len(plan.routes)}))

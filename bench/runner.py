@@ -26,8 +26,9 @@ def bench_core() -> dict[str, float]:
 def bench_converge() -> dict[str, float]:
     from bench.converge import bench_converge as run
 
-    _progress("operator close -> 40 agents hold the new plan, 30 trials, beside the etcd anchor ...")
-    return dict(run(agents=40, trials=30))
+    _progress("operator close -> every national agent process serves the new plan, 30 trials, "
+              "beside the etcd anchor ...")
+    return dict(run(trials=30))
 
 
 def bench_ingest() -> dict[str, float]:

@@ -31,6 +31,10 @@ class Check:
     detail: str = ""
     # a known failure: reported, not counted against the run (pytest's xfail(strict=False))
     xfail: str = ""
+    # a timing check: what it took (None: never happened) against its budget, kept apart so a noisy
+    # machine's allowance can cover the timing and nothing else (tests/test_chaos_ci.py)
+    took_s: float | None = None
+    budget_s: float | None = None
 
 
 @dataclass
@@ -50,6 +54,13 @@ class ScenarioResult:
     def check(self, name: str, ok: bool, detail: str = "", xfail: str = "") -> bool:
         self.checks.append(Check(name, bool(ok), detail, xfail if not ok else ""))
         return bool(ok)
+
+    def check_within(self, name: str, took_s: float | None, budget_s: float, xfail: str = "") -> bool:
+        """A timing check: `took_s` (None: it never happened) within `budget_s`."""
+        ok = took_s is not None and took_s <= budget_s
+        self.checks.append(Check(name, ok, f"{took_s} s (budget {budget_s} s)", xfail if not ok else "",
+                                 took_s, budget_s))
+        return ok
 
     @property
     def passed(self) -> bool:

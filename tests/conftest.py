@@ -6,11 +6,39 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import settings
 from test_agent_fakes import ROOT, free_port, poll
 
 from controlplane.store.etcdtest import etcd_cluster3, etcd_private, etcd_shared, etcd_shared3  # noqa: F401
 
 SMALL = ROOT / "examples" / "small.yaml"
+
+# Hypothesis profiles. "ci" is derandomized: a run explores the same examples every time, so a red CI
+# points at a change, never at the draw (random exploration is `make fuzz`'s job). "fuzz" draws fresh
+# examples, FUZZ_SCALE times as many as each test's own max_examples, and keeps its failures in the example
+# database. `make test` and CI=true pick "ci"; `--hypothesis-profile=NAME` overrides either.
+FUZZ_SCALE = 10
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("fuzz", derandomize=False, max_examples=1000, print_blob=True)
+if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    settings.load_profile("ci")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Under "fuzz", scale every property test's own max_examples (explicit per-test settings win over the
+    profile's, and are sized for CI's time budget, not for a search)."""
+    if settings.get_current_profile_name() != "fuzz":
+        return
+    for item in items:
+        fn = getattr(item, "obj", None)
+        # @given tests keep their settings in this attribute of hypothesis (set by @settings)
+        own = getattr(fn, "_hypothesis_internal_use_settings", None)
+        if own is not None and hasattr(fn, "hypothesis"):
+            fn._hypothesis_internal_use_settings = settings(own, max_examples=own.max_examples * FUZZ_SCALE)
+        machine_case = getattr(item, "cls", None)
+        own = getattr(machine_case, "settings", None)  # RuleBasedStateMachine.TestCase
+        if isinstance(own, settings) and hasattr(machine_case, "runTest"):
+            machine_case.settings = settings(own, max_examples=own.max_examples * FUZZ_SCALE)
 
 
 @pytest.fixture

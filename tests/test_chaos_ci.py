@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.report import write_report
+from chaos.report import ScenarioResult, write_report
 from chaos.scenarios import CI, SCENARIOS, RunOptions
 from controlplane.store.etcdtest import etcd_binary
 
@@ -30,20 +30,39 @@ def run(name: str, tmp_path: Path, **kw: object):  # type: ignore[no-untyped-def
     return r
 
 
-# Known failures found by these scenarios, reported to the lead (not hidden: the report says so).
-KNOWN = {
-    "F17": "detection of a receiver that stops answering on the small network: 1.2-1.5 s run alone, up "
-           "to 2.03 s with other work on this shared 2-core machine, against the 2.0 s budget (3 report "
-           "intervals + 1 for alignment); the full run in docs/chaos measured 1.24 s",
-}
+# Extra time for a scenario's timing checks only, on this shared 2-core machine. F17's detection of a
+# receiver that stops answering took 1.2-1.5 s run alone and up to 2.03 s with other work, against its
+# 2.0 s budget (3 report intervals + 1 for alignment; the full run in docs/chaos measured 1.24 s). The
+# scenario's own report still judges the plain budget; every other check must pass as it is.
+TIMING_NOISE_S = {"F17": 1.0}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=False, reason=KNOWN[n]))
-                                  if n in KNOWN else n for n in CI])
+def ci_failures(r, noise_s: float) -> list[str]:  # type: ignore[no-untyped-def]
+    """The run's failures, a timing check counting as passed within its budget plus `noise_s`."""
+    out = [f"error: {r.error}"] if r.error else []
+    for c in r.checks:
+        if c.budget_s is not None and noise_s:
+            if c.took_s is None or c.took_s > c.budget_s + noise_s:
+                out.append(f"{c.name}: {c.took_s} s (budget {c.budget_s} s + {noise_s} s CI noise)")
+        elif not c.ok and not c.xfail:
+            out.append(f"{c.name}: {c.detail}")
+    return out
+
+
+@pytest.mark.parametrize("name", CI)
 def test_ci_scenario(name: str, tmp_path: Path) -> None:
     r = run(name, tmp_path)
     assert r.lookups, "the switch load generator recorded no lookups"
-    assert r.passed, "\n".join(r.failures())
+    assert ci_failures(r, TIMING_NOISE_S.get(name, 0.0)) == []
+
+
+def test_ci_noise_covers_only_timing_checks() -> None:
+    r = ScenarioResult("F17", "t")
+    r.check_within("detected", 2.5, 2.0)
+    assert ci_failures(r, 1.0) == [] and not r.passed  # the report still says FAIL
+    r.check_within("removed", None, 2.5)  # never happened: no allowance makes that pass
+    r.check("its share goes to the others", False, "after: {}")
+    assert [f.split(":")[0] for f in ci_failures(r, 1.0)] == ["removed", "its share goes to the others"]
 
 
 def test_chaos_list(capsys: pytest.CaptureFixture[str]) -> None:

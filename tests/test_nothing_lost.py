@@ -26,7 +26,7 @@ from callroute.v1 import operator_pb2, types_pb2
 from controlplane.core.retention import Held, Keep, to_delete
 from controlplane.drillcli import main as drill_cli
 from controlplane.service.drills import DrillMode, DrillRecord, DrillSpec, DrillState, PendingRecord, encode
-from controlplane.service.operator import AuditRecord, RequestRecord
+from controlplane.service.audit import AuditRecord, RequestRecord
 from controlplane.service.server import ControlPlane
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ from controlplane.core.model import (
     Topology,
 )
 from controlplane.core.plan import consistent, diff_plans, explain
-from controlplane.core.planner import PlanTracker, compute_plan, effective_home
+from controlplane.core.planner import MIN_ANSWERED_FOR_SL, PlanTracker, compute_plan, effective_home
 
 
 def net(n_centers=10, agents=100, calls=600.0, pinned=(), schedule=()):
@@ -225,6 +225,40 @@ def test_overflow_hysteresis_hold_and_ramp():
     assert shares[-1] == 0.0
     first_zero = shares.index(0.0)
     assert first_zero * 10.0 >= pol.min_hold_s
+
+
+def test_measured_service_level_enters_and_leaves_overflow_with_its_own_hysteresis():
+    """OverflowPolicy.enter_sl / exit_sl: a center answering too few calls in time overflows even with
+    an empty queue (wait estimate 0), holds between the two levels, and goes home above exit_sl."""
+    topo = net()
+    pol = topo.policy.overflow
+    tracker = PlanTracker(topo)
+
+    def view(within, answered=MIN_ANSWERED_FOR_SL * 2):
+        return NetworkView(health={"c0": CenterHealth("c0", Status.HEALTHY, 1.0, skills={
+            "retail": SkillLoad(logged_in=110, ready=20, busy=90, queued=0, offered=answered,
+                                answered=answered, answered_within=round(within * answered))})})
+
+    def moved(plan):
+        return 1 - {x.center: x.weight for x in by_key(plan)[("b0", "retail")].targets}["c0"]
+
+    sl_between = (pol.enter_sl + pol.exit_sl) / 2
+    t = 0.0
+    assert moved(tracker.compute(view(pol.exit_sl + 0.1), t, 1)) == 0.0  # healthy SL: home
+    t += pol.min_hold_s
+    assert moved(tracker.compute(view(pol.enter_sl - 0.2), t, 2)) > 0  # below enter_sl: overflow
+    t += pol.min_hold_s
+    assert moved(tracker.compute(view(sl_between), t, 3)) > 0  # between the two: no change of state
+    shares = []
+    for v in range(4, 12):
+        t += pol.min_hold_s
+        shares.append(moved(tracker.compute(view(pol.exit_sl + 0.1), t, v)))
+    assert shares[-1] == 0.0  # above exit_sl: home again, ramping down
+
+    # too few answers say nothing about a percentage: an empty hour's one late call moves nothing
+    fresh = PlanTracker(topo)
+    assert moved(fresh.compute(view(0.0, answered=MIN_ANSWERED_FOR_SL - 1), 0.0, 1)) == 0.0
+    assert moved(fresh.compute(view(0.0, answered=MIN_ANSWERED_FOR_SL - 1), pol.min_hold_s, 2)) == 0.0
 
 
 def test_explain_and_diff():

@@ -94,6 +94,20 @@ def test_rollback_republishes_old_routes_and_holds_them_against_load_changes():
     assert after.meta["cause"] != CAUSE_ROLLBACK and "north" not in after.closed
 
 
+def test_a_rollback_is_refused_onto_a_center_that_reports_itself_closed():
+    """The rollback's "closed now" is the planner's: a center's own reported state counts, not only
+    an operator's, so old routes never come back onto a center whose ACD says it is closed."""
+    b = _brain()
+    _feed(b, 0.0, 1)
+    v1 = _publish(b, 0.0)
+    assert any(t.center == "north" for r in v1.routes for t in r.targets)
+    closing = msgspec.structs.replace(_report("north", 2, 0.5), state=AdminState.CLOSED)
+    b.observe(closing, 0.5)
+    assert "north" in _publish(b, 0.5).closed  # the planner takes north out
+    with pytest.raises(ValueError, match="north"):
+        b.rollback_plan(v1, 0.6, 1000.6, "back to plan 1")
+
+
 def _west_closed_then_reopened(b: LeaderBrain) -> Any:
     """Plans 1 (all open), 2 (west closed) and 3 (west reopened); returns plan 2."""
     _feed(b, 0.0, 1)

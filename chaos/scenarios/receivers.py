@@ -74,78 +74,36 @@ def movable_keys(c: Cluster, center: str) -> list[tuple[str, str]]:
             for s, v in b.calls_per_hour.items() if v > 0 and s not in b.pinned]
 
 
-# Live spare is sampled this many times around the share measurement, which spans several plans
-# (one a report interval): the average is what those plans saw, not one interval's noise.
-SPARE_SAMPLES = 3
-# A receiver's measured share may differ from its share of the live spare by this much: 1,000
-# callers per key measure a weight to ~3 points, and queues move between plans within a second.
-SHARE_TOLERANCE = 0.10
+# After DR the receivers' own ACDs are read this many times, a report interval apart: the mean is
+# what the receivers carried over a few seconds, not one interval's noise.
+OCCUPANCY_SAMPLES = 6
+# A receiver carrying Wuhan's calls must stay below this occupancy (busy / logged-in agents, from its
+# ACD): above it Erlang C's queue explodes and the 80/20 service level is lost (at 95% a 20-agent team
+# answers under half its calls in 20 s). 2020's receivers held theirs (domain.md).
+MAX_RECEIVER_OCCUPANCY = 0.95
 
 
-async def own_load(c: Cluster) -> dict[tuple[str, str], float]:
-    """Erlangs per (center, skill) of the calls it carries under the leader's latest plan (its
-    ReceiverPrediction load): the demand the planner works with, live or forecast, whichever it is."""
-    plan = await c.show_plan()
-    return {(cid, s): p.load_erlangs for cid, per in plan.receivers.items() for s, p in per.items()}
-
-
-async def live_spare(c: Cluster, skills: set[str], closed: str,
-                     own: dict[tuple[str, str], float]) -> dict[str, dict[str, float]]:
-    """Spare Erlangs per center and skill as the leader knows them now, not a guess from the topology:
-    Erlang C capacity (at the service-level target) of the agents logged in per the center's latest
-    report, minus its own load (`own`, from the leader's plan before the DR), minus its queue beyond
-    its ready agents spread over the planner's queue horizon. The planner weighs DR receivers by
-    exactly these inputs; the topology's staffing and the scenario's surge are not among them."""
-    from controlplane.core.erlang import max_load
-    from controlplane.core.planner import QUEUE_HORIZON_S
-
-    topo = c.topology
-    slp = topo.policy.service_level
+async def occupancy(c: Cluster, skills: set[str], closed: str) -> dict[str, float]:
+    """Per center (but `closed`): busy / logged-in agents over `skills`, as its ACD last reported them
+    to the leader. What the centers measure, not what the planner predicts."""
     centers = await c.list_centers()
-    out: dict[str, dict[str, float]] = {}
-    for ce in topo.centers:
-        if ce.id == closed:
-            continue
-        info = centers.get(ce.id, {}).get("skills", {})
-        for s in skills:
-            aht = topo.aht(s)
-            rep = info.get(s)
-            n = int(rep["logged_in"]) if rep else ce.agents.get(s, 0)
-            if n <= 0:
-                continue
-            backlog = max(0, int(rep["queued"]) - int(rep["ready"])) * aht / QUEUE_HORIZON_S if rep else 0.0
-            out.setdefault(ce.id, {})[s] = (max_load(n, aht, slp.target, slp.answer_within_s)
-                                            - own.get((ce.id, s), 0.0) - backlog)
+    out: dict[str, float] = {}
+    for cid, info in centers.items():
+        reps = [v for s, v in info.get("skills", {}).items() if s in skills]
+        staffed = sum(int(v["logged_in"]) for v in reps)
+        if cid != closed and staffed > 0:
+            out[cid] = sum(int(v["busy"]) for v in reps) / staffed
     return out
 
 
-def expected_shares(spares: list[dict[str, dict[str, float]]], keys: list[tuple[str, str]],
-                    receivers: list[str]) -> dict[str, float]:
-    """Each receiver's share of the calls if every key's calls went to `receivers` in proportion to
-    their (averaged) positive live spare for the key's skill: the DR rule, on the system's own data.
-    A key whose receivers all show no spare counts them equally (the planner then falls back to
-    staffing and overload advice)."""
-    acc = dict.fromkeys(receivers, 0.0)
-    for _, s in keys:
-        sp = {r: max(0.0, sum(x.get(r, {}).get(s, 0.0) for x in spares) / len(spares)) for r in receivers}
-        total = sum(sp.values())
-        for r in receivers:
-            acc[r] += (sp[r] / total if total > 0 else 1.0 / len(receivers)) / len(keys)
-    return {r: round(v, 4) for r, v in sorted(acc.items(), key=lambda kv: -kv[1])}
-
-
-def rank_correlation(a: dict[str, float], b: dict[str, float]) -> float:
-    """Spearman's rho over the keys both have (no ties expected among centers' capacities)."""
-    keys = sorted(set(a) & set(b))
-    if len(keys) < 3:
-        return float("nan")
-
-    def ranks(d: dict[str, float]) -> dict[str, int]:
-        return {k: i for i, k in enumerate(sorted(keys, key=lambda k: d[k]))}
-
-    ra, rb = ranks(a), ranks(b)
-    n = len(keys)
-    return 1 - 6 * sum((ra[k] - rb[k]) ** 2 for k in keys) / (n * (n * n - 1))
+async def mean_occupancy(c: Cluster, skills: set[str], closed: str, samples: int) -> dict[str, float]:
+    got: list[dict[str, float]] = []
+    for k in range(samples):
+        if k:
+            await asyncio.sleep(REPORT_INTERVAL_S)
+        got.append(await occupancy(c, skills, closed))
+    ids: set[str] = set().union(*got)
+    return {cid: round(sum(g.get(cid, 0.0) for g in got) / len(got), 3) for cid in sorted(ids)}
 
 
 async def _receiver_fault(c: Cluster, r: ScenarioResult, closed: str, receiver: str, mode: str,
@@ -192,11 +150,9 @@ async def _receiver_fault(c: Cluster, r: ScenarioResult, closed: str, receiver: 
                       f"{prefix}remove_s": round(remove, 3) if remove is not None else None,
                       f"{prefix}{closed}_shares_after": after})
     log(f"{prefix}{receiver} {mode}: detected {detect}, removed {remove}")
-    r.check(f"{prefix}{receiver} ({mode}) detected within 3 report intervals (+1 alignment)",
-            detect is not None and detect <= DETECT_BUDGET_S, f"{detect} s (budget {DETECT_BUDGET_S} s)",
-            xfail)
-    r.check(f"{prefix}{receiver} out of the receivers at every agent", remove is not None
-            and remove <= REMOVE_BUDGET_S, f"{remove} s (budget {REMOVE_BUDGET_S} s)", xfail)
+    r.check_within(f"{prefix}{receiver} ({mode}) detected within 3 report intervals (+1 alignment)",
+                   detect, DETECT_BUDGET_S, xfail)
+    r.check_within(f"{prefix}{receiver} out of the receivers at every agent", remove, REMOVE_BUDGET_S, xfail)
     others = {k: v for k, v in after.items() if k != receiver}
     # A receiver that does not answer is FAILING at weight 0: its own branches' calls need DR too.
     # When the others' spare cannot hold both, the planner shares the shortage between the two
@@ -244,45 +200,37 @@ async def wuhan_2020(opts: RunOptions) -> ScenarioResult:
                 observed(c, r, opts.rate_per_s) as load:
             await asyncio.sleep(3.0)
             keys = c.probe_keys("wuhan")
-            own = await own_load(c)  # every center's load before it receives any of wuhan's calls
+            mk = movable_keys(c, "wuhan")
+            skills = {s for _, s in mk}
+            # the receivers' own ACDs before they take any of wuhan's calls
+            before = await mean_occupancy(c, skills, "wuhan", OCCUPANCY_SAMPLES)
             t0 = time.monotonic()
             await c.set_center_state("wuhan", "closed", "2020-01-23 lockdown")
             conv = await poll(lambda: center_excluded(c, "wuhan", keys, live_agents(c)), 10.0)
             t_conv = time.monotonic()
             c.mark(f"DR for wuhan at every agent ({(t_conv - t0):.2f} s)", "note")
             await asyncio.sleep(5.0)
-            mk = movable_keys(c, "wuhan")
-            skills = {s for _, s in mk}
-            # the spare the leader knows, sampled around the share measurement (see SPARE_SAMPLES)
-            spares = [await live_spare(c, skills, "wuhan", own)]
             shares = await dr_shares(c, "chengdu", mk)
-            for _ in range(SPARE_SAMPLES - 1):
-                spares.append(await live_spare(c, skills, "wuhan", own))
             receivers = sorted(k for k, v in shares.items() if k != "(overload)" and v > 0)
-            expected = expected_shares(spares, mk, receivers)
-            gap = max((abs(shares.get(k, 0.0) - v) for k, v in expected.items()), default=1.0)
-            rho = rank_correlation({k: shares[k] for k in receivers}, expected)
+            after = await mean_occupancy(c, skills, "wuhan", OCCUPANCY_SAMPLES)
+            busiest = max(receivers, key=lambda k: after.get(k, 0.0), default="")
+            rose = [k for k in receivers if after.get(k, 0.0) > before.get(k, 0.0)]
             served = Counter(x.center for x in load.window(t_conv) if x.branch in {b for b, _ in mk}
                              and not x.error)
             wuhan_after = served.get("wuhan", 0)
-            spare_now = {k: {s: round(v, 1) for s, v in sorted(d.items())} for k, d in spares[-1].items()}
             r.figures.update({"close_to_dr_everywhere_s": round(conv, 3) if conv is not None else None,
                               "receivers": receivers, "dr_shares": shares,
-                              "expected_shares_from_live_spare": expected,
-                              "max_share_gap": round(gap, 3),
-                              "share_vs_live_spare_rank_correlation": round(rho, 3),
-                              "live_spare_erlangs": spare_now,
+                              "receiver_occupancy_before": {k: before.get(k) for k in receivers},
+                              "receiver_occupancy_after": {k: after.get(k) for k in receivers},
                               "switch_lookups_for_wuhan_branches_after_dr": dict(served)})
             r.check("DR for wuhan at every agent within 2 s", conv is not None and conv <= 2.0, f"{conv}")
             r.check("wuhan's branches land on 8 receivers", len(receivers) == 8, f"{receivers}")
-            big = max((k for k in shares if k != "(overload)"), key=lambda k: shares[k], default="")
-            most = max(expected, key=lambda k: expected[k], default="")
-            # in 2020 that was chengdu, the main center; here it is whichever has the most live spare
-            r.check("the largest share goes to the center with the most live spare", big == most,
-                    f"largest share: {big} {shares.get(big)}; most spare: {most} {expected.get(most)}")
-            r.check(f"every receiver's share follows the live spare capacity the leader knows "
-                    f"(within {SHARE_TOLERANCE:.0%})", gap <= SHARE_TOLERANCE,
-                    f"largest gap {gap:.3f}; Spearman rho {rho:.3f}")
+            r.check(f"every receiver's ACD measures occupancy below {MAX_RECEIVER_OCCUPANCY:.0%} after DR "
+                    "(none saturated by wuhan's calls)",
+                    bool(receivers) and all(after.get(k, 1.0) < MAX_RECEIVER_OCCUPANCY for k in receivers),
+                    f"busiest {busiest}: {after.get(busiest)}; all: {after}")
+            r.check("the receivers' ACDs carry wuhan's calls: occupancy rose at most of them",
+                    len(rose) * 2 > len(receivers), f"rose at {rose}; before {before}; after {after}")
             r.check("0 switch lookups answered wuhan after DR", wuhan_after == 0, f"{wuhan_after}")
             await c.set_center_state("wuhan", "open", "reopened")
         lookup_checks(r)

@@ -47,6 +47,10 @@ QUEUE_HORIZON_S = 60.0
 MIN_WEIGHT = 0.001
 # Receivers' spare capacity below this (Erlangs) counts as none: half an agent is rounding error.
 MIN_SPARE_ERLANGS = 0.5
+# A report's measured service level (answered_within / answered) counts for the overflow thresholds
+# (OverflowPolicy.enter_sl / exit_sl) only over at least this many answers: below 20 one late call
+# moves the figure by 5 points or more, noise that would move traffic.
+MIN_ANSWERED_FOR_SL = 20
 
 
 class CenterCapacity(msgspec.Struct):
@@ -69,6 +73,23 @@ class _OverflowState(msgspec.Struct):
     active: bool = False
     since: float = -math.inf
     share: float = 0.0
+
+
+def reason_closed(admin: AdminState, health: CenterHealth | None) -> str:
+    """Why a center takes no calls at all, "" when it takes some: an operator's state, the center's own
+    reported state, down, or a health weight of 0 (failing). The one definition of "closed": the
+    planner's and a rollback's check (LeaderBrain.rollback_plan) both ask it."""
+    if admin != AdminState.OPEN:
+        return f"{admin.value} by operator"
+    if health is None:
+        return ""
+    if health.state != AdminState.OPEN:
+        return f"{health.state.value} (reported by the center)"
+    if health.status == Status.DOWN:
+        return f"down ({health.reason})"
+    if health.weight <= 0:
+        return f"{health.status.value} ({health.reason})"
+    return ""
 
 
 def effective_home(branch: Branch, wall_hour: float | None, weekday: int | None) -> str:
@@ -353,19 +374,11 @@ class PlanTracker:
                 home_weight[cid] = 1.0
                 receiver_ok.add(cid)
                 continue
-            admin = vadmin.get(cid, AdminState.OPEN)
-            self_state = h.state if h is not None else AdminState.OPEN
             w = h.weight if h is not None else 1.0
             status = h.status if h is not None else Status.UNKNOWN
-            if admin != AdminState.OPEN:
-                why_closed[cid] = f"{admin.value} by operator"
-            elif self_state != AdminState.OPEN:
-                why_closed[cid] = f"{self_state.value} (reported by the center)"
-            elif status == Status.DOWN:
-                why_closed[cid] = f"down ({h.reason if h else 'no reports'})"
-            elif w <= 0:
-                why_closed[cid] = f"{status.value} ({h.reason if h else ''})"
-            if cid in why_closed:
+            why = reason_closed(vadmin.get(cid, AdminState.OPEN), h)
+            if why:
+                why_closed[cid] = why
                 closed.add(cid)
                 home_weight[cid] = 0.0
                 continue
@@ -556,6 +569,7 @@ class PlanTracker:
         # ---- overflow: open centers whose wait or predicted load crosses the thresholds
         ofp = pol.overflow
         enter_ewt, exit_ewt = ofp.enter_ewt_s, ofp.exit_ewt_s
+        enter_sl, exit_sl = ofp.enter_sl, ofp.exit_sl
         vip_enter_ewt, vip_exit_ewt = ofp.vip_enter_ewt_s, ofp.vip_exit_ewt_s
         hold, max_step, max_share = ofp.min_hold_s, ofp.max_step, ofp.max_share
         idle_is_fixed = self._idle_is_fixed
@@ -577,7 +591,10 @@ class PlanTracker:
             ewt = ((now_load.queued + 1) * cc.aht_s / cc.agents
                    if (now_load and now_load.queued and cc.agents) else 0.0)
             over = cc.capacity <= 0 or total > cc.capacity
-            enter = ewt > enter_ewt or over
+            # the measured service level, when the report answered enough calls to have one
+            sl = (now_load.answered_within / now_load.answered
+                  if now_load is not None and now_load.answered >= MIN_ANSWERED_FOR_SL else None)
+            enter = ewt > enter_ewt or over or (sl is not None and sl < enter_sl)
             vip_enter = ewt > vip_enter_ewt
             st = overflow_states.get(key)
             vst = vip_states.get(key)
@@ -586,7 +603,7 @@ class PlanTracker:
                     (vst is None or (not vst.active and vst.share == 0.0)):
                 # neither state can change: the hysteresis steps below would leave both as they are
                 continue
-            leave = ewt < exit_ewt and total <= 0.95 * cc.capacity
+            leave = ewt < exit_ewt and total <= 0.95 * cc.capacity and (sl is None or sl >= exit_sl)
             desired = (total - cc.capacity) / cc.own_load if cc.own_load > 0 and over else 0.0
             if st is None:
                 st = overflow_states[key] = _OverflowState()

@@ -32,6 +32,8 @@ import enum
 import logging
 import math
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -45,6 +47,10 @@ from controlplane.core.model import (
     Topology,
     check_id,
 )
+from controlplane.store.base import Backoff, Delete, FenceLost, Put
+
+from .audit import AuditRecord
+from .term import Demoted
 
 log = logging.getLogger("callroute.controlplane.drills")
 
@@ -259,6 +265,11 @@ def check_approval(pending: PendingRecord, approver: str) -> None:
 
 
 # ---------------------------------------------------------------- pure helpers on plans
+
+
+def shed_meta(shed: dict[str, float]) -> str:
+    """plan.meta["shed"] for a live drill's share: how the drill runner recognises its plan."""
+    return ",".join(f"{c}={v:g}" for c, v in sorted(shed.items()))
 
 
 def traffic_shares(plan: Plan | None, topology: Topology, center: str) -> dict[str, float]:
@@ -534,10 +545,12 @@ class DrillRunner:
     other leader task.
     """
 
-    def __init__(self, cp: Any, leader: Any, election: Any) -> None:
+    def __init__(self, cp: Any, leader: Any, election: Any, write_report: Callable[..., Path]) -> None:
         self.cp = cp
         self.leader = leader
         self.election = election
+        # handed in (drillreport.write_report) because the report module reads this module's records
+        self.write_report = write_report
         self.tracker: DrillTracker | None = None
         self._saved_at = -math.inf
         self._audits = 0
@@ -565,10 +578,6 @@ class DrillRunner:
         return {rec.spec.center: rec.current_share}
 
     async def run(self) -> None:
-        from controlplane.store.base import FenceLost
-
-        from .leader import Demoted
-
         loop = asyncio.get_running_loop()
         while True:
             brain = self.leader._brain(self.election)  # Demoted / FenceLost end the term
@@ -644,8 +653,6 @@ class DrillRunner:
 
     async def _wait_published(self, brain: Any, share: float) -> int:
         """The version of the first plan computed with this share (0 if none within the wait)."""
-        from .leader import shed_meta
-
         center = self.tracker.spec.center if self.tracker else ""
         want = shed_meta({center: share}) if share > 0 else ""
         loop = asyncio.get_running_loop()
@@ -671,8 +678,6 @@ class DrillRunner:
             await asyncio.sleep(0.01)
 
     async def _save(self, t: DrillTracker, now: float) -> None:
-        from controlplane.store.base import Put
-
         cp = self.cp
         await cp._call(
             "drill_save",
@@ -687,11 +692,6 @@ class DrillRunner:
         """Write the audit entry, retrying with backoff until it is durable (a drill's step must not
         go unaudited because the store blinked). One id for every attempt: a write whose outcome was
         unknown and is then repeated leaves one entry, not two. Only the end of the term stops it."""
-        from controlplane.store.base import Backoff, FenceLost, Put
-
-        from .leader import Demoted
-        from .operator import AuditRecord
-
         cp = self.cp
         self._audits += 1
         wall = time.time()
@@ -723,10 +723,8 @@ class DrillRunner:
         rec = t.to_record()
         if not rec.report_path:
             try:
-                from controlplane.drillreport import write_report
-
                 path = await asyncio.to_thread(
-                    write_report, rec, self.cp.settings.drill_report_dir, self.cp.topology
+                    self.write_report, rec, self.cp.settings.drill_report_dir, self.cp.topology
                 )
                 t.report_path = str(path)
             except Exception as e:  # the drill itself is over and restored: the report is secondary
@@ -739,8 +737,6 @@ class DrillRunner:
         self.tracker = None
 
     async def _finish_txn(self, rec: DrillRecord | None, drill_id: str) -> None:
-        from controlplane.store.base import Delete, Put
-
         cp = self.cp
         ops: list[Any] = [Delete(cp.key(ACTIVE)), Delete(cp.key(ABORTS + drill_id))]
         if rec is not None:

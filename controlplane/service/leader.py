@@ -27,8 +27,14 @@ from controlplane.core.demand import DemandSettings, DemandTracker
 from controlplane.core.health import HealthSettings, HealthSnapshot, HealthTracker
 from controlplane.core.model import AdminState, NetworkView, Plan, Report, Status, Topology
 from controlplane.core.plan import consistent
-from controlplane.core.planner import PlanTracker
+from controlplane.core.planner import PlanTracker, reason_closed
+from controlplane.drillreport import write_report
 from controlplane.store.base import Delete, Put, mod_revision_is
+
+from .audit import AuditRecord
+from .drills import DrillRunner, shed_meta
+from .retention import RetentionSweeper
+from .term import Demoted
 
 log = logging.getLogger("callroute.controlplane.leader")
 
@@ -74,11 +80,6 @@ class RollbackRecord(msgspec.Struct, frozen=True):
 
 def decode_rollback(value: bytes) -> RollbackRecord:
     return msgspec.json.decode(value, type=RollbackRecord)
-
-
-def shed_meta(shed: dict[str, float]) -> str:
-    """plan.meta["shed"] for a live drill's share: how the drill runner recognises its plan."""
-    return ",".join(f"{c}={v:g}" for c, v in sorted(shed.items()))
 
 
 def _change_status(change: Any) -> Status | None:
@@ -341,8 +342,8 @@ class LeaderBrain:
         """`old`'s routes as the next version; raises ValueError if it no longer fits (it sends
         calls to a center that is closed or down now)."""
         view = self.view(now)
-        closed = {c for c, a in self.admin.items() if a != AdminState.OPEN}
-        closed |= {c for c, h in view.health.items() if h.status in (Status.DOWN, Status.FAILING)}
+        closed = {c.id for c in self.topology.centers
+                  if reason_closed(view.admin.get(c.id, AdminState.OPEN), view.health.get(c.id))}
         plan = msgspec.structs.replace(
             old,
             version=self.version + 1,
@@ -380,10 +381,6 @@ class LeaderBrain:
 
 
 # ---------------------------------------------------------------- the shell
-
-
-class Demoted(Exception):
-    """Raised inside the leader's tasks to end its term (lease lost, fence lost)."""
 
 
 class LeaderLoop:
@@ -461,10 +458,7 @@ class LeaderLoop:
         admin = await cp.read_admin()
         rollback = await self._read_rollback()
         seqs = await self._read_seqs()
-        from .drills import DrillRunner
-        from .retention import RetentionSweeper
-
-        drills = DrillRunner(cp, self, election)
+        drills = DrillRunner(cp, self, election, write_report)
         # a running drill keeps its step across a takeover: no flap back to home routes
         shed = await drills.resume_shed()
         election.check()  # still ours after those reads?
@@ -557,8 +551,6 @@ class LeaderLoop:
     async def _end_rollback(self, brain: LeaderBrain) -> None:
         """A hold ended by the network (or refused): remove the record and audit why. Best effort
         with a retry at the next tick: the routes are already right, only the record is stale."""
-        from .operator import AuditRecord
-
         if brain.released is None:
             return
         version, why = brain.released
@@ -588,8 +580,6 @@ class LeaderLoop:
         own ACD is in the trail with its source) and capped foreign demand. All in one fenced
         transaction; on failure they stay waiting and the next tick (within
         HEALTH_METRICS_EVERY_S) tries again."""
-        from .operator import AuditRecord
-
         cp = self.cp
         wall = time.time()
         ops: list[Any] = []

@@ -47,6 +47,8 @@ from controlplane.core.model import AdminState, InvalidInput, NetworkView, Plan,
 from controlplane.core.plan import diff_plans, explain, find_route, moves_traffic_off_open_center
 from controlplane.store.base import Delete, Get, Put, key_missing, mod_revision_is
 
+from .audit import AuditRecord, RequestRecord
+
 log = logging.getLogger("callroute.controlplane.operator")
 
 # operators type reasons; a page of text is the most any audit line needs
@@ -89,29 +91,6 @@ class AdminRecord(msgspec.Struct, frozen=True):
     operator: str
     at: float
     request_id: str = ""
-
-
-class AuditRecord(msgspec.Struct, frozen=True):
-    id: str
-    at: float
-    operator: str
-    action: str
-    target: str
-    reason: str
-    result: str
-    request_id: str = ""
-
-
-class RequestRecord(msgspec.Struct, frozen=True):
-    """The first answer to a request_id, returned again on a retry."""
-
-    audit_id: str
-    message: str
-    action: str
-    # what the id was first used for and by whom: it answers only that request again (B13); ""
-    # in records stored before ids were bound
-    what: str = ""
-    operator: str = ""
 
 
 def request_what(action: str, center: str = "", state: str = "", to_version: int = 0) -> str:

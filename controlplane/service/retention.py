@@ -18,6 +18,10 @@ from typing import Any
 import msgspec
 
 from controlplane.core.retention import Held, Keep, to_delete
+from controlplane.store.base import FenceLost
+
+from .audit import AuditRecord, RequestRecord
+from .term import Demoted
 
 log = logging.getLogger("callroute.controlplane.retention")
 
@@ -29,8 +33,6 @@ LIST_PAGE = 1000
 
 def audit_at(kv: Any) -> float:
     """An audit entry's wall time: from its key (ids begin with time_ns), else from its value."""
-    from .operator import AuditRecord
-
     return audit_at_id(kv.key.rsplit("/", 1)[-1]) or msgspec.json.decode(kv.value, type=AuditRecord).at
 
 
@@ -43,10 +45,6 @@ class RetentionSweeper:
         self.election = election
 
     async def run(self) -> None:
-        from controlplane.store.base import FenceLost
-
-        from .leader import Demoted
-
         while True:
             # sleep first: a new term's first moments belong to its first plan, not to housekeeping
             await asyncio.sleep(self.cp.settings.retention.sweep_s)
@@ -62,7 +60,6 @@ class RetentionSweeper:
     async def sweep(self, now: float) -> dict[str, int]:
         """One pass over every kind; returns how many records of each were deleted."""
         from .drills import ACTIVE, DRILLS, PENDING, TERMINAL, decode_pending, decode_record
-        from .operator import RequestRecord
 
         cp = self.cp
         r = cp.settings.retention
