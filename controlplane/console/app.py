@@ -23,10 +23,10 @@ CSRF token, show an action control to a viewer, or listen off loopback without T
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import hmac
 import secrets
 import time
@@ -79,8 +79,10 @@ class Session:
     role: Role
     csrf: str
     created: float
-    flash: collections.deque[tuple[str, str]] = field(default_factory=lambda: collections.deque(maxlen=MAX_FLASH))
-    drills: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=MAX_DRILLS_REMEMBERED))
+    flash: collections.deque[tuple[str, str]] = field(
+        default_factory=lambda: collections.deque(maxlen=MAX_FLASH))
+    drills: collections.deque[str] = field(
+        default_factory=lambda: collections.deque(maxlen=MAX_DRILLS_REMEMBERED))
 
     @property
     def can_act(self) -> bool:
@@ -126,6 +128,9 @@ class Console:
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="console-rpc")
         # the last plan shown: plans are immutable per version, and a national plan is big
         self._plan_cache: tuple[int, Any] | None = None
+        # set (and replaced) when an action through this console was answered: its live pages
+        # refresh at once instead of at their next poll
+        self._changed: asyncio.Event | None = None
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"),
                                autoescape=select_autoescape(default=True, default_for_string=True))
         self.env.globals.update(short=short, when=when)
@@ -180,6 +185,16 @@ class Console:
         self._plan_cache = (reply.plan.version, reply)
         return reply
 
+    def changed(self) -> asyncio.Event:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
+
+    def kick(self) -> None:
+        ev, self._changed = self._changed, None
+        if ev is not None:
+            ev.set()
+
     # ---------------------------------------------------------------- sessions
 
     def session(self, request: Request) -> Session | None:
@@ -209,8 +224,8 @@ class Console:
         return HTMLResponse(html, status_code=status)
 
     async def live_context(self, s: Session, view: str) -> dict[str, Any]:
-        centers = await self.rpc(s, "ListCenters", self.pb.ListCentersRequest())
-        pending = await self.rpc(s, "ListPending", self.pb.ListPendingRequest())
+        centers, pending = await asyncio.gather(self.rpc(s, "ListCenters", self.pb.ListCentersRequest()),
+                                                self.rpc(s, "ListPending", self.pb.ListPendingRequest()))
         plan = None
         if centers.plan_version:
             plan = await self.plan(s, centers.plan_version)
@@ -285,7 +300,9 @@ def back_to(form: dict[str, str], default: str = "/") -> str:
 
 
 def build_app(console: Console) -> Callable[..., Awaitable[None]]:
-    def page(fn: Callable[[Request, Session], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    Handler = Callable[[Request], Awaitable[Response]]
+
+    def page(fn: Callable[[Request, Session], Awaitable[Response]]) -> Handler:
         async def run(request: Request) -> Response:
             s = console.session(request)
             if s is None:
@@ -297,7 +314,7 @@ def build_app(console: Console) -> Callable[..., Awaitable[None]]:
 
         return run
 
-    def action(fn: Callable[[Session, dict[str, str]], Awaitable[str]]) -> Callable[[Request], Awaitable[Response]]:
+    def action(fn: Callable[[Session, dict[str, str]], Awaitable[str]]) -> Handler:
         """A POST that changes something: session, then role, then CSRF, then the fields."""
 
         async def run(request: Request) -> Response:
@@ -314,7 +331,9 @@ def build_app(console: Console) -> Callable[..., Awaitable[None]]:
                 target = back_to(form)
                 s.flash.append(("ok", await fn(s, form)))
             except Refused as e:
+                console.kick()  # a refusal may still have changed something (a pending request that expired)
                 return console.render("error.html", console.session(request), e.status, message=e.message)
+            console.kick()
             return RedirectResponse(target, status_code=303)
 
         return run
@@ -339,7 +358,8 @@ def build_app(console: Console) -> Callable[..., Awaitable[None]]:
             except RpcFailure as e:
                 status = 401 if e.code in (grpc.StatusCode.UNAUTHENTICATED,
                                            grpc.StatusCode.PERMISSION_DENIED) else 502
-                raise Refused(status, f"the control plane refused the token: {e.code.name}: {e.details}") from None
+                raise Refused(status, f"the control plane refused the token: {e.code.name}: {e.details}"
+                              ) from None
         except Refused as e:
             return console.render("login.html", None, e.status, message=e.message)
         s = console.new_session(client, role)
@@ -411,7 +431,8 @@ def build_app(console: Console) -> Callable[..., Awaitable[None]]:
                 raise Refused(400, f"from={f!r}: must be a plan version >= 1")
             if not t.isdigit():
                 raise Refused(400, f"to={t!r}: must be a plan version (0: the latest)")
-            diff = await console.rpc(s, "DiffPlans", pb.DiffPlansRequest(from_version=int(f), to_version=int(t)))
+            diff = await console.rpc(s, "DiffPlans",
+                                     pb.DiffPlansRequest(from_version=int(f), to_version=int(t)))
         return console.render("history.html", s, page="/history", plans=reply.plans, diff=diff, q=q)
 
     @page
@@ -419,7 +440,8 @@ def build_app(console: Console) -> Callable[..., Awaitable[None]]:
         shown = []
         for drill_id in reversed(s.drills):
             try:
-                shown.append((await console.rpc(s, "DrillStatus", pb.DrillStatusRequest(drill_id=drill_id))).drill)
+                reply = await console.rpc(s, "DrillStatus", pb.DrillStatusRequest(drill_id=drill_id))
+                shown.append(reply.drill)
             except Refused as e:
                 shown.append(e.message)
         return console.render("drills.html", s, page="/drills", drills=shown)
@@ -449,6 +471,7 @@ def build_app(console: Console) -> Callable[..., Awaitable[None]]:
             last = ""
             try:
                 while s.sid in console.sessions:
+                    changed = console.changed()
                     try:
                         html = await console.live_html(s, view)
                         event = "live"
@@ -457,7 +480,9 @@ def build_app(console: Console) -> Callable[..., Awaitable[None]]:
                     if html != last:
                         last = html
                         yield f"event: {event}\n" + "".join(f"data: {ln}\n" for ln in html.split("\n")) + "\n"
-                    await asyncio.sleep(POLL_S)  # the refresh period, not a wait for state
+                    # the refresh period, cut short by an action through this console
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), POLL_S)
             finally:
                 console.streams -= 1
 
@@ -570,7 +595,8 @@ def build_app(console: Console) -> Callable[..., Awaitable[None]]:
         Route("/drills", drills), Route("/audit", audit), Route("/events", events),
         Route("/act/state", set_state, methods=["POST"]), Route("/act/approve", approve, methods=["POST"]),
         Route("/act/rollback", rollback, methods=["POST"]),
-        Route("/act/drill", start_drill, methods=["POST"]), Route("/act/abort", abort_drill, methods=["POST"]),
+        Route("/act/drill", start_drill, methods=["POST"]),
+        Route("/act/abort", abort_drill, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     inner = Starlette(routes=routes)

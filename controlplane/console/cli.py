@@ -30,7 +30,8 @@ def add_console_parser(sub: Any) -> None:
     sp = sub.add_parser("console", help="the operator web console (login with an operator token)")
     sp.add_argument("--endpoint", default=os.environ.get(ENV_ENDPOINT, DEFAULT_ENDPOINT),
                     metavar="HOST:PORT[,HOST:PORT]", help="control-plane replicas, as for the CLI")
-    sp.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT of the console (default {DEFAULT_LISTEN})")
+    sp.add_argument("--listen", default=DEFAULT_LISTEN,
+                    help=f"HOST:PORT of the console (default {DEFAULT_LISTEN})")
     sp.add_argument("--tls-cert", default="", help="the console's HTTPS certificate (PEM)")
     sp.add_argument("--tls-key", default="", help="its key (PEM)")
     sp.add_argument("--insecure", action="store_true",
@@ -53,10 +54,12 @@ def cmd_console(args: argparse.Namespace) -> int:
     host, port = parse_hostport("--listen", args.listen)
     tls = bool(args.tls_cert or args.tls_key)
     if tls and not (args.tls_cert and args.tls_key):
-        raise InvalidInput("--tls-key" if args.tls_cert else "--tls-cert", "", "--tls-cert and --tls-key go together")
+        raise InvalidInput("--tls-key" if args.tls_cert else "--tls-cert", "",
+                           "--tls-cert and --tls-key go together")
     if not tls and not is_loopback(host) and not args.insecure:
         raise InvalidInput("--listen", args.listen,
-                           "not a loopback address: give --tls-cert and --tls-key (or --insecure to allow plain HTTP)")
+                           "not a loopback address: give --tls-cert and --tls-key "
+                           "(or --insecure to allow plain HTTP)")
     args.token = ""
     console = Console(_client(args), secure_cookie=tls)
     config = uvicorn.Config(build_app(console), host=host, port=port, log_level="warning",
