@@ -69,10 +69,12 @@ def http_status(url: str) -> int:
 class Stage:
     """A control plane, agents and one console, as real processes on loopback."""
 
-    def __init__(self, tmp: Path, *, two_person: bool = True, agents: tuple[str, ...] = ("wuhan", "chengdu")):
+    def __init__(self, tmp: Path, *, two_person: bool = True, agents: tuple[str, ...] = ("wuhan", "chengdu"),
+                 console: bool = True) -> None:
         self.tmp = tmp
         self.two_person = two_person
         self.agent_centers = agents
+        self.with_console = console
         self.tokens = {name: hashlib.sha256(f"{name}-{os.urandom(8).hex()}".encode()).hexdigest()
                        for name in OPERATORS}
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -112,6 +114,8 @@ class Stage:
                 "-m", "controlplane.cli", "agent", "--center", c, "--controlplane", self.cp,
                 "--http", f"127.0.0.1:{free_port()}", "--acd", "simulated", "--state-dir", str(self.tmp / c),
                 "--topology", str(NATIONAL)])
+        if not self.with_console:
+            return self
         console = self._spawn("console", ["-m", "controlplane.cli", "console", "--endpoint", self.cp,
                                           "--listen", f"127.0.0.1:{self.console_port}"])
         poll(lambda: console.poll() is not None or http_status(self.url + "/login") == 200, 30, "console")
