@@ -194,8 +194,8 @@ def measure(actions: int, consoles: int, screenshots: str = "") -> dict[str, flo
             done = time.monotonic()
             took.append(done - t0)
             spread.append(done - answered)
-        if screenshots:
-            shoot(b, stage, pages[0], Path(screenshots))
+    if screenshots:
+        screenshots_of_national(Path(screenshots))
     return {"actions": actions, "consoles": consoles, **percentiles("action", took),
             **percentiles("after_answer", spread)}
 
@@ -207,8 +207,27 @@ def percentiles(name: str, xs: list[float]) -> dict[str, float]:
             f"{name}_max_s": xs[-1]}
 
 
+def screenshots_of_national(out: Path) -> None:
+    """The network page (wuhan closed), the plan with predictions and the wallboard, as PNGs, with an
+    agent for every center of the national example."""
+    from controlplane.core.topology import load_topology
+
+    centers = tuple(topology_center_ids(load_topology(NATIONAL)))
+    with tempfile.TemporaryDirectory(prefix="console-shots-") as d, \
+            Stage(Path(d), two_person=False, agents=centers) as stage, browser() as b:
+        page = login(b, stage, "alice")
+        # every agent reporting first: a fresh network shows centers as down until then
+        page.wait_for_function(
+            f"document.querySelectorAll('#centers-table tr[data-status=healthy]').length == {len(centers)}",
+            timeout=60_000)
+        shoot(b, stage, page, out)
+
+
+def topology_center_ids(topo: Any) -> list[str]:
+    return [c.id for c in topo.centers]
+
+
 def shoot(b: Any, stage: Stage, page: Any, out: Path) -> None:
-    """The network page (wuhan closed), the plan with predictions and the wallboard, as PNGs."""
     out.mkdir(parents=True, exist_ok=True)
     page.goto(stage.url + "/")
     page.fill("#state-reason", "flood: building evacuated")
