@@ -7,7 +7,7 @@ every open console shows the new state. Prints p50/p99 over the actions.
 
     .venv/bin/python -m bench.console_latency [--actions 20] [--consoles 3] [--screenshots docs/console]
 
-`Stage` and `browser` are also the e2e test's (tests/test_console_e2e.py) set-up.
+`running`, `browser` and `login` are also the e2e test's (tests/test_console_e2e.py) set-up.
 Must not: send traffic anywhere but 127.0.0.1, or leave a process running.
 """
 
@@ -133,15 +133,16 @@ class Stage:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
 
-    def __enter__(self) -> Stage:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+
+@contextlib.contextmanager
+def running(tmp: Path, **kwargs: Any) -> Iterator[Stage]:
+    """A started Stage, stopped on the way out however the block ends (a failed start too)."""
+    stage = Stage(tmp, **kwargs)
+    try:
+        yield stage.start()
+    finally:
+        stage.close()
 
 
 @contextlib.contextmanager
@@ -183,8 +184,9 @@ WATCH = """(selector) => {
 
 
 def measure(actions: int, consoles: int, screenshots: str = "") -> dict[str, float]:
+    agents = ("wuhan", "chengdu", "beijing")
     with tempfile.TemporaryDirectory(prefix="console-bench-") as d, \
-            Stage(Path(d), two_person=False, agents=("wuhan", "chengdu", "beijing")) as stage, browser() as b:
+            running(Path(d), two_person=False, agents=agents) as stage, browser() as b:
         pages = [login(b, stage, "alice")] + [login(b, stage, "bob") for _ in range(consoles - 1)]
         actor = pages[0]
         took: list[float] = []  # click -> every console shows it
@@ -233,7 +235,7 @@ def screenshots_of_national(out: Path) -> None:
 
     centers = tuple(topology_center_ids(load_topology(NATIONAL)))
     with tempfile.TemporaryDirectory(prefix="console-shots-") as d, \
-            Stage(Path(d), two_person=False, agents=centers) as stage, browser() as b:
+            running(Path(d), two_person=False, agents=centers) as stage, browser() as b:
         page = login(b, stage, "alice")
         # every agent reporting first: a fresh network shows centers as down until then
         page.wait_for_function(

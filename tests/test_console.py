@@ -10,7 +10,7 @@ import sys
 import pytest
 from starlette.testclient import TestClient
 
-from bench.console_latency import ROOT, Stage
+from bench.console_latency import ROOT, running
 from controlplane.console import app as console_app
 from controlplane.console.app import COOKIE, Console, build_app
 from controlplane.opcli import OperatorClient
@@ -19,7 +19,7 @@ from controlplane.service.auth import Role
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory):
-    with Stage(tmp_path_factory.mktemp("console-cp"), agents=(), console=False) as s:
+    with running(tmp_path_factory.mktemp("console-cp"), agents=(), console=False) as s:
         yield s
 
 
@@ -127,3 +127,31 @@ def test_console_refuses_plain_http_off_loopback(argv, field):
     cmd = [sys.executable, "-m", "controlplane.cli", "console", "--endpoint", "127.0.0.1:1", *argv]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and field in r.stderr, r.stderr
+
+
+def test_read_pages_and_a_dry_run_drill(stage):
+    console, client = logged_in(stage, "alice")
+    csrf = next(iter(console.sessions.values())).csrf
+    r = client.get("/plan")
+    assert r.status_code == 200 and 'id="predictions"' in r.text and "chengdu" in r.text
+    r = client.get("/explain?branch=hubei&skill=retail&caller=13800138000")
+    assert r.status_code == 200 and "plan v" in r.text and "wuhan" in r.text
+    r = client.get("/explain?branch=hubei&skill=&caller=1")
+    assert r.status_code == 400 and "skill" in r.text
+    r = client.get("/history")
+    assert r.status_code == 200 and "/plan?version=1" in r.text
+    r = client.get("/history?from=1&to=0")
+    assert r.status_code == 200 and 'id="diff"' in r.text
+    assert client.get("/history?from=x").status_code == 400
+
+    # a dry run changes no route: the console answers with the drill and lists it on /drills
+    r = client.post("/act/drill", data={"center": "wuhan", "mode": "dry_run", "ramp": "10,50", "step_s": "60",
+                                        "duration_s": "120", "abort_if_sl_below": "0.7",
+                                        "reason": "quarterly <b>drill</b>", "csrf": csrf, "next": "/drills"})
+    assert r.status_code == 200 and "dry_run drill of wuhan: APPLIED" in r.text, r.text[-1500:]
+    assert client.post("/act/drill", data={"center": "wuhan", "mode": "dry_run", "ramp": "ten",
+                                           "reason": "x", "csrf": csrf}).status_code == 400
+    # the audit search finds it, with the reason escaped
+    r = client.get("/audit?q=quarterly")
+    assert "quarterly &lt;b&gt;drill&lt;/b&gt;" in r.text and "<b>drill</b>" not in r.text
+    assert "no entry" in client.get("/audit?q=no-such-thing-anywhere").text

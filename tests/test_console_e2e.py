@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from bench.console_latency import Stage, browser, login
+from bench.console_latency import browser, login, running
 
 pytestmark = pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium not installed")
 
@@ -36,7 +36,7 @@ def dr_rows(page, branch: str):
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory):
-    with Stage(tmp_path_factory.mktemp("console")) as s:
+    with running(tmp_path_factory.mktemp("console")) as s:
         yield s
 
 

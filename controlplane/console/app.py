@@ -381,20 +381,17 @@ def build_app(console: Console) -> Callable[..., Awaitable[None]]:
 
     # ---------------------------------------------------------------- pages
 
-    @page
-    async def network(request: Request, s: Session) -> Response:
-        ctx = await console.live_context(s, "network")
-        return console.render("network.html", s, page="/", **ctx)
+    def live_page(view: str, path: str) -> Handler:
+        """A page whose main part is a live fragment, first rendered here, then pushed by /events."""
 
-    @page
-    async def wallboard(request: Request, s: Session) -> Response:
-        ctx = await console.live_context(s, "wallboard")
-        return console.render("wallboard.html", s, page="/wallboard", **ctx)
+        async def show(request: Request, s: Session) -> Response:
+            ctx = await console.live_context(s, view)
+            return console.render(f"{view}.html", s, page=path, **ctx)
 
-    @page
-    async def pending(request: Request, s: Session) -> Response:
-        ctx = await console.live_context(s, "pending")
-        return console.render("pending.html", s, page="/pending", **ctx)
+        return page(show)
+
+    network, wallboard, pending = (live_page("network", "/"), live_page("wallboard", "/wallboard"),
+                                   live_page("pending", "/pending"))
 
     @page
     async def plan_page(request: Request, s: Session) -> Response:
@@ -501,7 +498,9 @@ def build_app(console: Console) -> Callable[..., Awaitable[None]]:
         if reply.status == pb.CHANGE_STATUS_PENDING_APPROVAL:
             return f"{what}: PENDING approval by a second operator, NOT applied yet (request {request_id})"
         if reply.status == pb.CHANGE_STATUS_APPLIED:
-            where = f"plan v{reply.plan_version}" if reply.plan_version else "plan not yet published"
+            version = getattr(reply, "plan_version", None)  # a drill's answer has none of its own
+            where = ("no plan change" if version is None else f"plan v{version}" if version
+                     else "plan not yet published")
             return f"{what}: APPLIED ({where}; request {request_id})"
         raise Refused(502, f"{what}: unexpected status {reply.status}: {getattr(reply, 'message', '')}")
 
