@@ -69,6 +69,9 @@ def test_a_wrong_token_is_refused_and_pages_need_a_session(stage):
     r = client.post("/login", data={"token": "not-a-token"})
     assert r.status_code == 401 and "UNAUTHENTICATED" in r.text
     assert client.post("/login", data={"token": ""}).status_code == 400
+    # another site's page cannot log a browser in with its own token (login CSRF)
+    r = client.post("/login", data={"token": stage.tokens["alice"]}, headers={"origin": "http://evil.example"})
+    assert r.status_code == 403 and "origin" in r.text
     r = client.get("/", follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/login"
     assert client.get("/events?view=network").status_code == 401
