@@ -136,7 +136,16 @@ def test_wallboard_is_read_only_and_live(stage, chromium):
     w = login(b, stage, "victor", viewport={"width": 1920, "height": 1080})
     w.goto(stage.url + "/wallboard")
     w.locator(".tile[data-center='chengdu']").wait_for(timeout=5_000)
-    assert w.locator("form, button, nav").count() == 0
+    assert w.locator("form, button, nav").count() == 0, w.content()[:3000]
     # large type: the centre names are readable across a control room
     size = w.locator(".tile .name").first.evaluate("e => parseFloat(getComputedStyle(e).fontSize)")
-    assert size >= 30, size
+    assert size >= 30, (size, w.content()[:3000])
+    # live: an operator's request elsewhere shows on the wallboard without a reload
+    before = int(w.locator(".wall-summary").inner_text().split(" routes leave home · ")[1].split()[0])
+    a = login(b, stage, "alice")
+    a.select_option("#state-center", "beijing")
+    a.fill("#state-reason", "wallboard test: drain beijing")
+    with a.expect_navigation():
+        a.click("#btn-drain")
+    assert "PENDING approval" in a.locator(".flash").first.inner_text()
+    w.locator(".wall-summary").filter(has_text=f"· {before + 1} waiting for approval").wait_for(timeout=5_000)
