@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_chaos_parser(sub)
     add_drill_parsers(sub)
     add_certs_parser(sub)
+    from controlplane.console.cli import add_console_parser
+
+    add_console_parser(sub)
     try:
         from agents.main import add_agent_parser
     except ImportError:  # the agent package is optional on a control-plane-only install

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv with the project and its dev tools, and installs the Debian packages the tests
-# drive for real (etcd, wrk, h2load). Safe to run again: it only does what is missing.
+# drive for real (etcd, wrk, h2load, chromium). Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -12,6 +12,8 @@ command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v kamailio >/dev/null 2>&1 || need_apt+=(kamailio kamailio-utils-modules kamailio-json-modules)
+# the web console's browser test: Playwright drives Debian's chromium (no browser download)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo

@@ -1,0 +1,1 @@
+"""The operator web console (`callroute console`): see app.py."""

@@ -1,0 +1,160 @@
+"""The web console's server side without a browser: login and roles against a real control plane
+(operator tokens), the session cookie's flags, CSRF and role checks on actions, bad input named,
+bounded sessions and bodies, and the listener's TLS rule. The browser test is test_console_e2e.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from starlette.testclient import TestClient
+
+from bench.console_latency import ROOT, running
+from controlplane.console import app as console_app
+from controlplane.console.app import COOKIE, Console, build_app
+from controlplane.opcli import OperatorClient
+from controlplane.service.auth import Role
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory):
+    with running(tmp_path_factory.mktemp("console-cp"), agents=(), console=False) as s:
+        yield s
+
+
+def make_client(stage, secure: bool = False) -> tuple[Console, TestClient]:
+    console = Console(OperatorClient([stage.cp]), secure_cookie=secure)
+    return console, TestClient(build_app(console), base_url="https://testserver" if secure else "http://testserver")
+
+
+def logged_in(stage, name: str, secure: bool = False) -> tuple[Console, TestClient]:
+    console, client = make_client(stage, secure)
+    r = client.post("/login", data={"token": stage.tokens[name]}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    return console, client
+
+
+def audit_size(console: Console, stage) -> int:
+    from callroute.v1 import operator_pb2
+
+    c = console.client_for(stage.tokens["alice"])
+    return len(c.call("Audit", operator_pb2.AuditRequest(limit=10_000)).entries)
+
+
+def test_login_learns_the_role_from_the_token_and_sets_a_strict_cookie(stage):
+    console, client = make_client(stage)
+    before = audit_size(console, stage)
+    r = client.post("/login", data={"token": stage.tokens["alice"]}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    cookie = r.headers["set-cookie"].lower()
+    assert f"{COOKIE}=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    assert "secure" not in cookie  # plain HTTP on loopback: a Secure cookie would never come back
+    (s,) = console.sessions.values()
+    assert s.role == Role.OPERATOR
+    # the token is never in a page, only in this process
+    assert stage.tokens["alice"] not in client.get("/").text
+    # learning the role stored nothing: the probes are refused before any write
+    assert audit_size(console, stage) == before
+
+    console, _ = logged_in(stage, "victor", secure=True)
+    assert next(iter(console.sessions.values())).role == Role.VIEWER
+    _, tls_client = make_client(stage, secure=True)
+    r = tls_client.post("/login", data={"token": stage.tokens["bob"]}, follow_redirects=False)
+    assert "secure" in r.headers["set-cookie"].lower()
+
+
+def test_a_wrong_token_is_refused_and_pages_need_a_session(stage):
+    _, client = make_client(stage)
+    r = client.post("/login", data={"token": "not-a-token"})
+    assert r.status_code == 401 and "UNAUTHENTICATED" in r.text
+    assert client.post("/login", data={"token": ""}).status_code == 400
+    # another site's page cannot log a browser in with its own token (login CSRF)
+    r = client.post("/login", data={"token": stage.tokens["alice"]}, headers={"origin": "http://evil.example"})
+    assert r.status_code == 403 and "origin" in r.text
+    r = client.get("/", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert client.get("/events?view=network").status_code == 401
+    assert client.post("/act/state", data={"center": "wuhan"}).status_code == 401
+
+
+def test_actions_need_the_role_and_the_csrf_token_and_name_bad_fields(stage):
+    console, client = logged_in(stage, "alice")
+    csrf = next(iter(console.sessions.values())).csrf
+    good = {"center": "chengdu", "state": "drain", "reason": "test", "csrf": csrf}
+    r = client.post("/act/state", data={**good, "csrf": ""})
+    assert r.status_code == 403 and "CSRF" in r.text
+    assert client.post("/act/state", data={**good, "csrf": csrf[:-1] + "x"}).status_code == 403
+    for field, value in (("reason", "  "), ("state", "explode"), ("center", "atlantis"), ("center", "")):
+        r = client.post("/act/state", data={**good, field: value})
+        assert r.status_code == 400 and field in r.text, (field, r.status_code, r.text[-500:])
+    r = client.post("/act/state", data={**good, "reason": "x" * 2000})
+    assert r.status_code == 400 and "reason" in r.text
+    # a body far beyond any form of the console is refused before it is read
+    r = client.post("/act/state", content=b"a=" + b"x" * (console_app.MAX_BODY + 1),
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 413
+    # an admin-only action from an operator is refused by the console itself
+    r = client.post("/act/rollback", data={"version": "1", "reason": "test", "csrf": csrf})
+    assert r.status_code == 403
+
+    viewer, vclient = logged_in(stage, "victor")
+    vcsrf = next(iter(viewer.sessions.values())).csrf
+    for path in ("/act/state", "/act/approve", "/act/drill", "/act/abort", "/act/rollback"):
+        assert vclient.post(path, data={**good, "csrf": vcsrf}).status_code == 403, path
+    assert 'data-action' not in vclient.get("/").text
+
+
+def test_responses_forbid_framing_and_foreign_scripts(stage):
+    _, client = make_client(stage)
+    r = client.get("/login")
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert r.headers["x-frame-options"] == "DENY"
+    assert client.get("/static/htmx.min.js").status_code == 200  # shipped, no CDN
+
+
+def test_sessions_are_bounded_oldest_first(monkeypatch):
+    monkeypatch.setattr(console_app, "MAX_SESSIONS", 3)
+    console = Console(OperatorClient(["127.0.0.1:1"]), secure_cookie=False)
+    made = [console.new_session(console.client_for("t"), Role.VIEWER).sid for _ in range(5)]
+    assert list(console.sessions) == made[2:]
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--listen", "0.0.0.0:7480"], "--listen"),
+    (["--listen", "192.0.2.1:7480"], "--listen"),
+    (["--listen", "127.0.0.1:7480", "--tls-cert", "x.pem"], "--tls-key"),
+])
+def test_console_refuses_plain_http_off_loopback(argv, field):
+    cmd = [sys.executable, "-m", "controlplane.cli", "console", "--endpoint", "127.0.0.1:1", *argv]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and field in r.stderr, r.stderr
+
+
+def test_read_pages_and_a_dry_run_drill(stage):
+    console, client = logged_in(stage, "alice")
+    csrf = next(iter(console.sessions.values())).csrf
+    r = client.get("/plan")
+    assert r.status_code == 200 and 'id="predictions"' in r.text and "chengdu" in r.text
+    r = client.get("/explain?branch=hubei&skill=retail&caller=13800138000")
+    assert r.status_code == 200 and "plan v" in r.text and "wuhan" in r.text
+    r = client.get("/explain?branch=hubei&skill=&caller=1")
+    assert r.status_code == 400 and "skill" in r.text
+    r = client.get("/history")
+    assert r.status_code == 200 and "/plan?version=1" in r.text
+    r = client.get("/history?from=1&to=0")
+    assert r.status_code == 200 and 'id="diff"' in r.text
+    assert client.get("/history?from=x").status_code == 400
+
+    # a dry run changes no route: the console answers with the drill and lists it on /drills
+    r = client.post("/act/drill", data={"center": "wuhan", "mode": "dry_run", "ramp": "10,50", "step_s": "60",
+                                        "duration_s": "120", "abort_if_sl_below": "0.7",
+                                        "reason": "quarterly <b>drill</b>", "csrf": csrf, "next": "/drills"})
+    assert r.status_code == 200 and "dry_run drill of wuhan: APPLIED" in r.text, r.text[-1500:]
+    assert client.post("/act/drill", data={"center": "wuhan", "mode": "dry_run", "ramp": "ten",
+                                           "reason": "x", "csrf": csrf}).status_code == 400
+    # the audit search finds it, with the reason escaped
+    r = client.get("/audit?q=quarterly")
+    assert "quarterly &lt;b&gt;drill&lt;/b&gt;" in r.text and "<b>drill</b>" not in r.text
+    assert "no entry" in client.get("/audit?q=no-such-thing-anywhere").text
