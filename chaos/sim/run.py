@@ -11,6 +11,7 @@ is the same in a worker as in this process.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import queue
@@ -131,6 +132,12 @@ def _run_forked(sc: Scenario, calls: CallSet, staffing: StaffingPlan, policies: 
     ctx = multiprocessing.get_context("fork")
     updates = ctx.Queue() if progress is not None else None
     _FORK_STATE.update(scenario=sc, calls=calls, staffing=staffing, progress=updates)
+    # A forked worker inherits every object of this process, including garbage whose finalizer
+    # joins a thread (a server or browser driver another part of the process started): collected
+    # in the child, where that thread does not exist, the join spins forever (seen: a test run
+    # after the console's browser test hung 80 min). Frozen objects are never collected, so the
+    # workers leave everything they inherited alone.
+    gc.freeze()
     try:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             # the slowest policies first, so the others fill the remaining workers meanwhile
@@ -144,6 +151,7 @@ def _run_forked(sc: Scenario, calls: CallSet, staffing: StaffingPlan, policies: 
             # a worker's exception (bad input, a crash) is raised here, not lost
             return {name: f.result() for name, f in futures.items()}
     finally:
+        gc.unfreeze()
         _FORK_STATE.clear()
 
 
