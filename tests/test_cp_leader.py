@@ -23,10 +23,10 @@ from hypothesis.stateful import (
 )
 from test_cp_support import wait_for
 
+from controlplane.core.brain import MAX_PENDING_REPORTED, LeaderBrain
 from controlplane.core.health import HealthSettings
 from controlplane.core.model import AdminState, Plan, Report, SkillLoad
 from controlplane.core.topology import load_topology, topology_hash
-from controlplane.service.leader import MAX_PENDING_REPORTED, LeaderBrain
 from controlplane.store import Election, EmbeddedStore, FenceLost, Put
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -38,6 +38,7 @@ from typing import Any
 
 import msgspec
 
+from controlplane.core.brain import shed_meta
 from controlplane.core.model import (
     AdminState,
     InvalidInput,
@@ -265,11 +266,6 @@ def check_approval(pending: PendingRecord, approver: str) -> None:
 
 
 # ---------------------------------------------------------------- pure helpers on plans
-
-
-def shed_meta(shed: dict[str, float]) -> str:
-    """plan.meta["shed"] for a live drill's share: how the drill runner recognises its plan."""
-    return ",".join(f"{c}={v:g}" for c, v in sorted(shed.items()))
 
 
 def traffic_shares(plan: Plan | None, topology: Topology, center: str) -> dict[str, float]:
