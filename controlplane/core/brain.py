@@ -57,6 +57,18 @@ def _change_status(change: Any) -> Status | None:
     return None
 
 
+class ReportOutcome(msgspec.Struct, frozen=True):
+    """What one accepted report asks of the shell (`LeaderBrain.on_report`)."""
+
+    # the highest seq accepted before this report for its (center, incarnation): the agent's ack
+    prior_seq: int
+    # lookups of this report not planned on (over the center's foreign-demand allowance)
+    foreign_excess: float
+    # when the brain wants to act (publish) now: -inf at once, +inf not before its own deadline;
+    # the shell wakes its timer only if this is before the time it sleeps until
+    act_by: float
+
+
 class LeaderBrain:
     """What the leader should publish and when; fed events with `now`, returns plans as values."""
 
@@ -190,6 +202,28 @@ class LeaderBrain:
                 self.reported_folded[report.center] = self.reported_folded.get(report.center, 0) + 1
         self.dirty = True
         return changes
+
+    def on_report(self, report: Report, now: float, *, count_demand: bool) -> ReportOutcome:
+        """One report, all its effects in one place: the seq check and health (raises the
+        tracker's StaleReport), the center's own state, and its demand when the agent counts
+        lookups (`count_demand`; after the seq check, so a stale report's lookups never count)."""
+        # per incarnation: the agent resolves its own in-doubt reports with it
+        prior_seq = self.tracker.last_seq(report.center, report.incarnation) or 0
+        self.observe(report, now)
+        excess = 0.0
+        if count_demand:
+            excess = self.demand.observe(report, now)
+            if excess:
+                self.foreign_excess(report.center, excess)
+        return ReportOutcome(prior_seq, excess, self.act_by())
+
+    def act_by(self) -> float:
+        """When the brain next wants to publish, judged without the tracker's deadlines."""
+        if self.urgent:
+            return -math.inf
+        if self.dirty and not self.holding:
+            return self.last_publish_at + self.publish_interval_s
+        return math.inf
 
     def foreign_excess(self, center: str, lookups: float) -> None:
         """The demand tracker did not count `lookups` of `center`'s report (over its allowance)."""

@@ -76,14 +76,10 @@ class LeaderLoop:
     def wake(self) -> None:
         self._wake.set()
 
-    def nudge(self, brain: LeaderBrain) -> None:
-        """After a report: wake the timer only if the brain now wants to act before it would wake
+    def wake_by(self, act_by: float) -> None:
+        """After a report: wake the timer only if the brain wants to act before it would wake
         anyway (waking it per report would cost a health evaluation per report)."""
-        if brain.urgent or (
-            brain.dirty
-            and not brain.holding
-            and brain.last_publish_at + brain.publish_interval_s < self._sleep_until
-        ):
+        if act_by < self._sleep_until or act_by == -float("inf"):
             self._wake.set()
 
     def on_lost(self, reason: str) -> None:
