@@ -25,6 +25,8 @@ def _imports(tree: ast.AST) -> set[str]:
 def test_core_imports_no_io_and_reads_no_clock():
     files = sorted(CORE.glob("*.py"))
     assert len(files) >= 5
+    # the leader's and the drill's pure state machines live in the core, under this contract (#20)
+    assert {"brain.py", "drill.py"} <= {f.name for f in files}
     problems = []
     for f in files:
         tree = ast.parse(f.read_text(), filename=str(f))
@@ -48,3 +50,15 @@ def test_purity_check_catches_a_violation(tmp_path):
     # the contract itself must be able to fail
     tree = ast.parse("import asyncio\nfrom grpc import aio\n")
     assert _imports(tree) & FORBIDDEN_MODULES == {"asyncio", "grpc"}
+
+
+def test_drill_transitions_are_a_table_that_refuses_unlisted_moves():
+    import pytest
+
+    from controlplane.core.drill import TERMINAL, TRANSITIONS, BadTransition, DrillState, next_state
+
+    assert set(TRANSITIONS) == set(DrillState)
+    assert all(TRANSITIONS[s] == {} for s in TERMINAL)
+    assert next_state(DrillState.RUNNING, "near_floor") == DrillState.HELD
+    with pytest.raises(BadTransition, match="done"):
+        next_state(DrillState.DONE, "recovered")

@@ -23,10 +23,10 @@ from hypothesis.stateful import (
 )
 from test_cp_support import wait_for
 
+from controlplane.core.brain import MAX_PENDING_REPORTED, LeaderBrain
 from controlplane.core.health import HealthSettings
 from controlplane.core.model import AdminState, Plan, Report, SkillLoad
 from controlplane.core.topology import load_topology, topology_hash
-from controlplane.service.leader import MAX_PENDING_REPORTED, LeaderBrain
 from controlplane.store import Election, EmbeddedStore, FenceLost, Put
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -382,3 +382,21 @@ async def test_f2_stalled_lease_keeper_drops_leadership_before_any_further_publi
     finally:
         await cp.stop(0)
         await store.close()
+
+
+def test_on_report_returns_its_effects_as_a_value():
+    # issue #20: one report's effects in one place (seq, health, state), the shell only acts
+    from controlplane.core.health import StaleReport
+
+    b = brain()
+    out = b.on_report(report("north", 5), 0.0, count_demand=False)
+    assert out.prior_seq == 0 and out.foreign_excess == 0.0
+    assert out.act_by == -float("inf")  # a new leader publishes at once
+    b.published(b.compute(0.0, 0.0), 0.0)  # type: ignore[arg-type]
+    out = b.on_report(report("north", 6), 0.1, count_demand=False)
+    assert out.prior_seq == 5
+    assert out.act_by == pytest.approx(1.0)  # a load change: at the interval, not at once
+    with pytest.raises(StaleReport):
+        b.on_report(report("north", 6), 0.2, count_demand=False)
+    out = b.on_report(report("north", 7, state=AdminState.CLOSED), 0.3, count_demand=False)
+    assert out.act_by == -float("inf")  # the center's own close is urgent

@@ -1,15 +1,9 @@
-"""The leader's decisions (`LeaderBrain`, no I/O) and the shell that runs them (`LeaderLoop`).
+"""The leader's shell (`LeaderLoop`): it runs the pure `LeaderBrain` (controlplane/core/brain.py).
 
-`LeaderBrain` owns the health tracker and the plan tracker while this replica leads: reports,
-stream events, operator states and timer ticks go in with `now`; "publish this plan now" comes
-out. It never reads the clock, never awaits, never touches the store, so the rules (publish at
-most once per interval on load changes, at once for a close or a center going down, never a plan
-that fails `consistent()`) are tested by driving `now`.
-
-`LeaderLoop` is the thin shell: campaign, then while the lease holds run the brain's timer and
-publish through the fenced `Publisher`. Loss of the lease or a failed fence demotes at once:
-publishing stops before anything else happens, then the loss is logged and counted, then the
-replica campaigns again. Must not: publish without the fence, or keep leading after any doubt.
+Campaign, then while the lease holds run the brain's timer and publish through the fenced
+`Publisher`. Loss of the lease or a failed fence demotes at once: publishing stops before anything
+else happens, then the loss is logged and counted, then the replica campaigns again.
+Must not: publish without the fence, or keep leading after any doubt.
 """
 
 from __future__ import annotations
@@ -17,47 +11,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from typing import Any
 
 import msgspec
 
-from controlplane.core.demand import DemandSettings, DemandTracker
-from controlplane.core.health import HealthSettings, HealthSnapshot, HealthTracker
-from controlplane.core.model import AdminState, NetworkView, Plan, Report, Status, Topology
-from controlplane.core.plan import consistent
-from controlplane.core.planner import PlanTracker, reason_closed
+from controlplane.core.brain import HEALTH_METRICS_EVERY_S, LeaderBrain
+from controlplane.core.health import HealthSnapshot
+from controlplane.core.model import Plan
 from controlplane.drillreport import write_report
 from controlplane.store.base import Delete, Put, mod_revision_is
 
 from .audit import AuditRecord
-from .drills import DrillRunner, shed_meta
+from .drills import DrillRunner
 from .retention import RetentionSweeper
 from .term import Demoted
 
 log = logging.getLogger("callroute.controlplane.leader")
 
-# Causes recorded in plan.meta["cause"] (PlanHistory shows them to operators).
-CAUSE_START = "leader start"
-CAUSE_LOAD = "load change"
-CAUSE_URGENT = "center down or closed"
-CAUSE_OPERATOR = "operator change"
-CAUSE_ROLLBACK = "rollback"
-CAUSE_DRILL = "drill"
-# health gauges are refreshed at least this often (and on every change): scrapes are seconds apart
-HEALTH_METRICS_EVERY_S = 1.0
-# a center's own state changes (its ACD's emergency switch, a local drain) waiting for their audit
-# entries, kept per center while the store is unreachable: past this many, the oldest waiting are
-# folded into one "N more changes" note, so a flapping ACD cannot grow the leader without bound
-MAX_PENDING_REPORTED = 32
-# the audit entry's action for such a change; its operator is "center:<id>", the source
-ACTION_REPORTED_STATE = "center_reported_state"
-# demand a center reported for branches it does not host beyond its allowance (DemandSettings.
-# foreign_demand_factor): audited at most this often per center, with the lookups dropped since the
-# last entry, so one bad center cannot flood the audit trail (the metric counts every one)
-FOREIGN_AUDIT_EVERY_S = 60.0
-ACTION_FOREIGN_DEMAND = "foreign_demand_capped"
 # the store key (under the cluster prefix) of the operator's rollback in force; absent: none
 ROLLBACK_KEY = "rollback/hold"
 # the leader's checkpoint of the last accepted report seq per center and incarnation (B14), written
@@ -80,304 +51,6 @@ class RollbackRecord(msgspec.Struct, frozen=True):
 
 def decode_rollback(value: bytes) -> RollbackRecord:
     return msgspec.json.decode(value, type=RollbackRecord)
-
-
-def _change_status(change: Any) -> Status | None:
-    """The status a HealthChange moves to (the tracker's struct names it `new` or `status`)."""
-    for name in ("new", "status", "to"):
-        v = getattr(change, name, None)
-        if isinstance(v, Status):
-            return v
-    return None
-
-
-class LeaderBrain:
-    """What the leader should publish and when; fed events with `now`, returns plans as values."""
-
-    def __init__(
-        self,
-        topology: Topology,
-        topology_hash: str,
-        now: float,
-        *,
-        publish_interval_s: float,
-        base_version: int,
-        base_plan: Plan | None = None,
-        admin: dict[str, AdminState] | None = None,
-        leader_id: str = "",
-        term: int = 0,
-        health_settings: HealthSettings | None = None,
-        demand_settings: DemandSettings | None = None,
-    ) -> None:
-        self.topology = topology
-        self.topology_hash = topology_hash
-        self.known = frozenset(topology.center_ids())
-        self.publish_interval_s = publish_interval_s
-        self.tracker = HealthTracker(topology.center_ids(), health_settings or HealthSettings(), now)
-        self.planner = PlanTracker(topology)
-        # live calls per branch from the agents' lookup counts (reports.py feeds it); a new leader
-        # starts empty and plans on the forecast until reports arrive: the old leader's estimate
-        # is not carried over, a few report intervals rebuild it
-        self.demand = DemandTracker(topology, demand_settings or DemandSettings(), now)
-        self.version = base_version  # highest version in the store when we took over
-        self.last_plan = base_plan
-        self.admin: dict[str, AdminState] = dict(admin or {})
-        # a live drill's ramp step (center -> share of its calls moved away); set by drills.py
-        self.shed: dict[str, float] = {}
-        self.leader_id = leader_id
-        self.term = term
-        self.last_publish_at = -float("inf")
-        # a new leader publishes once at start: its view may differ from the old leader's
-        self.urgent = True
-        self.dirty = True
-        self.cause = CAUSE_START
-        # a rollback holds its routes against load-driven recomputes until the next urgent event
-        self.holding = False
-        # the operator's rollback in force (the store's rollback record, `rollback/hold`): the
-        # version whose routes to hold, 0 for none; `rollback_due` until its plan is published
-        self.rollback_to = 0
-        self.rollback_reason = ""
-        self.rollback_due = False
-        # (version, why) of a hold that ended for the network's sake: the shell removes the
-        # store's record and audits why, so operators see their rollback is no longer in force
-        self.released: tuple[int, str] | None = None
-        self._reported: dict[str, AdminState] = {}
-        # center -> [(from, to)] of state changes its reports made, oldest first, until audited
-        # (`take_reported`); `folded` counts those merged away by MAX_PENDING_REPORTED
-        self.reported_changes: dict[str, list[tuple[AdminState, AdminState]]] = {}
-        self.reported_folded: dict[str, int] = {}
-        # center -> lookups over its foreign-demand allowance not yet audited, and when it was last
-        self.foreign_dropped: dict[str, float] = {}
-        self._foreign_audited_at: dict[str, float] = {}
-
-    # ------------------------------------------------------------------ inputs
-
-    def _note_changes(self, changes: list[Any]) -> None:
-        for c in changes:
-            st = _change_status(c)
-            if st in (Status.DOWN, Status.FAILING):
-                self._urgent(CAUSE_URGENT)
-            else:
-                self.dirty = True
-
-    def _urgent(self, cause: str) -> None:
-        self.urgent = True
-        self.dirty = True
-        self.cause = cause
-        if self.rollback_to:
-            # a center going down or closing, or a drill step, outranks an operator's rollback: the
-            # held routes were right for a network that no longer exists
-            self.released = (self.rollback_to, cause)
-            self.rollback_to = 0
-            self.rollback_due = False
-        self.holding = False
-
-    def want_rollback(self, to_version: int, reason: str) -> None:
-        """The store's rollback record says: hold `to_version`'s routes (0: no rollback)."""
-        if to_version == self.rollback_to:
-            return
-        if to_version == 0:
-            self.release_rollback()
-            return
-        self.rollback_to = to_version
-        self.rollback_reason = reason
-        last = self.last_plan
-        if (
-            self.urgent
-            and self.cause == CAUSE_START
-            and last is not None
-            and last.meta.get("cause") == CAUSE_ROLLBACK
-            and last.meta.get("rollback_of") == str(to_version)
-        ):
-            # a new leader finding the rollback already published: keep holding it instead of
-            # replacing it with a fresh computation (a takeover is not a reason to end a hold)
-            self.urgent = False
-            self.dirty = False
-            self.holding = True
-            return
-        self.rollback_due = True
-
-    def release_rollback(self) -> None:
-        """The operator ended the rollback: recompute from the live view at once."""
-        if self.rollback_to or self.holding:
-            self.rollback_to = 0
-            self.rollback_due = False
-            self.holding = False
-            self.urgent = True
-            self.dirty = True
-            self.cause = CAUSE_OPERATOR
-
-    def observe(self, report: Report, now: float) -> list[Any]:
-        """An accepted report (validated by the caller). Raises the tracker's StaleReport."""
-        changes = self.tracker.observe(report, now)
-        self._note_changes(changes)
-        before = self._reported.get(report.center, AdminState.OPEN)
-        self._reported[report.center] = report.state
-        if report.state != before:
-            # the center's own emergency switch: as urgent as an operator close, and audited with
-            # its source like one (B11)
-            self._urgent(CAUSE_URGENT)
-            waiting = self.reported_changes.setdefault(report.center, [])
-            waiting.append((before, report.state))
-            if len(waiting) > MAX_PENDING_REPORTED:
-                del waiting[0]
-                self.reported_folded[report.center] = self.reported_folded.get(report.center, 0) + 1
-        self.dirty = True
-        return changes
-
-    def foreign_excess(self, center: str, lookups: float) -> None:
-        """The demand tracker did not count `lookups` of `center`'s report (over its allowance)."""
-        self.foreign_dropped[center] = self.foreign_dropped.get(center, 0.0) + lookups
-
-    def reported_audits(self, now: float) -> list[tuple[str, str, str, str]]:
-        """(center, action, reason, result) of the audit entries due: one per waiting reported state
-        change, oldest first per center, and one per center whose foreign demand was capped, at
-        most every FOREIGN_AUDIT_EVERY_S. The shell calls `reported_written(now)` once stored."""
-        out = []
-        for center in self._foreign_due(now):
-            out.append((center, ACTION_FOREIGN_DEMAND,
-                        "demand reported for branches the center does not host, beyond "
-                        "foreign_demand_factor x its own branches' forecast",
-                        f"not planned on: {self.foreign_dropped[center]:.0f} lookups"))
-        for center, waiting in self.reported_changes.items():
-            folded = self.reported_folded.get(center, 0)
-            for i, (before, after) in enumerate(waiting):
-                note = f" ({folded} earlier changes not written separately)" if i == 0 and folded else ""
-                out.append((center, ACTION_REPORTED_STATE,
-                            f"reported by the center (its ACD), was {before.value}{note}",
-                            f"{after.value} by center"))
-        return out
-
-    def reported_written(self, now: float) -> None:
-        self.reported_changes.clear()
-        self.reported_folded.clear()
-        for center in self._foreign_due(now):
-            del self.foreign_dropped[center]
-            self._foreign_audited_at[center] = now
-
-    def audits_due(self, now: float) -> bool:
-        return bool(self.reported_changes) or bool(self._foreign_due(now))
-
-    def _foreign_due(self, now: float) -> list[str]:
-        """Centers with capped foreign demand whose last audit entry is FOREIGN_AUDIT_EVERY_S old."""
-        last = self._foreign_audited_at
-        return [c for c in self.foreign_dropped if now - last.get(c, -math.inf) >= FOREIGN_AUDIT_EVERY_S]
-
-    def stream_opened(self, center: str, now: float) -> None:
-        self._note_changes(list(self.tracker.stream_opened(center, now) or ()))
-
-    def stream_closed(self, center: str, now: float) -> None:
-        self._note_changes(list(self.tracker.stream_closed(center, now) or ()))
-        self.dirty = True
-
-    def set_admin(self, admin: dict[str, AdminState]) -> None:
-        if admin != self.admin:
-            self.admin = dict(admin)
-            self._urgent(CAUSE_OPERATOR)
-
-    def set_shed(self, shed: dict[str, float], cause: str = CAUSE_DRILL) -> None:
-        if shed != self.shed:
-            self.shed = dict(shed)
-            self._urgent(cause)
-
-    def expire(self, now: float) -> list[Any]:
-        changes = list(self.tracker.expire(now) or ())
-        self._note_changes(changes)
-        return changes
-
-    # ------------------------------------------------------------------ timing
-
-    def next_wakeup(self, now: float) -> float:
-        """Monotonic time at which `tick` has something to do (tracker deadline or a due publish)."""
-        t = self.tracker.next_deadline()
-        wake = float("inf") if t is None else t
-        if self.urgent or self.rollback_due:
-            return now
-        if self.dirty and not self.holding:
-            wake = min(wake, self.last_publish_at + self.publish_interval_s)
-        return wake
-
-    def due(self, now: float) -> bool:
-        if self.urgent:
-            return True
-        return self.dirty and not self.holding and now >= self.last_publish_at + self.publish_interval_s
-
-    # ------------------------------------------------------------------ outputs
-
-    def view(self, now: float) -> NetworkView:
-        return NetworkView(health=self.tracker.view(now), admin=dict(self.admin), shed=dict(self.shed),
-                           demand=self.demand.rates(now))
-
-    def compute(
-        self, now: float, wall: float, wall_hour: float | None = None, weekday: int | None = None
-    ) -> Plan | None:
-        """The plan to publish now, or None when it would not change a route.
-
-        Raises RuntimeError when the planner produced an inconsistent plan: a bug, never published.
-        """
-        self.urgent = False
-        self.dirty = False
-        cause = self.cause
-        self.cause = CAUSE_LOAD
-        plan = self.planner.compute(self.view(now), now, self.version + 1, wall_hour, weekday)
-        if (
-            self.last_plan is not None
-            and plan.routes == self.last_plan.routes
-            and plan.closed == self.last_plan.closed
-        ):
-            return None
-        plan = msgspec.structs.replace(
-            plan,
-            created_at=wall,
-            topology_hash=self.topology_hash,
-            meta={"cause": cause, "leader": self.leader_id, "term": str(self.term)}
-            | ({"shed": shed_meta(self.shed)} if self.shed else {}),
-        )
-        errors = consistent(plan, self.topology)
-        if errors:
-            raise RuntimeError("computed plan is inconsistent: " + "; ".join(errors[:5]))
-        return plan
-
-    def rollback_plan(self, old: Plan, now: float, wall: float, reason: str) -> Plan:
-        """`old`'s routes as the next version; raises ValueError if it no longer fits (it sends
-        calls to a center that is closed or down now)."""
-        view = self.view(now)
-        closed = {c.id for c in self.topology.centers
-                  if reason_closed(view.admin.get(c.id, AdminState.OPEN), view.health.get(c.id))}
-        plan = msgspec.structs.replace(
-            old,
-            version=self.version + 1,
-            created_at=wall,
-            closed=tuple(sorted(set(old.closed) | closed)),
-            topology_hash=self.topology_hash,
-            meta={
-                "cause": CAUSE_ROLLBACK,
-                "rollback_of": str(old.version),
-                "reason": reason,
-                "leader": self.leader_id,
-                "term": str(self.term),
-            },
-        )
-        errors = consistent(plan, self.topology)
-        if errors:
-            raise ValueError("; ".join(errors[:5]))
-        return plan
-
-    def rollback_failed(self, why: str) -> None:
-        """The wanted rollback cannot be published: end it, and let the shell say so."""
-        self.released = (self.rollback_to, f"failed: {why}")
-        self.rollback_to = 0
-        self.rollback_due = False
-
-    def published(self, plan: Plan, now: float) -> None:
-        self.version = plan.version
-        self.last_plan = plan
-        self.last_publish_at = now
-        if plan.meta.get("cause") == CAUSE_ROLLBACK:
-            self.rollback_due = False
-            self.holding = True
-            self.urgent = False
-            self.dirty = False
 
 
 # ---------------------------------------------------------------- the shell
@@ -403,14 +76,10 @@ class LeaderLoop:
     def wake(self) -> None:
         self._wake.set()
 
-    def nudge(self, brain: LeaderBrain) -> None:
-        """After a report: wake the timer only if the brain now wants to act before it would wake
+    def wake_by(self, act_by: float) -> None:
+        """After a report: wake the timer only if the brain wants to act before it would wake
         anyway (waking it per report would cost a health evaluation per report)."""
-        if brain.urgent or (
-            brain.dirty
-            and not brain.holding
-            and brain.last_publish_at + brain.publish_interval_s < self._sleep_until
-        ):
+        if act_by < self._sleep_until or act_by == -float("inf"):
             self._wake.set()
 
     def on_lost(self, reason: str) -> None:

@@ -52,9 +52,6 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
         loop = cp.loop
         center = ""
         brain = leader.brain
-        # the term's tracker (LeaderBrain.demand): a new leader's starts empty and the planner
-        # keeps the forecast until reports fill it
-        demand = brain.demand
         # whether this stream's agent counts lookups: once it has sent demand, its reports without
         # any say "no lookups this interval" (zero is data); an older agent's never do, and feeding
         # them would read its branches' calls as zero instead of leaving the forecast
@@ -83,11 +80,8 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                     center = report.center
                     brain.stream_opened(center, now)
                     leader.wake()
-                # per incarnation: the agent resolves its own in-doubt reports with it, and a
-                # replica's or a predecessor's seqs say nothing about this agent's
-                prior_seq = brain.tracker.last_seq(report.center, report.incarnation) or 0
                 try:
-                    brain.observe(report, now)
+                    out = brain.on_report(report, now, count_demand=counting or bool(report.demand))
                 except StaleReport as e:
                     rejected.inc()
                     metrics.report_rejects.labels("stale").inc()
@@ -96,16 +90,12 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                 if report.demand:
                     counting = True
                     metrics.count_lookups(report.demand)
-                if counting:
-                    # after the seq check: a stale report's lookups were counted with it already;
-                    # its ids were checked against the tracker's topology by report_from_pb
-                    excess = demand.observe(report, now)
-                    if excess:
-                        # flagged, not planned on: the metric now, an audit entry at most once
-                        # a minute per center (the leader's timer writes it)
-                        metrics.foreign_demand_excess.labels(center).inc(excess)
-                        brain.foreign_excess(center, excess)
-                leader.nudge(brain)
+                if out.foreign_excess:
+                    # flagged, not planned on: the metric now, an audit entry at most once
+                    # a minute per center (the leader's timer writes it)
+                    metrics.foreign_demand_excess.labels(center).inc(out.foreign_excess)
+                leader.wake_by(out.act_by)
+                prior_seq = out.prior_seq
                 accepted.inc()
                 for target, n in report.routed_to.items():
                     if n:

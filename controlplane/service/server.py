@@ -39,10 +39,11 @@ from controlplane.convert import (
     route_batch_reply,
     route_request_from_pb,
 )
+from controlplane.core.brain import LeaderBrain
 from controlplane.core.demand import DemandSettings
 from controlplane.core.model import AdminState, InvalidInput, Plan, Topology
 
-from .leader import LeaderBrain, LeaderLoop
+from .leader import LeaderLoop
 from .metrics import ControlPlaneMetrics, serve_metrics
 from .operator import OperatorServicer
 from .planwatch import AckRecorder, PlanFeed, PlanServicer, decode_plan
