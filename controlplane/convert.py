@@ -225,6 +225,13 @@ def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] |
         if c in routed:
             raise InvalidInput("routed_to.center", c, "duplicate center")
         routed[c] = rc.calls
+    if len(msg.probes) > MAX_TARGETS_PER_REPORT:
+        raise InvalidInput("probes", len(msg.probes), f"more than {MAX_TARGETS_PER_REPORT} entries")
+    probes: dict[str, bool] = {}
+    for pr in msg.probes:
+        if pr.center in probes:
+            raise InvalidInput("probes.center", pr.center, "duplicate center")
+        probes[pr.center] = pr.reachable
     demand: dict[str, dict[str, int]] = {}
     for i, d in enumerate(msg.demand):
         # ids are checked here, per entry, so that a field name never quotes an unchecked string
@@ -238,7 +245,8 @@ def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] |
             raise InvalidInput(f"demand[{i}].skill", skill, "unknown skill")
         per_skill[skill] = d.lookups
     r = Report(center=msg.center, seq=msg.seq, sent_at=msg.sent_at, interval_s=msg.interval_s,
-               state=state, skills=skills, routed_to=routed, demand=demand, incarnation=msg.incarnation)
+               state=state, skills=skills, routed_to=routed, demand=demand, incarnation=msg.incarnation,
+               probes=probes)
     validate_report(r, known_centers, known_branches=known_branches)
     return r
 
@@ -256,11 +264,12 @@ def report_to_pb(r: Report) -> report_pb2.CenterReport:
                 for k, s in r.skills.items()],
         routed_to=[RoutedCount(center=c, calls=n) for c, n in r.routed_to.items()],
         demand=[BranchDemand(branch=b, skill=s, lookups=n)
-                for b, per_skill in r.demand.items() for s, n in per_skill.items()])
+                for b, per_skill in r.demand.items() for s, n in per_skill.items()],
+        probes=[report_pb2.ProbeResult(center=c, reachable=ok) for c, ok in r.probes.items()])
 
 
 def report_ack(seq: int, plan_version: int, error: Exception | None = None, *,
-               prior_accepted_seq: int = 0) -> report_pb2.ReportAck:
+               prior_accepted_seq: int = 0, probe: list[str] | None = None) -> report_pb2.ReportAck:
     """The answer to one report: accepted, or rejected with the reason.
 
     `error` is normally an InvalidInput (its text names field and value, and its field goes to
@@ -269,7 +278,7 @@ def report_ack(seq: int, plan_version: int, error: Exception | None = None, *,
     """
     if error is None:
         return report_pb2.ReportAck(seq=seq, accepted=True, plan_version=plan_version,
-                                    prior_accepted_seq=prior_accepted_seq)
+                                    prior_accepted_seq=prior_accepted_seq, probe=probe or ())
     return report_pb2.ReportAck(seq=seq, accepted=False, error=str(error),
                                 error_field=str(getattr(error, "field", "")), plan_version=plan_version)
 

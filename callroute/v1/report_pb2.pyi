@@ -8,13 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CenterReport(_message.Message):
-    __slots__ = ("center", "seq", "sent_at", "interval_s", "state", "incarnation", "skills", "routed_to", "demand")
+    __slots__ = ("center", "seq", "sent_at", "interval_s", "state", "incarnation", "probes", "skills", "routed_to", "demand")
     CENTER_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    PROBES_FIELD_NUMBER: _ClassVar[int]
     SKILLS_FIELD_NUMBER: _ClassVar[int]
     ROUTED_TO_FIELD_NUMBER: _ClassVar[int]
     DEMAND_FIELD_NUMBER: _ClassVar[int]
@@ -24,10 +25,11 @@ class CenterReport(_message.Message):
     interval_s: float
     state: _types_pb2.AdminState
     incarnation: int
+    probes: _containers.RepeatedCompositeFieldContainer[ProbeResult]
     skills: _containers.RepeatedCompositeFieldContainer[SkillReport]
     routed_to: _containers.RepeatedCompositeFieldContainer[RoutedCount]
     demand: _containers.RepeatedCompositeFieldContainer[BranchDemand]
-    def __init__(self, center: _Optional[str] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., incarnation: _Optional[int] = ..., skills: _Optional[_Iterable[_Union[SkillReport, _Mapping]]] = ..., routed_to: _Optional[_Iterable[_Union[RoutedCount, _Mapping]]] = ..., demand: _Optional[_Iterable[_Union[BranchDemand, _Mapping]]] = ...) -> None: ...
+    def __init__(self, center: _Optional[str] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., incarnation: _Optional[int] = ..., probes: _Optional[_Iterable[_Union[ProbeResult, _Mapping]]] = ..., skills: _Optional[_Iterable[_Union[SkillReport, _Mapping]]] = ..., routed_to: _Optional[_Iterable[_Union[RoutedCount, _Mapping]]] = ..., demand: _Optional[_Iterable[_Union[BranchDemand, _Mapping]]] = ...) -> None: ...
 
 class SkillReport(_message.Message):
     __slots__ = ("skill", "logged_in", "ready", "busy", "queued", "oldest_wait_s", "offered", "answered", "answered_within", "abandoned", "aht_s")
@@ -63,6 +65,16 @@ class RoutedCount(_message.Message):
     calls: int
     def __init__(self, center: _Optional[str] = ..., calls: _Optional[int] = ...) -> None: ...
 
+class ProbeResult(_message.Message):
+    __slots__ = ("center", "reachable", "rtt_ms")
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    RTT_MS_FIELD_NUMBER: _ClassVar[int]
+    center: str
+    reachable: bool
+    rtt_ms: float
+    def __init__(self, center: _Optional[str] = ..., reachable: _Optional[bool] = ..., rtt_ms: _Optional[float] = ...) -> None: ...
+
 class BranchDemand(_message.Message):
     __slots__ = ("branch", "skill", "lookups")
     BRANCH_FIELD_NUMBER: _ClassVar[int]
@@ -74,17 +86,19 @@ class BranchDemand(_message.Message):
     def __init__(self, branch: _Optional[str] = ..., skill: _Optional[str] = ..., lookups: _Optional[int] = ...) -> None: ...
 
 class ReportAck(_message.Message):
-    __slots__ = ("seq", "accepted", "error", "error_field", "plan_version", "prior_accepted_seq")
+    __slots__ = ("seq", "accepted", "error", "error_field", "plan_version", "prior_accepted_seq", "probe")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_FIELD_NUMBER: _ClassVar[int]
     PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
     PRIOR_ACCEPTED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    PROBE_FIELD_NUMBER: _ClassVar[int]
     seq: int
     accepted: bool
     error: str
     error_field: str
     plan_version: int
     prior_accepted_seq: int
-    def __init__(self, seq: _Optional[int] = ..., accepted: _Optional[bool] = ..., error: _Optional[str] = ..., error_field: _Optional[str] = ..., plan_version: _Optional[int] = ..., prior_accepted_seq: _Optional[int] = ...) -> None: ...
+    probe: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, seq: _Optional[int] = ..., accepted: _Optional[bool] = ..., error: _Optional[str] = ..., error_field: _Optional[str] = ..., plan_version: _Optional[int] = ..., prior_accepted_seq: _Optional[int] = ..., probe: _Optional[_Iterable[str]] = ...) -> None: ...

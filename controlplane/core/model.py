@@ -172,6 +172,9 @@ class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # the sending agent's epoch: a restarted agent (a new pod, an empty state dir) picks a newer one,
     # two replicas of a center have two; 0 is an agent from before incarnations
     incarnation: int = 0
+    # probed center -> whether this center's agent reached its agent (answers to the control
+    # plane's probe requests: health.HealthTracker's indirect probes of a silent center)
+    probes: dict[str, bool] = {}
 
 
 # limits on report contents: a report is a few hundred bytes; anything bigger is broken or hostile
@@ -239,6 +242,15 @@ def validate_report(r: Report, known_centers: frozenset[str] | set[str], *,
         if target not in known_centers:
             raise InvalidInput("routed_to.key", target, "unknown center")
         _check_count(f"routed_to[{target}]", n)
+    if len(r.probes) > MAX_TARGETS_PER_REPORT:
+        raise InvalidInput("probes", len(r.probes), f"more than {MAX_TARGETS_PER_REPORT} entries")
+    for target, ok in r.probes.items():
+        if target not in known_centers:
+            raise InvalidInput("probes.center", target, "unknown center")
+        if target == r.center:
+            raise InvalidInput("probes.center", target, "a center does not probe itself")
+        if not isinstance(ok, bool):
+            raise InvalidInput(f"probes[{target}]", ok, "must be a boolean")
     # counted before the loop: a hostile report must not cost a walk over millions of entries
     if len(r.demand) > MAX_DEMAND_ENTRIES:
         raise InvalidInput("demand", len(r.demand), f"more than {MAX_DEMAND_ENTRIES} entries")

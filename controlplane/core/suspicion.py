@@ -1,0 +1,92 @@
+"""Indirect probes of a silent center and the panic threshold (issue #16, rows F18-F20): pure rules.
+
+When a center's reports stop, the control plane cannot tell a dead center (F18) from a cut link
+between itself and the center (F19). It asks K other centers' agents to probe the silent agent (the
+indirect probe of SWIM / memberlist) and reads their answers here:
+  - every asked peer that answered says "unreachable", and at least `needed` did  -> DOWN now
+  - some peer reached it after the center went silent                             -> link cut: keep
+    its routes (stale), no DR
+  - otherwise                                                                     -> undecided: the
+    tracker's down_after_s still applies
+And when more than `panic_share` of all centers are silent together (F20), the control plane suspects
+its own network, not the centers: it freezes the plan instead of sending everyone to DR (Envoy's panic
+threshold). Pure: time comes in as `now`; no clock, I/O or asyncio.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+from controlplane.core.model import InvalidInput
+
+DOWN = "down"
+LINK_CUT = "link_cut"
+UNDECIDED = "undecided"
+
+
+class SuspicionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Indirect-probe and panic settings; every default says why it is that number."""
+
+    # two missed 0.5 s reports: one late report is jitter, and suspecting early costs only probes
+    # (nothing moves until peers confirm), which leaves time for a probe round inside the 2 s budget
+    suspect_after_s: float = 1.0
+    # peers asked per silent center: 3 is memberlist's indirect-checks default; one peer's own bad
+    # link cannot declare a center dead, and more adds probes without changing the verdict
+    probe_k: int = 3
+    # an agent's health answer on a LAN/WAN comes in tens of ms; 0.3 s is ten times that and still
+    # leaves the probe round (request on an ack, probe, early report) well inside the 2 s budget
+    probe_timeout_s: float = 0.3
+    # while a center stays silent its probes are repeated this often, so a link cut that becomes a
+    # dead center is still found fast; one report interval keeps it to a probe per peer per report
+    probe_interval_s: float = 0.5
+    # a "reachable" answer holds the center out of DOWN for this long: two probe rounds, so one lost
+    # answer does not turn a cut link into DR
+    reachable_hold_s: float = 1.0
+    # more than half the centers silent together is the control plane's own network (Envoy panics
+    # below 50% healthy): freeze the plan and alert instead of moving the country to DR
+    panic_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("suspect_after_s", "probe_timeout_s", "probe_interval_s", "reachable_hold_s"):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or not math.isfinite(v) or not 0 < v <= 3600:
+                raise InvalidInput(name, v, "must be a number in (0, 3600] seconds")
+        if not isinstance(self.probe_k, int) or not 1 <= self.probe_k <= 100:
+            raise InvalidInput("probe_k", self.probe_k, "must be an integer in [1, 100]")
+        s = self.panic_share
+        if not isinstance(s, int | float) or not math.isfinite(s) or not 0 < s < 1:
+            raise InvalidInput("panic_share", s, "must be a number in (0, 1)")
+
+
+def choose_probers(target: str, fresh: list[str], k: int) -> list[str]:
+    """Up to k reporting centers to probe `target`: the ones after it in `fresh`'s order (wrapping),
+    so each silent center gets its own peers and no one peer probes everyone."""
+    others = [c for c in fresh if c != target]
+    if not others:
+        return []
+    start = sum(target.encode()) % len(others)
+    return [others[(start + i) % len(others)] for i in range(min(k, len(others)))]
+
+
+def verdict(answers: dict[str, tuple[bool, float]], asked: list[str], silent_since: float,
+            now: float, s: SuspicionSettings) -> str:
+    """DOWN, LINK_CUT or UNDECIDED for a silent center from its peers' answers.
+
+    answers: prober -> (reachable, when the answer arrived); only answers after `silent_since` count.
+    asked: the probers asked this round; DOWN needs every one of them to have answered unreachable.
+    """
+    recent = {p: a for p, a in answers.items() if a[1] >= silent_since}
+    if any(ok and now - at <= s.reachable_hold_s for ok, at in recent.values()):
+        return LINK_CUT
+    if asked and all(p in recent and not recent[p][0] for p in asked):
+        return DOWN
+    return UNDECIDED
+
+
+def panicking(silent: int, total: int, s: SuspicionSettings) -> bool:
+    """More than panic_share of the centers silent at once: suspect our own network (F20)."""
+    if total <= 0:
+        return False
+    return silent > s.panic_share * total

@@ -1,0 +1,58 @@
+"""agents/probe.py on real loopback sockets: an answering agent, a frozen one, a closed port."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from agents.probe import probe_health
+
+
+async def _serve(answer: bool, release: asyncio.Event | None = None,
+                 done: asyncio.Event | None = None) -> tuple[asyncio.Server, int]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        if answer:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+        else:
+            assert release is not None
+            await release.wait()  # frozen: accepted by the kernel, never answered until released
+        writer.close()
+        await writer.wait_closed()
+        if done is not None:
+            done.set()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return srv, srv.sockets[0].getsockname()[1]
+
+
+def test_answering_agent_is_reachable() -> None:
+    async def run() -> tuple[bool, float]:
+        srv, port = await _serve(True)
+        async with srv:
+            return await probe_health("127.0.0.1", port, 2.0)
+    ok, _ = asyncio.run(run())
+    assert ok
+
+
+def test_frozen_agent_is_unreachable() -> None:
+    async def run() -> tuple[bool, float]:
+        release, done = asyncio.Event(), asyncio.Event()
+        srv, port = await _serve(False, release, done)
+        async with srv:
+            got = await probe_health("127.0.0.1", port, 0.2)
+            release.set()  # the handler ends before the loop does: no task left pending
+            await done.wait()
+            return got
+    ok, rtt = asyncio.run(run())
+    assert not ok and rtt == 0.2
+
+
+def test_closed_port_is_unreachable() -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    ok, _ = asyncio.run(probe_health("127.0.0.1", port, 0.5))
+    assert not ok
