@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="window start hour (default 0 for 24 h or more, else 9: the morning peak)")
     p.add_argument("--warmup", type=float, default=WARMUP_S, help="seconds simulated before the window")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seeds", type=int, default=None,
+                   help="run N seeds from --seed on; per policy the mean and 95%% interval")
     p.add_argument("--topology", default=str(DEFAULT_TOPOLOGY), help="topology YAML")
     p.add_argument("--patience", default=str(DEFAULT_PATIENCE_S),
                    help="callers' mean patience in seconds, or 'none' (nobody hangs up)")
@@ -118,6 +120,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = default_jobs() if args.jobs is None else args.jobs
         options = {"report_s": args.report_interval,
                    "publish_s": args.publish_interval}
+        if args.seeds is not None:
+            if not 1 <= args.seeds <= 100:
+                raise InvalidInput("seeds", args.seeds, "must be within [1, 100]")
+            from .seeds import aggregate
+
+            runs = []
+            for k in range(args.seeds):
+                if not args.no_progress:
+                    err.print(f"seed {args.seed + k} ({k + 1}/{args.seeds})", highlight=False)
+                runs.append(run_scenario(sc, policies, args.seed + k, bin_s=args.bin * 60, jobs=jobs,
+                                         **options))
+            print(json.dumps(aggregate(runs), indent=1))
+            return 0
         if args.no_progress:
             run = run_scenario(sc, policies, args.seed, bin_s=args.bin * 60, jobs=jobs, **options)
         else:

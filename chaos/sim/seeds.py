@@ -1,0 +1,52 @@
+"""Several seeds of one scenario: per policy the mean and a 95% interval across seeds (issue 17).
+
+A single seed is one draw of the calls; a claim about a policy rests on the spread across draws.
+The interval is Student's t over the per-seed values (the seeds are independent draws).
+Pure computation over ScenarioRun results: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+
+from .run import ScenarioRun
+
+# two-sided 97.5% quantiles of Student's t by degrees of freedom (1..30); beyond, the normal's
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+         2.052, 2.048, 2.045, 2.042)
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high); one value gives a zero-width interval (nothing is known of the spread)."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not xs:
+        return math.nan, math.nan, math.nan
+    m = statistics.fmean(xs)
+    if len(xs) < 2:
+        return m, m, m
+    df = len(xs) - 1
+    t = _T975[df - 1] if df <= len(_T975) else 1.960
+    half = t * statistics.stdev(xs) / math.sqrt(len(xs))
+    return m, m - half, m + half
+
+
+def aggregate(runs: Sequence[ScenarioRun]) -> dict[str, object]:
+    """The `--seeds N` JSON: scenario, seeds, and per policy the means and service-level interval."""
+    if not runs:
+        raise ValueError("no runs to aggregate")
+    names = list(runs[0].metrics)
+    policies: dict[str, object] = {}
+    for name in names:
+        ms = [r.metrics[name] for r in runs]
+        sl, lo, hi = mean_ci95([m.service_level for m in ms])
+        policies[name] = {
+            "service_level": sl, "service_level_ci95": [lo, hi],
+            "answer_rate": mean_ci95([m.answer_rate for m in ms])[0],
+            "abandon_rate": mean_ci95([m.abandon_rate for m in ms])[0],
+            "mean_wait_s": mean_ci95([m.mean_wait_s for m in ms])[0],
+            "per_seed_service_level": [m.service_level for m in ms],
+        }
+    return {"scenario": runs[0].scenario.name, "seeds": [r.seed for r in runs], "policies": policies}
