@@ -26,6 +26,8 @@ import msgspec
 from controlplane.core.demand import DemandSettings, DemandTracker
 from controlplane.core.health import HealthSettings, HealthSnapshot, HealthTracker
 from controlplane.core.model import AdminState, NetworkView, Plan, Report, Status, Topology
+from controlplane.core.calendar import Calendar, holiday_overrides, local_clock
+from controlplane.core.overrides import Override, apply_overrides
 from controlplane.core.plan import consistent
 from controlplane.core.planner import PlanTracker, reason_closed
 from controlplane.drillreport import write_report
@@ -33,6 +35,7 @@ from controlplane.store.base import Delete, Put, mod_revision_is
 
 from .audit import AuditRecord
 from .drills import DrillRunner, shed_meta
+from .overrides import watch_overrides
 from .retention import RetentionSweeper
 from .term import Demoted
 
@@ -149,6 +152,11 @@ class LeaderBrain:
         # center -> lookups over its foreign-demand allowance not yet audited, and when it was last
         self.foreign_dropped: dict[str, float] = {}
         self._foreign_audited_at: dict[str, float] = {}
+        # operators' traffic overrides in force (overrides/ in the store; service/overrides.py)
+        self.overrides: dict[str, Override] = {}
+        # the network's time zone, holidays and holiday hosting (core/calendar.py); None: the host's
+        # local time, as before calendars
+        self.calendar: Calendar | None = None
 
     # ------------------------------------------------------------------ inputs
 
@@ -275,6 +283,11 @@ class LeaderBrain:
             self.admin = dict(admin)
             self._urgent(CAUSE_OPERATOR)
 
+    def set_overrides(self, overrides: dict[str, Override]) -> None:
+        if overrides != self.overrides:
+            self.overrides = dict(overrides)
+            self._urgent(CAUSE_OPERATOR)
+
     def set_shed(self, shed: dict[str, float], cause: str = CAUSE_DRILL) -> None:
         if shed != self.shed:
             self.shed = dict(shed)
@@ -320,6 +333,9 @@ class LeaderBrain:
         cause = self.cause
         self.cause = CAUSE_LOAD
         plan = self.planner.compute(self.view(now), now, self.version + 1, wall_hour, weekday)
+        ovs = [*self.overrides.values(), *(holiday_overrides(self.calendar, wall) if self.calendar else ())]
+        if ovs:
+            plan = apply_overrides(plan, ovs, self.topology)
         if (
             self.last_plan is not None
             and plan.routes == self.last_plan.routes
@@ -330,7 +346,7 @@ class LeaderBrain:
             plan,
             created_at=wall,
             topology_hash=self.topology_hash,
-            meta={"cause": cause, "leader": self.leader_id, "term": str(self.term)}
+            meta=plan.meta | {"cause": cause, "leader": self.leader_id, "term": str(self.term)}
             | ({"shed": shed_meta(self.shed)} if self.shed else {}),
         )
         errors = consistent(plan, self.topology)
@@ -491,6 +507,7 @@ class LeaderLoop:
             tg.create_task(self._heartbeat(election))
             tg.create_task(cp.watch_admin(self))
             tg.create_task(self._watch_rollback())
+            tg.create_task(watch_overrides(cp, self))
             tg.create_task(drills.run())
             tg.create_task(RetentionSweeper(cp, self, election).run())
 
@@ -644,8 +661,13 @@ class LeaderLoop:
     async def _publish_once(self, election: Any, brain: LeaderBrain, now: float) -> None:
         cp = self.cp
         t0 = time.perf_counter()
-        lt = time.localtime()
-        plan = brain.compute(now, time.time(), lt.tm_hour + lt.tm_min / 60.0, lt.tm_wday + 1)
+        wall = time.time()
+        if brain.calendar is not None:
+            hour, weekday, _ = local_clock(brain.calendar, wall)
+        else:
+            lt = time.localtime(wall)
+            hour, weekday = lt.tm_hour + lt.tm_min / 60.0, lt.tm_wday + 1
+        plan = brain.compute(now, wall, hour, weekday)
         cp.metrics.plan_compute.observe(time.perf_counter() - t0)
         if plan is not None:
             await self.publish(election, brain, plan)
