@@ -35,6 +35,7 @@ from controlplane.store.base import Delete, Put, mod_revision_is
 
 from .audit import AuditRecord
 from .drills import DrillRunner, shed_meta
+from .calendars import watch_calendar
 from .overrides import watch_overrides
 from .retention import RetentionSweeper
 from .term import Demoted
@@ -508,6 +509,7 @@ class LeaderLoop:
             tg.create_task(cp.watch_admin(self))
             tg.create_task(self._watch_rollback())
             tg.create_task(watch_overrides(cp, self))
+            tg.create_task(watch_calendar(cp, self))
             tg.create_task(drills.run())
             tg.create_task(RetentionSweeper(cp, self, election).run())
 

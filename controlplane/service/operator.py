@@ -47,7 +47,7 @@ from controlplane.core.model import AdminState, InvalidInput, NetworkView, Plan,
 from controlplane.core.plan import diff_plans, explain, find_route, moves_traffic_off_open_center
 from controlplane.store.base import Delete, Get, Put, key_missing, mod_revision_is
 
-from . import overrides
+from . import calendars, overrides
 from .audit import AuditRecord, RequestRecord
 
 log = logging.getLogger("callroute.controlplane.operator")
@@ -1056,3 +1056,9 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
 
     async def ClearOverride(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         return await overrides.clear_override(self, request, context)
+
+    async def SetCalendar(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await calendars.set_calendar(self, request, context)
+
+    async def GetCalendar(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await calendars.get_calendar(self, request, context)
