@@ -27,7 +27,9 @@ from callroute.v1 import operator_pb2, operator_pb2_grpc
 
 SMALL = ROOT / "examples" / "small.yaml"
 CENTERS = ("north", "south", "west")
-ROUTE = "/v1/route?branch=guangdong&skill=retail&caller={}"
+# probe=1: answered exactly as a switch would be, but not counted as a call: the thousands of
+# lookups that sample shares would otherwise be a surge on south's simulated ACD (and overflow it)
+ROUTE = "/v1/route?branch=guangdong&skill=retail&probe=1&caller={}"
 
 
 class Lookups(threading.Thread):
@@ -65,6 +67,16 @@ def _share_moved(port: int, n: int = 400) -> float:
     return away / n
 
 
+def _answers(port: int) -> str:
+    from collections import Counter
+
+    seen = Counter()
+    for k in range(100):
+        body = http_get(port, ROUTE.format(13900000000 + k * 7919))[1]
+        seen[(body["center"], body["plan_version"], body.get("reason", "")[:50])] += 1  # type: ignore[index]
+    return repr(seen.most_common())
+
+
 def _serving(port: int, version: int) -> bool:
     st, body = http_get(port, ROUTE.format(13800138000))
     return st == 200 and isinstance(body, dict) and body.get("plan_version", 0) >= version
@@ -93,6 +105,10 @@ def network(etcd_private, tmp_path):
         for a in agents.values():
             a.wait_listening()
             poll(lambda a=a: http_get(a.http_port, "/healthz")[0] == 200, 30, what="plan served")
+        # the network settles: every center reporting (on a loaded machine an agent can miss the
+        # first 6 s and be planned DOWN), guangdong's calls at home
+        poll(lambda: all(_share_moved(a.http_port, 50) == 0.0 for a in agents.values()), 30, every_s=0.2,
+             what="guangdong retail at home on every agent")
         yield f"127.0.0.1:{port}", agents, cp
     finally:
         for a in agents.values():
@@ -113,10 +129,9 @@ def test_override_in_three_approved_steps_followed_live_by_every_agent_then_expi
     chan = grpc.insecure_channel(addr)
     ops = operator_pb2_grpc.OperatorServiceStub(chan)
     lookups = Lookups(ports)
-    lookups.start()
     figures: dict[str, list[float]] = {"step_to_all_agents_s": [], "expiry_to_all_agents_home_s": []}
     try:
-        assert _share_moved(ports[0], 200) == 0.0
+        lookups.start()
         ttl = 3600.0
         for step, share in enumerate((0.1, 0.2, 0.3), 1):
             if step == 3:
@@ -141,7 +156,7 @@ def test_override_in_three_approved_steps_followed_live_by_every_agent_then_expi
                 poll(lambda p=p: _serving(p, a.plan_version), 10, every_s=0.01, what=f"agent {p} on step {step}")
             figures["step_to_all_agents_s"].append(time.monotonic() - t0)
             for p in ports:
-                assert _share_moved(p) == pytest.approx(share, abs=0.07), (step, p)
+                assert _share_moved(p) == pytest.approx(share, abs=0.07), (step, p, _answers(p))
         listed = ops.ListOverrides(operator_pb2.ListOverridesRequest(), timeout=10)
         assert [o.override.share for o in listed.overrides] == [0.3] and listed.overrides[0].in_plan
         ex = ops.Explain(operator_pb2.ExplainRequest(branch="guangdong", skill="retail", caller="13800138000"),
@@ -201,7 +216,8 @@ def test_bad_override_is_refused_naming_field_and_value_and_clear_needs_no_secon
         assert c.status == operator_pb2.CHANGE_STATUS_APPLIED and c.plan_version > a.plan_version, c
         port = agents["north"].http_port
         poll(lambda: _serving(port, c.plan_version), 10, what="north on the cleared plan")
-        assert _share_moved(port, 200) == 0.0
+        assert _share_moved(port, 200) == 0.0, str(ops.Explain(operator_pb2.ExplainRequest(
+            branch="guangdong", skill="retail", caller="13800138000"), timeout=10))
         with pytest.raises(grpc.RpcError) as e:
             ops.ClearOverride(operator_pb2.ClearOverrideRequest(id="gd", operator="alice", reason="again"),
                               timeout=10)
