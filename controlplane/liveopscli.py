@@ -38,7 +38,7 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_share(value: str) -> float:
-    """"10%" or "0.1" -> 0.1."""
+    """ "10%" or "0.1" -> 0.1."""
     v = value.strip()
     try:
         share = float(v[:-1]) / 100.0 if v.endswith("%") else float(v)
@@ -50,7 +50,7 @@ def parse_share(value: str) -> float:
 
 
 def parse_duration(value: str) -> float:
-    """"90s", "30m", "2h", "1d" or plain seconds."""
+    """ "90s", "30m", "2h", "1d" or plain seconds."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*", value)
     if not m:
         raise InvalidInput("--for", value, "must be a duration like 90s, 30m, 2h or 1d")
@@ -58,7 +58,9 @@ def parse_duration(value: str) -> float:
 
 
 def _spec_text(o: Any) -> str:
-    scope = ", ".join(f"{k} {v}" for k, v in (("branch", o.branch), ("skill", o.skill), ("center", o.center)) if v)
+    scope = ", ".join(
+        f"{k} {v}" for k, v in (("branch", o.branch), ("skill", o.skill), ("center", o.center)) if v
+    )
     return f"{o.id}: {o.share:.0%} of {scope} to {', '.join(o.to)}"
 
 
@@ -70,17 +72,32 @@ def cmd_override_set(args: argparse.Namespace) -> int:
     if not args.reason.strip():
         raise InvalidInput("--reason", args.reason, "required: say why (it goes to the audit trail)")
     to = [c.strip() for c in args.to.split(",") if c.strip()]
-    spec = operator_pb2.OverrideSpec(id=args.id, branch=args.branch, skill=args.skill, center=args.center,
-                                     share=parse_share(args.share), to=to, ttl_s=parse_duration(args.for_))
+    spec = operator_pb2.OverrideSpec(
+        id=args.id,
+        branch=args.branch,
+        skill=args.skill,
+        center=args.center,
+        share=parse_share(args.share),
+        to=to,
+        ttl_s=parse_duration(args.for_),
+    )
     operator = _operator(args)
     request_id = args.request_id or str(uuid.uuid4())
     check_id("--request-id", request_id)
     args.request_id_used = request_id
     client = _client(args)
     try:
-        reply = client.call("SetOverride", operator_pb2.SetOverrideRequest(
-            override=spec, operator=operator, reason=args.reason, request_id=request_id,
-            force=args.force, dry_run=args.dry_run))
+        reply = client.call(
+            "SetOverride",
+            operator_pb2.SetOverrideRequest(
+                override=spec,
+                operator=operator,
+                reason=args.reason,
+                request_id=request_id,
+                force=args.force,
+                dry_run=args.dry_run,
+            ),
+        )
     finally:
         client.close()
     if args.json:
@@ -88,8 +105,10 @@ def cmd_override_set(args: argparse.Namespace) -> int:
     else:
         out.write(printable(reply.message) + "\n")
         for i in reply.impact:
-            out.write(f"  receiver {i.center}/{i.skill}: predicted {i.service_level:.1%} "
-                      f"({i.load_erlangs:g} E on {i.agents} agents)\n")
+            out.write(
+                f"  receiver {i.center}/{i.skill}: predicted {i.service_level:.1%} "
+                f"({i.load_erlangs:g} E on {i.agents} agents)\n"
+            )
         if reply.status == operator_pb2.CHANGE_STATUS_PENDING_APPROVAL:
             out.write(f"  PENDING: approve with: callroute approve {reply.request_id or request_id}\n")
         if reply.audit_id:
@@ -114,10 +133,14 @@ def cmd_override_list(args: argparse.Namespace) -> int:
     if not reply.overrides:
         out.write(f"no overrides in force (plan {reply.plan_version})\n")
     for o in reply.overrides:
-        out.write(printable(f"{_spec_text(o.override)}; by {o.operator}: {o.reason}; set {_when(o.set_at)}, "
-                            f"expires {_when(o.expires_at)}; "
-                            + (f"in plan {reply.plan_version}" if o.in_plan else "NOT in the current plan"))
-                  + "\n")
+        out.write(
+            printable(
+                f"{_spec_text(o.override)}; by {o.operator}: {o.reason}; set {_when(o.set_at)}, "
+                f"expires {_when(o.expires_at)}; "
+                + (f"in plan {reply.plan_version}" if o.in_plan else "NOT in the current plan")
+            )
+            + "\n"
+        )
     return EXIT_OK
 
 
@@ -134,8 +157,12 @@ def cmd_override_clear(args: argparse.Namespace) -> int:
     args.request_id_used = request_id
     client = _client(args)
     try:
-        reply = client.call("ClearOverride", operator_pb2.ClearOverrideRequest(
-            id=args.id, operator=operator, reason=args.reason, request_id=request_id))
+        reply = client.call(
+            "ClearOverride",
+            operator_pb2.ClearOverrideRequest(
+                id=args.id, operator=operator, reason=args.reason, request_id=request_id
+            ),
+        )
     finally:
         client.close()
     if args.json:
@@ -148,7 +175,9 @@ def cmd_override_clear(args: argparse.Namespace) -> int:
 def add_override_parsers(sub: Any) -> None:
     p = sub.add_parser("override", help="traffic overrides: move a share of calls, with an expiry")
     osub = p.add_subparsers(dest="override_command", required=True)
-    sp = osub.add_parser("set", help="move a share of a branch's, skill's or center's calls (same id: a step)")
+    sp = osub.add_parser(
+        "set", help="move a share of a branch's, skill's or center's calls (same id: a step)"
+    )
     sp.add_argument("id", metavar="ID")
     sp.add_argument("--branch", default="")
     sp.add_argument("--skill", default="")
@@ -156,7 +185,9 @@ def add_override_parsers(sub: Any) -> None:
     sp.add_argument("--share", required=True, help="e.g. 10%% or 0.1")
     sp.add_argument("--to", required=True, help="receiving centers, comma-separated (split equally)")
     sp.add_argument("--for", dest="for_", required=True, help="expiry, e.g. 30m, 2h, 1d")
-    sp.add_argument("--force", action="store_true", help="even when a receiver's predicted SL is below target")
+    sp.add_argument(
+        "--force", action="store_true", help="even when a receiver's predicted SL is below target"
+    )
     sp.add_argument("--dry-run", action="store_true", help="validate and predict only")
     _change(sp)
     _common(sp)
@@ -200,8 +231,12 @@ def cmd_calendar_set(args: argparse.Namespace) -> int:
     args.request_id_used = request_id
     client = _client(args)
     try:
-        reply = client.call("SetCalendar", operator_pb2.SetCalendarRequest(
-            calendar_json=body, operator=operator, reason=args.reason, request_id=request_id))
+        reply = client.call(
+            "SetCalendar",
+            operator_pb2.SetCalendarRequest(
+                calendar_json=body, operator=operator, reason=args.reason, request_id=request_id
+            ),
+        )
     finally:
         client.close()
     if args.json:
@@ -220,7 +255,9 @@ def cmd_calendar_show(args: argparse.Namespace) -> int:
         reply = client.call("GetCalendar", operator_pb2.GetCalendarRequest())
     finally:
         client.close()
-    out.write(printable(reply.calendar_json or "no calendar set (the leader uses its host's local time)") + "\n")
+    out.write(
+        printable(reply.calendar_json or "no calendar set (the leader uses its host's local time)") + "\n"
+    )
     return EXIT_OK
 
 

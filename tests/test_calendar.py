@@ -16,8 +16,9 @@ from controlplane.service.leader import LeaderBrain
 
 ROOT = Path(__file__).resolve().parent.parent
 NATIONAL = load_topology(ROOT / "examples" / "national.yaml")
-NATIONAL_DAY = Calendar(holidays=("2026-10-01", "2026-10-02"),
-                        holiday_hosting={"ningxia": "chengdu", "qinghai": "chengdu"})
+NATIONAL_DAY = Calendar(
+    holidays=("2026-10-01", "2026-10-02"), holiday_hosting={"ningxia": "chengdu", "qinghai": "chengdu"}
+)
 
 
 def _wall(y: int, mo: int, d: int, h: int, mi: int = 0, offset_h: float = 8.0) -> float:
@@ -36,13 +37,16 @@ def test_local_clock_is_the_networks_zone_not_the_hosts():
     assert local_clock(NATIONAL_DAY, _wall(2026, 10, 1, 12))[1:] == (7, True)
 
 
-@pytest.mark.parametrize(("cal", "field", "value"), [
-    (Calendar(utc_offset_h=30.0), "utc_offset_h", "30.0"),
-    (Calendar(holidays=("2026-13-01",)), "holidays[0]", "2026-13-01"),
-    (Calendar(holiday_weekday=9), "holiday_weekday", "9"),
-    (Calendar(holiday_hosting={"atlantis": "chengdu"}), "holiday_hosting.atlantis", "atlantis"),
-    (Calendar(holiday_hosting={"ningxia": "mars"}), "holiday_hosting.ningxia", "mars"),
-])
+@pytest.mark.parametrize(
+    ("cal", "field", "value"),
+    [
+        (Calendar(utc_offset_h=30.0), "utc_offset_h", "30.0"),
+        (Calendar(holidays=("2026-13-01",)), "holidays[0]", "2026-13-01"),
+        (Calendar(holiday_weekday=9), "holiday_weekday", "9"),
+        (Calendar(holiday_hosting={"atlantis": "chengdu"}), "holiday_hosting.atlantis", "atlantis"),
+        (Calendar(holiday_hosting={"ningxia": "mars"}), "holiday_hosting.ningxia", "mars"),
+    ],
+)
 def test_a_bad_calendar_names_field_and_value(cal, field, value):
     with pytest.raises(InvalidInput) as e:
         check_calendar(cal, NATIONAL)

@@ -21,27 +21,37 @@ SMALL = load_topology(ROOT / "examples" / "small.yaml")
 
 
 def _ov(**kw) -> Override:
-    base = dict(id="gd-retail", share=0.3, to=("chengdu", "hefei"), branch="guangdong", skill="retail",
-                ttl_s=3600.0, reason="typhoon")
+    base = dict(
+        id="gd-retail",
+        share=0.3,
+        to=("chengdu", "hefei"),
+        branch="guangdong",
+        skill="retail",
+        ttl_s=3600.0,
+        reason="typhoon",
+    )
     return Override(**(base | kw))
 
 
-@pytest.mark.parametrize(("kw", "field", "value"), [
-    ({"share": 0.0}, "share", "0.0"),
-    ({"share": 1.5}, "share", "1.5"),
-    ({"share": float("nan")}, "share", "nan"),
-    ({"ttl_s": 0.0}, "ttl_s", "0.0"),
-    ({"ttl_s": 1e9}, "ttl_s", "1000000000.0"),
-    ({"branch": "atlantis"}, "branch", "atlantis"),
-    ({"skill": "astrology"}, "skill", "astrology"),
-    ({"to": ("chengdu", "mars")}, "to[1]", "mars"),
-    ({"to": ("chengdu", "chengdu")}, "to[1]", "chengdu"),
-    ({"to": ("guangzhou",)}, "to[0]", "guangzhou"),  # the branch's own home
-    ({"to": ()}, "to", "[]"),
-    ({"branch": "", "skill": "", "center": ""}, "branch", "''"),
-    ({"id": "a/b"}, "id", "a/b"),
-    ({"center": "guangzhou", "branch": "", "to": ("guangzhou",)}, "to[0]", "guangzhou"),
-])
+@pytest.mark.parametrize(
+    ("kw", "field", "value"),
+    [
+        ({"share": 0.0}, "share", "0.0"),
+        ({"share": 1.5}, "share", "1.5"),
+        ({"share": float("nan")}, "share", "nan"),
+        ({"ttl_s": 0.0}, "ttl_s", "0.0"),
+        ({"ttl_s": 1e9}, "ttl_s", "1000000000.0"),
+        ({"branch": "atlantis"}, "branch", "atlantis"),
+        ({"skill": "astrology"}, "skill", "astrology"),
+        ({"to": ("chengdu", "mars")}, "to[1]", "mars"),
+        ({"to": ("chengdu", "chengdu")}, "to[1]", "chengdu"),
+        ({"to": ("guangzhou",)}, "to[0]", "guangzhou"),  # the branch's own home
+        ({"to": ()}, "to", "[]"),
+        ({"branch": "", "skill": "", "center": ""}, "branch", "''"),
+        ({"id": "a/b"}, "id", "a/b"),
+        ({"center": "guangzhou", "branch": "", "to": ("guangzhou",)}, "to[0]", "guangzhou"),
+    ],
+)
 def test_a_bad_override_is_refused_naming_field_and_value(kw, field, value):
     with pytest.raises(InvalidInput) as e:
         check_override(_ov(**kw), NATIONAL)
@@ -70,8 +80,11 @@ def test_thirty_percent_of_guangdong_retail_moves_to_two_named_centers():
 def test_a_center_scope_moves_every_route_it_hosts_and_a_skill_scope_every_branch():
     plan = compute_plan(SMALL)
     after = apply_overrides(plan, [Override("n", 0.5, ("west",), center="north", ttl_s=60.0)], SMALL)
-    moved = {(r.branch, r.skill) for r in after.routes if any(t.center == "west" for t in r.targets)
-             and r.home == "north"}
+    moved = {
+        (r.branch, r.skill)
+        for r in after.routes
+        if any(t.center == "west" for t in r.targets) and r.home == "north"
+    }
     assert moved == {(b, s) for b in ("beijing", "hebei") for s in ("retail", "credit_card", "corporate")}
     after = apply_overrides(plan, [Override("s", 0.2, ("north",), skill="corporate", ttl_s=60.0)], SMALL)
     for r in after.routes:
@@ -129,8 +142,11 @@ def test_the_brain_publishes_at_once_on_an_override_and_drops_it_when_cleared():
     p2 = b.compute(0.1, 1000.1)
     assert p2 is not None and p2.meta["overrides"] == "gd=0.1" and p2.meta["cause"] == CAUSE_OPERATOR
     r = find_route(p2, "guangdong", "retail")
-    assert r is not None and {t.center: t.weight for t in r.targets} == {"south": 0.9, "north": 0.05,
-                                                                         "west": 0.05}
+    assert r is not None and {t.center: t.weight for t in r.targets} == {
+        "south": 0.9,
+        "north": 0.05,
+        "west": 0.05,
+    }
     b.published(p2, 0.1)
     b.set_overrides({})  # expired (its lease) or cleared: back home at once
     assert b.due(0.2)

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import pytest
@@ -89,11 +88,29 @@ def network(etcd_private, tmp_path):
     port, mport = free_port(), free_port()
     log = open(tmp_path / "cp.log", "wb")  # noqa: SIM115 - closed below
     cp = subprocess.Popen(
-        [sys.executable, "-m", "controlplane.service", "--topology", str(SMALL), "--store", etcd_private.url,
-         "--listen", f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{mport}", "--config", str(cfg),
-         "--port-file", str(tmp_path / "cp.ports")],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "controlplane.service",
+            "--topology",
+            str(SMALL),
+            "--store",
+            etcd_private.url,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--metrics",
+            f"127.0.0.1:{mport}",
+            "--config",
+            str(cfg),
+            "--port-file",
+            str(tmp_path / "cp.ports"),
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     agents: dict[str, AgentProc] = {}
     try:
         poll(lambda: (tmp_path / "cp.ports").exists() or cp.poll() is not None, 30, what="control plane")
@@ -107,8 +124,12 @@ def network(etcd_private, tmp_path):
             poll(lambda a=a: http_get(a.http_port, "/healthz")[0] == 200, 30, what="plan served")
         # the network settles: every center reporting (on a loaded machine an agent can miss the
         # first 6 s and be planned DOWN), guangdong's calls at home
-        poll(lambda: all(_share_moved(a.http_port, 50) == 0.0 for a in agents.values()), 30, every_s=0.2,
-             what="guangdong retail at home on every agent")
+        poll(
+            lambda: all(_share_moved(a.http_port, 50) == 0.0 for a in agents.values()),
+            30,
+            every_s=0.2,
+            what="guangdong retail at home on every agent",
+        )
         yield f"127.0.0.1:{port}", agents, cp
     finally:
         for a in agents.values():
@@ -136,15 +157,26 @@ def test_override_in_three_approved_steps_followed_live_by_every_agent_then_expi
         for step, share in enumerate((0.1, 0.2, 0.3), 1):
             if step == 3:
                 ttl = 6.0  # the last step expires on its own
-            spec = operator_pb2.OverrideSpec(id="gd-retail", branch="guangdong", skill="retail", share=share,
-                                             to=["north", "west"], ttl_s=ttl)
-            r = ops.SetOverride(operator_pb2.SetOverrideRequest(
-                override=spec, operator="alice", reason=f"typhoon step {step}", request_id=f"gd-{step}"),
-                timeout=10)
+            spec = operator_pb2.OverrideSpec(
+                id="gd-retail",
+                branch="guangdong",
+                skill="retail",
+                share=share,
+                to=["north", "west"],
+                ttl_s=ttl,
+            )
+            r = ops.SetOverride(
+                operator_pb2.SetOverrideRequest(
+                    override=spec, operator="alice", reason=f"typhoon step {step}", request_id=f"gd-{step}"
+                ),
+                timeout=10,
+            )
             assert r.status == operator_pb2.CHANGE_STATUS_PENDING_APPROVAL, r
             assert "moves calls off open south" in r.message
             with pytest.raises(grpc.RpcError) as e:
-                ops.Approve(operator_pb2.ApproveRequest(request_id=f"gd-{step}", approver="alice"), timeout=10)
+                ops.Approve(
+                    operator_pb2.ApproveRequest(request_id=f"gd-{step}", approver="alice"), timeout=10
+                )
             assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert _share_moved(ports[0], 100) == pytest.approx(share - 0.1, abs=0.08)  # not yet moved
             a = ops.Approve(operator_pb2.ApproveRequest(request_id=f"gd-{step}", approver="bob"), timeout=10)
@@ -153,26 +185,39 @@ def test_override_in_three_approved_steps_followed_live_by_every_agent_then_expi
             assert a.plan_version > 0, a.message
             applied_at = time.monotonic()
             for p in ports:
-                poll(lambda p=p: _serving(p, a.plan_version), 10, every_s=0.01, what=f"agent {p} on step {step}")
+                poll(
+                    lambda p=p, v=a.plan_version: _serving(p, v),
+                    10,
+                    every_s=0.01,
+                    what=f"agent {p} on step {step}",
+                )
             figures["step_to_all_agents_s"].append(time.monotonic() - t0)
             for p in ports:
                 assert _share_moved(p) == pytest.approx(share, abs=0.07), (step, p, _answers(p))
         listed = ops.ListOverrides(operator_pb2.ListOverridesRequest(), timeout=10)
         assert [o.override.share for o in listed.overrides] == [0.3] and listed.overrides[0].in_plan
-        ex = ops.Explain(operator_pb2.ExplainRequest(branch="guangdong", skill="retail", caller="13800138000"),
-                         timeout=10)
+        ex = ops.Explain(
+            operator_pb2.ExplainRequest(branch="guangdong", skill="retail", caller="13800138000"), timeout=10
+        )
         assert "override gd-retail: 30% to north, west" in str(ex)
 
         # expiry: the store's lease removes it; the leader republishes; the agents go home
-        poll(lambda: all(_share_moved(p, 100) == 0.0 for p in ports), 30, every_s=0.05,
-             what="every agent home again after expiry")
+        poll(
+            lambda: all(_share_moved(p, 100) == 0.0 for p in ports),
+            30,
+            every_s=0.05,
+            what="every agent home again after expiry",
+        )
         figures["expiry_to_all_agents_home_s"].append(time.monotonic() - applied_at - ttl)
         assert not ops.ListOverrides(operator_pb2.ListOverridesRequest(), timeout=10).overrides
 
         audit = ops.Audit(operator_pb2.AuditRequest(), timeout=10).entries
         sets = [x for x in audit if x.action == "set_override" and x.result.startswith("applied")]
         assert [x.result.split(" of ")[0] for x in sets] == [
-            "applied: none -> 10%", "applied: 10% -> 20%", "applied: 20% -> 30%"]
+            "applied: none -> 10%",
+            "applied: 10% -> 20%",
+            "applied: 20% -> 30%",
+        ]
         assert all("to north, west" in x.result and x.target == "override/gd-retail" for x in sets)
         assert sum(x.action == "approve" for x in audit) == 3
     finally:
@@ -194,33 +239,50 @@ def test_bad_override_is_refused_naming_field_and_value_and_clear_needs_no_secon
     chan = grpc.insecure_channel(addr)
     ops = operator_pb2_grpc.OperatorServiceStub(chan)
     try:
-        bad = operator_pb2.OverrideSpec(id="x", branch="guangdong", skill="retail", share=0.1, to=["mars"],
-                                        ttl_s=60)
+        bad = operator_pb2.OverrideSpec(
+            id="x", branch="guangdong", skill="retail", share=0.1, to=["mars"], ttl_s=60
+        )
         with pytest.raises(grpc.RpcError) as e:
-            ops.SetOverride(operator_pb2.SetOverrideRequest(override=bad, operator="alice", reason="r"), timeout=10)
+            ops.SetOverride(
+                operator_pb2.SetOverrideRequest(override=bad, operator="alice", reason="r"), timeout=10
+            )
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "to[0]='mars'" in e.value.details()
         # everything to one small center would sink its service level: refused unless forced
         big = operator_pb2.OverrideSpec(id="all", center="south", share=1.0, to=["west"], ttl_s=60)
         with pytest.raises(grpc.RpcError) as e:
-            ops.SetOverride(operator_pb2.SetOverrideRequest(override=big, operator="alice", reason="r"), timeout=10)
+            ops.SetOverride(
+                operator_pb2.SetOverrideRequest(override=big, operator="alice", reason="r"), timeout=10
+            )
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "to='west'" in e.value.details()
-        spec = operator_pb2.OverrideSpec(id="gd", branch="guangdong", skill="retail", share=0.2,
-                                         to=["north"], ttl_s=600)
-        r = ops.SetOverride(operator_pb2.SetOverrideRequest(override=spec, operator="alice", reason="r",
-                                                            request_id="gd-1"), timeout=10)
+        spec = operator_pb2.OverrideSpec(
+            id="gd", branch="guangdong", skill="retail", share=0.2, to=["north"], ttl_s=600
+        )
+        r = ops.SetOverride(
+            operator_pb2.SetOverrideRequest(override=spec, operator="alice", reason="r", request_id="gd-1"),
+            timeout=10,
+        )
         assert r.status == operator_pb2.CHANGE_STATUS_PENDING_APPROVAL
         a = ops.Approve(operator_pb2.ApproveRequest(request_id="gd-1", approver="bob"), timeout=10)
         assert a.status == operator_pb2.CHANGE_STATUS_APPLIED and a.plan_version
-        c = ops.ClearOverride(operator_pb2.ClearOverrideRequest(id="gd", operator="alice", reason="staff back",
-                                                                request_id="gd-clear"), timeout=10)
+        c = ops.ClearOverride(
+            operator_pb2.ClearOverrideRequest(
+                id="gd", operator="alice", reason="staff back", request_id="gd-clear"
+            ),
+            timeout=10,
+        )
         assert c.status == operator_pb2.CHANGE_STATUS_APPLIED and c.plan_version > a.plan_version, c
         port = agents["north"].http_port
         poll(lambda: _serving(port, c.plan_version), 10, what="north on the cleared plan")
-        assert _share_moved(port, 200) == 0.0, str(ops.Explain(operator_pb2.ExplainRequest(
-            branch="guangdong", skill="retail", caller="13800138000"), timeout=10))
+        assert _share_moved(port, 200) == 0.0, str(
+            ops.Explain(
+                operator_pb2.ExplainRequest(branch="guangdong", skill="retail", caller="13800138000"),
+                timeout=10,
+            )
+        )
         with pytest.raises(grpc.RpcError) as e:
-            ops.ClearOverride(operator_pb2.ClearOverrideRequest(id="gd", operator="alice", reason="again"),
-                              timeout=10)
+            ops.ClearOverride(
+                operator_pb2.ClearOverrideRequest(id="gd", operator="alice", reason="again"), timeout=10
+            )
         assert e.value.code() == grpc.StatusCode.NOT_FOUND and "id='gd'" in e.value.details()
     finally:
         chan.close()

@@ -45,7 +45,9 @@ def check_calendar(cal: Calendar, topology: Topology) -> None:
     if not (math.isfinite(cal.utc_offset_h) and -12 <= cal.utc_offset_h <= 14):
         raise InvalidInput("utc_offset_h", cal.utc_offset_h, "must be in [-12, 14] hours")
     if not 1 <= cal.holiday_weekday <= 7:
-        raise InvalidInput("holiday_weekday", cal.holiday_weekday, "must be an ISO weekday 1 (Mon) .. 7 (Sun)")
+        raise InvalidInput(
+            "holiday_weekday", cal.holiday_weekday, "must be an ISO weekday 1 (Mon) .. 7 (Sun)"
+        )
     if len(cal.holidays) > MAX_HOLIDAYS:
         raise InvalidInput("holidays", len(cal.holidays), f"more than {MAX_HOLIDAYS} dates")
     for i, d in enumerate(cal.holidays):
@@ -78,6 +80,15 @@ def holiday_overrides(cal: Calendar, wall: float) -> list[Override]:
     _, _, holiday = local_clock(cal, wall)
     if not holiday or not cal.holiday_hosting:
         return []
-    return [Override(id=f"holiday.{b}", share=1.0, to=(host,), branch=b, ttl_s=_DAY_S,
-                     reason="public holiday hosting (calendar)", operator="calendar")
-            for b, host in sorted(cal.holiday_hosting.items())]
+    return [
+        Override(
+            id=f"holiday.{b}",
+            share=1.0,
+            to=(host,),
+            branch=b,
+            ttl_s=_DAY_S,
+            reason="public holiday hosting (calendar)",
+            operator="calendar",
+        )
+        for b, host in sorted(cal.holiday_hosting.items())
+    ]

@@ -59,14 +59,19 @@ class Override(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def scope(self) -> str:
         """Which calls, as operators read it: "branch guangdong, skill retail"."""
-        parts = [f"{k} {v}" for k, v in (("branch", self.branch), ("skill", self.skill),
-                                            ("center", self.center)) if v]
+        parts = [
+            f"{k} {v}"
+            for k, v in (("branch", self.branch), ("skill", self.skill), ("center", self.center))
+            if v
+        ]
         return ", ".join(parts)
 
     def matches(self, route: Route) -> bool:
-        return ((not self.branch or route.branch == self.branch)
-                and (not self.skill or route.skill == self.skill)
-                and (not self.center or route.home == self.center))
+        return (
+            (not self.branch or route.branch == self.branch)
+            and (not self.skill or route.skill == self.skill)
+            and (not self.center or route.home == self.center)
+        )
 
 
 def check_override(ov: Override, topology: Topology) -> None:
@@ -75,10 +80,13 @@ def check_override(ov: Override, topology: Topology) -> None:
     if not (isinstance(ov.share, float | int) and math.isfinite(ov.share) and 0 < ov.share <= 1):
         raise InvalidInput("share", ov.share, "must be a fraction in (0, 1], e.g. 0.1 for 10%")
     if not (isinstance(ov.ttl_s, float | int) and math.isfinite(ov.ttl_s) and 0 < ov.ttl_s <= MAX_TTL_S):
-        raise InvalidInput("ttl_s", ov.ttl_s, f"must be in (0, {MAX_TTL_S:g}] seconds: every override expires")
+        raise InvalidInput(
+            "ttl_s", ov.ttl_s, f"must be in (0, {MAX_TTL_S:g}] seconds: every override expires"
+        )
     if not (ov.branch or ov.skill or ov.center):
-        raise InvalidInput("branch", ov.branch, "name a branch, a skill or a center (or several): "
-                                                "which calls to move")
+        raise InvalidInput(
+            "branch", ov.branch, "name a branch, a skill or a center (or several): which calls to move"
+        )
     centers = set(topology.center_ids())
     branches = {b.id: b for b in topology.branches}
     if ov.branch:
@@ -124,8 +132,9 @@ def check_step(before: Override | None, after: Override, max_step: float) -> Non
         return
     old = before.share if before is not None else 0.0
     if after.share - old > max_step + 1e-9:
-        raise InvalidInput("share", after.share, f"a step from {old:.0%} of more than {max_step:.0%}; "
-                                                 "raise it in steps")
+        raise InvalidInput(
+            "share", after.share, f"a step from {old:.0%} of more than {max_step:.0%}; raise it in steps"
+        )
 
 
 def _staffed(topology: Topology, center: str, skill: str, plan: Plan | None = None) -> bool:
@@ -151,8 +160,9 @@ def _normalise(weights: Mapping[str, float]) -> tuple[Target, ...]:
 def _apply_one(route: Route, ov: Override, closed: set[str], topology: Topology, plan: Plan) -> Route:
     if not route.targets:
         return route  # an overload answer: nobody can take these calls; nothing to move
-    to = [c for c in ov.to if c not in closed and c != route.home
-          and _staffed(topology, c, route.skill, plan)]
+    to = [
+        c for c in ov.to if c not in closed and c != route.home and _staffed(topology, c, route.skill, plan)
+    ]
     if not to:
         return route
     weights: dict[str, float] = {}
@@ -176,8 +186,9 @@ def apply_overrides(plan: Plan, overrides: Iterable[Override], topology: Topolog
     refused: list[str] = []
     current = plan
     for ov in ovs:
-        routes = tuple(_apply_one(r, ov, closed, topology, current) if ov.matches(r) else r
-                       for r in current.routes)
+        routes = tuple(
+            _apply_one(r, ov, closed, topology, current) if ov.matches(r) else r for r in current.routes
+        )
         if routes == current.routes:
             refused.append(f"{ov.id}: no route it can move")
             continue
@@ -224,8 +235,11 @@ def predict_override(plan: Plan, ov: Override, topology: Topology) -> list[Recei
     out = []
     for (c, s), extra in sorted(added.items()):
         pred = plan.receivers.get(c, {}).get(s)
-        agents = pred.agents if pred is not None else next(
-            (x.agents.get(s, 0) for x in topology.centers if x.id == c), 0)
+        agents = (
+            pred.agents
+            if pred is not None
+            else next((x.agents.get(s, 0) for x in topology.centers if x.id == c), 0)
+        )
         load = (pred.load_erlangs if pred is not None else 0.0) + extra
         level = service_level(agents, load, topology.aht(s), sl.answer_within_s) if agents > 0 else 0.0
         out.append(ReceiverImpact(c, s, agents, round(load, 3), round(level, 4)))

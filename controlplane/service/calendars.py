@@ -38,8 +38,9 @@ def calendar_diff(before: Calendar | None, after: Calendar) -> str:
     b = before or Calendar(utc_offset_h=float("nan"))
     parts = []
     if before is None or b.utc_offset_h != after.utc_offset_h:
-        parts.append(f"utc_offset_h {'none' if before is None else f'{b.utc_offset_h:g}'} -> "
-                     f"{after.utc_offset_h:g}")
+        parts.append(
+            f"utc_offset_h {'none' if before is None else f'{b.utc_offset_h:g}'} -> {after.utc_offset_h:g}"
+        )
     added = sorted(set(after.holidays) - set(b.holidays))
     removed = sorted(set(b.holidays) - set(after.holidays))
     if added:
@@ -86,15 +87,16 @@ async def watch_calendar(cp: Any, leader: Any) -> None:
 
 
 async def set_calendar(ops: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-    from .operator import _bind_identity, _check_change, check_same_request
 
-    _bind_identity(request, "operator", context)
+    ops.bind_identity(request, "operator", context)
     cp = ops.cp
     rid = request.request_id
     try:
-        _check_change(request)
+        ops.check_change(request)
         if len(request.calendar_json) > MAX_CALENDAR_BYTES:
-            raise InvalidInput("calendar_json", len(request.calendar_json), f"longer than {MAX_CALENDAR_BYTES} bytes")
+            raise InvalidInput(
+                "calendar_json", len(request.calendar_json), f"longer than {MAX_CALENDAR_BYTES} bytes"
+            )
         try:
             cal = decode_calendar(request.calendar_json)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
@@ -105,24 +107,34 @@ async def set_calendar(ops: Any, request: Any, context: grpc.aio.ServicerContext
     kv = await ops._get(context, CALENDAR_KEY)
     before = decode_calendar(kv.value) if kv is not None else None
     diff = calendar_diff(before, cal)
-    audit_id, audit_put = ops._audit_put(request.operator, ACTION, "calendar", request.reason,
-                                         f"applied: {diff}", rid)
+    audit_id, audit_put = ops._audit_put(
+        request.operator, ACTION, "calendar", request.reason, f"applied: {diff}", rid
+    )
     what = f"{ACTION} calendar"
     message = f"calendar: {diff}"
     txn = [Put(cp.key(CALENDAR_KEY), msgspec.json.encode(cal)), audit_put]
     rkey = cp.key("requests/" + rid) if rid else ""
     if rkey:
-        txn.append(Put(rkey, msgspec.json.encode(RequestRecord(audit_id, message, ACTION, what, request.operator))))
+        txn.append(
+            Put(rkey, msgspec.json.encode(RequestRecord(audit_id, message, ACTION, what, request.operator)))
+        )
     r = await ops._txn(context, [key_missing(rkey)] if rkey else [], txn, [Get(rkey)] if rkey else [])
     if not r.succeeded:
         rec = msgspec.json.decode(r.responses[0].kvs[0].value, type=RequestRecord)
-        await check_same_request(context, rid, rec.what, rec.operator, what, request.operator)
-        return operator_pb2.SetCalendarReply(status=operator_pb2.CHANGE_STATUS_APPLIED, audit_id=rec.audit_id,
-                                             plan_version=cp.feed.version, message=rec.message + " (repeated request)")
+        await ops.check_same_request(context, rid, rec.what, rec.operator, what, request.operator)
+        return operator_pb2.SetCalendarReply(
+            status=operator_pb2.CHANGE_STATUS_APPLIED,
+            audit_id=rec.audit_id,
+            plan_version=cp.feed.version,
+            message=rec.message + " (repeated request)",
+        )
     # routes move only if today is one of the holidays changed: the reply does not wait for a plan
     return operator_pb2.SetCalendarReply(
-        status=operator_pb2.CHANGE_STATUS_APPLIED, audit_id=audit_id, plan_version=cp.feed.version,
-        message=message + "; stored, the leader uses it from its next computation")
+        status=operator_pb2.CHANGE_STATUS_APPLIED,
+        audit_id=audit_id,
+        plan_version=cp.feed.version,
+        message=message + "; stored, the leader uses it from its next computation",
+    )
 
 
 async def get_calendar(ops: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -23,10 +23,10 @@ from typing import Any
 
 import msgspec
 
+from controlplane.core.calendar import Calendar, holiday_overrides, local_clock
 from controlplane.core.demand import DemandSettings, DemandTracker
 from controlplane.core.health import HealthSettings, HealthSnapshot, HealthTracker
 from controlplane.core.model import AdminState, NetworkView, Plan, Report, Status, Topology
-from controlplane.core.calendar import Calendar, holiday_overrides, local_clock
 from controlplane.core.overrides import Override, apply_overrides
 from controlplane.core.plan import consistent
 from controlplane.core.planner import PlanTracker, reason_closed
@@ -34,8 +34,8 @@ from controlplane.drillreport import write_report
 from controlplane.store.base import Delete, Put, mod_revision_is
 
 from .audit import AuditRecord
-from .drills import DrillRunner, shed_meta
 from .calendars import watch_calendar
+from .drills import DrillRunner, shed_meta
 from .overrides import watch_overrides
 from .retention import RetentionSweeper
 from .term import Demoted

@@ -116,6 +116,12 @@ async def check_same_request(context: grpc.aio.ServicerContext, rid: str, first_
 
 
 class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
+    # the request checks, for the handlers in overrides.py and calendars.py (which must not import
+    # this module: it imports them)
+    bind_identity = staticmethod(_bind_identity)
+    check_change = staticmethod(_check_change)
+    check_same_request = staticmethod(check_same_request)
+
     def __init__(self, cp: Any) -> None:
         self.cp = cp
         self._ids = itertools.count(1)
