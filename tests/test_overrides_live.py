@@ -179,8 +179,8 @@ def test_override_in_three_approved_steps_followed_live_by_every_agent_then_expi
                 )
             assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert _share_moved(ports[0], 100) == pytest.approx(share - 0.1, abs=0.08)  # not yet moved
+            t0 = time.monotonic()  # from the second operator's approval: the change is applied then
             a = ops.Approve(operator_pb2.ApproveRequest(request_id=f"gd-{step}", approver="bob"), timeout=10)
-            t0 = time.monotonic()
             assert a.status == operator_pb2.CHANGE_STATUS_APPLIED, a
             assert a.plan_version > 0, a.message
             applied_at = time.monotonic()
