@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_chaos_parser(sub)
     add_drill_parsers(sub)
+    from controlplane.liveopscli import add_liveops_parsers
+
+    add_liveops_parsers(sub)
     add_certs_parser(sub)
     from controlplane.console.cli import add_console_parser
 

@@ -118,7 +118,10 @@ def test_api_surface():
         "RouteService": ["Route", "RouteBatch"],
         "OperatorService": sorted(["ListCenters", "SetCenterState", "Approve", "ListPending", "StartDrill",
                                    "DrillStatus", "AbortDrill", "ShowPlan", "DiffPlans", "PlanHistory",
-                                   "RollbackPlan", "Explain", "Audit"]),
+                                   "RollbackPlan", "Explain", "Audit",
+                                   # issue 18 (liveops)
+                                   "SetOverride", "ListOverrides", "ClearOverride", "SetCalendar",
+                                   "GetCalendar"]),
     }
     streaming = report_pb2.DESCRIPTOR.services_by_name["ReportService"].methods_by_name["Report"]
     assert streaming.client_streaming and streaming.server_streaming

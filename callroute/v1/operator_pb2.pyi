@@ -518,3 +518,153 @@ class AuditEntry(_message.Message):
     result: str
     request_id: str
     def __init__(self, id: _Optional[str] = ..., at: _Optional[float] = ..., operator: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ..., result: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class OverrideSpec(_message.Message):
+    __slots__ = ("id", "branch", "skill", "center", "share", "to", "ttl_s")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    BRANCH_FIELD_NUMBER: _ClassVar[int]
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    branch: str
+    skill: str
+    center: str
+    share: float
+    to: _containers.RepeatedScalarFieldContainer[str]
+    ttl_s: float
+    def __init__(self, id: _Optional[str] = ..., branch: _Optional[str] = ..., skill: _Optional[str] = ..., center: _Optional[str] = ..., share: _Optional[float] = ..., to: _Optional[_Iterable[str]] = ..., ttl_s: _Optional[float] = ...) -> None: ...
+
+class SetOverrideRequest(_message.Message):
+    __slots__ = ("override", "operator", "reason", "request_id", "force", "dry_run")
+    OVERRIDE_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    override: OverrideSpec
+    operator: str
+    reason: str
+    request_id: str
+    force: bool
+    dry_run: bool
+    def __init__(self, override: _Optional[_Union[OverrideSpec, _Mapping]] = ..., operator: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., force: _Optional[bool] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class OverrideImpact(_message.Message):
+    __slots__ = ("center", "skill", "agents", "load_erlangs", "service_level")
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_ERLANGS_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    center: str
+    skill: str
+    agents: int
+    load_erlangs: float
+    service_level: float
+    def __init__(self, center: _Optional[str] = ..., skill: _Optional[str] = ..., agents: _Optional[int] = ..., load_erlangs: _Optional[float] = ..., service_level: _Optional[float] = ...) -> None: ...
+
+class SetOverrideReply(_message.Message):
+    __slots__ = ("status", "audit_id", "request_id", "plan_version", "message", "impact")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    IMPACT_FIELD_NUMBER: _ClassVar[int]
+    status: ChangeStatus
+    audit_id: str
+    request_id: str
+    plan_version: int
+    message: str
+    impact: _containers.RepeatedCompositeFieldContainer[OverrideImpact]
+    def __init__(self, status: _Optional[_Union[ChangeStatus, str]] = ..., audit_id: _Optional[str] = ..., request_id: _Optional[str] = ..., plan_version: _Optional[int] = ..., message: _Optional[str] = ..., impact: _Optional[_Iterable[_Union[OverrideImpact, _Mapping]]] = ...) -> None: ...
+
+class OverrideInfo(_message.Message):
+    __slots__ = ("override", "operator", "reason", "set_at", "expires_at", "in_plan")
+    OVERRIDE_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SET_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    IN_PLAN_FIELD_NUMBER: _ClassVar[int]
+    override: OverrideSpec
+    operator: str
+    reason: str
+    set_at: float
+    expires_at: float
+    in_plan: bool
+    def __init__(self, override: _Optional[_Union[OverrideSpec, _Mapping]] = ..., operator: _Optional[str] = ..., reason: _Optional[str] = ..., set_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., in_plan: _Optional[bool] = ...) -> None: ...
+
+class ListOverridesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListOverridesReply(_message.Message):
+    __slots__ = ("overrides", "plan_version")
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    overrides: _containers.RepeatedCompositeFieldContainer[OverrideInfo]
+    plan_version: int
+    def __init__(self, overrides: _Optional[_Iterable[_Union[OverrideInfo, _Mapping]]] = ..., plan_version: _Optional[int] = ...) -> None: ...
+
+class ClearOverrideRequest(_message.Message):
+    __slots__ = ("id", "operator", "reason", "request_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    operator: str
+    reason: str
+    request_id: str
+    def __init__(self, id: _Optional[str] = ..., operator: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ClearOverrideReply(_message.Message):
+    __slots__ = ("status", "audit_id", "plan_version", "message")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    status: ChangeStatus
+    audit_id: str
+    plan_version: int
+    message: str
+    def __init__(self, status: _Optional[_Union[ChangeStatus, str]] = ..., audit_id: _Optional[str] = ..., plan_version: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class SetCalendarRequest(_message.Message):
+    __slots__ = ("calendar_json", "operator", "reason", "request_id")
+    CALENDAR_JSON_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    calendar_json: str
+    operator: str
+    reason: str
+    request_id: str
+    def __init__(self, calendar_json: _Optional[str] = ..., operator: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SetCalendarReply(_message.Message):
+    __slots__ = ("status", "audit_id", "plan_version", "message")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    status: ChangeStatus
+    audit_id: str
+    plan_version: int
+    message: str
+    def __init__(self, status: _Optional[_Union[ChangeStatus, str]] = ..., audit_id: _Optional[str] = ..., plan_version: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetCalendarRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetCalendarReply(_message.Message):
+    __slots__ = ("calendar_json",)
+    CALENDAR_JSON_FIELD_NUMBER: _ClassVar[int]
+    calendar_json: str
+    def __init__(self, calendar_json: _Optional[str] = ...) -> None: ...

@@ -100,6 +100,31 @@ class OperatorServiceStub:
                 request_serializer=callroute_dot_v1_dot_operator__pb2.AuditRequest.SerializeToString,
                 response_deserializer=callroute_dot_v1_dot_operator__pb2.AuditReply.FromString,
                 _registered_method=True)
+        self.SetOverride = channel.unary_unary(
+                '/callroute.v1.OperatorService/SetOverride',
+                request_serializer=callroute_dot_v1_dot_operator__pb2.SetOverrideRequest.SerializeToString,
+                response_deserializer=callroute_dot_v1_dot_operator__pb2.SetOverrideReply.FromString,
+                _registered_method=True)
+        self.ListOverrides = channel.unary_unary(
+                '/callroute.v1.OperatorService/ListOverrides',
+                request_serializer=callroute_dot_v1_dot_operator__pb2.ListOverridesRequest.SerializeToString,
+                response_deserializer=callroute_dot_v1_dot_operator__pb2.ListOverridesReply.FromString,
+                _registered_method=True)
+        self.ClearOverride = channel.unary_unary(
+                '/callroute.v1.OperatorService/ClearOverride',
+                request_serializer=callroute_dot_v1_dot_operator__pb2.ClearOverrideRequest.SerializeToString,
+                response_deserializer=callroute_dot_v1_dot_operator__pb2.ClearOverrideReply.FromString,
+                _registered_method=True)
+        self.SetCalendar = channel.unary_unary(
+                '/callroute.v1.OperatorService/SetCalendar',
+                request_serializer=callroute_dot_v1_dot_operator__pb2.SetCalendarRequest.SerializeToString,
+                response_deserializer=callroute_dot_v1_dot_operator__pb2.SetCalendarReply.FromString,
+                _registered_method=True)
+        self.GetCalendar = channel.unary_unary(
+                '/callroute.v1.OperatorService/GetCalendar',
+                request_serializer=callroute_dot_v1_dot_operator__pb2.GetCalendarRequest.SerializeToString,
+                response_deserializer=callroute_dot_v1_dot_operator__pb2.GetCalendarReply.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -197,6 +222,39 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetOverride(self, request, context):
+        """Traffic overrides (issue 18): move a share of some calls to named centers until it expires.
+        Set again with the same id to step the share; moving calls off an open center is two-person.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOverrides(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearOverride(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetCalendar(self, request, context):
+        """The network calendar (time zone, public holidays, holiday hosting), applied live.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCalendar(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -264,6 +322,31 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.Audit,
                     request_deserializer=callroute_dot_v1_dot_operator__pb2.AuditRequest.FromString,
                     response_serializer=callroute_dot_v1_dot_operator__pb2.AuditReply.SerializeToString,
+            ),
+            'SetOverride': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetOverride,
+                    request_deserializer=callroute_dot_v1_dot_operator__pb2.SetOverrideRequest.FromString,
+                    response_serializer=callroute_dot_v1_dot_operator__pb2.SetOverrideReply.SerializeToString,
+            ),
+            'ListOverrides': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOverrides,
+                    request_deserializer=callroute_dot_v1_dot_operator__pb2.ListOverridesRequest.FromString,
+                    response_serializer=callroute_dot_v1_dot_operator__pb2.ListOverridesReply.SerializeToString,
+            ),
+            'ClearOverride': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearOverride,
+                    request_deserializer=callroute_dot_v1_dot_operator__pb2.ClearOverrideRequest.FromString,
+                    response_serializer=callroute_dot_v1_dot_operator__pb2.ClearOverrideReply.SerializeToString,
+            ),
+            'SetCalendar': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCalendar,
+                    request_deserializer=callroute_dot_v1_dot_operator__pb2.SetCalendarRequest.FromString,
+                    response_serializer=callroute_dot_v1_dot_operator__pb2.SetCalendarReply.SerializeToString,
+            ),
+            'GetCalendar': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCalendar,
+                    request_deserializer=callroute_dot_v1_dot_operator__pb2.GetCalendarRequest.FromString,
+                    response_serializer=callroute_dot_v1_dot_operator__pb2.GetCalendarReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -618,6 +701,141 @@ class OperatorService:
             '/callroute.v1.OperatorService/Audit',
             callroute_dot_v1_dot_operator__pb2.AuditRequest.SerializeToString,
             callroute_dot_v1_dot_operator__pb2.AuditReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetOverride(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callroute.v1.OperatorService/SetOverride',
+            callroute_dot_v1_dot_operator__pb2.SetOverrideRequest.SerializeToString,
+            callroute_dot_v1_dot_operator__pb2.SetOverrideReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOverrides(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callroute.v1.OperatorService/ListOverrides',
+            callroute_dot_v1_dot_operator__pb2.ListOverridesRequest.SerializeToString,
+            callroute_dot_v1_dot_operator__pb2.ListOverridesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearOverride(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callroute.v1.OperatorService/ClearOverride',
+            callroute_dot_v1_dot_operator__pb2.ClearOverrideRequest.SerializeToString,
+            callroute_dot_v1_dot_operator__pb2.ClearOverrideReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCalendar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callroute.v1.OperatorService/SetCalendar',
+            callroute_dot_v1_dot_operator__pb2.SetCalendarRequest.SerializeToString,
+            callroute_dot_v1_dot_operator__pb2.SetCalendarReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCalendar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callroute.v1.OperatorService/GetCalendar',
+            callroute_dot_v1_dot_operator__pb2.GetCalendarRequest.SerializeToString,
+            callroute_dot_v1_dot_operator__pb2.GetCalendarReply.FromString,
             options,
             channel_credentials,
             insecure,

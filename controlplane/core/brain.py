@@ -16,9 +16,11 @@ from typing import Any
 
 import msgspec
 
+from .calendar import Calendar, holiday_overrides
 from .demand import DemandSettings, DemandTracker
 from .health import HealthSettings, HealthTracker
 from .model import AdminState, NetworkView, Plan, Report, Status, Topology
+from .overrides import Override, apply_overrides
 from .plan import consistent
 from .planner import PlanTracker, reason_closed
 
@@ -127,6 +129,11 @@ class LeaderBrain:
         # center -> lookups over its foreign-demand allowance not yet audited, and when it was last
         self.foreign_dropped: dict[str, float] = {}
         self._foreign_audited_at: dict[str, float] = {}
+        # operators' traffic overrides in force (overrides/ in the store; service/overrides.py)
+        self.overrides: dict[str, Override] = {}
+        # the network's time zone, holidays and holiday hosting (core/calendar.py); None: the host's
+        # local time, as before calendars
+        self.calendar: Calendar | None = None
 
     # ------------------------------------------------------------------ inputs
 
@@ -275,6 +282,11 @@ class LeaderBrain:
             self.admin = dict(admin)
             self._urgent(CAUSE_OPERATOR)
 
+    def set_overrides(self, overrides: dict[str, Override]) -> None:
+        if overrides != self.overrides:
+            self.overrides = dict(overrides)
+            self._urgent(CAUSE_OPERATOR)
+
     def set_shed(self, shed: dict[str, float], cause: str = CAUSE_DRILL) -> None:
         if shed != self.shed:
             self.shed = dict(shed)
@@ -320,6 +332,9 @@ class LeaderBrain:
         cause = self.cause
         self.cause = CAUSE_LOAD
         plan = self.planner.compute(self.view(now), now, self.version + 1, wall_hour, weekday)
+        ovs = [*self.overrides.values(), *(holiday_overrides(self.calendar, wall) if self.calendar else ())]
+        if ovs:
+            plan = apply_overrides(plan, ovs, self.topology)
         if (
             self.last_plan is not None
             and plan.routes == self.last_plan.routes
@@ -330,7 +345,7 @@ class LeaderBrain:
             plan,
             created_at=wall,
             topology_hash=self.topology_hash,
-            meta={"cause": cause, "leader": self.leader_id, "term": str(self.term)}
+            meta=plan.meta | {"cause": cause, "leader": self.leader_id, "term": str(self.term)}
             | ({"shed": shed_meta(self.shed)} if self.shed else {}),
         )
         errors = consistent(plan, self.topology)

@@ -73,6 +73,11 @@ METHOD_ROLES: dict[str, Role] = {
     _OPS + "AbortDrill": Role.OPERATOR,
     _OPS + "Approve": Role.OPERATOR,
     _OPS + "RollbackPlan": Role.ADMIN,
+    _OPS + "ListOverrides": Role.VIEWER,
+    _OPS + "SetOverride": Role.OPERATOR,
+    _OPS + "ClearOverride": Role.OPERATOR,
+    _OPS + "GetCalendar": Role.VIEWER,
+    _OPS + "SetCalendar": Role.ADMIN,
 }
 # the agents' streams: authenticated by the center certificate, never by a token
 CENTER_METHODS = frozenset({"/callroute.v1.ReportService/Report", "/callroute.v1.PlanService/WatchPlan"})

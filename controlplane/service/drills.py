@@ -107,6 +107,7 @@ class PendingRecord(msgspec.Struct, frozen=True):
     drill: DrillSpec | None = None
     audit_id: str = ""  # the audit entry of the request, returned again on a repeat
     to_version: int = 0  # rollback_plan: the plan whose routes to hold
+    payload: str = ""  # set_override: the Override as JSON (service/overrides.py)
 
 
 class AbortRequest(msgspec.Struct, frozen=True):

@@ -17,13 +17,16 @@ from typing import Any
 import msgspec
 
 from controlplane.core.brain import HEALTH_METRICS_EVERY_S, LeaderBrain
+from controlplane.core.calendar import local_clock
 from controlplane.core.health import HealthSnapshot
 from controlplane.core.model import Plan
 from controlplane.drillreport import write_report
 from controlplane.store.base import Delete, Put, mod_revision_is
 
 from .audit import AuditRecord
+from .calendars import watch_calendar
 from .drills import DrillRunner
+from .overrides import watch_overrides
 from .retention import RetentionSweeper
 from .term import Demoted
 
@@ -160,6 +163,8 @@ class LeaderLoop:
             tg.create_task(self._heartbeat(election))
             tg.create_task(cp.watch_admin(self))
             tg.create_task(self._watch_rollback())
+            tg.create_task(watch_overrides(cp, self))
+            tg.create_task(watch_calendar(cp, self))
             tg.create_task(drills.run())
             tg.create_task(RetentionSweeper(cp, self, election).run())
 
@@ -313,8 +318,13 @@ class LeaderLoop:
     async def _publish_once(self, election: Any, brain: LeaderBrain, now: float) -> None:
         cp = self.cp
         t0 = time.perf_counter()
-        lt = time.localtime()
-        plan = brain.compute(now, time.time(), lt.tm_hour + lt.tm_min / 60.0, lt.tm_wday + 1)
+        wall = time.time()
+        if brain.calendar is not None:
+            hour, weekday, _ = local_clock(brain.calendar, wall)
+        else:
+            lt = time.localtime(wall)
+            hour, weekday = lt.tm_hour + lt.tm_min / 60.0, lt.tm_wday + 1
+        plan = brain.compute(now, wall, hour, weekday)
         cp.metrics.plan_compute.observe(time.perf_counter() - t0)
         if plan is not None:
             await self.publish(election, brain, plan)

@@ -47,6 +47,7 @@ from controlplane.core.model import AdminState, InvalidInput, NetworkView, Plan,
 from controlplane.core.plan import diff_plans, explain, find_route, moves_traffic_off_open_center
 from controlplane.store.base import Delete, Get, Put, key_missing, mod_revision_is
 
+from . import calendars, overrides
 from .audit import AuditRecord, RequestRecord
 
 log = logging.getLogger("callroute.controlplane.operator")
@@ -97,6 +98,8 @@ def request_what(action: str, center: str = "", state: str = "", to_version: int
     """What a request id is bound to: the action, its target and the state asked for."""
     if action == "rollback_plan":
         return f"rollback_plan plan/{to_version}"
+    if action.endswith("_override"):  # service/overrides.py: `center` carries the override id
+        return f"{action} override/{center}"
     return f"{action} center/{center}" + (f" {state}" if state else "")
 
 
@@ -113,6 +116,12 @@ async def check_same_request(context: grpc.aio.ServicerContext, rid: str, first_
 
 
 class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
+    # the request checks, for the handlers in overrides.py and calendars.py (which must not import
+    # this module: it imports them)
+    bind_identity = staticmethod(_bind_identity)
+    check_change = staticmethod(_check_change)
+    check_same_request = staticmethod(check_same_request)
+
     def __init__(self, cp: Any) -> None:
         self.cp = cp
         self._ids = itertools.count(1)
@@ -377,7 +386,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
 
     async def _request_approval(self, context: grpc.aio.ServicerContext, *, action: str, center: str,
                                 operator: str, reason: str, request_id: str, state: str = "",
-                                drill: Any = None, to_version: int = 0) -> tuple[Any, str, str, str]:
+                                drill: Any = None, to_version: int = 0, payload: str = "",
+                                ) -> tuple[Any, str, str, str]:
         """Store a pending change; (status, audit_id, request_id, message). A repeat of the same
         request_id answers as the first time (still pending, or applied since)."""
         from .drills import PENDING, PendingRecord, decode_pending, encode
@@ -386,14 +396,17 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         rid = self._request_id(request_id)
         pkey, rkey = cp.key(PENDING + rid), cp.key("requests/" + rid)
         now = time.time()
-        whats = {"set_center_state": f"{state} {center}", "rollback_plan": f"rollback to plan {to_version}"}
+        whats = {"set_center_state": f"{state} {center}", "rollback_plan": f"rollback to plan {to_version}",
+                 "set_override": f"override {center}"}
         what = whats.get(action, f"live drill of {center}")
         bound = request_what(action, center, state, to_version)
         target = f"plan/{to_version}" if action == "rollback_plan" else f"center/{center}"
+        if payload:
+            target = f"override/{center}"
         audit_id, audit_put = self._audit_put(operator, action, target, reason,
                                               "pending approval (two-person rule)", rid)
         pending = PendingRecord(rid, action, center, operator, reason, now,
-                                now + cp.settings.approval_ttl_s, state, drill, audit_id, to_version)
+                                now + cp.settings.approval_ttl_s, state, drill, audit_id, to_version, payload)
         try:
             # unused when the request exists already: it then expires by itself, holding nothing
             lease = await cp._call("grant", cp.store.grant_lease(cp.settings.approval_ttl_s,
@@ -542,6 +555,9 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                                              approver=request.approver, audit_id=audit_id)
             return await self._create_drill(context, rec, [*ops, audit_put, Delete(pkey)], compare,
                                             audit_id, status_reply=False)
+        if pending.action == "set_override" and pending.payload:
+            return await overrides.approve_override(self, context, pending, request.approver,
+                                                    [audit_put, Delete(pkey)], compare, rid)
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                             f"request_id={rid!r}: unknown pending action {pending.action!r}")
 
@@ -1035,3 +1051,20 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                     )
                 )
         return operator_pb2.AuditReply(entries=out, next_page_token=token)
+
+    # ------------------------------------------------------------------ traffic overrides (overrides.py)
+
+    async def SetOverride(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await overrides.set_override(self, request, context)
+
+    async def ListOverrides(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await overrides.list_overrides(self, request, context)
+
+    async def ClearOverride(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await overrides.clear_override(self, request, context)
+
+    async def SetCalendar(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await calendars.set_calendar(self, request, context)
+
+    async def GetCalendar(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await calendars.get_calendar(self, request, context)

@@ -1,0 +1,94 @@
+"""The network's calendar: its explicit time zone, public holidays and holiday hosting.
+
+The leader used its host's local time to pick night and weekend hosting (a control plane in a UTC
+container would move Ningxia's calls at 06:00 Beijing time instead of 22:00). With a calendar the
+local time is the network's own: UTC plus `utc_offset_h` (China keeps one offset all year, no DST).
+
+On a public holiday the schedule rules run as on `holiday_weekday` (default Sunday: weekend
+hosting), and `holiday_hosting` may move whole branches to a host for the day (e.g. small branches
+hosted centrally by Chengdu). Holiday hosting is expressed as overrides (core/overrides.py) of 100%
+of the branch's calls, so it obeys the same checks: never to a closed or unstaffed center.
+
+Must not: read the clock, do I/O, import asyncio/grpc/etcd/prometheus. Time comes in as `wall`
+(seconds since the epoch, UTC).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+
+import msgspec
+
+from .model import InvalidInput, Topology, check_id
+from .overrides import Override
+
+MAX_HOLIDAYS = 400  # a year of dates with room; a calendar is renewed yearly
+# an override's ttl must be positive; holiday hosting lasts as long as the day does, re-derived
+# at every computation, so the figure here is only for display
+_DAY_S = 86_400.0
+
+
+class Calendar(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # the network's local time is UTC + this many hours (China Standard Time: 8)
+    utc_offset_h: float = 8.0
+    # ISO dates (YYYY-MM-DD, local) of public holidays
+    holidays: tuple[str, ...] = ()
+    # the ISO weekday whose schedule rules apply on a holiday (7: Sunday, weekend hosting)
+    holiday_weekday: int = 7
+    # branch -> center hosting it all day on a holiday
+    holiday_hosting: dict[str, str] = {}
+
+
+def check_calendar(cal: Calendar, topology: Topology) -> None:
+    """Raise InvalidInput naming the field and the value for anything wrong with `cal`."""
+    if not (math.isfinite(cal.utc_offset_h) and -12 <= cal.utc_offset_h <= 14):
+        raise InvalidInput("utc_offset_h", cal.utc_offset_h, "must be in [-12, 14] hours")
+    if not 1 <= cal.holiday_weekday <= 7:
+        raise InvalidInput(
+            "holiday_weekday", cal.holiday_weekday, "must be an ISO weekday 1 (Mon) .. 7 (Sun)"
+        )
+    if len(cal.holidays) > MAX_HOLIDAYS:
+        raise InvalidInput("holidays", len(cal.holidays), f"more than {MAX_HOLIDAYS} dates")
+    for i, d in enumerate(cal.holidays):
+        try:
+            _dt.date.fromisoformat(d)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"holidays[{i}]", d, "must be a date YYYY-MM-DD") from None
+    homes = {b.id: b.home for b in topology.branches}
+    centers = set(topology.center_ids())
+    for b, host in cal.holiday_hosting.items():
+        check_id("holiday_hosting", b)
+        if b not in homes:
+            raise InvalidInput(f"holiday_hosting.{b}", b, "unknown branch")
+        if host not in centers:
+            raise InvalidInput(f"holiday_hosting.{b}", host, "unknown center")
+        if host == homes[b]:
+            raise InvalidInput(f"holiday_hosting.{b}", host, f"is {b}'s home already")
+
+
+def local_clock(cal: Calendar, wall: float) -> tuple[float, int, bool]:
+    """(hour of day as a float, ISO weekday for the schedule rules, is a holiday) at `wall`."""
+    local = _dt.datetime.fromtimestamp(wall, _dt.UTC) + _dt.timedelta(hours=cal.utc_offset_h)
+    holiday = local.date().isoformat() in cal.holidays
+    hour = local.hour + local.minute / 60.0 + local.second / 3600.0
+    return hour, (cal.holiday_weekday if holiday else local.isoweekday()), holiday
+
+
+def holiday_overrides(cal: Calendar, wall: float) -> list[Override]:
+    """The holiday hosting in force at `wall` as overrides of all of each branch's calls."""
+    _, _, holiday = local_clock(cal, wall)
+    if not holiday or not cal.holiday_hosting:
+        return []
+    return [
+        Override(
+            id=f"holiday.{b}",
+            share=1.0,
+            to=(host,),
+            branch=b,
+            ttl_s=_DAY_S,
+            reason="public holiday hosting (calendar)",
+            operator="calendar",
+        )
+        for b, host in sorted(cal.holiday_hosting.items())
+    ]
