@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.core.brain import LeaderBrain
 from controlplane.core.calendar import Calendar, check_calendar, holiday_overrides, local_clock
 from controlplane.core.model import InvalidInput
 from controlplane.core.plan import consistent, find_route
 from controlplane.core.topology import load_topology, topology_hash
-from controlplane.service.leader import LeaderBrain
 
 ROOT = Path(__file__).resolve().parent.parent
 NATIONAL = load_topology(ROOT / "examples" / "national.yaml")

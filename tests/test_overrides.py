@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.core.brain import CAUSE_OPERATOR, LeaderBrain
 from controlplane.core.model import AdminState, InvalidInput, NetworkView
 from controlplane.core.overrides import Override, apply_overrides, check_override, predict_override
 from controlplane.core.plan import consistent, find_route, moves_traffic_off_open_center
 from controlplane.core.planner import compute_plan
 from controlplane.core.topology import load_topology, topology_hash
-from controlplane.service.leader import CAUSE_OPERATOR, LeaderBrain
 
 ROOT = Path(__file__).resolve().parent.parent
 NATIONAL = load_topology(ROOT / "examples" / "national.yaml")
