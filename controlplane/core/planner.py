@@ -592,9 +592,9 @@ class PlanTracker:
                    if (now_load and now_load.queued and cc.agents) else 0.0)
             over = cc.capacity <= 0 or total > cc.capacity
             # the measured service level, when the report answered enough calls to have one
-            sl = (now_load.answered_within / now_load.answered
-                  if now_load is not None and now_load.answered >= MIN_ANSWERED_FOR_SL else None)
-            enter = ewt > enter_ewt or over or (sl is not None and sl < enter_sl)
+            measured_sl = (now_load.answered_within / now_load.answered
+                           if now_load is not None and now_load.answered >= MIN_ANSWERED_FOR_SL else None)
+            enter = ewt > enter_ewt or over or (measured_sl is not None and measured_sl < enter_sl)
             vip_enter = ewt > vip_enter_ewt
             st = overflow_states.get(key)
             vst = vip_states.get(key)
@@ -603,7 +603,7 @@ class PlanTracker:
                     (vst is None or (not vst.active and vst.share == 0.0)):
                 # neither state can change: the hysteresis steps below would leave both as they are
                 continue
-            leave = ewt < exit_ewt and total <= 0.95 * cc.capacity and (sl is None or sl >= exit_sl)
+            leave = ewt < exit_ewt and total <= 0.95 * cc.capacity and (measured_sl is None or measured_sl >= exit_sl)
             desired = (total - cc.capacity) / cc.own_load if cc.own_load > 0 and over else 0.0
             if st is None:
                 st = overflow_states[key] = _OverflowState()
