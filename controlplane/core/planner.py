@@ -603,7 +603,8 @@ class PlanTracker:
                     (vst is None or (not vst.active and vst.share == 0.0)):
                 # neither state can change: the hysteresis steps below would leave both as they are
                 continue
-            leave = ewt < exit_ewt and total <= 0.95 * cc.capacity and (measured_sl is None or measured_sl >= exit_sl)
+            leave = (ewt < exit_ewt and total <= 0.95 * cc.capacity
+                     and (measured_sl is None or measured_sl >= exit_sl))
             desired = (total - cc.capacity) / cc.own_load if cc.own_load > 0 and over else 0.0
             if st is None:
                 st = overflow_states[key] = _OverflowState()
