@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from typing import IO, Any
 
@@ -23,6 +22,7 @@ from controlplane.opcli import (
     EXIT_FAILED,
     EXIT_OK,
     _change,
+    _change_identity,
     _client,
     _common,
     _console,
@@ -99,11 +99,7 @@ def cmd_drill_start(args: argparse.Namespace) -> int:
 
     out, err = _streams(args)
     check_id("CENTER", args.center)
-    if not args.reason.strip():
-        raise InvalidInput("--reason", args.reason, "required: say why (it goes to the audit trail)")
-    operator = _operator(args)
-    request_id = args.request_id or str(uuid.uuid4())
-    check_id("--request-id", request_id)
+    operator, request_id = _change_identity(args)
     spec = operator_pb2.DrillSpec(
         center=args.center,
         mode=operator_pb2.DrillMode.Value(_MODES[args.mode]),
@@ -112,7 +108,6 @@ def cmd_drill_start(args: argparse.Namespace) -> int:
         duration_s=args.duration_s,
         abort_if_sl_below=args.abort_if_sl_below,
     )
-    args.request_id_used = request_id
     client = _client(args)
     try:
         reply = client.call("StartDrill", operator_pb2.StartDrillRequest(
@@ -164,12 +159,7 @@ def cmd_drill_abort(args: argparse.Namespace) -> int:
     out, _ = _streams(args)
     if args.drill_id:
         check_id("DRILL_ID", args.drill_id)
-    if not args.reason.strip():
-        raise InvalidInput("--reason", args.reason, "required: say why (it goes to the audit trail)")
-    operator = _operator(args)
-    request_id = args.request_id or str(uuid.uuid4())
-    check_id("--request-id", request_id)
-    args.request_id_used = request_id
+    operator, request_id = _change_identity(args)
     client = _client(args)
     try:
         reply = client.call("AbortDrill", operator_pb2.AbortDrillRequest(

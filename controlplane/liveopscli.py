@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import argparse
 import re
-import uuid
 from typing import Any
 
 from controlplane.core.model import InvalidInput, check_id
 from controlplane.opcli import (
     EXIT_OK,
     _change,
+    _change_identity,
     _client,
     _common,
     _emit_json,
     _guarded,
-    _operator,
+    _require_reason,
     _streams,
     _when,
     change_exit,
@@ -69,8 +69,7 @@ def cmd_override_set(args: argparse.Namespace) -> int:
 
     out, err = _streams(args)
     check_id("ID", args.id)
-    if not args.reason.strip():
-        raise InvalidInput("--reason", args.reason, "required: say why (it goes to the audit trail)")
+    _require_reason(args)
     to = [c.strip() for c in args.to.split(",") if c.strip()]
     spec = operator_pb2.OverrideSpec(
         id=args.id,
@@ -81,10 +80,7 @@ def cmd_override_set(args: argparse.Namespace) -> int:
         to=to,
         ttl_s=parse_duration(args.for_),
     )
-    operator = _operator(args)
-    request_id = args.request_id or str(uuid.uuid4())
-    check_id("--request-id", request_id)
-    args.request_id_used = request_id
+    operator, request_id = _change_identity(args)
     client = _client(args)
     try:
         reply = client.call(
@@ -149,12 +145,7 @@ def cmd_override_clear(args: argparse.Namespace) -> int:
 
     out, err = _streams(args)
     check_id("ID", args.id)
-    if not args.reason.strip():
-        raise InvalidInput("--reason", args.reason, "required: say why (it goes to the audit trail)")
-    operator = _operator(args)
-    request_id = args.request_id or str(uuid.uuid4())
-    check_id("--request-id", request_id)
-    args.request_id_used = request_id
+    operator, request_id = _change_identity(args)
     client = _client(args)
     try:
         reply = client.call(
@@ -212,8 +203,7 @@ def cmd_calendar_set(args: argparse.Namespace) -> int:
     from callroute.v1 import operator_pb2
 
     out, err = _streams(args)
-    if not args.reason.strip():
-        raise InvalidInput("--reason", args.reason, "required: say why (it goes to the audit trail)")
+    _require_reason(args)
     try:
         with open(args.file, encoding="utf-8") as f:
             data = yaml.safe_load(f.read(1 << 16))
@@ -225,10 +215,7 @@ def cmd_calendar_set(args: argparse.Namespace) -> int:
         raise InvalidInput("FILE", args.file, "must be a mapping (utc_offset_h, holidays, holiday_hosting)")
     # YAML reads 2026-10-01 as a date: send dates as the ISO text the calendar keeps
     body = json.dumps(data, default=str)
-    operator = _operator(args)
-    request_id = args.request_id or str(uuid.uuid4())
-    check_id("--request-id", request_id)
-    args.request_id_used = request_id
+    operator, request_id = _change_identity(args)
     client = _client(args)
     try:
         reply = client.call(

@@ -456,21 +456,32 @@ def _operator(args: argparse.Namespace) -> str:
     return name
 
 
+def _require_reason(args: argparse.Namespace) -> None:
+    if not args.reason.strip():
+        raise InvalidInput("--reason", args.reason, "required: say why (it goes to the audit trail)")
+
+
+def _change_identity(args: argparse.Namespace) -> tuple[str, str]:
+    """(operator, request id) of a routing change: the reason checked, the id minted if not given
+    and kept on `args` so an error message can name it for the retry."""
+    _require_reason(args)
+    operator = _operator(args)
+    request_id = args.request_id or str(uuid.uuid4())
+    check_id("--request-id", request_id)
+    args.request_id_used = request_id
+    return operator, request_id
+
+
 def cmd_set_state(args: argparse.Namespace) -> int:
     from callroute.v1 import operator_pb2, types_pb2
 
     out, err = _streams(args)
     check_id("CENTER", args.center)
-    if not args.reason.strip():
-        raise InvalidInput("--reason", args.reason, "required: say why (it goes to the audit trail)")
-    operator = _operator(args)
-    request_id = args.request_id or str(uuid.uuid4())
-    check_id("--request-id", request_id)
+    operator, request_id = _change_identity(args)
     state = types_pb2.AdminState.Value("ADMIN_STATE_" + _ADMIN_BY_COMMAND[args.command_name])
     req = operator_pb2.SetCenterStateRequest(
         center=args.center, state=state, reason=args.reason, operator=operator, request_id=request_id
     )
-    args.request_id_used = request_id  # for the error path: the id to retry with
     client = _client(args)
     try:
         reply = client.call("SetCenterState", req)
@@ -635,12 +646,7 @@ def cmd_plan_rollback(args: argparse.Namespace) -> int:
         args.version = 0
     elif args.version is None or args.version <= 0:
         raise InvalidInput("VERSION", args.version, "must be a plan version >= 1 (or use --end)")
-    if not args.reason.strip():
-        raise InvalidInput("--reason", args.reason, "required: say why (it goes to the audit trail)")
-    operator = _operator(args)
-    request_id = args.request_id or str(uuid.uuid4())
-    check_id("--request-id", request_id)
-    args.request_id_used = request_id
+    operator, request_id = _change_identity(args)
     client = _client(args)
     try:
         reply = client.call(
