@@ -50,6 +50,13 @@ def add_up_parser(sub: Any) -> None:
     sp.set_defaults(func=cmd_up)
 
 
+def ports_used(n_centers: int) -> int:
+    """How many consecutive ports from --grpc-port on `up` binds: gRPC, metrics, then each
+    center's switch-facing HTTP port, then each center's ACD listener. Tests that put other
+    services next to `up` take their ports after this block."""
+    return 2 + 2 * n_centers
+
+
 class Network:
     def __init__(self, args: argparse.Namespace) -> None:
         from controlplane.core.topology import load_topology

@@ -30,6 +30,7 @@ from test_cp_support import (
 )
 
 from callroute.v1 import operator_pb2, report_pb2, types_pb2
+from controlplane.core.health import HealthSettings
 from controlplane.core.model import InvalidInput, NetworkView, SkillLoad
 from controlplane.core.topology import load_topology
 from controlplane.service.drills import (
@@ -311,7 +312,22 @@ async def test_dry_run_changes_nothing_but_the_audit(net):
     assert (report / "predicted_service_level.png").stat().st_size > 1000
 
 
-async def test_live_drill_ramps_holds_and_restores_at_every_agent(net):
+async def test_live_drill_ramps_holds_and_restores_at_every_agent(store, tmp_path):
+    # Centers that stop reporting go DOWN after 1 s here, well inside the drill's 4 s: the drill's
+    # plans must come from a network whose agents report, not from the grace a fresh control plane
+    # gives centers it has not heard from yet (on a loaded machine that grace ran out mid-drill and
+    # the restored plan closed every center).
+    net = await _net(store, tmp_path, health=HealthSettings(interval_s=0.1, down_after_s=1.0))
+    reporters = [SLReporter([f"127.0.0.1:{net.cp.port}"], c, 0.95).start() for c in CENTERS]
+    try:
+        await _live_drill_ramps_holds_and_restores(net)
+    finally:
+        for r in reporters:
+            await r.stop()
+        await _close(net)
+
+
+async def _live_drill_ramps_holds_and_restores(net: Net) -> None:
     cp, op, agents = net.cp, net.op, net.agents
     reply = await op.StartDrill(operator_pb2.StartDrillRequest(
         spec=live_spec([10, 50, 100], step_s=1.0, duration_s=4.0), reason="quarterly drill",

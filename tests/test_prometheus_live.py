@@ -32,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_up import free_port_block
 
 from controlplane.core.topology import load_topology
+from controlplane.up import ports_used
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
@@ -155,11 +156,11 @@ def test_prometheus_fires_center_down_when_a_center_agent_is_killed(tmp_path: Pa
     killed_branches = {b.id: b for b in topo.branches if b.home == KILLED}
     assert killed_branches, f"no branch is hosted by {KILLED}"
 
-    # one block: gRPC, then metrics, then the agents' HTTP ports, none of them shared
-    grpc_port = free_port_block(len(centers) + 3)
+    # one block: up's ports (gRPC, metrics, the agents' HTTP and ACD ports), then Prometheus's
+    grpc_port = free_port_block(ports_used(len(centers)) + 1)
     metrics_port = grpc_port + 1
     agent_ports = {c: metrics_port + 1 + i for i, c in enumerate(centers)}
-    prom_port = metrics_port + 1 + len(centers)
+    prom_port = grpc_port + ports_used(len(centers))
     prom_base = f"http://127.0.0.1:{prom_port}"
     state = tmp_path / "state"
     pids_file = state / "pids.json"

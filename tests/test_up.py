@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.up import ports_used
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -62,7 +64,7 @@ def poll(fn, deadline_s, what):
 @pytest.mark.slow
 def test_up_close_center_reaches_every_agent_and_metrics(tmp_path):
     # one block: gRPC, then metrics, then the 9 agents' HTTP ports, none of them shared
-    grpc_port = free_port_block(11)
+    grpc_port = free_port_block(ports_used(9))
     metrics_port = grpc_port + 1
     cmd = [sys.executable, "-m", "controlplane.cli", "up", "--duration", "120", "--no-live",
            "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
