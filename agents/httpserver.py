@@ -441,18 +441,21 @@ _UNAUTHORIZED = _response(b"401 Unauthorized", b'{"error":"a valid bearer token 
 
 
 class AcdHttpServer(HttpServerBase):
-    """The ACD listener: POST /v1/acd (push ACD) and POST /v1/admin/acd (simulated ACD's fault
-    switches). Loopback by default; elsewhere TLS and a bearer token (checked in main)."""
+    """The ACD listener: POST /v1/acd (push ACD), POST /v1/admin/acd (simulated ACD's fault
+    switches) and GET /v1/probe (peers' liveness probes, issue 16). Loopback by default; elsewhere TLS and a bearer token (checked in main)."""
 
     name = "acd"
     wants_headers = True
 
     def __init__(self, *, push: Callable[[bytes], None] | None = None,
                  admin: Callable[[bytes], dict[str, Any]] | None = None, token: bytes = b"",
-                 limits: HttpLimits | None = None) -> None:
+                 limits: HttpLimits | None = None, center: str = "") -> None:
         super().__init__(limits)
         self.push = push
         self.admin = admin
+        # GET /v1/probe answers with it: a peer's probe (issue 16) checks it reached the center it
+        # meant to, not whatever now listens on a reused port
+        self.probe_answer = _response(b"200 OK", _JSON.encode({"center": center}))
         # the whole header value expected, compared in constant time (no early exit on a prefix)
         self.expected = b"Bearer " + token if token else b""
 
@@ -467,6 +470,8 @@ class AcdHttpServer(HttpServerBase):
                     return _BAD_METHOD
                 self.push(body)
                 return _response(b"200 OK", b'{"accepted":true}')
+            if path == b"/v1/probe":
+                return self.probe_answer if method == b"GET" else _BAD_METHOD
             if path == b"/v1/admin/acd" and self.admin is not None:
                 if method != b"POST":
                     return _BAD_METHOD

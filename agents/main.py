@@ -162,7 +162,7 @@ class Agent:
         self.acd_http = AcdHttpServer(
             push=self._push if isinstance(self.acd, PushACD) else None,
             admin=self._admin if isinstance(self.acd, SimulatedACD) else None,
-            token=self.acd_security.token, limits=limits)
+            token=self.acd_security.token, limits=limits, center=settings.center)
         self.acd_port = 0
         self.grpc: Any = None
         self.http_port = 0

@@ -19,6 +19,8 @@ from controlplane.settingsfile import read_settings_data
 
 # An address list longer than this is a typo (a pasted file), not a control-plane cluster.
 MAX_ENDPOINTS = 16
+# a national network has 8 to 40 centers; 1024 bounds a typo'd or hostile config file
+MAX_PEERS = 1024
 
 
 class AgentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -99,6 +101,11 @@ class AgentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # simulation only: center -> ACD listener HOST:PORT of its agent, so calls this agent routes to
     # another center reach that center's simulated ACD (callroute up and the chaos harness fill it)
     sim_peers: dict[str, str] = {}
+    # center -> HOST:PORT of that center's agent's ACD listener (agent-to-agent, with the ACD
+    # token): where this agent sends the indirect probes the control plane asks for when a center
+    # goes silent, and its DR path probes (issue 16). Empty: this agent probes nothing and the
+    # control plane waits out down_after_s for silent centers, as before
+    peers: dict[str, str] = {}
     # simulated ACD fault at start (chaos harness): normal | not_answering | calls_not_arriving;
     # POST /v1/admin/acd {"mode": ...} changes it at run time
     sim_mode: str = "normal"
@@ -147,6 +154,13 @@ def validate(s: AgentSettings) -> AgentSettings:
         raise InvalidInput(field, getattr(s, field), "acd_tls_cert and acd_tls_key go together")
     if s.grpc:
         parse_hostport("grpc", s.grpc)
+    if len(s.peers) > MAX_PEERS:
+        raise InvalidInput("peers", len(s.peers), f"more than {MAX_PEERS} peers")
+    for peer, addr in s.peers.items():
+        check_id("peers", peer)
+        if peer == s.center:
+            raise InvalidInput(f"peers.{peer}", addr, "an agent does not probe its own center")
+        parse_hostport(f"peers.{peer}", addr)
     if s.sim_mode not in ("normal", "not_answering", "calls_not_arriving"):
         raise InvalidInput("sim_mode", s.sim_mode, "must be normal, not_answering or calls_not_arriving")
     if s.acd not in ("simulated", "push"):

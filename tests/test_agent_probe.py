@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from agents.probe import probe_health
+from agents.probe import probe_peer
 
 
 async def _serve(answer: bool, release: asyncio.Event | None = None,
@@ -31,7 +31,7 @@ def test_answering_agent_is_reachable() -> None:
     async def run() -> tuple[bool, float]:
         srv, port = await _serve(True)
         async with srv:
-            return await probe_health("127.0.0.1", port, 2.0)
+            return await probe_peer("127.0.0.1", port, 2.0)
     ok, _ = asyncio.run(run())
     assert ok
 
@@ -41,7 +41,7 @@ def test_frozen_agent_is_unreachable() -> None:
         release, done = asyncio.Event(), asyncio.Event()
         srv, port = await _serve(False, release, done)
         async with srv:
-            got = await probe_health("127.0.0.1", port, 0.2)
+            got = await probe_peer("127.0.0.1", port, 0.2)
             release.set()  # the handler ends before the loop does: no task left pending
             await done.wait()
             return got
@@ -54,5 +54,5 @@ def test_closed_port_is_unreachable() -> None:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    ok, _ = asyncio.run(probe_health("127.0.0.1", port, 0.5))
+    ok, _ = asyncio.run(probe_peer("127.0.0.1", port, 0.5))
     assert not ok
