@@ -442,7 +442,8 @@ _UNAUTHORIZED = _response(b"401 Unauthorized", b'{"error":"a valid bearer token 
 
 class AcdHttpServer(HttpServerBase):
     """The ACD listener: POST /v1/acd (push ACD), POST /v1/admin/acd (simulated ACD's fault
-    switches) and GET /v1/probe (peers' liveness probes, issue 16). Loopback by default; elsewhere TLS and a bearer token (checked in main)."""
+    switches) and GET /v1/probe (peers' liveness probes, issue 16). Loopback by default; elsewhere
+    TLS and a bearer token (checked in main)."""
 
     name = "acd"
     wants_headers = True

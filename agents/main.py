@@ -28,6 +28,7 @@ import msgspec
 from agents.acd import ACD, PushACD, SimulatedACD, invalid_from_msgspec
 from agents.httpserver import HTTP_METRICS_HELP, AcdHttpServer, HttpLimits, HttpLookupServer, LookupEngine
 from agents.plancache import PlanCache, PlanStore, PlanWatcher
+from agents.probe import PeerProber
 from agents.reporter import Reporter, RoutedCounter, SeqStore
 from agents.settings import AgentSettings, is_loopback, load_settings, parse_hostport
 from controlplane.core.model import MAX_COUNT, MAX_SKILLS_PER_REPORT, InvalidInput, Topology, check_id
@@ -142,6 +143,7 @@ class Agent:
             known_skills=frozenset(topology.skills()) if topology is not None else None,
             on_plan_version=self.cache.confirm, tls=agent_tls(settings))
         self._offers: set[asyncio.Task[None]] = set()
+        self.prober: PeerProber | None = None
         self.offer_errors = 0
         if settings.sim_peers and isinstance(self.acd, SimulatedACD):
             self.reporter.deliver = self._deliver
@@ -159,6 +161,16 @@ class Agent:
             self.engine, health=self.health, metrics=self.metrics_text,
             sample_every=settings.latency_sample_every, max_batch=settings.max_batch, limits=limits)
         self.acd_security = acd_security(settings)
+        if settings.peers:
+            # issue 16: the control plane asks this agent to probe centers it cannot hear; the
+            # peers' ACD listeners take our ACD token, sent only over loopback plaintext as for
+            # simulated calls
+            peers = {c: parse_hostport(f"peers.{c}", a) for c, a in settings.peers.items()
+                     if c != settings.center}
+            token = self.acd_security.token if self.acd_security.token and all(
+                is_loopback(h) for h, _ in peers.values()) else b""
+            self.prober = PeerProber(peers, settings.probe_timeout_s, token, self.reporter.report_now)
+            self.reporter.prober = self.prober
         self.acd_http = AcdHttpServer(
             push=self._push if isinstance(self.acd, PushACD) else None,
             admin=self._admin if isinstance(self.acd, SimulatedACD) else None,
@@ -398,6 +410,8 @@ class Agent:
             self.reporter.stop()
             self.watcher.stop()
             offers = list(self._offers)
+            if self.prober is not None:
+                self.prober.close()
             for t in (*tasks, stop, *offers):
                 t.cancel()
             await asyncio.gather(*tasks, stop, *offers, return_exceptions=True)

@@ -17,6 +17,7 @@ event loop, or take decisions on the wall clock (it is only stamped into `sent_a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
@@ -292,6 +293,14 @@ class Reporter:
         self._call: Any = None
         self._stuck = False  # the watchdog cancelled the call: a reconnect, not a shutdown
         self._stop = asyncio.Event()
+        # issue 16: answers the control plane's probe requests (agents.probe.PeerProber; main sets
+        # it when the agent has peers); `report_now` sends its answers without waiting an interval
+        self.prober: Any = None
+        self._early = asyncio.Event()
+
+    def report_now(self) -> None:
+        """Build and send the next report now (probe answers the control plane is waiting for)."""
+        self._early.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -324,9 +333,10 @@ class Reporter:
             routed_to = dict(sorted(routed_to.items(), key=lambda kv: -kv[1])[:MAX_TARGETS_PER_REPORT])
         routed_to = {c: min(n, MAX_COUNT) for c, n in routed_to.items()}
         incarnation, seq = self.seqs.take()
+        probes = self.prober.take() if self.prober is not None else {}
         return Report(center=self.center, seq=seq, incarnation=incarnation, sent_at=self.wall(),
                       interval_s=self.interval_s, state=self.acd.state, skills=skills,
-                      routed_to=routed_to, demand=self.ledger.take())
+                      routed_to=routed_to, demand=self.ledger.take(), probes=probes)
 
     def _count_demand(self, counts: dict[tuple[str, str], int]) -> None:
         branches, skills = self.known_branches, self.known_skills
@@ -373,11 +383,16 @@ class Reporter:
         next_at = self.clock()
         while True:
             now = self.clock()
-            if now < next_at:
-                await asyncio.sleep(next_at - now)
+            if now < next_at and not self._early.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(next_at - now):
+                        await self._early.wait()
                 now = self.clock()
-            # after a pause (SIGSTOP, a stalled loop) skip the missed ticks instead of bursting
-            next_at = max(next_at + self.interval_s, now + self.interval_s / 2)
+            self._early.clear()
+            if now >= next_at:
+                # after a pause (SIGSTOP, a stalled loop) skip the missed ticks instead of bursting
+                next_at = max(next_at + self.interval_s, now + self.interval_s / 2)
+            # else an early report (probe answers): the regular ones keep their cadence
             try:
                 r = self.build(now)
             except Exception:  # noqa: BLE001 - one bad sample must not end reporting
@@ -477,6 +492,8 @@ class Reporter:
                 if ack.error_field in ("seq", "incarnation"):
                     self.seqs.stale(ack.seq)
                 log.warning("report seq %s rejected: %s", ack.seq, ack.error)
+            if ack.probe and self.prober is not None:
+                self.prober.request(c for c in ack.probe if c != self.center)
             if ack.plan_version:
                 self.cp_plan_version = ack.plan_version
                 if self.on_plan_version is not None:

@@ -105,8 +105,9 @@ class Network:
         peers = {cid: f"{h}:{p}" for cid, (h, p) in self.agent_acd.items()}
         # the switch traffic below is the calls: each lookup's call is offered at the center it was
         # routed to (the own center directly, others through sim_peers), none invented besides
+        # `peers`: the same ACD listeners answer the probes of a silent center (issue 16)
         cfg.write_text(json.dumps({"sim_time_scale": self.args.speed, "sim_peers": peers,
-                                   "sim_own_traffic": 0.0}))
+                                   "sim_own_traffic": 0.0, "peers": peers}))
         for cid, (host, port) in self.agent_http.items():
             sd = self.tmp / cid
             sd.mkdir(exist_ok=True)

@@ -121,6 +121,10 @@ def test_center_down_is_urgent():
     b.stream_closed("west", 0.1)  # unreachable at once, DOWN after the grace
     t = b.next_wakeup(0.1)
     assert t <= 0.1 + HS.stream_grace_s + 1e-9
+    # the others keep reporting (were all silent, the brain would suspect its own network: F20)
+    for i, at in enumerate((0.5, 1.0)):
+        for j, c in enumerate(("north", "south")):
+            b.observe(report(c, 10 + 2 * i + j), at)
     b.expire(0.1 + HS.stream_grace_s)
     assert b.due(0.1 + HS.stream_grace_s)  # DOWN: at once, not after publish_interval_s
     p = b.compute(0.1 + HS.stream_grace_s, 0.0)

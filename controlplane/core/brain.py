@@ -23,6 +23,7 @@ from .model import AdminState, NetworkView, Plan, Report, Status, Topology
 from .overrides import Override, apply_overrides
 from .plan import consistent
 from .planner import PlanTracker, reason_closed
+from .suspicion import Suspicion, SuspicionSettings
 
 # Causes recorded in plan.meta["cause"] (PlanHistory shows them to operators).
 CAUSE_START = "leader start"
@@ -88,6 +89,7 @@ class LeaderBrain:
         term: int = 0,
         health_settings: HealthSettings | None = None,
         demand_settings: DemandSettings | None = None,
+        suspicion_settings: SuspicionSettings | None = None,
     ) -> None:
         self.topology = topology
         self.topology_hash = topology_hash
@@ -134,6 +136,12 @@ class LeaderBrain:
         # the network's time zone, holidays and holiday hosting (core/calendar.py); None: the host's
         # local time, as before calendars
         self.calendar: Calendar | None = None
+        # indirect probes of silent centers and the panic threshold (issue 16): its verdicts become
+        # the tracker's confirm_down / vouch; while it panics the plan is frozen (`due`)
+        self.suspicion = Suspicion(suspicion_settings or SuspicionSettings())
+        self.panic = False
+        # (now, True/False) of each panic start/end not yet taken by the shell (metric, audit, log)
+        self.panic_changes: list[tuple[float, bool]] = []
 
     # ------------------------------------------------------------------ inputs
 
@@ -212,11 +220,16 @@ class LeaderBrain:
 
     def on_report(self, report: Report, now: float, *, count_demand: bool) -> ReportOutcome:
         """One report, all its effects in one place: the seq check and health (raises the
-        tracker's StaleReport), the center's own state, and its demand when the agent counts
-        lookups (`count_demand`; after the seq check, so a stale report's lookups never count)."""
+        tracker's StaleReport), the center's own state, its probe answers (issue 16), and its demand
+        when the agent counts lookups (`count_demand`; after the seq check, so a stale report's
+        lookups never count)."""
         # per incarnation: the agent resolves its own in-doubt reports with it
         prior_seq = self.tracker.last_seq(report.center, report.incarnation) or 0
         self.observe(report, now)
+        if report.probes:
+            # the answers may settle a silent center now: judge at once, not at the next tick
+            self.suspicion.answer(report.center, report.probes, now)
+            self.suspect(now)
         excess = 0.0
         if count_demand:
             excess = self.demand.observe(report, now)
@@ -293,23 +306,78 @@ class LeaderBrain:
             self._urgent(cause)
 
     def expire(self, now: float) -> list[Any]:
-        changes = list(self.tracker.expire(now) or ())
+        changes = self.suspect(now)
+        more = list(self.tracker.expire(now) or ())
+        self._note_changes(more)
+        return changes + more
+
+    def suspect(self, now: float) -> list[Any]:
+        """Probe silent centers through their peers and apply the verdicts (issue 16, F18-F20)."""
+        sus = self.suspicion
+        after = sus.s.suspect_after_s
+        silent = self.tracker.silent(now, after)
+        if not silent and not sus.rounds and not self.panic:
+            return []
+        tracker = self.tracker
+        heard = [(at, c) for c in self.known if c not in silent
+                 and (at := tracker.last_report_at(c)) is not None and now - at < after]
+        # the longest since its last report reports next: its ack carries the request soonest
+        fresh = [c for _, c in sorted(heard)]
+        step = sus.step(now, silent, fresh, len(self.known))
+        changes: list[Any] = []
+        for center, why in step.down:
+            changes += tracker.confirm_down(center, now, why)
+        for center, until in step.hold.items():
+            changes += tracker.vouch(center, until, now)
         self._note_changes(changes)
+        if step.panic != self.panic:
+            self.panic = step.panic
+            self.panic_changes.append((now, step.panic))
+            if not step.panic:
+                self.dirty = True  # the freeze ends: plan on what the network is now
         return changes
+
+    def probe_requests(self, center: str) -> list[str]:
+        """Silent centers `center`'s agent is asked to probe; its next ack carries them."""
+        return self.suspicion.take_requests(center)
+
+    def take_panic_changes(self) -> list[tuple[float, bool]]:
+        got, self.panic_changes = self.panic_changes, []
+        return got
 
     # ------------------------------------------------------------------ timing
 
     def next_wakeup(self, now: float) -> float:
         """Monotonic time at which `tick` has something to do (tracker deadline or a due publish)."""
         t = self.tracker.next_deadline()
-        wake = float("inf") if t is None else t
-        if self.urgent or self.rollback_due:
+        wake = min(float("inf") if t is None else t, self._suspect_at(now))
+        if (self.urgent and not self._frozen()) or self.rollback_due:
             return now
-        if self.dirty and not self.holding:
+        if self.dirty and not self.holding and not self._frozen():
             wake = min(wake, self.last_publish_at + self.publish_interval_s)
         return wake
 
+    def _suspect_at(self, now: float) -> float:
+        """When `suspect` next has something to do: a center's silence reaching suspect_after_s,
+        or a probe round to repeat."""
+        sus = self.suspicion
+        wake = sus.next_round_at()
+        after = sus.s.suspect_after_s
+        tracker = self.tracker
+        for c in self.known:
+            at = tracker.last_report_at(c)
+            if at is not None and at + after > now:
+                wake = min(wake, at + after)
+        return wake
+
+    def _frozen(self) -> bool:
+        """While panicking (F20) only an operator's change or a drill step is published: the
+        network's own changes then are more likely our blindness than the centers' state."""
+        return self.panic and self.cause not in (CAUSE_OPERATOR, CAUSE_DRILL)
+
     def due(self, now: float) -> bool:
+        if self._frozen():
+            return False
         if self.urgent:
             return True
         return self.dirty and not self.holding and now >= self.last_publish_at + self.publish_interval_s

@@ -14,6 +14,8 @@ The rules, per center (S = stale_after_intervals * interval_s, the time after wh
   HEALTHY  -- no report for S, or its report stream closed -------------------------> STALE
   STALE    -- a report arrives (or the closed stream reopens while reports are fresh) -> HEALTHY
   STALE    -- no report for down_after_s, or stream closed for stream_grace_s --------> DOWN
+              (not before a vouch ends: peers reached it, only our link is cut; issue 16, F19)
+  HEALTHY/STALE -- confirm_down: every peer asked failed to reach it (F18) ------------> DOWN
   DOWN     -- recover_intervals consecutive fresh reports (failback, no oscillation) -> HEALTHY
   HEALTHY  -- a failing detector fires on the last failing_window_intervals reports --> FAILING
   FAILING  -- failing_holddown_s passes and the detector no longer fires -----------> HEALTHY
@@ -277,6 +279,9 @@ class _Center(msgspec.Struct):
     gap_since: float = -math.inf
     gap_serial: int = 0
     touched: bool = False  # its record changed since _collect last judged it (see HealthTracker._due)
+    # peers reached the silent center (issue 16, F19: only our link to it is cut): it is not DOWN
+    # before this time whatever its silence, and keeps weight 1.0 (its routes) while STALE
+    vouched_until: float = -math.inf
 
 
 class HealthTracker:
@@ -372,6 +377,7 @@ class HealthTracker:
                 c.down_since = None
         heard[0], heard[1] = report.seq, now
         c.last_report_at = now
+        c.vouched_until = -math.inf  # it speaks for itself again; a later silence needs new word
         c.skills = dict(report.skills)
         c.state = report.state
         # a report arrived over some stream, so the center reaches us whatever we were told before
@@ -479,6 +485,43 @@ class HealthTracker:
             if c.down_since is not None:
                 c.streak = 0  # a recovering center that drops again starts its failback over
         return changes + self._collect(now)
+
+    def vouch(self, center: str, until: float, now: float) -> list[HealthChange]:
+        """Peers reached `center` (issue 16, F19): however long it is silent to us, it is not DOWN
+        before `until`, and it keeps its routes (weight 1.0) while STALE. Never raises a DOWN one."""
+        c = self._center("center", center)
+        now = self._clamp(now)
+        changes = self._advance(now)
+        if c.down_since is None and until > c.vouched_until:
+            c.vouched_until = _finite("until", until)
+            self._touch(c)
+        return changes + self._collect(now)
+
+    def confirm_down(self, center: str, now: float, why: str) -> list[HealthChange]:
+        """Peers asked to probe the silent `center` all failed to reach it (issue 16, F18): DOWN now,
+        without waiting out down_after_s. Only for a center that has reported and is silent: one
+        that never reported is the start grace's to judge. Ends any vouch."""
+        c = self._center("center", center)
+        now = self._clamp(now)
+        changes = self._advance(now)
+        if c.down_since is None and c.last_report_at is not None:
+            c.vouched_until = -math.inf
+            c.down_since, c.down_reason = now, why
+            c.streak, c.streak_at = 0, -math.inf
+            self._touch(c)
+        return changes + self._collect(now)
+
+    def silent(self, now: float, after_s: float) -> dict[str, float]:
+        """Centers not DOWN that reported once and then went quiet for `after_s`, or whose report
+        streams all closed: center -> when it was last heard (its silence began after that)."""
+        out: dict[str, float] = {}
+        for cid, c in self._centers.items():
+            last = c.last_report_at
+            if last is None or c.down_since is not None:
+                continue
+            if c.closed_at is not None or now - last >= after_s:
+                out[cid] = last
+        return out
 
     def expire(self, now: float) -> list[HealthChange]:
         """Apply every timeout due by `now`; returns the changes, oldest first per center."""
@@ -632,6 +675,8 @@ class HealthTracker:
             if c.closed_at + s.stream_grace_s < down_at:
                 down_at = c.closed_at + s.stream_grace_s
                 why = self._why_closed
+        if c.vouched_until > down_at:
+            down_at = c.vouched_until
         return stale_at, down_at, why
 
     def _next_change(self, c: _Center, now: float) -> float:
@@ -643,7 +688,7 @@ class HealthTracker:
         last = c.last_report_at
         if last is None:
             return min(best, self._start + self._down_after_s)
-        if c.closed_at is None:  # _deadlines(c), inline for the usual case: called on every report
+        if c.closed_at is None and c.vouched_until == -math.inf:  # _deadlines(c), inline: the usual case
             stale_at = last + self._stale_after_s
             down_at = last + self._down_after_s
         else:
@@ -787,7 +832,7 @@ class HealthTracker:
             if now >= t:
                 return _Verdict(Status.DOWN, 0.0, f"no report within {s.down_after_s:g} s of start", t)
             return _Verdict(Status.UNKNOWN, 1.0, "no report yet", self._start)
-        if c.closed_at is None:  # _deadlines(c), inline for the usual case: called on every report
+        if c.closed_at is None and c.vouched_until == -math.inf:  # _deadlines(c), inline: the usual case
             stale_at = c.last_report_at + self._stale_after_s
             down_at = c.last_report_at + self._down_after_s
             down_why = self._why_silent
@@ -806,6 +851,9 @@ class HealthTracker:
             weight = min(1.0, max(0.0, (down_at - now) / (down_at - stale_at)))
             why = "report stream closed" if c.closed_at is not None else \
                 f"no report for {now - c.last_report_at:.1f} s"
+            if now < c.vouched_until:
+                weight = 1.0  # alive by its peers' word: its routes stay as they were
+                why = f"{why}; link cut: peers reach it"
             if failure is not None:
                 weight = min(weight, failure.weight)
                 why = f"{why}; {failure.reason}"

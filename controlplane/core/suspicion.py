@@ -70,17 +70,19 @@ def choose_probers(target: str, fresh: list[str], k: int) -> list[str]:
     return [others[(start + i) % len(others)] for i in range(min(k, len(others)))]
 
 
-def verdict(answers: dict[str, tuple[bool, float]], asked: list[str], silent_since: float,
+def verdict(answers: dict[str, tuple[bool, float]], needed: int, silent_since: float,
             now: float, s: SuspicionSettings) -> str:
     """DOWN, LINK_CUT or UNDECIDED for a silent center from its peers' answers.
 
-    answers: prober -> (reachable, when the answer arrived); only answers after `silent_since` count.
-    asked: the probers asked this round; DOWN needs every one of them to have answered unreachable.
+    answers: prober -> (reachable, when the answer arrived), the latest per prober; only answers
+    after `silent_since` count. DOWN needs `needed` (>= 1) distinct peers that failed to reach it:
+    probers change between rounds (the ones reporting soonest are asked), so it counts peers, not
+    one round's list.
     """
-    recent = {p: a for p, a in answers.items() if a[1] >= silent_since}
-    if any(ok and now - at <= s.reachable_hold_s for ok, at in recent.values()):
+    recent = [a for a in answers.values() if a[1] >= silent_since]
+    if any(ok and now - at <= s.reachable_hold_s for ok, at in recent):
         return LINK_CUT
-    if asked and all(p in recent and not recent[p][0] for p in asked):
+    if needed >= 1 and sum(1 for ok, _ in recent if not ok) >= needed:
         return DOWN
     return UNDECIDED
 
@@ -90,3 +92,98 @@ def panicking(silent: int, total: int, s: SuspicionSettings) -> bool:
     if total <= 0:
         return False
     return silent > s.panic_share * total
+
+
+class Round(msgspec.Struct):
+    """The probing of one silent center: since when it is silent, who was asked last and when."""
+
+    since: float
+    asked: list[str]
+    asked_at: float
+
+
+class Step(msgspec.Struct, frozen=True):
+    """What one `Suspicion.step` decided, as values for the brain to apply."""
+
+    # centers every needed peer failed to reach: DOWN now, with why
+    down: list[tuple[str, str]]
+    # silent centers held out of DOWN until the time given (peers reach them, or we panic)
+    hold: dict[str, float]
+    panic: bool
+
+
+class Suspicion:
+    """The indirect-probe state machine of the leader's brain (issue 16), pure like the tracker.
+
+    Fed with the tracker's silent centers (`step`) and with probers' answers (`answer`), it asks
+    probers for probes (`take_requests`, carried on the prober's next ReportAck) and returns its
+    verdicts as values. Nothing here reads a clock: `now` comes in.
+    """
+
+    def __init__(self, settings: SuspicionSettings) -> None:
+        self.s = settings
+        self.rounds: dict[str, Round] = {}
+        # target -> prober -> (reachable, when the answer arrived); the latest per prober
+        self.answers: dict[str, dict[str, tuple[bool, float]]] = {}
+        # prober -> targets to ask of it on its next ack
+        self.outbox: dict[str, list[str]] = {}
+        self.panic = False
+        self.requests_sent = 0
+
+    def step(self, now: float, silent: dict[str, float], fresh: list[str], total: int) -> Step:
+        """Judge the silent centers at `now`. `fresh`: the reporting centers that can probe, the one
+        whose next report is due soonest first (its ack carries the request soonest); `total`: all
+        centers of the topology (the panic share's base)."""
+        s = self.s
+        for gone in [t for t in self.rounds if t not in silent]:
+            del self.rounds[gone]
+            self.answers.pop(gone, None)
+        self.panic = panicking(len(silent), total, s)
+        if self.panic:
+            # our own network, most likely: nobody goes DOWN on evidence we cannot trust, and the
+            # plan stays as it is until the centers are heard again or an operator acts
+            return Step([], {t: now + s.reachable_hold_s for t in silent}, True)
+        down: list[tuple[str, str]] = []
+        hold: dict[str, float] = {}
+        for target, since in silent.items():
+            r = self.rounds.get(target)
+            if r is None or r.since != since:
+                r = self.rounds[target] = Round(since, [], -math.inf)
+                self.answers.pop(target, None)
+            if now - r.asked_at >= s.probe_interval_s:
+                r.asked = choose_probers(target, fresh, s.probe_k)
+                r.asked_at = now
+                for p in r.asked:
+                    waiting = self.outbox.setdefault(p, [])
+                    if target not in waiting:
+                        waiting.append(target)
+            needed = min(s.probe_k, len([c for c in fresh if c != target]))
+            answers = self.answers.get(target, {})
+            v = verdict(answers, needed, since, now, s)
+            if v == DOWN:
+                down.append((target, f"silent, and {needed} peers could not reach it"))
+            elif v == LINK_CUT:
+                at = max(a[1] for a in answers.values() if a[0])
+                hold[target] = at + s.reachable_hold_s
+        for target, _ in down:
+            self.rounds.pop(target, None)
+            self.answers.pop(target, None)
+        return Step(down, hold, False)
+
+    def answer(self, prober: str, probes: dict[str, bool], now: float) -> None:
+        """A prober's report carried its probe answers: kept for the targets still being probed."""
+        for target, ok in probes.items():
+            if target in self.rounds:
+                self.answers.setdefault(target, {})[prober] = (ok, now)
+
+    def take_requests(self, prober: str) -> list[str]:
+        """The targets to ask `prober` to probe, once: its ack carries them."""
+        got = self.outbox.pop(prober, None)
+        if got:
+            self.requests_sent += len(got)
+            return got
+        return []
+
+    def next_round_at(self) -> float:
+        """When `step` next has a round to start (inf: no silent center being probed)."""
+        return min((r.asked_at + self.s.probe_interval_s for r in self.rounds.values()), default=math.inf)

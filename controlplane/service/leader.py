@@ -148,6 +148,7 @@ class LeaderLoop:
             term=election.leader_rev,
             health_settings=cp.health_settings(),
             demand_settings=cp.demand_settings(),
+            suspicion_settings=cp.settings.suspicion,
         )
         self.brain.shed = shed
         if seqs is not None:
@@ -292,7 +293,7 @@ class LeaderLoop:
         while True:
             brain = self._brain(election)
             now = loop.time()
-            if brain.expire(now) or now - health_at >= HEALTH_METRICS_EVERY_S:
+            if brain.expire(now) or brain.panic_changes or now - health_at >= HEALTH_METRICS_EVERY_S:
                 cp.publish_health(brain, now)
                 health_at = now
             if brain.rollback_due:  # only a takeover's first publish can be pending with it: it wins

@@ -116,6 +116,14 @@ class ControlPlaneMetrics:
             ["kind"], registry=r
         )
         self.report_streams = Gauge(_P + "report_streams", "Open Report streams", registry=r)
+        # issue 16: indirect probes of silent centers, cut links, and the panic freeze
+        self.probe_requests = Counter(
+            _P + "probe_requests_total", "Probes of silent centers asked of their peers' agents", registry=r)
+        self.panic = Gauge(
+            _P + "panic", "1 while more than the panic share of centers is silent: plan frozen", registry=r)
+        self.link_cut = Gauge(
+            _P + "center_link_cut", "1 while the leader cannot hear the center but its peers reach it",
+            ["center"], registry=r)
         self.publishes = Counter(_P + "publishes_total", "Plans published, by cause", ["cause"], registry=r)
         self._route_labels: set[tuple[str, str, str]] = set()
         self._health_labels: dict[str, str] = {}

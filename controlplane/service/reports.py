@@ -102,7 +102,12 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                         # the proto counts calls per (origin center, receiving center); a center's
                         # lookups serve the branches it hosts, so the origin center stands for them
                         metrics.calls_routed.labels(center, target).inc(n)
-                yield report_ack(msg.seq, version, prior_accepted_seq=prior_seq)
+                # silent centers this center's agent is asked to probe (issue 16): on this ack,
+                # the soonest the request can reach it
+                probe = brain.probe_requests(center)
+                if probe:
+                    metrics.probe_requests.inc(len(probe))
+                yield report_ack(msg.seq, version, prior_accepted_seq=prior_seq, probe=probe)
         finally:
             metrics.report_streams.dec()
             if center and leader.brain is brain and brain is not None:

@@ -455,6 +455,15 @@ class ControlPlane:
     def publish_health(self, brain: LeaderBrain, now: float) -> None:
         for c, h in brain.tracker.view(now).items():
             self.metrics.set_health(c, h.status)
+            self.metrics.link_cut.labels(c).set(1 if "link cut" in h.reason else 0)
+        self.metrics.panic.set(1 if brain.panic else 0)
+        for _, on in brain.take_panic_changes():
+            if on:
+                log.error("more than %.0f%% of the centers went silent at once: suspecting this "
+                          "control plane's own network; plan frozen (agents keep their last plan)",
+                          brain.suspicion.s.panic_share * 100)
+            else:
+                log.warning("centers heard again: the panic freeze is over")
         self.metrics.set_demand(brain.demand.rates(now))
 
     def health_settings(self) -> Any:

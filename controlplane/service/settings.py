@@ -19,6 +19,7 @@ from controlplane.core.demand import DemandSettings
 from controlplane.core.health import HealthSettings
 from controlplane.core.model import InvalidInput, check_id
 from controlplane.core.retention import RetentionSettings, validate_retention
+from controlplane.core.suspicion import SuspicionSettings
 from controlplane.settingsfile import read_settings_data
 
 
@@ -81,6 +82,9 @@ class ControlPlaneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     health: HealthSettings | None = None
     # the live demand estimate's windows (controlplane.core.demand); None = its defaults
     demand: DemandSettings | None = None
+    # indirect probes of silent centers and the panic threshold (controlplane.core.suspicion,
+    # issue 16); None = its defaults
+    suspicion: SuspicionSettings | None = None
     # etcd history older than this is compacted by the leader: watchers that were away longer re-list
     # (F7); ten minutes of plans and heartbeats is a few thousand revisions
     compact_after_s: float = 600.0

@@ -1,0 +1,136 @@
+"""Issue 16 in the leader's brain, driven by `now` (pure): a silent center is probed by its peers and
+is DOWN as soon as they all fail to reach it (F18), kept with its routes while they reach it (F19),
+and more than half the network silent at once freezes the plan instead of DR (F20)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from controlplane.core.brain import LeaderBrain
+from controlplane.core.health import HealthSettings
+from controlplane.core.model import AdminState, Report, SkillLoad, Status
+from controlplane.core.suspicion import SuspicionSettings
+from controlplane.core.topology import load_topology, topology_hash
+
+ROOT = Path(__file__).resolve().parent.parent
+HS = HealthSettings(interval_s=0.5)
+SS = SuspicionSettings()
+
+
+class Net:
+    """A brain and the reports of a network of agents, every agent reporting each 0.5 s."""
+
+    def __init__(self, topology: str) -> None:
+        self.topo = load_topology(ROOT / "examples" / topology)
+        self.b = LeaderBrain(self.topo, topology_hash(self.topo), 0.0, publish_interval_s=1.0,
+                             base_version=0, health_settings=HS, suspicion_settings=SS)
+        self.seq = 0
+        self.asked: dict[str, list[str]] = {}  # prober -> targets asked of it (from its acks)
+        self.now = 0.0
+
+    def report(self, center: str, probes: dict[str, bool] | None = None) -> None:
+        self.seq += 1
+        skills = {s: SkillLoad(logged_in=n, ready=n // 2, busy=n - n // 2, aht_s=240.0)
+                  for s, n in next(c for c in self.topo.centers if c.id == center).agents.items()}
+        r = Report(center=center, seq=self.seq, sent_at=1.0, interval_s=0.5, state=AdminState.OPEN,
+                   skills=skills, probes=probes or {})
+        self.b.on_report(r, self.now, count_demand=False)
+        self.asked.setdefault(center, []).extend(self.b.probe_requests(center))
+
+    def run(self, until: float, silent: set[str], reach: dict[str, bool] | None = None) -> None:
+        """Every center not in `silent` reports each 0.5 s (staggered) until `until`; a prober
+        answers the targets it was asked about with `reach` (target -> reachable) on its next report."""
+        ids = self.topo.center_ids()
+        while self.now < until - 1e-9:
+            for c in ids:
+                self.now = round(self.now + 0.5 / len(ids), 6)
+                self.b.expire(self.now)
+                if self.b.due(self.now):
+                    p = self.b.compute(self.now, self.now)
+                    if p is not None:
+                        self.b.published(p, self.now)
+                if c in silent:
+                    continue
+                answers = {t: (reach or {}).get(t, False) for t in self.asked.pop(c, [])}
+                self.report(c, answers)
+
+    def status(self, center: str) -> Status:
+        return self.b.tracker.view(self.now)[center].status
+
+
+def started(topology: str) -> Net:
+    n = Net(topology)
+    n.run(2.0, set())
+    assert all(n.status(c) == Status.HEALTHY for c in n.topo.center_ids())
+    return n
+
+
+def test_f18_silent_center_is_down_once_its_peers_cannot_reach_it() -> None:
+    n = started("national.yaml")
+    lost_at = n.now
+    n.run(lost_at + 2.0, {"wuhan"})
+    # suspected at 1 s of silence, three peers asked on their next acks, answered on the report after
+    assert n.status("wuhan") == Status.DOWN
+    assert "peers could not reach it" in n.b.tracker.view(n.now)["wuhan"].reason
+    assert n.b.last_plan is not None and "wuhan" in n.b.last_plan.closed
+    assert sum(len(v) for v in n.asked.values()) <= SS.probe_k  # only a round's worth outstanding
+
+
+def test_without_probe_answers_the_down_timer_still_decides() -> None:
+    n = started("national.yaml")
+    lost_at = n.now
+    # peers are asked but never answer (agents without `peers`): down_after_s, as before issue 16
+    for _ in range(int(HS.down_after_s / 0.5) - 1):
+        n.run(n.now + 0.5, {"wuhan"})
+        n.asked.clear()
+    assert n.status("wuhan") == Status.STALE
+    n.run(lost_at + HS.down_after_s + 0.5, {"wuhan"})
+    assert n.status("wuhan") == Status.DOWN
+
+
+def test_f19_a_cut_link_keeps_the_center_and_its_routes() -> None:
+    n = started("national.yaml")
+    before = n.b.last_plan
+    assert before is not None
+    n.run(n.now + 3 * HS.down_after_s, {"wuhan"}, reach={"wuhan": True})
+    view = n.b.tracker.view(n.now)["wuhan"]
+    assert view.status == Status.STALE and view.weight == 1.0 and "link cut" in view.reason
+    assert n.b.last_plan is not None and "wuhan" not in n.b.last_plan.closed
+    # its branches still go home: no DR route for a center we merely cannot hear
+    wuhan_home = [r for r in n.b.last_plan.routes if r.home == "wuhan"]
+    assert wuhan_home and all(any(t.center == "wuhan" and t.weight > 0 for t in r.targets)
+                              for r in wuhan_home)
+
+
+def test_f19_then_f18_a_cut_link_that_becomes_a_dead_center() -> None:
+    n = started("national.yaml")
+    n.run(n.now + 3.0, {"wuhan"}, reach={"wuhan": True})
+    assert n.status("wuhan") == Status.STALE
+    n.run(n.now + 2.0, {"wuhan"}, reach={"wuhan": False})
+    assert n.status("wuhan") == Status.DOWN
+
+
+def test_f20_five_of_nine_silent_freezes_the_plan() -> None:
+    n = started("national.yaml")
+    frozen = n.b.last_plan
+    assert frozen is not None
+    cut = {"wuhan", "chengdu", "beijing", "shanghai", "tianjin"}
+    n.run(n.now + 3 * HS.down_after_s, cut)
+    assert n.b.panic and [on for _, on in n.b.take_panic_changes()] == [True]
+    assert all(n.status(c) != Status.DOWN for c in cut)
+    assert n.b.last_plan is frozen  # nothing published: agents keep their last good plan
+    # an operator can still act while frozen
+    n.b.set_admin({"lanzhou": AdminState.CLOSED})
+    assert n.b.due(n.now)
+    # the network comes back: the freeze ends by itself
+    n.run(n.now + 2.0, set())
+    assert not n.b.panic and [on for _, on in n.b.take_panic_changes()] == [False]
+    assert all(n.status(c) != Status.DOWN for c in cut)
+
+
+def test_four_of_nine_silent_is_not_a_panic() -> None:
+    n = started("national.yaml")
+    cut = {"wuhan", "chengdu", "beijing", "shanghai"}
+    n.run(n.now + 2.0, cut)
+    assert not n.b.panic
+    assert all(n.status(c) == Status.DOWN for c in cut)
