@@ -450,13 +450,19 @@ class AcdHttpServer(HttpServerBase):
 
     def __init__(self, *, push: Callable[[bytes], None] | None = None,
                  admin: Callable[[bytes], dict[str, Any]] | None = None, token: bytes = b"",
-                 limits: HttpLimits | None = None, center: str = "") -> None:
+                 limits: HttpLimits | None = None, center: str = "",
+                 entry_ok: Callable[[], bool] | None = None) -> None:
         super().__init__(limits)
         self.push = push
         self.admin = admin
         # GET /v1/probe answers with it: a peer's probe (issue 16) checks it reached the center it
         # meant to, not whatever now listens on a reused port
-        self.probe_answer = _response(b"200 OK", _JSON.encode({"center": center}))
+        self.probe_answer = _response(b"200 OK", _JSON.encode({"center": center, "entry": True}))
+        # 503 while the center's call entry takes no calls (its ACD trunk down): a peer's path
+        # probe (F21) then finds the path broken although the agent answers
+        self.probe_entry_down = _response(b"503 Service Unavailable",
+                                          _JSON.encode({"center": center, "entry": False}))
+        self.entry_ok = entry_ok
         # the whole header value expected, compared in constant time (no early exit on a prefix)
         self.expected = b"Bearer " + token if token else b""
 
@@ -472,7 +478,11 @@ class AcdHttpServer(HttpServerBase):
                 self.push(body)
                 return _response(b"200 OK", b'{"accepted":true}')
             if path == b"/v1/probe":
-                return self.probe_answer if method == b"GET" else _BAD_METHOD
+                if method != b"GET":
+                    return _BAD_METHOD
+                if self.entry_ok is not None and not self.entry_ok():
+                    return self.probe_entry_down
+                return self.probe_answer
             if path == b"/v1/admin/acd" and self.admin is not None:
                 if method != b"POST":
                     return _BAD_METHOD

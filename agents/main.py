@@ -28,7 +28,7 @@ import msgspec
 from agents.acd import ACD, PushACD, SimulatedACD, invalid_from_msgspec
 from agents.httpserver import HTTP_METRICS_HELP, AcdHttpServer, HttpLimits, HttpLookupServer, LookupEngine
 from agents.plancache import PlanCache, PlanStore, PlanWatcher
-from agents.probe import PeerProber
+from agents.probe import PathProber, PeerProber
 from agents.reporter import Reporter, RoutedCounter, SeqStore
 from agents.settings import AgentSettings, is_loopback, load_settings, parse_hostport
 from controlplane.core.model import MAX_COUNT, MAX_SKILLS_PER_REPORT, InvalidInput, Topology, check_id
@@ -144,6 +144,7 @@ class Agent:
             on_plan_version=self.cache.confirm, tls=agent_tls(settings))
         self._offers: set[asyncio.Task[None]] = set()
         self.prober: PeerProber | None = None
+        self.path_prober: PathProber | None = None
         self.offer_errors = 0
         if settings.sim_peers and isinstance(self.acd, SimulatedACD):
             self.reporter.deliver = self._deliver
@@ -171,10 +172,15 @@ class Agent:
                 is_loopback(h) for h, _ in peers.values()) else b""
             self.prober = PeerProber(peers, settings.probe_timeout_s, token, self.reporter.report_now)
             self.reporter.prober = self.prober
+            if settings.path_probe_interval_s > 0:
+                self.path_prober = PathProber(peers, settings.path_probe_interval_s,
+                                              settings.probe_timeout_s, token, self.reporter.report_now)
+                self.reporter.paths = self.path_prober
         self.acd_http = AcdHttpServer(
             push=self._push if isinstance(self.acd, PushACD) else None,
             admin=self._admin if isinstance(self.acd, SimulatedACD) else None,
-            token=self.acd_security.token, limits=limits, center=settings.center)
+            token=self.acd_security.token, limits=limits, center=settings.center,
+            entry_ok=self._entry_ok)
         self.acd_port = 0
         self.grpc: Any = None
         self.http_port = 0
@@ -187,6 +193,11 @@ class Agent:
     def _push(self, body: bytes) -> None:
         assert isinstance(self.acd, PushACD)
         self.acd.push_json(body, time.monotonic())
+
+    def _entry_ok(self) -> bool:
+        """Whether this center's call entry takes calls, as far as the agent knows: the simulated
+        ACD's trunk fault says no; a pushed ACD's trunk is not visible here (yes)."""
+        return not (isinstance(self.acd, SimulatedACD) and self.acd.mode == "calls_not_arriving")
 
     def _admin(self, body: bytes) -> dict[str, Any]:
         assert isinstance(self.acd, SimulatedACD)
@@ -391,6 +402,8 @@ class Agent:
                  asyncio.create_task(self.watcher.run(), name="plan-watcher")]
         if isinstance(self.acd, PushACD):
             tasks.append(asyncio.create_task(self._stdin_pushes(), name="stdin-push"))
+        if self.path_prober is not None:
+            tasks.append(asyncio.create_task(self.path_prober.run(), name="path-prober"))
         stop = asyncio.create_task(self._stop.wait())
         try:
             pending = {*tasks, stop}

@@ -3,19 +3,22 @@
 Used for the control plane's indirect probes of a silent center (ReportAck.probe) and for DR path
 probes: a frozen agent (SIGSTOP) still accepts TCP connections in the kernel but never answers, and
 a black-holed link never connects, so only an HTTP answer within the timeout counts as reachable.
-Any HTTP status counts (a 401 from a peer with another token is still a live peer): the question is
-only whether the center's agent is alive and its link carries traffic.
+For the indirect probes any HTTP status counts (a 401 from a peer with another token is still a live
+peer): the question is only whether the center's agent is alive and its link carries traffic. For
+path probes only 200 counts: 503 says the center's call entry (its ACD trunk) is not taking calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable, Iterable
 
 
-async def probe_peer(host: str, port: int, timeout_s: float, token: bytes = b"") -> tuple[bool, float]:
-    """(reachable, round trip in seconds; the timeout when unreachable)."""
+async def probe_peer(host: str, port: int, timeout_s: float, token: bytes = b"") -> tuple[int, float]:
+    """(HTTP status of the answer, 0 when none came within the timeout; round trip in seconds, the
+    timeout when no answer)."""
     t0 = time.monotonic()
     writer = None
     auth = b"Authorization: Bearer " + token + b"\r\n" if token else b""
@@ -26,9 +29,12 @@ async def probe_peer(host: str, port: int, timeout_s: float, token: bytes = b"")
                          + b"Connection: close\r\n\r\n")
             await writer.drain()
             line = await reader.readline()
-        return line.startswith(b"HTTP/1."), time.monotonic() - t0
+        parts = line.split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            return 0, timeout_s  # something answered, but not an agent: no better than silence
+        return int(parts[1]), time.monotonic() - t0
     except (TimeoutError, OSError):
-        return False, timeout_s
+        return 0, timeout_s
     finally:
         if writer is not None:
             writer.close()
@@ -64,9 +70,10 @@ class PeerProber:
     async def _probe(self, target: str) -> None:
         host, port = self.peers[target]
         try:
-            ok, _ = await probe_peer(host, port, self.timeout_s, self.token)
+            status, _ = await probe_peer(host, port, self.timeout_s, self.token)
         finally:
             del self.inflight[target]
+        ok = status != 0  # any answer: the agent is alive (a 503 entry is still a live center)
         self.probes += 1
         self.unreachable += not ok
         self.answers[target] = ok
@@ -80,3 +87,62 @@ class PeerProber:
     def close(self) -> None:
         for task in self.inflight.values():
             task.cancel()
+
+
+class PathProber:
+    """F21: probes the entry of every peer this center's calls may be sent to, each about every
+    `interval_s` (jittered +-20% so that 40 agents do not probe in step), and keeps the set of broken
+    paths for the reports (`broken`, the whole set each report). A path is broken after a failed
+    probe and its immediate retry (one lost packet is not a broken path), and healthy again at the
+    first success; a change calls `changed` so the report goes at once.
+
+    Any center can become a DR receiver, so every configured peer is probed, not only the current
+    plan's receivers: a broken DR path is found while it is idle, before the first call is sent down
+    it. Cost: one small HTTP request per peer per interval (39 a second at 40 centers and 1 s).
+    """
+
+    def __init__(self, peers: dict[str, tuple[str, int]], interval_s: float, timeout_s: float,
+                 token: bytes, changed: Callable[[], None], rng: random.Random | None = None) -> None:
+        self.peers = peers
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.token = token
+        self.changed = changed
+        self.rng = rng or random.Random()
+        self.broken: dict[str, str] = {}
+        self.probes = self.failures = 0
+
+    async def run(self) -> None:
+        """One loop per peer, started at a random phase; runs until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            for target in self.peers:
+                tg.create_task(self._watch(target))
+
+    async def _watch(self, target: str) -> None:
+        await asyncio.sleep(self.rng.uniform(0, self.interval_s))
+        while True:
+            why = await self._check(target)
+            if why is not None:
+                why = await self._check(target)  # the retry: a broken path fails twice
+            was = self.broken.get(target)
+            if why is None and was is not None:
+                del self.broken[target]
+                self.changed()
+            elif why is not None and was is None:
+                self.broken[target] = why
+                self.changed()
+            await asyncio.sleep(self.interval_s * self.rng.uniform(0.8, 1.2))
+
+    async def _check(self, target: str) -> str | None:
+        """None when the path answers; else why not."""
+        host, port = self.peers[target]
+        status, _ = await probe_peer(host, port, self.timeout_s, self.token)
+        self.probes += 1
+        if status == 200:
+            return None
+        self.failures += 1
+        if status == 0:
+            return f"no answer within {self.timeout_s:g} s"
+        if status == 503:
+            return "entry not accepting calls"
+        return f"probe answered HTTP {status}"

@@ -296,6 +296,8 @@ class Reporter:
         # issue 16: answers the control plane's probe requests (agents.probe.PeerProber; main sets
         # it when the agent has peers); `report_now` sends its answers without waiting an interval
         self.prober: Any = None
+        # F21: agents.probe.PathProber, whose broken paths every report carries (main sets it)
+        self.paths: Any = None
         self._early = asyncio.Event()
 
     def report_now(self) -> None:
@@ -336,7 +338,8 @@ class Reporter:
         probes = self.prober.take() if self.prober is not None else {}
         return Report(center=self.center, seq=seq, incarnation=incarnation, sent_at=self.wall(),
                       interval_s=self.interval_s, state=self.acd.state, skills=skills,
-                      routed_to=routed_to, demand=self.ledger.take(), probes=probes)
+                      routed_to=routed_to, demand=self.ledger.take(), probes=probes,
+                      broken_paths=dict(self.paths.broken) if self.paths is not None else {})
 
     def _count_demand(self, counts: dict[tuple[str, str], int]) -> None:
         branches, skills = self.known_branches, self.known_skills

@@ -110,6 +110,10 @@ class AgentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # a peer's answer on a LAN/WAN takes tens of ms; 0.3 s is ten times that and keeps the probe
     # round (request on an ack, probe, early report) inside the 2 s budget of F18
     probe_timeout_s: float = 0.3
+    # F21: each peer's call entry is probed about this often (+-20% jitter); a break is found within
+    # about interval + 2 probe timeouts (a failure and its retry), inside the 2 s budget, while the
+    # path is idle; 0 turns path probes off
+    path_probe_interval_s: float = 1.0
     # simulated ACD fault at start (chaos harness): normal | not_answering | calls_not_arriving;
     # POST /v1/admin/acd {"mode": ...} changes it at run time
     sim_mode: str = "normal"
@@ -175,11 +179,14 @@ def validate(s: AgentSettings) -> AgentSettings:
                 "sim_own_traffic": (0, 1000), "sim_start_hour": (0, 24),
                 "http_header_timeout_s": (0.01, 3600), "http_body_timeout_s": (0.01, 3600),
                 "http_idle_timeout_s": (0.01, 86400), "http_write_timeout_s": (0.01, 3600),
-                "probe_timeout_s": (0.01, 60)}
+                "probe_timeout_s": (0.01, 60), "path_probe_interval_s": (0, 3600)}
     for name, (lo, hi) in positive.items():
         v = getattr(s, name)
         if not isinstance(v, int | float) or not math.isfinite(v) or not lo <= v <= hi:
             raise InvalidInput(name, v, f"must be a number in [{lo}, {hi}]")
+    if 0 < s.path_probe_interval_s < 0.1:
+        raise InvalidInput("path_probe_interval_s", s.path_probe_interval_s,
+                           "must be 0 (off) or at least 0.1 s: faster is a probe flood, not a check")
     if not math.isfinite(s.wall_offset_s):
         raise InvalidInput("wall_offset_s", s.wall_offset_s, "must be finite")
     for name, lo, hi in (("seq_block", 1, 10_000_000), ("latency_sample_every", 1, 1_000_000),

@@ -232,6 +232,14 @@ def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] |
         if pr.center in probes:
             raise InvalidInput("probes.center", pr.center, "duplicate center")
         probes[pr.center] = pr.reachable
+    if len(msg.broken_paths) > MAX_TARGETS_PER_REPORT:
+        raise InvalidInput("broken_paths", len(msg.broken_paths),
+                           f"more than {MAX_TARGETS_PER_REPORT} entries")
+    broken: dict[str, str] = {}
+    for bp in msg.broken_paths:
+        if bp.center in broken:
+            raise InvalidInput("broken_paths.center", bp.center, "duplicate center")
+        broken[bp.center] = bp.reason
     demand: dict[str, dict[str, int]] = {}
     for i, d in enumerate(msg.demand):
         # ids are checked here, per entry, so that a field name never quotes an unchecked string
@@ -246,7 +254,7 @@ def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] |
         per_skill[skill] = d.lookups
     r = Report(center=msg.center, seq=msg.seq, sent_at=msg.sent_at, interval_s=msg.interval_s,
                state=state, skills=skills, routed_to=routed, demand=demand, incarnation=msg.incarnation,
-               probes=probes)
+               probes=probes, broken_paths=broken)
     validate_report(r, known_centers, known_branches=known_branches)
     return r
 
@@ -265,7 +273,8 @@ def report_to_pb(r: Report) -> report_pb2.CenterReport:
         routed_to=[RoutedCount(center=c, calls=n) for c, n in r.routed_to.items()],
         demand=[BranchDemand(branch=b, skill=s, lookups=n)
                 for b, per_skill in r.demand.items() for s, n in per_skill.items()],
-        probes=[report_pb2.ProbeResult(center=c, reachable=ok) for c, ok in r.probes.items()])
+        probes=[report_pb2.ProbeResult(center=c, reachable=ok) for c, ok in r.probes.items()],
+        broken_paths=[report_pb2.BrokenPath(center=c, reason=why) for c, why in r.broken_paths.items()])
 
 
 def report_ack(seq: int, plan_version: int, error: Exception | None = None, *,

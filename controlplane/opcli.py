@@ -365,9 +365,19 @@ def centers_table(reply: Any) -> Any:
             acked,
             # negative means "never" to the server, but some builds leave it unset: say nothing
             f"{c.last_report_age_s:.1f} s" if c.last_report_age_s >= 0 else "-",
-            _text(c.reason or c.nack_error),
+            _reason_cell(c),
         )
     return t
+
+
+def _reason_cell(c: Any) -> Any:
+    """The status's why, then each broken path from this center on its own line (red): what an
+    operator must see at a glance during DR."""
+    cell = _text(c.reason or c.nack_error)
+    for line in c.broken_paths:
+        cell.append("\npath to ", style="red")
+        cell.append(line, style="red")
+    return cell
 
 
 def cmd_centers(args: argparse.Namespace) -> int:

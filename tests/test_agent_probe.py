@@ -28,16 +28,16 @@ async def _serve(answer: bool, release: asyncio.Event | None = None,
 
 
 def test_answering_agent_is_reachable() -> None:
-    async def run() -> tuple[bool, float]:
+    async def run() -> tuple[int, float]:
         srv, port = await _serve(True)
         async with srv:
             return await probe_peer("127.0.0.1", port, 2.0)
-    ok, _ = asyncio.run(run())
-    assert ok
+    status, _ = asyncio.run(run())
+    assert status == 200
 
 
 def test_frozen_agent_is_unreachable() -> None:
-    async def run() -> tuple[bool, float]:
+    async def run() -> tuple[int, float]:
         release, done = asyncio.Event(), asyncio.Event()
         srv, port = await _serve(False, release, done)
         async with srv:

@@ -41,3 +41,23 @@ def test_ack_carries_probe_requests() -> None:
     ack = report_ack(3, 7, prior_accepted_seq=2, probe=["west"])
     assert list(ack.probe) == ["west"] and ack.accepted
     assert list(report_ack(3, 7).probe) == []
+
+
+def test_broken_paths_round_trip() -> None:
+    r = Report(center="east", seq=1, sent_at=1.0, broken_paths={"west": "no answer within 0.3 s"})
+    assert report_from_pb(report_to_pb(r), KNOWN).broken_paths == {"west": "no answer within 0.3 s"}
+
+
+@pytest.mark.parametrize(("paths", "field", "value"), [
+    ([("nowhere", "x")], "broken_paths.center", "nowhere"),
+    ([("east", "x")], "broken_paths.center", "east"),
+    ([("west", "x"), ("west", "y")], "broken_paths.center", "west"),
+    ([("west", "x" * 201)], "broken_paths[west].reason", "x" * 201),
+])
+def test_bad_broken_paths_are_refused(paths: list[tuple[str, str]], field: str, value: str) -> None:
+    msg = report_to_pb(Report(center="east", seq=1, sent_at=1.0))
+    for c, why in paths:
+        msg.broken_paths.append(report_pb2.BrokenPath(center=c, reason=why))
+    with pytest.raises(InvalidInput) as e:
+        report_from_pb(msg, KNOWN)
+    assert e.value.field == field and e.value.value == value

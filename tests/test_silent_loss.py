@@ -134,3 +134,50 @@ def test_four_of_nine_silent_is_not_a_panic() -> None:
     n.run(n.now + 2.0, cut)
     assert not n.b.panic
     assert all(n.status(c) == Status.DOWN for c in cut)
+
+
+# ---------------------------------------------------------------- F21: broken DR paths
+
+
+def test_f21_a_broken_path_leaves_only_its_senders_routes() -> None:
+    n = started("national.yaml")
+    # wuhan closed: its branches' calls go to DR receivers, looked up by wuhan's agent
+    n.b.set_admin({"wuhan": AdminState.CLOSED})
+    n.run(n.now + 0.5, set())
+    plan = n.b.last_plan
+    assert plan is not None and "wuhan" in plan.closed
+    # a sender whose routes use another center, and that receiver
+    r0 = next(r for r in plan.routes if any(t.center != r.home and t.weight > 0 for t in r.targets))
+    sender, receiver = r0.home, next(t.center for t in r0.targets if t.center != r0.home and t.weight > 0)
+    n.b.on_report(Report(center=sender, seq=10_000, sent_at=1.0, interval_s=0.5, state=AdminState.OPEN,
+                         skills=plan_skills(n, sender), broken_paths={receiver: "no answer within 0.3 s"}),
+                  n.now, count_demand=False)
+    assert n.b.due(n.now) and n.b.path_changes == [(sender, receiver, True)]
+    p = n.b.compute(n.now, n.now)
+    assert p is not None and p.meta["cause"] == "path broken or restored"
+    for r in p.routes:
+        used = {t.center for t in r.targets if t.weight > 0}
+        if r.home == sender:
+            assert receiver not in used or used == {receiver}, r
+        assert abs(sum(t.weight for t in r.targets) - 1) < 1e-6 or not r.targets
+    # other senders still use that receiver where the planner sends them there
+    others = [r for r in p.routes if r.home != sender and any(t.center == receiver for t in r.targets)]
+    before = [r for r in plan.routes if r.home != sender and any(t.center == receiver for t in r.targets)]
+    assert len(others) == len(before)
+
+
+def plan_skills(n: Net, center: str) -> dict[str, SkillLoad]:
+    return {s: SkillLoad(logged_in=k, ready=k // 2, busy=k - k // 2, aht_s=240.0)
+            for s, k in next(c for c in n.topo.centers if c.id == center).agents.items()}
+
+
+def test_f21_a_path_no_longer_reported_is_restored() -> None:
+    n = started("national.yaml")
+    n.b.set_admin({"wuhan": AdminState.CLOSED})
+    n.run(n.now + 0.5, set())
+    sk = plan_skills(n, "wuhan")
+    for seq, broken in ((20_000, {"chengdu": "entry not accepting calls"}), (20_001, {})):
+        n.b.on_report(Report(center="wuhan", seq=seq, sent_at=1.0, interval_s=0.5, state=AdminState.OPEN,
+                             skills=sk, broken_paths=broken), n.now, count_demand=False)
+    assert n.b.path_changes == [("wuhan", "chengdu", True), ("wuhan", "chengdu", False)]
+    assert n.b.paths.all() == []

@@ -57,7 +57,7 @@ class ListCentersReply(_message.Message):
     def __init__(self, centers: _Optional[_Iterable[_Union[CenterInfo, _Mapping]]] = ..., plan_version: _Optional[int] = ...) -> None: ...
 
 class CenterInfo(_message.Message):
-    __slots__ = ("center", "region", "status", "weight", "admin_state", "reported_state", "reason", "last_report_age_s", "skills", "acked_version", "nacked_version", "nack_error")
+    __slots__ = ("center", "region", "status", "weight", "admin_state", "reported_state", "reason", "last_report_age_s", "broken_paths", "skills", "acked_version", "nacked_version", "nack_error")
     CENTER_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,7 @@ class CenterInfo(_message.Message):
     REPORTED_STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     LAST_REPORT_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    BROKEN_PATHS_FIELD_NUMBER: _ClassVar[int]
     SKILLS_FIELD_NUMBER: _ClassVar[int]
     ACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
     NACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -78,11 +79,12 @@ class CenterInfo(_message.Message):
     reported_state: _types_pb2.AdminState
     reason: str
     last_report_age_s: float
+    broken_paths: _containers.RepeatedScalarFieldContainer[str]
     skills: _containers.RepeatedCompositeFieldContainer[SkillStatus]
     acked_version: int
     nacked_version: int
     nack_error: str
-    def __init__(self, center: _Optional[str] = ..., region: _Optional[str] = ..., status: _Optional[_Union[_types_pb2.CenterStatus, str]] = ..., weight: _Optional[float] = ..., admin_state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., reported_state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., reason: _Optional[str] = ..., last_report_age_s: _Optional[float] = ..., skills: _Optional[_Iterable[_Union[SkillStatus, _Mapping]]] = ..., acked_version: _Optional[int] = ..., nacked_version: _Optional[int] = ..., nack_error: _Optional[str] = ...) -> None: ...
+    def __init__(self, center: _Optional[str] = ..., region: _Optional[str] = ..., status: _Optional[_Union[_types_pb2.CenterStatus, str]] = ..., weight: _Optional[float] = ..., admin_state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., reported_state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., reason: _Optional[str] = ..., last_report_age_s: _Optional[float] = ..., broken_paths: _Optional[_Iterable[str]] = ..., skills: _Optional[_Iterable[_Union[SkillStatus, _Mapping]]] = ..., acked_version: _Optional[int] = ..., nacked_version: _Optional[int] = ..., nack_error: _Optional[str] = ...) -> None: ...
 
 class SkillStatus(_message.Message):
     __slots__ = ("skill", "logged_in", "ready", "busy", "queued", "ewt_s", "service_level", "predicted_service_level", "oldest_wait_s")

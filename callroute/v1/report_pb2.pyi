@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CenterReport(_message.Message):
-    __slots__ = ("center", "seq", "sent_at", "interval_s", "state", "incarnation", "probes", "skills", "routed_to", "demand")
+    __slots__ = ("center", "seq", "sent_at", "interval_s", "state", "incarnation", "probes", "broken_paths", "skills", "routed_to", "demand")
     CENTER_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class CenterReport(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     PROBES_FIELD_NUMBER: _ClassVar[int]
+    BROKEN_PATHS_FIELD_NUMBER: _ClassVar[int]
     SKILLS_FIELD_NUMBER: _ClassVar[int]
     ROUTED_TO_FIELD_NUMBER: _ClassVar[int]
     DEMAND_FIELD_NUMBER: _ClassVar[int]
@@ -26,10 +27,11 @@ class CenterReport(_message.Message):
     state: _types_pb2.AdminState
     incarnation: int
     probes: _containers.RepeatedCompositeFieldContainer[ProbeResult]
+    broken_paths: _containers.RepeatedCompositeFieldContainer[BrokenPath]
     skills: _containers.RepeatedCompositeFieldContainer[SkillReport]
     routed_to: _containers.RepeatedCompositeFieldContainer[RoutedCount]
     demand: _containers.RepeatedCompositeFieldContainer[BranchDemand]
-    def __init__(self, center: _Optional[str] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., incarnation: _Optional[int] = ..., probes: _Optional[_Iterable[_Union[ProbeResult, _Mapping]]] = ..., skills: _Optional[_Iterable[_Union[SkillReport, _Mapping]]] = ..., routed_to: _Optional[_Iterable[_Union[RoutedCount, _Mapping]]] = ..., demand: _Optional[_Iterable[_Union[BranchDemand, _Mapping]]] = ...) -> None: ...
+    def __init__(self, center: _Optional[str] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., incarnation: _Optional[int] = ..., probes: _Optional[_Iterable[_Union[ProbeResult, _Mapping]]] = ..., broken_paths: _Optional[_Iterable[_Union[BrokenPath, _Mapping]]] = ..., skills: _Optional[_Iterable[_Union[SkillReport, _Mapping]]] = ..., routed_to: _Optional[_Iterable[_Union[RoutedCount, _Mapping]]] = ..., demand: _Optional[_Iterable[_Union[BranchDemand, _Mapping]]] = ...) -> None: ...
 
 class SkillReport(_message.Message):
     __slots__ = ("skill", "logged_in", "ready", "busy", "queued", "oldest_wait_s", "offered", "answered", "answered_within", "abandoned", "aht_s")
@@ -64,6 +66,14 @@ class RoutedCount(_message.Message):
     center: str
     calls: int
     def __init__(self, center: _Optional[str] = ..., calls: _Optional[int] = ...) -> None: ...
+
+class BrokenPath(_message.Message):
+    __slots__ = ("center", "reason")
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    center: str
+    reason: str
+    def __init__(self, center: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ProbeResult(_message.Message):
     __slots__ = ("center", "reachable", "rtt_ms")

@@ -21,6 +21,7 @@ from .demand import DemandSettings, DemandTracker
 from .health import HealthSettings, HealthTracker
 from .model import AdminState, NetworkView, Plan, Report, Status, Topology
 from .overrides import Override, apply_overrides
+from .paths import PathBook, apply_broken_paths
 from .plan import consistent
 from .planner import PlanTracker, reason_closed
 from .suspicion import Suspicion, SuspicionSettings
@@ -32,6 +33,7 @@ CAUSE_URGENT = "center down or closed"
 CAUSE_OPERATOR = "operator change"
 CAUSE_ROLLBACK = "rollback"
 CAUSE_DRILL = "drill"
+CAUSE_PATH = "path broken or restored"
 # health gauges are refreshed at least this often (and on every change): scrapes are seconds apart
 HEALTH_METRICS_EVERY_S = 1.0
 # a center's own state changes (its ACD's emergency switch, a local drain) waiting for their audit
@@ -142,6 +144,10 @@ class LeaderBrain:
         self.panic = False
         # (now, True/False) of each panic start/end not yet taken by the shell (metric, audit, log)
         self.panic_changes: list[tuple[float, bool]] = []
+        # the DR/overflow paths the senders' probes find broken (F21), and the changes not yet
+        # taken by the shell (sender, receiver, broken?) for its log and metric
+        self.paths = PathBook()
+        self.path_changes: list[tuple[str, str, bool]] = []
 
     # ------------------------------------------------------------------ inputs
 
@@ -226,6 +232,8 @@ class LeaderBrain:
         # per incarnation: the agent resolves its own in-doubt reports with it
         prior_seq = self.tracker.last_seq(report.center, report.incarnation) or 0
         self.observe(report, now)
+        if report.broken_paths or self.paths.has(report.center):
+            self._paths(report, now)
         if report.probes:
             # the answers may settle a silent center now: judge at once, not at the next tick
             self.suspicion.answer(report.center, report.probes, now)
@@ -337,6 +345,14 @@ class LeaderBrain:
                 self.dirty = True  # the freeze ends: plan on what the network is now
         return changes
 
+    def _paths(self, report: Report, now: float) -> None:
+        changes = self.paths.update(report.center, report.broken_paths, now)
+        if changes:
+            # calls are being sent down a path that loses them (or could use one again): as
+            # urgent as a center going down
+            self.path_changes.extend(changes)
+            self._urgent(CAUSE_PATH)
+
     def probe_requests(self, center: str) -> list[str]:
         """Silent centers `center`'s agent is asked to probe; its next ack carries them."""
         return self.suspicion.take_requests(center)
@@ -403,6 +419,9 @@ class LeaderBrain:
         ovs = [*self.overrides.values(), *(holiday_overrides(self.calendar, wall) if self.calendar else ())]
         if ovs:
             plan = apply_overrides(plan, ovs, self.topology)
+        broken = self.paths.broken()
+        if broken:
+            plan = apply_broken_paths(plan, broken)
         if (
             self.last_plan is not None
             and plan.routes == self.last_plan.routes

@@ -175,11 +175,16 @@ class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # probed center -> whether this center's agent reached its agent (answers to the control
     # plane's probe requests: health.HealthTracker's indirect probes of a silent center)
     probes: dict[str, bool] = {}
+    # receiving center -> why: the paths this center's own probes found broken (F21), the whole
+    # current set in every report
+    broken_paths: dict[str, str] = {}
 
 
 # limits on report contents: a report is a few hundred bytes; anything bigger is broken or hostile
 MAX_SKILLS_PER_REPORT = 256
 MAX_TARGETS_PER_REPORT = 1024
+# a broken path's reason is one line for operators ("no answer within 0.3 s")
+MAX_PATH_REASON = 200
 MAX_COUNT = 10_000_000  # no center offers ten million calls in one half-second interval
 # (branch, skill) entries in one report's demand: an agent answers for its own branches and, as a
 # backup, for a dark neighbour's; 37 branches x 5 skills is 185, and 4096 leaves room for a network
@@ -251,6 +256,16 @@ def validate_report(r: Report, known_centers: frozenset[str] | set[str], *,
             raise InvalidInput("probes.center", target, "a center does not probe itself")
         if not isinstance(ok, bool):
             raise InvalidInput(f"probes[{target}]", ok, "must be a boolean")
+    if len(r.broken_paths) > MAX_TARGETS_PER_REPORT:
+        raise InvalidInput("broken_paths", len(r.broken_paths), f"more than {MAX_TARGETS_PER_REPORT} entries")
+    for target, why in r.broken_paths.items():
+        if target not in known_centers:
+            raise InvalidInput("broken_paths.center", target, "unknown center")
+        if target == r.center:
+            raise InvalidInput("broken_paths.center", target, "a center's path to itself is not probed")
+        if not isinstance(why, str) or len(why) > MAX_PATH_REASON:
+            raise InvalidInput(f"broken_paths[{target}].reason", why,
+                               f"must be text of at most {MAX_PATH_REASON} characters")
     # counted before the loop: a hostile report must not cost a walk over millions of entries
     if len(r.demand) > MAX_DEMAND_ENTRIES:
         raise InvalidInput("demand", len(r.demand), f"more than {MAX_DEMAND_ENTRIES} entries")

@@ -293,7 +293,8 @@ class LeaderLoop:
         while True:
             brain = self._brain(election)
             now = loop.time()
-            if brain.expire(now) or brain.panic_changes or now - health_at >= HEALTH_METRICS_EVERY_S:
+            if (brain.expire(now) or brain.panic_changes or brain.path_changes
+                    or now - health_at >= HEALTH_METRICS_EVERY_S):
                 cp.publish_health(brain, now)
                 health_at = now
             if brain.rollback_due:  # only a takeover's first publish can be pending with it: it wins

@@ -124,6 +124,9 @@ class ControlPlaneMetrics:
         self.link_cut = Gauge(
             _P + "center_link_cut", "1 while the leader cannot hear the center but its peers reach it",
             ["center"], registry=r)
+        self.path_broken = Gauge(
+            _P + "path_broken", "1 while the sender's probes find its path to the receiver broken (F21)",
+            ["sender", "receiver"], registry=r)
         self.publishes = Counter(_P + "publishes_total", "Plans published, by cause", ["cause"], registry=r)
         self._route_labels: set[tuple[str, str, str]] = set()
         self._health_labels: dict[str, str] = {}

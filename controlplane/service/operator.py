@@ -208,6 +208,13 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 info.weight = h.weight
                 info.reported_state = admin_state_to_pb(h.state)
                 info.reason = h.reason
+                if brain is not None:
+                    wall = time.time()
+                    for p in brain.paths.all():
+                        if p.sender == c.id:
+                            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall - (now - p.since)))
+                            info.broken_paths.append(
+                                f"{p.receiver} broken since {since} ({now - p.since:.0f} s): {p.reason}")
                 last = brain.tracker.last_report_at(c.id) if brain is not None else None
                 if last is not None:
                     info.last_report_age_s = max(0.0, now - last)

@@ -464,6 +464,14 @@ class ControlPlane:
                           brain.suspicion.s.panic_share * 100)
             else:
                 log.warning("centers heard again: the panic freeze is over")
+        changes, brain.path_changes = brain.path_changes, []
+        for sender, receiver, broken in changes:
+            self.metrics.path_broken.labels(sender, receiver).set(1 if broken else 0)
+            if broken:
+                log.error("path %s -> %s broken (its probes): %s's calls no longer go to %s",
+                          sender, receiver, sender, receiver)
+            else:
+                log.warning("path %s -> %s answers again", sender, receiver)
         self.metrics.set_demand(brain.demand.rates(now))
 
     def health_settings(self) -> Any:
