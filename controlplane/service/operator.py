@@ -301,6 +301,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 ),
                 budget=budget,
             )
+        except grpc.aio.AbortError:
+            raise  # the deadline check above has answered the call; a second abort is a UsageError
         except Exception as e:
             if left is not None and budget >= left and not isinstance(e, InvalidInput):
                 await context.abort(
