@@ -168,13 +168,17 @@ class Agent:
             # simulated calls
             peers = {c: parse_hostport(f"peers.{c}", a) for c, a in settings.peers.items()
                      if c != settings.center}
-            token = self.acd_security.token if self.acd_security.token and all(
+            ssl_ctx = peer_tls(settings, peers)
+            # the token goes to peers over TLS, or over loopback plaintext as for simulated calls
+            token = self.acd_security.token if ssl_ctx is not None or all(
                 is_loopback(h) for h, _ in peers.values()) else b""
-            self.prober = PeerProber(peers, settings.probe_timeout_s, token, self.reporter.report_now)
+            self.prober = PeerProber(peers, settings.probe_timeout_s, token, self.reporter.report_now,
+                                     ssl_ctx=ssl_ctx)
             self.reporter.prober = self.prober
             if settings.path_probe_interval_s > 0:
                 self.path_prober = PathProber(peers, settings.path_probe_interval_s,
-                                              settings.probe_timeout_s, token, self.reporter.report_now)
+                                              settings.probe_timeout_s, token, self.reporter.report_now,
+                                              ssl_ctx=ssl_ctx)
                 self.reporter.paths = self.path_prober
         self.acd_http = AcdHttpServer(
             push=self._push if isinstance(self.acd, PushACD) else None,
@@ -455,12 +459,46 @@ def raise_fd_limit(need: int) -> None:
                            (need if hard == resource.RLIM_INFINITY else min(need, hard), hard))
 
 
+def peer_tls(s: AgentSettings, peers: dict[str, tuple[str, int]]) -> Any:
+    """The TLS context for probing peers' ACD listeners: None on loopback (plaintext, as there);
+    off loopback their listeners speak TLS with certificates of the callroute CA (`tls_ca`), and a
+    probe that could not tell a peer from an impostor would be worse than none (B5)."""
+    if all(is_loopback(h) for h, _ in peers.values()):
+        return None
+    if not s.tls_ca:
+        if s.insecure:
+            return None  # --insecure: the peers' listeners are plaintext too
+        raise InvalidInput("peers", ", ".join(sorted(peers)),
+                           "peers off loopback are probed over TLS: set tls_ca (the callroute CA), "
+                           "or --insecure")
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=s.tls_ca)
+    # the chain is checked (only the callroute CA's certificates pass); names are centers' SPIFFE
+    # URIs, not DNS names, so the host name is not
+    ctx.check_hostname = False
+    return ctx
+
+
+def _peers_from_args(values: list[str] | None) -> dict[str, str] | None:
+    if not values:
+        return None
+    peers: dict[str, str] = {}
+    for v in values:
+        center, sep, addr = v.partition("=")
+        if not sep or not center or not addr:
+            raise InvalidInput("--peer", v, "must be CENTER=HOST:PORT")
+        peers[center] = addr
+    return peers
+
+
 def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     return load_settings(
         args.config, center=args.center, controlplane=args.controlplane, http=args.http,
         grpc=args.grpc, acd=args.acd, state_dir=args.state_dir, topology=args.topology,
         node=getattr(args, "node", None),
         insecure=True if getattr(args, "insecure", False) else None,
+        peers=_peers_from_args(getattr(args, "peer", None)),
         **{k: getattr(args, k, None) for k in ("tls_ca", "tls_cert", "tls_key", "tls_server_name",
                                                "acd_listen", "acd_tls_cert", "acd_tls_key",
                                                "acd_token_file")})
@@ -529,6 +567,8 @@ def add_agent_parser(sub: Any) -> argparse.ArgumentParser:
     acd.add_argument("--acd-tls-cert", help="its TLS certificate (required off loopback)")
     acd.add_argument("--acd-tls-key", help="its private key")
     acd.add_argument("--acd-token-file", help="file with the bearer token the ACD must send")
+    acd.add_argument("--peer", action="append", metavar="CENTER=HOST:PORT",
+                     help="another center's agent's ACD listener, for probes (issue 16); repeat per center")
     acd.add_argument("--insecure", action="store_true",
                      help="allow a non-loopback ACD listener without TLS and token (logged, metric)")
     sp.set_defaults(func=run_agent)

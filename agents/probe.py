@@ -14,9 +14,11 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 
-async def probe_peer(host: str, port: int, timeout_s: float, token: bytes = b"") -> tuple[int, float]:
+async def probe_peer(host: str, port: int, timeout_s: float, token: bytes = b"",
+                     ssl_ctx: Any = None) -> tuple[int, float]:
     """(HTTP status of the answer, 0 when none came within the timeout; round trip in seconds, the
     timeout when no answer)."""
     t0 = time.monotonic()
@@ -24,7 +26,7 @@ async def probe_peer(host: str, port: int, timeout_s: float, token: bytes = b"")
     auth = b"Authorization: Bearer " + token + b"\r\n" if token else b""
     try:
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(host, port, ssl=ssl_ctx)
             writer.write(b"GET /v1/probe HTTP/1.1\r\nHost: " + host.encode() + b"\r\n" + auth
                          + b"Connection: close\r\n\r\n")
             await writer.drain()
@@ -50,8 +52,9 @@ class PeerProber:
     """
 
     def __init__(self, peers: dict[str, tuple[str, int]], timeout_s: float, token: bytes,
-                 answered: Callable[[], None]) -> None:
+                 answered: Callable[[], None], ssl_ctx: Any = None) -> None:
         self.peers = peers
+        self.ssl_ctx = ssl_ctx
         self.timeout_s = timeout_s
         self.token = token
         self.answered = answered
@@ -70,7 +73,7 @@ class PeerProber:
     async def _probe(self, target: str) -> None:
         host, port = self.peers[target]
         try:
-            status, _ = await probe_peer(host, port, self.timeout_s, self.token)
+            status, _ = await probe_peer(host, port, self.timeout_s, self.token, self.ssl_ctx)
         finally:
             del self.inflight[target]
         ok = status != 0  # any answer: the agent is alive (a 503 entry is still a live center)
@@ -102,8 +105,10 @@ class PathProber:
     """
 
     def __init__(self, peers: dict[str, tuple[str, int]], interval_s: float, timeout_s: float,
-                 token: bytes, changed: Callable[[], None], rng: random.Random | None = None) -> None:
+                 token: bytes, changed: Callable[[], None], rng: random.Random | None = None,
+                 ssl_ctx: Any = None) -> None:
         self.peers = peers
+        self.ssl_ctx = ssl_ctx
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.token = token
@@ -136,7 +141,7 @@ class PathProber:
     async def _check(self, target: str) -> str | None:
         """None when the path answers; else why not."""
         host, port = self.peers[target]
-        status, _ = await probe_peer(host, port, self.timeout_s, self.token)
+        status, _ = await probe_peer(host, port, self.timeout_s, self.token, self.ssl_ctx)
         self.probes += 1
         if status == 200:
             return None

@@ -56,3 +56,30 @@ def test_closed_port_is_unreachable() -> None:
     s.close()
     ok, _ = asyncio.run(probe_peer("127.0.0.1", port, 0.5))
     assert not ok
+
+
+def test_peers_off_loopback_need_the_ca_or_insecure() -> None:
+    import pytest
+
+    from agents.main import peer_tls
+    from agents.settings import load_settings
+    from controlplane.core.model import InvalidInput
+
+    far = {"south": ("10.0.0.2", 9443)}
+    with pytest.raises(InvalidInput) as e:
+        peer_tls(load_settings(None, center="north", peers={"south": "10.0.0.2:9443"}), far)
+    assert e.value.field == "peers" and "tls_ca" in str(e.value)
+    assert peer_tls(load_settings(None, center="north", insecure=True), far) is None
+    assert peer_tls(load_settings(None, center="north"), {"south": ("127.0.0.1", 1)}) is None
+
+
+def test_peer_flags_name_a_bad_value() -> None:
+    import pytest
+
+    from agents.main import _peers_from_args
+    from controlplane.core.model import InvalidInput
+
+    assert _peers_from_args(["south=127.0.0.1:9", "west=h:1"]) == {"south": "127.0.0.1:9", "west": "h:1"}
+    with pytest.raises(InvalidInput) as e:
+        _peers_from_args(["south"])
+    assert e.value.field == "--peer" and e.value.value == "south"

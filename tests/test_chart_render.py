@@ -160,7 +160,14 @@ def test_acd_listener_when_configured_has_tls_token_and_its_own_sources() -> Non
     assert flags["--acd-token-file"] == "/etc/callroute/acd/token"
     assert mounted_secrets(dep)["/etc/callroute/acd"] == "acd-token"
     ingress = find(docs, "NetworkPolicy", "cr-callroute-agents")["spec"]["ingress"]
-    assert {"ports": [{"port": 9443}], "from": [{"ipBlock": {"cidr": "10.30.0.5/32"}}]} in ingress
+    # from the ACD's own addresses, and from the other agents: their probes (issue 16)
+    assert {"ports": [{"port": 9443}], "from": [
+        {"ipBlock": {"cidr": "10.30.0.5/32"}},
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "cr",
+                                         "app.kubernetes.io/component": "agent"}}}]} in ingress
+    args = container(dep)["args"]
+    peers = [args[i + 1] for i, a in enumerate(args) if a == "--peer"]
+    assert peers and all(p.endswith(".svc:9443") and not p.startswith("north=") for p in peers)
     # a port without a token Secret or without sources does not render
     for bad in ({"port": 9443, "sourceCIDRs": ["10.30.0.5/32"]}, {"port": 9443, "tokenSecret": "t"}):
         with pytest.raises(helm.HelmError):
