@@ -214,8 +214,11 @@ async def test_audit_pages_return_every_entry_once_while_entries_arrive(store) -
             token = reply.next_page_token
             if not token:
                 break
-            # entries keep arriving while the reader pages: newer ones, after the cursor
-            arrived.append(await _put_audit(cp, time.time_ns(), 100 + page_no))
+            # entries keep arriving while the reader pages: newer ones, after the cursor. The first
+            # ten carry stamps up to 9 ms ahead, so a fast reader's wall clock may still be behind
+            # them; an arrival is stamped after the newest entry so far, as the store's clock would.
+            stamp = max(time.time_ns(), now_ns + (10 + page_no) * MS_NS)
+            arrived.append(await _put_audit(cp, stamp, 100 + page_no))
         else:
             raise AssertionError("paging never ended")
         assert len(seen) == len(set(seen)), "an entry came twice"

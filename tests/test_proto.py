@@ -158,7 +158,8 @@ def test_wire_field_numbers_never_change():
         report_pb2.CenterReport, report_pb2.ReportAck, plan_pb2.PlanRequest, plan_pb2.PlanPush,
         types_pb2.Plan, types_pb2.Route, types_pb2.Target, route_pb2.RouteRequest, route_pb2.RouteReply)}
     assert nums["callroute.v1.CenterReport"] == {"center": 1, "seq": 2, "sent_at": 3, "interval_s": 4,
-                                                 "state": 5, "incarnation": 6, "probes": 7, "skills": 10,
+                                                 "state": 5, "incarnation": 6, "probes": 7, "broken_paths": 8,
+                                                 "skills": 10,
                                                  "routed_to": 11, "demand": 12}
     assert nums["callroute.v1.ReportAck"] == {"seq": 1, "accepted": 2, "error": 3, "error_field": 4,
                                               "plan_version": 5, "prior_accepted_seq": 6, "probe": 7}
