@@ -158,12 +158,15 @@ async def f20_panic(opts: RunOptions) -> ScenarioResult:
                 for v in cut:
                     c.cut_controlplane_link(v)
                 versions: list[float] = []
+                version_times: list[tuple[float, float]] = []  # (seconds after the cut, version)
                 panic_seen_at: float | None = None
                 panic_samples: list[float] = []
                 while time.monotonic() < t_cut + hold_s:
                     pv = await asyncio.to_thread(leader_metric, c, "callroute_controlplane_plan_version")
                     pg = await asyncio.to_thread(leader_metric, c, PANIC_GAUGE)
                     if pv is not None:
+                        if not versions or pv != versions[-1]:
+                            version_times.append((round(time.monotonic() - t_cut, 2), pv))
                         versions.append(pv)
                     panic_samples.append(pg or 0.0)
                     if pg == 1.0 and panic_seen_at is None:
@@ -187,6 +190,7 @@ async def f20_panic(opts: RunOptions) -> ScenarioResult:
                                             for t, a, ctr, why in dr][:20],
                 "plan_version_before_cut": v_before,
                 "plan_versions_published_during_cut": new_versions,
+                "plan_version_first_seen_after_cut_s": version_times,
                 "panic_gauge_first_1_after_s": round(panic_seen_at, 3) if panic_seen_at is not None else None,
                 "panic_gauge_1_share_of_cut": round(sum(1 for x in panic_samples if x == 1.0)
                                                     / max(1, len(panic_samples)), 3),
