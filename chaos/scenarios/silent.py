@@ -49,7 +49,7 @@ RECOVER_TIMEOUT_S = 30.0
 async def _silent_trials(r: ScenarioResult, opts: RunOptions, topo: str, proxied: bool,
                          lose: Callable[[Cluster, str], float],
                          restore: Callable[[Cluster, str], Awaitable[float]]) -> None:
-    trials = opts.trials or (2 if opts.ci else 20)
+    trials = opts.trials or (1 if opts.ci else 20)
     async with Cluster(topo, tmp=opts.tmp, agent_config=default_agent_config(topo),
                        cp_config={"lease_ttl_s": LEASE_TTL_S},
                        proxy_agents=load_topology(topo).center_ids() if proxied else ()) as c, \
