@@ -37,7 +37,7 @@ from typing import Any
 import xxhash
 import yaml
 
-from chaos.proxy import FaultProxy
+from chaos.proxy import PARTITION, Fault, FaultProxy
 from controlplane.core.model import InvalidInput, Topology
 from controlplane.store.etcdtest import EtcdCluster, free_port
 
@@ -337,6 +337,10 @@ class Cluster:
         self.agents: dict[str, AgentProc] = {}
         # per proxied agent: one proxy per replica, in replica order
         self.cp_proxies: dict[str, list[FaultProxy]] = {}
+        # per proxied agent: one proxy in front of its ACD listener, the address every other agent
+        # is given for it (peers' probes and simulated calls), so a scenario can cut the center's
+        # whole link (isolate) or only its control-plane link (cut_controlplane_link)
+        self.acd_proxies: dict[str, FaultProxy] = {}
         self.events: list[Event] = []
         self._last_leader: Replica | None = None  # see list_centers
         self.t0 = time.monotonic()
@@ -392,11 +396,22 @@ class Cluster:
                 cps = [p.addr for p in proxies]
             cfg = {**self.agent_config, **self.agent_config_for.get(c, {})}
             self.agents[c] = AgentProc(self.tmp, c, self.topology_path, cps, cfg)
-        # calls one agent routes to another center reach that center's simulated ACD
-        peers = {c: f"127.0.0.1:{a.acd_port}" for c, a in self.agents.items()}
+        # ACD ports are fixed at AgentProc construction (free_port), so every address is known here,
+        # before any agent's config is written
+        for i, c in enumerate(self.centers):
+            if c in self.proxy_agents:
+                p = FaultProxy("127.0.0.1", self.agents[c].acd_port, seed=200 + i)
+                await p.start()
+                self.acd_proxies[c] = p
+        acd_addr = {c: self.acd_proxies[c].addr if c in self.acd_proxies else f"127.0.0.1:{a.acd_port}"
+                    for c, a in self.agents.items()}
         for c, a in self.agents.items():
             cfg = {**self.agent_config, **self.agent_config_for.get(c, {})}
-            a.config_path.write_text(json.dumps({"sim_peers": peers, **cfg}))
+            # sim_peers: calls one agent routes to another center reach that center's simulated ACD;
+            # peers: where the agent probes the other centers (issue 16). Both through the proxy of a
+            # proxied center: a whole-link cut stops its calls and its probes alike
+            peers = {o: addr for o, addr in acd_addr.items() if o != c}
+            a.config_path.write_text(json.dumps({"sim_peers": acd_addr, "peers": peers, **cfg}))
             a.start()
         await self.wait_agents_serving()
         log(f"network up in {time.monotonic() - self.t0:.1f} s: leader {self.leader_name()}")
@@ -441,7 +456,7 @@ class Cluster:
             if p.paused:
                 p.resume()
         await asyncio.gather(*(asyncio.to_thread(p.stop) for p in procs), return_exceptions=True)
-        for ps in (*self.cp_proxies.values(), self.etcd_proxies):
+        for ps in (*self.cp_proxies.values(), list(self.acd_proxies.values()), self.etcd_proxies):
             for px in ps:
                 with contextlib.suppress(Exception):
                     await px.stop()
@@ -484,6 +499,41 @@ class Cluster:
         p = self.proc(name)
         t = self.mark(f"SIGCONT {name}", "heal")
         p.resume()
+        return t
+
+    def _link_proxies(self, center: str, controlplane_only: bool) -> list[FaultProxy]:
+        if center not in self.cp_proxies:
+            raise InvalidInput("center", center, "its links are not proxied (add it to proxy_agents)")
+        acd = [] if controlplane_only or center not in self.acd_proxies else [self.acd_proxies[center]]
+        return [*self.cp_proxies[center], *acd]
+
+    def isolate(self, center: str, fault: Fault | None = None) -> float:
+        """Apply `fault` (default: a partition) to ALL of `center`'s links: to the control plane and
+        from its peers (their probes and simulated calls). Its processes keep running: a WAN cut."""
+        f = fault or Fault(mode=PARTITION)
+        t = self.mark(f"isolate {center} ({f.mode})")
+        for p in self._link_proxies(center, controlplane_only=False):
+            p.set(f)
+        return t
+
+    def cut_controlplane_link(self, center: str, fault: Fault | None = None) -> float:
+        """Apply `fault` (default: a partition) to `center`'s control-plane link only; its peers
+        still reach it (F8, F19, F20)."""
+        f = fault or Fault(mode=PARTITION)
+        t = self.mark(f"cut control plane <-> {center} ({f.mode})")
+        for p in self._link_proxies(center, controlplane_only=True):
+            p.set(f)
+        return t
+
+    def heal_links(self, center: str, reset: bool = False) -> float:
+        """Pass everything on all of `center`'s links again. reset=True also RSTs their open
+        connections: after a BLACKHOLE the bytes it swallowed leave every stream corrupt (real TCP
+        would have retransmitted them), so both ends must reconnect rather than wait out a keepalive."""
+        t = self.mark(f"heal {center}'s links" + (" (reset)" if reset else ""), "heal")
+        for p in self._link_proxies(center, controlplane_only=False):
+            p.heal()
+            if reset:
+                p.reset()
         return t
 
     async def restart_agent(self, center: str, wait: bool = True) -> float:

@@ -70,7 +70,8 @@ def test_chaos_list(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["chaos", "list"]) == 0
     out = capsys.readouterr().out
-    for name in ("F3", "F14", "wuhan-2020", "overflow-path-broken"):
+    for name in ("F3", "F14", "F14-silent-stop", "F14-silent-blackhole", "F20-panic", "wuhan-2020",
+                 "overflow-path-broken"):
         assert name in out
 
 

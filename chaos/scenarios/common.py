@@ -182,3 +182,72 @@ async def run_guarded(result: ScenarioResult, body: Callable[[], Awaitable[None]
         log(f"{result.name}: scenario error: {type(e).__name__}: {e}")
         result.error = f"{type(e).__name__}: {e}"[:2000]
     return result
+
+
+def is_dr_for(center: str, d: dict[str, Any] | None) -> bool | None:
+    """Whether an agent's answer for one of `center`'s branches has left it (DR, or `center` no
+    longer among the targets); None when the agent did not answer (state unknown, not a change)."""
+    if d is None:
+        return None
+    return center not in targets_of(d) or str(d.get("reason", "")).startswith("dr")
+
+
+class DrWatch:
+    """Counts DR route changes: per (agent, center), each time the agent's routes for the center's
+    branches go from "includes it" to "excludes it / DR". One key per (agent, center) per round,
+    taken in turn, so a 9-agent network is a few dozen probes a round, not hundreds: a DR decision
+    holds for seconds and every key of the center is seen within a few rounds."""
+
+    def __init__(self, cluster: Cluster, centers: Iterable[str], agents: Iterable[str],
+                 period_s: float = 0.1) -> None:
+        self.cluster = cluster
+        self.keys = {c: cluster.probe_keys(c) for c in centers}
+        self.keys = {c: k for c, k in self.keys.items() if k}
+        self.agents = list(agents)
+        self.period_s = period_s
+        self.state: dict[tuple[str, str, str, str], bool] = {}  # (agent, center, branch, skill)
+        # (monotonic time, agent, center, reason of the answer that showed it)
+        self.changes: list[tuple[float, str, str, str]] = []
+        self.baseline_dr: list[tuple[str, str]] = []
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> DrWatch:
+        self._task = asyncio.ensure_future(self._run())
+        return self
+
+    async def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            probes = [(a, c, *ks[n % len(ks)]) for a in self.agents for c, ks in self.keys.items()
+                      if a in self.cluster.agents]
+            got = await asyncio.gather(*(self.cluster.route(a, b, s) for a, _, b, s in probes))
+            now = time.monotonic()
+            for (a, c, b, s), d in zip(probes, got, strict=True):
+                dr = is_dr_for(c, d)
+                if dr is None:
+                    continue
+                prev = self.pair_dr(a, c)
+                self.state[(a, c, b, s)] = dr
+                # the pair is DR while any of its keys last answered DR: keys taken in turn do not
+                # make a change of their own
+                now_dr = self.pair_dr(a, c)
+                if prev is None and now_dr:
+                    self.baseline_dr.append((a, c))
+                elif prev is False and now_dr:
+                    self.changes.append((now, a, c, str((d or {}).get("reason", ""))))
+            n += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.period_s)
+
+    def pair_dr(self, agent: str, center: str) -> bool | None:
+        seen = [v for (a, c, _, _), v in self.state.items() if a == agent and c == center]
+        return any(seen) if seen else None
+
+    def between(self, start: float, end: float = float("inf")) -> list[tuple[float, str, str, str]]:
+        return [x for x in self.changes if start <= x[0] < end]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
