@@ -6,6 +6,9 @@ Every `readiness_every_s` the leader plans each center's loss at each half hour 
 (the CallrouteDRNotReady alert), logging them. The planning runs in a worker thread: a national
 network's window is tens of plans, and the event loop serves reports meanwhile.
 
+Without a forecast (no `forecast` setting, no <topology>.forecast.yaml) it is off: a flat day is
+what the live DR plan already checks. A bad forecast turns it off with an error, never costs the lead.
+
 Must not: change routes or write the store (it only predicts); run when this replica does not lead.
 """
 
@@ -19,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from controlplane.core.calendar import local_clock
 from controlplane.core.model import InvalidInput
 from controlplane.core.readiness import (
     Case,
@@ -33,14 +37,15 @@ from controlplane.core.readiness import (
 log = logging.getLogger("callroute.controlplane.readiness")
 
 
-def load_forecast(settings: Any, topology: Any) -> Forecast:
-    """The settings' forecast, or the file beside the topology, or a flat day. Raises InvalidInput."""
+def load_forecast(settings: Any, topology: Any) -> Forecast | None:
+    """The settings' forecast, or the file beside the topology; None when neither exists.
+    Raises InvalidInput (also for a `forecast` setting naming a missing file) or OSError."""
     from controlplane.core.topology import _StrictLoader
 
     path = (Path(settings.forecast) if settings.forecast
             else Path(settings.topology).with_suffix(".forecast.yaml"))
-    if not path.exists():
-        return Forecast()
+    if not settings.forecast and not path.exists():
+        return None
     data = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - strict safe loader
     return parse_forecast(data, topology, str(path))
 
@@ -52,21 +57,36 @@ class ReadinessWatch:
         self.forecast: Forecast | None = None
         self.last: list[Case] = []
 
+    def _hour_now(self) -> float:
+        # the planner's own local clock: the network's calendar when it has one, else the host's
+        wall = time.time()
+        brain = self.leader.brain
+        if brain is not None and brain.calendar is not None:
+            return local_clock(brain.calendar, wall)[0]
+        lt = time.localtime(wall)
+        return lt.tm_hour + lt.tm_min / 60.0
+
     def _once(self) -> list[Case]:
         assert self.forecast is not None
-        lt = time.localtime()
-        slots = window(slot_of(lt.tm_hour + lt.tm_min / 60.0), self.cp.settings.readiness_hours_ahead)
+        slots = window(slot_of(self._hour_now()), self.cp.settings.readiness_hours_ahead)
         return readiness_matrix(self.cp.topology, self.forecast, slots=slots)
 
     async def run(self) -> None:
         s = self.cp.settings
         gauge = self.cp.metrics.readiness_infeasible
         try:
-            self.forecast = load_forecast(s, self.cp.topology)
+            forecast = load_forecast(s, self.cp.topology)
         except (InvalidInput, OSError, yaml.YAMLError) as e:
             # a prediction is not worth a leader: say so loudly and keep leading without it
             log.error("DR readiness off: %s", e)
             return
+        if forecast is None:
+            # no forecast day, nothing to foresee: today's flat calls_per_hour is what the live DR
+            # plan already checks, and tens of plans per window would be spent for no news
+            log.info("DR readiness off: no forecast (set `forecast` or put <topology>.forecast.yaml "
+                     "beside the topology)")
+            return
+        self.forecast = forecast
         try:
             while self.leader.brain is not None:
                 cases = await asyncio.to_thread(self._once)
