@@ -101,13 +101,13 @@ def check_forecast(f: Forecast, topo: Topology, source: str = "<forecast>") -> F
         if c not in centers:
             raise InvalidInput(f"{source}: staffing.centers", c, "unknown center")
         _series(source, f"staffing.centers.{c}", v, 1.0)
-    for c, per in f.staffing.seats.items():
+    for c, per_skill in f.staffing.seats.items():
         if c not in centers:
             raise InvalidInput(f"{source}: staffing.seats", c, "unknown center")
-        for s, v in per.items():
+        for s, seats in per_skill.items():
             if s not in skills:
                 raise InvalidInput(f"{source}: staffing.seats.{c}", s, "unknown skill")
-            _series(source, f"staffing.seats.{c}.{s}", v, 1_000_000)
+            _series(source, f"staffing.seats.{c}.{s}", seats, 1_000_000)
     return f
 
 
