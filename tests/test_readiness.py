@@ -162,3 +162,19 @@ async def test_a_bad_forecast_turns_readiness_off_not_the_leader(tmp_path, caplo
     finally:
         await cp.stop()
         await close_store(store)
+
+
+def test_absolute_seats_win_over_the_share_and_are_validated():
+    from controlplane.core.readiness import view_at
+
+    c = TOPO.centers[0]
+    skill = next(iter(c.agents))
+    fc = parse_forecast({"staffing": {"default": [0.5] * SLOTS, "seats": {c.id: {skill: [7] * SLOTS}}}}, TOPO)
+    health = view_at(TOPO, fc, 20, None).health[c.id]
+    assert health.skills[skill].logged_in == 7
+    others = [s for s in c.agents if s != skill]
+    for s in others:
+        assert health.skills[s].logged_in == round(c.agents[s] * 0.5)
+    with pytest.raises(InvalidInput) as e:
+        parse_forecast({"staffing": {"seats": {c.id: {"juggling": [1] * SLOTS}}}}, TOPO, "f.yaml")
+    assert f"f.yaml: staffing.seats.{c.id}" in str(e.value) and "juggling" in str(e.value)
