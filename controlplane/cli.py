@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     from controlplane.console.cli import add_console_parser
 
     add_console_parser(sub)
+    from controlplane.readinesscli import add_readiness_parser
+
+    add_readiness_parser(sub)
     try:
         from agents.main import add_agent_parser
     except ImportError:  # the agent package is optional on a control-plane-only install

@@ -27,6 +27,7 @@ from .audit import AuditRecord
 from .calendars import watch_calendar
 from .drills import DrillRunner
 from .overrides import watch_overrides
+from .readiness import ReadinessWatch
 from .retention import RetentionSweeper
 from .term import Demoted
 
@@ -168,6 +169,7 @@ class LeaderLoop:
             tg.create_task(watch_calendar(cp, self))
             tg.create_task(drills.run())
             tg.create_task(RetentionSweeper(cp, self, election).run())
+            tg.create_task(ReadinessWatch(cp, self).run())
 
     # ------------------------------------------------------------------ operator rollback
 

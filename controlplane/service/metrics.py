@@ -31,6 +31,11 @@ class ControlPlaneMetrics:
         self.report_rejects = Counter(
             _P + "report_rejects_total", "Reports rejected, by reason", ["reason"], registry=r
         )
+        self.readiness_infeasible = Gauge(
+            _P + "readiness_infeasible_cases",
+            "Forecast half hours ahead whose loss of this center would leave an infeasible DR plan",
+            ["center", "at"], registry=r,
+        )
         self.center_health = Gauge(
             _P + "center_health", "1 for the center's current status", ["center", "status"], registry=r
         )

@@ -101,6 +101,13 @@ class ControlPlaneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     retention: RetentionSettings = RetentionSettings()
     # where the leader writes each drill's report directory (plots + summary), on its own host
     drill_report_dir: str = "./drill-reports"
+    # DR readiness (service/readiness.py): the forecast day's YAML (empty = <topology>.forecast.yaml
+    # when present, else a flat day); the leader plans every center's loss over the next
+    # readiness_hours_ahead hours every readiness_every_s and alerts on an infeasible one. 4 h is a
+    # shift's notice to call staff in; every 5 min follows the half-hour grid with room to spare
+    forecast: str = ""
+    readiness_hours_ahead: float = 4.0
+    readiness_every_s: float = 300.0
 
     # --- security (controlplane.service.auth); every one empty = plaintext and no tokens, as before
     # mTLS on the gRPC listener: server certificate and key (PEM, from `callroute certs init`);
@@ -174,6 +181,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "compact_after_s": (1.0, 86400 * 7),
     "plan_stale_after_s": (0.1, 86400),
     "approval_ttl_s": (0.1, 86400),
+    "readiness_hours_ahead": (0.5, 24),
+    "readiness_every_s": (0.05, 86400),
 }
 _INT_RANGES: dict[str, tuple[int, int]] = {
     "history_keep": (2, 100_000),
