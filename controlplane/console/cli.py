@@ -4,20 +4,11 @@ Kept apart from app.py so that building `callroute`'s parser does not import the
 from __future__ import annotations
 
 import argparse
-import ipaddress
 
 from controlplane.core.model import InvalidInput
 
 DEFAULT_LISTEN = "127.0.0.1:7480"
 
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # ---------------------------------------------------------------- the command
@@ -27,7 +18,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     import uvicorn
 
     from controlplane.cli.client import _client
-    from controlplane.service.settings import parse_hostport
+    from controlplane.service.settings import is_loopback, parse_hostport
 
     from .app import Console, build_app
 
