@@ -6,7 +6,7 @@
     callroute override list
     callroute override clear gd-retail --reason "staff back"
 
-Built on opcli's client and helpers (deadline per call, endpoint failover, request ids, one-line
+Built on cli.client's client and helpers (deadline per call, endpoint failover, request ids, one-line
 errors, exit codes: 0 applied, 3 waiting for a second operator). Must not: report an override as
 set unless the control plane answered APPLIED.
 """
@@ -17,8 +17,7 @@ import argparse
 import re
 from typing import Any
 
-from controlplane.core.model import InvalidInput, check_id
-from controlplane.opcli import (
+from controlplane.cli.client import (
     EXIT_OK,
     _change,
     _change_identity,
@@ -32,6 +31,7 @@ from controlplane.opcli import (
     change_exit,
     message_to_json,
 )
+from controlplane.core.model import InvalidInput, check_id
 from controlplane.textsafe import printable
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -248,7 +248,7 @@ def cmd_calendar_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_liveops_parsers(sub: Any) -> None:
+def add_parsers(sub: Any) -> None:
     add_override_parsers(sub)
     p = sub.add_parser("calendar", help="the network's time zone, public holidays and holiday hosting")
     csub = p.add_subparsers(dest="calendar_command", required=True)
