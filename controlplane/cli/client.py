@@ -278,6 +278,16 @@ def _client(args: argparse.Namespace) -> OperatorClient:
     return OperatorClient(endpoints, args.token or "", args.timeout, tls)
 
 
+def call_once(args: argparse.Namespace, method: str, request: Any) -> Any:
+    """One call (with its deadline and endpoint failover) on a client opened for it and closed
+    after: what every single-call command does."""
+    client = _client(args)
+    try:
+        return client.call(method, request)
+    finally:
+        client.close()
+
+
 def follow_pages(client: OperatorClient, method: str, request: Any, field: str, limit: int = 0) -> Any:
     """Every page of a paged list RPC (up to `limit` entries; 0: all), merged into the first reply."""
     reply = client.call(method, request)

@@ -30,6 +30,7 @@ from controlplane.cli.client import (
     _streams,
     _text,
     _when,
+    call_once,
     change_exit,
     follow_pages,
     message_to_json,
@@ -105,12 +106,8 @@ def cmd_drill_start(args: argparse.Namespace) -> int:
         duration_s=args.duration_s,
         abort_if_sl_below=args.abort_if_sl_below,
     )
-    client = _client(args)
-    try:
-        reply = client.call("StartDrill", operator_pb2.StartDrillRequest(
-            spec=spec, reason=args.reason, operator=operator, request_id=request_id))
-    finally:
-        client.close()
+    reply = call_once(args, "StartDrill", operator_pb2.StartDrillRequest(
+        spec=spec, reason=args.reason, operator=operator, request_id=request_id))
     applied = reply.status == operator_pb2.CHANGE_STATUS_APPLIED
     pending = reply.status == operator_pb2.CHANGE_STATUS_PENDING_APPROVAL
     if args.json:
@@ -157,12 +154,8 @@ def cmd_drill_abort(args: argparse.Namespace) -> int:
     if args.drill_id:
         check_id("DRILL_ID", args.drill_id)
     operator, request_id = _change_identity(args)
-    client = _client(args)
-    try:
-        reply = client.call("AbortDrill", operator_pb2.AbortDrillRequest(
-            drill_id=args.drill_id, reason=args.reason, operator=operator, request_id=request_id))
-    finally:
-        client.close()
+    reply = call_once(args, "AbortDrill", operator_pb2.AbortDrillRequest(
+        drill_id=args.drill_id, reason=args.reason, operator=operator, request_id=request_id))
     state = _short(operator_pb2.DrillState.DESCRIPTOR, reply.drill.state)
     if args.json:
         _emit_json(out, {"command": "drill abort", **message_to_json(reply)})

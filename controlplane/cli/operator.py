@@ -33,6 +33,7 @@ from controlplane.cli.client import (
     _targets,
     _text,
     _when,
+    call_once,
     change_exit,
     follow_pages,
     message_to_json,
@@ -209,11 +210,7 @@ def cmd_set_state(args: argparse.Namespace) -> int:
     req = operator_pb2.SetCenterStateRequest(
         center=args.center, state=state, reason=args.reason, operator=operator, request_id=request_id
     )
-    client = _client(args)
-    try:
-        reply = client.call("SetCenterState", req)
-    finally:
-        client.close()
+    reply = call_once(args, "SetCenterState", req)
     pending = reply.status == operator_pb2.CHANGE_STATUS_PENDING_APPROVAL
     applied = reply.status == operator_pb2.CHANGE_STATUS_APPLIED
     if args.json:
@@ -239,16 +236,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     out, _ = _streams(args)
     if args.version < 0:
         raise InvalidInput("--version", args.version, "must be >= 0 (0: the latest)")
-    client = _client(args)
-    try:
-        reply = client.call(
-            "Explain",
-            operator_pb2.ExplainRequest(
-                branch=args.branch, skill=args.skill, caller=args.caller, tier=args.tier, version=args.version
-            ),
-        )
-    finally:
-        client.close()
+    reply = call_once(
+        args,
+        "Explain",
+        operator_pb2.ExplainRequest(
+            branch=args.branch, skill=args.skill, caller=args.caller, tier=args.tier, version=args.version
+        ),
+    )
     if args.json:
         _emit_json(out, message_to_json(reply))
         return EXIT_OK

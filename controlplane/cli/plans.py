@@ -28,6 +28,7 @@ from controlplane.cli.client import (
     _targets,
     _text,
     _when,
+    call_once,
     change_exit,
     message_to_json,
 )
@@ -45,11 +46,7 @@ def cmd_plan_show(args: argparse.Namespace) -> int:
     out, _ = _streams(args)
     if args.version < 0:
         raise InvalidInput("--version", args.version, "must be >= 0 (0: the latest)")
-    client = _client(args)
-    try:
-        reply = client.call("ShowPlan", operator_pb2.ShowPlanRequest(version=args.version))
-    finally:
-        client.close()
+    reply = call_once(args, "ShowPlan", operator_pb2.ShowPlanRequest(version=args.version))
     if args.json:
         _emit_json(out, message_to_json(reply))
         return EXIT_OK
@@ -132,11 +129,7 @@ def cmd_plan_history(args: argparse.Namespace) -> int:
 
     out, _ = _streams(args)
     _check_limit("--limit", args.limit)
-    client = _client(args)
-    try:
-        reply = client.call("PlanHistory", operator_pb2.PlanHistoryRequest(limit=args.limit))
-    finally:
-        client.close()
+    reply = call_once(args, "PlanHistory", operator_pb2.PlanHistoryRequest(limit=args.limit))
     if args.json:
         _emit_json(out, message_to_json(reply))
         return EXIT_OK
@@ -162,16 +155,13 @@ def cmd_plan_rollback(args: argparse.Namespace) -> int:
     elif args.version is None or args.version <= 0:
         raise InvalidInput("VERSION", args.version, "must be a plan version >= 1 (or use --end)")
     operator, request_id = _change_identity(args)
-    client = _client(args)
-    try:
-        reply = client.call(
-            "RollbackPlan",
-            operator_pb2.RollbackPlanRequest(
-                to_version=args.version, reason=args.reason, operator=operator, request_id=request_id
-            ),
-        )
-    finally:
-        client.close()
+    reply = call_once(
+        args,
+        "RollbackPlan",
+        operator_pb2.RollbackPlanRequest(
+            to_version=args.version, reason=args.reason, operator=operator, request_id=request_id
+        ),
+    )
     applied = reply.status == operator_pb2.CHANGE_STATUS_APPLIED
     pending = reply.status == operator_pb2.CHANGE_STATUS_PENDING_APPROVAL
     if args.json:
