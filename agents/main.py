@@ -545,7 +545,7 @@ def run_agent(args: argparse.Namespace) -> int:
 
 
 def add_agent_parser(sub: Any) -> argparse.ArgumentParser:
-    """Adds `agent` to the `callroute` subcommands (the lead's cli.py calls this)."""
+    """Adds `agent` to the `callroute` subcommands (controlplane/cli/services.py adds it)."""
     sp = sub.add_parser("agent", help="run a center's agent: reports, plan cache, route lookups")
     sp.add_argument("--center", required=True, help="center id (as in the topology)")
     sp.add_argument("--controlplane", help="control-plane endpoints HOST:PORT[,HOST:PORT...]")

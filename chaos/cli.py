@@ -6,7 +6,7 @@
 Each run starts a real network on loopback (etcd, control-plane replicas, agents), injects its fault
 and writes DIR/NAME.{json,md,png}; `all` adds DIR/SUMMARY.md. Progress goes to stderr; the exit
 status is 0 only if every scenario passed (known failures, marked xfail, do not fail the run).
-The lead wires `add_chaos_parser` into controlplane/cli.py. Must not: run anything at import.
+`add_chaos_parser` is added to `callroute` by controlplane/cli/services.py. Must not: run anything at import.
 """
 
 from __future__ import annotations

@@ -34,22 +34,6 @@ START_DEADLINE_S = 60.0
 SHARE_WINDOW_S = 10.0
 
 
-def add_up_parser(sub: Any) -> None:
-    sp = sub.add_parser("up", help="run the whole network on this machine with simulated traffic")
-    sp.add_argument("--topology", default=str(DEFAULT_TOPOLOGY))
-    sp.add_argument("--etcd", action="store_true", help="use a real local etcd (from PATH) as the store")
-    sp.add_argument("--speed", type=float, default=1.0, help="traffic and simulated-ACD time factor")
-    sp.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: Ctrl-C)")
-    sp.add_argument("--grpc-port", type=int, default=7400, help="control plane gRPC port")
-    sp.add_argument("--metrics-port", type=int, default=9100,
-                    help="control plane /metrics; agents' HTTP (lookups and /metrics) follow: +1, +2, "
-                         "..., then their loopback ACD listeners (simulated ACD fault switches)")
-    sp.add_argument("--state-dir", default="", help="where agents keep state (default: a temp dir)")
-    sp.add_argument("--svg", default="", help="save the last live view as SVG here")
-    sp.add_argument("--no-live", action="store_true", help="print a plain table every few seconds")
-    sp.set_defaults(func=cmd_up)
-
-
 def ports_used(n_centers: int) -> int:
     """How many consecutive ports from --grpc-port on `up` binds: gRPC, metrics, then each
     center's switch-facing HTTP port, then each center's ACD listener. Tests that put other

@@ -64,7 +64,7 @@ def test_chart_lints_clean() -> None:
 
 
 def test_control_plane_gets_tls_tokens_etcd_credentials_and_two_person(default_docs: list) -> None:
-    from controlplane.service.server import add_controlplane_parser
+    from controlplane.cli.services import add_controlplane_parser
 
     c = container(find(default_docs, "Deployment", "cr-callroute-controlplane"))
     args = c["args"]

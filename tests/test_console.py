@@ -11,9 +11,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from bench.console_latency import ROOT, running
+from controlplane.cli.client import OperatorClient
 from controlplane.console import app as console_app
 from controlplane.console.app import COOKIE, Console, build_app
-from controlplane.opcli import OperatorClient
 from controlplane.service.auth import Role
 
 

@@ -659,8 +659,8 @@ async def test_two_person_rule_for_close_and_live_drill(net2):
 
 
 async def test_cli_drill_and_approve(net2):
-    from controlplane.drillcli import main
-    from controlplane.opcli import EXIT_OK, EXIT_PENDING
+    from controlplane.cli import main
+    from controlplane.cli.client import EXIT_OK, EXIT_PENDING
 
     ep = ["--endpoint", f"127.0.0.1:{net2.cp.port}"]
 

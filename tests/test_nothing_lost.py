@@ -23,8 +23,8 @@ from test_cp_support import Replica, close_store, embedded_store, operator_stub,
 from test_opcli import cli_json
 
 from callroute.v1 import operator_pb2, types_pb2
+from controlplane.cli import main as drill_cli
 from controlplane.core.retention import Held, Keep, to_delete
-from controlplane.drillcli import main as drill_cli
 from controlplane.service.audit import AuditRecord, RequestRecord
 from controlplane.service.drills import DrillMode, DrillRecord, DrillSpec, DrillState, PendingRecord, encode
 from controlplane.service.server import ControlPlane

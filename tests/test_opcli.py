@@ -1,4 +1,4 @@
-"""The operator CLI (controlplane.opcli) against a real control plane on loopback.
+"""The operator CLI (controlplane.cli) against a real control plane on loopback.
 
 A replica runs in-process on the embedded store, with emulated agents that ACK every plan; the
 CLI (sync gRPC) runs in a worker thread so the replica's event loop keeps serving. A small fake
@@ -9,6 +9,7 @@ endpoint failover order. Every wait polls with a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import re
@@ -32,17 +33,16 @@ from test_cp_support import (
 )
 
 from callroute.v1 import operator_pb2, operator_pb2_grpc, types_pb2
-from controlplane.core.model import InvalidInput
-from controlplane.opcli import (
+from controlplane.cli import build_parser, main
+from controlplane.cli.client import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_PENDING,
     EXIT_USAGE,
-    main,
     message_to_json,
     parse_endpoints,
-    run_plan_subcommand,
 )
+from controlplane.core.model import InvalidInput
 from controlplane.service.server import ControlPlane
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,7 +194,7 @@ async def test_close_audit_centers_history_diff_explain(cp, agents):
     assert reply["request_id"]  # a fresh uuid, shown so a retry can reuse it
     out = io.StringIO()
     # (in a thread: a blocking call here would stall the replica's own event loop)
-    assert await asyncio.to_thread(run_plan_subcommand, ["history", "--json", *ep], out=out) == EXIT_OK
+    assert await asyncio.to_thread(main, ["plan", "history", "--json", *ep], out=out) == EXIT_OK
     assert "north" not in json.loads(out.getvalue())["plans"][0]["closed"]
 
 
@@ -338,27 +338,41 @@ def test_usage_errors_exit_2_without_traceback():
     assert main(["close", "north"], err=err) == EXIT_USAGE  # --reason missing
     assert "--reason" in err.getvalue()
     err = io.StringIO()
-    assert run_plan_subcommand(["frobnicate"], err=err) == EXIT_USAGE
+    assert main(["plan", "frobnicate"], err=err) == EXIT_USAGE
     assert "invalid choice" in err.getvalue()
 
 
-def test_add_operator_parsers_into_another_cli():
-    import argparse
+def test_one_parser_takes_every_operator_command_and_the_old_plan_spellings():
+    from controlplane.cli.plans import normalize
 
-    p = argparse.ArgumentParser(prog="callroute")
-    sub = p.add_subparsers(dest="command", required=True)
-    from controlplane.opcli import add_operator_parsers
-
-    add_operator_parsers(sub)
+    p = build_parser()
     for argv in (
         ["centers"], ["close", "x", "--reason", "r"], ["drain", "x", "--reason", "r"],
-        ["open", "x", "--reason", "r"], ["plan-show"], ["plan-diff", "1", "2"], ["plan-history"],
+        ["open", "x", "--reason", "r"], ["plan", "show"], ["plan", "diff", "1", "2"], ["plan", "history"],
+        ["plan", "rollback", "3", "--reason", "r"], ["plan-show"], ["plan-diff", "1", "2"], ["plan-history"],
         ["plan-rollback", "3", "--reason", "r"],
         ["explain", "--branch", "b", "--skill", "s", "--caller", "1"], ["audit", "--limit", "5"],
+        ["drill", "status"], ["approve", "r1"], ["pending"],
     ):
-        args = p.parse_args(argv)
+        args = p.parse_args(normalize(argv))
         assert callable(args.func)
         assert args.timeout == 5.0 and args.json is False
+
+
+def test_plan_compute_is_a_subcommand_and_the_old_spelling_still_computes(capsys):
+    """`plan` has one meaning, plans, with subcommands; `plan --topology` is `plan compute`."""
+    assert main(["plan", "compute", "--topology", SMALL, "--close", "north", "--json"]) == EXIT_OK
+    new = json.loads(capsys.readouterr().out)
+    assert main(["plan", "--topology", SMALL, "--close", "north", "--json"]) == EXIT_OK
+    old = json.loads(capsys.readouterr().out)
+    assert new == old and new["closed"] == ["north"]
+    err = io.StringIO()
+    assert main(["plan", "compute", "--topology", SMALL, "--close", "nowhere"], err=err) == EXIT_USAGE
+    assert "--close" in err.getvalue() and "nowhere" in err.getvalue()
+    helped = io.StringIO()
+    with contextlib.redirect_stdout(helped):
+        assert main(["plan", "--help"]) == EXIT_OK
+    assert all(w in helped.getvalue() for w in ("compute", "show", "diff", "history", "rollback"))
 
 
 @settings(max_examples=200, deadline=None)

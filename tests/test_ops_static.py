@@ -372,7 +372,7 @@ def command_flags(text: str, subcommand: str) -> set[str]:
 
 def test_template_command_lines_use_real_cli_flags() -> None:
     from agents.main import add_agent_parser
-    from controlplane.service.server import add_controlplane_parser
+    from controlplane.cli.services import add_controlplane_parser
 
     p = argparse.ArgumentParser()
     sub = p.add_subparsers()

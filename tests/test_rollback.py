@@ -18,13 +18,13 @@ import pytest
 from test_cp_support import FakeAgent, Reporter, close_store, embedded_store, start_replica, wait_for
 from test_opcli import CENTERS, cli, cli_json
 
-from controlplane import drillcli
+from controlplane import cli as drillcli
+from controlplane.cli.client import EXIT_FAILED, EXIT_OK, EXIT_PENDING, EXIT_USAGE
 from controlplane.core.brain import CAUSE_ROLLBACK, LeaderBrain
 from controlplane.core.health import HealthSettings
 from controlplane.core.model import AdminState, Report, SkillLoad, Status, Target
 from controlplane.core.plan import moves_traffic_off_open_center
 from controlplane.core.topology import load_topology, topology_hash
-from controlplane.opcli import EXIT_FAILED, EXIT_OK, EXIT_PENDING, EXIT_USAGE
 from controlplane.service.leader import ROLLBACK_KEY, decode_rollback
 from controlplane.service.server import ControlPlane
 

@@ -650,7 +650,7 @@ async def test_b13_the_credential_names_the_operator_and_a_request_id_one_change
 async def test_opcli_talks_mtls_with_a_token(tls_cp: ControlPlane, pki: certs.PkiFiles) -> None:
     import io
 
-    from controlplane.opcli import main as opcli
+    from controlplane.cli import main as opcli
 
     cert, key, _ = pki.operators["carol"]
     base = ["centers", "--endpoint", f"127.0.0.1:{tls_cp.port}", "--ca", pki.ca_cert, "--cert", cert,

@@ -17,10 +17,11 @@ from test_cp_support import close_store, embedded_store, start_replica, wait_for
 from test_opcli import SMALL, cli
 
 from callroute.v1 import operator_pb2, types_pb2
+from controlplane.cli.client import EXIT_OK, RpcFailure, _console
+from controlplane.cli.drills import _drill_text
+from controlplane.cli.operator import _watch_centers, centers_table
 from controlplane.core.topology import load_topology
-from controlplane.drillcli import _drill_text
 from controlplane.drillreport import summary_markdown
-from controlplane.opcli import EXIT_OK, RpcFailure, _console, _watch_centers, centers_table
 from controlplane.service.drills import (
     DrillMode,
     DrillRecord,

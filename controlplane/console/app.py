@@ -3,7 +3,7 @@
 A Starlette app rendering Jinja2 templates on the server (autoescaped: operator text is never
 markup), with htmx and a small script shipped in static/ (nothing from a CDN) and one
 server-sent-events stream per open page for live updates. It is a client of OperatorService
-exactly as the CLI is: `opcli.OperatorClient` with the operator's own token, so the control plane
+exactly as the CLI is: `cli.client.OperatorClient` with the operator's own token, so the control plane
 decides who may do what and names the operator in the audit trail from that token.
 
 - Login: an operator token is checked with ListCenters; its role is learnt by two calls that every
@@ -44,8 +44,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from controlplane.cli.client import OperatorClient, RpcFailure, _enum_name
 from controlplane.core.model import InvalidInput, check_id
-from controlplane.opcli import OperatorClient, RpcFailure, _enum_name
 from controlplane.service.auth import MAX_TOKEN_LEN, Role
 
 HERE = Path(__file__).resolve().parent

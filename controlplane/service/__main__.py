@@ -2,6 +2,6 @@
 
 import sys
 
-from .server import main
+from controlplane.cli.services import controlplane_main
 
-sys.exit(main())
+sys.exit(controlplane_main())

@@ -5,20 +5,19 @@ fenced writes go through `Election.fenced_txn`, every replica follows `plans/` w
 watch, operators' writes go to `admin/` + `audit/` in one transaction. Route and WatchPlan are
 served by every replica from its own copy of the latest plan; Report only by the leader.
 
-`add_controlplane_parser(sub)` adds `callroute controlplane ...` to the CLI; `main(argv)` runs one
-replica until SIGTERM/SIGINT. Must not: keep module-level state, or serve a plan it has not read
+`serve(settings)` runs one replica until SIGTERM/SIGINT (its command line is
+controlplane.cli.services). Must not: keep module-level state, or serve a plan it has not read
 back from the store (a replica's view is the store's, leader included).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -49,7 +48,7 @@ from .operator import OperatorServicer
 from .planwatch import AckRecorder, PlanFeed, PlanServicer, decode_plan
 from .publisher import Heartbeat, Publisher
 from .reports import ReportServicer
-from .settings import ControlPlaneSettings, insecure_exposures, load_settings, parse_hostport, store_url
+from .settings import ControlPlaneSettings, insecure_exposures, parse_hostport, store_url
 
 # how long stop() waits for cancelled tasks: they end within milliseconds; longer is a bug to log
 STOP_TASKS_TIMEOUT_S = 5.0
@@ -617,66 +616,6 @@ class ControlPlane:
 # ---------------------------------------------------------------- entry point
 
 
-def add_controlplane_parser(sub: Any) -> None:
-    """Adds `controlplane` to the `callroute` CLI's subparsers."""
-    sp = sub.add_parser("controlplane", help="run one control-plane replica")
-    sp.add_argument("--topology", help="topology YAML file")
-    sp.add_argument("--store", help="etcd://HOST:PORT[,HOST:PORT...], embedded:PATH, or embedded (memory "
-                    "only); default: embedded:<data_dir>/store.log")
-    sp.add_argument("--data-dir", help="directory of the default embedded store (default: ./callroute-data)")
-    sp.add_argument("--listen", help="gRPC HOST:PORT (port 0 = any free port)")
-    sp.add_argument("--metrics", help="Prometheus HOST:PORT for /metrics")
-    sp.add_argument("--config", help="YAML settings file (flags win)")
-    sp.add_argument("--id", help="replica id (default: hostname-pid)")
-    sp.add_argument("--advertise", help="address other replicas give agents (default: listen)")
-    sp.add_argument("--port-file", help="write the bound gRPC and metrics ports here once serving")
-    sec = sp.add_argument_group("security (each also a settings-file key; see `callroute certs init`)")
-    for flag, help_ in SECURITY_FLAGS:
-        sec.add_argument(flag, help=help_)
-    sec.add_argument("--insecure", action="store_true", default=None,
-                     help="allow listening or reaching etcd off loopback without TLS and authentication "
-                          "(logged, and exported as callroute_controlplane_insecure_mode 1)")
-    sp.set_defaults(func=cmd_controlplane)
-
-
-# Security settings as flags, so a replica can be run with mTLS, tokens and etcd auth without a
-# settings file; the names are the settings' keys with "-" for "_".
-SECURITY_FLAGS = (
-    ("--tls-cert", "server certificate (PEM) of the gRPC listener: mTLS on"),
-    ("--tls-key", "its private key (PEM)"),
-    ("--tls-ca", "CA that agents' and operators' client certificates must chain to"),
-    ("--tokens", "operator tokens file (sha256 -> name and role)"),
-    ("--etcd-ca", "CA of etcd's server certificate"),
-    ("--etcd-cert", "client certificate for etcd"),
-    ("--etcd-key", "its private key"),
-    ("--etcd-server-name", "name expected in etcd's certificate (default: the endpoint host)"),
-    ("--etcd-user", "etcd user (with --etcd-password-file)"),
-    ("--etcd-password-file", "file holding the etcd user's password (never on the command line)"),
-)
-
-
-def security_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {f[2:].replace("-", "_"): getattr(args, f[2:].replace("-", "_"), None) for f, _ in SECURITY_FLAGS}
-
-
-def cmd_controlplane(args: argparse.Namespace) -> int:
-    settings = load_settings(
-        args.config,
-        topology=args.topology,
-        store=args.store,
-        data_dir=args.data_dir,
-        listen=args.listen,
-        metrics=args.metrics,
-        id=args.id,
-        advertise=args.advertise,
-        insecure=args.insecure,
-        **security_overrides(args),
-    )
-    import uvloop
-
-    return int(uvloop.run(serve(settings, port_file=args.port_file)))
-
-
 async def open_store(url: str, deadline_s: float, **security: Any) -> Any:
     """`security`: tls, user, password for an etcd store (auth.store_security)."""
     from controlplane.store.etcd import parse_store_url
@@ -738,18 +677,3 @@ async def serve(settings: ControlPlaneSettings, port_file: str | None = None) ->
         with contextlib.suppress(Exception):
             await _maybe_await(store.close())
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from controlplane.textsafe import configure_logging
-
-    configure_logging(logging.INFO, "%(asctime)s %(name)s %(levelname)s %(message)s")
-    p = argparse.ArgumentParser(prog="callroute")
-    sub = p.add_subparsers(dest="command", required=True)
-    add_controlplane_parser(sub)
-    args = p.parse_args(["controlplane", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args))
-    except InvalidInput as e:
-        print(f"callroute controlplane: error: {e}", file=sys.stderr)
-        return 2

@@ -6,7 +6,7 @@
     callroute override list
     callroute override clear gd-retail --reason "staff back"
 
-Built on opcli's client and helpers (deadline per call, endpoint failover, request ids, one-line
+Built on cli.client's client and helpers (deadline per call, endpoint failover, request ids, one-line
 errors, exit codes: 0 applied, 3 waiting for a second operator). Must not: report an override as
 set unless the control plane answered APPLIED.
 """
@@ -17,21 +17,21 @@ import argparse
 import re
 from typing import Any
 
-from controlplane.core.model import InvalidInput, check_id
-from controlplane.opcli import (
+from controlplane.cli.client import (
     EXIT_OK,
     _change,
     _change_identity,
-    _client,
     _common,
     _emit_json,
     _guarded,
     _require_reason,
     _streams,
     _when,
+    call_once,
     change_exit,
     message_to_json,
 )
+from controlplane.core.model import InvalidInput, check_id
 from controlplane.textsafe import printable
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -81,21 +81,18 @@ def cmd_override_set(args: argparse.Namespace) -> int:
         ttl_s=parse_duration(args.for_),
     )
     operator, request_id = _change_identity(args)
-    client = _client(args)
-    try:
-        reply = client.call(
-            "SetOverride",
-            operator_pb2.SetOverrideRequest(
-                override=spec,
-                operator=operator,
-                reason=args.reason,
-                request_id=request_id,
-                force=args.force,
-                dry_run=args.dry_run,
-            ),
-        )
-    finally:
-        client.close()
+    reply = call_once(
+        args,
+        "SetOverride",
+        operator_pb2.SetOverrideRequest(
+            override=spec,
+            operator=operator,
+            reason=args.reason,
+            request_id=request_id,
+            force=args.force,
+            dry_run=args.dry_run,
+        ),
+    )
     if args.json:
         _emit_json(out, {"command": "override set", **message_to_json(reply)} | {"request_id": request_id})
     else:
@@ -118,11 +115,7 @@ def cmd_override_list(args: argparse.Namespace) -> int:
     from callroute.v1 import operator_pb2
 
     out, _ = _streams(args)
-    client = _client(args)
-    try:
-        reply = client.call("ListOverrides", operator_pb2.ListOverridesRequest())
-    finally:
-        client.close()
+    reply = call_once(args, "ListOverrides", operator_pb2.ListOverridesRequest())
     if args.json:
         _emit_json(out, message_to_json(reply))
         return EXIT_OK
@@ -146,16 +139,13 @@ def cmd_override_clear(args: argparse.Namespace) -> int:
     out, err = _streams(args)
     check_id("ID", args.id)
     operator, request_id = _change_identity(args)
-    client = _client(args)
-    try:
-        reply = client.call(
-            "ClearOverride",
-            operator_pb2.ClearOverrideRequest(
-                id=args.id, operator=operator, reason=args.reason, request_id=request_id
-            ),
-        )
-    finally:
-        client.close()
+    reply = call_once(
+        args,
+        "ClearOverride",
+        operator_pb2.ClearOverrideRequest(
+            id=args.id, operator=operator, reason=args.reason, request_id=request_id
+        ),
+    )
     if args.json:
         _emit_json(out, {"command": "override clear", **message_to_json(reply)})
     else:
@@ -216,16 +206,13 @@ def cmd_calendar_set(args: argparse.Namespace) -> int:
     # YAML reads 2026-10-01 as a date: send dates as the ISO text the calendar keeps
     body = json.dumps(data, default=str)
     operator, request_id = _change_identity(args)
-    client = _client(args)
-    try:
-        reply = client.call(
-            "SetCalendar",
-            operator_pb2.SetCalendarRequest(
-                calendar_json=body, operator=operator, reason=args.reason, request_id=request_id
-            ),
-        )
-    finally:
-        client.close()
+    reply = call_once(
+        args,
+        "SetCalendar",
+        operator_pb2.SetCalendarRequest(
+            calendar_json=body, operator=operator, reason=args.reason, request_id=request_id
+        ),
+    )
     if args.json:
         _emit_json(out, {"command": "calendar set", **message_to_json(reply)})
     else:
@@ -237,18 +224,14 @@ def cmd_calendar_show(args: argparse.Namespace) -> int:
     from callroute.v1 import operator_pb2
 
     out, _ = _streams(args)
-    client = _client(args)
-    try:
-        reply = client.call("GetCalendar", operator_pb2.GetCalendarRequest())
-    finally:
-        client.close()
+    reply = call_once(args, "GetCalendar", operator_pb2.GetCalendarRequest())
     out.write(
         printable(reply.calendar_json or "no calendar set (the leader uses its host's local time)") + "\n"
     )
     return EXIT_OK
 
 
-def add_liveops_parsers(sub: Any) -> None:
+def add_parsers(sub: Any) -> None:
     add_override_parsers(sub)
     p = sub.add_parser("calendar", help="the network's time zone, public holidays and holiday hosting")
     csub = p.add_subparsers(dest="calendar_command", required=True)

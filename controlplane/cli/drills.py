@@ -1,9 +1,9 @@
 """Operator commands for drills and the two-person rule: `callroute drill start|status|abort`,
 `callroute approve REQUEST_ID` and `callroute pending`.
 
-A thin client of OperatorService built on opcli's client and helpers (deadline per call, endpoint
-failover, request ids, one-line errors, exit codes). `add_drill_parsers(sub)` adds the commands to
-`callroute`'s subparsers; `main(argv)` runs one alone.
+A thin client of OperatorService built on cli.client's client and helpers (deadline per call, endpoint
+failover, request ids, one-line errors, exit codes). `add_parsers(sub)` adds the commands to
+`callroute`'s subparsers.
 
 Must not: report a live drill or an approval as done unless the control plane answered APPLIED (a
 PENDING answer exits 3), or wait on any call without a deadline.
@@ -12,13 +12,10 @@ PENDING answer exits 3), or wait on any call without a deadline.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from collections.abc import Sequence
-from typing import IO, Any
+from typing import Any
 
-from controlplane.core.model import InvalidInput, check_id
-from controlplane.opcli import (
+from controlplane.cli.client import (
     EXIT_FAILED,
     EXIT_OK,
     _change,
@@ -29,15 +26,16 @@ from controlplane.opcli import (
     _emit_json,
     _guarded,
     _operator,
-    _run_parsed,
     _short,
     _streams,
     _text,
     _when,
+    call_once,
     change_exit,
     follow_pages,
     message_to_json,
 )
+from controlplane.core.model import InvalidInput, check_id
 from controlplane.textsafe import printable
 
 # `drill status --watch` redraw period: the leader stores the drill's progress every 2 s at least
@@ -108,12 +106,8 @@ def cmd_drill_start(args: argparse.Namespace) -> int:
         duration_s=args.duration_s,
         abort_if_sl_below=args.abort_if_sl_below,
     )
-    client = _client(args)
-    try:
-        reply = client.call("StartDrill", operator_pb2.StartDrillRequest(
-            spec=spec, reason=args.reason, operator=operator, request_id=request_id))
-    finally:
-        client.close()
+    reply = call_once(args, "StartDrill", operator_pb2.StartDrillRequest(
+        spec=spec, reason=args.reason, operator=operator, request_id=request_id))
     applied = reply.status == operator_pb2.CHANGE_STATUS_APPLIED
     pending = reply.status == operator_pb2.CHANGE_STATUS_PENDING_APPROVAL
     if args.json:
@@ -160,12 +154,8 @@ def cmd_drill_abort(args: argparse.Namespace) -> int:
     if args.drill_id:
         check_id("DRILL_ID", args.drill_id)
     operator, request_id = _change_identity(args)
-    client = _client(args)
-    try:
-        reply = client.call("AbortDrill", operator_pb2.AbortDrillRequest(
-            drill_id=args.drill_id, reason=args.reason, operator=operator, request_id=request_id))
-    finally:
-        client.close()
+    reply = call_once(args, "AbortDrill", operator_pb2.AbortDrillRequest(
+        drill_id=args.drill_id, reason=args.reason, operator=operator, request_id=request_id))
     state = _short(operator_pb2.DrillState.DESCRIPTOR, reply.drill.state)
     if args.json:
         _emit_json(out, {"command": "drill abort", **message_to_json(reply)})
@@ -230,7 +220,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_drill_parsers(sub: Any) -> None:
+def add_parsers(sub: Any) -> None:
     """Adds `drill start|status|abort`, `approve` and `pending` to `callroute`'s subparsers."""
     dp = sub.add_parser("drill", help="rehearse the loss of a center: dry run or live, with rollback")
     dsub = dp.add_subparsers(dest="drill_command", required=True)
@@ -273,16 +263,3 @@ def add_drill_parsers(sub: Any) -> None:
     _common(sp)
     sp.set_defaults(func=_guarded("pending", cmd_pending), command_name="pending")
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="callroute", description="drills and approvals on a control plane")
-    add_drill_parsers(p.add_subparsers(dest="command", required=True))
-    return p
-
-
-def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
-    return _run_parsed(build_parser(), list(sys.argv[1:] if argv is None else argv), out, err)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

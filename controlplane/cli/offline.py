@@ -1,15 +1,15 @@
-"""The `callroute` command: one entry point for every tool of the project.
+"""Commands that need no control plane: `callroute plan compute`, `route`, `sim` and `bench`.
 
-Subcommands import what they need lazily so that `callroute route` stays quick to start and a
-missing optional piece (a load generator, a plotting backend) only affects the command using it.
+They import what they need lazily so that `callroute route` stays quick to start and a missing
+optional piece (a load generator, a plotting backend) only affects the command using it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
@@ -59,7 +59,7 @@ def plan_to_json(plan: Plan) -> dict[str, object]:
     }
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
+def cmd_plan_compute(args: argparse.Namespace) -> int:
     _, plan = _plan(args)
     if args.json:
         print(json.dumps(plan_to_json(plan), indent=1))
@@ -119,21 +119,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args.what, as_json=args.json)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="callroute", description="multi-site call routing with failover")
-    sub = p.add_subparsers(dest="command", required=True)
+def cmd_sim(argv: Sequence[str]) -> int:
+    """`callroute sim ...`: the simulator parses its own arguments (see `callroute sim --help`)."""
+    from chaos.sim.cli import main as sim_main
 
-    def topo_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--topology", required=True, help="topology YAML file")
-        sp.add_argument("--close", action="append", metavar="CENTER", help="treat CENTER as closed")
-        sp.add_argument("--json", action="store_true")
+    return int(sim_main(list(argv)))
 
-    sp = sub.add_parser("plan", help="compute the routing plan for a topology")
-    topo_args(sp)
-    sp.set_defaults(func=cmd_plan)
 
+def _topology_flags(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--topology", required=True, help="topology YAML file")
+    sp.add_argument("--close", action="append", metavar="CENTER", help="treat CENTER as closed")
+    sp.add_argument("--json", action="store_true")
+
+
+def add_compute_parser(psub: Any) -> None:
+    """`plan compute`, added under `plan` by cli.plans."""
+    sp = psub.add_parser("compute", help="compute the routing plan for a topology on this machine")
+    _topology_flags(sp)
+    sp.set_defaults(func=cmd_plan_compute)
+
+
+def add_parsers(sub: Any) -> None:
+    """Adds `route`, `bench` and `sim` to `callroute`'s subparsers."""
     sp = sub.add_parser("route", help="route one call under the plan for a topology")
-    topo_args(sp)
+    _topology_flags(sp)
     sp.add_argument("--branch", required=True)
     sp.add_argument("--skill", required=True)
     sp.add_argument("--caller", required=True)
@@ -145,57 +154,5 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_bench)
 
+    # listed for --help only: the dispatcher hands `sim ...` to the simulator's own parser
     sub.add_parser("sim", help="service-level simulator (see `callroute sim --help`)", add_help=False)
-
-    from controlplane.certs import add_certs_parser
-    from controlplane.opcli import add_operator_parsers
-    from controlplane.service.server import add_controlplane_parser
-    from controlplane.up import add_up_parser
-
-    add_controlplane_parser(sub)
-    add_operator_parsers(sub)
-    add_up_parser(sub)
-    from chaos.cli import add_chaos_parser
-    from controlplane.drillcli import add_drill_parsers
-
-    add_chaos_parser(sub)
-    add_drill_parsers(sub)
-    from controlplane.liveopscli import add_liveops_parsers
-
-    add_liveops_parsers(sub)
-    add_certs_parser(sub)
-    from controlplane.console.cli import add_console_parser
-
-    add_console_parser(sub)
-    from controlplane.readinesscli import add_readiness_parser
-
-    add_readiness_parser(sub)
-    try:
-        from agents.main import add_agent_parser
-    except ImportError:  # the agent package is optional on a control-plane-only install
-        pass
-    else:
-        add_agent_parser(sub)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) >= 2 and argv[0] == "plan" and argv[1] in ("show", "diff", "history", "rollback"):
-        from controlplane.opcli import run_plan_subcommand
-
-        return int(run_plan_subcommand(argv[1:]))
-    if argv and argv[0] == "sim":
-        from chaos.sim.cli import main as sim_main
-
-        return int(sim_main(argv[1:]))
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except InvalidInput as e:
-        print(f"callroute: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
