@@ -1,6 +1,7 @@
 """The CI-sized chaos subset: real etcd, control-plane replicas and agents on loopback, one fault each.
 
-F3 (leader SIGKILL), F8 (agent partition), F14 (center loss, 3 trials) and F17 (a receiver stops
+F3 (leader SIGKILL), F8 (only the control plane's link to an agent cut: no DR), F14 (center loss,
+3 trials), F14-silent-stop (an agent SIGSTOPped: peers' probes find it) and F17 (a receiver stops
 answering) on the small topology, plus `callroute chaos list`. The full set, with F14's 20 trials on
 the national network, is `callroute chaos run all`. Each scenario writes its report under tmp_path.
 """

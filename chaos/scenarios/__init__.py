@@ -37,6 +37,6 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 )}
 
 # the CI-sized subset (tests/test_chaos_ci.py), in the order they run
-CI = ("F3", "F8", "F14", "F17")
+CI = ("F3", "F8", "F14", "F14-silent-stop", "F17")
 
 __all__ = ["CI", "SCENARIOS", "RunOptions", "Scenario"]
