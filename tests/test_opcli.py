@@ -359,6 +359,24 @@ def test_one_parser_takes_every_operator_command_and_the_old_plan_spellings():
         assert args.timeout == 5.0 and args.json is False
 
 
+def test_a_commands_own_out_flag_reaches_it_not_the_output_stream(tmp_path, monkeypatch):
+    # the dispatcher hands its output streams to commands; `chaos run --out DIR` and
+    # `readiness --out DIR` once received the stream (None) instead and crashed in Path(None)
+    from controlplane.cli import client
+
+    seen: dict[str, Any] = {}
+    for argv in (["chaos", "run", "F3", "--out", str(tmp_path / "c")],
+                 ["readiness", "--topology", "t.yaml", "--out", str(tmp_path / "r")]):
+        p = build_parser()
+        args = p.parse_args(argv)
+        monkeypatch.setattr(args, "func", lambda a: seen.setdefault(argv[0], a.out) and 0)
+        monkeypatch.setattr(p, "parse_args", lambda _argv, _a=args: _a)
+        out = io.StringIO()
+        assert client._run_parsed(p, argv, out, io.StringIO()) == 0
+        assert client._streams(args)[0] is out
+    assert seen == {"chaos": str(tmp_path / "c"), "readiness": str(tmp_path / "r")}
+
+
 def test_plan_compute_is_a_subcommand_and_the_old_spelling_still_computes(capsys):
     """`plan` has one meaning, plans, with subcommands; `plan --topology` is `plan compute`."""
     assert main(["plan", "compute", "--topology", SMALL, "--close", "north", "--json"]) == EXIT_OK
