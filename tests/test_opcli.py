@@ -369,7 +369,7 @@ def test_a_commands_own_out_flag_reaches_it_not_the_output_stream(tmp_path, monk
                  ["readiness", "--topology", "t.yaml", "--out", str(tmp_path / "r")]):
         p = build_parser()
         args = p.parse_args(argv)
-        monkeypatch.setattr(args, "func", lambda a: seen.setdefault(argv[0], a.out) and 0)
+        monkeypatch.setattr(args, "func", lambda a, name=argv[0]: seen.setdefault(name, a.out) and 0)
         monkeypatch.setattr(p, "parse_args", lambda _argv, _a=args: _a)
         out = io.StringIO()
         assert client._run_parsed(p, argv, out, io.StringIO()) == 0

@@ -102,7 +102,8 @@ def cmd_readiness(args: Any) -> int:
         return 0
     print(f"readiness for {len(centers)} centers x 48 half hours ({len(cases)} cases, "
           f"{elapsed:.2f} s): {doc['infeasible']} infeasible", file=args._stdout)
-    print(f"{'center lost':<14} {'feasible':>8} {'worst SL':>8}  worst receiver @ half hour", file=args._stdout)
+    print(f"{'center lost':<14} {'feasible':>8} {'worst SL':>8}  worst receiver @ half hour",
+          file=args._stdout)
     for c in centers:
         mine = [x for x in cases if x.center == c]
         worst = min(mine, key=lambda x: x.worst_service_level)

@@ -276,6 +276,21 @@ class LeaderBrain:
                             f"{after.value} by center"))
         return out
 
+    def restore_reported(self, states: dict[str, AdminState]) -> None:
+        """The centers' reported states the audit trail already holds (a predecessor wrote them,
+        `reported_final`): a report saying the same again is no change, so a new leader does not
+        audit a center's own close a second time."""
+        for center, state in states.items():
+            if center in self.known:
+                self._reported[center] = state
+
+    def reported_state(self, center: str) -> AdminState:
+        return self._reported.get(center, AdminState.OPEN)
+
+    def reported_final(self) -> dict[str, AdminState]:
+        """Each center's state after its waiting changes: stored beside their audit entries."""
+        return {center: waiting[-1][1] for center, waiting in self.reported_changes.items() if waiting}
+
     def reported_written(self, now: float) -> None:
         self.reported_changes.clear()
         self.reported_folded.clear()
