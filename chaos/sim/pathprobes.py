@@ -77,7 +77,8 @@ class PathProbes:
                         continue
                     if not open_at(sim.events, sender, t0):
                         continue  # dark: no probes, no reports
-                    rng = random.Random(base ^ xxhash.xxh64_intdigest(f"{sender}>{ev.center}@{t0!r}".encode()))
+                    pair = f"{sender}>{ev.center}@{t0!r}".encode()
+                    rng = random.Random(base ^ xxhash.xxh64_intdigest(pair))
                     t = t0 + rng.uniform(0.0, PROBE_JITTER_MAX * interval_s) + delivery_s
                     if broken:
                         t += 2 * timeout_s
