@@ -18,6 +18,8 @@ Two callroute variants, always reported under their own names:
 - `callroute-nodetect`: what one part of the core is worth: the health tracker's failing detectors
   (F17, the 2020-02-04 broken receiving path) switched off, to compare overflow-path-broken with
   and without them.
+- `callroute-noprobe`: the agents' DR path probes (issue 16, F21) off, to compare the broken-path
+  scenarios with and without them (`callroute` has them on, as the agents do by default).
 
 A policy sees only what the real component would: the sim's live queues (what an ACD reports),
 the topology and the call's branch, skill and caller number.
@@ -44,9 +46,11 @@ from controlplane.core.model import (
     Target,
     validate_report,
 )
+from controlplane.core.paths import PathBook, apply_broken_paths
 from controlplane.core.planner import PlanTracker
 
 from .engine import Simulation
+from .pathprobes import PathProbes
 
 # ICBC's rule: three rings unanswered and the call overflows; a ring cycle is about 5 s.
 NRINGS_RING_S = 15.0
@@ -202,6 +206,10 @@ class CallroutePolicy(BasePolicy):
     (the chosen center and its fallbacks) take the one with the least expected wait now. It stands
     for what an agent could do with live receiver state; it is reported separately when used.
     `detect_failing=False`: the health tracker's failing detectors off (callroute-nodetect).
+    `path_probes`: every center's agent probes the entry of every other center (F21, see
+    chaos.sim.pathprobes); a sender's broken paths go to a `PathBook` as its reports would carry
+    them, and every plan is passed through `apply_broken_paths`, as the control plane's brain does.
+    A finding is published at once (the brain's urgent "path broken or restored").
     `demand`: the DemandTracker's settings (live calls per hour per branch and skill from the
     lookups each agent answered, as the control plane keeps them).
     Every call is routed by `lookup.LazyPlan`, which answers as the agent's CompiledPlan would (the
@@ -212,7 +220,7 @@ class CallroutePolicy(BasePolicy):
 
     def __init__(self, *, report_s: float = REPORT_INTERVAL_S, publish_s: float = PUBLISH_INTERVAL_S,
                  operator_closes: bool = True, live_balance: bool = False, detect_failing: bool = True,
-                 validate: bool = False,
+                 path_probes: bool = True, validate: bool = False,
                  publish_min_change: float = PUBLISH_MIN_CHANGE,
                  report_aht: bool = False, health: HealthSettings | None = None,
                  demand: DemandSettings | None = None) -> None:
@@ -236,6 +244,9 @@ class CallroutePolicy(BasePolicy):
                                                            failing_min_calls=MAX_SETTING_COUNT)
             self.name = "callroute-nodetect"
         self.demand_settings = demand or DemandSettings()
+        self.path_probes = path_probes
+        if not path_probes:
+            self.name = "callroute-noprobe"
         if live_balance:
             self.name = "callroute+jsew"
 
@@ -277,6 +288,10 @@ class CallroutePolicy(BasePolicy):
         self.status_log: list[tuple[float, str, str, str]] = []
         self.last_plan: Plan | None = None
         self.cp: LazyPlan | None = None
+        self.paths = PathBook()
+        self.probes = PathProbes(sim) if self.path_probes else None
+        self.path_due = self.probes.next_at() if self.probes is not None else math.inf
+        self.path_log: list[tuple[float, str, str, bool]] = []
         self._publish(sim.now)
 
     # ------------------------------------------------------------------ the control plane
@@ -293,6 +308,9 @@ class CallroutePolicy(BasePolicy):
         # routes only: the receivers' predicted service levels are for operators, not for routing
         plan = self.planner.compute(self._view(now), now, self.version, wall_hour=(now / 3600.0) % 24.0,
                                     predict=False)
+        broken = self.paths.broken()
+        if broken:
+            plan = apply_broken_paths(plan, broken)
         self.plans += 1
         if self.last_plan is not None and not _material_change(self.last_plan, plan, self.publish_min_change):
             self.version -= 1  # nothing that matters changed: the agents keep the plan in force
@@ -302,7 +320,22 @@ class CallroutePolicy(BasePolicy):
         self.cp = LazyPlan(plan, previous=self.cp)
         self.publishes += 1
 
+    def _probe_findings(self, now: float) -> None:
+        """The senders' path findings due by `now` reach the control plane: each changes that sender's
+        entry in the PathBook, and a change publishes at once (the brain's CAUSE_PATH is urgent)."""
+        assert self.probes is not None
+        changed_at = None
+        for t, sender, broken in self.probes.advance(now):
+            for ch in self.paths.update(sender, broken, t):
+                self.path_log.append((t, *ch))
+                changed_at = t
+        self.path_due = self.probes.next_at()
+        if changed_at is not None:
+            self._publish(now)
+
     def tick(self, sim: Simulation, now: float) -> None:
+        if now >= self.path_due:
+            self._probe_findings(now)
         dt = max(1e-9, now - self.last_tick)
         self.last_tick = now
         # the 5-minute AHT is kept only when it is reported (report_aht): nothing else reads it
@@ -377,6 +410,9 @@ class CallroutePolicy(BasePolicy):
     # ------------------------------------------------------------------ the agent
 
     def route(self, sim: Simulation, call: int, now: float) -> tuple[int, float]:
+        if now >= self.path_due:
+            # a finding due between two report ticks: its report went at once, not at the next tick
+            self._probe_findings(now)
         bi = sim.call_branch[call]
         home = sim.branch_home[bi]
         assert self.cp is not None  # published in start()
@@ -436,7 +472,8 @@ class CallroutePolicy(BasePolicy):
     def summary(self) -> dict[str, object]:
         return {"plans_computed": self.plans, "plans_published": self.publishes, "lookups": self.decisions,
                 "fallbacks_used": self.fallback_used, "overload_answers": self.overload,
-                "live_rebalanced": self.balanced, "health_changes": self.status_log[:200]}
+                "live_rebalanced": self.balanced, "health_changes": self.status_log[:200],
+                "path_changes": self.path_log[:200]}
 
 
 def _material_change(old: Plan, new: Plan, min_change: float) -> bool:
@@ -468,9 +505,10 @@ def _weights_moved(ta: tuple[Target, ...], tb: tuple[Target, ...], min_change: f
 
 
 POLICIES = ("static", "nrings", "even8", "callroute", "pooled")
-# callroute with the agent-side live layer (live_balance), or without the failing detectors
-# (detect_failing=False): reported apart, never as callroute
-EXTRA_POLICIES = ("callroute+jsew", "callroute-nodetect")
+# callroute with the agent-side live layer (live_balance), without the failing detectors
+# (detect_failing=False) or without the agents' DR path probes (path_probes=False): reported apart,
+# never as callroute
+EXTRA_POLICIES = ("callroute+jsew", "callroute-nodetect", "callroute-noprobe")
 
 
 def make_policy(name: str, *, report_s: float = REPORT_INTERVAL_S,
@@ -485,10 +523,11 @@ def make_policy(name: str, *, report_s: float = REPORT_INTERVAL_S,
         return NRingsPolicy()
     if name == "even8":
         return Even8Policy()
-    if name in ("callroute", "callroute+jsew", "callroute-nodetect"):
+    if name in ("callroute", "callroute+jsew", "callroute-nodetect", "callroute-noprobe"):
         return CallroutePolicy(report_s=report_s, publish_s=publish_s,
                                live_balance=name == "callroute+jsew",
-                               detect_failing=name != "callroute-nodetect")
+                               detect_failing=name != "callroute-nodetect",
+                               path_probes=name != "callroute-noprobe")
     if name == "pooled":
         return PooledPolicy()
     raise InvalidInput("policy", name, f"must be one of {', '.join(POLICIES + EXTRA_POLICIES)}")

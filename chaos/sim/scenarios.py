@@ -15,6 +15,11 @@
   center cannot receive the overflow calls from Wuhan"). The broken center is the one the planner's
   DR plan sends most of the closed center's calls to (chengdu in the national example), so the
   break hits calls really in flight and the health tracker has something to detect.
+- `overflow-path-broken-idle`: the same break, but while the path is idle: it breaks
+  IDLE_CLOSE_AFTER_S before the closure that sends the closed center's calls down it (the center
+  is open until then). What issue 16's DR path probes must find before the first caller is sent
+  down the path; with the path in use at the break (overflow-path-broken) some calls always go
+  down it before any probe can tell.
 
 Times: sim seconds since 00:00 of day 0. A 24 h (or longer) window starts at 00:00; a shorter one
 starts at the morning peak, where routing matters most. Must not: read the clock or draw random
@@ -37,7 +42,7 @@ from .engine import Closure, PathBreak, ScenarioEvent, StaffMove
 from .erlang_a import erlang_a
 from .workload import DEFAULT_PATIENCE_S, HOUR_S, INTRADAY_PROFILE
 
-SCENARIOS = ("normal-day", "surge-2007", "wuhan-2020", "overflow-path-broken")
+SCENARIOS = ("normal-day", "surge-2007", "wuhan-2020", "overflow-path-broken", "overflow-path-broken-idle")
 
 # Short windows start here: 09:00, the ramp into the 10:00 peak of the profile.
 PEAK_START_H = 9.0
@@ -70,6 +75,9 @@ WUHAN_STAFF_AT_S = 0.0
 # (2020-02-04: late at night until 3 a.m., repaired by hand), at least BREAK_MIN_S long.
 BREAK_FROM, BREAK_TO = 0.25, 0.60
 BREAK_MIN_S = 1800.0
+# overflow-path-broken-idle: the closure comes this long after the break. Five minutes is many probe
+# intervals (1 s) and short against the break: most of the broken stretch carries overflow.
+IDLE_CLOSE_AFTER_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -233,16 +241,16 @@ def build_scenario(name: str, topology: Topology, *, hours: float = 24.0, start_
                  f"~{SURGE_ANSWER_RATE:.0%} (Erlang A); network calls +{extra / total:.0%}",)
         volume = {b.id: f for b in topology.branches if b.home == loaded}
         return Scenario(**{**base.__dict__, "volume": volume, "notes": notes})
-    # wuhan-2020 and overflow-path-broken
+    # wuhan-2020, overflow-path-broken and overflow-path-broken-idle
     closed = "wuhan" if "wuhan" in ids else next(c for c in ids if c != main)
     others = tuple(c for c in ids if c != closed)
-    events: list[ScenarioEvent] = [Closure(closed, 0.0)]
+    events: list[ScenarioEvent] = []
     for s in topology.skills():
         events.append(StaffMove(start_s + WUHAN_STAFF_AT_S, others, s, WUHAN_STAFF_FACTOR))
     wuhan_notes = [f"{closed} closed for the whole window; calls x{WUHAN_VOLUME} everywhere; "
              f"+{WUHAN_STAFF_FACTOR - 1:.0%} agents for every skill at the other {len(others)} centers "
              "(collections staff moved to inbound)"]
-    if name == "overflow-path-broken":
+    if name in ("overflow-path-broken", "overflow-path-broken-idle"):
         span = end_s - start_s
         b0 = start_s + BREAK_FROM * span
         b1 = max(start_s + BREAK_TO * span, b0 + BREAK_MIN_S)
@@ -250,6 +258,13 @@ def build_scenario(name: str, topology: Topology, *, hours: float = 24.0, start_
         events.append(PathBreak(receiver, b0, b1))
         wuhan_notes.append(f"calls routed to {receiver} (the main receiver of {closed}'s calls) from "
                            f"other branches do not arrive from {_clock(b0)} to {_clock(b1)}")
+    if name == "overflow-path-broken-idle":
+        shut = b0 + IDLE_CLOSE_AFTER_S
+        events.insert(0, Closure(closed, shut))
+        wuhan_notes[0] = wuhan_notes[0].replace("closed for the whole window", f"open until {_clock(shut)}, "
+                                                "then closed for the rest of the window")
+    else:
+        events.insert(0, Closure(closed, 0.0))
     return Scenario(**{**base.__dict__, "volume_all": WUHAN_VOLUME, "events": tuple(events),
                        "notes": tuple(wuhan_notes)})
 

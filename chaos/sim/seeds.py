@@ -11,6 +11,7 @@ import math
 import statistics
 from collections.abc import Sequence
 
+from .engine import PathBreak
 from .run import ScenarioRun
 
 # two-sided 97.5% quantiles of Student's t by degrees of freedom (1..30); beyond, the normal's
@@ -49,4 +50,12 @@ def aggregate(runs: Sequence[ScenarioRun]) -> dict[str, object]:
             "mean_wait_s": mean_ci95([m.mean_wait_s for m in ms])[0],
             "per_seed_service_level": [m.service_level for m in ms],
         }
-    return {"scenario": runs[0].scenario.name, "seeds": [r.seed for r in runs], "policies": policies}
+        if any(isinstance(ev, PathBreak) for ev in runs[0].scenario.events):
+            # callers lost down the broken DR/overflow path (issue 16), in the scenarios that break one
+            lost_path = [m.lost.get("path_broken", 0) for m in ms]
+            mean, lo, hi = mean_ci95(lost_path)
+            policies[name] |= {"lost_path_broken": mean, "lost_path_broken_ci95": [lo, hi],
+                               "per_seed_lost_path_broken": lost_path}
+    sc = runs[0].scenario
+    return {"scenario": sc.name, "seeds": [r.seed for r in runs], "window_hours": sc.hours,
+            "window_start_h": (sc.start_s % 86400) / 3600, "notes": list(sc.notes), "policies": policies}
