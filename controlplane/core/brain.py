@@ -436,7 +436,10 @@ class LeaderBrain:
             plan = apply_overrides(plan, ovs, self.topology)
         broken = self.paths.broken()
         if broken:
-            plan = apply_broken_paths(plan, broken)
+            after = self.suspicion.s.suspect_after_s
+            reporting = [c for c in self.known
+                         if (at := self.tracker.last_report_at(c)) is not None and now - at < after]
+            plan = apply_broken_paths(plan, broken, reporting)
         if (
             self.last_plan is not None
             and plan.routes == self.last_plan.routes
