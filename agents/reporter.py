@@ -282,8 +282,9 @@ class Reporter:
         self.on_plan_version = on_plan_version  # every ack names the leader's latest plan
         # simulation: given {target center: {skill: calls}} routed to other centers this interval
         self.deliver: Callable[[dict[str, dict[str, int]]], None] | None = None
-        # (monotonic build time, report): a report older than one interval is stale when sent
-        self.outbox: asyncio.Queue[tuple[float, Report]] = asyncio.Queue(OUTBOX_SIZE)
+        # (monotonic build time, report): a report older than one interval is stale when sent.
+        # One queue per stream (`_streams`), ended with None: see `_session`
+        self.outbox: asyncio.Queue[tuple[float, Report] | None] = asyncio.Queue(OUTBOX_SIZE)
         self.state = "connecting"  # connecting | connected | backoff | stopped
         self.endpoint = ""
         self.sent = self.acked = self.rejected = self.dropped = self.reconnects = 0
@@ -359,7 +360,7 @@ class Reporter:
             self._drop(r)  # nobody to tell; a late report would describe the past
             return
         while self.outbox.full():
-            self._drop(self.outbox.get_nowait()[1])
+            self._drop(_report_of(self.outbox.get_nowait()))
         self.outbox.put_nowait((now, r))
 
     # ------------------------------------------------------------ running
@@ -425,6 +426,12 @@ class Reporter:
             ep = redirect or self.endpoints[i % len(self.endpoints)]
             redirect = None
             self.state = "connecting"
+            # a fresh queue per stream: grpc keeps polling a finished call's request iterator (it
+            # stops it only on a local cancel), so a stream the server ended (a follower's "not
+            # leader", an abort) would otherwise take the next stream's first report, mark it
+            # sent and never send it: its counts were then lost once the control plane's mark
+            # passed its seq (tests/test_reporter_reconnect.py)
+            self.outbox = asyncio.Queue(OUTBOX_SIZE)
             try:
                 redirect = await self._session(ep)
             except asyncio.CancelledError:
@@ -437,7 +444,8 @@ class Reporter:
             self._unacked.clear()
             self.ledger.stream_ended()
             while not self.outbox.empty():
-                self._drop(self.outbox.get_nowait()[1])
+                self._drop(_report_of(self.outbox.get_nowait()))
+            self.outbox.put_nowait(None)  # ends that stream's request iterator if grpc still polls it
             self.reconnects += 1
             if redirect is None:
                 i += 1
@@ -453,10 +461,14 @@ class Reporter:
             await asyncio.wait_for(ch.channel_ready(), self.deadline_s)
             stub = report_pb2_grpc.ReportServiceStub(ch)
             opened = self.clock()
+            outbox = self.outbox  # this stream's own: never a later stream's reports
 
             async def requests():  # type: ignore[no-untyped-def]
                 while self.clock() - opened < self.stream_max_age_s:
-                    built, r = await self.outbox.get()
+                    item = await outbox.get()
+                    if item is None:
+                        return  # the stream is over
+                    built, r = item
                     now = self.clock()
                     if now - built > self.interval_s:
                         # built before a pause (SIGSTOP, a stall): it describes the past and
@@ -501,6 +513,11 @@ class Reporter:
                 self.cp_plan_version = ack.plan_version
                 if self.on_plan_version is not None:
                     self.on_plan_version(ack.plan_version)
+
+
+def _report_of(item: tuple[float, Report] | None) -> Report:
+    assert item is not None, "the end-of-stream marker is only put after the queue is drained"
+    return item[1]
 
 
 class StuckStream(Exception):
