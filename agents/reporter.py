@@ -329,6 +329,20 @@ class Reporter:
     def stop(self) -> None:
         self._stop.set()
 
+    async def settle(self, timeout_s: float) -> bool:
+        """Report until every count is acknowledged, or `timeout_s` passes (then False): a graceful
+        stop, once the lookup listeners are closed, leaves no call out of the billing ledger."""
+        deadline = self.clock() + timeout_s
+        while self.counter.counts or self.ledger.outstanding():
+            left = deadline - self.clock()
+            if left <= 0:
+                log.warning("stopping with %d lookups not acknowledged by the control plane",
+                            sum(self.counter.counts.values()) + self.ledger.outstanding())
+                return False
+            self.report_now()
+            await asyncio.sleep(min(self.interval_s, left))  # one report's round trip, bounded
+        return True
+
     # ------------------------------------------------------------ building reports
 
     def build(self, now: float) -> Report | None:

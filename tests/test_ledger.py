@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -292,3 +294,139 @@ async def test_ledger_equals_switch_calls_across_leader_sigkill_and_agent_restar
             rep.stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 5)
+
+
+class _Switch:
+    """A switch's lookups to one agent process from a thread, each answer counted per (branch,
+    skill, center answered): what the hosting centers bill each other for."""
+
+    def __init__(self, http_port: int, branches: tuple[str, ...]) -> None:
+        self.port, self.branches = http_port, branches
+        self.answered: dict[tuple[str, str, str], int] = {}
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def total(self) -> int:
+        return sum(self.answered.values())
+
+    def stop(self) -> dict[tuple[str, str, str], int]:
+        self._stop.set()
+        self._thread.join(30)
+        assert not self._thread.is_alive()
+        return self.answered
+
+    def _run(self) -> None:
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        skills = ("retail", "credit_card", "corporate")
+        i = 0
+        try:
+            while not self._stop.is_set():
+                i += 1
+                b, s = self.branches[i % len(self.branches)], skills[(i // 2) % 3]
+                conn.request("GET", f"/v1/route?branch={b}&skill={s}&caller={i}")
+                r = conn.getresponse()
+                body = json.loads(r.read())
+                assert r.status == 200, body
+                key = (b, s, body.get("center") or "")
+                self.answered[key] = self.answered.get(key, 0) + 1
+                self._stop.wait(0.003)
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.errors.append(repr(e))
+        finally:
+            conn.close()
+
+
+@needs_etcd
+async def test_ledger_equals_the_switches_answered_calls_across_leader_sigkill_and_agent_restart(
+        etcd, replicas, tmp_path):
+    """Real processes end to end: etcd, two control-plane replicas, two agent processes answering
+    switches' HTTP lookups. The leader is SIGKILLed while the switches keep calling (a window with
+    no leader: the agents' reports are refused and dropped, their counts put back), then one agent
+    is restarted (SIGTERM, a new process and incarnation on the same state dir). The ledger's
+    totals per (branch, skill, receiving center) equal the answers the switches got: none lost,
+    none counted twice (and they stay equal over further reports)."""
+    from test_agent_fakes import AgentProc, apoll, http_get
+
+    a, b = replicas("a", etcd.url), replicas("b", etcd.url)
+    await wait_for(lambda: _leader_of(a, b), 15, "a leader")
+    cps = f"{a.addr},{b.addr}"
+    homes = {"north": ("beijing", "hebei"), "south": ("guangdong", "fujian")}
+
+    def agent(center: str) -> AgentProc:
+        p = AgentProc(center, tmp_path, cps, grpc=False, state_dir=tmp_path / f"state-{center}",
+                      extra={"report_interval_s": 0.1, "rpc_deadline_s": 1.0})
+        p.args[p.args.index("--topology") + 1] = SMALL
+        return p.start()
+
+    async def serving(p: AgentProc) -> None:
+        await asyncio.to_thread(p.wait_listening)
+        await apoll(lambda: http_get(p.http_port, "/healthz")[0] == 200, 30, what=f"{p.center} serves")
+
+    agents = {c: agent(c) for c in homes}
+    switches: dict[str, _Switch] = {}
+    stopped: list[_Switch] = []
+
+    def stop_switch(c: str) -> None:
+        sw = switches.pop(c)
+        sw.stop()
+        stopped.append(sw)
+    try:
+        for c, p in agents.items():
+            await serving(p)
+            switches[c] = _Switch(p.http_port, homes[c])
+        await apoll(lambda: all(s.total() >= 300 for s in switches.values()), 60, what="phase 1 calls")
+        old = _leader_of(a, b)
+        survivor = b if old is a else a
+        before_kill = {c: s.total() for c, s in switches.items()}
+        old.signal(signal.SIGKILL)
+        await wait_for(lambda: _leader_of(survivor) is survivor, 20, "the survivor leads")
+        leaderless = {c: s.total() - before_kill[c] for c, s in switches.items()}
+        mark = {c: s.total() for c, s in switches.items()}
+        await apoll(lambda: all(s.total() >= mark[c] + 300 for c, s in switches.items()), 60,
+                    what="calls under the new leader")
+        # restart south's agent: its switch stops calling it, SIGTERM (the agent drains its
+        # listeners, then reports until its counts are acknowledged), a new process takes over
+        stop_switch("south")
+        assert agents["south"].stop() == 0, agents["south"].output()[-3000:]
+        agents["south"] = agent("south")
+        await serving(agents["south"])
+        switches["south"] = _Switch(agents["south"].http_port, homes["south"])
+        await apoll(lambda: switches["south"].total() >= 300, 60, what="calls to the new south agent")
+        for c in list(switches):
+            stop_switch(c)
+        assert not [e for sw in stopped for e in sw.errors]
+        routed: dict[tuple[str, str, str], int] = {}
+        for sw in stopped:
+            for k, n in sw.answered.items():
+                routed[k] = routed.get(k, 0) + n
+        want = sum(routed.values())
+        got: dict[tuple[str, str, str], int] = {}
+
+        async def equal() -> bool:
+            nonlocal got
+            got = await _ledger_total(etcd.url)
+            return got == routed
+
+        try:
+            await wait_for(equal, 30, "ledger == switches' answers", step=0.1)
+        except AssertionError:
+            diff = {k: (got.get(k, 0), routed.get(k, 0)) for k in set(got) | set(routed)
+                    if got.get(k, 0) != routed.get(k, 0)}
+            raise AssertionError(f"ledger {sum(got.values())} vs routed {want}: "
+                                 f"{sorted(diff.items())}") from None
+        # ten more report intervals: nothing arrives late to be counted twice
+        t = time.monotonic()
+        await wait_for(lambda: time.monotonic() - t > 1.0, 5, "ten report intervals")
+        assert await _ledger_total(etcd.url) == routed
+        print(f"\nledger e2e: routed {want} calls ({len(routed)} keys), ledger {sum(got.values())}; "
+              f"answered while no leader: {leaderless}")
+    finally:
+        for s in switches.values():
+            s.stop()
+        for p in agents.values():
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(p.stop)
