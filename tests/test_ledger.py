@@ -388,10 +388,17 @@ async def test_ledger_equals_the_switches_answered_calls_across_leader_sigkill_a
         mark = {c: s.total() for c, s in switches.items()}
         await apoll(lambda: all(s.total() >= mark[c] + 300 for c, s in switches.items()), 60,
                     what="calls under the new leader")
-        # restart south's agent: its switch stops calling it, SIGTERM (the agent drains its
-        # listeners, then reports until its counts are acknowledged), a new process takes over
+        # restart south's agent while its switch keeps calling: SIGTERM, the agent drains (answers
+        # during the notice, then closes its listener: the switch's next call fails) and reports
+        # until its counts are acknowledged; a new process (a new incarnation) takes over
+        agents["south"].signal(signal.SIGTERM)
+        south = switches["south"]
+        await apoll(lambda: south.errors, 30, what="south's listener closed on the switch")
         stop_switch("south")
         assert agents["south"].stop() == 0, agents["south"].output()[-3000:]
+        closed = stopped[-1].errors
+        stopped[-1].errors = []
+        assert len(closed) == 1 and any(w in closed[0] for w in ("Connection", "Disconnected")), closed
         agents["south"] = agent("south")
         await serving(agents["south"])
         switches["south"] = _Switch(agents["south"].http_port, homes["south"])
