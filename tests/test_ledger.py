@@ -296,6 +296,25 @@ async def test_ledger_equals_switch_calls_across_leader_sigkill_and_agent_restar
                 await asyncio.wait_for(task, 5)
 
 
+def _export_both(url: str, tmp: Path) -> tuple[list[dict], list[dict]]:
+    """`callroute ledger export` as CSV (stdout) and Parquet (a file), read back."""
+    import csv
+    import io
+
+    import pyarrow.parquet as pq
+
+    from controlplane.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    # the days around today's too: a run across midnight (UTC) writes two ledger days
+    base = ["ledger", "export", "--store", url, "--from", "2000-01-01", "--to", "2100-01-01"]
+    assert main([*base, "--format", "csv"], out=out, err=err) == 0, err.getvalue()
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    path = tmp / "ledger.parquet"
+    assert main([*base, "--format", "parquet", "--out", str(path)], out=out, err=err) == 0, err.getvalue()
+    return rows, pq.read_table(path).to_pylist()
+
+
 class _Switch:
     """A switch's lookups to one agent process from a thread, each answer counted per (branch,
     skill, center answered): what the hosting centers bill each other for."""
@@ -429,11 +448,93 @@ async def test_ledger_equals_the_switches_answered_calls_across_leader_sigkill_a
         t = time.monotonic()
         await wait_for(lambda: time.monotonic() - t > 1.0, 5, "ten report intervals")
         assert await _ledger_total(etcd.url) == routed
+        # the operator's export holds the same totals, as CSV and as Parquet
+        csv_rows, pq_rows = await asyncio.to_thread(_export_both, etcd.url, tmp_path)
+        assert sum(int(r["calls"]) for r in csv_rows) == want
+        assert sum(r["calls"] for r in pq_rows) == want and len(pq_rows) == len(csv_rows)
         print(f"\nledger e2e: routed {want} calls ({len(routed)} keys), ledger {sum(got.values())}; "
-              f"answered while no leader: {leaderless}")
+              f"answered while no leader: {leaderless}; export: {len(csv_rows)} CSV rows, "
+              f"{len(pq_rows)} Parquet rows")
     finally:
         for s in switches.values():
             s.stop()
         for p in agents.values():
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(p.stop)
+
+
+@needs_etcd
+async def test_ledger_check_reports_each_difference_with_the_acds_and_export_refuses_bad_input(
+        etcd, tmp_path):
+    """`callroute ledger check` against the ACDs' counts per (day, center, skill): exit 0 when they
+    agree, each difference and exit 1 when not; bad dates, files and formats are named (exit 2)."""
+    import io
+
+    from controlplane.cli import main
+    from controlplane.core.ledger import day_of
+    from controlplane.core.model import Report
+    from controlplane.service.ledger import LedgerWriter
+    from controlplane.store.base import Election
+    from controlplane.store.etcd import parse_store_url
+
+    st = parse_store_url(etcd.url, request_timeout_s=2.0)
+
+    class _CP:
+        topology = TOPO
+        store = st
+
+        class settings:  # noqa: N801 - stands in for the Settings struct
+            store_deadline_s = 2.0
+
+        @staticmethod
+        def key(rel: str) -> str:
+            return "/callroute/" + rel
+
+        @staticmethod
+        async def _call(op: str, coro):
+            return await coro
+
+    try:
+        e = Election(st, "/callroute/leader", "one", 1.0)
+        await e.campaign()
+        w = LedgerWriter(_CP, e)
+        await w.record(Report(center="north", seq=1, sent_at=0.0, incarnation=1,
+                              calls={"beijing": {"retail": {"north": 5, "south": 2, "": 1}}}))
+        await w.record(Report(center="south", seq=1, sent_at=0.0, incarnation=1,
+                              calls={"guangdong": {"retail": {"south": 4}}}))
+        await e.resign()
+    finally:
+        await st.close()
+    day = day_of(time.time())
+
+    async def run(*argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        rc = await asyncio.to_thread(main, list(argv), out=out, err=err)  # it runs its own loop
+        return rc, out.getvalue(), err.getvalue()
+
+    def acd(text: str) -> str:
+        p = tmp_path / f"acd{len(list(tmp_path.glob('acd*.csv')))}.csv"
+        p.write_text("day,center,skill,calls\n" + text)
+        return str(p)
+
+    span = ("--store", etcd.url, "--from", day, "--to", day)
+    agree = acd(f"{day},north,retail,5\n{day},south,retail,6\n")
+    rc, out, _ = await run("ledger", "check", *span, "--acd", agree)
+    assert (rc, out.strip()) == (0, "0 differences")
+    differ = acd(f"{day},north,retail,5\n{day},south,retail,7\n")
+    rc, out, _ = await run("ledger", "check", *span, "--acd", differ)
+    assert rc == 1 and f"{day} south retail: ledger 6, ACD 7, difference -1" in out, out
+    rc, out, _ = await run("ledger", "export", *span)
+    assert rc == 0 and out.splitlines()[0] == "day,branch,skill,center,kind,outcome,calls"
+    assert f"{day},beijing,retail,,away,overload,1" in out.splitlines()
+    assert f"{day},beijing,retail,south,away,routed,2" in out.splitlines()
+    assert len(out.splitlines()) == 1 + 4
+    # bad input: named, exit 2, nothing read
+    rc, _, err = await run("ledger", "check", *span, "--acd", acd(f"{day},south,retail,many\n"))
+    assert rc == 2 and "line 2: calls" in err and "many" in err, err
+    rc, _, err = await run("ledger", "export", "--store", etcd.url, "--from", "2026-13-01", "--to", day)
+    assert rc == 2 and "--from" in err and "2026-13-01" in err, err
+    rc, _, err = await run("ledger", "export", "--store", etcd.url, "--from", day, "--to", "2000-01-01")
+    assert rc == 2 and "--to" in err, err
+    rc, _, err = await run("ledger", "export", *span, "--format", "parquet")
+    assert rc == 2 and "--out" in err, err
