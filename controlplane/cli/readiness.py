@@ -118,5 +118,6 @@ def add_parsers(sub: Any) -> None:
     sp.add_argument("--forecast", default="", help="forecast YAML (default: <topology>.forecast.yaml)")
     sp.add_argument("--day", default="", help="YYYY-MM-DD (its weekday picks hosting schedules)")
     sp.add_argument("--json", action="store_true", help="the whole matrix as JSON on stdout")
-    sp.add_argument("--out", dest="out_dir", default="", help="directory for readiness.png and readiness.json")
+    sp.add_argument("--out", dest="out_dir", default="",
+                    help="directory for readiness.png and readiness.json")
     sp.set_defaults(func=cmd_readiness)
