@@ -106,11 +106,12 @@ def rows_of(day: str, bucket: Mapping[str, int]) -> list[LedgerRow]:
 
 def summed(rows: Iterable[LedgerRow]) -> list[LedgerRow]:
     """Rows with the same (day, branch, skill, center, kind, outcome) added up, sorted."""
-    acc: dict[tuple[str, ...], int] = {}
+    acc: dict[tuple[str, str, str, str, str, str], int] = {}
     for r in rows:
         k = (r.day, r.branch, r.skill, r.center, r.kind, r.outcome)
         acc[k] = acc.get(k, 0) + r.calls
-    return [LedgerRow(*k, calls=n) for k, n in sorted(acc.items())]
+    return [LedgerRow(day, branch, skill, center, kind, outcome, n)
+            for (day, branch, skill, center, kind, outcome), n in sorted(acc.items())]
 
 
 def to_csv(rows: Iterable[LedgerRow]) -> str:
