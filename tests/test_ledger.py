@@ -208,6 +208,9 @@ async def test_an_old_leaders_ledger_write_is_fenced(etcd):
         rep = Report(center="north", seq=1, sent_at=0.0, incarnation=1,
                      calls={"beijing": {"retail": {"north": 3}}})
         assert await w1.record(rep) == 0
+        # a quiet interval (no calls) answers the mark and writes nothing
+        quiet = Report(center="north", seq=2, sent_at=0.0, incarnation=1)
+        assert await w1.record(quiet) == 1 and w1.writes == 1
         await e1.resign()
         e2 = Election(st, "/fence-test/leader", "two", 1.0)
         await e2.campaign()

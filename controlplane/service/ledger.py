@@ -68,11 +68,13 @@ class LedgerConflict(Exception):
 class LedgerWriter:
     """One leader term's writer: `record(report)` before the report's ack, returning its prior mark.
 
-    Every accepted report moves its incarnation's mark, with or without calls, so the mark is the
-    highest accepted seq (the ack's documented prior_accepted_seq), durable and shared by every
-    leader. In steady state that is one transaction per report: the keys' values and mod revisions
-    are cached from this term's own writes and re-read only when a compare fails or an outcome is
-    unknown."""
+    Every report with calls moves its incarnation's mark, so the mark is the highest seq whose
+    counts are in the ledger: the ack's prior_accepted_seq, durable and shared by every leader. An
+    agent asks it only about its unacknowledged reports with counts, so a report without calls
+    (a quiet interval, a night) need not move it and costs no write: an idle network does not
+    grow etcd's history by a revision per report. In steady state a report with calls is one
+    transaction: the keys' values and mod revisions are cached from this term's own writes and
+    re-read only when a compare fails or an outcome is unknown."""
 
     def __init__(self, cp: Any, election: Any, wall: Any = time.time) -> None:
         self.cp = cp
@@ -103,17 +105,16 @@ class LedgerWriter:
         dkey = day_key(day_of(self.wall()), report.center)
         for _ in range(MAX_WRITE_TRIES):
             applied, a_rev = await self._read(akey, _APPLIED, Applied(0))
+            if not add:
+                return int(applied.seq)  # nothing to count: no write (see the class docstring)
             if not should_apply(applied.seq, report.seq):
                 self.skipped += 1
                 return int(applied.seq)
-            compare = [mod_revision_is(cp.key(akey), a_rev)]
-            ops = [Put(cp.key(akey), msgspec.json.encode(Applied(report.seq)))]
-            bucket: dict[str, int] = {}
-            if add:
-                old, d_rev = await self._read(dkey, _BUCKET, {})
-                bucket = merged(old, add)
-                compare.append(mod_revision_is(cp.key(dkey), d_rev))
-                ops.append(Put(cp.key(dkey), msgspec.json.encode(bucket)))
+            old, d_rev = await self._read(dkey, _BUCKET, {})
+            bucket = merged(old, add)
+            compare = [mod_revision_is(cp.key(akey), a_rev), mod_revision_is(cp.key(dkey), d_rev)]
+            ops = [Put(cp.key(akey), msgspec.json.encode(Applied(report.seq))),
+                   Put(cp.key(dkey), msgspec.json.encode(bucket))]
             # unknown until the txn answers (a timeout may or may not have applied it)
             self.cache.pop(akey, None)
             self.cache.pop(dkey, None)
@@ -122,8 +123,7 @@ class LedgerWriter:
             if r.succeeded:
                 self.writes += 1
                 self.cache[akey] = (Applied(report.seq), r.revision)
-                if add:
-                    self.cache[dkey] = (bucket, r.revision)
+                self.cache[dkey] = (bucket, r.revision)
                 return int(applied.seq)
         raise LedgerConflict(f"ledger write for {report.center} seq {report.seq} lost "
                              f"{MAX_WRITE_TRIES} compares")
