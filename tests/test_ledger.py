@@ -270,10 +270,14 @@ async def test_ledger_equals_switch_calls_across_leader_sigkill_and_agent_restar
                                    for r, k, _ in agents.values()), 20, "phase 1 acknowledged")
         assert sum((await _ledger_total(etcd.url)).values()) == sum(routed.values())  # exact so far
         old = _leader_of(a, b)
+        dropped_before = sum(r.dropped for r, _, _ in agents.values())
         old.signal(signal.SIGKILL)
         await route(40)  # calls keep coming while no one leads
         survivor = b if old is a else a
         await wait_for(lambda: _leader_of(survivor) is survivor, 15, "the survivor leads")
+        # the window is real: reports built while no leader answered were dropped, counts put back
+        dropped = sum(r.dropped for r, _, _ in agents.values()) - dropped_before
+        assert dropped > 0
         # restart one agent: it drains (its counts reach the ledger), then a new process
         # (a new incarnation) takes over the center
         await wait_for(lambda: all(r.ledger.outstanding() + sum(k.counts.values()) == 0
@@ -292,6 +296,8 @@ async def test_ledger_equals_switch_calls_across_leader_sigkill_and_agent_restar
                 if got.get(k, 0) != routed.get(k, 0)}
         assert not diff, sorted(diff.items())
         assert all(r.ledger.rejected == 0 for r, _, _ in agents.values())
+        print(f"\nledger e2e (Reporters): routed {sum(routed.values())}, ledger {sum(got.values())}, "
+              f"reports dropped while no leader answered: {dropped}")
     finally:
         for rep, _, task in agents.values():
             rep.stop()
