@@ -26,6 +26,7 @@ from controlplane.store.base import Delete, Put, mod_revision_is
 from .audit import AuditRecord
 from .calendars import watch_calendar
 from .drills import DrillRunner
+from .ledger import LedgerWriter
 from .overrides import watch_overrides
 from .readiness import ReadinessWatch
 from .retention import RetentionSweeper
@@ -74,6 +75,7 @@ class LeaderLoop:
         self.losses: list[str] = []
         self._sleep_until = 0.0  # loop time the timer task sleeps until
         self.election: Any = None  # the current term's Election (for operators' and tests' eyes)
+        self.ledger: LedgerWriter | None = None  # the term's billing-ledger writer (service/ledger.py)
 
     @property
     def is_leader(self) -> bool:
@@ -140,6 +142,7 @@ class LeaderLoop:
         election.check()  # still ours after those reads?
         self.terms += 1
         self.election = election
+        self.ledger = LedgerWriter(cp, election)  # before `brain`: report streams bind both
         self.brain = LeaderBrain(
             cp.topology,
             cp.topology_hash,
