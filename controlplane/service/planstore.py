@@ -1,0 +1,277 @@
+"""Plan history that lasts (issue 19): every published plan, content-addressed, for the retention
+window (settings.plan_retention_s, 90 days by default), so `callroute explain --at TIME` can say
+why a call went where it went long after `plans/` (the last history_keep plans) has moved on.
+
+Layout under the prefix (what is stored and why is in controlplane.core.planstore):
+- `history/obj/<epoch:010d>/<hash>`: one group of a plan (a branch's routes, a center's predicted
+  receivers, the header with meta), zlib-compressed, stored once per epoch whatever the number of
+  plans that use it;
+- `history/seg/<start:020d>`: the manifests of versions start..start+63, zlib-compressed; the
+  leader rewrites the current segment on every publish, in the same fenced transaction as the
+  objects it references that were not stored yet (or after them, when they do not fit in one), so
+  a reader never finds a manifest whose objects are missing.
+
+Writes are the leader's (fenced); reads are any replica's. Archiving comes after the plan is
+published (`plans/` is what routes calls); a version it missed (store trouble, a takeover) is
+archived from `plans/` before the next one, while `plans/` still keeps it.
+The leader's retention sweep (service/retention.py) calls `sweep`: it deletes whole old segments,
+then whole epochs older than the oldest segment kept.
+Must not: write without the fence, or keep a manifest whose objects it deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from controlplane.core.model import Plan
+from controlplane.core.planstore import (
+    SEGMENT_SIZE,
+    Entry,
+    Segment,
+    append,
+    decode_object,
+    decode_segment,
+    encode_object,
+    encode_segment,
+    entry_at,
+    entry_version,
+    epoch_of,
+    join_plan,
+    manifest,
+    needed,
+    segment_start,
+    segments_to_delete,
+)
+from controlplane.store.base import MAX_TXN_OPS, Delete, Put
+
+log = logging.getLogger("callroute.controlplane.planstore")
+
+SEG = "history/seg/"
+OBJ = "history/obj/"
+# object puts per transaction: etcd's 128 operations, less the segment put and the fence's get
+OBJECTS_PER_TXN = MAX_TXN_OPS - 8
+# segments read per store call by the sweep (the oldest first)
+SWEEP_PAGE = 32
+# the leader remembers this many stored object hashes of the current epoch; past it, it forgets
+# them (an object is then written again: wasteful, never wrong)
+MAX_KNOWN = 1_000_000
+
+
+class ArchivedPlan:
+    """A plan read back from the archive, with the manifest it came from."""
+
+    def __init__(self, plan: Plan, entry: Entry) -> None:
+        self.plan = plan
+        self.entry = entry
+
+
+class PlanArchive:
+    def __init__(self, cp: Any) -> None:
+        self.cp = cp
+        # leader-only state, valid for one term (`_term`): the current segment as stored, and the
+        # objects known to be stored in its epoch
+        self._term: Any = None
+        self._seg_start = -1
+        self._seg: Segment | None = None
+        self._known: set[str] = set()
+        self._known_epoch: int | None = None
+        self.last_version = 0  # highest version archived in this term (0: not known yet)
+
+    # ------------------------------------------------------------------ keys
+
+    def seg_key(self, start: int) -> str:
+        return self.cp.key(f"{SEG}{start:020d}")
+
+    def obj_key(self, epoch: int, h: str) -> str:
+        return self.cp.key(f"{OBJ}{epoch:010d}/{h}")
+
+    def _start_of(self, key: str) -> int:
+        return int(key.rsplit("/", 1)[-1])
+
+    # ------------------------------------------------------------------ store calls
+
+    async def _get(self, key: str) -> Any:
+        cp = self.cp
+        return await cp._call("history", cp.store.get(key, timeout_s=cp.settings.store_deadline_s))
+
+    async def _range(self, rel: str, start_after: str = "", limit: int = 0) -> Any:
+        cp = self.cp
+        return await cp._call("history", cp.store.range(
+            cp.key(rel), start_after=start_after, limit=limit, timeout_s=cp.settings.store_deadline_s))
+
+    async def _fenced(self, election: Any, ops: list[Any]) -> None:
+        cp = self.cp
+        await cp._call("history", election.fenced_txn((), ops, timeout_s=cp.settings.store_deadline_s))
+
+    async def read_segment(self, start: int) -> Segment | None:
+        kv = await self._get(self.seg_key(start))
+        return None if kv is None else decode_segment(kv.value)
+
+    async def _segment_at_or_after(self, start: int) -> tuple[int, Segment] | None:
+        after = self.seg_key(start - 1) if start > 0 else ""
+        got = await self._range(SEG, after, 1)
+        if not got.kvs:
+            return None
+        return self._start_of(got.kvs[0].key), decode_segment(got.kvs[0].value)
+
+    # ------------------------------------------------------------------ writing (the leader)
+
+    async def archive(self, election: Any, plan: Plan) -> None:
+        """Archive `plan` (just published), and first any version this term has not archived yet
+        that `plans/` still holds."""
+        if self._term != election.leader_rev:
+            self._term = election.leader_rev
+            self._seg, self._seg_start, self._known, self._known_epoch = None, -1, set(), None
+            self.last_version = await self._last_archived(plan.version)
+        if self.last_version and plan.version > self.last_version + 1:
+            first = max(self.last_version + 1, plan.version - self.cp.settings.history_keep)
+            for v in range(first, plan.version):
+                got = await self.cp.read_plan(v)
+                if got is not None:
+                    await self._archive_one(election, got[1])
+        await self._archive_one(election, plan)
+
+    async def _last_archived(self, version: int) -> int:
+        """The highest archived version below `version` in its segment or the one before (0: none)."""
+        for start in (segment_start(version), segment_start(version) - SEGMENT_SIZE):
+            if start < 0:
+                break
+            seg = await self.read_segment(start)
+            if seg is not None and seg.entries:
+                return max(e.version for e in seg.entries if e.version < version) if any(
+                    e.version < version for e in seg.entries) else 0
+        return 0
+
+    async def _archive_one(self, election: Any, plan: Plan) -> None:
+        start = segment_start(plan.version)
+        if self._seg is None or self._seg_start != start:
+            seg = await self.read_segment(start)
+            self._seg = seg if seg is not None else Segment(
+                epoch_of(plan.created_at, self.cp.settings.plan_epoch_s))
+            self._seg_start = start
+        seg = self._seg
+        if self._known_epoch != seg.epoch or len(self._known) > MAX_KNOWN:
+            self._known, self._known_epoch = set(), seg.epoch
+        entry, objects = manifest(plan)
+        new = append(seg, entry)
+        if new is seg:
+            return  # archived already (a retried publish)
+        fresh = [h for h in objects if h not in self._known]
+        puts = [Put(self.obj_key(seg.epoch, h), encode_object(objects[h])) for h in fresh]
+        seg_put = Put(self.seg_key(start), encode_segment(new))
+        try:
+            while len(puts) > OBJECTS_PER_TXN:  # objects first: a manifest never names a missing one
+                await self._fenced(election, puts[:OBJECTS_PER_TXN])
+                puts = puts[OBJECTS_PER_TXN:]
+            await self._fenced(election, [*puts, seg_put])
+        except BaseException:
+            self._seg = None  # outcome unknown: read the segment again next time
+            raise
+        self._known.update(fresh)
+        self._seg = new
+        self.last_version = plan.version
+
+    # ------------------------------------------------------------------ reading (any replica)
+
+    async def _objects(self, epoch: int, hashes: list[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for h in hashes:
+            if h in out:
+                continue
+            kv = await self._get(self.obj_key(epoch, h))
+            if kv is None:
+                raise LookupError(f"archived object {epoch}/{h} is missing (deleted by retention?)")
+            out[h] = decode_object(kv.value)
+        return out
+
+    async def _load(self, seg: Segment, entry: Entry, only_branch: str | None) -> ArchivedPlan:
+        objects = await self._objects(seg.epoch, needed(entry, only_branch))
+        return ArchivedPlan(join_plan(entry, objects, only_branch), entry)
+
+    async def load_version(self, version: int, only_branch: str | None = None) -> ArchivedPlan | None:
+        seg = await self.read_segment(segment_start(version))
+        entry = entry_version(seg, version) if seg is not None else None
+        if seg is None or entry is None:
+            return None
+        return await self._load(seg, entry, only_branch)
+
+    async def oldest(self) -> Entry | None:
+        got = await self._segment_at_or_after(0)
+        return got[1].entries[0] if got is not None and got[1].entries else None
+
+    async def load_at(self, at: float, only_branch: str | None = None) -> ArchivedPlan | None:
+        """The plan in force at wall time `at`: the last one published at or before it. None when
+        `at` is before the oldest plan kept."""
+        first = await self._segment_at_or_after(0)
+        if first is None or not first[1].entries or first[1].entries[0].at > at:
+            return None
+        lo = first[0] // SEGMENT_SIZE
+        found = first[1]
+        hi = max(lo, segment_start(max(await self.cp.read_latest_version(), self.cp.feed.version))
+                 // SEGMENT_SIZE)
+        # invariant: the segment at index lo exists and its first plan is at or before `at`
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            got = await self._segment_at_or_after(mid * SEGMENT_SIZE)
+            if got is None or not got[1].entries or got[1].entries[0].at > at or got[0] // SEGMENT_SIZE > hi:
+                hi = mid - 1
+            else:
+                lo, found = got[0] // SEGMENT_SIZE, got[1]
+        if found is not first[1] or lo != first[0] // SEGMENT_SIZE:
+            seg = await self.read_segment(lo * SEGMENT_SIZE)
+            found = seg if seg is not None else found
+        entry = entry_at(found, at)
+        if entry is None:
+            return None
+        return await self._load(found, entry, only_branch)
+
+    # ------------------------------------------------------------------ retention (the leader)
+
+    async def sweep(self, election: Any, now: float) -> int:
+        """Delete what is older than the retention window; returns the segments deleted."""
+        cutoff = now - self.cp.settings.plan_retention_s
+        deleted = 0
+        oldest_epoch: int | None = None
+        while True:
+            page = await self._range(SEG, "", SWEEP_PAGE)
+            if not page.kvs:
+                break
+            listed = [(self._start_of(kv.key), decode_segment(kv.value)) for kv in page.kvs]
+            firsts = [(s, seg.entries[0].at if seg.entries else float("inf")) for s, seg in listed]
+            gone = segments_to_delete(firsts, cutoff)
+            for i in range(0, len(gone), OBJECTS_PER_TXN):
+                await self._fenced(election, [Delete(self.seg_key(s)) for s in gone[i:i + OBJECTS_PER_TXN]])
+            deleted += len(gone)
+            oldest_epoch = listed[len(gone)][1].epoch
+            if len(gone) < len(listed) - 1 or not page.more:
+                break
+        if oldest_epoch is None:
+            return deleted
+        while True:  # whole epochs no kept segment can reference
+            got = await self._range(OBJ, "", 1)
+            if not got.kvs:
+                break
+            epoch = int(got.kvs[0].key[len(self.cp.key(OBJ)):].split("/", 1)[0])
+            if epoch >= oldest_epoch:
+                break
+            await self._fenced(election, [Delete(self.cp.key(f"{OBJ}{epoch:010d}/"), prefix=True)])
+            log.info("plan history: deleted epoch %d's objects (older than the oldest plan kept)", epoch)
+        if deleted:
+            log.info("plan history: deleted %d segment(s) older than %.0f s", deleted,
+                     self.cp.settings.plan_retention_s)
+        return deleted
+
+    async def size(self) -> tuple[int, int]:
+        """(keys, bytes of keys and values) under history/: what the archive holds now."""
+        n = size = 0
+        after = ""
+        while True:
+            page = await self._range("history/", after, 1000)
+            for kv in page.kvs:
+                n += 1
+                size += len(kv.key.encode()) + len(kv.value)
+            if not page.more or not page.kvs:
+                return n, size
+            after = page.kvs[-1].key
+
