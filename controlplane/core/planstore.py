@@ -31,9 +31,10 @@ import msgspec
 
 from .model import Plan, ReceiverPrediction, Route
 
-# versions per segment: one minute of history at a plan a second, so a segment rewritten on every
-# publish stays a few KB, and a lookup by time reads log2(segments) of them
-SEGMENT_SIZE = 64
+# versions per segment: half a minute at a plan a second. The leader rewrites the current segment on
+# every publish, so this bounds the bytes written per plan (a few KB when every group changed);
+# a lookup by time reads log2(segments) of them (about 18 for 90 days at a plan a second)
+SEGMENT_SIZE = 32
 # hash bytes kept (hex-encoded in keys): 128 bits, no collision among billions of objects
 HASH_BYTES = 16
 HEADER = "h"
@@ -52,11 +53,12 @@ class Header(msgspec.Struct, frozen=True, array_like=True):
 
 
 class Entry(msgspec.Struct, frozen=True, array_like=True):
-    """One plan version's manifest: its groups by name -> object hash (hex)."""
+    """One plan version's manifest: (group name, object hash) pairs, hashes as raw bytes (half
+    the size of hex in the worst case, where every group changed)."""
 
     version: int
     at: float  # plan.created_at: the wall time the leader published it
-    refs: tuple[tuple[str, str], ...]
+    refs: tuple[tuple[str, bytes], ...]
 
 
 class Segment(msgspec.Struct, frozen=True, array_like=True):
@@ -100,7 +102,7 @@ def manifest(plan: Plan) -> tuple[Entry, dict[str, bytes]]:
     for name, data in sorted(split_plan(plan).items()):
         h = object_hash(data)
         objects[h] = data
-        refs.append((name, h))
+        refs.append((name, bytes.fromhex(h)))
     return Entry(plan.version, plan.created_at, tuple(refs)), objects
 
 
@@ -111,7 +113,8 @@ def join_plan(entry: Entry, objects: dict[str, bytes], only_branch: str | None =
     routes: list[Route] = []
     receivers: dict[str, dict[str, ReceiverPrediction]] = {}
     header: Header | None = None
-    for name, h in entry.refs:
+    for name, raw in entry.refs:
+        h = raw.hex()
         if name.startswith(BRANCH):
             if only_branch is not None and name != BRANCH + only_branch:
                 continue
@@ -130,7 +133,7 @@ def join_plan(entry: Entry, objects: dict[str, bytes], only_branch: str | None =
 
 def needed(entry: Entry, only_branch: str | None = None) -> list[str]:
     """The object hashes join_plan reads for `entry` (with `only_branch`: that branch's only)."""
-    return [h for name, h in entry.refs
+    return [h.hex() for name, h in entry.refs
             if not (only_branch is not None and name.startswith(BRANCH) and name != BRANCH + only_branch)]
 
 
@@ -152,12 +155,35 @@ def append(seg: Segment, entry: Entry) -> Segment:
     return Segment(seg.epoch, (*seg.entries, entry))
 
 
-def encode_object(data: bytes) -> bytes:
-    return zlib.compress(data, 9)
+def encode_object(data: bytes, base: bytes | None = None) -> bytes:
+    """An object's stored form: zlib of its bytes, or (with `base`, an earlier version of the same
+    group that is stored standalone in the same epoch) zlib primed with the base as dictionary.
+    A new version of a branch's routes differs from the last in a few numbers (weights, loads in
+    the explanation), so the delta form is several times smaller: measured on national.yaml under
+    a surge where every group changes every second, 2.5 KB a plan instead of 14 KB."""
+    if base is None:
+        return b"Z" + zlib.compress(data, 9)
+    c = zlib.compressobj(9, zdict=base)
+    return b"D" + bytes.fromhex(object_hash(base)) + c.compress(data) + c.flush()
 
 
-def decode_object(blob: bytes) -> bytes:
-    return zlib.decompress(blob)
+def object_base(blob: bytes) -> str | None:
+    """The hash of the base object a stored object needs to be decoded, or None (standalone)."""
+    if blob[:1] == b"D":
+        return blob[1:1 + HASH_BYTES].hex()
+    return None
+
+
+def decode_object(blob: bytes, base: bytes | None = None) -> bytes:
+    """The bytes of a stored object; a delta needs its base's bytes (decoded: bases are standalone)."""
+    if blob[:1] == b"Z":
+        return zlib.decompress(blob[1:])
+    if blob[:1] == b"D":
+        if base is None:
+            raise ValueError("a delta object needs its base")
+        d = zlib.decompressobj(zdict=base)
+        return d.decompress(blob[1 + HASH_BYTES:]) + d.flush()
+    raise ValueError(f"unknown object encoding {blob[:1]!r}")
 
 
 def encode_segment(seg: Segment) -> bytes:

@@ -6,6 +6,7 @@ Layout under the prefix (what is stored and why is in controlplane.core.planstor
 - `history/obj/<epoch:010d>/<hash>`: one group of a plan (a branch's routes, a center's predicted
   receivers, the header with meta), zlib-compressed, stored once per epoch whatever the number of
   plans that use it;
+- `history/latest`: the newest version archived (the upper end of a lookup by time);
 - `history/seg/<start:020d>`: the manifests of versions start..start+63, zlib-compressed; the
   leader rewrites the current segment on every publish, in the same fenced transaction as the
   objects it references that were not stored yet (or after them, when they do not fit in one), so
@@ -40,6 +41,7 @@ from controlplane.core.planstore import (
     join_plan,
     manifest,
     needed,
+    object_base,
     segment_start,
     segments_to_delete,
 )
@@ -48,6 +50,7 @@ from controlplane.store.base import MAX_TXN_OPS, Delete, Put
 log = logging.getLogger("callroute.controlplane.planstore")
 
 SEG = "history/seg/"
+LATEST = "history/latest"
 OBJ = "history/obj/"
 # object puts per transaction: etcd's 128 operations, less the segment put and the fence's get
 OBJECTS_PER_TXN = MAX_TXN_OPS - 8
@@ -76,6 +79,9 @@ class PlanArchive:
         self._seg: Segment | None = None
         self._known: set[str] = set()
         self._known_epoch: int | None = None
+        # group name -> bytes of its standalone object in this epoch: the base new versions of the
+        # group are delta-compressed against (core.planstore.encode_object)
+        self._bases: dict[str, bytes] = {}
         self.last_version = 0  # highest version archived in this term (0: not known yet)
 
     # ------------------------------------------------------------------ keys
@@ -123,7 +129,8 @@ class PlanArchive:
         if self._term != election.leader_rev:
             self._term = election.leader_rev
             self._seg, self._seg_start, self._known, self._known_epoch = None, -1, set(), None
-            self.last_version = await self._last_archived(plan.version)
+            self._bases = {}
+            self.last_version = await self.latest_archived()
         if self.last_version and plan.version > self.last_version + 1:
             first = max(self.last_version + 1, plan.version - self.cp.settings.history_keep)
             for v in range(first, plan.version):
@@ -132,16 +139,10 @@ class PlanArchive:
                     await self._archive_one(election, got[1])
         await self._archive_one(election, plan)
 
-    async def _last_archived(self, version: int) -> int:
-        """The highest archived version below `version` in its segment or the one before (0: none)."""
-        for start in (segment_start(version), segment_start(version) - SEGMENT_SIZE):
-            if start < 0:
-                break
-            seg = await self.read_segment(start)
-            if seg is not None and seg.entries:
-                return max(e.version for e in seg.entries if e.version < version) if any(
-                    e.version < version for e in seg.entries) else 0
-        return 0
+    async def latest_archived(self) -> int:
+        """The newest version in the history (`history/latest`, moved with each segment write)."""
+        kv = await self._get(self.cp.key(LATEST))
+        return int(kv.value) if kv is not None else 0
 
     async def _archive_one(self, election: Any, plan: Plan) -> None:
         start = segment_start(plan.version)
@@ -152,23 +153,32 @@ class PlanArchive:
             self._seg_start = start
         seg = self._seg
         if self._known_epoch != seg.epoch or len(self._known) > MAX_KNOWN:
-            self._known, self._known_epoch = set(), seg.epoch
+            self._known, self._known_epoch, self._bases = set(), seg.epoch, {}
         entry, objects = manifest(plan)
         new = append(seg, entry)
         if new is seg:
             return  # archived already (a retried publish)
+        names = {raw.hex(): name for name, raw in entry.refs}
         fresh = [h for h in objects if h not in self._known]
-        puts = [Put(self.obj_key(seg.epoch, h), encode_object(objects[h])) for h in fresh]
+        puts = []
+        new_bases: dict[str, bytes] = {}
+        for h in fresh:
+            base = self._bases.get(names[h])
+            if base is None:
+                new_bases[names[h]] = objects[h]
+            puts.append(Put(self.obj_key(seg.epoch, h), encode_object(objects[h], base)))
         seg_put = Put(self.seg_key(start), encode_segment(new))
         try:
             while len(puts) > OBJECTS_PER_TXN:  # objects first: a manifest never names a missing one
                 await self._fenced(election, puts[:OBJECTS_PER_TXN])
                 puts = puts[OBJECTS_PER_TXN:]
-            await self._fenced(election, [*puts, seg_put])
+            await self._fenced(election, [*puts, seg_put,
+                                          Put(self.cp.key(LATEST), str(plan.version).encode())])
         except BaseException:
             self._seg = None  # outcome unknown: read the segment again next time
             raise
         self._known.update(fresh)
+        self._bases.update(new_bases)
         self._seg = new
         self.last_version = plan.version
 
@@ -177,13 +187,21 @@ class PlanArchive:
     async def _objects(self, epoch: int, hashes: list[str]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
         for h in hashes:
-            if h in out:
-                continue
-            kv = await self._get(self.obj_key(epoch, h))
-            if kv is None:
-                raise LookupError(f"archived object {epoch}/{h} is missing (deleted by retention?)")
-            out[h] = decode_object(kv.value)
+            if h not in out:
+                out[h] = await self._object(epoch, h)
         return out
+
+    async def _object(self, epoch: int, h: str) -> bytes:
+        kv = await self._get(self.obj_key(epoch, h))
+        if kv is None:
+            raise LookupError(f"archived object {epoch}/{h} is missing (deleted by retention?)")
+        base_hash = object_base(kv.value)
+        if base_hash is None:
+            return decode_object(kv.value)
+        base = await self._get(self.obj_key(epoch, base_hash))
+        if base is None or object_base(base.value) is not None:
+            raise LookupError(f"archived object {epoch}/{h}: base {base_hash} missing or not standalone")
+        return decode_object(kv.value, decode_object(base.value))
 
     async def _load(self, seg: Segment, entry: Entry, only_branch: str | None) -> ArchivedPlan:
         objects = await self._objects(seg.epoch, needed(entry, only_branch))
@@ -208,8 +226,7 @@ class PlanArchive:
             return None
         lo = first[0] // SEGMENT_SIZE
         found = first[1]
-        hi = max(lo, segment_start(max(await self.cp.read_latest_version(), self.cp.feed.version))
-                 // SEGMENT_SIZE)
+        hi = max(lo, segment_start(await self.latest_archived()) // SEGMENT_SIZE)
         # invariant: the segment at index lo exists and its first plan is at or before `at`
         while lo < hi:
             mid = (lo + hi + 1) // 2
