@@ -1,0 +1,277 @@
+"""Plan history that lasts (issue 19, build item 3): content-addressed plans, `explain --at`,
+retention. The pure part (controlplane.core.planstore) with values; the store part on real etcd
+with a driven clock: a plan a second for two hours of plan time, published through the real
+Publisher by a leader of our own, explained through the CLI by another (standby) replica.
+Nothing sleeps: plan time is the plans' created_at and the sweep's `now`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from test_cp_support import start_replica, wait_for
+
+from controlplane.cli import main
+from controlplane.cli.client import EXIT_OK
+from controlplane.cli.operator import parse_at
+from controlplane.core.lookup import CompiledPlan, resolve
+from controlplane.core.model import InvalidInput, NetworkView, Plan, Route, Target
+from controlplane.core.planner import PlanTracker, compute_plan
+from controlplane.core.planstore import (
+    SEGMENT_SIZE,
+    Segment,
+    append,
+    decode_object,
+    decode_segment,
+    encode_object,
+    encode_segment,
+    entry_at,
+    join_plan,
+    manifest,
+    object_base,
+    segments_to_delete,
+)
+from controlplane.core.topology import load_topology, topology_hash
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = str(ROOT / "examples" / "small.yaml")
+DAY = 86400.0
+
+
+def _sorted(p: Plan) -> Plan:
+    return msgspec.structs.replace(p, routes=tuple(sorted(p.routes, key=lambda r: (r.branch, r.skill))))
+
+
+# ---------------------------------------------------------------- pure
+
+
+def test_unchanged_groups_are_stored_once_and_a_plan_comes_back_whole():
+    topo = load_topology(SMALL)
+    p1 = msgspec.structs.replace(compute_plan(topo), created_at=1000.0, meta={"cause": "load change"})
+    r = p1.routes[0]
+    moved = msgspec.structs.replace(r, targets=(Target(r.home, 0.75), Target("zz", 0.25)), explanation="x")
+    p2 = msgspec.structs.replace(p1, version=2, created_at=1001.0, routes=(moved, *p1.routes[1:]))
+    e1, o1 = manifest(p1)
+    e2, o2 = manifest(p2)
+    refs1, refs2 = dict(e1.refs), dict(e2.refs)
+    assert {n for n in refs1 if refs1[n] != refs2[n]} == {"b:" + r.branch}
+    assert len(set(o1) | set(o2)) == len(o1) + 1  # the second plan adds one object
+    # a plan read back is the plan published (routes grouped by branch, so compare sorted)
+    assert _sorted(join_plan(e2, o2)) == _sorted(p2)
+    only = join_plan(e2, o2, only_branch=r.branch)
+    assert {x.branch for x in only.routes} == {r.branch} and only.meta == p2.meta
+
+
+def test_a_delta_object_needs_its_base_and_is_smaller():
+    topo = load_topology(SMALL)
+    p = compute_plan(topo)
+    base = msgspec.msgpack.encode(p.routes)
+    changed = msgspec.msgpack.encode(tuple(msgspec.structs.replace(x, explanation=x.explanation + " 1")
+                                           for x in p.routes))
+    alone, delta = encode_object(changed), encode_object(changed, base)
+    assert object_base(alone) is None and object_base(delta) is not None
+    assert len(delta) < len(alone)
+    assert decode_object(alone) == changed == decode_object(delta, base)
+    with pytest.raises(ValueError):
+        decode_object(delta)
+
+
+def test_the_plan_in_force_at_the_cutoff_is_kept():
+    # segments (start, first plan's time): a segment goes only when the next one's first plan was
+    # already in force at the cutoff
+    segs = [(0, 10.0), (32, 50.0), (64, 100.0), (96, 150.0)]
+    assert segments_to_delete(segs, 49.0) == []
+    assert segments_to_delete(segs, 50.0) == [0]
+    assert segments_to_delete(segs, 120.0) == [0, 32]
+    assert segments_to_delete(segs, 1e9) == [0, 32, 64]  # never the newest
+    seg = Segment(0)
+    for v, at in ((1, 10.0), (2, 20.0), (3, 30.0)):
+        seg = append(seg, manifest(Plan(v, (), created_at=at))[0])
+    assert append(seg, manifest(Plan(2, ()))[0]) is seg  # a retried version changes nothing
+    seg = decode_segment(encode_segment(seg))
+    assert entry_at(seg, 9.9) is None
+    assert [entry_at(seg, t).version for t in (10.0, 19.9, 20.0, 1e9)] == [1, 1, 2, 3]
+
+
+@pytest.mark.parametrize("text, want", [("1764932400", 1764932400.0),
+                                        ("2025-12-05T11:00:00Z", 1764932400.0),
+                                        ("2025-12-05T19:00:00+08:00", 1764932400.0),
+                                        ("2025-12-05 11:00:00", 1764932400.0)])
+def test_at_takes_unix_seconds_or_iso_8601(text, want):
+    assert parse_at(text) == want
+
+
+@pytest.mark.parametrize("text", ["yesterday", "-5", "nan", "1e12"])
+def test_a_bad_at_is_named(text):
+    with pytest.raises(InvalidInput) as e:
+        parse_at(text)
+    assert "--at" in str(e.value) and text in str(e.value)
+
+
+# ---------------------------------------------------------------- real etcd, driven clock
+
+
+def plans_a_second(topo: Any, n: int, t0: float, seed: int, leader: str) -> list[Plan]:
+    """What the real planner publishes under live load, one plan a second: demand on every branch
+    and skill walks ±5% around a 1.6x surge (overflow weights and loads follow it), and a plan is
+    published whenever its routes change, as the leader's brain does (here: every second)."""
+    rng = random.Random(seed)
+    tracker = PlanTracker(topo)
+    base = {b.id: {s: v * 1.6 for s, v in b.calls_per_hour.items()} for b in topo.branches}
+    walk = {b: dict.fromkeys(sk, 1.0) for b, sk in base.items()}
+    out: list[Plan] = []
+    last: tuple[Route, ...] = ()
+    i = 0
+    while len(out) < n:
+        for sk in walk.values():
+            for s in sk:
+                sk[s] = min(1.05, max(0.95, sk[s] + rng.gauss(0, 0.005)))
+        demand = {b: {s: base[b][s] * w for s, w in sk.items()} for b, sk in walk.items()}
+        p = tracker.compute(NetworkView(demand=demand), float(i), len(out) + 1)
+        if p.routes != last:
+            last = p.routes
+            out.append(msgspec.structs.replace(
+                p, created_at=t0 + i, topology_hash=topology_hash(topo),
+                meta=p.meta | {"cause": "load change", "leader": leader, "term": "1"}))
+        i += 1
+    return out
+
+
+async def cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    rc = await asyncio.to_thread(main, list(argv), out=out, err=err)
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.etcd
+async def test_explain_at_answers_for_a_call_two_hours_back_under_a_plan_a_second(etcd_private, capsys):
+    from controlplane.service.server import ControlPlane
+    from controlplane.service.settings import load_settings
+    from controlplane.store.base import Election
+    from controlplane.store.etcd import EtcdStore
+
+    hours = 2
+    n = hours * 3600
+    t0 = 1_764_900_000.0  # plan time: 2025-12-05 02:00 UTC, driven (the plans' created_at)
+    store = EtcdStore(etcd_private.endpoints, request_timeout_s=2.0)
+    over: dict[str, Any] = {"plan_retention_s": 3600.0, "plan_epoch_s": 600.0, "history_keep": 10,
+                            "store_deadline_s": 1.5, "lease_ttl_s": 5.0}
+    # the leader of this test: our own election, publishing through the real Publisher
+    s = load_settings(None, topology=SMALL, store="embedded", listen="127.0.0.1:0", id="driven", **over)
+    topo = load_topology(SMALL)
+    writer = ControlPlane(s, topo, topology_hash(topo), store)
+    election = Election(store, writer.key("leader"), "driven@127.0.0.1:1", s.lease_ttl_s)
+    await election.campaign()
+    # a standby replica answers the operators: it never leads while our election holds the key
+    standby = await start_replica(store, "standby", **over)
+    ep = ("--endpoint", f"127.0.0.1:{standby.port}")
+    try:
+        plans = plans_a_second(topo, n, t0, seed=19, leader="driven")
+        assert [p.created_at for p in plans] == [t0 + i for i in range(n)]  # a plan every second
+        full_bytes = 0
+        for p in plans:
+            await writer.publisher.publish(election, p)
+            full_bytes += len(msgspec.msgpack.encode(p))
+        keys, held = await writer.planstore.size()
+        status = await store.status()
+        per_day = held / (n / DAY)
+        with capsys.disabled():
+            print(f"\nplan history after {n} plans ({hours} h at a plan a second, small.yaml, seed 19): "
+                  f"{keys} keys, {held} bytes of keys+values = {per_day / 1e6:.1f} MB per simulated day "
+                  f"({held / n:.0f} B/plan; the plans themselves {full_bytes / n:.0f} B/plan); "
+                  f"etcd db_size {status.db_size} (all keys, uncompacted revisions)")
+        assert held < full_bytes / 4  # unchanged groups are stored once, changes as deltas
+        await wait_for(lambda: standby.feed.version == plans[-1].version, 30, "standby's feed")
+
+        # a call two hours of plan time before the last plan, answered as that plan routed it
+        now = t0 + n
+        at = now - 2 * 3600 + 10.5
+        then = next(p for p in reversed(plans) if p.created_at <= at)
+        latest = plans[-1]
+        assert then.version <= 11 < latest.version - history_keep_of(over)  # long gone from plans/
+        case = differing_call(then, latest)
+        assert case is not None, "the plans of two hours ago and now route every call alike"
+        branch, skill, caller = case
+        want = resolve(CompiledPlan.compile(then), branch, skill, caller, "")
+        got = await cli_json("explain", "--branch", branch, "--skill", skill, "--caller", caller,
+                             "--at", f"{at:.3f}", *ep)
+        assert got["plan_version"] == then.version
+        assert got["decision"]["center"] == want.center
+        assert got["decision"].get("fallbacks", []) == list(want.fallbacks)
+        assert got["decision"]["reason"] == want.reason
+        route = next(r for r in then.routes if (r.branch, r.skill) == (branch, skill))
+        assert got["route"]["explanation"] == route.explanation
+        assert got["plan_created_at"] == then.created_at
+        assert got["inputs"]["cause"] == "load change" and got["inputs"]["leader"] == "driven"
+        assert got["inputs"]["topology_hash"] == then.topology_hash
+        now_answer = resolve(CompiledPlan.compile(latest), branch, skill, caller, "")
+        assert (now_answer.center, now_answer.fallbacks) != (want.center, want.fallbacks)
+        rc, text, err = await cli("explain", "--branch", branch, "--skill", skill, "--caller", caller,
+                                  "--at", f"{at:.3f}", *ep)
+        assert rc == EXIT_OK, err
+        assert f"plan v{then.version}" in text and "inputs: " in text and "cause=load change" in text
+        # an old version by number comes from the history too (plans/ keeps the last 10)
+        shown = await cli_json("plan", "show", "--version", str(then.version), *ep)
+        assert shown["plan"]["version"] == then.version
+        # before the first plan: named, not guessed
+        rc, _, err = await cli("explain", "--branch", branch, "--skill", skill, "--caller", caller,
+                               "--at", f"{t0 - 1:.0f}", *ep)
+        assert rc != EXIT_OK and "oldest plan kept is v1" in err
+
+        # retention (1 h here) deletes what is past the window, keeps the plan in force at its edge
+        deleted = await writer.planstore.sweep(election, now)
+        assert deleted > 0
+        rc, _, err = await cli("explain", "--branch", branch, "--skill", skill, "--caller", caller,
+                               "--at", f"{at:.3f}", *ep)
+        assert rc != EXIT_OK and "plan_retention_s" in err
+        oldest = await writer.planstore.oldest()
+        assert oldest is not None and oldest.at <= now - 3600 < oldest.at + SEGMENT_SIZE
+        edge = now - 3600 + 0.5
+        in_force = next(p for p in reversed(plans) if p.created_at <= edge)
+        got = await cli_json("explain", "--branch", branch, "--skill", skill, "--caller", caller,
+                             "--at", f"{edge:.3f}", *ep)
+        assert got["plan_version"] == in_force.version
+        assert got["decision"]["center"] == resolve(CompiledPlan.compile(in_force), branch, skill,
+                                                    caller, "").center
+        # no object of an epoch older than the oldest segment kept is left
+        page = await store.range(writer.key("history/obj/"), limit=1)
+        seg = await writer.planstore.read_segment(oldest.version - oldest.version % SEGMENT_SIZE)
+        assert seg is not None and int(page.kvs[0].key.rsplit("/", 2)[-2]) == seg.epoch
+        keys_after, held_after = await writer.planstore.size()
+        with capsys.disabled():
+            print(f"after the sweep (retention 1 h): {keys_after} keys, {held_after} bytes")
+        assert held_after < held * 0.75
+    finally:
+        await standby.stop(0)
+        await election.resign()
+        await store.close()
+
+
+def history_keep_of(over: dict[str, Any]) -> int:
+    return int(over["history_keep"])
+
+
+def differing_call(then: Plan, now: Plan) -> tuple[str, str, str] | None:
+    """A (branch, skill, caller) the two plans answer differently, if any."""
+    a, b = CompiledPlan.compile(then), CompiledPlan.compile(now)
+    for r in then.routes:
+        for k in range(200):
+            caller = f"1380000{k:04d}"
+            x = resolve(a, r.branch, r.skill, caller, "")
+            y = resolve(b, r.branch, r.skill, caller, "")
+            if (x.center, x.fallbacks) != (y.center, y.fallbacks):
+                return r.branch, r.skill, caller
+    return None
+
+
+async def cli_json(*argv: str) -> Any:
+    rc, out, err = await cli(*argv, "--json")
+    assert rc == EXIT_OK, err
+    return json.loads(out)
