@@ -166,6 +166,8 @@ async def test_explain_at_answers_for_a_call_two_hours_back_under_a_plan_a_secon
     # the leader of this test: our own election, publishing through the real Publisher
     s = load_settings(None, topology=SMALL, store="embedded", listen="127.0.0.1:0", id="driven", **over)
     topo = load_topology(SMALL)
+    # computed before leading: a blocked event loop would starve the lease's keepalive
+    plans = plans_a_second(topo, n, t0, seed=19, leader="driven")
     writer = ControlPlane(s, topo, topology_hash(topo), store)
     election = Election(store, writer.key("leader"), "driven@127.0.0.1:1", s.lease_ttl_s)
     await election.campaign()
@@ -173,7 +175,6 @@ async def test_explain_at_answers_for_a_call_two_hours_back_under_a_plan_a_secon
     standby = await start_replica(store, "standby", **over)
     ep = ("--endpoint", f"127.0.0.1:{standby.port}")
     try:
-        plans = plans_a_second(topo, n, t0, seed=19, leader="driven")
         assert [p.created_at for p in plans] == [t0 + i for i in range(n)]  # a plan every second
         full_bytes = 0
         for p in plans:
