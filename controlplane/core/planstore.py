@@ -11,6 +11,9 @@ version rounded down), and a segment is stored zlib-compressed: the manifests of
 plans repeat all but one or two hashes, which deflate turns into back-references, so a manifest
 costs tens of bytes rather than a full list of hashes.
 
+A new version of a group is stored as a delta against the group's first (standalone) object of the
+epoch, inside the segment of the plan that brought it: a few dozen bytes, and no key of its own.
+
 Epochs make retention cheap: every object a segment references is stored under that segment's
 epoch (the time of its first plan divided by epoch_s). An object still in use in the next epoch is
 written again there once. So deleting history is deleting whole old segments, then every epoch
@@ -62,10 +65,13 @@ class Entry(msgspec.Struct, frozen=True, array_like=True):
 
 
 class Segment(msgspec.Struct, frozen=True, array_like=True):
-    """Up to SEGMENT_SIZE consecutive versions; their objects live in `epoch`."""
+    """Up to SEGMENT_SIZE consecutive versions. Their objects live in `epoch`: standalone ones
+    under their own keys, and the deltas against those (most objects: a group's new version)
+    right here in `objects` (hash -> encode_object form), so the many small ones cost no key."""
 
     epoch: int
     entries: tuple[Entry, ...] = ()
+    objects: dict[bytes, bytes] = {}
 
 
 _enc = msgspec.msgpack.Encoder(order="sorted")
@@ -148,11 +154,12 @@ def epoch_of(at: float, epoch_s: float) -> int:
     return int(math.floor(at / epoch_s))
 
 
-def append(seg: Segment, entry: Entry) -> Segment:
-    """`seg` with `entry` added; a version already in it (a retried publish) replaces nothing."""
+def append(seg: Segment, entry: Entry, objects: dict[bytes, bytes] | None = None) -> Segment:
+    """`seg` with `entry` (and the delta objects it brings) added; a version already in it (a
+    retried publish) changes nothing."""
     if seg.entries and entry.version <= seg.entries[-1].version:
         return seg
-    return Segment(seg.epoch, (*seg.entries, entry))
+    return Segment(seg.epoch, (*seg.entries, entry), seg.objects | objects if objects else seg.objects)
 
 
 def encode_object(data: bytes, base: bytes | None = None) -> bytes:

@@ -5,7 +5,8 @@ why a call went where it went long after `plans/` (the last history_keep plans) 
 Layout under the prefix (what is stored and why is in controlplane.core.planstore):
 - `history/obj/<epoch:010d>/<hash>`: one group of a plan (a branch's routes, a center's predicted
   receivers, the header with meta), zlib-compressed, stored once per epoch whatever the number of
-  plans that use it;
+  plans that use it: a group's first version in the epoch; later versions are deltas against it,
+  kept inside the segment of the plan that brought them;
 - `history/latest`: the newest version archived (the upper end of a lookup by time);
 - `history/seg/<start:020d>`: the manifests of versions start..start+63, zlib-compressed; the
   leader rewrites the current segment on every publish, in the same fenced transaction as the
@@ -56,6 +57,8 @@ OBJ = "history/obj/"
 OBJECTS_PER_TXN = MAX_TXN_OPS - 8
 # segments read per store call by the sweep (the oldest first)
 SWEEP_PAGE = 32
+# a segment bigger than this keeps no more deltas inline (etcd's request limit is 1.5 MB)
+MAX_SEGMENT_BYTES = 1_000_000
 # the leader remembers this many stored object hashes of the current epoch; past it, it forgets
 # them (an object is then written again: wasteful, never wrong)
 MAX_KNOWN = 1_000_000
@@ -155,19 +158,29 @@ class PlanArchive:
         if self._known_epoch != seg.epoch or len(self._known) > MAX_KNOWN:
             self._known, self._known_epoch, self._bases = set(), seg.epoch, {}
         entry, objects = manifest(plan)
-        new = append(seg, entry)
-        if new is seg:
+        if append(seg, entry) is seg:
             return  # archived already (a retried publish)
         names = {raw.hex(): name for name, raw in entry.refs}
-        fresh = [h for h in objects if h not in self._known]
-        puts = []
+        fresh = [h for h in objects if h not in self._known and bytes.fromhex(h) not in seg.objects]
+        puts = []  # standalone objects: a group's first version in this epoch (the base of the next)
+        deltas: dict[bytes, bytes] = {}
         new_bases: dict[str, bytes] = {}
         for h in fresh:
             base = self._bases.get(names[h])
             if base is None:
                 new_bases[names[h]] = objects[h]
-            puts.append(Put(self.obj_key(seg.epoch, h), encode_object(objects[h], base)))
-        seg_put = Put(self.seg_key(start), encode_segment(new))
+                puts.append(Put(self.obj_key(seg.epoch, h), encode_object(objects[h])))
+            else:
+                deltas[bytes.fromhex(h)] = encode_object(objects[h], base)
+        new = append(seg, entry, deltas)
+        encoded = encode_segment(new)
+        if len(encoded) > MAX_SEGMENT_BYTES:  # a huge topology: its deltas get keys of their own
+            puts += [Put(self.obj_key(seg.epoch, d.hex()), blob) for d, blob in deltas.items()]
+            new = append(seg, entry)
+            encoded = encode_segment(new)
+            deltas = {}
+        standalone = [h for h in fresh if bytes.fromhex(h) not in deltas]
+        seg_put = Put(self.seg_key(start), encoded)
         try:
             while len(puts) > OBJECTS_PER_TXN:  # objects first: a manifest never names a missing one
                 await self._fenced(election, puts[:OBJECTS_PER_TXN])
@@ -177,34 +190,37 @@ class PlanArchive:
         except BaseException:
             self._seg = None  # outcome unknown: read the segment again next time
             raise
-        self._known.update(fresh)
+        self._known.update(standalone)
         self._bases.update(new_bases)
         self._seg = new
         self.last_version = plan.version
 
     # ------------------------------------------------------------------ reading (any replica)
 
-    async def _objects(self, epoch: int, hashes: list[str]) -> dict[str, bytes]:
+    async def _objects(self, seg: Segment, hashes: list[str]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
         for h in hashes:
             if h not in out:
-                out[h] = await self._object(epoch, h)
+                out[h] = await self._object(seg, h)
         return out
 
-    async def _object(self, epoch: int, h: str) -> bytes:
-        kv = await self._get(self.obj_key(epoch, h))
-        if kv is None:
-            raise LookupError(f"archived object {epoch}/{h} is missing (deleted by retention?)")
-        base_hash = object_base(kv.value)
+    async def _object(self, seg: Segment, h: str) -> bytes:
+        blob = seg.objects.get(bytes.fromhex(h))
+        if blob is None:
+            kv = await self._get(self.obj_key(seg.epoch, h))
+            if kv is None:
+                raise LookupError(f"archived object {seg.epoch}/{h} is missing (deleted by retention?)")
+            blob = kv.value
+        base_hash = object_base(blob)
         if base_hash is None:
-            return decode_object(kv.value)
-        base = await self._get(self.obj_key(epoch, base_hash))
+            return decode_object(blob)
+        base = await self._get(self.obj_key(seg.epoch, base_hash))
         if base is None or object_base(base.value) is not None:
-            raise LookupError(f"archived object {epoch}/{h}: base {base_hash} missing or not standalone")
-        return decode_object(kv.value, decode_object(base.value))
+            raise LookupError(f"archived object {seg.epoch}/{h}: base {base_hash} missing or not standalone")
+        return decode_object(blob, decode_object(base.value))
 
     async def _load(self, seg: Segment, entry: Entry, only_branch: str | None) -> ArchivedPlan:
-        objects = await self._objects(seg.epoch, needed(entry, only_branch))
+        objects = await self._objects(seg, needed(entry, only_branch))
         return ArchivedPlan(join_plan(entry, objects, only_branch), entry)
 
     async def load_version(self, version: int, only_branch: str | None = None) -> ArchivedPlan | None:
