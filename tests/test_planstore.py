@@ -115,6 +115,68 @@ def test_a_bad_at_is_named(text):
     assert "--at" in str(e.value) and text in str(e.value)
 
 
+# ---------------------------------------------------------------- the archive on the embedded store
+
+
+async def test_archive_answers_by_time_and_version_and_sweeps_whole_epochs():
+    from controlplane.service.server import ControlPlane
+    from controlplane.service.settings import load_settings
+    from controlplane.store.base import Election
+    from controlplane.store.embedded import EmbeddedStore
+
+    store = EmbeddedStore(None)
+    s = load_settings(None, topology=SMALL, store="embedded", listen="127.0.0.1:0", id="w",
+                      plan_retention_s=100.0, plan_epoch_s=50.0, history_keep=5)
+    topo = load_topology(SMALL)
+    t0 = 1_000_000.0
+    plans = plans_a_second(topo, 300, t0, seed=3, leader="w")
+    cp = ControlPlane(s, topo, topology_hash(topo), store)
+    election = Election(store, cp.key("leader"), "w", 5.0)
+    await election.campaign()
+    try:
+        for p in plans[:150]:
+            await cp.publisher.publish(election, p)
+        # a new term (a takeover) that missed plans 151..155: archived from plans/ before the next
+        await election.resign()
+        election = Election(store, cp.key("leader"), "w2", 5.0)
+        await election.campaign()
+        for p in plans[150:155]:
+            await cp.put_plan(election, p.version, _pb(p), None)  # published, not archived
+        for p in plans[155:]:
+            await cp.publisher.publish(election, p)
+        a = cp.planstore
+        assert await a.latest_archived() == 300
+        for p in (plans[0], plans[63], plans[64], plans[152], plans[299]):
+            got = await a.load_version(p.version)
+            assert got is not None and _sorted(got.plan) == _sorted(p), p.version
+            at = await a.load_at(p.created_at + 0.5)
+            assert at is not None and _sorted(at.plan) == _sorted(p)
+        assert await a.load_at(t0 - 0.1) is None
+        assert (await a.load_at(t0 + 1e6)).plan.version == 300  # after the last: the plan in force
+        # the unchanged groups are stored once: far fewer bytes than the plans themselves
+        _, held = await a.size()
+        assert held < sum(len(msgspec.msgpack.encode(p)) for p in plans) / 4
+
+        await a.sweep(election, t0 + 299)  # keep 100 s: from the plan in force at t0 + 199
+        oldest = await a.oldest()
+        assert oldest is not None and oldest.at <= t0 + 199 < oldest.at + SEGMENT_SIZE
+        assert (await a.load_at(t0 + 199.5)).plan.version == 200
+        assert await a.load_version(10) is None
+        page = await store.range(cp.key("history/obj/"))
+        epochs = {int(kv.key.rsplit("/", 2)[-2]) for kv in page.kvs}
+        seg = await a.read_segment(oldest.version - oldest.version % SEGMENT_SIZE)
+        assert min(epochs) == seg.epoch  # whole older epochs are gone
+    finally:
+        await election.resign()
+        await store.close()
+
+
+def _pb(p: Plan) -> bytes:
+    from controlplane.convert import plan_to_pb
+
+    return plan_to_pb(p).SerializeToString()
+
+
 # ---------------------------------------------------------------- real etcd, driven clock
 
 

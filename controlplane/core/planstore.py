@@ -74,7 +74,9 @@ class Segment(msgspec.Struct, frozen=True, array_like=True):
     objects: dict[bytes, bytes] = {}
 
 
-_enc = msgspec.msgpack.Encoder(order="sorted")
+_enc = msgspec.msgpack.Encoder(order="sorted")  # canonical: equal content, equal bytes, equal hash
+# segments are never hashed, and their objects' keys are bytes (sorted order takes str keys only)
+_seg_enc = msgspec.msgpack.Encoder()
 _seg_dec = msgspec.msgpack.Decoder(Segment)
 _routes_dec = msgspec.msgpack.Decoder(tuple[Route, ...])
 _recv_dec = msgspec.msgpack.Decoder(dict[str, ReceiverPrediction])
@@ -104,7 +106,7 @@ def split_plan(plan: Plan) -> dict[str, bytes]:
 def manifest(plan: Plan) -> tuple[Entry, dict[str, bytes]]:
     """The plan's Entry and its objects by hash (the caller stores those not stored yet)."""
     objects: dict[str, bytes] = {}
-    refs: list[tuple[str, str]] = []
+    refs: list[tuple[str, bytes]] = []
     for name, data in sorted(split_plan(plan).items()):
         h = object_hash(data)
         objects[h] = data
@@ -194,7 +196,7 @@ def decode_object(blob: bytes, base: bytes | None = None) -> bytes:
 
 
 def encode_segment(seg: Segment) -> bytes:
-    return zlib.compress(_enc.encode(seg), 9)
+    return zlib.compress(_seg_enc.encode(seg), 9)
 
 
 def decode_segment(blob: bytes) -> Segment:
