@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,13 @@ import msgspec
 import pytest
 from test_cp_support import start_replica, wait_for
 
+from bench.plan_history import plans_a_second
 from controlplane.cli import main
 from controlplane.cli.client import EXIT_OK
 from controlplane.cli.operator import parse_at
 from controlplane.core.lookup import CompiledPlan, resolve
-from controlplane.core.model import InvalidInput, NetworkView, Plan, Route, Target
-from controlplane.core.planner import PlanTracker, compute_plan
+from controlplane.core.model import InvalidInput, Plan, Target
+from controlplane.core.planner import compute_plan
 from controlplane.core.planstore import (
     SEGMENT_SIZE,
     Segment,
@@ -178,32 +178,6 @@ def _pb(p: Plan) -> bytes:
 
 
 # ---------------------------------------------------------------- real etcd, driven clock
-
-
-def plans_a_second(topo: Any, n: int, t0: float, seed: int, leader: str) -> list[Plan]:
-    """What the real planner publishes under live load, one plan a second: demand on every branch
-    and skill walks ±5% around a 1.6x surge (overflow weights and loads follow it), and a plan is
-    published whenever its routes change, as the leader's brain does (here: every second)."""
-    rng = random.Random(seed)
-    tracker = PlanTracker(topo)
-    base = {b.id: {s: v * 1.6 for s, v in b.calls_per_hour.items()} for b in topo.branches}
-    walk = {b: dict.fromkeys(sk, 1.0) for b, sk in base.items()}
-    out: list[Plan] = []
-    last: tuple[Route, ...] = ()
-    i = 0
-    while len(out) < n:
-        for sk in walk.values():
-            for s in sk:
-                sk[s] = min(1.05, max(0.95, sk[s] + rng.gauss(0, 0.005)))
-        demand = {b: {s: base[b][s] * w for s, w in sk.items()} for b, sk in walk.items()}
-        p = tracker.compute(NetworkView(demand=demand), float(i), len(out) + 1)
-        if p.routes != last:
-            last = p.routes
-            out.append(msgspec.structs.replace(
-                p, created_at=t0 + i, topology_hash=topology_hash(topo),
-                meta=p.meta | {"cause": "load change", "leader": leader, "term": "1"}))
-        i += 1
-    return out
 
 
 async def cli(*argv: str) -> tuple[int, str, str]:
