@@ -9,8 +9,9 @@ leader's brain publishes (with a surge that overflows, every second).
 etcdtest), a leader of our own publishing each plan through the real Publisher (plans/ with its
 history_keep, and the content-addressed history), plan time driven (created_at = t0 + i, nothing
 sleeps). Reports the history's keys and the bytes of its keys + values, per plan and per simulated
-day, the full plans' own bytes for comparison, and etcd's db_size (every key, with the revisions
-not compacted yet: the leader compacts every 10 min in production, not here).
+day, the full plans' own bytes for comparison, and etcd's db_size: as written (every revision of
+every key, plans/ included) and after compacting to the last revision and `etcdctl defrag` (what
+the store keeps: the leader compacts every compact_after_s in production).
 
     .venv/bin/python -m bench.plan_history [--topology examples/national.yaml] [--hours 1]
         [--surge 1.3] [--seed 19] [--epoch-s 86400] [--json]
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import json
 import random
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -87,7 +89,14 @@ async def bench_history(topology: str, hours: float, surge: float, seed: int,
                 await cp.publisher.publish(election, p)
             write_s = time.perf_counter() - w0
             keys, held = await cp.planstore.size()
-            db = (await store.status()).db_size
+            status = await store.status()
+            db = status.db_size
+            # what the store holds once old revisions are gone (the leader compacts every
+            # compact_after_s in production) and the freed pages are given back
+            await store.compact(status.revision)
+            subprocess.run(["etcdctl", "--endpoints", ",".join(etcd.endpoints), "defrag"], check=True,
+                           capture_output=True, timeout=120)
+            db_defrag = (await store.status()).db_size
         finally:
             await election.resign()
             await store.close()
@@ -98,7 +107,8 @@ async def bench_history(topology: str, hours: float, surge: float, seed: int,
         "history_keys": keys, "history_bytes": held,
         "bytes_per_plan": round(held / len(plans)), "full_plan_bytes": round(full / len(plans)),
         "bytes_per_day": round(held / seconds_covered * DAY_S),
-        "etcd_db_size": db, "plan_compute_s": round(plan_s, 1), "publish_s": round(write_s, 1),
+        "etcd_db_size": db, "etcd_db_size_compacted_defragmented": db_defrag,
+        "plan_compute_s": round(plan_s, 1), "publish_s": round(write_s, 1),
     }
 
 
@@ -119,7 +129,8 @@ def main() -> None:
               f"(surge {r['surge']}, seed {r['seed']}): history {r['history_keys']} keys, "
               f"{r['history_bytes']} B "
               f"({r['bytes_per_plan']} B/plan vs {r['full_plan_bytes']} B/plan for the plans themselves) = "
-              f"{r['bytes_per_day'] / 1e6:.1f} MB per simulated day; etcd db_size {r['etcd_db_size']}")
+              f"{r['bytes_per_day'] / 1e6:.1f} MB per simulated day; etcd db_size {r['etcd_db_size']}, "
+              f"{r['etcd_db_size_compacted_defragmented']} after compaction and defrag")
 
 
 if __name__ == "__main__":
