@@ -166,6 +166,15 @@ async def test_archive_answers_by_time_and_version_and_sweeps_whole_epochs():
         epochs = {int(kv.key.rsplit("/", 2)[-2]) for kv in page.kvs}
         seg = await a.read_segment(oldest.version - oldest.version % SEGMENT_SIZE)
         assert min(epochs) == seg.epoch  # whole older epochs are gone
+
+        # the byte cap: the oldest segments go even inside the time window, never the newest
+        kept = (await store.range(cp.key("history/seg/"))).kvs
+        assert len(kept) > 2
+        per = max(len(kv.value) for kv in kept)
+        cp.settings = msgspec.structs.replace(cp.settings, plan_history_max_bytes=2 * per)
+        assert await a.sweep(election, t0 + 299) >= len(kept) - 2
+        assert len((await store.range(cp.key("history/seg/"))).kvs) <= 2
+        assert (await a.load_at(t0 + 1e6)).plan.version == 300
     finally:
         await election.resign()
         await store.close()

@@ -236,3 +236,9 @@ def segments_to_delete(oldest: Sequence[tuple[int, float]], cutoff: float) -> li
         out.append(start)
     return out
 
+
+def segments_over_cap(count: int, per_segment_bytes: float, max_bytes: int) -> int:
+    """How many of the oldest segments to delete so that `count` segments of about
+    `per_segment_bytes` each fit in `max_bytes` (never the last one)."""
+    fit = int(max_bytes // max(per_segment_bytes, 1.0))
+    return max(0, min(count - 1, count - fit))

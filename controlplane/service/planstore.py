@@ -44,6 +44,7 @@ from controlplane.core.planstore import (
     needed,
     object_base,
     segment_start,
+    segments_over_cap,
     segments_to_delete,
 )
 from controlplane.store.base import MAX_TXN_OPS, Delete, Put
@@ -86,6 +87,9 @@ class PlanArchive:
         # group are delta-compressed against (core.planstore.encode_object)
         self._bases: dict[str, bytes] = {}
         self.last_version = 0  # highest version archived in this term (0: not known yet)
+        # bytes of the last full segment this leader wrote: with the oldest segments' mean, the
+        # size per segment the sweep's byte cap (plan_history_max_bytes) assumes
+        self.full_segment_bytes = 0
 
     # ------------------------------------------------------------------ keys
 
@@ -192,6 +196,8 @@ class PlanArchive:
             raise
         self._known.update(standalone)
         self._bases.update(new_bases)
+        if plan.version % SEGMENT_SIZE == SEGMENT_SIZE - 1:
+            self.full_segment_bytes = len(encoded)
         self._seg = new
         self.last_version = plan.version
 
@@ -262,19 +268,32 @@ class PlanArchive:
     # ------------------------------------------------------------------ retention (the leader)
 
     async def sweep(self, election: Any, now: float) -> int:
-        """Delete what is older than the retention window; returns the segments deleted."""
-        cutoff = now - self.cp.settings.plan_retention_s
-        deleted = 0
+        """Delete what is older than the retention window, and the oldest segments beyond
+        plan_history_max_bytes (a safety net: a network whose every group changes every second
+        would outgrow etcd's quota in 90 days); returns the segments deleted."""
+        s = self.cp.settings
+        cutoff = now - s.plan_retention_s
+        deleted = over = 0
         oldest_epoch: int | None = None
+        first = True
         while True:
             page = await self._range(SEG, "", SWEEP_PAGE)
             if not page.kvs:
                 break
             listed = [(self._start_of(kv.key), decode_segment(kv.value)) for kv in page.kvs]
-            firsts = [(s, seg.entries[0].at if seg.entries else float("inf")) for s, seg in listed]
-            gone = segments_to_delete(firsts, cutoff)
+            if first:  # the count is of every segment: etcd counts the whole range
+                first = False
+                per = max(sum(len(kv.value) for kv in page.kvs) / len(page.kvs), self.full_segment_bytes)
+                over = segments_over_cap(page.count, per, s.plan_history_max_bytes)
+                if over:
+                    log.warning("plan history: about %d segments of %.0f B exceed plan_history_max_bytes "
+                                "(%d): deleting the %d oldest, younger than plan_retention_s",
+                                page.count, per, s.plan_history_max_bytes, over)
+            firsts = [(st, seg.entries[0].at if seg.entries else float("inf")) for st, seg in listed]
+            want = max(len(segments_to_delete(firsts, cutoff)), min(over - deleted, len(listed) - 1))
+            gone = [st for st, _ in listed[:want]]
             for i in range(0, len(gone), OBJECTS_PER_TXN):
-                await self._fenced(election, [Delete(self.seg_key(s)) for s in gone[i:i + OBJECTS_PER_TXN]])
+                await self._fenced(election, [Delete(self.seg_key(st)) for st in gone[i:i + OBJECTS_PER_TXN]])
             deleted += len(gone)
             oldest_epoch = listed[len(gone)][1].epoch
             if len(gone) < len(listed) - 1 or not page.more:
@@ -291,8 +310,7 @@ class PlanArchive:
             await self._fenced(election, [Delete(self.cp.key(f"{OBJ}{epoch:010d}/"), prefix=True)])
             log.info("plan history: deleted epoch %d's objects (older than the oldest plan kept)", epoch)
         if deleted:
-            log.info("plan history: deleted %d segment(s) older than %.0f s", deleted,
-                     self.cp.settings.plan_retention_s)
+            log.info("plan history: deleted %d segment(s)", deleted)
         return deleted
 
     async def size(self) -> tuple[int, int]:
