@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,40 @@ async def test_archive_answers_by_time_and_version_and_sweeps_whole_epochs():
         assert await a.sweep(election, t0 + 299) >= len(kept) - 2
         assert len((await store.range(cp.key("history/seg/"))).kvs) <= 2
         assert (await a.load_at(t0 + 1e6)).plan.version == 300
+    finally:
+        await election.resign()
+        await store.close()
+
+
+async def test_lookup_by_time_matches_a_scan_whatever_the_gaps_between_plans():
+    # plans minutes or a fraction of a second apart: a segment spans any length of time
+    from controlplane.service.server import ControlPlane
+    from controlplane.service.settings import load_settings
+    from controlplane.store.base import Election
+    from controlplane.store.embedded import EmbeddedStore
+
+    rng = random.Random(5)
+    topo = load_topology(SMALL)
+    plans, t = [], 2_000_000.0
+    for p in plans_a_second(topo, 200, 0.0, seed=4, leader="w"):
+        t += rng.choice((0.2, 1.0, 7.0, 300.0))
+        plans.append(msgspec.structs.replace(p, created_at=t))
+    store = EmbeddedStore(None)
+    s = load_settings(None, topology=SMALL, store="embedded", listen="127.0.0.1:0", id="w",
+                      plan_epoch_s=3600.0)
+    cp = ControlPlane(s, topo, topology_hash(topo), store)
+    election = Election(store, cp.key("leader"), "w", 5.0)
+    await election.campaign()
+    try:
+        for p in plans:
+            await cp.planstore.archive(election, p)
+        for _ in range(60):
+            at = rng.uniform(plans[0].created_at - 10, plans[-1].created_at + 10)
+            want = [p.version for p in plans if p.created_at <= at]
+            got = await cp.planstore.load_at(at, only_branch="beijing")
+            assert (got.plan.version if got else None) == (want[-1] if want else None), at
+            if got:
+                assert {r.branch for r in got.plan.routes} == {"beijing"}
     finally:
         await election.resign()
         await store.close()
