@@ -119,21 +119,30 @@ def test_a_bad_at_is_named(text):
 # ---------------------------------------------------------------- the archive on the embedded store
 
 
-async def test_archive_answers_by_time_and_version_and_sweeps_whole_epochs():
+async def leading_writer(store: Any, name: str, **settings: Any) -> tuple[Any, Any]:
+    """A control plane that is not started (no timer, no server): the test publishes as its
+    leader, under an election of the test's own on the same leader key."""
     from controlplane.service.server import ControlPlane
     from controlplane.service.settings import load_settings
+    from controlplane.store.base import Election
+
+    s = load_settings(None, topology=SMALL, store="embedded", listen="127.0.0.1:0", id=name, **settings)
+    topo = load_topology(SMALL)
+    cp = ControlPlane(s, topo, topology_hash(topo), store)
+    election = Election(store, cp.key("leader"), f"{name}@127.0.0.1:1", s.lease_ttl_s)
+    await election.campaign()
+    return cp, election
+
+
+async def test_archive_answers_by_time_and_version_and_sweeps_whole_epochs():
     from controlplane.store.base import Election
     from controlplane.store.embedded import EmbeddedStore
 
     store = EmbeddedStore(None)
-    s = load_settings(None, topology=SMALL, store="embedded", listen="127.0.0.1:0", id="w",
-                      plan_retention_s=100.0, plan_epoch_s=50.0, history_keep=5)
-    topo = load_topology(SMALL)
     t0 = 1_000_000.0
-    plans = plans_a_second(topo, 300, t0, seed=3, leader="w")
-    cp = ControlPlane(s, topo, topology_hash(topo), store)
-    election = Election(store, cp.key("leader"), "w", 5.0)
-    await election.campaign()
+    plans = plans_a_second(load_topology(SMALL), 300, t0, seed=3, leader="w")
+    cp, election = await leading_writer(store, "w", plan_retention_s=100.0, plan_epoch_s=50.0,
+                                        history_keep=5)
     try:
         for p in plans[:150]:
             await cp.publisher.publish(election, p)
@@ -183,23 +192,15 @@ async def test_archive_answers_by_time_and_version_and_sweeps_whole_epochs():
 
 async def test_lookup_by_time_matches_a_scan_whatever_the_gaps_between_plans():
     # plans minutes or a fraction of a second apart: a segment spans any length of time
-    from controlplane.service.server import ControlPlane
-    from controlplane.service.settings import load_settings
-    from controlplane.store.base import Election
     from controlplane.store.embedded import EmbeddedStore
 
     rng = random.Random(5)
-    topo = load_topology(SMALL)
     plans, t = [], 2_000_000.0
-    for p in plans_a_second(topo, 200, 0.0, seed=4, leader="w"):
+    for p in plans_a_second(load_topology(SMALL), 200, 0.0, seed=4, leader="w"):
         t += rng.choice((0.2, 1.0, 7.0, 300.0))
         plans.append(msgspec.structs.replace(p, created_at=t))
     store = EmbeddedStore(None)
-    s = load_settings(None, topology=SMALL, store="embedded", listen="127.0.0.1:0", id="w",
-                      plan_epoch_s=3600.0)
-    cp = ControlPlane(s, topo, topology_hash(topo), store)
-    election = Election(store, cp.key("leader"), "w", 5.0)
-    await election.campaign()
+    cp, election = await leading_writer(store, "w", plan_epoch_s=3600.0)
     try:
         for p in plans:
             await cp.planstore.archive(election, p)
@@ -234,9 +235,6 @@ async def cli(*argv: str) -> tuple[int, str, str]:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 async def test_explain_at_answers_for_a_call_two_hours_back_under_a_plan_a_second(etcd_private, capsys):
-    from controlplane.service.server import ControlPlane
-    from controlplane.service.settings import load_settings
-    from controlplane.store.base import Election
     from controlplane.store.etcd import EtcdStore
 
     hours = 2
@@ -245,14 +243,10 @@ async def test_explain_at_answers_for_a_call_two_hours_back_under_a_plan_a_secon
     store = EtcdStore(etcd_private.endpoints, request_timeout_s=2.0)
     over: dict[str, Any] = {"plan_retention_s": 3600.0, "plan_epoch_s": 600.0, "history_keep": 10,
                             "store_deadline_s": 1.5, "lease_ttl_s": 5.0}
-    # the leader of this test: our own election, publishing through the real Publisher
-    s = load_settings(None, topology=SMALL, store="embedded", listen="127.0.0.1:0", id="driven", **over)
-    topo = load_topology(SMALL)
     # computed before leading: a blocked event loop would starve the lease's keepalive
-    plans = plans_a_second(topo, n, t0, seed=19, leader="driven")
-    writer = ControlPlane(s, topo, topology_hash(topo), store)
-    election = Election(store, writer.key("leader"), "driven@127.0.0.1:1", s.lease_ttl_s)
-    await election.campaign()
+    plans = plans_a_second(load_topology(SMALL), n, t0, seed=19, leader="driven")
+    # the leader of this test: our own election, publishing through the real Publisher
+    writer, election = await leading_writer(store, "driven", **over)
     standby = None
     try:
         assert [p.created_at for p in plans] == [t0 + i for i in range(n)]  # a plan every second
