@@ -246,3 +246,15 @@ def test_path_changes_are_coalesced_but_never_hold_back_a_center_going_down() ->
     assert p is not None and "wuhan" in p.closed
     assert not [r for r in p.routes
                 if r.home == "beijing" and any(x.center == "chengdu" for x in r.targets)]
+
+
+def test_a_sender_gone_dark_after_naming_a_break_does_not_keep_it_for_ever() -> None:
+    # wuhan named chengdu broken, then went dark: it never reports the path healed. Its stale report
+    # must not keep chengdu out of wuhan's routes once the other senders reach chengdu again.
+    n = started("national.yaml")
+    n.broken = {"wuhan": {"chengdu": "entry not accepting calls"}}
+    n.run(n.now + 1.0, set())
+    n.broken = {}
+    n.run(n.now + 4.0, {"wuhan"})  # dark: no more reports, so no "healed" from it
+    assert n.status("wuhan") == Status.DOWN
+    assert _to(n.b.last_plan, "wuhan", "chengdu"), "wuhan's stale report still keeps chengdu out"

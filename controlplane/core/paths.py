@@ -105,12 +105,14 @@ def apply_broken_paths(plan: Plan, broken: dict[str, set[str]], senders: Iterabl
     dropped: list[str] = []
     kept: list[str] = []
     def why(home: str, receivers: list[str]) -> str:
-        if home in live or home in broken:
+        if home in live:
             return f"path {home} -> {', '.join(receivers)} broken (probes)"
         return f"{', '.join(receivers)} entry broken for most senders (probes; {home} sends no reports)"
 
     for r in plan.routes:
-        gone = broken.get(r.home) if r.home in live or r.home in broken else dark_gone
+        # a home that does not report: its own last report is stale (a center gone dark after
+        # naming a break never reports it healed), so the other senders decide
+        gone = broken.get(r.home) if r.home in live else dark_gone
         if not gone:
             routes.append(r)
             continue
