@@ -424,6 +424,9 @@ class Agent:
                     raise RuntimeError(f"{t.get_name()} ended")
         finally:
             await self.drain()
+            if not tasks[0].done():
+                # no lookups any more: their counts reach the control plane before we go (billing)
+                await self.reporter.settle(self.s.drain_grace_s)
             self.reporter.stop()
             self.watcher.stop()
             offers = list(self._offers)

@@ -16,11 +16,23 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+# status of a probe that proves nothing: the prober's own event loop ran its timeout late
+LATE = -1
+
+
+def own_lag(elapsed_s: float, timeout_s: float) -> bool:
+    """True when a timed-out probe's timer fired well after its deadline: this process was not
+    running (a CPU-starved or paused prober), and an answer that came meanwhile was never read.
+    Measured: on a 2-core machine at load 8, 0.3 s probes between healthy agents timed out about 6
+    times a second across 9 agents, every one of them a broken path that was not; that is the
+    prober's silence, not the peer's."""
+    return elapsed_s > timeout_s * 1.5 + 0.05
+
 
 async def probe_peer(host: str, port: int, timeout_s: float, token: bytes = b"",
                      ssl_ctx: Any = None) -> tuple[int, float]:
-    """(HTTP status of the answer, 0 when none came within the timeout; round trip in seconds, the
-    timeout when no answer)."""
+    """(HTTP status of the answer, 0 when none came within the timeout, LATE when the timeout itself
+    fired late (no evidence either way); round trip in seconds, the timeout when no answer)."""
     t0 = time.monotonic()
     writer = None
     auth = b"Authorization: Bearer " + token + b"\r\n" if token else b""
@@ -35,7 +47,9 @@ async def probe_peer(host: str, port: int, timeout_s: float, token: bytes = b"",
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             return 0, timeout_s  # something answered, but not an agent: no better than silence
         return int(parts[1]), time.monotonic() - t0
-    except (TimeoutError, OSError):
+    except TimeoutError:
+        return (LATE if own_lag(time.monotonic() - t0, timeout_s) else 0), timeout_s
+    except OSError:
         return 0, timeout_s
     finally:
         if writer is not None:
@@ -60,7 +74,7 @@ class PeerProber:
         self.answered = answered
         self.answers: dict[str, bool] = {}
         self.inflight: dict[str, asyncio.Task[None]] = {}
-        self.probes = self.unreachable = self.unknown = 0
+        self.probes = self.unreachable = self.unknown = self.late = 0
 
     def request(self, targets: Iterable[str]) -> None:
         for target in targets:
@@ -76,10 +90,13 @@ class PeerProber:
             status, _ = await probe_peer(host, port, self.timeout_s, self.token, self.ssl_ctx)
         finally:
             del self.inflight[target]
-        ok = status != 0  # any answer: the agent is alive (a 503 entry is still a live center)
         self.probes += 1
-        self.unreachable += not ok
-        self.answers[target] = ok
+        if status == LATE:
+            self.late += 1  # no answer to give: the control plane counts only other peers' answers
+        else:
+            ok = status != 0  # any answer: the agent is alive (a 503 entry is still a live center)
+            self.unreachable += not ok
+            self.answers[target] = ok
         if not self.inflight:
             self.answered()
 
@@ -90,6 +107,10 @@ class PeerProber:
     def close(self) -> None:
         for task in self.inflight.values():
             task.cancel()
+
+
+# a path check that proves nothing (see own_lag)
+LATE_PROBE = "prober late"
 
 
 class PathProber:
@@ -115,7 +136,7 @@ class PathProber:
         self.changed = changed
         self.rng = rng or random.Random()
         self.broken: dict[str, str] = {}
-        self.probes = self.failures = 0
+        self.probes = self.failures = self.late = 0
 
     async def run(self) -> None:
         """One loop per peer, started at a random phase; runs until cancelled."""
@@ -127,8 +148,11 @@ class PathProber:
         await asyncio.sleep(self.rng.uniform(0, self.interval_s))
         while True:
             why = await self._check(target)
-            if why is not None:
+            if why is not None and why != LATE_PROBE:
                 why = await self._check(target)  # the retry: a broken path fails twice
+            if why == LATE_PROBE:  # our own loop was late: this round says nothing about the path
+                await asyncio.sleep(self.interval_s * self.rng.uniform(0.8, 1.2))
+                continue
             was = self.broken.get(target)
             if why is None and was is not None:
                 del self.broken[target]
@@ -145,6 +169,9 @@ class PathProber:
         self.probes += 1
         if status == 200:
             return None
+        if status == LATE:
+            self.late += 1
+            return LATE_PROBE
         self.failures += 1
         if status == 0:
             return f"no answer within {self.timeout_s:g} s"

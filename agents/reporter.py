@@ -155,7 +155,8 @@ def split_calls(calls: dict[tuple[str, str, str], int]
 
 
 class DemandLedger:
-    """Lookup counts per (branch, skill) on their way to the control plane, each counted once.
+    """Lookup counts per (branch, skill, receiving center) on their way to the control plane, each
+    counted once (keys may be any depth of ids: (branch, skill) works the same).
 
     Unlike routed_to (a description of the interval, dropped with its report: F12), demand is a
     tally the control plane sums (billing, the demand estimate): a count must reach it exactly once.
@@ -168,53 +169,58 @@ class DemandLedger:
         not have counted them. The first accepted ack on the next stream carries the control
         plane's last accepted seq before it (`prior_accepted_seq`): reports up to it were counted
         (one stream delivers in order and the control plane rejects a seq not above its last), the
-        others go back to `pending`. A control plane that knows no earlier seq (a new leader, an
-        older version) says 0: they go back too, so across a leader change a report whose ack was
-        lost may be counted twice (by the old leader and the new one), never lost.
+        others go back to `pending`. The control plane's billing ledger keeps that seq durably
+        per (center, incarnation) (controlplane/service/ledger.py), so a new leader knows it too.
+        One that knows no earlier seq (an older version) says 0: they go back too, so a report
+        whose ack was lost may then be counted twice, never lost.
+    A sent report is in `in_flight` only if its stream could still send it: each stream reads its
+    own outbox (Reporter._streams), so a dead stream's request iterator never takes a live one's.
     """
 
     __slots__ = ("pending", "in_flight", "in_doubt", "rejected", "recovered")
 
     def __init__(self) -> None:
-        self.pending: dict[tuple[str, str], int] = {}
-        self.in_flight: dict[int, dict[str, dict[str, int]]] = {}
-        self.in_doubt: dict[int, dict[str, dict[str, int]]] = {}
+        self.pending: dict[tuple[str, ...], int] = {}
+        self.in_flight: dict[int, dict[str, Any]] = {}
+        self.in_doubt: dict[int, dict[str, Any]] = {}
         self.rejected = 0  # lookups dropped with rejected reports
         self.recovered = 0  # lookups of in-doubt reports found not counted, carried forward
 
-    def add(self, counts: dict[tuple[str, str], int]) -> None:
+    def add(self, counts: dict[tuple[str, ...], int]) -> None:
         pending = self.pending
         for key, n in counts.items():
             pending[key] = pending.get(key, 0) + n
 
-    def take(self) -> dict[str, dict[str, int]]:
-        """Pending counts for one report, within the report limits; the rest stays pending."""
-        out: dict[str, dict[str, int]] = {}
-        rest: dict[tuple[str, str], int] = {}
+    def take(self) -> dict[str, Any]:
+        """Pending counts for one report, within the report limits; the rest stays pending. Keys
+        are tuples of ids, (branch, skill) or (branch, skill, receiving center): nested that deep."""
+        out: dict[str, Any] = {}
+        rest: dict[tuple[str, ...], int] = {}
         entries = 0
-        for (branch, skill), n in self.pending.items():
+        for key, n in self.pending.items():
             if n <= 0:
                 continue
             if entries >= MAX_DEMAND_ENTRIES:
-                rest[(branch, skill)] = n
+                rest[key] = n
                 continue
             sent = min(n, MAX_COUNT)
-            out.setdefault(branch, {})[skill] = sent
+            node = out
+            for part in key[:-1]:
+                node = node.setdefault(part, {})
+            node[key[-1]] = sent
             entries += 1
             if n > sent:
-                rest[(branch, skill)] = n - sent
+                rest[key] = n - sent
         self.pending = rest
         return out
 
-    def put_back(self, demand: dict[str, dict[str, int]]) -> None:
+    def put_back(self, demand: dict[str, Any]) -> None:
         """A report built but never sent: its counts go into a later one."""
         pending = self.pending
-        for branch, per_skill in demand.items():
-            for skill, n in per_skill.items():
-                key = (branch, skill)
-                pending[key] = pending.get(key, 0) + n
+        for key, n in _flat(demand):
+            pending[key] = pending.get(key, 0) + n
 
-    def sent(self, seq: int, demand: dict[str, dict[str, int]]) -> None:
+    def sent(self, seq: int, demand: dict[str, Any]) -> None:
         if demand:
             self.in_flight[seq] = demand
 
@@ -241,8 +247,23 @@ class DemandLedger:
                 + sum(_total(d) for d in self.in_doubt.values()))
 
 
-def _total(demand: dict[str, dict[str, int]]) -> int:
-    return sum(n for per_skill in demand.values() for n in per_skill.values())
+def _flat(nested: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], int]]:
+    out: list[tuple[tuple[str, ...], int]] = []
+    for k, v in nested.items():
+        if isinstance(v, dict):
+            out.extend(_flat(v, (*prefix, k)))
+        else:
+            out.append(((*prefix, k), v))
+    return out
+
+
+def _total(demand: dict[str, Any]) -> int:
+    return sum(n for _, n in _flat(demand))
+
+
+def demand_of(calls: dict[str, dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
+    """Per (branch, skill) totals of per (branch, skill, receiving center) calls."""
+    return {b: {s: sum(per_c.values()) for s, per_c in per_skill.items()} for b, per_skill in calls.items()}
 
 
 class Reporter:
@@ -282,8 +303,9 @@ class Reporter:
         self.on_plan_version = on_plan_version  # every ack names the leader's latest plan
         # simulation: given {target center: {skill: calls}} routed to other centers this interval
         self.deliver: Callable[[dict[str, dict[str, int]]], None] | None = None
-        # (monotonic build time, report): a report older than one interval is stale when sent
-        self.outbox: asyncio.Queue[tuple[float, Report]] = asyncio.Queue(OUTBOX_SIZE)
+        # (monotonic build time, report): a report older than one interval is stale when sent.
+        # One queue per stream (`_streams`), ended with None: see `_session`
+        self.outbox: asyncio.Queue[tuple[float, Report] | None] = asyncio.Queue(OUTBOX_SIZE)
         self.state = "connecting"  # connecting | connected | backoff | stopped
         self.endpoint = ""
         self.sent = self.acked = self.rejected = self.dropped = self.reconnects = 0
@@ -307,10 +329,25 @@ class Reporter:
     def stop(self) -> None:
         self._stop.set()
 
+    async def settle(self, timeout_s: float) -> bool:
+        """Report until every count is acknowledged, or `timeout_s` passes (then False): a graceful
+        stop, once the lookup listeners are closed, leaves no call out of the billing ledger."""
+        deadline = self.clock() + timeout_s
+        while self.counter.counts or self.ledger.outstanding():
+            left = deadline - self.clock()
+            if left <= 0:
+                log.warning("stopping with %d lookups not acknowledged by the control plane",
+                            sum(self.counter.counts.values()) + self.ledger.outstanding())
+                return False
+            self.report_now()
+            await asyncio.sleep(min(self.interval_s, left))  # one report's round trip, bounded
+        return True
+
     # ------------------------------------------------------------ building reports
 
     def build(self, now: float) -> Report | None:
-        routed, demand = split_calls(self.counter.swap())
+        calls = self.counter.swap()
+        routed, _ = split_calls(calls)
         routed_to: dict[str, int] = {}
         own: dict[str, int] = {}
         others: dict[str, dict[str, int]] = {}
@@ -327,7 +364,7 @@ class Reporter:
         self.acd.offer_routed(own, now)
         if others and self.deliver is not None:
             self.deliver(others)
-        self._count_demand(demand)
+        self._count_demand(self._billable(calls))
         skills = self.acd.sample(now)
         if skills is None:
             return None  # the demand stays pending for the next report
@@ -336,12 +373,28 @@ class Reporter:
         routed_to = {c: min(n, MAX_COUNT) for c, n in routed_to.items()}
         incarnation, seq = self.seqs.take()
         probes = self.prober.take() if self.prober is not None else {}
+        # demand and the billing ledger's calls are one carried tally (branch, skill, receiver):
+        # both reach the control plane exactly once, and always agree
+        carried = self.ledger.take()
         return Report(center=self.center, seq=seq, incarnation=incarnation, sent_at=self.wall(),
                       interval_s=self.interval_s, state=self.acd.state, skills=skills,
-                      routed_to=routed_to, demand=self.ledger.take(), probes=probes,
-                      broken_paths=dict(self.paths.broken) if self.paths is not None else {})
+                      routed_to=routed_to, demand=demand_of(carried), probes=probes,
+                      broken_paths=dict(self.paths.broken) if self.paths is not None else {},
+                      calls=carried)
 
-    def _count_demand(self, counts: dict[tuple[str, str], int]) -> None:
+    def _billable(self, calls: dict[tuple[str, str, str], int]) -> dict[tuple[str, ...], int]:
+        """The counter's calls, with a receiver outside the topology (a plan from another one)
+        folded into "" (no receiver of ours): the control plane would refuse the whole report."""
+        known = self.known_centers
+        if known is None:
+            return dict(calls)
+        out: dict[tuple[str, ...], int] = {}
+        for (b, s, t), n in calls.items():
+            key = (b, s, t if (not t or t in known) else "")
+            out[key] = out.get(key, 0) + n
+        return out
+
+    def _count_demand(self, counts: dict[tuple[str, ...], int]) -> None:
         branches, skills = self.known_branches, self.known_skills
         if branches is not None or skills is not None:
             for key in [k for k in counts if (branches is not None and k[0] not in branches)
@@ -352,14 +405,14 @@ class Reporter:
     def _drop(self, r: Report) -> None:
         """A report that will not be sent: the load it describes is stale, its demand is not."""
         self.dropped += 1
-        self.ledger.put_back(r.demand)
+        self.ledger.put_back(r.calls if r.calls else r.demand)
 
     def _enqueue(self, r: Report, now: float) -> None:
         if self.state != "connected":
             self._drop(r)  # nobody to tell; a late report would describe the past
             return
         while self.outbox.full():
-            self._drop(self.outbox.get_nowait()[1])
+            self._drop(_report_of(self.outbox.get_nowait()))
         self.outbox.put_nowait((now, r))
 
     # ------------------------------------------------------------ running
@@ -425,6 +478,12 @@ class Reporter:
             ep = redirect or self.endpoints[i % len(self.endpoints)]
             redirect = None
             self.state = "connecting"
+            # a fresh queue per stream: grpc keeps polling a finished call's request iterator (it
+            # stops it only on a local cancel), so a stream the server ended (a follower's "not
+            # leader", an abort) would otherwise take the next stream's first report, mark it
+            # sent and never send it: its counts were then lost once the control plane's mark
+            # passed its seq (tests/test_reporter_reconnect.py)
+            self.outbox = asyncio.Queue(OUTBOX_SIZE)
             try:
                 redirect = await self._session(ep)
             except asyncio.CancelledError:
@@ -437,7 +496,8 @@ class Reporter:
             self._unacked.clear()
             self.ledger.stream_ended()
             while not self.outbox.empty():
-                self._drop(self.outbox.get_nowait()[1])
+                self._drop(_report_of(self.outbox.get_nowait()))
+            self.outbox.put_nowait(None)  # ends that stream's request iterator if grpc still polls it
             self.reconnects += 1
             if redirect is None:
                 i += 1
@@ -453,10 +513,14 @@ class Reporter:
             await asyncio.wait_for(ch.channel_ready(), self.deadline_s)
             stub = report_pb2_grpc.ReportServiceStub(ch)
             opened = self.clock()
+            outbox = self.outbox  # this stream's own: never a later stream's reports
 
             async def requests():  # type: ignore[no-untyped-def]
                 while self.clock() - opened < self.stream_max_age_s:
-                    built, r = await self.outbox.get()
+                    item = await outbox.get()
+                    if item is None:
+                        return  # the stream is over
+                    built, r = item
                     now = self.clock()
                     if now - built > self.interval_s:
                         # built before a pause (SIGSTOP, a stall): it describes the past and
@@ -464,7 +528,7 @@ class Reporter:
                         self._drop(r)
                         continue
                     self._unacked[r.seq] = now
-                    self.ledger.sent(r.seq, r.demand)
+                    self.ledger.sent(r.seq, r.calls if r.calls else r.demand)
                     self.sent += 1
                     yield report_to_pb(r)
 
@@ -501,6 +565,11 @@ class Reporter:
                 self.cp_plan_version = ack.plan_version
                 if self.on_plan_version is not None:
                     self.on_plan_version(ack.plan_version)
+
+
+def _report_of(item: tuple[float, Report] | None) -> Report:
+    assert item is not None, "the end-of-stream marker is only put after the queue is drained"
+    return item[1]
 
 
 class StuckStream(Exception):

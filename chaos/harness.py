@@ -711,10 +711,16 @@ class Cluster:
         return [b.id for b in self.topology.branches if b.home == center]
 
     def probe_keys(self, center: str) -> list[tuple[str, str]]:
-        """One (branch, skill) per branch homed at `center`: its busiest skill that may leave home."""
+        """One (branch, skill) per branch homed at `center` and hosted there now: its busiest skill
+        that may leave home. A branch a schedule hosts elsewhere at this hour (Hainan at night, by
+        Chengdu) never routes to `center`, so a trial waiting for it to come home would wait for ever."""
+        from controlplane.core.planner import effective_home
+
+        lt = time.localtime()  # the leader plans schedules by its local time (service/leader.py)
+        hour, weekday = lt.tm_hour + lt.tm_min / 60.0, lt.tm_wday + 1
         keys = []
         for b in self.topology.branches:
-            if b.home != center:
+            if b.home != center or effective_home(b, hour, weekday) != center:
                 continue
             movable = {s: v for s, v in b.calls_per_hour.items() if s not in b.pinned and v > 0}
             if movable:

@@ -252,9 +252,10 @@ def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] |
         if known_skills is not None and skill not in known_skills:
             raise InvalidInput(f"demand[{i}].skill", skill, "unknown skill")
         per_skill[skill] = d.lookups
+    calls = calls_from_pb(msg.calls, known_centers, known_branches, known_skills)
     r = Report(center=msg.center, seq=msg.seq, sent_at=msg.sent_at, interval_s=msg.interval_s,
                state=state, skills=skills, routed_to=routed, demand=demand, incarnation=msg.incarnation,
-               probes=probes, broken_paths=broken)
+               probes=probes, broken_paths=broken, calls=calls)
     validate_report(r, known_centers, known_branches=known_branches)
     return r
 
@@ -274,7 +275,38 @@ def report_to_pb(r: Report) -> report_pb2.CenterReport:
         demand=[BranchDemand(branch=b, skill=s, lookups=n)
                 for b, per_skill in r.demand.items() for s, n in per_skill.items()],
         probes=[report_pb2.ProbeResult(center=c, reachable=ok) for c, ok in r.probes.items()],
-        broken_paths=[report_pb2.BrokenPath(center=c, reason=why) for c, why in r.broken_paths.items()])
+        broken_paths=[report_pb2.BrokenPath(center=c, reason=why) for c, why in r.broken_paths.items()],
+        calls=[report_pb2.CallCount(branch=b, skill=s, center=c, calls=n)
+               for b, per_skill in r.calls.items() for s, per_c in per_skill.items()
+               for c, n in per_c.items()])
+
+
+def calls_from_pb(entries: Sequence[Any], known_centers: frozenset[str] | set[str],
+                  known_branches: frozenset[str] | set[str] | None,
+                  known_skills: frozenset[str] | set[str] | None) -> dict[str, dict[str, dict[str, int]]]:
+    """A report's `calls` entries, each id and count checked (B2), naming the entry on error."""
+    if len(entries) > MAX_DEMAND_ENTRIES:
+        raise InvalidInput("calls", len(entries), f"more than {MAX_DEMAND_ENTRIES} entries")
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for i, e in enumerate(entries):
+        check_id(f"calls[{i}].branch", e.branch)
+        check_id(f"calls[{i}].skill", e.skill)
+        if e.center:  # empty: an overload treatment, answered with no receiver
+            check_id(f"calls[{i}].center", e.center)
+            if e.center not in known_centers:
+                raise InvalidInput(f"calls[{i}].center", e.center, "unknown center")
+        if known_branches is not None and e.branch not in known_branches:
+            raise InvalidInput(f"calls[{i}].branch", e.branch, "unknown branch")
+        if known_skills is not None and e.skill not in known_skills:
+            raise InvalidInput(f"calls[{i}].skill", e.skill, "unknown skill")
+        if not 0 <= e.calls <= MAX_COUNT:
+            raise InvalidInput(f"calls[{i}].calls", e.calls, f"must be an integer in [0, {MAX_COUNT}]")
+        per_center = out.setdefault(e.branch, {}).setdefault(e.skill, {})
+        if e.center in per_center:
+            raise InvalidInput(f"calls[{i}]", f"{e.branch}/{e.skill}/{e.center}",
+                               "duplicate branch, skill and center")
+        per_center[e.center] = e.calls
+    return out
 
 
 def report_ack(seq: int, plan_version: int, error: Exception | None = None, *,

@@ -83,3 +83,44 @@ def test_peer_flags_name_a_bad_value() -> None:
     with pytest.raises(InvalidInput) as e:
         _peers_from_args(["south"])
     assert e.value.field == "--peer" and e.value.value == "south"
+
+
+def test_a_probe_whose_own_loop_ran_late_proves_nothing() -> None:
+    # A CPU-starved prober (measured: load 8 on 2 cores) fires its 0.3 s timeout long after the
+    # deadline and never reads the answer that came meanwhile: that is not the peer's silence.
+    # Before: every such probe was "no answer", and healthy DR paths flapped broken ~6 times a second.
+    import time
+
+    from agents.probe import LATE, LATE_PROBE, PathProber, PeerProber
+
+    frozen = socket.socket()  # a frozen peer: the kernel accepts, nobody ever answers
+    frozen.bind(("127.0.0.1", 0))
+    frozen.listen(16)
+    port = frozen.getsockname()[1]
+    answered: list[int] = []
+
+    async def run() -> tuple[int, int, object, object, dict[str, bool]]:
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(probe_peer("127.0.0.1", port, 0.05))
+        loop.call_soon(time.sleep, 0.3)  # the prober's process does not run past the deadline
+        late, _ = await task
+        on_time, _ = await probe_peer("127.0.0.1", port, 0.05)  # nothing stalls: a real timeout
+        paths = PathProber({"x": ("127.0.0.1", port)}, 1.0, 0.05, b"", lambda: None)
+        check = asyncio.create_task(paths._check("x"))
+        loop.call_soon(time.sleep, 0.3)
+        stalled_path = await check
+        peers = PeerProber({"x": ("127.0.0.1", port)}, 0.05, b"", lambda: answered.append(1))
+        peers.request(["x"])
+        loop.call_soon(time.sleep, 0.3)
+        while peers.inflight:
+            await asyncio.gather(*peers.inflight.values(), return_exceptions=True)
+        assert paths.failures == 0 and peers.late == 1 and peers.unreachable == 0
+        return late, on_time, stalled_path, await paths._check("x"), peers.take()
+
+    try:
+        late, on_time, stalled_path, real_path, peer_answers = asyncio.run(run())
+    finally:
+        frozen.close()
+    assert late == LATE and on_time == 0
+    assert stalled_path == LATE_PROBE and real_path == "no answer within 0.05 s"
+    assert peer_answers == {} and answered == [1], "no answer is given, but the report still goes"

@@ -158,3 +158,19 @@ def test_read_pages_and_a_dry_run_drill(stage):
     r = client.get("/audit?q=quarterly")
     assert "quarterly &lt;b&gt;drill&lt;/b&gt;" in r.text and "<b>drill</b>" not in r.text
     assert "no entry" in client.get("/audit?q=no-such-thing-anywhere").text
+
+
+def test_the_network_view_shows_each_broken_path_as_text():
+    # issue 16, F21: a center's broken DR paths (ListCenters.broken_paths) are what an operator must
+    # see at a glance during DR; the reason a peer's probe gave is shown as text, never as markup
+    from callroute.v1 import operator_pb2
+
+    console = Console(OperatorClient(["127.0.0.1:1"]), secure_cookie=False)
+    centers = operator_pb2.ListCentersReply(plan_version=3, centers=[operator_pb2.CenterInfo(
+        center="north", region="n", reason="",
+        broken_paths=["west broken since 10:00:00 (12 s): entry <b>not</b> accepting calls"])])
+    html = console.env.get_template("live_network.html").render(
+        s=None, centers=centers, pending=[], plan=None, moved=[], shares={}, view="network")
+    row = html.split('data-center="north"', 1)[1].split("</tr>", 1)[0]
+    assert 'class="path-broken bad"' in row
+    assert "path to west broken since 10:00:00 (12 s): entry &lt;b&gt;not&lt;/b&gt; accepting calls" in row

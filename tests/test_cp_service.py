@@ -540,3 +540,28 @@ def test_settings_from_file_then_flags(tmp_path):
     cfg.write_text("publish_interval_s: 0.5\nlease_ttl_s: 3\nid: from-file\n")
     s = load_settings(cfg, topology=SMALL, id="from-flag")
     assert (s.publish_interval_s, s.lease_ttl_s, s.id) == (0.5, 3, "from-flag")
+
+
+def test_callroute_controlplane_logs_info_with_timestamps(tmp_path: Path) -> None:
+    # `callroute controlplane` is what the chart and `up` run; only `python -m controlplane.service`
+    # used to configure logging, so deployed control planes dropped every INFO line ("leading",
+    # DOWN verdicts, publishes) and printed warnings without a time
+    import re
+    import subprocess
+    import sys
+
+    from test_cp_support import free_port
+
+    log = tmp_path / "cp.log"
+    with open(log, "wb") as out:
+        p = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "controlplane", "--topology",
+                              _topology_file(), "--data-dir", str(tmp_path / "data"), "--listen",
+                              f"127.0.0.1:{free_port()}", "--metrics", f"127.0.0.1:{free_port()}"],
+                             stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+        try:
+            asyncio.run(wait_for(lambda: "leading (term" in log.read_text(), 30, "the leading line"))
+        finally:
+            p.terminate()
+            p.wait(10)
+    line = next(x for x in log.read_text().splitlines() if "leading (term" in x)
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \S+ INFO ", line), line

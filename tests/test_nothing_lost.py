@@ -255,3 +255,38 @@ async def test_the_cli_follows_pages_of_audit_and_pending(store) -> None:
         assert sorted(p["request_id"] for p in pending) == [f"p-{i}" for i in range(7)]
     finally:
         await cp.stop(0)
+
+
+async def test_a_new_leader_does_not_audit_again_a_close_its_predecessor_audited(store) -> None:
+    # B11 across a takeover: a center closed by its own ACD is one audit entry, not one per leader
+    from test_cp_support import Reporter
+
+    from controlplane.core.model import AdminState
+
+    a = await start_replica(store, "cp-a")
+    await wait_for(lambda: a.leader.brain is not None, 5, "a leads")
+    b = await start_replica(store, "cp-b")
+    rep = Reporter([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"], "north", ["retail"]).start()
+    rep.state = types_pb2.ADMIN_STATE_CLOSED  # north's ACD emergency switch
+    ch, op = operator_stub(f"127.0.0.1:{b.port}")
+
+    async def closes() -> list[str]:
+        entries = (await op.Audit(operator_pb2.AuditRequest(), timeout=5)).entries
+        return [e.id for e in entries if e.operator == "center:north" and e.result == "closed by center"]
+
+    try:
+        await wait_for(closes, 10, "north's own close audited")
+        await a.stop(0)
+        await wait_for(lambda: b.leader.brain is not None, 10, "b leads")
+
+        def settled() -> bool:  # b has north's closed report, and nothing of it waits to be audited
+            brain = b.leader.brain
+            return (brain is not None and brain.reported_state("north") == AdminState.CLOSED
+                    and not brain.reported_changes)
+
+        await wait_for(settled, 10, "the new leader heard north")
+        assert len(await closes()) == 1, "the close was audited again by the new leader"
+    finally:
+        await rep.stop()
+        await ch.close()
+        await b.stop(0)

@@ -27,13 +27,14 @@ class Net:
         self.seq = 0
         self.asked: dict[str, list[str]] = {}  # prober -> targets asked of it (from its acks)
         self.now = 0.0
+        self.broken: dict[str, dict[str, str]] = {}  # sender -> the paths its reports name broken
 
     def report(self, center: str, probes: dict[str, bool] | None = None) -> None:
         self.seq += 1
         skills = {s: SkillLoad(logged_in=n, ready=n // 2, busy=n - n // 2, aht_s=240.0)
                   for s, n in next(c for c in self.topo.centers if c.id == center).agents.items()}
         r = Report(center=center, seq=self.seq, sent_at=1.0, interval_s=0.5, state=AdminState.OPEN,
-                   skills=skills, probes=probes or {})
+                   skills=skills, probes=probes or {}, broken_paths=self.broken.get(center, {}))
         self.b.on_report(r, self.now, count_demand=False)
         self.asked.setdefault(center, []).extend(self.b.probe_requests(center))
 
@@ -181,3 +182,67 @@ def test_f21_a_path_no_longer_reported_is_restored() -> None:
                              skills=sk, broken_paths=broken), n.now, count_demand=False)
     assert n.b.path_changes == [("wuhan", "chengdu", True), ("wuhan", "chengdu", False)]
     assert n.b.paths.all() == []
+
+
+def _to(plan: object, home: str, receiver: str) -> list[object]:
+    return [r for r in plan.routes if r.home == home  # type: ignore[attr-defined]
+            and any(t.center == receiver and t.weight > 0 for t in r.targets)]
+
+
+def test_f21_2020_02_04_a_dark_centers_overflow_leaves_an_entry_most_senders_find_broken() -> None:
+    # Wuhan dark (no agent, no reports): its branches' lookups go to a backup agent the control plane
+    # cannot name, so no sender's own probes apply to wuhan's routes. Chengdu's entry stops taking
+    # calls: every other agent's probes find it broken, so it is the entry, broken for everyone.
+    n = started("national.yaml")
+    n.run(n.now + 4.0, {"wuhan"})
+    assert n.status("wuhan") == Status.DOWN
+    plan = n.b.last_plan
+    assert plan is not None and _to(plan, "wuhan", "chengdu"), "wuhan's DR routes use chengdu"
+    senders = [c for c in n.topo.center_ids() if c not in ("wuhan", "chengdu")]
+    # one sender alone: its path, not the entry; wuhan's routes keep chengdu
+    n.broken = {senders[0]: {"chengdu": "entry not accepting calls"}}
+    n.run(n.now + 1.0, {"wuhan"})
+    assert _to(n.b.last_plan, "wuhan", "chengdu")
+    # more than half of the reporting senders (chengdu aside): the entry is broken
+    n.broken = {s: {"chengdu": "entry not accepting calls"} for s in senders[: len(senders) // 2 + 1]}
+    n.run(n.now + 1.0, {"wuhan"})
+    p = n.b.last_plan
+    assert not _to(p, "wuhan", "chengdu"), "wuhan's routes still send calls to chengdu's broken entry"
+    assert any("entry broken for most senders" in r.explanation for r in p.routes if r.home == "wuhan")
+    assert p.meta.get("entries_broken") == "chengdu"
+    # a sender that still reaches chengdu keeps it in its own routes
+    fine = senders[-1]
+    before = _to(plan, fine, "chengdu")
+    assert len(_to(p, fine, "chengdu")) == len(before)
+    # healed: wuhan's routes take chengdu again
+    n.broken = {}
+    n.run(n.now + 1.0, {"wuhan"})
+    assert _to(n.b.last_plan, "wuhan", "chengdu")
+
+
+def test_path_changes_are_coalesced_but_never_hold_back_a_center_going_down() -> None:
+    # one receiver's entry failing is found by every other center within about a second, each in
+    # its own report: publishing each one was a plan storm (9 national plans in 1.3 s, measured)
+    from controlplane.core.brain import PATH_COALESCE_S
+
+    n = started("national.yaml")
+    n.b.set_admin({"hefei": AdminState.CLOSED})  # a change, published now
+    published_at = n.now
+    first = n.b.compute(published_at, published_at)
+    assert first is not None
+    n.b.published(first, published_at)
+    t = n.now = published_at + 0.01
+    for i, sender in enumerate(("beijing", "tianjin")):
+        n.b.on_report(Report(center=sender, seq=30_000 + i, sent_at=1.0, interval_s=0.5,
+                             state=AdminState.OPEN, skills=plan_skills(n, sender),
+                             broken_paths={"chengdu": "entry not accepting calls"}), t, count_demand=False)
+    assert not n.b.due(t), "a path change right after a publish waits"
+    assert n.b.next_wakeup(t) == published_at + PATH_COALESCE_S
+    assert n.b.due(published_at + PATH_COALESCE_S)
+    # a center going down does not wait behind them
+    n.b.set_admin({"hefei": AdminState.CLOSED, "wuhan": AdminState.CLOSED})
+    assert n.b.due(t) and n.b.next_wakeup(t) == t
+    p = n.b.compute(t, t)
+    assert p is not None and "wuhan" in p.closed
+    assert not [r for r in p.routes
+                if r.home == "beijing" and any(x.center == "chengdu" for x in r.targets)]

@@ -456,30 +456,43 @@ class RollbackPlanReply(_message.Message):
     def __init__(self, status: _Optional[_Union[ChangeStatus, str]] = ..., plan_version: _Optional[int] = ..., audit_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("branch", "skill", "caller", "tier", "version")
+    __slots__ = ("branch", "skill", "caller", "tier", "version", "at")
     BRANCH_FIELD_NUMBER: _ClassVar[int]
     SKILL_FIELD_NUMBER: _ClassVar[int]
     CALLER_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
     branch: str
     skill: str
     caller: str
     tier: str
     version: int
-    def __init__(self, branch: _Optional[str] = ..., skill: _Optional[str] = ..., caller: _Optional[str] = ..., tier: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    at: float
+    def __init__(self, branch: _Optional[str] = ..., skill: _Optional[str] = ..., caller: _Optional[str] = ..., tier: _Optional[str] = ..., version: _Optional[int] = ..., at: _Optional[float] = ...) -> None: ...
 
 class ExplainReply(_message.Message):
-    __slots__ = ("decision", "route", "text", "plan_version")
+    __slots__ = ("decision", "route", "text", "plan_version", "plan_created_at", "inputs")
+    class InputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     DECISION_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PLAN_CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
     decision: _route_pb2.RouteReply
     route: _types_pb2.Route
     text: str
     plan_version: int
-    def __init__(self, decision: _Optional[_Union[_route_pb2.RouteReply, _Mapping]] = ..., route: _Optional[_Union[_types_pb2.Route, _Mapping]] = ..., text: _Optional[str] = ..., plan_version: _Optional[int] = ...) -> None: ...
+    plan_created_at: float
+    inputs: _containers.ScalarMap[str, str]
+    def __init__(self, decision: _Optional[_Union[_route_pb2.RouteReply, _Mapping]] = ..., route: _Optional[_Union[_types_pb2.Route, _Mapping]] = ..., text: _Optional[str] = ..., plan_version: _Optional[int] = ..., plan_created_at: _Optional[float] = ..., inputs: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AuditRequest(_message.Message):
     __slots__ = ("since", "limit", "page_size", "page_token")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from callroute.v1 import types_pb2 as callroute_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61llroute/v1/report.proto\x12\x0c\x63\x61llroute.v1\x1a\x18\x63\x61llroute/v1/types.proto\"\xee\x02\n\x0c\x43\x65nterReport\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0f\n\x07sent_at\x18\x03 \x01(\x01\x12\x12\n\ninterval_s\x18\x04 \x01(\x01\x12\'\n\x05state\x18\x05 \x01(\x0e\x32\x18.callroute.v1.AdminState\x12\x13\n\x0bincarnation\x18\x06 \x01(\x04\x12)\n\x06probes\x18\x07 \x03(\x0b\x32\x19.callroute.v1.ProbeResult\x12.\n\x0c\x62roken_paths\x18\x08 \x03(\x0b\x32\x18.callroute.v1.BrokenPath\x12)\n\x06skills\x18\n \x03(\x0b\x32\x19.callroute.v1.SkillReport\x12,\n\trouted_to\x18\x0b \x03(\x0b\x32\x19.callroute.v1.RoutedCount\x12*\n\x06\x64\x65mand\x18\x0c \x03(\x0b\x32\x1a.callroute.v1.BranchDemand\"\xd1\x01\n\x0bSkillReport\x12\r\n\x05skill\x18\x01 \x01(\t\x12\x11\n\tlogged_in\x18\x02 \x01(\x03\x12\r\n\x05ready\x18\x03 \x01(\x03\x12\x0c\n\x04\x62usy\x18\x04 \x01(\x03\x12\x0e\n\x06queued\x18\x05 \x01(\x03\x12\x15\n\roldest_wait_s\x18\x06 \x01(\x01\x12\x0f\n\x07offered\x18\x07 \x01(\x03\x12\x10\n\x08\x61nswered\x18\x08 \x01(\x03\x12\x17\n\x0f\x61nswered_within\x18\t \x01(\x03\x12\x11\n\tabandoned\x18\n \x01(\x03\x12\r\n\x05\x61ht_s\x18\x0b \x01(\x01\",\n\x0bRoutedCount\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x03\",\n\nBrokenPath\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x0bProbeResult\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x11\n\treachable\x18\x02 \x01(\x08\x12\x0e\n\x06rtt_ms\x18\x03 \x01(\x01\">\n\x0c\x42ranchDemand\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\r\n\x05skill\x18\x02 \x01(\t\x12\x0f\n\x07lookups\x18\x03 \x01(\x03\"\x8f\x01\n\tReportAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x13\n\x0b\x65rror_field\x18\x04 \x01(\t\x12\x14\n\x0cplan_version\x18\x05 \x01(\x04\x12\x1a\n\x12prior_accepted_seq\x18\x06 \x01(\x04\x12\r\n\x05probe\x18\x07 \x03(\t2R\n\rReportService\x12\x41\n\x06Report\x12\x1a.callroute.v1.CenterReport\x1a\x17.callroute.v1.ReportAck(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61llroute/v1/report.proto\x12\x0c\x63\x61llroute.v1\x1a\x18\x63\x61llroute/v1/types.proto\"\x96\x03\n\x0c\x43\x65nterReport\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0f\n\x07sent_at\x18\x03 \x01(\x01\x12\x12\n\ninterval_s\x18\x04 \x01(\x01\x12\'\n\x05state\x18\x05 \x01(\x0e\x32\x18.callroute.v1.AdminState\x12\x13\n\x0bincarnation\x18\x06 \x01(\x04\x12)\n\x06probes\x18\x07 \x03(\x0b\x32\x19.callroute.v1.ProbeResult\x12.\n\x0c\x62roken_paths\x18\x08 \x03(\x0b\x32\x18.callroute.v1.BrokenPath\x12)\n\x06skills\x18\n \x03(\x0b\x32\x19.callroute.v1.SkillReport\x12,\n\trouted_to\x18\x0b \x03(\x0b\x32\x19.callroute.v1.RoutedCount\x12*\n\x06\x64\x65mand\x18\x0c \x03(\x0b\x32\x1a.callroute.v1.BranchDemand\x12&\n\x05\x63\x61lls\x18\r \x03(\x0b\x32\x17.callroute.v1.CallCount\"I\n\tCallCount\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\r\n\x05skill\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x65nter\x18\x03 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x04 \x01(\x03\"\xd1\x01\n\x0bSkillReport\x12\r\n\x05skill\x18\x01 \x01(\t\x12\x11\n\tlogged_in\x18\x02 \x01(\x03\x12\r\n\x05ready\x18\x03 \x01(\x03\x12\x0c\n\x04\x62usy\x18\x04 \x01(\x03\x12\x0e\n\x06queued\x18\x05 \x01(\x03\x12\x15\n\roldest_wait_s\x18\x06 \x01(\x01\x12\x0f\n\x07offered\x18\x07 \x01(\x03\x12\x10\n\x08\x61nswered\x18\x08 \x01(\x03\x12\x17\n\x0f\x61nswered_within\x18\t \x01(\x03\x12\x11\n\tabandoned\x18\n \x01(\x03\x12\r\n\x05\x61ht_s\x18\x0b \x01(\x01\",\n\x0bRoutedCount\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x03\",\n\nBrokenPath\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x0bProbeResult\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x11\n\treachable\x18\x02 \x01(\x08\x12\x0e\n\x06rtt_ms\x18\x03 \x01(\x01\">\n\x0c\x42ranchDemand\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\r\n\x05skill\x18\x02 \x01(\t\x12\x0f\n\x07lookups\x18\x03 \x01(\x03\"\x8f\x01\n\tReportAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x13\n\x0b\x65rror_field\x18\x04 \x01(\t\x12\x14\n\x0cplan_version\x18\x05 \x01(\x04\x12\x1a\n\x12prior_accepted_seq\x18\x06 \x01(\x04\x12\r\n\x05probe\x18\x07 \x03(\t2R\n\rReportService\x12\x41\n\x06Report\x12\x1a.callroute.v1.CenterReport\x1a\x17.callroute.v1.ReportAck(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,19 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'callroute.v1.report_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CENTERREPORT']._serialized_start=70
-  _globals['_CENTERREPORT']._serialized_end=436
-  _globals['_SKILLREPORT']._serialized_start=439
-  _globals['_SKILLREPORT']._serialized_end=648
-  _globals['_ROUTEDCOUNT']._serialized_start=650
-  _globals['_ROUTEDCOUNT']._serialized_end=694
-  _globals['_BROKENPATH']._serialized_start=696
-  _globals['_BROKENPATH']._serialized_end=740
-  _globals['_PROBERESULT']._serialized_start=742
-  _globals['_PROBERESULT']._serialized_end=806
-  _globals['_BRANCHDEMAND']._serialized_start=808
-  _globals['_BRANCHDEMAND']._serialized_end=870
-  _globals['_REPORTACK']._serialized_start=873
-  _globals['_REPORTACK']._serialized_end=1016
-  _globals['_REPORTSERVICE']._serialized_start=1018
-  _globals['_REPORTSERVICE']._serialized_end=1100
+  _globals['_CENTERREPORT']._serialized_end=476
+  _globals['_CALLCOUNT']._serialized_start=478
+  _globals['_CALLCOUNT']._serialized_end=551
+  _globals['_SKILLREPORT']._serialized_start=554
+  _globals['_SKILLREPORT']._serialized_end=763
+  _globals['_ROUTEDCOUNT']._serialized_start=765
+  _globals['_ROUTEDCOUNT']._serialized_end=809
+  _globals['_BROKENPATH']._serialized_start=811
+  _globals['_BROKENPATH']._serialized_end=855
+  _globals['_PROBERESULT']._serialized_start=857
+  _globals['_PROBERESULT']._serialized_end=921
+  _globals['_BRANCHDEMAND']._serialized_start=923
+  _globals['_BRANCHDEMAND']._serialized_end=985
+  _globals['_REPORTACK']._serialized_start=988
+  _globals['_REPORTACK']._serialized_end=1131
+  _globals['_REPORTSERVICE']._serialized_start=1133
+  _globals['_REPORTSERVICE']._serialized_end=1215
 # @@protoc_insertion_point(module_scope)

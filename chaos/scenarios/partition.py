@@ -20,6 +20,7 @@ from chaos.scenarios.common import (
     default_agent_config,
     home_restored,
     leader_center_status,
+    leader_metric,
     lookup_checks,
     observed,
     poll,
@@ -78,6 +79,9 @@ async def f8(opts: RunOptions) -> ScenarioResult:
                     to_stale = await poll(stale, 10.0)
                     await asyncio.sleep(max(0.0, t_part + hold_s - time.monotonic()))
                     status_at_heal = await leader_center_status(c, victim)
+                    # issue 16: the leader says why it keeps the center (its peers reach it)
+                    link_cut = leader_metric(
+                        c, f'callroute_controlplane_center_link_cut{{center="{victim}"}}')
                     v_during = (await c.plan_versions())[victim]
                     t_heal = c.heal_links(victim)
                     windows.append((t_part, t_heal))
@@ -92,6 +96,7 @@ async def f8(opts: RunOptions) -> ScenarioResult:
                     await poll(lambda: home_restored(c, victim, keys, list(c.agents)), 20.0)
                     await asyncio.sleep(2.0 if i == trials - 1 else 1.0)
                     per_trial.append({"time_to_stale_s": to_stale, "status_at_heal": status_at_heal,
+                                      "link_cut_at_heal": link_cut,
                                       "v_before": v_before, "v_during": v_during, "back": back,
                                       "status_after": status_after,
                                       "dr": len(drw.between(t_part, t_heal + 1.0))})
@@ -124,6 +129,7 @@ async def f8(opts: RunOptions) -> ScenarioResult:
                               "dr_route_changes_detail": dr_detail[:20],
                               "lookup_errors_during_cuts": len(cut_errors),
                               "status_at_heal_per_trial": [p["status_at_heal"] for p in per_trial],
+                              "link_cut_at_heal_per_trial": [p["link_cut_at_heal"] for p in per_trial],
                               "time_to_stale_s": round(to_stale, 3) if isinstance(to_stale, float) else None,
                               "status_at_heal": first["status_at_heal"],
                               "route_changes_during_partition": len(in_part),
@@ -145,6 +151,9 @@ async def f8(opts: RunOptions) -> ScenarioResult:
             r.check("0 DR route changes and 0 lookup errors while only the control plane's link is cut",
                     not dr and not cut_errors,
                     f"{len(dr)} DR route changes, {len(cut_errors)} lookup errors over {len(windows)} cuts")
+            cut_seen = [p["link_cut_at_heal"] for p in per_trial]
+            r.check("the leader names it a cut link (center_link_cut 1) at the end of every cut",
+                    all(v == 1.0 for v in cut_seen), f"center_link_cut at heal: {cut_seen}")
         lookup_checks(r)
 
     return await run_guarded(r, body)

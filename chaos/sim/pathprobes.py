@@ -20,8 +20,9 @@ engine's broken path loses calls from every other center's branches). A sender w
 dark (closed) at the change runs no probes and sends no reports, so it finds nothing; the
 control plane keeps whatever that sender last reported (PathBook is only updated by the sender's
 own reports), as the real one does. The control plane applies a sender's broken paths to the
-routes whose `home` is that sender (controlplane.core.paths.apply_broken_paths): a closed center's
-routes keep its last report, and a backup agent's probes are not applied to them.
+routes whose `home` is that sender (controlplane.core.paths.apply_broken_paths); a dark center's
+routes, which no sender's own probes cover, lose a receiver that more than half of the open
+centers find broken (the receiver's entry, broken for everyone: the 2020-02-04 failure).
 
 Must not: read the clock or use unseeded randomness (each draw is seeded by the call set, the
 pair and the change time, so a run is the same in any process and any order).

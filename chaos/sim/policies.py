@@ -310,7 +310,9 @@ class CallroutePolicy(BasePolicy):
                                     predict=False)
         broken = self.paths.broken()
         if broken:
-            plan = apply_broken_paths(plan, broken)
+            # the senders whose reports arrive: every open center's agent (a dark one sends none)
+            reporting = [c for ci, c in enumerate(self.sim.centers) if self.sim.center_open[ci]]
+            plan = apply_broken_paths(plan, broken, reporting)
         self.plans += 1
         if self.last_plan is not None and not _material_change(self.last_plan, plan, self.publish_min_change):
             self.version -= 1  # nothing that matters changed: the agents keep the plan in force

@@ -8,6 +8,7 @@
 | drills      | drill start|status|abort, approve, pending                     | a control plane  |
 | liveops     | override set|list|clear, calendar set|show                    | a control plane  |
 | readiness   | readiness (DR readiness of a forecast day)                    | a topology file  |
+| ledger      | ledger export|check (the billing ledger)                       | the store        |
 | certs       | certs init|rotate                                             | a directory      |
 | services    | controlplane, agent, console, up, chaos                       | (runs a service) |
 | client      | the OperatorService client, common flags, errors, exit codes  |                  |
@@ -24,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import IO
 
-from controlplane.cli import certs, drills, liveops, offline, operator, plans, readiness, services
+from controlplane.cli import certs, drills, ledger, liveops, offline, operator, plans, readiness, services
 from controlplane.cli.client import _run_parsed
 from controlplane.core.model import InvalidInput
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     drills.add_parsers(sub)
     liveops.add_parsers(sub)
     readiness.add_parsers(sub)
+    ledger.add_parsers(sub)
     certs.add_parsers(sub)
     services.add_parsers(sub)
     return p

@@ -215,7 +215,7 @@ def message_to_json(msg: Any) -> dict[str, Any]:
 
 def _streams(args: argparse.Namespace) -> tuple[IO[str], IO[str]]:
     # looked up at call time so that a test's redirect (or main's out=/err=) is honoured
-    return getattr(args, "out", None) or sys.stdout, getattr(args, "err", None) or sys.stderr
+    return getattr(args, "_stdout", None) or sys.stdout, getattr(args, "_stderr", None) or sys.stderr
 
 
 def _console(out: IO[str]) -> Any:
@@ -421,6 +421,7 @@ def _run_parsed(p: argparse.ArgumentParser, argv: Sequence[str], out: IO[str] | 
             args = p.parse_args(list(argv))
     except SystemExit as e:  # argparse printed the usage error (or --help) already
         return e.code if isinstance(e.code, int) else EXIT_USAGE
-    args.out, args.err = out, err
+    # not args.out: `chaos run --out DIR`, `readiness --out DIR` and `sim --out` own that name
+    args._stdout, args._stderr = out, err
     return int(args.func(args))
 

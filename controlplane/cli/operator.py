@@ -236,11 +236,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     out, _ = _streams(args)
     if args.version < 0:
         raise InvalidInput("--version", args.version, "must be >= 0 (0: the latest)")
+    at = parse_at(args.at) if args.at else 0.0
+    if at and args.version:
+        raise InvalidInput("--at", args.at, "give --at or --version, not both")
     reply = call_once(
         args,
         "Explain",
         operator_pb2.ExplainRequest(
-            branch=args.branch, skill=args.skill, caller=args.caller, tier=args.tier, version=args.version
+            branch=args.branch, skill=args.skill, caller=args.caller, tier=args.tier, version=args.version,
+            at=at,
         ),
     )
     if args.json:
@@ -262,7 +266,32 @@ def cmd_explain(args: argparse.Namespace) -> int:
                   + (f", vip {_targets(r.vip_targets)}" if r.vip_targets else "") + "\n")
     if reply.text:
         out.write(reply.text.rstrip("\n") + "\n")
+    if at:
+        out.write(f"  at {_when(at)}: plan v{reply.plan_version} in force, "
+                  f"published {_when(reply.plan_created_at)}\n")
+    if reply.inputs:
+        inputs = ", ".join(f"{k}={printable(v)}" for k, v in sorted(reply.inputs.items()))
+        out.write(f"  inputs: {inputs}\n")
     return EXIT_OK
+
+
+def parse_at(value: str) -> float:
+    """`--at`: Unix seconds, or an ISO 8601 time (2026-12-05T14:30:00+08:00; without a zone: UTC)."""
+    import datetime as dt
+    import math
+
+    try:
+        t = float(value)
+    except ValueError:
+        try:
+            d = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise InvalidInput("--at", value, "must be Unix seconds or an ISO 8601 time, "
+                               "e.g. 2026-12-05T14:30:00+08:00") from None
+        t = (d if d.tzinfo else d.replace(tzinfo=dt.UTC)).timestamp()
+    if not math.isfinite(t) or not 0 < t < 1e11:
+        raise InvalidInput("--at", value, "must be a time after 1970 (Unix seconds)")
+    return t
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -319,6 +348,9 @@ def add_parsers(sub: Any) -> None:
     sp.add_argument("--caller", required=True, help="caller number (picks the ring position)")
     sp.add_argument("--tier", default="", help="caller tier, e.g. vip")
     sp.add_argument("--version", type=int, default=0, help="plan version (default: the latest)")
+    sp.add_argument("--at", default="", metavar="TIME",
+                    help="explain the call as routed at TIME (Unix seconds or ISO 8601; no zone: UTC), "
+                         "by the plan in force then, within the history kept (plan_retention_s)")
     _common(sp)
     sp.set_defaults(func=_guarded("explain", cmd_explain), command_name="explain")
 

@@ -92,23 +92,24 @@ def cmd_readiness(args: Any) -> int:
     doc = {"day": fc.day, "compute_s": round(elapsed, 3),
            "infeasible": sum(not c.feasible for c in cases),
            "cases": [msgspec.to_builtins(c) for c in cases]}
-    if args.out_dir:
-        out = Path(args.out_dir)
+    if args.out:
+        out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         write_heatmap(out / "readiness.png", cases, centers, topo.policy.service_level.target, fc.day)
         (out / "readiness.json").write_text(json.dumps(doc))
     if args.json:
-        print(json.dumps(doc), file=args.out)
+        print(json.dumps(doc), file=args._stdout)
         return 0
     print(f"readiness for {len(centers)} centers x 48 half hours ({len(cases)} cases, "
-          f"{elapsed:.2f} s): {doc['infeasible']} infeasible", file=args.out)
-    print(f"{'center lost':<14} {'feasible':>8} {'worst SL':>8}  worst receiver @ half hour", file=args.out)
+          f"{elapsed:.2f} s): {doc['infeasible']} infeasible", file=args._stdout)
+    print(f"{'center lost':<14} {'feasible':>8} {'worst SL':>8}  worst receiver @ half hour",
+          file=args._stdout)
     for c in centers:
         mine = [x for x in cases if x.center == c]
         worst = min(mine, key=lambda x: x.worst_service_level)
         ok = sum(x.feasible for x in mine)
         print(f"{literal(c):<14} {ok:>5}/48 {worst.worst_service_level:>8.3f}  "
-              f"{literal(worst.worst_receiver)} @ {worst.at}", file=args.out)
+              f"{literal(worst.worst_receiver)} @ {worst.at}", file=args._stdout)
     return 0
 
 
@@ -118,5 +119,5 @@ def add_parsers(sub: Any) -> None:
     sp.add_argument("--forecast", default="", help="forecast YAML (default: <topology>.forecast.yaml)")
     sp.add_argument("--day", default="", help="YYYY-MM-DD (its weekday picks hosting schedules)")
     sp.add_argument("--json", action="store_true", help="the whole matrix as JSON on stdout")
-    sp.add_argument("--out", dest="out_dir", default="", help="directory for readiness.png and readiness.json")
+    sp.add_argument("--out", default="", help="directory for readiness.png and readiness.json")
     sp.set_defaults(func=cmd_readiness)

@@ -73,9 +73,16 @@ def security_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {f[2:].replace("-", "_"): getattr(args, f[2:].replace("-", "_"), None) for f, _ in SECURITY_FLAGS}
 
 
+CONTROLPLANE_LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
 def cmd_controlplane(args: argparse.Namespace) -> int:
     from controlplane.service.server import serve
     from controlplane.service.settings import load_settings
+    from controlplane.textsafe import configure_logging
+
+    # here, not only in controlplane_main: `callroute controlplane` is what the chart and `up` run
+    configure_logging(logging.INFO, CONTROLPLANE_LOG_FORMAT)
 
     settings = load_settings(
         args.config,
@@ -98,9 +105,6 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
 
 def controlplane_main(argv: Sequence[str] | None = None) -> int:
     """`python -m controlplane.service ...` = `callroute controlplane ...`."""
-    from controlplane.textsafe import configure_logging
-
-    configure_logging(logging.INFO, "%(asctime)s %(name)s %(levelname)s %(message)s")
     p = argparse.ArgumentParser(prog="callroute")
     add_controlplane_parser(p.add_subparsers(dest="command", required=True))
     args = p.parse_args(["controlplane", *(sys.argv[1:] if argv is None else argv)])

@@ -34,6 +34,11 @@ CAUSE_OPERATOR = "operator change"
 CAUSE_ROLLBACK = "rollback"
 CAUSE_DRILL = "drill"
 CAUSE_PATH = "path broken or restored"
+# path changes are published at most this often: when a receiver's entry fails, every other center's
+# probes find it within about a second, each in its own report; publishing each one (measured: 9
+# national plans in 1.3 s for one SIGSTOPped center at load 8) starved the leader's loop until
+# reports looked late and it panicked. 0.2 s keeps a path change well inside F21's 2 s
+PATH_COALESCE_S = 0.2
 # health gauges are refreshed at least this often (and on every change): scrapes are seconds apart
 HEALTH_METRICS_EVERY_S = 1.0
 # a center's own state changes (its ACD's emergency switch, a local drain) waiting for their audit
@@ -113,6 +118,7 @@ class LeaderBrain:
         self.last_publish_at = -float("inf")
         # a new leader publishes once at start: its view may differ from the old leader's
         self.urgent = True
+        self.path_only = False  # the urgent publish waiting is only for path changes (coalesced)
         self.dirty = True
         self.cause = CAUSE_START
         # a rollback holds its routes against load-driven recomputes until the next urgent event
@@ -160,6 +166,8 @@ class LeaderBrain:
                 self.dirty = True
 
     def _urgent(self, cause: str) -> None:
+        # only path changes waiting: they may wait PATH_COALESCE_S; anything else goes at once
+        self.path_only = (cause == CAUSE_PATH) and (self.path_only or not self.urgent)
         self.urgent = True
         self.dirty = True
         self.cause = cause
@@ -203,6 +211,7 @@ class LeaderBrain:
             self.rollback_due = False
             self.holding = False
             self.urgent = True
+            self.path_only = False
             self.dirty = True
             self.cause = CAUSE_OPERATOR
 
@@ -275,6 +284,21 @@ class LeaderBrain:
                             f"reported by the center (its ACD), was {before.value}{note}",
                             f"{after.value} by center"))
         return out
+
+    def restore_reported(self, states: dict[str, AdminState]) -> None:
+        """The centers' reported states the audit trail already holds (a predecessor wrote them,
+        `reported_final`): a report saying the same again is no change, so a new leader does not
+        audit a center's own close a second time."""
+        for center, state in states.items():
+            if center in self.known:
+                self._reported[center] = state
+
+    def reported_state(self, center: str) -> AdminState:
+        return self._reported.get(center, AdminState.OPEN)
+
+    def reported_final(self) -> dict[str, AdminState]:
+        """Each center's state after its waiting changes: stored beside their audit entries."""
+        return {center: waiting[-1][1] for center, waiting in self.reported_changes.items() if waiting}
 
     def reported_written(self, now: float) -> None:
         self.reported_changes.clear()
@@ -367,6 +391,8 @@ class LeaderBrain:
         """Monotonic time at which `tick` has something to do (tracker deadline or a due publish)."""
         t = self.tracker.next_deadline()
         wake = min(float("inf") if t is None else t, self._suspect_at(now))
+        if self.urgent and self.path_only and not self._frozen() and not self.rollback_due:
+            return min(wake, self.last_publish_at + PATH_COALESCE_S)
         if (self.urgent and not self._frozen()) or self.rollback_due:
             return now
         if self.dirty and not self.holding and not self._frozen():
@@ -395,7 +421,7 @@ class LeaderBrain:
         if self._frozen():
             return False
         if self.urgent:
-            return True
+            return not self.path_only or now >= self.last_publish_at + PATH_COALESCE_S
         return self.dirty and not self.holding and now >= self.last_publish_at + self.publish_interval_s
 
     # ------------------------------------------------------------------ outputs
@@ -412,6 +438,7 @@ class LeaderBrain:
         Raises RuntimeError when the planner produced an inconsistent plan: a bug, never published.
         """
         self.urgent = False
+        self.path_only = False
         self.dirty = False
         cause = self.cause
         self.cause = CAUSE_LOAD
@@ -421,7 +448,10 @@ class LeaderBrain:
             plan = apply_overrides(plan, ovs, self.topology)
         broken = self.paths.broken()
         if broken:
-            plan = apply_broken_paths(plan, broken)
+            after = self.suspicion.s.suspect_after_s
+            reporting = [c for c in self.known
+                         if (at := self.tracker.last_report_at(c)) is not None and now - at < after]
+            plan = apply_broken_paths(plan, broken, reporting)
         if (
             self.last_plan is not None
             and plan.routes == self.last_plan.routes

@@ -178,6 +178,9 @@ class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # receiving center -> why: the paths this center's own probes found broken (F21), the whole
     # current set in every report
     broken_paths: dict[str, str] = {}
+    # branch -> skill -> receiving center ("" = overload treatment) -> calls: the same lookups as
+    # `demand`, split by where they went; what the billing ledger counts (core/ledger.py)
+    calls: dict[str, dict[str, dict[str, int]]] = {}
 
 
 # limits on report contents: a report is a few hundred bytes; anything bigger is broken or hostile

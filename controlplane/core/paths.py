@@ -8,9 +8,18 @@ broken (`Report.broken_paths`); `PathBook` keeps them with since-when for operat
 over the route's other targets in proportion. A route whose every target is broken is left as it
 is and named in meta["paths_kept"]: a path that may be broken beats sending the calls nowhere, and
 the center-level health (F17's arrival check) still judges the receiver.
+
+A route whose home sends no reports (a dark center: closed, its agent gone) has no probes of its
+own: its switches' lookups go to a backup agent the control plane cannot name. For those routes a
+receiver is dropped when more than half of the reporting senders (`senders`, the receiver itself
+aside) find it broken: that is the receiver's entry, broken for everyone, which was the 2020-02-04
+failure (Wuhan dark, its overflow not arriving at Chengdu). A reporting sender's own routes follow
+only its own probes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import msgspec
 
@@ -72,15 +81,36 @@ def _without(targets: tuple[Target, ...], gone: set[str]) -> tuple[Target, ...] 
     return tuple(msgspec.structs.replace(t, weight=t.weight / total) for t in kept)
 
 
-def apply_broken_paths(plan: Plan, broken: dict[str, set[str]]) -> Plan:
-    """`plan` with each sender's broken receivers out of its routes (see the module doc)."""
+def broken_for_most(broken: dict[str, set[str]], senders: Iterable[str]) -> set[str]:
+    """Receivers more than half of the reporting `senders` (the receiver itself aside) find broken."""
+    live = set(senders)
+    out = set()
+    for receiver in {r for rs in broken.values() for r in rs}:
+        voters = live - {receiver}
+        against = sum(1 for s in voters if receiver in broken.get(s, ()))
+        if voters and 2 * against > len(voters):
+            out.add(receiver)
+    return out
+
+
+def apply_broken_paths(plan: Plan, broken: dict[str, set[str]], senders: Iterable[str] = ()) -> Plan:
+    """`plan` with each sender's broken receivers out of its routes, and receivers broken for most
+    `senders` (the centers reporting now) out of the routes of homes that do not report (see the
+    module doc)."""
     if not broken:
         return plan
+    live = set(senders)
+    dark_gone = broken_for_most(broken, live)
     routes: list[Route] = []
     dropped: list[str] = []
     kept: list[str] = []
+    def why(home: str, receivers: list[str]) -> str:
+        if home in live or home in broken:
+            return f"path {home} -> {', '.join(receivers)} broken (probes)"
+        return f"{', '.join(receivers)} entry broken for most senders (probes; {home} sends no reports)"
+
     for r in plan.routes:
-        gone = broken.get(r.home)
+        gone = broken.get(r.home) if r.home in live or r.home in broken else dark_gone
         if not gone:
             routes.append(r)
             continue
@@ -96,11 +126,12 @@ def apply_broken_paths(plan: Plan, broken: dict[str, set[str]]) -> Plan:
         routes.append(msgspec.structs.replace(
             r, targets=targets if targets is not None else r.targets,
             vip_targets=vip if vip is not None else r.vip_targets,
-            explanation=f"{r.explanation}; path {r.home} -> {', '.join(receivers)} broken (probes)"
-            .lstrip("; ")))
+            explanation=f"{r.explanation}; {why(r.home, receivers)}".lstrip("; ")))
     meta = dict(plan.meta)
     if dropped:
         meta["paths_broken"] = ",".join(f"{s}->{r}" for s in sorted(broken) for r in sorted(broken[s]))
+        if dark_gone:
+            meta["entries_broken"] = ",".join(sorted(dark_gone))
     if kept:
         meta["paths_kept"] = ",".join(kept)
     return msgspec.structs.replace(plan, routes=tuple(routes), meta=meta)

@@ -19,13 +19,14 @@ import msgspec
 from controlplane.core.brain import HEALTH_METRICS_EVERY_S, LeaderBrain
 from controlplane.core.calendar import local_clock
 from controlplane.core.health import HealthSnapshot
-from controlplane.core.model import Plan
+from controlplane.core.model import AdminState, Plan
 from controlplane.drillreport import write_report
 from controlplane.store.base import Delete, Put, mod_revision_is
 
 from .audit import AuditRecord
 from .calendars import watch_calendar
 from .drills import DrillRunner
+from .ledger import LedgerWriter
 from .overrides import watch_overrides
 from .readiness import ReadinessWatch
 from .retention import RetentionSweeper
@@ -40,6 +41,8 @@ ROLLBACK_KEY = "rollback/hold"
 # Reports accepted after the last checkpoint are not covered; that window is one heartbeat
 # (plan_heartbeat_s).
 SEQS_KEY = "health/seqs"
+# center -> its own reported state as last audited (B11), one small key per center of the topology
+REPORTED_PREFIX = "reported/"
 
 
 class RollbackRecord(msgspec.Struct, frozen=True):
@@ -72,6 +75,7 @@ class LeaderLoop:
         self.losses: list[str] = []
         self._sleep_until = 0.0  # loop time the timer task sleeps until
         self.election: Any = None  # the current term's Election (for operators' and tests' eyes)
+        self.ledger: LedgerWriter | None = None  # the term's billing-ledger writer (service/ledger.py)
 
     @property
     def is_leader(self) -> bool:
@@ -131,12 +135,14 @@ class LeaderLoop:
         admin = await cp.read_admin()
         rollback = await self._read_rollback()
         seqs = await self._read_seqs()
+        reported = await self._read_reported()
         drills = DrillRunner(cp, self, election, write_report)
         # a running drill keeps its step across a takeover: no flap back to home routes
         shed = await drills.resume_shed()
         election.check()  # still ours after those reads?
         self.terms += 1
         self.election = election
+        self.ledger = LedgerWriter(cp, election)  # before `brain`: report streams bind both
         self.brain = LeaderBrain(
             cp.topology,
             cp.topology_hash,
@@ -154,6 +160,7 @@ class LeaderLoop:
         self.brain.shed = shed
         if seqs is not None:
             self.brain.tracker.restore(seqs)
+        self.brain.restore_reported(reported)
         if rollback is not None:
             # an operator's rollback outlives the leader that published it
             self.brain.want_rollback(rollback.to_version, rollback.reason)
@@ -184,6 +191,21 @@ class LeaderLoop:
             # a lost checkpoint weakens F12 for one takeover; refusing to lead would be worse
             log.error("unreadable report-seq checkpoint at %s: %s", SEQS_KEY, e)
             return None
+
+    async def _read_reported(self) -> dict[str, AdminState]:
+        """The centers' own states as the audit trail last recorded them (`_audit_reported`)."""
+        cp = self.cp
+        prefix = cp.key(REPORTED_PREFIX)
+        got = await cp._call("range", cp.store.range(prefix, timeout_s=cp.settings.store_deadline_s))
+        out: dict[str, AdminState] = {}
+        for kv in got.kvs:
+            center = kv.key[len(prefix):]
+            try:
+                out[center] = AdminState(kv.value.decode())
+            except (UnicodeDecodeError, ValueError):
+                # at worst that center's standing state is audited once more: never refuse to lead
+                log.error("unreadable reported state at %s: %r", kv.key, kv.value[:40])
+        return out
 
     async def _read_rollback(self) -> RollbackRecord | None:
         cp = self.cp
@@ -264,6 +286,10 @@ class LeaderLoop:
             audit_id = f"{time.time_ns():020d}-{cp.settings.id}-reported-{i}"
             rec = AuditRecord(audit_id, wall, f"center:{center}", action, f"center/{center}", reason, result)
             ops.append(Put(cp.key("audit/" + audit_id), msgspec.json.encode(rec)))
+        # what the trail now says of each center, in the same transaction: the next leader starts
+        # from it (`_read_reported`) instead of auditing a center's standing close again
+        for center, state in brain.reported_final().items():
+            ops.append(Put(cp.key(REPORTED_PREFIX + center), state.value.encode()))
         try:
             await cp._call("txn", election.fenced_txn((), ops, timeout_s=cp.settings.store_deadline_s))
         except Exception as e:

@@ -65,6 +65,17 @@ APPLY_WAIT_S = 2.0
 ABORT_WAIT_S = 3.0
 
 
+def plan_inputs(plan: Plan) -> dict[str, str]:
+    """ExplainReply.inputs: the plan-wide facts that produced it, as operator-readable strings."""
+    out = {k: str(v) for k, v in plan.meta.items()}
+    out["feasible"] = "yes" if plan.feasible else "no"
+    if plan.infeasible_reasons:
+        out["infeasible_reasons"] = "; ".join(plan.infeasible_reasons)
+    out["closed"] = ",".join(plan.closed)
+    out["topology_hash"] = plan.topology_hash
+    return out
+
+
 def _bind_identity(request: Any, field: str, context: Any) -> None:
     """With operator tokens or certificates configured, who acts is who authenticated: the
     name in the request cannot impersonate another operator (the two-person rule relies on it)."""
@@ -160,12 +171,25 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         except Exception as e:
             await self._fail(context, e)
             raise
-        if got is None:
+        if got is None:  # older than plans/ keeps: the lasting history (service/planstore.py)
+            archived = await self._archived(context, lambda a: a.load_version(version))
+            if archived is not None:
+                return archived.plan
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"version={version}: no such plan (kept: the last {self.cp.settings.history_keep})",
+                f"version={version}: no such plan (kept: the last {self.cp.settings.history_keep}, "
+                f"and every plan of the last {self.cp.settings.plan_retention_s / 86400:g} days)",
             )
         return got[1]  # type: ignore[index]
+
+    async def _archived(self, context: grpc.aio.ServicerContext, read: Any) -> Any:
+        try:
+            return await read(self.cp.planstore)
+        except LookupError as e:  # a manifest whose objects retention took meanwhile
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        except Exception as e:
+            await self._fail(context, e)
+            raise
 
     async def _acks(self) -> dict[str, Any]:
         from .planwatch import AckRecord
@@ -1002,7 +1026,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         from callroute.v1 import route_pb2
         from controlplane.core.lookup import CompiledPlan, resolve
 
-        plan = await self._plan(context, request.version)
+        plan = await self._explained_plan(context, request)
         try:
             q = route_request_from_pb(
                 route_pb2.RouteRequest(
@@ -1030,7 +1054,33 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             route=route,
             text=explain(plan, request.branch, request.skill),
             plan_version=plan.version,
+            plan_created_at=plan.created_at,
+            inputs=plan_inputs(plan),
         )
+
+    async def _explained_plan(self, context: grpc.aio.ServicerContext, request: Any) -> Plan:
+        """The plan by `version`, or with `at` the one in force then (from the lasting history)."""
+        import math
+
+        if not request.at:
+            return await self._plan(context, request.version)
+        if request.version:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"at={request.at!r} and version={request.version}: give one of them")
+        if not math.isfinite(request.at) or not 0 < request.at < 1e11:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"at={request.at!r}: must be Unix seconds (e.g. 1764932400)")
+        branch = request.branch
+        archived = await self._archived(context, lambda a: a.load_at(request.at, only_branch=branch))
+        if archived is None:
+            oldest = await self._archived(context, lambda a: a.oldest())
+            since = (f"the oldest plan kept is v{oldest.version}, published at {oldest.at:.3f}"
+                     if oldest is not None else "no plan history is stored yet")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"at={request.at:.3f}: no plan in force then is kept ({since}; history is kept "
+                f"{self.cp.settings.plan_retention_s / 86400:g} days, setting plan_retention_s)")
+        return archived.plan  # type: ignore[no-any-return]
 
     async def Audit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         if not 0 <= request.since < 1e11:

@@ -70,6 +70,11 @@ class Publisher:
         cp = self.cp
         data = plan_to_pb(plan).SerializeToString()
         await cp.put_plan(election, plan.version, data, self._failpoint)
+        try:  # the lasting history (service/planstore.py); a miss is archived from plans/ later
+            await cp.planstore.archive(election, plan)
+        except Exception as e:
+            cp.metrics.store_errors.labels("history").inc()
+            log.warning("archiving plan %d failed (retried with the next plan): %r", plan.version, e)
         keep = cp.settings.history_keep
         if plan.version > keep:
             old = plan.version - keep

@@ -52,6 +52,7 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
         loop = cp.loop
         center = ""
         brain = leader.brain
+        ledger = leader.ledger  # set with the brain each term: billing counts, fenced (ledger.py)
         # whether this stream's agent counts lookups: once it has sent demand, its reports without
         # any say "no lookups this interval" (zero is data); an older agent's never do, and feeding
         # them would read its branches' calls as zero instead of leaving the forecast
@@ -87,6 +88,17 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                     metrics.report_rejects.labels("stale").inc()
                     yield report_ack(msg.seq, version, InvalidInput(e.field, e.value, f"stale: {e}"))
                     continue
+                prior_seq = out.prior_seq
+                if ledger is not None and (report.calls or not report.demand):
+                    # the billing ledger's durable mark, not the term's tracker: an agent re-sends
+                    # exactly the counts that are not in the ledger (nothing lost, none twice);
+                    # no ack before the write committed. An older agent (demand without calls)
+                    # is not in the ledger and keeps the tracker's seq
+                    try:
+                        prior_seq = await ledger.record(report)
+                    except Exception as e:  # noqa: BLE001 - any failure: the agent settles it next stream
+                        metrics.store_errors.labels("ledger").inc()
+                        await context.abort(grpc.StatusCode.UNAVAILABLE, f"ledger write failed: {e!r}")
                 if report.demand:
                     counting = True
                     metrics.count_lookups(report.demand)
@@ -95,7 +107,6 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                     # a minute per center (the leader's timer writes it)
                     metrics.foreign_demand_excess.labels(center).inc(out.foreign_excess)
                 leader.wake_by(out.act_by)
-                prior_seq = out.prior_seq
                 accepted.inc()
                 for target, n in report.routed_to.items():
                     if n:

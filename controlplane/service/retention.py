@@ -83,6 +83,7 @@ class RetentionSweeper:
             "requests": await self._sweep_listed("requests", REQUESTS, r.requests, now, request),
             "pending": await self._sweep_listed("pending", PENDING, r.pending, now, pending),
             "drills": await self._sweep_listed("drills", DRILLS, r.drills, now, drill),
+            "plans": await cp.planstore.sweep(self.election, now),
         }
 
     async def _range(self, rel: str, start_after: str, limit: int) -> Any:

@@ -45,6 +45,7 @@ from controlplane.core.model import AdminState, InvalidInput, Plan, Topology
 from .leader import LeaderLoop
 from .metrics import ControlPlaneMetrics, serve_metrics
 from .operator import OperatorServicer
+from .planstore import PlanArchive
 from .planwatch import AckRecorder, PlanFeed, PlanServicer, decode_plan
 from .publisher import Heartbeat, Publisher
 from .reports import ReportServicer
@@ -232,6 +233,7 @@ class ControlPlane:
         self.metrics = ControlPlaneMetrics()
         self.feed = PlanFeed()
         self.publisher = Publisher(self)
+        self.planstore = PlanArchive(self)
         self.leader = LeaderLoop(self)
         self.acks = AckRecorder(self)
         self.leader_address = ""

@@ -53,6 +53,18 @@ class ControlPlaneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     report_interval_s: float = 0.5
     # plans kept in the store for rollback/diff; older ones are deleted (etcd size stays bounded, L5)
     history_keep: int = 50
+    # every published plan is also kept content-addressed for this long (service/planstore.py):
+    # `callroute explain --at` answers for any call in it. 90 days covers a quarter's complaints
+    # and disputes; at a plan a second the store holds a few MB per day (ARCHITECTURE.md)
+    plan_retention_s: float = 90 * 86400.0
+    # the archive's objects are grouped by epoch so retention deletes whole epochs: a day's
+    # unchanged groups are written once more per day, and history goes a day at a time
+    plan_epoch_s: float = 86400.0
+    # and at most about this many bytes of it: half of etcd's 8 GiB quota. Measured at a plan a
+    # second on national.yaml (bench/plan_history.py): a quiet day stores almost nothing, a surge
+    # that changes every route every second ~310 MB a day, so 90 days of that would not fit; the
+    # oldest plans then go first, with a warning
+    plan_history_max_bytes: int = 4 << 30
     # deadline on every store call: a store slower than this is treated as unavailable (F5), and
     # it is below the lease TTL so a stuck write cannot outlive the leadership it was made under
     store_deadline_s: float = 1.0
@@ -183,12 +195,15 @@ _RANGES: dict[str, tuple[float, float]] = {
     "approval_ttl_s": (0.1, 86400),
     "readiness_hours_ahead": (0.5, 24),
     "readiness_every_s": (0.05, 86400),
+    "plan_retention_s": (60.0, 10 * 366 * 86400),
+    "plan_epoch_s": (1.0, 10 * 366 * 86400),
 }
 _INT_RANGES: dict[str, tuple[int, int]] = {
     "history_keep": (2, 100_000),
     "plan_chunk_bytes": (64, 1 << 20),
     "max_concurrent_rpcs": (1, 1_000_000),
     "max_list": (1, 1_000_000),
+    "plan_history_max_bytes": (1 << 16, 1 << 40),
 }
 
 

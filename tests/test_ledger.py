@@ -1,0 +1,549 @@
+"""Issue 19: the billing ledger, exactly once across leader changes, retries and agent restarts.
+
+Pure parts are driven directly; the ledger's store parts run against real etcd (the tests' fixtures
+start Debian's etcd) with real control-plane processes and the agents' own Reporter. Every wait polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from test_cp_support import Replica, wait_for
+
+from agents.acd import SimulatedACD
+from agents.reporter import DemandLedger, Reporter, RoutedCounter, SeqStore
+from callroute.v1 import report_pb2, report_pb2_grpc, types_pb2
+from controlplane.core.ledger import (
+    KIND_AWAY,
+    KIND_HOME,
+    OUTCOME_OVERLOAD,
+    OUTCOME_ROUTED,
+    LedgerRow,
+    check_against,
+    report_entries,
+    should_apply,
+    to_csv,
+)
+from controlplane.core.topology import load_topology
+from controlplane.store.etcdtest import EtcdCluster, etcd_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = str(ROOT / "examples" / "small.yaml")
+TOPO = load_topology(SMALL)
+CFG = {"lease_ttl_s": 1.0, "store_deadline_s": 0.5, "publish_interval_s": 0.2, "plan_heartbeat_s": 0.25,
+       "campaign_retry_s": 0.05, "watch_retry_s": 0.05}
+needs_etcd = pytest.mark.skipif(etcd_binary() is None, reason="etcd-server is not installed")
+
+
+# ---------------------------------------------------------------- the pure ledger
+
+
+def test_report_entries_split_home_away_and_overload():
+    homes = {b.id: b.home for b in TOPO.branches}
+    got = report_entries({"beijing": {"retail": {"north": 3, "south": 2, "": 1, "west": 0}}}, homes)
+    assert got == {f"beijing|retail|north|{KIND_HOME}|{OUTCOME_ROUTED}": 3,
+                   f"beijing|retail|south|{KIND_AWAY}|{OUTCOME_ROUTED}": 2,
+                   f"beijing|retail||{KIND_AWAY}|{OUTCOME_OVERLOAD}": 1}
+
+
+def test_a_report_at_or_below_its_mark_adds_nothing():
+    assert should_apply(0, 1) and should_apply(9, 10)
+    assert not should_apply(10, 10) and not should_apply(10, 3)
+
+
+def test_check_reports_each_difference_with_the_acd_counts():
+    rows = [LedgerRow("2026-12-05", "beijing", "retail", "north", KIND_HOME, OUTCOME_ROUTED, 10),
+            LedgerRow("2026-12-05", "hebei", "retail", "north", KIND_HOME, OUTCOME_ROUTED, 5),
+            LedgerRow("2026-12-05", "hebei", "retail", "", KIND_AWAY, OUTCOME_OVERLOAD, 7)]
+    acd = {("2026-12-05", "north", "retail"): 15, ("2026-12-05", "south", "retail"): 2}
+    assert check_against(rows, acd) == [("2026-12-05", "south", "retail", 0, 2)]
+    assert to_csv(rows).splitlines()[0] == "day,branch,skill,center,kind,outcome,calls"
+
+
+def test_agent_carries_calls_per_receiver_and_demand_agrees():
+    counter = RoutedCounter()
+    known = frozenset(TOPO.center_ids())
+    rep = Reporter("north", SimulatedACD(TOPO, "north", now=0.0, seed=1), counter, SeqStore(None), [],
+                   known_centers=known, known_branches=frozenset(b.id for b in TOPO.branches),
+                   known_skills=frozenset(TOPO.skills()))
+    counter.counts[("beijing", "retail", "north")] = 4
+    counter.counts[("beijing", "retail", "south")] = 1
+    counter.counts[("beijing", "retail", "")] = 2
+    r = rep.build(0.5)
+    assert r is not None
+    assert r.calls == {"beijing": {"retail": {"north": 4, "south": 1, "": 2}}}
+    assert r.demand == {"beijing": {"retail": 7}}
+    led = DemandLedger()
+    led.sent(5, r.calls)
+    led.stream_ended()
+    led.acked(6, True, 4)  # 5 was not counted: its calls go back, per receiver
+    assert led.pending == {("beijing", "retail", "north"): 4, ("beijing", "retail", "south"): 1,
+                           ("beijing", "retail", ""): 2}
+
+
+# ---------------------------------------------------------------- the ledger in etcd
+
+
+@pytest.fixture
+def etcd():
+    with EtcdCluster(1) as c:
+        yield c
+
+
+@pytest.fixture
+def replicas(tmp_path):
+    started: list[Replica] = []
+
+    def make(name: str, url: str) -> Replica:
+        r = Replica(tmp_path, name, SMALL, url, config=CFG).start()
+        started.append(r)
+        return r
+
+    yield make
+    for r in started:
+        r.kill()
+
+
+def _leader_of(*rs: Replica) -> Replica | None:
+    for r in rs:
+        if r.alive():
+            with contextlib.suppress(OSError):
+                if r.metrics().get("callroute_controlplane_leader") == 1.0:
+                    return r
+    return None
+
+
+async def _ledger_total(url: str) -> dict[tuple[str, str, str], int]:
+    from controlplane.service.ledger import read_ledger
+    from controlplane.store.etcd import parse_store_url
+
+    st = parse_store_url(url, request_timeout_s=2.0)
+    try:
+        rows = await read_ledger(st, "/callroute/", "0000-01-01", "9999-12-31")
+    finally:
+        await st.close()
+    out: dict[tuple[str, str, str], int] = {}
+    for r in rows:
+        k = (r.branch, r.skill, r.center)
+        out[k] = out.get(k, 0) + r.calls
+    return out
+
+
+def _report(seq: int, inc: int, calls: list[tuple[str, str, str, int]]) -> report_pb2.CenterReport:
+    return report_pb2.CenterReport(
+        center="north", seq=seq, incarnation=inc, sent_at=time.time(), interval_s=0.5,
+        state=types_pb2.ADMIN_STATE_OPEN,
+        demand=[report_pb2.BranchDemand(branch=b, skill=s, lookups=n) for b, s, _, n in calls],
+        calls=[report_pb2.CallCount(branch=b, skill=s, center=c, calls=n) for b, s, c, n in calls])
+
+
+async def _send(addr: str, reports: list[report_pb2.CenterReport]) -> list[report_pb2.ReportAck]:
+    async with grpc.aio.insecure_channel(addr) as ch:
+        call = report_pb2_grpc.ReportServiceStub(ch).Report(iter(reports), timeout=10)
+        return [a async for a in call]
+
+
+@needs_etcd
+async def test_a_retried_report_is_counted_once_and_a_new_leader_knows_the_mark(etcd, replicas):
+    """The same (center, incarnation, seq) sent again adds nothing; after the leader is SIGKILLed
+    the survivor's ack carries the durable mark, so an agent re-sends exactly what is missing."""
+    a, b = replicas("a", etcd.url), replicas("b", etcd.url)
+    await wait_for(lambda: _leader_of(a, b), 15, "a leader")
+    old = _leader_of(a, b)
+    survivor = b if old is a else a
+    inc = 7
+    acks = await _send(old.addr, [_report(1, inc, [("beijing", "retail", "north", 5)]),
+                                  _report(2, inc, [("beijing", "retail", "south", 7)])])
+    assert [(x.accepted, x.prior_accepted_seq) for x in acks] == [(True, 0), (True, 1)]
+    again = await _send(old.addr, [_report(2, inc, [("beijing", "retail", "south", 7)])])
+    assert not again[0].accepted  # stale: and nothing added
+    assert await _ledger_total(etcd.url) == {("beijing", "retail", "north"): 5,
+                                             ("beijing", "retail", "south"): 7}
+    old.signal(signal.SIGKILL)
+    await wait_for(lambda: _leader_of(survivor) is survivor, 15, "the survivor leads")
+    acks = await _send(survivor.addr, [_report(3, inc, [("hebei", "retail", "north", 11)])])
+    assert acks[0].accepted and acks[0].prior_accepted_seq == 2  # not 0: no in-doubt count re-sent
+    assert await _ledger_total(etcd.url) == {("beijing", "retail", "north"): 5,
+                                             ("beijing", "retail", "south"): 7,
+                                             ("hebei", "retail", "north"): 11}
+
+
+@needs_etcd
+async def test_an_old_leaders_ledger_write_is_fenced(etcd):
+    """A LedgerWriter of a term that has ended writes nothing (F1 for billing)."""
+    from controlplane.core.model import Report
+    from controlplane.service.ledger import LedgerWriter
+    from controlplane.store.base import Election, FenceLost
+    from controlplane.store.etcd import parse_store_url
+
+    st = parse_store_url(etcd.url, request_timeout_s=2.0)
+
+    class _CP:  # the writer's view of the control plane: store, keys, deadlines, topology
+        topology = TOPO
+        store = st
+
+        class settings:  # noqa: N801 - stands in for the Settings struct
+            store_deadline_s = 2.0
+
+        @staticmethod
+        def key(rel: str) -> str:
+            return "/fence-test/" + rel
+
+        @staticmethod
+        async def _call(op: str, coro):
+            return await coro
+
+    try:
+        e1 = Election(st, "/fence-test/leader", "one", 1.0)
+        await e1.campaign()
+        w1 = LedgerWriter(_CP, e1)
+        rep = Report(center="north", seq=1, sent_at=0.0, incarnation=1,
+                     calls={"beijing": {"retail": {"north": 3}}})
+        assert await w1.record(rep) == 0
+        # a quiet interval (no calls) answers the mark and writes nothing
+        quiet = Report(center="north", seq=2, sent_at=0.0, incarnation=1)
+        assert await w1.record(quiet) == 1 and w1.writes == 1
+        await e1.resign()
+        e2 = Election(st, "/fence-test/leader", "two", 1.0)
+        await e2.campaign()
+        stale = Report(center="north", seq=2, sent_at=0.0, incarnation=1,
+                       calls={"beijing": {"retail": {"north": 100}}})
+        with pytest.raises(FenceLost):
+            await w1.record(stale)
+        w2 = LedgerWriter(_CP, e2)
+        assert await w2.record(Report(center="north", seq=2, sent_at=0.0, incarnation=1,
+                                      calls={"beijing": {"retail": {"north": 4}}})) == 1
+        from controlplane.service.ledger import read_ledger
+
+        rows = await read_ledger(st, "/fence-test/", "0000-01-01", "9999-12-31")
+        assert sum(r.calls for r in rows) == 7
+        await e2.resign()
+    finally:
+        await st.close()
+
+
+@needs_etcd
+async def test_ledger_equals_switch_calls_across_leader_sigkill_and_agent_restart(etcd, replicas):
+    """End to end: the agents' own Reporter streams to real control-plane processes on etcd while the
+    test (the switches) routes known calls; the leader is SIGKILLed and an agent restarted mid-run.
+    The ledger's totals equal the calls routed: none lost, none counted twice."""
+    a, b = replicas("a", etcd.url), replicas("b", etcd.url)
+    await wait_for(lambda: _leader_of(a, b), 15, "a leader")
+    known = frozenset(TOPO.center_ids())
+    branches = frozenset(x.id for x in TOPO.branches)
+    skills = frozenset(TOPO.skills())
+    routed: dict[tuple[str, str, str], int] = {}
+    agents: dict[str, tuple[Reporter, RoutedCounter, asyncio.Task]] = {}
+
+    def start_agent(center: str, seed: int) -> None:
+        counter = RoutedCounter()
+        rep = Reporter(center, SimulatedACD(TOPO, center, now=time.monotonic(), seed=seed), counter,
+                       SeqStore(None), [a.addr, b.addr], interval_s=0.1, deadline_s=2.0,
+                       backoff_initial_s=0.02, backoff_max_s=0.2, seed=seed, known_centers=known,
+                       known_branches=branches, known_skills=skills)
+        agents[center] = (rep, counter, asyncio.ensure_future(rep.run()))
+
+    async def route(n: int) -> None:
+        """`n` rounds of calls at every agent, spread over branches, skills and receivers."""
+        receivers = ("north", "south", "west", "")
+        for i in range(n):
+            for center, (_, counter, _) in agents.items():
+                for j, br in enumerate(sorted(x.id for x in TOPO.branches if x.home == center)):
+                    key = (br, ("retail", "credit_card", "corporate")[(i + j) % 3], receivers[(i + j) % 4])
+                    counter.counts[key] = counter.counts.get(key, 0) + 1 + (i % 3)
+                    routed[key] = routed.get(key, 0) + 1 + (i % 3)
+            await asyncio.sleep(0.02)
+
+    for i, c in enumerate(TOPO.center_ids()):
+        start_agent(c, i + 1)
+    try:
+        await route(40)
+        await wait_for(lambda: all(r.ledger.outstanding() + sum(k.counts.values()) == 0
+                                   for r, k, _ in agents.values()), 20, "phase 1 acknowledged")
+        assert sum((await _ledger_total(etcd.url)).values()) == sum(routed.values())  # exact so far
+        old = _leader_of(a, b)
+        dropped_before = sum(r.dropped for r, _, _ in agents.values())
+        old.signal(signal.SIGKILL)
+        await route(40)  # calls keep coming while no one leads
+        survivor = b if old is a else a
+        await wait_for(lambda: _leader_of(survivor) is survivor, 15, "the survivor leads")
+        # the window is real: reports built while no leader answered were dropped, counts put back
+        dropped = sum(r.dropped for r, _, _ in agents.values()) - dropped_before
+        assert dropped > 0
+        # restart one agent: it drains (its counts reach the ledger), then a new process
+        # (a new incarnation) takes over the center
+        await wait_for(lambda: all(r.ledger.outstanding() + sum(k.counts.values()) == 0
+                                   for r, k, _ in agents.values()), 20, "phase 2 acknowledged")
+        rep, counter, task = agents["south"]
+        await wait_for(lambda: rep.ledger.outstanding() + sum(counter.counts.values()) == 0, 15,
+                       "south's agent drained")
+        rep.stop()
+        await task
+        start_agent("south", 99)
+        await route(40)
+        await wait_for(lambda: all(r.ledger.outstanding() + sum(k.counts.values()) == 0
+                                   for r, k, _ in agents.values()), 20, "every count acknowledged")
+        got = await _ledger_total(etcd.url)
+        diff = {k: (got.get(k, 0), routed.get(k, 0)) for k in set(got) | set(routed)
+                if got.get(k, 0) != routed.get(k, 0)}
+        assert not diff, sorted(diff.items())
+        assert all(r.ledger.rejected == 0 for r, _, _ in agents.values())
+        print(f"\nledger e2e (Reporters): routed {sum(routed.values())}, ledger {sum(got.values())}, "
+              f"reports dropped while no leader answered: {dropped}")
+    finally:
+        for rep, _, task in agents.values():
+            rep.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 5)
+
+
+def _export_both(url: str, tmp: Path) -> tuple[list[dict], list[dict]]:
+    """`callroute ledger export` as CSV (stdout) and Parquet (a file), read back."""
+    import csv
+    import io
+
+    import pyarrow.parquet as pq
+
+    from controlplane.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    # the days around today's too: a run across midnight (UTC) writes two ledger days
+    base = ["ledger", "export", "--store", url, "--from", "2000-01-01", "--to", "2100-01-01"]
+    assert main([*base, "--format", "csv"], out=out, err=err) == 0, err.getvalue()
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    path = tmp / "ledger.parquet"
+    assert main([*base, "--format", "parquet", "--out", str(path)], out=out, err=err) == 0, err.getvalue()
+    return rows, pq.read_table(path).to_pylist()
+
+
+class _Switch:
+    """A switch's lookups to one agent process from a thread, each answer counted per (branch,
+    skill, center answered): what the hosting centers bill each other for."""
+
+    def __init__(self, http_port: int, branches: tuple[str, ...]) -> None:
+        self.port, self.branches = http_port, branches
+        self.answered: dict[tuple[str, str, str], int] = {}
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def total(self) -> int:
+        return sum(self.answered.values())
+
+    def stop(self) -> dict[tuple[str, str, str], int]:
+        self._stop.set()
+        self._thread.join(30)
+        assert not self._thread.is_alive()
+        return self.answered
+
+    def _run(self) -> None:
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        skills = ("retail", "credit_card", "corporate")
+        i = 0
+        try:
+            while not self._stop.is_set():
+                i += 1
+                b, s = self.branches[i % len(self.branches)], skills[(i // 2) % 3]
+                conn.request("GET", f"/v1/route?branch={b}&skill={s}&caller={i}")
+                r = conn.getresponse()
+                body = json.loads(r.read())
+                assert r.status == 200, body
+                key = (b, s, body.get("center") or "")
+                self.answered[key] = self.answered.get(key, 0) + 1
+                self._stop.wait(0.003)
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.errors.append(repr(e))
+        finally:
+            conn.close()
+
+
+@needs_etcd
+async def test_ledger_equals_the_switches_answered_calls_across_leader_sigkill_and_agent_restart(
+        etcd, replicas, tmp_path):
+    """Real processes end to end: etcd, two control-plane replicas, two agent processes answering
+    switches' HTTP lookups. The leader is SIGKILLed while the switches keep calling (a window with
+    no leader: the agents' reports are refused and dropped, their counts put back), then one agent
+    is restarted (SIGTERM, a new process and incarnation on the same state dir). The ledger's
+    totals per (branch, skill, receiving center) equal the answers the switches got: none lost,
+    none counted twice (and they stay equal over further reports)."""
+    from test_agent_fakes import AgentProc, apoll, http_get
+
+    a, b = replicas("a", etcd.url), replicas("b", etcd.url)
+    await wait_for(lambda: _leader_of(a, b), 15, "a leader")
+    cps = f"{a.addr},{b.addr}"
+    homes = {"north": ("beijing", "hebei"), "south": ("guangdong", "fujian")}
+
+    def agent(center: str) -> AgentProc:
+        p = AgentProc(center, tmp_path, cps, grpc=False, state_dir=tmp_path / f"state-{center}",
+                      extra={"report_interval_s": 0.1, "rpc_deadline_s": 1.0})
+        p.args[p.args.index("--topology") + 1] = SMALL
+        return p.start()
+
+    async def serving(p: AgentProc) -> None:
+        await asyncio.to_thread(p.wait_listening)
+        await apoll(lambda: http_get(p.http_port, "/healthz")[0] == 200, 30, what=f"{p.center} serves")
+
+    agents = {c: agent(c) for c in homes}
+    switches: dict[str, _Switch] = {}
+    stopped: list[_Switch] = []
+
+    def stop_switch(c: str) -> None:
+        sw = switches.pop(c)
+        sw.stop()
+        stopped.append(sw)
+    try:
+        for c, p in agents.items():
+            await serving(p)
+            switches[c] = _Switch(p.http_port, homes[c])
+        await apoll(lambda: all(s.total() >= 300 for s in switches.values()), 60, what="phase 1 calls")
+        old = _leader_of(a, b)
+        survivor = b if old is a else a
+        before_kill = {c: s.total() for c, s in switches.items()}
+        old.signal(signal.SIGKILL)
+        await wait_for(lambda: _leader_of(survivor) is survivor, 20, "the survivor leads")
+        leaderless = {c: s.total() - before_kill[c] for c, s in switches.items()}
+        mark = {c: s.total() for c, s in switches.items()}
+        await apoll(lambda: all(s.total() >= mark[c] + 300 for c, s in switches.items()), 60,
+                    what="calls under the new leader")
+        # restart south's agent while its switch keeps calling: SIGTERM, the agent drains (answers
+        # during the notice, then closes its listener: the switch's next call fails) and reports
+        # until its counts are acknowledged; a new process (a new incarnation) takes over
+        agents["south"].signal(signal.SIGTERM)
+        south = switches["south"]
+        await apoll(lambda: south.errors, 30, what="south's listener closed on the switch")
+        stop_switch("south")
+        assert agents["south"].stop() == 0, agents["south"].output()[-3000:]
+        closed = stopped[-1].errors
+        stopped[-1].errors = []
+        assert len(closed) == 1 and any(w in closed[0] for w in ("Connection", "Disconnected")), closed
+        agents["south"] = agent("south")
+        await serving(agents["south"])
+        switches["south"] = _Switch(agents["south"].http_port, homes["south"])
+        await apoll(lambda: switches["south"].total() >= 300, 60, what="calls to the new south agent")
+        for c in list(switches):
+            stop_switch(c)
+        assert not [e for sw in stopped for e in sw.errors]
+        routed: dict[tuple[str, str, str], int] = {}
+        for sw in stopped:
+            for k, n in sw.answered.items():
+                routed[k] = routed.get(k, 0) + n
+        want = sum(routed.values())
+        got: dict[tuple[str, str, str], int] = {}
+
+        async def equal() -> bool:
+            nonlocal got
+            got = await _ledger_total(etcd.url)
+            return got == routed
+
+        try:
+            await wait_for(equal, 30, "ledger == switches' answers", step=0.1)
+        except AssertionError:
+            diff = {k: (got.get(k, 0), routed.get(k, 0)) for k in set(got) | set(routed)
+                    if got.get(k, 0) != routed.get(k, 0)}
+            raise AssertionError(f"ledger {sum(got.values())} vs routed {want}: "
+                                 f"{sorted(diff.items())}") from None
+        # ten more report intervals: nothing arrives late to be counted twice
+        t = time.monotonic()
+        await wait_for(lambda: time.monotonic() - t > 1.0, 5, "ten report intervals")
+        assert await _ledger_total(etcd.url) == routed
+        # the operator's export holds the same totals, as CSV and as Parquet
+        csv_rows, pq_rows = await asyncio.to_thread(_export_both, etcd.url, tmp_path)
+        assert sum(int(r["calls"]) for r in csv_rows) == want
+        assert sum(r["calls"] for r in pq_rows) == want and len(pq_rows) == len(csv_rows)
+        print(f"\nledger e2e: routed {want} calls ({len(routed)} keys), ledger {sum(got.values())}; "
+              f"answered while no leader: {leaderless}; export: {len(csv_rows)} CSV rows, "
+              f"{len(pq_rows)} Parquet rows")
+    finally:
+        for s in switches.values():
+            s.stop()
+        for p in agents.values():
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(p.stop)
+
+
+@needs_etcd
+async def test_ledger_check_reports_each_difference_with_the_acds_and_export_refuses_bad_input(
+        etcd, tmp_path):
+    """`callroute ledger check` against the ACDs' counts per (day, center, skill): exit 0 when they
+    agree, each difference and exit 1 when not; bad dates, files and formats are named (exit 2)."""
+    import io
+
+    from controlplane.cli import main
+    from controlplane.core.ledger import day_of
+    from controlplane.core.model import Report
+    from controlplane.service.ledger import LedgerWriter
+    from controlplane.store.base import Election
+    from controlplane.store.etcd import parse_store_url
+
+    st = parse_store_url(etcd.url, request_timeout_s=2.0)
+
+    class _CP:
+        topology = TOPO
+        store = st
+
+        class settings:  # noqa: N801 - stands in for the Settings struct
+            store_deadline_s = 2.0
+
+        @staticmethod
+        def key(rel: str) -> str:
+            return "/callroute/" + rel
+
+        @staticmethod
+        async def _call(op: str, coro):
+            return await coro
+
+    try:
+        e = Election(st, "/callroute/leader", "one", 1.0)
+        await e.campaign()
+        w = LedgerWriter(_CP, e)
+        await w.record(Report(center="north", seq=1, sent_at=0.0, incarnation=1,
+                              calls={"beijing": {"retail": {"north": 5, "south": 2, "": 1}}}))
+        await w.record(Report(center="south", seq=1, sent_at=0.0, incarnation=1,
+                              calls={"guangdong": {"retail": {"south": 4}}}))
+        await e.resign()
+    finally:
+        await st.close()
+    day = day_of(time.time())
+
+    async def run(*argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        rc = await asyncio.to_thread(main, list(argv), out=out, err=err)  # it runs its own loop
+        return rc, out.getvalue(), err.getvalue()
+
+    def acd(text: str) -> str:
+        p = tmp_path / f"acd{len(list(tmp_path.glob('acd*.csv')))}.csv"
+        p.write_text("day,center,skill,calls\n" + text)
+        return str(p)
+
+    span = ("--store", etcd.url, "--from", day, "--to", day)
+    agree = acd(f"{day},north,retail,5\n{day},south,retail,6\n")
+    rc, out, _ = await run("ledger", "check", *span, "--acd", agree)
+    assert (rc, out.strip()) == (0, "0 differences")
+    differ = acd(f"{day},north,retail,5\n{day},south,retail,7\n")
+    rc, out, _ = await run("ledger", "check", *span, "--acd", differ)
+    assert rc == 1 and f"{day} south retail: ledger 6, ACD 7, difference -1" in out, out
+    rc, out, _ = await run("ledger", "export", *span)
+    assert rc == 0 and out.splitlines()[0] == "day,branch,skill,center,kind,outcome,calls"
+    assert f"{day},beijing,retail,,away,overload,1" in out.splitlines()
+    assert f"{day},beijing,retail,south,away,routed,2" in out.splitlines()
+    assert len(out.splitlines()) == 1 + 4
+    # bad input: named, exit 2, nothing read
+    rc, _, err = await run("ledger", "check", *span, "--acd", acd(f"{day},south,retail,many\n"))
+    assert rc == 2 and "line 2: calls" in err and "many" in err, err
+    rc, _, err = await run("ledger", "export", "--store", etcd.url, "--from", "2026-13-01", "--to", day)
+    assert rc == 2 and "--from" in err and "2026-13-01" in err, err
+    rc, _, err = await run("ledger", "export", "--store", etcd.url, "--from", day, "--to", "2000-01-01")
+    assert rc == 2 and "--to" in err, err
+    rc, _, err = await run("ledger", "export", *span, "--format", "parquet")
+    assert rc == 2 and "--out" in err, err
