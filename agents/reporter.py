@@ -321,6 +321,7 @@ class Reporter:
         # F21: agents.probe.PathProber, whose broken paths every report carries (main sets it)
         self.paths: Any = None
         self._early = asyncio.Event()
+        self._progress = asyncio.Event()  # an ack came or a stream opened (settle waits on it)
 
     def report_now(self) -> None:
         """Build and send the next report now (probe answers the control plane is waiting for)."""
@@ -339,8 +340,11 @@ class Reporter:
                 log.warning("stopping with %d lookups not acknowledged by the control plane",
                             sum(self.counter.counts.values()) + self.ledger.outstanding())
                 return False
+            self._progress.clear()
             self.report_now()
-            await asyncio.sleep(min(self.interval_s, left))  # one report's round trip, bounded
+            with contextlib.suppress(TimeoutError):  # until an ack or a new stream, bounded
+                async with asyncio.timeout(left):
+                    await self._progress.wait()
         return True
 
     # ------------------------------------------------------------ building reports
@@ -537,6 +541,7 @@ class Reporter:
             self._stuck = False
             self.endpoint = ep
             self.state = "connected"
+            self._progress.set()
             try:
                 await self._read_acks(call)
             except asyncio.CancelledError:
@@ -550,6 +555,7 @@ class Reporter:
         async for ack in call:
             self._unacked.pop(ack.seq, None)
             self.ledger.acked(ack.seq, ack.accepted, ack.prior_accepted_seq)
+            self._progress.set()
             self.backoff.reset()
             if ack.accepted:
                 self.acked += 1

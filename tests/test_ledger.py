@@ -289,12 +289,17 @@ async def test_ledger_equals_switch_calls_across_leader_sigkill_and_agent_restar
         await task
         start_agent("south", 99)
         await route(40)
+        # a report in the outbox is in none of the ledger's places yet: wait for those too
         await wait_for(lambda: all(r.ledger.outstanding() + sum(k.counts.values()) == 0
+                                   and r.outbox.empty() and not r._unacked
                                    for r, k, _ in agents.values()), 20, "every count acknowledged")
         got = await _ledger_total(etcd.url)
         diff = {k: (got.get(k, 0), routed.get(k, 0)) for k in set(got) | set(routed)
                 if got.get(k, 0) != routed.get(k, 0)}
-        assert not diff, sorted(diff.items())
+        assert not diff, (sorted(diff.items()),
+                          {c: (r.ledger.rejected, r.last_error, r.sent, r.acked, r.dropped, r.reconnects,
+                               r.ledger.recovered, r.seqs.incarnation) for c, (r, _, _) in agents.items()},
+                          survivor.tail(4000))
         assert all(r.ledger.rejected == 0 for r, _, _ in agents.values())
         print(f"\nledger e2e (Reporters): routed {sum(routed.values())}, ledger {sum(got.values())}, "
               f"reports dropped while no leader answered: {dropped}")

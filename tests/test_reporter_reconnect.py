@@ -101,3 +101,33 @@ async def test_counts_dropped_while_no_leader_answers_are_counted_once_after_rec
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 5)
         await server.stop(None)
+
+
+async def test_settle_reports_until_every_count_is_acknowledged_and_is_bounded():
+    """A graceful stop: settle() returns True once the leader has every count, and False after
+    its timeout when no leader answers (the counts stay outstanding, never claimed as sent)."""
+    cp = _FakeControlPlane()
+    server = grpc.aio.server()
+    report_pb2_grpc.add_ReportServiceServicer_to_server(cp, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    counter = RoutedCounter()
+    # a long interval: without settle() the counts would wait 30 s for the next report
+    rep = Reporter("c0", SimulatedACD(TOPO, "c0", now=0.0, seed=4), counter, SeqStore(None),
+                   [f"127.0.0.1:{port}"], interval_s=30.0, deadline_s=0.5, backoff_initial_s=0.02,
+                   backoff_max_s=0.1, seed=4, known_centers=KNOWN, known_branches=BRANCHES,
+                   known_skills=SKILLS)
+    task = asyncio.ensure_future(rep.run())
+    try:
+        counter.counts[("b0", "retail", "c0")] = 7
+        assert not await rep.settle(0.3)  # no leader: bounded, and nothing is claimed
+        assert rep.ledger.outstanding() + sum(counter.counts.values()) == 7
+        cp.leading = True
+        counter.counts[("b1", "card", "c1")] = 5
+        assert await rep.settle(10.0)
+        assert cp.counted == {("b0", "retail"): 7, ("b1", "card"): 5}
+    finally:
+        rep.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 5)
+        await server.stop(None)
