@@ -52,7 +52,7 @@ def test_rehoming_off_a_closed_center_moves_nothing_off_an_open_one():
 def test_new_skill_applies_at_once():
     new = _replace_center(SMALL, "north", agents={**SMALL.centers[0].agents, "loan_deferral": 20})
     new = _replace_branch(new, "beijing", calls_per_hour={**SMALL.branches[0].calls_per_hour,
-                                                         "loan_deferral": 100})
+                                                         "loan_deferral": 100.0})
     check_topology(new)
     changes = td.diff_topologies(SMALL, new)
     assert [c.kind for c in changes] == [td.SKILL_ADDED, td.SKILL_ADDED]
@@ -141,3 +141,117 @@ def test_describe_is_bounded():
     changes = tuple(td.TopologyChange(td.FORECAST, f"b{i}/retail", "1", "2") for i in range(50))
     text = td.describe(changes, limit=3)
     assert text.endswith("... (47 more)") and text.count(";") == 3
+
+
+# ---------------------------------------------------------------- the brain on a live topology
+
+
+def _brain(t: Topology, now: float = 0.0):
+    from controlplane.core.brain import LeaderBrain
+    from controlplane.core.topology import topology_hash
+
+    return LeaderBrain(t, topology_hash(t), now, publish_interval_s=1.0, base_version=0)
+
+
+def _with_new_skill(t: Topology) -> Topology:
+    new = _replace_center(t, "north", agents={**t.centers[0].agents, "loan_deferral": 20})
+    return _replace_branch(new, "beijing", calls_per_hour={**t.branches[0].calls_per_hour,
+                                                          "loan_deferral": 100.0})
+
+
+def test_brain_replans_from_a_new_topology_at_once_and_the_plan_carries_it():
+    from controlplane.core.brain import CAUSE_TOPOLOGY
+    from controlplane.core.plan import find_route
+    from controlplane.core.topology import topology_hash
+
+    b = _brain(SMALL)
+    p1 = b.compute(0.0, 1e9)
+    assert p1 is not None and p1.topology_version == 0 and not p1.topology_json
+    b.published(p1, 0.0)
+    assert b.compute(0.1, 1e9) is None  # nothing changed
+    new = _with_new_skill(SMALL)
+    doc = msgspec.json.encode(new).decode()
+    assert b.set_topology(new, topology_hash(new), 1, doc, 0.2)
+    assert not b.set_topology(new, topology_hash(new), 1, doc, 0.2)  # the same again: no change
+    assert b.due(0.2)  # urgent: not held for the publish interval
+    p2 = b.compute(0.2, 1e9)
+    assert p2 is not None
+    assert p2.meta["cause"] == CAUSE_TOPOLOGY
+    assert (p2.topology_version, p2.topology_hash, p2.topology_json) == (1, topology_hash(new), doc)
+    r = find_route(p2, "beijing", "loan_deferral")
+    assert r is not None and [t.center for t in r.targets] == ["north"]
+
+
+def test_a_topology_change_that_leaves_routes_alone_is_still_published():
+    from controlplane.core.topology import topology_hash
+
+    b = _brain(SMALL)
+    p1 = b.compute(0.0, 1e9)
+    assert p1 is not None
+    b.published(p1, 0.0)
+    new = _replace_center(SMALL, "north", address="sip:acd2.north.callroute.example")
+    b.set_topology(new, topology_hash(new), 1, msgspec.json.encode(new).decode(), 0.1)
+    p2 = b.compute(0.1, 1e9)
+    assert p2 is not None and p2.routes == p1.routes and p2.topology_version == 1
+
+
+def test_a_center_added_live_is_unknown_then_down_counted_from_when_it_was_added():
+    from controlplane.core.health import HealthSettings
+    from controlplane.core.model import Status
+    from controlplane.core.topology import topology_hash
+
+    b = _brain(NATIONAL)
+    tenth = Center("xian", region="northwest", agents={"retail": 50})
+    new = msgspec.structs.replace(NATIONAL, centers=(*NATIONAL.centers, tenth))
+    down_after = HealthSettings().down_after_s
+    at = 1000.0  # long after the tracker started: a "no report since start" clock would say DOWN
+    b.set_topology(new, topology_hash(new), 1, msgspec.json.encode(new).decode(), at)
+    assert b.tracker.view(at + 0.1)["xian"].status == Status.UNKNOWN
+    assert b.tracker.view(at + down_after + 0.1)["xian"].status == Status.DOWN
+    assert "xian" in b.known
+
+
+def test_an_override_that_no_longer_fits_is_dropped_with_the_topology():
+    from controlplane.core.overrides import Override
+    from controlplane.core.topology import topology_hash
+
+    b = _brain(SMALL)
+    b.set_overrides({"o1": Override(id="o1", share=0.1, to=("west",), branch="fujian", ttl_s=60.0)})
+    gone = msgspec.structs.replace(SMALL, branches=tuple(x for x in SMALL.branches if x.id != "fujian"))
+    b.set_topology(gone, topology_hash(gone), 1, msgspec.json.encode(gone).decode(), 0.0)
+    assert b.overrides == {}
+    assert b.compute(0.0, 1e9) is not None
+
+
+# ---------------------------------------------------------------- the agent switches with the plan
+
+
+def test_agent_cache_switches_topology_and_plan_together():
+    from agents.plancache import PlanCache
+    from controlplane.core.topology import topology_hash
+
+    cache = PlanCache(SMALL)
+    seen: list[Topology] = []
+    cache.on_topology.append(seen.append)
+    b = _brain(SMALL)
+    p1 = b.compute(0.0, 1e9)
+    assert p1 is not None and cache.offer(p1) == ""
+    b.published(p1, 0.0)
+    new = _with_new_skill(SMALL)
+    doc = msgspec.json.encode(new).decode()
+    b.set_topology(new, topology_hash(new), 1, doc, 0.1)
+    p2 = b.compute(0.1, 1e9)
+    assert p2 is not None
+    # without the topology it carries, a plan for another topology is refused, as before
+    bare = msgspec.structs.replace(p2, topology_json="")
+    assert "topology_hash=" in cache.check(bare)
+    # a carried topology that does not match the plan's hash is refused, naming the field
+    other = msgspec.json.encode(SMALL).decode()
+    assert cache.check(msgspec.structs.replace(p2, topology_json=other)).startswith("topology_json: its hash")
+    bad = msgspec.json.encode({**msgspec.to_builtins(new), "centers": []}).decode()
+    why = cache.check(msgspec.structs.replace(p2, topology_json=bad))
+    assert why.startswith("topology_json:") and "centers" in why
+    assert cache.topology is SMALL and seen == []
+    assert cache.offer(p2) == ""
+    assert cache.topology == new and seen == [new]
+    assert cache.served is not None and cache.served.plan.version == p2.version
