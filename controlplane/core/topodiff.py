@@ -204,8 +204,8 @@ def traffic_moved_off(old: Topology, new: Topology, plan: Plan | None,
         for s, cph in sorted(b.calls_per_hour.items()):
             if s not in nb.calls_per_hour and cph > 0:
                 targets = _route_centers(plan, b.id, s) or ({b.home} if plan is None else set())
-                for c in sorted(targets):
-                    add(c, f"skill {s} removed from branch {b.id}, whose calls {c} takes")
+                for target in sorted(targets):
+                    add(target, f"skill {s} removed from branch {b.id}, whose calls {target} takes")
     return {c: tuple(dict.fromkeys(why[c])) for c in sorted(why)}
 
 
