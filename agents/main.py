@@ -143,6 +143,7 @@ class Agent:
             known_skills=frozenset(topology.skills()) if topology is not None else None,
             on_plan_version=self.cache.confirm, tls=agent_tls(settings))
         self._offers: set[asyncio.Task[None]] = set()
+        self.cache.on_topology.append(self._use_topology)
         self.prober: PeerProber | None = None
         self.path_prober: PathProber | None = None
         self.offer_errors = 0
@@ -232,6 +233,16 @@ class Agent:
                 task = loop.create_task(self._post_offer(addr, per_skill))
                 self._offers.add(task)
                 task.add_done_callback(self._offers.discard)
+
+    def _use_topology(self, topology: Topology) -> None:
+        """A plan brought a live topology (issue 18): reports may name its centers, branches and
+        skills from now on (the simulated ACD keeps its start-up staffing)."""
+        self.topology = topology
+        self.reporter.known_centers = frozenset(topology.center_ids())
+        self.reporter.known_branches = frozenset(b.id for b in topology.branches)
+        self.reporter.known_skills = frozenset(topology.skills())
+        if isinstance(self.acd, PushACD):
+            self.acd.known_skills = frozenset(topology.skills())
 
     async def _post_offer(self, addr: str, per_skill: dict[str, int]) -> None:
         host, _, port = addr.rpartition(":")

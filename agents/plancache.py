@@ -191,6 +191,10 @@ class PlanCache:
         self._ring_cache: Any = None
         # callbacks after each swap (the HTTP server drops its response cache)
         self.on_swap: list[Callable[[Served], None]] = []
+        # live topologies carried by plans (issue 18), by hash: checked once, switched to with the
+        # plan that carries it; then the callbacks (the reporter's and ACD's known ids)
+        self._carried: dict[str, Topology] = {}
+        self.on_topology: list[Callable[[Topology], None]] = []
 
     @property
     def version(self) -> int:
@@ -224,18 +228,45 @@ class PlanCache:
         if self.topology is not None:
             from controlplane.core.plan import consistent
 
+            topology = self.topology
             if plan.topology_hash:
                 want = self._topology_hash()
                 if want and plan.topology_hash != want:
-                    return (f"topology_hash={plan.topology_hash!r}: this agent's topology is "
-                            f"{want!r}")
-            errors = consistent(plan, self.topology)
+                    if not plan.topology_json:
+                        return (f"topology_hash={plan.topology_hash!r}: this agent's topology is "
+                                f"{want!r}")
+                    # a live topology (issue 18): the plan carries it; checked like a file at start
+                    got = self._carried_topology(plan)
+                    if isinstance(got, str):
+                        return got
+                    topology = got
+            errors = consistent(plan, topology)
         else:
             errors = self_consistent(plan)
         if errors:
             more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
             return ("; ".join(errors[:3]) + more)[:MAX_REASON]
         return ""
+
+    def _carried_topology(self, plan: Plan) -> Topology | str:
+        """The topology `plan` carries, checked, or why it is refused."""
+        got = self._carried.get(plan.topology_hash)
+        if got is not None:
+            return got
+        from controlplane.core.topology import parse_topology, topology_hash
+
+        source = f"plan {plan.version} topology v{plan.topology_version}"
+        try:
+            topo = parse_topology(msgspec.json.decode(plan.topology_json), source)
+        except (msgspec.DecodeError, InvalidInput) as e:
+            return f"topology_json: {e}"[:MAX_REASON]
+        if topology_hash(topo) != plan.topology_hash:
+            return (f"topology_json: its hash {topology_hash(topo)!r} is not the plan's topology_hash "
+                    f"{plan.topology_hash!r}")
+        if len(self._carried) >= 4:  # a few at most: the one in use and the next
+            self._carried.clear()
+        self._carried[plan.topology_hash] = topo
+        return topo
 
     def _topology_hash(self) -> str:
         if self._topo_hash is None and self.topology is not None:
@@ -258,10 +289,22 @@ class PlanCache:
                       version=plan.version)
 
     def swap(self, served: Served, now: float | None = None) -> None:
+        new_topology = None
+        h = served.plan.topology_hash
+        if self.topology is not None and h and h != self._topology_hash():
+            new_topology = self._carried.get(h)
+        if new_topology is not None:
+            # the topology and the plan made from it switch together (issue 18)
+            self.topology = new_topology
+            self._topo_hash = h
         self.served = served
         self.applied_at = self.confirmed_at = self.clock() if now is None else now
         for cb in self.on_swap:
             cb(served)
+        if new_topology is not None:
+            log.info("topology v%d (%s) from plan %d", served.plan.topology_version, h, served.version)
+            for tcb in self.on_topology:
+                tcb(new_topology)
 
     def offer(self, plan: Plan, persist: bool = True) -> str:
         """Check, compile, persist and swap in one go (blocking); returns the NACK reason or ""."""

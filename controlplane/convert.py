@@ -76,6 +76,9 @@ MAX_CALLER_LEN = 128
 MAX_WALL_TIME_S = 4_102_444_800.0
 # A topology hash is a hex digest (xxh128 or blake2b-256: 32..64 characters); room for a prefix.
 MAX_HASH_LEN = 128
+# A live topology rides in its plans (issue 18): the national example is ~15 KB as JSON, the
+# 200-center synthetic network ~1 MB; four times that is not a topology.
+MAX_TOPOLOGY_JSON = 4 << 20
 # Versions and seqs are stored as signed 64-bit in places (etcd keys are %020d of them).
 MAX_VERSION = 2**63 - 1
 
@@ -337,7 +340,8 @@ def plan_to_pb(plan: Plan) -> types_pb2.Plan:
     m = types_pb2.Plan(version=plan.version, feasible=plan.feasible,
                        infeasible_reasons=plan.infeasible_reasons, closed=plan.closed,
                        created_at=plan.created_at, topology_hash=plan.topology_hash,
-                       meta={k: _meta_value_to_str(v) for k, v in plan.meta.items()})
+                       meta={k: _meta_value_to_str(v) for k, v in plan.meta.items()},
+                       topology_version=plan.topology_version, topology_json=plan.topology_json)
     kind_to_pb = _KIND_TO_PB
     action_to_pb = _OVERLOAD_TO_PB
     add_route = m.routes.add
@@ -410,6 +414,11 @@ def plan_from_pb(msg: types_pb2.Plan) -> Plan:
         raise InvalidInput("created_at", created_at, f"must be a wall time in [0, {MAX_WALL_TIME_S:g}]")
     if len(msg.topology_hash) > MAX_HASH_LEN:
         raise InvalidInput("topology_hash", msg.topology_hash, f"longer than {MAX_HASH_LEN} characters")
+    if len(msg.topology_json) > MAX_TOPOLOGY_JSON:
+        raise InvalidInput("topology_json", len(msg.topology_json),
+                           f"longer than {MAX_TOPOLOGY_JSON} characters")
+    if msg.topology_version > MAX_VERSION:
+        raise InvalidInput("topology_version", msg.topology_version, f"must be at most {MAX_VERSION}")
     # A plan names the same few centers and skills thousands of times: check each distinct id once.
     ok_ids: set[str] = set()
     kinds = _KIND_FROM_PB
@@ -454,7 +463,8 @@ def plan_from_pb(msg: types_pb2.Plan) -> Plan:
         check_id(f"closed[{i}]", c)
     return Plan(version=msg.version, routes=tuple(routes), receivers=receivers, feasible=msg.feasible,
                 infeasible_reasons=tuple(msg.infeasible_reasons), closed=closed, created_at=created_at,
-                topology_hash=msg.topology_hash, meta=dict(msg.meta))
+                topology_hash=msg.topology_hash, meta=dict(msg.meta),
+                topology_version=msg.topology_version, topology_json=msg.topology_json)
 
 
 def route_changes_to_pb(changes: Iterable[Any]) -> list[operator_pb2.RouteChange]:

@@ -121,7 +121,9 @@ def test_api_surface():
                                    "RollbackPlan", "Explain", "Audit",
                                    # issue 18 (liveops)
                                    "SetOverride", "ListOverrides", "ClearOverride", "SetCalendar",
-                                   "GetCalendar"]),
+                                   "GetCalendar",
+                                   # issue 18 (livetopo)
+                                   "ApplyTopology"]),
     }
     streaming = report_pb2.DESCRIPTOR.services_by_name["ReportService"].methods_by_name["Report"]
     assert streaming.client_streaming and streaming.server_streaming
@@ -169,7 +171,8 @@ def test_wire_field_numbers_never_change():
     assert nums["callroute.v1.PlanPush"] == {"version": 1, "nonce": 2, "plan": 3, "served_by": 4}
     assert nums["callroute.v1.Plan"] == {"version": 1, "routes": 2, "receivers": 3, "feasible": 4,
                                          "infeasible_reasons": 5, "closed": 6, "created_at": 7,
-                                         "topology_hash": 8, "meta": 9}
+                                         "topology_hash": 8, "meta": 9,
+                                         "topology_version": 10, "topology_json": 11}
     assert nums["callroute.v1.Route"] == {"branch": 1, "skill": 2, "targets": 3, "kind": 4,
                                           "vip_targets": 5, "overload_action": 6, "explanation": 7,
                                           "home": 8}

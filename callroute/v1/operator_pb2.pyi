@@ -683,3 +683,65 @@ class GetCalendarReply(_message.Message):
     CALENDAR_JSON_FIELD_NUMBER: _ClassVar[int]
     calendar_json: str
     def __init__(self, calendar_json: _Optional[str] = ...) -> None: ...
+
+class ApplyTopologyRequest(_message.Message):
+    __slots__ = ("topology_yaml", "operator", "reason", "request_id", "dry_run")
+    TOPOLOGY_YAML_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    topology_yaml: str
+    operator: str
+    reason: str
+    request_id: str
+    dry_run: bool
+    def __init__(self, topology_yaml: _Optional[str] = ..., operator: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class TopologyChangeInfo(_message.Message):
+    __slots__ = ("kind", "subject", "before", "after")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    subject: str
+    before: str
+    after: str
+    def __init__(self, kind: _Optional[str] = ..., subject: _Optional[str] = ..., before: _Optional[str] = ..., after: _Optional[str] = ...) -> None: ...
+
+class TopologyMove(_message.Message):
+    __slots__ = ("center", "why")
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    WHY_FIELD_NUMBER: _ClassVar[int]
+    center: str
+    why: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, center: _Optional[str] = ..., why: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ApplyTopologyReply(_message.Message):
+    __slots__ = ("status", "audit_id", "request_id", "plan_version", "message", "from_version", "topology_version", "topology_hash", "changes", "moves_off", "route_changes", "below_target")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_HASH_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    MOVES_OFF_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    BELOW_TARGET_FIELD_NUMBER: _ClassVar[int]
+    status: ChangeStatus
+    audit_id: str
+    request_id: str
+    plan_version: int
+    message: str
+    from_version: int
+    topology_version: int
+    topology_hash: str
+    changes: _containers.RepeatedCompositeFieldContainer[TopologyChangeInfo]
+    moves_off: _containers.RepeatedCompositeFieldContainer[TopologyMove]
+    route_changes: _containers.RepeatedCompositeFieldContainer[RouteChange]
+    below_target: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, status: _Optional[_Union[ChangeStatus, str]] = ..., audit_id: _Optional[str] = ..., request_id: _Optional[str] = ..., plan_version: _Optional[int] = ..., message: _Optional[str] = ..., from_version: _Optional[int] = ..., topology_version: _Optional[int] = ..., topology_hash: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[TopologyChangeInfo, _Mapping]]] = ..., moves_off: _Optional[_Iterable[_Union[TopologyMove, _Mapping]]] = ..., route_changes: _Optional[_Iterable[_Union[RouteChange, _Mapping]]] = ..., below_target: _Optional[_Iterable[str]] = ...) -> None: ...

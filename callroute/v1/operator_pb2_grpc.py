@@ -125,6 +125,11 @@ class OperatorServiceStub:
                 request_serializer=callroute_dot_v1_dot_operator__pb2.GetCalendarRequest.SerializeToString,
                 response_deserializer=callroute_dot_v1_dot_operator__pb2.GetCalendarReply.FromString,
                 _registered_method=True)
+        self.ApplyTopology = channel.unary_unary(
+                '/callroute.v1.OperatorService/ApplyTopology',
+                request_serializer=callroute_dot_v1_dot_operator__pb2.ApplyTopologyRequest.SerializeToString,
+                response_deserializer=callroute_dot_v1_dot_operator__pb2.ApplyTopologyReply.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -255,6 +260,15 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyTopology(self, request, context):
+        """Live topology (issue 18): validate a new topology, show its diff and predicted route moves
+        (dry_run), store it as the next version; the leader replans from it with no restart. A change
+        that moves calls off an open center waits for a second operator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -347,6 +361,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.GetCalendar,
                     request_deserializer=callroute_dot_v1_dot_operator__pb2.GetCalendarRequest.FromString,
                     response_serializer=callroute_dot_v1_dot_operator__pb2.GetCalendarReply.SerializeToString,
+            ),
+            'ApplyTopology': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyTopology,
+                    request_deserializer=callroute_dot_v1_dot_operator__pb2.ApplyTopologyRequest.FromString,
+                    response_serializer=callroute_dot_v1_dot_operator__pb2.ApplyTopologyReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -836,6 +855,33 @@ class OperatorService:
             '/callroute.v1.OperatorService/GetCalendar',
             callroute_dot_v1_dot_operator__pb2.GetCalendarRequest.SerializeToString,
             callroute_dot_v1_dot_operator__pb2.GetCalendarReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyTopology(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callroute.v1.OperatorService/ApplyTopology',
+            callroute_dot_v1_dot_operator__pb2.ApplyTopologyRequest.SerializeToString,
+            callroute_dot_v1_dot_operator__pb2.ApplyTopologyReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -111,7 +111,7 @@ class CenterPrediction(_message.Message):
     def __init__(self, skills: _Optional[_Mapping[str, ReceiverPrediction]] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("version", "routes", "receivers", "feasible", "infeasible_reasons", "closed", "created_at", "topology_hash", "meta")
+    __slots__ = ("version", "routes", "receivers", "feasible", "infeasible_reasons", "closed", "created_at", "topology_hash", "meta", "topology_version", "topology_json")
     class ReceiversEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +135,8 @@ class Plan(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     TOPOLOGY_HASH_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_JSON_FIELD_NUMBER: _ClassVar[int]
     version: int
     routes: _containers.RepeatedCompositeFieldContainer[Route]
     receivers: _containers.MessageMap[str, CenterPrediction]
@@ -144,4 +146,6 @@ class Plan(_message.Message):
     created_at: float
     topology_hash: str
     meta: _containers.ScalarMap[str, str]
-    def __init__(self, version: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., receivers: _Optional[_Mapping[str, CenterPrediction]] = ..., feasible: _Optional[bool] = ..., infeasible_reasons: _Optional[_Iterable[str]] = ..., closed: _Optional[_Iterable[str]] = ..., created_at: _Optional[float] = ..., topology_hash: _Optional[str] = ..., meta: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    topology_version: int
+    topology_json: str
+    def __init__(self, version: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., receivers: _Optional[_Mapping[str, CenterPrediction]] = ..., feasible: _Optional[bool] = ..., infeasible_reasons: _Optional[_Iterable[str]] = ..., closed: _Optional[_Iterable[str]] = ..., created_at: _Optional[float] = ..., topology_hash: _Optional[str] = ..., meta: _Optional[_Mapping[str, str]] = ..., topology_version: _Optional[int] = ..., topology_json: _Optional[str] = ...) -> None: ...

@@ -7,6 +7,7 @@
 | operator    | centers, close, drain, open, explain, audit                   | a control plane  |
 | drills      | drill start|status|abort, approve, pending                     | a control plane  |
 | liveops     | override set|list|clear, calendar set|show                    | a control plane  |
+| topology    | topology diff|apply FILE (live topology)                     | a control plane  |
 | readiness   | readiness (DR readiness of a forecast day)                    | a topology file  |
 | ledger      | ledger export|check (the billing ledger)                       | the store        |
 | certs       | certs init|rotate                                             | a directory      |
@@ -25,7 +26,18 @@ import sys
 from collections.abc import Sequence
 from typing import IO
 
-from controlplane.cli import certs, drills, ledger, liveops, offline, operator, plans, readiness, services
+from controlplane.cli import (
+    certs,
+    drills,
+    ledger,
+    liveops,
+    offline,
+    operator,
+    plans,
+    readiness,
+    services,
+    topology,
+)
 from controlplane.cli.client import _run_parsed
 from controlplane.core.model import InvalidInput
 
@@ -38,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_parsers(sub)
     drills.add_parsers(sub)
     liveops.add_parsers(sub)
+    topology.add_parsers(sub)
     readiness.add_parsers(sub)
     ledger.add_parsers(sub)
     certs.add_parsers(sub)

@@ -19,8 +19,8 @@ import msgspec
 from .calendar import Calendar, holiday_overrides
 from .demand import DemandSettings, DemandTracker
 from .health import HealthSettings, HealthTracker
-from .model import AdminState, NetworkView, Plan, Report, Status, Topology
-from .overrides import Override, apply_overrides
+from .model import AdminState, InvalidInput, NetworkView, Plan, Report, Status, Topology
+from .overrides import Override, apply_overrides, check_override
 from .paths import PathBook, apply_broken_paths
 from .plan import consistent
 from .planner import PlanTracker, reason_closed
@@ -39,6 +39,7 @@ CAUSE_PATH = "path broken or restored"
 # national plans in 1.3 s for one SIGSTOPped center at load 8) starved the leader's loop until
 # reports looked late and it panicked. 0.2 s keeps a path change well inside F21's 2 s
 PATH_COALESCE_S = 0.2
+CAUSE_TOPOLOGY = "topology change"
 # health gauges are refreshed at least this often (and on every change): scrapes are seconds apart
 HEALTH_METRICS_EVERY_S = 1.0
 # a center's own state changes (its ACD's emergency switch, a local drain) waiting for their audit
@@ -108,6 +109,11 @@ class LeaderBrain:
         # starts empty and plans on the forecast until reports arrive: the old leader's estimate
         # is not carried over, a few report intervals rebuild it
         self.demand = DemandTracker(topology, demand_settings or DemandSettings(), now)
+        self._demand_settings = demand_settings or DemandSettings()
+        # the live topology's version (issue 18; 0: the start-up file) and its JSON, both carried
+        # by every plan made from it
+        self.topology_version = 0
+        self.topology_json = ""
         self.version = base_version  # highest version in the store when we took over
         self.last_plan = base_plan
         self.admin: dict[str, AdminState] = dict(admin or {})
@@ -332,6 +338,37 @@ class LeaderBrain:
             self.overrides = dict(overrides)
             self._urgent(CAUSE_OPERATOR)
 
+    def set_topology(self, topology: Topology, topology_hash: str, version: int, topology_json: str,
+                     now: float) -> bool:
+        """Plan from a new live topology (issue 18) from the next computation, with no restart.
+
+        Health and sequence checks of the centers it keeps carry on; a new center is UNKNOWN until
+        it reports; overflow hysteresis carries on where (center, skill) pairs remain. The live
+        demand estimate restarts from the new forecast (a few report intervals rebuild it).
+        Overrides that no longer fit the topology are dropped. Returns whether anything changed.
+        """
+        if topology_hash == self.topology_hash and version == self.topology_version:
+            return False
+        for cid in topology.center_ids():
+            self.tracker.add_center(cid, now)
+        self.topology = topology
+        self.topology_hash = topology_hash
+        self.topology_version = version
+        self.topology_json = topology_json
+        self.known = frozenset(topology.center_ids())
+        self.planner.topology = topology
+        self.demand = DemandTracker(topology, self._demand_settings, now)
+        kept: dict[str, Override] = {}
+        for oid, ov in self.overrides.items():
+            try:
+                check_override(ov, topology)
+            except InvalidInput:
+                continue
+            kept[oid] = ov
+        self.overrides = kept
+        self._urgent(CAUSE_TOPOLOGY)
+        return True
+
     def set_shed(self, shed: dict[str, float], cause: str = CAUSE_DRILL) -> None:
         if shed != self.shed:
             self.shed = dict(shed)
@@ -456,12 +493,15 @@ class LeaderBrain:
             self.last_plan is not None
             and plan.routes == self.last_plan.routes
             and plan.closed == self.last_plan.closed
+            and self.last_plan.topology_hash == self.topology_hash
         ):
             return None
         plan = msgspec.structs.replace(
             plan,
             created_at=wall,
             topology_hash=self.topology_hash,
+            topology_version=self.topology_version,
+            topology_json=self.topology_json,
             meta=plan.meta | {"cause": cause, "leader": self.leader_id, "term": str(self.term)}
             | ({"shed": shed_meta(self.shed)} if self.shed else {}),
         )
@@ -482,6 +522,8 @@ class LeaderBrain:
             created_at=wall,
             closed=tuple(sorted(set(old.closed) | closed)),
             topology_hash=self.topology_hash,
+            topology_version=self.topology_version,
+            topology_json=self.topology_json,
             meta={
                 "cause": CAUSE_ROLLBACK,
                 "rollback_of": str(old.version),

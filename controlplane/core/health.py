@@ -282,6 +282,8 @@ class _Center(msgspec.Struct):
     # peers reached the silent center (issue 16, F19: only our link to it is cut): it is not DOWN
     # before this time whatever its silence, and keeps weight 1.0 (its routes) while STALE
     vouched_until: float = -math.inf
+    # when a live topology added it (issue 18): its "no report since start" counts from then
+    added_at: float = -math.inf
 
 
 class HealthTracker:
@@ -344,6 +346,25 @@ class HealthTracker:
         self._stale = StaleReport("", 0, 0)
 
     # ------------------------------------------------------------------ inputs
+
+    def add_center(self, cid: str, now: float) -> None:
+        """A center a live topology added (issue 18): UNKNOWN until its first report, DOWN when
+        none comes within down_after_s of `now`. A center already known is left as it is."""
+        check_id("centers", cid)
+        if cid in self._centers:
+            return
+        now = self._clamp(now)
+        s = self._s
+        keep = max(s.failing_window_intervals,
+                   math.ceil(s.failing_arrival_window_s / s.interval_s) + WINDOW_SLACK_INTERVALS)
+        c = _Center(cid, len(self._centers), deque(maxlen=keep), deque(maxlen=keep),
+                    holddown_s=s.failing_holddown_s, added_at=now)
+        self._centers[cid] = c
+        self._sent_to[cid] = deque()
+        due = now + self._down_after_s
+        self._dues.append(due)
+        self._due = min(self._due, due)
+        self._touch(c)
 
     def observe(self, report: Report, now: float) -> list[HealthChange]:
         """Take one report, already checked by model.validate_report; returns the changes it caused.
@@ -687,7 +708,7 @@ class HealthTracker:
             return best
         last = c.last_report_at
         if last is None:
-            return min(best, self._start + self._down_after_s)
+            return min(best, max(self._start, c.added_at) + self._down_after_s)
         if c.closed_at is None and c.vouched_until == -math.inf:  # _deadlines(c), inline: the usual case
             stale_at = last + self._stale_after_s
             down_at = last + self._down_after_s
@@ -828,10 +849,11 @@ class HealthTracker:
                 why = f"{why}; recovering ({c.streak}/{s.recover_intervals} fresh reports)"
             return _Verdict(Status.DOWN, 0.0, why, c.down_since)
         if c.last_report_at is None:
-            t = self._start + s.down_after_s
+            start = max(self._start, c.added_at)
+            t = start + s.down_after_s
             if now >= t:
                 return _Verdict(Status.DOWN, 0.0, f"no report within {s.down_after_s:g} s of start", t)
-            return _Verdict(Status.UNKNOWN, 1.0, "no report yet", self._start)
+            return _Verdict(Status.UNKNOWN, 1.0, "no report yet", start)
         if c.closed_at is None and c.vouched_until == -math.inf:  # _deadlines(c), inline: the usual case
             stale_at = c.last_report_at + self._stale_after_s
             down_at = c.last_report_at + self._down_after_s

@@ -367,3 +367,7 @@ class Plan(msgspec.Struct, frozen=True):
     topology_hash: str = ""
     # free-form per-plan extras; older agents ignore fields they do not know (B9)
     meta: dict[str, Any] = {}
+    # the live topology this plan was made for (issue 18): its version (0: the start-up file) and,
+    # when above 0, the topology itself as JSON, so an agent switches topology and plan together
+    topology_version: int = 0
+    topology_json: str = ""

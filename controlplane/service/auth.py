@@ -78,6 +78,7 @@ METHOD_ROLES: dict[str, Role] = {
     _OPS + "ClearOverride": Role.OPERATOR,
     _OPS + "GetCalendar": Role.VIEWER,
     _OPS + "SetCalendar": Role.ADMIN,
+    _OPS + "ApplyTopology": Role.ADMIN,
 }
 # the agents' streams: authenticated by the center certificate, never by a token
 CENTER_METHODS = frozenset({"/callroute.v1.ReportService/Report", "/callroute.v1.PlanService/WatchPlan"})

@@ -31,6 +31,7 @@ from .overrides import watch_overrides
 from .readiness import ReadinessWatch
 from .retention import RetentionSweeper
 from .term import Demoted
+from .topology import load_live_topology
 
 log = logging.getLogger("callroute.controlplane.leader")
 
@@ -133,6 +134,7 @@ class LeaderLoop:
         if base_version and (base_plan is None or base_plan.version != base_version):
             base_plan = await cp.publisher.load(base_version)
         admin = await cp.read_admin()
+        await load_live_topology(cp)  # a newer topology than this replica's file (issue 18)
         rollback = await self._read_rollback()
         seqs = await self._read_seqs()
         reported = await self._read_reported()
@@ -158,6 +160,7 @@ class LeaderLoop:
             suspicion_settings=cp.settings.suspicion,
         )
         self.brain.shed = shed
+        self.brain.topology_version, self.brain.topology_json = cp.topology_version, cp.topology_json
         if seqs is not None:
             self.brain.tracker.restore(seqs)
         self.brain.restore_reported(reported)

@@ -47,7 +47,7 @@ from controlplane.core.model import AdminState, InvalidInput, NetworkView, Plan,
 from controlplane.core.plan import diff_plans, explain, find_route, moves_traffic_off_open_center
 from controlplane.store.base import Delete, Get, Put, key_missing, mod_revision_is
 
-from . import calendars, overrides
+from . import calendars, overrides, topology
 from .audit import AuditRecord, RequestRecord
 
 log = logging.getLogger("callroute.controlplane.operator")
@@ -111,6 +111,8 @@ def request_what(action: str, center: str = "", state: str = "", to_version: int
         return f"rollback_plan plan/{to_version}"
     if action.endswith("_override"):  # service/overrides.py: `center` carries the override id
         return f"{action} override/{center}"
+    if action == topology.ACTION:  # service/topology.py: `center` carries the version, "v3"
+        return f"{action} topology/{center}"
     return f"{action} center/{center}" + (f" {state}" if state else "")
 
 
@@ -430,12 +432,12 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         pkey, rkey = cp.key(PENDING + rid), cp.key("requests/" + rid)
         now = time.time()
         whats = {"set_center_state": f"{state} {center}", "rollback_plan": f"rollback to plan {to_version}",
-                 "set_override": f"override {center}"}
+                 "set_override": f"override {center}", topology.ACTION: f"topology {center}"}
         what = whats.get(action, f"live drill of {center}")
         bound = request_what(action, center, state, to_version)
         target = f"plan/{to_version}" if action == "rollback_plan" else f"center/{center}"
         if payload:
-            target = f"override/{center}"
+            target = f"topology/{center}" if action == topology.ACTION else f"override/{center}"
         audit_id, audit_put = self._audit_put(operator, action, target, reason,
                                               "pending approval (two-person rule)", rid)
         pending = PendingRecord(rid, action, center, operator, reason, now,
@@ -588,6 +590,9 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                                              approver=request.approver, audit_id=audit_id)
             return await self._create_drill(context, rec, [*ops, audit_put, Delete(pkey)], compare,
                                             audit_id, status_reply=False)
+        if pending.action == topology.ACTION and pending.payload:
+            return await topology.approve_topology(self, context, pending, request.approver,
+                                                   [audit_put, Delete(pkey)], compare, rid)
         if pending.action == "set_override" and pending.payload:
             return await overrides.approve_override(self, context, pending, request.approver,
                                                     [audit_put, Delete(pkey)], compare, rid)
@@ -1127,3 +1132,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
 
     async def GetCalendar(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         return await calendars.get_calendar(self, request, context)
+
+    # ------------------------------------------------------------------ live topology (topology.py)
+
+    async def ApplyTopology(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await topology.apply_topology(self, request, context)

@@ -29,10 +29,6 @@ log = logging.getLogger("callroute.controlplane.reports")
 class ReportServicer(report_pb2_grpc.ReportServiceServicer):
     def __init__(self, cp: Any) -> None:
         self.cp = cp
-        # demand may name only the topology's branches and skills (B2): a typo'd id is refused
-        # with its field, and the per-branch metric's label set stays bounded
-        self.branches = frozenset(b.id for b in cp.topology.branches)
-        self.skills = frozenset(cp.topology.skills())
 
     async def _not_leader(self, context: grpc.aio.ServicerContext) -> None:
         where = self.cp.leader_address or "unknown"
@@ -47,8 +43,6 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
         # bound once per stream: labels() is a dict lookup under a lock, per report it adds up
         accepted = metrics.reports.labels("accepted")
         rejected = metrics.reports.labels("rejected")
-        known = cp.known_centers
-        branches, skills = self.branches, self.skills
         loop = cp.loop
         center = ""
         brain = leader.brain
@@ -64,7 +58,10 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                     await self._not_leader(context)
                 version = cp.feed.version
                 try:
-                    report = report_from_pb(msg, known, known_branches=branches, known_skills=skills)
+                    # demand may name only the topology's branches and skills (B2): a typo'd id is
+                    # refused with its field; read per report, a live topology replaces them
+                    report = report_from_pb(msg, cp.known_centers, known_branches=cp.known_branches,
+                                            known_skills=cp.known_skills)
                     if center and report.center != center:
                         raise InvalidInput(
                             "center",

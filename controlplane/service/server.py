@@ -50,6 +50,7 @@ from .planwatch import AckRecorder, PlanFeed, PlanServicer, decode_plan
 from .publisher import Heartbeat, Publisher
 from .reports import ReportServicer
 from .settings import ControlPlaneSettings, insecure_exposures, parse_hostport, store_url
+from .topology import follow_topology
 
 # how long stop() waits for cancelled tasks: they end within milliseconds; longer is a bug to log
 STOP_TASKS_TIMEOUT_S = 5.0
@@ -229,6 +230,12 @@ class ControlPlane:
         self.topology = topology
         self.topology_hash = topology_hash
         self.known_centers = frozenset(topology.center_ids())
+        # the live topology (service/topology.py): its version (0: the file above), its JSON, and
+        # the ids reports may name; replaced together when an operator applies a new one
+        self.topology_version = 0
+        self.topology_json = ""
+        self.known_branches = frozenset(b.id for b in topology.branches)
+        self.known_skills = frozenset(topology.skills())
         self.store = store
         self.metrics = ControlPlaneMetrics()
         self.feed = PlanFeed()
@@ -542,6 +549,7 @@ class ControlPlane:
             self.metrics_port = self.metrics_server.sockets[0].getsockname()[1]
         for coro in (
             self._supervise("plans", self.follow_plans),
+            self._supervise("topology", lambda: follow_topology(self)),
             self._supervise("leader", self.leader.run),
             self._supervise("acks", self.acks.run),
             self._supervise("age", self.refresh_age),

@@ -1,0 +1,218 @@
+"""Live topology changes, pure: what changed between two topologies and whose calls it moves.
+
+`callroute topology diff|apply` (issue 18) shows an operator the change before it is applied, and
+the two-person rule asks for a second operator when the change moves calls off an open center.
+Both come from here: `diff_topologies` lists the changes (the audit entry's diff), and
+`traffic_moved_off` names the open centers that lose calls and why, judged on the plan in force:
+- a branch re-homed (or removed) whose old home is open: its calls leave that center;
+- a schedule rule dropped whose host is open: that center stops hosting the branch at those hours;
+- a center removed while open and sent calls by the plan;
+- a skill removed from an open center's staffing while the plan sends it calls of that skill;
+- a skill removed from a branch's calls while the plan sends them to open centers (they stop).
+Everything else (a new skill, center or branch, staffing or forecast changed, policy tuned) does
+not by itself move calls off an open center, so it applies at once; the planner then moves calls
+as it always does (overflow, with its hysteresis and caps).
+
+Must not: read the clock, do I/O, import the service layer (tests/test_core_purity.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import msgspec
+
+from .model import Branch, Center, Plan, Topology
+
+# change kinds, as the audit entry and the CLI show them
+CENTER_ADDED = "center added"
+CENTER_REMOVED = "center removed"
+CENTER_CHANGED = "center changed"
+STAFFING = "staffing changed"
+SKILL_ADDED = "skill added"
+SKILL_REMOVED = "skill removed"
+BRANCH_ADDED = "branch added"
+BRANCH_REMOVED = "branch removed"
+BRANCH_REHOMED = "branch re-homed"
+FORECAST = "forecast changed"
+PINNED = "pinned changed"
+SCHEDULE = "schedule changed"
+POLICY = "policy changed"
+
+
+class TopologyChange(msgspec.Struct, frozen=True):
+    """One difference between two topologies: `kind` of `subject`, from `before` to `after`."""
+
+    kind: str
+    subject: str
+    before: str = ""
+    after: str = ""
+
+    def text(self) -> str:
+        if self.before and self.after:
+            return f"{self.kind}: {self.subject}: {self.before} -> {self.after}"
+        if self.after:
+            return f"{self.kind}: {self.subject}: {self.after}"
+        if self.before:
+            return f"{self.kind}: {self.subject} (was {self.before})"
+        return f"{self.kind}: {self.subject}"
+
+
+def _staff(agents: dict[str, int]) -> str:
+    return ", ".join(f"{s}={n}" for s, n in sorted(agents.items()))
+
+
+def _rule(r: object) -> str:
+    return msgspec.json.encode(r).decode()
+
+
+def _diff_center(a: Center, b: Center) -> list[TopologyChange]:
+    out: list[TopologyChange] = []
+    for s in sorted(set(a.agents) | set(b.agents)):
+        na, nb = a.agents.get(s, 0), b.agents.get(s, 0)
+        if na == nb:
+            continue
+        if na <= 0 < nb:
+            out.append(TopologyChange(SKILL_ADDED, f"{b.id}/{s}", "", f"{nb} agents"))
+        elif nb <= 0 < na:
+            out.append(TopologyChange(SKILL_REMOVED, f"{b.id}/{s}", f"{na} agents", ""))
+        else:
+            out.append(TopologyChange(STAFFING, f"{b.id}/{s}", str(na), str(nb)))
+    for name in ("region", "address"):
+        va, vb = getattr(a, name), getattr(b, name)
+        if va != vb:
+            out.append(TopologyChange(CENTER_CHANGED, f"{b.id}.{name}", va, vb))
+    return out
+
+
+def _diff_branch(a: Branch, b: Branch) -> list[TopologyChange]:
+    out: list[TopologyChange] = []
+    if a.home != b.home:
+        out.append(TopologyChange(BRANCH_REHOMED, b.id, a.home, b.home))
+    for s in sorted(set(a.calls_per_hour) | set(b.calls_per_hour)):
+        if s not in a.calls_per_hour:
+            out.append(TopologyChange(SKILL_ADDED, f"{b.id}/{s}", "", f"{b.calls_per_hour[s]:g} calls/h"))
+        elif s not in b.calls_per_hour:
+            out.append(TopologyChange(SKILL_REMOVED, f"{b.id}/{s}", f"{a.calls_per_hour[s]:g} calls/h", ""))
+        elif a.calls_per_hour[s] != b.calls_per_hour[s]:
+            out.append(TopologyChange(FORECAST, f"{b.id}/{s}", f"{a.calls_per_hour[s]:g}",
+                                      f"{b.calls_per_hour[s]:g}"))
+    if a.pinned != b.pinned:
+        out.append(TopologyChange(PINNED, b.id, ",".join(a.pinned), ",".join(b.pinned)))
+    if a.schedule != b.schedule:
+        out.append(TopologyChange(SCHEDULE, b.id, ";".join(map(_rule, a.schedule)),
+                                  ";".join(map(_rule, b.schedule))))
+    return out
+
+
+def diff_topologies(old: Topology, new: Topology) -> tuple[TopologyChange, ...]:
+    """Every difference, centers first then branches then policy, each in id order."""
+    out: list[TopologyChange] = []
+    ca = {c.id: c for c in old.centers}
+    cb = {c.id: c for c in new.centers}
+    for cid in sorted(ca.keys() | cb.keys()):
+        a, b = ca.get(cid), cb.get(cid)
+        if a is None and b is not None:
+            out.append(TopologyChange(CENTER_ADDED, cid, "", _staff(b.agents)))
+        elif b is None and a is not None:
+            out.append(TopologyChange(CENTER_REMOVED, cid, _staff(a.agents), ""))
+        elif a is not None and b is not None and a != b:
+            out += _diff_center(a, b)
+    ba = {b.id: b for b in old.branches}
+    bb = {b.id: b for b in new.branches}
+    for bid in sorted(ba.keys() | bb.keys()):
+        x, y = ba.get(bid), bb.get(bid)
+        if x is None and y is not None:
+            out.append(TopologyChange(BRANCH_ADDED, bid, "", f"home {y.home}"))
+        elif y is None and x is not None:
+            out.append(TopologyChange(BRANCH_REMOVED, bid, f"home {x.home}", ""))
+        elif x is not None and y is not None and x != y:
+            out += _diff_branch(x, y)
+    if old.policy != new.policy:
+        pa = msgspec.to_builtins(old.policy)
+        pb = msgspec.to_builtins(new.policy)
+        for k in sorted(pa.keys() | pb.keys()):
+            if pa.get(k) != pb.get(k):
+                out.append(TopologyChange(POLICY, f"policy.{k}", _rule(pa.get(k)), _rule(pb.get(k))))
+    return tuple(out)
+
+
+def _carried(plan: Plan | None) -> dict[str, set[str]]:
+    """center -> skills the plan sends it calls of (any target with a weight above 0)."""
+    out: dict[str, set[str]] = {}
+    if plan is None:
+        return out
+    for r in plan.routes:
+        for ts in (r.targets, r.vip_targets):
+            for t in ts:
+                if t.weight > 0:
+                    out.setdefault(t.center, set()).add(r.skill)
+    return out
+
+
+def _route_centers(plan: Plan | None, branch: str, skill: str) -> set[str]:
+    if plan is None:
+        return set()
+    for r in plan.routes:
+        if r.branch == branch and r.skill == skill:
+            return {t.center for ts in (r.targets, r.vip_targets) for t in ts if t.weight > 0}
+    return set()
+
+
+def traffic_moved_off(old: Topology, new: Topology, plan: Plan | None,
+                      open_centers: Collection[str]) -> dict[str, tuple[str, ...]]:
+    """The open centers that `new` takes calls away from, each with why, sorted by center.
+
+    `plan` is the plan in force (None: none yet, then a center carries what its topology homes).
+    """
+    why: dict[str, list[str]] = {}
+    carried = _carried(plan)
+    is_open = set(open_centers)
+
+    def add(center: str, reason: str) -> None:
+        if center in is_open:
+            why.setdefault(center, []).append(reason)
+
+    ca = {c.id: c for c in old.centers}
+    cb = {c.id: c for c in new.centers}
+    homes: dict[str, set[str]] = {}
+    for b in old.branches:
+        if any(v > 0 for v in b.calls_per_hour.values()):
+            homes.setdefault(b.home, set()).add(b.id)
+    for cid, c in ca.items():
+        if cid not in cb and (carried.get(cid) or homes.get(cid)):
+            add(cid, f"center {cid} removed while it takes calls")
+        elif cid in cb:
+            for s, n in sorted(c.agents.items()):
+                if n > 0 and cb[cid].agents.get(s, 0) <= 0 and (
+                        s in carried.get(cid, ()) or plan is None):
+                    add(cid, f"skill {s} removed at {cid}, which takes {s} calls")
+    bb = {b.id: b for b in new.branches}
+    for b in old.branches:
+        nb = bb.get(b.id)
+        calls = any(v > 0 for v in b.calls_per_hour.values())
+        if nb is None:
+            if calls:
+                add(b.home, f"branch {b.id} removed (home {b.home})")
+            continue
+        if nb.home != b.home and calls:
+            add(b.home, f"branch {b.id} re-homed {b.home} -> {nb.home}")
+        new_hosts = {r.host for r in nb.schedule} | {nb.home}
+        for r in b.schedule:
+            if r not in nb.schedule and r.host not in new_hosts and calls:
+                add(r.host, f"branch {b.id} no longer hosted by {r.host} ({_rule(r)})")
+        for s, cph in sorted(b.calls_per_hour.items()):
+            if s not in nb.calls_per_hour and cph > 0:
+                targets = _route_centers(plan, b.id, s) or ({b.home} if plan is None else set())
+                for target in sorted(targets):
+                    add(target, f"skill {s} removed from branch {b.id}, whose calls {target} takes")
+    return {c: tuple(dict.fromkeys(why[c])) for c in sorted(why)}
+
+
+def describe(changes: tuple[TopologyChange, ...], limit: int = 40) -> str:
+    """The audit entry's diff: one change per `; `, at most `limit` (then how many more)."""
+    if not changes:
+        return "no change"
+    shown = [c.text() for c in changes[:limit]]
+    more = f"; ... ({len(changes) - limit} more)" if len(changes) > limit else ""
+    return "; ".join(shown) + more
