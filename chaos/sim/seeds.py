@@ -33,6 +33,16 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
+def share_ci95(values: Sequence[float]) -> tuple[float, float, float]:
+    """mean_ci95 for a share (a service level, a rate): the interval clipped to [0, 1]."""
+    m, lo, hi = mean_ci95(values)
+    return m, max(0.0, lo) if lo == lo else lo, min(1.0, hi) if hi == hi else hi
+
+
+def _json_num(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
 def aggregate(runs: Sequence[ScenarioRun]) -> dict[str, object]:
     """The `--seeds N` JSON: scenario, seeds, and per policy the means and service-level interval."""
     if not runs:
@@ -41,12 +51,20 @@ def aggregate(runs: Sequence[ScenarioRun]) -> dict[str, object]:
     policies: dict[str, object] = {}
     for name in names:
         ms = [r.metrics[name] for r in runs]
-        sl, lo, hi = mean_ci95([m.service_level for m in ms])
-        policies[name] = {
+        sl, lo, hi = share_ci95([m.service_level for m in ms])
+        peak, plo, phi = share_ci95([m.peak_service_level for m in ms])
+        row = {
             "service_level": sl, "service_level_ci95": [lo, hi],
             "answer_rate": mean_ci95([m.answer_rate for m in ms])[0],
             "abandon_rate": mean_ci95([m.abandon_rate for m in ms])[0],
             "mean_wait_s": mean_ci95([m.mean_wait_s for m in ms])[0],
+            "worst_branch_service_level": mean_ci95([m.worst_branch_service_level for m in ms])[0],
+            "peak_service_level": peak, "peak_service_level_ci95": [plo, phi],
             "per_seed_service_level": [m.service_level for m in ms],
+            "per_seed_worst_branch_service_level": [m.worst_branch_service_level for m in ms],
         }
-    return {"scenario": runs[0].scenario.name, "seeds": [r.seed for r in runs], "policies": policies}
+        policies[name] = {k: ([_json_num(x) for x in v] if isinstance(v, list) else _json_num(v))
+                          for k, v in row.items()}
+    sc = runs[0].scenario
+    return {"scenario": sc.name, "window": {"start_h": (sc.start_s % 86400) / 3600, "hours": sc.hours},
+            "seeds": [r.seed for r in runs], "notes": list(sc.notes), "policies": policies}
