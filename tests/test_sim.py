@@ -195,7 +195,8 @@ def test_simulated_service_level_matches_erlang_c(rho, hours):
 
 
 def test_every_policy_sees_the_same_calls(national):
-    sc = build_scenario("wuhan-2020", national, hours=0.1, warmup_s=120)
+    # from 10:00, when Wuhan closes: closed throughout the window
+    sc = build_scenario("wuhan-2020", national, hours=0.1, start_h=10.0, warmup_s=120)
     a, b = draw_calls(sc, 5), draw_calls(sc, 5)
     for col in ("arrival", "branch", "skill", "handle_s", "patience_s", "caller"):
         assert np.array_equal(getattr(a, col), getattr(b, col))
@@ -278,7 +279,7 @@ def test_staffing_follows_the_profile_with_the_roster_at_the_peak(national):
 # callroute-nodetect routes with the same code as callroute (only the health settings differ)
 @pytest.mark.parametrize("policy", ["static", "nrings", "even8", "callroute", "callroute+jsew", "pooled"])
 def test_every_policy_routes_only_to_open_staffed_centers(national, policy):
-    sc = build_scenario("wuhan-2020", national, hours=0.05, warmup_s=120)
+    sc = build_scenario("wuhan-2020", national, hours=0.05, start_h=10.0, warmup_s=120)
     staffing = plan_staffing(national)
     calls = draw_calls(sc, 2)
     pol = make_policy(policy)
