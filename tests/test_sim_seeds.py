@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 from chaos.sim.seeds import mean_ci95
 
 
@@ -60,3 +62,28 @@ def test_share_interval_is_clipped_to_a_share():
 
     m, lo, hi = share_ci95([0.99, 1.0, 1.0])
     assert hi == 1.0 and lo < m < 1.0
+
+
+def test_gap_is_measured_from_the_better_of_even8_and_nrings():
+    """Issue 17: the gap runs from max(even8, nrings), seed by seed, to the pooled bound."""
+    from types import SimpleNamespace
+
+    from chaos.sim.seeds import aggregate
+
+    def run(seed, sls):
+        ms = {p: SimpleNamespace(service_level=v, peak_service_level=v, answer_rate=v, abandon_rate=0.0,
+                                 mean_wait_s=1.0, worst_branch_service_level=v) for p, v in sls.items()}
+        sc = SimpleNamespace(name="x", start_s=9 * 3600.0, hours=1.0, notes=())
+        return SimpleNamespace(seed=seed, metrics=ms, scenario=sc)
+
+    runs = [run(1, {"static": 0.5, "even8": 0.6, "nrings": 0.8, "callroute": 0.9, "pooled": 1.0}),
+            run(2, {"static": 0.5, "even8": 0.7, "nrings": 0.6, "callroute": 0.85, "pooled": 0.9})]
+    out = aggregate(runs)
+    g = out["gap"]["policies"]["callroute"]
+    assert g["per_seed"] == pytest.approx([0.5, 0.75])  # (0.9-0.8)/(1-0.8), (0.85-0.7)/(0.9-0.7)
+    assert g["baseline_per_seed"] == ["nrings", "even8"]
+    row = out["policies"]["callroute"]
+    assert row["gap_closed"] == pytest.approx(0.625)
+    lo, hi = row["gap_closed_ci95"]
+    assert lo < 0.625 < hi
+    assert "gap_closed" not in out["policies"]["even8"]

@@ -11,7 +11,13 @@ import math
 import statistics
 from collections.abc import Sequence
 
+from .metrics import gap_closed
 from .run import ScenarioRun
+
+# The gap a policy is measured on runs from the better of these (the practice without callroute:
+# the 2020 even split and ICBC's N-rings overflow), seed by seed, to the pooled bound.
+GAP_BASELINES = ("even8", "nrings")
+GAP_BOUND = "pooled"
 
 # two-sided 97.5% quantiles of Student's t by degrees of freedom (1..30); beyond, the normal's
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
@@ -66,5 +72,35 @@ def aggregate(runs: Sequence[ScenarioRun]) -> dict[str, object]:
         policies[name] = {k: ([_json_num(x) for x in v] if isinstance(v, list) else _json_num(v))
                           for k, v in row.items()}
     sc = runs[0].scenario
+    out_gap = gaps(runs)
+    for name, g in out_gap.items():
+        policies[name]["gap_closed"] = g["gap_closed"]  # type: ignore[index]
+        policies[name]["gap_closed_ci95"] = g["gap_closed_ci95"]  # type: ignore[index]
     return {"scenario": sc.name, "window": {"start_h": (sc.start_s % 86400) / 3600, "hours": sc.hours},
-            "seeds": [r.seed for r in runs], "notes": list(sc.notes), "policies": policies}
+            "seeds": [r.seed for r in runs], "notes": list(sc.notes), "policies": policies,
+            "gap": {"baseline": f"max({', '.join(GAP_BASELINES)}) per seed", "bound": GAP_BOUND,
+                    "policies": out_gap}}
+
+
+def gaps(runs: Sequence[ScenarioRun]) -> dict[str, dict[str, object]]:
+    """Per policy: the share of the service-level gap between the better baseline and the pooled
+    bound that it closes, seed by seed (the calls are common to the policies of a seed, so the
+    per-seed ratio is paired), with its mean and t interval. Empty unless the baselines and the
+    bound were run."""
+    names = list(runs[0].metrics)
+    if not (set(GAP_BASELINES) | {GAP_BOUND}) <= set(names):
+        return {}
+    out: dict[str, dict[str, object]] = {}
+    for name in names:
+        if name in GAP_BASELINES or name == GAP_BOUND:
+            continue
+        per_seed, base_names = [], []
+        for r in runs:
+            base = max(GAP_BASELINES, key=lambda b: (r.metrics[b].service_level, b))
+            base_names.append(base)
+            per_seed.append(gap_closed(r.metrics[name].service_level, r.metrics[base].service_level,
+                                       r.metrics[GAP_BOUND].service_level))
+        m, lo, hi = mean_ci95(per_seed)
+        out[name] = {"gap_closed": _json_num(m), "gap_closed_ci95": [_json_num(lo), _json_num(hi)],
+                     "per_seed": [_json_num(x) for x in per_seed], "baseline_per_seed": base_names}
+    return out
