@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="directory for result.json and PNG plots")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--jobs", type=int, default=None,
-                   help="policies run in this many worker processes at once (default: one per core)")
+                   help="policies (with --seeds: seed and policy runs) in this many worker processes at "
+                        "once (default: one per core)")
     return p
 
 
@@ -123,14 +124,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.seeds is not None:
             if not 1 <= args.seeds <= 100:
                 raise InvalidInput("seeds", args.seeds, "must be within [1, 100]")
+            from .run import run_seeds
             from .seeds import aggregate
 
-            runs = []
-            for k in range(args.seeds):
+            seeds = [args.seed + k for k in range(args.seeds)]
+            if not args.no_progress:
+                err.print(f"{args.seeds} seeds x {len(policies)} policies on {jobs} worker processes",
+                          highlight=False)
+
+            def seed_done(r: ScenarioRun, done: int) -> None:
                 if not args.no_progress:
-                    err.print(f"seed {args.seed + k} ({k + 1}/{args.seeds})", highlight=False)
-                runs.append(run_scenario(sc, policies, args.seed + k, bin_s=args.bin * 60, jobs=jobs,
-                                         **options))
+                    err.print(f"seed {r.seed} done ({done}/{len(seeds)}): "
+                              + ", ".join(f"{p} SL {_pct(m.service_level)}" for p, m in r.metrics.items()),
+                              highlight=False)
+
+            runs = run_seeds(sc, policies, seeds, jobs=jobs, bin_s=args.bin * 60, on_seed=seed_done,
+                             **options)
             print(json.dumps(aggregate(runs), indent=1))
             return 0
         if args.no_progress:

@@ -170,6 +170,7 @@ class SimResult:
     queues: list[dict[str, float | str]] = field(default_factory=list)
     events_processed: int = 0
     extras: dict[str, object] = field(default_factory=dict)
+    branches: tuple[str, ...] = ()  # names of the indices in `branch`
 
 
 # ---------------------------------------------------------------- the engine
@@ -544,4 +545,5 @@ class Simulation:
                          wait_s=np.asarray(self.wait_s), center=np.asarray(self.call_center),
                          lost_reason=np.frombuffer(bytes(self.lost_reason), dtype=np.uint8),
                          in_window=in_window, arrival=calls.arrival, skill=calls.skill,
-                         branch=calls.branch, queues=qs, events_processed=events)
+                         branch=calls.branch, queues=qs, events_processed=events,
+                         branches=calls.branches)

@@ -176,3 +176,70 @@ def default_jobs() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------- several seeds
+
+
+def run_seeds(sc: Scenario, policies: Sequence[str], seeds: Sequence[int], *, jobs: int = 1,
+              bin_s: float = DEFAULT_BIN_S, on_seed: Callable[[ScenarioRun, int], None] | None = None,
+              **options: Any) -> list[ScenarioRun]:
+    """`run_scenario` for each seed, with every (seed, policy) run spread over `jobs` forked worker
+    processes (1: all in this process). `on_seed(run, done)` is called in this process as each
+    seed's last policy finishes (done = seeds finished so far). Results are in `seeds` order and
+    the same whatever `jobs` is: a seed's calls are drawn from the seed alone."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise InvalidInput("jobs", jobs, "must be a positive integer")
+    if not seeds:
+        raise InvalidInput("seeds", list(seeds), "must name at least one seed")
+    out: dict[int, ScenarioRun] = {}
+    if jobs == 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for seed in seeds:
+            out[seed] = run_scenario(sc, policies, seed, bin_s=bin_s, jobs=1, **options)
+            if on_seed is not None:
+                on_seed(out[seed], len(out))
+        return [out[s] for s in seeds]
+    ctx = multiprocessing.get_context("fork")
+    _FORK_STATE.update(scenario=sc)
+    # as in _run_forked: the workers must not collect what they inherited
+    gc.freeze()
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            # seed by seed, so seeds finish (and progress shows) in order; within a seed the
+            # slowest policies first, so the others fill the remaining workers meanwhile
+            order = sorted(((s, p) for s in seeds for p in policies),
+                           key=lambda sp: (seeds.index(sp[0]), not sp[1].startswith("callroute")))
+            futures = {pool.submit(_seed_worker, s, p, bin_s, options): (s, p) for s, p in order}
+            done: dict[int, dict[str, tuple[PolicyMetrics, float, int]]] = {}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, return_when="FIRST_COMPLETED")
+                for f in finished:
+                    s, p = futures[f]
+                    done.setdefault(s, {})[p] = f.result()  # a worker's exception is raised here
+                    if len(done[s]) == len(policies):
+                        res = done[s]
+                        out[s] = ScenarioRun(sc, s, res[policies[0]][2], {q: res[q][0] for q in policies},
+                                             {q: res[q][1] for q in policies})
+                        if on_seed is not None:
+                            on_seed(out[s], len(out))
+    finally:
+        gc.unfreeze()
+        _FORK_STATE.clear()
+    return [out[s] for s in seeds]
+
+
+# A worker keeps the last seed's calls and shifts: its next task is often the same seed.
+_SEED_CACHE: dict[str, Any] = {}
+
+
+def _seed_worker(seed: int, policy: str, bin_s: float,
+                 options: dict[str, Any]) -> tuple[PolicyMetrics, float, int]:
+    sc = _FORK_STATE["scenario"]
+    if _SEED_CACHE.get("seed") != seed:
+        _SEED_CACHE.clear()
+        _SEED_CACHE.update(seed=seed, calls=draw_calls(sc, seed),
+                           staffing=plan_staffing(sc.topology, sc.profile))
+    calls = _SEED_CACHE["calls"]
+    m, t = _timed(sc, calls, _SEED_CACHE["staffing"], policy, None, bin_s, options)
+    return m, t, len(calls)

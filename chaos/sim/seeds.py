@@ -12,7 +12,13 @@ import statistics
 from collections.abc import Sequence
 
 from .engine import PathBreak
+from .metrics import gap_closed
 from .run import ScenarioRun
+
+# The gap a policy is measured on runs from the better of these (the practice without callroute:
+# the 2020 even split and ICBC's N-rings overflow), seed by seed, to the pooled bound.
+GAP_BASELINES = ("even8", "nrings")
+GAP_BOUND = "pooled"
 
 # two-sided 97.5% quantiles of Student's t by degrees of freedom (1..30); beyond, the normal's
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
@@ -34,6 +40,16 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
+def share_ci95(values: Sequence[float]) -> tuple[float, float, float]:
+    """mean_ci95 for a share (a service level, a rate): the interval clipped to [0, 1]."""
+    m, lo, hi = mean_ci95(values)
+    return m, max(0.0, lo) if lo == lo else lo, min(1.0, hi) if hi == hi else hi
+
+
+def _json_num(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
 def aggregate(runs: Sequence[ScenarioRun]) -> dict[str, object]:
     """The `--seeds N` JSON: scenario, seeds, and per policy the means and service-level interval."""
     if not runs:
@@ -42,20 +58,56 @@ def aggregate(runs: Sequence[ScenarioRun]) -> dict[str, object]:
     policies: dict[str, object] = {}
     for name in names:
         ms = [r.metrics[name] for r in runs]
-        sl, lo, hi = mean_ci95([m.service_level for m in ms])
-        policies[name] = {
+        sl, lo, hi = share_ci95([m.service_level for m in ms])
+        peak, plo, phi = share_ci95([m.peak_service_level for m in ms])
+        row = {
             "service_level": sl, "service_level_ci95": [lo, hi],
             "answer_rate": mean_ci95([m.answer_rate for m in ms])[0],
             "abandon_rate": mean_ci95([m.abandon_rate for m in ms])[0],
             "mean_wait_s": mean_ci95([m.mean_wait_s for m in ms])[0],
+            "worst_branch_service_level": mean_ci95([m.worst_branch_service_level for m in ms])[0],
+            "peak_service_level": peak, "peak_service_level_ci95": [plo, phi],
             "per_seed_service_level": [m.service_level for m in ms],
+            "per_seed_worst_branch_service_level": [m.worst_branch_service_level for m in ms],
         }
+        policies[name] = {k: ([_json_num(x) for x in v] if isinstance(v, list) else _json_num(v))
+                          for k, v in row.items()}
         if any(isinstance(ev, PathBreak) for ev in runs[0].scenario.events):
             # callers lost down the broken DR/overflow path (issue 16), in the scenarios that break one
             lost_path = [m.lost.get("path_broken", 0) for m in ms]
-            mean, lo, hi = mean_ci95(lost_path)
-            policies[name] |= {"lost_path_broken": mean, "lost_path_broken_ci95": [lo, hi],
-                               "per_seed_lost_path_broken": lost_path}
+            mean, plo_, phi_ = mean_ci95(lost_path)
+            policies[name] |= {"lost_path_broken": mean,  # type: ignore[operator]
+                               "lost_path_broken_ci95": [plo_, phi_], "per_seed_lost_path_broken": lost_path}
     sc = runs[0].scenario
-    return {"scenario": sc.name, "seeds": [r.seed for r in runs], "window_hours": sc.hours,
-            "window_start_h": (sc.start_s % 86400) / 3600, "notes": list(sc.notes), "policies": policies}
+    out_gap = gaps(runs)
+    for name, g in out_gap.items():
+        policies[name]["gap_closed"] = g["gap_closed"]  # type: ignore[index]
+        policies[name]["gap_closed_ci95"] = g["gap_closed_ci95"]  # type: ignore[index]
+    return {"scenario": sc.name, "window": {"start_h": (sc.start_s % 86400) / 3600, "hours": sc.hours},
+            "seeds": [r.seed for r in runs], "notes": list(sc.notes), "policies": policies,
+            "gap": {"baseline": f"max({', '.join(GAP_BASELINES)}) per seed", "bound": GAP_BOUND,
+                    "policies": out_gap}}
+
+
+def gaps(runs: Sequence[ScenarioRun]) -> dict[str, dict[str, object]]:
+    """Per policy: the share of the service-level gap between the better baseline and the pooled
+    bound that it closes, seed by seed (the calls are common to the policies of a seed, so the
+    per-seed ratio is paired), with its mean and t interval. Empty unless the baselines and the
+    bound were run."""
+    names = list(runs[0].metrics)
+    if not (set(GAP_BASELINES) | {GAP_BOUND}) <= set(names):
+        return {}
+    out: dict[str, dict[str, object]] = {}
+    for name in names:
+        if name in GAP_BASELINES or name == GAP_BOUND:
+            continue
+        per_seed, base_names = [], []
+        for r in runs:
+            base = max(GAP_BASELINES, key=lambda b: (r.metrics[b].service_level, b))
+            base_names.append(base)
+            per_seed.append(gap_closed(r.metrics[name].service_level, r.metrics[base].service_level,
+                                       r.metrics[GAP_BOUND].service_level))
+        m, lo, hi = mean_ci95(per_seed)
+        out[name] = {"gap_closed": _json_num(m), "gap_closed_ci95": [_json_num(lo), _json_num(hi)],
+                     "per_seed": [_json_num(x) for x in per_seed], "baseline_per_seed": base_names}
+    return out
