@@ -72,7 +72,7 @@ def aggregate(runs: Sequence[ScenarioRun]) -> dict[str, object]:
         }
         policies[name] = {k: ([_json_num(x) for x in v] if isinstance(v, list) else _json_num(v))
                           for k, v in row.items()}
-        if any(isinstance(ev, PathBreak) for ev in runs[0].scenario.events):
+        if any(isinstance(ev, PathBreak) for ev in getattr(runs[0].scenario, "events", ())):
             # callers lost down the broken DR/overflow path (issue 16), in the scenarios that break one
             lost_path = [m.lost.get("path_broken", 0) for m in ms]
             mean, plo_, phi_ = mean_ci95(lost_path)
