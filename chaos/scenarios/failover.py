@@ -22,6 +22,7 @@ from chaos.scenarios.common import (
     observed,
     percentile,
     poll,
+    routed_home_before_loss,
     run_guarded,
 )
 
@@ -55,13 +56,7 @@ async def f14(opts: RunOptions) -> ScenarioResult:
                 others = live_agents(c, exclude=[victim])
                 if not keys:
                     continue
-                # a trial starts from routes that include the victim everywhere: right after
-                # start-up the first plan may not route a center's branches home yet, and a "DR"
-                # seen then (0.1 s, measured in the silent variant) detects no loss at all
-                if await poll(lambda v=victim, k=keys: home_restored(c, v, k, list(c.agents)),
-                              FAILBACK_TIMEOUT_S) is None:
-                    r.check(f"trial {i + 1}: {victim} routed home before its loss", False,
-                            f"not within {FAILBACK_TIMEOUT_S} s")
+                if not await routed_home_before_loss(c, r, i + 1, victim, keys, FAILBACK_TIMEOUT_S):
                     continue
                 t_kill = c.kill(f"agent-{victim}")
                 dt = await poll(lambda v=victim, k=keys, o=others: center_excluded(c, v, k, o),

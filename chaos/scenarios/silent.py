@@ -31,6 +31,7 @@ from chaos.scenarios.common import (
     observed,
     percentile,
     poll,
+    routed_home_before_loss,
     run_guarded,
 )
 from chaos.scenarios.failover import CONVERGE_TIMEOUT_S, DR_BUDGET_S, FAILBACK_TIMEOUT_S, STABLE_HOLD_S
@@ -58,20 +59,13 @@ async def _silent_trials(r: ScenarioResult, opts: RunOptions, topo: str, proxied
         dr_times: list[float] = []
         failbacks: list[float] = []
         leaked = 0
-        await asyncio.sleep(1.0)
         for i in range(trials):
             victim = centers[i % len(centers)]
             keys = c.probe_keys(victim)
             others = live_agents(c, exclude=[victim])
             if not keys:
                 continue
-            # a trial starts from routes that include the victim everywhere: right after start-up
-            # the first plan may not route a center's branches home yet, and a "DR" seen then took
-            # 0.1 s (measured: trial 1 of a 20-trial run) without any loss being detected
-            if await poll(lambda v=victim, k=keys: home_restored(c, v, k, list(c.agents)),
-                          FAILBACK_TIMEOUT_S) is None:
-                r.check(f"trial {i + 1}: {victim} routed home before its loss", False,
-                        f"not within {FAILBACK_TIMEOUT_S} s")
+            if not await routed_home_before_loss(c, r, i + 1, victim, keys, FAILBACK_TIMEOUT_S):
                 continue
             lose(c, victim)
             dt = await poll(lambda v=victim, k=keys, o=others: center_excluded(c, v, k, o),
