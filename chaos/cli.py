@@ -50,7 +50,7 @@ async def _run_one(name: str, opts: Any) -> Any:
 
     s = SCENARIOS[name]
     budget = (s.ci_budget_s or s.budget_s) if opts.ci else s.budget_s
-    if name in ("F14", "F14-silent-stop", "F14-silent-blackhole") and opts.trials:
+    if name in ("F8", "F14", "F14-silent-stop", "F14-silent-blackhole") and opts.trials:
         # a trial is a loss, a return and a failback: ~10 s; a silent loss waits out down_after_s too
         budget += opts.trials * (10.0 if name == "F14" else 20.0)
     try:
