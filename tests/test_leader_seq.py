@@ -17,6 +17,8 @@ from test_cp_support import close_store, embedded_store, skill_report, start_rep
 from callroute.v1 import report_pb2, report_pb2_grpc, types_pb2
 from controlplane.service.leader import SEQS_KEY
 
+BRANCH = "beijing"  # homed at north in examples/small.yaml
+
 
 @pytest.fixture
 async def store():
@@ -26,9 +28,13 @@ async def store():
 
 
 def _report(seq: int, incarnation: int = 0) -> report_pb2.CenterReport:
+    # one call answered per report: prior_accepted_seq is the billing ledger's durable mark (issue
+    # 19), which a report moves only when it has calls to count
     return report_pb2.CenterReport(center="north", seq=seq, incarnation=incarnation, sent_at=time.time(),
                                    interval_s=0.1, state=types_pb2.ADMIN_STATE_OPEN,
-                                   skills=[skill_report("retail")])
+                                   skills=[skill_report("retail")],
+                                   calls=[report_pb2.CallCount(branch=BRANCH, skill="retail", center="north",
+                                                               calls=1)])
 
 
 async def _send(addr: str, seqs: list[int], incarnation: int = 0) -> list[report_pb2.ReportAck]:
@@ -68,21 +74,24 @@ async def test_a_new_leader_rejects_reports_the_old_one_had_passed(store: Any) -
 
 async def test_b14_incarnations_survive_a_takeover_and_prior_seq_is_per_incarnation(store: Any) -> None:
     first = await start_replica(store, "cp-1", plan_heartbeat_s=0.05)
-    await wait_for(lambda: first.leader.brain is not None, 5, "the first leader")
-    addr = f"127.0.0.1:{first.port}"
     old, new = 1_700_000_000_000_000_000, 1_700_000_000_000_000_001
-    acks = await _send(addr, [500, 501], old)
-    assert [a.prior_accepted_seq for a in acks] == [0, 500]
-    # a replica (or a new pod) with low seqs: accepted, and its prior seq is its own, not the other's
-    acks = await _send(addr, [1, 2], new)
-    assert [(a.accepted, a.prior_accepted_seq) for a in acks] == [(True, 0), (True, 1)]
+    try:  # a failed assertion must not leave the replica's tasks to hang the loop's close
+        await wait_for(lambda: first.leader.brain is not None, 5, "the first leader")
+        addr = f"127.0.0.1:{first.port}"
+        acks = await _send(addr, [500, 501], old)
+        assert [a.prior_accepted_seq for a in acks] == [0, 500]
+        # a replica (or a new pod) with low seqs: accepted, and its prior seq is its own, not the other's
+        acks = await _send(addr, [1, 2], new)
+        assert [(a.accepted, a.prior_accepted_seq) for a in acks] == [(True, 0), (True, 1)]
 
-    async def checkpointed() -> bool:
-        kv = await store.get(first.key(SEQS_KEY))
-        return kv is not None and f'"{old}":501'.encode() in kv.value and f'"{new}":2'.encode() in kv.value
+        async def checkpointed() -> bool:
+            kv = await store.get(first.key(SEQS_KEY))
+            return (kv is not None and f'"{old}":501'.encode() in kv.value
+                    and f'"{new}":2'.encode() in kv.value)
 
-    await wait_for(checkpointed, 5, "both incarnations in the seq checkpoint")
-    await first.stop(0)
+        await wait_for(checkpointed, 5, "both incarnations in the seq checkpoint")
+    finally:
+        await first.stop(0)
     second = await start_replica(store, "cp-2", plan_heartbeat_s=0.05)
     try:
         await wait_for(lambda: second.leader.brain is not None, 5, "the second leader")
