@@ -60,7 +60,11 @@ def test_first_plan_at_once_then_load_changes_at_most_once_per_interval():
     for i, c in enumerate(CENTERS):
         b.observe(report(c, 1 + i), 0.1)
     assert not b.due(0.5)  # a load change waits for the interval
-    assert b.next_wakeup(0.5) == pytest.approx(1.0)
+    # the brain also wakes when the reports' silence would reach suspect_after_s (issue 16)
+    from controlplane.core.suspicion import SuspicionSettings
+
+    assert b.next_wakeup(0.5) == pytest.approx(min(1.0, 0.1 + SuspicionSettings().suspect_after_s))
+    assert not b.due(0.99)
     assert b.due(1.0)
 
 
