@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import re
 import shutil
 import sys
 import tempfile
@@ -65,6 +66,15 @@ def generate(out_root: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
     return made
 
 
+# grpcio-tools stamps its own version into every *_pb2_grpc.py; a fresh install takes the newest
+# patch release (1.85.1 -> 1.85.4 broke a clean clone's check), and nothing else in the file changes
+_GRPC_STAMP = re.compile(rb"^GRPC_GENERATED_VERSION = '[^']*'$", re.M)
+
+
+def _unstamped(code: bytes) -> bytes:
+    return _GRPC_STAMP.sub(b"GRPC_GENERATED_VERSION = ''", code)
+
+
 def stale_files(repo: Path = REPO, proto_root: Path = PROTO_ROOT) -> list[str]:
     """Generated files in `repo` that differ from a fresh generation: changed, missing or orphaned."""
     with tempfile.TemporaryDirectory(prefix="callroute-codegen-") as tmp:
@@ -79,7 +89,7 @@ def stale_files(repo: Path = REPO, proto_root: Path = PROTO_ROOT) -> list[str]:
             problems.append(f"{rel}: missing")
         elif rel not in fresh:
             problems.append(f"{rel}: no .proto generates it (orphaned)")
-        elif (repo / rel).read_bytes() != fresh[rel]:
+        elif _unstamped((repo / rel).read_bytes()) != _unstamped(fresh[rel]):
             problems.append(f"{rel}: differs from generated")
     return problems
 

@@ -8,6 +8,7 @@ relies on (signed counts so bad values reach validation, field numbers that must
 from __future__ import annotations
 
 import importlib
+import re
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,22 @@ def test_check_detects_changed_missing_and_orphaned_files(tmp_path):
     assert codegen.stale_files(repo, repo / "proto") == []
     assert not (repo / "callroute" / "v1" / "gone_pb2.py").exists()
     assert (repo / "callroute" / "v1" / "__init__.py").read_bytes() == init
+
+
+def test_a_grpcio_tools_patch_release_stamp_is_not_a_stale_file(tmp_path):
+    # a fresh install takes the newest grpcio-tools; only its version stamp changes (1.85.1 -> 1.85.4
+    # failed a clean clone's check), while a real change to the service code is still caught
+    repo = _copy_repo_subset(tmp_path)
+    grpc_file = repo / "callroute" / "v1" / "route_pb2_grpc.py"
+    text = grpc_file.read_text()
+    stamped = re.sub(r"^GRPC_GENERATED_VERSION = '[^']*'$", "GRPC_GENERATED_VERSION = '0.0.0'", text,
+                     flags=re.M)
+    assert stamped != text
+    grpc_file.write_text(stamped)
+    assert codegen.stale_files(repo, repo / "proto") == []
+    grpc_file.write_text(stamped.replace("class RouteServiceStub", "class RouteServiceStubX"))
+    assert codegen.stale_files(repo, repo / "proto") == [
+        "callroute/v1/route_pb2_grpc.py: differs from generated"]
 
 
 def test_generation_is_deterministic(tmp_path):
