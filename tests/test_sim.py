@@ -599,14 +599,14 @@ def test_callroute_reports_carry_the_lookups_each_agent_answered(national):
 def test_callroute_detects_the_broken_overflow_path(national):
     """overflow-path-broken: calls the DR plan sends to the main receiver are lost until the health
     tracker finds it FAILING; then its share of the closed center's calls moves to the others.
-    Against the same core with the failing detectors off, far fewer callers are lost."""
+    Against the same core with the failing detectors off, far fewer callers are lost. The agents'
+    path probes (issue 16, tests/test_sim_probe.py) are off in both: they find the break first."""
     sc = build_scenario("overflow-path-broken", national, hours=0.5, warmup_s=300)
     brk = next(e for e in sc.events if isinstance(e, PathBreak))
     calls, staffing = draw_calls(sc, 1), plan_staffing(national)
     runs = {}
-    for name in ("callroute", "callroute-nodetect"):
-        pol = make_policy(name)
-        assert isinstance(pol, CallroutePolicy)
+    for name, detect in (("callroute", True), ("callroute-nodetect", False)):
+        pol = CallroutePolicy(detect_failing=detect, path_probes=False)
         r = Simulation(national, calls, pol, staffing, window=(sc.start_s, sc.end_s), warmup_s=sc.warmup_s,
                        events=sc.events, main_center=sc.main_center).run()
         runs[name] = (pol, r, summarize(r))
