@@ -260,7 +260,7 @@ async def test_ledger_equals_switch_calls_across_leader_sigkill_and_agent_restar
                     key = (br, ("retail", "credit_card", "corporate")[(i + j) % 3], receivers[(i + j) % 4])
                     counter.counts[key] = counter.counts.get(key, 0) + 1 + (i % 3)
                     routed[key] = routed.get(key, 0) + 1 + (i % 3)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # pacing: a round of calls every 20 ms, not a wait
 
     for i, c in enumerate(TOPO.center_ids()):
         start_agent(c, i + 1)

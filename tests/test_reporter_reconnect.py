@@ -76,7 +76,7 @@ async def test_counts_dropped_while_no_leader_answers_are_counted_once_after_rec
             counter.counts[(*key, "c0")] = counter.counts.get((*key, "c0"), 0) + 1
             routed[key] = routed.get(key, 0) + 1
             i += 1
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # pacing: a call every 5 ms while streams come and go, not a wait
 
     task = asyncio.ensure_future(rep.run())
     calls = asyncio.ensure_future(switches())
