@@ -148,6 +148,19 @@ async def routed_home_before_loss(cluster: Cluster, r: ScenarioResult, trial: in
     return True
 
 
+async def time_to_dr(cluster: Cluster, r: ScenarioResult, trial: int, victim: str,
+                     keys: list[tuple[str, str]], others: list[str], timeout_s: float) -> float:
+    """Seconds from now until every agent in `others` answers `keys` without `victim`; inf (and a
+    failed check) if not within `timeout_s`. Called right after the loss is caused."""
+    dt = await poll(lambda: center_excluded(cluster, victim, keys, others), timeout_s)
+    if dt is None:
+        r.check(f"trial {trial}: DR for {victim}", False,
+                f"not every agent excluded {victim} within {timeout_s} s")
+        return float("inf")
+    cluster.mark(f"DR for {victim} at every agent ({dt * 1000:.0f} ms)", "note")
+    return dt
+
+
 def leader_metric(cluster: Cluster, name: str) -> float | None:
     for r in cluster.replicas:
         m = r.metrics()

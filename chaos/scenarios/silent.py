@@ -22,7 +22,6 @@ from chaos.scenarios.common import (
     SMALL,
     DrWatch,
     RunOptions,
-    center_excluded,
     default_agent_config,
     home_restored,
     leader_metric,
@@ -33,6 +32,7 @@ from chaos.scenarios.common import (
     poll,
     routed_home_before_loss,
     run_guarded,
+    time_to_dr,
 )
 from chaos.scenarios.failover import CONVERGE_TIMEOUT_S, DR_BUDGET_S, FAILBACK_TIMEOUT_S, STABLE_HOLD_S
 from controlplane.core.topology import load_topology
@@ -68,15 +68,8 @@ async def _silent_trials(r: ScenarioResult, opts: RunOptions, topo: str, proxied
             if not await routed_home_before_loss(c, r, i + 1, victim, keys, FAILBACK_TIMEOUT_S):
                 continue
             lose(c, victim)
-            dt = await poll(lambda v=victim, k=keys, o=others: center_excluded(c, v, k, o),
-                            CONVERGE_TIMEOUT_S)
+            dt = await time_to_dr(c, r, i + 1, victim, keys, others, CONVERGE_TIMEOUT_S)
             t_dr = time.monotonic()
-            if dt is None:
-                r.check(f"trial {i + 1}: DR for {victim}", False,
-                        f"not every agent excluded {victim} within {CONVERGE_TIMEOUT_S} s")
-                dt = float("inf")
-            else:
-                c.mark(f"DR for {victim} at every agent ({dt * 1000:.0f} ms)", "note")
             dr_times.append(dt)
             log(f"{r.name} trial {i + 1}/{trials}: {victim} silent -> DR at {len(others)} agents in "
                 f"{dt * 1000:.0f} ms")
