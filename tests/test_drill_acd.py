@@ -4,7 +4,13 @@ Everything is real: one etcd member, a control-plane replica process, an agent p
 with its simulated ACD, and switch traffic (the chaos harness's load generator) whose lookups are
 the calls. Mid-drill, west's ACD stops answering (its agents stay logged in, calls queue): the
 service level the agent reports for west falls, the drill runner sees it below the floor, rolls the
-drill back and names west; the routes are home again at every agent.
+drill back and names the receiver; the routes are home again at every agent.
+
+Which receiver falls first is a race, and both answers are right: the planner overflows west's own
+calls around it, so south carries north's calls and part of west's. On a quiet machine west's
+unanswered calls show first; on a loaded one (CI, two cores) south's queue can cross the floor
+first. The test asserts what must hold either way: the rollback names a receiver whose measured
+level is below the floor, and west's own unanswered calls are measured, not forgotten.
 """
 
 from __future__ import annotations
@@ -76,9 +82,14 @@ async def test_simulated_acd_below_the_floor_rolls_the_drill_back(tmp_path: Path
             took = await poll(rolled_back, 30)
             assert took is not None, f"no automatic rollback: {await _drill(leader.addr, drill_id)}"
             d = await _drill(leader.addr, drill_id)
-            assert "west" in d.reason and f"below the floor {FLOOR:.0%}" in d.reason, d.reason
-            # the level that triggered it is west's, measured from its ACD's reports
+            named = [c for c in ("west", "south") if f"receiver {c} service level" in d.reason]
+            assert named and f"below the floor {FLOOR:.0%}" in d.reason, d.reason
+            # the level that triggered it was measured from the ACDs' reports
             assert min(st.min_service_level for st in d.steps) < FLOOR, d.steps
+            assert d.receiver_service_level[named[0]] < FLOOR, d
+            # west's unanswered calls are in its level (before the fix its window forgot them once
+            # the planner moved its traffic away, and no verdict came at all)
+            assert "west" in d.receiver_service_level, d
             # and north's calls are home again at every agent
             restored = await poll(lambda: home_restored(c, "north", keys, list(c.centers)), 10)
             assert restored is not None, "north's routes were not restored"

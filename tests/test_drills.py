@@ -105,6 +105,51 @@ def test_receiver_below_the_floor_rolls_back_and_needs_enough_calls():
     assert t.steps[0].min_service_level < 0.6
 
 
+def test_a_receiver_that_stops_answering_keeps_its_verdict_after_its_traffic_moves_away():
+    # west answers, then stops: a few reports of unanswered calls, and then the planner overflows
+    # around it and its traffic falls to nothing. Its last 10 reports alone hold fewer than
+    # MIN_OFFERED_FOR_SL calls; the verdict comes from its last calls, not from silence.
+    t = _tracker()
+    t.advance(0.0, 0.0)
+    seq = 0
+    for _ in range(10):
+        seq += 1
+        t.observe("west", seq, _load(10, 10))
+    for _ in range(3):
+        seq += 1
+        t.observe("west", seq, _load(5, 0))
+    for _ in range(7):
+        seq += 1
+        t.observe("west", seq, _load(0, 0))
+    t.advance(1.0, 1.0)
+    assert t.state == DrillState.ROLLED_BACK, t.levels()
+    assert "receiver west service level 40.0%" in t.end_reason
+
+
+def test_reports_arriving_between_two_ticks_all_count():
+    # under load the runner ticks slower than reports arrive: the latest report alone (8 calls,
+    # all answered in time) would hide the 30 unanswered ones of the two before it
+    t = _tracker()
+    t.advance(0.0, 0.0)
+    t.observe_totals("west", 5, 100, 95)  # the baseline: calls before the runner watched
+    t.advance(0.2, 0.2)
+    assert t.state == DrillState.RUNNING and "west" not in t.levels()
+    t.observe_totals("west", 8, 138, 103)
+    t.observe_totals("west", 8, 138, 103)  # the same totals read again count once
+    t.advance(0.4, 0.4)
+    assert t.levels() == {"west": round(8 / 38, 4)}
+    assert t.state == DrillState.ROLLED_BACK and "receiver west" in t.end_reason
+
+
+def test_a_long_quiet_receiver_gives_no_verdict():
+    t = _tracker()
+    t.advance(0.0, 0.0)
+    for seq in range(1, 200):  # a call every tenth report for 100 s: never 20 in the last 120 reports
+        t.observe("west", seq, _load(1 if seq % 10 == 0 else 0, 0))
+    t.advance(1.0, 1.0)
+    assert t.state == DrillState.RUNNING and "west" not in t.levels()
+
+
 def test_near_the_floor_the_ramp_holds_then_resumes():
     t = _tracker(floor=0.6)
     t.advance(0.0, 0.0)

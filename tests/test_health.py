@@ -430,6 +430,18 @@ def test_b14_a_restarted_agent_is_accepted_at_once_whatever_its_seq():
     assert "incarnation 2000" in str(e.value)
 
 
+def test_calls_seen_totals_every_accepted_report_and_no_rejected_one():
+    n = Net()
+    n.report("a", offered=10, answered=7)
+    n.report("a", offered=5, answered=5)
+    n.advance(0.5)
+    n.report("a", offered=3, answered=0)
+    with pytest.raises(StaleReport):  # a duplicate delivery adds nothing
+        n.t.observe(report("a", 3, offered=100, answered=100), n.now)
+    assert n.t.calls_seen("a") == (3, 18, 12)
+    assert n.t.calls_seen("b") == (0, 0, 0)
+
+
 def test_b14_two_replicas_alternating_both_count_each_report_once():
     n = Net()
     for i in range(1, 21):

@@ -41,6 +41,11 @@ HOLD_MARGIN = 0.05
 SL_WINDOW_REPORTS = 10
 # no verdict on fewer calls: with 20 offered, one unlucky call moves the level by 5 points
 MIN_OFFERED_FOR_SL = 20
+# ...but when the last SL_WINDOW_REPORTS hold fewer, the window reaches further back (up to this
+# many reports, 60 s) to the last MIN_OFFERED_FOR_SL calls. A receiver that stops answering is
+# overflowed around by the planner within a second or two; its traffic then falls to nothing, and
+# a window of its last 10 reports alone would forget the unanswered calls and lose the verdict.
+MAX_SL_WINDOW_REPORTS = 120
 # the runner's period: an abort or a step change takes effect within this (plus one publish);
 # the leader reads two small keys per tick
 DRILL_TICK_S = 0.2
@@ -266,11 +271,13 @@ def dry_run(topology: Topology, view: NetworkView, center: str) -> tuple[Plan, d
 
 
 class _Window:
-    """A receiver's last SL_WINDOW_REPORTS reports: (offered, answered within the threshold)."""
+    """A receiver's recent reports: (offered, answered within the threshold). The level is over
+    the last SL_WINDOW_REPORTS of them, or as many more as hold MIN_OFFERED_FOR_SL calls."""
 
     def __init__(self) -> None:
         self.seq = -1
-        self.samples: collections.deque[tuple[int, int]] = collections.deque(maxlen=SL_WINDOW_REPORTS)
+        self.offered = self.within = 0  # the totals at the last add_totals
+        self.samples: collections.deque[tuple[int, int]] = collections.deque(maxlen=MAX_SL_WINDOW_REPORTS)
 
     def add(self, seq: int, skills: dict[str, SkillLoad]) -> None:
         if seq <= self.seq:
@@ -280,11 +287,26 @@ class _Window:
             (sum(s.offered for s in skills.values()), sum(s.answered_within for s in skills.values()))
         )
 
+    def add_totals(self, reports: int, offered: int, within: int) -> None:
+        """Running totals over all of a receiver's reports (HealthTracker.calls_seen): the calls of
+        every report since the last read count, however many arrived between two reads. The first
+        read is only the baseline: calls from before the runner watched are not the drill's."""
+        if reports <= self.seq:
+            return
+        if self.seq >= 0:
+            self.samples.append((max(0, offered - self.offered), max(0, within - self.within)))
+        self.seq, self.offered, self.within = reports, offered, within
+
     def level(self) -> float | None:
-        offered = sum(o for o, _ in self.samples)
+        offered = within = 0
+        for i, (o, a) in enumerate(reversed(self.samples)):
+            if i >= SL_WINDOW_REPORTS and offered >= MIN_OFFERED_FOR_SL:
+                break
+            offered += o
+            within += a
         if offered < MIN_OFFERED_FOR_SL:
             return None
-        return sum(a for _, a in self.samples) / offered
+        return within / offered
 
 
 class DrillTracker:
@@ -340,6 +362,12 @@ class DrillTracker:
         if seq is None:
             return
         self.windows.setdefault(center, _Window()).add(seq, skills)
+
+    def observe_totals(self, center: str, reports: int, offered: int, within: int) -> None:
+        """A receiver's running totals (reports, offered, answered within the threshold): the
+        runner's input, so that reports arriving faster than its ticks all count."""
+        if reports > 0:
+            self.windows.setdefault(center, _Window()).add_totals(reports, offered, within)
 
     def abort(self, reason: str) -> None:
         if not self.terminal and not self.abort_reason:

@@ -272,6 +272,11 @@ class _Center(msgspec.Struct):
     holddown_s: float = 0.0  # the hold-down length used last (doubles on relapse)
     probation_until: float = -math.inf
     samples: int = 0  # samples ever appended to window: the newest has serial `samples`
+    # calls offered / answered within the service-level threshold over every accepted report: a
+    # reader that samples slower than reports arrive (the drill runner) takes differences of these
+    # and misses no report's calls
+    offered_ever: int = 0
+    within_ever: int = 0
     evicted: int = 0  # samples - len(window): serials up to this one have left the window
     # The latest reporting gap (two consecutive samples further apart than 2 intervals), kept as
     # samples arrive instead of rescanning the window on every detection: `gap_since` is when the
@@ -410,9 +415,11 @@ class HealthTracker:
             self._touched.append(c)
         offered = answered = queued = 0
         waiting, all_busy = False, True
+        within = 0
         for load in report.skills.values():
             offered += load.offered
             answered += load.answered
+            within += load.answered_within
             queued += load.queued
             if load.queued > 0:
                 waiting = True
@@ -439,6 +446,8 @@ class HealthTracker:
                                   offered, answered, kept))
         c.times.append(now)
         c.samples += 1
+        c.offered_ever += offered
+        c.within_ever += within
         c.evicted = c.samples - len(window)
         receivers: list[_Center] = []
         if routed_to:
@@ -577,6 +586,12 @@ class HealthTracker:
     def last_report_at(self, center: str) -> float | None:
         """`now` of the center's last accepted report (any incarnation); None when none."""
         return self._center("center", center).last_report_at
+
+    def calls_seen(self, center: str) -> tuple[int, int, int]:
+        """(reports accepted, calls offered, calls answered within the threshold) from `center`
+        over all its accepted reports: take differences to cover every report between two reads."""
+        c = self._center("center", center)
+        return c.samples, c.offered_ever, c.within_ever
 
     def reports_seen(self, center: str) -> int:
         """Reports accepted from `center` by this tracker: grows by one per report, whichever

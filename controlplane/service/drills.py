@@ -233,9 +233,8 @@ class DrillRunner:
         t.receivers |= receivers_of(brain.last_plan, t.spec.center)
         view = brain.tracker.view(now)
         for c in t.receivers:
-            h = view.get(c)
-            if h is not None:
-                t.observe(c, brain.tracker.reports_seen(c) or None, h.skills)
+            if c in view:
+                t.observe_totals(c, *brain.tracker.calls_seen(c))
         before = (t.state, t.step_index)
         wall = time.time()
         t.advance(now, wall)
