@@ -529,6 +529,12 @@ async def _amain(settings: AgentSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.request_stop)
     await agent.run()
+    # Drained and reported: what is left is closing the loop and the interpreter. Closing the loop
+    # would put back the default action, and a second SIGTERM then (a supervisor repeating its
+    # notice) would kill us with -15 after a clean drain; ignore both from here on.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
     return 0
 
 

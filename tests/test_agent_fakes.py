@@ -238,6 +238,12 @@ class AgentProc:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
+    def wait_exit(self, timeout_s: float = 30.0) -> int:
+        """The exit code of a process already told to stop (no second signal)."""
+        assert self.proc is not None
+        self.proc.wait(timeout_s)
+        return self.stop()
+
     def stop(self, timeout_s: float = 10.0) -> int:
         if self.proc is None:
             return 0

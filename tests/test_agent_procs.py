@@ -8,6 +8,7 @@ L1/L2 run for CALLROUTE_L_SECONDS (default 6 s each); the full 5-minute L1 is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -561,3 +562,19 @@ def test_bad_settings_or_busy_port_stop_the_agent_with_a_clear_message(agents, t
     clash = agents("c2", tmp_path, http_port=ok.http_port, grpc=False).start()
     assert clash.proc.wait(30) != 0
     assert "error" in clash.output() and ok.proc.poll() is None
+
+
+def test_repeated_sigterm_during_shutdown_still_exits_cleanly(cp, agents, tmp_path):
+    # a supervisor that repeats its notice (or an operator pressing ^C twice): every signal after the
+    # first finds either the drain (which it joins) or the finished agent (which ignores it), never
+    # the default action that killed a drained agent with -15 while its loop closed
+    p = agents("c0", tmp_path, cp.address, state_dir=tmp_path / "s").start()
+    p.wait_listening()
+    poll(lambda: _healthy(p.http_port))
+    p.signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while p.proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(ProcessLookupError):
+            p.signal(signal.SIGTERM)
+        time.sleep(0.0005)  # pacing the repeated signal, not waiting for state: the loop ends at exit
+    assert p.proc.wait(10) == 0, p.output()[-2000:]
