@@ -686,4 +686,9 @@ async def serve(settings: ControlPlaneSettings, port_file: str | None = None) ->
         await cp.stop()
         with contextlib.suppress(Exception):
             await _maybe_await(store.close())
+        # stopped cleanly: a repeated notice while the loop and interpreter close must not turn the
+        # clean stop into a kill by signal (the agent's -15, agents/main.py)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
     return 0
