@@ -90,6 +90,10 @@ def test_head_office_is_a_plan_setting_three_rings_then_head_office():
     assert RequeryBook(_plan()).answer(_q(tried=("wuhan", "chengdu"), count=1), icbc).center == "beijing"
     # a head office the plan closes is skipped
     assert RequeryBook(_plan(closed=("chengdu",))).answer(_q(), icbc).center == "beijing"
+    # the bank's rule, not a prediction: the head office even when staying looks as good
+    flat = {"wuhan": {"retail": _pred(0.95)}, "chengdu": {"retail": _pred(0.90)}}
+    assert RequeryBook(_plan(receivers=flat)).answer(_q(), icbc).center == "chengdu"
+    assert RequeryBook(_plan(receivers={})).answer(_q(), icbc).center == "chengdu"
 
 
 def test_no_move_without_gain_nor_for_pinned_routes():

@@ -10,9 +10,10 @@ Stateless by design: the switch sends how many re-queries it has used (`count`) 
 
 The best center now comes from the plan in force: the route's targets and every center the plan
 predicts a service level for (`Plan.receivers`) for the call's skill, less the centers tried and
-those the plan closes. A call moves when the head office (if the policy names one) or the best
-predicted center beats staying by `min_gain` of predicted service level (a move puts the call at
-the back of another queue). Pinned (specialty) routes never move: that business stays local.
+those the plan closes. With a head office in the policy the call goes there (the bank's rule),
+while the plan has it open and staffed for the skill; otherwise it moves when the best predicted
+center beats staying by `min_gain` of predicted service level (a move puts the call at the back
+of another queue). Pinned (specialty) routes never move: that business stays local.
 A plan without predictions (the planner's `predict=False`) ranks the route's targets by weight.
 
 Pure: no clock (the wait comes in the query), no I/O. Must not: hold per-call state.
@@ -146,7 +147,9 @@ class RequeryBook:
 
         cur_pred = _pred(preds, current, skill)
         if not preds:
-            # a plan without predictions: the route's targets by weight
+            # a plan without predictions: the head office, else the route's targets by weight
+            if usable(policy.head_office):
+                return self._move(policy.head_office, "head office", used, left)
             ranked = sorted((c for c in weight if usable(c)), key=lambda c: (-weight[c], c))
             if ranked:
                 return self._move(ranked[0], f"route target, weight {weight[ranked[0]]:.0%}", used, left)
@@ -155,8 +158,10 @@ class RequeryBook:
         stay_sl = cur_pred.service_level if cur_pred is not None and current not in self._closed else -1.0
         head = policy.head_office
         if usable(head):
+            # the bank's rule (ICBC: three rings, then head office): the head office takes the call
+            # whatever the prediction, as long as the plan has it open and staffed for the skill
             hp = _pred(preds, head, skill)
-            if hp is not None and hp.agents > 0 and hp.service_level >= stay_sl:
+            if hp is not None and hp.agents > 0:
                 return self._move(head, f"head office, predicted SL {hp.service_level:.0%} "
                                         f"vs {_sl_text(stay_sl)} here", used, left)
         best, best_key, best_pred = "", None, None
