@@ -78,7 +78,6 @@ class RequeryPolicySim(CallroutePolicy):
         new center or (stay) at the same one."""
         st = self.calls.get(call)
         if st is None or st[1] >= self.rq.max_per_call:
-            self.calls.pop(call, None)
             return None
         t = now + self.rq.after_s
         return t if math.isfinite(t) else None
