@@ -271,3 +271,17 @@ async def test_grpc_requery_answers_and_names_bad_fields():
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "body" in e.value.details()
     finally:
         await server.stop(0)
+
+
+def test_waiting_calls_spread_over_centers_nearly_as_good_by_spare_agents():
+    # two receivers within SPREAD_SL of each other: calls spread by call id, each call stably
+    even = {"wuhan": {"retail": _pred(0.30, 1.0)},
+            "chengdu": {"retail": ReceiverPrediction(60, 40.0, 0.93, 0.67)},
+            "beijing": {"retail": ReceiverPrediction(60, 50.0, 0.95, 0.83)},
+            "shanghai": {"retail": ReceiverPrediction(60, 59.0, 0.70, 0.98)}}
+    book = RequeryBook(_plan(receivers=even))
+    got = [book.answer(_q(call_id=f"call-{i}"), POL).center for i in range(2000)]
+    assert set(got) == {"chengdu", "beijing"}  # shanghai is more than SPREAD_SL below the best
+    # in proportion to predicted spare agents: chengdu 20, beijing 10
+    assert 0.6 < got.count("chengdu") / len(got) < 0.73
+    assert all(book.answer(_q(call_id=f"call-{i}"), POL).center == got[i] for i in range(50))

@@ -22,7 +22,7 @@ from controlplane.core.model import RequeryPolicy
 from controlplane.core.requery import RequeryBook, RequeryQuery
 
 from .engine import Simulation
-from .policies import CallroutePolicy
+from .policies import POLICY_FACTORIES, CallroutePolicy
 
 
 class RequeryPolicySim(CallroutePolicy):
@@ -88,3 +88,6 @@ class RequeryPolicySim(CallroutePolicy):
                     "requery_policy": {"after_s": self.rq.after_s, "max_per_call": self.rq.max_per_call,
                                        "head_office": self.rq.head_office, "min_gain": self.rq.min_gain}})
         return out
+
+
+POLICY_FACTORIES["callroute+requery"] = RequeryPolicySim

@@ -13,7 +13,9 @@ predicts a service level for (`Plan.receivers`) for the call's skill, less the c
 those the plan closes. With a head office in the policy the call goes there (the bank's rule),
 while the plan has it open and staffed for the skill; otherwise it moves when the best predicted
 center beats staying by `min_gain` of predicted service level (a move puts the call at the back
-of another queue). Pinned (specialty) routes never move: that business stays local.
+of another queue). Calls that wait in one plan's time spread by call id over the few centers
+nearly as good as the best, by predicted spare agents, rather than all joining one queue.
+Pinned (specialty) routes never move: that business stays local.
 A plan without predictions (the planner's `predict=False`) ranks the route's targets by weight.
 
 Pure: no clock (the wait comes in the query), no I/O. Must not: hold per-call state.
@@ -25,6 +27,7 @@ import math
 from collections.abc import Sequence
 
 import msgspec
+import xxhash
 
 from .model import InvalidInput, Plan, ReceiverPrediction, RequeryPolicy, Route, RouteKind, check_id
 
@@ -42,6 +45,11 @@ MAX_COUNT = 64
 MAX_WAITED_S = 86_400.0
 # The answer's reason goes into switch logs, like a route's (lookup.MAX_REASON_CHARS).
 MAX_REASON_CHARS = 160
+# Re-queried calls spread over at most this many centers whose predicted service level is within
+# SPREAD_SL of the best (and beats staying): a plan's overflow spreads over 4 receivers too.
+SPREAD_CENTERS = 4
+SPREAD_SL = 0.05
+_xxh64 = xxhash.xxh64_intdigest
 # the tier whose route answers from vip_targets (lookup.VIP_TIER; not imported to keep the hot
 # path's module out of this one's dependencies)
 _VIP = "vip"
@@ -164,22 +172,38 @@ class RequeryBook:
             if hp is not None and hp.agents > 0:
                 return self._move(head, f"head office, predicted SL {hp.service_level:.0%} "
                                         f"vs {_sl_text(stay_sl)} here", used, left)
-        best, best_key, best_pred = "", None, None
+        ranked: list[tuple[tuple[float, float, bool, str], str, ReceiverPrediction]] = []
         for c, per_skill in preds.items():
             p = per_skill.get(skill)
             if p is None or p.agents <= 0 or not usable(c):
                 continue
             # highest predicted SL; then least occupied; then the route's own targets; then by id
-            key = (-p.service_level, p.occupancy, c not in weight, c)
-            if best_key is None or key < best_key:
-                best, best_key, best_pred = c, key, p
-        if best_pred is None:
+            ranked.append(((-p.service_level, p.occupancy, c not in weight, c), c, p))
+        if not ranked:
             return self._stay("stay: no other center staffs this skill", used, left)
+        ranked.sort()
+        best, best_pred = ranked[0][1], ranked[0][2]
         if best_pred.service_level < stay_sl + policy.min_gain:
             return self._stay(f"stay: best other {best} predicted SL {best_pred.service_level:.0%} "
                               f"vs {_sl_text(stay_sl)} here", used, left)
-        return self._move(best, f"best now, predicted SL {best_pred.service_level:.0%} vs "
-                                f"{_sl_text(stay_sl)} here", used, left)
+        # Every call waiting in one plan's time sees the same predictions: sending them all to the
+        # one best center would pile them into its queue. They spread, by a stable hash of the call
+        # id, over the few centers nearly as good, in proportion to each one's predicted spare agents.
+        floor = max(stay_sl + policy.min_gain, best_pred.service_level - SPREAD_SL)
+        pool = [(c, p.agents - p.load_erlangs) for _, c, p in ranked[:SPREAD_CENTERS]
+                if p.service_level >= floor and p.agents > p.load_erlangs]
+        chosen, chosen_pred = best, best_pred
+        total = sum(w for _, w in pool)
+        if len(pool) > 1 and total > 0:
+            x = _xxh64(q.call_id.encode()) / 2.0**64 * total
+            for c, w in pool:
+                x -= w
+                if x < 0:
+                    chosen = c
+                    break
+            chosen_pred = next(p for _, c, p in ranked if c == chosen)
+        return self._move(chosen, f"best now, predicted SL {chosen_pred.service_level:.0%} vs "
+                                  f"{_sl_text(stay_sl)} here", used, left)
 
     def _stay(self, why: str, used: int, left: int) -> RequeryAnswer:
         return RequeryAnswer("", True, why[:MAX_REASON_CHARS], self.plan.version, used, left)
