@@ -10,7 +10,8 @@ import json
 import time
 from collections import Counter
 
-from chaos.harness import Cluster, log
+from chaos.harness import Cluster
+from chaos.procs import log
 from chaos.report import ScenarioResult
 from chaos.scenarios.common import (
     LEASE_TTL_S,
