@@ -172,3 +172,39 @@ def test_a_healthy_center_with_two_replicas_stays_healthy(lag):
                          routed_to={"a": 10}), now + lag + 0.01)
         assert t.view(now + lag + 0.01)["a"].status == Status.HEALTHY, i
     assert t.calls_seen("a") == (80, 400, 400)
+
+
+def test_acd_messages_cross_the_wire_and_bad_ones_are_named():
+    from controlplane.convert import report_from_pb, report_to_pb
+    from controlplane.core.model import AcdCount, Report
+
+    r = Report("a", 1, 1.7e9, acd=[AcdCount("acd", 3, 7, {"retail": (3, 2, 1, 1)}),
+                                    AcdCount("agent", 9, 1, {})])
+    assert report_from_pb(report_to_pb(r), set(CENTERS)) == r
+    for bad, field in ((AcdCount("acd", 3, 0, {}), "acd[0].seq"),
+                       (AcdCount("a b", 3, 1, {}), "acd[0].source"),
+                       (AcdCount("acd", 3, 1, {"retail": (1, 1, 2, 0)}), "acd[0].skills[retail].answered_within"),
+                       (AcdCount("acd", 3, 1, {"retail": (-1, 0, 0, 0)}), "acd[0].skills[retail].offered")):
+        with pytest.raises(InvalidInput) as e:
+            report_from_pb(report_to_pb(Report("a", 1, 1.7e9, acd=[bad])), set(CENTERS))
+        assert e.value.field == field
+
+
+def test_a_full_carry_refuses_pushes_instead_of_dropping_them(monkeypatch):
+    import agents.acd as acd_mod
+    from agents.acd import AcdFull
+    from agents.httpserver import AcdHttpServer
+
+    monkeypatch.setattr(acd_mod, "MAX_HELD_ACD", 3)
+    rep = replica(7)
+    for seq in (1, 2, 3):
+        push(rep, seq, 0.1)
+    with pytest.raises(AcdFull):
+        push(rep, 4, 0.2)
+    srv = AcdHttpServer(push=lambda body: rep.acd.push_json(body, 0.3))
+    body = json.dumps({"epoch": 1, "seq": 4, "skills": {}}).encode()
+    assert srv.other(b"POST", b"/v1/acd", body).startswith(b"HTTP/1.1 503")
+    r = rep.build(0.5)  # the control plane acknowledges them: room again
+    rep.acd.carry.sent(r.seq, r.acd)
+    rep.acd.carry.acked(r.seq, True)
+    assert srv.other(b"POST", b"/v1/acd", body).startswith(b"HTTP/1.1 200")
