@@ -183,7 +183,8 @@ def test_acd_messages_cross_the_wire_and_bad_ones_are_named():
     assert report_from_pb(report_to_pb(r), set(CENTERS)) == r
     for bad, field in ((AcdCount("acd", 3, 0, {}), "acd[0].seq"),
                        (AcdCount("a b", 3, 1, {}), "acd[0].source"),
-                       (AcdCount("acd", 3, 1, {"retail": (1, 1, 2, 0)}), "acd[0].skills[retail].answered_within"),
+                       (AcdCount("acd", 3, 1, {"retail": (1, 1, 2, 0)}),
+                        "acd[0].skills[retail].answered_within"),
                        (AcdCount("acd", 3, 1, {"retail": (-1, 0, 0, 0)}), "acd[0].skills[retail].offered")):
         with pytest.raises(InvalidInput) as e:
             report_from_pb(report_to_pb(Report("a", 1, 1.7e9, acd=[bad])), set(CENTERS))
