@@ -173,7 +173,7 @@ class Replica(Proc):
         self.port_file = tmp / f"{name}.ports"
         self.grpc_port = free_port()
         self.metrics_port = free_port()
-        super().__init__(name, [sys.executable, "-m", "controlplane.cli", "controlplane",
+        super().__init__(name, [sys.executable, "-m", "controlplane.cli", "controlplane", "--operator-from-request",
                                 "--topology", topology, "--store", store,
                                 "--listen", f"127.0.0.1:{self.grpc_port}",
                                 "--metrics", f"127.0.0.1:{self.metrics_port}", "--id", name,
