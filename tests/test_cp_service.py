@@ -555,7 +555,8 @@ def test_callroute_controlplane_logs_info_with_timestamps(tmp_path: Path) -> Non
 
     log = tmp_path / "cp.log"
     with open(log, "wb") as out:
-        p = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "controlplane", "--operator-from-request", "--topology",
+        p = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "controlplane",
+                              "--operator-from-request", "--topology",
                               _topology_file(), "--data-dir", str(tmp_path / "data"), "--listen",
                               f"127.0.0.1:{free_port()}", "--metrics", f"127.0.0.1:{free_port()}"],
                              stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)

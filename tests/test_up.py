@@ -84,8 +84,8 @@ def test_up_close_center_reaches_every_agent_and_metrics(tmp_path):
                                 "test: lockdown", "--endpoint", ep, "--json", "--operator", "mallory"],
                                cwd=ROOT, capture_output=True, text=True, timeout=30, env=env)
         assert close.returncode == 0, close.stdout + close.stderr
-        audit = subprocess.run([sys.executable, "-m", "controlplane.cli", "audit", "--endpoint", ep, "--json"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=30, env=env)
+        audit = subprocess.run([sys.executable, "-m", "controlplane.cli", "audit", "--endpoint", ep,
+                                "--json"], cwd=ROOT, capture_output=True, text=True, timeout=30, env=env)
         assert audit.returncode == 0, audit.stdout + audit.stderr
         from controlplane.devtoken import login_name
 

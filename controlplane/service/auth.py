@@ -534,7 +534,8 @@ def server_security(settings: Any) -> ServerSecurity:
     tokens = TokenTable(settings.tokens) if settings.tokens else None
     if tokens is not None and creds is None:
         log.warning("operator tokens configured on a plaintext listener: tokens travel in the clear")
-    from_request = bool(getattr(settings, "operator_from_request", False)) and creds is None and tokens is None
+    from_request = (bool(getattr(settings, "operator_from_request", False))
+                    and creds is None and tokens is None)
     if from_request:
         # nothing authenticates operators: each names itself, and one person can be both
         log.warning("INSECURE: operator_from_request: operator names are taken from requests as given "
