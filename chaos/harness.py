@@ -338,6 +338,7 @@ class Cluster:
         self.agents: dict[str, AgentProc] = {}
         # per proxied agent: one proxy per replica, in replica order
         self.cp_proxies: dict[str, list[FaultProxy]] = {}
+        self.cp_via: dict[str, dict[str, str]] = {}
         # per proxied agent: one proxy in front of its ACD listener, the address every other agent
         # is given for it (peers' probes and simulated calls), so a scenario can cut the center's
         # whole link (isolate) or only its control-plane link (cut_controlplane_link)
@@ -396,6 +397,11 @@ class Cluster:
                 self.cp_proxies[c] = proxies
                 cps = [p.addr for p in proxies]
             cfg = {**self.agent_config, **self.agent_config_for.get(c, {})}
+            if c in self.cp_proxies:
+                # a follower's redirect names the leader's own address: reach it through its proxy
+                # too, or the agent's stream leaves the proxy (and every later cut) at the first
+                # failover
+                self.cp_via[c] = {r.addr: p.addr for r, p in zip(order, self.cp_proxies[c], strict=True)}
             self.agents[c] = AgentProc(self.tmp, c, self.topology_path, cps, cfg)
         # ACD ports are fixed at AgentProc construction (free_port), so every address is known here,
         # before any agent's config is written
@@ -412,7 +418,8 @@ class Cluster:
             # peers: where the agent probes the other centers (issue 16). Both through the proxy of a
             # proxied center: a whole-link cut stops its calls and its probes alike
             peers = {o: addr for o, addr in acd_addr.items() if o != c}
-            a.config_path.write_text(json.dumps({"sim_peers": acd_addr, "peers": peers, **cfg}))
+            via = {"controlplane_via": self.cp_via[c]} if c in self.cp_via else {}
+            a.config_path.write_text(json.dumps({"sim_peers": acd_addr, "peers": peers, **via, **cfg}))
             a.start()
         await self.wait_agents_serving()
         log(f"network up in {time.monotonic() - self.t0:.1f} s: leader {self.leader_name()}")
