@@ -454,7 +454,9 @@ class HealthTracker:
         window = c.window
         c.reports += 1
         inc = report.incarnation
-        if window and inc not in c.sample_incs and now - window[-1].at < s.interval_s:
+        incs = c.sample_incs
+        merged = bool(window) and inc not in incs and now - window[-1].at < s.interval_s
+        if merged:
             # another replica's report of the interval the newest sample covers: one sample of both
             prev = window[-1]
             if prev.routed_to and routed_to:
@@ -468,10 +470,9 @@ class HealthTracker:
                                  prev.offered_total + offered, prev.answered_total + answered,
                                  prev.kept_total + kept)
             c.times[-1] = now
-            c.sample_incs.add(inc)
+            incs.add(inc)
         elif window:
             prev = window[-1]
-            c.sample_incs = {inc}
             window.append(_Sample(now, offered, answered, queued, waiting and all_busy, routed_to, kept,
                                   prev.offered_total + offered, prev.answered_total + answered,
                                   prev.kept_total + kept))
@@ -479,10 +480,11 @@ class HealthTracker:
                 # a gap in its reports: its first report after covers one interval
                 c.gap_since, c.gap_serial = now - 0.5 * s.interval_s, c.samples
         else:
-            c.sample_incs = {inc}
             window.append(_Sample(now, offered, answered, queued, waiting and all_busy, routed_to, kept,
                                   offered, answered, kept))
-        if len(c.sample_incs) == 1:  # a new sample (else the newest one took this report)
+        if not merged:  # a new sample, of this incarnation only so far
+            if len(incs) != 1 or inc not in incs:  # the usual single agent keeps its set as it is
+                c.sample_incs = {inc}
             c.times.append(now)
             c.samples += 1
         c.offered_ever += offered
