@@ -473,8 +473,9 @@ class PushACD:
         self.duplicates = 0  # numbered pushes received again (the ACD retried)
         self.unnumbered = 0  # pushes without the ACD's seq: numbered here, per replica
         self.carry = AcdCarry()
-        # this agent's own identity for unnumbered pushes: an epoch no other process shares
-        self._local = ("agent", random.SystemRandom().getrandbits(63) + 1)
+        # this agent's own identity for unnumbered pushes: a source no other process shares (random,
+        # so not an epoch: the control plane takes a lower epoch of a source as older)
+        self._local = (f"agent-{random.SystemRandom().getrandbits(64):016x}", 1)
         self._local_seq = 0
 
     def offer_routed(self, per_skill: dict[str, int], now: float) -> None:

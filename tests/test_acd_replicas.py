@@ -209,3 +209,26 @@ def test_a_full_carry_refuses_pushes_instead_of_dropping_them(monkeypatch):
     rep.acd.carry.sent(r.seq, r.acd)
     rep.acd.carry.acked(r.seq, True)
     assert srv.other(b"POST", b"/v1/acd", body).startswith(b"HTTP/1.1 200")
+
+
+def test_acd_seen_is_bounded_and_never_counts_twice():
+    from controlplane.core import acdseen
+    from controlplane.core.acdseen import AcdSeen
+    from controlplane.core.model import AcdCount
+
+    seen = AcdSeen()
+    msg = lambda src, epoch, seq: AcdCount(src, epoch, seq, {})  # noqa: E731
+    assert len(seen.fresh([msg("acd", 1, s) for s in (3, 1, 2, 2, 1)])) == 3  # out of order, repeats
+    assert seen.duplicates == 2
+    # a gap no replica ever fills: the floor moves past it once WINDOW seqs wait above it
+    seqs = range(5, 5 + acdseen.WINDOW + 10)
+    assert len(seen.fresh([msg("acd", 1, s) for s in seqs])) == len(seqs)
+    assert seen.fresh([msg("acd", 1, 4)]) == []  # given up: at most once, never twice
+    # streams beyond MAX_STREAMS: the least recently heard is forgotten, and its epoch stays old
+    for epoch in range(2, 2 + acdseen.MAX_STREAMS):
+        assert len(seen.fresh([msg("acd", epoch, 1)])) == 1
+    assert seen.fresh([msg("acd", 1, 10_000)]) == []  # epoch 1 was forgotten: older than counted
+    assert seen.too_old == 1
+    # agents' own sources (random ids) are apart: one's forgetting never drops another's messages
+    for i in range(3 * acdseen.MAX_STREAMS):
+        assert len(seen.fresh([msg(f"agent-{i:016x}", 1, 1)])) == 1

@@ -160,7 +160,7 @@ class AcdCount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One ACD message's counters under the ACD's own identity: two agent replicas reading one ACD
     both report it, and the control plane counts it once (core/acdseen.py)."""
 
-    source: str  # the ACD's id ("acd" when it names none; an agent's own for unnumbered pushes)
+    source: str  # the ACD's id ("acd" when it names none; "agent-<random>" for an agent's unnumbered pushes)
     epoch: int  # the ACD's start: a restarted ACD numbers its messages from 1 again in a new one
     seq: int  # the message's number within the epoch
     # skill -> (offered, answered, answered_within, abandoned) since the ACD's previous message
