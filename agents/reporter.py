@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from agents.acd import ACD
-from agents.plancache import Backoff, _short, channel_options, write_atomic
+from agents.plancache import _short, channel_options, write_atomic
+from controlplane.core.backoff import Backoff
 from controlplane.core.model import MAX_COUNT, MAX_DEMAND_ENTRIES, MAX_TARGETS_PER_REPORT, Report
 
 log = logging.getLogger("callroute.agent.report")
