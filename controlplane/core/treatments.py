@@ -19,7 +19,7 @@ Pure: no clock, no I/O (the planner calls `TreatmentChooser.apply` with its work
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import msgspec
 
@@ -156,3 +156,24 @@ class TreatmentChooser:
             if r.treatment is not t:
                 routes[i] = msgspec.structs.replace(r, treatment=t)
         self._last = seen
+
+
+def callback_hour(now_s: float, load_erlangs: Sequence[float], agents: Sequence[int],
+                  booked_erlangs: Mapping[int, float], max_occupancy: float,
+                  horizon_h: int = 24) -> int | None:
+    """The hour to call back an accepted callback: deferred demand planned into a quieter period.
+
+    The first whole hour after the current one (hours counted from 00:00 of day 0; the day's
+    `load_erlangs` and `agents` are per hour of day, 24 each) whose forecast load plus the
+    callbacks already booked there (`booked_erlangs`, by absolute hour) keeps the agents on shift
+    under `max_occupancy`. None when no hour within `horizon_h` is that quiet: the caller is then
+    better left in the queue than promised a call back that would land in another peak.
+    """
+    first = int(now_s // 3600.0) + 1
+    for h in range(first, first + horizon_h):
+        n = agents[h % 24]
+        if n <= 0:
+            continue
+        if load_erlangs[h % 24] + booked_erlangs.get(h, 0.0) <= max_occupancy * n:
+            return h
+    return None
