@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,7 +92,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         poll(lambda: not udp_free(kam) or procs.procs["kamailio"].poll() is not None, 15,
              "kamailio listening")
         procs.alive("kamailio")
-        yield {"tmp": tmp, "procs": procs, "agents": agents, "grpc": grpc_ports, "kam": kam}
+        yield {"tmp": tmp, "procs": procs, "agents": agents, "grpc": grpc_ports, "kam": kam,
+               "cp": f"127.0.0.1:{cp_port}"}
     finally:
         procs.stop()
 
@@ -141,3 +143,21 @@ def test_kamailio_applies_each_treatment(net: dict[str, Any]) -> None:
         cid = r.reply.get("call-id")
         assert all(x["call_id"] != cid for c in ("north", "south")
                    for x in read_records(net["tmp"] / f"calls-{c}.jsonl"))
+
+
+def test_explain_says_why_the_treatment_was_chosen(net: dict[str, Any]) -> None:
+    r = subprocess.run([PY, "-m", "controlplane.cli", "explain", "--branch", "guangdong", "--skill", "card",
+                        "--caller", "13800000002", "--endpoint", net["cp"]],
+                       capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    assert r.returncode == 0, r.stderr
+    line = next((x for x in r.stdout.splitlines() if "treatment:" in x), "")
+    # "treatment: channel_guidance prompt wechat-account: predicted wait 305 s > 180 s (branch ... chain)"
+    assert line.strip().startswith("treatment: channel_guidance prompt wechat-account: predicted wait"), \
+        r.stdout
+    assert line.endswith("> 180 s (branch guangdong/card chain)"), line
+    r = subprocess.run([PY, "-m", "controlplane.cli", "explain", "--branch", "guangdong", "--skill",
+                        "card", "--caller", "13800000002", "--endpoint", net["cp"], "--json"],
+                       capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    reply = json.loads(r.stdout)
+    assert reply["route"]["treatment"]["prompt"] == "wechat-account", reply
+    assert reply["decision"]["treatment"]["action"] == "channel_guidance", reply

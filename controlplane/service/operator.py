@@ -42,6 +42,7 @@ from controlplane.convert import (
     route_kind_to_pb,
     route_request_from_pb,
     status_to_pb,
+    treatment_to_pb,
 )
 from controlplane.core.model import AdminState, InvalidInput, NetworkView, Plan, Status, check_id
 from controlplane.core.plan import diff_plans, explain, find_route, moves_traffic_off_open_center
@@ -1053,6 +1054,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 vip_targets=[types_pb2.Target(center=t.center, weight=t.weight) for t in r.vip_targets],
                 explanation=r.explanation,
                 home=r.home,
+                treatment=treatment_to_pb(r.treatment) if r.treatment is not None else None,
             )
         return operator_pb2.ExplainReply(
             decision=decision_to_pb(d),
