@@ -73,7 +73,7 @@ def aggregate(runs: Sequence[ScenarioRun]) -> dict[str, object]:
         for key in ("answer_rate", "abandon_rate"):
             _, klo, khi = share_ci95([getattr(m, key) for m in ms])
             row[f"{key}_ci95"] = [klo, khi]
-        if any(m.callbacks for m in ms):
+        if any(getattr(m, "callbacks", None) for m in ms):
             # overload treatments' callbacks (issue 18): the means over seeds, and the paired
             # per-seed effect against callroute without treatments on the same calls
             for key in ("offered", "accepted", "served", "pending", "mean_delay_h"):
