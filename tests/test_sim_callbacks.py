@@ -96,3 +96,13 @@ def test_accepted_callbacks_relieve_the_peak(runs):
 def test_callback_settings_are_checked():
     with pytest.raises(InvalidInput, match="callbacks.accept_share"):
         CallroutePolicy(callbacks=CallbackSettings(accept_share=1.5))
+
+
+def test_cli_sets_the_accepted_share(capsys):
+    from chaos.sim import cli
+
+    # a bad share is refused naming the field and value (the policy checks it when built)
+    rc = cli.main(["surge-2007", "--policy", "callroute-cb", "--hours", "0.05", "--callback-accept", "2",
+                   "--json", "--no-progress", "--jobs", "1"])
+    assert rc != 0
+    assert "callbacks.accept_share=2.0: must be within [0, 1]" in capsys.readouterr().err

@@ -636,10 +636,11 @@ EXTRA_POLICIES = ("callroute+jsew", "callroute-nodetect", "callroute-noprobe", "
 
 
 def make_policy(name: str, *, report_s: float = REPORT_INTERVAL_S,
-                publish_s: float = PUBLISH_INTERVAL_S) -> BasePolicy:
+                publish_s: float = PUBLISH_INTERVAL_S,
+                callbacks: CallbackSettings | None = None) -> BasePolicy:
     """A fresh policy object by name (policies keep per-run state: one object per run).
 
-    report_s and publish_s apply to the callroute policies only.
+    report_s and publish_s apply to the callroute policies only; callbacks to callroute-cb only.
     """
     if name == "static":
         return StaticPolicy()
@@ -648,7 +649,8 @@ def make_policy(name: str, *, report_s: float = REPORT_INTERVAL_S,
     if name == "even8":
         return Even8Policy()
     if name == "callroute-cb":
-        return CallroutePolicy(report_s=report_s, publish_s=publish_s, callbacks=CallbackSettings())
+        return CallroutePolicy(report_s=report_s, publish_s=publish_s,
+                               callbacks=callbacks or CallbackSettings())
     if name in ("callroute", "callroute+jsew", "callroute-nodetect", "callroute-noprobe"):
         return CallroutePolicy(report_s=report_s, publish_s=publish_s,
                                live_balance=name == "callroute+jsew",
