@@ -47,6 +47,7 @@ from agents.acd import invalid_from_msgspec
 from agents.plancache import PlanCache, Served
 from agents.reporter import RoutedCounter
 from controlplane.core.model import InvalidInput, check_id
+from controlplane.core.treatments import RELEASING
 
 log = logging.getLogger("callroute.agent.http")
 
@@ -198,7 +199,9 @@ class LookupEngine:
         # only answered lookups reach here (resolve raised for an unknown branch or skill): the
         # counts name branches and skills of the served plan
         counts = self.counter.counts
-        key = (branch, skill, d.center)
+        t = d.treatment
+        # a call the switch releases with a prompt reaches no center: counted as a treatment ("")
+        key = (branch, skill, "" if t is not None and t.action in RELEASING else d.center)
         counts[key] = counts.get(key, 0) + 1
         return d
 

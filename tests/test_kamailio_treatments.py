@@ -92,6 +92,16 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         poll(lambda: not udp_free(kam) or procs.procs["kamailio"].poll() is not None, 15,
              "kamailio listening")
         procs.alive("kamailio")
+
+        def planned() -> bool:
+            # on a loaded machine an agent may start after the control plane's start timer has called
+            # its center down; the plan that follows its first reports is the one under test
+            _, d = http_get(agents["north"], "/v1/route?branch=beijing&skill=retail&caller=0&probe=1")
+            _, g = http_get(agents["north"], "/v1/route?branch=guangdong&skill=card&caller=0&probe=1")
+            return isinstance(d, dict) and isinstance(g, dict) and d.get("center") == "north" \
+                and d.get("treatment") == "callback_offer" and g.get("treatment") == "channel_guidance"
+
+        poll(planned, 60, "the plan with both centers healthy and their treatments")
         yield {"tmp": tmp, "procs": procs, "agents": agents, "grpc": grpc_ports, "kam": kam,
                "cp": f"127.0.0.1:{cp_port}"}
     finally:

@@ -254,3 +254,38 @@ def test_explain_shows_predicted_wait_against_threshold():
     plan = compute_plan(t, loaded_view(2.0))
     text = explain(plan, "bj", "retail")
     assert "treatment: callback_offer: predicted wait" in text and "> 60 s (policy chain)" in text
+
+
+# ------------------------------------------------------------------ the agent's answer
+
+
+def test_agent_answer_carries_the_treatment_and_released_calls_count_as_treatments():
+    """A real PlanCache and LookupEngine (the agent's HTTP/gRPC path) on a planned plan: the JSON
+    keys, and what the report counts: a callback-offered call goes to its center; a call released
+    with a prompt (channel guidance) is counted as an overload treatment, center "" (else the
+    receiver's failing detector would wait for calls that were never sent there)."""
+    import json as _json
+
+    from agents.httpserver import HttpLookupServer, LookupEngine, decision_dict
+    from agents.plancache import PlanCache
+    from agents.reporter import RoutedCounter
+
+    t = parse_topology(doc({"treatments": CHAIN}))
+    plan = PlanTracker(t).compute(NetworkView(demand={"bj": {"retail": 40 * 2.0 * 15},
+                                                      "gd": {"retail": 40 * 6.0 * 15}}), 0.0, 1)
+    cache = PlanCache(t)
+    assert cache.offer(plan) == ""
+    eng = LookupEngine(cache, RoutedCounter())
+    srv = HttpLookupServer(eng, health=dict, metrics=bytes)
+    body = srv.route_get(b"branch=bj&skill=retail&caller=1").partition(b"\r\n\r\n")[2]
+    d = _json.loads(body)
+    assert (d["center"], d["treatment"], d["treatment_prompt"], d["treatment_threshold_s"]) == \
+        ("north", "callback_offer", "", 60.0)
+    assert 60.0 < d["predicted_wait_s"] < 180.0
+    g = _json.loads(srv.route_get(b"branch=gd&skill=retail&caller=1").partition(b"\r\n\r\n")[2])
+    assert (g["treatment"], g["treatment_prompt"]) == ("channel_guidance", "wechat-account")
+    light = _json.loads(srv.route_get(b"branch=bj&skill=card&caller=1").partition(b"\r\n\r\n")[2])
+    assert (light["treatment"], light["treatment_prompt"], light["predicted_wait_s"]) == ("", "", 0.0)
+    counts = eng.counter.swap()
+    assert counts == {("bj", "retail", "north"): 1, ("gd", "retail", ""): 1, ("bj", "card", "north"): 1}
+    assert decision_dict(eng.resolve(cache.served, "gd", "retail", "2", ""))["center"] == "south"

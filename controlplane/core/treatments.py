@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import msgspec
 
-from .model import Route, Topology, Treatment, TreatmentStep
+from .model import Route, Topology, Treatment, TreatmentAction, TreatmentStep
 
 # A step once taken is kept until the predicted wait falls below this share of its threshold:
 # a wait that hovers at 60 s must not offer callbacks on one plan and withdraw them on the next.
@@ -36,6 +36,10 @@ WAIT_STEP_S = 5.0
 MAX_WAIT_S = 86_400.0
 
 Chain = tuple[TreatmentStep, ...]
+# treatments after which the switch releases the call (the prompt is played, no center gets it): an
+# agent counts such a lookup as an overload treatment (receiving center ""), not as a call sent to
+# the route's center, or the receivers' health checks would miss calls that were never sent
+RELEASING = frozenset({TreatmentAction.ANNOUNCEMENT, TreatmentAction.CHANNEL_GUIDANCE})
 
 
 def chain_for(topology: Topology, branch_id: str, skill: str) -> tuple[Chain, str]:
