@@ -38,6 +38,8 @@ from controlplane.core.model import (
     SkillLoad,
     Status,
     Target,
+    Treatment,
+    TreatmentAction,
     check_id,
     validate_report,
 )
@@ -110,6 +112,39 @@ _OVERLOAD_TO_PB: dict[str, types_pb2.OverloadAction] = {
     OverloadAction.CALLBACK.value: types_pb2.OVERLOAD_ACTION_CALLBACK,
 }
 _OVERLOAD_FROM_PB: dict[int, OverloadAction] = {v: OverloadAction(k) for k, v in _OVERLOAD_TO_PB.items()}
+
+_TREATMENT_TO_PB: dict[str, types_pb2.TreatmentAction] = {
+    TreatmentAction.CALLBACK_OFFER.value: types_pb2.TREATMENT_ACTION_CALLBACK_OFFER,
+    TreatmentAction.ANNOUNCEMENT.value: types_pb2.TREATMENT_ACTION_ANNOUNCEMENT,
+    TreatmentAction.CHANNEL_GUIDANCE.value: types_pb2.TREATMENT_ACTION_CHANNEL_GUIDANCE,
+}
+_TREATMENT_FROM_PB: dict[int, TreatmentAction] = {v: TreatmentAction(k) for k, v in _TREATMENT_TO_PB.items()}
+# a prompt id is an id (letters, digits, - _ .); a treatment's source names a branch and a skill
+_MAX_TREATMENT_SOURCE = 200
+
+
+def treatment_to_pb(t: Treatment) -> types_pb2.Treatment:
+    return types_pb2.Treatment(action=_TREATMENT_TO_PB[t.action], prompt=t.prompt,
+                               predicted_wait_s=t.predicted_wait_s, threshold_s=t.threshold_s,
+                               source=t.source)
+
+
+def treatment_from_pb(where: str, m: types_pb2.Treatment) -> Treatment:
+    """A Treatment message -> a Treatment, each field checked (B2), naming it on error."""
+    action = _TREATMENT_FROM_PB.get(m.action)
+    if action is None:
+        raise InvalidInput(f"{where}.action", m.action, "unknown or unspecified treatment action")
+    if m.prompt:
+        check_id(f"{where}.prompt", m.prompt)
+    for name in ("predicted_wait_s", "threshold_s"):
+        v = getattr(m, name)
+        if not (math.isfinite(v) and 0 <= v <= 86_400.0):
+            raise InvalidInput(f"{where}.{name}", v, "must be a finite number of seconds in [0, 86400]")
+    if len(m.source) > _MAX_TREATMENT_SOURCE or not m.source.isprintable():
+        raise InvalidInput(f"{where}.source", m.source,
+                           f"must be at most {_MAX_TREATMENT_SOURCE} printable characters")
+    return Treatment(action, m.prompt, m.predicted_wait_s, m.threshold_s, m.source)
+
 
 _KIND_TO_PB: dict[str, types_pb2.RouteKind] = {
     RouteKind.HOME.value: types_pb2.ROUTE_KIND_HOME,
@@ -380,6 +415,8 @@ def plan_to_pb(plan: Plan) -> types_pb2.Plan:
             add = rm.vip_targets.add
             for t in r.vip_targets:
                 add(center=t.center, weight=t.weight)
+        if r.treatment is not None:
+            rm.treatment.CopyFrom(treatment_to_pb(r.treatment))
     receivers = m.receivers
     for c, per_skill in plan.receivers.items():
         skills = receivers[c].skills
@@ -463,7 +500,9 @@ def plan_from_pb(msg: types_pb2.Plan) -> Plan:
         vip = r.vip_targets
         routes.append(Route(branch, skill, _targets_from_pb(f"routes[{i}].targets", r.targets, ok_ids), kind,
                             _targets_from_pb(f"routes[{i}].vip_targets", vip, ok_ids) if vip else (),
-                            action, r.explanation, home))
+                            action, r.explanation, home,
+                            treatment_from_pb(f"routes[{i}].treatment", r.treatment)
+                            if r.HasField("treatment") else None))
     receivers: dict[str, dict[str, ReceiverPrediction]] = {}
     for c, cp in msg.receivers.items():
         check_id("receivers.key", c)
@@ -521,6 +560,7 @@ class DecisionLike(Protocol):
     plan_version: int
     reason: str
     overload_action: str
+    treatment: Treatment | None
 
 
 def route_request_from_pb(msg: route_pb2.RouteRequest) -> RouteQuery:
@@ -554,8 +594,13 @@ def route_batch_from_pb(msg: route_pb2.RouteBatchRequest) -> list[RouteQuery | I
 
 
 def decision_to_pb(d: DecisionLike) -> route_pb2.RouteReply:
-    return route_pb2.RouteReply(center=d.center, fallbacks=d.fallbacks, plan_version=d.plan_version,
-                                reason=d.reason, overload_action=_OVERLOAD_TO_PB[d.overload_action])
+    m = route_pb2.RouteReply(center=d.center, fallbacks=d.fallbacks, plan_version=d.plan_version,
+                             reason=d.reason, overload_action=_OVERLOAD_TO_PB[d.overload_action])
+    # a decision-like value from before treatments (a test double, an old cache) has none
+    t = getattr(d, "treatment", None)
+    if t is not None:
+        m.treatment.CopyFrom(treatment_to_pb(t))
+    return m
 
 
 def route_batch_reply(results: Iterable[DecisionLike | InvalidInput]) -> route_pb2.RouteBatchReply:

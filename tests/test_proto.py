@@ -192,11 +192,16 @@ def test_wire_field_numbers_never_change():
                                          "topology_version": 10, "topology_json": 11}
     assert nums["callroute.v1.Route"] == {"branch": 1, "skill": 2, "targets": 3, "kind": 4,
                                           "vip_targets": 5, "overload_action": 6, "explanation": 7,
-                                          "home": 8}
+                                          "home": 8, "treatment": 16}
     assert nums["callroute.v1.Target"] == {"center": 1, "weight": 2}
     assert nums["callroute.v1.RouteRequest"] == {"branch": 1, "skill": 2, "caller": 3, "tier": 4}
     assert nums["callroute.v1.RouteReply"] == {"center": 1, "fallbacks": 2, "plan_version": 3, "reason": 4,
-                                               "overload_action": 5, "error": 15}
+                                               "overload_action": 5, "error": 15, "treatment": 16}
+    assert {f.name: f.number for f in types_pb2.Treatment.DESCRIPTOR.fields} == {
+        "action": 1, "prompt": 2, "predicted_wait_s": 3, "threshold_s": 4, "source": 5}
+    assert {v.name: v.number for v in types_pb2.TreatmentAction.DESCRIPTOR.values} == {
+        "TREATMENT_ACTION_NONE": 0, "TREATMENT_ACTION_CALLBACK_OFFER": 1, "TREATMENT_ACTION_ANNOUNCEMENT": 2,
+        "TREATMENT_ACTION_CHANNEL_GUIDANCE": 3}
 
 
 def test_every_enum_zero_is_unspecified_or_none():

@@ -53,6 +53,33 @@ class OverloadAction(enum.StrEnum):
     CALLBACK = "callback"
 
 
+class TreatmentAction(enum.StrEnum):
+    """What a switch does with a caller whose predicted wait passes a treatment chain's threshold."""
+
+    CALLBACK_OFFER = "callback_offer"  # offer a callback; a caller who declines stays queued
+    ANNOUNCEMENT = "announcement"  # play the prompt, then release the call
+    CHANNEL_GUIDANCE = "channel_guidance"  # play a prompt pointing elsewhere (WeChat), then release
+
+
+class TreatmentStep(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One step of an overload treatment chain: from this predicted wait on, do `action`."""
+
+    if_wait_over_s: float
+    action: TreatmentAction
+    # the switch's prompt (announcement) id; required for announcement and channel guidance
+    prompt: str = ""
+
+
+class Treatment(msgspec.Struct, frozen=True):
+    """The treatment a route's callers get, and why: the chain step their predicted wait passed."""
+
+    action: TreatmentAction
+    prompt: str = ""
+    predicted_wait_s: float = 0.0  # expected wait of a new call on this route (Erlang A)
+    threshold_s: float = 0.0  # the chosen step's if_wait_over_s
+    source: str = ""  # which chain: "branch gd/retail", "branch gd", "skill retail", "policy"
+
+
 # ---------------------------------------------------------------- topology
 
 
@@ -82,6 +109,9 @@ class Branch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # skills whose calls never overflow (the branch's own special products)
     pinned: tuple[str, ...] = ()
     schedule: tuple[ScheduleRule, ...] = ()
+    # overload treatment chains (issue 18): for all this branch's skills, and per skill (wins)
+    treatments: tuple[TreatmentStep, ...] = ()
+    skill_treatments: dict[str, tuple[TreatmentStep, ...]] = {}
 
 
 class ServiceLevel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -114,6 +144,15 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     aht_s: dict[str, float] = {}
     default_aht_s: float = 300.0
     overload_action: OverloadAction = OverloadAction.CALLBACK
+    # overload treatment chains chosen by predicted wait (issue 18): the default for every branch
+    # and per skill; a branch's own chain wins. No chain anywhere: overload_action alone, as before.
+    treatments: tuple[TreatmentStep, ...] = ()
+    skill_treatments: dict[str, tuple[TreatmentStep, ...]] = {}
+    # callers' mean patience (s) in the wait prediction (Erlang A); 0 = nobody hangs up (Erlang C)
+    patience_s: float = 180.0
+
+    def has_treatments(self) -> bool:
+        return bool(self.treatments or self.skill_treatments)
 
 
 class Topology(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -390,6 +429,8 @@ class Route(msgspec.Struct, frozen=True):
     explanation: str = ""
     # the center hosting the branch when this plan was made (schedules can move it)
     home: str = ""
+    # the overload treatment chosen by predicted wait (None: no chain step applies)
+    treatment: Treatment | None = None
 
 
 class ReceiverPrediction(msgspec.Struct, frozen=True):
