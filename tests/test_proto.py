@@ -140,7 +140,9 @@ def test_api_surface():
                                    "SetOverride", "ListOverrides", "ClearOverride", "SetCalendar",
                                    "GetCalendar",
                                    # issue 18 (livetopo)
-                                   "ApplyTopology"]),
+                                   "ApplyTopology",
+                                   # issue 18 (topoops)
+                                   "ShowTopology", "TopologyHistory", "RollbackTopology"]),
     }
     streaming = report_pb2.DESCRIPTOR.services_by_name["ReportService"].methods_by_name["Report"]
     assert streaming.client_streaming and streaming.server_streaming

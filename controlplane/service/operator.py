@@ -1137,3 +1137,12 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
 
     async def ApplyTopology(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         return await topology.apply_topology(self, request, context)
+
+    async def ShowTopology(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await topology.show_topology(self, request, context)
+
+    async def TopologyHistory(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await topology.topology_history(self, request, context)
+
+    async def RollbackTopology(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await topology.rollback_topology(self, request, context)
