@@ -142,7 +142,9 @@ def test_api_surface():
                                    # issue 18 (livetopo)
                                    "ApplyTopology",
                                    # issue 18 (topoops)
-                                   "ShowTopology", "TopologyHistory", "RollbackTopology"]),
+                                   "ShowTopology", "TopologyHistory", "RollbackTopology",
+                                   # issue 21 (topoops)
+                                   "Refuse", "ListDrills"]),
     }
     streaming = report_pb2.DESCRIPTOR.services_by_name["ReportService"].methods_by_name["Report"]
     assert streaming.client_streaming and streaming.server_streaming
@@ -199,6 +201,20 @@ def test_wire_field_numbers_never_change():
     assert nums["callroute.v1.RouteRequest"] == {"branch": 1, "skill": 2, "caller": 3, "tier": 4}
     assert nums["callroute.v1.RouteReply"] == {"center": 1, "fallbacks": 2, "plan_version": 3, "reason": 4,
                                                "overload_action": 5, "error": 15}
+
+
+def test_refuse_and_list_drills_wire_numbers():
+    # issue 21's messages are new; once released their numbers are the contract like the others
+    from callroute.v1 import operator_pb2
+    nums = {cls.DESCRIPTOR.full_name: {f.name: f.number for f in cls.DESCRIPTOR.fields} for cls in (
+        operator_pb2.RefuseRequest, operator_pb2.RefuseReply, operator_pb2.ListDrillsRequest,
+        operator_pb2.ListDrillsReply)}
+    assert nums == {
+        "callroute.v1.RefuseRequest": {"request_id": 1, "reason": 2, "operator": 3},
+        "callroute.v1.RefuseReply": {"audit_id": 1, "message": 2, "withdrawn": 3},
+        "callroute.v1.ListDrillsRequest": {"page_size": 1, "page_token": 2},
+        "callroute.v1.ListDrillsReply": {"drills": 1, "next_page_token": 2},
+    }
 
 
 def test_every_enum_zero_is_unspecified_or_none():

@@ -819,3 +819,39 @@ class RollbackTopologyRequest(_message.Message):
     request_id: str
     dry_run: bool
     def __init__(self, version: _Optional[int] = ..., reason: _Optional[str] = ..., operator: _Optional[str] = ..., request_id: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class RefuseRequest(_message.Message):
+    __slots__ = ("request_id", "reason", "operator")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    reason: str
+    operator: str
+    def __init__(self, request_id: _Optional[str] = ..., reason: _Optional[str] = ..., operator: _Optional[str] = ...) -> None: ...
+
+class RefuseReply(_message.Message):
+    __slots__ = ("audit_id", "message", "withdrawn")
+    AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAWN_FIELD_NUMBER: _ClassVar[int]
+    audit_id: str
+    message: str
+    withdrawn: bool
+    def __init__(self, audit_id: _Optional[str] = ..., message: _Optional[str] = ..., withdrawn: _Optional[bool] = ...) -> None: ...
+
+class ListDrillsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListDrillsReply(_message.Message):
+    __slots__ = ("drills", "next_page_token")
+    DRILLS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    drills: _containers.RepeatedCompositeFieldContainer[Drill]
+    next_page_token: str
+    def __init__(self, drills: _Optional[_Iterable[_Union[Drill, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

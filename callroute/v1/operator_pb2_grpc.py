@@ -145,6 +145,16 @@ class OperatorServiceStub:
                 request_serializer=callroute_dot_v1_dot_operator__pb2.RollbackTopologyRequest.SerializeToString,
                 response_deserializer=callroute_dot_v1_dot_operator__pb2.ApplyTopologyReply.FromString,
                 _registered_method=True)
+        self.Refuse = channel.unary_unary(
+                '/callroute.v1.OperatorService/Refuse',
+                request_serializer=callroute_dot_v1_dot_operator__pb2.RefuseRequest.SerializeToString,
+                response_deserializer=callroute_dot_v1_dot_operator__pb2.RefuseReply.FromString,
+                _registered_method=True)
+        self.ListDrills = channel.unary_unary(
+                '/callroute.v1.OperatorService/ListDrills',
+                request_serializer=callroute_dot_v1_dot_operator__pb2.ListDrillsRequest.SerializeToString,
+                response_deserializer=callroute_dot_v1_dot_operator__pb2.ListDrillsReply.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -306,6 +316,21 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Refuse(self, request, context):
+        """A second operator refuses a pending change (or its requester withdraws it): it is dropped,
+        audited, and its request id can no longer be approved or repeated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDrills(self, request, context):
+        """Drills, running and past, in start order, paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -418,6 +443,16 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.RollbackTopology,
                     request_deserializer=callroute_dot_v1_dot_operator__pb2.RollbackTopologyRequest.FromString,
                     response_serializer=callroute_dot_v1_dot_operator__pb2.ApplyTopologyReply.SerializeToString,
+            ),
+            'Refuse': grpc.unary_unary_rpc_method_handler(
+                    servicer.Refuse,
+                    request_deserializer=callroute_dot_v1_dot_operator__pb2.RefuseRequest.FromString,
+                    response_serializer=callroute_dot_v1_dot_operator__pb2.RefuseReply.SerializeToString,
+            ),
+            'ListDrills': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDrills,
+                    request_deserializer=callroute_dot_v1_dot_operator__pb2.ListDrillsRequest.FromString,
+                    response_serializer=callroute_dot_v1_dot_operator__pb2.ListDrillsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1015,6 +1050,60 @@ class OperatorService:
             '/callroute.v1.OperatorService/RollbackTopology',
             callroute_dot_v1_dot_operator__pb2.RollbackTopologyRequest.SerializeToString,
             callroute_dot_v1_dot_operator__pb2.ApplyTopologyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Refuse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callroute.v1.OperatorService/Refuse',
+            callroute_dot_v1_dot_operator__pb2.RefuseRequest.SerializeToString,
+            callroute_dot_v1_dot_operator__pb2.RefuseReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDrills(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callroute.v1.OperatorService/ListDrills',
+            callroute_dot_v1_dot_operator__pb2.ListDrillsRequest.SerializeToString,
+            callroute_dot_v1_dot_operator__pb2.ListDrillsReply.FromString,
             options,
             channel_credentials,
             insecure,

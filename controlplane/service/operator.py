@@ -47,7 +47,7 @@ from controlplane.core.model import AdminState, InvalidInput, NetworkView, Plan,
 from controlplane.core.plan import diff_plans, explain, find_route, moves_traffic_off_open_center
 from controlplane.store.base import Delete, Get, Put, key_missing, mod_revision_is
 
-from . import calendars, overrides, topology
+from . import calendars, overrides, refusals, topology
 from .audit import AuditRecord, RequestRecord
 
 log = logging.getLogger("callroute.controlplane.operator")
@@ -134,6 +134,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     bind_identity = staticmethod(_bind_identity)
     check_change = staticmethod(_check_change)
     check_same_request = staticmethod(check_same_request)
+    request_what = staticmethod(request_what)
 
     def __init__(self, cp: Any) -> None:
         self.cp = cp
@@ -461,6 +462,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             if done:
                 rec = msgspec.json.decode(done[0].value, type=RequestRecord)
                 await check_same_request(context, rid, rec.what, rec.operator, bound, operator)
+                if (again := refusals.refused_message(rec, rid)) is not None:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, again)
                 return (operator_pb2.CHANGE_STATUS_APPLIED, rec.audit_id, rid,
                         rec.message + " (repeated request)")
             first = decode_pending(pend[0].value)
@@ -525,6 +528,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             done = await self._get(context, "requests/" + rid)
             if done is not None:  # approved already: the first answer again, nothing applied twice
                 rec = msgspec.json.decode(done.value, type=RequestRecord)
+                if (again := refusals.refused_message(rec, rid)) is not None:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, again)
                 return operator_pb2.ApproveReply(
                     status=operator_pb2.CHANGE_STATUS_APPLIED, audit_id=rec.audit_id,
                     plan_version=cp.feed.version, message=rec.message + " (repeated approval)",
@@ -1146,3 +1151,11 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
 
     async def RollbackTopology(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         return await topology.rollback_topology(self, request, context)
+
+    # ------------------------------------------------------------------ refusals, drills list (refusals.py)
+
+    async def Refuse(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await refusals.refuse(self, request, context)
+
+    async def ListDrills(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await refusals.list_drills(self, request, context)
