@@ -141,7 +141,7 @@ class Agent:
             known_centers=known,
             known_branches=frozenset(b.id for b in topology.branches) if topology is not None else None,
             known_skills=frozenset(topology.skills()) if topology is not None else None,
-            on_plan_version=self.cache.confirm, tls=agent_tls(settings))
+            on_plan_version=self.cache.confirm, tls=agent_tls(settings), via=settings.controlplane_via)
         self._offers: set[asyncio.Task[None]] = set()
         self.cache.on_topology.append(self._use_topology)
         self.prober: PeerProber | None = None

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from agents.acd import ACD
-from agents.plancache import Backoff, _short, channel_options, write_atomic
+from agents.plancache import _short, channel_options, write_atomic
+from controlplane.core.backoff import Backoff
 from controlplane.core.model import MAX_COUNT, MAX_DEMAND_ENTRIES, MAX_TARGETS_PER_REPORT, Report
 
 log = logging.getLogger("callroute.agent.report")
@@ -278,8 +279,11 @@ class Reporter:
                  known_centers: frozenset[str] | None = None,
                  known_branches: frozenset[str] | None = None,
                  known_skills: frozenset[str] | None = None,
-                 on_plan_version: Callable[[int], None] | None = None, tls: Any = None) -> None:
+                 on_plan_version: Callable[[int], None] | None = None, tls: Any = None,
+                 via: dict[str, str] | None = None) -> None:
         self.center = center
+        # leader redirects name the control plane's own address; this center may reach it elsewhere
+        self.via = dict(via or {})
         # controlplane.service.auth.ClientTLS, or None for plaintext
         self.tls = tls
         self.acd = acd
@@ -496,6 +500,8 @@ class Reporter:
                 self.last_error = _short(e)
                 log.info("report stream to %s ended: %s", ep, self.last_error)
                 redirect = _leader_hint(e)
+                if redirect is not None:
+                    redirect = self.via.get(redirect, redirect)
             self._call = None
             self._unacked.clear()
             self.ledger.stream_ended()

@@ -145,7 +145,7 @@ class Replica:
         """The replica's /metrics as {'name{labels}': value}."""
         import urllib.request
 
-        from chaos.harness import parse_metrics
+        from chaos.procs import parse_metrics
 
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
             return parse_metrics(r.read().decode())

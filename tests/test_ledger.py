@@ -181,7 +181,8 @@ async def test_an_old_leaders_ledger_write_is_fenced(etcd):
     """A LedgerWriter of a term that has ended writes nothing (F1 for billing)."""
     from controlplane.core.model import Report
     from controlplane.service.ledger import LedgerWriter
-    from controlplane.store.base import Election, FenceLost
+    from controlplane.store.base import FenceLost
+    from controlplane.store.election import Election
     from controlplane.store.etcd import parse_store_url
 
     st = parse_store_url(etcd.url, request_timeout_s=2.0)
@@ -490,7 +491,7 @@ async def test_ledger_check_reports_each_difference_with_the_acds_and_export_ref
     from controlplane.core.ledger import day_of
     from controlplane.core.model import Report
     from controlplane.service.ledger import LedgerWriter
-    from controlplane.store.base import Election
+    from controlplane.store.election import Election
     from controlplane.store.etcd import parse_store_url
 
     st = parse_store_url(etcd.url, request_timeout_s=2.0)

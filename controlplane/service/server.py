@@ -275,7 +275,7 @@ class ControlPlane:
         await self._call("put", self.store.put(key, value, timeout_s=self.settings.store_deadline_s))
 
     async def campaign(self) -> Any:
-        from controlplane.store.base import Election
+        from controlplane.store.election import Election
 
         s = self.settings
         # the leader key's value is "<id>@<address>": standbys tell agents where to report
@@ -306,7 +306,8 @@ class ControlPlane:
     async def put_plan(
         self, election: Any, version: int, data: bytes, failpoint: Callable[[str, int], None] | None
     ) -> None:
-        from controlplane.store.base import Put, put_chunked
+        from controlplane.store.base import Put
+        from controlplane.store.chunked import put_chunked
 
         chunks = 2 + len(data) // max(1, self.settings.plan_chunk_bytes) // MAX_CHUNKS_PER_TXN
         await self._call(
@@ -325,7 +326,7 @@ class ControlPlane:
         )
 
     async def delete_plan(self, election: Any, version: int) -> None:
-        from controlplane.store.base import delete_chunked
+        from controlplane.store.chunked import delete_chunked
 
         await self._call(
             "trim",
@@ -340,7 +341,7 @@ class ControlPlane:
         return int(kv.value) if kv is not None else 0
 
     async def read_plan(self, version: int) -> tuple[Any, Plan] | None:
-        from controlplane.store.base import get_chunked
+        from controlplane.store.chunked import get_chunked
 
         data = await self._call(
             "get_plan", get_chunked(self.store, self.key("plans/"), plan_key_version(version)), 4
