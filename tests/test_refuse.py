@@ -132,14 +132,16 @@ async def test_drill_list_shows_running_and_past_drills(cp):
     assert north["spec"]["center"] == "north" and north["spec"]["mode"] == "live"
     assert (north["operator"], north.get("approver")) == ("alice", "bob")
     assert north["state"] in ("running", "held")
+    # the abort is stored at once; its answer waits up to 3 s for the routes to be restored, which a
+    # loaded machine may miss (exit 1, "requested"): the list below is polled for the outcome
     rc, out, err = await cli("drill", "abort", north["drill_id"], "--reason", "done", *_as(cp, "bob"))
-    assert rc == EXIT_OK, out + err
+    assert rc == EXIT_OK or "requested, but the drill is still running" in err, out + err
 
     async def no_drill_running() -> bool:
         kv = await cp.store.get(cp.key("drill-active"), timeout_s=2)
         return kv is None or not kv.value
 
-    await wait_for(no_drill_running, 10, "the aborted drill to end")
+    await wait_for(no_drill_running, 20, "the aborted drill to end")
     await live("west", "drill-w")
     await wait_for(lambda: cp.feed.latest.version > 1, 10, "a plan")
     listed = await _json(cp, "victor", "drill", "list")
