@@ -126,6 +126,10 @@ async def test_show_history_and_a_two_person_rollback(cp, tmp_path):
     # bounded: asking for a million gives the server's cap (all three here)
     big = await _json(cp, "victor", "topology", "history", "--limit", "1000000")
     assert [v.get("version", 0) for v in big["versions"]] == [2, 1, 0]
+    rc, _, err = await cli("topology", "history", "--page-token", "../x", *_as(cp, "victor"))
+    assert rc != EXIT_OK and "page_token='../x'" in err
+    rc, _, err = await cli("topology", "show", "--version", "7", *_as(cp, "victor"))
+    assert rc != EXIT_OK and "version=7" in err and "stored: v0..v2" in err
     rc, text, _ = await cli("topology", "history", *_as(cp, "victor"))
     assert rc == EXIT_OK and "v2  20" in text and "alice (approved by bob)" in text
 
