@@ -161,9 +161,12 @@ class DemandLedger:
 
     Unlike routed_to (a description of the interval, dropped with its report: F12), demand is a
     tally the control plane sums (billing, the demand estimate): a count must reach it exactly once.
-    Counts live in one of three places until the control plane has them:
-      - `pending`: not in any report sent yet (new lookups; reports dropped unsent; a remainder
+    Counts live in one of four places until the control plane has them:
+      - `pending`: not in any report built yet (new lookups; reports dropped unsent; a remainder
         past the per-report limits) -> carried into the next report;
+      - `queued`: in a report built and waiting in the outbox -> `in_flight` when the stream sends
+        it, back to `pending` when it is dropped unsent (outstanding either way: a graceful stop
+        must not return while a built report still holds calls);
       - `in_flight`: in a report sent on the current stream, awaiting its ack -> an accepted ack
         settles them; a rejected one drops them (re-sending what was refused would loop);
       - `in_doubt`: sent on a stream that broke before the ack came: the control plane may or may
@@ -178,10 +181,11 @@ class DemandLedger:
     own outbox (Reporter._streams), so a dead stream's request iterator never takes a live one's.
     """
 
-    __slots__ = ("pending", "in_flight", "in_doubt", "rejected", "recovered")
+    __slots__ = ("pending", "queued", "in_flight", "in_doubt", "rejected", "recovered")
 
     def __init__(self) -> None:
         self.pending: dict[tuple[str, ...], int] = {}
+        self.queued: dict[int, dict[str, Any]] = {}
         self.in_flight: dict[int, dict[str, Any]] = {}
         self.in_doubt: dict[int, dict[str, Any]] = {}
         self.rejected = 0  # lookups dropped with rejected reports
@@ -192,9 +196,10 @@ class DemandLedger:
         for key, n in counts.items():
             pending[key] = pending.get(key, 0) + n
 
-    def take(self) -> dict[str, Any]:
-        """Pending counts for one report, within the report limits; the rest stays pending. Keys
-        are tuples of ids, (branch, skill) or (branch, skill, receiving center): nested that deep."""
+    def take(self, seq: int) -> dict[str, Any]:
+        """Pending counts for report `seq`, within the report limits; the rest stays pending. Keys
+        are tuples of ids, (branch, skill) or (branch, skill, receiving center): nested that deep.
+        What is taken is `queued` under `seq` until sent() or unsent()."""
         out: dict[str, Any] = {}
         rest: dict[tuple[str, ...], int] = {}
         entries = 0
@@ -213,15 +218,23 @@ class DemandLedger:
             if n > sent:
                 rest[key] = n - sent
         self.pending = rest
+        if out:
+            self.queued[seq] = out
         return out
 
+    def unsent(self, seq: int, demand: dict[str, Any]) -> None:
+        """Report `seq`, built, will never be sent: its counts go into a later one."""
+        self.queued.pop(seq, None)
+        self.put_back(demand)
+
     def put_back(self, demand: dict[str, Any]) -> None:
-        """A report built but never sent: its counts go into a later one."""
+        """Counts no report holds any more: they go into a later one."""
         pending = self.pending
         for key, n in _flat(demand):
             pending[key] = pending.get(key, 0) + n
 
     def sent(self, seq: int, demand: dict[str, Any]) -> None:
+        self.queued.pop(seq, None)
         if demand:
             self.in_flight[seq] = demand
 
@@ -243,8 +256,9 @@ class DemandLedger:
         self.in_flight = {}
 
     def outstanding(self) -> int:
-        """Lookups not yet known to be counted (pending, in flight, in doubt)."""
-        return (sum(self.pending.values()) + sum(_total(d) for d in self.in_flight.values())
+        """Lookups not yet known to be counted (pending, queued, in flight, in doubt)."""
+        return (sum(self.pending.values()) + sum(_total(d) for d in self.queued.values())
+                + sum(_total(d) for d in self.in_flight.values())
                 + sum(_total(d) for d in self.in_doubt.values()))
 
 
@@ -383,7 +397,7 @@ class Reporter:
         probes = self.prober.take() if self.prober is not None else {}
         # demand and the billing ledger's calls are one carried tally (branch, skill, receiver):
         # both reach the control plane exactly once, and always agree
-        carried = self.ledger.take()
+        carried = self.ledger.take(seq)
         return Report(center=self.center, seq=seq, incarnation=incarnation, sent_at=self.wall(),
                       interval_s=self.interval_s, state=self.acd.state, skills=skills,
                       routed_to=routed_to, demand=demand_of(carried), probes=probes,
@@ -413,7 +427,7 @@ class Reporter:
     def _drop(self, r: Report) -> None:
         """A report that will not be sent: the load it describes is stale, its demand is not."""
         self.dropped += 1
-        self.ledger.put_back(r.calls if r.calls else r.demand)
+        self.ledger.unsent(r.seq, r.calls if r.calls else r.demand)
 
     def _enqueue(self, r: Report, now: float) -> None:
         if self.state != "connected":
