@@ -165,6 +165,8 @@ async def test_show_history_and_a_two_person_rollback(cp, tmp_path):
     v3 = [e for e in audit["entries"] if e["action"] == "apply_topology" and e["target"] == "topology/v3"]
     assert sorted((e["operator"], e["result"][:8]) for e in v3) == [
         ("alice", "pending "), ("bob", "applied:")]
+    asked = next(e for e in v3 if e["operator"] == "alice")  # the request carries its diff too
+    assert "v2 -> v3: rollback to v1: branch re-homed: guangdong: north -> south" in asked["result"]
     applied = [e for e in v3 if e["operator"] == "bob"]
     assert "(rollback to v1)" in applied[0]["result"]
     assert "branch re-homed: guangdong: north -> south" in applied[0]["result"]

@@ -350,7 +350,7 @@ class OperatorServicer(DrillRpcs, PlanRpcs, operator_pb2_grpc.OperatorServiceSer
 
     async def _request_approval(self, context: grpc.aio.ServicerContext, *, action: str, center: str,
                                 operator: str, reason: str, request_id: str, state: str = "",
-                                drill: Any = None, to_version: int = 0, payload: str = "",
+                                drill: Any = None, to_version: int = 0, payload: str = "", detail: str = "",
                                 ) -> tuple[Any, str, str, str]:
         """Store a pending change; (status, audit_id, request_id, message). A repeat of the same
         request_id answers as the first time (still pending, or applied since)."""
@@ -368,7 +368,8 @@ class OperatorServicer(DrillRpcs, PlanRpcs, operator_pb2_grpc.OperatorServiceSer
         if payload:
             target = f"topology/{center}" if action == topology.ACTION else f"override/{center}"
         audit_id, audit_put = self._audit_put(operator, action, target, reason,
-                                              "pending approval (two-person rule)", rid)
+                                              "pending approval (two-person rule)"
+                                              + (f": {detail}" if detail else ""), rid)
         pending = PendingRecord(rid, action, center, operator, reason, now,
                                 now + cp.settings.approval_ttl_s, state, drill, audit_id, to_version, payload)
         try:

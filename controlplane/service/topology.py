@@ -216,7 +216,8 @@ async def apply_checked(ops: Any, context: grpc.aio.ServicerContext, new: Topolo
         status, audit_id, rid, msg = await ops._request_approval(
             context, action=ACTION, center=f"v{rec.version}", operator=operator,
             reason=reason, request_id=request_id,
-            payload=msgspec.json.encode(rec).decode())
+            payload=msgspec.json.encode(rec).decode(),
+            detail=f"v{from_version} -> v{rec.version}: {back}{diff}")
         why = "; ".join(w for ws in moved.values() for w in ws)
         return reply(status, f"{msg}; moves calls off open {', '.join(moved)} ({why}): {back}{diff}",
                      audit_id=audit_id, rid=rid)
