@@ -488,6 +488,10 @@ class AcdHttpServer(HttpServerBase):
                     return _BAD_METHOD
                 return _response(b"200 OK", _JSON.encode(self.admin(body)))
         except InvalidInput as e:
+            if getattr(e, "retry_later", False):
+                # the agent holds all the unacknowledged messages it may (agents.acd.AcdFull):
+                # refused, not taken and dropped, so the ACD keeps it and sends it again
+                return _response(b"503 Service Unavailable", error_body(e))
             self.stats.bad += 1
             return _bad(e)
         return _NOT_FOUND

@@ -21,10 +21,12 @@ from google.protobuf.message import DecodeError, Message
 
 from callroute.v1 import operator_pb2, report_pb2, route_pb2, types_pb2
 from controlplane.core.model import (
+    MAX_ACD_PER_REPORT,
     MAX_COUNT,
     MAX_DEMAND_ENTRIES,
     MAX_SKILLS_PER_REPORT,
     MAX_TARGETS_PER_REPORT,
+    AcdCount,
     AdminState,
     InvalidInput,
     OverloadAction,
@@ -211,6 +213,7 @@ def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] |
     n_demand = len(msg.demand)
     if n_demand > MAX_DEMAND_ENTRIES:
         raise InvalidInput("demand", n_demand, f"more than {MAX_DEMAND_ENTRIES} entries")
+    acd = acd_from_pb(msg.acd)  # its sizes first, like the other repeated fields
     check_id("center", msg.center)
     state = admin_state_from_pb(msg.state, "state")
     if msg.sent_at > MAX_WALL_TIME_S:  # NaN and negatives are validate_report's to name
@@ -258,7 +261,7 @@ def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] |
     calls = calls_from_pb(msg.calls, known_centers, known_branches, known_skills)
     r = Report(center=msg.center, seq=msg.seq, sent_at=msg.sent_at, interval_s=msg.interval_s,
                state=state, skills=skills, routed_to=routed, demand=demand, incarnation=msg.incarnation,
-               probes=probes, broken_paths=broken, calls=calls)
+               probes=probes, broken_paths=broken, calls=calls, acd=acd)
     validate_report(r, known_centers, known_branches=known_branches)
     return r
 
@@ -281,7 +284,28 @@ def report_to_pb(r: Report) -> report_pb2.CenterReport:
         broken_paths=[report_pb2.BrokenPath(center=c, reason=why) for c, why in r.broken_paths.items()],
         calls=[report_pb2.CallCount(branch=b, skill=s, center=c, calls=n)
                for b, per_skill in r.calls.items() for s, per_c in per_skill.items()
-               for c, n in per_c.items()])
+               for c, n in per_c.items()],
+        acd=[report_pb2.AcdCount(source=m.source, epoch=m.epoch, seq=m.seq, skills=[
+            report_pb2.AcdSkillCount(skill=k, offered=o, answered=a, answered_within=w, abandoned=ab)
+            for k, (o, a, w, ab) in m.skills.items()]) for m in r.acd])
+
+
+def acd_from_pb(entries: Sequence[Any]) -> list[AcdCount]:
+    """A report's ACD messages; counts and ids are validate_report's to check, naming the entry
+    (duplicate skills within one message here, before they would be summed away)."""
+    if len(entries) > MAX_ACD_PER_REPORT:
+        raise InvalidInput("acd", len(entries), f"more than {MAX_ACD_PER_REPORT} messages")
+    out: list[AcdCount] = []
+    for i, e in enumerate(entries):
+        if len(e.skills) > MAX_SKILLS_PER_REPORT:
+            raise InvalidInput(f"acd[{i}].skills", len(e.skills), f"more than {MAX_SKILLS_PER_REPORT} skills")
+        skills: dict[str, tuple[int, int, int, int]] = {}
+        for s in e.skills:
+            if s.skill in skills:
+                raise InvalidInput(f"acd[{i}].skills.skill", s.skill, "duplicate skill")
+            skills[s.skill] = (s.offered, s.answered, s.answered_within, s.abandoned)
+        out.append(AcdCount(e.source, e.epoch, e.seq, skills))
+    return out
 
 
 def calls_from_pb(entries: Sequence[Any], known_centers: frozenset[str] | set[str],

@@ -171,7 +171,11 @@ def test_wallboard_is_read_only_and_live(stage, chromium):
     w.locator(".tile[data-center='chengdu']").wait_for(timeout=5_000)
     assert w.locator("form, button, nav").count() == 0, w.content()[:3000]
     # large type: the centre names are readable across a control room
-    size = w.locator(".tile .name").first.evaluate("e => parseFloat(getComputedStyle(e).fontSize)")
+    # (read in one step in the page: a live update may replace the tile between a locator's
+    # resolve and its evaluate, and a detached element's computed size is "" -> NaN)
+    size_js = ("() => { const e = document.querySelector('.tile .name');"
+               " return e && e.isConnected ? parseFloat(getComputedStyle(e).fontSize) : null; }")
+    size = w.wait_for_function(size_js, timeout=5_000).json_value()
     assert size >= 30, (size, w.content()[:3000])
     # live: an operator's request elsewhere shows on the wallboard without a reload
     before = int(w.locator(".wall-summary").inner_text().split(" routes leave home · ")[1].split()[0])

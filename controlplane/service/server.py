@@ -512,7 +512,9 @@ class ControlPlane:
         for field, value, missing in exposed:
             log.warning("INSECURE: %s=%s is off loopback and %s; anyone who reaches it can use it",
                         field, value, missing)
-        self.metrics.insecure_mode.set(1 if exposed else 0)
+        # names taken from requests (a test harness, issue 15 item 3) is no secured install either
+        from_request = s.operator_from_request and not (s.tokens or s.tls_cert)
+        self.metrics.insecure_mode.set(1 if exposed or from_request else 0)
         # mTLS credentials + the auth interceptor, or (nothing configured) plaintext as before
         self.security = server_security(s)
         server = grpc.aio.server(
