@@ -81,6 +81,11 @@ METHOD_ROLES: dict[str, Role] = {
     _OPS + "GetCalendar": Role.VIEWER,
     _OPS + "SetCalendar": Role.ADMIN,
     _OPS + "ApplyTopology": Role.ADMIN,
+    _OPS + "ShowTopology": Role.VIEWER,
+    _OPS + "TopologyHistory": Role.VIEWER,
+    _OPS + "RollbackTopology": Role.ADMIN,
+    _OPS + "Refuse": Role.OPERATOR,
+    _OPS + "ListDrills": Role.VIEWER,
 }
 # the agents' streams: authenticated by the center certificate, never by a token
 CENTER_METHODS = frozenset({"/callroute.v1.ReportService/Report", "/callroute.v1.PlanService/WatchPlan"})

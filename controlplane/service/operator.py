@@ -40,7 +40,7 @@ from controlplane.convert import (
 from controlplane.core.model import AdminState, InvalidInput, Plan, check_id
 from controlplane.store.base import Delete, Get, Put, key_missing, mod_revision_is
 
-from . import calendars, overrides, topology
+from . import calendars, overrides, refusals, topology
 from .audit import AuditRecord, RequestRecord
 from .operator_drills import DrillRpcs
 from .operator_plans import PlanRpcs
@@ -62,6 +62,7 @@ class OperatorServicer(DrillRpcs, PlanRpcs, operator_pb2_grpc.OperatorServiceSer
     bind_identity = staticmethod(bind_identity)
     check_change = staticmethod(check_change)
     check_same_request = staticmethod(check_same_request)
+    request_what = staticmethod(request_what)
 
     def __init__(self, cp: Any) -> None:
         self.cp = cp
@@ -349,7 +350,7 @@ class OperatorServicer(DrillRpcs, PlanRpcs, operator_pb2_grpc.OperatorServiceSer
 
     async def _request_approval(self, context: grpc.aio.ServicerContext, *, action: str, center: str,
                                 operator: str, reason: str, request_id: str, state: str = "",
-                                drill: Any = None, to_version: int = 0, payload: str = "",
+                                drill: Any = None, to_version: int = 0, payload: str = "", detail: str = "",
                                 ) -> tuple[Any, str, str, str]:
         """Store a pending change; (status, audit_id, request_id, message). A repeat of the same
         request_id answers as the first time (still pending, or applied since)."""
@@ -367,7 +368,8 @@ class OperatorServicer(DrillRpcs, PlanRpcs, operator_pb2_grpc.OperatorServiceSer
         if payload:
             target = f"topology/{center}" if action == topology.ACTION else f"override/{center}"
         audit_id, audit_put = self._audit_put(operator, action, target, reason,
-                                              "pending approval (two-person rule)", rid)
+                                              "pending approval (two-person rule)"
+                                              + (f": {detail}" if detail else ""), rid)
         pending = PendingRecord(rid, action, center, operator, reason, now,
                                 now + cp.settings.approval_ttl_s, state, drill, audit_id, to_version, payload)
         try:
@@ -389,6 +391,8 @@ class OperatorServicer(DrillRpcs, PlanRpcs, operator_pb2_grpc.OperatorServiceSer
             if done:
                 rec = msgspec.json.decode(done[0].value, type=RequestRecord)
                 await check_same_request(context, rid, rec.what, rec.operator, bound, operator)
+                if (again := refusals.refused_message(rec, rid)) is not None:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, again)
                 return (operator_pb2.CHANGE_STATUS_APPLIED, rec.audit_id, rid,
                         rec.message + " (repeated request)")
             first = decode_pending(pend[0].value)
@@ -453,6 +457,8 @@ class OperatorServicer(DrillRpcs, PlanRpcs, operator_pb2_grpc.OperatorServiceSer
             done = await self._get(context, "requests/" + rid)
             if done is not None:  # approved already: the first answer again, nothing applied twice
                 rec = msgspec.json.decode(done.value, type=RequestRecord)
+                if (again := refusals.refused_message(rec, rid)) is not None:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, again)
                 return operator_pb2.ApproveReply(
                     status=operator_pb2.CHANGE_STATUS_APPLIED, audit_id=rec.audit_id,
                     plan_version=cp.feed.version, message=rec.message + " (repeated approval)",
@@ -578,3 +584,20 @@ class OperatorServicer(DrillRpcs, PlanRpcs, operator_pb2_grpc.OperatorServiceSer
 
     async def ApplyTopology(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         return await topology.apply_topology(self, request, context)
+
+    async def ShowTopology(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await topology.show_topology(self, request, context)
+
+    async def TopologyHistory(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await topology.topology_history(self, request, context)
+
+    async def RollbackTopology(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await topology.rollback_topology(self, request, context)
+
+    # ------------------------------------------------------------------ refusals, drills list (refusals.py)
+
+    async def Refuse(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await refusals.refuse(self, request, context)
+
+    async def ListDrills(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await refusals.list_drills(self, request, context)

@@ -263,9 +263,10 @@ class ControlPlane:
     async def _call(self, op: str, coro: Any, calls: int = 1, budget: float | None = None) -> Any:
         """Every store call: an outer deadline (the store has its own per request), failures counted."""
         try:
-            return await asyncio.wait_for(
-                coro, self.settings.store_deadline_s * calls if budget is None else budget
-            )
+            # asyncio.timeout, not wait_for: 3.11's wait_for drops a cancellation that arrives as the
+            # call completes, and a replica stopped while taking over then led on for ever
+            async with asyncio.timeout(self.settings.store_deadline_s * calls if budget is None else budget):
+                return await coro
         except Exception:
             self.metrics.store_errors.labels(op).inc()
             raise
