@@ -340,6 +340,8 @@ class Reporter:
         self.paths: Any = None
         self._early = asyncio.Event()
         self._progress = asyncio.Event()  # an ack came or a stream opened (settle waits on it)
+        # the ACD messages held until acknowledged (agents.acd.AcdCarry; the push ACD has one)
+        self.carry: Any = getattr(acd, "carry", None)
 
     def report_now(self) -> None:
         """Build and send the next report now (probe answers the control plane is waiting for)."""
@@ -352,7 +354,7 @@ class Reporter:
         """Report until every count is acknowledged, or `timeout_s` passes (then False): a graceful
         stop, once the lookup listeners are closed, leaves no call out of the billing ledger."""
         deadline = self.clock() + timeout_s
-        while self.counter.counts or self.ledger.outstanding():
+        while self.counter.counts or self.ledger.outstanding() or self._carried():
             left = deadline - self.clock()
             if left <= 0:
                 log.warning("stopping with %d lookups not acknowledged by the control plane",
@@ -364,6 +366,9 @@ class Reporter:
                 async with asyncio.timeout(left):
                     await self._progress.wait()
         return True
+
+    def _carried(self) -> int:
+        return self.carry.outstanding() if self.carry is not None else 0
 
     # ------------------------------------------------------------ building reports
 
@@ -402,7 +407,7 @@ class Reporter:
                       interval_s=self.interval_s, state=self.acd.state, skills=skills,
                       routed_to=routed_to, demand=demand_of(carried), probes=probes,
                       broken_paths=dict(self.paths.broken) if self.paths is not None else {},
-                      calls=carried)
+                      calls=carried, acd=self.carry.take() if self.carry is not None else [])
 
     def _billable(self, calls: dict[tuple[str, str, str], int]) -> dict[tuple[str, ...], int]:
         """The counter's calls, with a receiver outside the topology (a plan from another one)
@@ -428,6 +433,8 @@ class Reporter:
         """A report that will not be sent: the load it describes is stale, its demand is not."""
         self.dropped += 1
         self.ledger.unsent(r.seq, r.calls if r.calls else r.demand)
+        if r.acd and self.carry is not None:
+            self.carry.put_back(r.acd)
 
     def _enqueue(self, r: Report, now: float) -> None:
         if self.state != "connected":
@@ -519,6 +526,8 @@ class Reporter:
             self._call = None
             self._unacked.clear()
             self.ledger.stream_ended()
+            if self.carry is not None:
+                self.carry.stream_ended()  # sent again: the control plane counts each once
             while not self.outbox.empty():
                 self._drop(_report_of(self.outbox.get_nowait()))
             self.outbox.put_nowait(None)  # ends that stream's request iterator if grpc still polls it
@@ -553,6 +562,8 @@ class Reporter:
                         continue
                     self._unacked[r.seq] = now
                     self.ledger.sent(r.seq, r.calls if r.calls else r.demand)
+                    if self.carry is not None:
+                        self.carry.sent(r.seq, r.acd)
                     self.sent += 1
                     yield report_to_pb(r)
 
@@ -575,6 +586,8 @@ class Reporter:
         async for ack in call:
             self._unacked.pop(ack.seq, None)
             self.ledger.acked(ack.seq, ack.accepted, ack.prior_accepted_seq)
+            if self.carry is not None:
+                self.carry.acked(ack.seq, ack.accepted)
             self._progress.set()
             self.backoff.reset()
             if ack.accepted:

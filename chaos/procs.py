@@ -156,8 +156,9 @@ class Replica(Proc):
         self.port_file = tmp / f"{name}.ports"
         self.grpc_port = free_port()
         self.metrics_port = free_port()
+        # a harness: operators named in requests, no tokens (issue 15 item 3, opted into)
         super().__init__(name, [sys.executable, "-m", "controlplane.cli", "controlplane",
-                                "--topology", topology, "--store", store,
+                                "--operator-from-request", "--topology", topology, "--store", store,
                                 "--listen", f"127.0.0.1:{self.grpc_port}",
                                 "--metrics", f"127.0.0.1:{self.metrics_port}", "--id", name,
                                 "--config", str(cfg), "--port-file", str(self.port_file)],

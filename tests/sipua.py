@@ -152,6 +152,7 @@ def run_uas(port: int, name: str, record: str, code: int) -> None:
                     "branch": msg.get("x-branch"), "skill": msg.get("x-skill"),
                     "lookup_us": msg.get("x-callroute-lookup-us"), "plan": msg.get("x-callroute-plan"),
                     "requery": msg.get("x-callroute-requery"),
+                    "treatment": msg.get("x-callroute-treatment"), "prompt": msg.get("x-callroute-prompt"),
                     "at": time.monotonic()}) + "\n")
                 out.flush()
             sock.sendto(reply, addr)

@@ -161,7 +161,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         # receivers no spare for north's DR load, so the close test would see overload answers.
         # The forecast counts as an hour of calls here: the test's bursts are probes, not demand.
         (tmp / "cp.json").write_text(json.dumps({"demand": {"prior_s": 3600.0}}))
-        procs.start("cp", [PY, "-m", "controlplane.cli", "controlplane", "--topology", str(SMALL),
+        procs.start("cp", [PY, "-m", "controlplane.cli", "controlplane", "--operator-from-request",
+                           "--topology", str(SMALL),
                            "--store", "embedded", "--listen", f"127.0.0.1:{cp_port}",
                            "--config", str(tmp / "cp.json"),
                            "--metrics", f"127.0.0.1:{cp_mport}", "--port-file", str(tmp / "cp.ports")])

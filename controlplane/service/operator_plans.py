@@ -20,6 +20,7 @@ from controlplane.convert import (
     route_changes_to_pb,
     route_kind_to_pb,
     route_request_from_pb,
+    treatment_to_pb,
 )
 from controlplane.core.model import AdminState, InvalidInput, Plan, Status
 from controlplane.core.plan import diff_plans, explain, find_route, moves_traffic_off_open_center
@@ -260,6 +261,7 @@ class PlanRpcs:
                 vip_targets=[types_pb2.Target(center=t.center, weight=t.weight) for t in r.vip_targets],
                 explanation=r.explanation,
                 home=r.home,
+                treatment=treatment_to_pb(r.treatment) if r.treatment is not None else None,
             )
         return operator_pb2.ExplainReply(
             decision=decision_to_pb(d),
