@@ -157,6 +157,15 @@ def _topo_data(requery):  # type: ignore[no-untyped-def]
             "policy": {"requery": requery}}
 
 
+def test_a_topology_without_requery_keeps_its_hash_and_a_set_one_changes_it():
+    from controlplane.core.topology import topology_hash
+
+    plain = parse_topology({k: v for k, v in _topo_data({}).items() if k != "policy"})
+    assert topology_hash(plain) == topology_hash(parse_topology(_topo_data({})))
+    assert b'"requery"' in msgspec.json.encode(plain)  # the field is there, only not hashed
+    assert topology_hash(plain) != topology_hash(parse_topology(_topo_data({"after_s": 10})))
+
+
 def test_policy_requery_is_parsed_and_checked():
     t = parse_topology(_topo_data({"after_s": 10, "max_per_call": 1, "head_office": "south"}))
     assert t.policy.requery == RequeryPolicy(after_s=10.0, max_per_call=1, head_office="south")

@@ -558,11 +558,16 @@ _UNSET_BRANCH_TREATMENTS = b',"treatments":[],"skill_treatments":{}}'
 _UNSET_POLICY_TREATMENTS = b',"treatments":[],"skill_treatments":{},"patience_s":180.0}'
 
 
+# policy.requery (issue 17) at its defaults, as a Policy encodes it: left out of the hash like the
+# unset treatment fields, so a topology that does not set it keeps the hash it had before.
+_DEFAULT_POLICY_REQUERY = b',"requery":' + msgspec.json.encode(RequeryPolicy(), order="deterministic")
+
+
 def _canonical(t: Topology) -> bytes:
-    """The topology as hashed: fields added by the treatment chains are left out while unset, so a
-    topology without chains keeps the hash it had before they existed (agents and control planes of
-    both versions agree on plans during a rolling upgrade)."""
-    canonical = msgspec.json.encode(t, order="deterministic")
+    """The topology as hashed: fields added by the treatment chains (and the re-query policy) are
+    left out while unset, so a topology without them keeps the hash it had before they existed
+    (agents and control planes of both versions agree on plans during a rolling upgrade)."""
+    canonical = msgspec.json.encode(t, order="deterministic").replace(_DEFAULT_POLICY_REQUERY, b"", 1)
     return canonical.replace(_UNSET_POLICY_TREATMENTS, b"}").replace(_UNSET_BRANCH_TREATMENTS, b"}")
 
 
