@@ -8,6 +8,10 @@ control plane answers) -> ACD -> lookup listeners -> plan watcher and reporter. 
 health turns NOT_SERVING (gRPC health and /healthz), lookups already received finish, listeners
 close, then the process exits (F15). Must not: exit with a half-started agent (a failed listener
 stops everything), or read the wall clock except for Report.sent_at.
+
+Why over 600 lines: it is the agent's assembly, the one place that orders the start and the drain of
+every part (ACD, reporter, plan watcher, listeners, probers) and the admin switches that reach into
+them; the parts themselves are their own modules.
 """
 
 from __future__ import annotations
