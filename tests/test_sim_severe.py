@@ -81,6 +81,11 @@ def test_wuhan_answers_until_it_closes(national):
     assert m.series.service_level[0] > m.series.service_level[1] + 0.03, m.series.service_level
 
 
+# the floor under the 0.882 measured (one seed, 15 minutes: an easy case next to the 5-seed hour,
+# 0.762 [0.725, 0.799]); a claim is never set below what was measured by more than the noise
+GAP_FLOOR = 0.85
+
+
 def test_callroute_shares_the_severe_surge_so_no_branch_drowns(national):
     """Issue 17 part 3 (one seed, the peak 10:00-10:15 after a 15 min warm-up): the planner shares
     the network's shortage (equal predicted service level everywhere, core/shortage.py). Measured
