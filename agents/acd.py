@@ -5,7 +5,11 @@
   calls this agent's lookups route to its own center, on top of its hosted branches' own traffic,
   and has fault switches for the chaos harness ("not answering", "calls not arriving").
 - `PushACD`: a real ACD pushes JSON (HTTP POST /v1/acd, or JSON lines on stdin); every message is
-  validated like any outside input and rejected with InvalidInput naming field and value.
+  validated like any outside input and rejected with InvalidInput naming field and value. A message
+  may carry the ACD's identity for it, `source` / `epoch` / `seq`: its counters are then held
+  (`AcdCarry`) until the control plane acknowledged a report carrying them, and counted there once
+  even when two agent replicas both receive it (core/acdseen.py). Unnumbered messages get an
+  identity of this agent's: never lost, but two replicas both given one count it twice.
 
 Time comes in as `now` (monotonic seconds); neither adapter reads a clock or does I/O, so tests
 drive them by passing time. Must not: block, read the wall clock, or trust pushed numbers.
@@ -25,13 +29,16 @@ import msgspec
 import xxhash
 
 from controlplane.core.model import (
+    MAX_ACD_PER_REPORT,
     MAX_COUNT,
     MAX_SKILLS_PER_REPORT,
+    AcdCount,
     AdminState,
     InvalidInput,
     Report,
     SkillLoad,
     Topology,
+    check_id,
     validate_report,
 )
 
@@ -271,6 +278,10 @@ class PushMessage(msgspec.Struct, forbid_unknown_fields=True):
 
     skills: dict[str, PushedSkill] = {}
     state: str = "open"
+    # the ACD's identity for this message (see the module doc); seq 0: unnumbered
+    source: str = ""
+    epoch: int = 0
+    seq: int = 0
 
 
 def parse_push(body: bytes) -> PushMessage:
@@ -289,8 +300,21 @@ def parse_push(body: bytes) -> PushMessage:
     if not isinstance(raw, dict):
         raise InvalidInput("body", type(raw).__name__, "must be a JSON object")
     for k in raw:
-        if k not in ("skills", "state"):
+        if k not in ("skills", "state", "source", "epoch", "seq"):
             raise InvalidInput(str(k)[:64], raw[k], "unknown field")
+    ident: dict[str, Any] = {}
+    for name in ("epoch", "seq"):
+        v = raw.get(name, 0)
+        if type(v) is not int or not 0 <= v < 2**64:
+            raise InvalidInput(name, v, "must be an unsigned 64-bit integer")
+        ident[name] = v
+    source = raw.get("source", "")
+    if not isinstance(source, str):
+        raise InvalidInput("source", source, "must be a string")
+    if source:
+        check_id("source", source)
+    if (ident["epoch"] or source) and not ident["seq"]:
+        raise InvalidInput("seq", 0, "required (at least 1) with epoch or source")
     state = raw.get("state", "open")
     if not isinstance(state, str):
         raise InvalidInput("state", state, "must be a string")
@@ -307,7 +331,7 @@ def parse_push(body: bytes) -> PushMessage:
             inner = invalid_from_msgspec(e, v)
             sub = f".{inner.field}" if inner.field != "body" else ""
             raise InvalidInput(f"skills[{name}]{sub}", inner.value if sub else v, inner.why) from None
-    return PushMessage(skills=skills, state=state)
+    return PushMessage(skills=skills, state=state, source=source, **ident)
 
 
 _UNKNOWN_FIELD_RE = re.compile(r"Object contains unknown field `([^`]*)`")
@@ -352,6 +376,82 @@ def invalid_from_msgspec(e: msgspec.ValidationError | msgspec.DecodeError, raw: 
     return InvalidInput(default_field, raw, msg)
 
 
+# ACD messages an agent holds until the control plane has them: at a message a second, over an
+# hour of a control plane out of reach. Beyond it a push is refused with 503 (the ACD keeps it and
+# retries) rather than accepted and dropped: nothing the agent acknowledged is lost.
+MAX_HELD_ACD = 4096
+
+
+class AcdFull(InvalidInput):
+    """The agent holds MAX_HELD_ACD messages the control plane has not acknowledged: retry later."""
+
+    retry_later = True
+
+
+class AcdCarry:
+    """ACD messages between the push and the control plane's ack, each held until a report carrying
+    it is acknowledged: `pending` (in no report on the wire), `in_flight` (report seq -> messages).
+
+    Unlike the lookup counts (reporter.DemandLedger), nothing here needs the control plane's last
+    accepted seq: it counts a message once by its identity, so whatever is not known to be counted
+    is simply sent again (a stream that broke before the ack, a report rejected or never sent)."""
+
+    __slots__ = ("pending", "in_flight", "held")
+
+    def __init__(self) -> None:
+        self.pending: dict[tuple[str, int, int], AcdCount] = {}
+        self.in_flight: dict[int, list[AcdCount]] = {}
+        self.held: set[tuple[str, int, int]] = set()  # every message pending or in flight
+
+    def full(self) -> bool:
+        return len(self.held) >= MAX_HELD_ACD
+
+    def add(self, m: AcdCount) -> bool:
+        """Hold a new message; False when it is held already (the ACD retried a push)."""
+        key = (m.source, m.epoch, m.seq)
+        if key in self.held:
+            return False
+        self.held.add(key)
+        self.pending[key] = m
+        return True
+
+    def take(self) -> list[AcdCount]:
+        """The oldest pending messages, as many as one report carries."""
+        out: list[AcdCount] = []
+        for key in list(self.pending)[:MAX_ACD_PER_REPORT]:
+            out.append(self.pending.pop(key))
+        return out
+
+    def put_back(self, msgs: list[AcdCount]) -> None:
+        """A report built but not sent, or rejected: its messages go into a later one."""
+        for m in msgs:
+            key = (m.source, m.epoch, m.seq)
+            if key in self.held:
+                self.pending[key] = m
+
+    def sent(self, seq: int, msgs: list[AcdCount]) -> None:
+        if msgs:
+            self.in_flight[seq] = msgs
+
+    def acked(self, seq: int, accepted: bool) -> None:
+        msgs = self.in_flight.pop(seq, None)
+        if not msgs:
+            return
+        if not accepted:
+            self.put_back(msgs)
+            return
+        for m in msgs:
+            self.held.discard((m.source, m.epoch, m.seq))
+
+    def stream_ended(self) -> None:
+        for msgs in self.in_flight.values():
+            self.put_back(msgs)
+        self.in_flight = {}
+
+    def outstanding(self) -> int:
+        return len(self.held)
+
+
 class PushACD:
     """Holds what the real ACD last pushed; counters add up until the reporter samples them."""
 
@@ -370,6 +470,13 @@ class PushACD:
         self._counts: dict[str, list[int]] = {}  # offered, answered, within, abandoned
         self.accepted = 0
         self.rejected = 0
+        self.duplicates = 0  # numbered pushes received again (the ACD retried)
+        self.unnumbered = 0  # pushes without the ACD's seq: numbered here, per replica
+        self.carry = AcdCarry()
+        # this agent's own identity for unnumbered pushes: a source no other process shares (random,
+        # so not an epoch: the control plane takes a lower epoch of a source as older)
+        self._local = (f"agent-{random.SystemRandom().getrandbits(64):016x}", 1)
+        self._local_seq = 0
 
     def offer_routed(self, per_skill: dict[str, int], now: float) -> None:
         pass  # the real ACD counts the calls that really arrive
@@ -404,6 +511,20 @@ class PushACD:
             if len(self._gauges) + len(new) > self.max_skills:
                 raise InvalidInput("skills", new[0], f"more than {self.max_skills} distinct skills "
                                    "pushed (push_max_skills)")
+        if self.carry.full():
+            raise AcdFull("acd", len(self.carry.held), f"{MAX_HELD_ACD} pushed messages not yet "
+                          "acknowledged by the control plane; retry later")
+        if msg.seq:
+            source, epoch, seq = msg.source or "acd", msg.epoch, msg.seq
+        else:
+            self.unnumbered += 1
+            self._local_seq += 1
+            (source, epoch), seq = self._local, self._local_seq
+        counts = {s: (v.offered, v.answered, min(v.answered_within, v.answered), v.abandoned)
+                  for s, v in msg.skills.items()}
+        if not self.carry.add(AcdCount(source, epoch, seq, counts)):
+            self.duplicates += 1
+            return  # a retry of a message held already: counted once
         self.state = state
         for s, v in msg.skills.items():
             self._gauges[s] = v

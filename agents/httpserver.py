@@ -1,7 +1,9 @@
 """Switch-facing HTTP/1.1 lookups on uvloop + httptools: one asyncio.Protocol, no framework.
 
     GET  /v1/route?branch=..&skill=..&caller=..[&tier=vip][&probe=1]  -> {center, fallbacks,
-                                                  plan_version, reason, overload_action}
+                                                  plan_version, reason, overload_action, treatment,
+                                                  treatment_prompt, predicted_wait_s,
+                                                  treatment_threshold_s}
     POST /v1/routes   JSON list of {branch, skill, caller, tier?, probe?} -> list of decisions, or
                       of {"error", "field"} for a bad item (the others are still answered)
 
@@ -45,6 +47,7 @@ from agents.acd import invalid_from_msgspec
 from agents.plancache import PlanCache, Served
 from agents.reporter import RoutedCounter
 from controlplane.core.model import InvalidInput, check_id
+from controlplane.core.treatments import RELEASING
 
 log = logging.getLogger("callroute.agent.http")
 
@@ -132,8 +135,15 @@ _BAD_METHOD = _response(b"405 Method Not Allowed", b'{"error":"method not allowe
 
 
 def decision_dict(d: Any) -> dict[str, Any]:
+    # the overload treatment (issue 18) as flat keys, always present, so a switch's script reads
+    # each with one lookup: "" / 0 when none applies
+    t = getattr(d, "treatment", None)
     return {"center": d.center, "fallbacks": list(d.fallbacks), "plan_version": d.plan_version,
-            "reason": d.reason, "overload_action": str(d.overload_action or "")}
+            "reason": d.reason, "overload_action": str(d.overload_action or ""),
+            "treatment": str(t.action) if t is not None else "",
+            "treatment_prompt": t.prompt if t is not None else "",
+            "predicted_wait_s": t.predicted_wait_s if t is not None else 0.0,
+            "treatment_threshold_s": t.threshold_s if t is not None else 0.0}
 
 
 class BatchItem(msgspec.Struct, forbid_unknown_fields=True):
@@ -189,7 +199,9 @@ class LookupEngine:
         # only answered lookups reach here (resolve raised for an unknown branch or skill): the
         # counts name branches and skills of the served plan
         counts = self.counter.counts
-        key = (branch, skill, d.center)
+        t = d.treatment
+        # a call the switch releases with a prompt reaches no center: counted as a treatment ("")
+        key = (branch, skill, "" if t is not None and t.action in RELEASING else d.center)
         counts[key] = counts.get(key, 0) + 1
         return d
 
@@ -488,6 +500,10 @@ class AcdHttpServer(HttpServerBase):
                     return _BAD_METHOD
                 return _response(b"200 OK", _JSON.encode(self.admin(body)))
         except InvalidInput as e:
+            if getattr(e, "retry_later", False):
+                # the agent holds all the unacknowledged messages it may (agents.acd.AcdFull):
+                # refused, not taken and dropped, so the ACD keeps it and sends it again
+                return _response(b"503 Service Unavailable", error_body(e))
             self.stats.bad += 1
             return _bad(e)
         return _NOT_FOUND

@@ -141,7 +141,7 @@ class Agent:
             known_centers=known,
             known_branches=frozenset(b.id for b in topology.branches) if topology is not None else None,
             known_skills=frozenset(topology.skills()) if topology is not None else None,
-            on_plan_version=self.cache.confirm, tls=agent_tls(settings))
+            on_plan_version=self.cache.confirm, tls=agent_tls(settings), via=settings.controlplane_via)
         self._offers: set[asyncio.Task[None]] = set()
         self.cache.on_topology.append(self._use_topology)
         self.prober: PeerProber | None = None
@@ -359,6 +359,7 @@ class Agent:
             "# TYPE callroute_agent_demand_outstanding_lookups gauge",
             f"callroute_agent_demand_outstanding_lookups "
             f"{r.ledger.outstanding() + sum(self.counter.counts.values())}",
+            *self._acd_metric_lines(),
             "# HELP callroute_agent_stream_reconnects_total Report and plan stream reconnects.",
             "# TYPE callroute_agent_stream_reconnects_total counter",
             f'callroute_agent_stream_reconnects_total{{stream="report"}} {r.reconnects}',
@@ -373,6 +374,25 @@ class Agent:
             *HTTP_METRICS_HELP, *self.http.metrics_lines(), *self.acd_http.metrics_lines(),
         ]
         return ("\n".join(lines) + "\n").encode()
+
+    def _acd_metric_lines(self) -> list[str]:
+        acd = self.acd
+        if not isinstance(acd, PushACD):
+            return []
+        return [
+            "# HELP callroute_agent_acd_held_messages Pushed ACD messages not yet acknowledged by "
+            "the control plane (held and re-sent until then; pushes are refused with 503 when full).",
+            "# TYPE callroute_agent_acd_held_messages gauge",
+            f"callroute_agent_acd_held_messages {acd.carry.outstanding()}",
+            "# HELP callroute_agent_acd_pushes_total Pushed ACD messages by kind: numbered by the ACD "
+            "(counted once across replicas), unnumbered (counted once per replica given it), "
+            "duplicate (a retry of a held message).",
+            "# TYPE callroute_agent_acd_pushes_total counter",
+            f'callroute_agent_acd_pushes_total{{kind="numbered"}} '
+            f"{acd.accepted - acd.unnumbered}",
+            f'callroute_agent_acd_pushes_total{{kind="unnumbered"}} {acd.unnumbered}',
+            f'callroute_agent_acd_pushes_total{{kind="duplicate"}} {acd.duplicates}',
+        ]
 
     # ------------------------------------------------------------ running
 

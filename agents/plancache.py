@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 import xxhash
 
+from controlplane.core.backoff import Backoff
 from controlplane.core.model import InvalidInput, Plan, Topology
 
 log = logging.getLogger("callroute.agent.plan")
@@ -388,24 +389,6 @@ def channel_options(keepalive_time_s: float, keepalive_timeout_s: float) -> list
         ("grpc.max_reconnect_backoff_ms", 1000),
         ("grpc.enable_retries", 0),
     ]
-
-
-class Backoff:
-    """Full-jitter exponential backoff (AWS architecture blog): spreads a herd of reconnects."""
-
-    def __init__(self, initial_s: float, max_s: float, rng: random.Random) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self.rng = rng
-        self.attempt = 0
-
-    def next(self) -> float:
-        cap = min(self.max_s, self.initial_s * (2 ** min(self.attempt, 30)))
-        self.attempt += 1
-        return self.rng.uniform(cap / 2, cap)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class PlanWatcher:

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from agents.acd import ACD
-from agents.plancache import Backoff, _short, channel_options, write_atomic
+from agents.plancache import _short, channel_options, write_atomic
+from controlplane.core.backoff import Backoff
 from controlplane.core.model import MAX_COUNT, MAX_DEMAND_ENTRIES, MAX_TARGETS_PER_REPORT, Report
 
 log = logging.getLogger("callroute.agent.report")
@@ -160,9 +161,12 @@ class DemandLedger:
 
     Unlike routed_to (a description of the interval, dropped with its report: F12), demand is a
     tally the control plane sums (billing, the demand estimate): a count must reach it exactly once.
-    Counts live in one of three places until the control plane has them:
-      - `pending`: not in any report sent yet (new lookups; reports dropped unsent; a remainder
+    Counts live in one of four places until the control plane has them:
+      - `pending`: not in any report built yet (new lookups; reports dropped unsent; a remainder
         past the per-report limits) -> carried into the next report;
+      - `queued`: in a report built and waiting in the outbox -> `in_flight` when the stream sends
+        it, back to `pending` when it is dropped unsent (outstanding either way: a graceful stop
+        must not return while a built report still holds calls);
       - `in_flight`: in a report sent on the current stream, awaiting its ack -> an accepted ack
         settles them; a rejected one drops them (re-sending what was refused would loop);
       - `in_doubt`: sent on a stream that broke before the ack came: the control plane may or may
@@ -177,10 +181,11 @@ class DemandLedger:
     own outbox (Reporter._streams), so a dead stream's request iterator never takes a live one's.
     """
 
-    __slots__ = ("pending", "in_flight", "in_doubt", "rejected", "recovered")
+    __slots__ = ("pending", "queued", "in_flight", "in_doubt", "rejected", "recovered")
 
     def __init__(self) -> None:
         self.pending: dict[tuple[str, ...], int] = {}
+        self.queued: dict[int, dict[str, Any]] = {}
         self.in_flight: dict[int, dict[str, Any]] = {}
         self.in_doubt: dict[int, dict[str, Any]] = {}
         self.rejected = 0  # lookups dropped with rejected reports
@@ -191,9 +196,10 @@ class DemandLedger:
         for key, n in counts.items():
             pending[key] = pending.get(key, 0) + n
 
-    def take(self) -> dict[str, Any]:
-        """Pending counts for one report, within the report limits; the rest stays pending. Keys
-        are tuples of ids, (branch, skill) or (branch, skill, receiving center): nested that deep."""
+    def take(self, seq: int) -> dict[str, Any]:
+        """Pending counts for report `seq`, within the report limits; the rest stays pending. Keys
+        are tuples of ids, (branch, skill) or (branch, skill, receiving center): nested that deep.
+        What is taken is `queued` under `seq` until sent() or unsent()."""
         out: dict[str, Any] = {}
         rest: dict[tuple[str, ...], int] = {}
         entries = 0
@@ -212,15 +218,23 @@ class DemandLedger:
             if n > sent:
                 rest[key] = n - sent
         self.pending = rest
+        if out:
+            self.queued[seq] = out
         return out
 
+    def unsent(self, seq: int, demand: dict[str, Any]) -> None:
+        """Report `seq`, built, will never be sent: its counts go into a later one."""
+        self.queued.pop(seq, None)
+        self.put_back(demand)
+
     def put_back(self, demand: dict[str, Any]) -> None:
-        """A report built but never sent: its counts go into a later one."""
+        """Counts no report holds any more: they go into a later one."""
         pending = self.pending
         for key, n in _flat(demand):
             pending[key] = pending.get(key, 0) + n
 
     def sent(self, seq: int, demand: dict[str, Any]) -> None:
+        self.queued.pop(seq, None)
         if demand:
             self.in_flight[seq] = demand
 
@@ -242,8 +256,9 @@ class DemandLedger:
         self.in_flight = {}
 
     def outstanding(self) -> int:
-        """Lookups not yet known to be counted (pending, in flight, in doubt)."""
-        return (sum(self.pending.values()) + sum(_total(d) for d in self.in_flight.values())
+        """Lookups not yet known to be counted (pending, queued, in flight, in doubt)."""
+        return (sum(self.pending.values()) + sum(_total(d) for d in self.queued.values())
+                + sum(_total(d) for d in self.in_flight.values())
                 + sum(_total(d) for d in self.in_doubt.values()))
 
 
@@ -278,8 +293,11 @@ class Reporter:
                  known_centers: frozenset[str] | None = None,
                  known_branches: frozenset[str] | None = None,
                  known_skills: frozenset[str] | None = None,
-                 on_plan_version: Callable[[int], None] | None = None, tls: Any = None) -> None:
+                 on_plan_version: Callable[[int], None] | None = None, tls: Any = None,
+                 via: dict[str, str] | None = None) -> None:
         self.center = center
+        # leader redirects name the control plane's own address; this center may reach it elsewhere
+        self.via = dict(via or {})
         # controlplane.service.auth.ClientTLS, or None for plaintext
         self.tls = tls
         self.acd = acd
@@ -322,6 +340,8 @@ class Reporter:
         self.paths: Any = None
         self._early = asyncio.Event()
         self._progress = asyncio.Event()  # an ack came or a stream opened (settle waits on it)
+        # the ACD messages held until acknowledged (agents.acd.AcdCarry; the push ACD has one)
+        self.carry: Any = getattr(acd, "carry", None)
 
     def report_now(self) -> None:
         """Build and send the next report now (probe answers the control plane is waiting for)."""
@@ -334,7 +354,7 @@ class Reporter:
         """Report until every count is acknowledged, or `timeout_s` passes (then False): a graceful
         stop, once the lookup listeners are closed, leaves no call out of the billing ledger."""
         deadline = self.clock() + timeout_s
-        while self.counter.counts or self.ledger.outstanding():
+        while self.counter.counts or self.ledger.outstanding() or self._carried():
             left = deadline - self.clock()
             if left <= 0:
                 log.warning("stopping with %d lookups not acknowledged by the control plane",
@@ -346,6 +366,9 @@ class Reporter:
                 async with asyncio.timeout(left):
                     await self._progress.wait()
         return True
+
+    def _carried(self) -> int:
+        return self.carry.outstanding() if self.carry is not None else 0
 
     # ------------------------------------------------------------ building reports
 
@@ -379,12 +402,12 @@ class Reporter:
         probes = self.prober.take() if self.prober is not None else {}
         # demand and the billing ledger's calls are one carried tally (branch, skill, receiver):
         # both reach the control plane exactly once, and always agree
-        carried = self.ledger.take()
+        carried = self.ledger.take(seq)
         return Report(center=self.center, seq=seq, incarnation=incarnation, sent_at=self.wall(),
                       interval_s=self.interval_s, state=self.acd.state, skills=skills,
                       routed_to=routed_to, demand=demand_of(carried), probes=probes,
                       broken_paths=dict(self.paths.broken) if self.paths is not None else {},
-                      calls=carried)
+                      calls=carried, acd=self.carry.take() if self.carry is not None else [])
 
     def _billable(self, calls: dict[tuple[str, str, str], int]) -> dict[tuple[str, ...], int]:
         """The counter's calls, with a receiver outside the topology (a plan from another one)
@@ -409,7 +432,9 @@ class Reporter:
     def _drop(self, r: Report) -> None:
         """A report that will not be sent: the load it describes is stale, its demand is not."""
         self.dropped += 1
-        self.ledger.put_back(r.calls if r.calls else r.demand)
+        self.ledger.unsent(r.seq, r.calls if r.calls else r.demand)
+        if r.acd and self.carry is not None:
+            self.carry.put_back(r.acd)
 
     def _enqueue(self, r: Report, now: float) -> None:
         if self.state != "connected":
@@ -496,9 +521,13 @@ class Reporter:
                 self.last_error = _short(e)
                 log.info("report stream to %s ended: %s", ep, self.last_error)
                 redirect = _leader_hint(e)
+                if redirect is not None:
+                    redirect = self.via.get(redirect, redirect)
             self._call = None
             self._unacked.clear()
             self.ledger.stream_ended()
+            if self.carry is not None:
+                self.carry.stream_ended()  # sent again: the control plane counts each once
             while not self.outbox.empty():
                 self._drop(_report_of(self.outbox.get_nowait()))
             self.outbox.put_nowait(None)  # ends that stream's request iterator if grpc still polls it
@@ -533,6 +562,8 @@ class Reporter:
                         continue
                     self._unacked[r.seq] = now
                     self.ledger.sent(r.seq, r.calls if r.calls else r.demand)
+                    if self.carry is not None:
+                        self.carry.sent(r.seq, r.acd)
                     self.sent += 1
                     yield report_to_pb(r)
 
@@ -555,6 +586,8 @@ class Reporter:
         async for ack in call:
             self._unacked.pop(ack.seq, None)
             self.ledger.acked(ack.seq, ack.accepted, ack.prior_accepted_seq)
+            if self.carry is not None:
+                self.carry.acked(ack.seq, ack.accepted)
             self._progress.set()
             self.backoff.reset()
             if ack.accepted:

@@ -28,6 +28,11 @@ class AgentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     center: str
     # control-plane endpoints "host:port"; the reporter and plan watcher walk them in order
     controlplane: tuple[str, ...] = ()
+    # a control-plane address as the control plane names it (a follower's "leader at H:P") -> the
+    # address this center dials to reach it: a NAT, a local forwarder, the chaos proxies. Without an
+    # entry the redirect is followed as named. (A redirect around the center's own path to the
+    # control plane had made every chaos cut after the first miss the agent: F8.)
+    controlplane_via: dict[str, str] = {}
     # switch-facing HTTP/1.1 lookup listener (also /healthz and /metrics); nothing on it changes
     # routing, so switches need no credential
     http: str = "127.0.0.1:8080"
@@ -155,6 +160,11 @@ def validate(s: AgentSettings) -> AgentSettings:
         raise InvalidInput("controlplane", len(s.controlplane), f"more than {MAX_ENDPOINTS} endpoints")
     for ep in s.controlplane:
         parse_hostport("controlplane", ep)
+    if len(s.controlplane_via) > MAX_ENDPOINTS:
+        raise InvalidInput("controlplane_via", len(s.controlplane_via), f"more than {MAX_ENDPOINTS} entries")
+    for named, dial in s.controlplane_via.items():
+        parse_hostport("controlplane_via", named)
+        parse_hostport(f"controlplane_via.{named}", dial)
     parse_hostport("http", s.http)
     parse_hostport("acd_listen", s.acd_listen)
     if bool(s.acd_tls_cert) != bool(s.acd_tls_key):

@@ -103,7 +103,8 @@ class Stage:
         cfg.write_text(json.dumps({"require_two_person": self.two_person, "tokens": str(tokens_file)}))
         ports = self.tmp / "cp.ports"
         cp = self._spawn("controlplane", [
-            "-m", "controlplane.service", "--topology", str(NATIONAL), "--store", "embedded",
+            "-m", "controlplane.service", "--operator-from-request",
+            "--topology", str(NATIONAL), "--store", "embedded",
             "--listen", self.cp, "--metrics", f"127.0.0.1:{free_port()}", "--config", str(cfg),
             "--port-file", str(ports)])
         poll(lambda: ports.exists() or cp.poll() is not None, 30, "control plane")

@@ -86,6 +86,7 @@ class _Proc:
                 sys.executable,
                 "-m",
                 "controlplane.service",
+            "--operator-from-request",  # a test harness: operators named in requests, no tokens
                 "--topology",
                 str(topology),
                 "--store",

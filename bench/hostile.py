@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.lookup import EXAMPLE, ROOT, _free_port, _rss_mb, _wait_port
+from bench.lookup import ANCHORS, EXAMPLE, ROOT, _free_port, _rss_mb, _wait_port
 
 SLOWLORIS = 500
 FLOODERS = 20
@@ -264,6 +264,7 @@ def bench_hostile(progress: Callable[[str], None] = _progress) -> dict[str, Any]
         cpu0 = cpu_s(agent.pid)
         unloaded = good_client(port, UNLOADED_SECONDS)
         cpu_unloaded = (cpu_s(agent.pid) - cpu0) / UNLOADED_SECONDS
+        anchor_unloaded = anchor_p99_ms(progress)
         progress(f"attack: {SLOWLORIS} slowloris + {FLOODERS} pipelining flooders + {TRICKLERS} "
                  f"1 MiB tricklers for {LOAD_SECONDS:.0f} s, lookups meanwhile ...")
         attacker = subprocess.Popen(
@@ -295,6 +296,11 @@ def bench_hostile(progress: Callable[[str], None] = _progress) -> dict[str, Any]
                 when[reason] = f"{int(n)} (first seen by {ts[0]:.0f} s)" if ts else f"{int(n)}"
         out = {"unloaded_p99_ms": p99_ms(unloaded), "loaded_p99_ms": p99_ms(loaded),
                "loaded_over_unloaded": p99_ms(loaded) / p99_ms(unloaded),
+               # the same good client against ../shared/anchors/http_anchor.py (uvloop + httptools,
+               # a constant answer), unloaded, in this run: what this machine allows at all
+               "anchor_unloaded_p99_ms": anchor_unloaded,
+               "unloaded_over_anchor": p99_ms(unloaded) / anchor_unloaded,
+               "loaded_over_anchor": p99_ms(loaded) / anchor_unloaded,
                "lookups_unloaded": float(len(unloaded)), "lookups_loaded": float(len(loaded)),
                "agent_cpu_share_unloaded": cpu_unloaded, "agent_cpu_share_loaded": cpu_loaded,
                "load_average_1m": os.getloadavg()[0],
@@ -315,6 +321,29 @@ def bench_hostile(progress: Callable[[str], None] = _progress) -> dict[str, Any]
                     p.kill()
                     p.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def anchor_p99_ms(progress: Callable[[str], None] = _progress) -> float:
+    """The good client's p99 against the HTTP anchor, unloaded (NaN without the anchors). Not under
+    the attack: the anchor has no limits, and a pipelining flood would grow it without bound."""
+    script = ANCHORS / "http_anchor.py"
+    if not script.exists():
+        return float("nan")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, str(script), str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        _wait_port(port, proc)
+        good_client(port, 1.0)  # warm-up
+        progress(f"anchor {script.name} on {port}: unloaded lookups {UNLOADED_SECONDS:.0f} s ...")
+        return p99_ms(good_client(port, UNLOADED_SECONDS))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,7 +65,7 @@ async def bench_history(topology: str, hours: float, surge: float, seed: int,
                         epoch_s: float) -> dict[str, Any]:
     from controlplane.service.server import ControlPlane
     from controlplane.service.settings import load_settings
-    from controlplane.store.base import Election
+    from controlplane.store.election import Election
     from controlplane.store.etcd import EtcdStore
     from controlplane.store.etcdtest import EtcdCluster
 

@@ -62,7 +62,7 @@ async def _run_one(name: str, opts: Any) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from chaos.harness import log
+    from chaos.procs import log
     from chaos.report import summary_markdown, write_report
     from chaos.scenarios import SCENARIOS, RunOptions
     from controlplane.core.model import InvalidInput

@@ -19,272 +19,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import random
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import xxhash
-import yaml
-
+from chaos.procs import (
+    DEFAULT_CP_CONFIG,
+    PROBE_TIMEOUT_S,
+    START_TIMEOUT_S,
+    AgentProc,
+    Proc,
+    Replica,
+    log,
+)
 from chaos.proxy import PARTITION, Fault, FaultProxy
+from chaos.switch import (
+    HttpPool,
+)
 from controlplane.core.model import InvalidInput, Topology
-from controlplane.store.etcdtest import EtcdCluster, free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-# A process imports grpc, protobuf and the core, and an agent compiles its first plan: seconds on a
-# loaded 2-core machine, never a minute.
-START_TIMEOUT_S = 60.0
-# SIGTERM gets this long (an agent drains for drain_notice_s + drain_grace_s) before SIGKILL.
-STOP_TIMEOUT_S = 5.0
-# A switch waits this long for an agent before trying the peer: calls ring for seconds, so half a
-# second is invisible to a caller and long enough for a loaded agent's p99.
-LOOKUP_TIMEOUT_S = 0.5
-# The entry agent, then up to two peers: a third failure means the site's whole lookup tier is gone.
-MAX_TRIES = 3
-# Total lookups per second the generator may be asked for: the machine has 2 shared cores and the
-# agents under test need most of them.
-MAX_RATE_PER_S = 500.0
-# Lookups in flight at once: at the maximum rate with every agent stalled for LOOKUP_TIMEOUT_S.
-MAX_IN_FLIGHT = 256
-# Recorded lookups per run: 30 minutes at 500/s; beyond that the run is not a bounded scenario.
-MAX_RECORDS = 1_000_000
-# /metrics and /healthz probes: a paused process must not stall the harness.
-PROBE_TIMEOUT_S = 0.5
-# Control-plane settings for chaos runs: production defaults except where noted.
-DEFAULT_CP_CONFIG: dict[str, Any] = {
-    # compaction is exercised by its own scenario; a run is minutes long
-    "compact_after_s": 600.0,
-}
-
-
-def log(msg: str) -> None:
-    """Progress on stderr: a run takes minutes and must show what it is doing."""
-    print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------- processes
-
-
-class Proc:
-    """One child process in its own session (a Ctrl-C aimed at the harness does not hit it first)."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.argv = argv
-        self.log_path = log_path
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.paused = False
-        self.started_at = 0.0
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=logf,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        self.paused = False
-        self.started_at = time.monotonic()
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid if self.proc is not None else 0
-
-    def send(self, sig: signal.Signals) -> None:
-        if self.alive:
-            assert self.proc is not None
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
-
-    def kill(self) -> None:
-        """SIGKILL (a crash: no drain, no goodbye), then reap."""
-        if self.proc is None:
-            return
-        self.send(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
-        self.paused = False
-
-    def pause(self) -> None:
-        self.send(signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        self.send(signal.SIGCONT)
-        self.paused = False
-
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM (graceful: an agent drains), SIGKILL if it does not exit in time."""
-        if self.proc is None:
-            return
-        if self.paused:
-            self.resume()
-        self.send(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def tail(self, n: int = 2000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-
-def http_get_sync(port: int, path: str, timeout_s: float = PROBE_TIMEOUT_S) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout_s) as r:
-            return int(r.status), r.read()
-    except urllib.error.HTTPError as e:
-        return int(e.code), e.read()
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            k, _, v = line.rpartition(" ")
-            with contextlib.suppress(ValueError):
-                out[k] = float(v)
-    return out
-
-
-class Replica(Proc):
-    """A control-plane replica; its ports come from its --port-file."""
-
-    def __init__(self, tmp: Path, name: str, topology: str, store: str, config: dict[str, Any]) -> None:
-        cfg = tmp / f"{name}.yaml"
-        cfg.write_text(yaml.safe_dump(config))
-        self.port_file = tmp / f"{name}.ports"
-        self.grpc_port = free_port()
-        self.metrics_port = free_port()
-        super().__init__(name, [sys.executable, "-m", "controlplane.cli", "controlplane",
-                                "--topology", topology, "--store", store,
-                                "--listen", f"127.0.0.1:{self.grpc_port}",
-                                "--metrics", f"127.0.0.1:{self.metrics_port}", "--id", name,
-                                "--config", str(cfg), "--port-file", str(self.port_file)],
-                         tmp / f"{name}.log")
-
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def start(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.port_file.unlink()
-        super().start()
-
-    def ready(self) -> bool:
-        return self.port_file.exists()
-
-    def metrics(self) -> dict[str, float]:
-        """This replica's /metrics; {} when it does not answer (dead, paused, starting)."""
-        if not self.alive or self.paused:
-            return {}
-        try:
-            return parse_metrics(http_get_sync(self.metrics_port, "/metrics")[1].decode())
-        except (OSError, ValueError):
-            return {}
-
-
-class AgentProc(Proc):
-    """A center's agent. Its HTTP port is fixed at construction so a restart keeps the address."""
-
-    def __init__(self, tmp: Path, center: str, topology: str, controlplane: Sequence[str],
-                 config: dict[str, Any]) -> None:
-        self.center = center
-        self.http_port = free_port()
-        # the ACD listener (fault switches, peers' simulated calls): fixed too, for the same reason
-        self.acd_port = free_port()
-        self.state_dir = tmp / f"agent-{center}"
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path = tmp / f"agent-{center}.json"
-        self.config_path.write_text(json.dumps(config))
-        super().__init__(f"agent-{center}", [
-            sys.executable, "-m", "controlplane.cli", "agent", "--center", center,
-            "--controlplane", ",".join(controlplane), "--http", f"127.0.0.1:{self.http_port}",
-            "--acd-listen", f"127.0.0.1:{self.acd_port}",
-            "--acd", "simulated", "--state-dir", str(self.state_dir), "--topology", topology,
-            "--config", str(self.config_path)], tmp / f"agent-{center}.log")
-
-    def health(self) -> dict[str, Any] | None:
-        if not self.alive or self.paused:
-            return None
-        try:
-            st, body = http_get_sync(self.http_port, "/healthz")
-            h: dict[str, Any] = json.loads(body)
-            h["http_status"] = st
-            return h
-        except (OSError, ValueError):
-            return None
-
-
-# ---------------------------------------------------------------- keep-alive HTTP
-
-
-class HttpPool:
-    """Keep-alive HTTP/1.1 GETs to loopback agents, a few idle connections per port."""
-
-    def __init__(self) -> None:
-        self.idle: dict[int, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
-
-    async def get(self, port: int, path: str, timeout_s: float = LOOKUP_TIMEOUT_S) -> tuple[int, bytes]:
-        return await asyncio.wait_for(self._get(port, path), timeout_s)
-
-    async def post(self, port: int, path: str, body: bytes,
-                   timeout_s: float = LOOKUP_TIMEOUT_S) -> tuple[int, bytes]:
-        return await asyncio.wait_for(self._get(port, path, b"POST", body), timeout_s)
-
-    async def _get(self, port: int, path: str, method: bytes = b"GET",
-                   body: bytes = b"") -> tuple[int, bytes]:
-        pool = self.idle.setdefault(port, [])
-        conn = pool.pop() if pool else await asyncio.open_connection("127.0.0.1", port)
-        r, w = conn
-        ok = False
-        try:
-            w.write(method + b" " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
-                    + str(len(body)).encode() + b"\r\n\r\n" + body)
-            head = await r.readuntil(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
-            length = 0
-            close = False
-            for line in head.split(b"\r\n")[1:]:
-                k, _, v = line.partition(b":")
-                k = k.strip().lower()
-                if k == b"content-length":
-                    length = int(v)
-                elif k == b"connection" and v.strip().lower() == b"close":
-                    close = True
-            data = await r.readexactly(length)
-            ok = not close
-            return status, data
-        finally:
-            if ok:
-                pool.append(conn)
-            else:
-                w.transport.abort()
-
-    def close(self) -> None:
-        for conns in self.idle.values():
-            for _, w in conns:
-                w.transport.abort()
-        self.idle.clear()
-
+from controlplane.store.etcdtest import EtcdCluster
 
 # ---------------------------------------------------------------- the cluster
 
@@ -337,6 +94,7 @@ class Cluster:
         self.agents: dict[str, AgentProc] = {}
         # per proxied agent: one proxy per replica, in replica order
         self.cp_proxies: dict[str, list[FaultProxy]] = {}
+        self.cp_via: dict[str, dict[str, str]] = {}
         # per proxied agent: one proxy in front of its ACD listener, the address every other agent
         # is given for it (peers' probes and simulated calls), so a scenario can cut the center's
         # whole link (isolate) or only its control-plane link (cut_controlplane_link)
@@ -395,6 +153,11 @@ class Cluster:
                 self.cp_proxies[c] = proxies
                 cps = [p.addr for p in proxies]
             cfg = {**self.agent_config, **self.agent_config_for.get(c, {})}
+            if c in self.cp_proxies:
+                # a follower's redirect names the leader's own address: reach it through its proxy
+                # too, or the agent's stream leaves the proxy (and every later cut) at the first
+                # failover
+                self.cp_via[c] = {r.addr: p.addr for r, p in zip(order, self.cp_proxies[c], strict=True)}
             self.agents[c] = AgentProc(self.tmp, c, self.topology_path, cps, cfg)
         # ACD ports are fixed at AgentProc construction (free_port), so every address is known here,
         # before any agent's config is written
@@ -411,7 +174,8 @@ class Cluster:
             # peers: where the agent probes the other centers (issue 16). Both through the proxy of a
             # proxied center: a whole-link cut stops its calls and its probes alike
             peers = {o: addr for o, addr in acd_addr.items() if o != c}
-            a.config_path.write_text(json.dumps({"sim_peers": acd_addr, "peers": peers, **cfg}))
+            via = {"controlplane_via": self.cp_via[c]} if c in self.cp_via else {}
+            a.config_path.write_text(json.dumps({"sim_peers": acd_addr, "peers": peers, **via, **cfg}))
             a.start()
         await self.wait_agents_serving()
         log(f"network up in {time.monotonic() - self.t0:.1f} s: leader {self.leader_name()}")
@@ -726,182 +490,3 @@ class Cluster:
             if movable:
                 keys.append((b.id, max(movable, key=lambda s: movable[s])))
         return keys
-
-
-# ---------------------------------------------------------------- the switch
-
-
-@dataclass(slots=True)
-class Lookup:
-    t: float  # monotonic, when the switch asked
-    agent: str  # the agent that answered (or the last one tried)
-    branch: str
-    skill: str
-    center: str  # answered center; "" for an overload answer or an error
-    plan_version: int
-    error: str  # "" when a valid route came back
-    tries: int
-    latency_s: float
-
-
-@dataclass
-class SwitchLoad:
-    """Switch traffic into a Cluster; see the module docstring. Start, let it run, stop, read `records`."""
-
-    cluster: Cluster
-    rate_per_s: float = 100.0
-    seed: int = 7
-    retry_peer: bool = True
-    timeout_s: float = LOOKUP_TIMEOUT_S
-    records: list[Lookup] = field(default_factory=list)
-    dropped: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.rate_per_s <= MAX_RATE_PER_S:
-            raise InvalidInput("rate_per_s", self.rate_per_s, f"must be in (0, {MAX_RATE_PER_S}]")
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
-        self._sem = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self.pool = HttpPool()
-        topo = self.cluster.topology
-        agents = sorted(self.cluster.agents)
-        self.streams: list[tuple[str, str, float]] = []
-        self.entry: dict[str, list[str]] = {}
-        for b in topo.branches:
-            # the call enters at the branch's home center's agent; a branch whose home runs no agent
-            # here enters at a stable choice among the agents (xxhash: the same in every process)
-            if b.home in self.cluster.agents:
-                first = b.home
-            else:
-                first = agents[xxhash.xxh64_intdigest(b.id.encode()) % len(agents)]
-            i = agents.index(first)
-            self.entry[b.id] = [agents[(i + k) % len(agents)] for k in range(min(MAX_TRIES, len(agents)))]
-            for s, cph in b.calls_per_hour.items():
-                if cph > 0:
-                    self.streams.append((b.id, s, cph))
-
-    def start(self) -> SwitchLoad:
-        self._task = asyncio.ensure_future(self._run())
-        return self
-
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-        if self._inflight:
-            await asyncio.gather(*self._inflight, return_exceptions=True)
-        self.pool.close()
-
-    async def _run(self) -> None:
-        rng = random.Random(self.seed)
-        weights = [w for *_, w in self.streams]
-        next_t = time.monotonic()
-        n = 0
-        while not self._stop.is_set():
-            next_t += rng.expovariate(self.rate_per_s)
-            delay = next_t - time.monotonic()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                if self._stop.is_set():
-                    break
-            branch, skill, _ = rng.choices(self.streams, weights)[0]
-            n += 1
-            caller = str(13_000_000_000 + rng.randrange(6_999_999_999))
-            if len(self.records) >= MAX_RECORDS:
-                self.dropped += 1
-                continue
-            await self._sem.acquire()
-            t = asyncio.ensure_future(self._one(branch, skill, caller))
-            self._inflight.add(t)
-            t.add_done_callback(self._inflight.discard)
-
-    async def _one(self, branch: str, skill: str, caller: str) -> None:
-        t0 = time.monotonic()
-        tries = 0
-        err = ""
-        agent = ""
-        order = self.entry[branch] if self.retry_peer else self.entry[branch][:1]
-        try:
-            for agent in order:
-                tries += 1
-                port = self.cluster.agents[agent].http_port
-                try:
-                    st, body = await self.pool.get(port, f"/v1/route?branch={branch}&skill={skill}"
-                                                   f"&caller={caller}", self.timeout_s)
-                except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as e:
-                    err = f"{agent}: {type(e).__name__}"
-                    continue
-                if st != 200:
-                    err = f"{agent}: HTTP {st}"
-                    if st == 400:
-                        break  # our request is wrong: a peer would say the same
-                    continue
-                d = json.loads(body)
-                if not d.get("center") and not d.get("overload_action"):
-                    err = f"{agent}: empty answer"
-                    continue
-                self.records.append(Lookup(t0, agent, branch, skill, d.get("center", ""),
-                                           int(d.get("plan_version", 0)), "", tries,
-                                           time.monotonic() - t0))
-                return
-            self.records.append(Lookup(t0, agent, branch, skill, "", 0, err, tries, time.monotonic() - t0))
-        finally:
-            self._sem.release()
-
-    # ------------------------------------------------------------ summaries
-
-    def window(self, start: float = 0.0, end: float = float("inf")) -> list[Lookup]:
-        return [r for r in self.records if start <= r.t < end]
-
-    def summary(self, start: float = 0.0, end: float = float("inf")) -> dict[str, Any]:
-        rs = self.window(start, end)
-        errors = [r for r in rs if r.error]
-        lat = sorted(r.latency_s for r in rs if not r.error)
-
-        def pct(q: float) -> float:
-            return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else 0.0
-
-        return {"lookups": len(rs), "errors": len(errors),
-                "availability": 1.0 - len(errors) / len(rs) if rs else 1.0,
-                "retried": sum(1 for r in rs if r.tries > 1),
-                "p50_ms": round(pct(0.50), 3), "p99_ms": round(pct(0.99), 3),
-                "first_errors": sorted({r.error for r in errors})[:5]}
-
-
-# ---------------------------------------------------------------- plan sampling
-
-
-@dataclass
-class PlanSampler:
-    """Every agent's served plan version, sampled on a fixed period, for the timeline and checks."""
-
-    cluster: Cluster
-    period_s: float = 0.1
-    samples: list[tuple[float, str, int]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> PlanSampler:
-        self._task = asyncio.ensure_future(self._run())
-        return self
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            t = time.monotonic()
-            for c, v in (await self.cluster.plan_versions()).items():
-                self.samples.append((t, c, v))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.period_s)
-
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-
-    def versions_seen(self, center: str | None = None, start: float = 0.0,
-                      end: float = float("inf")) -> list[int]:
-        return sorted({v for t, c, v in self.samples if start <= t < end and (center is None or c == center)})

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos.harness import Event, Lookup
+from chaos.harness import Event
+from chaos.switch import Lookup
 
 # The timeline is binned per this many seconds: one second is what an operator's dashboard shows.
 BIN_S = 1.0

@@ -21,10 +21,12 @@ from google.protobuf.message import DecodeError, Message
 
 from callroute.v1 import operator_pb2, report_pb2, route_pb2, types_pb2
 from controlplane.core.model import (
+    MAX_ACD_PER_REPORT,
     MAX_COUNT,
     MAX_DEMAND_ENTRIES,
     MAX_SKILLS_PER_REPORT,
     MAX_TARGETS_PER_REPORT,
+    AcdCount,
     AdminState,
     InvalidInput,
     OverloadAction,
@@ -36,6 +38,8 @@ from controlplane.core.model import (
     SkillLoad,
     Status,
     Target,
+    Treatment,
+    TreatmentAction,
     check_id,
     validate_report,
 )
@@ -108,6 +112,39 @@ _OVERLOAD_TO_PB: dict[str, types_pb2.OverloadAction] = {
     OverloadAction.CALLBACK.value: types_pb2.OVERLOAD_ACTION_CALLBACK,
 }
 _OVERLOAD_FROM_PB: dict[int, OverloadAction] = {v: OverloadAction(k) for k, v in _OVERLOAD_TO_PB.items()}
+
+_TREATMENT_TO_PB: dict[str, types_pb2.TreatmentAction] = {
+    TreatmentAction.CALLBACK_OFFER.value: types_pb2.TREATMENT_ACTION_CALLBACK_OFFER,
+    TreatmentAction.ANNOUNCEMENT.value: types_pb2.TREATMENT_ACTION_ANNOUNCEMENT,
+    TreatmentAction.CHANNEL_GUIDANCE.value: types_pb2.TREATMENT_ACTION_CHANNEL_GUIDANCE,
+}
+_TREATMENT_FROM_PB: dict[int, TreatmentAction] = {v: TreatmentAction(k) for k, v in _TREATMENT_TO_PB.items()}
+# a prompt id is an id (letters, digits, - _ .); a treatment's source names a branch and a skill
+_MAX_TREATMENT_SOURCE = 200
+
+
+def treatment_to_pb(t: Treatment) -> types_pb2.Treatment:
+    return types_pb2.Treatment(action=_TREATMENT_TO_PB[t.action], prompt=t.prompt,
+                               predicted_wait_s=t.predicted_wait_s, threshold_s=t.threshold_s,
+                               source=t.source)
+
+
+def treatment_from_pb(where: str, m: types_pb2.Treatment) -> Treatment:
+    """A Treatment message -> a Treatment, each field checked (B2), naming it on error."""
+    action = _TREATMENT_FROM_PB.get(m.action)
+    if action is None:
+        raise InvalidInput(f"{where}.action", m.action, "unknown or unspecified treatment action")
+    if m.prompt:
+        check_id(f"{where}.prompt", m.prompt)
+    for name in ("predicted_wait_s", "threshold_s"):
+        v = getattr(m, name)
+        if not (math.isfinite(v) and 0 <= v <= 86_400.0):
+            raise InvalidInput(f"{where}.{name}", v, "must be a finite number of seconds in [0, 86400]")
+    if len(m.source) > _MAX_TREATMENT_SOURCE or not m.source.isprintable():
+        raise InvalidInput(f"{where}.source", m.source,
+                           f"must be at most {_MAX_TREATMENT_SOURCE} printable characters")
+    return Treatment(action, m.prompt, m.predicted_wait_s, m.threshold_s, m.source)
+
 
 _KIND_TO_PB: dict[str, types_pb2.RouteKind] = {
     RouteKind.HOME.value: types_pb2.ROUTE_KIND_HOME,
@@ -211,6 +248,7 @@ def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] |
     n_demand = len(msg.demand)
     if n_demand > MAX_DEMAND_ENTRIES:
         raise InvalidInput("demand", n_demand, f"more than {MAX_DEMAND_ENTRIES} entries")
+    acd = acd_from_pb(msg.acd)  # its sizes first, like the other repeated fields
     check_id("center", msg.center)
     state = admin_state_from_pb(msg.state, "state")
     if msg.sent_at > MAX_WALL_TIME_S:  # NaN and negatives are validate_report's to name
@@ -258,7 +296,7 @@ def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] |
     calls = calls_from_pb(msg.calls, known_centers, known_branches, known_skills)
     r = Report(center=msg.center, seq=msg.seq, sent_at=msg.sent_at, interval_s=msg.interval_s,
                state=state, skills=skills, routed_to=routed, demand=demand, incarnation=msg.incarnation,
-               probes=probes, broken_paths=broken, calls=calls)
+               probes=probes, broken_paths=broken, calls=calls, acd=acd)
     validate_report(r, known_centers, known_branches=known_branches)
     return r
 
@@ -281,7 +319,28 @@ def report_to_pb(r: Report) -> report_pb2.CenterReport:
         broken_paths=[report_pb2.BrokenPath(center=c, reason=why) for c, why in r.broken_paths.items()],
         calls=[report_pb2.CallCount(branch=b, skill=s, center=c, calls=n)
                for b, per_skill in r.calls.items() for s, per_c in per_skill.items()
-               for c, n in per_c.items()])
+               for c, n in per_c.items()],
+        acd=[report_pb2.AcdCount(source=m.source, epoch=m.epoch, seq=m.seq, skills=[
+            report_pb2.AcdSkillCount(skill=k, offered=o, answered=a, answered_within=w, abandoned=ab)
+            for k, (o, a, w, ab) in m.skills.items()]) for m in r.acd])
+
+
+def acd_from_pb(entries: Sequence[Any]) -> list[AcdCount]:
+    """A report's ACD messages; counts and ids are validate_report's to check, naming the entry
+    (duplicate skills within one message here, before they would be summed away)."""
+    if len(entries) > MAX_ACD_PER_REPORT:
+        raise InvalidInput("acd", len(entries), f"more than {MAX_ACD_PER_REPORT} messages")
+    out: list[AcdCount] = []
+    for i, e in enumerate(entries):
+        if len(e.skills) > MAX_SKILLS_PER_REPORT:
+            raise InvalidInput(f"acd[{i}].skills", len(e.skills), f"more than {MAX_SKILLS_PER_REPORT} skills")
+        skills: dict[str, tuple[int, int, int, int]] = {}
+        for s in e.skills:
+            if s.skill in skills:
+                raise InvalidInput(f"acd[{i}].skills.skill", s.skill, "duplicate skill")
+            skills[s.skill] = (s.offered, s.answered, s.answered_within, s.abandoned)
+        out.append(AcdCount(e.source, e.epoch, e.seq, skills))
+    return out
 
 
 def calls_from_pb(entries: Sequence[Any], known_centers: frozenset[str] | set[str],
@@ -356,6 +415,8 @@ def plan_to_pb(plan: Plan) -> types_pb2.Plan:
             add = rm.vip_targets.add
             for t in r.vip_targets:
                 add(center=t.center, weight=t.weight)
+        if r.treatment is not None:
+            rm.treatment.CopyFrom(treatment_to_pb(r.treatment))
     receivers = m.receivers
     for c, per_skill in plan.receivers.items():
         skills = receivers[c].skills
@@ -439,7 +500,9 @@ def plan_from_pb(msg: types_pb2.Plan) -> Plan:
         vip = r.vip_targets
         routes.append(Route(branch, skill, _targets_from_pb(f"routes[{i}].targets", r.targets, ok_ids), kind,
                             _targets_from_pb(f"routes[{i}].vip_targets", vip, ok_ids) if vip else (),
-                            action, r.explanation, home))
+                            action, r.explanation, home,
+                            treatment_from_pb(f"routes[{i}].treatment", r.treatment)
+                            if r.HasField("treatment") else None))
     receivers: dict[str, dict[str, ReceiverPrediction]] = {}
     for c, cp in msg.receivers.items():
         check_id("receivers.key", c)
@@ -497,6 +560,7 @@ class DecisionLike(Protocol):
     plan_version: int
     reason: str
     overload_action: str
+    treatment: Treatment | None
 
 
 def route_request_from_pb(msg: route_pb2.RouteRequest) -> RouteQuery:
@@ -530,8 +594,13 @@ def route_batch_from_pb(msg: route_pb2.RouteBatchRequest) -> list[RouteQuery | I
 
 
 def decision_to_pb(d: DecisionLike) -> route_pb2.RouteReply:
-    return route_pb2.RouteReply(center=d.center, fallbacks=d.fallbacks, plan_version=d.plan_version,
-                                reason=d.reason, overload_action=_OVERLOAD_TO_PB[d.overload_action])
+    m = route_pb2.RouteReply(center=d.center, fallbacks=d.fallbacks, plan_version=d.plan_version,
+                             reason=d.reason, overload_action=_OVERLOAD_TO_PB[d.overload_action])
+    # a decision-like value from before treatments (a test double, an old cache) has none
+    t = getattr(d, "treatment", None)
+    if t is not None:
+        m.treatment.CopyFrom(treatment_to_pb(t))
+    return m
 
 
 def route_batch_reply(results: Iterable[DecisionLike | InvalidInput]) -> route_pb2.RouteBatchReply:

@@ -62,6 +62,8 @@ class Network:
         self.errors = 0
         self.lookups = 0
         self.etcd: Any = None
+        # the dev credential (controlplane/devtoken.py): the audit trail names who holds it
+        self.token = ""
 
     # ------------------------------------------------------------ processes
     def _spawn(self, name: str, argv: list[str]) -> None:
@@ -82,8 +84,13 @@ class Network:
         # the agents' lookups stand for calls at --speed x real time: demand is read in that time
         cp_cfg = self.tmp / "controlplane.json"
         cp_cfg.write_text(json.dumps({"demand": {"time_scale": self.args.speed}}))
+        from controlplane.devtoken import login_name, write_dev_tokens
+
+        # operators are known by a credential even here: the CLI finds this token by endpoint
+        tokens, _, self.token = write_dev_tokens(self.tmp, self.cp_addr, login_name())
         self._spawn("controlplane", ["controlplane", "--topology", self.args.topology, "--store", store,
                                      "--listen", self.cp_addr, "--config", str(cp_cfg),
+                                     "--tokens", str(tokens),
                                      "--metrics", f"127.0.0.1:{self.args.metrics_port}"])
         cfg = self.tmp / "agent.json"
         peers = {cid: f"{h}:{p}" for cid, (h, p) in self.agent_acd.items()}
@@ -118,6 +125,10 @@ class Network:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        if self.token:
+            from controlplane.devtoken import remove_dev_token
+
+            remove_dev_token(self.cp_addr, self.token)
         if self.etcd is not None:
             self.etcd.close()
         if not self.args.state_dir:
@@ -198,7 +209,8 @@ class Network:
 
         async with grpc.aio.insecure_channel(self.cp_addr) as ch:
             reply = await operator_pb2_grpc.OperatorServiceStub(ch).ListCenters(
-                operator_pb2.ListCentersRequest(), timeout=2.0)
+                operator_pb2.ListCentersRequest(), timeout=2.0,
+                metadata=(("authorization", f"Bearer {self.token}"),) if self.token else None)
         return reply.plan_version, list(reply.centers)
 
     def view(self, plan_version: int, centers: list[Any]) -> Any:
@@ -262,6 +274,11 @@ async def _run(net: Network) -> int:
                       f"ACD http://{ah}:{ap}/v1/admin/acd")
     console.print(f"operators: callroute centers --endpoint {net.cp_addr}; "
                   f"callroute close CENTER --reason TEXT --endpoint {net.cp_addr}")
+    from controlplane.devtoken import dev_token_path, login_name
+
+    console.print(f"  as operator {login_name()}: the CLI sends the dev token in "
+                  f"{dev_token_path(net.cp_addr)} (the audit trail names its holder, not --operator)",
+                  markup=False, highlight=False)
     traffic = asyncio.create_task(net.traffic(stop))
     end = time.monotonic() + net.args.duration if net.args.duration > 0 else float("inf")
     table = None

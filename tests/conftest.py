@@ -48,7 +48,8 @@ def controlplane(tmp_path):
     port, mport = free_port(), free_port()
     log = open(tmp_path / "cp.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controlplane.service", "--topology", str(SMALL), "--store", "embedded",
+        [sys.executable, "-m", "controlplane.service", "--operator-from-request",
+         "--topology", str(SMALL), "--store", "embedded",
          "--listen", f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{mport}",
          "--port-file", str(tmp_path / "cp.ports")],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT,

@@ -141,6 +141,7 @@ def run_uas(port: int, name: str, record: str, code: int) -> None:
                     "center": name, "call_id": cid, "ruri": msg.first_line.split(" ")[1],
                     "branch": msg.get("x-branch"), "skill": msg.get("x-skill"),
                     "lookup_us": msg.get("x-callroute-lookup-us"), "plan": msg.get("x-callroute-plan"),
+                    "treatment": msg.get("x-callroute-treatment"), "prompt": msg.get("x-callroute-prompt"),
                     "at": time.monotonic()}) + "\n")
                 out.flush()
             sock.sendto(reply, addr)

@@ -45,6 +45,10 @@ def test_settings_defaults_and_overrides(tmp_path):
     ({"center": "c0", "report_interval_s": -1}, "report_interval_s"),
     ({"center": "c0", "report_interval_s": math.nan}, "report_interval_s"),
     ({"center": "c0", "controlplane": "a:b"}, "controlplane"),
+    ({"center": "c0", "controlplane_via": {"nohost": "127.0.0.1:1"}}, "controlplane_via"),
+    ({"center": "c0", "controlplane_via": {"10.0.0.1:50051": "x"}}, "controlplane_via.10.0.0.1:50051"),
+    ({"center": "c0", "controlplane_via": {f"10.0.0.{i}:1": "127.0.0.1:1" for i in range(17)}},
+     "controlplane_via"),
 ])
 def test_settings_errors_name_the_field(override, field):
     with pytest.raises(InvalidInput) as ei:

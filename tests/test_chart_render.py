@@ -182,3 +182,41 @@ def test_insecure_must_be_asked_for() -> None:
     assert "--insecure" in container(find(docs, "Deployment", "cr-callroute-controlplane"))["args"]
     assert "--insecure" in container(find(docs, "Deployment", "cr-callroute-agent-west"))["args"]
     assert not any(d["kind"] == "Job" for d in docs)  # no etcd auth to set up
+
+
+def test_console_is_off_by_default_and_renders_with_https_mtls_and_no_token_of_its_own(default_docs):
+    assert not [d for d in default_docs if d["metadata"]["name"].endswith("-console")]
+    docs = render({"console": {"enabled": True, "dnsNames": ["console.bank.example"]}})
+    dep = find(docs, "Deployment", "cr-callroute-console")
+    args = container(dep)["args"]
+    flags = flag_values(args)
+    assert args[0] == "console" and flags["--endpoint"] == "cr-callroute-controlplane.cc.svc:7400"
+    assert flags["--listen"] == "0.0.0.0:7480" and "--insecure" not in flags
+    # HTTPS for browsers and mTLS to the control plane, from the console's own certificate
+    assert flags["--tls-cert"] == flags["--cert"] == "/etc/callroute/tls/tls.crt"
+    assert flags["--tls-key"] == flags["--key"] == "/etc/callroute/tls/tls.key"
+    assert flags["--ca"] == "/etc/callroute/tls/ca.crt"
+    assert mounted_secrets(dep) == {"/etc/callroute/tls": "callroute-console-tls"}
+    assert "--token" not in flags  # operators log in with their own tokens
+    cert = find(docs, "Certificate", "cr-callroute-console")
+    assert cert["spec"]["secretName"] == "callroute-console-tls"
+    assert cert["spec"]["dnsNames"] == ["cr-callroute-console", "cr-callroute-console.cc.svc",
+                                        "console.bank.example"]
+    assert cert["spec"]["uris"] == ["spiffe://callroute/operator/console"]
+    svc = find(docs, "Service", "cr-callroute-console")
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["ports"] == [{"name": "https", "port": 7480, "targetPort": "https"}]
+    assert container(dep)["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_console_without_tls_only_when_insecure_is_asked_for():
+    lab = {"insecure": True, "tls": {"enabled": False}, "auth": {"enabled": False},
+           "console": {"enabled": True}}
+    dep = find(render(lab), "Deployment", "cr-callroute-console")
+    flags = flag_values(container(dep)["args"])
+    assert "--insecure" in flags and "--tls-cert" not in flags
+    assert "volumes" not in dep["spec"]["template"]["spec"]
+    with pytest.raises(Exception, match="tls.enabled and auth.enabled are required"):
+        render({"tls": {"enabled": False}, "auth": {"enabled": False}, "console": {"enabled": True}})
+    with pytest.raises(Exception, match="console"):
+        render({"console": {"enabled": True, "port": 0}})

@@ -100,7 +100,7 @@ def test_actions_need_the_role_and_the_csrf_token_and_name_bad_fields(stage):
 
     viewer, vclient = logged_in(stage, "victor")
     vcsrf = next(iter(viewer.sessions.values())).csrf
-    for path in ("/act/state", "/act/approve", "/act/drill", "/act/abort", "/act/rollback"):
+    for path in ("/act/state", "/act/approve", "/act/refuse", "/act/drill", "/act/abort", "/act/rollback"):
         assert vclient.post(path, data={**good, "csrf": vcsrf}).status_code == 403, path
     assert 'data-action' not in vclient.get("/").text
 
@@ -158,6 +158,28 @@ def test_read_pages_and_a_dry_run_drill(stage):
     r = client.get("/audit?q=quarterly")
     assert "quarterly &lt;b&gt;drill&lt;/b&gt;" in r.text and "<b>drill</b>" not in r.text
     assert "no entry" in client.get("/audit?q=no-such-thing-anywhere").text
+    # the drills page lists the control plane's drills (ListDrills), not only this session's
+    r = client.get("/drills")
+    assert r.status_code == 200 and 'id="drills-table"' in r.text
+
+
+def test_refuse_from_the_console_is_audited_and_needs_a_reason(stage):
+    console, client = logged_in(stage, "alice")
+    csrf = next(iter(console.sessions.values())).csrf
+    r = client.post("/act/state", data={"center": "lanzhou", "state": "drain",
+                                        "reason": "console refuse test", "csrf": csrf, "next": "/pending"})
+    assert r.status_code == 200 and "PENDING" in r.text, r.text[-1500:]
+    rid = r.text.split("(request ", 1)[1].split(")", 1)[0]
+    r = client.post("/act/refuse", data={"request_id": rid, "reason": " ", "csrf": csrf})
+    assert r.status_code == 400
+    bob, bclient = logged_in(stage, "bob")
+    bcsrf = next(iter(bob.sessions.values())).csrf
+    r = bclient.post("/act/refuse", data={"request_id": rid, "reason": "not now", "csrf": bcsrf,
+                                          "next": "/pending"})
+    assert r.status_code == 200 and f"refused {rid}: NOT applied" in r.text, r.text[-1500:]
+    assert rid not in bclient.get("/pending").text
+    r = bclient.post("/act/approve", data={"request_id": rid, "csrf": bcsrf})
+    assert r.status_code == 409 and "refused by bob" in r.text
 
 
 def test_the_network_view_shows_each_broken_path_as_text():

@@ -2,8 +2,9 @@
 control plane (two-person rule on, operator tokens) with real agent processes and `callroute console`.
 
 Two operators close Wuhan together; both consoles show DR for Hubei and Hunan within 1 s of the
-approval; a viewer gets no action control and its forged POSTs are refused; a reason with <script>
-is shown as text."""
+approval; a second operator refuses a pending close (gone from every open console, audited); a
+viewer gets no action control and its forged POSTs (approve, refuse, close) are refused; a reason
+with <script> is shown as text."""
 
 from __future__ import annotations
 
@@ -104,6 +105,37 @@ def test_two_operators_close_wuhan_and_every_console_shows_dr(stage, chromium):
     assert dialogs == []
 
 
+def test_a_second_operator_refuses_a_pending_close(stage, chromium):
+    b = chromium
+    a = login(b, stage, "alice")
+    bob = login(b, stage, "bob")
+    a.select_option("#state-center", "chengdu")
+    a.fill("#state-reason", "refit of the chengdu floor")
+    with a.expect_navigation():
+        a.click("#btn-close")
+    assert "PENDING approval" in a.locator(".flash").first.inner_text()
+    a.goto(stage.url + "/pending")
+    on_a = a.locator("#pending-table tr[data-request]").filter(has_text="chengdu")
+    on_a.wait_for(timeout=5_000)
+
+    bob.goto(stage.url + "/pending")
+    row = bob.locator("#pending-table tr[data-request]").filter(has_text="chengdu")
+    row.wait_for(timeout=5_000)
+    rid = row.get_attribute("data-request")
+    row.locator("input[name=reason]").fill("<i>not</i> during the surge")
+    with bob.expect_navigation():
+        row.locator("button.refuse").click()
+    flash = bob.locator(".flash").first.inner_text()
+    assert f"refused {rid}: NOT applied" in flash and "refused by bob" in flash, flash
+    assert row.count() == 0
+    on_a.wait_for(state="detached", timeout=5_000)  # gone from alice's open page, live
+    a.goto(stage.url + "/")
+    assert a.locator("#centers-table tr[data-center='chengdu']").get_attribute("data-admin") == "open"
+    a.goto(stage.url + "/audit?q=" + rid)
+    assert "<i>not</i> during the surge" in a.locator("#audit td.reason").all_inner_texts()
+    assert a.locator("#audit i").count() == 0  # the reason is text
+
+
 def test_viewer_sees_no_action_and_forged_posts_are_refused(stage, chromium):
     b = chromium
     v = login(b, stage, "victor")
@@ -119,9 +151,10 @@ def test_viewer_sees_no_action_and_forged_posts_are_refused(stage, chromium):
     for body in (form, {**form, "csrf": csrf}):
         r = v.request.post(stage.url + "/act/state", form=body, max_redirects=0)
         assert r.status == 403, (body.keys(), r.status)
-    r = v.request.post(stage.url + "/act/approve", form={"request_id": "x", "csrf": csrf},
-                       max_redirects=0)
-    assert r.status == 403
+    for act in ("approve", "refuse"):
+        r = v.request.post(stage.url + f"/act/{act}", form={"request_id": "x", "reason": "r", "csrf": csrf},
+                           max_redirects=0)
+        assert r.status == 403, act
     # nothing reached the control plane: the audit trail did not grow
     assert v.request.get(stage.url + "/audit").text().count("<tr>") == before
 
@@ -138,7 +171,11 @@ def test_wallboard_is_read_only_and_live(stage, chromium):
     w.locator(".tile[data-center='chengdu']").wait_for(timeout=5_000)
     assert w.locator("form, button, nav").count() == 0, w.content()[:3000]
     # large type: the centre names are readable across a control room
-    size = w.locator(".tile .name").first.evaluate("e => parseFloat(getComputedStyle(e).fontSize)")
+    # (read in one step in the page: a live update may replace the tile between a locator's
+    # resolve and its evaluate, and a detached element's computed size is "" -> NaN)
+    size_js = ("() => { const e = document.querySelector('.tile .name');"
+               " return e && e.isConnected ? parseFloat(getComputedStyle(e).fontSize) : null; }")
+    size = w.wait_for_function(size_js, timeout=5_000).json_value()
     assert size >= 30, (size, w.content()[:3000])
     # live: an operator's request elsewhere shows on the wallboard without a reload
     before = int(w.locator(".wall-summary").inner_text().split(" routes leave home · ")[1].split()[0])

@@ -592,6 +592,8 @@ def huge_inputs() -> list[tuple[str, bytes, str]]:
         ("batch", _len_field(1, b"") * (MAX_ROUTE_BATCH_BYTES // 2), "requests"),
         ("report", _len_field(10, tiny_skill) * 20_000, "skills"),
         ("report", _len_field(11, _len_field(1, b"c")) * 20_000, "routed_to"),
+        ("report", _len_field(14, b"") * (MAX_REPORT_BYTES // 2), "acd"),
+        ("report", _len_field(14, _len_field(4, b"") * 20_000), "acd[0].skills"),
         ("report", _len_field(10, tiny_skill) * 1_000_000, "body"),
         ("batch", _len_field(1, tiny_req) * 50_000, "requests"),
         ("batch", _len_field(1, tiny_req) * 1_000_000, "body"),

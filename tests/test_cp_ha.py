@@ -100,7 +100,7 @@ async def stop_all(*things: object) -> None:
 async def plan_meta_in_etcd(etcd: EtcdCluster) -> dict[int, dict[str, str]]:
     """version -> meta of every complete plan in etcd, read with a fresh client."""
     from controlplane.service.planwatch import decode_plan
-    from controlplane.store.base import get_chunked
+    from controlplane.store.chunked import get_chunked
     from controlplane.store.etcd import parse_store_url
 
     st = parse_store_url(etcd.url, request_timeout_s=2.0)
@@ -149,6 +149,10 @@ async def test_f3_sigkill_leader_under_lookup_load(etcd, replicas):
     max_age = 0.0
     stop = asyncio.Event()
 
+    # what is asserted is that no lookup fails across the takeover, not its latency (benchmarks
+    # measure that): 0.5 s once timed out at the standby while it took over on a CI box at load 6
+    lookup_timeout_s = 2.0
+
     async def lookups() -> None:
         nonlocal answered
         chans = {x.addr: grpc.aio.insecure_channel(x.addr) for x in (old, standby)}
@@ -161,8 +165,8 @@ async def test_f3_sigkill_leader_under_lookup_load(etcd, replicas):
                 for addr in order:  # a switch's client: retry the other replica
                     try:
                         rep = await route_pb2_grpc.RouteServiceStub(chans[addr]).Route(
-                            route_pb2.RouteRequest(branch=br, skill=sk, caller=str(i)), timeout=0.5
-                        )
+                            route_pb2.RouteRequest(branch=br, skill=sk, caller=str(i)),
+                            timeout=lookup_timeout_s)
                         if rep.center or rep.overload_action:
                             answered += 1
                             break
@@ -184,11 +188,13 @@ async def test_f3_sigkill_leader_under_lookup_load(etcd, replicas):
 
     tasks = [asyncio.ensure_future(lookups()), asyncio.ensure_future(ages())]
     try:
-        await asyncio.sleep(0.3)
+        await wait_for(lambda: answered >= 5, 10, "lookups answered before the kill", step=0.02)
         t0 = time.monotonic()
+        before_kill = answered
         old.signal(signal.SIGKILL)
         await wait_for(lambda: leader_of(standby), TTL + 5, "the standby to lead", step=0.05)
         takeover = time.monotonic() - t0
+        at_takeover = answered
         # the new leader publishes: close a center and see it at every agent
         reply = await close_center(standby.addr, "west")
         await wait_for(
@@ -200,7 +206,10 @@ async def test_f3_sigkill_leader_under_lookup_load(etcd, replicas):
         await asyncio.gather(*tasks)
         await stop_all(reporters, agents)
     assert takeover <= TTL + 1.0 + 0.5, takeover  # etcd rounds TTLs up to whole seconds; 0.5 s polling slack
-    assert errors == [] and answered > 100
+    # lookups ran throughout: answered before the kill, during the takeover and after it (a count
+    # per phase, not a rate: a loaded box answers fewer, none may fail)
+    assert errors == [], errors[:5]
+    assert 0 < before_kill < at_takeover < answered, (before_kill, at_takeover, answered)
     assert max_age <= TTL + 5
     assert reply.status == operator_pb2.CHANGE_STATUS_APPLIED
 

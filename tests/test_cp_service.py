@@ -35,7 +35,8 @@ async def _replica(store: object, name: str, **over: object) -> ControlPlane:
         listen="127.0.0.1:0",
         id=name,
         metrics="127.0.0.1:0",
-        **({"lease_ttl_s": 1.0, "store_deadline_s": 0.5, "publish_interval_s": 0.2} | over),
+        **({"lease_ttl_s": 1.0, "store_deadline_s": 0.5, "publish_interval_s": 0.2,
+            "operator_from_request": True} | over),
     )
     topo = load_topology(s.topology)
     cp = ControlPlane(s, topo, topology_hash(topo), store)
@@ -554,7 +555,8 @@ def test_callroute_controlplane_logs_info_with_timestamps(tmp_path: Path) -> Non
 
     log = tmp_path / "cp.log"
     with open(log, "wb") as out:
-        p = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "controlplane", "--topology",
+        p = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "controlplane",
+                              "--operator-from-request", "--topology",
                               _topology_file(), "--data-dir", str(tmp_path / "data"), "--listen",
                               f"127.0.0.1:{free_port()}", "--metrics", f"127.0.0.1:{free_port()}"],
                              stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)

@@ -77,6 +77,7 @@ class Replica:
             sys.executable,
             "-m",
             "controlplane.service",
+            "--operator-from-request",  # a test harness: operators named in requests, no tokens
             "--topology",
             topology,
             "--store",
@@ -145,7 +146,7 @@ class Replica:
         """The replica's /metrics as {'name{labels}': value}."""
         import urllib.request
 
-        from chaos.harness import parse_metrics
+        from chaos.procs import parse_metrics
 
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
             return parse_metrics(r.read().decode())
@@ -318,7 +319,10 @@ async def start_replica(store: Any, name: str, topology: str = "", **over: Any) 
     s = load_settings(
         None, topology=topology or str(ROOT / "examples" / "small.yaml"), store="embedded",
         listen="127.0.0.1:0", id=name, metrics="127.0.0.1:0",
-        **({"lease_ttl_s": 1.0, "store_deadline_s": 0.5, "publish_interval_s": 0.2} | over),
+        # a test harness: operators named in requests, no tokens (issue 15 item 3: a control
+        # plane refuses changes without credentials unless told so)
+        **({"lease_ttl_s": 1.0, "store_deadline_s": 0.5, "publish_interval_s": 0.2,
+            "operator_from_request": True} | over),
     )
     topo = load_topology(s.topology)
     cp = ControlPlane(s, topo, topology_hash(topo), store)

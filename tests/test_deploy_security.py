@@ -80,12 +80,20 @@ def test_insecure_flag_starts_warns_and_exports_the_gauge(tmp_path: Path) -> Non
 
 def test_loopback_replica_reports_secure_mode(tmp_path: Path) -> None:
     rep = Replica(tmp_path, "cp-loopback", SMALL, "embedded")
+    rep.args.remove("--operator-from-request")  # the harness's opt-in, not a deployment's setting
     try:
         rep.start()
         assert rep.metrics()["callroute_controlplane_insecure_mode"] == 0
         assert "INSECURE" not in rep.tail(20_000)
     finally:
         rep.kill()
+    harness = Replica(tmp_path, "cp-harness", SMALL, "embedded")
+    try:
+        harness.start()  # operators named in requests (issue 15 item 3): said, and exported
+        assert harness.metrics()["callroute_controlplane_insecure_mode"] == 1
+        assert "INSECURE: operator_from_request" in harness.tail(20_000)
+    finally:
+        harness.kill()
 
 
 def test_cli_never_sends_a_token_in_the_clear_off_loopback() -> None:

@@ -161,7 +161,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         # receivers no spare for north's DR load, so the close test would see overload answers.
         # The forecast counts as an hour of calls here: the test's bursts are probes, not demand.
         (tmp / "cp.json").write_text(json.dumps({"demand": {"prior_s": 3600.0}}))
-        procs.start("cp", [PY, "-m", "controlplane.cli", "controlplane", "--topology", str(SMALL),
+        procs.start("cp", [PY, "-m", "controlplane.cli", "controlplane", "--operator-from-request",
+                           "--topology", str(SMALL),
                            "--store", "embedded", "--listen", f"127.0.0.1:{cp_port}",
                            "--config", str(tmp / "cp.json"),
                            "--metrics", f"127.0.0.1:{cp_mport}", "--port-file", str(tmp / "cp.ports")])
@@ -205,6 +206,11 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             poll(lambda c=c: http_get(agents[c], "/healthz")[0] == 200 or procs.procs[f"agent-{c}"].poll(),
                  30, f"agent {c} serving a plan")
             procs.alive(f"agent-{c}")
+        # ...and a plan in which every center is home: on a loaded box an agent may start after the
+        # control plane's start window (no report within down_after_s: DOWN, DR), and the first
+        # plans then send the home branch elsewhere until it reports for a few intervals
+        q = f"/v1/route?branch={BRANCH}&skill=retail&caller=13800000000"
+        poll(lambda: http_get(local, q)[1].get("center") == HOME, 60, f"{BRANCH} routed home to {HOME}")
         for name, port in (("kamailio", kam), ("kamailio-static", kam_static)):
             poll(lambda port=port, name=name: not udp_free(port) or procs.procs[name].poll() is not None,
                  15, f"{name} listening")

@@ -89,6 +89,29 @@ def test_agent_carries_calls_per_receiver_and_demand_agrees():
                            ("beijing", "retail", ""): 2}
 
 
+def test_a_built_report_waiting_to_be_sent_is_outstanding_until_sent_or_put_back():
+    # settle() (a graceful stop) waits while counts are outstanding: a report built but still in
+    # the outbox held its calls nowhere the ledger counted, so a stop could return and drop them
+    # (and test_reporter_reconnect saw 59 of 60 calls: it asserted while one report was queued)
+    counter = RoutedCounter()
+    rep = Reporter("north", SimulatedACD(TOPO, "north", now=0.0, seed=1), counter, SeqStore(None), [],
+                   known_centers=frozenset(TOPO.center_ids()))
+    counter.counts[("beijing", "retail", "north")] = 3
+    r = rep.build(0.5)
+    assert r is not None and not counter.counts
+    assert rep.ledger.outstanding() == 3  # queued: built, not sent
+    rep.ledger.sent(r.seq, r.calls)
+    assert rep.ledger.outstanding() == 3  # in flight
+    rep.ledger.acked(r.seq, True, 0)
+    assert rep.ledger.outstanding() == 0
+    # a queued report dropped unsent (no stream, a stall): its calls go back to pending, once
+    counter.counts[("beijing", "retail", "north")] = 2
+    r2 = rep.build(1.0)
+    assert r2 is not None and rep.ledger.outstanding() == 2
+    rep._drop(r2)
+    assert rep.ledger.outstanding() == 2 and rep.ledger.pending == {("beijing", "retail", "north"): 2}
+
+
 # ---------------------------------------------------------------- the ledger in etcd
 
 
@@ -181,7 +204,8 @@ async def test_an_old_leaders_ledger_write_is_fenced(etcd):
     """A LedgerWriter of a term that has ended writes nothing (F1 for billing)."""
     from controlplane.core.model import Report
     from controlplane.service.ledger import LedgerWriter
-    from controlplane.store.base import Election, FenceLost
+    from controlplane.store.base import FenceLost
+    from controlplane.store.election import Election
     from controlplane.store.etcd import parse_store_url
 
     st = parse_store_url(etcd.url, request_timeout_s=2.0)
@@ -490,7 +514,7 @@ async def test_ledger_check_reports_each_difference_with_the_acds_and_export_ref
     from controlplane.core.ledger import day_of
     from controlplane.core.model import Report
     from controlplane.service.ledger import LedgerWriter
-    from controlplane.store.base import Election
+    from controlplane.store.election import Election
     from controlplane.store.etcd import parse_store_url
 
     st = parse_store_url(etcd.url, request_timeout_s=2.0)

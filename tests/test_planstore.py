@@ -124,7 +124,7 @@ async def leading_writer(store: Any, name: str, **settings: Any) -> tuple[Any, A
     leader, under an election of the test's own on the same leader key."""
     from controlplane.service.server import ControlPlane
     from controlplane.service.settings import load_settings
-    from controlplane.store.base import Election
+    from controlplane.store.election import Election
 
     s = load_settings(None, topology=SMALL, store="embedded", listen="127.0.0.1:0", id=name, **settings)
     topo = load_topology(SMALL)
@@ -135,7 +135,7 @@ async def leading_writer(store: Any, name: str, **settings: Any) -> tuple[Any, A
 
 
 async def test_archive_answers_by_time_and_version_and_sweeps_whole_epochs():
-    from controlplane.store.base import Election
+    from controlplane.store.election import Election
     from controlplane.store.embedded import EmbeddedStore
 
     store = EmbeddedStore(None)

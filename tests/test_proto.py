@@ -140,7 +140,11 @@ def test_api_surface():
                                    "SetOverride", "ListOverrides", "ClearOverride", "SetCalendar",
                                    "GetCalendar",
                                    # issue 18 (livetopo)
-                                   "ApplyTopology"]),
+                                   "ApplyTopology",
+                                   # issue 18 (topoops)
+                                   "ShowTopology", "TopologyHistory", "RollbackTopology",
+                                   # issue 21 (topoops)
+                                   "Refuse", "ListDrills"]),
     }
     streaming = report_pb2.DESCRIPTOR.services_by_name["ReportService"].methods_by_name["Report"]
     assert streaming.client_streaming and streaming.server_streaming
@@ -179,7 +183,7 @@ def test_wire_field_numbers_never_change():
     assert nums["callroute.v1.CenterReport"] == {"center": 1, "seq": 2, "sent_at": 3, "interval_s": 4,
                                                  "state": 5, "incarnation": 6, "probes": 7, "broken_paths": 8,
                                                  "skills": 10,
-                                                 "routed_to": 11, "demand": 12, "calls": 13}
+                                                 "routed_to": 11, "demand": 12, "calls": 13, "acd": 14}
     assert nums["callroute.v1.ReportAck"] == {"seq": 1, "accepted": 2, "error": 3, "error_field": 4,
                                               "plan_version": 5, "prior_accepted_seq": 6, "probe": 7}
     assert nums["callroute.v1.PlanRequest"] == {"center": 1, "node": 2, "known_version": 3,
@@ -192,11 +196,41 @@ def test_wire_field_numbers_never_change():
                                          "topology_version": 10, "topology_json": 11}
     assert nums["callroute.v1.Route"] == {"branch": 1, "skill": 2, "targets": 3, "kind": 4,
                                           "vip_targets": 5, "overload_action": 6, "explanation": 7,
-                                          "home": 8}
+                                          "home": 8, "treatment": 16}
     assert nums["callroute.v1.Target"] == {"center": 1, "weight": 2}
     assert nums["callroute.v1.RouteRequest"] == {"branch": 1, "skill": 2, "caller": 3, "tier": 4}
     assert nums["callroute.v1.RouteReply"] == {"center": 1, "fallbacks": 2, "plan_version": 3, "reason": 4,
-                                               "overload_action": 5, "error": 15}
+                                               "overload_action": 5, "error": 15, "treatment": 16}
+    assert {f.name: f.number for f in types_pb2.Treatment.DESCRIPTOR.fields} == {
+        "action": 1, "prompt": 2, "predicted_wait_s": 3, "threshold_s": 4, "source": 5}
+    assert {v.name: v.number for v in types_pb2.TreatmentAction.DESCRIPTOR.values} == {
+        "TREATMENT_ACTION_NONE": 0, "TREATMENT_ACTION_CALLBACK_OFFER": 1, "TREATMENT_ACTION_ANNOUNCEMENT": 2,
+        "TREATMENT_ACTION_CHANNEL_GUIDANCE": 3}
+
+
+def test_refuse_drills_and_topology_ops_wire_numbers():
+    # issue 21's and issue 18's topology-ops messages: once released, their numbers are the contract
+    from callroute.v1 import operator_pb2
+    nums = {cls.DESCRIPTOR.full_name: {f.name: f.number for f in cls.DESCRIPTOR.fields} for cls in (
+        operator_pb2.RefuseRequest, operator_pb2.RefuseReply, operator_pb2.ListDrillsRequest,
+        operator_pb2.ListDrillsReply, operator_pb2.TopologyVersionInfo, operator_pb2.ShowTopologyRequest,
+        operator_pb2.ShowTopologyReply, operator_pb2.TopologyHistoryRequest,
+        operator_pb2.TopologyHistoryReply, operator_pb2.RollbackTopologyRequest)}
+    assert nums == {
+        "callroute.v1.TopologyVersionInfo": {"version": 1, "hash": 2, "operator": 3, "approver": 4,
+                                             "reason": 5, "applied_at": 6, "diff": 7, "changes": 8,
+                                             "request_id": 9, "rollback": 10, "rollback_of": 11},
+        "callroute.v1.ShowTopologyRequest": {"version": 1, "with_topology": 2},
+        "callroute.v1.ShowTopologyReply": {"info": 1, "topology_json": 2, "stored": 3},
+        "callroute.v1.TopologyHistoryRequest": {"page_size": 1, "page_token": 2},
+        "callroute.v1.TopologyHistoryReply": {"versions": 1, "next_page_token": 2},
+        "callroute.v1.RollbackTopologyRequest": {"version": 1, "reason": 2, "operator": 3, "request_id": 4,
+                                                 "dry_run": 5},
+        "callroute.v1.RefuseRequest": {"request_id": 1, "reason": 2, "operator": 3},
+        "callroute.v1.RefuseReply": {"audit_id": 1, "message": 2, "withdrawn": 3},
+        "callroute.v1.ListDrillsRequest": {"page_size": 1, "page_token": 2},
+        "callroute.v1.ListDrillsReply": {"drills": 1, "next_page_token": 2},
+    }
 
 
 def test_every_enum_zero_is_unspecified_or_none():

@@ -131,3 +131,50 @@ async def test_settle_reports_until_every_count_is_acknowledged_and_is_bounded()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 5)
         await server.stop(None)
+
+
+async def test_a_leader_redirect_is_dialled_through_controlplane_via():
+    # the follower names the leader's own address; this center reaches the leader only through
+    # another address (a NAT, a forwarder, the chaos proxy). Following the name as given went
+    # around the center's path to the control plane: every later cut of that path missed (F8).
+    leader = _FakeControlPlane()
+    leader.leading = True
+    lsrv = grpc.aio.server()
+    report_pb2_grpc.add_ReportServiceServicer_to_server(leader, lsrv)
+    via_port = lsrv.add_insecure_port("127.0.0.1:0")
+    await lsrv.start()
+    # the address the follower names: a listener that counts who connects and never serves
+    named_hits = 0
+
+    async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal named_hits
+        named_hits += 1
+        writer.close()
+
+    named = await asyncio.start_server(count, "127.0.0.1", 0)
+    named_addr = f"127.0.0.1:{named.sockets[0].getsockname()[1]}"
+
+    class _Follower(report_pb2_grpc.ReportServiceServicer):
+        async def Report(self, request_iterator, context):  # noqa: N802
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"not leader; leader at {named_addr}")
+            yield  # pragma: no cover - makes this an async generator like the real servicer
+
+    fsrv = grpc.aio.server()
+    report_pb2_grpc.add_ReportServiceServicer_to_server(_Follower(), fsrv)
+    fport = fsrv.add_insecure_port("127.0.0.1:0")
+    await fsrv.start()
+    rep = Reporter("c0", SimulatedACD(TOPO, "c0", now=0.0, seed=3), RoutedCounter(), SeqStore(None),
+                   [f"127.0.0.1:{fport}"], interval_s=0.05, deadline_s=0.5, backoff_initial_s=0.02,
+                   backoff_max_s=0.1, seed=3, known_centers=KNOWN, known_branches=BRANCHES,
+                   known_skills=SKILLS, via={named_addr: f"127.0.0.1:{via_port}"})
+    task = asyncio.ensure_future(rep.run())
+    try:
+        await wait_for(lambda: rep.acked >= 3, 20, "reports accepted through the via address")
+        assert named_hits == 0
+    finally:
+        rep.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 5)
+        for s in (lsrv, fsrv):
+            await s.stop(None)
+        named.close()

@@ -396,9 +396,16 @@ def test_settings_security_fields_are_validated(tmp_path: Path) -> None:
 def test_two_person_rule_without_operator_credentials_says_it_can_be_bypassed(
     pki: certs.PkiFiles, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # issue 15 item 3: without credentials changes are refused; only the harness opt-in takes names
+    # from requests, and says so
     with caplog.at_level("WARNING", logger="callroute.controlplane.auth"):
         auth.server_security(load_settings(None, topology=SMALL, require_two_person=True))
-    assert "operator names are taken from requests as given" in caplog.text
+    assert "changes are refused" in caplog.text and "taken from requests" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="callroute.controlplane.auth"):
+        auth.server_security(load_settings(None, topology=SMALL, require_two_person=True,
+                                           operator_from_request=True))
+    assert "INSECURE" in caplog.text and "operator names are taken from requests as given" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="callroute.controlplane.auth"):
         auth.server_security(load_settings(None, topology=SMALL, require_two_person=True,

@@ -121,7 +121,8 @@ def network(etcd_private, tmp_path):
     port, mport = free_port(), free_port()
     log = open(tmp_path / "cp.log", "wb")  # noqa: SIM115 - closed below
     cp = subprocess.Popen(
-        [sys.executable, "-m", "controlplane.service", "--topology", str(NATIONAL_FILE),
+        [sys.executable, "-m", "controlplane.service", "--operator-from-request",
+         "--topology", str(NATIONAL_FILE),
          "--store", etcd_private.url, "--listen", f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{mport}",
          "--config", str(cfg), "--port-file", str(tmp_path / "cp.ports")],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT,

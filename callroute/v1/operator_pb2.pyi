@@ -745,3 +745,113 @@ class ApplyTopologyReply(_message.Message):
     route_changes: _containers.RepeatedCompositeFieldContainer[RouteChange]
     below_target: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, status: _Optional[_Union[ChangeStatus, str]] = ..., audit_id: _Optional[str] = ..., request_id: _Optional[str] = ..., plan_version: _Optional[int] = ..., message: _Optional[str] = ..., from_version: _Optional[int] = ..., topology_version: _Optional[int] = ..., topology_hash: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[TopologyChangeInfo, _Mapping]]] = ..., moves_off: _Optional[_Iterable[_Union[TopologyMove, _Mapping]]] = ..., route_changes: _Optional[_Iterable[_Union[RouteChange, _Mapping]]] = ..., below_target: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TopologyVersionInfo(_message.Message):
+    __slots__ = ("version", "hash", "operator", "approver", "reason", "applied_at", "diff", "changes", "request_id", "rollback", "rollback_of")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_AT_FIELD_NUMBER: _ClassVar[int]
+    DIFF_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_OF_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    hash: str
+    operator: str
+    approver: str
+    reason: str
+    applied_at: float
+    diff: str
+    changes: int
+    request_id: str
+    rollback: bool
+    rollback_of: int
+    def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ..., operator: _Optional[str] = ..., approver: _Optional[str] = ..., reason: _Optional[str] = ..., applied_at: _Optional[float] = ..., diff: _Optional[str] = ..., changes: _Optional[int] = ..., request_id: _Optional[str] = ..., rollback: _Optional[bool] = ..., rollback_of: _Optional[int] = ...) -> None: ...
+
+class ShowTopologyRequest(_message.Message):
+    __slots__ = ("version", "with_topology")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WITH_TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    with_topology: bool
+    def __init__(self, version: _Optional[int] = ..., with_topology: _Optional[bool] = ...) -> None: ...
+
+class ShowTopologyReply(_message.Message):
+    __slots__ = ("info", "topology_json", "stored")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_JSON_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    info: TopologyVersionInfo
+    topology_json: str
+    stored: bool
+    def __init__(self, info: _Optional[_Union[TopologyVersionInfo, _Mapping]] = ..., topology_json: _Optional[str] = ..., stored: _Optional[bool] = ...) -> None: ...
+
+class TopologyHistoryRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class TopologyHistoryReply(_message.Message):
+    __slots__ = ("versions", "next_page_token")
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[TopologyVersionInfo]
+    next_page_token: str
+    def __init__(self, versions: _Optional[_Iterable[_Union[TopologyVersionInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class RollbackTopologyRequest(_message.Message):
+    __slots__ = ("version", "reason", "operator", "request_id", "dry_run")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    reason: str
+    operator: str
+    request_id: str
+    dry_run: bool
+    def __init__(self, version: _Optional[int] = ..., reason: _Optional[str] = ..., operator: _Optional[str] = ..., request_id: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class RefuseRequest(_message.Message):
+    __slots__ = ("request_id", "reason", "operator")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    reason: str
+    operator: str
+    def __init__(self, request_id: _Optional[str] = ..., reason: _Optional[str] = ..., operator: _Optional[str] = ...) -> None: ...
+
+class RefuseReply(_message.Message):
+    __slots__ = ("audit_id", "message", "withdrawn")
+    AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAWN_FIELD_NUMBER: _ClassVar[int]
+    audit_id: str
+    message: str
+    withdrawn: bool
+    def __init__(self, audit_id: _Optional[str] = ..., message: _Optional[str] = ..., withdrawn: _Optional[bool] = ...) -> None: ...
+
+class ListDrillsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListDrillsReply(_message.Message):
+    __slots__ = ("drills", "next_page_token")
+    DRILLS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    drills: _containers.RepeatedCompositeFieldContainer[Drill]
+    next_page_token: str
+    def __init__(self, drills: _Optional[_Iterable[_Union[Drill, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

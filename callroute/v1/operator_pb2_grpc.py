@@ -130,6 +130,31 @@ class OperatorServiceStub:
                 request_serializer=callroute_dot_v1_dot_operator__pb2.ApplyTopologyRequest.SerializeToString,
                 response_deserializer=callroute_dot_v1_dot_operator__pb2.ApplyTopologyReply.FromString,
                 _registered_method=True)
+        self.ShowTopology = channel.unary_unary(
+                '/callroute.v1.OperatorService/ShowTopology',
+                request_serializer=callroute_dot_v1_dot_operator__pb2.ShowTopologyRequest.SerializeToString,
+                response_deserializer=callroute_dot_v1_dot_operator__pb2.ShowTopologyReply.FromString,
+                _registered_method=True)
+        self.TopologyHistory = channel.unary_unary(
+                '/callroute.v1.OperatorService/TopologyHistory',
+                request_serializer=callroute_dot_v1_dot_operator__pb2.TopologyHistoryRequest.SerializeToString,
+                response_deserializer=callroute_dot_v1_dot_operator__pb2.TopologyHistoryReply.FromString,
+                _registered_method=True)
+        self.RollbackTopology = channel.unary_unary(
+                '/callroute.v1.OperatorService/RollbackTopology',
+                request_serializer=callroute_dot_v1_dot_operator__pb2.RollbackTopologyRequest.SerializeToString,
+                response_deserializer=callroute_dot_v1_dot_operator__pb2.ApplyTopologyReply.FromString,
+                _registered_method=True)
+        self.Refuse = channel.unary_unary(
+                '/callroute.v1.OperatorService/Refuse',
+                request_serializer=callroute_dot_v1_dot_operator__pb2.RefuseRequest.SerializeToString,
+                response_deserializer=callroute_dot_v1_dot_operator__pb2.RefuseReply.FromString,
+                _registered_method=True)
+        self.ListDrills = channel.unary_unary(
+                '/callroute.v1.OperatorService/ListDrills',
+                request_serializer=callroute_dot_v1_dot_operator__pb2.ListDrillsRequest.SerializeToString,
+                response_deserializer=callroute_dot_v1_dot_operator__pb2.ListDrillsReply.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -269,6 +294,43 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShowTopology(self, request, context):
+        """The stored topology version in force (or another), its hash, who applied it, when and why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TopologyHistory(self, request, context):
+        """Stored topology versions, newest first, paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackTopology(self, request, context):
+        """Apply an earlier stored version again, exactly as ApplyTopology applies a file (validated,
+        diffed, two-person when it moves calls off an open center, audited), as the next version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Refuse(self, request, context):
+        """A second operator refuses a pending change (or its requester withdraws it): it is dropped,
+        audited, and its request id can no longer be approved or repeated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDrills(self, request, context):
+        """Drills, running and past, in start order, paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -366,6 +428,31 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.ApplyTopology,
                     request_deserializer=callroute_dot_v1_dot_operator__pb2.ApplyTopologyRequest.FromString,
                     response_serializer=callroute_dot_v1_dot_operator__pb2.ApplyTopologyReply.SerializeToString,
+            ),
+            'ShowTopology': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShowTopology,
+                    request_deserializer=callroute_dot_v1_dot_operator__pb2.ShowTopologyRequest.FromString,
+                    response_serializer=callroute_dot_v1_dot_operator__pb2.ShowTopologyReply.SerializeToString,
+            ),
+            'TopologyHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.TopologyHistory,
+                    request_deserializer=callroute_dot_v1_dot_operator__pb2.TopologyHistoryRequest.FromString,
+                    response_serializer=callroute_dot_v1_dot_operator__pb2.TopologyHistoryReply.SerializeToString,
+            ),
+            'RollbackTopology': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackTopology,
+                    request_deserializer=callroute_dot_v1_dot_operator__pb2.RollbackTopologyRequest.FromString,
+                    response_serializer=callroute_dot_v1_dot_operator__pb2.ApplyTopologyReply.SerializeToString,
+            ),
+            'Refuse': grpc.unary_unary_rpc_method_handler(
+                    servicer.Refuse,
+                    request_deserializer=callroute_dot_v1_dot_operator__pb2.RefuseRequest.FromString,
+                    response_serializer=callroute_dot_v1_dot_operator__pb2.RefuseReply.SerializeToString,
+            ),
+            'ListDrills': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDrills,
+                    request_deserializer=callroute_dot_v1_dot_operator__pb2.ListDrillsRequest.FromString,
+                    response_serializer=callroute_dot_v1_dot_operator__pb2.ListDrillsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -882,6 +969,141 @@ class OperatorService:
             '/callroute.v1.OperatorService/ApplyTopology',
             callroute_dot_v1_dot_operator__pb2.ApplyTopologyRequest.SerializeToString,
             callroute_dot_v1_dot_operator__pb2.ApplyTopologyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShowTopology(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callroute.v1.OperatorService/ShowTopology',
+            callroute_dot_v1_dot_operator__pb2.ShowTopologyRequest.SerializeToString,
+            callroute_dot_v1_dot_operator__pb2.ShowTopologyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TopologyHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callroute.v1.OperatorService/TopologyHistory',
+            callroute_dot_v1_dot_operator__pb2.TopologyHistoryRequest.SerializeToString,
+            callroute_dot_v1_dot_operator__pb2.TopologyHistoryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackTopology(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callroute.v1.OperatorService/RollbackTopology',
+            callroute_dot_v1_dot_operator__pb2.RollbackTopologyRequest.SerializeToString,
+            callroute_dot_v1_dot_operator__pb2.ApplyTopologyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Refuse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callroute.v1.OperatorService/Refuse',
+            callroute_dot_v1_dot_operator__pb2.RefuseRequest.SerializeToString,
+            callroute_dot_v1_dot_operator__pb2.RefuseReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDrills(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callroute.v1.OperatorService/ListDrills',
+            callroute_dot_v1_dot_operator__pb2.ListDrillsRequest.SerializeToString,
+            callroute_dot_v1_dot_operator__pb2.ListDrillsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CenterReport(_message.Message):
-    __slots__ = ("center", "seq", "sent_at", "interval_s", "state", "incarnation", "probes", "broken_paths", "skills", "routed_to", "demand", "calls")
+    __slots__ = ("center", "seq", "sent_at", "interval_s", "state", "incarnation", "probes", "broken_paths", "skills", "routed_to", "demand", "calls", "acd")
     CENTER_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class CenterReport(_message.Message):
     ROUTED_TO_FIELD_NUMBER: _ClassVar[int]
     DEMAND_FIELD_NUMBER: _ClassVar[int]
     CALLS_FIELD_NUMBER: _ClassVar[int]
+    ACD_FIELD_NUMBER: _ClassVar[int]
     center: str
     seq: int
     sent_at: float
@@ -33,7 +34,34 @@ class CenterReport(_message.Message):
     routed_to: _containers.RepeatedCompositeFieldContainer[RoutedCount]
     demand: _containers.RepeatedCompositeFieldContainer[BranchDemand]
     calls: _containers.RepeatedCompositeFieldContainer[CallCount]
-    def __init__(self, center: _Optional[str] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., incarnation: _Optional[int] = ..., probes: _Optional[_Iterable[_Union[ProbeResult, _Mapping]]] = ..., broken_paths: _Optional[_Iterable[_Union[BrokenPath, _Mapping]]] = ..., skills: _Optional[_Iterable[_Union[SkillReport, _Mapping]]] = ..., routed_to: _Optional[_Iterable[_Union[RoutedCount, _Mapping]]] = ..., demand: _Optional[_Iterable[_Union[BranchDemand, _Mapping]]] = ..., calls: _Optional[_Iterable[_Union[CallCount, _Mapping]]] = ...) -> None: ...
+    acd: _containers.RepeatedCompositeFieldContainer[AcdCount]
+    def __init__(self, center: _Optional[str] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., incarnation: _Optional[int] = ..., probes: _Optional[_Iterable[_Union[ProbeResult, _Mapping]]] = ..., broken_paths: _Optional[_Iterable[_Union[BrokenPath, _Mapping]]] = ..., skills: _Optional[_Iterable[_Union[SkillReport, _Mapping]]] = ..., routed_to: _Optional[_Iterable[_Union[RoutedCount, _Mapping]]] = ..., demand: _Optional[_Iterable[_Union[BranchDemand, _Mapping]]] = ..., calls: _Optional[_Iterable[_Union[CallCount, _Mapping]]] = ..., acd: _Optional[_Iterable[_Union[AcdCount, _Mapping]]] = ...) -> None: ...
+
+class AcdCount(_message.Message):
+    __slots__ = ("source", "epoch", "seq", "skills")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    SKILLS_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    epoch: int
+    seq: int
+    skills: _containers.RepeatedCompositeFieldContainer[AcdSkillCount]
+    def __init__(self, source: _Optional[str] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., skills: _Optional[_Iterable[_Union[AcdSkillCount, _Mapping]]] = ...) -> None: ...
+
+class AcdSkillCount(_message.Message):
+    __slots__ = ("skill", "offered", "answered", "answered_within", "abandoned")
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    OFFERED_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_WITHIN_FIELD_NUMBER: _ClassVar[int]
+    ABANDONED_FIELD_NUMBER: _ClassVar[int]
+    skill: str
+    offered: int
+    answered: int
+    answered_within: int
+    abandoned: int
+    def __init__(self, skill: _Optional[str] = ..., offered: _Optional[int] = ..., answered: _Optional[int] = ..., answered_within: _Optional[int] = ..., abandoned: _Optional[int] = ...) -> None: ...
 
 class CallCount(_message.Message):
     __slots__ = ("branch", "skill", "center", "calls")

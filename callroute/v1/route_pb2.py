@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from callroute.v1 import types_pb2 as callroute_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61llroute/v1/route.proto\x12\x0c\x63\x61llroute.v1\x1a\x18\x63\x61llroute/v1/types.proto\"K\n\x0cRouteRequest\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\r\n\x05skill\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x0c\n\x04tier\x18\x04 \x01(\t\"\x9b\x01\n\nRouteReply\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x11\n\tfallbacks\x18\x02 \x03(\t\x12\x14\n\x0cplan_version\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x35\n\x0foverload_action\x18\x05 \x01(\x0e\x32\x1c.callroute.v1.OverloadAction\x12\r\n\x05\x65rror\x18\x0f \x01(\t\"A\n\x11RouteBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.callroute.v1.RouteRequest\"<\n\x0fRouteBatchReply\x12)\n\x07replies\x18\x01 \x03(\x0b\x32\x18.callroute.v1.RouteReply2\x9b\x01\n\x0cRouteService\x12=\n\x05Route\x12\x1a.callroute.v1.RouteRequest\x1a\x18.callroute.v1.RouteReply\x12L\n\nRouteBatch\x12\x1f.callroute.v1.RouteBatchRequest\x1a\x1d.callroute.v1.RouteBatchReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61llroute/v1/route.proto\x12\x0c\x63\x61llroute.v1\x1a\x18\x63\x61llroute/v1/types.proto\"K\n\x0cRouteRequest\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\r\n\x05skill\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x0c\n\x04tier\x18\x04 \x01(\t\"\xc7\x01\n\nRouteReply\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x11\n\tfallbacks\x18\x02 \x03(\t\x12\x14\n\x0cplan_version\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x35\n\x0foverload_action\x18\x05 \x01(\x0e\x32\x1c.callroute.v1.OverloadAction\x12\r\n\x05\x65rror\x18\x0f \x01(\t\x12*\n\ttreatment\x18\x10 \x01(\x0b\x32\x17.callroute.v1.Treatment\"A\n\x11RouteBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.callroute.v1.RouteRequest\"<\n\x0fRouteBatchReply\x12)\n\x07replies\x18\x01 \x03(\x0b\x32\x18.callroute.v1.RouteReply2\x9b\x01\n\x0cRouteService\x12=\n\x05Route\x12\x1a.callroute.v1.RouteRequest\x1a\x18.callroute.v1.RouteReply\x12L\n\nRouteBatch\x12\x1f.callroute.v1.RouteBatchRequest\x1a\x1d.callroute.v1.RouteBatchReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTEREQUEST']._serialized_start=68
   _globals['_ROUTEREQUEST']._serialized_end=143
   _globals['_ROUTEREPLY']._serialized_start=146
-  _globals['_ROUTEREPLY']._serialized_end=301
-  _globals['_ROUTEBATCHREQUEST']._serialized_start=303
-  _globals['_ROUTEBATCHREQUEST']._serialized_end=368
-  _globals['_ROUTEBATCHREPLY']._serialized_start=370
-  _globals['_ROUTEBATCHREPLY']._serialized_end=430
-  _globals['_ROUTESERVICE']._serialized_start=433
-  _globals['_ROUTESERVICE']._serialized_end=588
+  _globals['_ROUTEREPLY']._serialized_end=345
+  _globals['_ROUTEBATCHREQUEST']._serialized_start=347
+  _globals['_ROUTEBATCHREQUEST']._serialized_end=412
+  _globals['_ROUTEBATCHREPLY']._serialized_start=414
+  _globals['_ROUTEBATCHREPLY']._serialized_end=474
+  _globals['_ROUTESERVICE']._serialized_start=477
+  _globals['_ROUTESERVICE']._serialized_end=632
 # @@protoc_insertion_point(module_scope)

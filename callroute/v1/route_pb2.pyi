@@ -20,20 +20,22 @@ class RouteRequest(_message.Message):
     def __init__(self, branch: _Optional[str] = ..., skill: _Optional[str] = ..., caller: _Optional[str] = ..., tier: _Optional[str] = ...) -> None: ...
 
 class RouteReply(_message.Message):
-    __slots__ = ("center", "fallbacks", "plan_version", "reason", "overload_action", "error")
+    __slots__ = ("center", "fallbacks", "plan_version", "reason", "overload_action", "error", "treatment")
     CENTER_FIELD_NUMBER: _ClassVar[int]
     FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     OVERLOAD_ACTION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    TREATMENT_FIELD_NUMBER: _ClassVar[int]
     center: str
     fallbacks: _containers.RepeatedScalarFieldContainer[str]
     plan_version: int
     reason: str
     overload_action: _types_pb2.OverloadAction
     error: str
-    def __init__(self, center: _Optional[str] = ..., fallbacks: _Optional[_Iterable[str]] = ..., plan_version: _Optional[int] = ..., reason: _Optional[str] = ..., overload_action: _Optional[_Union[_types_pb2.OverloadAction, str]] = ..., error: _Optional[str] = ...) -> None: ...
+    treatment: _types_pb2.Treatment
+    def __init__(self, center: _Optional[str] = ..., fallbacks: _Optional[_Iterable[str]] = ..., plan_version: _Optional[int] = ..., reason: _Optional[str] = ..., overload_action: _Optional[_Union[_types_pb2.OverloadAction, str]] = ..., error: _Optional[str] = ..., treatment: _Optional[_Union[_types_pb2.Treatment, _Mapping]] = ...) -> None: ...
 
 class RouteBatchRequest(_message.Message):
     __slots__ = ("requests",)

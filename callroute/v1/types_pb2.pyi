@@ -29,6 +29,13 @@ class OverloadAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OVERLOAD_ACTION_ANNOUNCEMENT: _ClassVar[OverloadAction]
     OVERLOAD_ACTION_CALLBACK: _ClassVar[OverloadAction]
 
+class TreatmentAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TREATMENT_ACTION_NONE: _ClassVar[TreatmentAction]
+    TREATMENT_ACTION_CALLBACK_OFFER: _ClassVar[TreatmentAction]
+    TREATMENT_ACTION_ANNOUNCEMENT: _ClassVar[TreatmentAction]
+    TREATMENT_ACTION_CHANNEL_GUIDANCE: _ClassVar[TreatmentAction]
+
 class RouteKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ROUTE_KIND_UNSPECIFIED: _ClassVar[RouteKind]
@@ -50,12 +57,30 @@ CENTER_STATUS_UNKNOWN: CenterStatus
 OVERLOAD_ACTION_NONE: OverloadAction
 OVERLOAD_ACTION_ANNOUNCEMENT: OverloadAction
 OVERLOAD_ACTION_CALLBACK: OverloadAction
+TREATMENT_ACTION_NONE: TreatmentAction
+TREATMENT_ACTION_CALLBACK_OFFER: TreatmentAction
+TREATMENT_ACTION_ANNOUNCEMENT: TreatmentAction
+TREATMENT_ACTION_CHANNEL_GUIDANCE: TreatmentAction
 ROUTE_KIND_UNSPECIFIED: RouteKind
 ROUTE_KIND_HOME: RouteKind
 ROUTE_KIND_OVERFLOW: RouteKind
 ROUTE_KIND_DR: RouteKind
 ROUTE_KIND_PINNED: RouteKind
 ROUTE_KIND_OVERLOAD: RouteKind
+
+class Treatment(_message.Message):
+    __slots__ = ("action", "prompt", "predicted_wait_s", "threshold_s", "source")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_S_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    action: TreatmentAction
+    prompt: str
+    predicted_wait_s: float
+    threshold_s: float
+    source: str
+    def __init__(self, action: _Optional[_Union[TreatmentAction, str]] = ..., prompt: _Optional[str] = ..., predicted_wait_s: _Optional[float] = ..., threshold_s: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
 
 class Target(_message.Message):
     __slots__ = ("center", "weight")
@@ -66,7 +91,7 @@ class Target(_message.Message):
     def __init__(self, center: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("branch", "skill", "targets", "kind", "vip_targets", "overload_action", "explanation", "home")
+    __slots__ = ("branch", "skill", "targets", "kind", "vip_targets", "overload_action", "explanation", "home", "treatment")
     BRANCH_FIELD_NUMBER: _ClassVar[int]
     SKILL_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +100,7 @@ class Route(_message.Message):
     OVERLOAD_ACTION_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     HOME_FIELD_NUMBER: _ClassVar[int]
+    TREATMENT_FIELD_NUMBER: _ClassVar[int]
     branch: str
     skill: str
     targets: _containers.RepeatedCompositeFieldContainer[Target]
@@ -83,7 +109,8 @@ class Route(_message.Message):
     overload_action: OverloadAction
     explanation: str
     home: str
-    def __init__(self, branch: _Optional[str] = ..., skill: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., kind: _Optional[_Union[RouteKind, str]] = ..., vip_targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., overload_action: _Optional[_Union[OverloadAction, str]] = ..., explanation: _Optional[str] = ..., home: _Optional[str] = ...) -> None: ...
+    treatment: Treatment
+    def __init__(self, branch: _Optional[str] = ..., skill: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., kind: _Optional[_Union[RouteKind, str]] = ..., vip_targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., overload_action: _Optional[_Union[OverloadAction, str]] = ..., explanation: _Optional[str] = ..., home: _Optional[str] = ..., treatment: _Optional[_Union[Treatment, _Mapping]] = ...) -> None: ...
 
 class ReceiverPrediction(_message.Message):
     __slots__ = ("agents", "load_erlangs", "service_level", "occupancy")

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chaos.harness import PROBE_TIMEOUT_S, Cluster, PlanSampler, SwitchLoad, log
+from chaos.harness import Cluster
+from chaos.procs import PROBE_TIMEOUT_S, log
 from chaos.report import ScenarioResult
+from chaos.switch import PlanSampler, SwitchLoad
 from controlplane.core.topology import load_topology
 
 ROOT = Path(__file__).resolve().parent.parent.parent

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from chaos.harness import Cluster, log
+from chaos.harness import Cluster
+from chaos.procs import log
 from chaos.report import ScenarioResult
 from chaos.scenarios.common import (
     LEASE_TTL_S,

@@ -10,7 +10,8 @@ import json
 import time
 from collections import Counter
 
-from chaos.harness import Cluster, log
+from chaos.harness import Cluster
+from chaos.procs import log
 from chaos.report import ScenarioResult
 from chaos.scenarios.common import (
     LEASE_TTL_S,
@@ -240,8 +241,6 @@ async def wuhan_2020(opts: RunOptions) -> ScenarioResult:
 
 # The lead is reworking the failing detector's per-origin comparison (health.py); until then the
 # calls-not-arriving phase is reported as a known failure if it does not pass.
-NOT_ARRIVING_XFAIL = ("detector (b) per-origin comparison being fixed by the lead: the receiver's own "
-                      "simulated traffic can mask the loss of the calls routed to it")
 
 
 async def overflow_path_broken(opts: RunOptions) -> ScenarioResult:
@@ -249,14 +248,15 @@ async def overflow_path_broken(opts: RunOptions) -> ScenarioResult:
     topo = opts.topology or NATIONAL
 
     async def body() -> None:
-        for mode, prefix, xfail in (("not_answering", "a: ", ""),
-                                    ("calls_not_arriving", "b: ", NOT_ARRIVING_XFAIL)):
+        # (b) was an xfail until the per-origin detector and the agents' path probes: it passes
+        # now (national, load 16: found 1.70 s, out of every agent's routes 2.27 s after the break)
+        for mode, prefix in (("not_answering", "a: "), ("calls_not_arriving", "b: ")):
             async with Cluster(topo, tmp=opts.tmp, agent_config=default_agent_config(topo),
                                cp_config={"lease_ttl_s": LEASE_TTL_S}) as c:
                 sub = ScenarioResult(r.name, r.title)
                 async with observed(c, sub, opts.rate_per_s):
                     await asyncio.sleep(2.0)
-                    await _receiver_fault(c, sub, "wuhan", "chengdu", mode, prefix, xfail,
+                    await _receiver_fault(c, sub, "wuhan", "chengdu", mode, prefix,
                                           min_centers_share=MIN_CENTERS_SHARE_NATIONAL)
                     await asyncio.sleep(1.0)
                 lookup_checks(sub, name=f"{prefix}0 lookup errors")

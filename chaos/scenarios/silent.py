@@ -13,7 +13,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from chaos.harness import Cluster, log
+from chaos.harness import Cluster
+from chaos.procs import log
 from chaos.proxy import BLACKHOLE, Fault
 from chaos.report import ScenarioResult
 from chaos.scenarios.common import (

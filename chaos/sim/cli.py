@@ -15,9 +15,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
+
 from controlplane.core.model import InvalidInput
 
-from .policies import EXTRA_POLICIES, POLICIES, PUBLISH_INTERVAL_S, REPORT_INTERVAL_S
+from .policies import EXTRA_POLICIES, POLICIES, PUBLISH_INTERVAL_S, REPORT_INTERVAL_S, CallbackSettings
 from .run import ScenarioRun, default_jobs, run_scenario
 from .scenarios import SCENARIOS, WARMUP_S, build_scenario
 from .workload import DEFAULT_PATIENCE_S
@@ -47,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="callroute: agents' report interval, simulated seconds")
     p.add_argument("--publish-interval", type=float, default=PUBLISH_INTERVAL_S,
                    help="callroute: plan recomputation interval, simulated seconds")
+    p.add_argument("--callback-accept", type=float, default=None,
+                   help="callroute-cb: share of callers offered a callback who accept it (default 0.4)")
+    p.add_argument("--callback-offer-over", type=float, default=None,
+                   help="callroute-cb: predicted wait (s) from which callbacks are offered (default 60)")
     p.add_argument("--bin", type=float, default=15.0, help="time-series bin, minutes (default 15)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--out", default=None, help="directory for result.json and PNG plots")
@@ -121,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = default_jobs() if args.jobs is None else args.jobs
         options = {"report_s": args.report_interval,
                    "publish_s": args.publish_interval}
+        if args.callback_accept is not None or args.callback_offer_over is not None:
+            cb = CallbackSettings()
+            accept = cb.accept_share if args.callback_accept is None else args.callback_accept
+            over = cb.offer_over_s if args.callback_offer_over is None else args.callback_offer_over
+            options["callbacks"] = msgspec.structs.replace(cb, accept_share=accept, offer_over_s=over)
         if args.seeds is not None:
             if not 1 <= args.seeds <= 100:
                 raise InvalidInput("seeds", args.seeds, "must be within [1, 100]")

@@ -35,11 +35,16 @@ from .workload import HOUR_S, CallSet, StaffingPlan
 
 # call status codes (a bytearray per call)
 PENDING, RINGING, WAITING, SERVED, ABANDONED, LOST = range(6)
+# a caller who accepted a callback offer: hung up, to be called back (DEFERRED), then answered by
+# an agent's call back (CALLBACK_SERVED); neither counts as answered live
+DEFERRED, CALLBACK_SERVED = 6, 7
+# RoutingPolicy.route's center for "callback accepted": the delay is when the call back is made
+ROUTE_DEFERRED = -2
 # why a call was lost
 LOST_CLOSED, LOST_NO_ROUTE, LOST_PATH = 1, 2, 3
 
 # event kinds in the heap
-_DEPART, _ABANDON, _JOIN, _REQUEUE, _TICK, _CHANGE = range(6)
+_DEPART, _ABANDON, _JOIN, _REQUEUE, _TICK, _CHANGE, _CALLBACK = range(7)
 
 # Shifts that end when the hourly load drops end this long after the hour: the leaving agents
 # finish the previous hour's calls while the new, lower arrival rate lets the queue drain. Without
@@ -137,7 +142,8 @@ class RoutingPolicy(Protocol):
 
     def route(self, sim: Simulation, call: int, now: float) -> tuple[int, float]:
         """(center index, ringing delay before it joins that center's queue); center -1 = no
-        route (the call is lost: announcement or blocked)."""
+        route (the call is lost: announcement or blocked); ROUTE_DEFERRED = the caller accepted a
+        callback, made after the delay (`callback` then says where)."""
         ...
 
     def requeue(self, sim: Simulation, call: int, now: float) -> int:
@@ -171,6 +177,8 @@ class SimResult:
     events_processed: int = 0
     extras: dict[str, object] = field(default_factory=dict)
     branches: tuple[str, ...] = ()  # names of the indices in `branch`
+    # per call: 1 = offered a callback, 2 = offered and accepted (None: no policy offers any)
+    callback: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------- the engine
@@ -254,6 +262,8 @@ class Simulation:
         self.status = bytearray(n)
         self.lost_reason = bytearray(n)
         self.armed = bytearray(n)  # patience/requeue timers set (once per call)
+        self.is_callback = bytearray(n)  # the call is an agent's call back of an accepted offer
+        self.callback_offered = bytearray(n)  # the policy offered this caller a callback
         self.wait_s = [0.0] * n
         self.call_queue = [-1] * n  # queue the call is (or was last) in
         self.call_center = [-1] * n  # center the call was delivered to
@@ -320,11 +330,15 @@ class Simulation:
     def _start(self, q: Queue, call: int, now: float) -> None:
         q.busy += 1
         wait = now - self.arrival[call]
-        self.status[call] = SERVED
         self.wait_s[call] = wait
         q.answered += 1
-        if wait <= self.sl_threshold_s:
-            q.answered_within += 1
+        if self.is_callback[call]:
+            # the caller hung up at the offer: this answer is the agent's call back, hours later
+            self.status[call] = CALLBACK_SERVED
+        else:
+            self.status[call] = SERVED
+            if wait <= self.sl_threshold_s:
+                q.answered_within += 1
         h = self.handle[call]
         end = now + h
         lo, hi = max(now, self.window[0]), min(end, self.window[1])
@@ -500,6 +514,12 @@ class Simulation:
                             # leave this queue (its deque entry goes stale) and join the other
                             q.waiting -= 1
                             deliver(arg, dest, now)
+                elif kind == _CALLBACK:
+                    if status[arg] == DEFERRED:
+                        # the agent calls back: no patience timer (the agent dials when free), no requeue
+                        self.is_callback[arg] = 1
+                        self.armed[arg] = 1
+                        deliver(arg, policy.callback(self, arg, now), now)  # type: ignore[attr-defined]
                 elif kind == _TICK:
                     self.now = now
                     policy.tick(self, now)
@@ -514,7 +534,11 @@ class Simulation:
             self.now = now
             events += 1
             center, delay = route(self, i, now)
-            if delay > 0 and center >= 0:
+            if center == ROUTE_DEFERRED:
+                status[i] = DEFERRED
+                self.wait_s[i] = 0.0
+                push(now + delay, _CALLBACK, i)
+            elif delay > 0 and center >= 0:
                 status[i] = RINGING
                 self.call_center[i] = center
                 self._arm(i, now)
@@ -546,4 +570,13 @@ class Simulation:
                          lost_reason=np.frombuffer(bytes(self.lost_reason), dtype=np.uint8),
                          in_window=in_window, arrival=calls.arrival, skill=calls.skill,
                          branch=calls.branch, queues=qs, events_processed=events,
-                         branches=calls.branches)
+                         branches=calls.branches, callback=self._callbacks())
+
+    def _callbacks(self) -> np.ndarray | None:
+        if not any(self.callback_offered):
+            return None
+        offered = np.frombuffer(bytes(self.callback_offered), dtype=np.uint8)
+        status = np.frombuffer(bytes(self.status), dtype=np.uint8)
+        accepted = (status == DEFERRED) | (status == CALLBACK_SERVED) | \
+            np.frombuffer(bytes(self.is_callback), dtype=np.uint8).astype(bool)
+        return offered + accepted.astype(np.uint8)

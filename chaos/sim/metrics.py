@@ -10,6 +10,11 @@ Definitions (the ones banks publish):
 - worst branch service level = the lowest service level of a branch's own calls, over branches
   with at least MIN_BRANCH_CALLS calls in the window (whether routing starves some callers);
 - peak service level = service level of the calls arriving in the busiest clock hour of the window.
+- callbacks (a policy that offers them): offered, accepted (the caller hung up to be called back),
+  served (an agent's call back answered, whenever it was made: the run goes on past the window
+  until every scheduled call back is made), pending (accepted, never served); an accepted caller
+  counts as neither answered nor abandoned in the rates above. answer_rate_with_callbacks counts
+  served call backs as answered.
 Only calls arriving inside the measurement window count.
 
 Pure computation over a SimResult: no clock, no I/O.
@@ -22,7 +27,16 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .engine import ABANDONED, LOST, LOST_CLOSED, LOST_NO_ROUTE, LOST_PATH, SERVED, SimResult
+from .engine import (
+    ABANDONED,
+    CALLBACK_SERVED,
+    LOST,
+    LOST_CLOSED,
+    LOST_NO_ROUTE,
+    LOST_PATH,
+    SERVED,
+    SimResult,
+)
 
 # Time-series bins: 15 minutes is the interval workforce planners forecast and report in.
 DEFAULT_BIN_S = 900.0
@@ -70,6 +84,9 @@ class PolicyMetrics:
     branches: dict[str, float] = field(default_factory=dict)  # SL per branch (>= MIN_BRANCH_CALLS)
     worst_branch_service_level: float = math.nan
     peak_service_level: float = math.nan  # the busiest clock hour's calls
+    # offered, accepted, served, pending, served_share, mean_delay_h (empty: no callbacks offered)
+    callbacks: dict[str, float] = field(default_factory=dict)
+    answer_rate_with_callbacks: float = math.nan
 
     def to_json(self) -> dict[str, object]:
         out = _finite(asdict(self))
@@ -154,8 +171,20 @@ def summarize(r: SimResult, bin_s: float = DEFAULT_BIN_S) -> PolicyMetrics:
         for ci, c in enumerate(r.centers):
             cnt = np.bincount(b[center == ci], minlength=nbins)
             series.share[c] = [_ratio(x, o) for x, o in zip(cnt, off_b, strict=True)]
+    callbacks: dict[str, float] = {}
+    cb_served = status == CALLBACK_SERVED
+    if r.callback is not None:
+        cb = r.callback[m]
+        accepted = cb == 2
+        n_acc = int(accepted.sum())
+        n_served = int(cb_served.sum())
+        callbacks = {"offered": int((cb > 0).sum()), "accepted": n_acc, "served": n_served,
+                     "pending": n_acc - n_served, "served_share": _ratio(n_served, n_acc),
+                     "mean_delay_h": float(wait[cb_served].mean() / 3600.0) if n_served else math.nan}
     return PolicyMetrics(
         policy=r.policy, offered=offered,
+        callbacks=callbacks,
+        answer_rate_with_callbacks=_ratio(int(answered.sum()) + int(cb_served.sum()), offered),
         service_level=_ratio(int(within.sum()), offered),
         answer_rate=_ratio(int(answered.sum()), offered),
         abandon_rate=_ratio(int(abandoned.sum()), offered),

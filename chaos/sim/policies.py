@@ -35,22 +35,28 @@ import xxhash
 
 from controlplane.core.demand import DemandSettings, DemandTracker
 from controlplane.core.health import MAX_SETTING_COUNT, HealthSettings, HealthTracker
-from controlplane.core.lookup import LazyPlan
+from controlplane.core.lookup import Decision, LazyPlan
 from controlplane.core.model import (
     AdminState,
     InvalidInput,
     NetworkView,
     Plan,
     Report,
+    Route,
     SkillLoad,
     Target,
+    Topology,
+    TreatmentAction,
+    TreatmentStep,
     validate_report,
 )
 from controlplane.core.paths import PathBook, apply_broken_paths
 from controlplane.core.planner import PlanTracker
+from controlplane.core.treatments import callback_hour
 
-from .engine import Simulation
+from .engine import ROUTE_DEFERRED, Simulation
 from .pathprobes import PathProbes
+from .workload import INTRADAY_PROFILE
 
 # ICBC's rule: three rings unanswered and the call overflows; a ring cycle is about 5 s.
 NRINGS_RING_S = 15.0
@@ -72,6 +78,25 @@ PUBLISH_MIN_CHANGE = 0.01
 # Until there is data, the AHT estimate leans on the topology's value as if this many calls of that
 # length had been seen: enough to keep the first few calls from swinging it.
 AHT_PRIOR_CALLS = 5.0
+
+
+class CallbackSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Overload treatments in the simulator (`callroute-cb`): the planner offers callbacks by
+    predicted wait, a share of the callers offered one accepts, and each accepted call back is made
+    in the first later hour whose forecast load plus the call backs booked there keeps the home
+    center's agents under `max_occupancy` (core.treatments.callback_hour)."""
+
+    # the treatment chain's one step, unless the topology has chains of its own
+    offer_over_s: float = 60.0
+    # share of callers offered a callback who accept it (published figures: a third to a half)
+    accept_share: float = 0.4
+    max_occupancy: float = 0.85
+
+
+def _uniform(call: int, stream: int) -> float:
+    """A caller's own uniform draw in [0, 1) for `stream` (accepting, the minute of the call back):
+    fixed per call, so every run of a seed makes the same choices (common random numbers)."""
+    return xxhash.xxh64_intdigest(f"{stream}:{call}".encode()) / 2.0**64
 
 
 class BasePolicy:
@@ -223,7 +248,7 @@ class CallroutePolicy(BasePolicy):
                  path_probes: bool = True, validate: bool = False,
                  publish_min_change: float = PUBLISH_MIN_CHANGE,
                  report_aht: bool = False, health: HealthSettings | None = None,
-                 demand: DemandSettings | None = None) -> None:
+                 demand: DemandSettings | None = None, callbacks: CallbackSettings | None = None) -> None:
         for field, v in (("report_s", report_s), ("publish_s", publish_s)):
             if not (math.isfinite(v) and v > 0):
                 raise InvalidInput(field, v, "must be a positive number of seconds")
@@ -249,6 +274,14 @@ class CallroutePolicy(BasePolicy):
             self.name = "callroute-noprobe"
         if live_balance:
             self.name = "callroute+jsew"
+        self.callbacks = callbacks
+        if callbacks is not None:
+            for field, v, hi in (("offer_over_s", callbacks.offer_over_s, 86_400.0),
+                                 ("accept_share", callbacks.accept_share, 1.0),
+                                 ("max_occupancy", callbacks.max_occupancy, 1.0)):
+                if not (math.isfinite(v) and 0 <= v <= hi):
+                    raise InvalidInput(f"callbacks.{field}", v, f"must be within [0, {hi:g}]")
+            self.name = "callroute-cb"
 
     # ------------------------------------------------------------------ set-up
 
@@ -260,7 +293,8 @@ class CallroutePolicy(BasePolicy):
         self.known_branches = frozenset(b.id for b in topo.branches)
         self.health = HealthTracker(sim.centers, self.health_settings, sim.now)
         self.demand = DemandTracker(topo, self.demand_settings, sim.now)
-        self.planner = PlanTracker(topo)
+        self.planner = PlanTracker(self._with_chain(topo))
+        self._callback_setup(sim)
         self.version = 0
         self.seq = [0] * len(sim.centers)
         self.counters = [[_Counters(topo.aht(s)) for s in sim.skills] for _ in sim.centers]
@@ -293,6 +327,79 @@ class CallroutePolicy(BasePolicy):
         self.path_due = self.probes.next_at() if self.probes is not None else math.inf
         self.path_log: list[tuple[float, str, str, bool]] = []
         self._publish(sim.now)
+
+    def _with_chain(self, topo: Topology) -> Topology:
+        """The topology the planner plans with: the callback step added when callbacks are on and
+        the topology has no treatment chain of its own."""
+        cb = self.callbacks
+        if cb is None or topo.policy.has_treatments() or any(b.treatments or b.skill_treatments
+                                                             for b in topo.branches):
+            return topo
+        step = TreatmentStep(cb.offer_over_s, TreatmentAction.CALLBACK_OFFER)
+        return msgspec.structs.replace(topo, policy=msgspec.structs.replace(topo.policy, treatments=(step,)))
+
+    def _callback_setup(self, sim: Simulation) -> None:
+        """Per home center and skill: the forecast load (Erlangs) and agents on shift for each hour of
+        the day, what the planner books call backs against, and the call backs booked so far."""
+        self.cb_offered = self.cb_accepted = self.cb_no_quiet_hour = self.released = 0
+        self.cb_load: dict[tuple[int, int], list[float]] = {}
+        self.cb_agents: dict[tuple[int, int], list[int]] = {}
+        self.cb_booked: dict[tuple[int, int], dict[int, float]] = {}
+        if self.callbacks is None:
+            return
+        topo = sim.topology
+        for b in topo.branches:
+            ci = sim.center_index[b.home]
+            for s, cph in b.calls_per_hour.items():
+                si = sim.skill_index[s]
+                row = self.cb_load.setdefault((ci, si), [0.0] * 24)
+                for h in range(24):
+                    row[h] += cph * INTRADAY_PROFILE[h] * topo.aht(s) / 3600.0
+        for (ci, si) in self.cb_load:
+            self.cb_agents[(ci, si)] = [sim.staffing.agents(sim.centers[ci], sim.skills[si], h * 3600.0)
+                                        for h in range(24)]
+            self.cb_booked[(ci, si)] = {}
+
+    def _treat(self, sim: Simulation, call: int, d: Decision, home: int,
+               now: float) -> tuple[int, float] | None:
+        """What the switch does with the answer's treatment; None: route the call as usual."""
+        t = d.treatment
+        if t is None or self.callbacks is None:
+            return None
+        if t.action is not TreatmentAction.CALLBACK_OFFER:
+            # announcement / channel guidance: the prompt is played and the call released
+            self.released += 1
+            return -1, 0.0
+        key = (home, sim.call_skill[call])
+        booked = self.cb_booked.get(key)
+        if booked is None:
+            return None
+        hour = callback_hour(now, self.cb_load[key], self.cb_agents[key], booked,
+                             self.callbacks.max_occupancy)
+        if hour is None:
+            # no quiet hour ahead: no callback is promised, the caller stays in the queue
+            self.cb_no_quiet_hour += 1
+            return None
+        self.cb_offered += 1
+        sim.callback_offered[call] = 1
+        if _uniform(call, 1) >= self.callbacks.accept_share:
+            return None
+        self.cb_accepted += 1
+        # the call back is an AHT of work in that hour (the planner books forecast, not the
+        # caller's own handle time, which nobody knows before the call)
+        booked[hour] = booked.get(hour, 0.0) + sim.topology.aht(sim.skills[sim.call_skill[call]]) / 3600.0
+        at = hour * 3600.0 + _uniform(call, 2) * 3600.0
+        return ROUTE_DEFERRED, at - now
+
+    def callback(self, sim: Simulation, call: int, now: float) -> int:
+        """Where an accepted call back is made: the branch's home center, or while it is dark the
+        center the plan in force sends the branch's calls to."""
+        bi = sim.call_branch[call]
+        home = sim.branch_home[bi]
+        if sim.center_open[home] or self.cp is None:
+            return home
+        d = self.cp.resolve(sim.branches[bi], sim.skills[sim.call_skill[call]], str(sim.caller[call]))
+        return sim.center_index[d.center] if d.center else home
 
     # ------------------------------------------------------------------ the control plane
 
@@ -427,6 +534,10 @@ class CallroutePolicy(BasePolicy):
         key = (bi, sim.call_skill[call])
         looked_up = self.looked_up[agent]
         looked_up[key] = looked_up.get(key, 0) + 1
+        if d.treatment is not None and self.callbacks is not None:
+            treated = self._treat(sim, call, d, home, now)
+            if treated is not None:
+                return treated
         if not d.center:
             self.overload += 1
             return -1, 0.0
@@ -474,7 +585,10 @@ class CallroutePolicy(BasePolicy):
     def summary(self) -> dict[str, object]:
         return {"plans_computed": self.plans, "plans_published": self.publishes, "lookups": self.decisions,
                 "fallbacks_used": self.fallback_used, "overload_answers": self.overload,
-                "live_rebalanced": self.balanced, "health_changes": self.status_log[:200],
+                "live_rebalanced": self.balanced,
+                "callbacks_offered": self.cb_offered, "callbacks_accepted": self.cb_accepted,
+                "callbacks_not_offered_no_quiet_hour": self.cb_no_quiet_hour,
+                "released_by_treatment": self.released, "health_changes": self.status_log[:200],
                 "path_changes": self.path_log[:200]}
 
 
@@ -488,6 +602,8 @@ def _material_change(old: Plan, new: Plan, min_change: float) -> bool:
             continue
         if (a.branch, a.skill, a.kind, a.overload_action) != (b.branch, b.skill, b.kind, b.overload_action):
             return True
+        if _treatment_key(a) != _treatment_key(b):
+            return True  # a treatment step starts or ends: what callers are offered changes
         for ta, tb in ((a.targets, b.targets), (a.vip_targets, b.vip_targets)):
             if ta is tb:
                 continue
@@ -500,6 +616,11 @@ def _material_change(old: Plan, new: Plan, min_change: float) -> bool:
     return False
 
 
+def _treatment_key(r: Route) -> tuple[str, str] | None:
+    t = r.treatment
+    return None if t is None else (t.action, t.prompt)
+
+
 def _weights_moved(ta: tuple[Target, ...], tb: tuple[Target, ...], min_change: float) -> bool:
     wa = {t.center: t.weight for t in ta}
     wb = {t.center: t.weight for t in tb}
@@ -507,17 +628,19 @@ def _weights_moved(ta: tuple[Target, ...], tb: tuple[Target, ...], min_change: f
 
 
 POLICIES = ("static", "nrings", "even8", "callroute", "pooled")
+# callroute with overload treatments: callbacks offered by predicted wait, made in quieter hours
 # callroute with the agent-side live layer (live_balance), without the failing detectors
 # (detect_failing=False) or without the agents' DR path probes (path_probes=False): reported apart,
 # never as callroute
-EXTRA_POLICIES = ("callroute+jsew", "callroute-nodetect", "callroute-noprobe")
+EXTRA_POLICIES = ("callroute+jsew", "callroute-nodetect", "callroute-noprobe", "callroute-cb")
 
 
 def make_policy(name: str, *, report_s: float = REPORT_INTERVAL_S,
-                publish_s: float = PUBLISH_INTERVAL_S) -> BasePolicy:
+                publish_s: float = PUBLISH_INTERVAL_S,
+                callbacks: CallbackSettings | None = None) -> BasePolicy:
     """A fresh policy object by name (policies keep per-run state: one object per run).
 
-    report_s and publish_s apply to the callroute policies only.
+    report_s and publish_s apply to the callroute policies only; callbacks to callroute-cb only.
     """
     if name == "static":
         return StaticPolicy()
@@ -525,6 +648,9 @@ def make_policy(name: str, *, report_s: float = REPORT_INTERVAL_S,
         return NRingsPolicy()
     if name == "even8":
         return Even8Policy()
+    if name == "callroute-cb":
+        return CallroutePolicy(report_s=report_s, publish_s=publish_s,
+                               callbacks=callbacks or CallbackSettings())
     if name in ("callroute", "callroute+jsew", "callroute-nodetect", "callroute-noprobe"):
         return CallroutePolicy(report_s=report_s, publish_s=publish_s,
                                live_balance=name == "callroute+jsew",

@@ -70,6 +70,25 @@ def aggregate(runs: Sequence[ScenarioRun]) -> dict[str, object]:
             "per_seed_service_level": [m.service_level for m in ms],
             "per_seed_worst_branch_service_level": [m.worst_branch_service_level for m in ms],
         }
+        for key in ("answer_rate", "abandon_rate"):
+            _, klo, khi = share_ci95([getattr(m, key) for m in ms])
+            row[f"{key}_ci95"] = [klo, khi]
+        if any(getattr(m, "callbacks", None) for m in ms):
+            # overload treatments' callbacks (issue 18): the means over seeds, and the paired
+            # per-seed effect against callroute without treatments on the same calls
+            for key in ("offered", "accepted", "served", "pending", "mean_delay_h"):
+                row[f"callbacks_{key}"] = mean_ci95([m.callbacks.get(key, math.nan) for m in ms])[0]
+            arc, alo, ahi = share_ci95([m.answer_rate_with_callbacks for m in ms])
+            row |= {"answer_rate_with_callbacks": arc, "answer_rate_with_callbacks_ci95": [alo, ahi]}
+            if "callroute" in runs[0].metrics and name != "callroute":
+                for key in ("answer_rate", "abandon_rate", "service_level", "answer_rate_with_callbacks"):
+                    diffs = [getattr(r.metrics[name], key) - getattr(r.metrics["callroute"], key)
+                             if key != "answer_rate_with_callbacks" else
+                             r.metrics[name].answer_rate_with_callbacks - r.metrics["callroute"].answer_rate
+                             for r in runs]
+                    d, dlo, dhi = mean_ci95(diffs)
+                    row[f"{key}_vs_callroute"] = d
+                    row[f"{key}_vs_callroute_ci95"] = [dlo, dhi]
         policies[name] = {k: ([_json_num(x) for x in v] if isinstance(v, list) else _json_num(v))
                           for k, v in row.items()}
         if any(isinstance(ev, PathBreak) for ev in getattr(runs[0].scenario, "events", ())):

@@ -5,7 +5,7 @@
 | offline     | plan compute, route, sim, bench                               | a topology file  |
 | plans       | plan compute|show|diff|history|rollback                        | a control plane* |
 | operator    | centers, close, drain, open, explain, audit                   | a control plane  |
-| drills      | drill start|status|abort, approve, pending                     | a control plane  |
+| drills      | drill start|status|abort|list, approve, refuse, pending       | a control plane  |
 | liveops     | override set|list|clear, calendar set|show                    | a control plane  |
 | topology    | topology diff|apply FILE (live topology)                     | a control plane  |
 | readiness   | readiness (DR readiness of a forecast day)                    | a topology file  |

@@ -267,6 +267,13 @@ def _client(args: argparse.Namespace) -> OperatorClient:
         raise InvalidInput("--key" if args.cert else "--cert", "", "--cert and --key go together")
     tls = client_tls(args.ca or "", args.cert or "", args.key or "")
     endpoints = parse_endpoints(args.endpoint)
+    if not args.token and tls is None and len(endpoints) == 1:
+        # `callroute up`'s dev credential for this loopback endpoint (controlplane/devtoken.py)
+        from controlplane.devtoken import read_dev_token
+        from controlplane.service.settings import is_loopback, parse_hostport
+
+        if is_loopback(parse_hostport("--endpoint", endpoints[0])[0]):
+            args.token = read_dev_token(endpoints[0]) or ""
     if args.token and tls is None:
         from controlplane.service.settings import is_loopback, parse_hostport
 

@@ -1,5 +1,6 @@
 """Operator commands for drills and the two-person rule: `callroute drill start|status|abort`,
-`callroute approve REQUEST_ID` and `callroute pending`.
+`callroute approve REQUEST_ID`, `callroute refuse REQUEST_ID --reason R`, `callroute pending` and
+`callroute drill list`.
 
 A thin client of OperatorService built on cli.client's client and helpers (deadline per call, endpoint
 failover, request ids, one-line errors, exit codes). `add_parsers(sub)` adds the commands to
@@ -194,6 +195,54 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_refuse(args: argparse.Namespace) -> int:
+    """Refuse another operator's pending change, or withdraw one's own (issue 21)."""
+    from callroute.v1 import operator_pb2
+
+    out, _ = _streams(args)
+    check_id("REQUEST_ID", args.request_id)
+    client = _client(args)
+    try:
+        reply = client.call("Refuse", operator_pb2.RefuseRequest(
+            request_id=args.request_id, reason=args.reason, operator=_operator(args)))
+    finally:
+        client.close()
+    if args.json:
+        _emit_json(out, {"command": "refuse", "request_id": args.request_id, **message_to_json(reply)})
+    else:
+        out.write(f"{'withdrew' if reply.withdrawn else 'refused'} {args.request_id}: NOT applied\n"
+                  f"  {printable(reply.message)}\n  audit {reply.audit_id}\n")
+    return EXIT_OK
+
+
+def cmd_drill_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from callroute.v1 import operator_pb2
+
+    out, _ = _streams(args)
+    client = _client(args)
+    try:
+        reply = follow_pages(client, "ListDrills", operator_pb2.ListDrillsRequest(), "drills",
+                             limit=args.limit)
+    finally:
+        client.close()
+    if args.json:
+        _emit_json(out, message_to_json(reply))
+        return EXIT_OK
+    t = Table(title="drills, running and past")
+    for col in ("drill", "center", "mode", "state", "share", "operator", "approver", "started", "ended"):
+        t.add_column(col)
+    for d in reply.drills:
+        t.add_row(*(_text(x) for x in (d.drill_id, d.spec.center,
+                                       _short(operator_pb2.DrillMode.DESCRIPTOR, d.spec.mode),
+                                       _short(operator_pb2.DrillState.DESCRIPTOR, d.state),
+                                       f"{d.current_share:.0%}", d.operator, d.approver)),
+                  _when(d.started_at), _when(d.ended_at))
+    _console(out).print(t)
+    return EXIT_OK
+
+
 def cmd_pending(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -252,6 +301,18 @@ def add_parsers(sub: Any) -> None:
     _change(sp)
     _common(sp)
     sp.set_defaults(func=_guarded("drill abort", cmd_drill_abort), command_name="drill abort")
+
+    sp = dsub.add_parser("list", help="drills, running and past: state, center, share, operator")
+    sp.add_argument("--limit", type=int, default=0, help="at most this many (default: all kept)")
+    _common(sp)
+    sp.set_defaults(func=_guarded("drill list", cmd_drill_list), command_name="drill list")
+
+    sp = sub.add_parser("refuse", help="refuse another operator's pending change, or withdraw your own")
+    sp.add_argument("request_id", metavar="REQUEST_ID")
+    sp.add_argument("--reason", required=True, help="why (goes to the audit trail)")
+    sp.add_argument("--operator", default="", help="who refuses (default: env CALLROUTE_OPERATOR or login)")
+    _common(sp)
+    sp.set_defaults(func=_guarded("refuse", cmd_refuse), command_name="refuse")
 
     sp = sub.add_parser("approve", help="approve another operator's pending change (two-person rule)")
     sp.add_argument("request_id", metavar="REQUEST_ID")

@@ -50,6 +50,10 @@ def add_controlplane_parser(sub: Any) -> None:
     sec.add_argument("--insecure", action="store_true", default=None,
                      help="allow listening or reaching etcd off loopback without TLS and authentication "
                           "(logged, and exported as callroute_controlplane_insecure_mode 1)")
+    sec.add_argument("--operator-from-request", action="store_true", default=None,
+                     help="with no tokens and no TLS, take the operator a change request names as given "
+                          "(test harnesses only: anyone acts as anyone; logged as INSECURE). Without "
+                          "it such a control plane refuses changes: give it --tokens")
     sp.set_defaults(func=cmd_controlplane)
 
 
@@ -94,6 +98,7 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
         id=args.id,
         advertise=args.advertise,
         insecure=args.insecure,
+        operator_from_request=args.operator_from_request,
         **security_overrides(args),
     )
     import uvloop

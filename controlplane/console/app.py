@@ -64,6 +64,10 @@ MAX_FLASH = 8
 MAX_DRILLS_REMEMBERED = 50
 # the audit search reads this many newest entries (the server caps its pages itself)
 AUDIT_SCAN = 2000
+# the drills page reads at most this many ListDrills pages (retention keeps ~1,000 drills; a page is
+# the server's max_list) and shows the newest DRILLS_SHOWN
+DRILL_PAGES = 10
+DRILLS_SHOWN = 200
 # the state-changing verbs, as the CLI names them
 STATES = {"close": "CLOSED", "drain": "DRAINING", "open": "OPEN"}
 LIVE_VIEWS = ("network", "pending", "wallboard")
@@ -439,14 +443,17 @@ def build_app(console: Console) -> Callable[..., Awaitable[None]]:
 
     @page
     async def drills(request: Request, s: Session) -> Response:
-        shown = []
-        for drill_id in reversed(s.drills):
-            try:
-                reply = await console.rpc(s, "DrillStatus", pb.DrillStatusRequest(drill_id=drill_id))
-                shown.append(reply.drill)
-            except Refused as e:
-                shown.append(e.message)
-        return console.render("drills.html", s, page="/drills", drills=shown)
+        # every drill the control plane keeps (ListDrills pages, in start order), newest first
+        shown: list[Any] = []
+        token = ""
+        for _ in range(DRILL_PAGES):
+            reply = await console.rpc(s, "ListDrills", pb.ListDrillsRequest(page_token=token))
+            shown.extend(reply.drills)
+            token = reply.next_page_token
+            if not token:
+                break
+        shown.sort(key=lambda d: (d.started_at, d.drill_id), reverse=True)
+        return console.render("drills.html", s, page="/drills", drills=shown[:DRILLS_SHOWN])
 
     @page
     async def audit(request: Request, s: Session) -> Response:
@@ -534,6 +541,14 @@ def build_app(console: Console) -> Callable[..., Awaitable[None]]:
         return f"approved {rid}: " + change_message("change", reply, rid)
 
     @action
+    async def refuse(s: Session, form: dict[str, str]) -> str:
+        rid = field_value(form, "request_id")
+        reason, _ = operator_fields(form)
+        reply = await console.rpc(s, "Refuse", pb.RefuseRequest(request_id=rid, reason=reason,
+                                                                operator="console"))
+        return f"{'withdrew' if reply.withdrawn else 'refused'} {rid}: NOT applied ({reply.message})"
+
+    @action
     async def rollback(s: Session, form: dict[str, str]) -> str:
         if not s.is_admin:
             raise Refused(403, "rollback needs an admin")
@@ -600,6 +615,7 @@ def build_app(console: Console) -> Callable[..., Awaitable[None]]:
         Route("/plan", plan_page), Route("/explain", explain), Route("/history", history),
         Route("/drills", drills), Route("/audit", audit), Route("/events", events),
         Route("/act/state", set_state, methods=["POST"]), Route("/act/approve", approve, methods=["POST"]),
+        Route("/act/refuse", refuse, methods=["POST"]),
         Route("/act/rollback", rollback, methods=["POST"]),
         Route("/act/drill", start_drill, methods=["POST"]),
         Route("/act/abort", abort_drill, methods=["POST"]),

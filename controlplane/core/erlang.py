@@ -121,3 +121,78 @@ def max_load(n: int, aht_s: float, target: float, t_s: float) -> float:
         else:
             hi = mid
     return lo
+
+
+# offered_wait_s stops summing queue states when one adds less than this share of the mass seen:
+# the same negligible-tail rule as the series above, looser because waits are read in seconds
+_WAIT_EPS = 1e-10
+# and never walks more queue states than this (a queue of 100,000 calls is a network fallen over)
+_MAX_WAIT_STATES = 100_000
+
+
+def offered_wait_s(n: int, a: float, aht_s: float, patience_s: float) -> float:
+    """Expected wait until answered of a new call that would hold on (Erlang A, M/M/n+M).
+
+    What a treatment chain's thresholds are compared with: the wait a caller is told to expect.
+    The birth-death chain of calls in the system (deaths: busy agents finish at 1/aht, queued
+    callers hang up at 1/patience) gives what an arrival finds; a call with j calls ahead moves
+    up at rate n/aht + m/patience (m = calls ahead of it and itself, as those ahead also hang
+    up), so its wait is sum_{m=1}^{j+1} 1 / (n/aht + m/patience). Unlike Erlang C's mean wait
+    it stays finite past saturation (callers ahead give up), and unlike the mean wait over all
+    arrivals it is not capped by the callers' patience. patience_s <= 0 is Erlang C: inf when
+    a >= n.
+    """
+    if a <= 0:
+        return 0.0
+    if n <= 0:
+        return math.inf
+    mu = 1.0 / aht_s
+    lam = a * mu
+    theta = 1.0 / patience_s if patience_s > 0 else 0.0
+    if theta == 0.0:
+        return expected_wait_s(n, a, aht_s)
+    # unnormalised stationary probabilities, scaled as we go so they stay in range
+    p = 1.0
+    total = 1.0  # sum over k = 0 .. n-1 (no wait) and all queue states
+    for k in range(1, n):
+        p *= lam / (k * mu)
+        total += p
+        if total > 1e280:
+            p /= total
+            total = 1.0
+    # k = n, n+1, ...: j = k - n calls ahead; this arrival's wait is H_{j+1}
+    p *= lam / (n * mu)
+    nmu = n * mu
+    wait_sum = 0.0
+    h = 0.0
+    j = 0
+    peak = p
+    while True:
+        h += 1.0 / (nmu + (j + 1) * theta)
+        total += p
+        wait_sum += p * h
+        j += 1
+        p *= lam / (nmu + j * theta)
+        if p > peak:
+            peak = p
+        if total > 1e280:
+            scale = 1.0 / total
+            p, total, wait_sum, peak = p * scale, 1.0, wait_sum * scale, peak * scale
+        # past the mode (deaths outrun births) and negligible
+        if lam < nmu + j * theta and p < _WAIT_EPS * peak:
+            break
+        if j > _MAX_WAIT_STATES:
+            break
+    return wait_sum / total
+
+
+def queue_wait_s(ahead: int, n: int, aht_s: float, patience_s: float) -> float:
+    """Expected wait of a call that finds `ahead` calls queued before it at n busy agents (the live
+    queue, as a report states it): sum_{m=1}^{ahead+1} 1 / (n/aht + m/patience)."""
+    if n <= 0:
+        return math.inf
+    rate = n / aht_s
+    theta = 1.0 / patience_s if patience_s > 0 else 0.0
+    if theta == 0.0:
+        return (ahead + 1) / rate
+    return sum(1.0 / (rate + m * theta) for m in range(1, ahead + 2))

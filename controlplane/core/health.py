@@ -62,6 +62,7 @@ from collections.abc import Iterable
 
 import msgspec
 
+from controlplane.core.acdseen import AcdSeen
 from controlplane.core.model import (
     AdminState,
     CenterHealth,
@@ -272,6 +273,13 @@ class _Center(msgspec.Struct):
     holddown_s: float = 0.0  # the hold-down length used last (doubles on relapse)
     probation_until: float = -math.inf
     samples: int = 0  # samples ever appended to window: the newest has serial `samples`
+    reports: int = 0  # reports accepted (two replicas' reports of one interval share a sample)
+    # the incarnations whose reports the newest sample holds: a second replica's report of the same
+    # interval joins it, so that a sample stays an interval whatever the number of replicas
+    sample_incs: set[int] = set()
+    # the ACD messages counted already (two replicas read one ACD): None until the first report
+    # that carries any
+    acd_seen: AcdSeen | None = None
     # calls offered / answered within the service-level threshold over every accepted report: a
     # reader that samples slower than reports arrive (the drill runner) takes differences of these
     # and misses no report's calls
@@ -424,6 +432,17 @@ class HealthTracker:
             if load.queued > 0:
                 waiting = True
                 all_busy = all_busy and load.busy >= load.logged_in > 0
+        if report.acd:
+            # the ACD's counters by message, each counted once whichever replica reports it
+            # (core/acdseen.py); the report's own counters would count a message per replica
+            if c.acd_seen is None:
+                c.acd_seen = AcdSeen()
+            offered = answered = within = 0
+            for m in c.acd_seen.fresh(report.acd):
+                for o, a, w, _ in m.skills.values():
+                    offered += o
+                    answered += a
+                    within += w
         routed_to = report.routed_to
         if not routed_to:
             routed_to = _NO_ROUTES
@@ -433,7 +452,26 @@ class HealthTracker:
             routed_to = {k: v for k, v in routed_to.items() if v > 0}
         kept = routed_to.get(c.id, 0)
         window = c.window
-        if window:
+        c.reports += 1
+        inc = report.incarnation
+        incs = c.sample_incs
+        merged = bool(window) and inc not in incs and now - window[-1].at < s.interval_s
+        if merged:
+            # another replica's report of the interval the newest sample covers: one sample of both
+            prev = window[-1]
+            if prev.routed_to and routed_to:
+                merged_to = dict(prev.routed_to)
+                for k, v in routed_to.items():
+                    merged_to[k] = merged_to.get(k, 0) + v
+            else:
+                merged_to = routed_to or prev.routed_to
+            window[-1] = _Sample(now, prev.offered + offered, prev.answered + answered, queued,
+                                 waiting and all_busy, merged_to, prev.kept + kept,
+                                 prev.offered_total + offered, prev.answered_total + answered,
+                                 prev.kept_total + kept)
+            c.times[-1] = now
+            incs.add(inc)
+        elif window:
             prev = window[-1]
             window.append(_Sample(now, offered, answered, queued, waiting and all_busy, routed_to, kept,
                                   prev.offered_total + offered, prev.answered_total + answered,
@@ -444,8 +482,11 @@ class HealthTracker:
         else:
             window.append(_Sample(now, offered, answered, queued, waiting and all_busy, routed_to, kept,
                                   offered, answered, kept))
-        c.times.append(now)
-        c.samples += 1
+        if not merged:  # a new sample, of this incarnation only so far
+            if len(incs) != 1 or inc not in incs:  # the usual single agent keeps its set as it is
+                c.sample_incs = {inc}
+            c.times.append(now)
+            c.samples += 1
         c.offered_ever += offered
         c.within_ever += within
         c.evicted = c.samples - len(window)
@@ -591,12 +632,12 @@ class HealthTracker:
         """(reports accepted, calls offered, calls answered within the threshold) from `center`
         over all its accepted reports: take differences to cover every report between two reads."""
         c = self._center("center", center)
-        return c.samples, c.offered_ever, c.within_ever
+        return c.reports, c.offered_ever, c.within_ever
 
     def reports_seen(self, center: str) -> int:
         """Reports accepted from `center` by this tracker: grows by one per report, whichever
         incarnation sent it (a marker for "a new report came", unlike seqs of two replicas)."""
-        return self._center("center", center).samples
+        return self._center("center", center).reports
 
     def snapshot(self) -> HealthSnapshot:
         last: dict[str, int] = {}

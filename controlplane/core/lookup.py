@@ -21,7 +21,7 @@ from typing import NoReturn
 import msgspec
 import xxhash
 
-from .model import InvalidInput, OverloadAction, Plan, Route, Target
+from .model import InvalidInput, OverloadAction, Plan, Route, Target, Treatment
 from .ring import MASK, SLOTS, CanonicalKey, Ring, RingCache, canonical_key, slot_owner
 
 __all__ = ["Decision", "CompiledPlan", "LazyPlan", "RingCache", "resolve", "resolve_many", "VIP_TIER",
@@ -59,6 +59,8 @@ class Decision(msgspec.Struct, frozen=True):
     plan_version: int
     reason: str  # route kind + short why
     overload_action: str = ""  # OverloadAction value; "" = none
+    # the route's overload treatment chosen by predicted wait (issue 18); None = none
+    treatment: Treatment | None = None
 
 
 _Table = bytes | Sequence[int]
@@ -122,8 +124,8 @@ def _decisions(route: Route, vip: bool, version: int, cache: RingCache,
     `ids` order, so the table's slot values index them); one overload answer for an empty key."""
     key, parts, action = _route_parts(route, vip, cache, index)
     if not key:
-        return key, (Decision("", (), version, parts[0][1], action),)
-    return key, tuple([Decision(c, fb, version, why, action)
+        return key, (Decision("", (), version, parts[0][1], action, route.treatment),)
+    return key, tuple([Decision(c, fb, version, why, action, route.treatment)
                        for (c, _), (fb, why) in zip(key, parts, strict=True)])
 
 
@@ -308,7 +310,9 @@ class LazyPlan:
         # Every branch of one home center and skill gets a route with the very same targets tuple,
         # kind, action and explanation (the planner's shared entry): their answers are equal, so
         # they are one. Keyed by the tuple's id, which the plan keeps alive and so unique.
-        self._by_entry: dict[tuple[int, bool, str, str, str], _LazyAnswer] = {}
+        # (The treatment, kept alive by the route, is part of it: branches of one entry may have
+        # different treatment chains.)
+        self._by_entry: dict[tuple[int, bool, str, str, str, int], _LazyAnswer] = {}
 
     def resolve(self, branch: str, skill: str, caller: str, tier: str = "") -> Decision:
         """As `resolve` on the compiled plan; InvalidInput names `branch`, `skill` or `caller`."""
@@ -346,7 +350,8 @@ class LazyPlan:
         # a route without VIP targets answers VIP callers as standard ones (as compile does)
         effective_vip = vip and bool(route.vip_targets)
         targets = route.vip_targets if effective_vip else route.targets
-        entry = (id(targets), effective_vip, str(route.kind), str(route.overload_action), route.explanation)
+        entry = (id(targets), effective_vip, str(route.kind), str(route.overload_action), route.explanation,
+                 id(route.treatment))
         try:
             answer = self._by_entry.get(entry)
         except TypeError:  # an unhashable explanation: the checks below name it
@@ -386,7 +391,8 @@ class _LazyAnswer:
         if part is None:
             part = self.parts[j] = _part(self.route, self.vip, self.targets, self.key, self.total, j,
                                          self.action)
-        return Decision(self.key[j][0] if self.key else "", part[0], version, part[1], self.action)
+        return Decision(self.key[j][0] if self.key else "", part[0], version, part[1], self.action,
+                        self.route.treatment)
 
 
 def _check_route(i: int, route: object) -> None:

@@ -53,6 +53,33 @@ class OverloadAction(enum.StrEnum):
     CALLBACK = "callback"
 
 
+class TreatmentAction(enum.StrEnum):
+    """What a switch does with a caller whose predicted wait passes a treatment chain's threshold."""
+
+    CALLBACK_OFFER = "callback_offer"  # offer a callback; a caller who declines stays queued
+    ANNOUNCEMENT = "announcement"  # play the prompt, then release the call
+    CHANNEL_GUIDANCE = "channel_guidance"  # play a prompt pointing elsewhere (WeChat), then release
+
+
+class TreatmentStep(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One step of an overload treatment chain: from this predicted wait on, do `action`."""
+
+    if_wait_over_s: float
+    action: TreatmentAction
+    # the switch's prompt (announcement) id; required for announcement and channel guidance
+    prompt: str = ""
+
+
+class Treatment(msgspec.Struct, frozen=True):
+    """The treatment a route's callers get, and why: the chain step their predicted wait passed."""
+
+    action: TreatmentAction
+    prompt: str = ""
+    predicted_wait_s: float = 0.0  # expected wait of a new call on this route (Erlang A)
+    threshold_s: float = 0.0  # the chosen step's if_wait_over_s
+    source: str = ""  # which chain: "branch gd/retail", "branch gd", "skill retail", "policy"
+
+
 # ---------------------------------------------------------------- topology
 
 
@@ -82,6 +109,9 @@ class Branch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # skills whose calls never overflow (the branch's own special products)
     pinned: tuple[str, ...] = ()
     schedule: tuple[ScheduleRule, ...] = ()
+    # overload treatment chains (issue 18): for all this branch's skills, and per skill (wins)
+    treatments: tuple[TreatmentStep, ...] = ()
+    skill_treatments: dict[str, tuple[TreatmentStep, ...]] = {}
 
 
 class ServiceLevel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -114,6 +144,15 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     aht_s: dict[str, float] = {}
     default_aht_s: float = 300.0
     overload_action: OverloadAction = OverloadAction.CALLBACK
+    # overload treatment chains chosen by predicted wait (issue 18): the default for every branch
+    # and per skill; a branch's own chain wins. No chain anywhere: overload_action alone, as before.
+    treatments: tuple[TreatmentStep, ...] = ()
+    skill_treatments: dict[str, tuple[TreatmentStep, ...]] = {}
+    # callers' mean patience (s) in the wait prediction (Erlang A); 0 = nobody hangs up (Erlang C)
+    patience_s: float = 180.0
+
+    def has_treatments(self) -> bool:
+        return bool(self.treatments or self.skill_treatments)
 
 
 class Topology(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -156,6 +195,17 @@ class SkillLoad(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     aht_s: float = 0.0  # 0 = unknown
 
 
+class AcdCount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One ACD message's counters under the ACD's own identity: two agent replicas reading one ACD
+    both report it, and the control plane counts it once (core/acdseen.py)."""
+
+    source: str  # the ACD's id ("acd" when it names none; "agent-<random>" for an agent's unnumbered pushes)
+    epoch: int  # the ACD's start: a restarted ACD numbers its messages from 1 again in a new one
+    seq: int  # the message's number within the epoch
+    # skill -> (offered, answered, answered_within, abandoned) since the ACD's previous message
+    skills: dict[str, tuple[int, int, int, int]] = {}
+
+
 class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     center: str
     # strictly increasing within one incarnation (an agent process's epoch; see health.HealthTracker)
@@ -181,6 +231,11 @@ class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # branch -> skill -> receiving center ("" = overload treatment) -> calls: the same lookups as
     # `demand`, split by where they went; what the billing ledger counts (core/ledger.py)
     calls: dict[str, dict[str, dict[str, int]]] = {}
+    # the ACD messages this report's agent holds that the control plane has not acknowledged:
+    # with any, the center's counters are theirs (each message counted once, whichever replica
+    # reports it) and `skills` supplies the gauges only; without, `skills` counts (older agents,
+    # the simulated ACD)
+    acd: list[AcdCount] = []
 
 
 # limits on report contents: a report is a few hundred bytes; anything bigger is broken or hostile
@@ -194,6 +249,9 @@ MAX_COUNT = 10_000_000  # no center offers ten million calls in one half-second 
 # of 100+ branches with 40 skills while keeping a report well under 100 KB
 MAX_DEMAND_ENTRIES = 4096
 MAX_ID_LEN = 64
+# ACD messages in one report: at a message a second, two minutes of a stream that was down; an
+# agent holding more sends them over the next reports
+MAX_ACD_PER_REPORT = 128
 
 
 def _check_count(field: str, v: int) -> None:
@@ -269,6 +327,7 @@ def validate_report(r: Report, known_centers: frozenset[str] | set[str], *,
         if not isinstance(why, str) or len(why) > MAX_PATH_REASON:
             raise InvalidInput(f"broken_paths[{target}].reason", why,
                                f"must be text of at most {MAX_PATH_REASON} characters")
+    _check_acd(r.acd)
     # counted before the loop: a hostile report must not cost a walk over millions of entries
     if len(r.demand) > MAX_DEMAND_ENTRIES:
         raise InvalidInput("demand", len(r.demand), f"more than {MAX_DEMAND_ENTRIES} entries")
@@ -282,6 +341,32 @@ def validate_report(r: Report, known_centers: frozenset[str] | set[str], *,
         for skill, n in per_skill.items():
             check_id(f"demand[{branch}].key", skill)
             _check_count(f"demand[{branch}][{skill}]", n)
+
+
+def _check_acd(msgs: list[AcdCount]) -> None:
+    if len(msgs) > MAX_ACD_PER_REPORT:
+        raise InvalidInput("acd", len(msgs), f"more than {MAX_ACD_PER_REPORT} messages")
+    entries = 0
+    for i, m in enumerate(msgs):
+        p = f"acd[{i}]"
+        check_id(f"{p}.source", m.source)
+        for name in ("epoch", "seq"):
+            v = getattr(m, name)
+            if type(v) is not int or not 0 <= v < 2**64:
+                raise InvalidInput(f"{p}.{name}", v, "must be an unsigned 64-bit integer")
+        if m.seq == 0:
+            raise InvalidInput(f"{p}.seq", 0, "must be at least 1")
+        entries += len(m.skills)
+        if entries > MAX_DEMAND_ENTRIES:
+            raise InvalidInput("acd", entries, f"more than {MAX_DEMAND_ENTRIES} skill entries")
+        for skill, counts in m.skills.items():
+            check_id(f"{p}.skills.key", skill)
+            offered, answered, within, abandoned = counts
+            for name, v in (("offered", offered), ("answered", answered), ("answered_within", within),
+                            ("abandoned", abandoned)):
+                _check_count(f"{p}.skills[{skill}].{name}", v)
+            if within > answered:
+                raise InvalidInput(f"{p}.skills[{skill}].answered_within", within, "exceeds answered")
 
 
 # ---------------------------------------------------------------- health view
@@ -344,6 +429,8 @@ class Route(msgspec.Struct, frozen=True):
     explanation: str = ""
     # the center hosting the branch when this plan was made (schedules can move it)
     home: str = ""
+    # the overload treatment chosen by predicted wait (None: no chain step applies)
+    treatment: Treatment | None = None
 
 
 class ReceiverPrediction(msgspec.Struct, frozen=True):

@@ -12,6 +12,7 @@ from collections.abc import Collection
 import msgspec
 
 from .model import Plan, Route, Target, Topology
+from .treatments import describe as describe_treatment
 
 # Weights are rounded to 6 decimals when plans are built; with up to a few dozen targets the sum
 # may drift by a few millionths. A thousandth is still far below one call in a thousand.
@@ -184,4 +185,6 @@ def explain(plan: Plan, branch: str, skill: str) -> str:
         lines.append("  vip: " + ", ".join(f"{t.center} {t.weight:.0%}" for t in r.vip_targets))
     if r.overload_action:
         lines.append(f"  overload action: {r.overload_action.value}")
+    if r.treatment is not None:
+        lines.append(f"  treatment: {describe_treatment(r.treatment)}")
     return "\n".join(lines)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from .erlang import max_load, service_level
+from .erlang import max_load, offered_wait_s, queue_wait_s, service_level
 from .model import (
     AdminState,
     Branch,
@@ -38,6 +38,7 @@ from .model import (
     Topology,
 )
 from .shortage import LevelCache, water_level
+from .treatments import TreatmentChooser
 
 # A queued call is work the center is already behind on. Spread over this horizon it is extra
 # load in Erlangs (Q * AHT / horizon): 60 s is three service-level thresholds, long enough not to
@@ -295,6 +296,10 @@ class PlanTracker:
         # a hysteresis step leaves an inactive state with no share untouched unless it enters: skipping that
         # call is only exact when the ramp step cannot push a zero share away from zero
         self._idle_is_fixed = topo.policy.overflow.max_step >= 0.0
+        # overload treatment chains (None: the topology has none, nothing to predict)
+        chooser = TreatmentChooser(topo)
+        self._treatments = chooser if chooser.active else None
+        self._wait_cache: dict[tuple[int, float, float], float] = {}
         slp = topo.policy.service_level
         # the service-level target as overflow explanations quote it ("80%/20s")
         self._sl_text = f"{slp.target:.0%}/{slp.answer_within_s:g}s"
@@ -341,6 +346,17 @@ class PlanTracker:
         return _Layout(keys, branches, center_slots, fixed, unpinned_at, pinned_at)
 
     # ------------------------------------------------------------------ helpers
+
+    def _offered_wait(self, n: int, load: float, aht_s: float) -> float:
+        """erlang.offered_wait_s with the policy's patience, the load rounded to 0.1 Erlang: the
+        same staffing and nearly the same load come back plan after plan."""
+        key = (n, round(load, 1), aht_s)
+        w = self._wait_cache.get(key)
+        if w is None:
+            if len(self._wait_cache) >= 4096:
+                self._wait_cache.clear()
+            w = self._wait_cache[key] = offered_wait_s(n, key[1], aht_s, self.topology.policy.patience_s)
+        return w
 
     def _capacity(self, n: int, aht_s: float) -> float:
         key = (n, aht_s)
@@ -799,6 +815,30 @@ class PlanTracker:
                               explanation=why, home=key[0])
                 memo[pos] = (entry, vip, route)
                 routes[pos] = route
+
+        treatments = self._treatments
+        if treatments is not None:
+            waits: dict[tuple[str, str], float] = {}
+            patience = pol.patience_s
+
+            def wait_of(cid: str, s: str) -> float:
+                """Predicted wait of a new call for skill s at cid under this plan: Erlang A on the
+                load the plan puts there, or what its live queue implies when that is longer."""
+                w = waits.get((cid, s))
+                if w is None:
+                    cc = cap.get((cid, s))
+                    if cc is None or cc.agents <= 0:
+                        w = math.inf
+                    else:
+                        w = self._offered_wait(cc.agents, cc.own_load + cc.assigned, cc.aht_s)
+                        h = health.get(cid)
+                        live = h.skills.get(s) if h is not None else None
+                        if live is not None and live.queued > live.ready:
+                            w = max(w, queue_wait_s(live.queued - live.ready, cc.agents, cc.aht_s, patience))
+                    waits[(cid, s)] = w
+                return w
+
+            treatments.apply(routes, wait_of)
 
         return Plan(version=version, routes=tuple(routes), receivers=receivers,
                     feasible=feasible and not any("exceed" in r for r in reasons),

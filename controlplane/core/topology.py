@@ -43,6 +43,8 @@ from .model import (
     Policy,
     ScheduleRule,
     Topology,
+    TreatmentAction,
+    TreatmentStep,
     check_id,
 )
 
@@ -71,6 +73,9 @@ MAX_SCHEDULE_RULES = 48
 # SIP URIs and trunk-group names are short; region labels shorter still.
 MAX_ADDRESS_LEN = 512
 MAX_REGION_LEN = 64
+# A treatment chain is a few escalating steps (callback, announcement, another channel); dozens
+# of steps is a generated or pasted mistake.
+MAX_TREATMENT_STEPS = 16
 # Unknown centers are listed in the message up to this many; a 200-center list helps no one.
 _KNOWN_SHOWN = 12
 
@@ -381,6 +386,17 @@ def _check_branch(source: str, i: int, b: Branch, centers: dict[str, Center],
         if b.calls_per_hour[skill] > 0 and home_agents <= 0:
             # pinned calls never leave the home center: with no team there they are never answered
             _fail(source, f, skill, f"pinned to home center {b.home!r}, which has no agents for it")
+    _check_chain(source, f"{p}.treatments", b.treatments)
+    if len(b.skill_treatments) > MAX_SKILLS:
+        _fail(source, f"{p}.skill_treatments", len(b.skill_treatments), f"more than {MAX_SKILLS} skills")
+    for skill, chain in b.skill_treatments.items():
+        f = _key_path(f"{p}.skill_treatments", skill)
+        _check_id(source, f, skill)
+        if skill not in b.calls_per_hour:
+            # a chain for a skill this branch never calls for is a typo that would silently not apply
+            _fail(source, f, skill, f"no calls_per_hour entry for this skill at this branch "
+                                    f"{_known(skill, list(b.calls_per_hour))}")
+        _check_chain(source, f, chain)
     if len(b.schedule) > MAX_SCHEDULE_RULES:
         _fail(source, f"{p}.schedule", len(b.schedule), f"more than {MAX_SCHEDULE_RULES} rules")
     for j, rule in enumerate(b.schedule):
@@ -405,6 +421,31 @@ def _check_rule(source: str, p: str, rule: ScheduleRule, centers: dict[str, Cent
         if d in seen:
             _fail(source, f"{p}.days[{k}]", d, "day listed twice")
         seen.add(d)
+
+
+# actions that play a prompt and so need its id; a callback offer may use the switch's default one
+_NEEDS_PROMPT = frozenset({TreatmentAction.ANNOUNCEMENT, TreatmentAction.CHANNEL_GUIDANCE})
+
+
+def _check_chain(source: str, p: str, chain: tuple[TreatmentStep, ...]) -> None:
+    """A treatment chain: steps in strictly increasing if_wait_over_s (the order they escalate in:
+    a caller gets the last step whose threshold the predicted wait passes), prompts well-formed."""
+    if len(chain) > MAX_TREATMENT_STEPS:
+        _fail(source, p, len(chain), f"more than {MAX_TREATMENT_STEPS} steps")
+    previous: float | None = None
+    for j, step in enumerate(chain):
+        f = f"{p}[{j}]"
+        _check_number(source, f"{f}.if_wait_over_s", step.if_wait_over_s, 0.0, MAX_SECONDS)
+        if previous is not None and not step.if_wait_over_s > previous:
+            _fail(source, f"{f}.if_wait_over_s", step.if_wait_over_s,
+                  f"must be above the previous step's if_wait_over_s={previous:g} "
+                  "(steps escalate in order of predicted wait)")
+        previous = step.if_wait_over_s
+        if step.prompt:
+            _check_id(source, f"{f}.prompt", step.prompt)
+        elif step.action in _NEEDS_PROMPT:
+            _fail(source, f"{f}.prompt", step.prompt,
+                  f"{step.action.value} plays a prompt: give its id (e.g. busy-1)")
 
 
 def _check_overflow(source: str, o: OverflowPolicy) -> None:
@@ -445,6 +486,15 @@ def _check_policy(source: str, pol: Policy, skills: set[str]) -> None:
             _fail(source, f, aht, f"no branch calls for and no center staffs skill {skill!r}"
                                   f" {_known(skill, sorted(skills))}")
     _check_number(source, "policy.default_aht_s", pol.default_aht_s, 0.0, MAX_AHT_S, lo_open=True)
+    _check_number(source, "policy.patience_s", pol.patience_s, 0.0, MAX_SECONDS)
+    _check_chain(source, "policy.treatments", pol.treatments)
+    for skill, chain in pol.skill_treatments.items():
+        f = _key_path("policy.skill_treatments", skill)
+        _check_id(source, f, skill)
+        if skill not in skills:
+            _fail(source, f, skill, f"no branch calls for and no center staffs skill {skill!r}"
+                                    f" {_known(skill, sorted(skills))}")
+        _check_chain(source, f, chain)
 
 
 def check_topology(t: Topology, source: str = "<topology>") -> None:
@@ -483,12 +533,27 @@ def check_topology(t: Topology, source: str = "<topology>") -> None:
 # ---------------------------------------------------------------- identity and output
 
 
+# The treatment fields as an unset Branch / Policy encodes them (they are those Structs' last fields).
+# JSON text this exact cannot come from anything else: no other field holds an empty list then an
+# empty map under these names.
+_UNSET_BRANCH_TREATMENTS = b',"treatments":[],"skill_treatments":{}}'
+_UNSET_POLICY_TREATMENTS = b',"treatments":[],"skill_treatments":{},"patience_s":180.0}'
+
+
+def _canonical(t: Topology) -> bytes:
+    """The topology as hashed: fields added by the treatment chains are left out while unset, so a
+    topology without chains keeps the hash it had before they existed (agents and control planes of
+    both versions agree on plans during a rolling upgrade)."""
+    canonical = msgspec.json.encode(t, order="deterministic")
+    return canonical.replace(_UNSET_POLICY_TREATMENTS, b"}").replace(_UNSET_BRANCH_TREATMENTS, b"}")
+
+
 def topology_hash(t: Topology) -> str:
     """Stable 16-hex-digit digest of the topology's content (dict order does not matter).
 
     Agents compare it with a plan's `topology_hash` to refuse plans made for another network.
     """
-    canonical = msgspec.json.encode(t, order="deterministic")
+    canonical = _canonical(t)
     return hashlib.blake2b(canonical, digest_size=8).hexdigest()
 
 

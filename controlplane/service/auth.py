@@ -14,7 +14,9 @@
 - `ClientTLS` / `open_channel`: the client side, for agents and the operator CLI.
 - `store_security(settings)`: etcd TLS and user/password for `parse_store_url`.
 
-With no TLS and no tokens configured nothing here is installed: plaintext, as before. Must not:
+With no TLS and no tokens configured the listener is plaintext and OperatorService serves reads
+only: a change needs a credential (issue 15 item 3), unless settings.operator_from_request (test
+harnesses) takes a request's operator as given. Must not:
 decide routing, keep module-level mutable state (the caller lives in a ContextVar per RPC), or log
 a token.
 """
@@ -79,6 +81,11 @@ METHOD_ROLES: dict[str, Role] = {
     _OPS + "GetCalendar": Role.VIEWER,
     _OPS + "SetCalendar": Role.ADMIN,
     _OPS + "ApplyTopology": Role.ADMIN,
+    _OPS + "ShowTopology": Role.VIEWER,
+    _OPS + "TopologyHistory": Role.VIEWER,
+    _OPS + "RollbackTopology": Role.ADMIN,
+    _OPS + "Refuse": Role.OPERATOR,
+    _OPS + "ListDrills": Role.VIEWER,
 }
 # the agents' streams: authenticated by the center certificate, never by a token
 CENTER_METHODS = frozenset({"/callroute.v1.ReportService/Report", "/callroute.v1.PlanService/WatchPlan"})
@@ -352,9 +359,11 @@ def server_credentials(cert_file: str, key_file: str, ca_file: str) -> tuple[grp
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Center binding for agents' streams, token roles for OperatorService (see the module doc)."""
 
-    def __init__(self, tokens: TokenTable | None, tls: bool) -> None:
+    def __init__(self, tokens: TokenTable | None, tls: bool, operator_from_request: bool = False) -> None:
         self.tokens = tokens
         self.tls = tls
+        # plaintext and no tokens: take a request's operator as given (settings.operator_from_request)
+        self.operator_from_request = operator_from_request
 
     async def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
         handler = await continuation(details)
@@ -429,8 +438,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         needed = METHOD_ROLES.get(method, Role.ADMIN)
         if self.tokens is None:
             if not self.tls:
-                # plaintext development mode: no credential to check (the process refuses this
-                # mode off loopback without --insecure)
+                # plaintext, no tokens: nobody is authenticated, so nobody may act (issue 15 item 3:
+                # the operator of an audit entry or approval is never a request's word); reads
+                # stay open (the process refuses this mode off loopback without --insecure)
+                if needed <= Role.VIEWER or self.operator_from_request:
+                    return None
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"{method.rsplit('/', 1)[-1]} needs an operator credential and this control plane "
+                    "has none configured: start it with --tokens FILE (`callroute up` writes a dev "
+                    "token the CLI finds by itself; `callroute certs init` writes a token file) or "
+                    "mTLS; the operator named in a request is not taken as who acts")
                 return None
             # no tokens configured (mTLS alone): an operator certificate is the credential, and its
             # name goes to the audit trail. A certificate naming no operator (a CA-signed one
@@ -521,12 +539,17 @@ def server_security(settings: Any) -> ServerSecurity:
     tokens = TokenTable(settings.tokens) if settings.tokens else None
     if tokens is not None and creds is None:
         log.warning("operator tokens configured on a plaintext listener: tokens travel in the clear")
-    if settings.require_two_person and creds is None and tokens is None:
+    from_request = (bool(getattr(settings, "operator_from_request", False))
+                    and creds is None and tokens is None)
+    if from_request:
         # nothing authenticates operators: each names itself, and one person can be both
-        log.warning("require_two_person is on but no operator credentials are configured (--tokens or "
-                    "--tls-*): operator names are taken from requests as given, so the rule can be "
-                    "bypassed; configure tokens or TLS")
-    interceptors = [AuthInterceptor(tokens, creds is not None)] if (creds or tokens) else []
+        log.warning("INSECURE: operator_from_request: operator names are taken from requests as given "
+                    "(anyone can act as anyone; the two-person rule can be bypassed); test harnesses "
+                    "only: configure tokens or TLS")
+    elif creds is None and tokens is None:
+        log.warning("no operator credentials configured (--tokens or --tls-*): changes are refused, "
+                    "reads are open on loopback")
+    interceptors = [AuthInterceptor(tokens, creds is not None, from_request)]
     return ServerSecurity(creds, interceptors, reloader, tokens)
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import msgspec
 
+from controlplane.core.backoff import Backoff
 from controlplane.core.brain import shed_meta
 
 # the drill state machine and its records live in the core (pure); re-exported for the callers
@@ -79,7 +80,7 @@ from controlplane.core.model import (
     AdminState,
     InvalidInput,
 )
-from controlplane.store.base import Backoff, Delete, FenceLost, Put
+from controlplane.store.base import Delete, FenceLost, Put
 
 from .audit import AuditRecord
 from .term import Demoted
@@ -309,7 +310,7 @@ class DrillRunner:
         rec = AuditRecord(aid, wall, "leader:" + cp.settings.id, action, target,
                           f"drill {t.id}", result, t.rec.request_id)
         put = Put(cp.key("audit/" + aid), msgspec.json.encode(rec))
-        backoff = Backoff(cp.store.settings)
+        backoff = Backoff(cp.store.settings.watch_retry_initial_s, cp.store.settings.watch_retry_max_s)
         while True:
             self.leader._brain(self.election)  # Demoted / FenceLost: the term is over
             try:

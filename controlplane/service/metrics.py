@@ -92,6 +92,13 @@ class ControlPlaneMetrics:
         )
         # issue 15 item 5: one center's report must not move another's traffic; label values are the
         # topology's centers (the report stream's authenticated center)
+        self.acd_offered = Counter(
+            _P + "acd_offered_total",
+            "Calls a center's ACD offered, as counted by the leader: each ACD message once, "
+            "whichever agent replica reported it (issue 15); compare with the ACD's own count",
+            ["center"],
+            registry=r,
+        )
         self.foreign_demand_excess = Counter(
             _P + "foreign_demand_excess_lookups_total",
             "Lookups a center reported for branches it does not host beyond its allowance "

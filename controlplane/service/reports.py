@@ -78,6 +78,7 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                     center = report.center
                     brain.stream_opened(center, now)
                     leader.wake()
+                offered_before = brain.tracker.calls_seen(center)[1]
                 try:
                     out = brain.on_report(report, now, count_demand=counting or bool(report.demand))
                 except StaleReport as e:
@@ -105,6 +106,9 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                     metrics.foreign_demand_excess.labels(center).inc(out.foreign_excess)
                 leader.wake_by(out.act_by)
                 accepted.inc()
+                offered = brain.tracker.calls_seen(center)[1] - offered_before
+                if offered:
+                    metrics.acd_offered.labels(center).inc(offered)
                 for target, n in report.routed_to.items():
                     if n:
                         # the proto counts calls per (origin center, receiving center); a center's

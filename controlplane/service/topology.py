@@ -58,6 +58,9 @@ class TopologyRecord(msgspec.Struct, frozen=True):
     diff: str = ""
     request_id: str = ""
     approver: str = ""
+    # the stored version this one applied again (RollbackTopology); -1: not a rollback
+    rollback_of: int = -1
+    changes: int = 0
 
 
 def decode_record(value: bytes | str) -> TopologyRecord:
@@ -163,7 +166,6 @@ def _reply_parts(cp: Any, new: Topology, view: NetworkView
 async def apply_topology(ops: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
     """OperatorService.ApplyTopology; `ops` is the OperatorServicer (its store and audit helpers)."""
     ops.bind_identity(request, "operator", context)
-    cp = ops.cp
     try:
         ops.check_change(request)
         if len(request.topology_yaml) > MAX_TOPOLOGY_TEXT:
@@ -172,6 +174,15 @@ async def apply_topology(ops: Any, request: Any, context: grpc.aio.ServicerConte
         new = parse_topology_text(request.topology_yaml, "topology_yaml")
     except InvalidInput as e:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+    return await apply_checked(ops, context, new, operator=request.operator, reason=request.reason,
+                               request_id=request.request_id, dry_run=request.dry_run)
+
+
+async def apply_checked(ops: Any, context: grpc.aio.ServicerContext, new: Topology, *, operator: str,
+                        reason: str, request_id: str, dry_run: bool, rollback_of: int = -1) -> Any:
+    """The one path every new topology takes (a file, or a stored version rolled back to): diff and
+    predicted effect, then dry run, two-person pending record, or stored at once."""
+    cp = ops.cp
     from_version = cp.topology_version
     new_hash = topology_hash(new)
     try:
@@ -191,26 +202,28 @@ async def apply_topology(ops: Any, request: Any, context: grpc.aio.ServicerConte
             topology_hash=new_hash, changes=changes_pb, moves_off=moves_pb,
             route_changes=route_changes_to_pb(route_changes), below_target=low)
 
-    if request.dry_run or not changes:
-        what = "dry run" if request.dry_run else "nothing to apply"
+    back = f"rollback to v{rollback_of}: " if rollback_of >= 0 else ""
+    if dry_run or not changes:
+        what = "dry run" if dry_run else "nothing to apply"
         more = f"; moves calls off open {', '.join(moved)}" if moved else ""
-        return reply(operator_pb2.CHANGE_STATUS_UNSPECIFIED, f"{what}: {diff}{more}",
+        return reply(operator_pb2.CHANGE_STATUS_UNSPECIFIED, f"{what}: {back}{diff}{more}",
                      version=from_version if not changes else 0)
     rec = TopologyRecord(version=from_version + 1, hash=new_hash,
-                         topology_json=msgspec.json.encode(new).decode(), operator=request.operator,
-                         reason=request.reason, at=time.time(), diff=diff, request_id=request.request_id)
+                         topology_json=msgspec.json.encode(new).decode(), operator=operator,
+                         reason=reason, at=time.time(), diff=diff, request_id=request_id,
+                         rollback_of=rollback_of, changes=len(changes))
     if moved and cp.settings.require_two_person:
         status, audit_id, rid, msg = await ops._request_approval(
-            context, action=ACTION, center=f"v{rec.version}", operator=request.operator,
-            reason=request.reason, request_id=request.request_id,
-            payload=msgspec.json.encode(rec).decode())
+            context, action=ACTION, center=f"v{rec.version}", operator=operator,
+            reason=reason, request_id=request_id,
+            payload=msgspec.json.encode(rec).decode(),
+            detail=f"v{from_version} -> v{rec.version}: {back}{diff}")
         why = "; ".join(w for ws in moved.values() for w in ws)
-        return reply(status, f"{msg}; moves calls off open {', '.join(moved)} ({why}): {diff}",
+        return reply(status, f"{msg}; moves calls off open {', '.join(moved)} ({why}): {back}{diff}",
                      audit_id=audit_id, rid=rid)
-    rid = request.request_id
-    audit_id, version, message = await _store(ops, context, rec, from_version, rid, request.operator, [], [])
-    return reply(operator_pb2.CHANGE_STATUS_APPLIED, message, audit_id=audit_id, rid=rid, version=rec.version,
-                 plan_version=version)
+    audit_id, version, message = await _store(ops, context, rec, from_version, request_id, operator, [], [])
+    return reply(operator_pb2.CHANGE_STATUS_APPLIED, message, audit_id=audit_id, rid=request_id,
+                 version=rec.version, plan_version=version)
 
 
 async def _store(ops: Any, context: Any, rec: TopologyRecord, from_version: int, rid: str, operator: str,
@@ -230,12 +243,19 @@ async def _store(ops: Any, context: Any, rec: TopologyRecord, from_version: int,
         rec = msgspec.structs.replace(rec, approver=approver)
     who = approver or operator
     target = f"topology/v{rec.version}"
-    result = f"applied: v{from_version} -> v{rec.version}: {rec.diff}" + (
+    back = f" (rollback to v{rec.rollback_of})" if rec.rollback_of >= 0 else ""
+    result = f"applied: v{from_version} -> v{rec.version}{back}: {rec.diff}" + (
         f" (approved, requested by {operator})" if approver else "")
     audit_id, audit_put = ops._audit_put(who, ACTION, target, rec.reason, result, rid)
-    message = f"topology v{rec.version} ({rec.hash}): {rec.diff}"
+    message = f"topology v{rec.version} ({rec.hash}){back}: {rec.diff}"
     value = msgspec.json.encode(rec)
     txn = [Put(ckey, value), Put(cp.key(f"{HISTORY}{rec.version:020d}"), value), audit_put, *extra_ops]
+    if kv is None:
+        # the start-up file becomes history v0 with the first change, so it can be rolled back to
+        # (nothing stored yet: every replica runs that file, and cp.topology is still it)
+        start = TopologyRecord(version=0, hash=cp.topology_hash, topology_json=msgspec.json.encode(
+            cp.topology).decode(), operator="", reason="the start-up file (--topology)", at=0.0)
+        txn.append(Put(cp.key(f"{HISTORY}{0:020d}"), msgspec.json.encode(start)))
     guard = [mod_revision_is(ckey, kv.mod_revision) if kv is not None else key_missing(ckey), *compare]
     rkey = cp.key("requests/" + rid) if rid else ""
     if rkey and not compare:
@@ -267,3 +287,137 @@ async def approve_topology(ops: Any, context: Any, pending: Any, approver: str, 
                                                [*extra_ops, req], compare, approver=approver)
     return operator_pb2.ApproveReply(status=operator_pb2.CHANGE_STATUS_APPLIED, audit_id=audit_id,
                                      plan_version=version, message=message)
+
+
+# ---------------------------------------------------------------- show, history, rollback
+
+# TopologyHistory pages: each stored version holds its whole topology (a synthetic network's is ~1 MB),
+# read from the store to build a page, so a page stays small whatever the caller asks
+HISTORY_PAGE_DEFAULT = 10
+HISTORY_PAGE_MAX = 20
+# a version's diff in a listing; the audit entry and ShowTopology keep it whole
+DIFF_SUMMARY_CHARS = 2000
+
+
+def version_info(rec: TopologyRecord, summary: bool = False) -> Any:
+    diff = rec.diff
+    if summary and len(diff) > DIFF_SUMMARY_CHARS:
+        diff = diff[:DIFF_SUMMARY_CHARS - 20] + f" ... ({len(rec.diff)} chars)"
+    return operator_pb2.TopologyVersionInfo(
+        version=rec.version, hash=rec.hash, operator=rec.operator, approver=rec.approver, reason=rec.reason,
+        applied_at=rec.at, diff=diff, changes=rec.changes, request_id=rec.request_id,
+        rollback=rec.rollback_of >= 0, rollback_of=max(rec.rollback_of, 0))
+
+
+async def _stored(ops: Any, context: Any, version: int) -> TopologyRecord | None:
+    kv = await ops._get(context, f"{HISTORY}{version:020d}")
+    if kv is None:
+        return None
+    try:
+        return decode_record(kv.value)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        await context.abort(grpc.StatusCode.DATA_LOSS, f"topology v{version}: unreadable record: {e}")
+        raise
+
+
+async def _current(ops: Any, context: Any) -> TopologyRecord | None:
+    kv = await ops._get(context, CURRENT)
+    if kv is None:
+        return None
+    try:
+        return decode_record(kv.value)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        await context.abort(grpc.StatusCode.DATA_LOSS, f"{CURRENT}: unreadable record: {e}")
+        raise
+
+
+async def show_topology(ops: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    """OperatorService.ShowTopology: read from the store (the truth every replica follows), not
+    from this replica's copy."""
+    cp = ops.cp
+    current = await _current(ops, context)
+    if current is None:
+        if request.version:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"version={request.version}: no topology stored yet (the start-up file, "
+                                "v0, is in force)")
+        start = TopologyRecord(version=0, hash=cp.topology_hash, topology_json="", operator="",
+                               reason="the start-up file (--topology)", at=0.0)
+        return operator_pb2.ShowTopologyReply(
+            info=version_info(start), stored=False,
+            topology_json=msgspec.json.encode(cp.topology).decode() if request.with_topology else "")
+    rec = current
+    if request.version and request.version != current.version:
+        got = await _stored(ops, context, request.version)
+        if got is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"version={request.version}: no such stored topology (stored: v0..v"
+                                f"{current.version})")
+        rec = got  # type: ignore[assignment]
+    return operator_pb2.ShowTopologyReply(info=version_info(rec), stored=True,
+                                          topology_json=rec.topology_json if request.with_topology else "")
+
+
+async def topology_history(ops: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    """OperatorService.TopologyHistory: newest first; a page is one store range of at most
+    HISTORY_PAGE_MAX versions; the token is the version the next page starts at."""
+    cp = ops.cp
+    size = min(request.page_size or HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX)
+    if request.page_token:
+        tok = request.page_token
+        if len(tok) > 20 or not tok.isdigit():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"page_token={tok[:64]!r}: not a token this service returned")
+        start = int(tok)
+    else:
+        current = await _current(ops, context)
+        if current is None:
+            return operator_pb2.TopologyHistoryReply()
+        start = current.version
+    low = start - size + 1  # the oldest version on this page
+    try:
+        got = await cp._call("range", cp.store.range(
+            cp.key(HISTORY), start_after=cp.key(f"{HISTORY}{low - 1:020d}") if low > 0 else "",
+            limit=size, timeout_s=cp.settings.store_deadline_s))
+    except Exception as e:
+        await ops._fail(context, e)
+        raise
+    out = []
+    for kv in got.kvs:
+        try:
+            rec = decode_record(kv.value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.error("unreadable topology record at %s", kv.key)
+            continue
+        if low <= rec.version <= start:
+            out.append(version_info(rec, summary=True))
+    out.sort(key=lambda v: -v.version)
+    return operator_pb2.TopologyHistoryReply(versions=out, next_page_token=str(low - 1) if low > 0 else "")
+
+
+async def rollback_topology(ops: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    """OperatorService.RollbackTopology: a stored version, checked again as a file would be, goes
+    the way of every new topology (apply_checked): a new version, never history rewritten."""
+    ops.bind_identity(request, "operator", context)
+    try:
+        ops.check_change(request)
+    except InvalidInput as e:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+    current = await _current(ops, context)
+    rec = await _stored(ops, context, request.version) if current is not None else None
+    if rec is None:
+        stored = f"stored: v0..v{current.version}" if current is not None else "nothing stored yet"
+        await context.abort(grpc.StatusCode.NOT_FOUND,
+                            f"version={request.version}: no such stored topology ({stored})")
+        raise AssertionError("unreachable")
+    try:
+        topo = topology_from_json(rec.topology_json, f"topology v{rec.version}")
+    except InvalidInput as e:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"version={request.version}: stored topology no longer valid: {e}")
+    if topology_hash(topo) != rec.hash:
+        await context.abort(grpc.StatusCode.DATA_LOSS,
+                            f"version={request.version}: stored topology does not match its hash {rec.hash}")
+    return await apply_checked(ops, context, topo, operator=request.operator, reason=request.reason,
+                               request_id=request.request_id, dry_run=request.dry_run,
+                               rollback_of=rec.version)

@@ -9,21 +9,16 @@ from controlplane.store.base import (
     KV,
     MAX_REQUEST_BYTES,
     MAX_TXN_OPS,
-    Backoff,
-    ChunkManifest,
     Compacted,
     Compare,
     CompareTarget,
     Delete,
     DeleteResult,
-    Election,
     EventKind,
     FenceLost,
     Get,
-    Leader,
     Lease,
     LeaseExpired,
-    LeaseKeeper,
     Op,
     PermissionDenied,
     Put,
@@ -39,20 +34,19 @@ from controlplane.store.base import (
     TxnResult,
     WatchEvent,
     create_revision_is,
-    delete_chunked,
-    get_chunked,
     key_missing,
     list_and_watch,
     mod_revision_is,
-    put_chunked,
     value_is,
     version_is,
 )
+from controlplane.store.chunked import ChunkManifest, delete_chunked, get_chunked, put_chunked
+from controlplane.store.election import Election, Leader, LeaseKeeper
 from controlplane.store.embedded import EmbeddedStore
 from controlplane.store.etcd import EtcdStore, TLSConfig, parse_store_url
 
 __all__ = [
-    "CHUNK_SIZE", "KV", "MAX_REQUEST_BYTES", "MAX_TXN_OPS", "Backoff", "ChunkManifest", "Compacted",
+    "CHUNK_SIZE", "KV", "MAX_REQUEST_BYTES", "MAX_TXN_OPS", "ChunkManifest", "Compacted",
     "Compare",
     "CompareTarget", "Delete", "DeleteResult", "Election", "EmbeddedStore", "EtcdStore", "EventKind",
     "FenceLost", "Get", "Leader", "Lease", "LeaseExpired", "LeaseKeeper", "Op", "PermissionDenied", "Put",

@@ -31,10 +31,10 @@ import grpc
 import msgspec
 from aetcd import rpc
 
+from controlplane.core.backoff import Backoff
 from controlplane.core.model import InvalidInput
 from controlplane.store.base import (
     KV,
-    Backoff,
     Compacted,
     Compare,
     CompareTarget,
@@ -518,7 +518,7 @@ class EtcdStore:
                                            or not isinstance(start_revision, int) or start_revision < 0):
             raise InvalidInput("start_revision", start_revision, "must be an int >= 0 or None")
         next_rev = start_revision or 0  # 0: from now, fixed when the first stream is created
-        backoff = Backoff(self.settings)
+        backoff = Backoff(self.settings.watch_retry_initial_s, self.settings.watch_retry_max_s)
         first = True
         while True:
             if self._closed:

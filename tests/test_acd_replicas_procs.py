@@ -1,0 +1,63 @@
+"""Two real agent processes for one center, one pushing ACD, a real control plane (issue 15 item 4):
+the ACD's counters are counted once whichever replica reports them, and a replica killed mid-way
+loses nothing the other received. The control plane's callroute_controlplane_acd_offered_total
+is what it counted; each agent's callroute_agent_acd_held_messages what it still holds."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from test_agent_fakes import ROOT, AgentProc, http_get, http_post, poll
+
+SMALL = ROOT / "examples" / "small.yaml"
+
+
+def _metric(port: int, name: str) -> float:
+    _, text = http_get(port, "/metrics")
+    total = 0.0
+    for line in str(text).splitlines():
+        if line.startswith(name):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _replica(tmp, cp: str, n: int) -> AgentProc:
+    a = AgentProc("north", tmp, cp, grpc=False, acd="push", state_dir=tmp / f"state-north-{n}",
+                  extra={"report_interval_s": 0.2})
+    a.args[a.args.index("--topology") + 1] = str(SMALL)
+    return a
+
+
+def _push(a: AgentProc, seq: int) -> None:
+    body = {"source": "pbx1", "epoch": 1, "seq": seq, "skills": {"retail": {
+        "logged_in": 10, "ready": 5, "busy": 5, "offered": 3, "answered": 2, "answered_within": 1}}}
+    status, reply = http_post(a.acd_port, "/v1/acd", json.dumps(body).encode())
+    assert status == 200, reply
+
+
+def test_two_replicas_one_acd_count_once_and_survive_a_kill(controlplane, tmp_path):
+    cp, mport = controlplane
+    offered = 'callroute_controlplane_acd_offered_total{center="north"}'
+    held = "callroute_agent_acd_held_messages"
+    one, two = _replica(tmp_path, cp, 1).start(), _replica(tmp_path, cp, 2).start()
+    try:
+        for a in (one, two):
+            a.wait_listening()
+        for seq in range(1, 21):  # fan-out: the ACD sends every message to both replicas
+            _push(one, seq)
+            _push(two, seq)
+        poll(lambda: _metric(one.http_port, held) == 0 and _metric(two.http_port, held) == 0, 30,
+             what="both replicas' messages acknowledged")
+        # both reported all 20 messages; before issue 15's fix the leader counted 120
+        assert _metric(mport, offered) == 20 * 3
+        # messages 21..30 reach both; replica one is killed at once, having reported some or none
+        for seq in range(21, 31):
+            _push(one, seq)
+            _push(two, seq)
+        one.signal(signal.SIGKILL)
+        poll(lambda: _metric(two.http_port, held) == 0, 30, what="replica two's messages acknowledged")
+        assert _metric(mport, offered) == 30 * 3
+    finally:
+        one.stop()
+        two.stop()
