@@ -26,10 +26,11 @@ from typing import Any
 import msgspec
 
 from agents.acd import ACD, PushACD, SimulatedACD, invalid_from_msgspec
+from agents.counting import RoutedCounter, SeqStore
 from agents.httpserver import HTTP_METRICS_HELP, AcdHttpServer, HttpLimits, HttpLookupServer, LookupEngine
 from agents.plancache import PlanCache, PlanStore, PlanWatcher
 from agents.probe import PathProber, PeerProber
-from agents.reporter import Reporter, RoutedCounter, SeqStore
+from agents.reporter import Reporter
 from agents.settings import AgentSettings, is_loopback, load_settings, parse_hostport
 from controlplane.core.model import MAX_COUNT, MAX_SKILLS_PER_REPORT, InvalidInput, Topology, check_id
 from controlplane.service.auth import _check_pair, _read, agent_tls
