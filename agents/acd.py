@@ -392,7 +392,7 @@ class AcdCarry:
     """ACD messages between the push and the control plane's ack, each held until a report carrying
     it is acknowledged: `pending` (in no report on the wire), `in_flight` (report seq -> messages).
 
-    Unlike the lookup counts (reporter.DemandLedger), nothing here needs the control plane's last
+    Unlike the lookup counts (counting.DemandLedger), nothing here needs the control plane's last
     accepted seq: it counts a message once by its identity, so whatever is not known to be counted
     is simply sent again (a stream that broke before the ack, a report rejected or never sent)."""
 

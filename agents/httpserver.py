@@ -48,8 +48,8 @@ import httptools
 import msgspec
 
 from agents.acd import invalid_from_msgspec
+from agents.counting import RoutedCounter
 from agents.plancache import PlanCache, Served
-from agents.reporter import RoutedCounter
 from controlplane.core.model import InvalidInput, check_id
 from controlplane.core.treatments import RELEASING
 

@@ -8,6 +8,10 @@ control plane answers) -> ACD -> lookup listeners -> plan watcher and reporter. 
 health turns NOT_SERVING (gRPC health and /healthz), lookups already received finish, listeners
 close, then the process exits (F15). Must not: exit with a half-started agent (a failed listener
 stops everything), or read the wall clock except for Report.sent_at.
+
+Why over 600 lines: it is the agent's assembly, the one place that orders the start and the drain of
+every part (ACD, reporter, plan watcher, listeners, probers) and the admin switches that reach into
+them; the parts themselves are their own modules.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from typing import Any
 import msgspec
 
 from agents.acd import ACD, PushACD, SimulatedACD, invalid_from_msgspec
+from agents.counting import RoutedCounter, SeqStore
 from agents.httpserver import HTTP_METRICS_HELP, AcdHttpServer, HttpLimits, HttpLookupServer, LookupEngine
 from agents.plancache import PlanCache, PlanStore, PlanWatcher
 from agents.probe import PathProber, PeerProber
-from agents.reporter import Reporter, RoutedCounter, SeqStore
+from agents.reporter import Reporter
 from agents.settings import AgentSettings, is_loopback, load_settings, parse_hostport
 from controlplane.core.model import MAX_COUNT, MAX_SKILLS_PER_REPORT, InvalidInput, Topology, check_id
 from controlplane.service.auth import _check_pair, _read, agent_tls

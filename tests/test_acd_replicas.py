@@ -15,7 +15,8 @@ import json
 import pytest
 
 from agents.acd import PushACD
-from agents.reporter import Reporter, RoutedCounter, SeqStore
+from agents.counting import RoutedCounter, SeqStore
+from agents.reporter import Reporter
 from controlplane.core.health import HealthSettings, HealthTracker
 from controlplane.core.model import InvalidInput, Status, validate_report
 

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from test_agent_fakes import make_plan, small_topology
 
 from agents.acd import MAX_QUEUE, PushACD, SimulatedACD
+from agents.counting import RoutedCounter, SeqStore, split_calls
 from agents.plancache import PlanCache, PlanStore, self_consistent
-from agents.reporter import RoutedCounter, SeqStore, split_calls
 from agents.settings import AgentSettings, load_settings
 from controlplane.core.model import (
     AdminState,

@@ -22,9 +22,10 @@ import pytest
 from test_agent_fakes import ROOT, AgentProc, apoll, http_get, make_plan, small_topology
 
 from agents.acd import SimulatedACD
+from agents.counting import DemandLedger, RoutedCounter, SeqStore, split_calls
 from agents.httpserver import HttpLookupServer, LookupEngine
 from agents.plancache import PlanCache
-from agents.reporter import DemandLedger, Reporter, RoutedCounter, SeqStore, split_calls
+from agents.reporter import Reporter
 from callroute.v1 import report_pb2, route_pb2, types_pb2
 from controlplane.convert import parse_report_bytes, report_ack, report_from_pb, report_to_pb
 from controlplane.core.model import MAX_COUNT, MAX_DEMAND_ENTRIES, InvalidInput, Report
@@ -111,14 +112,15 @@ def test_ack_carries_the_prior_accepted_seq_only_when_accepted():
 def test_ledger_settles_on_accept_and_drops_on_reject():
     led = DemandLedger()
     led.add({("b0", "retail"): 5, ("b1", "card"): 2})
-    d = led.take()
+    d = led.take(10)
     assert d == {"b0": {"retail": 5}, "b1": {"card": 2}} and led.pending == {}
+    assert led.outstanding() == 7  # queued: in a built report
     led.sent(10, d)
     assert led.outstanding() == 7
     led.acked(10, True, 9)
     assert led.outstanding() == 0
     led.add({("b0", "retail"): 4})
-    led.sent(11, led.take())
+    led.sent(11, led.take(11))
     led.acked(11, False, 0)  # refused: re-sending what was refused would loop
     assert led.outstanding() == 0 and led.rejected == 4
 
@@ -127,11 +129,11 @@ def test_ledger_resolves_in_doubt_reports_by_the_prior_accepted_seq():
     led = DemandLedger()
     for seq, n in ((20, 1), (21, 10), (22, 100)):
         led.add({("b0", "retail"): n})
-        led.sent(seq, led.take())
+        led.sent(seq, led.take(seq))
     led.stream_ended()  # no acks came: 20..22 in doubt
     assert led.outstanding() == 111 and not led.in_flight
     led.add({("b0", "retail"): 1000})
-    led.sent(23, led.take())  # first report on the new stream
+    led.sent(23, led.take(23))  # first report on the new stream
     # the control plane had accepted up to 21 before 23: 20 and 21 were counted, 22 was not
     led.acked(23, True, 21)
     assert led.pending == {("b0", "retail"): 100} and led.recovered == 100 and not led.in_doubt
@@ -140,7 +142,7 @@ def test_ledger_resolves_in_doubt_reports_by_the_prior_accepted_seq():
 def test_ledger_resends_in_doubt_counts_when_the_control_plane_knows_no_seq():
     led = DemandLedger()
     led.add({("b0", "retail"): 3})
-    led.sent(5, led.take())
+    led.sent(5, led.take(5))
     led.stream_ended()
     led.sent(6, {})
     led.acked(6, False, 0)  # a rejection says nothing about earlier reports: still in doubt
@@ -153,11 +155,13 @@ def test_ledger_take_keeps_each_report_within_the_limits():
     led = DemandLedger()
     led.add({("b0", "retail"): MAX_COUNT + 5})
     led.add({(f"b{i}", "card"): 1 for i in range(MAX_DEMAND_ENTRIES + 10)})
-    first = led.take()
+    first = led.take(1)
+    led.sent(1, first)
     assert sum(len(v) for v in first.values()) == MAX_DEMAND_ENTRIES
     assert first["b0"]["retail"] == MAX_COUNT
     total = MAX_COUNT + 5 + MAX_DEMAND_ENTRIES + 10
-    second = led.take()
+    second = led.take(2)
+    led.sent(2, second)
     got = sum(n for d in (first, second) for per in d.values() for n in per.values())
     assert got == total and led.pending == {}
 

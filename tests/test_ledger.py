@@ -19,7 +19,8 @@ import pytest
 from test_cp_support import Replica, wait_for
 
 from agents.acd import SimulatedACD
-from agents.reporter import DemandLedger, Reporter, RoutedCounter, SeqStore
+from agents.counting import DemandLedger, RoutedCounter, SeqStore
+from agents.reporter import Reporter
 from callroute.v1 import report_pb2, report_pb2_grpc, types_pb2
 from controlplane.core.ledger import (
     KIND_AWAY,

@@ -64,6 +64,9 @@ def from_scratch(tracker: PlanTracker) -> PlanTracker:
     fresh._overflow = copy.deepcopy(tracker._overflow)
     fresh._vip = copy.deepcopy(tracker._vip)
     fresh._receivers = dict(tracker._receivers)
+    # shortage mode's hysteresis (which skills shared a shortage or left load unplaced last plan)
+    fresh._short = tracker._short
+    fresh._unplaced = tracker._unplaced
     return fresh
 
 

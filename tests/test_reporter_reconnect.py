@@ -18,7 +18,8 @@ from test_agent_fakes import small_topology
 from test_cp_support import wait_for
 
 from agents.acd import SimulatedACD
-from agents.reporter import Reporter, RoutedCounter, SeqStore
+from agents.counting import RoutedCounter, SeqStore
+from agents.reporter import Reporter
 from callroute.v1 import report_pb2_grpc
 from controlplane.convert import report_ack, report_from_pb
 

@@ -489,8 +489,9 @@ async def test_agent_reporter_and_plan_watcher_use_their_certificate(
     tls_cp: ControlPlane, pki: certs.PkiFiles
 ) -> None:
     from agents.acd import SimulatedACD
+    from agents.counting import RoutedCounter, SeqStore
     from agents.plancache import PlanCache, PlanWatcher
-    from agents.reporter import Reporter, RoutedCounter, SeqStore
+    from agents.reporter import Reporter
     from controlplane.core.topology import load_topology
 
     await _leader(tls_cp)

@@ -79,3 +79,26 @@ def test_wuhan_answers_until_it_closes(national):
     assert m.lost["closed"] > 0
     # both halves see the calls, the second loses Wuhan's
     assert m.series.service_level[0] > m.series.service_level[1] + 0.03, m.series.service_level
+
+
+# the floor under the 0.882 measured (one seed, 15 minutes: an easy case next to the 5-seed hour,
+# 0.762 [0.725, 0.799]); a claim is never set below what was measured by more than the noise
+GAP_FLOOR = 0.85
+
+
+def test_callroute_shares_the_severe_surge_so_no_branch_drowns(national):
+    """Issue 17 part 3 (one seed, the peak 10:00-10:15 after a 15 min warm-up): the planner shares
+    the network's shortage (equal predicted service level everywhere, core/shortage.py). Measured
+    on seed 1: gap closed GAP_MEASURED, worst branch WORST_MEASURED points below the network. Before
+    (filling receivers only up to the target) the surged centers' branches were left at home:
+    gap closed about 0.2 and the worst branch near 0% (the 5-seed figures are in
+    /work/notes/shortage.md and the README)."""
+    sc = build_scenario("surge-2007-severe", national, hours=0.25, start_h=10.0, warmup_s=900)
+    run = run_scenario(sc, ["nrings", "even8", "callroute", "pooled"], 1, jobs=1)
+    m = run.metrics
+    base = max(m["even8"].service_level, m["nrings"].service_level)
+    gap = (m["callroute"].service_level - base) / (m["pooled"].service_level - base)
+    assert gap >= GAP_FLOOR, {p: x.service_level for p, x in m.items()}
+    cr = m["callroute"]
+    assert cr.service_level - cr.worst_branch_service_level <= 0.10, cr.worst_branch_service_level
+    assert cr.answer_rate > m["nrings"].answer_rate and cr.abandon_rate < m["nrings"].abandon_rate

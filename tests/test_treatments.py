@@ -266,9 +266,9 @@ def test_agent_answer_carries_the_treatment_and_released_calls_count_as_treatmen
     receiver's failing detector would wait for calls that were never sent there)."""
     import json as _json
 
+    from agents.counting import RoutedCounter
     from agents.httpserver import HttpLookupServer, LookupEngine, decision_dict
     from agents.plancache import PlanCache
-    from agents.reporter import RoutedCounter
 
     t = parse_topology(doc({"treatments": CHAIN}))
     plan = PlanTracker(t).compute(NetworkView(demand={"bj": {"retail": 40 * 2.0 * 15},

@@ -19,6 +19,10 @@ decides who may do what and names the operator in the audit trail from that toke
 Must not: keep unbounded state per client (sessions, streams and bodies are capped), act without a
 CSRF token, show an action control to a viewer, or listen off loopback without TLS unless told
 --insecure.
+
+Why over 600 lines: it is the console's one routing table (pages, actions, the live stream) with
+the session and CSRF checks every route goes through; templates, static assets and the operator
+client are separate files.
 """
 
 from __future__ import annotations

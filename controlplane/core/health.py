@@ -51,6 +51,12 @@ least recently heard incarnation silent for the stale time; while all are live a
 
 Two error families leave this module: `InvalidInput` for bad input (unknown center, non-finite time,
 bad settings) and its subclass `StaleReport` for a report whose sequence number is not new (F12).
+
+Why one module of about 1,000 lines: it is one state machine (HealthTracker), whose invariants span
+its methods: a report, a stream event and the passage of time each change the same per-center
+record, and the detectors read windows that the report path maintains incrementally. Split, the
+invariants would cross module lines; the pieces that stand alone already live apart
+(core/suspicion.py, core/paths.py, core/acdseen.py).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from .model import (
     Target,
     Topology,
 )
+from .shortage import LevelCache, water_level
 from .treatments import TreatmentChooser
 
 # A queued call is work the center is already behind on. Spread over this horizon it is extra
@@ -52,6 +53,10 @@ MIN_SPARE_ERLANGS = 0.5
 # (OverflowPolicy.enter_sl / exit_sl) only over at least this many answers: below 20 one late call
 # moves the figure by 5 points or more, noise that would move traffic.
 MIN_ANSWERED_FOR_SL = 20
+# A skill stays in shortage mode (overflow shares the shortfall so every center's predicted SL is
+# about equal, core/shortage.py) until the water level is this far above the target: entering at
+# the target and leaving at the target would flip between the two ways of placing every second.
+SHORT_EXIT_MARGIN = 0.03
 
 
 class CenterCapacity(msgspec.Struct):
@@ -264,6 +269,10 @@ class PlanTracker:
         self._cap_cache: dict[tuple[int, float], float] = {}
         # the receivers each (source center, skill) used in the last plan: receiver hysteresis
         self._receivers: dict[tuple[str, str], frozenset[str]] = {}
+        # skills whose overflow shared a shortage in the last plan, and those whose overflow left
+        # load unplaced (both enter shortage mode in the next plan)
+        self._short: frozenset[str] = frozenset()
+        self._unplaced: frozenset[str] = frozenset()
         self._prepare()
 
     # ------------------------------------------------------------------ topology-derived constants
@@ -294,6 +303,7 @@ class PlanTracker:
         slp = topo.policy.service_level
         # the service-level target as overflow explanations quote it ("80%/20s")
         self._sl_text = f"{slp.target:.0%}/{slp.answer_within_s:g}s"
+        self._levels = LevelCache(slp.answer_within_s)
 
     def _only(self, cid: str) -> tuple[Target, ...]:
         t = self._home_only.get(cid)
@@ -532,6 +542,24 @@ class PlanTracker:
                 cc.assigned += load * w
             return weights, load if beyond_capacity else max(0.0, load - total_spare)
 
+        def place_short(skill: str, load: float, source: str, room: list[tuple[float, str, CenterCapacity]],
+                        all_moved: float, k: int) -> tuple[list[tuple[str, float]], float]:
+            """Place `load` Erlangs of `source` on the receivers below the water level, in proportion to
+            their room under it (every source of the skill gets the same split, so together they
+            fill each receiver's room once); returns (weights, unplaced)."""
+            recv = [x for x in room if x[1] != source and x[1] not in overflowing][:k]
+            chosen[(source, skill)] = frozenset([cid for _, cid, _ in recv])
+            total_room = sum([-neg for neg, _, _ in recv])
+            if total_room <= 0 or load <= 0:
+                return [], load
+            placed = load if all_moved <= total_room else load * total_room / all_moved
+            weights = []
+            for neg, cid, cc in recv:
+                w = -neg / total_room
+                weights.append((cid, w))
+                cc.assigned += placed * w
+            return weights, load - placed
+
         def staffed_for(skill: str) -> list[tuple[str, CenterCapacity]]:
             """Open, healthy, not draining and staffed for `skill`: the same for every spread in
             this plan."""
@@ -582,6 +610,38 @@ class PlanTracker:
                         action = pol.overload_action
                     shared[(cid, s)] = pinned_routes[(cid, s)] = (targets, kind, why, action)
 
+        # ---- shortage: skills whose load the network cannot carry at the target (the water level
+        # of equal predicted SL is below it), or whose overflow left load unplaced last plan: their
+        # overflow shares the shortfall (every center's load goes toward its share at that level)
+        short_share: dict[tuple[str, str], float] = {}
+        short_room: dict[str, list[tuple[float, str, CenterCapacity]]] = {}
+        short_level: dict[str, float] = {}
+        max_share_ = pol.overflow.max_share
+        for s, members in by_skill.items():
+            if not any(cc.capacity <= 0 or cc.own_load + cc.assigned + cc.backlog > cc.capacity
+                       for cid, cc in members if cid not in closed and cc.own_load > 0):
+                continue  # nobody is over its capacity at the target: nothing to share
+            pool = staffed_for(s)
+            if len(pool) < 2:
+                continue
+            base = [cc.own_load + cc.assigned + cc.backlog for _, cc in pool]
+            level, fair = water_level([(cc.agents, cc.aht_s) for _, cc in pool], sum(base), self._levels)
+            if not (level < slp.target - 1e-9 or s in self._unplaced
+                    or (s in self._short and level < slp.target + SHORT_EXIT_MARGIN)):
+                continue
+            short_level[s] = level
+            room: list[tuple[float, str, CenterCapacity]] = []
+            for (cid, cc), b, f in zip(pool, base, fair, strict=True):
+                if b > f:
+                    short_share[(cid, s)] = min(max_share_, (b - f) / cc.own_load) if cc.own_load > 0 else 0.0
+                elif f - b >= MIN_SPARE_ERLANGS:
+                    room.append((-(f - b), cid, cc))
+                    short_share[(cid, s)] = 0.0
+                else:
+                    short_share[(cid, s)] = 0.0
+            room.sort()
+            short_room[s] = room
+
         # ---- overflow: open centers whose wait or predicted load crosses the thresholds
         ofp = pol.overflow
         enter_ewt, exit_ewt = ofp.enter_ewt_s, ofp.exit_ewt_s
@@ -622,6 +682,7 @@ class PlanTracker:
             leave = (ewt < exit_ewt and total <= 0.95 * cc.capacity
                      and (measured_sl is None or measured_sl >= exit_sl))
             desired = (total - cc.capacity) / cc.own_load if cc.own_load > 0 and over else 0.0
+            fair_share = short_share.get(key)
             if st is None:
                 st = overflow_states[key] = _OverflowState()
             if vst is None:
@@ -634,7 +695,11 @@ class PlanTracker:
                     st.active, st.since = False, now
             elif enter and now - st.since >= hold:
                 st.active, st.since = True, now
-            goal = min(max(desired, max_step), max_share) if st.active else 0.0
+            if fair_share is not None:
+                # shortage: toward its share at the water level (none when it is below the level)
+                goal = fair_share if st.active else 0.0
+            else:
+                goal = min(max(desired, max_step), max_share) if st.active else 0.0
             st.share = max(st.share - max_step, min(st.share + max_step, goal))
             if vst.active:
                 if ewt < vip_exit_ewt and now - vst.since >= hold:
@@ -648,30 +713,49 @@ class PlanTracker:
                 decisions.append((cid, s, st.share))
         # every source is overflowing itself, so a skill's pool is the same for all its decisions
         pools: dict[str, list[tuple[str, CenterCapacity]]] = {}
+        # shortage skills: what all their sources move (the receivers' room is shared in proportion)
+        short_moved: dict[str, float] = {}
+        for cid, s, share in decisions:
+            if s in short_room:
+                short_moved[s] = short_moved.get(s, 0.0) + cap[(cid, s)].own_load * share
+        unplaced_skills: set[str] = set()
+        k_short = max(ofp.receivers, pol.dr_receivers)
         for cid, s, share in decisions:
             cc = cap[(cid, s)]
             moved = cc.own_load * share
             skill_pool = pools.get(s)
             if skill_pool is None:
                 skill_pool = pools[s] = [(r, rc) for r, rc in staffed_for(s) if r not in overflowing]
-            if skill_pool:
+            if s in short_room:
+                recv, unplaced = place_short(s, moved, cid, short_room[s], short_moved[s], k_short)
+            elif skill_pool:
                 recv, unplaced = spread(s, moved, cid, ofp.receivers, skill_pool)
             else:
                 # spread() with nobody to pick: no receivers, all of it stays
                 chosen[(cid, s)] = _NO_RECEIVERS
                 recv, unplaced = [], moved
+            if unplaced > 1e-9 and s not in short_room:
+                unplaced_skills.add(s)
             placed_share = share * (1.0 - unplaced / moved) if moved > 0 else 0.0
             cc.own_load -= moved - unplaced
             targets = _normalise([(cid, 1.0 - placed_share)] + [(r, w * placed_share) for r, w in recv])
             why = (f"{cid} overloaded for {s}: load {cc.own_load + moved - unplaced:.1f} E + backlog "
                    f"{cc.backlog:.1f} E vs capacity {cc.capacity:.1f} E at {self._sl_text}; "
                    f"moving {placed_share:.0%} to {len(recv)} receivers")
+            if s in short_level:
+                why += f" (network short: sharing it at predicted SL {short_level[s]:.1%} everywhere)"
             action = pol.overload_action if unplaced > 0 else OverloadAction.NONE
             shared[(cid, s)] = (targets, RouteKind.OVERFLOW, why, action)
             if not vip_states[(cid, s)].active:
                 vip_routes[(cid, s)] = self._only(cid)
 
         self._receivers = chosen
+        self._short = frozenset(short_level)
+        self._unplaced = frozenset(unplaced_skills)
+        for s, level in sorted(short_level.items()):
+            # (worded without "predicted": those reasons are the ones predict=False leaves out)
+            reasons.append(f"{s}: the network is short; overflow shares it so every center's "
+                           f"service level is about {level:.1%}")
 
         # ---- receivers' predicted service level under the plan
         receivers: dict[str, dict[str, ReceiverPrediction]] = {}

@@ -19,6 +19,10 @@ only: a change needs a credential (issue 15 item 3), unless settings.operator_fr
 harnesses) takes a request's operator as given. Must not:
 decide routing, keep module-level mutable state (the caller lives in a ContextVar per RPC), or log
 a token.
+
+Why over 600 lines: every credential rule of the project (operator tokens, mTLS identities, the
+agents' and the console's client TLS, the dev token, insecure-mode guards) is here, so that one file
+shows everything that decides who may act; splitting it would spread that review.
 """
 
 from __future__ import annotations

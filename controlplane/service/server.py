@@ -8,6 +8,10 @@ served by every replica from its own copy of the latest plan; Report only by the
 `serve(settings)` runs one replica until SIGTERM/SIGINT (its command line is
 controlplane.cli.services). Must not: keep module-level state, or serve a plan it has not read
 back from the store (a replica's view is the store's, leader included).
+
+Why about 700 lines: ControlPlane is the shell that owns one replica's resources (store, servers,
+leader loop, watches, metrics) and their start and stop order; each RPC group, the leader's brain
+and the store records live in their own modules.
 """
 
 from __future__ import annotations

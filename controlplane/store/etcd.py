@@ -17,6 +17,10 @@ opens one insecure channel to one host and has no token refresh or watch resume.
 
 It must not retry a write whose outcome is unknown (it raises StoreUnavailable(maybe_applied=True)),
 and must not read wall time.
+
+Why one module of about 700 lines: it is one implementation of the Store protocol over etcd's gRPC
+API (EtcdStore), whose connection, retry and watch state are shared by every method; the helpers
+built on the interface alone are apart (base.py, election.py, chunked.py).
 """
 
 from __future__ import annotations
