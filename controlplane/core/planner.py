@@ -12,6 +12,12 @@ to spare capacity, never to a center that is closed, down, stale, failing, overf
 not staffed for the skill.
 
 Must not: read the clock, do I/O, import asyncio/grpc/etcd/prometheus.
+
+Why about 850 lines: PlanTracker's phases (inputs, DR, overflow, shortage sharing, routes with their
+treatments and reasons) read and write one per-plan working state and the tracker's hysteresis
+between plans; the rules that stand alone already have their modules (shortage.py, treatments.py,
+paths.py, overrides.py, erlang.py). Splitting the phases across files would pass that state through
+every call.
 """
 
 from __future__ import annotations
