@@ -1,4 +1,5 @@
-"""Switch-facing gRPC lookups: callroute.v1.RouteService Route and RouteBatch, plus grpc.health.v1.
+"""Switch-facing gRPC lookups: callroute.v1.RouteService Route, RouteBatch and Requery (issue 17),
+plus grpc.health.v1.
 
 Handlers take the raw request bytes and parse them with controlplane.convert, so random bytes or a
 truncated message come back as INVALID_ARGUMENT naming the field (B1) instead of gRPC's own
@@ -19,10 +20,12 @@ from agents.plancache import Served
 from callroute.v1 import route_pb2
 from controlplane.convert import (
     decision_to_pb,
+    parse_requery_bytes,
     parse_route_batch_bytes,
     parse_route_request_bytes,
 )
 from controlplane.core.model import InvalidInput
+from controlplane.core.requery import RequeryQuery
 
 log = logging.getLogger("callroute.agent.grpc")
 
@@ -77,6 +80,26 @@ class RouteServicer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         eng.stats.ok += 1
         return self._reply_bytes(d)
+
+    async def requery(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        eng = self.engine
+        served = eng.cache.served
+        if served is None:
+            eng.stats.no_plan += 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no plan yet")
+        try:
+            m = parse_requery_bytes(request)
+            q = RequeryQuery(call_id=m.call_id, branch=m.branch, skill=m.skill, waited_s=m.waited_s,
+                             tried=tuple(m.tried), count=m.count, caller=m.caller, tier=m.tier,
+                             refused=m.refused)
+            a = eng.requery(served, q)  # type: ignore[arg-type]
+        except InvalidInput as e:
+            eng.stats.bad += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        eng.stats.ok += 1
+        return route_pb2.RequeryReply(center=a.center, stay=a.stay, reason=a.reason,
+                                      plan_version=a.plan_version, count=a.count,
+                                      left=a.left).SerializeToString()
 
     async def route_batch(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         eng = self.engine
@@ -138,6 +161,7 @@ class GrpcLookupServer:
         handlers = {
             "Route": grpc.unary_unary_rpc_method_handler(self.servicer.route),
             "RouteBatch": grpc.unary_unary_rpc_method_handler(self.servicer.route_batch),
+            "Requery": grpc.unary_unary_rpc_method_handler(self.servicer.requery),
         }
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -6,6 +6,10 @@
                                                   treatment_threshold_s}
     POST /v1/routes   JSON list of {branch, skill, caller, tier?, probe?} -> list of decisions, or
                       of {"error", "field"} for a bad item (the others are still answered)
+    GET  /v1/requery?call_id=..&branch=..&skill=..&waited_s=..&tried=a,b&count=N[&caller=..]
+                      [&tier=vip][&refused=1]  -> {center, stay, reason, plan_version, count, left}
+                      a waiting call routed again (issue 17, controlplane/core/requery.py); "tried"
+                      ends with the center it waits at; stateless: the switch sends its count
 
 probe=1 / "probe": true: a monitor asking what a switch would be told, not a call: answered the
 same, but not counted as a call routed (routed_to, simulated offers) nor as the branch's demand.
@@ -160,10 +164,12 @@ _BATCH_DECODER = msgspec.json.Decoder(list[BatchItem])
 class LookupStats:
     """Counters the hot path bumps (plain ints: no locks, the loop is single-threaded)."""
 
-    __slots__ = ("ok", "bad", "no_plan", "errors", "hist", "hist_sum", "hist_n", "batch_items")
+    __slots__ = ("ok", "bad", "no_plan", "errors", "hist", "hist_sum", "hist_n", "batch_items",
+                 "requery_moved", "requery_stayed")
 
     def __init__(self) -> None:
         self.ok = self.bad = self.no_plan = self.errors = self.batch_items = 0
+        self.requery_moved = self.requery_stayed = 0
         self.hist = [0] * (len(LATENCY_BUCKETS) + 1)
         self.hist_sum = 0.0
         self.hist_n = 0
@@ -186,10 +192,35 @@ class LookupEngine:
         self.stats = LookupStats()
         # encoded HTTP response per decision object of the served plan; dropped on every swap
         self.responses: dict[int, tuple[Any, bytes]] = {}
+        # the served plan's routes by (branch, skill) for re-queries, built at the first one
+        self.requery_book: Any = None
         cache.on_swap.append(self._swapped)
 
     def _swapped(self, served: Served) -> None:
         self.responses = {}
+        self.requery_book = None
+
+    def requery(self, served: Served, q: Any) -> Any:
+        """Answer one re-query (a `RequeryQuery`) from the served plan; InvalidInput names the field.
+
+        Not counted in the routed counts: the call was counted (demand, routed_to) when first routed.
+        The policy is the topology's (the start-up file, or the live one the plan carried).
+        """
+        from controlplane.core.model import RequeryPolicy
+        from controlplane.core.requery import RequeryBook, check_query
+
+        check_query(q)
+        book = self.requery_book
+        if book is None or book.plan is not served.plan:
+            book = self.requery_book = RequeryBook(served.plan)
+        topo = self.cache.topology
+        policy = topo.policy.requery if topo is not None else RequeryPolicy()
+        a = book.answer(q, policy)
+        if a.stay:
+            self.stats.requery_stayed += 1
+        else:
+            self.stats.requery_moved += 1
+        return a
 
     def resolve(self, served: Served, branch: str, skill: str, caller: str, tier: str,
                 probe: bool = False) -> Any:
@@ -212,6 +243,34 @@ class LookupEngine:
         resp = _response(b"200 OK", _JSON.encode(decision_dict(d)))
         self.responses[id(d)] = (d, resp)
         return resp
+
+
+_REQUERY_ARGS = frozenset({"call_id", "branch", "skill", "waited_s", "tried", "count", "caller", "tier",
+                           "refused"})
+
+
+def requery_dict(a: Any) -> dict[str, Any]:
+    return {"center": a.center, "stay": a.stay, "reason": a.reason, "plan_version": a.plan_version,
+            "count": a.count, "left": a.left}
+
+
+def _number(s: str, field: str) -> float:
+    try:
+        return float(s)
+    except ValueError:
+        raise InvalidInput(field, s[:64], "must be a number") from None
+
+
+def _integer(s: str, field: str) -> int:
+    if not s.isdigit() or len(s) > 9:
+        raise InvalidInput(field, s[:64], "must be a non-negative integer")
+    return int(s)
+
+
+def _flag(s: str, field: str) -> bool:
+    if s not in ("0", "1"):
+        raise InvalidInput(field, s[:64], "must be 0 or 1")
+    return s == "1"
 
 
 def _arg(v: bytes, field: str) -> str:
@@ -395,6 +454,43 @@ class HttpLookupServer(HttpServerBase):
         eng.stats.ok += 1
         return eng.http_response(d)
 
+    def requery_get(self, query: bytes) -> bytes:
+        from controlplane.core.requery import RequeryQuery, tried_from_text
+
+        served = self.cache.served
+        eng = self.engine
+        if served is None:
+            eng.stats.no_plan += 1
+            return _NO_PLAN
+        args: dict[str, str] = {}
+        try:
+            for part in query.split(b"&"):
+                k, _, v = part.partition(b"=")
+                if not k:
+                    continue
+                name = _arg(k, "query")[:64]
+                if name not in _REQUERY_ARGS:
+                    raise InvalidInput("query", name, "unknown parameter")
+                if name in args:
+                    raise InvalidInput(name, _arg(v, name)[:64], "given twice")
+                args[name] = _arg(v, name)
+            for name in ("call_id", "branch", "skill", "waited_s"):
+                if not args.get(name):
+                    raise InvalidInput(name, "", "required")
+            q = RequeryQuery(
+                call_id=args["call_id"], branch=args["branch"], skill=args["skill"],
+                waited_s=_number(args["waited_s"], "waited_s"),
+                tried=tried_from_text(args.get("tried", "")),
+                count=_integer(args.get("count", "0"), "count"),
+                caller=args.get("caller", ""), tier=args.get("tier", ""),
+                refused=_flag(args.get("refused", "0"), "refused"))
+            a = eng.requery(served, q)
+        except InvalidInput as e:
+            eng.stats.bad += 1
+            return _bad(e)
+        eng.stats.ok += 1
+        return _response(b"200 OK", _JSON.encode(requery_dict(a)))
+
     def routes_post(self, body: bytes) -> bytes:
         served = self.cache.served
         eng = self.engine
@@ -443,6 +539,8 @@ class HttpLookupServer(HttpServerBase):
                 return self.route_get(b"") if method == b"GET" else _BAD_METHOD
             if path == b"/v1/routes":
                 return self.routes_post(body) if method == b"POST" else _BAD_METHOD
+            if path == b"/v1/requery":
+                return self.requery_get(url.partition(b"?")[2]) if method == b"GET" else _BAD_METHOD
         except InvalidInput as e:
             return _bad(e)
         return _NOT_FOUND

@@ -321,6 +321,10 @@ class Agent:
         for result, n in (("ok", st.ok), ("bad_request", st.bad), ("no_plan", st.no_plan),
                           ("error", st.errors)):
             lines.append(f'callroute_agent_lookups_total{{center="{c}",result="{result}"}} {n}')
+        lines += ["# HELP callroute_agent_requeries_total Re-queries answered (issue 17), by answer.",
+                  "# TYPE callroute_agent_requeries_total counter",
+                  f'callroute_agent_requeries_total{{center="{c}",answer="move"}} {st.requery_moved}',
+                  f'callroute_agent_requeries_total{{center="{c}",answer="stay"}} {st.requery_stayed}']
         lines += ["# HELP callroute_agent_lookup_latency_seconds Server-side lookup time (sampled).",
                   "# TYPE callroute_agent_lookup_latency_seconds histogram"]
         from agents.httpserver import LATENCY_BUCKETS

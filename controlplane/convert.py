@@ -231,6 +231,15 @@ def parse_route_batch_bytes(b: bytes) -> list[RouteQuery | InvalidInput]:
     return route_batch_from_pb(_parse(route_pb2.RouteBatchRequest, b, MAX_ROUTE_BATCH_BYTES))
 
 
+# a RequeryRequest: 16 tried ids of 64 bytes, a 128-byte call id and caller, ids: ~1.5 KB
+MAX_REQUERY_REQUEST_BYTES = 4096
+
+
+def parse_requery_bytes(b: bytes) -> Any:
+    """A serialized RequeryRequest (issue 17), bounded; its fields are checked by core.requery."""
+    return _parse(route_pb2.RequeryRequest, b, MAX_REQUERY_REQUEST_BYTES)
+
+
 # ---------------------------------------------------------------- reports
 
 def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] | set[str], *,

@@ -3,7 +3,8 @@ center's ACD and a client (UAC) that plays the bank's switch/IVR placing calls.
 
     python tests/sipua.py uas --port P --name CENTER --record FILE.jsonl [--code 200]
 
-The UAS answers every INVITE with one final reply (200 by default) and appends one JSON line per
+The UAS answers every INVITE with one final reply (200 by default; `--code 180` rings forever: a
+center whose seats never pick up, answered 487 only when the proxy CANCELs) and appends one JSON line per
 new INVITE to its record file (call id, branch, skill and the X-Callroute-* headers the proxy
 added), flushed at once so a test can read it while the process runs (and after it is killed).
 `SipClient.invite` sends one INVITE, retransmits it on RFC 3261 timer A until a final reply, ACKs it
@@ -118,7 +119,9 @@ def run_uas(port: int, name: str, record: str, code: int) -> None:
     contact = f"sip:{name}@{HOST}:{port}"
     # call-id -> (to-tag, reply bytes): a retransmitted INVITE gets the same reply, recorded once
     answered: dict[str, bytes] = {}
-    reason = {200: "OK", 486: "Busy Here", 503: "Service Unavailable"}.get(code, "Answer")
+    # call-id -> the INVITE, while it rings (code 180): a CANCEL ends it with 487
+    ringing: dict[str, SipMessage] = {}
+    reason = {180: "Ringing", 200: "OK", 486: "Busy Here", 503: "Service Unavailable"}.get(code, "Answer")
     with open(record, "a", encoding="utf-8") as out:
         print(json.dumps({"event": "listening", "port": port}), flush=True)
         while True:
@@ -129,10 +132,17 @@ def run_uas(port: int, name: str, record: str, code: int) -> None:
                 continue
             if msg.is_response or msg.method == "ACK":
                 continue
+            if msg.method == "CANCEL" and msg.get("call-id") in ringing:
+                sock.sendto(build_response(msg, 200, "OK", _tag(), ""), addr)
+                invite = ringing.pop(msg.get("call-id"))
+                sock.sendto(build_response(invite, 487, "Request Terminated", _tag(), ""), addr)
+                continue
             if msg.method != "INVITE":
                 sock.sendto(build_response(msg, 200, "OK", _tag(), ""), addr)
                 continue
             cid = msg.get("call-id")
+            if code == 180 and cid not in answered:
+                ringing[cid] = msg
             reply = answered.get(cid)
             if reply is None:
                 reply = build_response(msg, code, reason, _tag(), contact)
@@ -141,6 +151,7 @@ def run_uas(port: int, name: str, record: str, code: int) -> None:
                     "center": name, "call_id": cid, "ruri": msg.first_line.split(" ")[1],
                     "branch": msg.get("x-branch"), "skill": msg.get("x-skill"),
                     "lookup_us": msg.get("x-callroute-lookup-us"), "plan": msg.get("x-callroute-plan"),
+                    "requery": msg.get("x-callroute-requery"),
                     "treatment": msg.get("x-callroute-treatment"), "prompt": msg.get("x-callroute-prompt"),
                     "at": time.monotonic()}) + "\n")
                 out.flush()

@@ -132,7 +132,7 @@ def test_api_surface():
     assert rpcs == {
         "ReportService": ["Report"],
         "PlanService": ["WatchPlan"],
-        "RouteService": ["Route", "RouteBatch"],
+        "RouteService": ["Requery", "Route", "RouteBatch"],
         "OperatorService": sorted(["ListCenters", "SetCenterState", "Approve", "ListPending", "StartDrill",
                                    "DrillStatus", "AbortDrill", "ShowPlan", "DiffPlans", "PlanHistory",
                                    "RollbackPlan", "Explain", "Audit",
@@ -179,7 +179,8 @@ def test_wire_field_numbers_never_change():
     from callroute.v1 import plan_pb2, report_pb2, route_pb2, types_pb2
     nums = {cls.DESCRIPTOR.full_name: {f.name: f.number for f in cls.DESCRIPTOR.fields} for cls in (
         report_pb2.CenterReport, report_pb2.ReportAck, plan_pb2.PlanRequest, plan_pb2.PlanPush,
-        types_pb2.Plan, types_pb2.Route, types_pb2.Target, route_pb2.RouteRequest, route_pb2.RouteReply)}
+        types_pb2.Plan, types_pb2.Route, types_pb2.Target, route_pb2.RouteRequest, route_pb2.RouteReply,
+        route_pb2.RequeryRequest, route_pb2.RequeryReply)}
     assert nums["callroute.v1.CenterReport"] == {"center": 1, "seq": 2, "sent_at": 3, "interval_s": 4,
                                                  "state": 5, "incarnation": 6, "probes": 7, "broken_paths": 8,
                                                  "skills": 10,
@@ -207,6 +208,14 @@ def test_wire_field_numbers_never_change():
         "TREATMENT_ACTION_NONE": 0, "TREATMENT_ACTION_CALLBACK_OFFER": 1, "TREATMENT_ACTION_ANNOUNCEMENT": 2,
         "TREATMENT_ACTION_CHANNEL_GUIDANCE": 3}
 
+    # issue 17: per-call re-query
+    assert nums["callroute.v1.RequeryRequest"] == {"call_id": 1, "branch": 2, "skill": 3, "waited_s": 4,
+                                                   "tried": 5, "count": 6, "caller": 7, "tier": 8,
+                                                   "refused": 9}
+    assert nums["callroute.v1.RequeryReply"] == {"center": 1, "stay": 2, "reason": 3, "plan_version": 4,
+                                                 "count": 5, "left": 6}
+    req = _fields(route_pb2.RequeryRequest)
+    assert req["count"][1] == FieldDescriptor.TYPE_INT64 and req["waited_s"][1] == FieldDescriptor.TYPE_DOUBLE
 
 def test_refuse_drills_and_topology_ops_wire_numbers():
     # issue 21's and issue 18's topology-ops messages: once released, their numbers are the contract

@@ -48,3 +48,41 @@ class RouteBatchReply(_message.Message):
     REPLIES_FIELD_NUMBER: _ClassVar[int]
     replies: _containers.RepeatedCompositeFieldContainer[RouteReply]
     def __init__(self, replies: _Optional[_Iterable[_Union[RouteReply, _Mapping]]] = ...) -> None: ...
+
+class RequeryRequest(_message.Message):
+    __slots__ = ("call_id", "branch", "skill", "waited_s", "tried", "count", "caller", "tier", "refused")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    BRANCH_FIELD_NUMBER: _ClassVar[int]
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    WAITED_S_FIELD_NUMBER: _ClassVar[int]
+    TRIED_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    branch: str
+    skill: str
+    waited_s: float
+    tried: _containers.RepeatedScalarFieldContainer[str]
+    count: int
+    caller: str
+    tier: str
+    refused: bool
+    def __init__(self, call_id: _Optional[str] = ..., branch: _Optional[str] = ..., skill: _Optional[str] = ..., waited_s: _Optional[float] = ..., tried: _Optional[_Iterable[str]] = ..., count: _Optional[int] = ..., caller: _Optional[str] = ..., tier: _Optional[str] = ..., refused: _Optional[bool] = ...) -> None: ...
+
+class RequeryReply(_message.Message):
+    __slots__ = ("center", "stay", "reason", "plan_version", "count", "left")
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    STAY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    center: str
+    stay: bool
+    reason: str
+    plan_version: int
+    count: int
+    left: int
+    def __init__(self, center: _Optional[str] = ..., stay: _Optional[bool] = ..., reason: _Optional[str] = ..., plan_version: _Optional[int] = ..., count: _Optional[int] = ..., left: _Optional[int] = ...) -> None: ...

@@ -45,6 +45,11 @@ class RouteServiceStub:
                 request_serializer=callroute_dot_v1_dot_route__pb2.RouteBatchRequest.SerializeToString,
                 response_deserializer=callroute_dot_v1_dot_route__pb2.RouteBatchReply.FromString,
                 _registered_method=True)
+        self.Requery = channel.unary_unary(
+                '/callroute.v1.RouteService/Requery',
+                request_serializer=callroute_dot_v1_dot_route__pb2.RequeryRequest.SerializeToString,
+                response_deserializer=callroute_dot_v1_dot_route__pb2.RequeryReply.FromString,
+                _registered_method=True)
 
 
 class RouteServiceServicer:
@@ -67,6 +72,15 @@ class RouteServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Requery(self, request, context):
+        """A waiting call routed again (post-routing, issue 17): the best center now, or stay. Stateless:
+        the switch sends the re-queries it has used; past the plan's policy.requery.max_per_call the
+        answer is stay. Bad input is INVALID_ARGUMENT naming the field and the value.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouteServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +93,11 @@ def add_RouteServiceServicer_to_server(servicer, server):
                     servicer.RouteBatch,
                     request_deserializer=callroute_dot_v1_dot_route__pb2.RouteBatchRequest.FromString,
                     response_serializer=callroute_dot_v1_dot_route__pb2.RouteBatchReply.SerializeToString,
+            ),
+            'Requery': grpc.unary_unary_rpc_method_handler(
+                    servicer.Requery,
+                    request_deserializer=callroute_dot_v1_dot_route__pb2.RequeryRequest.FromString,
+                    response_serializer=callroute_dot_v1_dot_route__pb2.RequeryReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,6 +155,33 @@ class RouteService:
             '/callroute.v1.RouteService/RouteBatch',
             callroute_dot_v1_dot_route__pb2.RouteBatchRequest.SerializeToString,
             callroute_dot_v1_dot_route__pb2.RouteBatchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Requery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callroute.v1.RouteService/Requery',
+            callroute_dot_v1_dot_route__pb2.RequeryRequest.SerializeToString,
+            callroute_dot_v1_dot_route__pb2.RequeryReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,13 +18,15 @@ from .engine import Closure, PathBreak, SimResult, Simulation, StaffMove
 from .erlang_a import ErlangAResult, erlang_a
 from .metrics import PolicyMetrics, gap_closed, summarize
 from .policies import POLICIES, CallroutePolicy, make_policy
+from .requery import RequeryPolicySim  # registers callroute+requery with make_policy
 from .run import ScenarioRun, draw_calls, run_policy, run_scenario
 from .scenarios import SCENARIOS, Scenario, build_scenario
 from .workload import CallSet, StaffingPlan, flat_staffing, generate_calls, plan_staffing
 
 __all__ = [
     "POLICIES", "SCENARIOS", "CallSet", "CallroutePolicy", "Closure", "ErlangAResult", "PathBreak",
-    "PolicyMetrics", "Scenario", "ScenarioRun", "SimResult", "Simulation", "StaffMove", "StaffingPlan",
+    "PolicyMetrics", "RequeryPolicySim", "Scenario", "ScenarioRun", "SimResult", "Simulation", "StaffMove",
+    "StaffingPlan",
     "build_scenario", "draw_calls", "erlang_a", "flat_staffing", "gap_closed", "generate_calls",
     "make_policy", "plan_staffing", "run_policy", "run_scenario", "summarize",
 ]

@@ -472,6 +472,8 @@ class Simulation:
 
         arrival, status, call_queue, queues = self.arrival, self.status, self.call_queue, self.queues
         route, requeue, policy = self.policy.route, self.policy.requeue, self.policy
+        # optional: when to offer a still-waiting call to requeue() again (None: never)
+        requeue_again = getattr(policy, "requeue_again", None)
         deliver, fill, heappop, push = self._deliver, self._fill, heapq.heappop, self._push
         n_calls = len(arrival)
         last_arrival = arrival[-1] if n_calls else t_start
@@ -514,6 +516,11 @@ class Simulation:
                             # leave this queue (its deque entry goes stale) and join the other
                             q.waiting -= 1
                             deliver(arg, dest, now)
+                        if requeue_again is not None and status[arg] == WAITING:
+                            # a policy that re-queries a call more than once (chaos.sim.requery)
+                            t_again = requeue_again(arg, now)
+                            if t_again is not None:
+                                push(t_again, _REQUEUE, arg)
                 elif kind == _CALLBACK:
                     if status[arg] == DEFERRED:
                         # the agent calls back: no patience timer (the agent dials when free), no requeue

@@ -29,6 +29,7 @@ Must not: read the clock or use unseeded randomness (even8 spreads by a stable h
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import msgspec
 import xxhash
@@ -242,6 +243,9 @@ class CallroutePolicy(BasePolicy):
     """
 
     name = "callroute"
+    # the receivers' predicted service levels in every plan: off, they are for operators; the
+    # re-query variant (chaos.sim.requery) routes waiting calls by them, as the agent does
+    predict = False
 
     def __init__(self, *, report_s: float = REPORT_INTERVAL_S, publish_s: float = PUBLISH_INTERVAL_S,
                  operator_closes: bool = True, live_balance: bool = False, detect_failing: bool = True,
@@ -414,7 +418,7 @@ class CallroutePolicy(BasePolicy):
         self.version += 1
         # routes only: the receivers' predicted service levels are for operators, not for routing
         plan = self.planner.compute(self._view(now), now, self.version, wall_hour=(now / 3600.0) % 24.0,
-                                    predict=False)
+                                    predict=self.predict)
         broken = self.paths.broken()
         if broken:
             # the senders whose reports arrive: every open center's agent (a dark one sends none)
@@ -632,7 +636,13 @@ POLICIES = ("static", "nrings", "even8", "callroute", "pooled")
 # callroute with the agent-side live layer (live_balance), without the failing detectors
 # (detect_failing=False) or without the agents' DR path probes (path_probes=False): reported apart,
 # never as callroute
-EXTRA_POLICIES = ("callroute+jsew", "callroute-nodetect", "callroute-noprobe", "callroute-cb")
+EXTRA_POLICIES = ("callroute+jsew", "callroute-nodetect", "callroute-noprobe", "callroute-cb",
+                  "callroute+requery")
+
+
+# policies defined in modules of their own (chaos.sim.requery), which register here when imported
+# (chaos.sim imports them): name -> factory(report_s=, publish_s=)
+POLICY_FACTORIES: dict[str, Callable[..., BasePolicy]] = {}
 
 
 def make_policy(name: str, *, report_s: float = REPORT_INTERVAL_S,
@@ -658,4 +668,7 @@ def make_policy(name: str, *, report_s: float = REPORT_INTERVAL_S,
                                path_probes=name != "callroute-noprobe")
     if name == "pooled":
         return PooledPolicy()
+    factory = POLICY_FACTORIES.get(name)
+    if factory is not None:
+        return factory(report_s=report_s, publish_s=publish_s)
     raise InvalidInput("policy", name, f"must be one of {', '.join(POLICIES + EXTRA_POLICIES)}")

@@ -134,6 +134,27 @@ class OverflowPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     receivers: int = 4  # overflow spreads over at most this many centers
 
 
+class RequeryPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Per-call re-query (post-routing, issue 17): a waiting call is routed again.
+
+    ICBC's "three rings, then head office" is `after_s: 15, head_office: <center>`; Cisco's
+    post-routing and Avaya's look-ahead interflow are `head_office: ""` (the best center now).
+    The rule itself is controlplane/core/requery.py.
+    """
+
+    # a switch re-queries a call that has waited this long at a center (three rings ~ 15 s); a
+    # call refused by its center may re-query at once
+    after_s: float = 15.0
+    # re-queries one call may make (the switch sends the count it has used; past this the answer
+    # is "stay"); 0 switches re-query off
+    max_per_call: int = 2
+    # the center a re-queried call goes to first (ICBC's head office), "" for the best center now
+    head_office: str = ""
+    # a call moves only when the best other center's predicted service level beats the one it
+    # waits at by at least this much: a move puts it at the back of another queue
+    min_gain: float = 0.05
+
+
 class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     service_level: ServiceLevel = ServiceLevel()
     dr_receivers: int = 8
@@ -144,6 +165,7 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     aht_s: dict[str, float] = {}
     default_aht_s: float = 300.0
     overload_action: OverloadAction = OverloadAction.CALLBACK
+    requery: RequeryPolicy = RequeryPolicy()
     # overload treatment chains chosen by predicted wait (issue 18): the default for every branch
     # and per skill; a branch's own chain wins. No chain anywhere: overload_action alone, as before.
     treatments: tuple[TreatmentStep, ...] = ()

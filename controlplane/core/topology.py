@@ -41,6 +41,7 @@ from .model import (
     InvalidInput,
     OverflowPolicy,
     Policy,
+    RequeryPolicy,
     ScheduleRule,
     Topology,
     TreatmentAction,
@@ -469,6 +470,22 @@ def _check_overflow(source: str, o: OverflowPolicy) -> None:
         _fail(source, f"{p}.receivers", o.receivers, f"must be an integer in [1, {MAX_CENTERS}]")
 
 
+# re-queries per call a policy may allow: Genesys stops at 4 redirects; a few more leave room
+MAX_REQUERIES_PER_CALL = 8
+
+
+def _check_requery(source: str, r: RequeryPolicy, centers: set[str]) -> None:
+    p = "policy.requery"
+    _check_number(source, f"{p}.after_s", r.after_s, 0.0, MAX_SECONDS)
+    if isinstance(r.max_per_call, bool) or not 0 <= r.max_per_call <= MAX_REQUERIES_PER_CALL:
+        _fail(source, f"{p}.max_per_call", r.max_per_call,
+              f"must be an integer in [0, {MAX_REQUERIES_PER_CALL}]")
+    if r.head_office and r.head_office not in centers:
+        _fail(source, f"{p}.head_office", r.head_office,
+              f"not a center of the topology {_known(r.head_office, sorted(centers))}")
+    _check_number(source, f"{p}.min_gain", r.min_gain, 0.0, 1.0)
+
+
 def _check_policy(source: str, pol: Policy, skills: set[str]) -> None:
     sl = pol.service_level
     _check_number(source, "policy.service_level.target", sl.target, 0.0, 1.0, lo_open=True, hi_open=True)
@@ -528,6 +545,7 @@ def check_topology(t: Topology, source: str = "<topology>") -> None:
     if len(skills) > MAX_SKILLS:
         _fail(source, "skills", len(skills), f"more than {MAX_SKILLS} distinct skills in the network")
     _check_policy(source, t.policy, skills)
+    _check_requery(source, t.policy.requery, set(centers))
 
 
 # ---------------------------------------------------------------- identity and output
@@ -540,11 +558,16 @@ _UNSET_BRANCH_TREATMENTS = b',"treatments":[],"skill_treatments":{}}'
 _UNSET_POLICY_TREATMENTS = b',"treatments":[],"skill_treatments":{},"patience_s":180.0}'
 
 
+# policy.requery (issue 17) at its defaults, as a Policy encodes it: left out of the hash like the
+# unset treatment fields, so a topology that does not set it keeps the hash it had before.
+_DEFAULT_POLICY_REQUERY = b',"requery":' + msgspec.json.encode(RequeryPolicy(), order="deterministic")
+
+
 def _canonical(t: Topology) -> bytes:
-    """The topology as hashed: fields added by the treatment chains are left out while unset, so a
-    topology without chains keeps the hash it had before they existed (agents and control planes of
-    both versions agree on plans during a rolling upgrade)."""
-    canonical = msgspec.json.encode(t, order="deterministic")
+    """The topology as hashed: fields added by the treatment chains (and the re-query policy) are
+    left out while unset, so a topology without them keeps the hash it had before they existed
+    (agents and control planes of both versions agree on plans during a rolling upgrade)."""
+    canonical = msgspec.json.encode(t, order="deterministic").replace(_DEFAULT_POLICY_REQUERY, b"", 1)
     return canonical.replace(_UNSET_POLICY_TREATMENTS, b"}").replace(_UNSET_BRANCH_TREATMENTS, b"}")
 
 

@@ -1,0 +1,93 @@
+"""The callroute policy with per-call re-query (post-routing, issue 17): `callroute+requery`.
+
+Everything `CallroutePolicy` does, and a call still waiting `RequeryPolicy.after_s` at its center
+is re-queried: its switch sends the call's id, the seconds it waited there, the centers it has
+tried and the re-queries used, and the agent answers from the plan in force with the real core
+(`controlplane.core.requery.RequeryBook`, the same code the agent's /v1/requery runs). A named
+center gets the call at the back of its queue; "stay" leaves it where it waits. Up to
+`max_per_call` re-queries, each `after_s` after the last (the switch's ring timer restarts at the
+new center).
+
+The plan's receivers' predicted service levels are what the answer ranks centers by, so this
+policy's planner predicts (`predict=True`; `callroute` leaves them out). Reported under its own
+name, never as `callroute`. The policy is the topology's `policy.requery` unless given.
+Must not: see anything the switch and agent would not (the sim's queues are only in the reports).
+"""
+
+from __future__ import annotations
+
+import math
+
+from controlplane.core.model import RequeryPolicy
+from controlplane.core.requery import RequeryBook, RequeryQuery
+
+from .engine import Simulation
+from .policies import POLICY_FACTORIES, CallroutePolicy
+
+
+class RequeryPolicySim(CallroutePolicy):
+    """callroute + the switch's re-query of waiting calls, answered by the core's RequeryBook."""
+
+    name = "callroute+requery"
+    predict = True
+
+    def __init__(self, *, requery: RequeryPolicy | None = None, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.name = "callroute+requery"
+        self._given = requery
+
+    def start(self, sim: Simulation) -> None:
+        self.rq = self._given or sim.topology.policy.requery
+        # the engine offers a waiting call to requeue() this long after it arrived (callroute
+        # routes at once: arrival is when it joins its first queue); max_per_call 0 = never
+        self.requeue_after_s = self.rq.after_s if self.rq.max_per_call > 0 else None
+        # per call: (centers tried, re-queries used, when it joined the queue it waits in): the
+        # switch's own record of its call, as a real switch keeps it in the call's state
+        self.calls: dict[int, tuple[tuple[str, ...], int, float]] = {}
+        self.book: RequeryBook | None = None
+        self.requeries = self.moves = 0
+        super().start(sim)
+
+    def requeue(self, sim: Simulation, call: int, now: float) -> int:
+        plan = self.last_plan
+        if plan is None:
+            return -1
+        cur = sim.call_center[call]
+        tried, used, joined = self.calls.get(call, ((sim.centers[cur],), 0, sim.arrival[call]))
+        if used >= self.rq.max_per_call:
+            return -1
+        if self.book is None or self.book.plan is not plan:
+            self.book = RequeryBook(plan)
+        q = RequeryQuery(call_id=str(call), branch=sim.branches[sim.call_branch[call]],
+                         skill=sim.skills[sim.call_skill[call]], waited_s=max(0.0, now - joined),
+                         tried=tried, count=used, caller=str(sim.caller[call]))
+        a = self.book.answer(q, self.rq)
+        self.requeries += 1
+        dest = sim.center_index.get(a.center, -1) if not a.stay else -1
+        if dest >= 0 and not sim.center_open[dest]:
+            dest = -1  # the trunk to a dark center fails: the call stays where it waits
+        if dest >= 0:
+            self.moves += 1
+            self.calls[call] = ((*tried, a.center), used + 1, now)
+        else:
+            self.calls[call] = (tried, used + 1, joined)
+        return dest
+
+    def requeue_again(self, call: int, now: float) -> float | None:
+        """When the switch re-queries this call next, if it may: its ring timer restarts now, at the
+        new center or (stay) at the same one."""
+        st = self.calls.get(call)
+        if st is None or st[1] >= self.rq.max_per_call:
+            return None
+        t = now + self.rq.after_s
+        return t if math.isfinite(t) else None
+
+    def summary(self) -> dict[str, object]:
+        out = super().summary()
+        out.update({"requeries": self.requeries, "requery_moves": self.moves,
+                    "requery_policy": {"after_s": self.rq.after_s, "max_per_call": self.rq.max_per_call,
+                                       "head_office": self.rq.head_office, "min_gain": self.rq.min_gain}})
+        return out
+
+
+POLICY_FACTORIES["callroute+requery"] = RequeryPolicySim

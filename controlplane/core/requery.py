@@ -1,0 +1,235 @@
+"""Per-call re-query (post-routing, issue 17): where should a call that is already waiting go now?
+
+A switch asks again when its call has waited `RequeryPolicy.after_s` at a center (or was refused
+there): Cisco's post-routing, Avaya's look-ahead interflow and ICBC's "three rings, then head
+office". The query carries the call's id, the seconds it waited and the centers it has tried (the
+one it waits at last); the answer names the best other center now, or says to stay.
+
+Stateless by design: the switch sends how many re-queries it has used (`count`) and the answer is
+"stay" once that reaches `max_per_call`, so a client can make the agent hold nothing per call.
+
+The best center now comes from the plan in force: the route's targets and every center the plan
+predicts a service level for (`Plan.receivers`) for the call's skill, less the centers tried and
+those the plan closes. With a head office in the policy the call goes there (the bank's rule),
+while the plan has it open and staffed for the skill; otherwise it moves when the best predicted
+center beats staying by `min_gain` of predicted service level (a move puts the call at the back
+of another queue). Calls that wait in one plan's time spread by call id over the few centers
+nearly as good as the best, by predicted spare agents, rather than all joining one queue.
+Pinned (specialty) routes never move: that business stays local.
+A plan without predictions (the planner's `predict=False`) ranks the route's targets by weight.
+
+Pure: no clock (the wait comes in the query), no I/O. Must not: hold per-call state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import msgspec
+import xxhash
+
+from .model import InvalidInput, Plan, ReceiverPrediction, RequeryPolicy, Route, RouteKind, check_id
+
+__all__ = ["RequeryQuery", "RequeryAnswer", "RequeryBook", "check_query", "MAX_TRIED",
+           "MAX_CALL_ID_LEN", "MAX_COUNT", "MAX_WAITED_S"]
+
+# Centers one call may list as tried: a route has at most 8 fallbacks (lookup.MAX_FALLBACKS) and a
+# policy at most 8 re-queries; twice that is a broken or hostile switch.
+MAX_TRIED = 16
+# A call id is a SIP Call-ID or an ACD's call key: 128 printable characters as the caller key.
+MAX_CALL_ID_LEN = 128
+# re-queries a query may say were used: any policy's max (8) is far below; more is a broken switch
+MAX_COUNT = 64
+# a day: no caller waits longer
+MAX_WAITED_S = 86_400.0
+# The answer's reason goes into switch logs, like a route's (lookup.MAX_REASON_CHARS).
+MAX_REASON_CHARS = 160
+# Re-queried calls spread over at most this many centers whose predicted service level is within
+# SPREAD_SL of the best (and beats staying): a plan's overflow spreads over 4 receivers too.
+SPREAD_CENTERS = 4
+SPREAD_SL = 0.05
+_xxh64 = xxhash.xxh64_intdigest
+# the tier whose route answers from vip_targets (lookup.VIP_TIER; not imported to keep the hot
+# path's module out of this one's dependencies)
+_VIP = "vip"
+
+
+class RequeryQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One re-query from a switch."""
+
+    call_id: str
+    branch: str
+    skill: str
+    waited_s: float
+    # centers the call has been sent to, in order; the last is where it waits now
+    tried: tuple[str, ...] = ()
+    # re-queries this call has used before this one
+    count: int = 0
+    caller: str = ""
+    tier: str = ""
+    # the center refused the call (busy, 486/503): re-query at once, whatever the wait
+    refused: bool = False
+
+
+class RequeryAnswer(msgspec.Struct, frozen=True):
+    """Move to `center`, or stay (`center` empty, `stay` true) where the call waits."""
+
+    center: str
+    stay: bool
+    reason: str
+    plan_version: int
+    # re-queries the call has used including this one, and how many it has left
+    count: int
+    left: int
+
+
+def check_query(q: RequeryQuery) -> None:
+    """Raise InvalidInput naming the first bad field and its value."""
+    if not isinstance(q.call_id, str) or not q.call_id or len(q.call_id) > MAX_CALL_ID_LEN \
+            or not q.call_id.isprintable():
+        raise InvalidInput("call_id", str(q.call_id)[:MAX_CALL_ID_LEN],
+                           f"must be 1..{MAX_CALL_ID_LEN} printable characters")
+    check_id("branch", q.branch)
+    check_id("skill", q.skill)
+    w = q.waited_s
+    if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) \
+            or not 0.0 <= w <= MAX_WAITED_S:
+        raise InvalidInput("waited_s", w, f"must be a number of seconds in [0, {MAX_WAITED_S:g}]")
+    if len(q.tried) > MAX_TRIED:
+        raise InvalidInput("tried", len(q.tried), f"more than {MAX_TRIED} centers")
+    seen: set[str] = set()
+    for i, c in enumerate(q.tried):
+        check_id(f"tried[{i}]", c)
+        if c in seen:
+            raise InvalidInput(f"tried[{i}]", c, "center listed twice")
+        seen.add(c)
+    n = q.count
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_COUNT:
+        raise InvalidInput("count", n, f"must be an integer in [0, {MAX_COUNT}]")
+    if not isinstance(q.caller, str) or len(q.caller) > MAX_CALL_ID_LEN or not q.caller.isprintable():
+        raise InvalidInput("caller", str(q.caller)[:MAX_CALL_ID_LEN],
+                           f"must be at most {MAX_CALL_ID_LEN} printable characters")
+    if q.tier:
+        check_id("tier", q.tier)
+
+
+class RequeryBook:
+    """A plan's routes by (branch, skill), for re-queries. Immutable; build one per plan."""
+
+    __slots__ = ("plan", "_routes", "_closed")
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self._routes: dict[tuple[str, str], Route] = {(r.branch, r.skill): r for r in plan.routes}
+        self._closed = frozenset(plan.closed)
+
+    def answer(self, q: RequeryQuery, policy: RequeryPolicy) -> RequeryAnswer:
+        """The decision for one checked query (see `check_query`); InvalidInput for an unknown
+        branch or skill."""
+        route = self._routes.get((q.branch, q.skill))
+        if route is None:
+            if not any(b == q.branch for b, _ in self._routes):
+                raise InvalidInput("branch", q.branch,
+                                   f"no route for this branch in plan {self.plan.version}")
+            raise InvalidInput("skill", q.skill, f"no route for branch {q.branch!r} and this skill in "
+                                                 f"plan {self.plan.version}")
+        used = q.count + 1
+        left = max(0, policy.max_per_call - used)
+        if q.count >= policy.max_per_call:
+            return self._stay(f"stay: re-query limit reached ({policy.max_per_call} per call)", q.count, 0)
+        if not q.refused and q.waited_s < policy.after_s:
+            return self._stay(f"stay: waited {q.waited_s:g} s, re-query after {policy.after_s:g} s",
+                              used, left)
+        if route.kind == RouteKind.PINNED:
+            return self._stay("stay: pinned route (specialty business stays local)", used, left)
+        current = q.tried[-1] if q.tried else ""
+        tried = frozenset(q.tried)
+        preds = self.plan.receivers
+        skill = q.skill
+        targets = route.vip_targets if q.tier == _VIP and route.vip_targets else route.targets
+        weight = {t.center: t.weight for t in targets if t.weight > 0}
+
+        def usable(c: str) -> bool:
+            return bool(c) and c not in tried and c not in self._closed
+
+        cur_pred = _pred(preds, current, skill)
+        if not preds:
+            # a plan without predictions: the head office, else the route's targets by weight
+            if usable(policy.head_office):
+                return self._move(policy.head_office, "head office", used, left)
+            ranked = sorted((c for c in weight if usable(c)), key=lambda c: (-weight[c], c))
+            if ranked:
+                return self._move(ranked[0], f"route target, weight {weight[ranked[0]]:.0%}", used, left)
+            return self._stay("stay: no untried target in the route", used, left)
+        # what staying is worth: a center the plan closes or does not staff for the skill is nothing
+        stay_sl = cur_pred.service_level if cur_pred is not None and current not in self._closed else -1.0
+        head = policy.head_office
+        if usable(head):
+            # the bank's rule (ICBC: three rings, then head office): the head office takes the call
+            # whatever the prediction, as long as the plan has it open and staffed for the skill
+            hp = _pred(preds, head, skill)
+            if hp is not None and hp.agents > 0:
+                return self._move(head, f"head office, predicted SL {hp.service_level:.0%} "
+                                        f"vs {_sl_text(stay_sl)} here", used, left)
+        ranked: list[tuple[tuple[float, float, bool, str], str, ReceiverPrediction]] = []
+        for c, per_skill in preds.items():
+            p = per_skill.get(skill)
+            if p is None or p.agents <= 0 or not usable(c):
+                continue
+            # highest predicted SL; then least occupied; then the route's own targets; then by id
+            ranked.append(((-p.service_level, p.occupancy, c not in weight, c), c, p))
+        if not ranked:
+            return self._stay("stay: no other center staffs this skill", used, left)
+        ranked.sort()
+        best, best_pred = ranked[0][1], ranked[0][2]
+        if best_pred.service_level < stay_sl + policy.min_gain:
+            return self._stay(f"stay: best other {best} predicted SL {best_pred.service_level:.0%} "
+                              f"vs {_sl_text(stay_sl)} here", used, left)
+        # Every call waiting in one plan's time sees the same predictions: sending them all to the
+        # one best center would pile them into its queue. They spread, by a stable hash of the call
+        # id, over the few centers nearly as good, in proportion to each one's predicted spare agents.
+        floor = max(stay_sl + policy.min_gain, best_pred.service_level - SPREAD_SL)
+        pool = [(c, p.agents - p.load_erlangs) for _, c, p in ranked[:SPREAD_CENTERS]
+                if p.service_level >= floor and p.agents > p.load_erlangs]
+        chosen, chosen_pred = best, best_pred
+        total = sum(w for _, w in pool)
+        if len(pool) > 1 and total > 0:
+            x = _xxh64(q.call_id.encode()) / 2.0**64 * total
+            for c, w in pool:
+                x -= w
+                if x < 0:
+                    chosen = c
+                    break
+            chosen_pred = next(p for _, c, p in ranked if c == chosen)
+        return self._move(chosen, f"best now, predicted SL {chosen_pred.service_level:.0%} vs "
+                                  f"{_sl_text(stay_sl)} here", used, left)
+
+    def _stay(self, why: str, used: int, left: int) -> RequeryAnswer:
+        return RequeryAnswer("", True, why[:MAX_REASON_CHARS], self.plan.version, used, left)
+
+    def _move(self, center: str, why: str, used: int, left: int) -> RequeryAnswer:
+        return RequeryAnswer(center, False, f"requery -> {center}: {why}"[:MAX_REASON_CHARS],
+                             self.plan.version, used, left)
+
+
+def _pred(preds: dict[str, dict[str, ReceiverPrediction]], center: str,
+          skill: str) -> ReceiverPrediction | None:
+    per = preds.get(center)
+    return per.get(skill) if per is not None else None
+
+
+def _sl_text(sl: float) -> str:
+    return "none" if sl < 0 else f"{sl:.0%}"
+
+
+def tried_from_text(text: str, field: str = "tried") -> tuple[str, ...]:
+    """A comma-separated list of center ids (a switch's form), bounded before it is split."""
+    if not text:
+        return ()
+    if len(text) > MAX_TRIED * 65:
+        raise InvalidInput(field, text[:64], f"more than {MAX_TRIED} centers")
+    parts: Sequence[str] = text.split(",")
+    if len(parts) > MAX_TRIED:
+        raise InvalidInput(field, len(parts), f"more than {MAX_TRIED} centers")
+    return tuple(parts)

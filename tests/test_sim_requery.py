@@ -1,0 +1,86 @@
+"""The simulator's re-query (issue 17): `callroute+requery` re-queries a call that has waited
+policy.requery.after_s through the core's RequeryBook (what the agent's /v1/requery answers) and
+moves it when the answer names another center. Small networks, fixed seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from chaos.sim.engine import SERVED, Simulation
+from chaos.sim.policies import EXTRA_POLICIES, CallroutePolicy, make_policy
+from chaos.sim.requery import RequeryPolicySim
+from chaos.sim.workload import FLAT_PROFILE, HOUR_S, flat_staffing, generate_calls
+from controlplane.core.model import Branch, Center, Policy, RequeryPolicy, Topology
+
+HOURS = 1.0
+
+
+def three_centers(requery: RequeryPolicy | None = None) -> Topology:
+    # "small" gets 15 Erlangs on 5 agents: overflow moves at most max_share (60%) of them, the 6
+    # Erlangs left at home overload its 5 agents and its queue grows
+    return Topology((Center("main", agents={"x": 40}), Center("small", agents={"x": 5}),
+                     Center("other", agents={"x": 30})),
+                    (Branch("bm", home="main", calls_per_hour={"x": 120.0}),
+                     Branch("bs", home="small", calls_per_hour={"x": 180.0}),
+                     Branch("bo", home="other", calls_per_hour={"x": 90.0})),
+                    Policy(aht_s={"x": 300.0}, requery=requery or RequeryPolicy()))
+
+
+def run(policy, topo: Topology, seed: int = 1):  # type: ignore[no-untyped-def]
+    calls = generate_calls(topo, start_s=0.0, end_s=HOURS * HOUR_S, seed=seed, profile=FLAT_PROFILE,
+                           patience_s=None)
+    sim = Simulation(topo, calls, policy, flat_staffing(topo), window=(0.0, HOURS * HOUR_S),
+                     main_center="main")
+    return sim, sim.run()
+
+
+def _sl(r, mask) -> float:  # type: ignore[no-untyped-def]
+    return float(((r.status[mask] == SERVED) & (r.wait_s[mask] <= r.sl_threshold_s)).mean())
+
+
+def test_requery_is_a_named_extra_policy():
+    assert "callroute+requery" in EXTRA_POLICIES
+    pol = make_policy("callroute+requery")
+    assert isinstance(pol, RequeryPolicySim) and isinstance(pol, CallroutePolicy)
+    assert pol.name == "callroute+requery" and pol.predict
+
+
+def test_waiting_calls_move_and_the_overloaded_branch_is_served_sooner():
+    topo = three_centers(RequeryPolicy(after_s=15.0, max_per_call=2))
+    _, base = run(make_policy("callroute"), topo)
+    pol = make_policy("callroute+requery")
+    sim, r = run(pol, topo)
+    assert isinstance(pol, RequeryPolicySim)
+    assert pol.requeries > 0 and pol.moves > 0
+    # the same calls in both runs (common random numbers)
+    assert np.array_equal(base.arrival, r.arrival)
+    small = sim.center_index["small"]
+    bs = r.branch == 1
+    # calls of the overloaded center's branch were moved off it, and are answered sooner
+    assert ((r.center[bs] != small) & (r.status[bs] == SERVED)).sum() > ((base.center[bs] != small)
+                                                                         & (base.status[bs] == SERVED)).sum()
+    assert _sl(r, bs) > _sl(base, bs) + 0.05
+    assert r.wait_s[bs].mean() < base.wait_s[bs].mean()
+    # never more re-queries than the policy allows, never to a center tried before
+    for tried, used, _ in pol.calls.values():
+        assert used <= 2 and len(set(tried)) == len(tried)
+
+
+def test_head_office_is_a_plan_setting():
+    topo = three_centers(RequeryPolicy(after_s=15.0, max_per_call=1, head_office="other"))
+    pol = make_policy("callroute+requery")
+    sim, r = run(pol, topo)
+    assert isinstance(pol, RequeryPolicySim) and pol.moves > 0
+    moved = [tried for tried, _, _ in pol.calls.values() if len(tried) > 1]
+    assert moved and all(t[-1] == "other" for t in moved)
+
+
+@pytest.mark.parametrize("max_per_call", [0])
+def test_requery_off_routes_as_callroute(max_per_call):
+    topo = three_centers(RequeryPolicy(max_per_call=max_per_call))
+    _, base = run(make_policy("callroute"), topo)
+    pol = make_policy("callroute+requery")
+    _, r = run(pol, topo)
+    assert isinstance(pol, RequeryPolicySim) and pol.requeries == 0
+    assert np.array_equal(base.status, r.status) and np.array_equal(base.center, r.center)
