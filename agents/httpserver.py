@@ -29,6 +29,10 @@ Bad input is a 400 whose JSON error names the field and the value; a request nev
 server down. The hot path (GET /v1/route) is kept minimal: split the query by hand, resolve on the
 compiled plan the cache holds, and write response bytes cached per (immutable) decision object.
 Must not: await anything per lookup, touch the disk or the network besides its socket.
+
+Why over 600 lines: it is one hand-written HTTP/1.1 server on httptools (the switches' hot path) and
+its limits against hostile clients (header, body, pipeline, idle and write bounds) are read
+together with the request handlers (route, batch, re-query, health) they protect.
 """
 
 from __future__ import annotations

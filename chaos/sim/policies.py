@@ -24,6 +24,10 @@ Two callroute variants, always reported under their own names:
 A policy sees only what the real component would: the sim's live queues (what an ACD reports),
 the topology and the call's branch, skill and caller number.
 Must not: read the clock or use unseeded randomness (even8 spreads by a stable hash of the caller).
+
+Why over 600 lines: every routing policy the simulator compares (static, N-rings, even split,
+pooled, callroute and its variants) is here side by side, so that they are judged by the same
+interface and read against each other; engine, workload and metrics are their own modules.
 """
 
 from __future__ import annotations
