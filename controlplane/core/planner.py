@@ -815,9 +815,10 @@ class PlanTracker:
                 if m is not None and m[0] is entry and m[1] is vip:
                     routes[pos] = m[2]
                     continue
-                f = fixed[pos]
+                fixed_route = fixed[pos]
                 targets, kind, why, action = entry
-                route = Route(f.branch, f.skill, targets, kind, vip_targets=vip, overload_action=action,
+                route = Route(fixed_route.branch, fixed_route.skill, targets, kind, vip_targets=vip,
+                              overload_action=action,
                               explanation=why, home=key[0])
                 memo[pos] = (entry, vip, route)
                 routes[pos] = route

@@ -158,9 +158,10 @@ class RequeryBook:
             # a plan without predictions: the head office, else the route's targets by weight
             if usable(policy.head_office):
                 return self._move(policy.head_office, "head office", used, left)
-            ranked = sorted((c for c in weight if usable(c)), key=lambda c: (-weight[c], c))
-            if ranked:
-                return self._move(ranked[0], f"route target, weight {weight[ranked[0]]:.0%}", used, left)
+            by_weight = sorted((c for c in weight if usable(c)), key=lambda c: (-weight[c], c))
+            if by_weight:
+                return self._move(by_weight[0], f"route target, weight {weight[by_weight[0]]:.0%}", used,
+                                  left)
             return self._stay("stay: no untried target in the route", used, left)
         # what staying is worth: a center the plan closes or does not staff for the skill is nothing
         stay_sl = cur_pred.service_level if cur_pred is not None and current not in self._closed else -1.0
