@@ -168,7 +168,12 @@ async def _replica(store: Any, name: str, **over: Any) -> ControlPlane:
 def test_moves_traffic_off_open_center_counts_partial_sheds_and_closes():
     b = _brain()
     _feed(b, 0.0, 1)
-    home = _publish(b, 0.0)
+    # every route home (the brain's plan may already share a shortage: this test is about the
+    # comparison, so it starts from calls all at home)
+    published = _publish(b, 0.0)
+    home = msgspec.structs.replace(published, routes=tuple(
+        msgspec.structs.replace(r, targets=(Target(r.home, 1.0),), vip_targets=()) if r.targets else r
+        for r in published.routes))
     r0 = next(r for r in home.routes if r.home == "south" and r.targets)
     half = (Target("south", 0.5), Target("west", 0.5))
     shed = msgspec.structs.replace(home, routes=tuple(
@@ -392,7 +397,10 @@ async def test_a_rollback_to_a_plan_that_shed_part_of_an_open_center_needs_two_p
                                  "alice", "--request-id", "rb-half", *n.ep)
         assert rc == EXIT_PENDING, (out, err)  # on main: applied by one person
         pending = (await op.ListPending(operator_pb2.ListPendingRequest(), timeout=5)).pending
-        assert [(p.request_id, p.center) for p in pending] == [("rb-half", "north")]
+        # north for certain; south too when the half plan's shortage sharing had shed part of
+        # south's calls (the receiver of north's half) and the current plan has not
+        assert [p.request_id for p in pending] == ["rb-half"] and "north" in pending[0].center.split(","), \
+            pending
         assert await cp.store.get(cp.key(ROLLBACK_KEY)) is None
     finally:
         await ch.close()
