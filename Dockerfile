@@ -11,6 +11,8 @@ COPY agents ./agents
 COPY chaos ./chaos
 COPY callroute ./callroute
 COPY bench ./bench
+COPY wire ./wire
+COPY devtools ./devtools
 RUN pip install . && rm -rf /src
 
 # a fixed uid so the chart's runAsUser/fsGroup (10001) match and state dirs are writable

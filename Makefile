@@ -17,7 +17,7 @@ fuzz:
 
 lint:
 	@scripts/bootstrap.sh
-	.venv/bin/ruff check controlplane agents chaos tests
+	.venv/bin/ruff check controlplane agents chaos bench devtools wire tests
 	.venv/bin/mypy controlplane/core
 
 proto:

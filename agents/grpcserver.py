@@ -1,7 +1,7 @@
 """Switch-facing gRPC lookups: callroute.v1.RouteService Route, RouteBatch and Requery (issue 17),
 plus grpc.health.v1.
 
-Handlers take the raw request bytes and parse them with controlplane.convert, so random bytes or a
+Handlers take the raw request bytes and parse them with wire.convert, so random bytes or a
 truncated message come back as INVALID_ARGUMENT naming the field (B1) instead of gRPC's own
 INTERNAL deserialization error. Replies are serialized once per decision object of the served plan
 and reused. Must not: await anything per lookup besides the RPC itself, or touch disk or network.
@@ -18,14 +18,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from agents.httpserver import LookupEngine
 from agents.plancache import Served
 from callroute.v1 import route_pb2
-from controlplane.convert import (
+from controlplane.core.model import InvalidInput
+from controlplane.core.requery import RequeryQuery
+from wire.convert import (
     decision_to_pb,
     parse_requery_bytes,
     parse_route_batch_bytes,
     parse_route_request_bytes,
 )
-from controlplane.core.model import InvalidInput
-from controlplane.core.requery import RequeryQuery
 
 log = logging.getLogger("callroute.agent.grpc")
 

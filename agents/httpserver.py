@@ -51,11 +51,11 @@ from urllib.parse import unquote_plus
 import httptools
 import msgspec
 
-from agents.acd import invalid_from_msgspec
 from agents.counting import RoutedCounter
 from agents.plancache import PlanCache, Served
 from controlplane.core.model import InvalidInput, check_id
 from controlplane.core.treatments import RELEASING
+from wire.invalid import invalid_from_msgspec
 
 log = logging.getLogger("callroute.agent.http")
 
@@ -603,7 +603,7 @@ class AcdHttpServer(HttpServerBase):
                 return _response(b"200 OK", _JSON.encode(self.admin(body)))
         except InvalidInput as e:
             if getattr(e, "retry_later", False):
-                # the agent holds all the unacknowledged messages it may (agents.acd.AcdFull):
+                # the agent holds all the unacknowledged messages it may (agents.pushacd.AcdFull):
                 # refused, not taken and dropped, so the ACD keeps it and sends it again
                 return _response(b"503 Service Unavailable", error_body(e))
             self.stats.bad += 1

@@ -29,34 +29,26 @@ from typing import Any
 
 import msgspec
 
-from agents.acd import ACD, PushACD, SimulatedACD, invalid_from_msgspec
+from agents.acd import ACD, ACD_ADAPTERS, make_acd
 from agents.counting import RoutedCounter, SeqStore
 from agents.httpserver import HTTP_METRICS_HELP, AcdHttpServer, HttpLimits, HttpLookupServer, LookupEngine
 from agents.plancache import PlanCache, PlanStore, PlanWatcher
 from agents.probe import PathProber, PeerProber
 from agents.reporter import Reporter
-from agents.settings import AgentSettings, is_loopback, load_settings, parse_hostport
-from controlplane.core.model import MAX_COUNT, MAX_SKILLS_PER_REPORT, InvalidInput, Topology, check_id
-from controlplane.service.auth import _check_pair, _read, agent_tls
+from agents.settings import AgentSettings, load_settings
+from controlplane.core.model import InvalidInput, Topology
+from wire.settings import is_loopback, parse_hostport
+from wire.tls import agent_tls, check_cert_key_pair, read_pem
 
 log = logging.getLogger("callroute.agent")
 
-# A stdin line is one push message; longer is not a message (see acd.MAX_PUSH_BYTES).
+# A stdin line is one push message; longer is not a message (see pushacd.MAX_PUSH_BYTES).
 MAX_STDIN_LINE = 1 << 20
 
 
 # a simulated call notice to a peer agent is dropped after this long: on loopback it takes
 # a millisecond; a stuck peer must not pile up tasks across report intervals
 SIM_OFFER_TIMEOUT_S = 0.5
-
-
-class AdminCommand(msgspec.Struct, forbid_unknown_fields=True):
-    mode: str | None = None
-    state: str | None = None
-    # simulation only: calls per skill another center's agent routed here. Real calls reach a
-    # center's ACD over the telephone network; simulated ACDs in separate processes need this
-    # message so that a receiver's offered count rises when others send it calls.
-    offer: dict[str, int] | None = None
 
 
 class AcdSecurity(msgspec.Struct, frozen=True):
@@ -77,13 +69,13 @@ def acd_security(s: AgentSettings) -> AcdSecurity:
     if s.acd_tls_cert:
         import ssl
 
-        _check_pair(_read("acd_tls_cert", s.acd_tls_cert), _read("acd_tls_key", s.acd_tls_key),
+        check_cert_key_pair(read_pem("acd_tls_cert", s.acd_tls_cert), read_pem("acd_tls_key", s.acd_tls_key),
                     s.acd_tls_cert)
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(s.acd_tls_cert, s.acd_tls_key)
     token = b""
     if s.acd_token_file:
-        token = _read("acd_token_file", s.acd_token_file).strip()
+        token = read_pem("acd_token_file", s.acd_token_file).strip()
         if not token or not all(0x21 <= b < 0x7F for b in token):
             raise InvalidInput("acd_token_file", s.acd_token_file,
                                "must hold one token of printable ASCII without spaces")
@@ -117,19 +109,7 @@ class Agent:
         self.counter = RoutedCounter()
         self.engine = LookupEngine(self.cache, self.counter)
         now = time.monotonic()
-        self.acd: ACD
-        if settings.acd == "simulated":
-            if topology is None:
-                raise InvalidInput("topology", "", "the simulated ACD needs --topology for its staffing")
-            self.acd = SimulatedACD(topology, settings.center, now=now, seed=settings.sim_seed,
-                                    time_scale=settings.sim_time_scale,
-                                    start_hour=settings.sim_start_hour,
-                                    own_traffic=settings.sim_own_traffic,
-                                    patience_s=settings.sim_patience_s)
-            self.acd.set_mode(settings.sim_mode)
-        else:
-            self.acd = PushACD(settings.center, now=now, max_skills=settings.push_max_skills,
-                               known_skills=frozenset(topology.skills()) if topology is not None else None)
+        self.acd: ACD = make_acd(settings, topology, now)
         offset = settings.wall_offset_s
 
         def wall() -> float:
@@ -152,7 +132,7 @@ class Agent:
         self.prober: PeerProber | None = None
         self.path_prober: PathProber | None = None
         self.offer_errors = 0
-        if settings.sim_peers and isinstance(self.acd, SimulatedACD):
+        if settings.sim_peers and self.acd.on_admin is not None:  # simulated ACDs take peers' offers
             self.reporter.deliver = self._deliver
         self.watcher = PlanWatcher(
             self.cache, settings.controlplane, settings.center, node,
@@ -187,8 +167,8 @@ class Agent:
                                               ssl_ctx=ssl_ctx)
                 self.reporter.paths = self.path_prober
         self.acd_http = AcdHttpServer(
-            push=self._push if isinstance(self.acd, PushACD) else None,
-            admin=self._admin if isinstance(self.acd, SimulatedACD) else None,
+            push=self._push if self.acd.on_push is not None else None,
+            admin=self._admin if self.acd.on_admin is not None else None,
             token=self.acd_security.token, limits=limits, center=settings.center,
             entry_ok=self._entry_ok)
         self.acd_port = 0
@@ -201,33 +181,15 @@ class Agent:
     # ------------------------------------------------------------ outside input
 
     def _push(self, body: bytes) -> None:
-        assert isinstance(self.acd, PushACD)
-        self.acd.push_json(body, time.monotonic())
+        assert self.acd.on_push is not None
+        self.acd.on_push(body, time.monotonic())
 
     def _entry_ok(self) -> bool:
-        """Whether this center's call entry takes calls, as far as the agent knows: the simulated
-        ACD's trunk fault says no; a pushed ACD's trunk is not visible here (yes)."""
-        return not (isinstance(self.acd, SimulatedACD) and self.acd.mode == "calls_not_arriving")
+        return self.acd.entry_ok()
 
     def _admin(self, body: bytes) -> dict[str, Any]:
-        assert isinstance(self.acd, SimulatedACD)
-        try:
-            cmd = msgspec.json.decode(body or b"{}", type=AdminCommand)
-        except (msgspec.ValidationError, msgspec.DecodeError) as e:
-            raise invalid_from_msgspec(e, body) from None
-        if cmd.mode is not None:
-            self.acd.set_mode(cmd.mode)
-        if cmd.state is not None:
-            self.acd.set_state(cmd.state)
-        if cmd.offer is not None:
-            if len(cmd.offer) > MAX_SKILLS_PER_REPORT:
-                raise InvalidInput("offer", len(cmd.offer), f"more than {MAX_SKILLS_PER_REPORT} skills")
-            for skill, n in cmd.offer.items():
-                check_id("offer.key", skill)
-                if n < 0 or n > MAX_COUNT:
-                    raise InvalidInput(f"offer[{skill}]", n, f"must be an integer in [0, {MAX_COUNT}]")
-            self.acd.offer_routed(cmd.offer, time.monotonic())
-        return {"mode": self.acd.mode, "state": self.acd.state.value}
+        assert self.acd.on_admin is not None
+        return self.acd.on_admin(body, time.monotonic())
 
     def _deliver(self, others: dict[str, dict[str, int]]) -> None:
         """Simulation: tell the receiving centers' agents about the calls routed to them."""
@@ -246,8 +208,7 @@ class Agent:
         self.reporter.known_centers = frozenset(topology.center_ids())
         self.reporter.known_branches = frozenset(b.id for b in topology.branches)
         self.reporter.known_skills = frozenset(topology.skills())
-        if isinstance(self.acd, PushACD):
-            self.acd.known_skills = frozenset(topology.skills())
+        self.acd.use_topology(topology)
 
     async def _post_offer(self, addr: str, per_skill: dict[str, int]) -> None:
         host, _, port = addr.rpartition(":")
@@ -385,23 +346,7 @@ class Agent:
         return ("\n".join(lines) + "\n").encode()
 
     def _acd_metric_lines(self) -> list[str]:
-        acd = self.acd
-        if not isinstance(acd, PushACD):
-            return []
-        return [
-            "# HELP callroute_agent_acd_held_messages Pushed ACD messages not yet acknowledged by "
-            "the control plane (held and re-sent until then; pushes are refused with 503 when full).",
-            "# TYPE callroute_agent_acd_held_messages gauge",
-            f"callroute_agent_acd_held_messages {acd.carry.outstanding()}",
-            "# HELP callroute_agent_acd_pushes_total Pushed ACD messages by kind: numbered by the ACD "
-            "(counted once across replicas), unnumbered (counted once per replica given it), "
-            "duplicate (a retry of a held message).",
-            "# TYPE callroute_agent_acd_pushes_total counter",
-            f'callroute_agent_acd_pushes_total{{kind="numbered"}} '
-            f"{acd.accepted - acd.unnumbered}",
-            f'callroute_agent_acd_pushes_total{{kind="unnumbered"}} {acd.unnumbered}',
-            f'callroute_agent_acd_pushes_total{{kind="duplicate"}} {acd.duplicates}',
-        ]
+        return self.acd.metric_lines()
 
     # ------------------------------------------------------------ running
 
@@ -444,7 +389,7 @@ class Agent:
                                    "plan_version": self.cache.version}).decode(), flush=True)
         tasks = [asyncio.create_task(self.reporter.run(), name="reporter"),
                  asyncio.create_task(self.watcher.run(), name="plan-watcher")]
-        if isinstance(self.acd, PushACD):
+        if self.acd.on_push is not None:
             tasks.append(asyncio.create_task(self._stdin_pushes(), name="stdin-push"))
         if self.path_prober is not None:
             tasks.append(asyncio.create_task(self.path_prober.run(), name="path-prober"))
@@ -569,7 +514,7 @@ async def _amain(settings: AgentSettings) -> int:
 
 def run_agent(args: argparse.Namespace) -> int:
     """Entry point for `callroute agent` (see add_agent_parser)."""
-    from controlplane.textsafe import configure_logging
+    from wire.textsafe import configure_logging
 
     # reasons, NACK errors and peers' names reach the log as text, never as control sequences
     configure_logging(os.environ.get("CALLROUTE_LOG", "INFO"),
@@ -600,7 +545,7 @@ def add_agent_parser(sub: Any) -> argparse.ArgumentParser:
     sp.add_argument("--controlplane", help="control-plane endpoints HOST:PORT[,HOST:PORT...]")
     sp.add_argument("--http", help="switch-facing HTTP listener HOST:PORT (port 0 = any free)")
     sp.add_argument("--grpc", help="gRPC Route/RouteBatch listener HOST:PORT")
-    sp.add_argument("--acd", choices=["simulated", "push"], help="where load figures come from")
+    sp.add_argument("--acd", choices=sorted(ACD_ADAPTERS), help="where load figures come from")
     sp.add_argument("--state-dir", help="last good plan and report sequence survive restarts here")
     sp.add_argument("--config", help="settings file (YAML or JSON); flags override it")
     sp.add_argument("--topology", help="topology YAML: plan checks and the simulated ACD's staffing")

@@ -399,7 +399,7 @@ class PlanWatcher:
                  connect_deadline_s: float = 5.0, backoff_initial_s: float = 0.1,
                  backoff_max_s: float = 3.0, seed: int | None = None, tls: Any = None) -> None:
         self.cache = cache
-        # controlplane.service.auth.ClientTLS, or None for plaintext
+        # wire.tls.ClientTLS, or None for plaintext
         self.tls = tls
         self.endpoints = list(endpoints)
         self.center = center
@@ -438,8 +438,8 @@ class PlanWatcher:
 
     async def _session(self, ep: str) -> None:
         from callroute.v1 import plan_pb2, plan_pb2_grpc
-        from controlplane.convert import plan_from_pb
-        from controlplane.service.auth import open_channel
+        from wire.convert import plan_from_pb
+        from wire.tls import open_channel
 
         opts = channel_options(*self.keepalive)
         async with open_channel(ep, self.tls, opts) as ch:

@@ -56,7 +56,7 @@ class Reporter:
         self.center = center
         # leader redirects name the control plane's own address; this center may reach it elsewhere
         self.via = dict(via or {})
-        # controlplane.service.auth.ClientTLS, or None for plaintext
+        # wire.tls.ClientTLS, or None for plaintext
         self.tls = tls
         self.acd = acd
         self.counter = counter
@@ -98,7 +98,7 @@ class Reporter:
         self.paths: Any = None
         self._early = asyncio.Event()
         self._progress = asyncio.Event()  # an ack came or a stream opened (settle waits on it)
-        # the ACD messages held until acknowledged (agents.acd.AcdCarry; the push ACD has one)
+        # the ACD messages held until acknowledged (agents.pushacd.AcdCarry; the push ACD has one)
         self.carry: Any = getattr(acd, "carry", None)
 
     def report_now(self) -> None:
@@ -297,8 +297,8 @@ class Reporter:
 
     async def _session(self, ep: str) -> str | None:
         from callroute.v1 import report_pb2_grpc
-        from controlplane.convert import report_to_pb
-        from controlplane.service.auth import open_channel
+        from wire.convert import report_to_pb
+        from wire.tls import open_channel
 
         async with open_channel(ep, self.tls, channel_options(*self.keepalive)) as ch:
             await asyncio.wait_for(ch.channel_ready(), self.deadline_s)

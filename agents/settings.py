@@ -6,16 +6,15 @@ Every default says why it is that number. This module must not start anything or
 
 from __future__ import annotations
 
-import ipaddress
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from agents.acd import ACD_ADAPTERS
 from controlplane.core.model import MAX_SKILLS_PER_REPORT, InvalidInput, check_id
-from controlplane.settingsfile import read_settings_data
+from wire.settings import convert_settings, parse_hostport, read_settings_data, where
 
 # An address list longer than this is a typo (a pasted file), not a control-plane cluster.
 MAX_ENDPOINTS = 16
@@ -136,21 +135,6 @@ class AgentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tls_server_name: str = ""
 
 
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and localhost: only this machine's processes can connect."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def parse_hostport(field: str, value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise InvalidInput(field, value, "must be HOST:PORT with a port in [0, 65535]")
-    return host.strip("[]"), int(port)
 
 
 def validate(s: AgentSettings) -> AgentSettings:
@@ -179,8 +163,8 @@ def validate(s: AgentSettings) -> AgentSettings:
         parse_hostport(f"peers.{peer}", addr)
     if s.sim_mode not in ("normal", "not_answering", "calls_not_arriving"):
         raise InvalidInput("sim_mode", s.sim_mode, "must be normal, not_answering or calls_not_arriving")
-    if s.acd not in ("simulated", "push"):
-        raise InvalidInput("acd", s.acd, "must be 'simulated' or 'push'")
+    if s.acd not in ACD_ADAPTERS:
+        raise InvalidInput("acd", s.acd, f"must be one of {', '.join(sorted(ACD_ADAPTERS))}")
     positive = {"report_interval_s": (0.01, 3600), "keepalive_time_s": (0.1, 3600),
                 "keepalive_timeout_s": (0.1, 600), "rpc_deadline_s": (0.01, 600),
                 "stream_max_age_s": (1, 86400), "backoff_initial_s": (0.001, 60),
@@ -217,19 +201,8 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> AgentSe
     data = read_settings_data(config, overrides)
     if isinstance(data.get("controlplane"), str):
         data["controlplane"] = [x.strip() for x in data["controlplane"].split(",") if x.strip()]
-    where = f" (in {config} or its command-line override)" if config else ""
-    try:
-        s = msgspec.convert(data, AgentSettings)
-    except msgspec.ValidationError as e:
-        # msgspec says "... - at `$.field`": turn it into the one error type, naming the field
-        msg = str(e)
-        field = msg.rsplit("`$.", 1)[-1].rstrip("`") if "`$." in msg else "config"
-        unknown = re.match(r"Object contains unknown field `([^`]*)`", msg)
-        if unknown:
-            field = unknown.group(1)
-        value = data.get(field.split(".")[0].split("[")[0], None)
-        raise InvalidInput(field, value, msg.split(" - at ")[0] + where) from None
+    s = convert_settings(data, AgentSettings, config)
     try:
         return validate(s)
     except InvalidInput as e:
-        raise InvalidInput(e.field, e.value, e.why + where) from None
+        raise InvalidInput(e.field, e.value, e.why + where(config)) from None

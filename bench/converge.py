@@ -237,8 +237,8 @@ def bench_converge(trials: int = 30) -> dict[str, Any]:
 
 
 async def _ingest(seconds: float) -> dict[str, Any]:
-    from controlplane.core.synth import synth_topology
     from controlplane.core.topology import dump_topology
+    from devtools.synth import synth_topology
 
     topo = synth_topology(INGEST_CENTERS, INGEST_BRANCHES, INGEST_SKILLS, seed=3)
     reports = national_reports(topo, INGEST_VARIANTS)

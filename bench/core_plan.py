@@ -55,7 +55,7 @@ def peak_rss_kib() -> int:
 
 def _large_child() -> None:
     from controlplane.core.planner import PlanTracker
-    from controlplane.core.synth import synth_topology
+    from devtools.synth import synth_topology
 
     base = peak_rss_kib()
     topo = synth_topology(200, 2000, 20, seed=1)

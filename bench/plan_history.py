@@ -5,8 +5,8 @@ second: demand on every branch and skill walks within ±5% around a surge (overf
 loads in the explanations follow it), and a plan is kept whenever its routes change, as the
 leader's brain publishes (with a surge that overflows, every second).
 
-`bench_history(topology, hours, surge, seed)`: a private single-member etcd (controlplane.store.
-etcdtest), a leader of our own publishing each plan through the real Publisher (plans/ with its
+`bench_history(topology, hours, surge, seed)`: a private single-member etcd (devtools.
+etcd), a leader of our own publishing each plan through the real Publisher (plans/ with its
 history_keep, and the content-addressed history), plan time driven (created_at = t0 + i, nothing
 sleeps). Reports the history's keys and the bytes of its keys + values, per plan and per simulated
 day, the full plans' own bytes for comparison, and etcd's db_size: as written (every revision of
@@ -67,7 +67,7 @@ async def bench_history(topology: str, hours: float, surge: float, seed: int,
     from controlplane.service.settings import load_settings
     from controlplane.store.election import Election
     from controlplane.store.etcd import EtcdStore
-    from controlplane.store.etcdtest import EtcdCluster
+    from devtools.etcd import EtcdCluster
 
     n = int(hours * 3600)
     t0 = 1_764_900_000.0

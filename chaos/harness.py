@@ -1,6 +1,6 @@
 """The chaos harness: a whole callroute network as real processes on loopback, and a switch's traffic.
 
-`Cluster` starts an etcd cluster (controlplane.store.etcdtest), control-plane replicas and center
+`Cluster` starts an etcd cluster (devtools.etcd), control-plane replicas and center
 agents with simulated ACDs, each on a free 127.0.0.1 port, optionally behind `FaultProxy`s (agent ->
 control plane, control plane -> etcd). It kills, pauses and resumes any of them, finds the leader,
 and is an async context manager that stops everything it started on the way out, failure or not.
@@ -41,7 +41,7 @@ from chaos.switch import (
     HttpPool,
 )
 from controlplane.core.model import InvalidInput, Topology
-from controlplane.store.etcdtest import EtcdCluster
+from devtools.etcd import EtcdCluster
 
 # ---------------------------------------------------------------- the cluster
 
@@ -457,7 +457,7 @@ class Cluster:
         import grpc
 
         from callroute.v1 import operator_pb2, operator_pb2_grpc
-        from controlplane.convert import plan_from_pb
+        from wire.convert import plan_from_pb
 
         ldr = await self.leader()
         if ldr is None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from controlplane.store.etcdtest import free_port
+from devtools.etcd import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # A process imports grpc, protobuf and the core, and an agent compiles its first plan: seconds on a

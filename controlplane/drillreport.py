@@ -21,7 +21,7 @@ import msgspec
 
 from controlplane.core.model import Plan, Topology
 from controlplane.service.drills import MIN_OFFERED_FOR_SL, DrillMode, DrillRecord, traffic_shares
-from controlplane.textsafe import markdown_literal as md
+from wire.textsafe import markdown_literal as md
 
 # plots readable on a laptop screen and in a markdown viewer
 FIG_SIZE = (9.0, 4.0)

@@ -1,17 +1,60 @@
-"""Shared pytest fixtures. Store: real etcd processes (controlplane.store.etcdtest); `controlplane`:
+"""Shared pytest fixtures. Store: real etcd processes (devtools.etcd); `controlplane`:
 a real control-plane process on the embedded store and examples/small.yaml."""
 
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import settings
 from test_agent_fakes import ROOT, free_port, poll
 
-from controlplane.store.etcdtest import etcd_cluster3, etcd_private, etcd_shared, etcd_shared3  # noqa: F401
+from devtools.etcd import EtcdCluster, etcd_binary
 
 SMALL = ROOT / "examples" / "small.yaml"
+
+
+# Real etcd (devtools.etcd). A test using one of these is skipped, not failed, where etcd is not on PATH.
+_NO_ETCD = "etcd is not on PATH (install the Debian package etcd-server to run etcd tests)"
+
+
+def _require_etcd() -> None:
+    if etcd_binary() is None:
+        pytest.skip(_NO_ETCD)
+
+
+@pytest.fixture(scope="session")
+def etcd_shared() -> Iterator[EtcdCluster]:
+    """One single-member etcd for the whole session. Tests must not stop, kill or pause it and
+    must use their own key prefix."""
+    _require_etcd()
+    with EtcdCluster(1) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def etcd_shared3() -> Iterator[EtcdCluster]:
+    """One 3-member etcd for the whole session, same rules as etcd_shared."""
+    _require_etcd()
+    with EtcdCluster(3) as c:
+        yield c
+
+
+@pytest.fixture
+def etcd_private() -> Iterator[EtcdCluster]:
+    """A single-member etcd of this test's own: kill, restart and pause it freely."""
+    _require_etcd()
+    with EtcdCluster(1) as c:
+        yield c
+
+
+@pytest.fixture
+def etcd_cluster3() -> Iterator[EtcdCluster]:
+    """A 3-member etcd of this test's own."""
+    _require_etcd()
+    with EtcdCluster(3) as c:
+        yield c
 
 # Hypothesis profiles. "ci" is derandomized: a run explores the same examples every time, so a red CI
 # points at a change, never at the draw (random exploration is `make fuzz`'s job). "fuzz" draws fresh

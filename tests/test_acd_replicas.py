@@ -14,8 +14,8 @@ import json
 
 import pytest
 
-from agents.acd import PushACD
 from agents.counting import RoutedCounter, SeqStore
+from agents.pushacd import PushACD
 from agents.reporter import Reporter
 from controlplane.core.health import HealthSettings, HealthTracker
 from controlplane.core.model import InvalidInput, Status, validate_report
@@ -176,8 +176,8 @@ def test_a_healthy_center_with_two_replicas_stays_healthy(lag):
 
 
 def test_acd_messages_cross_the_wire_and_bad_ones_are_named():
-    from controlplane.convert import report_from_pb, report_to_pb
     from controlplane.core.model import AcdCount, Report
+    from wire.convert import report_from_pb, report_to_pb
 
     r = Report("a", 1, 1.7e9, acd=[AcdCount("acd", 3, 7, {"retail": (3, 2, 1, 1)}),
                                     AcdCount("agent", 9, 1, {})])
@@ -193,9 +193,9 @@ def test_acd_messages_cross_the_wire_and_bad_ones_are_named():
 
 
 def test_a_full_carry_refuses_pushes_instead_of_dropping_them(monkeypatch):
-    import agents.acd as acd_mod
-    from agents.acd import AcdFull
+    import agents.pushacd as acd_mod
     from agents.httpserver import AcdHttpServer
+    from agents.pushacd import AcdFull
 
     monkeypatch.setattr(acd_mod, "MAX_HELD_ACD", 3)
     rep = replica(7)

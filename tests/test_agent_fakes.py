@@ -25,7 +25,6 @@ from typing import Any
 import grpc
 
 from callroute.v1 import plan_pb2, plan_pb2_grpc, report_pb2_grpc
-from controlplane.convert import plan_to_pb, report_ack, report_from_pb
 from controlplane.core.model import (
     AdminState,
     Branch,
@@ -37,6 +36,7 @@ from controlplane.core.model import (
     Topology,
 )
 from controlplane.core.planner import compute_plan
+from wire.convert import plan_to_pb, report_ack, report_from_pb
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable

@@ -13,10 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_agent_fakes import make_plan, small_topology
 
-from agents.acd import MAX_QUEUE, PushACD, SimulatedACD
 from agents.counting import RoutedCounter, SeqStore, split_calls
 from agents.plancache import PlanCache, PlanStore, self_consistent
+from agents.pushacd import PushACD
 from agents.settings import AgentSettings, load_settings
+from agents.simacd import MAX_QUEUE, SimulatedACD
 from controlplane.core.model import (
     AdminState,
     InvalidInput,

@@ -30,8 +30,8 @@ def test_a_child_process_peak_memory_is_its_own_not_the_runners() -> None:
 
 def test_ingest_reports_are_national_varied_valid_and_carry_demand() -> None:
     from bench.converge import INGEST_BRANCHES, INGEST_CENTERS, INGEST_SKILLS, national_reports
-    from controlplane.convert import report_from_pb
-    from controlplane.core.synth import synth_topology
+    from devtools.synth import synth_topology
+    from wire.convert import report_from_pb
 
     topo = synth_topology(INGEST_CENTERS, INGEST_BRANCHES, INGEST_SKILLS, seed=3)
     reports = national_reports(topo, variants=4)

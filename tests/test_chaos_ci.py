@@ -15,7 +15,7 @@ import pytest
 
 from chaos.report import ScenarioResult, write_report
 from chaos.scenarios import CI, SCENARIOS, RunOptions
-from controlplane.store.etcdtest import etcd_binary
+from devtools.etcd import etcd_binary
 
 pytestmark = [
     pytest.mark.etcd,

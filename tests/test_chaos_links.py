@@ -13,7 +13,7 @@ import pytest
 from chaos.harness import Cluster
 from chaos.proxy import BLACKHOLE, Fault
 from chaos.scenarios.common import SMALL, default_agent_config, is_dr_for
-from controlplane.store.etcdtest import etcd_binary
+from devtools.etcd import etcd_binary
 
 
 async def _probe(addr: str, timeout_s: float = 0.5) -> str | None:

@@ -17,29 +17,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from callroute.v1 import report_pb2, route_pb2, types_pb2
-from controlplane import convert
-from controlplane.convert import (
-    MAX_BATCH_ITEMS,
-    MAX_CENTERS,
-    MAX_PLAN_BYTES,
-    MAX_REPORT_BYTES,
-    MAX_ROUTE_BATCH_BYTES,
-    MAX_ROUTES_PER_PLAN,
-    RouteQuery,
-    decision_to_pb,
-    parse_plan_bytes,
-    parse_report_bytes,
-    parse_route_batch_bytes,
-    parse_route_request_bytes,
-    plan_from_pb,
-    plan_to_pb,
-    report_ack,
-    report_from_pb,
-    report_to_pb,
-    route_batch_from_pb,
-    route_batch_reply,
-    route_request_from_pb,
-)
 from controlplane.core.model import (
     MAX_COUNT,
     MAX_SKILLS_PER_REPORT,
@@ -64,6 +41,29 @@ from controlplane.core.model import (
 )
 from controlplane.core.plan import diff_plans
 from controlplane.core.planner import compute_plan
+from wire import convert
+from wire.convert import (
+    MAX_BATCH_ITEMS,
+    MAX_CENTERS,
+    MAX_PLAN_BYTES,
+    MAX_REPORT_BYTES,
+    MAX_ROUTE_BATCH_BYTES,
+    MAX_ROUTES_PER_PLAN,
+    RouteQuery,
+    decision_to_pb,
+    parse_plan_bytes,
+    parse_report_bytes,
+    parse_route_batch_bytes,
+    parse_route_request_bytes,
+    plan_from_pb,
+    plan_to_pb,
+    report_ack,
+    report_from_pb,
+    report_to_pb,
+    route_batch_from_pb,
+    route_batch_reply,
+    route_request_from_pb,
+)
 
 # B1: each hostile input must be decoded or rejected within this; a decoder that scales with the
 # declared size instead of the bytes present, or loops on garbage, blows it by orders of magnitude.

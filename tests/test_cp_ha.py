@@ -21,7 +21,7 @@ from test_cp_support import FakeAgent, Replica, Reporter, operator_stub, wait_fo
 from callroute.v1 import operator_pb2, route_pb2, route_pb2_grpc, types_pb2
 from controlplane.store.base import Compacted
 from controlplane.store.etcd import EtcdStore
-from controlplane.store.etcdtest import EtcdCluster, etcd_binary
+from devtools.etcd import EtcdCluster, etcd_binary
 
 pytestmark = [
     pytest.mark.etcd,

@@ -525,7 +525,7 @@ async def test_grpc_health_and_reflection(cp):
         ({"store": "redis://x"}, "store"),
         ({"history_keep": 1}, "history_keep"),
         ({"store_deadline_s": 5.0}, "store_deadline_s"),
-        ({"publish_intervl_s": 1.0}, "config"),
+        ({"publish_intervl_s": 1.0}, "publish_intervl_s"),  # a typo is named, as in agent settings
     ],
 )
 def test_settings_reject_bad_values_naming_the_field(over, field):

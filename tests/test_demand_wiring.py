@@ -21,14 +21,14 @@ from pathlib import Path
 import pytest
 from test_agent_fakes import ROOT, AgentProc, apoll, http_get, make_plan, small_topology
 
-from agents.acd import SimulatedACD
 from agents.counting import DemandLedger, RoutedCounter, SeqStore, split_calls
 from agents.httpserver import HttpLookupServer, LookupEngine
 from agents.plancache import PlanCache
 from agents.reporter import Reporter
+from agents.simacd import SimulatedACD
 from callroute.v1 import report_pb2, route_pb2, types_pb2
-from controlplane.convert import parse_report_bytes, report_ack, report_from_pb, report_to_pb
 from controlplane.core.model import MAX_COUNT, MAX_DEMAND_ENTRIES, InvalidInput, Report
+from wire.convert import parse_report_bytes, report_ack, report_from_pb, report_to_pb
 
 SMALL = ROOT / "examples" / "small.yaml"
 TOPO = small_topology()

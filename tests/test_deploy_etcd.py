@@ -20,7 +20,7 @@ from test_cp_support import ROOT, Replica
 
 from controlplane.store import PermissionDenied
 from controlplane.store.etcd import TLSConfig, parse_store_url
-from controlplane.store.etcdtest import EtcdCluster, etcd_binary
+from devtools.etcd import EtcdCluster, etcd_binary
 
 pytestmark = [
     pytest.mark.etcd,

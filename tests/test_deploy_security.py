@@ -21,7 +21,8 @@ from test_cp_support import ROOT, Replica
 from controlplane import certs
 from controlplane.core.model import InvalidInput
 from controlplane.service import auth
-from controlplane.service.settings import is_loopback, load_settings
+from controlplane.service.settings import load_settings
+from wire.settings import is_loopback
 
 SMALL = str(ROOT / "examples" / "small.yaml")
 # argument parsing and settings validation take well under a second; this bounds a hang

@@ -26,7 +26,7 @@ from callroute.v1 import operator_pb2, operator_pb2_grpc
 from chaos.harness import Cluster
 from chaos.report import ScenarioResult
 from chaos.scenarios.common import SMALL, default_agent_config, home_restored, observed, poll
-from controlplane.store.etcdtest import etcd_binary
+from devtools.etcd import etcd_binary
 
 pytestmark = [
     pytest.mark.etcd,

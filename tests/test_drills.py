@@ -31,8 +31,9 @@ from test_cp_support import (
 
 from callroute.v1 import operator_pb2, report_pb2, types_pb2
 from controlplane.core.health import HealthSettings
-from controlplane.core.model import InvalidInput, NetworkView, SkillLoad
+from controlplane.core.model import InvalidInput, NetworkView
 from controlplane.core.topology import load_topology
+from controlplane.service.approvals import PendingRecord, TwoPersonRule, check_approval
 from controlplane.service.drills import (
     MIN_OFFERED_FOR_SL,
     DrillMode,
@@ -40,9 +41,6 @@ from controlplane.service.drills import (
     DrillSpec,
     DrillState,
     DrillTracker,
-    PendingRecord,
-    TwoPersonRule,
-    check_approval,
     decode_record,
     dry_run,
     encode,
@@ -69,8 +67,25 @@ def _tracker(ramp: tuple[float, ...] = (0.1, 0.5, 1.0), step_s: float = 10.0, du
     return DrillTracker(rec, 0.0)
 
 
-def _load(offered: int, within: int) -> dict[str, SkillLoad]:
-    return {"retail": SkillLoad(logged_in=100, offered=offered, answered=offered, answered_within=within)}
+class _Receiver:
+    """A receiver's reports as the drill runner sees them: HealthTracker.calls_seen's running totals
+    (reports, offered, answered within), read into DrillTracker.observe_totals. The first read is the
+    baseline the runner takes when it starts watching."""
+
+    def __init__(self, t: DrillTracker, center: str) -> None:
+        self.t, self.center = t, center
+        self.reports, self.offered, self.within = 1, 0, 0
+        self.read()
+
+    def report(self, offered: int, within: int) -> None:
+        self.reports += 1
+        self.offered += offered
+        self.within += within
+        self.read()
+
+    def read(self) -> None:
+        """The runner reads the totals (again, when no report came since its last tick)."""
+        self.t.observe_totals(self.center, self.reports, self.offered, self.within)
 
 
 def test_ramp_steps_hold_the_last_step_until_the_duration_then_restore():
@@ -90,15 +105,16 @@ def test_ramp_steps_hold_the_last_step_until_the_duration_then_restore():
 def test_receiver_below_the_floor_rolls_back_and_needs_enough_calls():
     t = _tracker()
     t.advance(0.0, 0.0)
+    south = _Receiver(t, "south")
     # a few bad calls are no verdict
-    t.observe("south", 1, _load(MIN_OFFERED_FOR_SL - 1, 0))
+    south.report(MIN_OFFERED_FOR_SL - 1, 0)
     t.advance(1.0, 1.0)
     assert t.state == DrillState.RUNNING
-    # the same report sampled twice counts once
-    t.observe("south", 1, _load(MIN_OFFERED_FOR_SL - 1, 0))
+    # the same totals read twice count once
+    south.read()
     t.advance(1.5, 1.5)
     assert t.state == DrillState.RUNNING
-    t.observe("south", 2, _load(10, 5))
+    south.report(10, 5)
     t.advance(2.0, 2.0)
     assert t.state == DrillState.ROLLED_BACK and t.share == 0.0
     assert "south" in t.end_reason and "floor 60%" in t.end_reason
@@ -111,16 +127,13 @@ def test_a_receiver_that_stops_answering_keeps_its_verdict_after_its_traffic_mov
     # MIN_OFFERED_FOR_SL calls; the verdict comes from its last calls, not from silence.
     t = _tracker()
     t.advance(0.0, 0.0)
-    seq = 0
+    west = _Receiver(t, "west")
     for _ in range(10):
-        seq += 1
-        t.observe("west", seq, _load(10, 10))
+        west.report(10, 10)
     for _ in range(3):
-        seq += 1
-        t.observe("west", seq, _load(5, 0))
+        west.report(5, 0)
     for _ in range(7):
-        seq += 1
-        t.observe("west", seq, _load(0, 0))
+        west.report(0, 0)
     t.advance(1.0, 1.0)
     assert t.state == DrillState.ROLLED_BACK, t.levels()
     assert "receiver west service level 40.0%" in t.end_reason
@@ -144,8 +157,9 @@ def test_reports_arriving_between_two_ticks_all_count():
 def test_a_long_quiet_receiver_gives_no_verdict():
     t = _tracker()
     t.advance(0.0, 0.0)
+    west = _Receiver(t, "west")
     for seq in range(1, 200):  # a call every tenth report for 100 s: never 20 in the last 120 reports
-        t.observe("west", seq, _load(1 if seq % 10 == 0 else 0, 0))
+        west.report(1 if seq % 10 == 0 else 0, 0)
     t.advance(1.0, 1.0)
     assert t.state == DrillState.RUNNING and "west" not in t.levels()
 
@@ -153,11 +167,12 @@ def test_a_long_quiet_receiver_gives_no_verdict():
 def test_near_the_floor_the_ramp_holds_then_resumes():
     t = _tracker(floor=0.6)
     t.advance(0.0, 0.0)
-    t.observe("west", 1, _load(100, 62))  # 62 %: above the floor, within the 5-point margin
+    west = _Receiver(t, "west")
+    west.report(100, 62)  # 62 %: above the floor, within the 5-point margin
     t.advance(11.0, 11.0)
     assert t.state == DrillState.HELD and t.share == 0.1
-    for seq in range(2, 12):  # the window fills with good reports
-        t.observe("west", seq, _load(100, 95))
+    for _ in range(10):  # the window fills with good reports
+        west.report(100, 95)
     t.advance(12.0, 12.0)
     assert t.state == DrillState.RUNNING
     t.advance(12.5, 12.5)
@@ -193,11 +208,11 @@ def test_drill_invariants(events, ramp_raw):
     running, is 0 once ended (and stays ended), and the drill never outlives its duration."""
     ramp = tuple(sorted(ramp_raw))
     t = _tracker(ramp=ramp, step_s=3.0, duration_s=3.0 * len(ramp) + 5.0, floor=0.5)
-    now, seq, prev_share, ended = 0.0, 0, 0.0, False
+    now, prev_share, ended = 0.0, 0.0, False
+    south = _Receiver(t, "south")
     for dt, offered, within, abort in events:
         now += dt
-        seq += 1
-        t.observe("south", seq, _load(offered, min(within, offered)))
+        south.report(offered, min(within, offered))
         if abort and dt > 6.5:
             t.abort("test")
         t.advance(now, now)
@@ -744,7 +759,7 @@ async def test_new_leader_resumes_a_running_drill_and_rolls_it_back(tmp_path):
     the step (no flap home), ramps on, and restores the routes at the end."""
     from test_cp_support import Replica
 
-    from controlplane.store.etcdtest import EtcdCluster, etcd_binary
+    from devtools.etcd import EtcdCluster, etcd_binary
 
     if etcd_binary() is None:
         pytest.skip("etcd-server is not installed")

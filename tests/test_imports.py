@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grimp
 
-PACKAGES = ("controlplane", "agents", "chaos", "bench", "callroute")
+PACKAGES = ("controlplane", "agents", "chaos", "bench", "callroute", "devtools", "wire")
 
 
 def import_cycles(graph: grimp.ImportGraph) -> list[tuple[str, ...]]:
@@ -28,6 +28,31 @@ def test_no_import_cycle_among_the_projects_modules() -> None:
     graph = grimp.build_graph(*PACKAGES, cache_dir=None)
     assert len(graph.modules) > 50  # the whole project was read, not an empty graph
     assert import_cycles(graph) == []
+
+
+def imports_into(graph: grimp.ImportGraph, importer_pkg: str, imported_pkg: str) -> set[tuple[str, str]]:
+    """Every direct import from a module of `importer_pkg` into a module of `imported_pkg`."""
+    def inside(module: str, pkg: str) -> bool:
+        return module == pkg or module.startswith(pkg + ".")
+
+    return {(m, i) for m in graph.modules if inside(m, importer_pkg)
+            for i in graph.find_modules_directly_imported_by(m) if inside(i, imported_pkg)}
+
+
+def test_the_layers_import_one_way() -> None:
+    """Agents use the control plane's pure core and the shared wire package, never its service (issue 20);
+    wire itself stands on the core only; production code never imports the dev tools, except the lazy
+    import behind `callroute up`, which is what that command is."""
+    graph = grimp.build_graph(*PACKAGES, cache_dir=None)
+    agents_into_cp = imports_into(graph, "agents", "controlplane")
+    assert agents_into_cp  # the check reads real imports: agents do use the core
+    assert {i for _, i in agents_into_cp if not i.startswith("controlplane.core.")} == set()
+    wire_into_cp = imports_into(graph, "wire", "controlplane")
+    assert {i for _, i in wire_into_cp if not i.startswith("controlplane.core.")} == set()
+    assert imports_into(graph, "wire", "agents") == set()
+    assert imports_into(graph, "agents", "devtools") == set()
+    assert imports_into(graph, "wire", "devtools") == set()
+    assert {m for m, _ in imports_into(graph, "controlplane", "devtools")} == {"controlplane.cli.services"}
 
 
 def test_a_cycle_through_an_import_inside_a_function_is_found(tmp_path, monkeypatch) -> None:

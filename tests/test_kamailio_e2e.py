@@ -11,29 +11,31 @@ Skips only when no kamailio binary (or its http_client/json modules) can be foun
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kamnet import (
+    PY,
+    ROOT,
+    Procs,
+    free_port,
+    http_get,
+    needs_kamailio,
+    poll,
+    start_kamailio,
+    start_network,
+    wait_listening,
+)
 from sipua import SipClient, read_records
 
-ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
-CFG = ROOT / "deploy" / "kamailio" / "kamailio.cfg"
 SMALL = ROOT / "examples" / "small.yaml"
 CENTERS = ("north", "south", "west")
-KAMAILIO = shutil.which("kamailio") or ("/usr/sbin/kamailio" if os.path.exists("/usr/sbin/kamailio") else "")
-MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 # calls per latency sample: enough for a p99 that is not just the maximum, still ~1 s of calls
 LATENCY_CALLS = 200
 # the branch whose calls the test follows, and its home
@@ -43,104 +45,7 @@ SPREAD = [(b, s) for b in ("beijing", "hebei", "guangdong", "fujian", "sichuan",
           for s in ("retail", "credit_card", "corporate")]
 WARMUP_CALLS = 10
 
-pytestmark = pytest.mark.skipif(
-    not KAMAILIO or not (MODULES / "http_client.so").exists() or not (MODULES / "json.so").exists(),
-    reason="kamailio with http_client and json modules not installed "
-           "(apt-get install kamailio kamailio-utils-modules kamailio-json-modules)")
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def poll(cond: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(every_s)
-
-
-def http_get(port: int, path: str) -> tuple[int, Any]:
-    import http.client
-
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        body = r.read()
-    except OSError:
-        return 0, None
-    finally:
-        c.close()
-    try:
-        return r.status, json.loads(body)
-    except ValueError:
-        return r.status, body
-
-
-def udp_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-class Procs:
-    """Every process the test starts, each with its log; stop() ends them in reverse order."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - the child holds it; closed by GC
-        p = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             env=dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}"))
-        log.close()
-        self.procs[name] = p
-        return p
-
-    def log(self, name: str) -> str:
-        return (self.tmp / f"{name}.log").read_text(errors="replace")[-4000:]
-
-    def alive(self, name: str) -> None:
-        p = self.procs[name]
-        assert p.poll() is None, f"{name} exited {p.returncode}:\n{self.log(name)}"
-
-    def kill(self, name: str) -> None:
-        p = self.procs[name]
-        p.kill()
-        p.wait(10)
-
-    def stop(self) -> None:
-        for p in reversed(self.procs.values()):
-            if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-                p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-def start_kamailio(procs: Procs, name: str, port: int, agent_port: int, db: Path, static: bool) -> None:
-    args = [KAMAILIO, "-f", str(CFG), "-DD", "-E", "-l", f"udp:127.0.0.1:{port}", "-Y", str(procs.tmp),
-            "-P", str(procs.tmp / f"{name}.pid"), "-m", "32", "-M", "8",
-            "-A", f'AGENT_URL="http://127.0.0.1:{agent_port}"', "-A", f'CENTERS_DB="text://{db}"',
-            "-A", 'LAST_RESORT="north,south,west"', "-A", "WORKERS=2"]
-    if static:
-        args += ["-A", "STATIC_ONLY"]
-    procs.start(name, args)
+pytestmark = needs_kamailio
 
 
 def _ok_call(sip: SipClient, port: int, caller: str, branch: str = BRANCH,
@@ -155,57 +60,13 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("kam")
     procs = Procs(tmp)
     try:
-        cp_port, cp_mport = free_port(), free_port()
-        # the latency test sends 400 calls in a few seconds: with the default prior (a minute of
-        # forecast) the live demand estimate rightly reads that as a threefold surge and leaves the
-        # receivers no spare for north's DR load, so the close test would see overload answers.
-        # The forecast counts as an hour of calls here: the test's bursts are probes, not demand.
-        (tmp / "cp.json").write_text(json.dumps({"demand": {"prior_s": 3600.0}}))
-        procs.start("cp", [PY, "-m", "controlplane.cli", "controlplane", "--operator-from-request",
-                           "--topology", str(SMALL),
-                           "--store", "embedded", "--listen", f"127.0.0.1:{cp_port}",
-                           "--config", str(tmp / "cp.json"),
-                           "--metrics", f"127.0.0.1:{cp_mport}", "--port-file", str(tmp / "cp.ports")])
-        uas = {c: free_port(socket.SOCK_DGRAM) for c in CENTERS}
-        for c, port in uas.items():
-            procs.start(f"uas-{c}", [PY, str(ROOT / "tests" / "sipua.py"), "uas", "--port", str(port),
-                                     "--name", c, "--record", str(tmp / f"calls-{c}.jsonl")])
-        # the SIP map the proxy reads: center id -> that center's SIP address (db_text htable)
-        db = tmp / "db"
-        db.mkdir()
-        rows = ["key_name(str) key_type(int) value_type(int) key_value(str) expires(int)"]
-        rows += [f"{c}:0:0:sip\\:127.0.0.1\\:{p}:0" for c, p in uas.items()]
-        (db / "centers").write_text("\n".join(rows) + "\n")
-        poll(lambda: (tmp / "cp.ports").exists() or procs.procs["cp"].poll() is not None, 30, "control plane")
-        procs.alive("cp")
-        agents = {c: free_port() for c in CENTERS}
-        acd_ports = {c: free_port() for c in CENTERS}
-        cfg = tmp / "agent.json"
-        # simulated ACDs at 60x: the test's bursts of calls (each one counted by the agent and
-        # offered to the receiving center's ACD) are handled in seconds, not in 4-6 minutes, so
-        # they do not eat the spare capacity the DR plan needs; a minute of test = an hour of day.
-        # sim_peers offers each routed call to the receiving center's simulated ACD too, as the
-        # real trunk would: without it the control plane rightly sees the calls north's agent
-        # sends never arrive, and marks the receivers failing
-        cfg.write_text(json.dumps({"report_interval_s": 0.5, "drain_notice_s": 0.1, "drain_grace_s": 1.0,
-                                   "sim_time_scale": 60.0,
-                                   "sim_peers": {c: f"127.0.0.1:{p}" for c, p in acd_ports.items()}}))
-        for c, port in agents.items():
-            procs.start(f"agent-{c}", [PY, "-m", "controlplane.cli", "agent", "--center", c,
-                                       "--controlplane", f"127.0.0.1:{cp_port}",
-                                       "--http", f"127.0.0.1:{port}",
-                                       "--acd-listen", f"127.0.0.1:{acd_ports[c]}",
-                                       "--topology", str(SMALL), "--state-dir", str(tmp / f"state-{c}"),
-                                       "--config", str(cfg)])
+        n = start_network(tmp, procs, SMALL, CENTERS,
+                          cp_args=["--operator-from-request", "--metrics", f"127.0.0.1:{free_port()}"])
         # Kamailio asks the agent of the center it stands in (north's switch asks north's agent)
-        local = agents[HOME]
+        local = n.agents[HOME]
         kam, kam_static = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
-        start_kamailio(procs, "kamailio", kam, local, db, static=False)
-        start_kamailio(procs, "kamailio-static", kam_static, local, db, static=True)
-        for c in CENTERS:
-            poll(lambda c=c: http_get(agents[c], "/healthz")[0] == 200 or procs.procs[f"agent-{c}"].poll(),
-                 30, f"agent {c} serving a plan")
-            procs.alive(f"agent-{c}")
+        start_kamailio(procs, "kamailio", kam, local, n.db, static=False)
+        start_kamailio(procs, "kamailio-static", kam_static, local, n.db, static=True)
         # a serving agent may still hold a start-up plan: a center whose first report was late (a
         # loaded machine) is DOWN in it and its branches go elsewhere or get the overload answer.
         # The steps below start from the plan where every branch goes home.
@@ -217,11 +78,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             return True
 
         poll(all_home, 60, "a plan routing every branch home", every_s=0.2)
-        for name, port in (("kamailio", kam), ("kamailio-static", kam_static)):
-            poll(lambda port=port, name=name: not udp_free(port) or procs.procs[name].poll() is not None,
-                 15, f"{name} listening")
-            procs.alive(name)
-        yield {"tmp": tmp, "procs": procs, "cp": f"127.0.0.1:{cp_port}", "agents": agents, "uas": uas,
+        wait_listening(procs, "kamailio", kam)
+        wait_listening(procs, "kamailio-static", kam_static)
+        yield {"tmp": tmp, "procs": procs, "cp": f"127.0.0.1:{n.cp_port}", "agents": n.agents, "uas": n.uas,
                "kam": kam, "kam_static": kam_static}
     finally:
         procs.stop()

@@ -11,7 +11,6 @@ everything on 127.0.0.1. Skips only when no kamailio binary (or its http_client/
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,29 +18,24 @@ from typing import Any
 
 import pytest
 import yaml
-from sipua import SipClient, read_records
-from test_kamailio_e2e import (
-    CENTERS,
-    CFG,
-    KAMAILIO,
-    MODULES,
-    PY,
-    SMALL,
+from kamnet import (
     Procs,
     free_port,
     http_get,
+    needs_kamailio,
     poll,
-    udp_free,
+    start_kamailio,
+    start_network,
+    wait_listening,
 )
+from sipua import SipClient, read_records
+from test_kamailio_e2e import CENTERS, SMALL
 
 BRANCH, HOME, HEAD_OFFICE = "beijing", "north", "west"
 # the seconds a call rings at a center before its switch re-queries; short so the test is quick
 REQUERY_AFTER_S = 2
 
-pytestmark = pytest.mark.skipif(
-    not KAMAILIO or not (MODULES / "http_client.so").exists() or not (MODULES / "json.so").exists(),
-    reason="kamailio with http_client and json modules not installed "
-           "(apt-get install kamailio kamailio-utils-modules kamailio-json-modules)")
+pytestmark = needs_kamailio
 
 
 @pytest.fixture(scope="module")
@@ -54,52 +48,13 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                                     "head_office": HEAD_OFFICE}
         topo_file = tmp / "topology.yaml"
         topo_file.write_text(yaml.safe_dump(topo))
-        cp_port = free_port()
-        (tmp / "cp.json").write_text(json.dumps({"demand": {"prior_s": 3600.0}}))
-        procs.start("cp", [PY, "-m", "controlplane.cli", "controlplane", "--topology", str(topo_file),
-                           "--store", "embedded", "--listen", f"127.0.0.1:{cp_port}",
-                           "--config", str(tmp / "cp.json"), "--port-file", str(tmp / "cp.ports")])
-        uas = {c: free_port(socket.SOCK_DGRAM) for c in CENTERS}
-        for c, port in uas.items():
-            # the home center's seats ring and never pick up
-            code = "180" if c == HOME else "200"
-            procs.start(f"uas-{c}", [PY, str(Path(__file__).parent / "sipua.py"), "uas", "--port", str(port),
-                                     "--name", c, "--record", str(tmp / f"calls-{c}.jsonl"), "--code", code])
-        db = tmp / "db"
-        db.mkdir()
-        rows = ["key_name(str) key_type(int) value_type(int) key_value(str) expires(int)"]
-        rows += [f"{c}:0:0:sip\\:127.0.0.1\\:{p}:0" for c, p in uas.items()]
-        (db / "centers").write_text("\n".join(rows) + "\n")
-        poll(lambda: (tmp / "cp.ports").exists() or procs.procs["cp"].poll() is not None, 30, "control plane")
-        procs.alive("cp")
-        agents = {c: free_port() for c in CENTERS}
-        acd_ports = {c: free_port() for c in CENTERS}
-        cfg = tmp / "agent.json"
-        cfg.write_text(json.dumps({"report_interval_s": 0.5, "drain_notice_s": 0.1, "drain_grace_s": 1.0,
-                                   "sim_time_scale": 60.0,
-                                   "sim_peers": {c: f"127.0.0.1:{p}" for c, p in acd_ports.items()}}))
-        for c, port in agents.items():
-            procs.start(f"agent-{c}", [PY, "-m", "controlplane.cli", "agent", "--center", c,
-                                       "--controlplane", f"127.0.0.1:{cp_port}",
-                                       "--http", f"127.0.0.1:{port}",
-                                       "--acd-listen", f"127.0.0.1:{acd_ports[c]}",
-                                       "--topology", str(topo_file), "--state-dir", str(tmp / f"state-{c}"),
-                                       "--config", str(cfg)])
+        # the home center's seats ring and never pick up
+        n = start_network(tmp, procs, topo_file, CENTERS, uas_codes={HOME: "180"})
         kam = free_port(socket.SOCK_DGRAM)
-        procs.start("kamailio", [
-            KAMAILIO, "-f", str(CFG), "-DD", "-E", "-l", f"udp:127.0.0.1:{kam}", "-Y", str(tmp),
-            "-P", str(tmp / "kamailio.pid"), "-m", "32", "-M", "8",
-            "-A", f'AGENT_URL="http://127.0.0.1:{agents[HOME]}"', "-A", f'CENTERS_DB="text://{db}"',
-            "-A", 'LAST_RESORT="north,south,west"', "-A", "WORKERS=2",
-            "-A", f"REQUERY_AFTER_MS={REQUERY_AFTER_S * 1000}"])
-        for c in CENTERS:
-            poll(lambda c=c: http_get(agents[c], "/healthz")[0] == 200 or procs.procs[f"agent-{c}"].poll(),
-                 30, f"agent {c} serving a plan")
-            procs.alive(f"agent-{c}")
-        poll(lambda: not udp_free(kam) or procs.procs["kamailio"].poll() is not None, 15,
-             "kamailio listening")
-        procs.alive("kamailio")
-        yield {"tmp": tmp, "procs": procs, "agents": agents, "kam": kam}
+        start_kamailio(procs, "kamailio", kam, n.agents[HOME], n.db,
+                       extra=[f"REQUERY_AFTER_MS={REQUERY_AFTER_S * 1000}"])
+        wait_listening(procs, "kamailio", kam)
+        yield {"tmp": tmp, "procs": procs, "agents": n.agents, "kam": kam}
     finally:
         procs.stop()
 

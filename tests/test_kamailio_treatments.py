@@ -15,16 +15,23 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from kamnet import (
+    PY,
+    ROOT,
+    Procs,
+    free_port,
+    http_get,
+    needs_kamailio,
+    poll,
+    start_kamailio,
+    start_network,
+    wait_listening,
+)
 from sipua import SipClient, read_records
-from test_kamailio_e2e import KAMAILIO, MODULES, Procs, free_port, http_get, poll, start_kamailio, udp_free
-
-PY = sys.executable
 
 TOPOLOGY = {
     "policy": {"aht_s": {"retail": 240, "card": 240}, "dr_receivers": 1},
@@ -40,9 +47,7 @@ TOPOLOGY = {
     ],
 }
 
-pytestmark = pytest.mark.skipif(
-    not KAMAILIO or not (MODULES / "http_client.so").exists() or not (MODULES / "json.so").exists(),
-    reason="kamailio with http_client and json modules not installed")
+pytestmark = needs_kamailio
 
 
 @pytest.fixture(scope="module")
@@ -52,46 +57,11 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     topo = tmp / "topology.json"  # JSON is YAML
     topo.write_text(json.dumps(TOPOLOGY))
     try:
-        cp_port = free_port()
-        # the forecast counts as an hour of calls: the test's few calls are probes, not demand
-        (tmp / "cp.json").write_text(json.dumps({"demand": {"prior_s": 3600.0}}))
-        procs.start("cp", [PY, "-m", "controlplane.cli", "controlplane", "--topology", str(topo),
-                           "--store", "embedded", "--listen", f"127.0.0.1:{cp_port}",
-                           "--config", str(tmp / "cp.json"), "--port-file", str(tmp / "cp.ports")])
-        uas = {c: free_port(socket.SOCK_DGRAM) for c in ("north", "south")}
-        for c, port in uas.items():
-            procs.start(f"uas-{c}", [PY, str(Path(__file__).parent / "sipua.py"), "uas", "--port", str(port),
-                                     "--name", c, "--record", str(tmp / f"calls-{c}.jsonl")])
-        db = tmp / "db"
-        db.mkdir()
-        rows = ["key_name(str) key_type(int) value_type(int) key_value(str) expires(int)"]
-        rows += [f"{c}:0:0:sip\\:127.0.0.1\\:{p}:0" for c, p in uas.items()]
-        (db / "centers").write_text("\n".join(rows) + "\n")
-        poll(lambda: (tmp / "cp.ports").exists() or procs.procs["cp"].poll() is not None, 30, "control plane")
-        procs.alive("cp")
-        agents = {c: free_port() for c in uas}
-        grpc_ports = {c: free_port() for c in uas}
-        acd_ports = {c: free_port() for c in uas}
-        cfg = tmp / "agent.json"
-        cfg.write_text(json.dumps({"report_interval_s": 0.5, "drain_notice_s": 0.1, "drain_grace_s": 1.0,
-                                   "sim_time_scale": 60.0,
-                                   "sim_peers": {c: f"127.0.0.1:{p}" for c, p in acd_ports.items()}}))
-        for c, port in agents.items():
-            procs.start(f"agent-{c}", [PY, "-m", "controlplane.cli", "agent", "--center", c,
-                                       "--controlplane", f"127.0.0.1:{cp_port}",
-                                       "--http", f"127.0.0.1:{port}", "--grpc", f"127.0.0.1:{grpc_ports[c]}",
-                                       "--acd-listen", f"127.0.0.1:{acd_ports[c]}",
-                                       "--topology", str(topo), "--state-dir", str(tmp / f"state-{c}"),
-                                       "--config", str(cfg)])
+        n = start_network(tmp, procs, topo, ("north", "south"), grpc=True)
+        agents, grpc_ports, cp_port = n.agents, n.grpc, n.cp_port
         kam = free_port(socket.SOCK_DGRAM)
-        start_kamailio(procs, "kamailio", kam, agents["north"], db, static=False)
-        for c in agents:
-            poll(lambda c=c: http_get(agents[c], "/healthz")[0] == 200 or procs.procs[f"agent-{c}"].poll(),
-                 30, f"agent {c} serving a plan")
-            procs.alive(f"agent-{c}")
-        poll(lambda: not udp_free(kam) or procs.procs["kamailio"].poll() is not None, 15,
-             "kamailio listening")
-        procs.alive("kamailio")
+        start_kamailio(procs, "kamailio", kam, agents["north"], n.db, static=False)
+        wait_listening(procs, "kamailio", kam)
 
         def planned() -> bool:
             # on a loaded machine an agent may start after the control plane's start timer has called
@@ -158,7 +128,7 @@ def test_kamailio_applies_each_treatment(net: dict[str, Any]) -> None:
 def test_explain_says_why_the_treatment_was_chosen(net: dict[str, Any]) -> None:
     r = subprocess.run([PY, "-m", "controlplane.cli", "explain", "--branch", "guangdong", "--skill", "card",
                         "--caller", "13800000002", "--endpoint", net["cp"]],
-                       capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     line = next((x for x in r.stdout.splitlines() if "treatment:" in x), "")
     # "treatment: channel_guidance prompt wechat-account: predicted wait 305 s > 180 s (branch ... chain)"
@@ -167,7 +137,7 @@ def test_explain_says_why_the_treatment_was_chosen(net: dict[str, Any]) -> None:
     assert line.endswith("> 180 s (branch guangdong/card chain)"), line
     r = subprocess.run([PY, "-m", "controlplane.cli", "explain", "--branch", "guangdong", "--skill",
                         "card", "--caller", "13800000002", "--endpoint", net["cp"], "--json"],
-                       capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
     reply = json.loads(r.stdout)
     assert reply["route"]["treatment"]["prompt"] == "wechat-account", reply
     assert reply["decision"]["treatment"]["action"] == "channel_guidance", reply

@@ -18,9 +18,9 @@ import grpc
 import pytest
 from test_cp_support import Replica, wait_for
 
-from agents.acd import SimulatedACD
 from agents.counting import DemandLedger, RoutedCounter, SeqStore
 from agents.reporter import Reporter
+from agents.simacd import SimulatedACD
 from callroute.v1 import report_pb2, report_pb2_grpc, types_pb2
 from controlplane.core.ledger import (
     KIND_AWAY,
@@ -34,7 +34,7 @@ from controlplane.core.ledger import (
     to_csv,
 )
 from controlplane.core.topology import load_topology
-from controlplane.store.etcdtest import EtcdCluster, etcd_binary
+from devtools.etcd import EtcdCluster, etcd_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = str(ROOT / "examples" / "small.yaml")

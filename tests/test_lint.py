@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_ruff_clean():
     r = subprocess.run([sys.executable, "-m", "ruff", "check", "controlplane", "agents", "chaos", "bench",
-                        "tests"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                        "devtools", "wire", "tests"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -25,8 +25,9 @@ from test_opcli import cli_json
 from callroute.v1 import operator_pb2, types_pb2
 from controlplane.cli import main as drill_cli
 from controlplane.core.retention import Held, Keep, to_delete
+from controlplane.service.approvals import PendingRecord
 from controlplane.service.audit import AuditRecord, RequestRecord
-from controlplane.service.drills import DrillMode, DrillRecord, DrillSpec, DrillState, PendingRecord, encode
+from controlplane.service.drills import DrillMode, DrillRecord, DrillSpec, DrillState, encode
 from controlplane.service.server import ControlPlane
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -217,7 +217,7 @@ async def test_lookup_by_time_matches_a_scan_whatever_the_gaps_between_plans():
 
 
 def _pb(p: Plan) -> bytes:
-    from controlplane.convert import plan_to_pb
+    from wire.convert import plan_to_pb
 
     return plan_to_pb(p).SerializeToString()
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from callroute.v1 import report_pb2
-from controlplane.convert import report_ack, report_from_pb, report_to_pb
 from controlplane.core.model import InvalidInput, Report
+from wire.convert import report_ack, report_from_pb, report_to_pb
 
 KNOWN = frozenset({"east", "west", "north"})
 

@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_up import free_port_block
 
 from controlplane.core.topology import load_topology
-from controlplane.up import ports_used
+from devtools.up import ports_used
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"

@@ -17,11 +17,11 @@ import grpc
 from test_agent_fakes import small_topology
 from test_cp_support import wait_for
 
-from agents.acd import SimulatedACD
 from agents.counting import RoutedCounter, SeqStore
 from agents.reporter import Reporter
+from agents.simacd import SimulatedACD
 from callroute.v1 import report_pb2_grpc
-from controlplane.convert import report_ack, report_from_pb
+from wire.convert import report_ack, report_from_pb
 
 TOPO = small_topology()
 KNOWN = frozenset(TOPO.center_ids())

@@ -39,7 +39,8 @@ from controlplane.core.model import InvalidInput
 from controlplane.service import auth
 from controlplane.service.server import ControlPlane
 from controlplane.service.settings import load_settings
-from controlplane.store.etcdtest import EtcdCluster, etcd_binary
+from devtools.etcd import EtcdCluster, etcd_binary
+from wire import tls as wire_tls
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = str(ROOT / "examples" / "small.yaml")
@@ -136,8 +137,8 @@ def _channel(cp: ControlPlane, files: certs.PkiFiles | None, who: str = "north",
         cert, key = files.centers[who]
     elif who in files.operators:
         cert, key = files.operators[who][:2]
-    tls = auth.client_tls((ca or files).ca_cert, cert, key)
-    return auth.open_channel(addr, tls, [])
+    tls = wire_tls.client_tls((ca or files).ca_cert, cert, key)
+    return wire_tls.open_channel(addr, tls, [])
 
 
 def _report(center: str, seq: int) -> report_pb2.CenterReport:
@@ -488,16 +489,16 @@ async def test_b5_a_center_reports_only_for_itself(tls_cp: ControlPlane, pki: ce
 async def test_agent_reporter_and_plan_watcher_use_their_certificate(
     tls_cp: ControlPlane, pki: certs.PkiFiles
 ) -> None:
-    from agents.acd import SimulatedACD
     from agents.counting import RoutedCounter, SeqStore
     from agents.plancache import PlanCache, PlanWatcher
     from agents.reporter import Reporter
+    from agents.simacd import SimulatedACD
     from controlplane.core.topology import load_topology
 
     await _leader(tls_cp)
     topo = load_topology(SMALL)
     cert, key = pki.centers["west"]
-    tls = auth.client_tls(pki.ca_cert, cert, key)
+    tls = wire_tls.client_tls(pki.ca_cert, cert, key)
     ep = [f"127.0.0.1:{tls_cp.port}"]
     rep = Reporter("west", SimulatedACD(topo, "west", now=time.monotonic(), seed=1), RoutedCounter(),
                    SeqStore(None), ep, interval_s=0.1, tls=tls)
@@ -577,7 +578,8 @@ async def test_b13_a_certificate_naming_no_operator_gets_no_role(pki: certs.PkiF
         drain = operator_pb2.SetCenterStateRequest(center="west", state=types_pb2.ADMIN_STATE_DRAINING,
                                                    reason="who am I", operator="alice", request_id="b13-anon")
         # signed by the same CA, but it names neither a center nor an operator (etcd's client certificate)
-        anon = auth.open_channel(f"127.0.0.1:{cp.port}", auth.client_tls(pki.ca_cert, *pki.etcd_client), [])
+        etcd_client_tls = wire_tls.client_tls(pki.ca_cert, *pki.etcd_client)
+        anon = wire_tls.open_channel(f"127.0.0.1:{cp.port}", etcd_client_tls, [])
         async with anon:
             stub = operator_pb2_grpc.OperatorServiceStub(anon)
             for call in (stub.ListCenters(operator_pb2.ListCentersRequest(), timeout=RPC_TIMEOUT_S),
@@ -825,7 +827,7 @@ def test_flags_alone_run_mtls_between_real_processes(tmp_path: Path) -> None:
                         operator_pb2.ListCentersRequest(), timeout=RPC_TIMEOUT_S)
                 assert e.value.code() == grpc.StatusCode.UNAVAILABLE
             cert_, key_ = files.operators["carol"][:2]
-            ch = auth.open_channel(rep.addr, auth.client_tls(files.ca_cert, cert_, key_), [])
+            ch = wire_tls.open_channel(rep.addr, wire_tls.client_tls(files.ca_cert, cert_, key_), [])
             try:
                 # a valid certificate but no token: the tokens file from the flag is in force
                 with pytest.raises(grpc.aio.AioRpcError) as e:

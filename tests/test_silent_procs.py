@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from test_up import free_port_block, get, poll
 
-from controlplane.up import ports_used
+from devtools.up import ports_used
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ROOT / "examples" / "small.yaml"

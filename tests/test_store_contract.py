@@ -51,7 +51,7 @@ from controlplane.store import (
     value_is,
     version_is,
 )
-from controlplane.store.etcdtest import ELECTION_MS, EtcdCluster
+from devtools.etcd import ELECTION_MS, EtcdCluster
 
 # ---------------------------------------------------------------- harness
 
@@ -779,7 +779,7 @@ async def test_f5_quorum_loss_fails_fast_and_loudly_then_recovers(etcd_cluster3:
 
 @pytest.mark.etcd
 async def test_fails_over_to_the_next_endpoint(etcd_shared: EtcdCluster) -> None:
-    from controlplane.store.etcdtest import free_port
+    from devtools.etcd import free_port
 
     dead = f"127.0.0.1:{free_port()}"
     st = EtcdStore([dead, *etcd_shared.endpoints], request_timeout_s=2.0)

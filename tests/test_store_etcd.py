@@ -29,7 +29,7 @@ from controlplane.store import (
     parse_store_url,
 )
 from controlplane.store.base import StoreError, validate_settings
-from controlplane.store.etcdtest import EtcdCluster, etcd_binary, make_pki
+from devtools.etcd import EtcdCluster, etcd_binary, make_pki
 
 # ---------------------------------------------------------------- URLs and settings
 

@@ -31,7 +31,7 @@ from controlplane.service.drills import (
     Event,
     drill_to_pb,
 )
-from controlplane.textsafe import LiteralFormatter, markdown_literal, printable
+from wire.textsafe import LiteralFormatter, markdown_literal, printable
 
 # what operators, agents and centers can put in a reason, a NACK error or a note
 HOSTILE = ["[/]", "[conceal]secret", "\x1b[31mred\x1b[0m", "two\nlines", "[bold red]x[/bold red]",
@@ -146,7 +146,7 @@ def test_a_process_configured_by_configure_logging_logs_one_escaped_line():
     import subprocess
     import sys
 
-    code = ("import logging; from controlplane.textsafe import configure_logging; "
+    code = ("import logging; from wire.textsafe import configure_logging; "
             "configure_logging('INFO', '%(levelname)s %(message)s'); "
             "logging.getLogger('callroute.x').warning('NACK: %s', 'bad\\nERROR forged\\x1b[2J')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)

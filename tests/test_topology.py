@@ -15,7 +15,6 @@ from controlplane.core.erlang import service_level
 from controlplane.core.model import AdminState, InvalidInput, NetworkView, RouteKind, Topology
 from controlplane.core.plan import consistent
 from controlplane.core.planner import PlanTracker, compute_plan, effective_home
-from controlplane.core.synth import synth_topology
 from controlplane.core.topology import (
     TopologyError,
     check_topology,
@@ -25,6 +24,7 @@ from controlplane.core.topology import (
     parse_topology_text,
     topology_hash,
 )
+from devtools.synth import synth_topology
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NATIONAL = EXAMPLES / "national.yaml"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.up import ports_used
+from devtools.up import ports_used
 
 ROOT = Path(__file__).resolve().parent.parent
 

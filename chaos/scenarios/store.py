@@ -23,7 +23,7 @@ from chaos.scenarios.common import (
     poll,
     run_guarded,
 )
-from controlplane.store.etcdtest import ELECTION_MS
+from devtools.etcd import ELECTION_MS
 
 # Plans kept in etcd during these runs: more than a run writes, so every acknowledged one can be read back.
 HISTORY_KEEP = 5000

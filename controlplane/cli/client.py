@@ -32,7 +32,7 @@ from typing import IO, Any
 import grpc
 
 from controlplane.core.model import InvalidInput, check_id
-from controlplane.textsafe import printable
+from wire.textsafe import printable
 
 # exit codes: scripts branch on them, so each outcome has its own
 EXIT_OK = 0
@@ -81,7 +81,7 @@ class RpcFailure(Exception):
 
 def parse_endpoints(value: str) -> list[str]:
     """'HOST:PORT[,HOST:PORT...]' -> the list, each checked; InvalidInput names the bad one."""
-    from controlplane.service.settings import parse_hostport
+    from wire.settings import parse_hostport
 
     eps = [e.strip() for e in value.split(",") if e.strip()]
     if not eps:
@@ -103,7 +103,7 @@ class OperatorClient:
         tls: Any = None,
     ) -> None:
         self.endpoints = list(endpoints)
-        # controlplane.service.auth.ClientTLS, or None for plaintext
+        # wire.tls.ClientTLS, or None for plaintext
         self.tls = tls
         self.timeout_s = timeout_s
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -116,7 +116,7 @@ class OperatorClient:
 
         ch = self._channels.get(endpoint)
         if ch is None:
-            from controlplane.service.auth import open_sync_channel
+            from wire.tls import open_sync_channel
 
             ch = open_sync_channel(
                 endpoint,
@@ -258,7 +258,7 @@ def _short(enum_desc: Any, number: int) -> str:
 def _client(args: argparse.Namespace) -> OperatorClient:
     if not 0 < args.timeout <= MAX_TIMEOUT_S:
         raise InvalidInput("--timeout", args.timeout, f"must be in (0, {MAX_TIMEOUT_S:g}] seconds")
-    from controlplane.service.auth import client_tls
+    from wire.tls import client_tls
 
     for flag, path in (("--ca", args.ca), ("--cert", args.cert), ("--key", args.key)):
         if path and not os.access(path, os.R_OK):
@@ -270,12 +270,12 @@ def _client(args: argparse.Namespace) -> OperatorClient:
     if not args.token and tls is None and len(endpoints) == 1:
         # `callroute up`'s dev credential for this loopback endpoint (controlplane/devtoken.py)
         from controlplane.devtoken import read_dev_token
-        from controlplane.service.settings import is_loopback, parse_hostport
+        from wire.settings import is_loopback, parse_hostport
 
         if is_loopback(parse_hostport("--endpoint", endpoints[0])[0]):
             args.token = read_dev_token(endpoints[0]) or ""
     if args.token and tls is None:
-        from controlplane.service.settings import is_loopback, parse_hostport
+        from wire.settings import is_loopback, parse_hostport
 
         for e in endpoints:
             if not is_loopback(parse_hostport("--endpoint", e)[0]):

@@ -37,7 +37,7 @@ from controlplane.cli.client import (
     message_to_json,
 )
 from controlplane.core.model import InvalidInput, check_id
-from controlplane.textsafe import printable
+from wire.textsafe import printable
 
 # `drill status --watch` redraw period: the leader stores the drill's progress every 2 s at least
 DEFAULT_WATCH_INTERVAL_S = 1.0

@@ -119,7 +119,7 @@ def read_acd_csv(path: str) -> dict[tuple[str, str, str], int]:
 
 def cmd_ledger_check(args: Any) -> int:
     from controlplane.core.ledger import check_against
-    from controlplane.textsafe import printable as literal
+    from wire.textsafe import printable as literal
 
     _days(args)
     acd = {k: n for k, n in read_acd_csv(args.acd).items() if args.day_from <= k[0] <= args.day_to}

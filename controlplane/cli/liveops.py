@@ -32,7 +32,7 @@ from controlplane.cli.client import (
     message_to_json,
 )
 from controlplane.core.model import InvalidInput, check_id
-from controlplane.textsafe import printable
+from wire.textsafe import printable
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 

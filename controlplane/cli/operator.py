@@ -39,7 +39,7 @@ from controlplane.cli.client import (
     message_to_json,
 )
 from controlplane.core.model import InvalidInput, check_id
-from controlplane.textsafe import printable
+from wire.textsafe import printable
 
 # `centers --watch` redraw period: reports arrive about once a second
 DEFAULT_WATCH_INTERVAL_S = 1.0

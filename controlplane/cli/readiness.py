@@ -79,7 +79,7 @@ def cmd_readiness(args: Any) -> int:
 
     from controlplane.core.readiness import check_forecast, readiness_matrix
     from controlplane.core.topology import load_topology
-    from controlplane.textsafe import printable as literal
+    from wire.textsafe import printable as literal
 
     topo = load_topology(args.topology)
     fc = load_forecast_file(args.topology, args.forecast, topo)

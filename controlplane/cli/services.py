@@ -83,7 +83,7 @@ CONTROLPLANE_LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 def cmd_controlplane(args: argparse.Namespace) -> int:
     from controlplane.service.server import serve
     from controlplane.service.settings import load_settings
-    from controlplane.textsafe import configure_logging
+    from wire.textsafe import configure_logging
 
     # here, not only in controlplane_main: `callroute controlplane` is what the chart and `up` run
     configure_logging(logging.INFO, CONTROLPLANE_LOG_FORMAT)
@@ -137,7 +137,7 @@ def add_up_parser(sub: Any) -> None:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from controlplane.up import cmd_up
+    from devtools.up import cmd_up
 
     return cmd_up(args)
 

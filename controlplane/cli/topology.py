@@ -34,7 +34,7 @@ from controlplane.cli.client import (
     message_to_json,
 )
 from controlplane.core.model import InvalidInput
-from controlplane.textsafe import printable
+from wire.textsafe import printable
 
 # the control plane refuses more (service/topology.py); read a little over it to say so by name
 MAX_FILE_BYTES = 4 << 20

@@ -18,7 +18,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     import uvicorn
 
     from controlplane.cli.client import _client
-    from controlplane.service.settings import is_loopback, parse_hostport
+    from wire.settings import is_loopback, parse_hostport
 
     from .app import Console, build_app
 

@@ -16,7 +16,7 @@ import math
 
 import msgspec
 
-from .model import AdminState, InvalidInput, NetworkView, Plan, SkillLoad, Topology, check_id
+from .model import AdminState, InvalidInput, NetworkView, Plan, Topology, check_id
 
 # ---------------------------------------------------------------- limits and defaults
 
@@ -271,21 +271,14 @@ def dry_run(topology: Topology, view: NetworkView, center: str) -> tuple[Plan, d
 
 
 class _Window:
-    """A receiver's recent reports: (offered, answered within the threshold). The level is over
-    the last SL_WINDOW_REPORTS of them, or as many more as hold MIN_OFFERED_FOR_SL calls."""
+    """A receiver's recent reports: (offered, answered within the threshold), taken as differences of
+    its running totals. The level is over the last SL_WINDOW_REPORTS of them, or as many more (up to
+    MAX_SL_WINDOW_REPORTS) as hold MIN_OFFERED_FOR_SL calls."""
 
     def __init__(self) -> None:
-        self.seq = -1
-        self.offered = self.within = 0  # the totals at the last add_totals
+        self.seq = -1  # the report count at the last read; -1 = no baseline yet
+        self.offered = self.within = 0  # the totals at the last read
         self.samples: collections.deque[tuple[int, int]] = collections.deque(maxlen=MAX_SL_WINDOW_REPORTS)
-
-    def add(self, seq: int, skills: dict[str, SkillLoad]) -> None:
-        if seq <= self.seq:
-            return  # the same report seen again (the runner samples faster than reports arrive)
-        self.seq = seq
-        self.samples.append(
-            (sum(s.offered for s in skills.values()), sum(s.answered_within for s in skills.values()))
-        )
 
     def add_totals(self, reports: int, offered: int, within: int) -> None:
         """Running totals over all of a receiver's reports (HealthTracker.calls_seen): the calls of
@@ -355,13 +348,6 @@ class DrillTracker:
         return self.spec.ramp[self.step_index]
 
     # ------------------------------------------------------------------ inputs
-
-    def observe(self, center: str, seq: int | None, skills: dict[str, SkillLoad]) -> None:
-        """The latest report of a receiver; `seq` numbers its reports in arrival order (the health
-        tracker's count, so two replicas' reports both count) and deduplicates repeated sampling."""
-        if seq is None:
-            return
-        self.windows.setdefault(center, _Window()).add(seq, skills)
 
     def observe_totals(self, center: str, reports: int, offered: int, within: int) -> None:
         """A receiver's running totals (reports, offered, answered within the threshold): the

@@ -640,11 +640,6 @@ class HealthTracker:
         c = self._center("center", center)
         return c.reports, c.offered_ever, c.within_ever
 
-    def reports_seen(self, center: str) -> int:
-        """Reports accepted from `center` by this tracker: grows by one per report, whichever
-        incarnation sent it (a marker for "a new report came", unlike seqs of two replicas)."""
-        return self._center("center", center).reports
-
     def snapshot(self) -> HealthSnapshot:
         last: dict[str, int] = {}
         seqs: dict[str, dict[int, int]] = {}

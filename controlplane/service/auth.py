@@ -11,7 +11,7 @@
   only the TLS handshake.
 - `caller_identity(context)`: the authenticated operator's name, for audit entries and approvals;
   with TLS or tokens configured it replaces any name a request carries.
-- `ClientTLS` / `open_channel`: the client side, for agents and the operator CLI.
+- the client side (`ClientTLS`, `open_channel`) is in wire/tls.py, shared with agents and the CLI.
 - `store_security(settings)`: etcd TLS and user/password for `parse_store_url`.
 
 With no TLS and no tokens configured the listener is plaintext and OperatorService serves reads
@@ -19,10 +19,6 @@ only: a change needs a credential (issue 15 item 3), unless settings.operator_fr
 harnesses) takes a request's operator as given. Must not:
 decide routing, keep module-level mutable state (the caller lives in a ContextVar per RPC), or log
 a token.
-
-Why over 600 lines: every credential rule of the project (operator tokens, mTLS identities, the
-agents' and the console's client TLS, the dev token, insecure-mode guards) is here, so that one file
-shows everything that decides who may act; splitting it would spread that review.
 """
 
 from __future__ import annotations
@@ -41,6 +37,7 @@ import grpc
 import msgspec
 
 from controlplane.core.model import InvalidInput, check_id
+from wire.tls import check_cert_key_pair, read_pem
 
 log = logging.getLogger("callroute.controlplane.auth")
 
@@ -165,7 +162,7 @@ def peer_is_loopback(context: Any) -> bool:
     'ipv6:[H]:P' (brackets possibly %-escaped) or 'unix:PATH'."""
     from urllib.parse import unquote
 
-    from .settings import is_loopback
+    from wire.settings import is_loopback
 
     peer = unquote(context.peer() or "")
     kind, _, rest = peer.partition(":")
@@ -276,29 +273,6 @@ def bearer_token(metadata: Any) -> str | None:
 # ---------------------------------------------------------------- server TLS
 
 
-def _read(field: str, path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise InvalidInput(field, path, f"cannot read: {e.strerror}") from None
-
-
-def _check_pair(cert_pem: bytes, key_pem: bytes, cert_file: str) -> None:
-    """A certificate and key that do not belong together fail every handshake: refuse them here,
-    naming the file, instead (a rotation caught between writing the two files, B7)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-        key = serialization.load_pem_private_key(key_pem, None)
-    except (ValueError, TypeError) as e:
-        raise InvalidInput("tls_cert", cert_file, f"not a PEM certificate and unencrypted key: {e}") from None
-    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if cert.public_key().public_bytes(*fmt) != key.public_key().public_bytes(*fmt):
-        raise InvalidInput("tls_key", cert_file, "the key does not match the certificate")
-
-
 class CertReloader:
     """The certificate-config fetcher of grpc.dynamic_ssl_server_credentials.
 
@@ -322,8 +296,9 @@ class CertReloader:
     def load(self) -> grpc.ServerCertificateConfiguration:
         cert_file, key_file, ca_file = self.files
         stamp = self._stat()
-        cert, key, ca = _read("tls_cert", cert_file), _read("tls_key", key_file), _read("tls_ca", ca_file)
-        _check_pair(cert, key, cert_file)
+        cert, key = read_pem("tls_cert", cert_file), read_pem("tls_key", key_file)
+        ca = read_pem("tls_ca", ca_file)
+        check_cert_key_pair(cert, key, cert_file)
         self._stamp = stamp
         return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
 
@@ -557,58 +532,6 @@ def server_security(settings: Any) -> ServerSecurity:
     return ServerSecurity(creds, interceptors, reloader, tokens)
 
 
-# ---------------------------------------------------------------- clients
-
-
-class ClientTLS(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A client's TLS files; read at every (re)connect, so rotated files are picked up."""
-
-    ca_file: str = ""  # "" = the system's roots
-    cert_file: str = ""  # this client's certificate (a center's, an operator's)
-    key_file: str = ""
-    server_name: str = ""  # expected name in the server certificate, when not the endpoint host
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        if bool(self.cert_file) != bool(self.key_file):
-            raise InvalidInput("tls_cert", self.cert_file, "certificate and key go together")
-        return grpc.ssl_channel_credentials(
-            _read("tls_ca", self.ca_file) if self.ca_file else None,
-            _read("tls_key", self.key_file) if self.key_file else None,
-            _read("tls_cert", self.cert_file) if self.cert_file else None,
-        )
-
-    def options(self) -> list[tuple[str, Any]]:
-        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
-
-
-def client_tls(ca: str = "", cert: str = "", key: str = "", server_name: str = "") -> ClientTLS | None:
-    """None (plaintext) when no file is given."""
-    if not (ca or cert or key):
-        return None
-    if bool(cert) != bool(key):
-        field = "tls_key" if cert else "tls_cert"
-        raise InvalidInput(field, cert or key, "certificate and key go together")
-    return ClientTLS(ca, cert, key, server_name)
-
-
-def agent_tls(settings: Any) -> ClientTLS | None:
-    """From AgentSettings' tls_ca/tls_cert/tls_key/tls_server_name."""
-    return client_tls(settings.tls_ca, settings.tls_cert, settings.tls_key, settings.tls_server_name)
-
-
-def open_channel(endpoint: str, tls: ClientTLS | None, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
-    """An asyncio channel: TLS when `tls` is given, else plaintext."""
-    if tls is None:
-        return grpc.aio.insecure_channel(endpoint, options=options)
-    return grpc.aio.secure_channel(endpoint, tls.credentials(), options=[*options, *tls.options()])
-
-
-def open_sync_channel(endpoint: str, tls: ClientTLS | None, options: list[tuple[str, Any]]) -> grpc.Channel:
-    if tls is None:
-        return grpc.insecure_channel(endpoint, options=options)
-    return grpc.secure_channel(endpoint, tls.credentials(), options=[*options, *tls.options()])
-
-
 # ---------------------------------------------------------------- etcd
 
 
@@ -624,5 +547,5 @@ def store_security(settings: Any) -> dict[str, Any]:
     if settings.etcd_user:
         user = settings.etcd_user
         # the password lives in a file of its own: not in the config (often in git), not in argv (ps)
-        password = _read("etcd_password_file", settings.etcd_password_file).decode().rstrip("\r\n")
+        password = read_pem("etcd_password_file", settings.etcd_password_file).decode().rstrip("\r\n")
     return {"tls": tls, "user": user, "password": password}

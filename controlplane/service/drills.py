@@ -1,4 +1,4 @@
-"""Failover drills and the two-person rule: their records in the store, and the leader's runner.
+"""Failover drills: their records in the store, and the leader's runner.
 
 A drill rehearses the loss of one center. DRY_RUN computes the DR plan as if the center were
 closed and the predicted service level at each receiver, and changes nothing. LIVE moves a rising
@@ -11,10 +11,11 @@ calls were offered) falls below the drill's floor; near the floor the ramp pause
 Store layout under the prefix: `drills/<id>` the drill's record (created by an operator's
 replica, then written only by the leader, fenced), `drill-active` the id of the one running drill
 (at most one drill at a time: created with key_missing), `drill-aborts/<id>` an operator's abort
-request, `pending/<request_id>` a change waiting for a second operator. The running drill lives in
-the LEADER: `DrillRunner` runs in the leader's task group, so a new leader resumes it from its
-record (elapsed time is stored as durations, never as clock readings, so a wall-clock jump or a
-different host's clock does not shorten or stretch it) and still rolls it back.
+request (a drill waiting for a second operator is a pending record: service/approvals.py).
+The running drill lives in the LEADER: `DrillRunner` runs in the leader's task group, so a new
+leader resumes it from its record (elapsed time is stored as durations, never as clock readings,
+so a wall-clock jump or a different host's clock does not shorten or stretch it) and still rolls
+it back.
 
 `DrillTracker` is the drill's state machine: pure, fed `now` (monotonic seconds) and report
 samples, it returns the share to shed and the timeline events; the runner does the I/O.
@@ -77,7 +78,6 @@ from controlplane.core.drill import (  # noqa: F401
     validate_spec,
 )
 from controlplane.core.model import (
-    AdminState,
     InvalidInput,
 )
 from controlplane.store.base import Delete, FenceLost, Put
@@ -91,24 +91,6 @@ log = logging.getLogger("callroute.controlplane.drills")
 DRILLS = "drills/"
 ACTIVE = "drill-active"
 ABORTS = "drill-aborts/"
-PENDING = "pending/"
-
-
-class PendingRecord(msgspec.Struct, frozen=True):
-    """A change waiting for a second operator (two-person rule)."""
-
-    request_id: str
-    action: str  # "set_center_state", "start_drill" or "rollback_plan"
-    center: str
-    operator: str
-    reason: str
-    requested_at: float  # wall time
-    expires_at: float  # wall time, informative: the key's store lease decides (F13)
-    state: str = ""  # set_center_state: the requested AdminState value
-    drill: DrillSpec | None = None
-    audit_id: str = ""  # the audit entry of the request, returned again on a repeat
-    to_version: int = 0  # rollback_plan: the plan whose routes to hold
-    payload: str = ""  # set_override: the Override as JSON (service/overrides.py)
 
 
 class AbortRequest(msgspec.Struct, frozen=True):
@@ -123,27 +105,6 @@ def encode(rec: Any) -> bytes:
 
 def decode_record(data: bytes) -> DrillRecord:
     return msgspec.json.decode(data, type=DrillRecord)
-
-
-def decode_pending(data: bytes) -> PendingRecord:
-    return msgspec.json.decode(data, type=PendingRecord)
-
-
-# ---------------------------------------------------------------- validation and the two-person rule
-
-
-class TwoPersonRule(Exception):
-    """An approval that the rule refuses: the message says which rule and why."""
-
-
-def check_approval(pending: PendingRecord, approver: str) -> None:
-    """Raise TwoPersonRule unless `approver` may approve `pending`. Expiry is not judged here: an
-    expired request's key is gone with its store lease (no replica's wall clock decides, F13)."""
-    if approver == pending.operator:
-        raise TwoPersonRule(
-            f"two-person rule: {approver} requested {pending.request_id} and cannot approve it; "
-            "a different operator must approve"
-        )
 
 
 # ---------------------------------------------------------------- pure helpers on plans
@@ -428,19 +389,3 @@ def drill_to_pb(rec: DrillRecord) -> Any:
         operator=rec.operator,
         approver=rec.approver,
     )
-
-
-def pending_to_pb(p: PendingRecord) -> Any:
-    from callroute.v1 import operator_pb2
-    from controlplane.convert import admin_state_to_pb
-
-    out = operator_pb2.PendingChange(
-        request_id=p.request_id, action=p.action, center=p.center, reason=p.reason,
-        operator=p.operator, requested_at=p.requested_at, expires_at=p.expires_at,
-    )
-    if p.state:
-        out.state = admin_state_to_pb(AdminState(p.state))
-    if p.drill is not None:
-        out.drill.CopyFrom(spec_to_pb(p.drill))
-    return out
-

@@ -32,13 +32,13 @@ import grpc
 import msgspec
 
 from callroute.v1 import operator_pb2, operator_pb2_grpc
-from controlplane.convert import (
+from controlplane.core.model import AdminState, InvalidInput, Plan, check_id
+from controlplane.store.base import Get, Put, key_missing
+from wire.convert import (
     admin_state_from_pb,
     admin_state_to_pb,
     status_to_pb,
 )
-from controlplane.core.model import AdminState, InvalidInput, Plan, check_id
-from controlplane.store.base import Get, Put, key_missing
 
 from . import calendars, overrides, refusals, topology
 from .audit import AuditRecord, RequestRecord
@@ -333,7 +333,7 @@ class OperatorServicer(ApprovalRpcs, DrillRpcs, PlanRpcs, operator_pb2_grpc.Oper
                                          operator: str) -> None:
         """A request may not take the id of another change, done or waiting for approval
         (approving that one would then fail for ever, or answer with this one)."""
-        from .drills import PENDING, decode_pending
+        from .approvals import PENDING, decode_pending
 
         kv = await self._get(context, PENDING + rid)
         if kv is not None:

@@ -41,7 +41,8 @@ class ApprovalRpcs:
                                 ) -> tuple[Any, str, str, str]:
         """Store a pending change; (status, audit_id, request_id, message). A repeat of the same
         request_id answers as the first time (still pending, or applied since)."""
-        from .drills import PENDING, PendingRecord, decode_pending, encode
+        from .approvals import PENDING, PendingRecord, decode_pending
+        from .drills import encode
 
         cp = self.cp
         rid = self._request_id(request_id)
@@ -93,7 +94,7 @@ class ApprovalRpcs:
                 f"{cp.settings.approval_ttl_s:g} s)")
 
     async def ListPending(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        from .drills import PENDING, decode_pending, pending_to_pb
+        from .approvals import PENDING, decode_pending, pending_to_pb
 
         kvs, token = await self._page(context, PENDING, request.page_size, request.page_token)
         out = []
@@ -108,7 +109,7 @@ class ApprovalRpcs:
         return operator_pb2.ListPendingReply(pending=[pending_to_pb(p) for p in out], next_page_token=token)
 
     async def Approve(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        from .drills import PENDING, TwoPersonRule, check_approval, decode_pending
+        from .approvals import PENDING, TwoPersonRule, check_approval, decode_pending
 
         bind_identity(request, "approver", context)
         cp = self.cp

@@ -14,7 +14,10 @@ import grpc
 import msgspec
 
 from callroute.v1 import operator_pb2, types_pb2
-from controlplane.convert import (
+from controlplane.core.model import AdminState, InvalidInput, Plan, Status
+from controlplane.core.plan import diff_plans, explain, find_route, moves_traffic_off_open_center
+from controlplane.store.base import Delete, Put, key_missing, mod_revision_is
+from wire.convert import (
     decision_to_pb,
     plan_to_pb,
     route_changes_to_pb,
@@ -22,9 +25,6 @@ from controlplane.convert import (
     route_request_from_pb,
     treatment_to_pb,
 )
-from controlplane.core.model import AdminState, InvalidInput, Plan, Status
-from controlplane.core.plan import diff_plans, explain, find_route, moves_traffic_off_open_center
-from controlplane.store.base import Delete, Put, key_missing, mod_revision_is
 
 from .audit import RequestRecord
 from .operator_rules import (

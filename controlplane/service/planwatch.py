@@ -92,7 +92,7 @@ class PlanFeed:
 
 def decode_plan(data: bytes) -> tuple[types_pb2.Plan, Plan]:
     """Stored plan bytes -> (message, model plan); InvalidInput for anything malformed."""
-    from controlplane.convert import parse_plan_bytes
+    from wire.convert import parse_plan_bytes
 
     plan = parse_plan_bytes(data)
     pb = types_pb2.Plan()

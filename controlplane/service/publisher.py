@@ -21,8 +21,8 @@ from typing import Any
 
 import msgspec
 
-from controlplane.convert import plan_to_pb
 from controlplane.core.model import Plan
+from wire.convert import plan_to_pb
 
 log = logging.getLogger("callroute.controlplane.publisher")
 

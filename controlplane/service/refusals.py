@@ -37,7 +37,7 @@ def refused_message(rec: RequestRecord, rid: str) -> str | None:
 
 async def refuse(ops: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
     """OperatorService.Refuse; `ops` is the OperatorServicer (store, audit and pending helpers)."""
-    from .drills import PENDING, decode_pending
+    from .approvals import PENDING, decode_pending
 
     ops.bind_identity(request, "operator", context)
     cp = ops.cp

@@ -19,9 +19,9 @@ from typing import Any
 import grpc
 
 from callroute.v1 import report_pb2_grpc
-from controlplane.convert import report_ack, report_from_pb
 from controlplane.core.health import StaleReport
 from controlplane.core.model import InvalidInput
+from wire.convert import report_ack, report_from_pb
 
 log = logging.getLogger("callroute.controlplane.reports")
 

@@ -59,7 +59,8 @@ class RetentionSweeper:
 
     async def sweep(self, now: float) -> dict[str, int]:
         """One pass over every kind; returns how many records of each were deleted."""
-        from .drills import ACTIVE, DRILLS, PENDING, TERMINAL, decode_pending, decode_record
+        from .approvals import PENDING, decode_pending
+        from .drills import ACTIVE, DRILLS, TERMINAL, decode_record
 
         cp = self.cp
         r = cp.settings.retention

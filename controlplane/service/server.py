@@ -36,15 +36,16 @@ from callroute.v1 import (
     route_pb2,
     route_pb2_grpc,
 )
-from controlplane.convert import (
+from controlplane.core.brain import LeaderBrain
+from controlplane.core.demand import DemandSettings
+from controlplane.core.model import AdminState, InvalidInput, Plan, Topology
+from wire.convert import (
     decision_to_pb,
     route_batch_from_pb,
     route_batch_reply,
     route_request_from_pb,
 )
-from controlplane.core.brain import LeaderBrain
-from controlplane.core.demand import DemandSettings
-from controlplane.core.model import AdminState, InvalidInput, Plan, Topology
+from wire.settings import parse_hostport
 
 from .leader import LeaderLoop
 from .metrics import ControlPlaneMetrics, serve_metrics
@@ -53,7 +54,7 @@ from .planstore import PlanArchive
 from .planwatch import AckRecorder, PlanFeed, PlanServicer, decode_plan
 from .publisher import Heartbeat, Publisher
 from .reports import ReportServicer
-from .settings import ControlPlaneSettings, insecure_exposures, parse_hostport, store_url
+from .settings import ControlPlaneSettings, insecure_exposures, store_url
 from .topology import follow_topology
 
 # how long stop() waits for cancelled tasks: they end within milliseconds; longer is a bug to log

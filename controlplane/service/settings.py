@@ -6,7 +6,6 @@ Every default says why it is that number. This module must not start anything or
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import socket
@@ -20,7 +19,7 @@ from controlplane.core.health import HealthSettings
 from controlplane.core.model import InvalidInput, check_id
 from controlplane.core.retention import RetentionSettings, validate_retention
 from controlplane.core.suspicion import SuspicionSettings
-from controlplane.settingsfile import read_settings_data
+from wire.settings import convert_settings, is_loopback, parse_hostport, read_settings_data, where
 
 
 class ControlPlaneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -151,23 +150,6 @@ class ControlPlaneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     operator_from_request: bool = False
 
 
-def parse_hostport(field: str, value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise InvalidInput(field, value, "must be HOST:PORT with a port in [0, 65535]")
-    return host.strip("[]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    """True for a name or address that only this machine can reach. 0.0.0.0 and :: are every
-    interface, not loopback; any other name may resolve anywhere, so it counts as reachable."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 def insecure_exposures(s: ControlPlaneSettings) -> list[tuple[str, str, str]]:
     """(field, value, what is missing) for every connection off loopback that would run without TLS
@@ -280,13 +262,8 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Control
         # hostname + pid is unique among live replicas; the leader key shows it to operators
         host = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in socket.gethostname())[:40]
         data["id"] = f"{host or 'cp'}-{os.getpid()}"
+    s = convert_settings(data, ControlPlaneSettings, config)
     try:
-        s = msgspec.convert(data, ControlPlaneSettings)
-    except (msgspec.ValidationError, InvalidInput) as e:
-        if isinstance(e, InvalidInput):  # from HealthSettings' own checks
-            raise
-        msg = str(e)
-        field = msg.rsplit("`$.", 1)[-1].rstrip("`") if "`$." in msg else "config"
-        value = data.get(field.split(".")[0].split("[")[0], None)
-        raise InvalidInput(field, value, msg) from None
-    return validate(s)
+        return validate(s)
+    except InvalidInput as e:
+        raise InvalidInput(e.field, e.value, e.why + where(config)) from None

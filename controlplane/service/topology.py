@@ -27,13 +27,13 @@ import grpc
 import msgspec
 
 from callroute.v1 import operator_pb2
-from controlplane.convert import route_changes_to_pb
 from controlplane.core.model import InvalidInput, NetworkView, Topology
 from controlplane.core.plan import diff_plans
 from controlplane.core.planner import compute_plan
 from controlplane.core.topodiff import describe, diff_topologies, traffic_moved_off
 from controlplane.core.topology import parse_topology, parse_topology_text, topology_hash
 from controlplane.store.base import Get, Put, key_missing, mod_revision_is
+from wire.convert import route_changes_to_pb
 
 from .audit import RequestRecord
 

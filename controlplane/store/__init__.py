@@ -1,7 +1,7 @@
 """The store: one asyncio interface (base.Store), an etcd backend and an embedded backend.
 
 Import from here: `from controlplane.store import Store, parse_store_url, Election, ...`.
-Test tooling (real etcd processes) lives in controlplane.store.etcdtest and is not imported here.
+Test tooling (real etcd processes) lives in devtools.etcd and is not imported here.
 """
 
 from controlplane.store.base import (

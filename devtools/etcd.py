@@ -6,9 +6,9 @@ compact explicitly). Members can be stopped (SIGTERM), killed (SIGKILL), paused 
 resumed; readiness is polled with a deadline, never slept for. Optional client TLS (a throwaway CA
 made with `cryptography`) and auth (users and roles through etcdctl) for security tests.
 
-Pytest fixtures at the bottom (`etcd_shared`, `etcd_shared3`, `etcd_private`, `etcd_cluster3`) are
-registered by tests/conftest.py. Everything listens on 127.0.0.1 only. This module is test tooling:
-production code must not import it.
+The pytest fixtures over it (`etcd_shared`, `etcd_shared3`, `etcd_private`, `etcd_cluster3`) are in
+tests/conftest.py. Everything listens on 127.0.0.1 only. This module is a dev tool: production code
+must not import it (tests/test_imports.py).
 """
 
 from __future__ import annotations
@@ -455,47 +455,3 @@ class EtcdCluster:
 def etcd_cluster(n: int = 1, **kwargs: object) -> Iterator[EtcdCluster]:
     with EtcdCluster(n, **kwargs) as c:  # type: ignore[arg-type]
         yield c
-
-
-# ---------------------------------------------------------------- pytest fixtures
-
-try:
-    import pytest
-except ImportError:  # pragma: no cover - the chaos harness may run without pytest
-    pytest = None  # type: ignore[assignment]
-
-if pytest is not None:
-    _SKIP = "etcd is not on PATH (install the Debian package etcd-server to run @pytest.mark.etcd tests)"
-
-    def _require_etcd() -> None:
-        if etcd_binary() is None:
-            pytest.skip(_SKIP)
-
-    @pytest.fixture(scope="session")
-    def etcd_shared() -> Iterator[EtcdCluster]:
-        """One single-member etcd for the whole session. Tests must not stop, kill or pause it and
-        must use their own key prefix."""
-        _require_etcd()
-        with EtcdCluster(1) as c:
-            yield c
-
-    @pytest.fixture(scope="session")
-    def etcd_shared3() -> Iterator[EtcdCluster]:
-        """One 3-member etcd for the whole session, same rules as etcd_shared."""
-        _require_etcd()
-        with EtcdCluster(3) as c:
-            yield c
-
-    @pytest.fixture
-    def etcd_private() -> Iterator[EtcdCluster]:
-        """A single-member etcd of this test's own: kill, restart and pause it freely."""
-        _require_etcd()
-        with EtcdCluster(1) as c:
-            yield c
-
-    @pytest.fixture
-    def etcd_cluster3() -> Iterator[EtcdCluster]:
-        """A 3-member etcd of this test's own."""
-        _require_etcd()
-        with EtcdCluster(3) as c:
-            yield c

@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 import random
 
-from .erlang import service_level
-from .model import Branch, Center, InvalidInput, Policy, ServiceLevel, Topology
-from .topology import MAX_BRANCHES, MAX_CENTERS, MAX_SKILLS, check_topology
+from controlplane.core.erlang import service_level
+from controlplane.core.model import Branch, Center, InvalidInput, Policy, ServiceLevel, Topology
+from controlplane.core.topology import MAX_BRANCHES, MAX_CENTERS, MAX_SKILLS, check_topology
 
 # Peak retail-like calls an hour of a median branch: a mid-sized Chinese province (examples/national).
 BASE_CALLS_PER_HOUR = 800.0

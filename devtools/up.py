@@ -75,7 +75,7 @@ class Network:
     def start(self) -> None:
         store = "embedded:" + str(self.tmp / "store.log")
         if self.args.etcd:
-            from controlplane.store.etcdtest import EtcdCluster
+            from devtools.etcd import EtcdCluster
 
             self.etcd = EtcdCluster(n=1)
             self.etcd.start()
