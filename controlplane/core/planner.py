@@ -13,11 +13,12 @@ not staffed for the skill.
 
 Must not: read the clock, do I/O, import asyncio/grpc/etcd/prometheus.
 
-Why about 850 lines: PlanTracker's phases (inputs, DR, overflow, shortage sharing, routes with their
-treatments and reasons) read and write one per-plan working state and the tracker's hysteresis
-between plans; the rules that stand alone already have their modules (shortage.py, treatments.py,
-paths.py, overrides.py, erlang.py). Splitting the phases across files would pass that state through
-every call.
+Why about 900 lines: PlanTracker's phases (_admit, _demand, _capacities, _disaster_recovery,
+_shortage, _overflow_moves, _predict, _routes, _treat: one method each, in `compute`'s order) read
+and write one per-plan working state (`_Round`) and the tracker's hysteresis between plans; the
+rules that stand alone already have their modules (shortage.py, treatments.py, paths.py,
+overrides.py, erlang.py). Splitting the phases across files would pass that state through every
+call.
 """
 
 from __future__ import annotations
@@ -261,6 +262,46 @@ MAX_LAYOUTS = 64
 _NO_RECEIVERS: frozenset[str] = frozenset()
 
 
+class _Round:
+    """One plan's working state, passed through PlanTracker's phases in order: what each phase
+    decides, the next reads. Made and dropped by every `compute`; the tracker's own state (the
+    hysteresis between plans) stays on the tracker."""
+
+    __slots__ = ("view", "health", "vshed", "closed", "home_weight", "receiver_ok", "why_closed", "layout",
+                 "acc", "demand", "cap", "by_skill", "reasons", "shared", "pinned_routes", "vip_routes",
+                 "eligible", "chosen", "overflowing", "short_share", "short_room", "short_level")
+
+    def __init__(self, view: NetworkView) -> None:
+        self.view = view
+        self.health: dict[str, CenterHealth] = view.health
+        self.vshed = view.shed
+        # _admit: centers that take no calls (and why), every center's home weight, the receivers
+        self.closed: set[str] = set()
+        self.home_weight: dict[str, float] = {}
+        self.receiver_ok: set[str] = set()
+        self.why_closed: dict[str, str] = {}
+        # _demand: the host layout, its demand slots and demand per (home, skill) in Erlangs
+        self.layout: _Layout
+        self.acc: list[float] = []
+        self.demand: dict[tuple[str, str], float] = {}
+        # _capacities: per (center, skill), and per skill the centers staffed for it
+        self.cap: dict[tuple[str, str], CenterCapacity] = {}
+        self.by_skill: dict[str, list[tuple[str, CenterCapacity]]] = {}
+        self.reasons: list[str] = []
+        # targets per (home, skill) for branches whose calls may overflow, and for pinned calls
+        self.shared: dict[tuple[str, str], _Entry] = {}
+        self.pinned_routes: dict[tuple[str, str], _Entry] = {}
+        self.vip_routes: dict[tuple[str, str], tuple[Target, ...]] = {}
+        # receivers: per skill the open, healthy, staffed centers; per (source, skill) those chosen
+        self.eligible: dict[str, list[tuple[str, CenterCapacity]]] = {}
+        self.chosen: dict[tuple[str, str], frozenset[str]] = {}
+        self.overflowing: set[str] = set()
+        # _shortage: per (center, skill) its share to move, per skill the receivers' room and level
+        self.short_share: dict[tuple[str, str], float] = {}
+        self.short_room: dict[str, list[tuple[float, str, CenterCapacity]]] = {}
+        self.short_level: dict[str, float] = {}
+
+
 class PlanTracker:
     """Computes successive plans, keeping overflow hysteresis between them.
 
@@ -380,22 +421,42 @@ class PlanTracker:
         """The next plan. `predict=False` leaves out the receivers' predicted service levels
         (`Plan.receivers` empty, and no "below target" reasons): what operators read and drills check,
         not what routes follow, which come out the same. The simulator, which reads only routes and
-        replans every second, skips them: they were over a third of a computation."""
-        topo = self.topology
-        if topo is not self._prepared_for:
-            self._prepare()
-        pol = topo.policy
-        slp = pol.service_level
-        centers = self._centers
-        health: dict[str, CenterHealth] = view.health
-        vshed = view.shed
+        replans every second, skips them: they were over a third of a computation.
 
-        # ---- which centers take calls, and at what weight
-        closed: set[str] = set()
-        home_weight: dict[str, float] = {}
-        receiver_ok: set[str] = set()
-        why_closed: dict[str, str] = {}
-        vadmin = view.admin
+        The phases, in order, each a method reading and writing one `_Round`: which centers take
+        calls (_admit), demand (_demand), capacity (_capacities), disaster recovery
+        (_disaster_recovery), shortage sharing (_shortage), overflow (_overflow_moves), predictions
+        (_predict), routes (_routes) and overload treatments (_treat)."""
+        if self.topology is not self._prepared_for:
+            self._prepare()
+        rnd = _Round(view)
+        self._admit(rnd)
+        self._demand(rnd, wall_hour, weekday)
+        self._capacities(rnd)
+        self._disaster_recovery(rnd)
+        self._shortage(rnd)
+        self._overflow_moves(rnd, now)
+        receivers, feasible = self._predict(rnd) if predict else ({}, True)
+        routes = self._routes(rnd)
+        self._treat(rnd, routes)
+        reasons = rnd.reasons
+        return Plan(version=version, routes=tuple(routes), receivers=receivers,
+                    feasible=feasible and not any("exceed" in x for x in reasons),
+                    infeasible_reasons=tuple(reasons), closed=tuple(sorted(rnd.closed)))
+
+    # ------------------------------------------------------------------ the phases of one plan
+
+    def _admit(self, rnd: _Round) -> None:
+        """Which centers take calls, and at what weight: closed (and why), the home weight of each,
+        and which may receive others' calls."""
+        centers = self._centers
+        health = rnd.health
+        vshed = rnd.vshed
+        closed = rnd.closed
+        home_weight = rnd.home_weight
+        receiver_ok = rnd.receiver_ok
+        why_closed = rnd.why_closed
+        vadmin = rnd.view.admin
         for cid in centers:
             h = health.get(cid)
             if h is not None and h.status is Status.HEALTHY and h.weight >= 1.0 and \
@@ -430,10 +491,12 @@ class PlanTracker:
             if status in (Status.HEALTHY, Status.UNKNOWN) and w >= 1.0 and cid not in vshed:
                 receiver_ok.add(cid)
 
-        # ---- demand per home center and skill (Erlangs), after schedules and surge: the live
-        # rate where the view has one (it already contains any surge, so no multiplier then),
-        # else the forecast x the skill's surge factor. Each (home, skill) sum adds its branches
-        # in topology order, as a dict keyed by (home, skill) would.
+    def _demand(self, rnd: _Round, wall_hour: float | None, weekday: int | None) -> None:
+        """Demand per home center and skill (Erlangs), after schedules and surge: the live rate where
+        the view has one (it already contains any surge, so no multiplier then), else the forecast x
+        the skill's surge factor. Each (home, skill) sum adds its branches in topology order, as a
+        dict keyed by (home, skill) would."""
+        view = rnd.view
         hosts = tuple(effective_home(b, wall_hour, weekday) for b in self._scheduled)
         layout = self._layouts.get(hosts)
         if layout is None:
@@ -463,11 +526,19 @@ class PlanTracker:
             else:
                 for _, slot, _, _, forecast in items:
                     acc[slot] += forecast
-        demand: dict[tuple[str, str], float] = dict(zip(layout.keys, acc, strict=True))
+        rnd.layout, rnd.acc = layout, acc
+        rnd.demand = dict(zip(layout.keys, acc, strict=True))
 
-        # ---- capacity per center and skill, live where reports say so
-        cap: dict[tuple[str, str], CenterCapacity] = {}
+    def _capacities(self, rnd: _Round) -> None:
+        """Capacity per center and skill (Erlangs at the target), live where reports say so, with
+        each center's own load at its home weight and its backlog."""
+        centers = self._centers
+        health = rnd.health
+        home_weight = rnd.home_weight
+        demand = rnd.demand
+        cap = rnd.cap
         by_skill: dict[str, list[tuple[str, CenterCapacity]]] = {s: [] for s in self._skills}
+        rnd.by_skill = by_skill
         no_live: dict[str, SkillLoad] = {}
         cap_cache = self._cap_cache
         for cid, c in centers.items():
@@ -501,81 +572,14 @@ class PlanTracker:
                 cap[key] = cc
                 by_skill[s].append((cid, cc))
 
-        reasons: list[str] = []
-        # targets per (home, skill) for branches whose calls may overflow, and for pinned calls
-        shared: dict[tuple[str, str], _Entry] = {}
-        pinned_routes: dict[tuple[str, str], _Entry] = {}
-        vip_routes: dict[tuple[str, str], tuple[Target, ...]] = {}
-        last_receivers = self._receivers
-        region_of = self._region
-        region_first = pol.prefer_region
-        eligible: dict[str, list[tuple[str, CenterCapacity]]] = {}
-        chosen: dict[tuple[str, str], frozenset[str]] = {}
-
-        def spread(skill: str, load: float, source: str, k: int, pool: list[tuple[str, CenterCapacity]],
-                   share_shortage: bool = False) -> tuple[list[tuple[str, float]], float]:
-            """Choose receivers for `load` Erlangs from `pool` (every open, healthy, staffed center
-            other than the source that is not overflowing itself) and book it on them; returns
-            (weights, unplaced).
-
-            share_shortage (DR only: a closed center's calls must go somewhere, an overloaded one's
-            can stay home): when earlier DR loads took all the spare, place this one beside them.
-            """
-            region = region_of[source] if region_first else ""
-            region_key = region if region else None
-            incumbents = last_receivers.get((source, skill), _NO_RECEIVERS)
-            recv: list[tuple[float, str, CenterCapacity]] = []
-            beyond_capacity = False
-            if pool:  # else no pick below can find anyone
-                recv = _pick_receivers(pool, incumbents, k, region_key, region_of, True, False)
-                if not recv:
-                    recv = _pick_receivers(pool, incumbents, k, region_key, region_of, False, False)
-                if not recv and share_shortage:
-                    recv = _pick_receivers(pool, incumbents, k, region_key, region_of, False, True)
-                    # none of it is spare: all of this load is beyond the network's capacity
-                    beyond_capacity = True
-            chosen[(source, skill)] = frozenset([cid for _, cid, _ in recv])
-            if not recv:
-                return [], load
-            # the receivers' spare, added in their order (negating is exact)
-            total_spare = sum([-neg for neg, _, _ in recv])
-            if total_spare <= 0:
-                return [], load
-            weights = []
-            for neg, cid, cc in recv:
-                w = -neg / total_spare
-                weights.append((cid, w))
-                cc.assigned += load * w
-            return weights, load if beyond_capacity else max(0.0, load - total_spare)
-
-        def place_short(skill: str, load: float, source: str, room: list[tuple[float, str, CenterCapacity]],
-                        all_moved: float, k: int) -> tuple[list[tuple[str, float]], float]:
-            """Place `load` Erlangs of `source` on the receivers below the water level, in proportion to
-            their room under it (every source of the skill gets the same split, so together they
-            fill each receiver's room once); returns (weights, unplaced)."""
-            recv = [x for x in room if x[1] != source and x[1] not in overflowing][:k]
-            chosen[(source, skill)] = frozenset([cid for _, cid, _ in recv])
-            total_room = sum([-neg for neg, _, _ in recv])
-            if total_room <= 0 or load <= 0:
-                return [], load
-            placed = load if all_moved <= total_room else load * total_room / all_moved
-            weights = []
-            for neg, cid, cc in recv:
-                w = -neg / total_room
-                weights.append((cid, w))
-                cc.assigned += placed * w
-            return weights, load - placed
-
-        def staffed_for(skill: str) -> list[tuple[str, CenterCapacity]]:
-            """Open, healthy, not draining and staffed for `skill`: the same for every spread in
-            this plan."""
-            staffed = eligible.get(skill)
-            if staffed is None:
-                staffed = eligible[skill] = [(cid, cc) for cid, cc in by_skill.get(skill, ())
-                                             if cid in receiver_ok and cc.agents > 0]
-            return staffed
-
-        # ---- disaster recovery: closed centers first, biggest load first (it has fewest options)
+    def _disaster_recovery(self, rnd: _Round) -> None:
+        """Targets for the calls of closed (and shedding, stale) centers: closed centers first,
+        biggest load first (it has fewest options)."""
+        pol = self.topology.policy
+        centers = self._centers
+        home_weight, layout, acc, demand = rnd.home_weight, rnd.layout, rnd.acc, rnd.demand
+        why_closed, vshed, reasons = rnd.why_closed, rnd.vshed, rnd.reasons
+        shared, pinned_routes = rnd.shared, rnd.pinned_routes
         if any(w < 1.0 for w in home_weight.values()):
             # per center, its skills' demand added in key order, as summing the demand dict would
             center_demand: dict[str, float] = {}
@@ -594,8 +598,9 @@ class PlanTracker:
                     # even a skill with no calls forecast gets DR targets: a call may still come
                     load = demand[(cid, s)] * shed
                     # nothing overflows yet: the pool is every staffed receiver but the source
-                    pool = [(r, cc) for r, cc in staffed_for(s) if r != cid]
-                    recv, unplaced = spread(s, load, cid, pol.dr_receivers, pool, share_shortage=True)
+                    pool = [(r, cc) for r, cc in self._staffed_for(rnd, s) if r != cid]
+                    recv, unplaced = self._spread(rnd, s, load, cid, pol.dr_receivers, pool,
+                                                  share_shortage=True)
                     state = why_closed.get(cid)
                     if state is None:
                         state = (f"shedding {vshed[cid]:.0%} (drill)" if cid in vshed
@@ -616,18 +621,19 @@ class PlanTracker:
                         action = pol.overload_action
                     shared[(cid, s)] = pinned_routes[(cid, s)] = (targets, kind, why, action)
 
-        # ---- shortage: skills whose load the network cannot carry at the target (the water level
-        # of equal predicted SL is below it), or whose overflow left load unplaced last plan: their
-        # overflow shares the shortfall (every center's load goes toward its share at that level)
-        short_share: dict[tuple[str, str], float] = {}
-        short_room: dict[str, list[tuple[float, str, CenterCapacity]]] = {}
-        short_level: dict[str, float] = {}
-        max_share_ = pol.overflow.max_share
-        for s, members in by_skill.items():
+    def _shortage(self, rnd: _Round) -> None:
+        """Skills whose load the network cannot carry at the target (the water level of equal
+        predicted SL is below it), or whose overflow left load unplaced last plan: their overflow
+        shares the shortfall (every center's load goes toward its share at that level)."""
+        short_share, short_room, short_level = rnd.short_share, rnd.short_room, rnd.short_level
+        closed = rnd.closed
+        slp = self.topology.policy.service_level
+        max_share_ = self.topology.policy.overflow.max_share
+        for s, members in rnd.by_skill.items():
             if not any(cc.capacity <= 0 or cc.own_load + cc.assigned + cc.backlog > cc.capacity
                        for cid, cc in members if cid not in closed and cc.own_load > 0):
                 continue  # nobody is over its capacity at the target: nothing to share
-            pool = staffed_for(s)
+            pool = self._staffed_for(rnd, s)
             if len(pool) < 2:
                 continue
             base = [cc.own_load + cc.assigned + cc.backlog for _, cc in pool]
@@ -648,7 +654,15 @@ class PlanTracker:
             room.sort()
             short_room[s] = room
 
-        # ---- overflow: open centers whose wait or predicted load crosses the thresholds
+    def _overflow_moves(self, rnd: _Round, now: float) -> None:
+        """Open centers whose wait, predicted load or measured service level crosses the thresholds
+        move a share of their calls (hysteresis: min_hold_s, max_step, max_share), to receivers by
+        spare capacity or, for a short skill, by their room under the water level."""
+        pol = self.topology.policy
+        health, cap, closed, shared, reasons = rnd.health, rnd.cap, rnd.closed, rnd.shared, rnd.reasons
+        vip_routes, chosen = rnd.vip_routes, rnd.chosen
+        short_room, short_level = rnd.short_room, rnd.short_level
+        short_share = rnd.short_share
         ofp = pol.overflow
         enter_ewt, exit_ewt = ofp.enter_ewt_s, ofp.exit_ewt_s
         enter_sl, exit_sl = ofp.enter_sl, ofp.exit_sl
@@ -657,7 +671,7 @@ class PlanTracker:
         idle_is_fixed = self._idle_is_fixed
         overflow_states = self._overflow
         vip_states = self._vip
-        overflowing: set[str] = set()
+        overflowing = rnd.overflowing
         decisions: list[tuple[str, str, float]] = []
         for key in self._sorted_pairs:
             cc_or_none = cap.get(key)
@@ -731,11 +745,12 @@ class PlanTracker:
             moved = cc.own_load * share
             skill_pool = pools.get(s)
             if skill_pool is None:
-                skill_pool = pools[s] = [(r, rc) for r, rc in staffed_for(s) if r not in overflowing]
+                skill_pool = pools[s] = [(r, rc) for r, rc in self._staffed_for(rnd, s)
+                                         if r not in overflowing]
             if s in short_room:
-                recv, unplaced = place_short(s, moved, cid, short_room[s], short_moved[s], k_short)
+                recv, unplaced = self._place_short(rnd, s, moved, cid, short_room[s], short_moved[s], k_short)
             elif skill_pool:
-                recv, unplaced = spread(s, moved, cid, ofp.receivers, skill_pool)
+                recv, unplaced = self._spread(rnd, s, moved, cid, ofp.receivers, skill_pool)
             else:
                 # spread() with nobody to pick: no receivers, all of it stays
                 chosen[(cid, s)] = _NO_RECEIVERS
@@ -763,11 +778,15 @@ class PlanTracker:
             reasons.append(f"{s}: the network is short; overflow shares it so every center's "
                            f"service level is about {level:.1%}")
 
-        # ---- receivers' predicted service level under the plan
+    def _predict(self, rnd: _Round) -> tuple[dict[str, dict[str, ReceiverPrediction]], bool]:
+        """Every open center's predicted service level per skill under the plan, and whether all
+        meet the target (a miss adds its reason)."""
+        slp = self.topology.policy.service_level
+        cap, closed, reasons = rnd.cap, rnd.closed, rnd.reasons
         receivers: dict[str, dict[str, ReceiverPrediction]] = {}
         feasible = True
         t_s = slp.answer_within_s
-        for key in self._sorted_pairs if predict else ():
+        for key in self._sorted_pairs:
             cc_or_none = cap.get(key)
             if cc_or_none is None:
                 continue
@@ -791,16 +810,20 @@ class PlanTracker:
                 feasible = False
                 reasons.append(f"{cid}/{s}: predicted service level {pred:.1%} below target "
                                f"{slp.target:.0%}")
+        return receivers, feasible
 
-        # ---- the routes: every branch and skill follows its (home, skill) entry if there is one,
-        # else gets its fixed HOME/PINNED route. An entry equal to the last plan's is that same
-        # object again, and a route built from the same entry is the same Route: equal values.
+    def _routes(self, rnd: _Round) -> list[Route]:
+        """Every branch and skill follows its (home, skill) entry if there is one, else gets its
+        fixed HOME/PINNED route. An entry equal to the last plan's is that same object again, and a
+        route built from the same entry is the same Route: equal values."""
         last_entries = self._last_entries
         entries: dict[tuple[str, str], _Entry] = {}
-        for key, entry in shared.items():
+        for key, entry in rnd.shared.items():
             prev = last_entries.get(key)
             entries[key] = prev if prev is not None and prev == entry else entry
         self._last_entries = entries
+        layout = rnd.layout
+        pinned_routes, vip_routes = rnd.pinned_routes, rnd.vip_routes
         memo = layout.memo
         fixed = layout.fixed
         routes = fixed.copy()
@@ -822,34 +845,104 @@ class PlanTracker:
                               explanation=why, home=key[0])
                 memo[pos] = (entry, vip, route)
                 routes[pos] = route
+        return routes
 
+    def _treat(self, rnd: _Round, routes: list[Route]) -> None:
+        """Overload treatments on the routes, by each route's predicted wait under this plan."""
         treatments = self._treatments
-        if treatments is not None:
-            waits: dict[tuple[str, str], float] = {}
-            patience = pol.patience_s
+        if treatments is None:
+            return
+        waits: dict[tuple[str, str], float] = {}
+        patience = self.topology.policy.patience_s
+        cap, health = rnd.cap, rnd.health
 
-            def wait_of(cid: str, s: str) -> float:
-                """Predicted wait of a new call for skill s at cid under this plan: Erlang A on the
-                load the plan puts there, or what its live queue implies when that is longer."""
-                w = waits.get((cid, s))
-                if w is None:
-                    cc = cap.get((cid, s))
-                    if cc is None or cc.agents <= 0:
-                        w = math.inf
-                    else:
-                        w = self._offered_wait(cc.agents, cc.own_load + cc.assigned, cc.aht_s)
-                        h = health.get(cid)
-                        live = h.skills.get(s) if h is not None else None
-                        if live is not None and live.queued > live.ready:
-                            w = max(w, queue_wait_s(live.queued - live.ready, cc.agents, cc.aht_s, patience))
-                    waits[(cid, s)] = w
-                return w
+        def wait_of(cid: str, s: str) -> float:
+            """Predicted wait of a new call for skill s at cid under this plan: Erlang A on the
+            load the plan puts there, or what its live queue implies when that is longer."""
+            w = waits.get((cid, s))
+            if w is None:
+                cc = cap.get((cid, s))
+                if cc is None or cc.agents <= 0:
+                    w = math.inf
+                else:
+                    w = self._offered_wait(cc.agents, cc.own_load + cc.assigned, cc.aht_s)
+                    h = health.get(cid)
+                    live = h.skills.get(s) if h is not None else None
+                    if live is not None and live.queued > live.ready:
+                        w = max(w, queue_wait_s(live.queued - live.ready, cc.agents, cc.aht_s, patience))
+                waits[(cid, s)] = w
+            return w
 
-            treatments.apply(routes, wait_of)
+        treatments.apply(routes, wait_of)
 
-        return Plan(version=version, routes=tuple(routes), receivers=receivers,
-                    feasible=feasible and not any("exceed" in r for r in reasons),
-                    infeasible_reasons=tuple(reasons), closed=tuple(sorted(closed)))
+    # ------------------------------------------------------------------ receivers
+
+    def _spread(self, rnd: _Round, skill: str, load: float, source: str, k: int,
+                pool: list[tuple[str, CenterCapacity]],
+                share_shortage: bool = False) -> tuple[list[tuple[str, float]], float]:
+        """Choose receivers for `load` Erlangs from `pool` (every open, healthy, staffed center
+        other than the source that is not overflowing itself) and book it on them; returns
+        (weights, unplaced).
+
+        share_shortage (DR only: a closed center's calls must go somewhere, an overloaded one's
+        can stay home): when earlier DR loads took all the spare, place this one beside them.
+        """
+        region_of = self._region
+        region = region_of[source] if self.topology.policy.prefer_region else ""
+        region_key = region if region else None
+        incumbents = self._receivers.get((source, skill), _NO_RECEIVERS)
+        recv: list[tuple[float, str, CenterCapacity]] = []
+        beyond_capacity = False
+        if pool:  # else no pick below can find anyone
+            recv = _pick_receivers(pool, incumbents, k, region_key, region_of, True, False)
+            if not recv:
+                recv = _pick_receivers(pool, incumbents, k, region_key, region_of, False, False)
+            if not recv and share_shortage:
+                recv = _pick_receivers(pool, incumbents, k, region_key, region_of, False, True)
+                # none of it is spare: all of this load is beyond the network's capacity
+                beyond_capacity = True
+        rnd.chosen[(source, skill)] = frozenset([cid for _, cid, _ in recv])
+        if not recv:
+            return [], load
+        # the receivers' spare, added in their order (negating is exact)
+        total_spare = sum([-neg for neg, _, _ in recv])
+        if total_spare <= 0:
+            return [], load
+        weights = []
+        for neg, cid, cc in recv:
+            w = -neg / total_spare
+            weights.append((cid, w))
+            cc.assigned += load * w
+        return weights, load if beyond_capacity else max(0.0, load - total_spare)
+
+    def _place_short(self, rnd: _Round, skill: str, load: float, source: str,
+                     room: list[tuple[float, str, CenterCapacity]], all_moved: float,
+                     k: int) -> tuple[list[tuple[str, float]], float]:
+        """Place `load` Erlangs of `source` on the receivers below the water level, in proportion to
+        their room under it (every source of the skill gets the same split, so together they
+        fill each receiver's room once); returns (weights, unplaced)."""
+        recv = [x for x in room if x[1] != source and x[1] not in rnd.overflowing][:k]
+        rnd.chosen[(source, skill)] = frozenset([cid for _, cid, _ in recv])
+        total_room = sum([-neg for neg, _, _ in recv])
+        if total_room <= 0 or load <= 0:
+            return [], load
+        placed = load if all_moved <= total_room else load * total_room / all_moved
+        weights = []
+        for neg, cid, cc in recv:
+            w = -neg / total_room
+            weights.append((cid, w))
+            cc.assigned += placed * w
+        return weights, load - placed
+
+    def _staffed_for(self, rnd: _Round, skill: str) -> list[tuple[str, CenterCapacity]]:
+        """Open, healthy, not draining and staffed for `skill`: the same for every spread in
+        this plan."""
+        staffed = rnd.eligible.get(skill)
+        if staffed is None:
+            receiver_ok = rnd.receiver_ok
+            staffed = rnd.eligible[skill] = [(cid, cc) for cid, cc in rnd.by_skill.get(skill, ())
+                                           if cid in receiver_ok and cc.agents > 0]
+        return staffed
 
 
 def compute_plan(topology: Topology, view: NetworkView | None = None, version: int = 1,
