@@ -1,8 +1,11 @@
 """The network's calendar: its explicit time zone, public holidays and holiday hosting.
 
 The leader used its host's local time to pick night and weekend hosting (a control plane in a UTC
-container would move Ningxia's calls at 06:00 Beijing time instead of 22:00). With a calendar the
-local time is the network's own: UTC plus `utc_offset_h` (China keeps one offset all year, no DST).
+container would move Ningxia's calls at 06:00 Beijing time instead of 22:00). Now every branch's
+schedule is read in its own zone (`branch_clocks`): the branch's `tz`, else its home center's `tz`
+(IANA names from the topology, core/zones.py), else the network's: UTC plus the calendar's
+`utc_offset_h` (China keeps one offset all year, no DST), with or without a stored calendar. The
+host's TZ setting never enters: the shell hands in the UTC wall time and nothing else.
 
 On a public holiday the schedule rules run as on `holiday_weekday` (default Sunday: weekend
 hosting), and `holiday_hosting` may move whole branches to a host for the day (e.g. small branches
@@ -20,8 +23,9 @@ import math
 
 import msgspec
 
-from .model import InvalidInput, Topology, check_id
+from .model import Branch, InvalidInput, Topology, check_id
 from .overrides import Override
+from .zones import fixed_offset, local_time, zone
 
 MAX_HOLIDAYS = 400  # a year of dates with room; a calendar is renewed yearly
 # an override's ttl must be positive; holiday hosting lasts as long as the day does, re-derived
@@ -67,18 +71,61 @@ def check_calendar(cal: Calendar, topology: Topology) -> None:
             raise InvalidInput(f"holiday_hosting.{b}", host, f"is {b}'s home already")
 
 
-def local_clock(cal: Calendar, wall: float) -> tuple[float, int, bool]:
-    """(hour of day as a float, ISO weekday for the schedule rules, is a holiday) at `wall`."""
-    local = _dt.datetime.fromtimestamp(wall, _dt.UTC) + _dt.timedelta(hours=cal.utc_offset_h)
+# no calendar stored: the network zone is the default one (UTC+8), never the host's
+DEFAULT_CALENDAR = Calendar()
+
+
+def _clock_in(cal: Calendar, wall: float, tz: _dt.tzinfo) -> tuple[float, int, bool]:
+    local = local_time(wall, tz)
     holiday = local.date().isoformat() in cal.holidays
     hour = local.hour + local.minute / 60.0 + local.second / 3600.0
     return hour, (cal.holiday_weekday if holiday else local.isoweekday()), holiday
 
 
-def holiday_overrides(cal: Calendar, wall: float) -> list[Override]:
-    """The holiday hosting in force at `wall` as overrides of all of each branch's calls."""
-    _, _, holiday = local_clock(cal, wall)
-    if not holiday or not cal.holiday_hosting:
+def local_clock(cal: Calendar, wall: float) -> tuple[float, int, bool]:
+    """(hour of day as a float, ISO weekday for the schedule rules, is a holiday) at `wall`, in
+    the network's zone (branches with their own zone: `branch_clocks`)."""
+    return _clock_in(cal, wall, fixed_offset(cal.utc_offset_h))
+
+
+def branch_zone(branch: Branch, topology: Topology, cal: Calendar | None) -> _dt.tzinfo:
+    """The zone `branch`'s schedule and holidays are read in (see the module docstring)."""
+    if branch.tz:
+        return zone(branch.tz)
+    home_tz = next((c.tz for c in topology.centers if c.id == branch.home), "")
+    return zone(home_tz) if home_tz else fixed_offset((cal or DEFAULT_CALENDAR).utc_offset_h)
+
+
+def branch_clocks(topology: Topology, cal: Calendar | None, wall: float) -> dict[str, tuple[float, int, bool]]:
+    """Every branch's (local hour, ISO weekday for its schedule rules, is a holiday) at `wall`
+    (seconds since the epoch, UTC), each in its own zone. Branches sharing a zone share one
+    conversion."""
+    c = cal or DEFAULT_CALENDAR
+    tz_of = {x.id: x.tz for x in topology.centers}
+    network = fixed_offset(c.utc_offset_h)
+    by_name: dict[str, tuple[float, int, bool]] = {}
+    out = {}
+    for b in topology.branches:
+        name = b.tz or tz_of.get(b.home, "")
+        clock = by_name.get(name)
+        if clock is None:
+            clock = by_name[name] = _clock_in(c, wall, zone(name) if name else network)
+        out[b.id] = clock
+    return out
+
+
+def holiday_overrides(cal: Calendar, wall: float, topology: Topology | None = None) -> list[Override]:
+    """The holiday hosting in force at `wall` as overrides of all of each branch's calls. With
+    `topology`, each branch's holiday is its own local date (a branch in another zone starts its
+    holiday at its own midnight); without, the network zone's."""
+    if not cal.holiday_hosting:
+        return []
+    if topology is None:
+        on = set(cal.holiday_hosting) if local_clock(cal, wall)[2] else set()
+    else:
+        clocks = branch_clocks(topology, cal, wall)
+        on = {b for b in cal.holiday_hosting if clocks.get(b, (0.0, 0, False))[2]}
+    if not on:
         return []
     return [
         Override(
@@ -91,4 +138,5 @@ def holiday_overrides(cal: Calendar, wall: float) -> list[Override]:
             operator="calendar",
         )
         for b, host in sorted(cal.holiday_hosting.items())
+        if b in on
     ]

@@ -48,6 +48,7 @@ from .model import (
     TreatmentStep,
     check_id,
 )
+from .zones import check_zone
 
 # ---------------------------------------------------------------- limits
 
@@ -350,6 +351,8 @@ def _check_center(source: str, i: int, c: Center) -> None:
         _fail(source, f"{p}.address", c.address, f"longer than {MAX_ADDRESS_LEN} characters")
     if len(c.agents) > MAX_SKILLS:
         _fail(source, f"{p}.agents", len(c.agents), f"more than {MAX_SKILLS} skills")
+    if c.tz:
+        _check_tz(source, f"{p}.tz", c.tz)
     for skill, n in c.agents.items():
         f = _key_path(f"{p}.agents", skill)
         _check_id(source, f, skill)
@@ -363,6 +366,8 @@ def _check_branch(source: str, i: int, b: Branch, centers: dict[str, Center],
     _check_id(source, f"{p}.id", b.id)
     if b.home not in centers:
         _fail(source, f"{p}.home", b.home, f"unknown center {_known(b.home, list(centers))}")
+    if b.tz:
+        _check_tz(source, f"{p}.tz", b.tz)
     if len(b.calls_per_hour) > MAX_SKILLS:
         _fail(source, f"{p}.calls_per_hour", len(b.calls_per_hour), f"more than {MAX_SKILLS} skills")
     for skill, cph in b.calls_per_hour.items():
@@ -402,6 +407,34 @@ def _check_branch(source: str, i: int, b: Branch, centers: dict[str, Center],
         _fail(source, f"{p}.schedule", len(b.schedule), f"more than {MAX_SCHEDULE_RULES} rules")
     for j, rule in enumerate(b.schedule):
         _check_rule(source, f"{p}.schedule[{j}]", rule, centers)
+        _check_rule_skills(source, f"{p}.schedule[{j}]", rule, b, centers)
+
+
+def _check_tz(source: str, field: str, name: str) -> None:
+    try:
+        check_zone(field, name)
+    except InvalidInput as e:
+        raise TopologyError(source, field, name, e.why) from None
+
+
+def _check_rule_skills(source: str, p: str, rule: ScheduleRule, b: Branch,
+                       centers: dict[str, Center]) -> None:
+    """A rule naming skills hosts only those: each must be one the branch calls for, not pinned
+    (its own special products stay with its own seats), and staffed at the host."""
+    seen: set[str] = set()
+    for k, skill in enumerate(rule.skills):
+        f = f"{p}.skills[{k}]"
+        _check_id(source, f, skill)
+        if skill in seen:
+            _fail(source, f, skill, "skill listed twice")
+        seen.add(skill)
+        if skill not in b.calls_per_hour:
+            _fail(source, f, skill, f"no calls_per_hour entry for this skill at this branch "
+                                    f"{_known(skill, list(b.calls_per_hour))}")
+        if skill in b.pinned:
+            _fail(source, f, skill, "pinned at this branch: pinned calls stay with the home's seats")
+        if centers[rule.host].agents.get(skill, 0) <= 0:
+            _fail(source, f, skill, f"host {rule.host!r} has no agents for it")
 
 
 def _check_rule(source: str, p: str, rule: ScheduleRule, centers: dict[str, Center]) -> None:
