@@ -226,7 +226,8 @@ def cmd_calendar_show(args: argparse.Namespace) -> int:
     out, _ = _streams(args)
     reply = call_once(args, "GetCalendar", operator_pb2.GetCalendarRequest())
     out.write(
-        printable(reply.calendar_json or "no calendar set (the leader uses its host's local time)") + "\n"
+        printable(reply.calendar_json or "no calendar set (the leader uses the default: UTC+8, no "
+                  "holidays; centers and branches with a tz use their own)") + "\n"
     )
     return EXIT_OK
 

@@ -140,3 +140,52 @@ def holiday_overrides(cal: Calendar, wall: float, topology: Topology | None = No
         for b, host in sorted(cal.holiday_hosting.items())
         if b in on
     ]
+
+
+def calendar_moves(before: Calendar | None, after: Calendar, topology: Topology,
+                   open_centers: set[str] | frozenset[str]) -> list[str]:
+    """Why changing the calendar from `before` (None: none stored, the default one is in force) to
+    `after` moves calls off an open center, one line per branch; [] when it moves none. What the
+    two-person rule holds a calendar change for, like a topology's (core/topodiff.py, where a
+    dropped schedule rule counts too: its host stops hosting) and an override's.
+
+    - holiday hosting: on each holiday date a branch's calls are at its host (or home); a date on
+      which that center changes takes them off the one that had them;
+    - the network offset: the hours of every schedule read in the network zone move with it;
+    - holidays and holiday_weekday: a holiday runs another weekday's rules, so a branch whose rules
+      name days may change host on the dates added or removed.
+    It does not ask whether a date is past: the core has no "today", and the rule errs towards
+    asking a second operator.
+    """
+    b = before or DEFAULT_CALENDAR
+    tz_of = {c.id: c.tz for c in topology.centers}
+    out: list[str] = []
+
+    def hosted(cal: Calendar) -> dict[tuple[str, str], str]:
+        return {(br, d): host for br, host in cal.holiday_hosting.items() for d in cal.holidays}
+
+    hb, ha = hosted(b), hosted(after)
+    moves: dict[tuple[str, str, str], list[str]] = {}
+    branches = {x.id: x for x in topology.branches}
+    for br, d in sorted(set(hb) | set(ha)):
+        x = branches.get(br)
+        if x is None:
+            continue
+        had, gets = hb.get((br, d), x.home), ha.get((br, d), x.home)
+        if had != gets and had in open_centers:
+            moves.setdefault((br, had, gets), []).append(d)
+    for (br, had, gets), days in moves.items():
+        out.append(f"{br}: off open {had} to {gets} on {','.join(days)} (holiday hosting)")
+    days_changed = set(b.holidays) ^ set(after.holidays)
+    weekday_changed = b.holiday_weekday != after.holiday_weekday and bool(after.holidays or b.holidays)
+    for x in topology.branches:
+        if not x.schedule or not ({x.home, *(r.host for r in x.schedule)} & open_centers):
+            continue
+        network_zone = not x.tz and not tz_of.get(x.home)
+        if network_zone and b.utc_offset_h != after.utc_offset_h:
+            out.append(f"{x.id}: its schedule's hours move with utc_offset_h "
+                       f"{b.utc_offset_h:g} -> {after.utc_offset_h:g}")
+        elif any(r.days for r in x.schedule) and (days_changed or weekday_changed):
+            what = f"holidays {','.join(sorted(days_changed))}" if days_changed else "holiday_weekday"
+            out.append(f"{x.id}: its weekday schedule may change host on {what}")
+    return out
