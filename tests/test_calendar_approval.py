@@ -187,7 +187,8 @@ async def test_without_the_two_person_rule_the_change_applies_and_is_audited(sto
         got = [(e.operator, e.result) for e in await _audit(ops) if e.request_id == "cal-5"]
         assert got == [("alice", "applied: utc_offset_h none -> 8; holidays +2026-10-01; "
                                  "holiday_hosting.guangdong none -> north")]
-        shown = json.loads((await ops.GetCalendar(operator_pb2.GetCalendarRequest(), timeout=5)).calendar_json)
+        got_cal = await ops.GetCalendar(operator_pb2.GetCalendarRequest(), timeout=5)
+        shown = json.loads(got_cal.calendar_json)
         assert shown["holiday_hosting"] == {"guangdong": "north"}
     finally:
         await ch.close()

@@ -96,7 +96,8 @@ def branch_zone(branch: Branch, topology: Topology, cal: Calendar | None) -> _dt
     return zone(home_tz) if home_tz else fixed_offset((cal or DEFAULT_CALENDAR).utc_offset_h)
 
 
-def branch_clocks(topology: Topology, cal: Calendar | None, wall: float) -> dict[str, tuple[float, int, bool]]:
+def branch_clocks(topology: Topology, cal: Calendar | None,
+                  wall: float) -> dict[str, tuple[float, int, bool]]:
     """Every branch's (local hour, ISO weekday for its schedule rules, is a holiday) at `wall`
     (seconds since the epoch, UTC), each in its own zone. Branches sharing a zone share one
     conversion."""

@@ -139,7 +139,8 @@ def effective_hosting(branch: Branch, wall_hour: float | None, weekday: int | No
     named = {s for r in branch.schedule for s in r.skills}
     if not named:
         return default, ()
-    per = tuple((s, h) for s in sorted(named) if (h := effective_home(branch, wall_hour, weekday, s)) != default)
+    per = tuple((s, h) for s in sorted(named)
+                if (h := effective_home(branch, wall_hour, weekday, s)) != default)
     return default, per
 
 
@@ -154,7 +155,8 @@ def _hosting_note(branch: Branch, host: str, skill: str) -> str:
             hours = f" {rule.hours[0]:02d}-{rule.hours[1]:02d}h" if rule.hours else ""
             days = f" days {','.join(map(str, rule.days))}" if rule.days else ""
             which = f" for {','.join(rule.skills)} only" if rule.skills else ""
-            return f"hosted by {host} (schedule{which}{hours}{days}, branch local time; home {branch.home}); "
+            return (f"hosted by {host} (schedule{which}{hours}{days}, branch local time; "
+                    f"home {branch.home}); ")
     return f"hosted by {host} (home {branch.home}); "
 
 
@@ -335,7 +337,7 @@ class PlanTracker:
         self._sorted_pairs = sorted((c, s) for c in self._centers for s in self._skills)
         self._pairs = {c: tuple((s, (c, s), self._aht[s]) for s in self._skills) for c in self._centers}
         self._scheduled = tuple(b for b in topo.branches if b.schedule)
-        self._layouts: dict[tuple[str, ...], _Layout] = {}
+        self._layouts: dict[tuple[Hosting, ...], _Layout] = {}
         self._home_only: dict[str, tuple[Target, ...]] = {}
         # the last plan's route entries per (home, skill): an equal entry is that object again, so
         # the routes built from it (_Layout.memo) can be reused
@@ -358,7 +360,7 @@ class PlanTracker:
             t = self._home_only[cid] = (Target(cid, 1.0),)
         return t
 
-    def _layout(self, hosts: tuple[str, ...]) -> _Layout:
+    def _layout(self, hosts: tuple[Hosting, ...]) -> _Layout:
         slot_of: dict[tuple[str, str], int] = {}
         branches = []
         fixed: list[Route] = []
@@ -367,8 +369,9 @@ class PlanTracker:
         notes: list[str] = []
         host_of = iter(hosts)
         for b in self.topology.branches:
-            home, per_skill = next(host_of) if b.schedule else (b.home, ())
-            host = dict(per_skill)
+            hosting: Hosting = next(host_of) if b.schedule else (b.home, ())
+            home = hosting[0]
+            host = dict(hosting[1])
             items = []
             for s, cph in b.calls_per_hour.items():
                 slot = slot_of.setdefault((host.get(s, home), s), len(slot_of))
@@ -425,8 +428,8 @@ class PlanTracker:
                 weekday: int | None = None, predict: bool = True,
                 clocks: Mapping[str, tuple[float, int, bool]] | None = None) -> Plan:
         """The next plan. Schedules are read at `wall_hour`/`weekday`, or per branch at its own
-        local clock in `clocks` (branch -> (hour, weekday, holiday)) where given. `predict=False` leaves out the receivers' predicted service levels
-        (`Plan.receivers` empty, and no "below target" reasons): what operators read and drills check,
+        local clock in `clocks` (branch -> (hour, weekday, holiday)) where given.
+        `predict=False` leaves out the receivers' predicted service levels (`Plan.receivers` empty, and no "below target" reasons): what operators read and drills check,
         not what routes follow, which come out the same. The simulator, which reads only routes and
         replans every second, skips them: they were over a third of a computation."""
         topo = self.topology
@@ -872,7 +875,8 @@ class PlanTracker:
                 targets, kind, why, action = entry
                 route = Route(fixed_route.branch, fixed_route.skill, targets, kind, vip_targets=vip,
                               overload_action=action,
-                              explanation=layout.notes[pos] + why if layout.notes[pos] else why, home=key[0])
+                              explanation=layout.notes[pos] + why if layout.notes[pos] else why,
+                              home=key[0])
                 memo[pos] = (entry, vip, route)
                 routes[pos] = route
 

@@ -15,6 +15,11 @@ Layers, outside in:
 - `check_topology(t, source)`: the semantic checks types cannot express (ids, references,
   ranges, hysteresis direction). Synthetic topologies built in code pass through it too.
 
+Why one module over 600 lines: every check shares the error machinery (`_fail`, `_known`, the
+shortened values) and one walk over the document, so a message always names the same file and
+field path the parser does; split by section (centers, branches, schedules, zones, policy), each
+part would import the others' helpers and the walk order would live in two places.
+
 Must not: read the clock, open sockets, import asyncio/grpc/etcd/prometheus, or read any file
 other than the one `load_topology` is given.
 """

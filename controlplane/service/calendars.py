@@ -168,8 +168,8 @@ async def _store(ops: Any, context: Any, cal: Calendar, diff: str, rid: str, ope
     r = await ops._txn(context, compare, txn, reads)
     if not r.succeeded:
         if approver or not (r.responses and r.responses[0].kvs):
-            await context.abort(grpc.StatusCode.ABORTED,
-                                f"request_id={rid!r}: the calendar or the request changed while applying; retry")
+            await context.abort(grpc.StatusCode.ABORTED, f"request_id={rid!r}: the calendar or the "
+                                "request changed while applying; retry")
         rec = msgspec.json.decode(r.responses[0].kvs[0].value, type=RequestRecord)
         await ops.check_same_request(context, rid, rec.what, rec.operator, what, operator)
         return operator_pb2.SetCalendarReply(
