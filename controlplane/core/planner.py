@@ -429,8 +429,9 @@ class PlanTracker:
                 clocks: Mapping[str, tuple[float, int, bool]] | None = None) -> Plan:
         """The next plan. Schedules are read at `wall_hour`/`weekday`, or per branch at its own
         local clock in `clocks` (branch -> (hour, weekday, holiday)) where given.
-        `predict=False` leaves out the receivers' predicted service levels (`Plan.receivers` empty, and no "below target" reasons): what operators read and drills check,
-        not what routes follow, which come out the same. The simulator, which reads only routes and
+        `predict=False` leaves out the receivers' predicted service levels (`Plan.receivers`
+        empty, and no "below target" reasons): what operators read and drills check, not what
+        routes follow, which come out the same. The simulator, which reads only routes and
         replans every second, skips them: they were over a third of a computation."""
         topo = self.topology
         if topo is not self._prepared_for:
