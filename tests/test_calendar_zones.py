@@ -248,3 +248,90 @@ def test_skill_rules_and_whole_branch_rules_first_match_wins_per_skill():
     assert effective_hosting(br, 23.0, 1) == ("chengdu", (("ivr", "head"),))
     assert effective_hosting(br, 12.0, 1) == ("wuhan", ())
     assert effective_home(br, 23.0, 1, "card") == "chengdu"
+
+
+# ---------------------------------------------------------------- holiday hosting per skill
+
+HUBEI_IVR_HOLIDAY = Calendar(holidays=("2026-10-01",), holiday_hosting={"hubei": "head"},
+                             holiday_skills={"hubei": ("ivr",)})
+
+
+def test_on_a_holiday_only_the_named_skills_are_hosted_and_explain_names_the_calendar():
+    from controlplane.core.calendar import check_calendar
+
+    topo = _topo()
+    check_calendar(HUBEI_IVR_HOLIDAY, topo)
+    b = _brain(topo)
+    b.calendar = HUBEI_IVR_HOLIDAY
+    noon = _utc(2026, 10, 1, 4, 0)  # 12:00 on National Day in Wuhan: no night rule in force
+    p = _plan_at(b, noon, 0.0)
+    assert _centers(p, "hubei", "ivr") == ["head"] and _centers(p, "hubei", "retail") == ["wuhan"]
+    assert "override holiday.hubei.ivr: 100% to head (public holiday hosting (calendar))" in \
+        explain(p, "hubei", "ivr")
+    assert p.meta["overrides"] == "holiday.hubei.ivr=1"
+    # the next day at noon: all home
+    p = _plan_at(b, noon + 86_400, 1.0)
+    assert _centers(p, "hubei", "ivr") == ["wuhan"]
+
+
+@pytest.mark.parametrize(
+    ("skills", "hosting", "field", "value"),
+    [
+        ({"hubei": ("fax",)}, {"hubei": "head"}, "holiday_skills.hubei[0]", "fax"),
+        ({"hubei": ("ivr", "ivr")}, {"hubei": "head"}, "holiday_skills.hubei[1]", "ivr"),
+        ({"hubei": ()}, {"hubei": "head"}, "holiday_skills.hubei", "[]"),
+        ({"xinjiang": ("ivr",)}, {"hubei": "head"}, "holiday_skills.xinjiang", "xinjiang"),
+    ],
+)
+def test_a_bad_holiday_skill_names_the_field_and_the_value(skills, hosting, field, value):
+    from controlplane.core.calendar import check_calendar
+    from controlplane.core.model import InvalidInput
+
+    with pytest.raises(InvalidInput) as e:
+        check_calendar(Calendar(holiday_hosting=hosting, holiday_skills=skills), _topo())
+    assert e.value.field == field and value in str(e.value)
+
+
+def test_a_holiday_skill_change_moves_only_those_calls_for_the_two_person_rule():
+    from controlplane.core.calendar import calendar_moves
+
+    topo = _topo()
+    everything = set(topo.center_ids())
+    assert calendar_moves(None, HUBEI_IVR_HOLIDAY, topo, everything) == [
+        "hubei (ivr): off open wuhan to head on 2026-10-01 (holiday hosting)"]
+    whole = msgspec_replace(HUBEI_IVR_HOLIDAY, holiday_skills={})
+    # widening to the whole branch moves retail too; narrowing back takes retail off head
+    assert calendar_moves(HUBEI_IVR_HOLIDAY, whole, topo, everything) == [
+        "hubei (retail): off open wuhan to head on 2026-10-01 (holiday hosting)"]
+    assert calendar_moves(whole, HUBEI_IVR_HOLIDAY, topo, everything) == [
+        "hubei (retail): off open head to wuhan on 2026-10-01 (holiday hosting)"]
+
+
+def msgspec_replace(cal: Calendar, **kw):
+    import msgspec
+
+    return msgspec.structs.replace(cal, **kw)
+
+
+def test_a_topology_change_narrowing_a_hosting_rule_to_skills_takes_calls_off_the_host():
+    from controlplane.core.topodiff import traffic_moved_off
+
+    before = copy.deepcopy(DOC)
+    before["branches"][0]["schedule"] = [{"host": "head", "hours": [20, 8]}]
+    old, new = _topo(before), _topo()
+    moved = traffic_moved_off(old, new, None, set(old.center_ids()))
+    assert list(moved) == ["head"]
+    assert moved["head"][0].startswith("branch hubei no longer hosted by head for retail")
+
+
+def test_a_topology_change_of_a_scheduled_branchs_zone_is_in_the_diff_and_needs_two_people():
+    from controlplane.core.topodiff import diff_topologies, traffic_moved_off
+
+    doc = copy.deepcopy(DOC)
+    doc["centers"][1]["tz"] = "Asia/Urumqi"  # wuhan's clock read two hours behind
+    old, new = _topo(), _topo(doc)
+    assert [c.text() for c in diff_topologies(old, new)] == [
+        "center changed: wuhan.tz: Asia/Shanghai -> Asia/Urumqi"]
+    moved = traffic_moved_off(old, new, None, set(old.center_ids()))
+    assert sorted(moved) == ["head", "wuhan"]
+    assert moved["wuhan"] == ("branch hubei's schedule read in Asia/Urumqi (was Asia/Shanghai)",)

@@ -42,6 +42,9 @@ class Calendar(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     holiday_weekday: int = 7
     # branch -> center hosting it all day on a holiday
     holiday_hosting: dict[str, str] = {}
+    # branch -> the only skills its holiday hosting moves (absent: all of them): self-service
+    # (IVR) hosted centrally on a holiday while human seats stay local
+    holiday_skills: dict[str, tuple[str, ...]] = {}
 
 
 def check_calendar(cal: Calendar, topology: Topology) -> None:
@@ -69,6 +72,26 @@ def check_calendar(cal: Calendar, topology: Topology) -> None:
             raise InvalidInput(f"holiday_hosting.{b}", host, "unknown center")
         if host == homes[b]:
             raise InvalidInput(f"holiday_hosting.{b}", host, f"is {b}'s home already")
+    branches = {b.id: b for b in topology.branches}
+    agents = {c.id: c.agents for c in topology.centers}
+    for b, skills in cal.holiday_skills.items():
+        check_id("holiday_skills", b)
+        if b not in cal.holiday_hosting:
+            raise InvalidInput(f"holiday_skills.{b}", b, "no holiday_hosting entry for this branch")
+        if not skills:
+            raise InvalidInput(f"holiday_skills.{b}", list(skills),
+                               "name at least one skill (or drop the entry)")
+        host = cal.holiday_hosting[b]
+        for i, s in enumerate(skills):
+            f = f"holiday_skills.{b}[{i}]"
+            if s not in branches[b].calls_per_hour:
+                raise InvalidInput(f, s, f"branch {b} has no calls of this skill")
+            if s in skills[:i]:
+                raise InvalidInput(f, s, "named twice")
+            if s in branches[b].pinned:
+                raise InvalidInput(f, s, "pinned at this branch: pinned calls stay with the home's seats")
+            if agents[host].get(s, 0) <= 0:
+                raise InvalidInput(f, s, f"host {host} has no agents for it")
 
 
 # no calendar stored: the network zone is the default one (UTC+8), never the host's
@@ -130,16 +153,18 @@ def holiday_overrides(cal: Calendar, wall: float, topology: Topology | None = No
         return []
     return [
         Override(
-            id=f"holiday.{b}",
+            id=f"holiday.{b}.{s}" if s else f"holiday.{b}",
             share=1.0,
             to=(host,),
             branch=b,
+            skill=s,
             ttl_s=_DAY_S,
             reason="public holiday hosting (calendar)",
             operator="calendar",
         )
         for b, host in sorted(cal.holiday_hosting.items())
         if b in on
+        for s in cal.holiday_skills.get(b, ("",))
     ]
 
 
@@ -162,21 +187,28 @@ def calendar_moves(before: Calendar | None, after: Calendar, topology: Topology,
     tz_of = {c.id: c.tz for c in topology.centers}
     out: list[str] = []
 
-    def hosted(cal: Calendar) -> dict[tuple[str, str], str]:
-        return {(br, d): host for br, host in cal.holiday_hosting.items() for d in cal.holidays}
+    branches = {x.id: x for x in topology.branches}
+
+    def hosted(cal: Calendar) -> dict[tuple[str, str, str], str]:
+        """(branch, skill, date) -> the center holiday hosting puts those calls at."""
+        return {(br, s, d): host for br, host in cal.holiday_hosting.items() if br in branches
+                for s in cal.holiday_skills.get(br, tuple(branches[br].calls_per_hour))
+                for d in cal.holidays}
 
     hb, ha = hosted(b), hosted(after)
-    moves: dict[tuple[str, str, str], list[str]] = {}
-    branches = {x.id: x for x in topology.branches}
-    for br, d in sorted(set(hb) | set(ha)):
-        x = branches.get(br)
-        if x is None:
-            continue
-        had, gets = hb.get((br, d), x.home), ha.get((br, d), x.home)
+    moves: dict[tuple[str, str, str, str], list[str]] = {}
+    for br, s, d in sorted(set(hb) | set(ha)):
+        home = branches[br].home
+        had, gets = hb.get((br, s, d), home), ha.get((br, s, d), home)
         if had != gets and had in open_centers:
-            moves.setdefault((br, had, gets), []).append(d)
-    for (br, had, gets), days in moves.items():
-        out.append(f"{br}: off open {had} to {gets} on {','.join(days)} (holiday hosting)")
+            moves.setdefault((br, had, gets, d), []).append(s)
+    by_days: dict[tuple[str, str, str, str], list[str]] = {}
+    for (br, had, gets, d), skills in moves.items():
+        every = set(skills) == set(branches[br].calls_per_hour)
+        by_days.setdefault((br, had, gets, "" if every else ",".join(skills)), []).append(d)
+    for (br, had, gets, skills), days in by_days.items():
+        which = f" ({skills})" if skills else ""
+        out.append(f"{br}{which}: off open {had} to {gets} on {','.join(days)} (holiday hosting)")
     days_changed = set(b.holidays) ^ set(after.holidays)
     weekday_changed = b.holiday_weekday != after.holiday_weekday and bool(after.holidays or b.holidays)
     for x in topology.branches:

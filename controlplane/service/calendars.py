@@ -63,6 +63,10 @@ def calendar_diff(before: Calendar | None, after: Calendar) -> str:
         x, y = b.holiday_hosting.get(br), after.holiday_hosting.get(br)
         if x != y:
             parts.append(f"holiday_hosting.{br} {x or 'none'} -> {y or 'none'}")
+    for br in sorted(set(b.holiday_skills) | set(after.holiday_skills)):
+        xs, ys = b.holiday_skills.get(br, ()), after.holiday_skills.get(br, ())
+        if xs != ys:
+            parts.append(f"holiday_skills.{br} {','.join(xs) or 'all'} -> {','.join(ys) or 'all'}")
     return "; ".join(parts) or "no change"
 
 
