@@ -335,3 +335,46 @@ def test_a_topology_change_of_a_scheduled_branchs_zone_is_in_the_diff_and_needs_
     moved = traffic_moved_off(old, new, None, set(old.center_ids()))
     assert sorted(moved) == ["head", "wuhan"]
     assert moved["wuhan"] == ("branch hubei's schedule read in Asia/Urumqi (was Asia/Shanghai)",)
+
+
+def test_a_leader_process_in_another_tz_hosts_by_the_branchs_zone_and_explain_shows_it(tmp_path):
+    """A real control-plane process with TZ=America/New_York (12 or 13 hours from Beijing): a
+    rule covering the three hours around Wuhan's current hour hosts hubei's IVR at head now. A
+    leader reading its host's local time would be half a day outside the window."""
+    import time
+
+    import grpc
+    import yaml
+    from test_cp_support import Replica
+
+    from callroute.v1 import operator_pb2, operator_pb2_grpc
+
+    wuhan_hour = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).hour
+    doc = copy.deepcopy(DOC)
+    window = [(wuhan_hour - 1) % 24, (wuhan_hour + 2) % 24]
+    doc["branches"][0]["schedule"] = [{"host": "head", "hours": window, "skills": ["ivr"]}]
+    del doc["branches"][1]["schedule"]
+    path = tmp_path / "zones.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    cp = Replica(tmp_path, "cp-ny", str(path), "embedded", env={"TZ": "America/New_York"},
+                 config={"publish_interval_s": 0.2}).start()
+    ch = grpc.insecure_channel(cp.addr)
+    try:
+        ops = operator_pb2_grpc.OperatorServiceStub(ch)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                r = ops.Explain(operator_pb2.ExplainRequest(branch="hubei", skill="ivr"), timeout=5)
+                break
+            except grpc.RpcError as e:
+                # no plan yet: the leader is still starting
+                if time.monotonic() > deadline or e.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise AssertionError(f"{e.code()}: {e.details()}\n{cp.tail()}") from None
+                time.sleep(0.05)
+        assert r.decision.center == "head", r.text
+        assert "hosted by head (schedule for ivr only" in r.text
+        retail = ops.Explain(operator_pb2.ExplainRequest(branch="hubei", skill="retail"), timeout=5)
+        assert retail.decision.center == "wuhan" and "hosted by" not in retail.text
+    finally:
+        ch.close()
+        cp.kill()
