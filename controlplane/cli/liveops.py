@@ -202,7 +202,8 @@ def cmd_calendar_set(args: argparse.Namespace) -> int:
     except yaml.YAMLError as e:
         raise InvalidInput("FILE", args.file, f"invalid YAML: {e}") from None
     if not isinstance(data, dict):
-        raise InvalidInput("FILE", args.file, "must be a mapping (utc_offset_h, holidays, holiday_hosting)")
+        raise InvalidInput("FILE", args.file,
+                           "must be a mapping (utc_offset_h, holidays, holiday_hosting, holiday_skills)")
     # YAML reads 2026-10-01 as a date: send dates as the ISO text the calendar keeps
     body = json.dumps(data, default=str)
     operator, request_id = _change_identity(args)

@@ -203,11 +203,11 @@ def calendar_moves(before: Calendar | None, after: Calendar, topology: Topology,
         if had != gets and had in open_centers:
             moves.setdefault((br, had, gets, d), []).append(s)
     by_days: dict[tuple[str, str, str, str], list[str]] = {}
-    for (br, had, gets, d), skills in moves.items():
-        every = set(skills) == set(branches[br].calls_per_hour)
-        by_days.setdefault((br, had, gets, "" if every else ",".join(skills)), []).append(d)
-    for (br, had, gets, skills), days in by_days.items():
-        which = f" ({skills})" if skills else ""
+    for (br, had, gets, d), moved in moves.items():
+        every = set(moved) == set(branches[br].calls_per_hour)
+        by_days.setdefault((br, had, gets, "" if every else ",".join(moved)), []).append(d)
+    for (br, had, gets, named), days in by_days.items():
+        which = f" ({named})" if named else ""
         out.append(f"{br}{which}: off open {had} to {gets} on {','.join(days)} (holiday hosting)")
     days_changed = set(b.holidays) ^ set(after.holidays)
     weekday_changed = b.holiday_weekday != after.holiday_weekday and bool(after.holidays or b.holidays)

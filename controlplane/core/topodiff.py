@@ -204,8 +204,8 @@ def traffic_moved_off(old: Topology, new: Topology, plan: Plan | None,
         zone_b = nb.tz or (cb[nb.home].tz if nb.home in cb else "")
         if zone_a != zone_b and nb.schedule and calls:
             # the schedule's hours now fall on other UTC instants: calls leave home or hosts then
-            for c in dict.fromkeys([nb.home, *(r.host for r in nb.schedule)]):
-                add(c, f"branch {b.id}'s schedule read in {zone_b or 'the network zone'} "
+            for host in dict.fromkeys([nb.home, *(r.host for r in nb.schedule)]):
+                add(host, f"branch {b.id}'s schedule read in {zone_b or 'the network zone'} "
                        f"(was {zone_a or 'the network zone'})")
         for r in b.schedule:
             if r in nb.schedule or not calls:
