@@ -478,15 +478,19 @@ class Cluster:
         """One (branch, skill) per branch homed at `center` and hosted there now: its busiest skill
         that may leave home. A branch a schedule hosts elsewhere at this hour (Hainan at night, by
         Chengdu) never routes to `center`, so a trial waiting for it to come home would wait for ever."""
+        from controlplane.core.calendar import branch_clocks
         from controlplane.core.planner import effective_home
 
-        lt = time.localtime()  # the leader plans schedules by its local time (service/leader.py)
-        hour, weekday = lt.tm_hour + lt.tm_min / 60.0, lt.tm_wday + 1
+        # the leader reads each branch's schedule in its own zone (no calendar stored here), never
+        # its host's local time: the same clocks (service/leader.py, core/calendar.py)
+        clocks = branch_clocks(self.topology, None, time.time())
         keys = []
         for b in self.topology.branches:
+            hour, weekday, _ = clocks[b.id]
             if b.home != center or effective_home(b, hour, weekday) != center:
                 continue
-            movable = {s: v for s, v in b.calls_per_hour.items() if s not in b.pinned and v > 0}
+            movable = {s: v for s, v in b.calls_per_hour.items() if s not in b.pinned and v > 0
+                       and effective_home(b, hour, weekday, s) == center}
             if movable:
                 keys.append((b.id, max(movable, key=lambda s: movable[s])))
         return keys

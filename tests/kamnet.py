@@ -16,13 +16,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_agent_fakes import poll as fakes_poll
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -43,14 +43,8 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 def poll(cond: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(every_s)
+    """test_agent_fakes.poll with the order these tests call it in."""
+    return fakes_poll(cond, timeout_s, every_s, what)
 
 
 def http_get(port: int, path: str) -> tuple[int, Any]:

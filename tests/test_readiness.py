@@ -134,8 +134,11 @@ def _firing(cp) -> set[tuple[str, str]]:
 async def test_leaders_watch_sets_the_alert_gauge_for_the_thin_half_hour_ahead(tmp_path):
     """The leader plans the next hours on the forecast and sets the CallrouteDRNotReady gauge
     for exactly the thin half hour, for every center whose loss it cannot absorb."""
-    lt = time.localtime()
-    thin = (slot_of(lt.tm_hour + lt.tm_min / 60.0) + 1) % SLOTS  # next half hour: inside a 2 h window
+    # the leader's clock is the network's zone (the default calendar's), never the host's
+    from controlplane.core.calendar import DEFAULT_CALENDAR, local_clock
+
+    # the next half hour: inside a 2 h window
+    thin = (slot_of(local_clock(DEFAULT_CALENDAR, time.time())[0]) + 1) % SLOTS
     fc = tmp_path / "small.forecast.yaml"
     fc.write_text(yaml.safe_dump({"staffing": {"default": _thin_at(thin, 0.35)}}))
     store = await embedded_store()

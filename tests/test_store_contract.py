@@ -50,6 +50,7 @@ from controlplane.store import (
     put_chunked,
     value_is,
     version_is,
+    watch_value,
 )
 from devtools.etcd import ELECTION_MS, EtcdCluster
 
@@ -444,6 +445,22 @@ async def test_f7_compaction_past_a_disconnected_watcher_relists(backend: Backen
 
     await eventually(converged, 10, "watcher state equals the store after compaction")
     assert snapshots == 2  # it re-listed exactly once
+    await it.aclose()
+
+
+@pytest.mark.parametrize("backend", WITH_CLUSTER, indirect=True)
+async def test_watch_value_follows_one_key_and_not_its_longer_neighbours(backend: Backend) -> None:
+    st, k = backend.store, backend.k
+    await st.put(k("rec-other"), b"x")  # shares the key as a prefix: not the record
+    it = watch_value(st, k("rec"))
+    assert await asyncio.wait_for(it.__anext__(), 5) == b""  # absent at the listing
+    await st.put(k("rec-other"), b"y")
+    await st.put(k("rec"), b"v1")
+    assert await asyncio.wait_for(it.__anext__(), 5) == b"v1"  # the neighbour's change is skipped
+    await st.delete(k("rec"))
+    assert await asyncio.wait_for(it.__anext__(), 5) == b""
+    await st.put(k("rec"), b"v2")
+    assert await asyncio.wait_for(it.__anext__(), 5) == b"v2"
     await it.aclose()
 
 

@@ -283,7 +283,7 @@ def test_messages_are_helpful():
     with pytest.raises(TopologyError, match=r"unknown center \(did you mean 'wuhan'\? known: beijing, "
                                             r"chengdu, wuhan\)"):
         parse_topology(_set("branches.1.home", "wuhna")(_doc()), "x.yaml")
-    with pytest.raises(TopologyError, match=r"unknown field \(known: id, region, agents, address\)"):
+    with pytest.raises(TopologyError, match=r"unknown field \(known: id, region, agents, address, tz\)"):
         parse_topology(_set("centers.1.agent", {})(_doc()), "x.yaml")
     with pytest.raises(TopologyError, match=r"no center staffs skill 'mortgage'"):
         parse_topology(_set("branches.3.calls_per_hour.mortgage", 10)(_doc()), "x.yaml")

@@ -159,6 +159,12 @@ def test_a_topology_without_chains_keeps_its_hash():
     with_chain = parse_topology(doc({"treatments": CHAIN}))
     assert topology_hash(t) != topology_hash(with_chain)
     assert topology_hash(t) == "cc6616b808e8ade5"  # main's hash of this document (before chains)
+    # nor do time zones and skill-named schedule rules (issue 18) change it while unset; set, they do
+    zoned = parse_topology(doc(branch_extra={"tz": "Asia/Urumqi"}))
+    ruled = parse_topology(doc(branch_extra={"schedule": [{"host": "south", "hours": [20, 8],
+                                                           "skills": ["card"]}]}))
+    unruled = parse_topology(doc(branch_extra={"schedule": [{"host": "south", "hours": [20, 8]}]}))
+    assert len({topology_hash(x) for x in (t, zoned, ruled, unruled)}) == 4
 
 
 # ------------------------------------------------------------------ the planner

@@ -202,7 +202,8 @@ def cmd_calendar_set(args: argparse.Namespace) -> int:
     except yaml.YAMLError as e:
         raise InvalidInput("FILE", args.file, f"invalid YAML: {e}") from None
     if not isinstance(data, dict):
-        raise InvalidInput("FILE", args.file, "must be a mapping (utc_offset_h, holidays, holiday_hosting)")
+        raise InvalidInput("FILE", args.file,
+                           "must be a mapping (utc_offset_h, holidays, holiday_hosting, holiday_skills)")
     # YAML reads 2026-10-01 as a date: send dates as the ISO text the calendar keeps
     body = json.dumps(data, default=str)
     operator, request_id = _change_identity(args)
@@ -226,7 +227,8 @@ def cmd_calendar_show(args: argparse.Namespace) -> int:
     out, _ = _streams(args)
     reply = call_once(args, "GetCalendar", operator_pb2.GetCalendarRequest())
     out.write(
-        printable(reply.calendar_json or "no calendar set (the leader uses its host's local time)") + "\n"
+        printable(reply.calendar_json or "no calendar set (the leader uses the default: UTC+8, no "
+                  "holidays; centers and branches with a tz use their own)") + "\n"
     )
     return EXIT_OK
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from .calendar import Calendar, holiday_overrides
+from .calendar import Calendar, branch_clocks, holiday_overrides
 from .demand import DemandSettings, DemandTracker
 from .health import HealthSettings, HealthTracker
 from .model import AdminState, InvalidInput, NetworkView, Plan, Report, Status, Topology
@@ -467,10 +467,17 @@ class LeaderBrain:
         return NetworkView(health=self.tracker.view(now), admin=dict(self.admin), shed=dict(self.shed),
                            demand=self.demand.rates(now))
 
+    def clocks_at(self, wall: float) -> dict[str, tuple[float, int, bool]]:
+        """Every branch's local clock at `wall` (UTC seconds): its own zone, the calendar's
+        holidays. What the shell passes to `compute`; the host's local time never enters."""
+        return branch_clocks(self.topology, self.calendar, wall)
+
     def compute(
-        self, now: float, wall: float, wall_hour: float | None = None, weekday: int | None = None
+        self, now: float, wall: float, wall_hour: float | None = None, weekday: int | None = None,
+        clocks: dict[str, tuple[float, int, bool]] | None = None,
     ) -> Plan | None:
-        """The plan to publish now, or None when it would not change a route.
+        """The plan to publish now, or None when it would not change a route. Schedules are read
+        at each branch's clock in `clocks` (`clocks_at(wall)`), else at `wall_hour`/`weekday`.
 
         Raises RuntimeError when the planner produced an inconsistent plan: a bug, never published.
         """
@@ -479,8 +486,9 @@ class LeaderBrain:
         self.dirty = False
         cause = self.cause
         self.cause = CAUSE_LOAD
-        plan = self.planner.compute(self.view(now), now, self.version + 1, wall_hour, weekday)
-        ovs = [*self.overrides.values(), *(holiday_overrides(self.calendar, wall) if self.calendar else ())]
+        plan = self.planner.compute(self.view(now), now, self.version + 1, wall_hour, weekday, clocks=clocks)
+        hol = holiday_overrides(self.calendar, wall, self.topology) if self.calendar else ()
+        ovs = [*self.overrides.values(), *hol]
         if ovs:
             plan = apply_overrides(plan, ovs, self.topology)
         broken = self.paths.broken()

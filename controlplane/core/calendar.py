@@ -1,8 +1,11 @@
 """The network's calendar: its explicit time zone, public holidays and holiday hosting.
 
 The leader used its host's local time to pick night and weekend hosting (a control plane in a UTC
-container would move Ningxia's calls at 06:00 Beijing time instead of 22:00). With a calendar the
-local time is the network's own: UTC plus `utc_offset_h` (China keeps one offset all year, no DST).
+container would move Ningxia's calls at 06:00 Beijing time instead of 22:00). Now every branch's
+schedule is read in its own zone (`branch_clocks`): the branch's `tz`, else its home center's `tz`
+(IANA names from the topology, core/zones.py), else the network's: UTC plus the calendar's
+`utc_offset_h` (China keeps one offset all year, no DST), with or without a stored calendar. The
+host's TZ setting never enters: the shell hands in the UTC wall time and nothing else.
 
 On a public holiday the schedule rules run as on `holiday_weekday` (default Sunday: weekend
 hosting), and `holiday_hosting` may move whole branches to a host for the day (e.g. small branches
@@ -20,8 +23,9 @@ import math
 
 import msgspec
 
-from .model import InvalidInput, Topology, check_id
+from .model import Branch, InvalidInput, Topology, check_id
 from .overrides import Override
+from .zones import fixed_offset, local_time, zone
 
 MAX_HOLIDAYS = 400  # a year of dates with room; a calendar is renewed yearly
 # an override's ttl must be positive; holiday hosting lasts as long as the day does, re-derived
@@ -38,6 +42,9 @@ class Calendar(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     holiday_weekday: int = 7
     # branch -> center hosting it all day on a holiday
     holiday_hosting: dict[str, str] = {}
+    # branch -> the only skills its holiday hosting moves (absent: all of them): self-service
+    # (IVR) hosted centrally on a holiday while human seats stay local
+    holiday_skills: dict[str, tuple[str, ...]] = {}
 
 
 def check_calendar(cal: Calendar, topology: Topology) -> None:
@@ -65,30 +72,153 @@ def check_calendar(cal: Calendar, topology: Topology) -> None:
             raise InvalidInput(f"holiday_hosting.{b}", host, "unknown center")
         if host == homes[b]:
             raise InvalidInput(f"holiday_hosting.{b}", host, f"is {b}'s home already")
+    branches = {b.id: b for b in topology.branches}
+    agents = {c.id: c.agents for c in topology.centers}
+    for b, skills in cal.holiday_skills.items():
+        check_id("holiday_skills", b)
+        if b not in cal.holiday_hosting:
+            raise InvalidInput(f"holiday_skills.{b}", b, "no holiday_hosting entry for this branch")
+        if not skills:
+            raise InvalidInput(f"holiday_skills.{b}", list(skills),
+                               "name at least one skill (or drop the entry)")
+        host = cal.holiday_hosting[b]
+        for i, s in enumerate(skills):
+            f = f"holiday_skills.{b}[{i}]"
+            if s not in branches[b].calls_per_hour:
+                raise InvalidInput(f, s, f"branch {b} has no calls of this skill")
+            if s in skills[:i]:
+                raise InvalidInput(f, s, "named twice")
+            if s in branches[b].pinned:
+                raise InvalidInput(f, s, "pinned at this branch: pinned calls stay with the home's seats")
+            if agents[host].get(s, 0) <= 0:
+                raise InvalidInput(f, s, f"host {host} has no agents for it")
 
 
-def local_clock(cal: Calendar, wall: float) -> tuple[float, int, bool]:
-    """(hour of day as a float, ISO weekday for the schedule rules, is a holiday) at `wall`."""
-    local = _dt.datetime.fromtimestamp(wall, _dt.UTC) + _dt.timedelta(hours=cal.utc_offset_h)
+# no calendar stored: the network zone is the default one (UTC+8), never the host's
+DEFAULT_CALENDAR = Calendar()
+
+
+def _clock_in(cal: Calendar, wall: float, tz: _dt.tzinfo) -> tuple[float, int, bool]:
+    local = local_time(wall, tz)
     holiday = local.date().isoformat() in cal.holidays
     hour = local.hour + local.minute / 60.0 + local.second / 3600.0
     return hour, (cal.holiday_weekday if holiday else local.isoweekday()), holiday
 
 
-def holiday_overrides(cal: Calendar, wall: float) -> list[Override]:
-    """The holiday hosting in force at `wall` as overrides of all of each branch's calls."""
-    _, _, holiday = local_clock(cal, wall)
-    if not holiday or not cal.holiday_hosting:
+def local_clock(cal: Calendar, wall: float) -> tuple[float, int, bool]:
+    """(hour of day as a float, ISO weekday for the schedule rules, is a holiday) at `wall`, in
+    the network's zone (branches with their own zone: `branch_clocks`)."""
+    return _clock_in(cal, wall, fixed_offset(cal.utc_offset_h))
+
+
+def branch_zone(branch: Branch, topology: Topology, cal: Calendar | None) -> _dt.tzinfo:
+    """The zone `branch`'s schedule and holidays are read in (see the module docstring)."""
+    if branch.tz:
+        return zone(branch.tz)
+    home_tz = next((c.tz for c in topology.centers if c.id == branch.home), "")
+    return zone(home_tz) if home_tz else fixed_offset((cal or DEFAULT_CALENDAR).utc_offset_h)
+
+
+def branch_clocks(topology: Topology, cal: Calendar | None,
+                  wall: float) -> dict[str, tuple[float, int, bool]]:
+    """Every branch's (local hour, ISO weekday for its schedule rules, is a holiday) at `wall`
+    (seconds since the epoch, UTC), each in its own zone. Branches sharing a zone share one
+    conversion."""
+    c = cal or DEFAULT_CALENDAR
+    tz_of = {x.id: x.tz for x in topology.centers}
+    network = fixed_offset(c.utc_offset_h)
+    by_name: dict[str, tuple[float, int, bool]] = {}
+    out = {}
+    for b in topology.branches:
+        name = b.tz or tz_of.get(b.home, "")
+        clock = by_name.get(name)
+        if clock is None:
+            clock = by_name[name] = _clock_in(c, wall, zone(name) if name else network)
+        out[b.id] = clock
+    return out
+
+
+def holiday_overrides(cal: Calendar, wall: float, topology: Topology | None = None) -> list[Override]:
+    """The holiday hosting in force at `wall` as overrides of all of each branch's calls. With
+    `topology`, each branch's holiday is its own local date (a branch in another zone starts its
+    holiday at its own midnight); without, the network zone's."""
+    if not cal.holiday_hosting:
+        return []
+    if topology is None:
+        on = set(cal.holiday_hosting) if local_clock(cal, wall)[2] else set()
+    else:
+        clocks = branch_clocks(topology, cal, wall)
+        on = {b for b in cal.holiday_hosting if clocks.get(b, (0.0, 0, False))[2]}
+    if not on:
         return []
     return [
         Override(
-            id=f"holiday.{b}",
+            id=f"holiday.{b}.{s}" if s else f"holiday.{b}",
             share=1.0,
             to=(host,),
             branch=b,
+            skill=s,
             ttl_s=_DAY_S,
             reason="public holiday hosting (calendar)",
             operator="calendar",
         )
         for b, host in sorted(cal.holiday_hosting.items())
+        if b in on
+        for s in cal.holiday_skills.get(b, ("",))
     ]
+
+
+def calendar_moves(before: Calendar | None, after: Calendar, topology: Topology,
+                   open_centers: set[str] | frozenset[str]) -> list[str]:
+    """Why changing the calendar from `before` (None: none stored, the default one is in force) to
+    `after` moves calls off an open center, one line per branch; [] when it moves none. What the
+    two-person rule holds a calendar change for, like a topology's (core/topodiff.py, where a
+    dropped schedule rule counts too: its host stops hosting) and an override's.
+
+    - holiday hosting: on each holiday date a branch's calls are at its host (or home); a date on
+      which that center changes takes them off the one that had them;
+    - the network offset: the hours of every schedule read in the network zone move with it;
+    - holidays and holiday_weekday: a holiday runs another weekday's rules, so a branch whose rules
+      name days may change host on the dates added or removed.
+    It does not ask whether a date is past: the core has no "today", and the rule errs towards
+    asking a second operator.
+    """
+    b = before or DEFAULT_CALENDAR
+    tz_of = {c.id: c.tz for c in topology.centers}
+    out: list[str] = []
+
+    branches = {x.id: x for x in topology.branches}
+
+    def hosted(cal: Calendar) -> dict[tuple[str, str, str], str]:
+        """(branch, skill, date) -> the center holiday hosting puts those calls at."""
+        return {(br, s, d): host for br, host in cal.holiday_hosting.items() if br in branches
+                for s in cal.holiday_skills.get(br, tuple(branches[br].calls_per_hour))
+                for d in cal.holidays}
+
+    hb, ha = hosted(b), hosted(after)
+    moves: dict[tuple[str, str, str, str], list[str]] = {}
+    for br, s, d in sorted(set(hb) | set(ha)):
+        home = branches[br].home
+        had, gets = hb.get((br, s, d), home), ha.get((br, s, d), home)
+        if had != gets and had in open_centers:
+            moves.setdefault((br, had, gets, d), []).append(s)
+    by_days: dict[tuple[str, str, str, str], list[str]] = {}
+    for (br, had, gets, d), moved in moves.items():
+        every = set(moved) == set(branches[br].calls_per_hour)
+        by_days.setdefault((br, had, gets, "" if every else ",".join(moved)), []).append(d)
+    for (br, had, gets, named), days in by_days.items():
+        which = f" ({named})" if named else ""
+        out.append(f"{br}{which}: off open {had} to {gets} on {','.join(days)} (holiday hosting)")
+    days_changed = set(b.holidays) ^ set(after.holidays)
+    weekday_changed = b.holiday_weekday != after.holiday_weekday and bool(after.holidays or b.holidays)
+    for x in topology.branches:
+        if not x.schedule or not ({x.home, *(r.host for r in x.schedule)} & open_centers):
+            continue
+        network_zone = not x.tz and not tz_of.get(x.home)
+        if network_zone and b.utc_offset_h != after.utc_offset_h:
+            out.append(f"{x.id}: its schedule's hours move with utc_offset_h "
+                       f"{b.utc_offset_h:g} -> {after.utc_offset_h:g}")
+        elif any(r.days for r in x.schedule) and (days_changed or weekday_changed):
+            what = f"holidays {','.join(sorted(days_changed))}" if days_changed else "holiday_weekday"
+            out.append(f"{x.id}: its weekday schedule may change host on {what}")
+    return out

@@ -90,16 +90,23 @@ class Center(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     agents: dict[str, int] = {}
     # where switches send this center's calls (SIP URI, trunk group): carried, not interpreted
     address: str = ""
+    # the center's IANA time zone (e.g. "Asia/Shanghai"): its branches' schedules and holidays
+    # are read in it; "" = the calendar's network zone (core/calendar.py)
+    tz: str = ""
 
 
 class ScheduleRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A branch is hosted by `host` during these hours/days (local time of the network)."""
+    """A branch is hosted by `host` during these hours/days (the branch's local time: its own
+    `tz`, else its home center's, else the calendar's network zone)."""
 
     host: str
     # half-open hour range [start, end) on a 24 h clock; start > end wraps midnight (20 -> 8)
     hours: tuple[int, int] | None = None
     # ISO weekdays 1 (Mon) .. 7 (Sun); empty means every day
     days: tuple[int, ...] = ()
+    # the skills this rule hosts; empty means all of them. Self-service (IVR) hosted centrally
+    # while human seats stay local: `{host: head_office, hours: [20, 8], skills: [ivr]}`
+    skills: tuple[str, ...] = ()
 
 
 class Branch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -112,6 +119,8 @@ class Branch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # overload treatment chains (issue 18): for all this branch's skills, and per skill (wins)
     treatments: tuple[TreatmentStep, ...] = ()
     skill_treatments: dict[str, tuple[TreatmentStep, ...]] = {}
+    # the branch's IANA time zone when it differs from its home center's ("" = the home's)
+    tz: str = ""
 
 
 class ServiceLevel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -24,7 +24,7 @@ call.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
@@ -39,6 +39,7 @@ from .model import (
     ReceiverPrediction,
     Route,
     RouteKind,
+    ScheduleRule,
     SkillLoad,
     Status,
     Target,
@@ -105,20 +106,59 @@ def reason_closed(admin: AdminState, health: CenterHealth | None) -> str:
     return ""
 
 
-def effective_home(branch: Branch, wall_hour: float | None, weekday: int | None) -> str:
-    """The center hosting `branch` at this local time (night/weekend hosting schedules)."""
+def _rule_on(rule: ScheduleRule, wall_hour: float, weekday: int | None) -> bool:
+    if rule.days and (weekday is None or weekday not in rule.days):
+        return False
+    if rule.hours is None:
+        return True
+    start, end = rule.hours
+    return start <= wall_hour < end if start <= end else (wall_hour >= start or wall_hour < end)
+
+
+def effective_home(branch: Branch, wall_hour: float | None, weekday: int | None,
+                   skill: str | None = None) -> str:
+    """The center hosting `branch`'s calls of `skill` at this local time (night/weekend hosting
+    schedules; the first rule in force that covers the skill wins). `skill=None`: the host of the
+    skills no skill-named rule covers."""
     if wall_hour is None:
         return branch.home
     for rule in branch.schedule:
-        if rule.days and (weekday is None or weekday not in rule.days):
+        if rule.skills and (skill is None or skill not in rule.skills):
             continue
-        if rule.hours is None:
-            return rule.host
-        start, end = rule.hours
-        inside = start <= wall_hour < end if start <= end else (wall_hour >= start or wall_hour < end)
-        if inside:
+        if _rule_on(rule, wall_hour, weekday):
             return rule.host
     return branch.home
+
+
+Hosting = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def effective_hosting(branch: Branch, wall_hour: float | None, weekday: int | None) -> Hosting:
+    """(the host of the branch's calls, ((skill, host), ...) for the skills a skill-named rule
+    hosts elsewhere at this local time): IVR at the head office while retail stays home."""
+    default = effective_home(branch, wall_hour, weekday)
+    named = {s for r in branch.schedule for s in r.skills}
+    if not named:
+        return default, ()
+    per = tuple((s, h) for s in sorted(named)
+                if (h := effective_home(branch, wall_hour, weekday, s)) != default)
+    return default, per
+
+
+def _hosting_note(branch: Branch, host: str, skill: str) -> str:
+    """Why `host` has these calls, for the route's explanation (what `callroute explain` prints):
+    the schedule rule that hosts them there. Depends on the hosting only, which is what a _Layout
+    is cached by."""
+    if host == branch.home:
+        return ""
+    for rule in branch.schedule:
+        if rule.host == host and (not rule.skills or skill in rule.skills):
+            hours = f" {rule.hours[0]:02d}-{rule.hours[1]:02d}h" if rule.hours else ""
+            days = f" days {','.join(map(str, rule.days))}" if rule.days else ""
+            which = f" for {','.join(rule.skills)} only" if rule.skills else ""
+            return (f"hosted by {host} (schedule{which}{hours}{days}, branch local time; "
+                    f"home {branch.home}); ")
+    return f"hosted by {host} (home {branch.home}); "
 
 
 # round_fast takes its short cut only below this: x * 10**ndigits is then within 2**-22 of the
@@ -232,13 +272,13 @@ class _Layout:
     skill adds into, and the HOME/PINNED route each branch and skill gets when nothing overflows.
     """
 
-    __slots__ = ("keys", "branches", "center_slots", "fixed", "unpinned_at", "pinned_at", "memo")
+    __slots__ = ("keys", "branches", "center_slots", "fixed", "unpinned_at", "pinned_at", "memo", "notes")
 
     def __init__(self, keys: list[tuple[str, str]],
                  branches: list[tuple[str, tuple[tuple[str, int, float, float, float], ...]]],
                  center_slots: dict[str, list[int]], fixed: list[Route],
                  unpinned_at: dict[tuple[str, str], list[int]],
-                 pinned_at: dict[tuple[str, str], list[int]]) -> None:
+                 pinned_at: dict[tuple[str, str], list[int]], notes: list[str]) -> None:
         # (home, skill) demand keys in the order the branches first add to them
         self.keys = keys
         # per branch: (id, ((skill, slot, forecast cph / 3600, aht, forecast Erlangs), ...))
@@ -253,6 +293,9 @@ class _Layout:
         self.pinned_at = pinned_at
         # per position: the entry, VIP targets and route built from them in an earlier plan
         self.memo: list[tuple[_Entry, tuple[Target, ...], Route] | None] = [None] * len(fixed)
+        # per position: "hosted by X (schedule ...); " when a schedule hosts it away from home, kept
+        # at the front of an overflow or DR route's explanation too (what `callroute explain` shows)
+        self.notes = notes
 
 
 # Distinct host assignments kept. Schedules make a handful (day, night, weekend); past this many
@@ -335,7 +378,7 @@ class PlanTracker:
         self._sorted_pairs = sorted((c, s) for c in self._centers for s in self._skills)
         self._pairs = {c: tuple((s, (c, s), self._aht[s]) for s in self._skills) for c in self._centers}
         self._scheduled = tuple(b for b in topo.branches if b.schedule)
-        self._layouts: dict[tuple[str, ...], _Layout] = {}
+        self._layouts: dict[tuple[Hosting, ...], _Layout] = {}
         self._home_only: dict[str, tuple[Target, ...]] = {}
         # the last plan's route entries per (home, skill): an equal entry is that object again, so
         # the routes built from it (_Layout.memo) can be reused
@@ -358,39 +401,45 @@ class PlanTracker:
             t = self._home_only[cid] = (Target(cid, 1.0),)
         return t
 
-    def _layout(self, hosts: tuple[str, ...]) -> _Layout:
+    def _layout(self, hosts: tuple[Hosting, ...]) -> _Layout:
         slot_of: dict[tuple[str, str], int] = {}
         branches = []
         fixed: list[Route] = []
         unpinned_at: dict[tuple[str, str], list[int]] = {}
         pinned_at: dict[tuple[str, str], list[int]] = {}
+        notes: list[str] = []
         host_of = iter(hosts)
         for b in self.topology.branches:
-            home = next(host_of) if b.schedule else b.home
+            hosting: Hosting = next(host_of) if b.schedule else (b.home, ())
+            home = hosting[0]
+            host = dict(hosting[1])
             items = []
             for s, cph in b.calls_per_hour.items():
-                slot = slot_of.setdefault((home, s), len(slot_of))
+                slot = slot_of.setdefault((host.get(s, home), s), len(slot_of))
                 per_s = cph / 3600.0
                 aht = self._aht[s]
                 # forecast x surge x aht with no surge: x * 1.0 is x, so this is that product
                 items.append((s, slot, per_s, aht, per_s * aht))
             branches.append((b.id, tuple(items)))
             pinned = set(b.pinned)
-            t = self._only(home)
             for s in b.calls_per_hour:
+                h = host.get(s, home)
+                t = self._only(h)
+                note = _hosting_note(b, h, s) if b.schedule else ""
+                notes.append(note)
                 if s in pinned:
-                    pinned_at.setdefault((home, s), []).append(len(fixed))
-                    fixed.append(Route(b.id, s, t, RouteKind.PINNED, home=home,
-                                       explanation=f"{s} is pinned to {home}: never overflows"))
+                    pinned_at.setdefault((h, s), []).append(len(fixed))
+                    fixed.append(Route(b.id, s, t, RouteKind.PINNED, home=h,
+                                       explanation=f"{note}{s} is pinned to {h}: never overflows"))
                 else:
-                    unpinned_at.setdefault((home, s), []).append(len(fixed))
-                    fixed.append(Route(b.id, s, t, RouteKind.HOME, home=home,
-                                       explanation=f"home {home} open and within capacity"))
+                    unpinned_at.setdefault((h, s), []).append(len(fixed))
+                    fixed.append(Route(b.id, s, t, RouteKind.HOME, home=h,
+                                       explanation=f"{note}home {h} open and within capacity"))
         keys = list(slot_of)
         center_slots: dict[str, list[int]] = {}
         for i, (home, _) in enumerate(keys):
             center_slots.setdefault(home, []).append(i)
-        return _Layout(keys, branches, center_slots, fixed, unpinned_at, pinned_at)
+        return _Layout(keys, branches, center_slots, fixed, unpinned_at, pinned_at, notes)
 
     # ------------------------------------------------------------------ helpers
 
@@ -417,10 +466,13 @@ class PlanTracker:
     # ------------------------------------------------------------------ the computation
 
     def compute(self, view: NetworkView, now: float, version: int, wall_hour: float | None = None,
-                weekday: int | None = None, predict: bool = True) -> Plan:
-        """The next plan. `predict=False` leaves out the receivers' predicted service levels
-        (`Plan.receivers` empty, and no "below target" reasons): what operators read and drills check,
-        not what routes follow, which come out the same. The simulator, which reads only routes and
+                weekday: int | None = None, predict: bool = True,
+                clocks: Mapping[str, tuple[float, int, bool]] | None = None) -> Plan:
+        """The next plan. Schedules are read at `wall_hour`/`weekday`, or per branch at its own
+        local clock in `clocks` (branch -> (hour, weekday, holiday)) where given.
+        `predict=False` leaves out the receivers' predicted service levels (`Plan.receivers`
+        empty, and no "below target" reasons): what operators read and drills check, not what
+        routes follow, which come out the same. The simulator, which reads only routes and
         replans every second, skips them: they were over a third of a computation.
 
         The phases, in order, each a method reading and writing one `_Round`: which centers take
@@ -431,7 +483,7 @@ class PlanTracker:
             self._prepare()
         rnd = _Round(view)
         self._admit(rnd)
-        self._demand(rnd, wall_hour, weekday)
+        self._demand(rnd, wall_hour, weekday, clocks)
         self._capacities(rnd)
         self._disaster_recovery(rnd)
         self._shortage(rnd)
@@ -491,13 +543,19 @@ class PlanTracker:
             if status in (Status.HEALTHY, Status.UNKNOWN) and w >= 1.0 and cid not in vshed:
                 receiver_ok.add(cid)
 
-    def _demand(self, rnd: _Round, wall_hour: float | None, weekday: int | None) -> None:
+    def _demand(self, rnd: _Round, wall_hour: float | None, weekday: int | None,
+                clocks: Mapping[str, tuple[float, int, bool]] | None) -> None:
         """Demand per home center and skill (Erlangs), after schedules and surge: the live rate where
         the view has one (it already contains any surge, so no multiplier then), else the forecast x
         the skill's surge factor. Each (home, skill) sum adds its branches in topology order, as a
         dict keyed by (home, skill) would."""
         view = rnd.view
-        hosts = tuple(effective_home(b, wall_hour, weekday) for b in self._scheduled)
+        if clocks is None:
+            hosts = tuple(effective_hosting(b, wall_hour, weekday) for b in self._scheduled)
+        else:
+            # each branch's schedule in its own zone (core/calendar.py branch_clocks)
+            hosts = tuple(effective_hosting(b, *clocks[b.id][:2]) if b.id in clocks
+                          else effective_hosting(b, wall_hour, weekday) for b in self._scheduled)
         layout = self._layouts.get(hosts)
         if layout is None:
             if len(self._layouts) >= MAX_LAYOUTS:
@@ -842,7 +900,8 @@ class PlanTracker:
                 targets, kind, why, action = entry
                 route = Route(fixed_route.branch, fixed_route.skill, targets, kind, vip_targets=vip,
                               overload_action=action,
-                              explanation=why, home=key[0])
+                              explanation=layout.notes[pos] + why if layout.notes[pos] else why,
+                              home=key[0])
                 memo[pos] = (entry, vip, route)
                 routes[pos] = route
         return routes

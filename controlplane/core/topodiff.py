@@ -37,6 +37,7 @@ BRANCH_REHOMED = "branch re-homed"
 FORECAST = "forecast changed"
 PINNED = "pinned changed"
 SCHEDULE = "schedule changed"
+ZONE = "time zone changed"
 POLICY = "policy changed"
 
 
@@ -78,7 +79,7 @@ def _diff_center(a: Center, b: Center) -> list[TopologyChange]:
             out.append(TopologyChange(SKILL_REMOVED, f"{b.id}/{s}", f"{na} agents", ""))
         else:
             out.append(TopologyChange(STAFFING, f"{b.id}/{s}", str(na), str(nb)))
-    for name in ("region", "address"):
+    for name in ("region", "address", "tz"):
         va, vb = getattr(a, name), getattr(b, name)
         if va != vb:
             out.append(TopologyChange(CENTER_CHANGED, f"{b.id}.{name}", va, vb))
@@ -99,6 +100,8 @@ def _diff_branch(a: Branch, b: Branch) -> list[TopologyChange]:
                                       f"{b.calls_per_hour[s]:g}"))
     if a.pinned != b.pinned:
         out.append(TopologyChange(PINNED, b.id, ",".join(a.pinned), ",".join(b.pinned)))
+    if a.tz != b.tz:
+        out.append(TopologyChange(ZONE, b.id, a.tz or "home's", b.tz or "home's"))
     if a.schedule != b.schedule:
         out.append(TopologyChange(SCHEDULE, b.id, ";".join(map(_rule, a.schedule)),
                                   ";".join(map(_rule, b.schedule))))
@@ -197,10 +200,24 @@ def traffic_moved_off(old: Topology, new: Topology, plan: Plan | None,
             continue
         if nb.home != b.home and calls:
             add(b.home, f"branch {b.id} re-homed {b.home} -> {nb.home}")
-        new_hosts = {r.host for r in nb.schedule} | {nb.home}
+        zone_a = b.tz or (ca[b.home].tz if b.home in ca else "")
+        zone_b = nb.tz or (cb[nb.home].tz if nb.home in cb else "")
+        if zone_a != zone_b and nb.schedule and calls:
+            # the schedule's hours now fall on other UTC instants: calls leave home or hosts then
+            for host in dict.fromkeys([nb.home, *(r.host for r in nb.schedule)]):
+                add(host, f"branch {b.id}'s schedule read in {zone_b or 'the network zone'} "
+                       f"(was {zone_a or 'the network zone'})")
         for r in b.schedule:
-            if r not in nb.schedule and r.host not in new_hosts and calls:
-                add(r.host, f"branch {b.id} no longer hosted by {r.host} ({_rule(r)})")
+            if r in nb.schedule or not calls:
+                continue
+            # the skills r hosted that no rule of the new schedule hosts there (a rule naming
+            # skills hosts only those: whole-branch -> IVR only takes retail off the host)
+            lost = [s for s in (r.skills or tuple(b.calls_per_hour))
+                    if r.host != nb.home and not any(
+                        n.host == r.host and (not n.skills or s in n.skills) for n in nb.schedule)]
+            if lost:
+                which = "" if set(lost) == set(r.skills or b.calls_per_hour) else f" for {','.join(lost)}"
+                add(r.host, f"branch {b.id} no longer hosted by {r.host}{which} ({_rule(r)})")
         for s, cph in sorted(b.calls_per_hour.items()):
             if s not in nb.calls_per_hour and cph > 0:
                 targets = _route_centers(plan, b.id, s) or ({b.home} if plan is None else set())

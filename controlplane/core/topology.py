@@ -15,6 +15,11 @@ Layers, outside in:
 - `check_topology(t, source)`: the semantic checks types cannot express (ids, references,
   ranges, hysteresis direction). Synthetic topologies built in code pass through it too.
 
+Why one module over 600 lines: every check shares the error machinery (`_fail`, `_known`, the
+shortened values) and one walk over the document, so a message always names the same file and
+field path the parser does; split by section (centers, branches, schedules, zones, policy), each
+part would import the others' helpers and the walk order would live in two places.
+
 Must not: read the clock, open sockets, import asyncio/grpc/etcd/prometheus, or read any file
 other than the one `load_topology` is given.
 """
@@ -48,6 +53,7 @@ from .model import (
     TreatmentStep,
     check_id,
 )
+from .zones import check_zone
 
 # ---------------------------------------------------------------- limits
 
@@ -350,6 +356,8 @@ def _check_center(source: str, i: int, c: Center) -> None:
         _fail(source, f"{p}.address", c.address, f"longer than {MAX_ADDRESS_LEN} characters")
     if len(c.agents) > MAX_SKILLS:
         _fail(source, f"{p}.agents", len(c.agents), f"more than {MAX_SKILLS} skills")
+    if c.tz:
+        _check_tz(source, f"{p}.tz", c.tz)
     for skill, n in c.agents.items():
         f = _key_path(f"{p}.agents", skill)
         _check_id(source, f, skill)
@@ -363,6 +371,8 @@ def _check_branch(source: str, i: int, b: Branch, centers: dict[str, Center],
     _check_id(source, f"{p}.id", b.id)
     if b.home not in centers:
         _fail(source, f"{p}.home", b.home, f"unknown center {_known(b.home, list(centers))}")
+    if b.tz:
+        _check_tz(source, f"{p}.tz", b.tz)
     if len(b.calls_per_hour) > MAX_SKILLS:
         _fail(source, f"{p}.calls_per_hour", len(b.calls_per_hour), f"more than {MAX_SKILLS} skills")
     for skill, cph in b.calls_per_hour.items():
@@ -402,6 +412,34 @@ def _check_branch(source: str, i: int, b: Branch, centers: dict[str, Center],
         _fail(source, f"{p}.schedule", len(b.schedule), f"more than {MAX_SCHEDULE_RULES} rules")
     for j, rule in enumerate(b.schedule):
         _check_rule(source, f"{p}.schedule[{j}]", rule, centers)
+        _check_rule_skills(source, f"{p}.schedule[{j}]", rule, b, centers)
+
+
+def _check_tz(source: str, field: str, name: str) -> None:
+    try:
+        check_zone(field, name)
+    except InvalidInput as e:
+        raise TopologyError(source, field, name, e.why) from None
+
+
+def _check_rule_skills(source: str, p: str, rule: ScheduleRule, b: Branch,
+                       centers: dict[str, Center]) -> None:
+    """A rule naming skills hosts only those: each must be one the branch calls for, not pinned
+    (its own special products stay with its own seats), and staffed at the host."""
+    seen: set[str] = set()
+    for k, skill in enumerate(rule.skills):
+        f = f"{p}.skills[{k}]"
+        _check_id(source, f, skill)
+        if skill in seen:
+            _fail(source, f, skill, "skill listed twice")
+        seen.add(skill)
+        if skill not in b.calls_per_hour:
+            _fail(source, f, skill, f"no calls_per_hour entry for this skill at this branch "
+                                    f"{_known(skill, list(b.calls_per_hour))}")
+        if skill in b.pinned:
+            _fail(source, f, skill, "pinned at this branch: pinned calls stay with the home's seats")
+        if centers[rule.host].agents.get(skill, 0) <= 0:
+            _fail(source, f, skill, f"host {rule.host!r} has no agents for it")
 
 
 def _check_rule(source: str, p: str, rule: ScheduleRule, centers: dict[str, Center]) -> None:
@@ -555,6 +593,8 @@ def check_topology(t: Topology, source: str = "<topology>") -> None:
 # JSON text this exact cannot come from anything else: no other field holds an empty list then an
 # empty map under these names.
 _UNSET_BRANCH_TREATMENTS = b',"treatments":[],"skill_treatments":{}}'
+_UNSET_TZ = b',"tz":""}'
+_UNSET_RULE_SKILLS = b',"skills":[]}'
 _UNSET_POLICY_TREATMENTS = b',"treatments":[],"skill_treatments":{},"patience_s":180.0}'
 
 
@@ -564,10 +604,14 @@ _DEFAULT_POLICY_REQUERY = b',"requery":' + msgspec.json.encode(RequeryPolicy(), 
 
 
 def _canonical(t: Topology) -> bytes:
-    """The topology as hashed: fields added by the treatment chains (and the re-query policy) are
-    left out while unset, so a topology without them keeps the hash it had before they existed
-    (agents and control planes of both versions agree on plans during a rolling upgrade)."""
+    """The topology as hashed: fields added by the treatment chains, the re-query policy, time zones
+    and skill-named schedule rules are left out while unset, so a topology without them keeps the
+    hash it had before they existed (agents and control planes of both versions agree on plans
+    during a rolling upgrade)."""
     canonical = msgspec.json.encode(t, order="deterministic").replace(_DEFAULT_POLICY_REQUERY, b"", 1)
+    # time zones (centers, branches) and skill-named schedule rules: each the last field of its
+    # struct, so unset it ends the object; ids and names cannot hold a quote, so no value matches
+    canonical = canonical.replace(_UNSET_TZ, b"}").replace(_UNSET_RULE_SKILLS, b"}")
     return canonical.replace(_UNSET_POLICY_TREATMENTS, b"}").replace(_UNSET_BRANCH_TREATMENTS, b"}")
 
 

@@ -17,7 +17,6 @@ from typing import Any
 import msgspec
 
 from controlplane.core.brain import HEALTH_METRICS_EVERY_S, LeaderBrain
-from controlplane.core.calendar import local_clock
 from controlplane.core.health import HealthSnapshot
 from controlplane.core.model import AdminState, Plan
 from controlplane.drillreport import write_report
@@ -217,18 +216,11 @@ class LeaderLoop:
 
     async def _watch_rollback(self) -> None:
         """While leading: follow the rollback record and hand it to the brain at once."""
-        from controlplane.store.base import Snapshot, list_and_watch
+        from controlplane.store.base import watch_value
 
         cp = self.cp
         key = cp.key(ROLLBACK_KEY)
-        async for item in list_and_watch(cp.store, key, retry_s=cp.settings.watch_retry_s):
-            value = b""
-            if isinstance(item, Snapshot):
-                value = next((kv.value for kv in item.kvs if kv.key == key), b"")
-            elif item.key == key:
-                value = item.value
-            else:
-                continue
+        async for value in watch_value(cp.store, key, retry_s=cp.settings.watch_retry_s):
             brain = self.brain
             if brain is None:
                 return
@@ -352,12 +344,9 @@ class LeaderLoop:
         cp = self.cp
         t0 = time.perf_counter()
         wall = time.time()
-        if brain.calendar is not None:
-            hour, weekday, _ = local_clock(brain.calendar, wall)
-        else:
-            lt = time.localtime(wall)
-            hour, weekday = lt.tm_hour + lt.tm_min / 60.0, lt.tm_wday + 1
-        plan = brain.compute(now, wall, hour, weekday)
+        # every branch's schedule in its own zone from the topology and calendar: never this
+        # host's local time (a UTC container would move night hosting by eight hours)
+        plan = brain.compute(now, wall, clocks=brain.clocks_at(wall))
         cp.metrics.plan_compute.observe(time.perf_counter() - t0)
         if plan is not None:
             await self.publish(election, brain, plan)

@@ -18,7 +18,7 @@ from callroute.v1 import operator_pb2
 from controlplane.core.model import AdminState, InvalidInput, check_id
 from controlplane.store.base import Delete, Get, Put, key_missing, mod_revision_is
 
-from . import overrides, refusals, topology
+from . import calendars, overrides, refusals, topology
 from .audit import RequestRecord
 from .operator_rules import (
     AdminRecord,
@@ -49,12 +49,14 @@ class ApprovalRpcs:
         pkey, rkey = cp.key(PENDING + rid), cp.key("requests/" + rid)
         now = time.time()
         whats = {"set_center_state": f"{state} {center}", "rollback_plan": f"rollback to plan {to_version}",
-                 "set_override": f"override {center}", topology.ACTION: f"topology {center}"}
+                 "set_override": f"override {center}", topology.ACTION: f"topology {center}",
+                 calendars.ACTION: "calendar change"}
         what = whats.get(action, f"live drill of {center}")
         bound = request_what(action, center, state, to_version)
         target = f"plan/{to_version}" if action == "rollback_plan" else f"center/{center}"
         if payload:
-            target = f"topology/{center}" if action == topology.ACTION else f"override/{center}"
+            target = {topology.ACTION: f"topology/{center}", calendars.ACTION: calendars.SUBJECT}.get(
+                action, f"override/{center}")
         audit_id, audit_put = self._audit_put(operator, action, target, reason,
                                               "pending approval (two-person rule)"
                                               + (f": {detail}" if detail else ""), rid)
@@ -194,6 +196,9 @@ class ApprovalRpcs:
         if pending.action == topology.ACTION and pending.payload:
             return await topology.approve_topology(self, context, pending, request.approver,
                                                    [audit_put, Delete(pkey)], compare, rid)
+        if pending.action == calendars.ACTION and pending.payload:
+            return await calendars.approve_calendar(self, context, pending, request.approver,
+                                                    [audit_put, Delete(pkey)], compare, rid)
         if pending.action == "set_override" and pending.payload:
             return await overrides.approve_override(self, context, pending, request.approver,
                                                     [audit_put, Delete(pkey)], compare, rid)

@@ -76,6 +76,8 @@ def request_what(action: str, center: str = "", state: str = "", to_version: int
         return f"{action} override/{center}"
     if action == topology.ACTION:  # service/topology.py: `center` carries the version, "v3"
         return f"{action} topology/{center}"
+    if action == "set_calendar":  # service/calendars.py: one calendar, its records say so
+        return "set_calendar calendar"
     return f"{action} center/{center}" + (f" {state}" if state else "")
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from controlplane.core.calendar import local_clock
+from controlplane.core.calendar import DEFAULT_CALENDAR, local_clock
 from controlplane.core.model import InvalidInput
 from controlplane.core.readiness import (
     Case,
@@ -58,13 +58,11 @@ class ReadinessWatch:
         self.last: list[Case] = []
 
     def _hour_now(self) -> float:
-        # the planner's own local clock: the network's calendar when it has one, else the host's
+        # the network's local clock (the calendar's zone, its default without one): never the
+        # host's local time, which the planner no longer uses either
         wall = time.time()
         brain = self.leader.brain
-        if brain is not None and brain.calendar is not None:
-            return local_clock(brain.calendar, wall)[0]
-        lt = time.localtime(wall)
-        return lt.tm_hour + lt.tm_min / 60.0
+        return local_clock((brain.calendar if brain is not None else None) or DEFAULT_CALENDAR, wall)[0]
 
     def _once(self) -> list[Case]:
         assert self.forecast is not None

@@ -394,15 +394,11 @@ class ControlPlane:
 
     async def follow_plans(self) -> None:
         """List then watch plans/latest: load each newer complete plan into the feed."""
-        from controlplane.store.base import Snapshot, list_and_watch
+        from controlplane.store.base import watch_value
 
         latest_key = self.key("plans/latest")
-        async for item in list_and_watch(self.store, latest_key, retry_s=self.settings.watch_retry_s):
-            if isinstance(item, Snapshot):
-                values = [kv.value for kv in item.kvs if kv.key == latest_key]
-            else:
-                values = [item.value] if item.key == latest_key and item.value else []
-            for value in values:
+        async for value in watch_value(self.store, latest_key, retry_s=self.settings.watch_retry_s):
+            if value:
                 await self._load_latest(value)
 
     async def _load_latest(self, value: bytes) -> None:
@@ -598,17 +594,10 @@ class ControlPlane:
 
     async def follow_leader(self) -> None:
         """Every replica knows the leader's address, to tell agents where to report."""
-        from controlplane.store.base import Snapshot, list_and_watch
+        from controlplane.store.base import watch_value
 
-        async for item in list_and_watch(self.store, self.key("leader"), retry_s=self.settings.watch_retry_s):
-            kvs = item.kvs if isinstance(item, Snapshot) else [item]
-            if not kvs:
-                self.leader_address = ""
-            for kv in kvs:
-                if kv.key == self.key("leader"):
-                    self.leader_address = (
-                        kv.value.decode(errors="replace").rpartition("@")[2] if kv.value else ""
-                    )
+        async for value in watch_value(self.store, self.key("leader"), retry_s=self.settings.watch_retry_s):
+            self.leader_address = value.decode(errors="replace").rpartition("@")[2] if value else ""
 
     async def stop(self, grace: float = 0.5) -> None:
         if self.health is not None:

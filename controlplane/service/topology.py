@@ -116,16 +116,10 @@ async def load_live_topology(cp: Any) -> None:
 
 async def follow_topology(cp: Any) -> None:
     """Every replica: follow `topology/current` and switch to each newer version at once."""
-    from controlplane.store.base import Snapshot, list_and_watch
+    from controlplane.store.base import watch_value
 
     key = cp.key(CURRENT)
-    async for item in list_and_watch(cp.store, key, retry_s=cp.settings.watch_retry_s):
-        if isinstance(item, Snapshot):
-            value = next((kv.value for kv in item.kvs if kv.key == key), b"")
-        elif item.key == key:
-            value = item.value
-        else:
-            continue
+    async for value in watch_value(cp.store, key, retry_s=cp.settings.watch_retry_s):
         if not value:
             continue
         try:

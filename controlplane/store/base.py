@@ -485,3 +485,15 @@ async def list_and_watch(store: Store, prefix: str, *, retry_s: float | None = N
                     yield ev
         except Compacted as e:
             log.warning("watch on %s fell behind compaction (%s); re-listing", prefix, e)
+
+
+async def watch_value(store: Store, key: str, *, retry_s: float | None = None) -> AsyncGenerator[bytes, None]:
+    """`key`'s value as listed, then at every change of it (b"" while it is absent or deleted): the
+    one-key form of list_and_watch, for records a replica follows (calendar, topology, rollback,
+    the leader's address, the latest plan). A longer key sharing the prefix is not this key."""
+    async for item in list_and_watch(store, key, retry_s=retry_s):
+        if isinstance(item, Snapshot):
+            yield next((kv.value for kv in item.kvs if kv.key == key), b"")
+        elif item.key == key:
+            yield item.value
+
