@@ -50,6 +50,7 @@ from controlplane.store import (
     put_chunked,
     value_is,
     version_is,
+    watch_map,
     watch_value,
 )
 from devtools.etcd import ELECTION_MS, EtcdCluster
@@ -461,6 +462,19 @@ async def test_watch_value_follows_one_key_and_not_its_longer_neighbours(backend
     assert await asyncio.wait_for(it.__anext__(), 5) == b""
     await st.put(k("rec"), b"v2")
     assert await asyncio.wait_for(it.__anext__(), 5) == b"v2"
+    await it.aclose()
+
+
+@pytest.mark.parametrize("backend", WITH_CLUSTER, indirect=True)
+async def test_watch_map_is_the_prefix_as_a_dict_after_every_change(backend: Backend) -> None:
+    st, k = backend.store, backend.k
+    await st.put(k("m/a"), b"1")
+    it = watch_map(st, k("m/"))
+    assert await asyncio.wait_for(it.__anext__(), 5) == {k("m/a"): b"1"}
+    await st.put(k("m/b"), b"2")
+    assert await asyncio.wait_for(it.__anext__(), 5) == {k("m/a"): b"1", k("m/b"): b"2"}
+    await st.delete(k("m/a"))
+    assert await asyncio.wait_for(it.__anext__(), 5) == {k("m/b"): b"2"}
     await it.aclose()
 
 

@@ -95,16 +95,9 @@ def override_to_pb(ov: Override) -> Any:
 
 async def watch_overrides(cp: Any, leader: Any) -> None:
     """While leading: follow overrides/ and hand every change to the brain at once."""
-    from controlplane.store.base import Snapshot, list_and_watch
+    from controlplane.store.base import watch_map
 
-    kvs: dict[str, bytes] = {}
-    async for item in list_and_watch(cp.store, cp.key(OVERRIDES), retry_s=cp.settings.watch_retry_s):
-        if isinstance(item, Snapshot):
-            kvs = {kv.key: kv.value for kv in item.kvs}
-        elif item.value:
-            kvs[item.key] = item.value
-        else:
-            kvs.pop(item.key, None)
+    async for kvs in watch_map(cp.store, cp.key(OVERRIDES), retry_s=cp.settings.watch_retry_s):
         brain = leader.brain
         if brain is None:
             return

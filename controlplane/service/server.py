@@ -374,16 +374,9 @@ class ControlPlane:
 
     async def watch_admin(self, leader: LeaderLoop) -> None:
         """While leading: follow admin/ and hand every change to the brain at once."""
-        from controlplane.store.base import Snapshot, list_and_watch
+        from controlplane.store.base import watch_map
 
-        kvs: dict[str, bytes] = {}
-        async for item in list_and_watch(self.store, self.key("admin/"), retry_s=self.settings.watch_retry_s):
-            if isinstance(item, Snapshot):
-                kvs = {kv.key: kv.value for kv in item.kvs}
-            elif item.value:
-                kvs[item.key] = item.value
-            else:
-                kvs.pop(item.key, None)
+        async for kvs in watch_map(self.store, self.key("admin/"), retry_s=self.settings.watch_retry_s):
             brain = leader.brain
             if brain is None:
                 return

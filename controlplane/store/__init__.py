@@ -39,6 +39,7 @@ from controlplane.store.base import (
     mod_revision_is,
     value_is,
     version_is,
+    watch_map,
     watch_value,
 )
 from controlplane.store.chunked import ChunkManifest, delete_chunked, get_chunked, put_chunked
@@ -54,5 +55,5 @@ __all__ = [
     "PutResult", "RangeResult", "Snapshot", "Store", "StoreClosed", "StoreError", "StoreSettings",
     "StoreStatus", "StoreUnavailable", "TLSConfig", "TxnResult", "WatchEvent", "create_revision_is",
     "delete_chunked", "get_chunked", "key_missing", "list_and_watch", "mod_revision_is", "parse_store_url",
-    "put_chunked", "value_is", "version_is", "watch_value",
+    "put_chunked", "value_is", "version_is", "watch_map", "watch_value",
 ]

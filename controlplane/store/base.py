@@ -497,3 +497,20 @@ async def watch_value(store: Store, key: str, *, retry_s: float | None = None) -
         elif item.key == key:
             yield item.value
 
+
+async def watch_map(store: Store, prefix: str, *, retry_s: float | None = None
+                    ) -> AsyncGenerator[dict[str, bytes], None]:
+    """Every key under `prefix` with its value, as listed and after every change (a re-listing
+    replaces it whole): the map form of list_and_watch, for records the leader applies as a set
+    (operators' center states, traffic overrides). Yields the same dict, updated in place."""
+    kvs: dict[str, bytes] = {}
+    async for item in list_and_watch(store, prefix, retry_s=retry_s):
+        if isinstance(item, Snapshot):
+            kvs.clear()
+            kvs.update((kv.key, kv.value) for kv in item.kvs)
+        elif item.value:
+            kvs[item.key] = item.value
+        else:
+            kvs.pop(item.key, None)
+        yield kvs
+
