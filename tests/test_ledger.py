@@ -23,13 +23,19 @@ from agents.counting import DemandLedger, RoutedCounter, SeqStore
 from agents.reporter import Reporter
 from callroute.v1 import report_pb2, report_pb2_grpc, types_pb2
 from controlplane.core.ledger import (
+    KIND_ACD,
     KIND_AWAY,
     KIND_HOME,
+    OUTCOME_ABANDONED,
+    OUTCOME_ANSWERED,
     OUTCOME_OVERLOAD,
     OUTCOME_ROUTED,
     LedgerRow,
     check_against,
+    check_outcomes,
+    outcome_entries,
     report_entries,
+    rows_of,
     should_apply,
     to_csv,
 )
@@ -69,6 +75,30 @@ def test_check_reports_each_difference_with_the_acd_counts():
     assert to_csv(rows).splitlines()[0] == "day,branch,skill,center,kind,outcome,calls"
 
 
+def test_acd_outcomes_are_rows_of_the_receiving_center_without_a_branch():
+    got = outcome_entries("south", {"retail": {"answered": 9, "abandoned": 2}, "corporate": {"answered": 0}})
+    assert got == {f"|retail|south|{KIND_ACD}|{OUTCOME_ANSWERED}": 9,
+                   f"|retail|south|{KIND_ACD}|{OUTCOME_ABANDONED}": 2}
+    rows = rows_of("2026-12-05", got)
+    assert {(r.branch, r.skill, r.center, r.kind, r.outcome, r.calls) for r in rows} == {
+        ("", "retail", "south", KIND_ACD, OUTCOME_ANSWERED, 9),
+        ("", "retail", "south", KIND_ACD, OUTCOME_ABANDONED, 2)}
+
+
+def test_check_compares_calls_routed_to_a_center_with_its_acds_answered_and_abandoned():
+    d = "2026-12-05"
+    rows = [LedgerRow(d, "beijing", "retail", "south", KIND_AWAY, OUTCOME_ROUTED, 8),
+            LedgerRow(d, "guangdong", "retail", "south", KIND_HOME, OUTCOME_ROUTED, 3),
+            LedgerRow(d, "beijing", "retail", "", KIND_AWAY, OUTCOME_OVERLOAD, 4),  # no receiver
+            LedgerRow(d, "", "retail", "south", KIND_ACD, OUTCOME_ANSWERED, 9),
+            LedgerRow(d, "", "retail", "south", KIND_ACD, OUTCOME_ABANDONED, 2),
+            LedgerRow(d, "beijing", "corporate", "north", KIND_HOME, OUTCOME_ROUTED, 100),
+            LedgerRow(d, "", "corporate", "north", KIND_ACD, OUTCOME_ANSWERED, 97)]
+    assert check_outcomes(rows) == [(d, "north", "corporate", 100, 97)]
+    assert check_outcomes(rows, tolerance=0.05) == []  # 3 of 100: within 5 %
+    assert check_outcomes(rows, tolerance=0.01) == [(d, "north", "corporate", 100, 97)]
+
+
 def test_agent_carries_calls_per_receiver_and_demand_agrees():
     counter = RoutedCounter()
     known = frozenset(TOPO.center_ids())
@@ -88,6 +118,78 @@ def test_agent_carries_calls_per_receiver_and_demand_agrees():
     led.acked(6, True, 4)  # 5 was not counted: its calls go back, per receiver
     assert led.pending == {("beijing", "retail", "north"): 4, ("beijing", "retail", "south"): 1,
                            ("beijing", "retail", ""): 2}
+
+
+class _FixedACD:
+    """An ACD whose every sample answers and abandons the given calls per skill."""
+
+    def __init__(self, per_skill: dict[str, tuple[int, int]]) -> None:
+        from controlplane.core.model import AdminState
+
+        self.state = AdminState.OPEN
+        self.per_skill = per_skill
+        self.samples = 0
+
+    def offer_routed(self, per_skill, now):
+        pass
+
+    def sample(self, now):
+        from controlplane.core.model import SkillLoad
+
+        self.samples += 1
+        return {s: SkillLoad(logged_in=5, offered=a + b, answered=a, abandoned=b)
+                for s, (a, b) in self.per_skill.items()}
+
+
+def test_agent_carries_its_acds_outcomes_until_the_ledger_counted_them_once():
+    """The ACD's answered/abandoned ride the report (Report.outcomes) like the calls: a report lost
+    on a broken stream puts them back unless the next ack's prior mark says they were counted;
+    a report never sent puts them back; an unknown skill is left out (it would get the report
+    refused); settle() closes the tally after one last sample so a stop ends."""
+    acd = _FixedACD({"retail": (4, 1), "mystery": (7, 7)})
+    rep = Reporter("south", acd, RoutedCounter(), SeqStore(None), [],
+                   known_centers=frozenset(TOPO.center_ids()), known_skills=frozenset(TOPO.skills()))
+    r1 = rep.build(0.5)
+    assert r1 is not None and r1.outcomes == {"retail": {"answered": 4, "abandoned": 1}}
+    rep.outcomes.sent(r1.seq, r1.outcomes)
+    r2 = rep.build(1.0)
+    rep.outcomes.sent(r2.seq, r2.outcomes)
+    rep.outcomes.stream_ended()  # both in doubt
+    # the next stream's first ack: the ledger's mark is r1's seq: r1 counted, r2 not
+    r3 = rep.build(1.5)
+    assert r3.outcomes == {"retail": {"answered": 4, "abandoned": 1}}
+    rep.outcomes.sent(r3.seq, r3.outcomes)
+    rep.outcomes.acked(r3.seq, True, r1.seq)
+    assert rep.outcomes.pending == {("retail", "answered"): 4, ("retail", "abandoned"): 1}  # r2's
+    r4 = rep.build(2.0)
+    assert r4.outcomes == {"retail": {"answered": 8, "abandoned": 2}}  # r2's again, once, and r4's
+    rep._drop(r4)  # never sent: back to pending
+    assert rep.outcomes.outstanding() == 10
+    # a converted report keeps them, and a bad outcome is refused by name
+    from controlplane.convert import report_from_pb, report_to_pb
+    from controlplane.core.model import InvalidInput
+
+    pb = report_to_pb(r1)
+    assert report_from_pb(pb, frozenset(TOPO.center_ids())).outcomes == r1.outcomes
+    pb.outcomes.add(skill="retail", outcome="transferred", calls=1)
+    with pytest.raises(InvalidInput) as e:
+        report_from_pb(pb, frozenset(TOPO.center_ids()))
+    assert e.value.field == "outcomes[2].outcome" and "transferred" in str(e.value)
+
+
+async def test_settle_closes_the_outcome_tally_so_a_stop_ends():
+    acd = _FixedACD({"retail": (2, 0)})
+    rep = Reporter("south", acd, RoutedCounter(), SeqStore(None), [],
+                   known_centers=frozenset(TOPO.center_ids()), clock=lambda: 0.0)
+    rep.outcomes.add({("retail", "answered"): 3})
+    # the tally stops growing after one more sample once a stop began (the ACD answers on)
+    rep.build(0.0)
+    assert await rep.settle(0.0) is False  # no control plane: gives up at once, tally closing
+    rep.build(0.5)
+    rep.build(1.0)
+    rep.build(1.5)
+    assert rep.outcomes.outstanding() == 3 + 2 + 2  # before, and the one last sample
+    assert rep.outcomes_after_close == 4  # two samples after it, left out and counted here
 
 
 def test_a_built_report_waiting_to_be_sent_is_outstanding_until_sent_or_put_back():

@@ -2,6 +2,7 @@
 
 Layout under the cluster prefix:
   ledger/day/<YYYY-MM-DD>/<reporting center>    JSON {"branch|skill|center|kind|outcome": calls}
+                                                 (the center's ACD rows: "|skill|center|acd|answered")
   ledger/applied/<center>/<incarnation:020d>     JSON {"seq": N}: that incarnation's reports up to
                                                  seq N are counted in the ledger
 A report's counts and its incarnation's applied mark are written in one transaction, fenced on the
@@ -35,6 +36,7 @@ from controlplane.core.ledger import (
     day_of,
     homes_of,
     merged,
+    outcome_entries,
     report_entries,
     rows_of,
     should_apply,
@@ -100,7 +102,9 @@ class LedgerWriter:
         prior_accepted_seq). Raises the store's errors, FenceLost or LedgerConflict: the caller
         ends the stream without acknowledging."""
         cp = self.cp
-        add = report_entries(report.calls, self.homes)
+        # the routed counts and the center's own ACD outcomes: one mark, one transaction
+        add = merged(report_entries(report.calls, self.homes),
+                     outcome_entries(report.center, report.outcomes))
         akey = applied_key(report.center, report.incarnation)
         dkey = day_key(day_of(self.wall()), report.center)
         for _ in range(MAX_WRITE_TRIES):

@@ -87,7 +87,7 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                     yield report_ack(msg.seq, version, InvalidInput(e.field, e.value, f"stale: {e}"))
                     continue
                 prior_seq = out.prior_seq
-                if ledger is not None and (report.calls or not report.demand):
+                if ledger is not None and (report.calls or report.outcomes or not report.demand):
                     # the billing ledger's durable mark, not the term's tracker: an agent re-sends
                     # exactly the counts that are not in the ledger (nothing lost, none twice);
                     # no ack before the write committed. An older agent (demand without calls)
