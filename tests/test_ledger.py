@@ -258,8 +258,28 @@ async def _ledger_total(url: str) -> dict[tuple[str, str, str], int]:
         await st.close()
     out: dict[tuple[str, str, str], int] = {}
     for r in rows:
+        if r.kind == KIND_ACD:
+            continue  # the receiving ACDs' outcomes: not calls routed (see _acd_total)
         k = (r.branch, r.skill, r.center)
         out[k] = out.get(k, 0) + r.calls
+    return out
+
+
+async def _acd_total(url: str) -> dict[tuple[str, str, str], int]:
+    """The ledger's ACD rows per (center, skill, outcome), over every day."""
+    from controlplane.service.ledger import read_ledger
+    from controlplane.store.etcd import parse_store_url
+
+    st = parse_store_url(url, request_timeout_s=2.0)
+    try:
+        rows = await read_ledger(st, "/callroute/", "0000-01-01", "9999-12-31")
+    finally:
+        await st.close()
+    out: dict[tuple[str, str, str], int] = {}
+    for r in rows:
+        if r.kind == KIND_ACD:
+            k = (r.center, r.skill, r.outcome)
+            out[k] = out.get(k, 0) + r.calls
     return out
 
 
@@ -357,22 +377,56 @@ async def test_an_old_leaders_ledger_write_is_fenced(etcd):
         await st.close()
 
 
+class _TallyACD:
+    """A SimulatedACD whose answered/abandoned are tallied as the reporter samples them (what the
+    ledger's ACD rows must equal); `quiet` stops its counters so the tally can be compared."""
+
+    def __init__(self, inner: SimulatedACD, tally: dict[tuple[str, str, str], int]) -> None:
+        self.inner, self.tally, self.quiet = inner, tally, False
+
+    @property
+    def state(self):
+        return self.inner.state
+
+    def offer_routed(self, per_skill, now):
+        self.inner.offer_routed(per_skill, now)
+
+    def sample(self, now):
+        import msgspec
+
+        got = self.inner.sample(now)
+        if self.quiet:
+            return {k: msgspec.structs.replace(v, offered=0, answered=0, answered_within=0, abandoned=0)
+                    for k, v in got.items()}
+        for skill, load in got.items():
+            for outcome, n in (("answered", load.answered), ("abandoned", load.abandoned)):
+                if n:
+                    k = (self.inner.center, skill, outcome)
+                    self.tally[k] = self.tally.get(k, 0) + n
+        return got
+
+
 @needs_etcd
 async def test_ledger_equals_switch_calls_across_leader_sigkill_and_agent_restart(etcd, replicas):
     """End to end: the agents' own Reporter streams to real control-plane processes on etcd while the
     test (the switches) routes known calls; the leader is SIGKILLed and an agent restarted mid-run.
-    The ledger's totals equal the calls routed: none lost, none counted twice."""
+    The ledger's totals equal the calls routed: none lost, none counted twice; and its ACD rows
+    equal what the centers' ACDs answered and abandoned, the same way."""
     a, b = replicas("a", etcd.url), replicas("b", etcd.url)
     await wait_for(lambda: _leader_of(a, b), 15, "a leader")
     known = frozenset(TOPO.center_ids())
     branches = frozenset(x.id for x in TOPO.branches)
     skills = frozenset(TOPO.skills())
     routed: dict[tuple[str, str, str], int] = {}
+    sampled: dict[tuple[str, str, str], int] = {}
     agents: dict[str, tuple[Reporter, RoutedCounter, asyncio.Task]] = {}
 
     def start_agent(center: str, seed: int) -> None:
         counter = RoutedCounter()
-        rep = Reporter(center, SimulatedACD(TOPO, center, now=time.monotonic(), seed=seed), counter,
+        # a day in minutes: the simulated ACDs answer and abandon calls every report
+        acd = _TallyACD(SimulatedACD(TOPO, center, now=time.monotonic(), seed=seed, time_scale=60.0),
+                        sampled)
+        rep = Reporter(center, acd, counter,
                        SeqStore(None), [a.addr, b.addr], interval_s=0.1, deadline_s=2.0,
                        backoff_initial_s=0.02, backoff_max_s=0.2, seed=seed, known_centers=known,
                        known_branches=branches, known_skills=skills)
@@ -410,8 +464,9 @@ async def test_ledger_equals_switch_calls_across_leader_sigkill_and_agent_restar
         await wait_for(lambda: all(r.ledger.outstanding() + sum(k.counts.values()) == 0
                                    for r, k, _ in agents.values()), 20, "phase 2 acknowledged")
         rep, counter, task = agents["south"]
-        await wait_for(lambda: rep.ledger.outstanding() + sum(counter.counts.values()) == 0, 15,
-                       "south's agent drained")
+        rep.acd.quiet = True  # its ACD's last outcomes, then none: drained like the calls
+        await wait_for(lambda: rep.ledger.outstanding() + sum(counter.counts.values())
+                       + rep.outcomes.outstanding() == 0, 15, "south's agent drained")
         rep.stop()
         await task
         start_agent("south", 99)
@@ -428,7 +483,15 @@ async def test_ledger_equals_switch_calls_across_leader_sigkill_and_agent_restar
                                r.ledger.recovered, r.seqs.incarnation) for c, (r, _, _) in agents.items()},
                           survivor.tail(4000))
         assert all(r.ledger.rejected == 0 for r, _, _ in agents.values())
+        # the ACD rows: every answered/abandoned the ACDs gave the reporters, once
+        for r, _, _ in agents.values():
+            r.acd.quiet = True
+        await wait_for(lambda: all(r.outcomes.outstanding() == 0 and r.outbox.empty() and not r._unacked
+                                   for r, _, _ in agents.values()), 20, "every ACD outcome acknowledged")
+        acd_rows = await _acd_total(etcd.url)
+        assert sum(sampled.values()) > 0 and acd_rows == sampled, (acd_rows, sampled)
         print(f"\nledger e2e (Reporters): routed {sum(routed.values())}, ledger {sum(got.values())}, "
+              f"ACD outcomes {sum(sampled.values())} = ledger {sum(acd_rows.values())}, "
               f"reports dropped while no leader answered: {dropped}")
     finally:
         for rep, _, task in agents.values():
@@ -593,8 +656,10 @@ async def test_ledger_equals_the_switches_answered_calls_across_leader_sigkill_a
         assert await _ledger_total(etcd.url) == routed
         # the operator's export holds the same totals, as CSV and as Parquet
         csv_rows, pq_rows = await asyncio.to_thread(_export_both, etcd.url, tmp_path)
-        assert sum(int(r["calls"]) for r in csv_rows) == want
-        assert sum(r["calls"] for r in pq_rows) == want and len(pq_rows) == len(csv_rows)
+        assert sum(int(r["calls"]) for r in csv_rows if r["kind"] != KIND_ACD) == want
+        assert sum(r["calls"] for r in pq_rows if r["kind"] != KIND_ACD) == want
+        assert len(pq_rows) == len(csv_rows)
+        assert any(r["kind"] == KIND_ACD and r["branch"] == "" for r in pq_rows)  # ACD rows too
         print(f"\nledger e2e: routed {want} calls ({len(routed)} keys), ledger {sum(got.values())}; "
               f"answered while no leader: {leaderless}; export: {len(csv_rows)} CSV rows, "
               f"{len(pq_rows)} Parquet rows")
@@ -642,9 +707,15 @@ async def test_ledger_check_reports_each_difference_with_the_acds_and_export_ref
         await e.campaign()
         w = LedgerWriter(_CP, e)
         await w.record(Report(center="north", seq=1, sent_at=0.0, incarnation=1,
-                              calls={"beijing": {"retail": {"north": 5, "south": 2, "": 1}}}))
-        await w.record(Report(center="south", seq=1, sent_at=0.0, incarnation=1,
-                              calls={"guangdong": {"retail": {"south": 4}}}))
+                              calls={"beijing": {"retail": {"north": 5, "south": 2, "": 1}}},
+                              outcomes={"retail": {"answered": 4}}))
+        south = Report(center="south", seq=1, sent_at=0.0, incarnation=1,
+                       calls={"guangdong": {"retail": {"south": 4}}},
+                       outcomes={"retail": {"answered": 5, "abandoned": 1}})
+        assert await w.record(south) == 0
+        # the same report again (a retry after a lost ack), and under a new term's writer: once
+        assert await w.record(south) == 1 and w.skipped == 1
+        assert await LedgerWriter(_CP, e).record(south) == 1
         await e.resign()
     finally:
         await st.close()
@@ -671,7 +742,19 @@ async def test_ledger_check_reports_each_difference_with_the_acds_and_export_ref
     assert rc == 0 and out.splitlines()[0] == "day,branch,skill,center,kind,outcome,calls"
     assert f"{day},beijing,retail,,away,overload,1" in out.splitlines()
     assert f"{day},beijing,retail,south,away,routed,2" in out.splitlines()
-    assert len(out.splitlines()) == 1 + 4
+    # the receiving centers' ACD rows: no branch, kind acd, counted once
+    assert f"{day},,retail,south,acd,answered,5" in out.splitlines()
+    assert f"{day},,retail,south,acd,abandoned,1" in out.splitlines()
+    assert f"{day},,retail,north,acd,answered,4" in out.splitlines()
+    assert len(out.splitlines()) == 1 + 7
+    # without --acd: routed against the ledger's own ACD rows (south: 6 routed, 5 + 1 done)
+    rc, out, _ = await run("ledger", "check", *span)
+    assert rc == 1 and f"{day} north retail: ledger 5, ACD 4, difference +1" in out, out
+    assert out.strip().endswith("1 differences")
+    rc, out, _ = await run("ledger", "check", *span, "--tolerance", "0.25")
+    assert (rc, out.strip()) == (0, "0 differences")
+    rc, _, err = await run("ledger", "check", *span, "--tolerance", "2")
+    assert rc == 2 and "--tolerance" in err, err
     # bad input: named, exit 2, nothing read
     rc, _, err = await run("ledger", "check", *span, "--acd", acd(f"{day},south,retail,many\n"))
     assert rc == 2 and "line 2: calls" in err and "many" in err, err
