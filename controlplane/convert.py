@@ -400,7 +400,8 @@ def outcomes_from_pb(entries: Sequence[Any], known_skills: frozenset[str] | set[
         if known_skills is not None and e.skill not in known_skills:
             raise InvalidInput(f"outcomes[{i}].skill", e.skill, "unknown skill")
         if e.outcome not in ACD_OUTCOMES:
-            raise InvalidInput(f"outcomes[{i}].outcome", e.outcome, f"must be one of {', '.join(ACD_OUTCOMES)}")
+            raise InvalidInput(f"outcomes[{i}].outcome", e.outcome,
+                               f"must be one of {', '.join(ACD_OUTCOMES)}")
         per = out.setdefault(e.skill, {})
         if e.outcome in per:
             raise InvalidInput(f"outcomes[{i}]", f"{e.skill}/{e.outcome}", "duplicate skill and outcome")

@@ -764,3 +764,119 @@ async def test_ledger_check_reports_each_difference_with_the_acds_and_export_ref
     assert rc == 2 and "--to" in err, err
     rc, _, err = await run("ledger", "export", *span, "--format", "parquet")
     assert rc == 2 and "--out" in err, err
+
+
+# ---------------------------------------------------------------- retention of the marks
+
+
+def test_marks_go_by_age_and_count_but_never_a_centers_newest():
+    from controlplane.core.retention import Keep, Mark, marks_to_delete
+
+    day = 86400.0
+    now = 1000 * day
+    marks = [Mark("n1", "north", 1, 10, now - 200 * day), Mark("n2", "north", 2, 5, now - 100 * day),
+             Mark("n3", "north", 3, 7, now - 200 * day),  # the newest: stays, however old
+             Mark("s1", "south", 1, 4, 0.0),  # no time known: only the count removes it
+             Mark("s2", "south", 2, 4, now - day), Mark("s3", "south", 3, 4, now)]
+    assert [m.key for m in marks_to_delete(marks, Keep(90 * day, 8), now)] == ["n1", "n2"]
+    assert [m.key for m in marks_to_delete(marks, Keep(90 * day, 2), now)] == ["n1", "n2", "s1"]
+    assert [m.key for m in marks_to_delete(marks, Keep(90 * day, 1), now)] == ["n1", "n2", "s1", "s2"]
+
+
+def test_a_swept_incarnation_resumes_if_newest_swept_else_is_refused():
+    from controlplane.core.ledger import Retired, resume_seq, retired_after
+
+    assert resume_seq(None, 5) == 0
+    r = retired_after(None, [(3, 40), (5, 17), (4, 90)])
+    assert r == Retired(5, 17)
+    assert retired_after(r, [(2, 1)]) == r  # an older one swept later: the newest stays
+    assert resume_seq(r, 6) == 0 and resume_seq(r, 5) == 17 and resume_seq(r, 4) is None
+
+
+async def _ledger_cp(store):
+    from controlplane.core.topology import topology_hash
+    from controlplane.service.server import ControlPlane
+    from controlplane.service.settings import load_settings
+    from controlplane.store.election import Election
+
+    s = load_settings(None, topology=SMALL, store="embedded", listen="127.0.0.1:0", id="w")
+    cp = ControlPlane(s, TOPO, topology_hash(TOPO), store)
+    election = Election(store, cp.key("leader"), "w@127.0.0.1:1", s.lease_ttl_s)
+    await election.campaign()
+    return cp, election
+
+
+async def test_mark_retention_never_counts_a_late_report_twice_and_keeps_the_live_one():
+    """Marks of old incarnations are swept by the leader's retention (age, count); the live one
+    never. A swept incarnation's late report is resumed from the swept seq when it is the newest
+    swept (never at or below it again), refused when older; a mark that moves while the sweep
+    runs is not swept. On the embedded store, wall time driven."""
+    from controlplane.core.model import Report
+    from controlplane.core.retention import Keep
+    from controlplane.service.ledger import LedgerWriter, RetiredIncarnation, read_ledger, sweep_marks
+    from controlplane.store.embedded import EmbeddedStore
+
+    day = 86400.0
+    t = [1_800_000_000.0]
+    store = EmbeddedStore(None)
+    cp, election = await _ledger_cp(store)
+
+    def rep(inc: int, seq: int, n: int) -> Report:
+        return Report(center="north", seq=seq, sent_at=0.0, incarnation=inc,
+                      calls={"beijing": {"retail": {"north": n}}}, outcomes={"retail": {"answered": n}})
+
+    async def total() -> int:
+        rows = await read_ledger(store, cp.key(""), "0000-01-01", "9999-12-31")
+        return sum(r.calls for r in rows if r.kind != "acd")
+
+    async def marks() -> list[int]:
+        got = await store.range(cp.key("ledger/applied/north/"))
+        return [int(kv.key.rsplit("/", 1)[1]) for kv in got.kvs]
+
+    try:
+        w = LedgerWriter(cp, election, wall=lambda: t[0])
+        for inc in (1, 2):  # two agent processes that have since been replaced
+            for seq in (1, 2, 3):
+                await w.record(rep(inc, seq, 1))
+        t[0] += 100 * day
+        await w.record(rep(3, 1, 1))  # the live agent, reporting today
+        assert await total() == 7 and await marks() == [1, 2, 3]
+        keep = Keep(90 * day, 8)
+        assert await sweep_marks(cp, election, keep, t[0]) == 2
+        assert await marks() == [3]  # the live one stays
+        # a new term's writer, as after a takeover (nothing cached)
+        w = LedgerWriter(cp, election, wall=lambda: t[0])
+        with pytest.raises(RetiredIncarnation) as e:  # older than the newest swept: refused
+            await w.record(rep(1, 4, 100))
+        assert e.value.field == "incarnation" and w.refused == 1
+        assert await w.record(rep(2, 3, 100)) == 3 and w.skipped == 1  # counted before the sweep
+        assert await total() == 7
+        assert await w.record(rep(2, 4, 1)) == 3  # above the swept seq: never counted, counted now
+        assert await w.record(rep(2, 4, 1)) == 4  # its retry: once
+        assert await total() == 8 and await marks() == [2, 3]
+        # a report without counts of a refused incarnation is not refused: there is nothing to count
+        assert await w.record(Report(center="north", seq=9, sent_at=0.0, incarnation=1)) == 0
+
+        # the live mark moves while a sweep that would delete it (count 1 keeps only the newest:
+        # inc 3; inc 2's mark moved today, so only the count removes it) is in flight: not swept
+        orig = cp._call
+        raced = []
+
+        async def racing(op, coro):
+            if op == "retention" and not raced:
+                raced.append(await w.record(rep(2, 5, 1)))  # inc 2's mark moves first
+            return await orig(op, coro)
+
+        cp._call = racing
+        try:
+            assert await sweep_marks(cp, election, Keep(90 * day, 1), t[0]) == 0
+        finally:
+            cp._call = orig
+        assert raced == [4] and await marks() == [2, 3] and await total() == 9
+        assert await sweep_marks(cp, election, Keep(90 * day, 1), t[0]) == 1  # next sweep: gone
+        assert await marks() == [3]
+        assert await w.record(rep(2, 5, 1)) == 5 and await total() == 9  # resumed at 5: not again
+        assert await w.record(rep(3, 2, 1)) == 1 and await total() == 10  # the live one counts on
+    finally:
+        await election.resign()
+        await store.close()

@@ -65,9 +65,43 @@ class LedgerRow(msgspec.Struct, frozen=True):
 
 
 class Applied(msgspec.Struct, frozen=True):
-    """The highest seq of one (center, incarnation) whose counts are in the ledger."""
+    """The highest seq of one (center, incarnation) whose counts are in the ledger, and the wall
+    time it last moved (0: a mark from before marks carried it; retention then judges it by count
+    only, never by an age it cannot know)."""
 
     seq: int
+    at: float = 0.0
+
+
+class Retired(msgspec.Struct, frozen=True):
+    """A center's swept marks (retention, core/retention.py `marks_to_delete`): every incarnation
+    of the center below `incarnation` whose mark is gone is refused, and `incarnation`'s own mark,
+    swept at `seq`, resumes from there. Why both: a swept mark's incarnation may still report (a
+    live agent quiet for months: reports without counts never move its mark). If it is the newest
+    swept, its reports above `seq` were never counted and are taken; an older one's counts cannot
+    be told apart any more, so it is refused (its agent takes a new incarnation): never twice."""
+
+    incarnation: int
+    seq: int
+
+
+def resume_seq(retired: Retired | None, incarnation: int) -> int | None:
+    """The mark of an incarnation that has none in the store: 0 (new), the swept seq (the newest
+    swept), or None (retired: its reports must not be counted)."""
+    if retired is None or incarnation > retired.incarnation:
+        return 0
+    if incarnation == retired.incarnation:
+        return retired.seq
+    return None
+
+
+def retired_after(old: Retired | None, swept: Iterable[tuple[int, int]]) -> Retired | None:
+    """A center's Retired record once the marks `swept` ((incarnation, seq) each) are deleted."""
+    out = old
+    for inc, seq in swept:
+        if out is None or inc > out.incarnation:
+            out = Retired(inc, seq)
+    return out
 
 
 def day_of(wall: float) -> str:

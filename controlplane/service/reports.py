@@ -22,6 +22,7 @@ from callroute.v1 import report_pb2_grpc
 from controlplane.convert import report_ack, report_from_pb
 from controlplane.core.health import StaleReport
 from controlplane.core.model import InvalidInput
+from controlplane.service.ledger import RetiredIncarnation
 
 log = logging.getLogger("callroute.controlplane.reports")
 
@@ -94,6 +95,11 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                     # is not in the ledger and keeps the tracker's seq
                     try:
                         prior_seq = await ledger.record(report)
+                    except RetiredIncarnation as e:  # never counted twice: refused, by field
+                        rejected.inc()
+                        metrics.report_rejects.labels("retired").inc()
+                        yield report_ack(msg.seq, version, e)
+                        continue
                     except Exception as e:  # noqa: BLE001 - any failure: the agent settles it next stream
                         metrics.store_errors.labels("ledger").inc()
                         await context.abort(grpc.StatusCode.UNAVAILABLE, f"ledger write failed: {e!r}")
