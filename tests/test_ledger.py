@@ -880,3 +880,35 @@ async def test_mark_retention_never_counts_a_late_report_twice_and_keeps_the_liv
     finally:
         await election.resign()
         await store.close()
+
+
+async def test_a_retired_incarnations_report_is_refused_by_field_and_counts_nothing():
+    """Through the real ReportService (in process, embedded store): after retention retired
+    north's marks up to incarnation 5 (swept at seq 3), a report of incarnation 4 is answered
+    accepted=false naming `incarnation` (its agent then takes a new one) and adds nothing;
+    incarnation 5 resumes above seq 3; a new incarnation counts from 1."""
+    import msgspec
+    from test_cp_support import close_store, embedded_store, start_replica
+
+    from controlplane.core.ledger import Retired
+    from controlplane.service.ledger import read_ledger
+
+    store = await embedded_store()
+    cp = await start_replica(store, "cp-1")
+    try:
+        await wait_for(lambda: cp.leader.brain is not None, 5, "leading")
+        await store.put(cp.key("ledger/retired/north"), msgspec.json.encode(Retired(5, 3)))
+        acks = await _send(f"127.0.0.1:{cp.port}", [
+            _report(10, 4, [("beijing", "retail", "north", 100)]),
+            _report(3, 5, [("beijing", "retail", "north", 100)]),  # at the swept seq: counted before
+            _report(4, 5, [("beijing", "retail", "north", 2)])])
+        assert [(a.accepted, a.error_field) for a in acks] == [(False, "incarnation"), (True, ""), (True, "")]
+        assert "retired" in acks[0].error
+        assert [a.prior_accepted_seq for a in acks[1:]] == [3, 3]
+        acks = await _send(f"127.0.0.1:{cp.port}", [_report(1, 6, [("beijing", "retail", "north", 5)])])
+        assert acks[0].accepted and acks[0].prior_accepted_seq == 0
+        rows = await read_ledger(store, cp.key(""), "0000-01-01", "9999-12-31")
+        assert sum(r.calls for r in rows) == 7
+    finally:
+        await cp.stop(0)
+        await close_store(store)
