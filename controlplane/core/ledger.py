@@ -19,8 +19,12 @@ known: ACD rows per (day, receiving center, skill) with branch "" and kind `acd`
 counted from the receiving center's own reports (`Report.outcomes`), exactly once by the same
 (center, incarnation, seq) mark as the routed counts and in the same transaction. Per-branch
 answered/abandoned need an ACD that tags calls with their branch; an outcome row with a branch
-could then be added beside these without changing their meaning. `check_outcomes` compares, per
-(day, center, skill), the calls routed to a center with what its ACD reports answered + abandoned.
+could then be added beside these without changing their meaning. Not handled yet: two agent
+replicas reading one ACD both carry its outcomes (the health tracker's per-message dedup,
+core/acdseen.py, lives in the leader's memory, not in the ledger), so a center run that way has
+its ACD rows counted once per replica; `ledger check` then shows them about twice the routed calls.
+`check_outcomes` compares, per (day, center, skill), the calls routed to a center with what its
+ACD reports answered + abandoned.
 
 Must not: read the clock (the day comes from the `wall` the shell passes), touch the store, or
 import asyncio/grpc.

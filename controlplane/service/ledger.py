@@ -99,7 +99,8 @@ class LedgerWriter:
     counts are in the ledger: the ack's prior_accepted_seq, durable and shared by every leader. An
     agent asks it only about its unacknowledged reports with counts, so a report without calls
     (a quiet interval, a night) need not move it and costs no write: an idle network does not
-    grow etcd's history by a revision per report. In steady state a report with calls is one
+    grow etcd's history by a revision per report (a report with ACD outcomes has counts: a center
+    whose ACD answers calls writes every report). In steady state a report with counts is one
     transaction: the keys' values and mod revisions are cached from this term's own writes and
     re-read only when a compare fails or an outcome is unknown."""
 
