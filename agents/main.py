@@ -329,6 +329,10 @@ class Agent:
             "# TYPE callroute_agent_demand_outstanding_lookups gauge",
             f"callroute_agent_demand_outstanding_lookups "
             f"{r.ledger.outstanding() + sum(self.counter.counts.values())}",
+            "# HELP callroute_agent_acd_outcomes_outstanding_calls The ACD's answered/abandoned calls "
+            "not yet acknowledged by the control plane's billing ledger.",
+            "# TYPE callroute_agent_acd_outcomes_outstanding_calls gauge",
+            f"callroute_agent_acd_outcomes_outstanding_calls {r.outcomes.outstanding()}",
             *self._acd_metric_lines(),
             "# HELP callroute_agent_stream_reconnects_total Report and plan stream reconnects.",
             "# TYPE callroute_agent_stream_reconnects_total counter",

@@ -75,6 +75,15 @@ class Reporter:
         self.known_branches = known_branches
         self.known_skills = known_skills
         self.ledger = DemandLedger()
+        # the ACD's answered/abandoned per (skill, outcome), carried the same way as the calls
+        # (the ledger's ACD rows, core/ledger.py): counted once by (center, incarnation, seq)
+        self.outcomes = DemandLedger()
+        # settle() closes the tally after one last sample: the ACD goes on answering queued calls
+        # while the agent stops, and a stop must not wait for a tally that never ends (those
+        # later ones are counted here, and reported by the next incarnation's ACD only if its
+        # ACD still holds them: a simulated ACD does not)
+        self._outcomes_closed = 0  # 0 open, 1 closing (one more sample), 2 closed
+        self.outcomes_after_close = 0
         self.demand_discarded = 0
         self.on_plan_version = on_plan_version  # every ack names the leader's latest plan
         # simulation: given {target center: {skill: calls}} routed to other centers this interval
@@ -112,7 +121,9 @@ class Reporter:
         """Report until every count is acknowledged, or `timeout_s` passes (then False): a graceful
         stop, once the lookup listeners are closed, leaves no call out of the billing ledger."""
         deadline = self.clock() + timeout_s
-        while self.counter.counts or self.ledger.outstanding() or self._carried():
+        self._outcomes_closed = max(self._outcomes_closed, 1)
+        while (self.counter.counts or self.ledger.outstanding() or self.outcomes.outstanding()
+               or self._carried()):
             left = deadline - self.clock()
             if left <= 0:
                 log.warning("stopping with %d lookups not acknowledged by the control plane",
@@ -153,6 +164,7 @@ class Reporter:
         skills = self.acd.sample(now)
         if skills is None:
             return None  # the demand stays pending for the next report
+        self._count_outcomes(skills)
         if len(routed_to) > MAX_TARGETS_PER_REPORT:
             routed_to = dict(sorted(routed_to.items(), key=lambda kv: -kv[1])[:MAX_TARGETS_PER_REPORT])
         routed_to = {c: min(n, MAX_COUNT) for c, n in routed_to.items()}
@@ -165,7 +177,26 @@ class Reporter:
                       interval_s=self.interval_s, state=self.acd.state, skills=skills,
                       routed_to=routed_to, demand=demand_of(carried), probes=probes,
                       broken_paths=dict(self.paths.broken) if self.paths is not None else {},
-                      calls=carried, acd=self.carry.take() if self.carry is not None else [])
+                      calls=carried, acd=self.carry.take() if self.carry is not None else [],
+                      outcomes=self.outcomes.take(seq))
+
+    def _count_outcomes(self, skills: dict[str, Any]) -> None:
+        """The sample's answered/abandoned into the carried tally; a skill the control plane does
+        not know would get the whole report refused, so it is left out (as demand's is)."""
+        add: dict[tuple[str, ...], int] = {}
+        if self._outcomes_closed == 2:
+            self.outcomes_after_close += sum(v.answered + v.abandoned for v in skills.values())
+            return
+        if self._outcomes_closed == 1:
+            self._outcomes_closed = 2
+        for skill, load in skills.items():
+            if self.known_skills is not None and skill not in self.known_skills:
+                continue
+            if load.answered:
+                add[(skill, "answered")] = load.answered
+            if load.abandoned:
+                add[(skill, "abandoned")] = load.abandoned
+        self.outcomes.add(add)
 
     def _billable(self, calls: dict[tuple[str, str, str], int]) -> dict[tuple[str, ...], int]:
         """The counter's calls, with a receiver outside the topology (a plan from another one)
@@ -191,6 +222,7 @@ class Reporter:
         """A report that will not be sent: the load it describes is stale, its demand is not."""
         self.dropped += 1
         self.ledger.unsent(r.seq, r.calls if r.calls else r.demand)
+        self.outcomes.unsent(r.seq, r.outcomes)
         if r.acd and self.carry is not None:
             self.carry.put_back(r.acd)
 
@@ -284,6 +316,7 @@ class Reporter:
             self._call = None
             self._unacked.clear()
             self.ledger.stream_ended()
+            self.outcomes.stream_ended()
             if self.carry is not None:
                 self.carry.stream_ended()  # sent again: the control plane counts each once
             while not self.outbox.empty():
@@ -320,6 +353,7 @@ class Reporter:
                         continue
                     self._unacked[r.seq] = now
                     self.ledger.sent(r.seq, r.calls if r.calls else r.demand)
+                    self.outcomes.sent(r.seq, r.outcomes)
                     if self.carry is not None:
                         self.carry.sent(r.seq, r.acd)
                     self.sent += 1
@@ -344,6 +378,7 @@ class Reporter:
         async for ack in call:
             self._unacked.pop(ack.seq, None)
             self.ledger.acked(ack.seq, ack.accepted, ack.prior_accepted_seq)
+            self.outcomes.acked(ack.seq, ack.accepted, ack.prior_accepted_seq)
             if self.carry is not None:
                 self.carry.acked(ack.seq, ack.accepted)
             self._progress.set()

@@ -13,8 +13,13 @@ day, the full plans' own bytes for comparison, and etcd's db_size: as written (e
 every key, plans/ included) and after compacting to the last revision and `etcdctl defrag` (what
 the store keeps: the leader compacts every compact_after_s in production).
 
+With `--max-bytes N` the run is bounded: plan_history_max_bytes is N and the leader's retention
+sweep runs every `--sweep-every-s` of plan time (60, the default retention.sweep_s); the
+history's real bytes after each sweep are reported (`held_max_after_sweep`: never above N once
+the sweeps keep up), and the bytes per day are then what a day would add before sweeping.
+
     .venv/bin/python -m bench.plan_history [--topology examples/national.yaml] [--hours 1]
-        [--surge 1.3] [--seed 19] [--epoch-s 86400] [--json]
+        [--surge 1.3] [--seed 19] [--epoch-s 86400] [--max-bytes N [--sweep-every-s 60]] [--json]
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ def plans_a_second(topo: Any, n: int, t0: float, seed: int, leader: str, surge: 
 
 
 async def bench_history(topology: str, hours: float, surge: float, seed: int,
-                        epoch_s: float) -> dict[str, Any]:
+                        epoch_s: float, max_bytes: int = 0, sweep_every_s: float = 60.0) -> dict[str, Any]:
     from controlplane.service.server import ControlPlane
     from controlplane.service.settings import load_settings
     from controlplane.store.election import Election
@@ -78,17 +83,29 @@ async def bench_history(topology: str, hours: float, surge: float, seed: int,
     seconds_covered = plans[-1].created_at - t0 + 1
     with EtcdCluster(1) as etcd:
         store = EtcdStore(etcd.endpoints, request_timeout_s=2.0)
+        bound = {"plan_history_max_bytes": max_bytes} if max_bytes else {}
         s = load_settings(None, topology=topology, store="embedded", listen="127.0.0.1:0", id="bench",
-                          plan_epoch_s=epoch_s, store_deadline_s=1.5, lease_ttl_s=5.0)
+                          plan_epoch_s=epoch_s, store_deadline_s=1.5, lease_ttl_s=5.0, **bound)
         cp = ControlPlane(s, topo, topology_hash(topo), store)
         election = Election(store, cp.key("leader"), "bench", s.lease_ttl_s)
         await election.campaign()
         try:
             w0 = time.perf_counter()
+            held_max = swept = 0
+            added = 0  # bytes the sweeps took away, so that the per-day figure is what a day adds
+            next_sweep = t0 + sweep_every_s
             for p in plans:
                 await cp.publisher.publish(election, p)
+                if max_bytes and p.created_at >= next_sweep:
+                    next_sweep = p.created_at + sweep_every_s
+                    before = (await cp.planstore.size())[1]
+                    swept += await cp.planstore.sweep(election, p.created_at)
+                    after = (await cp.planstore.size())[1]
+                    added += before - after
+                    held_max = max(held_max, after)
             write_s = time.perf_counter() - w0
             keys, held = await cp.planstore.size()
+            grown = held + added
             status = await store.status()
             db = status.db_size
             # what the store holds once old revisions are gone (the leader compacts every
@@ -105,8 +122,9 @@ async def bench_history(topology: str, hours: float, surge: float, seed: int,
         "topology": Path(topology).name, "plans": len(plans), "plan_time_s": seconds_covered,
         "surge": surge, "seed": seed, "epoch_s": epoch_s,
         "history_keys": keys, "history_bytes": held,
-        "bytes_per_plan": round(held / len(plans)), "full_plan_bytes": round(full / len(plans)),
-        "bytes_per_day": round(held / seconds_covered * DAY_S),
+        "bytes_per_plan": round(grown / len(plans)), "full_plan_bytes": round(full / len(plans)),
+        "bytes_per_day": round(grown / seconds_covered * DAY_S),
+        "max_bytes": max_bytes, "segments_swept": swept, "held_max_after_sweep": held_max,
         "etcd_db_size": db, "etcd_db_size_compacted_defragmented": db_defrag,
         "plan_compute_s": round(plan_s, 1), "publish_s": round(write_s, 1),
     }
@@ -119,9 +137,12 @@ def main() -> None:
     ap.add_argument("--surge", type=float, default=1.3)
     ap.add_argument("--seed", type=int, default=19)
     ap.add_argument("--epoch-s", type=float, default=DAY_S)
+    ap.add_argument("--max-bytes", type=int, default=0, help="plan_history_max_bytes; 0: unbounded run")
+    ap.add_argument("--sweep-every-s", type=float, default=60.0, help="plan time between sweeps")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    r = asyncio.run(bench_history(a.topology, a.hours, a.surge, a.seed, a.epoch_s))
+    r = asyncio.run(bench_history(a.topology, a.hours, a.surge, a.seed, a.epoch_s, a.max_bytes,
+                                  a.sweep_every_s))
     if a.json:
         print(json.dumps(r, indent=1))
     else:
@@ -131,6 +152,10 @@ def main() -> None:
               f"({r['bytes_per_plan']} B/plan vs {r['full_plan_bytes']} B/plan for the plans themselves) = "
               f"{r['bytes_per_day'] / 1e6:.1f} MB per simulated day; etcd db_size {r['etcd_db_size']}, "
               f"{r['etcd_db_size_compacted_defragmented']} after compaction and defrag")
+        if r["max_bytes"]:
+            print(f"bounded by plan_history_max_bytes {r['max_bytes']}: {r['segments_swept']} segments "
+                  f"swept, at most {r['held_max_after_sweep']} B held after a sweep, {r['history_bytes']} "
+                  f"B at the end")
 
 
 if __name__ == "__main__":

@@ -23,13 +23,19 @@ from agents.reporter import Reporter
 from agents.simacd import SimulatedACD
 from callroute.v1 import report_pb2, report_pb2_grpc, types_pb2
 from controlplane.core.ledger import (
+    KIND_ACD,
     KIND_AWAY,
     KIND_HOME,
+    OUTCOME_ABANDONED,
+    OUTCOME_ANSWERED,
     OUTCOME_OVERLOAD,
     OUTCOME_ROUTED,
     LedgerRow,
     check_against,
+    check_outcomes,
+    outcome_entries,
     report_entries,
+    rows_of,
     should_apply,
     to_csv,
 )
@@ -69,6 +75,30 @@ def test_check_reports_each_difference_with_the_acd_counts():
     assert to_csv(rows).splitlines()[0] == "day,branch,skill,center,kind,outcome,calls"
 
 
+def test_acd_outcomes_are_rows_of_the_receiving_center_without_a_branch():
+    got = outcome_entries("south", {"retail": {"answered": 9, "abandoned": 2}, "corporate": {"answered": 0}})
+    assert got == {f"|retail|south|{KIND_ACD}|{OUTCOME_ANSWERED}": 9,
+                   f"|retail|south|{KIND_ACD}|{OUTCOME_ABANDONED}": 2}
+    rows = rows_of("2026-12-05", got)
+    assert {(r.branch, r.skill, r.center, r.kind, r.outcome, r.calls) for r in rows} == {
+        ("", "retail", "south", KIND_ACD, OUTCOME_ANSWERED, 9),
+        ("", "retail", "south", KIND_ACD, OUTCOME_ABANDONED, 2)}
+
+
+def test_check_compares_calls_routed_to_a_center_with_its_acds_answered_and_abandoned():
+    d = "2026-12-05"
+    rows = [LedgerRow(d, "beijing", "retail", "south", KIND_AWAY, OUTCOME_ROUTED, 8),
+            LedgerRow(d, "guangdong", "retail", "south", KIND_HOME, OUTCOME_ROUTED, 3),
+            LedgerRow(d, "beijing", "retail", "", KIND_AWAY, OUTCOME_OVERLOAD, 4),  # no receiver
+            LedgerRow(d, "", "retail", "south", KIND_ACD, OUTCOME_ANSWERED, 9),
+            LedgerRow(d, "", "retail", "south", KIND_ACD, OUTCOME_ABANDONED, 2),
+            LedgerRow(d, "beijing", "corporate", "north", KIND_HOME, OUTCOME_ROUTED, 100),
+            LedgerRow(d, "", "corporate", "north", KIND_ACD, OUTCOME_ANSWERED, 97)]
+    assert check_outcomes(rows) == [(d, "north", "corporate", 100, 97)]
+    assert check_outcomes(rows, tolerance=0.05) == []  # 3 of 100: within 5 %
+    assert check_outcomes(rows, tolerance=0.01) == [(d, "north", "corporate", 100, 97)]
+
+
 def test_agent_carries_calls_per_receiver_and_demand_agrees():
     counter = RoutedCounter()
     known = frozenset(TOPO.center_ids())
@@ -88,6 +118,78 @@ def test_agent_carries_calls_per_receiver_and_demand_agrees():
     led.acked(6, True, 4)  # 5 was not counted: its calls go back, per receiver
     assert led.pending == {("beijing", "retail", "north"): 4, ("beijing", "retail", "south"): 1,
                            ("beijing", "retail", ""): 2}
+
+
+class _FixedACD:
+    """An ACD whose every sample answers and abandons the given calls per skill."""
+
+    def __init__(self, per_skill: dict[str, tuple[int, int]]) -> None:
+        from controlplane.core.model import AdminState
+
+        self.state = AdminState.OPEN
+        self.per_skill = per_skill
+        self.samples = 0
+
+    def offer_routed(self, per_skill, now):
+        pass
+
+    def sample(self, now):
+        from controlplane.core.model import SkillLoad
+
+        self.samples += 1
+        return {s: SkillLoad(logged_in=5, offered=a + b, answered=a, abandoned=b)
+                for s, (a, b) in self.per_skill.items()}
+
+
+def test_agent_carries_its_acds_outcomes_until_the_ledger_counted_them_once():
+    """The ACD's answered/abandoned ride the report (Report.outcomes) like the calls: a report lost
+    on a broken stream puts them back unless the next ack's prior mark says they were counted;
+    a report never sent puts them back; an unknown skill is left out (it would get the report
+    refused); settle() closes the tally after one last sample so a stop ends."""
+    acd = _FixedACD({"retail": (4, 1), "mystery": (7, 7)})
+    rep = Reporter("south", acd, RoutedCounter(), SeqStore(None), [],
+                   known_centers=frozenset(TOPO.center_ids()), known_skills=frozenset(TOPO.skills()))
+    r1 = rep.build(0.5)
+    assert r1 is not None and r1.outcomes == {"retail": {"answered": 4, "abandoned": 1}}
+    rep.outcomes.sent(r1.seq, r1.outcomes)
+    r2 = rep.build(1.0)
+    rep.outcomes.sent(r2.seq, r2.outcomes)
+    rep.outcomes.stream_ended()  # both in doubt
+    # the next stream's first ack: the ledger's mark is r1's seq: r1 counted, r2 not
+    r3 = rep.build(1.5)
+    assert r3.outcomes == {"retail": {"answered": 4, "abandoned": 1}}
+    rep.outcomes.sent(r3.seq, r3.outcomes)
+    rep.outcomes.acked(r3.seq, True, r1.seq)
+    assert rep.outcomes.pending == {("retail", "answered"): 4, ("retail", "abandoned"): 1}  # r2's
+    r4 = rep.build(2.0)
+    assert r4.outcomes == {"retail": {"answered": 8, "abandoned": 2}}  # r2's again, once, and r4's
+    rep._drop(r4)  # never sent: back to pending
+    assert rep.outcomes.outstanding() == 10
+    # a converted report keeps them, and a bad outcome is refused by name
+    from controlplane.core.model import InvalidInput
+    from wire.convert import report_from_pb, report_to_pb
+
+    pb = report_to_pb(r1)
+    assert report_from_pb(pb, frozenset(TOPO.center_ids())).outcomes == r1.outcomes
+    pb.outcomes.add(skill="retail", outcome="transferred", calls=1)
+    with pytest.raises(InvalidInput) as e:
+        report_from_pb(pb, frozenset(TOPO.center_ids()))
+    assert e.value.field == "outcomes[2].outcome" and "transferred" in str(e.value)
+
+
+async def test_settle_closes_the_outcome_tally_so_a_stop_ends():
+    acd = _FixedACD({"retail": (2, 0)})
+    rep = Reporter("south", acd, RoutedCounter(), SeqStore(None), [],
+                   known_centers=frozenset(TOPO.center_ids()), clock=lambda: 0.0)
+    rep.outcomes.add({("retail", "answered"): 3})
+    # the tally stops growing after one more sample once a stop began (the ACD answers on)
+    rep.build(0.0)
+    assert await rep.settle(0.0) is False  # no control plane: gives up at once, tally closing
+    rep.build(0.5)
+    rep.build(1.0)
+    rep.build(1.5)
+    assert rep.outcomes.outstanding() == 3 + 2 + 2  # before, and the one last sample
+    assert rep.outcomes_after_close == 4  # two samples after it, left out and counted here
 
 
 def test_a_built_report_waiting_to_be_sent_is_outstanding_until_sent_or_put_back():
@@ -156,8 +258,28 @@ async def _ledger_total(url: str) -> dict[tuple[str, str, str], int]:
         await st.close()
     out: dict[tuple[str, str, str], int] = {}
     for r in rows:
+        if r.kind == KIND_ACD:
+            continue  # the receiving ACDs' outcomes: not calls routed (see _acd_total)
         k = (r.branch, r.skill, r.center)
         out[k] = out.get(k, 0) + r.calls
+    return out
+
+
+async def _acd_total(url: str) -> dict[tuple[str, str, str], int]:
+    """The ledger's ACD rows per (center, skill, outcome), over every day."""
+    from controlplane.service.ledger import read_ledger
+    from controlplane.store.etcd import parse_store_url
+
+    st = parse_store_url(url, request_timeout_s=2.0)
+    try:
+        rows = await read_ledger(st, "/callroute/", "0000-01-01", "9999-12-31")
+    finally:
+        await st.close()
+    out: dict[tuple[str, str, str], int] = {}
+    for r in rows:
+        if r.kind == KIND_ACD:
+            k = (r.center, r.skill, r.outcome)
+            out[k] = out.get(k, 0) + r.calls
     return out
 
 
@@ -255,22 +377,56 @@ async def test_an_old_leaders_ledger_write_is_fenced(etcd):
         await st.close()
 
 
+class _TallyACD:
+    """A SimulatedACD whose answered/abandoned are tallied as the reporter samples them (what the
+    ledger's ACD rows must equal); `quiet` stops its counters so the tally can be compared."""
+
+    def __init__(self, inner: SimulatedACD, tally: dict[tuple[str, str, str], int]) -> None:
+        self.inner, self.tally, self.quiet = inner, tally, False
+
+    @property
+    def state(self):
+        return self.inner.state
+
+    def offer_routed(self, per_skill, now):
+        self.inner.offer_routed(per_skill, now)
+
+    def sample(self, now):
+        import msgspec
+
+        got = self.inner.sample(now)
+        if self.quiet:
+            return {k: msgspec.structs.replace(v, offered=0, answered=0, answered_within=0, abandoned=0)
+                    for k, v in got.items()}
+        for skill, load in got.items():
+            for outcome, n in (("answered", load.answered), ("abandoned", load.abandoned)):
+                if n:
+                    k = (self.inner.center, skill, outcome)
+                    self.tally[k] = self.tally.get(k, 0) + n
+        return got
+
+
 @needs_etcd
 async def test_ledger_equals_switch_calls_across_leader_sigkill_and_agent_restart(etcd, replicas):
     """End to end: the agents' own Reporter streams to real control-plane processes on etcd while the
     test (the switches) routes known calls; the leader is SIGKILLed and an agent restarted mid-run.
-    The ledger's totals equal the calls routed: none lost, none counted twice."""
+    The ledger's totals equal the calls routed: none lost, none counted twice; and its ACD rows
+    equal what the centers' ACDs answered and abandoned, the same way."""
     a, b = replicas("a", etcd.url), replicas("b", etcd.url)
     await wait_for(lambda: _leader_of(a, b), 15, "a leader")
     known = frozenset(TOPO.center_ids())
     branches = frozenset(x.id for x in TOPO.branches)
     skills = frozenset(TOPO.skills())
     routed: dict[tuple[str, str, str], int] = {}
+    sampled: dict[tuple[str, str, str], int] = {}
     agents: dict[str, tuple[Reporter, RoutedCounter, asyncio.Task]] = {}
 
     def start_agent(center: str, seed: int) -> None:
         counter = RoutedCounter()
-        rep = Reporter(center, SimulatedACD(TOPO, center, now=time.monotonic(), seed=seed), counter,
+        # a day in minutes: the simulated ACDs answer and abandon calls every report
+        acd = _TallyACD(SimulatedACD(TOPO, center, now=time.monotonic(), seed=seed, time_scale=60.0),
+                        sampled)
+        rep = Reporter(center, acd, counter,
                        SeqStore(None), [a.addr, b.addr], interval_s=0.1, deadline_s=2.0,
                        backoff_initial_s=0.02, backoff_max_s=0.2, seed=seed, known_centers=known,
                        known_branches=branches, known_skills=skills)
@@ -308,8 +464,9 @@ async def test_ledger_equals_switch_calls_across_leader_sigkill_and_agent_restar
         await wait_for(lambda: all(r.ledger.outstanding() + sum(k.counts.values()) == 0
                                    for r, k, _ in agents.values()), 20, "phase 2 acknowledged")
         rep, counter, task = agents["south"]
-        await wait_for(lambda: rep.ledger.outstanding() + sum(counter.counts.values()) == 0, 15,
-                       "south's agent drained")
+        rep.acd.quiet = True  # its ACD's last outcomes, then none: drained like the calls
+        await wait_for(lambda: rep.ledger.outstanding() + sum(counter.counts.values())
+                       + rep.outcomes.outstanding() == 0, 15, "south's agent drained")
         rep.stop()
         await task
         start_agent("south", 99)
@@ -326,7 +483,15 @@ async def test_ledger_equals_switch_calls_across_leader_sigkill_and_agent_restar
                                r.ledger.recovered, r.seqs.incarnation) for c, (r, _, _) in agents.items()},
                           survivor.tail(4000))
         assert all(r.ledger.rejected == 0 for r, _, _ in agents.values())
+        # the ACD rows: every answered/abandoned the ACDs gave the reporters, once
+        for r, _, _ in agents.values():
+            r.acd.quiet = True
+        await wait_for(lambda: all(r.outcomes.outstanding() == 0 and r.outbox.empty() and not r._unacked
+                                   for r, _, _ in agents.values()), 20, "every ACD outcome acknowledged")
+        acd_rows = await _acd_total(etcd.url)
+        assert sum(sampled.values()) > 0 and acd_rows == sampled, (acd_rows, sampled)
         print(f"\nledger e2e (Reporters): routed {sum(routed.values())}, ledger {sum(got.values())}, "
+              f"ACD outcomes {sum(sampled.values())} = ledger {sum(acd_rows.values())}, "
               f"reports dropped while no leader answered: {dropped}")
     finally:
         for rep, _, task in agents.values():
@@ -491,8 +656,10 @@ async def test_ledger_equals_the_switches_answered_calls_across_leader_sigkill_a
         assert await _ledger_total(etcd.url) == routed
         # the operator's export holds the same totals, as CSV and as Parquet
         csv_rows, pq_rows = await asyncio.to_thread(_export_both, etcd.url, tmp_path)
-        assert sum(int(r["calls"]) for r in csv_rows) == want
-        assert sum(r["calls"] for r in pq_rows) == want and len(pq_rows) == len(csv_rows)
+        assert sum(int(r["calls"]) for r in csv_rows if r["kind"] != KIND_ACD) == want
+        assert sum(r["calls"] for r in pq_rows if r["kind"] != KIND_ACD) == want
+        assert len(pq_rows) == len(csv_rows)
+        assert any(r["kind"] == KIND_ACD and r["branch"] == "" for r in pq_rows)  # ACD rows too
         print(f"\nledger e2e: routed {want} calls ({len(routed)} keys), ledger {sum(got.values())}; "
               f"answered while no leader: {leaderless}; export: {len(csv_rows)} CSV rows, "
               f"{len(pq_rows)} Parquet rows")
@@ -540,9 +707,15 @@ async def test_ledger_check_reports_each_difference_with_the_acds_and_export_ref
         await e.campaign()
         w = LedgerWriter(_CP, e)
         await w.record(Report(center="north", seq=1, sent_at=0.0, incarnation=1,
-                              calls={"beijing": {"retail": {"north": 5, "south": 2, "": 1}}}))
-        await w.record(Report(center="south", seq=1, sent_at=0.0, incarnation=1,
-                              calls={"guangdong": {"retail": {"south": 4}}}))
+                              calls={"beijing": {"retail": {"north": 5, "south": 2, "": 1}}},
+                              outcomes={"retail": {"answered": 4}}))
+        south = Report(center="south", seq=1, sent_at=0.0, incarnation=1,
+                       calls={"guangdong": {"retail": {"south": 4}}},
+                       outcomes={"retail": {"answered": 5, "abandoned": 1}})
+        assert await w.record(south) == 0
+        # the same report again (a retry after a lost ack), and under a new term's writer: once
+        assert await w.record(south) == 1 and w.skipped == 1
+        assert await LedgerWriter(_CP, e).record(south) == 1
         await e.resign()
     finally:
         await st.close()
@@ -569,7 +742,19 @@ async def test_ledger_check_reports_each_difference_with_the_acds_and_export_ref
     assert rc == 0 and out.splitlines()[0] == "day,branch,skill,center,kind,outcome,calls"
     assert f"{day},beijing,retail,,away,overload,1" in out.splitlines()
     assert f"{day},beijing,retail,south,away,routed,2" in out.splitlines()
-    assert len(out.splitlines()) == 1 + 4
+    # the receiving centers' ACD rows: no branch, kind acd, counted once
+    assert f"{day},,retail,south,acd,answered,5" in out.splitlines()
+    assert f"{day},,retail,south,acd,abandoned,1" in out.splitlines()
+    assert f"{day},,retail,north,acd,answered,4" in out.splitlines()
+    assert len(out.splitlines()) == 1 + 7
+    # without --acd: routed against the ledger's own ACD rows (south: 6 routed, 5 + 1 done)
+    rc, out, _ = await run("ledger", "check", *span)
+    assert rc == 1 and f"{day} north retail: ledger 5, ACD 4, difference +1" in out, out
+    assert out.strip().endswith("1 differences")
+    rc, out, _ = await run("ledger", "check", *span, "--tolerance", "0.25")
+    assert (rc, out.strip()) == (0, "0 differences")
+    rc, _, err = await run("ledger", "check", *span, "--tolerance", "2")
+    assert rc == 2 and "--tolerance" in err, err
     # bad input: named, exit 2, nothing read
     rc, _, err = await run("ledger", "check", *span, "--acd", acd(f"{day},south,retail,many\n"))
     assert rc == 2 and "line 2: calls" in err and "many" in err, err
@@ -579,3 +764,151 @@ async def test_ledger_check_reports_each_difference_with_the_acds_and_export_ref
     assert rc == 2 and "--to" in err, err
     rc, _, err = await run("ledger", "export", *span, "--format", "parquet")
     assert rc == 2 and "--out" in err, err
+
+
+# ---------------------------------------------------------------- retention of the marks
+
+
+def test_marks_go_by_age_and_count_but_never_a_centers_newest():
+    from controlplane.core.retention import Keep, Mark, marks_to_delete
+
+    day = 86400.0
+    now = 1000 * day
+    marks = [Mark("n1", "north", 1, 10, now - 200 * day), Mark("n2", "north", 2, 5, now - 100 * day),
+             Mark("n3", "north", 3, 7, now - 200 * day),  # the newest: stays, however old
+             Mark("s1", "south", 1, 4, 0.0),  # no time known: only the count removes it
+             Mark("s2", "south", 2, 4, now - day), Mark("s3", "south", 3, 4, now)]
+    assert [m.key for m in marks_to_delete(marks, Keep(90 * day, 8), now)] == ["n1", "n2"]
+    assert [m.key for m in marks_to_delete(marks, Keep(90 * day, 2), now)] == ["n1", "n2", "s1"]
+    assert [m.key for m in marks_to_delete(marks, Keep(90 * day, 1), now)] == ["n1", "n2", "s1", "s2"]
+
+
+def test_a_swept_incarnation_resumes_if_newest_swept_else_is_refused():
+    from controlplane.core.ledger import Retired, resume_seq, retired_after
+
+    assert resume_seq(None, 5) == 0
+    r = retired_after(None, [(3, 40), (5, 17), (4, 90)])
+    assert r == Retired(5, 17)
+    assert retired_after(r, [(2, 1)]) == r  # an older one swept later: the newest stays
+    assert resume_seq(r, 6) == 0 and resume_seq(r, 5) == 17 and resume_seq(r, 4) is None
+
+
+async def _ledger_cp(store):
+    from controlplane.core.topology import topology_hash
+    from controlplane.service.server import ControlPlane
+    from controlplane.service.settings import load_settings
+    from controlplane.store.election import Election
+
+    s = load_settings(None, topology=SMALL, store="embedded", listen="127.0.0.1:0", id="w")
+    cp = ControlPlane(s, TOPO, topology_hash(TOPO), store)
+    election = Election(store, cp.key("leader"), "w@127.0.0.1:1", s.lease_ttl_s)
+    await election.campaign()
+    return cp, election
+
+
+async def test_mark_retention_never_counts_a_late_report_twice_and_keeps_the_live_one():
+    """Marks of old incarnations are swept by the leader's retention (age, count); the live one
+    never. A swept incarnation's late report is resumed from the swept seq when it is the newest
+    swept (never at or below it again), refused when older; a mark that moves while the sweep
+    runs is not swept. On the embedded store, wall time driven."""
+    from controlplane.core.model import Report
+    from controlplane.core.retention import Keep
+    from controlplane.service.ledger import LedgerWriter, RetiredIncarnation, read_ledger, sweep_marks
+    from controlplane.store.embedded import EmbeddedStore
+
+    day = 86400.0
+    t = [1_800_000_000.0]
+    store = EmbeddedStore(None)
+    cp, election = await _ledger_cp(store)
+
+    def rep(inc: int, seq: int, n: int) -> Report:
+        return Report(center="north", seq=seq, sent_at=0.0, incarnation=inc,
+                      calls={"beijing": {"retail": {"north": n}}}, outcomes={"retail": {"answered": n}})
+
+    async def total() -> int:
+        rows = await read_ledger(store, cp.key(""), "0000-01-01", "9999-12-31")
+        return sum(r.calls for r in rows if r.kind != "acd")
+
+    async def marks() -> list[int]:
+        got = await store.range(cp.key("ledger/applied/north/"))
+        return [int(kv.key.rsplit("/", 1)[1]) for kv in got.kvs]
+
+    try:
+        w = LedgerWriter(cp, election, wall=lambda: t[0])
+        for inc in (1, 2):  # two agent processes that have since been replaced
+            for seq in (1, 2, 3):
+                await w.record(rep(inc, seq, 1))
+        t[0] += 100 * day
+        await w.record(rep(3, 1, 1))  # the live agent, reporting today
+        assert await total() == 7 and await marks() == [1, 2, 3]
+        keep = Keep(90 * day, 8)
+        assert await sweep_marks(cp, election, keep, t[0]) == 2
+        assert await marks() == [3]  # the live one stays
+        # a new term's writer, as after a takeover (nothing cached)
+        w = LedgerWriter(cp, election, wall=lambda: t[0])
+        with pytest.raises(RetiredIncarnation) as e:  # older than the newest swept: refused
+            await w.record(rep(1, 4, 100))
+        assert e.value.field == "incarnation" and w.refused == 1
+        assert await w.record(rep(2, 3, 100)) == 3 and w.skipped == 1  # counted before the sweep
+        assert await total() == 7
+        assert await w.record(rep(2, 4, 1)) == 3  # above the swept seq: never counted, counted now
+        assert await w.record(rep(2, 4, 1)) == 4  # its retry: once
+        assert await total() == 8 and await marks() == [2, 3]
+        # a report without counts of a refused incarnation is not refused: there is nothing to count
+        assert await w.record(Report(center="north", seq=9, sent_at=0.0, incarnation=1)) == 0
+
+        # the live mark moves while a sweep that would delete it (count 1 keeps only the newest:
+        # inc 3; inc 2's mark moved today, so only the count removes it) is in flight: not swept
+        orig = cp._call
+        raced = []
+
+        async def racing(op, coro):
+            if op == "retention" and not raced:
+                raced.append(await w.record(rep(2, 5, 1)))  # inc 2's mark moves first
+            return await orig(op, coro)
+
+        cp._call = racing
+        try:
+            assert await sweep_marks(cp, election, Keep(90 * day, 1), t[0]) == 0
+        finally:
+            cp._call = orig
+        assert raced == [4] and await marks() == [2, 3] and await total() == 9
+        assert await sweep_marks(cp, election, Keep(90 * day, 1), t[0]) == 1  # next sweep: gone
+        assert await marks() == [3]
+        assert await w.record(rep(2, 5, 1)) == 5 and await total() == 9  # resumed at 5: not again
+        assert await w.record(rep(3, 2, 1)) == 1 and await total() == 10  # the live one counts on
+    finally:
+        await election.resign()
+        await store.close()
+
+
+async def test_a_retired_incarnations_report_is_refused_by_field_and_counts_nothing():
+    """Through the real ReportService (in process, embedded store): after retention retired
+    north's marks up to incarnation 5 (swept at seq 3), a report of incarnation 4 is answered
+    accepted=false naming `incarnation` (its agent then takes a new one) and adds nothing;
+    incarnation 5 resumes above seq 3; a new incarnation counts from 1."""
+    import msgspec
+    from test_cp_support import close_store, embedded_store, start_replica
+
+    from controlplane.core.ledger import Retired
+    from controlplane.service.ledger import read_ledger
+
+    store = await embedded_store()
+    cp = await start_replica(store, "cp-1")
+    try:
+        await wait_for(lambda: cp.leader.brain is not None, 5, "leading")
+        await store.put(cp.key("ledger/retired/north"), msgspec.json.encode(Retired(5, 3)))
+        acks = await _send(f"127.0.0.1:{cp.port}", [
+            _report(10, 4, [("beijing", "retail", "north", 100)]),
+            _report(3, 5, [("beijing", "retail", "north", 100)]),  # at the swept seq: counted before
+            _report(4, 5, [("beijing", "retail", "north", 2)])])
+        assert [(a.accepted, a.error_field) for a in acks] == [(False, "incarnation"), (True, ""), (True, "")]
+        assert "retired" in acks[0].error
+        assert [a.prior_accepted_seq for a in acks[1:]] == [3, 3]
+        acks = await _send(f"127.0.0.1:{cp.port}", [_report(1, 6, [("beijing", "retail", "north", 5)])])
+        assert acks[0].accepted and acks[0].prior_accepted_seq == 0
+        rows = await read_ledger(store, cp.key(""), "0000-01-01", "9999-12-31")
+        assert sum(r.calls for r in rows) == 7
+    finally:
+        await cp.stop(0)
+        await close_store(store)

@@ -37,6 +37,7 @@ from controlplane.core.planstore import (
     join_plan,
     manifest,
     object_base,
+    segments_to_cap,
     segments_to_delete,
 )
 from controlplane.core.topology import load_topology, topology_hash
@@ -185,6 +186,53 @@ async def test_archive_answers_by_time_and_version_and_sweeps_whole_epochs():
         assert await a.sweep(election, t0 + 299) >= len(kept) - 2
         assert len((await store.range(cp.key("history/seg/"))).kvs) <= 2
         assert (await a.load_at(t0 + 1e6)).plan.version == 300
+    finally:
+        await election.resign()
+        await store.close()
+
+
+def test_the_cap_deletes_the_oldest_segments_and_an_epochs_objects_with_its_last_segment():
+    listed = [(0, 7), (32, 7), (64, 8), (96, 8), (128, 9)]
+    objs = {7: 1000.0, 8: 500.0}
+    assert segments_to_cap(listed, 100.0, objs, 0.0) == (0, 0.0)
+    assert segments_to_cap(listed, 100.0, objs, 50.0) == (1, 100.0)  # epoch 7 still has (32, 7)
+    assert segments_to_cap(listed, 100.0, objs, 150.0) == (2, 1200.0)  # epoch 7 gone: its objects
+    assert segments_to_cap(listed, 100.0, objs, 1e9) == (4, 1900.0)  # never the last listed
+
+
+async def test_the_byte_cap_bounds_the_archive_under_a_plan_a_second_on_the_embedded_store():
+    """plan_history_max_bytes on top of the time retention: a plan a second for 20 minutes of plan
+    time, the leader's sweep every simulated minute; after each sweep the history's real bytes
+    (keys + values, every segment and object) are within the cap, the oldest plans went first
+    though all are inside plan_retention_s, and the newest plans still load whole."""
+    from controlplane.store.embedded import EmbeddedStore
+
+    store = EmbeddedStore(None)
+    t0 = 3_000_000.0
+    plans = plans_a_second(load_topology(SMALL), 1200, t0, seed=11, leader="w")
+    cp, election = await leading_writer(store, "w", plan_epoch_s=120.0)
+    cap = 300_000
+    cp.settings = msgspec.structs.replace(cp.settings, plan_history_max_bytes=cap)
+    a = cp.planstore
+    try:
+        held_at: list[int] = []
+        swept = 0
+        for i, p in enumerate(plans):
+            await a.archive(election, p)
+            if i % 60 == 59:
+                swept += await a.sweep(election, p.created_at)
+                held_at.append((await a.size())[1])
+        # uncapped, these 1200 plans hold ~650 KB (measured): more than twice the cap
+        assert swept > 0 and max(held_at) <= cap, held_at
+        oldest = await a.oldest()
+        assert oldest is not None and oldest.version > 1  # the oldest went first
+        assert plans[-1].created_at - oldest.at < cp.settings.plan_retention_s  # by bytes, not age
+        for p in plans[-40:]:
+            got = await a.load_version(p.version)
+            assert got is not None and _sorted(got.plan) == _sorted(p)
+        assert (await a.load_at(oldest.at + 0.5)).plan.version == oldest.version
+        print(f"\nbyte cap {cap} B: held after each simulated minute's sweep "
+              f"{min(held_at)}..{max(held_at)} B; {swept} segments swept; oldest kept v{oldest.version}")
     finally:
         await election.resign()
         await store.close()

@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError, Message
 
 from callroute.v1 import operator_pb2, report_pb2, route_pb2, types_pb2
 from controlplane.core.model import (
+    ACD_OUTCOMES,
     MAX_ACD_PER_REPORT,
     MAX_COUNT,
     MAX_DEMAND_ENTRIES,
@@ -306,9 +307,10 @@ def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] |
             raise InvalidInput(f"demand[{i}].skill", skill, "unknown skill")
         per_skill[skill] = d.lookups
     calls = calls_from_pb(msg.calls, known_centers, known_branches, known_skills)
+    outcomes = outcomes_from_pb(msg.outcomes, known_skills)
     r = Report(center=msg.center, seq=msg.seq, sent_at=msg.sent_at, interval_s=msg.interval_s,
                state=state, skills=skills, routed_to=routed, demand=demand, incarnation=msg.incarnation,
-               probes=probes, broken_paths=broken, calls=calls, acd=acd)
+               probes=probes, broken_paths=broken, calls=calls, acd=acd, outcomes=outcomes)
     validate_report(r, known_centers, known_branches=known_branches)
     return r
 
@@ -334,7 +336,9 @@ def report_to_pb(r: Report) -> report_pb2.CenterReport:
                for c, n in per_c.items()],
         acd=[report_pb2.AcdCount(source=m.source, epoch=m.epoch, seq=m.seq, skills=[
             report_pb2.AcdSkillCount(skill=k, offered=o, answered=a, answered_within=w, abandoned=ab)
-            for k, (o, a, w, ab) in m.skills.items()]) for m in r.acd])
+            for k, (o, a, w, ab) in m.skills.items()]) for m in r.acd],
+        outcomes=[report_pb2.OutcomeCount(skill=s, outcome=o, calls=n)
+                  for s, per_o in r.outcomes.items() for o, n in per_o.items()])
 
 
 def acd_from_pb(entries: Sequence[Any]) -> list[AcdCount]:
@@ -380,6 +384,28 @@ def calls_from_pb(entries: Sequence[Any], known_centers: frozenset[str] | set[st
             raise InvalidInput(f"calls[{i}]", f"{e.branch}/{e.skill}/{e.center}",
                                "duplicate branch, skill and center")
         per_center[e.center] = e.calls
+    return out
+
+
+def outcomes_from_pb(entries: Sequence[Any], known_skills: frozenset[str] | set[str] | None
+                     ) -> dict[str, dict[str, int]]:
+    """A report's ACD `outcomes` entries (skill, outcome, calls), named by index on error; their
+    values are validate_report's to check."""
+    if len(entries) > MAX_SKILLS_PER_REPORT * len(ACD_OUTCOMES):
+        raise InvalidInput("outcomes", len(entries),
+                           f"more than {MAX_SKILLS_PER_REPORT * len(ACD_OUTCOMES)} entries")
+    out: dict[str, dict[str, int]] = {}
+    for i, e in enumerate(entries):
+        check_id(f"outcomes[{i}].skill", e.skill)
+        if known_skills is not None and e.skill not in known_skills:
+            raise InvalidInput(f"outcomes[{i}].skill", e.skill, "unknown skill")
+        if e.outcome not in ACD_OUTCOMES:
+            raise InvalidInput(f"outcomes[{i}].outcome", e.outcome,
+                               f"must be one of {', '.join(ACD_OUTCOMES)}")
+        per = out.setdefault(e.skill, {})
+        if e.outcome in per:
+            raise InvalidInput(f"outcomes[{i}]", f"{e.skill}/{e.outcome}", "duplicate skill and outcome")
+        per[e.outcome] = e.calls
     return out
 
 

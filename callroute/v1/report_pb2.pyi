@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CenterReport(_message.Message):
-    __slots__ = ("center", "seq", "sent_at", "interval_s", "state", "incarnation", "probes", "broken_paths", "skills", "routed_to", "demand", "calls", "acd")
+    __slots__ = ("center", "seq", "sent_at", "interval_s", "state", "incarnation", "probes", "broken_paths", "skills", "routed_to", "demand", "calls", "acd", "outcomes")
     CENTER_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class CenterReport(_message.Message):
     DEMAND_FIELD_NUMBER: _ClassVar[int]
     CALLS_FIELD_NUMBER: _ClassVar[int]
     ACD_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     center: str
     seq: int
     sent_at: float
@@ -35,7 +36,18 @@ class CenterReport(_message.Message):
     demand: _containers.RepeatedCompositeFieldContainer[BranchDemand]
     calls: _containers.RepeatedCompositeFieldContainer[CallCount]
     acd: _containers.RepeatedCompositeFieldContainer[AcdCount]
-    def __init__(self, center: _Optional[str] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., incarnation: _Optional[int] = ..., probes: _Optional[_Iterable[_Union[ProbeResult, _Mapping]]] = ..., broken_paths: _Optional[_Iterable[_Union[BrokenPath, _Mapping]]] = ..., skills: _Optional[_Iterable[_Union[SkillReport, _Mapping]]] = ..., routed_to: _Optional[_Iterable[_Union[RoutedCount, _Mapping]]] = ..., demand: _Optional[_Iterable[_Union[BranchDemand, _Mapping]]] = ..., calls: _Optional[_Iterable[_Union[CallCount, _Mapping]]] = ..., acd: _Optional[_Iterable[_Union[AcdCount, _Mapping]]] = ...) -> None: ...
+    outcomes: _containers.RepeatedCompositeFieldContainer[OutcomeCount]
+    def __init__(self, center: _Optional[str] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., incarnation: _Optional[int] = ..., probes: _Optional[_Iterable[_Union[ProbeResult, _Mapping]]] = ..., broken_paths: _Optional[_Iterable[_Union[BrokenPath, _Mapping]]] = ..., skills: _Optional[_Iterable[_Union[SkillReport, _Mapping]]] = ..., routed_to: _Optional[_Iterable[_Union[RoutedCount, _Mapping]]] = ..., demand: _Optional[_Iterable[_Union[BranchDemand, _Mapping]]] = ..., calls: _Optional[_Iterable[_Union[CallCount, _Mapping]]] = ..., acd: _Optional[_Iterable[_Union[AcdCount, _Mapping]]] = ..., outcomes: _Optional[_Iterable[_Union[OutcomeCount, _Mapping]]] = ...) -> None: ...
+
+class OutcomeCount(_message.Message):
+    __slots__ = ("skill", "outcome", "calls")
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    skill: str
+    outcome: str
+    calls: int
+    def __init__(self, skill: _Optional[str] = ..., outcome: _Optional[str] = ..., calls: _Optional[int] = ...) -> None: ...
 
 class AcdCount(_message.Message):
     __slots__ = ("source", "epoch", "seq", "skills")

@@ -8,8 +8,11 @@ store URL, key prefix, etcd TLS and user, so a secured etcd is read the same sec
 
 - export: CSV (stdout or --out) or Parquet (--out; needs pyarrow, the `parquet` extra), one row
   per (day, branch, skill, center, kind, outcome) over the days [--from, --to].
-- check: routed calls per (day, receiving center, skill) against a CSV of the centers' ACD counts
-  (columns day,center,skill,calls); prints each difference and exits 1 if there is any.
+- check: routed calls per (day, receiving center, skill) against what the receiving centers' ACDs
+  did with them: by default the ledger's own ACD rows (answered + abandoned, from each receiving
+  center's reports: core/ledger.py), within --tolerance (a share); with --acd, a CSV of the
+  centers' ACD counts (columns day,center,skill,calls) instead. Prints each difference and exits
+  1 if there is any.
 
 Must not: write the store.
 """
@@ -118,12 +121,17 @@ def read_acd_csv(path: str) -> dict[tuple[str, str, str], int]:
 
 
 def cmd_ledger_check(args: Any) -> int:
-    from controlplane.core.ledger import check_against
+    from controlplane.core.ledger import check_against, check_outcomes
     from wire.textsafe import printable as literal
 
     _days(args)
-    acd = {k: n for k, n in read_acd_csv(args.acd).items() if args.day_from <= k[0] <= args.day_to}
-    diffs = check_against(asyncio.run(_read(args)), acd)
+    if not 0.0 <= args.tolerance <= 1.0:
+        raise InvalidInput("--tolerance", args.tolerance, "must be a share in [0, 1]")
+    if args.acd:
+        acd = {k: n for k, n in read_acd_csv(args.acd).items() if args.day_from <= k[0] <= args.day_to}
+        diffs = check_against(asyncio.run(_read(args)), acd)
+    else:  # the ledger's own ACD rows: answered + abandoned at each receiving center
+        diffs = check_outcomes(asyncio.run(_read(args)), args.tolerance)
     for day, center, skill, ledger, counted in diffs:
         print(f"{day} {literal(center)} {literal(skill)}: ledger {ledger}, ACD {counted}, "
               f"difference {ledger - counted:+d}", file=args._stdout)
@@ -147,5 +155,9 @@ def add_parsers(sub: Any) -> None:
             s.add_argument("--format", choices=("csv", "parquet"), default="csv")
             s.add_argument("--out", dest="out_file", default="", help="output file (CSV default: stdout)")
         else:
-            s.add_argument("--acd", required=True, help="CSV day,center,skill,calls from the centers' ACDs")
+            s.add_argument("--acd", default="", help="CSV day,center,skill,calls from the centers' ACDs "
+                                                     "(default: the ledger's own ACD rows)")
+            s.add_argument("--tolerance", type=float, default=0.0,
+                           help="a difference within this share of the larger count is not reported "
+                                "(calls queued at midnight fall on the next day); default 0")
         s.set_defaults(func=func)

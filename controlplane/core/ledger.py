@@ -8,6 +8,24 @@ counted already and adds nothing (`should_apply`). The service (service/ledger.p
 mark in the same fenced transaction as the counts, which is what makes a leader change neither
 lose nor double a count.
 
+Outcomes. A sending agent knows, per call, the branch, the skill and the center it answered with:
+that is a `routed` row (or `overload` when the answer was a treatment, no receiver). What then
+happened to the call -- answered by an agent, or abandoned in the queue -- only the receiving
+center's ACD knows, and it knows it per skill, not per branch: a call arrives from the network
+without its origin branch (its caller number is no branch id, and a transferred or roamed call
+would be guessed wrong). Splitting the ACD's answered/abandoned over branches by their share of
+routed calls would invent numbers a bank could then bill by. So the ledger keeps them as they are
+known: ACD rows per (day, receiving center, skill) with branch "" and kind `acd` (`outcome_entries`),
+counted from the receiving center's own reports (`Report.outcomes`), exactly once by the same
+(center, incarnation, seq) mark as the routed counts and in the same transaction. Per-branch
+answered/abandoned need an ACD that tags calls with their branch; an outcome row with a branch
+could then be added beside these without changing their meaning. Not handled yet: two agent
+replicas reading one ACD both carry its outcomes (the health tracker's per-message dedup,
+core/acdseen.py, lives in the leader's memory, not in the ledger), so a center run that way has
+its ACD rows counted once per replica; `ledger check` then shows them about twice the routed calls.
+`check_outcomes` compares, per (day, center, skill), the calls routed to a center with what its
+ACD reports answered + abandoned.
+
 Must not: read the clock (the day comes from the `wall` the shell passes), touch the store, or
 import asyncio/grpc.
 """
@@ -21,16 +39,21 @@ from collections.abc import Iterable, Mapping
 
 import msgspec
 
-from controlplane.core.model import InvalidInput, Topology
+from controlplane.core.model import ACD_OUTCOMES, InvalidInput, Topology
 
-# the outcomes a lookup answer can have as the agent sees it; answered/abandoned are the ACD's
-# (SkillLoad), kept per center and skill, not per branch: `ledger check` compares against them
+# the outcomes a lookup answer can have as the agent sees it
 OUTCOME_ROUTED = "routed"
 OUTCOME_OVERLOAD = "overload"
+# the outcomes of a received call as the receiving center's ACD counts them (model.ACD_OUTCOMES),
+# kept per center and skill, not per branch (see the module docstring)
+OUTCOME_ANSWERED = "answered"
+OUTCOME_ABANDONED = "abandoned"
 # route kinds: a call answered by its branch's home center, or sent elsewhere (overflow, DR,
 # hosting by schedule): "away" calls are what a branch owes another center
 KIND_HOME = "home"
 KIND_AWAY = "away"
+# an ACD row: the receiving center's own count (branch ""), not a route
+KIND_ACD = "acd"
 SEP = "|"  # ids are [A-Za-z0-9._-] (model.check_id), so "|" never occurs inside one
 CSV_COLUMNS = ("day", "branch", "skill", "center", "kind", "outcome", "calls")
 
@@ -46,9 +69,43 @@ class LedgerRow(msgspec.Struct, frozen=True):
 
 
 class Applied(msgspec.Struct, frozen=True):
-    """The highest seq of one (center, incarnation) whose counts are in the ledger."""
+    """The highest seq of one (center, incarnation) whose counts are in the ledger, and the wall
+    time it last moved (0: a mark from before marks carried it; retention then judges it by count
+    only, never by an age it cannot know)."""
 
     seq: int
+    at: float = 0.0
+
+
+class Retired(msgspec.Struct, frozen=True):
+    """A center's swept marks (retention, core/retention.py `marks_to_delete`): every incarnation
+    of the center below `incarnation` whose mark is gone is refused, and `incarnation`'s own mark,
+    swept at `seq`, resumes from there. Why both: a swept mark's incarnation may still report (a
+    live agent quiet for months: reports without counts never move its mark). If it is the newest
+    swept, its reports above `seq` were never counted and are taken; an older one's counts cannot
+    be told apart any more, so it is refused (its agent takes a new incarnation): never twice."""
+
+    incarnation: int
+    seq: int
+
+
+def resume_seq(retired: Retired | None, incarnation: int) -> int | None:
+    """The mark of an incarnation that has none in the store: 0 (new), the swept seq (the newest
+    swept), or None (retired: its reports must not be counted)."""
+    if retired is None or incarnation > retired.incarnation:
+        return 0
+    if incarnation == retired.incarnation:
+        return retired.seq
+    return None
+
+
+def retired_after(old: Retired | None, swept: Iterable[tuple[int, int]]) -> Retired | None:
+    """A center's Retired record once the marks `swept` ((incarnation, seq) each) are deleted."""
+    out = old
+    for inc, seq in swept:
+        if out is None or inc > out.incarnation:
+            out = Retired(inc, seq)
+    return out
 
 
 def day_of(wall: float) -> str:
@@ -81,6 +138,18 @@ def report_entries(calls: Mapping[str, Mapping[str, Mapping[str, int]]],
                 outcome = OUTCOME_ROUTED if center else OUTCOME_OVERLOAD
                 kind = KIND_HOME if center == home else KIND_AWAY
                 key = SEP.join((branch, skill, center, kind, outcome))
+                out[key] = out.get(key, 0) + n
+    return out
+
+
+def outcome_entries(center: str, outcomes: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """A report's ACD outcomes as ledger keys "|skill|center|acd|outcome" -> calls: the reporting
+    center is the receiving one; branch "" (its ACD does not know it). Zeros left out."""
+    out: dict[str, int] = {}
+    for skill, per_outcome in outcomes.items():
+        for outcome, n in per_outcome.items():
+            if n > 0 and outcome in ACD_OUTCOMES:
+                key = SEP.join(("", skill, center, KIND_ACD, outcome))
                 out[key] = out.get(key, 0) + n
     return out
 
@@ -121,6 +190,28 @@ def to_csv(rows: Iterable[LedgerRow]) -> str:
     for r in rows:
         w.writerow((r.day, r.branch, r.skill, r.center, r.kind, r.outcome, r.calls))
     return buf.getvalue()
+
+
+def check_outcomes(rows: Iterable[LedgerRow], tolerance: float = 0.0
+                   ) -> list[tuple[str, str, str, int, int]]:
+    """(day, center, skill, ledger routed, ACD answered + abandoned) wherever the calls routed to a
+    center and skill on a day differ from what that center's ACD rows in the ledger say it
+    answered or abandoned, by more than `tolerance` (a share of the larger; calls still queued
+    at midnight count on the next day, so a live network rarely matches to the call)."""
+    routed: dict[tuple[str, str, str], int] = {}
+    acd: dict[tuple[str, str, str], int] = {}
+    for r in rows:
+        k = (r.day, r.center, r.skill)
+        if r.outcome == OUTCOME_ROUTED:
+            routed[k] = routed.get(k, 0) + r.calls
+        elif r.kind == KIND_ACD and r.outcome in ACD_OUTCOMES:
+            acd[k] = acd.get(k, 0) + r.calls
+    out = []
+    for k in sorted(set(routed) | set(acd)):
+        a, b = routed.get(k, 0), acd.get(k, 0)
+        if abs(a - b) > tolerance * max(a, b):
+            out.append((*k, a, b))
+    return out
 
 
 def check_against(rows: Iterable[LedgerRow], acd: Mapping[tuple[str, str, str], int]

@@ -267,7 +267,14 @@ class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # reports it) and `skills` supplies the gauges only; without, `skills` counts (older agents,
     # the simulated ACD)
     acd: list[AcdCount] = []
+    # skill -> ACD_OUTCOMES outcome -> calls: what this center's ACD did with the calls it received
+    # (answered, abandoned), carried like `calls` until the billing ledger counted them once; per
+    # skill, not per branch, because a receiving ACD does not know a call's branch (core/ledger.py)
+    outcomes: dict[str, dict[str, int]] = {}
 
+
+# what a receiving center's ACD did with a call: the billing ledger's ACD rows (core/ledger.py)
+ACD_OUTCOMES = ("answered", "abandoned")
 
 # limits on report contents: a report is a few hundred bytes; anything bigger is broken or hostile
 MAX_SKILLS_PER_REPORT = 256
@@ -359,6 +366,15 @@ def validate_report(r: Report, known_centers: frozenset[str] | set[str], *,
             raise InvalidInput(f"broken_paths[{target}].reason", why,
                                f"must be text of at most {MAX_PATH_REASON} characters")
     _check_acd(r.acd)
+    if len(r.outcomes) > MAX_SKILLS_PER_REPORT:
+        raise InvalidInput("outcomes", len(r.outcomes), f"more than {MAX_SKILLS_PER_REPORT} skills")
+    for skill, per_outcome in r.outcomes.items():
+        check_id("outcomes.skill", skill)
+        for outcome, n in per_outcome.items():
+            if outcome not in ACD_OUTCOMES:
+                raise InvalidInput(f"outcomes[{skill}].outcome", outcome,
+                                   f"must be one of {', '.join(ACD_OUTCOMES)}")
+            _check_count(f"outcomes[{skill}][{outcome}]", n)
     # counted before the loop: a hostile report must not cost a walk over millions of entries
     if len(r.demand) > MAX_DEMAND_ENTRIES:
         raise InvalidInput("demand", len(r.demand), f"more than {MAX_DEMAND_ENTRIES} entries")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -237,8 +237,17 @@ def segments_to_delete(oldest: Sequence[tuple[int, float]], cutoff: float) -> li
     return out
 
 
-def segments_over_cap(count: int, per_segment_bytes: float, max_bytes: int) -> int:
-    """How many of the oldest segments to delete so that `count` segments of about
-    `per_segment_bytes` each fit in `max_bytes` (never the last one)."""
-    fit = int(max_bytes // max(per_segment_bytes, 1.0))
-    return max(0, min(count - 1, count - fit))
+def segments_to_cap(listed: Sequence[tuple[int, int]], per_segment_bytes: float,
+                    epoch_object_bytes: Mapping[int, float], over_bytes: float) -> tuple[int, float]:
+    """How many of the `listed` oldest segments ((start, epoch) each, oldest first) to delete to
+    free `over_bytes`, and the bytes that frees: each segment its own size, and an epoch's objects
+    once no segment of it is left (the sweep then deletes the whole epoch). The last listed
+    segment is never deleted (it may be the newest; the caller lists again from it)."""
+    n, freed = 0, 0.0
+    for i, (_, epoch) in enumerate(listed[:-1]):
+        if freed >= over_bytes:
+            break
+        n, freed = i + 1, freed + per_segment_bytes
+        if listed[i + 1][1] != epoch:  # the next kept segment is of a later epoch: this one's free
+            freed += epoch_object_bytes.get(epoch, 0.0)
+    return n, freed

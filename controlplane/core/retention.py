@@ -53,6 +53,11 @@ class RetentionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     # finished drills (records with their timeline; the report files live on disk): a quarter's
     # drills are compared with the next quarter's, so half a year; drills are rare, 1,000 is years
     drills: Keep = Keep(183 * DAY_S, 1_000)
+    # the billing ledger's exactly-once marks, one per (center, agent incarnation): a mark goes
+    # 90 days after it last moved (a quarter's billing is settled by then, and an agent silent
+    # that long has restarted), and beyond the 8 newest incarnations of a center (two replicas
+    # restarted daily for a few days); the newest of a center always stays (`marks_to_delete`)
+    ledger_marks: Keep = Keep(90 * DAY_S, 8)
     # the leader sweeps this often: growth between sweeps is what clients can add in this time,
     # and a sweep of an unchanged store reads one small page per kind
     sweep_s: float = 60.0
@@ -61,7 +66,7 @@ class RetentionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 
 
 def validate_retention(r: RetentionSettings, approval_ttl_s: float) -> RetentionSettings:
-    for kind in ("audit", "requests", "pending", "drills"):
+    for kind in ("audit", "requests", "pending", "drills", "ledger_marks"):
         keep: Keep = getattr(r, kind)
         if not isinstance(keep.max_age_s, int | float) or not math.isfinite(keep.max_age_s) \
                 or not 60.0 <= keep.max_age_s <= 100 * 365 * DAY_S:
@@ -81,6 +86,37 @@ def validate_retention(r: RetentionSettings, approval_ttl_s: float) -> Retention
     if isinstance(r.batch, bool) or not isinstance(r.batch, int) or not 1 <= r.batch <= 127:
         raise InvalidInput("retention.batch", r.batch, "must be an integer in [1, 127]")
     return r
+
+
+class Mark(NamedTuple):
+    """One ledger mark as retention sees it (core/ledger.py Applied)."""
+
+    key: str
+    center: str
+    incarnation: int
+    seq: int
+    at: float  # wall time it last moved; 0 = unknown (judged by count only)
+
+
+def marks_to_delete(marks: Sequence[Mark], keep: Keep, now: float) -> list[Mark]:
+    """The ledger marks to delete, per center: a mark unused for keep.max_age_s, and beyond the
+    keep.max_count newest incarnations the older ones; never a center's newest mark (its live
+    agent's, when one runs). Incarnations rise with each agent start, so "newest" is the highest.
+    Deleting is safe for counting only with the center's Retired record moved in the same
+    transaction (core/ledger.py `retired_after`): a swept incarnation's late report is then
+    refused or resumed, never counted twice."""
+    by_center: dict[str, list[Mark]] = {}
+    for m in marks:
+        by_center.setdefault(m.center, []).append(m)
+    cutoff = now - keep.max_age_s
+    out: list[Mark] = []
+    for center in sorted(by_center):
+        ms = sorted(by_center[center], key=lambda m: m.incarnation)
+        excess = max(0, len(ms) - keep.max_count)
+        for i, m in enumerate(ms[:-1]):  # the newest stays
+            if i < excess or (m.at and m.at < cutoff):
+                out.append(m)
+    return out
 
 
 def to_delete(oldest_first: Sequence[Held], total: int, keep: Keep, now: float) -> list[str]:

@@ -24,6 +24,7 @@ Must not: write without the fence, or keep a manifest whose objects it deleted.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from controlplane.core.model import Plan
@@ -44,7 +45,7 @@ from controlplane.core.planstore import (
     needed,
     object_base,
     segment_start,
-    segments_over_cap,
+    segments_to_cap,
     segments_to_delete,
 )
 from controlplane.store.base import MAX_TXN_OPS, Delete, Put
@@ -268,12 +269,20 @@ class PlanArchive:
     # ------------------------------------------------------------------ retention (the leader)
 
     async def sweep(self, election: Any, now: float) -> int:
-        """Delete what is older than the retention window, and the oldest segments beyond
+        """Delete what is older than the retention window, and the oldest content beyond
         plan_history_max_bytes (a safety net: a network whose every group changes every second
-        would outgrow etcd's quota in 90 days); returns the segments deleted."""
+        would outgrow etcd's quota in 90 days); returns the segments deleted.
+
+        The bytes held are estimated without reading the whole history: the segments' count
+        (etcd counts a range for free) times the larger of the oldest page's largest segment and
+        this leader's last full one, plus the objects' count times the mean of the oldest page
+        of them. Beyond the cap the oldest segments go, and with an epoch's last segment its
+        objects (`segments_to_cap`), whatever their age; never the newest segment."""
         s = self.cp.settings
         cutoff = now - s.plan_retention_s
-        deleted = over = 0
+        deleted = 0
+        over = 0.0  # bytes still to free for the cap
+        per = per_obj = 0.0
         oldest_epoch: int | None = None
         first = True
         while True:
@@ -283,14 +292,28 @@ class PlanArchive:
             listed = [(self._start_of(kv.key), decode_segment(kv.value)) for kv in page.kvs]
             if first:  # the count is of every segment: etcd counts the whole range
                 first = False
-                per = max(sum(len(kv.value) for kv in page.kvs) / len(page.kvs), self.full_segment_bytes)
-                over = segments_over_cap(page.count, per, s.plan_history_max_bytes)
-                if over:
-                    log.warning("plan history: about %d segments of %.0f B exceed plan_history_max_bytes "
-                                "(%d): deleting the %d oldest, younger than plan_retention_s",
-                                page.count, per, s.plan_history_max_bytes, over)
+                largest = max(len(kv.key) + len(kv.value) for kv in page.kvs)
+                per = float(max(largest, self.full_segment_bytes))
+                objs = await self._range(OBJ, "", SWEEP_PAGE)
+                if objs.kvs:
+                    per_obj = sum(len(kv.key) + len(kv.value) for kv in objs.kvs) / len(objs.kvs)
+                held = page.count * per + objs.count * per_obj
+                over = held - s.plan_history_max_bytes
+                if over > 0:
+                    log.warning("plan history: about %.0f B (%d segments, %d objects) exceed "
+                                "plan_history_max_bytes (%d): deleting the oldest, younger than "
+                                "plan_retention_s", held, page.count, objs.count, s.plan_history_max_bytes)
             firsts = [(st, seg.entries[0].at if seg.entries else float("inf")) for st, seg in listed]
-            want = max(len(segments_to_delete(firsts, cutoff)), min(over - deleted, len(listed) - 1))
+            by_cap = 0
+            epoched = [(st, seg.epoch) for st, seg in listed]
+            epoch_bytes: dict[int, float] = {}
+            if over > 0:
+                for e in {seg.epoch for _, seg in listed}:  # a page spans an epoch or two
+                    epoch_bytes[e] = (await self._range(f"{OBJ}{e:010d}/", "", 1)).count * per_obj
+                by_cap, _ = segments_to_cap(epoched, per, epoch_bytes, over)
+            want = max(len(segments_to_delete(firsts, cutoff)), by_cap)
+            if over > 0 and want:  # what the deletes free, whichever rule chose them
+                over -= segments_to_cap(epoched[:want + 1], per, epoch_bytes, math.inf)[1]
             gone = [st for st, _ in listed[:want]]
             for i in range(0, len(gone), OBJECTS_PER_TXN):
                 await self._fenced(election, [Delete(self.seg_key(st)) for st in gone[i:i + OBJECTS_PER_TXN]])

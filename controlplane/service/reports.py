@@ -21,6 +21,7 @@ import grpc
 from callroute.v1 import report_pb2_grpc
 from controlplane.core.health import StaleReport
 from controlplane.core.model import InvalidInput
+from controlplane.service.ledger import RetiredIncarnation
 from wire.convert import report_ack, report_from_pb
 
 log = logging.getLogger("callroute.controlplane.reports")
@@ -87,13 +88,18 @@ class ReportServicer(report_pb2_grpc.ReportServiceServicer):
                     yield report_ack(msg.seq, version, InvalidInput(e.field, e.value, f"stale: {e}"))
                     continue
                 prior_seq = out.prior_seq
-                if ledger is not None and (report.calls or not report.demand):
+                if ledger is not None and (report.calls or report.outcomes or not report.demand):
                     # the billing ledger's durable mark, not the term's tracker: an agent re-sends
                     # exactly the counts that are not in the ledger (nothing lost, none twice);
                     # no ack before the write committed. An older agent (demand without calls)
                     # is not in the ledger and keeps the tracker's seq
                     try:
                         prior_seq = await ledger.record(report)
+                    except RetiredIncarnation as e:  # never counted twice: refused, by field
+                        rejected.inc()
+                        metrics.report_rejects.labels("retired").inc()
+                        yield report_ack(msg.seq, version, e)
+                        continue
                     except Exception as e:  # noqa: BLE001 - any failure: the agent settles it next stream
                         metrics.store_errors.labels("ledger").inc()
                         await context.abort(grpc.StatusCode.UNAVAILABLE, f"ledger write failed: {e!r}")

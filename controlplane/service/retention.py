@@ -21,6 +21,7 @@ from controlplane.core.retention import Held, Keep, to_delete
 from controlplane.store.base import FenceLost
 
 from .audit import AuditRecord, RequestRecord
+from .ledger import sweep_marks
 from .term import Demoted
 
 log = logging.getLogger("callroute.controlplane.retention")
@@ -85,6 +86,7 @@ class RetentionSweeper:
             "pending": await self._sweep_listed("pending", PENDING, r.pending, now, pending),
             "drills": await self._sweep_listed("drills", DRILLS, r.drills, now, drill),
             "plans": await cp.planstore.sweep(self.election, now),
+            "ledger_marks": await sweep_marks(cp, self.election, r.ledger_marks, now, batch=r.batch),
         }
 
     async def _range(self, rel: str, start_after: str, limit: int) -> Any:

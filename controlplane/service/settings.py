@@ -62,7 +62,7 @@ class ControlPlaneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     # and at most about this many bytes of it: half of etcd's 8 GiB quota. Measured at a plan a
     # second on national.yaml (bench/plan_history.py): a quiet day stores almost nothing, a surge
     # that changes every route every second ~310 MB a day, so 90 days of that would not fit; the
-    # oldest plans then go first, with a warning
+    # oldest plans then go first (segments, and an epoch's objects with its last one), with a warning
     plan_history_max_bytes: int = 4 << 30
     # deadline on every store call: a store slower than this is treated as unavailable (F5), and
     # it is below the lease TTL so a stuck write cannot outlive the leadership it was made under
