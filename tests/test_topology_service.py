@@ -6,6 +6,8 @@ The end-to-end version with real processes and etcd is tests/test_topology_live.
 
 from __future__ import annotations
 
+import io
+
 import grpc
 import msgspec
 import pytest
@@ -13,6 +15,7 @@ from test_agent_fakes import ROOT
 from test_cp_support import close_store, embedded_store, operator_stub, start_replica, wait_for
 
 from callroute.v1 import operator_pb2
+from controlplane.cli.topology import _show
 from controlplane.core.topology import dump_topology, load_topology
 
 SMALL = load_topology(ROOT / "examples" / "small.yaml")
@@ -163,6 +166,10 @@ async def test_a_branch_treatment_chain_is_applied_live_and_named(store):
             ("treatments changed", "guangdong/retail", "inherited",
              "> 60 s callback_offer; > 300 s channel_guidance wechat_95533")]
         assert not dry.moves_off  # what callers hear changes, not where calls go
+        out = io.StringIO()
+        _show(out, dry)  # `callroute topology diff`'s text
+        assert ("  treatments changed: guangdong/retail: inherited -> > 60 s callback_offer; "
+                "> 300 s channel_guidance wechat_95533\n") in out.getvalue()
         r = await ops.ApplyTopology(_req(text), timeout=10)
         assert r.status == operator_pb2.CHANGE_STATUS_APPLIED, r.message
         assert cp.topology_version == 1 and "treatments changed: guangdong/retail" in r.message
