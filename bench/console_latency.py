@@ -36,8 +36,8 @@ CHROMIUM = "/usr/bin/chromium"
 # what the brief and Debian's chromium need to run headless in a container without reaching out
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# name -> role; each gets a random token
-OPERATORS = {"alice": "operator", "bob": "operator", "victor": "viewer"}
+# name -> role; each gets a random token (ada: topology changes are an admin's)
+OPERATORS = {"alice": "operator", "bob": "operator", "victor": "viewer", "ada": "admin"}
 
 
 def free_port() -> int:
