@@ -218,7 +218,8 @@ def test_a_topology_change_off_an_open_center_waits_for_a_second_operator(stage,
     with ada.expect_navigation():
         ada.click("#btn-topology-apply")
     flash = ada.locator(".flash").first.inner_text()
-    assert f"as topology v{v0 + 1}: PENDING approval" in flash and "moves calls off open chengdu" in flash, flash
+    assert f"as topology v{v0 + 1}: PENDING approval" in flash, flash
+    assert "moves calls off open chengdu" in flash, flash
     assert ada.locator("#topology-version").get_attribute("data-version") == str(v0)  # not applied
 
     # operator B: the request shows live on B's open topology page; B approves it on the approvals page

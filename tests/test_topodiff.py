@@ -147,7 +147,8 @@ def test_a_branch_treatment_chain_change_is_a_change():
     new = _replace_branch(SMALL, "guangdong", treatments=(CALLBACK, WECHAT))
     check_topology(new)
     assert td.diff_topologies(SMALL, new) == (td.TopologyChange(
-        td.TREATMENTS, "guangdong", "inherited", "> 60 s callback_offer; > 300 s channel_guidance wechat_95533"),)
+        td.TREATMENTS, "guangdong", "inherited",
+        "> 60 s callback_offer; > 300 s channel_guidance wechat_95533"),)
     both = _replace_branch(new, "guangdong", treatments=(CALLBACK,),
                            skill_treatments={"retail": (WECHAT,)})
     assert td.diff_topologies(new, both) == (
@@ -161,7 +162,8 @@ def test_a_branch_treatment_chain_change_is_a_change():
 
 
 def test_a_policy_treatment_chain_change_is_named_as_a_chain_not_as_json():
-    pol = msgspec.structs.replace(SMALL.policy, treatments=(CALLBACK,), skill_treatments={"credit_card": (WECHAT,)})
+    pol = msgspec.structs.replace(SMALL.policy, treatments=(CALLBACK,),
+                                  skill_treatments={"credit_card": (WECHAT,)})
     new = msgspec.structs.replace(SMALL, policy=pol)
     check_topology(new)
     changes = td.diff_topologies(SMALL, new)

@@ -44,7 +44,8 @@ def decode(text: str, what: str) -> Topology:
     try:
         return msgspec.json.decode(text, type=Topology)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise Refused(502, f"{what}: the control plane sent a topology this console cannot read: {e}") from None
+        raise Refused(502, f"{what}: the control plane sent a topology this console cannot read: {e}"
+                      ) from None
 
 
 def chains(t: Topology) -> list[dict[str, str]]:
@@ -53,7 +54,8 @@ def chains(t: Topology) -> list[dict[str, str]]:
     out = [{"scope": "policy", "applies": "every branch and skill without a narrower chain",
             "chain": chain_text(t.policy.treatments, NO_CHAIN)}]
     for skill, chain in sorted(t.policy.skill_treatments.items()):
-        out.append({"scope": f"skill {skill}", "applies": f"every branch's {skill} calls", "chain": chain_text(chain)})
+        out.append({"scope": f"skill {skill}", "applies": f"every branch's {skill} calls",
+                    "chain": chain_text(chain)})
     for b in t.branches:
         if b.treatments:
             out.append({"scope": f"branch {b.id}", "applies": f"{b.id}'s calls of every skill",
@@ -172,7 +174,8 @@ def routes(console: Any, page: Callable[..., Any], action: Callable[..., Any],
             old = decode(current.topology_json, f"topology v{current.info.version}")
             new = old
             if v != current.info.version:
-                got = await console.rpc(s, "ShowTopology", pb.ShowTopologyRequest(version=v, with_topology=True))
+                got = await console.rpc(s, "ShowTopology",
+                                        pb.ShowTopologyRequest(version=v, with_topology=True))
                 new = decode(got.topology_json, f"topology v{v}")
             ctx["diff"] = {"changes": list(diff_topologies(old, new)), "predicted": False,
                            "from_version": current.info.version, "topology_version": v}

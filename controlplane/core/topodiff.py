@@ -10,7 +10,8 @@ Both come from here: `diff_topologies` lists the changes (the audit entry's diff
 - a skill removed from an open center's staffing while the plan sends it calls of that skill;
 - a skill removed from a branch's calls while the plan sends them to open centers (they stop).
 Everything else (a new skill, center or branch, staffing or forecast changed, policy tuned, an
-overload treatment chain changed) does not by itself move calls off an open center, so it applies at once; the planner then moves calls
+overload treatment chain changed) does not by itself move calls off an open center, so it applies
+at once; the planner then moves calls
 as it always does (overflow, with its hysteresis and caps).
 
 Must not: read the clock, do I/O, import the service layer (tests/test_core_purity.py).
