@@ -16,6 +16,7 @@ larger than the control plane would take.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -88,8 +89,8 @@ def topology_context(t: Topology) -> dict[str, Any]:
 async def live_context(console: Any, s: Any) -> dict[str, Any]:
     """The topology page's live part: the version in force and the topology changes waiting."""
     pb = console.pb
-    info = await console.rpc(s, "ShowTopology", pb.ShowTopologyRequest())
-    pending = await console.rpc(s, "ListPending", pb.ListPendingRequest())
+    info, pending = await asyncio.gather(console.rpc(s, "ShowTopology", pb.ShowTopologyRequest()),
+                                         console.rpc(s, "ListPending", pb.ListPendingRequest()))
     return {"info": info.info, "stored": info.stored,
             "pending": [p for p in pending.pending if p.action == ACTION], "view": "topology"}
 
