@@ -36,8 +36,8 @@ CHROMIUM = "/usr/bin/chromium"
 # what the brief and Debian's chromium need to run headless in a container without reaching out
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# name -> role; each gets a random token
-OPERATORS = {"alice": "operator", "bob": "operator", "victor": "viewer"}
+# name -> role; each gets a random token (ada: topology changes are an admin's)
+OPERATORS = {"alice": "operator", "bob": "operator", "victor": "viewer", "ada": "admin"}
 
 
 def free_port() -> int:
@@ -264,13 +264,41 @@ def shoot(b: Any, stage: Stage, page: Any, out: Path) -> None:
     wall.goto(stage.url + "/wallboard")
     wall.wait_for_selector(".tile[data-center='wuhan'][data-admin='closed']")
     wall.screenshot(path=str(out / "wallboard.png"))
+    shoot_topology(b, stage, out)
+
+
+def shoot_topology(b: Any, stage: Stage, out: Path) -> None:
+    """The topology page after an admin applied overload treatment chains through the console (the
+    Wuhan 2020 guidance to WeChat): version, history, chains. Needs a stage without two-person."""
+    import msgspec
+
+    from controlplane.core.model import TreatmentAction, TreatmentStep
+    from controlplane.core.topology import dump_topology, load_topology
+
+    t = load_topology(NATIONAL)
+    chain = (TreatmentStep(60.0, TreatmentAction.CALLBACK_OFFER),
+             TreatmentStep(180.0, TreatmentAction.ANNOUNCEMENT, "ann_busy_95533"),
+             TreatmentStep(300.0, TreatmentAction.CHANNEL_GUIDANCE, "wechat_95533"))
+    t = msgspec.structs.replace(t, policy=msgspec.structs.replace(t.policy, treatments=chain))
+    t = msgspec.structs.replace(t, branches=tuple(
+        msgspec.structs.replace(x, skill_treatments={"credit_card": chain[2:]}) if x.id in ("hubei", "hunan")
+        else x for x in t.branches))
+    admin = login(b, stage, "ada", viewport={"width": 1440, "height": 1200})
+    admin.goto(stage.url + "/topology")
+    admin.fill("#topology-text", dump_topology(t))
+    with admin.expect_navigation():
+        admin.click("#btn-topology-check")
+    admin.fill("#topology-reason-input", "Wuhan 2020: guide waiting callers to WeChat past 5 minutes")
+    with admin.expect_navigation():
+        admin.click("#btn-topology-apply")
+    admin.screenshot(path=str(out / "topology.png"), full_page=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--actions", type=int, default=20)
     ap.add_argument("--consoles", type=int, default=3, help="open consoles (browser contexts), >= 1")
-    ap.add_argument("--screenshots", default="", help="also save the three screenshots in this folder")
+    ap.add_argument("--screenshots", default="", help="also save the four screenshots in this folder")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.actions < 1 or args.consoles < 1:

@@ -196,3 +196,144 @@ def test_the_network_view_shows_each_broken_path_as_text():
     row = html.split('data-center="north"', 1)[1].split("</tr>", 1)[0]
     assert 'class="path-broken bad"' in row
     assert "path to west broken since 10:00:00 (12 s): entry &lt;b&gt;not&lt;/b&gt; accepting calls" in row
+
+
+# ---------------------------------------------------------------- topology pages (issues 21 and 18)
+# Last in the module: they change the stage's topology (a treatment chain, shaanxi re-homed).
+
+SCRIPT = "<script>window.__pwned = 1</script>"
+
+
+def _national_yaml(**changes) -> str:
+    import msgspec
+
+    from bench.console_latency import NATIONAL
+    from controlplane.core.topology import dump_topology, load_topology
+
+    t = load_topology(NATIONAL)
+    for bid, kw in changes.items():
+        t = msgspec.structs.replace(t, branches=tuple(
+            msgspec.structs.replace(b, **kw) if b.id == bid else b for b in t.branches))
+    return dump_topology(t)
+
+
+def _csrf(console: Console) -> str:
+    return next(iter(console.sessions.values())).csrf
+
+
+def _expect(html: str) -> str:
+    return html.split('name="expect_version" value="', 1)[1].split('"', 1)[0]
+
+
+def test_topology_page_shows_its_parts_and_only_an_admin_gets_its_forms(stage):
+    _, viewer = logged_in(stage, "victor")
+    r = viewer.get("/topology")
+    assert r.status_code == 200, r.text[-1500:]
+    for part in ('id="topology-version"', 'id="topology-centers"', 'id="topology-skills"',
+                 'id="topology-treatments"', 'id="topology-branches"', 'id="topology-history"'):
+        assert part in r.text, part
+    assert 'data-branch="shaanxi"' in r.text and 'data-live="topology"' in r.text
+    assert "data-action" not in r.text and 'action="/topology/check"' not in r.text
+    _, operator = logged_in(stage, "alice")
+    assert "data-action" not in operator.get("/topology").text  # ApplyTopology is an admin's
+    _, admin = logged_in(stage, "ada")
+    assert 'action="/topology/check"' in admin.get("/topology").text
+    assert viewer.get("/topology?page=x").status_code == 400
+    assert viewer.get("/topology/version?v=-1").status_code == 400
+
+
+def test_topology_actions_need_an_admin_csrf_and_a_reason_and_escape_what_they_name(stage):
+    text = _national_yaml(hubei={"home": "chengdu"})
+    forms = {"/topology/check": {"topology": text},
+             "/act/topology/apply": {"topology": text, "reason": "r", "expect_version": "0"},
+             "/act/topology/rollback": {"version": "0", "reason": "r", "expect_version": "0"}}
+    ada, admin = logged_in(stage, "ada")
+    before = audit_size(ada, stage)
+    for name in ("victor", "alice"):
+        console, client = logged_in(stage, name)
+        for path, form in forms.items():
+            r = client.post(path, data={**form, "csrf": _csrf(console)})
+            assert r.status_code == 403, (name, path, r.status_code)
+    for path, form in forms.items():
+        r = admin.post(path, data=form)
+        assert r.status_code == 403 and "CSRF" in r.text, path
+    csrf = _csrf(ada)
+    r = admin.post("/act/topology/apply", data={**forms["/act/topology/apply"], "reason": " ", "csrf": csrf})
+    assert r.status_code == 400 and "reason" in r.text
+    r = admin.post("/act/topology/rollback",
+                   data={**forms["/act/topology/rollback"], "reason": "", "csrf": csrf})
+    assert r.status_code == 400 and "reason" in r.text
+    r = admin.post("/topology/check", data={"topology": " ", "csrf": csrf})
+    assert r.status_code == 400 and "topology" in r.text
+    # diffed against a version that is not the one in force: refused, check again
+    r = admin.post("/act/topology/apply", data={**forms["/act/topology/apply"], "expect_version": "7",
+                                                "csrf": csrf})
+    assert r.status_code == 409 and "expect_version=7" in r.text
+    # the control plane's refusal names the field and the value; the value is shown as text
+    bad = _national_yaml(hubei={"id": f"hubei{SCRIPT}"})
+    r = admin.post("/topology/check", data={"topology": bad, "csrf": csrf})
+    assert r.status_code == 400 and "branches[" in r.text, r.text[-1500:]
+    assert "&lt;script&gt;window.__pwned" in r.text and SCRIPT not in r.text
+    # a network's file is far over the console's other forms' limit (200 centers: ~0.9 MB)
+    big = text + "\n# " + "x" * (2 * console_app.MAX_BODY) + "\n"
+    r = admin.post("/topology/check", data={"topology": big, "csrf": csrf})
+    assert r.status_code == 200 and "branch re-homed" in r.text, r.text[-1500:]
+    assert audit_size(ada, stage) == before  # nothing was stored
+
+
+def test_a_topology_checked_applied_approved_and_rolled_back_from_the_console(stage):
+    from controlplane.core.model import TreatmentAction, TreatmentStep
+
+    ada, admin = logged_in(stage, "ada")
+    csrf = _csrf(ada)
+    # 1. a treatment chain on shaanxi's calls: shown in the dry run, applied at once (moves nothing)
+    chain = (TreatmentStep(60.0, TreatmentAction.CALLBACK_OFFER),
+             TreatmentStep(300.0, TreatmentAction.CHANNEL_GUIDANCE, "wechat_95533"))
+    text = _national_yaml(shaanxi={"treatments": chain})
+    r = admin.post("/topology/check", data={"topology": text, "csrf": csrf})
+    assert r.status_code == 200, r.text[-1500:]
+    row = r.text.split('<tr data-kind="treatments changed">', 1)[1].split("</tr>", 1)[0]
+    assert "shaanxi" in row and "&gt; 300 s channel_guidance wechat_95533" in row
+    assert 'id="moves-off"' not in r.text and 'id="topology-apply-form"' in r.text
+    r = admin.post("/act/topology/apply", data={"topology": text, "reason": f"callbacks {SCRIPT}",
+                                                "expect_version": _expect(r.text), "csrf": csrf,
+                                                "next": "/topology"})
+    assert r.status_code == 200 and "apply as topology v1: APPLIED (plan v" in r.text, r.text[-1500:]
+    assert 'data-version="1"' in r.text and f"callbacks {SCRIPT}" not in r.text
+    assert "reason: callbacks &lt;script&gt;" in r.text
+    chains = r.text.split('id="topology-treatments"', 1)[1].split("</table>", 1)[0]
+    assert 'data-scope="branch shaanxi"' in chains and "wechat_95533" in chains
+
+    # 2. shaanxi re-homed chengdu -> lanzhou: calls leave open chengdu, so it waits for bob
+    text2 = _national_yaml(shaanxi={"treatments": chain, "home": "lanzhou"})
+    r = admin.post("/topology/check", data={"topology": text2, "csrf": csrf})
+    assert 'id="moves-off"' in r.text and 'data-center="chengdu"' in r.text
+    assert 'data-branch="shaanxi"' in r.text.split('id="topology-routes"', 1)[1]  # its routes move
+    r = admin.post("/act/topology/apply", data={"topology": text2, "reason": "xian closer to lanzhou",
+                                                "expect_version": _expect(r.text), "csrf": csrf,
+                                                "next": "/topology"})
+    assert r.status_code == 200 and "as topology v2: PENDING approval" in r.text, r.text[-1500:]
+    rid = r.text.split("(request ", 1)[1].split(")", 1)[0]
+    assert f'data-request="{rid}"' in r.text.split('id="topology-pending"', 1)[1]
+    bob, bclient = logged_in(stage, "bob")
+    assert "apply_topology v2" in bclient.get("/pending").text
+    r = bclient.post("/act/approve", data={"request_id": rid, "csrf": _csrf(bob), "next": "/topology"})
+    assert r.status_code == 200 and "APPLIED" in r.text, r.text[-1500:]
+    assert 'data-version="2"' in r.text and "approved by bob" in r.text
+
+    # 3. v1 against v2: the admin gets the control plane's dry run (moves, predictions) and a rollback form
+    r = admin.get("/topology/version?v=1")
+    assert r.status_code == 200 and 'id="topology-rollback-form"' in r.text, r.text[-1500:]
+    assert "lanzhou" in r.text.split('id="topology-moves"', 1)[1].split("</table>", 1)[0]
+    _, viewer = logged_in(stage, "victor")
+    r = viewer.get("/topology/version?v=1")
+    assert r.status_code == 200 and "re-homed" in r.text and "data-action" not in r.text
+    assert 'id="topology-moves"' not in r.text  # the predicted effect is an admin's dry run
+    r = admin.post("/act/topology/rollback", data={"version": "1", "reason": "lanzhou short of seats",
+                                                   "expect_version": "2", "csrf": csrf,
+                                                   "next": "/topology"})
+    assert r.status_code == 200, r.text[-1500:]
+    assert "rollback to v1 as topology v3: PENDING approval" in r.text, r.text[-1500:]
+    rid = r.text.split("(request ", 1)[1].split(")", 1)[0]
+    r = bclient.post("/act/refuse", data={"request_id": rid, "reason": "not now", "csrf": _csrf(bob)})
+    assert r.status_code == 200 and "refused" in r.text

@@ -4,7 +4,8 @@ control plane (two-person rule on, operator tokens) with real agent processes an
 Two operators close Wuhan together; both consoles show DR for Hubei and Hunan within 1 s of the
 approval; a second operator refuses a pending close (gone from every open console, audited); a
 viewer gets no action control and its forged POSTs (approve, refuse, close) are refused; a reason
-with <script> is shown as text."""
+with <script> is shown as text; an admin uploads a topology file that moves Shaanxi's calls off open
+Chengdu, it waits for a second operator, who approves it, and both consoles show the new version."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import shutil
 
 import pytest
 
-from bench.console_latency import browser, login, running
+from bench.console_latency import NATIONAL, browser, login, running
 
 pytestmark = pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium not installed")
 
@@ -140,7 +141,7 @@ def test_viewer_sees_no_action_and_forged_posts_are_refused(stage, chromium):
     b = chromium
     v = login(b, stage, "victor")
     assert v.locator("#role").inner_text() == "viewer"
-    for path in ("/", "/pending", "/history", "/drills"):
+    for path in ("/", "/pending", "/history", "/drills", "/topology"):
         v.goto(stage.url + path)
         assert v.locator("[data-action]").count() == 0, path
         assert v.locator("main form[method=post]").count() == 0, path
@@ -186,3 +187,56 @@ def test_wallboard_is_read_only_and_live(stage, chromium):
         a.click("#btn-drain")
     assert "PENDING approval" in a.locator(".flash").first.inner_text()
     w.locator(".wall-summary").filter(has_text=f"· {before + 1} waiting for approval").wait_for(timeout=5_000)
+
+
+def test_a_topology_change_off_an_open_center_waits_for_a_second_operator(stage, chromium):
+    import msgspec
+
+    from controlplane.core.topology import dump_topology, load_topology
+
+    b = chromium
+    ada = login(b, stage, "ada")  # applying a topology is an admin's
+    bob = login(b, stage, "bob")
+    bob.goto(stage.url + "/topology")  # bob's console open on the topology page
+    ada.goto(stage.url + "/topology")
+    v0 = int(ada.locator("#topology-version").get_attribute("data-version"))
+    t = load_topology(NATIONAL)
+    text = dump_topology(msgspec.structs.replace(t, branches=tuple(
+        msgspec.structs.replace(x, home="lanzhou") if x.id == "shaanxi" else x for x in t.branches)))
+
+    # operator A: the file chosen (read into the form by the page), checked, applied with a reason
+    ada.set_input_files("#topology-file", files=[{"name": "national-v2.yaml", "mimeType": "text/yaml",
+                                                  "buffer": text.encode()}])
+    ada.wait_for_function("document.querySelector('#topology-text').value.includes('lanzhou')", timeout=5_000)
+    with ada.expect_navigation():
+        ada.click("#btn-topology-check")
+    assert ada.locator("#topology-changes tr[data-kind='branch re-homed']").inner_text().split("\t")[1:] == [
+        "shaanxi", "chengdu", "lanzhou"]
+    assert ada.locator("#topology-moves tr[data-center='chengdu']").count() == 1
+    assert ada.locator("#topology-routes tr[data-branch='shaanxi']").count() > 0
+    ada.fill("#topology-reason-input", "shaanxi hosted by lanzhou from today")
+    with ada.expect_navigation():
+        ada.click("#btn-topology-apply")
+    flash = ada.locator(".flash").first.inner_text()
+    assert f"as topology v{v0 + 1}: PENDING approval" in flash, flash
+    assert "moves calls off open chengdu" in flash, flash
+    assert ada.locator("#topology-version").get_attribute("data-version") == str(v0)  # not applied
+
+    # operator B: the request shows live on B's open topology page; B approves it on the approvals page
+    bob.locator("#topology-pending tr[data-request]").wait_for(timeout=5_000)
+    approvals = bob.context.new_page()
+    approvals.goto(stage.url + "/pending")
+    row = approvals.locator("#pending-table tr[data-request]").filter(has_text=f"apply_topology v{v0 + 1}")
+    row.wait_for(timeout=5_000)
+    with approvals.expect_navigation():
+        row.locator("button.approve").click()
+    assert "APPLIED (plan v" in approvals.locator(".flash").first.inner_text()
+
+    # both consoles show the new version without a reload, and its history names both operators
+    for page in (ada, bob):
+        page.locator(f"#topology-version[data-version='{v0 + 1}']").wait_for(timeout=5_000)
+        assert page.locator("#topology-pending tr[data-request]").count() == 0
+    ada.reload()
+    who = ada.locator(f"#topology-history tr[data-version='{v0 + 1}']").inner_text()
+    assert "ada (approved by bob)" in who and "shaanxi hosted by lanzhou" in who, who
+    assert ada.locator("#topology-branches tr[data-branch='shaanxi'] td").nth(1).inner_text() == "lanzhou"

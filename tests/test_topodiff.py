@@ -6,7 +6,7 @@ import msgspec
 from test_agent_fakes import ROOT
 
 from controlplane.core import topodiff as td
-from controlplane.core.model import Branch, Center, ScheduleRule, Topology
+from controlplane.core.model import Branch, Center, ScheduleRule, Topology, TreatmentAction, TreatmentStep
 from controlplane.core.planner import compute_plan
 from controlplane.core.topology import check_topology, load_topology
 
@@ -135,6 +135,48 @@ def test_without_a_plan_a_rehome_still_counts():
     new = _replace_branch(SMALL, "guangdong", home="north")
     assert td.traffic_moved_off(SMALL, new, None, _all_open(SMALL)) == {
         "south": ("branch guangdong re-homed south -> north",)}
+
+
+CALLBACK = TreatmentStep(60.0, TreatmentAction.CALLBACK_OFFER)
+WECHAT = TreatmentStep(300.0, TreatmentAction.CHANNEL_GUIDANCE, "wechat_95533")
+
+
+def test_a_branch_treatment_chain_change_is_a_change():
+    # a chain set on a branch (or on one of its skills) must show in the diff: without it the
+    # change was "nothing to apply" and could not be applied live at all
+    new = _replace_branch(SMALL, "guangdong", treatments=(CALLBACK, WECHAT))
+    check_topology(new)
+    assert td.diff_topologies(SMALL, new) == (td.TopologyChange(
+        td.TREATMENTS, "guangdong", "inherited",
+        "> 60 s callback_offer; > 300 s channel_guidance wechat_95533"),)
+    both = _replace_branch(new, "guangdong", treatments=(CALLBACK,),
+                           skill_treatments={"retail": (WECHAT,)})
+    assert td.diff_topologies(new, both) == (
+        td.TopologyChange(td.TREATMENTS, "guangdong",
+                          "> 60 s callback_offer; > 300 s channel_guidance wechat_95533",
+                          "> 60 s callback_offer"),
+        td.TopologyChange(td.TREATMENTS, "guangdong/retail", "inherited",
+                          "> 300 s channel_guidance wechat_95533"))
+    # a chain changes what callers hear, not where calls go: no second operator for it alone
+    assert td.traffic_moved_off(SMALL, both, compute_plan(SMALL), _all_open(SMALL)) == {}
+
+
+def test_a_policy_treatment_chain_change_is_named_as_a_chain_not_as_json():
+    pol = msgspec.structs.replace(SMALL.policy, treatments=(CALLBACK,),
+                                  skill_treatments={"credit_card": (WECHAT,)})
+    new = msgspec.structs.replace(SMALL, policy=pol)
+    check_topology(new)
+    changes = td.diff_topologies(SMALL, new)
+    assert changes == (
+        td.TopologyChange(td.TREATMENTS, "policy", "none", "> 60 s callback_offer"),
+        td.TopologyChange(td.TREATMENTS, "policy/credit_card", "inherited",
+                          "> 300 s channel_guidance wechat_95533"))
+    assert "treatments changed: policy/credit_card: inherited -> > 300 s channel_guidance wechat_95533" \
+        in td.describe(changes)
+    # dropped again: the chain is named as gone, the other policy fields stay as they were
+    assert td.diff_topologies(new, SMALL)[0] == td.TopologyChange(
+        td.TREATMENTS, "policy", "> 60 s callback_offer", "none")
+    assert {c.kind for c in td.diff_topologies(new, SMALL)} == {td.TREATMENTS}
 
 
 def test_describe_is_bounded():

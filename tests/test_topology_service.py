@@ -6,6 +6,8 @@ The end-to-end version with real processes and etcd is tests/test_topology_live.
 
 from __future__ import annotations
 
+import io
+
 import grpc
 import msgspec
 import pytest
@@ -13,6 +15,7 @@ from test_agent_fakes import ROOT
 from test_cp_support import close_store, embedded_store, operator_stub, start_replica, wait_for
 
 from callroute.v1 import operator_pb2
+from controlplane.cli.topology import _show
 from controlplane.core.topology import dump_topology, load_topology
 
 SMALL = load_topology(ROOT / "examples" / "small.yaml")
@@ -141,6 +144,36 @@ async def test_a_pending_change_cannot_be_approved_over_a_newer_version(store):
         assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "topology_version=1" in ei.value.details()
         assert cp.topology_version == 1
+    finally:
+        await ch.close()
+        await cp.stop(0)
+
+
+async def test_a_branch_treatment_chain_is_applied_live_and_named(store):
+    # a chain set on one branch was invisible to the diff: ApplyTopology answered "nothing to apply"
+    # and the chain never reached the plan
+    from controlplane.core.model import TreatmentAction, TreatmentStep
+
+    cp = await start_replica(store, "cp-a", require_two_person=True)
+    ch, ops = operator_stub(f"127.0.0.1:{cp.port}")
+    try:
+        await wait_for(lambda: cp.feed.version >= 1, 5, "first plan")
+        chain = (TreatmentStep(60.0, TreatmentAction.CALLBACK_OFFER),
+                 TreatmentStep(300.0, TreatmentAction.CHANNEL_GUIDANCE, "wechat_95533"))
+        text = _yaml_with(skill_treatments={"retail": chain})
+        dry = await ops.ApplyTopology(_req(text, dry_run=True), timeout=10)
+        assert [(c.kind, c.subject, c.before, c.after) for c in dry.changes] == [
+            ("treatments changed", "guangdong/retail", "inherited",
+             "> 60 s callback_offer; > 300 s channel_guidance wechat_95533")]
+        assert not dry.moves_off  # what callers hear changes, not where calls go
+        out = io.StringIO()
+        _show(out, dry)  # `callroute topology diff`'s text
+        assert ("  treatments changed: guangdong/retail: inherited -> > 60 s callback_offer; "
+                "> 300 s channel_guidance wechat_95533\n") in out.getvalue()
+        r = await ops.ApplyTopology(_req(text), timeout=10)
+        assert r.status == operator_pb2.CHANGE_STATUS_APPLIED, r.message
+        assert cp.topology_version == 1 and "treatments changed: guangdong/retail" in r.message
+        assert "wechat_95533" in cp.feed.latest.topology_json
     finally:
         await ch.close()
         await cp.stop(0)

@@ -52,6 +52,18 @@ from controlplane.cli.client import OperatorClient, RpcFailure, _enum_name
 from controlplane.core.model import InvalidInput, check_id
 from controlplane.service.auth import MAX_TOKEN_LEN, Role
 
+from . import topology
+from .forms import (
+    MAX_BODY,
+    Refused,
+    change_message,
+    field_value,
+    float_field,
+    int_field,
+    read_form,
+    reason_field,
+)
+
 HERE = Path(__file__).resolve().parent
 COOKIE = "callroute_console"
 # a control room has tens of screens; far more sessions is someone logging in in a loop
@@ -62,8 +74,6 @@ SESSION_TTL_S = 14 * 3600
 MAX_STREAMS = 200
 # the live pages' refresh: well inside the 1 s an operator's change may take to show everywhere
 POLL_S = 0.2
-# every form of the console is a few fields of text; a reason is at most 1000 characters
-MAX_BODY = 64 * 1024
 MAX_FLASH = 8
 MAX_DRILLS_REMEMBERED = 50
 # the audit search reads this many newest entries (the server caps its pages itself)
@@ -74,10 +84,10 @@ DRILL_PAGES = 10
 DRILLS_SHOWN = 200
 # the state-changing verbs, as the CLI names them
 STATES = {"close": "CLOSED", "drain": "DRAINING", "open": "OPEN"}
-LIVE_VIEWS = ("network", "pending", "wallboard")
+LIVE_VIEWS = ("network", "pending", "wallboard", "topology")
 # where an action may send the browser back to: never a URL from the request (no open redirect)
 PAGES = {"/": "network", "/plan": "plan", "/explain": "explain", "/history": "history",
-         "/drills": "drills", "/pending": "pending", "/audit": "audit"}
+         "/drills": "drills", "/pending": "pending", "/audit": "audit", "/topology": "topology"}
 
 
 @dataclass
@@ -99,15 +109,6 @@ class Session:
     @property
     def is_admin(self) -> bool:
         return self.role >= Role.ADMIN
-
-
-class Refused(Exception):
-    """An HTTP answer other than the page: status and a message shown to the operator."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 _HTTP_BY_GRPC = {
@@ -232,6 +233,8 @@ class Console:
         return HTMLResponse(html, status_code=status)
 
     async def live_context(self, s: Session, view: str) -> dict[str, Any]:
+        if view == "topology":
+            return await topology.live_context(self, s)
         centers, pending = await asyncio.gather(self.rpc(s, "ListCenters", self.pb.ListCentersRequest()),
                                                 self.rpc(s, "ListPending", self.pb.ListPendingRequest()))
         plan = None
@@ -264,49 +267,6 @@ def call_shares(plan: Any) -> dict[str, float]:
 # ---------------------------------------------------------------- request helpers
 
 
-async def read_form(request: Request) -> dict[str, str]:
-    """The POSTed form, bounded; a POST from another site's page (its Origin says so) is refused
-    before anything is read: with the CSRF token, this also covers the login form."""
-    origin = request.headers.get("origin")
-    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
-        raise Refused(403, f"origin={origin!r}: not this console")
-    length = request.headers.get("content-length")
-    if length is None or not length.isdigit():
-        raise Refused(411, "a form needs a Content-Length")
-    if int(length) > MAX_BODY:
-        raise Refused(413, f"form of {length} bytes: more than {MAX_BODY}")
-    form = await request.form(max_files=0, max_fields=32, max_part_size=MAX_BODY)
-    return {k: v for k, v in form.items() if isinstance(v, str)}
-
-
-def field_value(form: dict[str, str], name: str, *, required: bool = True) -> str:
-    v = form.get(name, "").strip()
-    if required and not v:
-        raise Refused(400, f"{name}={v!r}: required")
-    return v
-
-
-def int_field(form: dict[str, str], name: str, low: int = 0) -> int:
-    raw = form.get(name, "").strip()
-    try:
-        v = int(raw)
-    except ValueError:
-        raise Refused(400, f"{name}={raw!r}: must be a whole number") from None
-    if v < low:
-        raise Refused(400, f"{name}={v}: must be >= {low}")
-    return v
-
-
-def float_field(form: dict[str, str], name: str, default: float) -> float:
-    raw = form.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise Refused(400, f"{name}={raw!r}: must be a number") from None
-
-
 def back_to(form: dict[str, str], default: str = "/") -> str:
     nxt = form.get("next", "")
     return nxt if nxt in PAGES else default
@@ -327,8 +287,10 @@ def build_app(console: Console) -> Callable[..., Awaitable[None]]:
 
         return run
 
-    def action(fn: Callable[[Session, dict[str, str]], Awaitable[str]]) -> Handler:
-        """A POST that changes something: session, then role, then CSRF, then the fields."""
+    def posted(fn: Callable[[Request, Session, dict[str, str]], Awaitable[Response]],
+               max_body: int = MAX_BODY) -> Handler:
+        """A POST from a role that may act: session, then role, then CSRF, all before any field is
+        looked at; then `fn` with the form. A refusal is the error page with its status."""
 
         async def run(request: Request) -> Response:
             s = console.session(request)
@@ -337,19 +299,27 @@ def build_app(console: Console) -> Callable[..., Awaitable[None]]:
             if not s.can_act:
                 return console.render("error.html", s, 403, message="a viewer cannot change anything")
             try:
-                form = await read_form(request)
+                form = await read_form(request, max_body)
                 sent = form.get("csrf", "") or request.headers.get("x-csrf-token", "")
                 if not hmac.compare_digest(sent.encode(), s.csrf.encode()):
                     raise Refused(403, "missing or wrong CSRF token: reload the page and try again")
-                target = back_to(form)
-                s.flash.append(("ok", await fn(s, form)))
+                return await fn(request, s, form)
             except Refused as e:
                 console.kick()  # a refusal may still have changed something (a pending request that expired)
                 return console.render("error.html", console.session(request), e.status, message=e.message)
+
+        return run
+
+    def action(fn: Callable[[Session, dict[str, str]], Awaitable[str]], max_body: int = MAX_BODY) -> Handler:
+        """A POST that changes something; the browser goes back to its page with the answer."""
+
+        async def done(request: Request, s: Session, form: dict[str, str]) -> Response:
+            target = back_to(form)
+            s.flash.append(("ok", await fn(s, form)))
             console.kick()
             return RedirectResponse(target, status_code=303)
 
-        return run
+        return posted(done, max_body)
 
     pb = console.pb
 
@@ -505,20 +475,7 @@ def build_app(console: Console) -> Callable[..., Awaitable[None]]:
     # ---------------------------------------------------------------- actions
 
     def operator_fields(form: dict[str, str]) -> tuple[str, str]:
-        reason = field_value(form, "reason")
-        if len(reason) > 1000:
-            raise Refused(400, f"reason: {len(reason)} characters, more than 1000")
-        return reason, str(uuid.uuid4())
-
-    def change_message(what: str, reply: Any, request_id: str) -> str:
-        if reply.status == pb.CHANGE_STATUS_PENDING_APPROVAL:
-            return f"{what}: PENDING approval by a second operator, NOT applied yet (request {request_id})"
-        if reply.status == pb.CHANGE_STATUS_APPLIED:
-            version = getattr(reply, "plan_version", None)  # a drill's answer has none of its own
-            where = ("no plan change" if version is None else f"plan v{version}" if version
-                     else "plan not yet published")
-            return f"{what}: APPLIED ({where}; request {request_id})"
-        raise Refused(502, f"{what}: unexpected status {reply.status}: {getattr(reply, 'message', '')}")
+        return reason_field(form), str(uuid.uuid4())
 
     @action
     async def set_state(s: Session, form: dict[str, str]) -> str:
@@ -623,6 +580,7 @@ def build_app(console: Console) -> Callable[..., Awaitable[None]]:
         Route("/act/rollback", rollback, methods=["POST"]),
         Route("/act/drill", start_drill, methods=["POST"]),
         Route("/act/abort", abort_drill, methods=["POST"]),
+        *topology.routes(console, page, action, posted),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     inner = Starlette(routes=routes)

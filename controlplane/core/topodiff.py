@@ -9,8 +9,9 @@ Both come from here: `diff_topologies` lists the changes (the audit entry's diff
 - a center removed while open and sent calls by the plan;
 - a skill removed from an open center's staffing while the plan sends it calls of that skill;
 - a skill removed from a branch's calls while the plan sends them to open centers (they stop).
-Everything else (a new skill, center or branch, staffing or forecast changed, policy tuned) does
-not by itself move calls off an open center, so it applies at once; the planner then moves calls
+Everything else (a new skill, center or branch, staffing or forecast changed, policy tuned, an
+overload treatment chain changed) does not by itself move calls off an open center, so it applies
+at once; the planner then moves calls
 as it always does (overflow, with its hysteresis and caps).
 
 Must not: read the clock, do I/O, import the service layer (tests/test_core_purity.py).
@@ -22,7 +23,7 @@ from collections.abc import Collection
 
 import msgspec
 
-from .model import Branch, Center, Plan, Topology
+from .model import Branch, Center, Plan, Topology, TreatmentStep
 
 # change kinds, as the audit entry and the CLI show them
 CENTER_ADDED = "center added"
@@ -39,6 +40,15 @@ PINNED = "pinned changed"
 SCHEDULE = "schedule changed"
 ZONE = "time zone changed"
 POLICY = "policy changed"
+# an overload treatment chain (core/treatments.py) of the policy, a skill, a branch or a branch's
+# skill: what callers hear when the predicted wait passes a step, not where their calls go
+TREATMENTS = "treatments changed"
+# how a chain that is not set reads: a branch's or a skill's falls back to the next chain out
+# (treatments.chain_for); the policy's default is the last one, so none applies
+INHERITED = "inherited"
+NO_CHAIN = "none"
+# the Policy fields that hold chains: diffed as chains, not as the generic policy field's JSON
+_CHAIN_FIELDS = frozenset({"treatments", "skill_treatments"})
 
 
 class TopologyChange(msgspec.Struct, frozen=True):
@@ -65,6 +75,28 @@ def _staff(agents: dict[str, int]) -> str:
 
 def _rule(r: object) -> str:
     return msgspec.json.encode(r).decode()
+
+
+def chain_text(chain: tuple[TreatmentStep, ...], unset: str = INHERITED) -> str:
+    """A treatment chain in one line, each step as its threshold and action (and prompt)."""
+    if not chain:
+        return unset
+    return "; ".join(f"> {st.if_wait_over_s:g} s {st.action.value}" + (f" {st.prompt}" if st.prompt else "")
+                     for st in chain)
+
+
+def _diff_chains(subject: str, a: tuple[TreatmentStep, ...], b: tuple[TreatmentStep, ...],
+                 per_a: dict[str, tuple[TreatmentStep, ...]], per_b: dict[str, tuple[TreatmentStep, ...]],
+                 unset: str) -> list[TopologyChange]:
+    """The chain for every skill of `subject` (a branch, or the policy), then each skill's own."""
+    out: list[TopologyChange] = []
+    if a != b:
+        out.append(TopologyChange(TREATMENTS, subject, chain_text(a, unset), chain_text(b, unset)))
+    for s in sorted(per_a.keys() | per_b.keys()):
+        ca, cb = per_a.get(s, ()), per_b.get(s, ())
+        if ca != cb:
+            out.append(TopologyChange(TREATMENTS, f"{subject}/{s}", chain_text(ca), chain_text(cb)))
+    return out
 
 
 def _diff_center(a: Center, b: Center) -> list[TopologyChange]:
@@ -105,6 +137,7 @@ def _diff_branch(a: Branch, b: Branch) -> list[TopologyChange]:
     if a.schedule != b.schedule:
         out.append(TopologyChange(SCHEDULE, b.id, ";".join(map(_rule, a.schedule)),
                                   ";".join(map(_rule, b.schedule))))
+    out += _diff_chains(b.id, a.treatments, b.treatments, a.skill_treatments, b.skill_treatments, INHERITED)
     return out
 
 
@@ -135,8 +168,12 @@ def diff_topologies(old: Topology, new: Topology) -> tuple[TopologyChange, ...]:
         pa = msgspec.to_builtins(old.policy)
         pb = msgspec.to_builtins(new.policy)
         for k in sorted(pa.keys() | pb.keys()):
+            if k in _CHAIN_FIELDS:
+                continue  # named as chains below, not as JSON
             if pa.get(k) != pb.get(k):
                 out.append(TopologyChange(POLICY, f"policy.{k}", _rule(pa.get(k)), _rule(pb.get(k))))
+        out += _diff_chains("policy", old.policy.treatments, new.policy.treatments,
+                            old.policy.skill_treatments, new.policy.skill_treatments, NO_CHAIN)
     return tuple(out)
 
 
