@@ -286,14 +286,14 @@ def test_a_topology_checked_applied_approved_and_rolled_back_from_the_console(st
 
     ada, admin = logged_in(stage, "ada")
     csrf = _csrf(ada)
-    # 1. a treatment chain on shaanxi's calls: shown in the dry run, applied at once (moves nothing)
-    chain = (TreatmentStep(60.0, TreatmentAction.CALLBACK_OFFER),
-             TreatmentStep(300.0, TreatmentAction.CHANNEL_GUIDANCE, "wechat_95533"))
+    # 1. a treatment chain on shaanxi's calls: shown in the dry run, applied at once (a callback offer
+    # keeps the call where it is; a releasing step would need bob: test_topodiff)
+    chain = (TreatmentStep(60.0, TreatmentAction.CALLBACK_OFFER, "cb_offer_xian"),)
     text = _national_yaml(shaanxi={"treatments": chain})
     r = admin.post("/topology/check", data={"topology": text, "csrf": csrf})
     assert r.status_code == 200, r.text[-1500:]
     row = r.text.split('<tr data-kind="treatments changed">', 1)[1].split("</tr>", 1)[0]
-    assert "shaanxi" in row and "&gt; 300 s channel_guidance wechat_95533" in row
+    assert "shaanxi" in row and "&gt; 60 s callback_offer cb_offer_xian" in row
     assert 'id="moves-off"' not in r.text and 'id="topology-apply-form"' in r.text
     r = admin.post("/act/topology/apply", data={"topology": text, "reason": f"callbacks {SCRIPT}",
                                                 "expect_version": _expect(r.text), "csrf": csrf,
@@ -302,7 +302,7 @@ def test_a_topology_checked_applied_approved_and_rolled_back_from_the_console(st
     assert 'data-version="1"' in r.text and f"callbacks {SCRIPT}" not in r.text
     assert "reason: callbacks &lt;script&gt;" in r.text
     chains = r.text.split('id="topology-treatments"', 1)[1].split("</table>", 1)[0]
-    assert 'data-scope="branch shaanxi"' in chains and "wechat_95533" in chains
+    assert 'data-scope="branch shaanxi"' in chains and "cb_offer_xian" in chains
 
     # 2. shaanxi re-homed chengdu -> lanzhou: calls leave open chengdu, so it waits for bob
     text2 = _national_yaml(shaanxi={"treatments": chain, "home": "lanzhou"})

@@ -157,8 +157,21 @@ def test_a_branch_treatment_chain_change_is_a_change():
                           "> 60 s callback_offer"),
         td.TopologyChange(td.TREATMENTS, "guangdong/retail", "inherited",
                           "> 300 s channel_guidance wechat_95533"))
-    # a chain changes what callers hear, not where calls go: no second operator for it alone
-    assert td.traffic_moved_off(SMALL, both, compute_plan(SMALL), _all_open(SMALL)) == {}
+    # a callback offer keeps the call; a guidance step added for guangdong's retail calls releases
+    # calls after 300 s that waited at south (its home, open) before: they leave an open center
+    moved = td.traffic_moved_off(SMALL, both, compute_plan(SMALL), _all_open(SMALL))
+    assert list(moved) == ["south"], moved
+    assert moved["south"] == ("branch guangdong's retail calls released after 300 s of predicted wait "
+                              "(channel_guidance; was never)",)
+    assert td.traffic_moved_off(SMALL, _replace_branch(SMALL, "guangdong", treatments=(CALLBACK,)),
+                                compute_plan(SMALL), _all_open(SMALL)) == {}
+    # later release, or none, keeps calls at their center: no second operator for that
+    later = _replace_branch(both, "guangdong", skill_treatments={"retail": (
+        TreatmentStep(600.0, TreatmentAction.CHANNEL_GUIDANCE, "wechat_95533"),)})
+    assert td.traffic_moved_off(both, later, compute_plan(both), _all_open(SMALL)) == {}
+    assert td.traffic_moved_off(later, both, compute_plan(later), _all_open(SMALL)) != {}
+    # a closed home center loses nothing it had
+    assert td.traffic_moved_off(SMALL, both, compute_plan(SMALL), _all_open(SMALL) - {"south"}) == {}
 
 
 def test_a_policy_treatment_chain_change_is_named_as_a_chain_not_as_json():

@@ -158,22 +158,29 @@ async def test_a_branch_treatment_chain_is_applied_live_and_named(store):
     ch, ops = operator_stub(f"127.0.0.1:{cp.port}")
     try:
         await wait_for(lambda: cp.feed.version >= 1, 5, "first plan")
-        chain = (TreatmentStep(60.0, TreatmentAction.CALLBACK_OFFER),
-                 TreatmentStep(300.0, TreatmentAction.CHANNEL_GUIDANCE, "wechat_95533"))
-        text = _yaml_with(skill_treatments={"retail": chain})
+        callback = TreatmentStep(60.0, TreatmentAction.CALLBACK_OFFER)
+        guidance = TreatmentStep(300.0, TreatmentAction.CHANNEL_GUIDANCE, "wechat_95533")
+        text = _yaml_with(skill_treatments={"retail": (callback,)})
         dry = await ops.ApplyTopology(_req(text, dry_run=True), timeout=10)
         assert [(c.kind, c.subject, c.before, c.after) for c in dry.changes] == [
-            ("treatments changed", "guangdong/retail", "inherited",
-             "> 60 s callback_offer; > 300 s channel_guidance wechat_95533")]
-        assert not dry.moves_off  # what callers hear changes, not where calls go
+            ("treatments changed", "guangdong/retail", "inherited", "> 60 s callback_offer")]
+        assert not dry.moves_off  # a callback offer keeps the call: where calls go is unchanged
         out = io.StringIO()
         _show(out, dry)  # `callroute topology diff`'s text
-        assert ("  treatments changed: guangdong/retail: inherited -> > 60 s callback_offer; "
-                "> 300 s channel_guidance wechat_95533\n") in out.getvalue()
+        assert "  treatments changed: guangdong/retail: inherited -> > 60 s callback_offer\n" \
+            in out.getvalue()
         r = await ops.ApplyTopology(_req(text), timeout=10)
         assert r.status == operator_pb2.CHANGE_STATUS_APPLIED, r.message
         assert cp.topology_version == 1 and "treatments changed: guangdong/retail" in r.message
-        assert "wechat_95533" in cp.feed.latest.topology_json
+        assert "callback_offer" in cp.feed.latest.topology_json
+        # a guidance step releases calls that waited at guangdong's open home: a second operator
+        text = _yaml_with(skill_treatments={"retail": (callback, guidance)})
+        dry = await ops.ApplyTopology(_req(text, dry_run=True), timeout=10)
+        assert [m.center for m in dry.moves_off] == ["south"]
+        assert "released after 300 s" in dry.moves_off[0].why[0]
+        r = await ops.ApplyTopology(_req(text, request_id="guidance"), timeout=10)
+        assert r.status == operator_pb2.CHANGE_STATUS_PENDING_APPROVAL, r.message
+        assert cp.topology_version == 1
     finally:
         await ch.close()
         await cp.stop(0)

@@ -19,11 +19,13 @@ Must not: read the clock, do I/O, import the service layer (tests/test_core_puri
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 
 import msgspec
 
 from .model import Branch, Center, Plan, Topology, TreatmentStep
+from .treatments import branch_chain, release_after
 
 # change kinds, as the audit entry and the CLI show them
 CENTER_ADDED = "center added"
@@ -260,6 +262,24 @@ def traffic_moved_off(old: Topology, new: Topology, plan: Plan | None,
                 targets = _route_centers(plan, b.id, s) or ({b.home} if plan is None else set())
                 for target in sorted(targets):
                     add(target, f"skill {s} removed from branch {b.id}, whose calls {target} takes")
+    old_branches = {b.id: b for b in old.branches}
+    for nb in new.branches:
+        ob = old_branches.get(nb.id)
+        if ob is None:
+            continue
+        for s, cph in sorted(ob.calls_per_hour.items()):
+            if cph <= 0 or s not in nb.calls_per_hour:
+                continue
+            # a releasing step (announcement, channel guidance) added or made earlier: calls that
+            # waited for an agent at their center are sent away with a prompt instead
+            was, _ = release_after(branch_chain(old, ob, s)[0])
+            now, step = release_after(branch_chain(new, nb, s)[0])
+            if step is None or now >= was:
+                continue
+            before = "never" if math.isinf(was) else f"{was:g} s"
+            for target in sorted(_route_centers(plan, nb.id, s) or ({nb.home} if plan is None else set())):
+                add(target, f"branch {nb.id}'s {s} calls released after {now:g} s of predicted wait "
+                            f"({step.action.value}; was {before})")
     return {c: tuple(dict.fromkeys(why[c])) for c in sorted(why)}
 
 

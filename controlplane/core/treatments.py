@@ -49,10 +49,11 @@ def chain_for(topology: Topology, branch_id: str, skill: str) -> tuple[Chain, st
         if cand.id == branch_id:
             b = cand
             break
-    return _chain_of(topology, b, skill)
+    return branch_chain(topology, b, skill)
 
 
-def _chain_of(topology: Topology, b: object, skill: str) -> tuple[Chain, str]:
+def branch_chain(topology: Topology, b: object, skill: str) -> tuple[Chain, str]:
+    """chain_for with the Branch itself (None: the policy's), for loops over every branch."""
     pol = topology.policy
     if b is not None:
         own = b.skill_treatments.get(skill)  # type: ignore[attr-defined]
@@ -66,6 +67,14 @@ def _chain_of(topology: Topology, b: object, skill: str) -> tuple[Chain, str]:
     if pol.treatments:
         return pol.treatments, "policy"
     return (), ""
+
+
+def release_after(chain: Chain) -> tuple[float, TreatmentStep | None]:
+    """The predicted wait past which a chain releases calls (its first releasing step), or inf."""
+    for st in sorted(chain, key=lambda x: x.if_wait_over_s):
+        if st.action in RELEASING:
+            return st.if_wait_over_s, st
+    return math.inf, None
 
 
 def choose_step(chain: Chain, wait_s: float, previous: int = -1) -> int:
@@ -119,7 +128,7 @@ class TreatmentChooser:
         self._chains: dict[tuple[str, str], tuple[Chain, str]] = {}
         for b in topology.branches:
             for s in b.calls_per_hour:
-                chain, source = _chain_of(topology, branches[b.id], s)
+                chain, source = branch_chain(topology, branches[b.id], s)
                 if chain:
                     self._chains[(b.id, s)] = (chain, source)
         self._last: dict[tuple[str, str], int] = {}
