@@ -491,3 +491,18 @@ def test_synth_tiny_networks_are_valid():
         t = synth_topology(c, b, s, seed=c * 100 + b)
         check_topology(t)
         assert consistent(compute_plan(t), t) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=70))
+def test_check_id_takes_letters_digits_dash_underscore_dot(v: str) -> None:
+    """check_id's regex is the per-character rule it replaced: str.isalnum() (any script) or - _ ."""
+    from controlplane.core.model import MAX_ID_LEN, check_id
+
+    ok = bool(v) and len(v) <= MAX_ID_LEN and all(ch.isalnum() or ch in "-_." for ch in v)
+    try:
+        check_id("branches[0].id", v)
+    except InvalidInput as e:
+        assert not ok and e.field == "branches[0].id"
+    else:
+        assert ok
