@@ -341,3 +341,14 @@ async def close_store(store: Any) -> None:
     r = store.close()
     if asyncio.iscoroutine(r):
         await r
+
+
+async def store_for(request: Any) -> Any:
+    """A fresh store for a test parametrized over ["embedded", "etcd"] (the etcd one on the test's
+    private etcd): the body of the modules' `store` fixtures. Close it with close_store."""
+    if request.param == "etcd":
+        from controlplane.store.etcd import EtcdStore
+
+        return EtcdStore(request.getfixturevalue("etcd_private").endpoints, request_timeout_s=2.0)
+    return await embedded_store()
+

@@ -12,7 +12,7 @@ import grpc
 import msgspec
 import pytest
 from test_agent_fakes import ROOT
-from test_cp_support import close_store, embedded_store, operator_stub, start_replica, wait_for
+from test_cp_support import close_store, operator_stub, start_replica, store_for, wait_for
 
 from callroute.v1 import operator_pb2
 from controlplane.cli.topology import _show
@@ -39,12 +39,7 @@ def _new_skill_yaml() -> str:
 
 @pytest.fixture(params=["embedded", pytest.param("etcd", marks=pytest.mark.etcd)])
 async def store(request):
-    if request.param == "etcd":
-        from controlplane.store.etcd import EtcdStore
-
-        st = EtcdStore(request.getfixturevalue("etcd_private").endpoints, request_timeout_s=2.0)
-    else:
-        st = await embedded_store()
+    st = await store_for(request)
     yield st
     await close_store(st)
 
