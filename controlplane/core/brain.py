@@ -16,8 +16,9 @@ from typing import Any
 
 import msgspec
 
-from .calendar import Calendar, branch_clocks, holiday_overrides
+from .calendar import Calendar, branch_clocks, calendar_overrides
 from .demand import DemandSettings, DemandTracker
+from .emergency import Emergency, apply_emergencies, emergencies_in_force, next_change_at
 from .health import HealthSettings, HealthTracker
 from .model import AdminState, InvalidInput, NetworkView, Plan, Report, Status, Topology
 from .overrides import Override, apply_overrides, check_override
@@ -150,6 +151,10 @@ class LeaderBrain:
         # the network's time zone, holidays and holiday hosting (core/calendar.py); None: the host's
         # local time, as before calendars
         self.calendar: Calendar | None = None
+        # operators' emergency overrides (calendar/emergency/ in the store; core/emergency.py):
+        # applied last, so they beat every schedule; `_emergency_ids` those the last plan applied
+        self.emergencies: dict[str, Emergency] = {}
+        self._emergency_ids: tuple[str, ...] = ()
         # indirect probes of silent centers and the panic threshold (issue 16): its verdicts become
         # the tracker's confirm_down / vouch; while it panics the plan is frozen (`due`)
         self.suspicion = Suspicion(suspicion_settings or SuspicionSettings())
@@ -338,6 +343,24 @@ class LeaderBrain:
             self.overrides = dict(overrides)
             self._urgent(CAUSE_OPERATOR)
 
+    def set_emergencies(self, emergencies: dict[str, Emergency]) -> None:
+        if emergencies != self.emergencies:
+            self.emergencies = dict(emergencies)
+            self._urgent(CAUSE_OPERATOR)
+
+    def emergency_wake_at(self, wall: float) -> float | None:
+        """The wall time the shell must compute again for an emergency to end on time, or None."""
+        return next_change_at(self.emergencies.values(), wall)
+
+    def emergencies_due(self, wall: float) -> bool:
+        """Whether the emergencies in force at `wall` differ from the last plan's (one ended):
+        then a plan is due at once. The shell asks with its wall clock after each wake."""
+        now_ids = tuple(e.id for e in emergencies_in_force(self.emergencies.values(), wall))
+        if now_ids != self._emergency_ids:
+            self._urgent(CAUSE_OPERATOR)
+            return True
+        return False
+
     def set_topology(self, topology: Topology, topology_hash: str, version: int, topology_json: str,
                      now: float) -> bool:
         """Plan from a new live topology (issue 18) from the next computation, with no restart.
@@ -487,10 +510,14 @@ class LeaderBrain:
         cause = self.cause
         self.cause = CAUSE_LOAD
         plan = self.planner.compute(self.view(now), now, self.version + 1, wall_hour, weekday, clocks=clocks)
-        hol = holiday_overrides(self.calendar, wall, self.topology) if self.calendar else ()
+        hol = calendar_overrides(self.calendar, wall, self.topology) if self.calendar else ()
         ovs = [*self.overrides.values(), *hol]
         if ovs:
             plan = apply_overrides(plan, ovs, self.topology)
+        # last: an emergency beats schedules, holidays, date overrides and traffic overrides
+        self._emergency_ids = tuple(e.id for e in emergencies_in_force(self.emergencies.values(), wall))
+        if self._emergency_ids:
+            plan = apply_emergencies(plan, self.emergencies.values(), self.topology, wall)
         broken = self.paths.broken()
         if broken:
             after = self.suspicion.s.suspect_after_s
