@@ -273,7 +273,7 @@ def date_overrides_on(cal: Calendar, wall: float, topology: Topology) -> list[Ov
         return []
     dates = branch_dates(topology, cal, wall)
     branches = {b.id: b for b in topology.branches}
-    out = []
+    out: list[Override] = []
     for o in cal.date_overrides:
         for b in o.branches:
             if dates.get(b) != o.date:
