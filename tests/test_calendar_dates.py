@@ -201,7 +201,7 @@ def test_an_emergency_beats_holidays_date_overrides_and_traffic_overrides_until_
     assert set(_centers(calm, "hubei", "retail")) == {"chengdu", "shanghai"}
     until = T0 + 3600.0
     b.set_emergencies({"hubei": msgspec.structs.replace(EMERG, until=until)})
-    assert b.emergency_wake_at(T0) == until
+    assert b.emergencies.wake_at(T0) == until
     hot = _plan_at(b, T0 + 1, 1.0)
     for s in ("retail", "credit_card", "corporate", "vip_wealth"):
         assert _centers(hot, "hubei", s) == ["hefei"], s
@@ -216,7 +216,7 @@ def test_an_emergency_beats_holidays_date_overrides_and_traffic_overrides_until_
     assert b.emergencies_due(until)
     after = _plan_at(b, until, 2.0)
     assert set(_centers(after, "hubei", "retail")) == {"chengdu", "shanghai"}
-    assert "emergencies" not in after.meta and b.emergency_wake_at(until) is None
+    assert "emergencies" not in after.meta and b.emergencies.wake_at(until) is None
 
 
 def test_an_emergency_to_the_home_beats_a_night_schedule():
@@ -236,7 +236,7 @@ def test_an_emergency_to_the_home_beats_a_night_schedule():
     check_emergency(e, topo, night)
     b.set_emergencies({e.id: e})
     assert _centers(_plan_at(b, night, 1.0), "hubei", "retail") == ["wuhan"]
-    assert b.emergency_wake_at(night) is None  # until cleared
+    assert b.emergencies.wake_at(night) is None  # until cleared
 
 
 def test_an_emergency_never_sends_calls_to_a_closed_host_and_says_so():
@@ -261,3 +261,12 @@ def test_a_skills_emergency_beats_its_branchs_and_ended_ones_are_not_in_force():
     assert _centers(p, "hubei", "retail") == ["guangzhou"]
     assert _centers(p, "hubei", "credit_card") == ["hefei"]
     assert _centers(p, "hunan", "retail") == ["wuhan"]
+
+
+def test_an_emergency_for_a_branch_the_plan_no_longer_has_is_named_not_applied():
+    b = _brain()
+    gone = Emergency(branch="atlantis", host="hefei", reason="sunk", operator="a")
+    b.set_emergencies({gone.id: gone, "hubei": EMERG})
+    p = _plan_at(b, T0, 0.0)
+    assert p.meta["emergencies"] == "hubei=hefei"
+    assert p.meta["emergency_refused"] == "atlantis: no route of it in the plan"

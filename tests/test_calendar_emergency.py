@@ -120,6 +120,15 @@ async def test_an_emergency_applies_at_once_beats_holiday_and_date_override_and_
         assert cp.feed.version > version and _centers(cp, "guangdong", "credit_card") == ["north"]
         listed = (await ops.ListEmergencies(operator_pb2.ListEmergenciesRequest(), timeout=5)).emergencies
         assert [e.in_plan for e in listed] == [False]
+        # its end is in the audit trail too, by the leader, under the request that set it
+        async def ends() -> list[tuple[str, str, str, str]]:
+            return [(e.operator, e.action, e.target, e.result) for e in await _audit(ops)
+                    if e.action == "end_emergency"]
+
+        await wait_for(ends, 5, "the end audited")
+        assert await ends() == [("leader:cp-a", "end_emergency", "emergency/guangdong",
+                                 "ended: EMERGENCY guangdong -> south by alice: typhoon: guangzhou lines "
+                                 "down until 2027-10-01 05:00:00Z")]
     finally:
         await ch.close()
         await cp.stop(0)

@@ -18,7 +18,7 @@ import msgspec
 
 from .calendar import Calendar, branch_clocks, calendar_overrides
 from .demand import DemandSettings, DemandTracker
-from .emergency import Emergency, apply_emergencies, emergencies_in_force, next_change_at
+from .emergency import Emergency, EmergencyBook
 from .health import HealthSettings, HealthTracker
 from .model import AdminState, InvalidInput, NetworkView, Plan, Report, Status, Topology
 from .overrides import Override, apply_overrides, check_override
@@ -152,9 +152,8 @@ class LeaderBrain:
         # local time, as before calendars
         self.calendar: Calendar | None = None
         # operators' emergency overrides (calendar/emergency/ in the store; core/emergency.py):
-        # applied last, so they beat every schedule; `_emergency_ids` those the last plan applied
-        self.emergencies: dict[str, Emergency] = {}
-        self._emergency_ids: tuple[str, ...] = ()
+        # applied last, so they beat every schedule
+        self.emergencies = EmergencyBook()
         # indirect probes of silent centers and the panic threshold (issue 16): its verdicts become
         # the tracker's confirm_down / vouch; while it panics the plan is frozen (`due`)
         self.suspicion = Suspicion(suspicion_settings or SuspicionSettings())
@@ -344,19 +343,13 @@ class LeaderBrain:
             self._urgent(CAUSE_OPERATOR)
 
     def set_emergencies(self, emergencies: dict[str, Emergency]) -> None:
-        if emergencies != self.emergencies:
-            self.emergencies = dict(emergencies)
+        if self.emergencies.set(emergencies):
             self._urgent(CAUSE_OPERATOR)
 
-    def emergency_wake_at(self, wall: float) -> float | None:
-        """The wall time the shell must compute again for an emergency to end on time, or None."""
-        return next_change_at(self.emergencies.values(), wall)
-
     def emergencies_due(self, wall: float) -> bool:
-        """Whether the emergencies in force at `wall` differ from the last plan's (one ended):
-        then a plan is due at once. The shell asks with its wall clock after each wake."""
-        now_ids = tuple(e.id for e in emergencies_in_force(self.emergencies.values(), wall))
-        if now_ids != self._emergency_ids:
+        """Whether one ended (or began) at `wall` since the last plan: then a plan is due at once.
+        The shell asks with its wall clock after each wake, and wakes at `emergencies.wake_at`."""
+        if self.emergencies.due(wall):
             self._urgent(CAUSE_OPERATOR)
             return True
         return False
@@ -515,9 +508,7 @@ class LeaderBrain:
         if ovs:
             plan = apply_overrides(plan, ovs, self.topology)
         # last: an emergency beats schedules, holidays, date overrides and traffic overrides
-        self._emergency_ids = tuple(e.id for e in emergencies_in_force(self.emergencies.values(), wall))
-        if self._emergency_ids:
-            plan = apply_emergencies(plan, self.emergencies.values(), self.topology, wall)
+        plan = self.emergencies.apply(plan, self.topology, wall)
         broken = self.paths.broken()
         if broken:
             after = self.suspicion.s.suspect_after_s

@@ -145,6 +145,9 @@ def apply_emergencies(plan: Plan, emergencies: Iterable[Emergency], topology: To
                 got = msgspec.structs.replace(
                     r, explanation=f"{r.explanation}; {describe(e)} NOT applied: {why}")
             routes.append(got)
+        if not any(e.matches(r) for r in current.routes):  # its branch left the topology
+            refused.append(f"{e.id}: no route of it in the plan")
+            continue
         candidate = msgspec.structs.replace(current, routes=tuple(routes))
         errors = consistent(candidate, topology)
         if errors:
@@ -158,3 +161,41 @@ def apply_emergencies(plan: Plan, emergencies: Iterable[Emergency], topology: To
     if refused:
         meta["emergency_refused"] = "; ".join(refused)
     return msgspec.structs.replace(current, meta=meta)
+
+
+class EmergencyBook:
+    """The emergencies the leader knows, those its last plan applied, and those that ended by
+    their time since (for the shell's audit trail). Pure: every judgement takes `wall`."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, Emergency] = {}
+        self.applied: tuple[str, ...] = ()  # ids the last computed plan had in force
+        self.ended: list[Emergency] = []  # ended by their `until`, not yet audited (`take_ended`)
+
+    def set(self, records: dict[str, Emergency]) -> bool:
+        """Replace the known records; whether anything changed."""
+        if records == self.records:
+            return False
+        self.records = dict(records)
+        return True
+
+    def due(self, wall: float) -> bool:
+        """Whether the emergencies in force at `wall` differ from the last plan's (one ended)."""
+        return tuple(e.id for e in emergencies_in_force(self.records.values(), wall)) != self.applied
+
+    def wake_at(self, wall: float) -> float | None:
+        return next_change_at(self.records.values(), wall)
+
+    def apply(self, plan: Plan, topology: Topology, wall: float) -> Plan:
+        """`plan` under the emergencies in force at `wall`; notes those that ended by their time."""
+        now_ids = tuple(e.id for e in emergencies_in_force(self.records.values(), wall))
+        for i in self.applied:
+            e = self.records.get(i)
+            if i not in now_ids and e is not None and e.until and e.until <= wall:
+                self.ended.append(e)
+        self.applied = now_ids
+        return apply_emergencies(plan, self.records.values(), topology, wall) if now_ids else plan
+
+    def take_ended(self) -> list[Emergency]:
+        out, self.ended = self.ended, []
+        return out

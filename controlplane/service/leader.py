@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from controlplane.core.brain import HEALTH_METRICS_EVERY_S, LeaderBrain
+from controlplane.core.emergency import describe
 from controlplane.core.health import HealthSnapshot
 from controlplane.core.model import AdminState, Plan
 from controlplane.drillreport import write_report
@@ -166,7 +167,7 @@ class LeaderLoop:
             suspicion_settings=cp.settings.suspicion,
         )
         self.brain.shed = shed
-        self.brain.emergencies = emergencies
+        self.brain.emergencies.set(emergencies)
         self.brain.topology_version, self.brain.topology_json = cp.topology_version, cp.topology_json
         if seqs is not None:
             self.brain.tracker.restore(seqs)
@@ -278,6 +279,22 @@ class LeaderLoop:
         brain.released = None
         log.info("rollback to plan %d ended: %s", version, why)
 
+    async def _audit_emergency_ends(self, election: Any, brain: LeaderBrain) -> None:
+        """Audit each emergency that ended by its time (set and clear are audited by the operator's
+        request), fenced; on failure they are logged, not retried: the plan is already right."""
+        cp = self.cp
+        ended = brain.emergencies.take_ended()
+        ops: list[Any] = []
+        for i, e in enumerate(ended):
+            audit_id = f"{time.time_ns():020d}-{cp.settings.id}-emergency-{i}"
+            rec = AuditRecord(audit_id, self.wall(), f"leader:{cp.settings.id}", "end_emergency",
+                              f"emergency/{e.id}", "its time came", f"ended: {describe(e)}", e.request_id)
+            ops.append(Put(cp.key("audit/" + audit_id), msgspec.json.encode(rec)))
+        try:
+            await cp._call("txn", election.fenced_txn((), ops, timeout_s=cp.settings.store_deadline_s))
+        except Exception as err:
+            log.warning("could not audit the end of %s: %r", ", ".join(e.id for e in ended), err)
+
     async def _audit_reported(self, election: Any, brain: LeaderBrain, now: float) -> None:
         """Audit what centers' reports did on their own: state changes (B11: a center closed by its
         own ACD is in the trail with its source) and capped foreign demand. All in one fenced
@@ -339,10 +356,12 @@ class LeaderLoop:
                 continue
             if brain.released is not None:
                 await self._end_rollback(brain)
+            if brain.emergencies.ended:
+                await self._audit_emergency_ends(election, brain)
             if brain.audits_due(now):
                 await self._audit_reported(election, brain, now)
             wake = min(brain.next_wakeup(now), now + HEALTH_METRICS_EVERY_S)
-            ends_at = brain.emergency_wake_at(wall)
+            ends_at = brain.emergencies.wake_at(wall)
             if ends_at is not None:  # wall seconds to loop seconds: both run at one rate
                 wake = min(wake, now + (ends_at - wall))
             self._sleep_until = wake
