@@ -177,6 +177,7 @@ EMERG = Emergency(branch="hubei", host="hefei", reason="chengdu full", operator=
         (msgspec.structs.replace(EMERG, reason="  "), "reason", "  "),
         (msgspec.structs.replace(EMERG, until=T0 - 1), "until", "2020-01-24 03:59:59Z"),
         (msgspec.structs.replace(EMERG, until=float("nan")), "until", "nan"),
+        (msgspec.structs.replace(EMERG, until=1e20), "until", "1e+20"),  # no date can show it
     ],
 )
 def test_a_bad_emergency_names_the_field_and_the_value(e, field, value):

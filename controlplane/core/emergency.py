@@ -32,6 +32,8 @@ from .plan import consistent
 MAX_EMERGENCIES = 256
 # operators' text kept in the record and every explanation: a sentence, not a document
 MAX_REASON = 200
+# 9999-12-31T23:59:59Z: the last time a datetime can show (every explanation shows `until`)
+MAX_UNTIL = 253_402_300_799.0
 
 
 class Emergency(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -92,7 +94,7 @@ def check_emergency(e: Emergency, topology: Topology, wall: float | None = None)
         raise InvalidInput("reason", e.reason, "say why: it is in every explanation and the audit trail")
     if len(e.reason) > MAX_REASON:
         raise InvalidInput("reason", e.reason[:40], f"longer than {MAX_REASON} characters")
-    if not (math.isfinite(e.until) and e.until >= 0):
+    if not (math.isfinite(e.until) and 0 <= e.until <= MAX_UNTIL):
         raise InvalidInput("until", e.until, "must be a wall time (UTC seconds) or 0 for until cleared")
     if wall is not None and e.until and e.until <= wall:
         raise InvalidInput("until", _utc_text(e.until), f"is not after now ({_utc_text(wall)})")
