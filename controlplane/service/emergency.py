@@ -136,7 +136,7 @@ async def _write(ops: Any, context: Any, action: str, eid: str, rid: str, operat
         await context.abort(grpc.StatusCode.ABORTED,
                             f"emergency {eid}: changed by someone else while applying (or request_id "
                             f"{rid!r} was used meanwhile); look at `calendar emergency list` and retry")
-    return audit_id
+    return str(audit_id)
 
 
 async def set_emergency(ops: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
