@@ -188,3 +188,33 @@ async def test_without_the_two_person_rule_the_change_applies_and_is_audited(sto
     finally:
         await ch.close()
         await cp.stop(0)
+
+
+async def test_a_date_override_off_an_open_center_waits_for_a_second_operator_and_its_diff_is_audited(store):
+    from controlplane.core.calendar import DateOverride
+
+    cp = await start_replica(store, "cp-a", require_two_person=True)
+    ch, ops = operator_stub(f"127.0.0.1:{cp.port}")
+    try:
+        await wait_for(lambda: cp.feed.version >= 1, 5, "first plan")
+        # a one-off day that is no public holiday: guangdong's retail calls at west on 2026-11-11
+        cal = Calendar(date_overrides=(DateOverride("2026-11-11", ("guangdong",), "west", ("retail",)),))
+        r = await ops.SetCalendar(_set(cal, "cal-d1"), timeout=5)
+        assert r.status == operator_pb2.CHANGE_STATUS_PENDING_APPROVAL
+        assert "guangdong (retail): off open south to west on 2026-11-11 (date override)" in r.message
+        assert await _stored(cp) is None
+        ok = await ops.Approve(operator_pb2.ApproveRequest(request_id="cal-d1", approver="bob"), timeout=5)
+        assert ok.status == operator_pb2.CHANGE_STATUS_APPLIED
+        assert await _stored(cp) == cal
+        got = [(e.operator, e.result) for e in await _audit(ops) if e.request_id == "cal-d1"]
+        diff = "utc_offset_h none -> 8; date_overrides +2026-11-11 guangdong/retail -> west"
+        assert ("bob", f"applied: {diff} (approved, requested by alice)") in got
+        # a bad one is refused naming the field and the value
+        bad = Calendar(date_overrides=(DateOverride("2026-11-31", ("guangdong",), "west"),))
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await ops.SetCalendar(_set(bad, "cal-d2"), timeout=5)
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "date_overrides[0].date" in ei.value.details() and "2026-11-31" in ei.value.details()
+    finally:
+        await ch.close()
+        await cp.stop(0)

@@ -138,7 +138,7 @@ def test_api_surface():
                                    "RollbackPlan", "Explain", "Audit",
                                    # issue 18 (liveops)
                                    "SetOverride", "ListOverrides", "ClearOverride", "SetCalendar",
-                                   "GetCalendar",
+                                   "GetCalendar", "SetEmergency", "ClearEmergency", "ListEmergencies",
                                    # issue 18 (livetopo)
                                    "ApplyTopology",
                                    # issue 18 (topoops)

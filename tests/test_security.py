@@ -297,6 +297,8 @@ def test_every_operator_method_has_a_role() -> None:
     assert auth.METHOD_ROLES["/callroute.v1.OperatorService/RollbackPlan"] == auth.Role.ADMIN
     assert auth.METHOD_ROLES["/callroute.v1.OperatorService/SetCenterState"] == auth.Role.OPERATOR
     assert auth.METHOD_ROLES["/callroute.v1.OperatorService/Audit"] == auth.Role.VIEWER
+    # an emergency must act at once: a duty officer's role, as closing a center (service/emergency.py)
+    assert auth.METHOD_ROLES["/callroute.v1.OperatorService/SetEmergency"] == auth.Role.OPERATOR
 
 
 @settings(max_examples=60, deadline=None)

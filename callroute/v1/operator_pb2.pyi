@@ -684,6 +684,84 @@ class GetCalendarReply(_message.Message):
     calendar_json: str
     def __init__(self, calendar_json: _Optional[str] = ...) -> None: ...
 
+class SetEmergencyRequest(_message.Message):
+    __slots__ = ("branch", "skill", "host", "until", "operator", "reason", "request_id")
+    BRANCH_FIELD_NUMBER: _ClassVar[int]
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    branch: str
+    skill: str
+    host: str
+    until: float
+    operator: str
+    reason: str
+    request_id: str
+    def __init__(self, branch: _Optional[str] = ..., skill: _Optional[str] = ..., host: _Optional[str] = ..., until: _Optional[float] = ..., operator: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ClearEmergencyRequest(_message.Message):
+    __slots__ = ("branch", "skill", "operator", "reason", "request_id")
+    BRANCH_FIELD_NUMBER: _ClassVar[int]
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    branch: str
+    skill: str
+    operator: str
+    reason: str
+    request_id: str
+    def __init__(self, branch: _Optional[str] = ..., skill: _Optional[str] = ..., operator: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SetEmergencyReply(_message.Message):
+    __slots__ = ("status", "audit_id", "plan_version", "message")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    status: ChangeStatus
+    audit_id: str
+    plan_version: int
+    message: str
+    def __init__(self, status: _Optional[_Union[ChangeStatus, str]] = ..., audit_id: _Optional[str] = ..., plan_version: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ListEmergenciesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EmergencyInfo(_message.Message):
+    __slots__ = ("branch", "skill", "host", "operator", "reason", "set_at", "until", "in_plan", "description")
+    BRANCH_FIELD_NUMBER: _ClassVar[int]
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SET_AT_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    IN_PLAN_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    branch: str
+    skill: str
+    host: str
+    operator: str
+    reason: str
+    set_at: float
+    until: float
+    in_plan: bool
+    description: str
+    def __init__(self, branch: _Optional[str] = ..., skill: _Optional[str] = ..., host: _Optional[str] = ..., operator: _Optional[str] = ..., reason: _Optional[str] = ..., set_at: _Optional[float] = ..., until: _Optional[float] = ..., in_plan: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
+
+class ListEmergenciesReply(_message.Message):
+    __slots__ = ("emergencies", "plan_version")
+    EMERGENCIES_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    emergencies: _containers.RepeatedCompositeFieldContainer[EmergencyInfo]
+    plan_version: int
+    def __init__(self, emergencies: _Optional[_Iterable[_Union[EmergencyInfo, _Mapping]]] = ..., plan_version: _Optional[int] = ...) -> None: ...
+
 class ApplyTopologyRequest(_message.Message):
     __slots__ = ("topology_yaml", "operator", "reason", "request_id", "dry_run")
     TOPOLOGY_YAML_FIELD_NUMBER: _ClassVar[int]

@@ -125,6 +125,21 @@ class OperatorServiceStub:
                 request_serializer=callroute_dot_v1_dot_operator__pb2.GetCalendarRequest.SerializeToString,
                 response_deserializer=callroute_dot_v1_dot_operator__pb2.GetCalendarReply.FromString,
                 _registered_method=True)
+        self.SetEmergency = channel.unary_unary(
+                '/callroute.v1.OperatorService/SetEmergency',
+                request_serializer=callroute_dot_v1_dot_operator__pb2.SetEmergencyRequest.SerializeToString,
+                response_deserializer=callroute_dot_v1_dot_operator__pb2.SetEmergencyReply.FromString,
+                _registered_method=True)
+        self.ClearEmergency = channel.unary_unary(
+                '/callroute.v1.OperatorService/ClearEmergency',
+                request_serializer=callroute_dot_v1_dot_operator__pb2.ClearEmergencyRequest.SerializeToString,
+                response_deserializer=callroute_dot_v1_dot_operator__pb2.SetEmergencyReply.FromString,
+                _registered_method=True)
+        self.ListEmergencies = channel.unary_unary(
+                '/callroute.v1.OperatorService/ListEmergencies',
+                request_serializer=callroute_dot_v1_dot_operator__pb2.ListEmergenciesRequest.SerializeToString,
+                response_deserializer=callroute_dot_v1_dot_operator__pb2.ListEmergenciesReply.FromString,
+                _registered_method=True)
         self.ApplyTopology = channel.unary_unary(
                 '/callroute.v1.OperatorService/ApplyTopology',
                 request_serializer=callroute_dot_v1_dot_operator__pb2.ApplyTopologyRequest.SerializeToString,
@@ -285,6 +300,27 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetEmergency(self, request, context):
+        """Emergency overrides: a branch's calls (or one skill's) go to one center at once, beating every
+        schedule, holiday and date override, until cleared or until its time. No second operator:
+        an emergency acts at once (see service/emergency.py); audited with the caller's identity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearEmergency(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEmergencies(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ApplyTopology(self, request, context):
         """Live topology (issue 18): validate a new topology, show its diff and predicted route moves
         (dry_run), store it as the next version; the leader replans from it with no restart. A change
@@ -423,6 +459,21 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.GetCalendar,
                     request_deserializer=callroute_dot_v1_dot_operator__pb2.GetCalendarRequest.FromString,
                     response_serializer=callroute_dot_v1_dot_operator__pb2.GetCalendarReply.SerializeToString,
+            ),
+            'SetEmergency': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetEmergency,
+                    request_deserializer=callroute_dot_v1_dot_operator__pb2.SetEmergencyRequest.FromString,
+                    response_serializer=callroute_dot_v1_dot_operator__pb2.SetEmergencyReply.SerializeToString,
+            ),
+            'ClearEmergency': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearEmergency,
+                    request_deserializer=callroute_dot_v1_dot_operator__pb2.ClearEmergencyRequest.FromString,
+                    response_serializer=callroute_dot_v1_dot_operator__pb2.SetEmergencyReply.SerializeToString,
+            ),
+            'ListEmergencies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEmergencies,
+                    request_deserializer=callroute_dot_v1_dot_operator__pb2.ListEmergenciesRequest.FromString,
+                    response_serializer=callroute_dot_v1_dot_operator__pb2.ListEmergenciesReply.SerializeToString,
             ),
             'ApplyTopology': grpc.unary_unary_rpc_method_handler(
                     servicer.ApplyTopology,
@@ -942,6 +993,87 @@ class OperatorService:
             '/callroute.v1.OperatorService/GetCalendar',
             callroute_dot_v1_dot_operator__pb2.GetCalendarRequest.SerializeToString,
             callroute_dot_v1_dot_operator__pb2.GetCalendarReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetEmergency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callroute.v1.OperatorService/SetEmergency',
+            callroute_dot_v1_dot_operator__pb2.SetEmergencyRequest.SerializeToString,
+            callroute_dot_v1_dot_operator__pb2.SetEmergencyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearEmergency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callroute.v1.OperatorService/ClearEmergency',
+            callroute_dot_v1_dot_operator__pb2.ClearEmergencyRequest.SerializeToString,
+            callroute_dot_v1_dot_operator__pb2.SetEmergencyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEmergencies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callroute.v1.OperatorService/ListEmergencies',
+            callroute_dot_v1_dot_operator__pb2.ListEmergenciesRequest.SerializeToString,
+            callroute_dot_v1_dot_operator__pb2.ListEmergenciesReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,10 +1,14 @@
-"""`callroute override set|list|clear` (traffic overrides) and `callroute calendar set|show` (issue 18).
+"""`callroute override set|list|clear` (traffic overrides), `callroute calendar set|show` and
+`callroute calendar emergency set|clear|list` (issue 18).
 
     callroute override set gd-retail --branch guangdong --skill retail --share 10% \
         --to chengdu,hefei --for 2h --reason "typhoon: guangzhou short of staff"
     callroute override set gd-retail ... --share 20% ...      # the next step, same id
     callroute override list
     callroute override clear gd-retail --reason "staff back"
+    callroute calendar emergency set --branch hubei --host chengdu --reason "wuhan locked down" \
+        [--skill retail] [--until 2020-01-24T08:00+08:00 | --until 12h]
+    callroute calendar emergency clear --branch hubei --reason "wuhan reopened"
 
 Built on cli.client's client and helpers (deadline per call, endpoint failover, request ids, one-line
 errors, exit codes: 0 applied, 3 waiting for a second operator). Must not: report an override as
@@ -203,7 +207,8 @@ def cmd_calendar_set(args: argparse.Namespace) -> int:
         raise InvalidInput("FILE", args.file, f"invalid YAML: {e}") from None
     if not isinstance(data, dict):
         raise InvalidInput("FILE", args.file,
-                           "must be a mapping (utc_offset_h, holidays, holiday_hosting, holiday_skills)")
+                           "must be a mapping (utc_offset_h, holidays, holiday_hosting, holiday_skills, "
+                           "date_overrides)")
     # YAML reads 2026-10-01 as a date: send dates as the ISO text the calendar keeps
     body = json.dumps(data, default=str)
     operator, request_id = _change_identity(args)
@@ -233,6 +238,109 @@ def cmd_calendar_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def parse_until(value: str, now: float) -> float:
+    """--until: an ISO time with its zone (2020-01-24T08:00+08:00, or Z) or a duration from now
+    (12h); a time without a zone is refused, as the emergency would end hours off in another one."""
+    import datetime
+
+    if not value:
+        return 0.0
+    if re.fullmatch(r"\s*[0-9]+(?:\.[0-9]+)?\s*[smhd]?\s*", value):
+        return now + parse_duration(value)
+    try:
+        at = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput("--until", value, "must be a time like 2020-01-24T08:00+08:00 or a duration "
+                           "like 12h") from None
+    if at.tzinfo is None:
+        raise InvalidInput("--until", value, "give its zone (e.g. +08:00 or Z)")
+    if at.timestamp() <= now:
+        raise InvalidInput("--until", value, "is not in the future")
+    return at.timestamp()
+
+
+def cmd_emergency_set(args: argparse.Namespace) -> int:
+    import time
+
+    from callroute.v1 import operator_pb2
+
+    out, err = _streams(args)
+    check_id("--branch", args.branch)
+    check_id("--host", args.host)
+    if args.skill:
+        check_id("--skill", args.skill)
+    until = parse_until(args.until, time.time())
+    operator, request_id = _change_identity(args)
+    reply = call_once(args, "SetEmergency", operator_pb2.SetEmergencyRequest(
+        branch=args.branch, skill=args.skill, host=args.host, until=until, operator=operator,
+        reason=args.reason, request_id=request_id))
+    if args.json:
+        _emit_json(out, {"command": "calendar emergency set", **message_to_json(reply)})
+    else:
+        out.write(printable(reply.message) + f"\n  audit {reply.audit_id}  request id {request_id}\n")
+    return change_exit(reply, "calendar emergency set", request_id, err)
+
+
+def cmd_emergency_clear(args: argparse.Namespace) -> int:
+    from callroute.v1 import operator_pb2
+
+    out, err = _streams(args)
+    check_id("--branch", args.branch)
+    if args.skill:
+        check_id("--skill", args.skill)
+    operator, request_id = _change_identity(args)
+    reply = call_once(args, "ClearEmergency", operator_pb2.ClearEmergencyRequest(
+        branch=args.branch, skill=args.skill, operator=operator, reason=args.reason, request_id=request_id))
+    if args.json:
+        _emit_json(out, {"command": "calendar emergency clear", **message_to_json(reply)})
+    else:
+        out.write(printable(reply.message) + f"\n  audit {reply.audit_id}  request id {request_id}\n")
+    return change_exit(reply, "calendar emergency clear", request_id, err)
+
+
+def cmd_emergency_list(args: argparse.Namespace) -> int:
+    from callroute.v1 import operator_pb2
+
+    out, _ = _streams(args)
+    reply = call_once(args, "ListEmergencies", operator_pb2.ListEmergenciesRequest())
+    if args.json:
+        _emit_json(out, message_to_json(reply))
+        return EXIT_OK
+    if not reply.emergencies:
+        out.write(f"no emergency overrides (plan {reply.plan_version})\n")
+    for e in reply.emergencies:
+        out.write(printable(f"{e.description}; set {_when(e.set_at)}; "
+                            + (f"in plan {reply.plan_version}" if e.in_plan else "NOT in the current plan"))
+                  + "\n")
+    return EXIT_OK
+
+
+def _add_emergency_parsers(csub: Any) -> None:
+    p = csub.add_parser("emergency", help="send a branch's calls to one center now, beating every schedule")
+    esub = p.add_subparsers(dest="emergency_command", required=True)
+    sp = esub.add_parser("set", help="applied at once, no second operator (audited with your identity)")
+    sp.add_argument("--branch", required=True)
+    sp.add_argument("--skill", default="", help="only this skill's calls (default: all the branch's)")
+    sp.add_argument("--host", required=True, help="the center that takes the calls")
+    sp.add_argument("--until", default="", help="end time with zone (2020-01-24T08:00+08:00) or a duration "
+                    "(12h); default: until cleared")
+    _change(sp)
+    _common(sp)
+    sp.set_defaults(func=_guarded("calendar emergency set", cmd_emergency_set),
+                    command_name="calendar emergency set")
+    sp = esub.add_parser("clear", help="end it now")
+    sp.add_argument("--branch", required=True)
+    sp.add_argument("--skill", default="")
+    _change(sp)
+    _common(sp)
+    sp.set_defaults(func=_guarded("calendar emergency clear", cmd_emergency_clear),
+                    command_name="calendar emergency clear")
+    sp = esub.add_parser("list", help="stored emergencies and whether the plan carries them")
+    _common(sp)
+    sp.set_defaults(func=_guarded("calendar emergency list", cmd_emergency_list),
+                    command_name="calendar emergency list")
+
+
 def add_parsers(sub: Any) -> None:
     add_override_parsers(sub)
     p = sub.add_parser("calendar", help="the network's time zone, public holidays and holiday hosting")
@@ -245,3 +353,4 @@ def add_parsers(sub: Any) -> None:
     sp = csub.add_parser("show", help="the calendar in force")
     _common(sp)
     sp.set_defaults(func=_guarded("calendar show", cmd_calendar_show), command_name="calendar show")
+    _add_emergency_parsers(csub)

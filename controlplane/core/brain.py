@@ -16,8 +16,9 @@ from typing import Any
 
 import msgspec
 
-from .calendar import Calendar, branch_clocks, holiday_overrides
+from .calendar import Calendar, branch_clocks, calendar_overrides
 from .demand import DemandSettings, DemandTracker
+from .emergency import Emergency, EmergencyBook
 from .health import HealthSettings, HealthTracker
 from .model import AdminState, InvalidInput, NetworkView, Plan, Report, Status, Topology
 from .overrides import Override, apply_overrides, check_override
@@ -150,6 +151,9 @@ class LeaderBrain:
         # the network's time zone, holidays and holiday hosting (core/calendar.py); None: the host's
         # local time, as before calendars
         self.calendar: Calendar | None = None
+        # operators' emergency overrides (calendar/emergency/ in the store; core/emergency.py):
+        # applied last, so they beat every schedule
+        self.emergencies = EmergencyBook()
         # indirect probes of silent centers and the panic threshold (issue 16): its verdicts become
         # the tracker's confirm_down / vouch; while it panics the plan is frozen (`due`)
         self.suspicion = Suspicion(suspicion_settings or SuspicionSettings())
@@ -338,6 +342,18 @@ class LeaderBrain:
             self.overrides = dict(overrides)
             self._urgent(CAUSE_OPERATOR)
 
+    def set_emergencies(self, emergencies: dict[str, Emergency]) -> None:
+        if self.emergencies.set(emergencies):
+            self._urgent(CAUSE_OPERATOR)
+
+    def emergencies_due(self, wall: float) -> bool:
+        """Whether one ended (or began) at `wall` since the last plan: then a plan is due at once.
+        The shell asks with its wall clock after each wake, and wakes at `emergencies.wake_at`."""
+        if self.emergencies.due(wall):
+            self._urgent(CAUSE_OPERATOR)
+            return True
+        return False
+
     def set_topology(self, topology: Topology, topology_hash: str, version: int, topology_json: str,
                      now: float) -> bool:
         """Plan from a new live topology (issue 18) from the next computation, with no restart.
@@ -487,10 +503,12 @@ class LeaderBrain:
         cause = self.cause
         self.cause = CAUSE_LOAD
         plan = self.planner.compute(self.view(now), now, self.version + 1, wall_hour, weekday, clocks=clocks)
-        hol = holiday_overrides(self.calendar, wall, self.topology) if self.calendar else ()
+        hol = calendar_overrides(self.calendar, wall, self.topology) if self.calendar else ()
         ovs = [*self.overrides.values(), *hol]
         if ovs:
             plan = apply_overrides(plan, ovs, self.topology)
+        # last: an emergency beats schedules, holidays, date overrides and traffic overrides
+        plan = self.emergencies.apply(plan, self.topology, wall)
         broken = self.paths.broken()
         if broken:
             after = self.suspicion.s.suspect_after_s

@@ -12,6 +12,12 @@ hosting), and `holiday_hosting` may move whole branches to a host for the day (e
 hosted centrally by Chengdu). Holiday hosting is expressed as overrides (core/overrides.py) of 100%
 of the branch's calls, so it obeys the same checks: never to a closed or unstaffed center.
 
+Date overrides are one-off days that are not public holidays ("2020-01-24: hubei -> chengdu"): on
+that local date (each branch's own zone, like holidays) the named branches (optionally only named
+skills) are hosted at the named center. They are overrides too, and on a date that is also a
+holiday a date override beats that branch's holiday hosting (the more specific entry wins). The
+operator's emergency override (core/emergency.py) beats both, and every schedule.
+
 Must not: read the clock, do I/O, import asyncio/grpc/etcd/prometheus. Time comes in as `wall`
 (seconds since the epoch, UTC).
 """
@@ -28,9 +34,24 @@ from .overrides import Override
 from .zones import fixed_offset, local_time, zone
 
 MAX_HOLIDAYS = 400  # a year of dates with room; a calendar is renewed yearly
+# one-off days: a bad year (2020) had dozens; each is a per-route pass when it is in force
+MAX_DATE_OVERRIDES = 400
+# branches one date override names: a province list of one network (about 37) with room
+MAX_DATE_BRANCHES = 64
 # an override's ttl must be positive; holiday hosting lasts as long as the day does, re-derived
 # at every computation, so the figure here is only for display
 _DAY_S = 86_400.0
+
+
+class DateOverride(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """On `date` (YYYY-MM-DD, each branch's local date) `branches` are hosted at `host`: only
+    `skills` of them when given, else all their calls."""
+
+    date: str
+    branches: tuple[str, ...]
+    host: str
+    skills: tuple[str, ...] = ()
+    reason: str = ""
 
 
 class Calendar(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -45,6 +66,8 @@ class Calendar(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # branch -> the only skills its holiday hosting moves (absent: all of them): self-service
     # (IVR) hosted centrally on a holiday while human seats stay local
     holiday_skills: dict[str, tuple[str, ...]] = {}
+    # one-off days that are not public holidays, e.g. 2020-01-24: hubei -> chengdu
+    date_overrides: tuple[DateOverride, ...] = ()
 
 
 def check_calendar(cal: Calendar, topology: Topology) -> None:
@@ -92,6 +115,57 @@ def check_calendar(cal: Calendar, topology: Topology) -> None:
                 raise InvalidInput(f, s, "pinned at this branch: pinned calls stay with the home's seats")
             if agents[host].get(s, 0) <= 0:
                 raise InvalidInput(f, s, f"host {host} has no agents for it")
+    _check_date_overrides(cal, topology)
+
+
+def _check_date_overrides(cal: Calendar, topology: Topology) -> None:
+    if len(cal.date_overrides) > MAX_DATE_OVERRIDES:
+        raise InvalidInput("date_overrides", len(cal.date_overrides),
+                           f"more than {MAX_DATE_OVERRIDES} entries")
+    branches = {b.id: b for b in topology.branches}
+    agents = {c.id: c.agents for c in topology.centers}
+    seen: dict[tuple[str, str, str], int] = {}  # (date, branch, skill or "") -> entry index
+    for i, o in enumerate(cal.date_overrides):
+        f = f"date_overrides[{i}]"
+        try:
+            _dt.date.fromisoformat(o.date)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"{f}.date", o.date, "must be a date YYYY-MM-DD") from None
+        if o.host not in agents:
+            raise InvalidInput(f"{f}.host", o.host, "unknown center")
+        if not o.branches:
+            raise InvalidInput(f"{f}.branches", list(o.branches), "name at least one branch")
+        if len(o.branches) > MAX_DATE_BRANCHES:
+            raise InvalidInput(f"{f}.branches", len(o.branches), f"more than {MAX_DATE_BRANCHES} branches")
+        if len(o.reason) > 200:
+            raise InvalidInput(f"{f}.reason", o.reason[:40], "longer than 200 characters")
+        for j, s in enumerate(o.skills):
+            if s in o.skills[:j]:
+                raise InvalidInput(f"{f}.skills[{j}]", s, "named twice")
+        for j, b in enumerate(o.branches):
+            fb = f"{f}.branches[{j}]"
+            if b not in branches:
+                raise InvalidInput(fb, b, "unknown branch")
+            if b in o.branches[:j]:
+                raise InvalidInput(fb, b, "named twice")
+            if o.host == branches[b].home:
+                raise InvalidInput(f"{f}.host", o.host, f"is {b}'s home already")
+            for j2, s in enumerate(o.skills):
+                fs = f"{f}.skills[{j2}]"
+                if s not in branches[b].calls_per_hour:
+                    raise InvalidInput(fs, s, f"branch {b} has no calls of this skill")
+                if s in branches[b].pinned:
+                    raise InvalidInput(fs, s, f"pinned at {b}: pinned calls stay with the home's seats")
+                if agents[o.host].get(s, 0) <= 0:
+                    raise InvalidInput(fs, s, f"host {o.host} has no agents for it")
+            for s in o.skills or ("",):
+                # the same calls hosted twice on one day: which entry wins would be a guess
+                clash = [k for k in ((o.date, b, s), (o.date, b, "")) if k in seen]
+                clash += [k for k in seen if not s and k[:2] == (o.date, b)]
+                if clash:
+                    raise InvalidInput(fb, b, f"hosted on {o.date} by date_overrides[{seen[clash[0]]}] "
+                                              "already")
+                seen[(o.date, b, s)] = i
 
 
 # no calendar stored: the network zone is the default one (UTC+8), never the host's
@@ -168,6 +242,68 @@ def holiday_overrides(cal: Calendar, wall: float, topology: Topology | None = No
     ]
 
 
+def branch_dates(topology: Topology, cal: Calendar | None, wall: float) -> dict[str, str]:
+    """Every branch's local date (YYYY-MM-DD) at `wall`, in its own zone (as `branch_clocks`)."""
+    c = cal or DEFAULT_CALENDAR
+    tz_of = {x.id: x.tz for x in topology.centers}
+    network = fixed_offset(c.utc_offset_h)
+    by_name: dict[str, str] = {}
+    out = {}
+    for b in topology.branches:
+        name = b.tz or tz_of.get(b.home, "")
+        d = by_name.get(name)
+        if d is None:
+            d = by_name[name] = local_time(wall, zone(name) if name else network).date().isoformat()
+        out[b.id] = d
+    return out
+
+
+def _unpinned(b: Branch) -> tuple[str, ...]:
+    """A whole branch's date override moves its calls skill by skill when some are pinned:
+    pinned calls stay with the home's seats (as `check_calendar` refuses naming them)."""
+    if not b.pinned:
+        return ("",)
+    return tuple(s for s in b.calls_per_hour if s not in b.pinned)
+
+
+def date_overrides_on(cal: Calendar, wall: float, topology: Topology) -> list[Override]:
+    """The date overrides in force at `wall` (each branch's own local date) as overrides of all
+    (or the named skills) of each branch's calls."""
+    if not cal.date_overrides:
+        return []
+    dates = branch_dates(topology, cal, wall)
+    branches = {b.id: b for b in topology.branches}
+    out: list[Override] = []
+    for o in cal.date_overrides:
+        for b in o.branches:
+            if dates.get(b) != o.date:
+                continue
+            why = f"date override {o.date} (calendar)" + (f": {o.reason}" if o.reason else "")
+            out.extend(Override(id=f"date.{b}.{s}" if s else f"date.{b}", share=1.0, to=(o.host,), branch=b,
+                                skill=s, ttl_s=_DAY_S, reason=why, operator="calendar")
+                       for s in o.skills or _unpinned(branches[b]))
+    return out
+
+
+def calendar_overrides(cal: Calendar, wall: float, topology: Topology) -> list[Override]:
+    """Everything the calendar moves at `wall`: date overrides, and holiday hosting of the calls
+    no date override of that day names (the more specific entry wins)."""
+    dated = date_overrides_on(cal, wall, topology)
+    if not dated:
+        return holiday_overrides(cal, wall, topology)
+    skills = {b.id: tuple(b.calls_per_hour) for b in topology.branches}
+    taken = {(o.branch, s) for o in dated for s in ((o.skill,) if o.skill else skills.get(o.branch, ()))}
+    kept = []
+    for o in holiday_overrides(cal, wall, topology):
+        its = (o.skill,) if o.skill else skills.get(o.branch, ())
+        left = [s for s in its if (o.branch, s) not in taken]
+        if len(left) == len(its):
+            kept.append(o)
+        else:  # part of a branch's holiday hosting is beaten: host the rest skill by skill
+            kept.extend(msgspec.structs.replace(o, id=f"holiday.{o.branch}.{s}", skill=s) for s in left)
+    return [*dated, *kept]
+
+
 def calendar_moves(before: Calendar | None, after: Calendar, topology: Topology,
                    open_centers: set[str] | frozenset[str]) -> list[str]:
     """Why changing the calendar from `before` (None: none stored, the default one is in force) to
@@ -175,8 +311,9 @@ def calendar_moves(before: Calendar | None, after: Calendar, topology: Topology,
     two-person rule holds a calendar change for, like a topology's (core/topodiff.py, where a
     dropped schedule rule counts too: its host stops hosting) and an override's.
 
-    - holiday hosting: on each holiday date a branch's calls are at its host (or home); a date on
-      which that center changes takes them off the one that had them;
+    - holiday hosting and date overrides: on each such date a branch's calls are at its host (a
+      date override's, else the holiday's; or home); a date on which that center changes takes
+      them off the one that had them;
     - the network offset: the hours of every schedule read in the network zone move with it;
     - holidays and holiday_weekday: a holiday runs another weekday's rules, so a branch whose rules
       name days may change host on the dates added or removed.
@@ -189,26 +326,36 @@ def calendar_moves(before: Calendar | None, after: Calendar, topology: Topology,
 
     branches = {x.id: x for x in topology.branches}
 
-    def hosted(cal: Calendar) -> dict[tuple[str, str, str], str]:
-        """(branch, skill, date) -> the center holiday hosting puts those calls at."""
-        return {(br, s, d): host for br, host in cal.holiday_hosting.items() if br in branches
-                for s in cal.holiday_skills.get(br, tuple(branches[br].calls_per_hour))
-                for d in cal.holidays}
+    def hosted(cal: Calendar) -> dict[tuple[str, str, str], tuple[str, str]]:
+        """(branch, skill, date) -> (the center the calendar puts those calls at, which entry)."""
+        out = {(br, s, d): (host, "holiday hosting")
+               for br, host in cal.holiday_hosting.items() if br in branches
+               for s in cal.holiday_skills.get(br, tuple(branches[br].calls_per_hour))
+               for d in cal.holidays}
+        for o in cal.date_overrides:  # after the holidays: on its day a date override wins
+            for br in o.branches:
+                if br in branches:
+                    x = branches[br]
+                    for s in o.skills or tuple(s for s in x.calls_per_hour if s not in x.pinned):
+                        out[(br, s, o.date)] = (o.host, "date override")
+        return out
 
     hb, ha = hosted(b), hosted(after)
-    moves: dict[tuple[str, str, str, str], list[str]] = {}
+    moves: dict[tuple[str, str, str, str, str], list[str]] = {}
     for br, s, d in sorted(set(hb) | set(ha)):
         home = branches[br].home
-        had, gets = hb.get((br, s, d), home), ha.get((br, s, d), home)
+        (had, why_b), (gets, why_a) = hb.get((br, s, d), (home, "")), ha.get((br, s, d), (home, ""))
         if had != gets and had in open_centers:
-            moves.setdefault((br, had, gets, d), []).append(s)
-    by_days: dict[tuple[str, str, str, str], list[str]] = {}
-    for (br, had, gets, d), moved in moves.items():
-        every = set(moved) == set(branches[br].calls_per_hour)
-        by_days.setdefault((br, had, gets, "" if every else ",".join(moved)), []).append(d)
-    for (br, had, gets, named), days in by_days.items():
+            why = "date override" if "date override" in (why_b, why_a) else "holiday hosting"
+            moves.setdefault((br, had, gets, d, why), []).append(s)
+    by_days: dict[tuple[str, str, str, str, str], list[str]] = {}
+    for (br, had, gets, d, why), moved in moves.items():
+        x = branches[br]
+        every = set(moved) >= {s for s in x.calls_per_hour if s not in x.pinned}  # pinned stay home
+        by_days.setdefault((br, had, gets, "" if every else ",".join(moved), why), []).append(d)
+    for (br, had, gets, named, why), days in by_days.items():
         which = f" ({named})" if named else ""
-        out.append(f"{br}{which}: off open {had} to {gets} on {','.join(days)} (holiday hosting)")
+        out.append(f"{br}{which}: off open {had} to {gets} on {','.join(days)} ({why})")
     days_changed = set(b.holidays) ^ set(after.holidays)
     weekday_changed = b.holiday_weekday != after.holiday_weekday and bool(after.holidays or b.holidays)
     for x in topology.branches:

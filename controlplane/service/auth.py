@@ -81,6 +81,10 @@ METHOD_ROLES: dict[str, Role] = {
     _OPS + "ClearOverride": Role.OPERATOR,
     _OPS + "GetCalendar": Role.VIEWER,
     _OPS + "SetCalendar": Role.ADMIN,
+    # a duty officer must be able to act at once in an emergency (service/emergency.py)
+    _OPS + "SetEmergency": Role.OPERATOR,
+    _OPS + "ClearEmergency": Role.OPERATOR,
+    _OPS + "ListEmergencies": Role.VIEWER,
     _OPS + "ApplyTopology": Role.ADMIN,
     _OPS + "ShowTopology": Role.VIEWER,
     _OPS + "TopologyHistory": Role.VIEWER,

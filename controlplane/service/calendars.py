@@ -2,12 +2,13 @@
 
 The calendar (core/calendar.py) lives under `calendar/current`. SetCalendar validates it against the
 topology (clear errors naming field and value), then writes it with its audit entry (the diff:
-holidays and holiday hosting added and removed, time zone before and after) and the request record
-in ONE transaction. The leader follows the key and uses the calendar from its next computation: no
-restart.
+holidays, holiday hosting and date overrides added and removed, time zone before and after) and
+the request record in ONE transaction. The leader follows the key and uses the calendar from its
+next computation: no restart.
 
 Two-person rule (settings.require_two_person): a change that moves calls off an open center
-(core/calendar.py calendar_moves: holiday hosting added, changed or dropped for a date; the network
+(core/calendar.py calendar_moves: holiday hosting or a date override added, changed or dropped for
+a date; the network
 offset under schedules; holidays under weekday rules) is stored as a pending request through the
 same path as a topology change or an override (operator_approvals.py `_request_approval`; Approve
 calls `approve_calendar`, refusals.py refuses), audited with its diff and its moves. The approval
@@ -67,6 +68,15 @@ def calendar_diff(before: Calendar | None, after: Calendar) -> str:
         xs, ys = b.holiday_skills.get(br, ()), after.holiday_skills.get(br, ())
         if xs != ys:
             parts.append(f"holiday_skills.{br} {','.join(xs) or 'all'} -> {','.join(ys) or 'all'}")
+    def dated(cal: Calendar) -> set[str]:
+        return {f"{o.date} {','.join(o.branches)}" + (f"/{','.join(o.skills)}" if o.skills else "")
+                + f" -> {o.host}" for o in cal.date_overrides}
+
+    gone, new = sorted(dated(b) - dated(after)), sorted(dated(after) - dated(b))
+    if gone:
+        parts.append("date_overrides -" + "; -".join(gone))
+    if new:
+        parts.append("date_overrides +" + "; +".join(new))
     return "; ".join(parts) or "no change"
 
 

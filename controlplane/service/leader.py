@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from controlplane.core.brain import HEALTH_METRICS_EVERY_S, LeaderBrain
+from controlplane.core.emergency import describe
 from controlplane.core.health import HealthSnapshot
 from controlplane.core.model import AdminState, Plan
 from controlplane.drillreport import write_report
@@ -25,6 +27,7 @@ from controlplane.store.base import Delete, Put, mod_revision_is
 from .audit import AuditRecord
 from .calendars import watch_calendar
 from .drills import DrillRunner
+from .emergency import read_emergencies, watch_emergencies
 from .ledger import LedgerWriter
 from .overrides import watch_overrides
 from .readiness import ReadinessWatch
@@ -76,6 +79,9 @@ class LeaderLoop:
         self._sleep_until = 0.0  # loop time the timer task sleeps until
         self.election: Any = None  # the current term's Election (for operators' and tests' eyes)
         self.ledger: LedgerWriter | None = None  # the term's billing-ledger writer (service/ledger.py)
+        # the wall clock (UTC seconds) schedules, holidays and emergencies are read at; a test
+        # drives it (an emergency's end) instead of sleeping
+        self.wall: Callable[[], float] = time.time
 
     @property
     def is_leader(self) -> bool:
@@ -135,6 +141,8 @@ class LeaderLoop:
         admin = await cp.read_admin()
         await load_live_topology(cp)  # a newer topology than this replica's file (issue 18)
         rollback = await self._read_rollback()
+        # in this term's first plan, not one plan later: an emergency outlives its leader
+        emergencies = await read_emergencies(cp)
         seqs = await self._read_seqs()
         reported = await self._read_reported()
         drills = DrillRunner(cp, self, election, write_report)
@@ -159,6 +167,7 @@ class LeaderLoop:
             suspicion_settings=cp.settings.suspicion,
         )
         self.brain.shed = shed
+        self.brain.emergencies.set(emergencies)
         self.brain.topology_version, self.brain.topology_json = cp.topology_version, cp.topology_json
         if seqs is not None:
             self.brain.tracker.restore(seqs)
@@ -176,6 +185,7 @@ class LeaderLoop:
             tg.create_task(self._watch_rollback())
             tg.create_task(watch_overrides(cp, self))
             tg.create_task(watch_calendar(cp, self))
+            tg.create_task(watch_emergencies(cp, self))
             tg.create_task(drills.run())
             tg.create_task(RetentionSweeper(cp, self, election).run())
             tg.create_task(ReadinessWatch(cp, self).run())
@@ -269,6 +279,22 @@ class LeaderLoop:
         brain.released = None
         log.info("rollback to plan %d ended: %s", version, why)
 
+    async def _audit_emergency_ends(self, election: Any, brain: LeaderBrain) -> None:
+        """Audit each emergency that ended by its time (set and clear are audited by the operator's
+        request), fenced; on failure they are logged, not retried: the plan is already right."""
+        cp = self.cp
+        ended = brain.emergencies.take_ended()
+        ops: list[Any] = []
+        for i, e in enumerate(ended):
+            audit_id = f"{time.time_ns():020d}-{cp.settings.id}-emergency-{i}"
+            rec = AuditRecord(audit_id, self.wall(), f"leader:{cp.settings.id}", "end_emergency",
+                              f"emergency/{e.id}", "its time came", f"ended: {describe(e)}", e.request_id)
+            ops.append(Put(cp.key("audit/" + audit_id), msgspec.json.encode(rec)))
+        try:
+            await cp._call("txn", election.fenced_txn((), ops, timeout_s=cp.settings.store_deadline_s))
+        except Exception as err:
+            log.warning("could not audit the end of %s: %r", ", ".join(e.id for e in ended), err)
+
     async def _audit_reported(self, election: Any, brain: LeaderBrain, now: float) -> None:
         """Audit what centers' reports did on their own: state changes (B11: a center closed by its
         own ACD is in the trail with its source) and capped foreign demand. All in one fenced
@@ -320,6 +346,8 @@ class LeaderLoop:
                     or now - health_at >= HEALTH_METRICS_EVERY_S):
                 cp.publish_health(brain, now)
                 health_at = now
+            wall = self.wall()
+            brain.emergencies_due(wall)  # one ended since the last plan: a plan is due now
             if brain.rollback_due:  # only a takeover's first publish can be pending with it: it wins
                 await self._publish_rollback(election, brain, now)
                 continue
@@ -328,9 +356,14 @@ class LeaderLoop:
                 continue
             if brain.released is not None:
                 await self._end_rollback(brain)
+            if brain.emergencies.ended:
+                await self._audit_emergency_ends(election, brain)
             if brain.audits_due(now):
                 await self._audit_reported(election, brain, now)
             wake = min(brain.next_wakeup(now), now + HEALTH_METRICS_EVERY_S)
+            ends_at = brain.emergencies.wake_at(wall)
+            if ends_at is not None:  # wall seconds to loop seconds: both run at one rate
+                wake = min(wake, now + (ends_at - wall))
             self._sleep_until = wake
             self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as
@@ -343,7 +376,7 @@ class LeaderLoop:
     async def _publish_once(self, election: Any, brain: LeaderBrain, now: float) -> None:
         cp = self.cp
         t0 = time.perf_counter()
-        wall = time.time()
+        wall = self.wall()
         # every branch's schedule in its own zone from the topology and calendar: never this
         # host's local time (a UTC container would move night hosting by eight hours)
         plan = brain.compute(now, wall, clocks=brain.clocks_at(wall))

@@ -40,7 +40,7 @@ from wire.convert import (
     status_to_pb,
 )
 
-from . import calendars, overrides, refusals, topology
+from . import calendars, emergency, overrides, refusals, topology
 from .audit import AuditRecord, RequestRecord
 from .operator_approvals import ApprovalRpcs
 from .operator_drills import DrillRpcs
@@ -415,6 +415,15 @@ class OperatorServicer(ApprovalRpcs, DrillRpcs, PlanRpcs, operator_pb2_grpc.Oper
 
     async def GetCalendar(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         return await calendars.get_calendar(self, request, context)
+
+    async def SetEmergency(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await emergency.set_emergency(self, request, context)
+
+    async def ClearEmergency(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await emergency.clear_emergency(self, request, context)
+
+    async def ListEmergencies(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await emergency.list_emergencies(self, request, context)
 
     # ------------------------------------------------------------------ live topology (topology.py)
 
