@@ -83,3 +83,20 @@ def test_a_holiday_hosts_the_configured_branches_centrally_and_the_next_day_they
     after = plan_at(_wall(2026, 10, 3, 12), 2.0)
     assert [t.center for t in find_route(after, "qinghai", "retail").targets] == [homes["qinghai"]]
     assert holiday_overrides(NATIONAL_DAY, _wall(2026, 10, 3, 12)) == []
+
+
+def test_holiday_hosting_of_a_whole_branch_keeps_its_pinned_skills_at_home():
+    # hubei's local_products are pinned: its own special products stay with wuhan's seats, as the
+    # calendar check already insists for holiday_skills and date overrides do for a whole branch
+    cal = Calendar(holidays=("2026-10-01",), holiday_hosting={"hubei": "chengdu"})
+    check_calendar(cal, NATIONAL)
+    b = LeaderBrain(NATIONAL, topology_hash(NATIONAL), 0.0, publish_interval_s=1.0, base_version=0)
+    b.calendar = cal
+    wall = _wall(2026, 10, 1, 12)
+    hour, weekday, _ = local_clock(cal, wall)
+    b.urgent = True
+    plan = b.compute(0.0, wall, hour, weekday)
+    assert plan is not None and consistent(plan, NATIONAL) == []
+    assert [t.center for t in find_route(plan, "hubei", "retail").targets] == ["chengdu"]
+    pinned = find_route(plan, "hubei", "local_products")
+    assert [t.center for t in pinned.targets] == ["wuhan"], pinned

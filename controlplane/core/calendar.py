@@ -225,6 +225,12 @@ def holiday_overrides(cal: Calendar, wall: float, topology: Topology | None = No
         on = {b for b in cal.holiday_hosting if clocks.get(b, (0.0, 0, False))[2]}
     if not on:
         return []
+    # a whole branch hosted: its pinned skills (its own special products) stay with the home's seats,
+    # as holiday_skills may not name them either
+    unpinned: dict[str, tuple[str, ...]] = {}
+    for br in topology.branches if topology is not None else ():
+        if br.id in on and br.pinned and br.id not in cal.holiday_skills:
+            unpinned[br.id] = tuple(x for x in br.calls_per_hour if x not in br.pinned)
     return [
         Override(
             id=f"holiday.{b}.{s}" if s else f"holiday.{b}",
@@ -238,7 +244,7 @@ def holiday_overrides(cal: Calendar, wall: float, topology: Topology | None = No
         )
         for b, host in sorted(cal.holiday_hosting.items())
         if b in on
-        for s in cal.holiday_skills.get(b, ("",))
+        for s in cal.holiday_skills.get(b, unpinned.get(b, ("",)))
     ]
 
 
@@ -258,7 +264,7 @@ def branch_dates(topology: Topology, cal: Calendar | None, wall: float) -> dict[
     return out
 
 
-def _unpinned(b: Branch) -> tuple[str, ...]:
+def unpinned(b: Branch) -> tuple[str, ...]:
     """A whole branch's date override moves its calls skill by skill when some are pinned:
     pinned calls stay with the home's seats (as `check_calendar` refuses naming them)."""
     if not b.pinned:
@@ -281,7 +287,7 @@ def date_overrides_on(cal: Calendar, wall: float, topology: Topology) -> list[Ov
             why = f"date override {o.date} (calendar)" + (f": {o.reason}" if o.reason else "")
             out.extend(Override(id=f"date.{b}.{s}" if s else f"date.{b}", share=1.0, to=(o.host,), branch=b,
                                 skill=s, ttl_s=_DAY_S, reason=why, operator="calendar")
-                       for s in o.skills or _unpinned(branches[b]))
+                       for s in o.skills or unpinned(branches[b]))
     return out
 
 
