@@ -1,5 +1,5 @@
-"""The discrete-event engine: calls arrive, are routed by a policy, queue FIFO at a center and skill,
-are answered by agents or hang up.
+"""The discrete-event engine: calls arrive, are routed by a policy, queue at a center and skill
+(FIFO, or by priority as real ACDs serve), are answered by agents or hang up.
 
 Simulated time only: `now` is seconds since 00:00 of day 0, advanced by a heapq event queue;
 arrivals come from a pre-drawn `CallSet` (common random numbers). Staffing follows a
@@ -12,8 +12,18 @@ waiting or ringing) or lost (its center closed, no route, or the path to the cen
 Only calls that arrive inside the measurement window count; the warm-up before it fills queues
 so the window does not start from an empty network.
 
+The ACD's discipline (`priority=True`): Avaya's and Genesys' ACDs serve a skill's queue by
+priority, not arrival: VIP callers first, then calls that already waited at another center
+(re-queried, interflowed: they keep the wait they had, as look-ahead interflow passes it on), then
+the rest; within a class the longest wait since the call reached the network goes first. FIFO
+(the default) is the order the calls joined this queue, as before.
+
 Must not: read the clock, use unseeded randomness, or know which policy it runs (policies are
 objects behind the small `RoutingPolicy` protocol).
+
+Why over 600 lines: the event loop, the queues it serves and the accounting of each call's end
+are one piece of state changed in one order; splitting them would pass that state through every
+call of the hot loop (a simulated day is over a million events).
 """
 
 from __future__ import annotations
@@ -40,6 +50,8 @@ PENDING, RINGING, WAITING, SERVED, ABANDONED, LOST = range(6)
 DEFERRED, CALLBACK_SERVED = 6, 7
 # RoutingPolicy.route's center for "callback accepted": the delay is when the call back is made
 ROUTE_DEFERRED = -2
+# priority classes of the ACD's discipline (lower is served first)
+PRIO_VIP, PRIO_MOVED, PRIO_NORMAL = 0, 1, 2
 # why a call was lost
 LOST_CLOSED, LOST_NO_ROUTE, LOST_PATH = 1, 2, 3
 
@@ -96,9 +108,9 @@ ScenarioEvent = Closure | StaffMove | PathBreak
 
 
 class Queue:
-    """One FIFO queue and its agents: a center and skill (or, pooled, every center's agents)."""
+    """One queue and its agents: a center and skill (or, pooled, every center's agents)."""
 
-    __slots__ = ("idx", "label", "center", "skill", "members", "n", "busy", "waiting", "dq", "open",
+    __slots__ = ("idx", "label", "center", "skill", "members", "n", "busy", "waiting", "dq", "pq", "open",
                  "offered", "answered", "answered_within", "abandoned", "lost", "handled_s", "handled",
                  "busy_s", "staffed_s", "_t_last")
 
@@ -111,7 +123,10 @@ class Queue:
         self.n = 0  # agents on shift
         self.busy = 0  # agents on a call (may exceed n right after a shift ends)
         self.waiting = 0  # calls in the queue (dq may also hold stale entries)
+        # calls in the order they joined (FIFO service, and the oldest wait a report carries)
         self.dq: deque[int] = deque()
+        # priority service: (class, arrival, call), a heap; stale entries are skipped as in dq
+        self.pq: list[tuple[int, float, int]] = []
         self.open = True
         # running totals; reporters take differences
         self.offered = 0
@@ -179,6 +194,8 @@ class SimResult:
     branches: tuple[str, ...] = ()  # names of the indices in `branch`
     # per call: 1 = offered a callback, 2 = offered and accepted (None: no policy offers any)
     callback: np.ndarray | None = None
+    # the policy's branch floor (service_level.branch_floor; 0 = none): branches are reported against it
+    branch_floor: float = 0.0
 
 
 # ---------------------------------------------------------------- the engine
@@ -190,7 +207,8 @@ class Simulation:
     def __init__(self, topology: Topology, calls: CallSet, policy: RoutingPolicy, staffing: StaffingPlan, *,
                  window: tuple[float, float], warmup_s: float = 0.0,
                  events: Sequence[ScenarioEvent] = (), main_center: str | None = None,
-                 progress: Callable[[float], None] | None = None) -> None:
+                 progress: Callable[[float], None] | None = None, priority: bool = False,
+                 vip: np.ndarray | None = None) -> None:
         t0, t1 = window
         if not (math.isfinite(t0) and math.isfinite(t1) and 0 <= t0 < t1):
             raise InvalidInput("window", window, "must be finite with 0 <= start < end")
@@ -259,6 +277,12 @@ class Simulation:
         self.handle: list[float] = calls.handle_s.tolist()
         self.patience: list[float] = calls.patience_s.tolist()
         self.caller: list[int] = calls.caller.tolist()
+        # the ACD's discipline and each caller's tier (VIP or not; None: nobody is)
+        self.priority = bool(priority)
+        if vip is not None and len(vip) != n:
+            raise InvalidInput("vip", len(vip), f"must have one flag per call ({n})")
+        self.vip: bytearray | None = bytearray(np.asarray(vip, dtype=bool).tobytes()) if vip is not None else None
+        self.moved = bytearray(n)  # the call waited at another queue before this one
         self.status = bytearray(n)
         self.lost_reason = bytearray(n)
         self.armed = bytearray(n)  # patience/requeue timers set (once per call)
@@ -347,6 +371,9 @@ class Simulation:
         self._push(end, _DEPART, call)
 
     def _fill(self, q: Queue, now: float) -> None:
+        if self.priority:
+            self._fill_priority(q, now)
+            return
         dq = q.dq
         status, cq = self.status, self.call_queue
         while q.busy < q.n and q.waiting:
@@ -354,6 +381,25 @@ class Simulation:
             if status[c] == WAITING and cq[c] == q.idx:
                 q.waiting -= 1
                 self._start(q, c, now)
+
+    def _fill_priority(self, q: Queue, now: float) -> None:
+        pq = q.pq
+        status, cq = self.status, self.call_queue
+        while q.busy < q.n and q.waiting:
+            c = heapq.heappop(pq)[2]
+            if status[c] == WAITING and cq[c] == q.idx:
+                q.waiting -= 1
+                self._start(q, c, now)
+        if not q.waiting:
+            # nobody waits: what is left in either order is stale
+            pq.clear()
+            q.dq.clear()
+
+    def priority_class(self, call: int) -> int:
+        """The ACD's priority for `call` (lower first): VIP, then moved from another queue, then the rest."""
+        if self.vip is not None and self.vip[call]:
+            return PRIO_VIP
+        return PRIO_MOVED if self.moved[call] else PRIO_NORMAL
 
     def _lose(self, call: int, reason: int, now: float) -> None:
         self.status[call] = LOST
@@ -383,6 +429,8 @@ class Simulation:
             return
         self.status[call] = WAITING
         q.dq.append(call)
+        if self.priority:
+            heapq.heappush(q.pq, (self.priority_class(call), self.arrival[call], call))
         q.waiting += 1
         self._arm(call, now)
 
@@ -417,6 +465,7 @@ class Simulation:
                             q.lost += 1
                             self._lose(c, LOST_CLOSED, now)
                     q.waiting = 0
+                    q.pq.clear()
         elif what == "open":
             self.center_open[self.center_index[str(arg)]] = True
             self._restaff(now)
@@ -507,6 +556,8 @@ class Simulation:
                         self.wait_s[arg] = now - arrival[arg]
                 elif kind == _JOIN:
                     if status[arg] == RINGING:
+                        # it rang unanswered elsewhere first (N rings): the ACD sees an interflowed call
+                        self.moved[arg] = 1
                         deliver(arg, self.call_center[arg], now)
                 elif kind == _REQUEUE:
                     if status[arg] == WAITING:
@@ -515,6 +566,7 @@ class Simulation:
                         if dest >= 0 and self.qmap[dest][q.skill] != q.idx:
                             # leave this queue (its deque entry goes stale) and join the other
                             q.waiting -= 1
+                            self.moved[arg] = 1
                             deliver(arg, dest, now)
                         if requeue_again is not None and status[arg] == WAITING:
                             # a policy that re-queries a call more than once (chaos.sim.requery)
@@ -577,7 +629,8 @@ class Simulation:
                          lost_reason=np.frombuffer(bytes(self.lost_reason), dtype=np.uint8),
                          in_window=in_window, arrival=calls.arrival, skill=calls.skill,
                          branch=calls.branch, queues=qs, events_processed=events,
-                         branches=calls.branches, callback=self._callbacks())
+                         branches=calls.branches, callback=self._callbacks(),
+                         branch_floor=self.topology.policy.service_level.branch_floor)
 
     def _callbacks(self) -> np.ndarray | None:
         if not any(self.callback_offered):

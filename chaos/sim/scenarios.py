@@ -47,7 +47,7 @@ from controlplane.core.planner import compute_plan
 
 from .engine import Closure, PathBreak, ScenarioEvent, StaffMove
 from .erlang_a import erlang_a
-from .workload import DEFAULT_PATIENCE_S, HOUR_S, INTRADAY_PROFILE
+from .workload import DEFAULT_PATIENCE_S, HOUR_S, INTRADAY_PROFILE, VIP_SHARE
 
 SCENARIOS = ("normal-day", "surge-2007", "wuhan-2020", "overflow-path-broken", "overflow-path-broken-idle")
 
@@ -110,6 +110,10 @@ class Scenario:
     patience_s: float | None = DEFAULT_PATIENCE_S
     handle: str = "exponential"
     notes: tuple[str, ...] = ()  # what the scenario chose, for the report
+    # the ACDs serve by priority (VIP, then calls moved from another queue, then by wait; engine.py)
+    # instead of FIFO, and this share of callers is VIP (workload.vip_mask)
+    priority: bool = False
+    vip_share: float = 0.0
 
     @property
     def hours(self) -> float:
@@ -254,10 +258,44 @@ def main_receiver(topo: Topology, closed: str, volume: float, staff_factor: floa
 def build_scenario(name: str, topology: Topology, *, hours: float = 24.0, start_h: float | None = None,
                    warmup_s: float = WARMUP_S, main_center: str | None = None,
                    patience_s: float | None = DEFAULT_PATIENCE_S, handle: str = "exponential",
-                   profile: tuple[float, ...] = INTRADAY_PROFILE) -> Scenario:
-    """The named scenario on `topology` for a window of `hours`."""
+                   profile: tuple[float, ...] = INTRADAY_PROFILE, priority: bool = False,
+                   vip_share: float | None = None, branch_floor: float | None = None) -> Scenario:
+    """The named scenario on `topology` for a window of `hours`.
+
+    `priority`: the ACDs serve by priority, with `vip_share` of callers VIP (default VIP_SHARE;
+    FIFO has none unless given). `branch_floor`: the policy's service_level.branch_floor for this
+    run (None: the topology's)."""
+    sc = _build(name, topology, hours=hours, start_h=start_h, warmup_s=warmup_s, main_center=main_center,
+                patience_s=patience_s, handle=handle, profile=profile, branch_floor=branch_floor)
+    share = vip_share if vip_share is not None else (VIP_SHARE if priority else 0.0)
+    if not (isinstance(share, int | float) and math.isfinite(share) and 0 <= share <= 1):
+        raise InvalidInput("vip_share", share, "must be within [0, 1]")
+    if not priority and share == 0:
+        return sc
+    acd = (f"ACDs serve by priority: VIP ({share:.0%} of callers), then calls moved from another "
+           "queue, then the longest wait" if priority else f"ACDs FIFO; {share:.0%} of callers VIP")
+    return Scenario(**{**sc.__dict__, "priority": priority, "vip_share": float(share),
+                       "notes": (*sc.notes, acd)})
+
+
+def _floored(topology: Topology, branch_floor: float | None) -> Topology:
+    if branch_floor is None:
+        return topology
+    sl = topology.policy.service_level
+    if not (isinstance(branch_floor, int | float) and math.isfinite(branch_floor)
+            and 0 <= branch_floor <= sl.target):
+        raise InvalidInput("branch_floor", branch_floor, f"must be within [0, {sl.target:g}] (the SL target)")
+    pol = msgspec.structs.replace(topology.policy, service_level=msgspec.structs.replace(
+        sl, branch_floor=float(branch_floor)))
+    return msgspec.structs.replace(topology, policy=pol)
+
+
+def _build(name: str, topology: Topology, *, hours: float, start_h: float | None, warmup_s: float,
+           main_center: str | None, patience_s: float | None, handle: str,
+           profile: tuple[float, ...], branch_floor: float | None) -> Scenario:
     if name not in SCENARIOS:
         raise InvalidInput("scenario", name, f"must be one of {', '.join(SCENARIOS)}")
+    topology = _floored(topology, branch_floor)
     if not (isinstance(hours, int | float) and math.isfinite(hours) and 0 < hours <= MAX_HOURS):
         raise InvalidInput("hours", hours, f"must be in (0, {MAX_HOURS:g}]")
     if start_h is None:

@@ -491,6 +491,7 @@ def _check_policy(source: str, pol: Policy, skills: set[str]) -> None:
     _check_number(source, "policy.service_level.target", sl.target, 0.0, 1.0, lo_open=True, hi_open=True)
     _check_number(source, "policy.service_level.answer_within_s", sl.answer_within_s, 0.0, MAX_SECONDS,
                   lo_open=True)
+    _check_number(source, "policy.service_level.branch_floor", sl.branch_floor, 0.0, sl.target)
     if not 1 <= pol.dr_receivers <= MAX_CENTERS:
         _fail(source, "policy.dr_receivers", pol.dr_receivers, f"must be an integer in [1, {MAX_CENTERS}]")
     _check_overflow(source, pol.overflow)
