@@ -21,9 +21,11 @@ def net(small_load: float, others: int, other_load: float, floor: float) -> Topo
     centers = (Center("big", agents={"x": others}), Center("small", agents={"x": 10}),
                Center("other", agents={"x": others}))
     per_h = 3600.0 / AHT
-    branches = (Branch("bb", "big", {"x": other_load * per_h}), Branch("bs", "small", {"x": small_load * per_h}),
+    branches = (Branch("bb", "big", {"x": other_load * per_h}),
+                Branch("bs", "small", {"x": small_load * per_h}),
                 Branch("bo", "other", {"x": other_load * per_h}))
-    return Topology(centers, branches, Policy(aht_s={"x": AHT}, service_level=ServiceLevel(branch_floor=floor)))
+    policy = Policy(aht_s={"x": AHT}, service_level=ServiceLevel(branch_floor=floor))
+    return Topology(centers, branches, policy)
 
 
 def settle(topo: Topology, plans: int = 12):

@@ -99,7 +99,8 @@ def test_vip_class_wins_over_moved():
     calls = generate_calls(topo, start_s=0.0, end_s=600.0, seed=3, profile=FLAT_PROFILE)
     vip = np.zeros(len(calls), dtype=bool)
     vip[0] = True
-    sim = Simulation(topo, calls, StaticPolicy(), flat_staffing(topo), window=(0.0, 600.0), priority=True, vip=vip)
+    sim = Simulation(topo, calls, StaticPolicy(), flat_staffing(topo), window=(0.0, 600.0), priority=True,
+                     vip=vip)
     sim.moved[0] = sim.moved[1] = 1
     assert sim.priority_class(0) == PRIO_VIP and sim.priority_class(1) == PRIO_MOVED
     with pytest.raises(InvalidInput, match="vip"):

@@ -281,7 +281,8 @@ class Simulation:
         self.priority = bool(priority)
         if vip is not None and len(vip) != n:
             raise InvalidInput("vip", len(vip), f"must have one flag per call ({n})")
-        self.vip: bytearray | None = bytearray(np.asarray(vip, dtype=bool).tobytes()) if vip is not None else None
+        self.vip: bytearray | None = (bytearray(np.asarray(vip, dtype=bool).tobytes())
+                                      if vip is not None else None)
         self.moved = bytearray(n)  # the call waited at another queue before this one
         self.status = bytearray(n)
         self.lost_reason = bytearray(n)
