@@ -145,3 +145,18 @@ def test_scenario_options_for_the_acd_and_the_floor():
         build_scenario("wuhan-2020", topo, hours=0.25, priority=True, vip_share=-0.1)
     # the topology file is untouched
     assert msgspec.structs.replace(topo).policy.service_level.branch_floor == 0.0
+
+
+def test_seed_results_compare_in_one_png(tmp_path):
+    from chaos.sim.plots import plot_seed_comparison
+
+    def row(gap: float) -> dict[str, object]:
+        return {"gap_closed": gap, "gap_closed_ci95": [gap - 0.02, gap + 0.02], "service_level": 0.9,
+                "worst_branch_service_level": 0.8}
+
+    def result(gap: float) -> dict[str, object]:
+        return {"scenario": "surge-2007-severe", "seeds": [1, 2, 3],
+                "policies": {"callroute": row(gap), "callroute+requery": row(gap + 0.1)}}
+
+    path = plot_seed_comparison({"fifo": result(0.7), "priority": result(0.8)}, tmp_path / "cmp.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
