@@ -104,6 +104,36 @@ class PathBreak:
 ScenarioEvent = Closure | StaffMove | PathBreak
 
 
+@dataclass(frozen=True)
+class MultiSkill:
+    """At `center`, `share` of `primary`'s agents on shift are cross-trained for `secondary` too: a
+    free one takes a `primary` call first, else a `secondary` one (an ACD's skill levels 1 and 2).
+    Headcount is unchanged: they are taken out of `primary`'s dedicated agents. Their ACD reports
+    them under both skills, as ACDs do today (issue 17 item 4: the planner counts them twice)."""
+
+    center: str
+    primary: str
+    secondary: str
+    share: float
+
+
+class AgentGroup:
+    """Agents serving several queues in order of preference (a MultiSkill's cross-trained agents)."""
+
+    __slots__ = ("idx", "spec", "center", "primary", "queues", "n", "busy", "staffed_s", "_t_last")
+
+    def __init__(self, idx: int, spec: MultiSkill, center: int, primary: int, queues: list[Queue]) -> None:
+        self.idx = idx
+        self.spec = spec
+        self.center = center
+        self.primary = primary  # skill index whose dedicated agents they were
+        self.queues = queues  # primary's queue first
+        self.n = 0
+        self.busy = 0
+        self.staffed_s = 0.0
+        self._t_last = 0.0
+
+
 # ---------------------------------------------------------------- live state
 
 
@@ -111,6 +141,7 @@ class Queue:
     """One queue and its agents: a center and skill (or, pooled, every center's agents)."""
 
     __slots__ = ("idx", "label", "center", "skill", "members", "n", "busy", "waiting", "dq", "pq", "open",
+                 "groups",
                  "offered", "answered", "answered_within", "abandoned", "lost", "handled_s", "handled",
                  "busy_s", "staffed_s", "_t_last")
 
@@ -127,6 +158,8 @@ class Queue:
         self.dq: deque[int] = deque()
         # priority service: (class, arrival, call), a heap; stale entries are skipped as in dq
         self.pq: list[tuple[int, float, int]] = []
+        # cross-trained agent groups that also serve this queue, those preferring it first
+        self.groups: list[AgentGroup] = []
         self.open = True
         # running totals; reporters take differences
         self.offered = 0
@@ -208,7 +241,7 @@ class Simulation:
                  window: tuple[float, float], warmup_s: float = 0.0,
                  events: Sequence[ScenarioEvent] = (), main_center: str | None = None,
                  progress: Callable[[float], None] | None = None, priority: bool = False,
-                 vip: np.ndarray | None = None) -> None:
+                 vip: np.ndarray | None = None, multiskill: Sequence[MultiSkill] = ()) -> None:
         t0, t1 = window
         if not (math.isfinite(t0) and math.isfinite(t1) and 0 <= t0 < t1):
             raise InvalidInput("window", window, "must be finite with 0 <= start < end")
@@ -284,6 +317,10 @@ class Simulation:
         self.vip: bytearray | None = (bytearray(np.asarray(vip, dtype=bool).tobytes())
                                       if vip is not None else None)
         self.moved = bytearray(n)  # the call waited at another queue before this one
+        self.groups: list[AgentGroup] = []
+        for ms in multiskill:
+            self._add_group(ms)
+        self.call_group = [-1] * n if self.groups else []  # the group whose agent has the call
         self.status = bytearray(n)
         self.lost_reason = bytearray(n)
         self.armed = bytearray(n)  # patience/requeue timers set (once per call)
@@ -319,6 +356,62 @@ class Simulation:
 
     # ------------------------------------------------------------------ internals
 
+    def _add_group(self, ms: MultiSkill) -> None:
+        ci = self.center_index.get(ms.center)
+        if ci is None:
+            raise InvalidInput("multiskill.center", ms.center, "not a center of the topology")
+        for field_, sk in (("primary", ms.primary), ("secondary", ms.secondary)):
+            if sk not in self.skill_index:
+                raise InvalidInput(f"multiskill.{field_}", sk, "not a skill of the call set")
+        if ms.primary == ms.secondary:
+            raise InvalidInput("multiskill.secondary", ms.secondary, "must differ from primary")
+        if not (math.isfinite(ms.share) and 0 <= ms.share <= 1):
+            raise InvalidInput("multiskill.share", ms.share, "must be within [0, 1]")
+        qp = self.queue(ci, self.skill_index[ms.primary])
+        qs = self.queue(ci, self.skill_index[ms.secondary])
+        g = AgentGroup(len(self.groups), ms, ci, self.skill_index[ms.primary], [qp, qs])
+        self.groups.append(g)
+        qp.groups.insert(sum(1 for x in qp.groups if x.queues[0] is qp), g)
+        qs.groups.append(g)
+
+    def agents(self, q: Queue) -> tuple[int, int]:
+        """(logged in, busy) for q as its ACD reports them: cross-trained agents count in each of their
+        skills, busy whichever skill's call they are on."""
+        n, busy = q.n, q.busy
+        for g in q.groups:
+            n += g.n
+            busy += g.busy
+        return n, busy
+
+    def _next(self, q: Queue) -> int:
+        """Take q's next waiting call in the ACD's order off the queue; -1 when none waits."""
+        status, cq = self.status, self.call_queue
+        if self.priority:
+            while q.pq:
+                c = heapq.heappop(q.pq)[2]
+                if status[c] == WAITING and cq[c] == q.idx:
+                    q.waiting -= 1
+                    return c
+        else:
+            while q.dq:
+                c = q.dq.popleft()
+                if status[c] == WAITING and cq[c] == q.idx:
+                    q.waiting -= 1
+                    return c
+        return -1
+
+    def _fill_group(self, g: AgentGroup, now: float) -> None:
+        """g's free agents take calls, their preferred queue first."""
+        while g.busy < g.n:
+            for q in g.queues:
+                if q.waiting:
+                    c = self._next(q)
+                    if c >= 0:
+                        self._start(q, c, now, g)
+                        break
+            else:
+                return
+
     def _rehome(self, now: float) -> None:
         hour = (now % (24 * HOUR_S)) / HOUR_S
         self.branch_home = [self.center_index[effective_home(b, hour, None)] for b in self._branch_objs]
@@ -330,7 +423,7 @@ class Simulation:
         self._changes.append((what, arg))
         self._push(t, _CHANGE, len(self._changes) - 1)
 
-    def _account_staffed(self, q: Queue, now: float) -> None:
+    def _account_staffed(self, q: Queue | AgentGroup, now: float) -> None:
         lo = max(q._t_last, self.window[0])
         hi = min(now, self.window[1])
         if hi > lo:
@@ -344,16 +437,32 @@ class Simulation:
                 base = max(self.staffing.agents(c, s, now), self.staffing.agents(c, s, now - SHIFT_END_LAG_S))
                 self.scheduled[ci][si] = (round(base * self.staff_factor[ci][si])
                                           if self.center_open[ci] else 0)
+        taken: dict[int, int] = {}  # agents a queue's skill lends to cross-trained groups
+        lent: dict[tuple[int, int], int] = {}  # the same per center and skill (a pooled queue has many)
+        for g in self.groups:
+            have = self.scheduled[g.center][g.primary]
+            n = min(round(have * g.spec.share), have - lent.get((g.center, g.primary), 0))
+            lent[(g.center, g.primary)] = lent.get((g.center, g.primary), 0) + n
+            taken[g.queues[0].idx] = taken.get(g.queues[0].idx, 0) + n
+            if n != g.n:
+                self._account_staffed(g, now)
+                g.n = n
         for q in self.queues:
-            n = sum(self.scheduled[ci][q.skill] for ci in q.members)
+            n = sum(self.scheduled[ci][q.skill] for ci in q.members) - taken.get(q.idx, 0)
             if n != q.n:
                 self._account_staffed(q, now)
                 q.n = n
             q.open = any(self.center_open[ci] for ci in q.members)
             self._fill(q, now)
+        for g in self.groups:
+            self._fill_group(g, now)
 
-    def _start(self, q: Queue, call: int, now: float) -> None:
-        q.busy += 1
+    def _start(self, q: Queue, call: int, now: float, g: AgentGroup | None = None) -> None:
+        if g is None:
+            q.busy += 1
+        else:
+            g.busy += 1
+            self.call_group[call] = g.idx
         wait = now - self.arrival[call]
         self.wait_s[call] = wait
         q.answered += 1
@@ -428,6 +537,11 @@ class Simulation:
         if q.busy < q.n and not q.waiting:
             self._start(q, call, now)
             return
+        if q.groups and not q.waiting:
+            for g in q.groups:
+                if g.busy < g.n:
+                    self._start(q, call, now, g)
+                    return
         self.status[call] = WAITING
         q.dq.append(call)
         if self.priority:
@@ -492,6 +606,8 @@ class Simulation:
         t_start, w1 = self.start_s, self.window[1]
         for q in self.queues:
             q._t_last = t_start
+        for g in self.groups:
+            g._t_last = t_start
         # scenario events, and the hour boundaries where shifts change
         self._push_change(t_start, "hour", None)
         h = math.floor(t_start / HOUR_S) + 1
@@ -525,6 +641,7 @@ class Simulation:
         # optional: when to offer a still-waiting call to requeue() again (None: never)
         requeue_again = getattr(policy, "requeue_again", None)
         deliver, fill, heappop, push = self._deliver, self._fill, heapq.heappop, self._push
+        groups = self.groups
         n_calls = len(arrival)
         last_arrival = arrival[-1] if n_calls else t_start
         next_progress = t_start + PROGRESS_EVERY_S
@@ -539,9 +656,16 @@ class Simulation:
                 events += 1
                 if kind == _DEPART:
                     q = queues[call_queue[arg]]
-                    q.busy -= 1
                     q.handled += 1
                     q.handled_s += self.handle[arg]
+                    gi = self.call_group[arg] if groups else -1
+                    if gi >= 0:
+                        # a cross-trained agent is free: its preferred queue first
+                        g = groups[gi]
+                        g.busy -= 1
+                        self._fill_group(g, now)
+                        continue
+                    q.busy -= 1
                     if q.waiting and q.busy < q.n:
                         fill(q, now)
                 elif kind == _ABANDON:
@@ -611,6 +735,8 @@ class Simulation:
                 next_progress = now + PROGRESS_EVERY_S
         for q in queues:
             self._account_staffed(q, max(w1, q._t_last))
+        for g in self.groups:
+            self._account_staffed(g, max(w1, g._t_last))
         if self.progress is not None:
             self.progress(1.0)
         return self._result(events)
@@ -620,9 +746,15 @@ class Simulation:
         w0, w1 = self.window
         in_window = (calls.arrival >= w0) & (calls.arrival < w1)
         qs: list[dict[str, float | str]] = []
+        # cross-trained agents' shift time counts at the queue they were taken from (their center's
+        # occupancy; the calls they answer count at the call's queue, in the same center)
+        lent: dict[int, float] = {}
+        for g in self.groups:
+            lent[g.queues[0].idx] = lent.get(g.queues[0].idx, 0.0) + g.staffed_s
         for q in self.queues:
             qs.append({"queue": q.label, "center": self.centers[q.center] if q.center >= 0 else "pool",
-                       "skill": self.skills[q.skill], "busy_s": q.busy_s, "staffed_s": q.staffed_s})
+                       "skill": self.skills[q.skill], "busy_s": q.busy_s,
+                       "staffed_s": q.staffed_s + lent.get(q.idx, 0.0)})
         return SimResult(policy=self.policy.name, centers=self.centers, skills=self.skills,
                          window=self.window, sl_threshold_s=self.sl_threshold_s,
                          status=np.frombuffer(bytes(self.status), dtype=np.uint8),

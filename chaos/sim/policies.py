@@ -487,6 +487,8 @@ class CallroutePolicy(BasePolicy):
                     k.handled, k.handled_s = q.handled, q.handled_s
                     aht = self._aht(k)
                 n, busy, waiting = q.n, q.busy, q.waiting
+                if q.groups:
+                    n, busy = sim.agents(q)  # cross-trained agents count under each of their skills
                 if not reported[si]:
                     if not (d_off or n or busy or waiting):
                         continue
