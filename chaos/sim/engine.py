@@ -16,7 +16,8 @@ The ACD's discipline (`priority=True`): Avaya's and Genesys' ACDs serve a skill'
 priority, not arrival: VIP callers first, then calls that already waited at another center
 (re-queried, interflowed: they keep the wait they had, as look-ahead interflow passes it on), then
 the rest; within a class the longest wait since the call reached the network goes first. FIFO
-(the default) is the order the calls joined this queue, as before.
+(the default) is the order the calls joined this queue, as before. Cross-trained agents
+(`MultiSkill`) serve two queues of their center, their own skill's first.
 
 Must not: read the clock, use unseeded randomness, or know which policy it runs (policies are
 objects behind the small `RoutingPolicy` protocol).
