@@ -164,7 +164,8 @@ def test_a_topology_without_chains_keeps_its_hash():
     ruled = parse_topology(doc(branch_extra={"schedule": [{"host": "south", "hours": [20, 8],
                                                            "skills": ["card"]}]}))
     unruled = parse_topology(doc(branch_extra={"schedule": [{"host": "south", "hours": [20, 8]}]}))
-    assert len({topology_hash(x) for x in (t, zoned, ruled, unruled)}) == 4
+    floored = parse_topology(doc({"service_level": {"branch_floor": 0.5}}))
+    assert len({topology_hash(x) for x in (t, zoned, ruled, unruled, floored)}) == 5
 
 
 # ------------------------------------------------------------------ the planner

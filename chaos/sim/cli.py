@@ -53,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="callroute-cb: share of callers offered a callback who accept it (default 0.4)")
     p.add_argument("--callback-offer-over", type=float, default=None,
                    help="callroute-cb: predicted wait (s) from which callbacks are offered (default 60)")
+    p.add_argument("--acd", choices=("fifo", "priority"), default="fifo",
+                   help="the ACDs' queue discipline: fifo, or priority (VIP, then calls moved from "
+                        "another queue, then the longest wait), as Avaya/Genesys serve")
+    p.add_argument("--vip-share", type=float, default=None,
+                   help="share of callers who are VIP (default 0.05 with --acd priority, else 0)")
+    p.add_argument("--branch-floor", type=float, default=None,
+                   help="the policy's branch floor for this run (service_level.branch_floor; "
+                        "default: the topology's)")
+    p.add_argument("--multiskill", type=float, default=0.0,
+                   help="share of the two biggest skills' agents at every center who serve both, "
+                        "preferring their own (default 0: single-skilled)")
     p.add_argument("--bin", type=float, default=15.0, help="time-series bin, minutes (default 15)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--out", default=None, help="directory for result.json and PNG plots")
@@ -120,7 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         patience = _patience(args.patience)
         topo = load_topology(args.topology)
         sc = build_scenario(args.scenario, topo, hours=args.hours, start_h=args.start, warmup_s=args.warmup,
-                            patience_s=patience, handle=args.handle)
+                            patience_s=patience, handle=args.handle, priority=args.acd == "priority",
+                            vip_share=args.vip_share, branch_floor=args.branch_floor,
+                            multiskill_share=args.multiskill)
         if not (math.isfinite(args.bin) and 1 <= args.bin <= 24 * 60):
             raise InvalidInput("bin", args.bin, "must be within [1, 1440] minutes")
         policies = args.policy or list(POLICIES)

@@ -10,6 +10,8 @@ Definitions (the ones banks publish):
 - worst branch service level = the lowest service level of a branch's own calls, over branches
   with at least MIN_BRANCH_CALLS calls in the window (whether routing starves some callers);
 - peak service level = service level of the calls arriving in the busiest clock hour of the window.
+- branch floor: the policy's service_level.branch_floor; branches_below_floor names the branches
+  (>= MIN_BRANCH_CALLS calls) whose service level is under it (none when the floor is 0).
 - callbacks (a policy that offers them): offered, accepted (the caller hung up to be called back),
   served (an agent's call back answered, whenever it was made: the run goes on past the window
   until every scheduled call back is made), pending (accepted, never served); an accepted caller
@@ -87,6 +89,8 @@ class PolicyMetrics:
     # offered, accepted, served, pending, served_share, mean_delay_h (empty: no callbacks offered)
     callbacks: dict[str, float] = field(default_factory=dict)
     answer_rate_with_callbacks: float = math.nan
+    branch_floor: float = 0.0
+    branches_below_floor: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         out = _finite(asdict(self))
@@ -196,6 +200,8 @@ def summarize(r: SimResult, bin_s: float = DEFAULT_BIN_S) -> PolicyMetrics:
               "path_broken": int((lost & (reasons == LOST_PATH)).sum())},
         centers=centers, skills=skills, series=series, extras=dict(r.extras), branches=branch_sl,
         worst_branch_service_level=min(branch_sl.values()) if branch_sl else math.nan,
+        branch_floor=r.branch_floor,
+        branches_below_floor=sorted(b for b, v in branch_sl.items() if v < r.branch_floor),
         peak_service_level=peak_sl)
 
 

@@ -40,7 +40,7 @@ import xxhash
 
 from controlplane.core.demand import DemandSettings, DemandTracker
 from controlplane.core.health import MAX_SETTING_COUNT, HealthSettings, HealthTracker
-from controlplane.core.lookup import Decision, LazyPlan
+from controlplane.core.lookup import VIP_TIER, Decision, LazyPlan
 from controlplane.core.model import (
     AdminState,
     InvalidInput,
@@ -487,6 +487,8 @@ class CallroutePolicy(BasePolicy):
                     k.handled, k.handled_s = q.handled, q.handled_s
                     aht = self._aht(k)
                 n, busy, waiting = q.n, q.busy, q.waiting
+                if q.groups:
+                    n, busy = sim.agents(q)  # cross-trained agents count under each of their skills
                 if not reported[si]:
                     if not (d_off or n or busy or waiting):
                         continue
@@ -533,7 +535,9 @@ class CallroutePolicy(BasePolicy):
         bi = sim.call_branch[call]
         home = sim.branch_home[bi]
         assert self.cp is not None  # published in start()
-        d = self.cp.resolve(sim.branches[bi], sim.skills[sim.call_skill[call]], str(sim.caller[call]))
+        # the switch sends the caller's tier (its CTI knows VIP callers): their route is vip_targets
+        tier = VIP_TIER if sim.vip is not None and sim.vip[call] else ""
+        d = self.cp.resolve(sim.branches[bi], sim.skills[sim.call_skill[call]], str(sim.caller[call]), tier)
         self.decisions += 1
         # the lookup is answered by the home center's agent; a switch whose home center is dark asks
         # its backup agent, the next open center in topology order. The agent counts it for its

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+from controlplane.core.lookup import VIP_TIER
 from controlplane.core.model import RequeryPolicy
 from controlplane.core.requery import RequeryBook, RequeryQuery
 
@@ -60,7 +61,8 @@ class RequeryPolicySim(CallroutePolicy):
             self.book = RequeryBook(plan)
         q = RequeryQuery(call_id=str(call), branch=sim.branches[sim.call_branch[call]],
                          skill=sim.skills[sim.call_skill[call]], waited_s=max(0.0, now - joined),
-                         tried=tried, count=used, caller=str(sim.caller[call]))
+                         tried=tried, count=used, caller=str(sim.caller[call]),
+                         tier=VIP_TIER if sim.vip is not None and sim.vip[call] else "")
         a = self.book.answer(q, self.rq)
         self.requeries += 1
         dest = sim.center_index.get(a.center, -1) if not a.stay else -1

@@ -27,7 +27,7 @@ from .engine import Simulation
 from .metrics import DEFAULT_BIN_S, PolicyMetrics, gap_closed, summarize
 from .policies import make_policy
 from .scenarios import Scenario
-from .workload import CallSet, StaffingPlan, generate_calls, plan_staffing
+from .workload import CallSet, StaffingPlan, generate_calls, plan_staffing, vip_mask
 
 
 @dataclass
@@ -70,8 +70,10 @@ def run_policy(sc: Scenario, calls: CallSet, staffing: StaffingPlan, policy: str
                **options: Any) -> PolicyMetrics:
     """One policy over `calls`; options (report_s, publish_s) go to make_policy."""
     pol = make_policy(policy, **options)
+    vip = vip_mask(calls, sc.vip_share) if sc.vip_share > 0 else None
     sim = Simulation(sc.topology, calls, pol, staffing, window=(sc.start_s, sc.end_s), warmup_s=sc.warmup_s,
-                     events=sc.events, main_center=sc.main_center, progress=progress)
+                     events=sc.events, main_center=sc.main_center, progress=progress,
+                     priority=sc.priority, vip=vip, multiskill=sc.multiskill)
     result = sim.run()
     summary = getattr(pol, "summary", None)
     if summary is not None:

@@ -45,9 +45,9 @@ from controlplane.core.erlang import max_load
 from controlplane.core.model import AdminState, InvalidInput, NetworkView, Topology
 from controlplane.core.planner import compute_plan
 
-from .engine import Closure, PathBreak, ScenarioEvent, StaffMove
+from .engine import Closure, MultiSkill, PathBreak, ScenarioEvent, StaffMove
 from .erlang_a import erlang_a
-from .workload import DEFAULT_PATIENCE_S, HOUR_S, INTRADAY_PROFILE
+from .workload import DEFAULT_PATIENCE_S, HOUR_S, INTRADAY_PROFILE, VIP_SHARE
 
 SCENARIOS = ("normal-day", "surge-2007", "wuhan-2020", "overflow-path-broken", "overflow-path-broken-idle")
 
@@ -110,6 +110,13 @@ class Scenario:
     patience_s: float | None = DEFAULT_PATIENCE_S
     handle: str = "exponential"
     notes: tuple[str, ...] = ()  # what the scenario chose, for the report
+    # the ACDs serve by priority (VIP, then calls moved from another queue, then by wait; engine.py)
+    # instead of FIFO, and this share of callers is VIP (workload.vip_mask)
+    priority: bool = False
+    vip_share: float = 0.0
+    # cross-trained agents (engine.MultiSkill): a share of each of the two biggest skills' agents
+    # at every center also serve the other skill, preferring their own
+    multiskill: tuple[MultiSkill, ...] = ()
 
     @property
     def hours(self) -> float:
@@ -254,10 +261,71 @@ def main_receiver(topo: Topology, closed: str, volume: float, staff_factor: floa
 def build_scenario(name: str, topology: Topology, *, hours: float = 24.0, start_h: float | None = None,
                    warmup_s: float = WARMUP_S, main_center: str | None = None,
                    patience_s: float | None = DEFAULT_PATIENCE_S, handle: str = "exponential",
-                   profile: tuple[float, ...] = INTRADAY_PROFILE) -> Scenario:
-    """The named scenario on `topology` for a window of `hours`."""
+                   profile: tuple[float, ...] = INTRADAY_PROFILE, priority: bool = False,
+                   vip_share: float | None = None, branch_floor: float | None = None,
+                   multiskill_share: float = 0.0) -> Scenario:
+    """The named scenario on `topology` for a window of `hours`.
+
+    `priority`: the ACDs serve by priority, with `vip_share` of callers VIP (default VIP_SHARE;
+    FIFO has none unless given). `branch_floor`: the policy's service_level.branch_floor for this
+    run (None: the topology's). `multiskill_share`: that share of the two biggest skills' agents at
+    every center serve both (see multiskill_pairs)."""
+    sc = _build(name, topology, hours=hours, start_h=start_h, warmup_s=warmup_s, main_center=main_center,
+                patience_s=patience_s, handle=handle, profile=profile, branch_floor=branch_floor)
+    share = vip_share if vip_share is not None else (VIP_SHARE if priority else 0.0)
+    if not (isinstance(share, int | float) and math.isfinite(share) and 0 <= share <= 1):
+        raise InvalidInput("vip_share", share, "must be within [0, 1]")
+    blends = multiskill_pairs(sc.topology, multiskill_share)
+    if blends:
+        a, b = blends[0].primary, blends[0].secondary
+        sc = Scenario(**{**sc.__dict__, "multiskill": blends,
+                         "notes": (*sc.notes, f"{multiskill_share:.0%} of {a} and of {b} agents at every "
+                                              f"center serve both skills, preferring their own")})
+    if not priority and share == 0:
+        return sc
+    acd = (f"ACDs serve by priority: VIP ({share:.0%} of callers), then calls moved from another "
+           "queue, then the longest wait" if priority else f"ACDs FIFO; {share:.0%} of callers VIP")
+    return Scenario(**{**sc.__dict__, "priority": priority, "vip_share": float(share),
+                       "notes": (*sc.notes, acd)})
+
+
+def multiskill_pairs(topology: Topology, share: float) -> tuple[MultiSkill, ...]:
+    """Cross-trained agents for a share of the network's two biggest skills (most agents): at each
+    center staffed for both, `share` of each skill's agents also serve the other (retail and
+    credit card in the national example: the two lines one agent most often learns)."""
+    if not (isinstance(share, int | float) and math.isfinite(share) and 0 <= share <= 1):
+        raise InvalidInput("multiskill_share", share, "must be within [0, 1]")
+    if share == 0:
+        return ()
+    total: dict[str, int] = {}
+    for c in topology.centers:
+        for s, n in c.agents.items():
+            total[s] = total.get(s, 0) + n
+    if len(total) < 2:
+        raise InvalidInput("multiskill_share", share, "the topology has fewer than two skills")
+    a, b = sorted(total, key=lambda s: (-total[s], s))[:2]
+    return tuple(MultiSkill(c.id, p, q, float(share)) for c in topology.centers
+                 if c.agents.get(a, 0) > 0 and c.agents.get(b, 0) > 0 for p, q in ((a, b), (b, a)))
+
+
+def _floored(topology: Topology, branch_floor: float | None) -> Topology:
+    if branch_floor is None:
+        return topology
+    sl = topology.policy.service_level
+    if not (isinstance(branch_floor, int | float) and math.isfinite(branch_floor)
+            and 0 <= branch_floor <= sl.target):
+        raise InvalidInput("branch_floor", branch_floor, f"must be within [0, {sl.target:g}] (the SL target)")
+    pol = msgspec.structs.replace(topology.policy, service_level=msgspec.structs.replace(
+        sl, branch_floor=float(branch_floor)))
+    return msgspec.structs.replace(topology, policy=pol)
+
+
+def _build(name: str, topology: Topology, *, hours: float, start_h: float | None, warmup_s: float,
+           main_center: str | None, patience_s: float | None, handle: str,
+           profile: tuple[float, ...], branch_floor: float | None) -> Scenario:
     if name not in SCENARIOS:
         raise InvalidInput("scenario", name, f"must be one of {', '.join(SCENARIOS)}")
+    topology = _floored(topology, branch_floor)
     if not (isinstance(hours, int | float) and math.isfinite(hours) and 0 < hours <= MAX_HOURS):
         raise InvalidInput("hours", hours, f"must be in (0, {MAX_HOURS:g}]")
     if start_h is None:

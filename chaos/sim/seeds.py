@@ -69,6 +69,14 @@ def aggregate(runs: Sequence[ScenarioRun]) -> dict[str, object]:
             "peak_service_level": peak, "peak_service_level_ci95": [plo, phi],
             "per_seed_service_level": [m.service_level for m in ms],
             "per_seed_worst_branch_service_level": [m.worst_branch_service_level for m in ms],
+            # how far the worst branch is below the network (issue 17: within 10 points), seed by seed
+            "worst_branch_below_network": mean_ci95([m.service_level - m.worst_branch_service_level
+                                                     for m in ms])[0],
+            "worst_branch_below_network_ci95": list(mean_ci95([m.service_level - m.worst_branch_service_level
+                                                               for m in ms])[1:]),
+            "branch_floor": getattr(ms[0], "branch_floor", 0.0),
+            "branches_below_floor": mean_ci95([len(getattr(m, "branches_below_floor", ())) for m in ms])[0],
+            "per_seed_branches_below_floor": [len(getattr(m, "branches_below_floor", ())) for m in ms],
         }
         for key in ("answer_rate", "abandon_rate"):
             _, klo, khi = share_ci95([getattr(m, key) for m in ms])
@@ -103,7 +111,12 @@ def aggregate(runs: Sequence[ScenarioRun]) -> dict[str, object]:
         policies[name]["gap_closed"] = g["gap_closed"]  # type: ignore[index]
         policies[name]["gap_closed_ci95"] = g["gap_closed_ci95"]  # type: ignore[index]
     return {"scenario": sc.name, "window": {"start_h": (sc.start_s % 86400) / 3600, "hours": sc.hours},
-            "seeds": [r.seed for r in runs], "notes": list(sc.notes), "policies": policies,
+            "seeds": [r.seed for r in runs], "notes": list(sc.notes),
+            "acd": {"discipline": "priority" if getattr(sc, "priority", False) else "fifo",
+                    "vip_share": getattr(sc, "vip_share", 0.0),
+                    "multiskill_share": max((m.share for m in getattr(sc, "multiskill", ())), default=0.0),
+                    "branch_floor": getattr(runs[0].metrics[names[0]], "branch_floor", 0.0)},
+            "policies": policies,
             "gap": {"baseline": f"max({', '.join(GAP_BASELINES)}) per seed", "bound": GAP_BOUND,
                     "policies": out_gap}}
 

@@ -52,6 +52,24 @@ CALLER_SPAN = 6_000_000_000
 MAX_CALLS = 10_000_000
 
 
+# The share of callers a bank's CTI tags VIP (private banking and top wealth tiers): a few percent of
+# customers. Used when the simulated ACD serves by priority (the scenario's vip_share).
+VIP_SHARE = 0.05
+# a 64-bit odd multiplier (Fibonacci hashing): spreads consecutive caller numbers over the range
+_VIP_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def vip_mask(calls: CallSet, share: float) -> np.ndarray:
+    """Which calls come from VIP callers: a stable hash of the caller number below `share`, so a
+    caller is VIP in every run and every policy, and no random stream is drawn (the calls of a
+    seed are the same with or without tiers)."""
+    if not (math.isfinite(share) and 0 <= share <= 1):
+        raise InvalidInput("vip_share", share, "must be within [0, 1]")
+    with np.errstate(over="ignore"):
+        h = calls.caller.astype(np.uint64) * _VIP_MIX
+    return (h >> np.uint64(11)).astype(np.float64) / float(2**53) < share
+
+
 def profile_at(profile: tuple[float, ...], t: float) -> float:
     """The profile multiplier at sim time t (seconds since 00:00 of day 0; wraps every day)."""
     return profile[int(t // HOUR_S) % 24]

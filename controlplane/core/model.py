@@ -127,6 +127,10 @@ class Branch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ServiceLevel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     target: float = 0.80  # the 80/20 rule banks publish
     answer_within_s: float = 20.0
+    # No branch's service level below this (issue 17 part 3): when the network is short the planner
+    # lets an overloaded center move more than overflow.max_share so its predicted SL reaches the
+    # floor, where the others have room for it. 0 = no floor (max_share alone, as before).
+    branch_floor: float = 0.0
 
 
 class OverflowPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

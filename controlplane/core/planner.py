@@ -45,7 +45,7 @@ from .model import (
     Target,
     Topology,
 )
-from .shortage import LevelCache, water_level
+from .shortage import LEVEL_STEP, LevelCache, water_level
 from .treatments import TreatmentChooser
 
 # A queued call is work the center is already behind on. Spread over this horizon it is extra
@@ -394,6 +394,14 @@ class PlanTracker:
         # the service-level target as overflow explanations quote it ("80%/20s")
         self._sl_text = f"{slp.target:.0%}/{slp.answer_within_s:g}s"
         self._levels = LevelCache(slp.answer_within_s)
+        # the branch floor's grid index in the level cache (0: no floor); rounded up, so a load
+        # at that index meets the floor
+        self._floor_idx = math.ceil(slp.branch_floor / LEVEL_STEP - 1e-9) if slp.branch_floor > 0 else 0
+
+    def _to_floor(self, cc: CenterCapacity, load: float) -> float:
+        """Share of `cc`'s own calls to move so that `load` Erlangs there leave it at the branch
+        floor's predicted service level."""
+        return (load - self._levels.load_at(cc.agents, cc.aht_s, self._floor_idx)) / cc.own_load
 
     def _only(self, cid: str) -> tuple[Target, ...]:
         t = self._home_only.get(cid)
@@ -687,6 +695,7 @@ class PlanTracker:
         closed = rnd.closed
         slp = self.topology.policy.service_level
         max_share_ = self.topology.policy.overflow.max_share
+        floor_idx = self._floor_idx
         for s, members in rnd.by_skill.items():
             if not any(cc.capacity <= 0 or cc.own_load + cc.assigned + cc.backlog > cc.capacity
                        for cid, cc in members if cid not in closed and cc.own_load > 0):
@@ -703,7 +712,13 @@ class PlanTracker:
             room: list[tuple[float, str, CenterCapacity]] = []
             for (cid, cc), b, f in zip(pool, base, fair, strict=True):
                 if b > f:
-                    short_share[(cid, s)] = min(max_share_, (b - f) / cc.own_load) if cc.own_load > 0 else 0.0
+                    need = (b - f) / cc.own_load if cc.own_load > 0 else 0.0
+                    # the branch floor lifts max_share as far as this center's floor needs (or its
+                    # share at the water level, when the level is under the floor): max_share keeps
+                    # a center's callers home for locality, never below the floor
+                    cap_ = max(max_share_, min(need, self._to_floor(cc, b))) if floor_idx and need > 0 \
+                        else max_share_
+                    short_share[(cid, s)] = min(cap_, need, 1.0)
                 elif f - b >= MIN_SPARE_ERLANGS:
                     room.append((-(f - b), cid, cc))
                     short_share[(cid, s)] = 0.0
@@ -721,6 +736,8 @@ class PlanTracker:
         vip_routes, chosen = rnd.vip_routes, rnd.chosen
         short_room, short_level = rnd.short_room, rnd.short_level
         short_share = rnd.short_share
+        slp = pol.service_level
+        floor_idx = self._floor_idx
         ofp = pol.overflow
         enter_ewt, exit_ewt = ofp.enter_ewt_s, ofp.exit_ewt_s
         enter_sl, exit_sl = ofp.enter_sl, ofp.exit_sl
@@ -776,8 +793,14 @@ class PlanTracker:
             if fair_share is not None:
                 # shortage: toward its share at the water level (none when it is below the level)
                 goal = fair_share if st.active else 0.0
+            elif st.active:
+                limit = max_share
+                if floor_idx and desired > max_share:
+                    # spare elsewhere, and max_share would leave this center under the branch floor
+                    limit = max(max_share, min(desired, self._to_floor(cc, total)))
+                goal = min(max(desired, max_step), limit)
             else:
-                goal = min(max(desired, max_step), max_share) if st.active else 0.0
+                goal = 0.0
             st.share = max(st.share - max_step, min(st.share + max_step, goal))
             if vst.active:
                 if ewt < vip_exit_ewt and now - vst.since >= hold:
@@ -835,6 +858,9 @@ class PlanTracker:
             # (worded without "predicted": those reasons are the ones predict=False leaves out)
             reasons.append(f"{s}: the network is short; overflow shares it so every center's "
                            f"service level is about {level:.1%}")
+            if floor_idx and level < slp.branch_floor - 1e-9:
+                reasons.append(f"{s}: the branch floor {slp.branch_floor:.0%} cannot be met: the "
+                               f"network is short at {level:.1%} everywhere")
 
     def _predict(self, rnd: _Round) -> tuple[dict[str, dict[str, ReceiverPrediction]], bool]:
         """Every open center's predicted service level per skill under the plan, and whether all

@@ -529,6 +529,7 @@ def _check_policy(source: str, pol: Policy, skills: set[str]) -> None:
     _check_number(source, "policy.service_level.target", sl.target, 0.0, 1.0, lo_open=True, hi_open=True)
     _check_number(source, "policy.service_level.answer_within_s", sl.answer_within_s, 0.0, MAX_SECONDS,
                   lo_open=True)
+    _check_number(source, "policy.service_level.branch_floor", sl.branch_floor, 0.0, sl.target)
     if not 1 <= pol.dr_receivers <= MAX_CENTERS:
         _fail(source, "policy.dr_receivers", pol.dr_receivers, f"must be an integer in [1, {MAX_CENTERS}]")
     _check_overflow(source, pol.overflow)
@@ -595,6 +596,7 @@ def check_topology(t: Topology, source: str = "<topology>") -> None:
 _UNSET_BRANCH_TREATMENTS = b',"treatments":[],"skill_treatments":{}}'
 _UNSET_TZ = b',"tz":""}'
 _UNSET_RULE_SKILLS = b',"skills":[]}'
+_UNSET_BRANCH_FLOOR = b',"branch_floor":0.0}'
 _UNSET_POLICY_TREATMENTS = b',"treatments":[],"skill_treatments":{},"patience_s":180.0}'
 
 
@@ -604,14 +606,15 @@ _DEFAULT_POLICY_REQUERY = b',"requery":' + msgspec.json.encode(RequeryPolicy(), 
 
 
 def _canonical(t: Topology) -> bytes:
-    """The topology as hashed: fields added by the treatment chains, the re-query policy, time zones
-    and skill-named schedule rules are left out while unset, so a topology without them keeps the
-    hash it had before they existed (agents and control planes of both versions agree on plans
-    during a rolling upgrade)."""
+    """The topology as hashed: fields added by the treatment chains, the re-query policy, time
+    zones, skill-named schedule rules and the branch floor are left out while unset, so a topology
+    without them keeps the hash it had before they existed (agents and control planes of both
+    versions agree on plans during a rolling upgrade)."""
     canonical = msgspec.json.encode(t, order="deterministic").replace(_DEFAULT_POLICY_REQUERY, b"", 1)
     # time zones (centers, branches) and skill-named schedule rules: each the last field of its
     # struct, so unset it ends the object; ids and names cannot hold a quote, so no value matches
     canonical = canonical.replace(_UNSET_TZ, b"}").replace(_UNSET_RULE_SKILLS, b"}")
+    canonical = canonical.replace(_UNSET_BRANCH_FLOOR, b"}", 1)  # the policy's service level
     return canonical.replace(_UNSET_POLICY_TREATMENTS, b"}").replace(_UNSET_BRANCH_TREATMENTS, b"}")
 
 
