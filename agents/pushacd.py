@@ -23,6 +23,7 @@ from controlplane.core.model import (
     MAX_COUNT,
     MAX_SKILLS_PER_REPORT,
     AcdCount,
+    AcdId,
     AdminState,
     InvalidInput,
     Report,
@@ -211,6 +212,9 @@ class PushACD:
         self.duplicates = 0  # numbered pushes received again (the ACD retried)
         self.unnumbered = 0  # pushes without the ACD's seq: numbered here, per replica
         self.carry = AcdCarry()
+        # the message the gauges are from (Report.gauges_from): the newest received of its source
+        self.gauges_from: AcdId | None = None
+        self.older = 0  # pushes older than the gauges held (reordered): counted, gauges kept
         # this agent's own identity for unnumbered pushes: a source no other process shares (random,
         # so not an epoch: the control plane takes a lower epoch of a source as older)
         self._local = (f"agent-{random.SystemRandom().getrandbits(64):016x}", 1)
@@ -263,9 +267,17 @@ class PushACD:
         if not self.carry.add(AcdCount(source, epoch, seq, counts)):
             self.duplicates += 1
             return  # a retry of a message held already: counted once
-        self.state = state
+        g = self.gauges_from
+        if g is None or g.source != source or (epoch, seq) > (g.epoch, g.seq):
+            # gauges are the ACD's latest state: a message overtaken on the way (an older seq
+            # arriving after a newer one) counts, but must not roll them back
+            self.gauges_from = AcdId(source, epoch, seq)
+            self.state = state
+            for s, v in msg.skills.items():
+                self._gauges[s] = v
+        else:
+            self.older += 1
         for s, v in msg.skills.items():
-            self._gauges[s] = v
             c = self._counts.setdefault(s, [0, 0, 0, 0])
             c[0] += v.offered
             c[1] += v.answered
