@@ -264,3 +264,45 @@ def test_a_graceful_stop_settles_a_silent_acds_messages(ack, caplog):
         assert not settled and rep.carry.outstanding() == 3
         assert "3 ACD messages" in caplog.text
         assert rep.acd_unsent_at_stop == 3
+
+
+# ------------------------------------------------------------------ held messages on disk
+
+def test_held_messages_survive_in_the_journal_and_a_torn_line_is_skipped(tmp_path):
+    from agents.acdjournal import AcdJournal
+    from agents.pushacd import AcdCarry
+    from controlplane.core.model import AcdCount
+
+    path = tmp_path / "acd-held.jsonl"
+    carry = AcdCarry()
+    assert carry.use_journal(AcdJournal(path)) == 0
+    for seq in (1, 2, 3):
+        carry.add(AcdCount("pbx1", 1, seq, {"retail": (3, 2, 1, 1)}))
+    msgs = carry.take()
+    carry.sent(7, msgs[:1])
+    carry.acked(7, True)  # message 1 acknowledged: forgotten on disk too
+    with open(path, "a") as f:
+        f.write('{"a": ["pbx1", 1, 4, {"ret')  # the agent died mid-write
+    back = AcdCarry()
+    assert back.use_journal(AcdJournal(path)) == 2
+    assert sorted(m.seq for m in back.take()) == [2, 3]
+    assert back.outstanding() == 2
+    assert back.pending == {} and not back.add(AcdCount("pbx1", 1, 2, {}))  # a retry: held already
+
+
+def test_the_journal_stays_bounded_by_what_is_held(tmp_path):
+    from agents import acdjournal
+    from agents.acdjournal import AcdJournal
+    from agents.pushacd import AcdCarry
+    from controlplane.core.model import AcdCount
+
+    path = tmp_path / "acd-held.jsonl"
+    carry = AcdCarry()
+    carry.use_journal(AcdJournal(path))
+    for seq in range(1, 1001):  # a long run, each message acknowledged in the next report
+        carry.add(AcdCount("pbx1", 1, seq, {"retail": (1, 1, 1, 0)}))
+        carry.sent(seq, carry.take())
+        carry.acked(seq, True)
+        assert carry.journal.lines <= 2 * carry.outstanding() + acdjournal.REWRITE_SLACK + 1
+    assert len(path.read_text().splitlines()) <= acdjournal.REWRITE_SLACK + 1
+    assert AcdCarry().use_journal(AcdJournal(path)) == 0

@@ -114,3 +114,28 @@ def test_two_replicas_whose_pushes_diverge_never_roll_the_gauges_back(controlpla
     finally:
         one.stop()
         two.stop()
+
+
+def test_a_lone_agent_killed_before_the_ack_resends_its_held_messages_at_restart(controlplane, tmp_path):
+    """The agent answered the ACD 200 for messages 1..5 while the control plane was out of reach,
+    and was killed: before, those acknowledged messages died with it."""
+    from test_agent_fakes import free_port
+
+    cp, mport = controlplane
+    offered = 'callroute_controlplane_acd_offered_total{center="north"}'
+    lone = _replica(tmp_path, f"127.0.0.1:{free_port()}", 1).start()  # nothing listens there
+    try:
+        lone.wait_listening()
+        for seq in range(1, 6):
+            _push(lone, seq)
+        lone.signal(signal.SIGKILL)
+    finally:
+        lone.stop()
+    again = _replica(tmp_path, cp, 1).start()  # the same state dir: the pod restarted
+    try:
+        again.wait_listening()
+        poll(lambda: _metric(mport, offered) == 5 * 3, 30, what="the held messages counted")
+        poll(lambda: _metric(again.http_port, "callroute_agent_acd_held_messages") == 0, 30,
+             what="their ack")
+    finally:
+        again.stop()
