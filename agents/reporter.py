@@ -129,9 +129,12 @@ class Reporter:
             left = deadline - self.clock()
             if left <= 0:
                 self.acd_unsent_at_stop = self._carried()
+                kept = ("kept in the state dir, re-sent at the next start"
+                        if getattr(self.carry, "journal", None) is not None else "lost: no state dir")
                 log.warning("stopping with %d lookups and %d ACD messages not acknowledged by the "
-                            "control plane", sum(self.counter.counts.values()) + self.ledger.outstanding(),
-                            self.acd_unsent_at_stop)
+                            "control plane (ACD messages: %s)",
+                            sum(self.counter.counts.values()) + self.ledger.outstanding(),
+                            self.acd_unsent_at_stop, kept)
                 return False
             self._progress.clear()
             self.report_now()

@@ -110,16 +110,33 @@ def test_a_newer_epoch_wins_and_an_older_one_never_comes_back():
 
 def test_acd_seen_orders_gauges_by_source_epoch_and_seq():
     seen = AcdSeen()
-    assert seen.gauges_newest(AcdId("pbx1", 1, 10))
-    assert seen.gauges_newest(AcdId("pbx1", 1, 10))  # the same message, from the other replica
-    assert not seen.gauges_newest(AcdId("pbx1", 1, 9))
-    assert seen.gauges_newest(AcdId("pbx1", 2, 1))  # a newer epoch
-    assert not seen.gauges_newest(AcdId("pbx1", 1, 11))  # of an older epoch: old
-    assert seen.gauges_newest(AcdId("pbx2", 1, 1))  # another source: not comparable, taken
+    newest = lambda g, now=0.0: seen.gauges_newest(g, now, 1.5)  # noqa: E731
+    assert newest(AcdId("pbx1", 1, 10))
+    assert newest(AcdId("pbx1", 1, 10))  # the same message, from the other replica
+    assert not newest(AcdId("pbx1", 1, 9))
+    assert newest(AcdId("pbx1", 2, 1))  # a newer epoch
+    assert not newest(AcdId("pbx1", 1, 11))  # of an older epoch: old
+    assert newest(AcdId("pbx2", 1, 1))  # another source: not comparable, taken
     # bounded: many sources (agents' own random ones) keep a fixed number of marks
     for i in range(1000):
-        assert seen.gauges_newest(AcdId(f"agent-{i:016x}", 1, 1))
+        assert newest(AcdId(f"agent-{i:016x}", 1, 1))
     assert len(seen._gauges) <= 8
+
+
+def test_gauges_never_stay_locked_to_a_message_nobody_reports_any_more():
+    """The replica at message 50 died, or the ACD restarted its numbering without a new epoch:
+    once no report carried message 50 for the stale time, the older identity's gauges are taken."""
+    t, one, two = tracker(), replica(7), replica(9)
+    push(one, 50, 0.1)
+    send(one, t, 0.2)
+    push(two, 1, 0.3, state="closed")  # restarted numbering, same epoch
+    send(two, t, 0.5)
+    assert t.reported_state("a") == AdminState.OPEN  # message 50 is newer, and fresh
+    quiet = 0.2 + HealthSettings().stale_after_s + 0.1
+    push(two, 2, quiet, state="closed")
+    send(two, t, quiet)
+    assert t.reported_state("a") == AdminState.CLOSED
+    assert t.view(quiet)["a"].skills["retail"].queued == 2
 
 
 def test_a_replica_behind_on_pushes_does_not_make_the_leader_audit_a_state_flip():

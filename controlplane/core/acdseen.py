@@ -28,6 +28,9 @@ with every report. `gauges_newest` keeps, per source, the newest message whose g
 (same epoch: the higher seq; a newer epoch wins), and says whether a report's are at least as new.
 Different sources are not comparable (an agent's own numbering of unnumbered pushes is per
 replica): their gauges are taken as they come, as before. At most MAX_STREAMS sources are kept.
+A mark no report has carried for `hold_s` (the health tracker's stale time) yields to an older
+identity: the replica that had it is gone, or the ACD restarted its numbering without a new epoch,
+and gauges must never stay locked to a message nobody reports any more.
 
 Must not: read a clock, do I/O, import anything outside the core.
 """
@@ -66,22 +69,23 @@ class AcdSeen:
         self._retired: dict[str, int] = {}
         self.duplicates = 0  # messages already counted (another replica's, a re-send, a retry)
         self.too_old = 0  # messages below a floor or of a forgotten epoch, taken as counted
-        # source -> (epoch, seq) of the newest message whose gauges were taken, least recent first
-        self._gauges: dict[str, tuple[int, int]] = {}
+        # source -> (epoch, seq, when last carried) of the newest message whose gauges were
+        # taken, least recently carried first
+        self._gauges: dict[str, tuple[int, int, float]] = {}
         self.older_gauges = 0  # reports whose gauges were older than ones taken (not taken)
 
-    def gauges_newest(self, g: AcdId) -> bool:
+    def gauges_newest(self, g: AcdId, now: float, hold_s: float) -> bool:
         """Whether gauges of message `g` are at least as new as any taken of its source (then
-        recorded as the newest): the same message again (the other replica) is taken too."""
-        mark = (g.epoch, g.seq)
+        recorded as the newest): the same message again (the other replica) is taken too, and
+        an older one once the newest has not been carried for `hold_s`."""
         last = self._gauges.pop(g.source, None)
-        if last is not None and mark < last:
+        if last is not None and (g.epoch, g.seq) < last[:2] and now - last[2] <= hold_s:
             self._gauges[g.source] = last
             self.older_gauges += 1
             return False
         if len(self._gauges) >= MAX_STREAMS:
             del self._gauges[next(iter(self._gauges))]
-        self._gauges[g.source] = mark
+        self._gauges[g.source] = (g.epoch, g.seq, now)
         return True
 
     def fresh(self, msgs: Iterable[AcdCount]) -> list[AcdCount]:

@@ -427,7 +427,7 @@ class HealthTracker:
             # two replicas whose pushes diverge: gauges and state only from the newest message
             if c.acd_seen is None:
                 c.acd_seen = AcdSeen()
-            newest = c.acd_seen.gauges_newest(gauges)
+            newest = c.acd_seen.gauges_newest(gauges, now, self._stale_after_s)
         if newest:
             c.skills = dict(report.skills)
             c.state = report.state
