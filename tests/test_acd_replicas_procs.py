@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 
+import pytest
 from test_agent_fakes import ROOT, AgentProc, http_get, http_post, poll
 
 SMALL = ROOT / "examples" / "small.yaml"
@@ -116,9 +117,12 @@ def test_two_replicas_whose_pushes_diverge_never_roll_the_gauges_back(controlpla
         two.stop()
 
 
-def test_a_lone_agent_killed_before_the_ack_resends_its_held_messages_at_restart(controlplane, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_lone_agent_stopped_before_the_ack_resends_its_held_messages_at_restart(controlplane, tmp_path,
+                                                                                   sig):
     """The agent answered the ACD 200 for messages 1..5 while the control plane was out of reach,
-    and was killed: before, those acknowledged messages died with it."""
+    and was killed (or stopped: its settle gives up after drain_grace_s): before, those
+    acknowledged messages died with it."""
     from test_agent_fakes import free_port
 
     cp, mport = controlplane
@@ -128,9 +132,14 @@ def test_a_lone_agent_killed_before_the_ack_resends_its_held_messages_at_restart
         lone.wait_listening()
         for seq in range(1, 6):
             _push(lone, seq)
-        lone.signal(signal.SIGKILL)
+        lone.signal(sig)
+        assert lone.proc is not None
+        lone.proc.wait(30)
     finally:
         lone.stop()
+    if sig == signal.SIGTERM:
+        assert "5 ACD messages not acknowledged" in lone.log.read_text()
+        assert "kept in the state dir" in lone.log.read_text()
     again = _replica(tmp_path, cp, 1).start()  # the same state dir: the pod restarted
     try:
         again.wait_listening()
