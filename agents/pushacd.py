@@ -173,7 +173,12 @@ class AcdCarry:
         if key in self.held:
             return False
         if self.journal is not None:
-            self.journal.added(m)  # on disk before the push is answered: acknowledged, kept
+            try:
+                self.journal.added(m)  # on disk before the push is answered: acknowledged, kept
+            except OSError as e:
+                # not written, so not taken: a 503, and the ACD keeps the message and retries
+                raise AcdFull("state_dir", str(e)[:200], "held ACD messages cannot be written; "
+                              "retry later") from None
         self.held.add(key)
         self.pending[key] = m
         self._all[key] = m

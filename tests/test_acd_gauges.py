@@ -323,3 +323,20 @@ def test_the_journal_stays_bounded_by_what_is_held(tmp_path):
         assert carry.journal.lines <= 2 * carry.outstanding() + acdjournal.REWRITE_SLACK + 1
     assert len(path.read_text().splitlines()) <= acdjournal.REWRITE_SLACK + 1
     assert AcdCarry().use_journal(AcdJournal(path)) == 0
+
+
+def test_a_push_that_cannot_be_written_is_refused_for_a_retry_not_held(tmp_path):
+    from agents.acdjournal import AcdJournal
+    from agents.httpserver import AcdHttpServer
+
+    rep = replica(7)
+    journal = AcdJournal(tmp_path / "acd-held.jsonl")
+    rep.acd.carry.use_journal(journal)
+    journal.path = tmp_path / "gone" / "acd-held.jsonl"  # the state dir's disk failed
+    srv = AcdHttpServer(push=lambda body: rep.acd.push_json(body, 0.3))
+    body = json.dumps({"source": "pbx1", "epoch": 1, "seq": 1, "skills": {}}).encode()
+    assert srv.other(b"POST", b"/v1/acd", body).startswith(b"HTTP/1.1 503")
+    assert rep.acd.carry.outstanding() == 0 and rep.acd.accepted == 0
+    journal.path = tmp_path / "acd-held.jsonl"
+    assert srv.other(b"POST", b"/v1/acd", body).startswith(b"HTTP/1.1 200")
+    assert rep.acd.carry.outstanding() == 1
