@@ -25,11 +25,13 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from agents.acd import ACD, ACD_ADAPTERS, make_acd
+from agents.acdjournal import AcdJournal
 from agents.counting import RoutedCounter, SeqStore
 from agents.httpserver import HTTP_METRICS_HELP, AcdHttpServer, HttpLimits, HttpLookupServer, LookupEngine
 from agents.plancache import PlanCache, PlanStore, PlanWatcher
@@ -110,6 +112,10 @@ class Agent:
         self.engine = LookupEngine(self.cache, self.counter)
         now = time.monotonic()
         self.acd: ACD = make_acd(settings, topology, now)
+        carry = getattr(self.acd, "carry", None)
+        if carry is not None and settings.state_dir:  # pushed messages survive a crash (acdjournal.py)
+            if n := carry.use_journal(AcdJournal(Path(settings.state_dir) / "acd-held.jsonl")):
+                log.info("re-sending %d ACD messages held at the last stop", n)
         offset = settings.wall_offset_s
 
         def wall() -> float:

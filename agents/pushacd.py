@@ -5,8 +5,13 @@ until the control plane acknowledged a report carrying them, and counted there o
 agent replicas both receive it (core/acdseen.py). Unnumbered messages get an identity of this agent's:
 never lost, but two replicas both given one count it twice.
 
-Time comes in as `now` (monotonic seconds); it never reads a clock or does I/O. Must not: block, read
-the wall clock, or trust pushed numbers.
+Gauges are the ACD's latest state: `gauges_from` names the message they come from (the newest of
+its source received; an older one overtaken on the way counts but does not roll them back), and
+reports carry it so the control plane takes gauges from the newest replica's report only.
+
+Time comes in as `now` (monotonic seconds); it never reads a clock, and does I/O only through the
+journal the agent's shell gives its carry (agents/acdjournal.py: held messages on disk, so a crash
+loses none acknowledged). Must not: read the wall clock, or trust pushed numbers.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from controlplane.core.model import (
     MAX_COUNT,
     MAX_SKILLS_PER_REPORT,
     AcdCount,
+    AcdId,
     AdminState,
     InvalidInput,
     Report,
@@ -132,12 +138,31 @@ class AcdCarry:
     accepted seq: it counts a message once by its identity, so whatever is not known to be counted
     is simply sent again (a stream that broke before the ack, a report rejected or never sent)."""
 
-    __slots__ = ("pending", "in_flight", "held")
+    __slots__ = ("pending", "in_flight", "held", "journal", "_all")
 
     def __init__(self) -> None:
         self.pending: dict[tuple[str, int, int], AcdCount] = {}
         self.in_flight: dict[int, list[AcdCount]] = {}
         self.held: set[tuple[str, int, int]] = set()  # every message pending or in flight
+        # agents/acdjournal.AcdJournal when the agent has a state dir: the shell's I/O, given in
+        self.journal: Any = None
+        self._all: dict[tuple[str, int, int], AcdCount] = {}  # held messages, for a rewrite
+
+    def use_journal(self, journal: Any) -> int:
+        """Write held messages through `journal` from now on, after taking back those it held
+        (a crash or a stop before the control plane had them); returns how many."""
+        earlier = list(self._all.values())  # held before the journal (none at an agent's start)
+        back = journal.load(MAX_HELD_ACD)
+        for m in back:
+            key = (m.source, m.epoch, m.seq)
+            if key not in self.held:
+                self.held.add(key)
+                self.pending[key] = m
+                self._all[key] = m
+        self.journal = journal
+        for m in earlier:
+            journal.added(m)
+        return len(back)
 
     def full(self) -> bool:
         return len(self.held) >= MAX_HELD_ACD
@@ -147,8 +172,16 @@ class AcdCarry:
         key = (m.source, m.epoch, m.seq)
         if key in self.held:
             return False
+        if self.journal is not None:
+            try:
+                self.journal.added(m)  # on disk before the push is answered: acknowledged, kept
+            except OSError as e:
+                # not written, so not taken: a 503, and the ACD keeps the message and retries
+                raise AcdFull("state_dir", str(e)[:200], "held ACD messages cannot be written; "
+                              "retry later") from None
         self.held.add(key)
         self.pending[key] = m
+        self._all[key] = m
         return True
 
     def take(self) -> list[AcdCount]:
@@ -176,8 +209,12 @@ class AcdCarry:
         if not accepted:
             self.put_back(msgs)
             return
-        for m in msgs:
-            self.held.discard((m.source, m.epoch, m.seq))
+        keys = [(m.source, m.epoch, m.seq) for m in msgs]
+        for key in keys:
+            self.held.discard(key)
+            self._all.pop(key, None)
+        if self.journal is not None:
+            self.journal.done(keys, self._all.values(), len(self._all))
 
     def stream_ended(self) -> None:
         for msgs in self.in_flight.values():
@@ -211,6 +248,9 @@ class PushACD:
         self.duplicates = 0  # numbered pushes received again (the ACD retried)
         self.unnumbered = 0  # pushes without the ACD's seq: numbered here, per replica
         self.carry = AcdCarry()
+        # the message the gauges are from (Report.gauges_from): the newest received of its source
+        self.gauges_from: AcdId | None = None
+        self.older = 0  # pushes older than the gauges held (reordered): counted, gauges kept
         # this agent's own identity for unnumbered pushes: a source no other process shares (random,
         # so not an epoch: the control plane takes a lower epoch of a source as older)
         self._local = (f"agent-{random.SystemRandom().getrandbits(64):016x}", 1)
@@ -263,9 +303,17 @@ class PushACD:
         if not self.carry.add(AcdCount(source, epoch, seq, counts)):
             self.duplicates += 1
             return  # a retry of a message held already: counted once
-        self.state = state
+        g = self.gauges_from
+        if g is None or g.source != source or (epoch, seq) > (g.epoch, g.seq):
+            # gauges are the ACD's latest state: a message overtaken on the way (an older seq
+            # arriving after a newer one) counts, but must not roll them back
+            self.gauges_from = AcdId(source, epoch, seq)
+            self.state = state
+            for s, v in msg.skills.items():
+                self._gauges[s] = v
+        else:
+            self.older += 1
         for s, v in msg.skills.items():
-            self._gauges[s] = v
             c = self._counts.setdefault(s, [0, 0, 0, 0])
             c[0] += v.offered
             c[1] += v.answered
@@ -307,4 +355,8 @@ class PushACD:
             f'callroute_agent_acd_pushes_total{{kind="numbered"}} {self.accepted - self.unnumbered}',
             f'callroute_agent_acd_pushes_total{{kind="unnumbered"}} {self.unnumbered}',
             f'callroute_agent_acd_pushes_total{{kind="duplicate"}} {self.duplicates}',
+            "# HELP callroute_agent_acd_reordered_pushes_total Pushes older than the gauges held "
+            "(overtaken on the way): counted, their gauges not taken.",
+            "# TYPE callroute_agent_acd_reordered_pushes_total counter",
+            f"callroute_agent_acd_reordered_pushes_total {self.older}",
         ]

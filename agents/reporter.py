@@ -109,6 +109,8 @@ class Reporter:
         self._progress = asyncio.Event()  # an ack came or a stream opened (settle waits on it)
         # the ACD messages held until acknowledged (agents.pushacd.AcdCarry; the push ACD has one)
         self.carry: Any = getattr(acd, "carry", None)
+        # ACD messages still held when settle() gave up (logged; the agent's exit metric)
+        self.acd_unsent_at_stop = 0
 
     def report_now(self) -> None:
         """Build and send the next report now (probe answers the control plane is waiting for)."""
@@ -126,8 +128,13 @@ class Reporter:
                or self._carried()):
             left = deadline - self.clock()
             if left <= 0:
-                log.warning("stopping with %d lookups not acknowledged by the control plane",
-                            sum(self.counter.counts.values()) + self.ledger.outstanding())
+                self.acd_unsent_at_stop = self._carried()
+                kept = ("kept in the state dir, re-sent at the next start"
+                        if getattr(self.carry, "journal", None) is not None else "lost: no state dir")
+                log.warning("stopping with %d lookups and %d ACD messages not acknowledged by the "
+                            "control plane (ACD messages: %s)",
+                            sum(self.counter.counts.values()) + self.ledger.outstanding(),
+                            self.acd_unsent_at_stop, kept)
                 return False
             self._progress.clear()
             self.report_now()
@@ -163,11 +170,20 @@ class Reporter:
         self._count_demand(self._billable(calls))
         skills = self.acd.sample(now)
         if skills is None:
-            return None  # the demand stays pending for the next report
+            if self.carry is None or not self.carry.pending:
+                return None  # the demand stays pending for the next report
+            # the ACD went quiet holding messages it was told we have: they ride a counts-only
+            # report (no gauges, no sign of life to the control plane) rather than wait for a
+            # push that may never come, and be lost at a stop
+            return self._report(now, {}, {}, counts_only=True)
         self._count_outcomes(skills)
         if len(routed_to) > MAX_TARGETS_PER_REPORT:
             routed_to = dict(sorted(routed_to.items(), key=lambda kv: -kv[1])[:MAX_TARGETS_PER_REPORT])
         routed_to = {c: min(n, MAX_COUNT) for c, n in routed_to.items()}
+        return self._report(now, skills, routed_to, counts_only=False)
+
+    def _report(self, now: float, skills: dict[str, Any], routed_to: dict[str, int], *,
+                counts_only: bool) -> Report:
         incarnation, seq = self.seqs.take()
         probes = self.prober.take() if self.prober is not None else {}
         # demand and the billing ledger's calls are one carried tally (branch, skill, receiver):
@@ -178,7 +194,8 @@ class Reporter:
                       routed_to=routed_to, demand=demand_of(carried), probes=probes,
                       broken_paths=dict(self.paths.broken) if self.paths is not None else {},
                       calls=carried, acd=self.carry.take() if self.carry is not None else [],
-                      outcomes=self.outcomes.take(seq))
+                      outcomes=self.outcomes.take(seq), counts_only=counts_only,
+                      gauges_from=None if counts_only else getattr(self.acd, "gauges_from", None))
 
     def _count_outcomes(self, skills: dict[str, Any]) -> None:
         """The sample's answered/abandoned into the carried tally; a skill the control plane does

@@ -185,7 +185,7 @@ def test_wire_field_numbers_never_change():
                                                  "state": 5, "incarnation": 6, "probes": 7, "broken_paths": 8,
                                                  "skills": 10,
                                                  "routed_to": 11, "demand": 12, "calls": 13, "acd": 14,
-                                                 "outcomes": 15}
+                                                 "outcomes": 15, "gauges_from": 16, "counts_only": 17}
     assert nums["callroute.v1.ReportAck"] == {"seq": 1, "accepted": 2, "error": 3, "error_field": 4,
                                               "plan_version": 5, "prior_accepted_seq": 6, "probe": 7}
     assert nums["callroute.v1.PlanRequest"] == {"center": 1, "node": 2, "known_version": 3,

@@ -31,6 +31,7 @@ from controlplane.core.model import (
     MAX_SKILLS_PER_REPORT,
     MAX_TARGETS_PER_REPORT,
     AcdCount,
+    AcdId,
     AdminState,
     InvalidInput,
     OverloadAction,
@@ -310,7 +311,10 @@ def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] |
     outcomes = outcomes_from_pb(msg.outcomes, known_skills)
     r = Report(center=msg.center, seq=msg.seq, sent_at=msg.sent_at, interval_s=msg.interval_s,
                state=state, skills=skills, routed_to=routed, demand=demand, incarnation=msg.incarnation,
-               probes=probes, broken_paths=broken, calls=calls, acd=acd, outcomes=outcomes)
+               probes=probes, broken_paths=broken, calls=calls, acd=acd, outcomes=outcomes,
+               gauges_from=(AcdId(msg.gauges_from.source, msg.gauges_from.epoch, msg.gauges_from.seq)
+                            if msg.HasField("gauges_from") else None),
+               counts_only=msg.counts_only)
     validate_report(r, known_centers, known_branches=known_branches)
     return r
 
@@ -338,7 +342,10 @@ def report_to_pb(r: Report) -> report_pb2.CenterReport:
             report_pb2.AcdSkillCount(skill=k, offered=o, answered=a, answered_within=w, abandoned=ab)
             for k, (o, a, w, ab) in m.skills.items()]) for m in r.acd],
         outcomes=[report_pb2.OutcomeCount(skill=s, outcome=o, calls=n)
-                  for s, per_o in r.outcomes.items() for o, n in per_o.items()])
+                  for s, per_o in r.outcomes.items() for o, n in per_o.items()],
+        gauges_from=(None if r.gauges_from is None else report_pb2.AcdId(
+            source=r.gauges_from.source, epoch=r.gauges_from.epoch, seq=r.gauges_from.seq)),
+        counts_only=r.counts_only)
 
 
 def acd_from_pb(entries: Sequence[Any]) -> list[AcdCount]:

@@ -22,6 +22,16 @@ rises over seqs contiguous with it, and over the oldest ones when more than WIND
 apart by a gap (a message no replica will ever report). A message at or below the floor, or of
 an epoch older than one forgotten for its source, is taken as counted: at most once, never twice.
 
+Gauges (logged_in, ready, busy, queued, the center's own state) are the ACD's latest state, not a
+sum: two replicas whose pushes diverge (one has message 10, the other only 9) would make them flip
+with every report. `gauges_newest` keeps, per source, the newest message whose gauges were taken
+(same epoch: the higher seq; a newer epoch wins), and says whether a report's are at least as new.
+Different sources are not comparable (an agent's own numbering of unnumbered pushes is per
+replica): their gauges are taken as they come, as before. At most MAX_STREAMS sources are kept.
+A mark no report has carried for `hold_s` (the health tracker's stale time) yields to an older
+identity: the replica that had it is gone, or the ACD restarted its numbering without a new epoch,
+and gauges must never stay locked to a message nobody reports any more.
+
 Must not: read a clock, do I/O, import anything outside the core.
 """
 
@@ -29,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from controlplane.core.model import AcdCount
+from controlplane.core.model import AcdCount, AcdId
 
 # (source, epoch) pairs remembered per center: an ACD and its restarts during a rollout, or a
 # few ACDs behind one center, with room to spare; each costs at most WINDOW ints
@@ -50,7 +60,7 @@ class _Stream:
 class AcdSeen:
     """One center's record of the ACD messages counted; `fresh` says which of a report's are new."""
 
-    __slots__ = ("_streams", "_retired", "duplicates", "too_old")
+    __slots__ = ("_streams", "_retired", "duplicates", "too_old", "_gauges", "older_gauges")
 
     def __init__(self) -> None:
         # (source, epoch) -> stream, least recently heard first
@@ -59,6 +69,24 @@ class AcdSeen:
         self._retired: dict[str, int] = {}
         self.duplicates = 0  # messages already counted (another replica's, a re-send, a retry)
         self.too_old = 0  # messages below a floor or of a forgotten epoch, taken as counted
+        # source -> (epoch, seq, when last carried) of the newest message whose gauges were
+        # taken, least recently carried first
+        self._gauges: dict[str, tuple[int, int, float]] = {}
+        self.older_gauges = 0  # reports whose gauges were older than ones taken (not taken)
+
+    def gauges_newest(self, g: AcdId, now: float, hold_s: float) -> bool:
+        """Whether gauges of message `g` are at least as new as any taken of its source (then
+        recorded as the newest): the same message again (the other replica) is taken too, and
+        an older one once the newest has not been carried for `hold_s`."""
+        last = self._gauges.pop(g.source, None)
+        if last is not None and (g.epoch, g.seq) < last[:2] and now - last[2] <= hold_s:
+            self._gauges[g.source] = last
+            self.older_gauges += 1
+            return False
+        if len(self._gauges) >= MAX_STREAMS:
+            del self._gauges[next(iter(self._gauges))]
+        self._gauges[g.source] = (g.epoch, g.seq, now)
+        return True
 
     def fresh(self, msgs: Iterable[AcdCount]) -> list[AcdCount]:
         """The messages of `msgs` not counted before, now marked counted, in the given order."""

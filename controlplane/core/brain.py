@@ -230,13 +230,16 @@ class LeaderBrain:
         changes = self.tracker.observe(report, now)
         self._note_changes(changes)
         before = self._reported.get(report.center, AdminState.OPEN)
-        self._reported[report.center] = report.state
-        if report.state != before:
+        # the tracker's, not the report's: a replica behind on the ACD's pushes (or a counts-only
+        # report of a silent ACD) must not flip it back and forth
+        state = self.tracker.reported_state(report.center)
+        self._reported[report.center] = state
+        if state != before:
             # the center's own emergency switch: as urgent as an operator close, and audited with
             # its source like one (B11)
             self._urgent(CAUSE_URGENT)
             waiting = self.reported_changes.setdefault(report.center, [])
-            waiting.append((before, report.state))
+            waiting.append((before, state))
             if len(waiting) > MAX_PENDING_REPORTED:
                 del waiting[0]
                 self.reported_folded[report.center] = self.reported_folded.get(report.center, 0) + 1

@@ -405,6 +405,8 @@ class HealthTracker:
             if heard is None:
                 self._pending = changes + self._collect(now)
                 raise self._stale
+        if report.counts_only:
+            return changes + self._counts_only(c, report, heard, now)
         s = self._s
         if c.down_since is not None:
             # only reports in an unbroken run, spaced like real intervals, earn failback
@@ -418,8 +420,17 @@ class HealthTracker:
         heard[0], heard[1] = report.seq, now
         c.last_report_at = now
         c.vouched_until = -math.inf  # it speaks for itself again; a later silence needs new word
-        c.skills = dict(report.skills)
-        c.state = report.state
+        gauges = report.gauges_from
+        if gauges is None:
+            newest = True
+        else:
+            # two replicas whose pushes diverge: gauges and state only from the newest message
+            if c.acd_seen is None:
+                c.acd_seen = AcdSeen()
+            newest = c.acd_seen.gauges_newest(gauges, now, self._stale_after_s)
+        if newest:
+            c.skills = dict(report.skills)
+            c.state = report.state
         # a report arrived over some stream, so the center reaches us whatever we were told before
         c.closed_at = None
         if c.open_streams < 1:
@@ -438,6 +449,13 @@ class HealthTracker:
             if load.queued > 0:
                 waiting = True
                 all_busy = all_busy and load.busy >= load.logged_in > 0
+        if not newest:  # the sample's gauges are the newest message's, kept from before
+            queued, waiting, all_busy = 0, False, True
+            for load in c.skills.values():
+                queued += load.queued
+                if load.queued > 0:
+                    waiting = True
+                    all_busy = all_busy and load.busy >= load.logged_in > 0
         if report.acd:
             # the ACD's counters by message, each counted once whichever replica reports it
             # (core/acdseen.py); the report's own counters would count a message per replica
@@ -539,6 +557,25 @@ class HealthTracker:
             self._due = min(dues)
             return changes
         return changes + self._collect(now, judged)
+
+    def _counts_only(self, c: _Center, report: Report, heard: list[float], now: float) -> list[HealthChange]:
+        """A silent ACD's held messages (agents/reporter.py): counted once like any, but no sign of
+        life -- freshness, failback streak, gauges and state stay as they were, and no sample is
+        added (the detectors judge live intervals; a silent center is STALE, not judged)."""
+        heard[0], heard[1] = report.seq, now
+        c.reports += 1
+        if report.acd:
+            if c.acd_seen is None:
+                c.acd_seen = AcdSeen()
+            for m in c.acd_seen.fresh(report.acd):
+                for o, _, w, _ in m.skills.values():
+                    c.offered_ever += o
+                    c.within_ever += w
+        return self._collect(now)
+
+    def reported_state(self, center: str) -> AdminState:
+        """What the center's own reports say its state is: the newest ACD message's (see observe)."""
+        return self._center("center", center).state
 
     def stream_opened(self, center: str, now: float) -> list[HealthChange]:
         """A report stream from `center` opened; a reconnect within stream_grace_s avoids DOWN."""

@@ -242,6 +242,14 @@ class AcdCount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     skills: dict[str, tuple[int, int, int, int]] = {}
 
 
+class AcdId(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ACD's identity of one message (as in AcdCount): which message a report's gauges are."""
+
+    source: str
+    epoch: int
+    seq: int
+
+
 class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     center: str
     # strictly increasing within one incarnation (an agent process's epoch; see health.HealthTracker)
@@ -276,6 +284,13 @@ class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # (answered, abandoned), carried like `calls` until the billing ledger counted them once; per
     # skill, not per branch, because a receiving ACD does not know a call's branch (core/ledger.py)
     outcomes: dict[str, dict[str, int]] = {}
+    # the ACD message whose gauges `skills` and `state` give (a push ACD's latest): with two
+    # replicas whose pushes diverge, the control plane takes gauges only from the newest message
+    # it has seen of a source (core/acdseen.py); None: not a numbered message's, taken as they come
+    gauges_from: AcdId | None = None
+    # the ACD went silent: the report carries held counts only (acd, calls, outcomes); `skills` is
+    # empty and `state` not the present, and the control plane takes it as no sign of life
+    counts_only: bool = False
 
 
 # what a receiving center's ACD did with a call: the billing ledger's ACD rows (core/ledger.py)
@@ -376,6 +391,17 @@ def validate_report(r: Report, known_centers: frozenset[str] | set[str], *,
             raise InvalidInput(f"broken_paths[{target}].reason", why,
                                f"must be text of at most {MAX_PATH_REASON} characters")
     _check_acd(r.acd)
+    g = r.gauges_from
+    if g is not None:
+        check_id("gauges_from.source", g.source)
+        for name in ("epoch", "seq"):
+            v = getattr(g, name)
+            if type(v) is not int or not 0 <= v < 2**64:
+                raise InvalidInput(f"gauges_from.{name}", v, "must be an unsigned 64-bit integer")
+        if g.seq == 0:
+            raise InvalidInput("gauges_from.seq", 0, "must be at least 1")
+    if r.counts_only and (r.skills or g is not None):
+        raise InvalidInput("counts_only", True, "a counts-only report carries no skills or gauges_from")
     if len(r.outcomes) > MAX_SKILLS_PER_REPORT:
         raise InvalidInput("outcomes", len(r.outcomes), f"more than {MAX_SKILLS_PER_REPORT} skills")
     for skill, per_outcome in r.outcomes.items():
