@@ -222,13 +222,18 @@ class AgentProc:
         return self
 
     def wait_listening(self, timeout_s: float = 20.0) -> None:
+        """Until every listener takes connections: the agent binds its lookup port before its ACD
+        and gRPC ports, so a push right after the lookup port answered could be refused."""
         deadline = time.monotonic() + timeout_s
+        waiting = [p for p in (self.http_port, self.acd_port, self.grpc_port) if p]
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"agent exited {self.proc.returncode}:\n{self.log.read_text()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.http_port), timeout=0.2):
+                with socket.create_connection(("127.0.0.1", waiting[0]), timeout=0.2):
+                    waiting.pop(0)
+                if not waiting:
                     return
             except OSError:
                 time.sleep(0.02)

@@ -87,9 +87,13 @@ async def test_simulated_acd_below_the_floor_rolls_the_drill_back(tmp_path: Path
             # the level that triggered it was measured from the ACDs' reports
             assert min(st.min_service_level for st in d.steps) < FLOOR, d.steps
             assert d.receiver_service_level[named[0]] < FLOOR, d
-            # west's unanswered calls are in its level (before the fix its window forgot them once
-            # the planner moved its traffic away, and no verdict came at all)
-            assert "west" in d.receiver_service_level, d
+            # When west crossed first, its level holds its unanswered calls (before the fix its window
+            # forgot them once the planner moved its traffic away, and no verdict came at all). South
+            # may cross first instead: the planner moves west's calls to it, and south's level can
+            # fall below the floor before west has 20 calls measured since the fault (seen in CI:
+            # south 59.4%, west not yet measured); test_drills covers west's window alone.
+            if named[0] == "west":
+                assert "west" in d.receiver_service_level, d
             # and north's calls are home again at every agent
             restored = await poll(lambda: home_restored(c, "north", keys, list(c.centers)), 10)
             assert restored is not None, "north's routes were not restored"
