@@ -617,7 +617,7 @@ class _Conn(asyncio.Protocol):
 
     __slots__ = ("srv", "transport", "parser", "url", "body", "body_len", "busy", "too_big",
                  "url_too_long", "head_bytes", "authorization", "phase", "nreq", "write_paused",
-                 "pending", "seen", "seen_at", "closing")
+                 "pending", "seen", "seen_at", "closing", "costly", "drain_soon")
 
     def __init__(self, srv: HttpServerBase) -> None:
         self.srv = srv
@@ -638,6 +638,10 @@ class _Conn(asyncio.Protocol):
         self.seen: tuple[int, int, bool] = (-1, -1, False)
         self.seen_at = 0.0
         self.closing = False
+        # answers other than lookups (metrics, health, re-queries, pushes) given in this read: one
+        # costly answer per turn of the event loop, the rest queued (see _yield_after_costly)
+        self.costly = 0
+        self.drain_soon = False
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -693,15 +697,37 @@ class _Conn(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._drain_pending()
+
+    def _drain_pending(self) -> None:
+        """Answer queued requests in order: lookups as they come, and at most one costly answer
+        per turn of the event loop (a client pipelining /metrics must not hold up the switches'
+        lookups on other connections); reading resumes once the queue is empty."""
+        self.drain_soon = False
         while self.pending and not self.write_paused and not self.closing:
-            self._answer(*self.pending.pop(0))
-        if not self.write_paused and not self.closing and not self.transport.is_closing():
+            req = self.pending.pop(0)
+            self._answer(*req)
+            if not self._cheap(req[0], req[1]) and self.pending:
+                self._yield_after_costly()
+                return
+        if not self.pending and not self.write_paused and not self.closing \
+                and not self.transport.is_closing():
             self.transport.resume_reading()
+
+    def _yield_after_costly(self) -> None:
+        if not self.drain_soon:
+            self.drain_soon = True
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._drain_pending)
+
+    def _cheap(self, method: bytes, url: bytes) -> bool:
+        return self.srv.serves_lookups and method == b"GET" and url.startswith(b"/v1/route?")
 
     def data_received(self, data: bytes) -> None:
         if self.closing or self.transport.is_closing():
             return
         self.busy = True
+        self.costly = 0
         try:
             if self.phase == _HEAD:
                 # a head spread over reads (a whole one comes in one): count the reads that do
@@ -793,6 +819,15 @@ class _Conn(asyncio.Protocol):
         self.phase = _IDLE
         self.nreq += 1
         parser = self.parser
+        method = parser.get_method()
+        if not self.write_paused and not self.pending and not self._cheap(method, self.url):
+            self.costly += 1
+            if self.costly > 1:
+                # a second costly request in one read: queue it and the rest, yield to the loop
+                self.pending.append((method, self.url, self.body, self.too_big, self.url_too_long,
+                                     parser.should_keep_alive(), self.authorization))
+                self._yield_after_costly()
+                return
         if self.write_paused or self.pending:
             # the client is not reading its answers: hold a few requests, then cut it off
             if len(self.pending) >= self.srv.limits.max_pipeline:

@@ -42,6 +42,11 @@ TRICKLE_BYTES = 20
 TRICKLE_EVERY_S = 0.05
 BODY_BYTES = 1 << 20
 FLOOD_RECONNECT_S = 1.0
+# Where the attack runs: by default on a CPU of its own, the agent and the good client on the others
+# (attackers are other machines; on one 2-core box an unpinned attacker takes the agent's CPU and
+# the figure measures the kernel's scheduler). CALLROUTE_BENCH_PIN=0 shares every CPU (the harder,
+# less realistic case); both are reported in BENCHMARKS.md.
+PIN = os.environ.get("CALLROUTE_BENCH_PIN", "1") != "0" and (os.cpu_count() or 1) >= 2
 LOOKUP = b"GET /v1/route?branch=sichuan&skill=retail&caller=13800000001 HTTP/1.1\r\nHost: agent\r\n\r\n"
 
 
@@ -234,6 +239,13 @@ def closed_counts(port: int) -> dict[str, float]:
 # ---------------------------------------------------------------- the bench
 
 
+def _pin(pid: int, attacker: bool) -> None:
+    """The attacker on the last CPU, everything else on the others (PIN)."""
+    if PIN:
+        cpus = sorted(os.sched_getaffinity(0) | set(range(os.cpu_count() or 1)))
+        os.sched_setaffinity(pid, {cpus[-1]} if attacker else set(cpus[:-1]))
+
+
 def bench_hostile(progress: Callable[[str], None] = _progress) -> dict[str, Any]:
     import msgspec
 
@@ -256,6 +268,8 @@ def bench_hostile(progress: Callable[[str], None] = _progress) -> dict[str, Any]
              f"127.0.0.1:{port}", "--state-dir", str(tmp / "state"), "--topology", str(EXAMPLE),
              "--acd", "push"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL)
+        _pin(0, attacker=False)  # this process: the good client
+        _pin(agent.pid, attacker=False)
         _wait_port(port, agent)
         good_client(port, 1.0)  # warm-up
         rss_before, _ = _rss_mb(agent.pid)
@@ -271,6 +285,7 @@ def bench_hostile(progress: Callable[[str], None] = _progress) -> dict[str, Any]
             [sys.executable, "-m", "bench.hostile", "attack", str(port), str(LOAD_SECONDS),
              str(SLOWLORIS), str(FLOODERS), str(TRICKLERS)], cwd=ROOT, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _pin(attacker.pid, attacker=True)
         t0 = time.monotonic()
         cpu0 = cpu_s(agent.pid)
         timeline: list[tuple[float, dict[str, float]]] = []
@@ -304,6 +319,7 @@ def bench_hostile(progress: Callable[[str], None] = _progress) -> dict[str, Any]
                "lookups_unloaded": float(len(unloaded)), "lookups_loaded": float(len(loaded)),
                "agent_cpu_share_unloaded": cpu_unloaded, "agent_cpu_share_loaded": cpu_loaded,
                "load_average_1m": os.getloadavg()[0],
+               "attacker_on_its_own_cpu": PIN,
                "rss_before_mb": rss_before, "rss_peak_mb": rss_peak, "rss_after_mb": rss_after,
                "attack_connections": counts, "closed_by_reason": when,
                "closed_timeline": [(t, {k: int(v) for k, v in c.items() if v}) for t, c in timeline]}

@@ -185,6 +185,49 @@ async def test_pipelined_client_that_reads_late_gets_every_answer_in_order():
         await srv.stop(0)
 
 
+async def test_a_pipelined_metrics_flood_yields_to_other_connections_lookups():
+    """One costly answer (anything but a lookup) per turn of the event loop: a client pipelining
+    /metrics does not hold up a switch's lookup on another connection until all its answers are
+    rendered (bench hostile: the flooders were the whole of the lookups' p99 under attack, 5x)."""
+    rendered = [0]
+    at_lookup: list[int] = []
+
+    def metrics() -> bytes:
+        rendered[0] += 1
+        return b"m" * 100
+
+    srv, _ = _http_server(metrics=metrics)
+    route_get = srv.route_get
+
+    def timed_route(query: bytes) -> bytes:
+        at_lookup.append(rendered[0])
+        return route_get(query)
+
+    srv.route_get = timed_route  # type: ignore[method-assign]
+    port = await _serve(srv)
+    try:
+        ra, wa = await asyncio.open_connection("127.0.0.1", port)
+        rb, wb = await asyncio.open_connection("127.0.0.1", port)
+        wa.write(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n" * 30)
+        deadline = time.monotonic() + 5
+        while rendered[0] < 1:  # turn by turn of the loop (apoll's 20 ms would be many turns)
+            assert time.monotonic() < deadline, "the flood was never answered"
+            await asyncio.sleep(0)
+        wb.write(LOOKUP)
+        head = await asyncio.wait_for(rb.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert at_lookup and at_lookup[0] < 30, at_lookup  # on main: 30, the whole flood first
+        # and the flood still gets every answer, in order
+        got = b""
+        while got.count(b"HTTP/1.1 200") < 30:
+            got += await asyncio.wait_for(ra.read(65536), 5)
+        assert rendered[0] == 30
+        wa.close()
+        wb.close()
+    finally:
+        await srv.stop(0)
+
+
 def test_body_accumulates_in_linear_time():
     """1 MiB in 20-byte reads: a running length, not a sum over all chunks per chunk (on main:
     ~1.4e9 additions, tens of seconds)."""
