@@ -198,6 +198,68 @@ def test_the_network_view_shows_each_broken_path_as_text():
     assert "path to west broken since 10:00:00 (12 s): entry &lt;b&gt;not&lt;/b&gt; accepting calls" in row
 
 
+# ---------------------------------------------------------------- emergency overrides (issues 18 and 21)
+
+
+def test_an_emergency_set_and_cleared_from_the_console_is_audited_under_the_token(stage):
+    console, client = logged_in(stage, "alice")
+    csrf = next(iter(console.sessions.values())).csrf
+    good = {"branch": "hubei", "skill": "", "host": "chengdu", "until": "2h", "csrf": csrf,
+            "reason": "lockdown <b>now</b>", "next": "/emergency"}
+    # bad fields are named before anything is stored; the control plane names what it refuses
+    for field, value, status in (("until", "2020-01-24T08:00", 400), ("until", "soon", 400),
+                                 ("host", "", 400), ("branch", "a b", 400), ("branch", "atlantis", 400),
+                                 ("reason", " ", 400)):
+        r = client.post("/act/emergency", data={**good, field: value})
+        assert r.status_code == status and field in r.text, (field, value, r.status_code, r.text[-600:])
+    r = client.post("/act/emergency", data=good)
+    # no second operator: an emergency acts at once (service/emergency.py says why)
+    assert r.status_code == 200 and "emergency hubei -&gt; chengdu: APPLIED" in r.text, r.text[-1500:]
+    row = r.text.split('data-emergency="hubei"', 1)[1].split("</tr>", 1)[0]
+    assert "<td>chengdu</td>" in row and "<td>alice</td>" in row
+    assert "lockdown &lt;b&gt;now&lt;/b&gt;" in row and "<b>now</b>" not in row
+    assert "until cleared" not in row  # it ends in 2 h
+
+    viewer, vclient = logged_in(stage, "victor")
+    vcsrf = next(iter(viewer.sessions.values())).csrf
+    page = vclient.get("/emergency").text
+    assert 'data-emergency="hubei"' in page and "data-action" not in page
+    for path in ("/act/emergency", "/act/emergency/clear"):
+        assert vclient.post(path, data={**good, "csrf": vcsrf}).status_code == 403, path
+
+    r = client.post("/act/emergency/clear", data={"branch": "hubei", "skill": "", "reason": "lifted",
+                                                   "csrf": csrf, "next": "/emergency"})
+    assert r.status_code == 200 and "clear emergency hubei: APPLIED" in r.text, r.text[-1500:]
+    assert 'data-emergency="hubei"' not in r.text
+    from callroute.v1 import operator_pb2
+
+    entries = console.client_for(stage.tokens["alice"]).call(
+        "Audit", operator_pb2.AuditRequest(limit=10_000)).entries
+    mine = [(e.operator, e.action, e.target) for e in entries if e.target == "emergency/hubei"]
+    assert mine[-2:] == [("alice", "set_emergency", "emergency/hubei"),
+                         ("alice", "clear_emergency", "emergency/hubei")]
+
+
+def test_the_live_pages_show_the_emergencies_the_plan_carries():
+    from callroute.v1 import operator_pb2, types_pb2
+    from controlplane.console.emergency import in_force
+
+    plan = types_pb2.Plan(version=7, meta={"emergencies": "hubei=chengdu,hunan.retail=<i>x</i>"})
+    shown = in_force(plan)
+    assert shown == [{"scope": "hubei", "host": "chengdu"}, {"scope": "hunan/retail", "host": "<i>x</i>"}]
+    assert in_force(types_pb2.Plan(version=8)) == [] and in_force(None) == []
+    console = Console(OperatorClient(["127.0.0.1:1"]), secure_cookie=False)
+    centers = operator_pb2.ListCentersReply(plan_version=7)
+    for view in ("network", "wallboard"):
+        html = console.env.get_template(f"live_{view}.html").render(
+            s=None, centers=centers, pending=[], plan=None, moved=[], shares={}, view=view, emergencies=shown)
+        banner = html.split('id="emergency-banner"', 1)[1].split("</p>", 1)[0]
+        assert "hubei → chengdu" in banner and "hunan/retail → &lt;i&gt;x&lt;/i&gt;" in banner, view
+        quiet = console.env.get_template(f"live_{view}.html").render(
+            s=None, centers=centers, pending=[], plan=None, moved=[], shares={}, view=view, emergencies=[])
+        assert "emergency-banner" not in quiet, view
+
+
 # ---------------------------------------------------------------- topology pages (issues 21 and 18)
 # Last in the module: they change the stage's topology (a treatment chain, shaanxi re-homed).
 

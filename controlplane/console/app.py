@@ -52,7 +52,7 @@ from controlplane.cli.client import OperatorClient, RpcFailure, _enum_name
 from controlplane.core.model import InvalidInput, check_id
 from controlplane.service.auth import MAX_TOKEN_LEN, Role
 
-from . import topology
+from . import emergency, topology
 from .forms import (
     MAX_BODY,
     Refused,
@@ -87,7 +87,8 @@ STATES = {"close": "CLOSED", "drain": "DRAINING", "open": "OPEN"}
 LIVE_VIEWS = ("network", "pending", "wallboard", "topology")
 # where an action may send the browser back to: never a URL from the request (no open redirect)
 PAGES = {"/": "network", "/plan": "plan", "/explain": "explain", "/history": "history",
-         "/drills": "drills", "/pending": "pending", "/audit": "audit", "/topology": "topology"}
+         "/drills": "drills", "/pending": "pending", "/audit": "audit", "/topology": "topology",
+         "/emergency": "emergency"}
 
 
 @dataclass
@@ -241,6 +242,7 @@ class Console:
         if centers.plan_version:
             plan = await self.plan(s, centers.plan_version)
         return {"centers": centers, "pending": pending.pending, "plan": plan,
+                "emergencies": emergency.in_force(plan.plan) if plan else [],
                 "moved": moved_routes(plan.plan) if plan else [],
                 "shares": call_shares(plan.plan) if plan else {}, "view": view}
 
@@ -581,6 +583,7 @@ def build_app(console: Console) -> Callable[..., Awaitable[None]]:
         Route("/act/drill", start_drill, methods=["POST"]),
         Route("/act/abort", abort_drill, methods=["POST"]),
         *topology.routes(console, page, action, posted),
+        *emergency.routes(console, page, action),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     inner = Starlette(routes=routes)
