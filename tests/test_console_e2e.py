@@ -5,7 +5,8 @@ Two operators close Wuhan together; both consoles show DR for Hubei and Hunan wi
 approval; a second operator refuses a pending close (gone from every open console, audited); a
 viewer gets no action control and its forged POSTs (approve, refuse, close) are refused; a reason
 with <script> is shown as text; an admin uploads a topology file that moves Shaanxi's calls off open
-Chengdu, it waits for a second operator, who approves it, and both consoles show the new version."""
+Chengdu, it waits for a second operator, who approves it, and both consoles show the new version; an
+emergency set on one console shows on another's network page at once and goes when cleared."""
 
 from __future__ import annotations
 
@@ -187,6 +188,33 @@ def test_wallboard_is_read_only_and_live(stage, chromium):
         a.click("#btn-drain")
     assert "PENDING approval" in a.locator(".flash").first.inner_text()
     w.locator(".wall-summary").filter(has_text=f"· {before + 1} waiting for approval").wait_for(timeout=5_000)
+
+
+def test_an_emergency_set_in_one_console_shows_on_every_network_page_until_cleared(stage, chromium):
+    b = chromium
+    a = login(b, stage, "alice")
+    watcher = login(b, stage, "bob")  # on the network page, never reloaded
+    banner = watcher.locator("#emergency-banner [data-emergency='guangdong']")
+    assert banner.count() == 0
+    a.goto(stage.url + "/emergency")
+    a.fill("#emergency-branch", "guangdong")
+    a.fill("#emergency-host", "chengdu")
+    a.fill("#emergency-until", "1h")
+    a.fill("#emergency-reason", SCRIPT_REASON)
+    with a.expect_navigation():
+        a.click("#btn-emergency")
+    # no second operator: it acts at once
+    assert "APPLIED (plan v" in a.locator(".flash").first.inner_text(), a.content()[:2000]
+    row = a.locator("#emergency-table tr[data-emergency='guangdong']")
+    assert row.get_attribute("data-in-plan") == "yes"
+    assert row.locator("td.reason").inner_text() == SCRIPT_REASON and a.evaluate("window.__pwned") is None
+    banner.wait_for(timeout=5_000)
+    assert banner.inner_text() == "guangdong → chengdu"
+    with a.expect_navigation():
+        row.locator("input[name=reason]").fill("lifted")
+        row.locator("button").click()
+    assert "clear emergency guangdong: APPLIED" in a.locator(".flash").first.inner_text()
+    banner.wait_for(state="detached", timeout=5_000)
 
 
 def test_a_topology_change_off_an_open_center_waits_for_a_second_operator(stage, chromium):
