@@ -151,7 +151,7 @@ routes = st.builds(Route, branch=ids, skill=ids, targets=targets, kind=st.sample
                    vip_targets=targets, overload_action=st.sampled_from(OverloadAction),
                    explanation=texts, home=st.one_of(st.just(""), ids))
 predictions = st.builds(ReceiverPrediction, agents=counts, load_erlangs=reals, service_level=unit,
-                        occupancy=unit)
+                        occupancy=unit, backlog_erlangs=reals, aht_s=reals)
 plans = st.builds(
     Plan,
     version=st.integers(0, 2**63 - 1),
