@@ -198,6 +198,9 @@ class LookupEngine:
         self.responses: dict[int, tuple[Any, bytes]] = {}
         # the served plan's routes by (branch, skill) for re-queries, built at the first one
         self.requery_book: Any = None
+        # the calls this agent re-queried to each center lately: they count at their receivers
+        # until the plans' reported queues show them (core/requery.py RequerySends); kept across plans
+        self.requery_sends: Any = None
         cache.on_swap.append(self._swapped)
 
     def _swapped(self, served: Served) -> None:
@@ -211,15 +214,18 @@ class LookupEngine:
         The policy is the topology's (the start-up file, or the live one the plan carried).
         """
         from controlplane.core.model import RequeryPolicy
-        from controlplane.core.requery import RequeryBook, check_query
+        from controlplane.core.requery import DEFAULT_ANSWER_WITHIN_S, RequeryBook, RequerySends, check_query
 
         check_query(q)
+        topo = self.cache.topology
         book = self.requery_book
         if book is None or book.plan is not served.plan:
-            book = self.requery_book = RequeryBook(served.plan)
-        topo = self.cache.topology
+            t_s = topo.policy.service_level.answer_within_s if topo is not None else DEFAULT_ANSWER_WITHIN_S
+            book = self.requery_book = RequeryBook(served.plan, t_s)
+        if self.requery_sends is None:
+            self.requery_sends = RequerySends()
         policy = topo.policy.requery if topo is not None else RequeryPolicy()
-        a = book.answer(q, policy)
+        a = book.answer(q, policy, self.requery_sends, time.monotonic())
         if a.stay:
             self.stats.requery_stayed += 1
         else:

@@ -151,7 +151,7 @@ routes = st.builds(Route, branch=ids, skill=ids, targets=targets, kind=st.sample
                    vip_targets=targets, overload_action=st.sampled_from(OverloadAction),
                    explanation=texts, home=st.one_of(st.just(""), ids))
 predictions = st.builds(ReceiverPrediction, agents=counts, load_erlangs=reals, service_level=unit,
-                        occupancy=unit)
+                        occupancy=unit, backlog_erlangs=reals, aht_s=reals)
 plans = st.builds(
     Plan,
     version=st.integers(0, 2**63 - 1),
@@ -701,3 +701,15 @@ def test_real_lookup_decisions_convert():
     assert {r.center for r in reply.replies} <= {"beijing", "chengdu", "guangzhou", "shanghai"}
     assert all(r.plan_version == 41 and r.error == "" for r in reply.replies)
     assert len({r.center for r in reply.replies}) > 1  # wuhan's callers spread over the receivers
+
+
+@pytest.mark.parametrize("field", ["backlog_erlangs", "aht_s"])
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_a_receivers_bad_queue_or_aht_is_rejected_naming_it(field, bad):
+    pred = ReceiverPrediction(10, 5.0, 0.9, 0.5, 1.0, 240.0)
+    plan = Plan(version=3, routes=(), receivers={"c1": {"retail": pred}})
+    m = plan_to_pb(plan)
+    setattr(m.receivers["c1"].skills["retail"], field, bad)
+    with pytest.raises(InvalidInput) as e:
+        plan_from_pb(m)
+    assert e.value.field == f"receivers[c1].skills[retail].{field}"

@@ -203,6 +203,9 @@ def test_wire_field_numbers_never_change():
     assert nums["callroute.v1.RouteRequest"] == {"branch": 1, "skill": 2, "caller": 3, "tier": 4}
     assert nums["callroute.v1.RouteReply"] == {"center": 1, "fallbacks": 2, "plan_version": 3, "reason": 4,
                                                "overload_action": 5, "error": 15, "treatment": 16}
+    # issue 17: the receivers' live queue and AHT ride beside the prediction, for re-query
+    assert {f.name: f.number for f in types_pb2.ReceiverPrediction.DESCRIPTOR.fields} == {
+        "agents": 1, "load_erlangs": 2, "service_level": 3, "occupancy": 4, "backlog_erlangs": 5, "aht_s": 6}
     assert {f.name: f.number for f in types_pb2.Treatment.DESCRIPTOR.fields} == {
         "action": 1, "prompt": 2, "predicted_wait_s": 3, "threshold_s": 4, "source": 5}
     assert {v.name: v.number for v in types_pb2.TreatmentAction.DESCRIPTOR.values} == {

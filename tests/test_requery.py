@@ -19,17 +19,32 @@ from test_agent_fakes import free_port, make_plan, small_topology
 from agents.plancache import PlanCache
 from agents.reporter import RoutedCounter
 from callroute.v1 import route_pb2
+from controlplane.core.erlang import service_level
 from controlplane.core.model import (
+    CenterHealth,
     InvalidInput,
+    NetworkView,
     Plan,
     Policy,
     ReceiverPrediction,
     RequeryPolicy,
     Route,
     RouteKind,
+    SkillLoad,
+    Status,
     Target,
 )
-from controlplane.core.requery import MAX_TRIED, RequeryBook, RequeryQuery, check_query
+from controlplane.core.planner import QUEUE_HORIZON_S, compute_plan
+from controlplane.core.requery import (
+    MAX_SENT_KEYS,
+    MAX_TRIED,
+    SENT_TAU_S,
+    SPREAD_SL,
+    RequeryBook,
+    RequeryQuery,
+    RequerySends,
+    check_query,
+)
 from controlplane.core.topology import TopologyError, parse_topology
 
 POL = RequeryPolicy(after_s=15.0, max_per_call=2, head_office="", min_gain=0.05)
@@ -294,3 +309,94 @@ def test_waiting_calls_spread_over_centers_nearly_as_good_by_spare_agents():
     # in proportion to predicted spare agents: chengdu 20, beijing 10
     assert 0.6 < got.count("chengdu") / len(got) < 0.73
     assert all(book.answer(_q(call_id=f"call-{i}"), POL).center == got[i] for i in range(50))
+
+
+# ---------------------------------------------------------------- what a moved call meets now
+
+
+def _live(agents: int, load: float, backlog: float = 0.0, aht: float = 240.0) -> ReceiverPrediction:
+    """A plan's prediction as the planner makes it: SL from the plan's load alone, the live queue
+    (backlog, Erlangs) beside it."""
+    return ReceiverPrediction(agents, load, round(service_level(agents, load, aht, 20.0), 4),
+                              min(1.0, load / agents), backlog, aht)
+
+
+def test_a_receivers_live_queue_counts_in_the_ranking_not_only_the_plans_load():
+    # beijing looks best by the plan's load, but a queue is waiting there now: the call goes to
+    # chengdu, whose agents are free, and the answer quotes the SL it will meet there
+    preds = {"wuhan": {"retail": _live(50, 49.0)}, "chengdu": {"retail": _live(100, 80.0)},
+             "beijing": {"retail": _live(100, 70.0, backlog=40.0)}}
+    assert preds["beijing"]["retail"].service_level > preds["chengdu"]["retail"].service_level
+    a = RequeryBook(_plan(receivers=preds)).answer(_q(), POL)
+    assert a.center == "chengdu", a.reason
+    # the same plan without the queue: beijing, as before
+    calm = {**preds, "beijing": {"retail": _live(100, 70.0)}}
+    assert RequeryBook(_plan(receivers=calm)).answer(_q(), POL).center == "beijing"
+
+
+def test_staying_counts_the_queue_the_call_waits_in():
+    # by the plan's load wuhan is as good as anywhere (no move); with its live queue counted the
+    # call moves
+    calm = {"wuhan": {"retail": _live(100, 80.0)}, "chengdu": {"retail": _live(100, 80.0)}}
+    assert RequeryBook(_plan(receivers=calm)).answer(_q(), POL).stay
+    queued = {**calm, "wuhan": {"retail": _live(100, 80.0, backlog=30.0)}}
+    assert RequeryBook(_plan(receivers=queued)).answer(_q(), POL).center == "chengdu"
+
+
+def test_calls_an_agent_sent_count_at_their_receiver_until_they_decay():
+    # a small receiver with the best prediction and a big one a little below it: without the
+    # agent's own sends every re-queried call of this plan's time would pile into the small one
+    preds = {"wuhan": {"retail": _live(50, 50.0)}, "lanzhou": {"retail": _live(12, 5.0)},
+             "chengdu": {"retail": _live(200, 185.0)}}
+    assert preds["lanzhou"]["retail"].service_level > preds["chengdu"]["retail"].service_level + SPREAD_SL
+    book = RequeryBook(_plan(receivers=preds))
+    blind = [book.answer(_q(call_id=f"c{i}"), POL).center for i in range(40)]
+    assert blind == ["lanzhou"] * 40
+    # one re-query every 10 s: 0.1 calls/s x 240 s is 24 Erlangs, more than the two have spare
+    sends = RequerySends()
+    got = []
+    for i in range(40):
+        now = 100.0 + 10.0 * i
+        got.append(book.answer(_q(call_id=f"c{i}"), POL, sends, now=now).center)
+        # lanzhou is sent nothing once what it was sent fills its 7 spare agents (a sent call
+        # weighs AHT / SENT_TAU_S = 4 Erlangs): never more than one call past that
+        assert sends.calls("lanzhou", "retail", now) * 240.0 / SENT_TAU_S <= 12 - 5 + 4.0 + 1e-9
+    assert got[0] == "lanzhou" and "chengdu" in got
+    assert got.count("lanzhou") <= 40 * 0.4
+    # and when both are full the call stays where it waits
+    assert "" in got
+    # what was sent fades: long after, lanzhou is the best again
+    end = 100.0 + 10.0 * 39
+    later = end + 10 * SENT_TAU_S
+    assert sends.calls("lanzhou", "retail", later) < 0.01 * sends.calls("lanzhou", "retail", end)
+    assert book.answer(_q(call_id="late"), POL, sends, now=later).center == "lanzhou"
+    # a stay records nothing
+    before = sends.calls("chengdu", "retail", later)
+    assert book.answer(_q(waited_s=1.0), POL, sends, now=later).stay
+    assert sends.calls("chengdu", "retail", later) == before
+
+
+def test_requery_sends_stay_bounded():
+    sends = RequerySends()
+    for i in range(MAX_SENT_KEYS + 50):
+        sends.record(f"c{i}", "retail", float(i))
+    assert len(sends._sent) == MAX_SENT_KEYS
+    assert sends.calls("c0", "retail", 2000.0) == 0.0  # the oldest went first
+    assert sends.calls(f"c{MAX_SENT_KEYS + 49}", "retail", float(MAX_SENT_KEYS + 49)) == 1.0
+
+
+def test_the_plan_carries_each_receivers_queue_beside_an_unchanged_service_level():
+    topo = small_topology()
+    base = compute_plan(topo)
+    center, skill = next((c, s) for c, per in base.receivers.items() for s in per)
+    p0 = base.receivers[center][skill]
+    n = p0.agents
+    live = SkillLoad(logged_in=n, ready=0, busy=n, queued=12)
+    view = NetworkView(health={center: CenterHealth(center, Status.HEALTHY, 1.0, {skill: live})})
+    p = compute_plan(topo, view).receivers[center][skill]
+    aht = topo.aht(skill)
+    assert p.aht_s == aht
+    assert p.backlog_erlangs == pytest.approx(12 * aht / QUEUE_HORIZON_S, abs=1e-3)
+    # the SL operators read is the plan's load alone: the queue is not in it
+    assert p.service_level == pytest.approx(service_level(p.agents, p.load_erlangs, aht, 20.0), abs=1e-4)
+    assert p0.backlog_erlangs == 0.0

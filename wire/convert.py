@@ -471,6 +471,8 @@ def plan_to_pb(plan: Plan) -> types_pb2.Plan:
             pm.load_erlangs = p.load_erlangs
             pm.service_level = p.service_level
             pm.occupancy = p.occupancy
+            pm.backlog_erlangs = p.backlog_erlangs
+            pm.aht_s = p.aht_s
     return m
 
 
@@ -562,9 +564,13 @@ def plan_from_pb(msg: types_pb2.Plan) -> Plan:
                 raise InvalidInput(f"{where}.agents", p.agents, f"must be an integer in [0, {MAX_COUNT}]")
             if not (math.isfinite(p.load_erlangs) and p.load_erlangs >= 0):
                 raise InvalidInput(f"{where}.load_erlangs", p.load_erlangs, "must be finite and >= 0")
+            for name, v in (("backlog_erlangs", p.backlog_erlangs), ("aht_s", p.aht_s)):
+                if not (math.isfinite(v) and v >= 0):
+                    raise InvalidInput(f"{where}.{name}", v, "must be finite and >= 0")
             per_skill[s] = ReceiverPrediction(p.agents, p.load_erlangs,
                                               _check_unit(f"{where}.service_level", p.service_level),
-                                              _check_unit(f"{where}.occupancy", p.occupancy))
+                                              _check_unit(f"{where}.occupancy", p.occupancy),
+                                              p.backlog_erlangs, p.aht_s)
         receivers[c] = per_skill
     closed = tuple(msg.closed)
     for i, c in enumerate(closed):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61llroute/v1/types.proto\x12\x0c\x63\x61llroute.v1\"\x89\x01\n\tTreatment\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1d.callroute.v1.TreatmentAction\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x18\n\x10predicted_wait_s\x18\x03 \x01(\x01\x12\x13\n\x0bthreshold_s\x18\x04 \x01(\x01\x12\x0e\n\x06source\x18\x05 \x01(\t\"(\n\x06Target\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"\xa5\x02\n\x05Route\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\r\n\x05skill\x18\x02 \x01(\t\x12%\n\x07targets\x18\x03 \x03(\x0b\x32\x14.callroute.v1.Target\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.callroute.v1.RouteKind\x12)\n\x0bvip_targets\x18\x05 \x03(\x0b\x32\x14.callroute.v1.Target\x12\x35\n\x0foverload_action\x18\x06 \x01(\x0e\x32\x1c.callroute.v1.OverloadAction\x12\x13\n\x0b\x65xplanation\x18\x07 \x01(\t\x12\x0c\n\x04home\x18\x08 \x01(\t\x12*\n\ttreatment\x18\x10 \x01(\x0b\x32\x17.callroute.v1.Treatment\"d\n\x12ReceiverPrediction\x12\x0e\n\x06\x61gents\x18\x01 \x01(\x03\x12\x14\n\x0cload_erlangs\x18\x02 \x01(\x01\x12\x15\n\rservice_level\x18\x03 \x01(\x01\x12\x11\n\toccupancy\x18\x04 \x01(\x01\"\x9f\x01\n\x10\x43\x65nterPrediction\x12:\n\x06skills\x18\x01 \x03(\x0b\x32*.callroute.v1.CenterPrediction.SkillsEntry\x1aO\n\x0bSkillsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .callroute.v1.ReceiverPrediction:\x02\x38\x01\"\xb7\x03\n\x04Plan\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12#\n\x06routes\x18\x02 \x03(\x0b\x32\x13.callroute.v1.Route\x12\x34\n\treceivers\x18\x03 \x03(\x0b\x32!.callroute.v1.Plan.ReceiversEntry\x12\x10\n\x08\x66\x65\x61sible\x18\x04 \x01(\x08\x12\x1a\n\x12infeasible_reasons\x18\x05 \x03(\t\x12\x0e\n\x06\x63losed\x18\x06 \x03(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x15\n\rtopology_hash\x18\x08 \x01(\t\x12*\n\x04meta\x18\t \x03(\x0b\x32\x1c.callroute.v1.Plan.MetaEntry\x12\x18\n\x10topology_version\x18\n \x01(\x04\x12\x15\n\rtopology_json\x18\x0b \x01(\t\x1aP\n\x0eReceiversEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.callroute.v1.CenterPrediction:\x02\x38\x01\x1a+\n\tMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*q\n\nAdminState\x12\x1b\n\x17\x41\x44MIN_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x44MIN_STATE_OPEN\x10\x01\x12\x18\n\x14\x41\x44MIN_STATE_DRAINING\x10\x02\x12\x16\n\x12\x41\x44MIN_STATE_CLOSED\x10\x03*\xaf\x01\n\x0c\x43\x65nterStatus\x12\x1d\n\x19\x43\x45NTER_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x45NTER_STATUS_HEALTHY\x10\x01\x12\x17\n\x13\x43\x45NTER_STATUS_STALE\x10\x02\x12\x16\n\x12\x43\x45NTER_STATUS_DOWN\x10\x03\x12\x19\n\x15\x43\x45NTER_STATUS_FAILING\x10\x04\x12\x19\n\x15\x43\x45NTER_STATUS_UNKNOWN\x10\x05*j\n\x0eOverloadAction\x12\x18\n\x14OVERLOAD_ACTION_NONE\x10\x00\x12 \n\x1cOVERLOAD_ACTION_ANNOUNCEMENT\x10\x01\x12\x1c\n\x18OVERLOAD_ACTION_CALLBACK\x10\x02*\x9b\x01\n\x0fTreatmentAction\x12\x19\n\x15TREATMENT_ACTION_NONE\x10\x00\x12#\n\x1fTREATMENT_ACTION_CALLBACK_OFFER\x10\x01\x12!\n\x1dTREATMENT_ACTION_ANNOUNCEMENT\x10\x02\x12%\n!TREATMENT_ACTION_CHANNEL_GUIDANCE\x10\x03*\x98\x01\n\tRouteKind\x12\x1a\n\x16ROUTE_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fROUTE_KIND_HOME\x10\x01\x12\x17\n\x13ROUTE_KIND_OVERFLOW\x10\x02\x12\x11\n\rROUTE_KIND_DR\x10\x03\x12\x15\n\x11ROUTE_KIND_PINNED\x10\x04\x12\x17\n\x13ROUTE_KIND_OVERLOAD\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61llroute/v1/types.proto\x12\x0c\x63\x61llroute.v1\"\x89\x01\n\tTreatment\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1d.callroute.v1.TreatmentAction\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x18\n\x10predicted_wait_s\x18\x03 \x01(\x01\x12\x13\n\x0bthreshold_s\x18\x04 \x01(\x01\x12\x0e\n\x06source\x18\x05 \x01(\t\"(\n\x06Target\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"\xa5\x02\n\x05Route\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\r\n\x05skill\x18\x02 \x01(\t\x12%\n\x07targets\x18\x03 \x03(\x0b\x32\x14.callroute.v1.Target\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.callroute.v1.RouteKind\x12)\n\x0bvip_targets\x18\x05 \x03(\x0b\x32\x14.callroute.v1.Target\x12\x35\n\x0foverload_action\x18\x06 \x01(\x0e\x32\x1c.callroute.v1.OverloadAction\x12\x13\n\x0b\x65xplanation\x18\x07 \x01(\t\x12\x0c\n\x04home\x18\x08 \x01(\t\x12*\n\ttreatment\x18\x10 \x01(\x0b\x32\x17.callroute.v1.Treatment\"\x8c\x01\n\x12ReceiverPrediction\x12\x0e\n\x06\x61gents\x18\x01 \x01(\x03\x12\x14\n\x0cload_erlangs\x18\x02 \x01(\x01\x12\x15\n\rservice_level\x18\x03 \x01(\x01\x12\x11\n\toccupancy\x18\x04 \x01(\x01\x12\x17\n\x0f\x62\x61\x63klog_erlangs\x18\x05 \x01(\x01\x12\r\n\x05\x61ht_s\x18\x06 \x01(\x01\"\x9f\x01\n\x10\x43\x65nterPrediction\x12:\n\x06skills\x18\x01 \x03(\x0b\x32*.callroute.v1.CenterPrediction.SkillsEntry\x1aO\n\x0bSkillsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .callroute.v1.ReceiverPrediction:\x02\x38\x01\"\xb7\x03\n\x04Plan\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12#\n\x06routes\x18\x02 \x03(\x0b\x32\x13.callroute.v1.Route\x12\x34\n\treceivers\x18\x03 \x03(\x0b\x32!.callroute.v1.Plan.ReceiversEntry\x12\x10\n\x08\x66\x65\x61sible\x18\x04 \x01(\x08\x12\x1a\n\x12infeasible_reasons\x18\x05 \x03(\t\x12\x0e\n\x06\x63losed\x18\x06 \x03(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x15\n\rtopology_hash\x18\x08 \x01(\t\x12*\n\x04meta\x18\t \x03(\x0b\x32\x1c.callroute.v1.Plan.MetaEntry\x12\x18\n\x10topology_version\x18\n \x01(\x04\x12\x15\n\rtopology_json\x18\x0b \x01(\t\x1aP\n\x0eReceiversEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.callroute.v1.CenterPrediction:\x02\x38\x01\x1a+\n\tMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*q\n\nAdminState\x12\x1b\n\x17\x41\x44MIN_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x44MIN_STATE_OPEN\x10\x01\x12\x18\n\x14\x41\x44MIN_STATE_DRAINING\x10\x02\x12\x16\n\x12\x41\x44MIN_STATE_CLOSED\x10\x03*\xaf\x01\n\x0c\x43\x65nterStatus\x12\x1d\n\x19\x43\x45NTER_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x45NTER_STATUS_HEALTHY\x10\x01\x12\x17\n\x13\x43\x45NTER_STATUS_STALE\x10\x02\x12\x16\n\x12\x43\x45NTER_STATUS_DOWN\x10\x03\x12\x19\n\x15\x43\x45NTER_STATUS_FAILING\x10\x04\x12\x19\n\x15\x43\x45NTER_STATUS_UNKNOWN\x10\x05*j\n\x0eOverloadAction\x12\x18\n\x14OVERLOAD_ACTION_NONE\x10\x00\x12 \n\x1cOVERLOAD_ACTION_ANNOUNCEMENT\x10\x01\x12\x1c\n\x18OVERLOAD_ACTION_CALLBACK\x10\x02*\x9b\x01\n\x0fTreatmentAction\x12\x19\n\x15TREATMENT_ACTION_NONE\x10\x00\x12#\n\x1fTREATMENT_ACTION_CALLBACK_OFFER\x10\x01\x12!\n\x1dTREATMENT_ACTION_ANNOUNCEMENT\x10\x02\x12%\n!TREATMENT_ACTION_CHANNEL_GUIDANCE\x10\x03*\x98\x01\n\tRouteKind\x12\x1a\n\x16ROUTE_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fROUTE_KIND_HOME\x10\x01\x12\x17\n\x13ROUTE_KIND_OVERFLOW\x10\x02\x12\x11\n\rROUTE_KIND_DR\x10\x03\x12\x15\n\x11ROUTE_KIND_PINNED\x10\x04\x12\x17\n\x13ROUTE_KIND_OVERLOAD\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,32 +37,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLAN_RECEIVERSENTRY']._serialized_options = b'8\001'
   _globals['_PLAN_METAENTRY']._loaded_options = None
   _globals['_PLAN_METAENTRY']._serialized_options = b'8\001'
-  _globals['_ADMINSTATE']._serialized_start=1226
-  _globals['_ADMINSTATE']._serialized_end=1339
-  _globals['_CENTERSTATUS']._serialized_start=1342
-  _globals['_CENTERSTATUS']._serialized_end=1517
-  _globals['_OVERLOADACTION']._serialized_start=1519
-  _globals['_OVERLOADACTION']._serialized_end=1625
-  _globals['_TREATMENTACTION']._serialized_start=1628
-  _globals['_TREATMENTACTION']._serialized_end=1783
-  _globals['_ROUTEKIND']._serialized_start=1786
-  _globals['_ROUTEKIND']._serialized_end=1938
+  _globals['_ADMINSTATE']._serialized_start=1267
+  _globals['_ADMINSTATE']._serialized_end=1380
+  _globals['_CENTERSTATUS']._serialized_start=1383
+  _globals['_CENTERSTATUS']._serialized_end=1558
+  _globals['_OVERLOADACTION']._serialized_start=1560
+  _globals['_OVERLOADACTION']._serialized_end=1666
+  _globals['_TREATMENTACTION']._serialized_start=1669
+  _globals['_TREATMENTACTION']._serialized_end=1824
+  _globals['_ROUTEKIND']._serialized_start=1827
+  _globals['_ROUTEKIND']._serialized_end=1979
   _globals['_TREATMENT']._serialized_start=43
   _globals['_TREATMENT']._serialized_end=180
   _globals['_TARGET']._serialized_start=182
   _globals['_TARGET']._serialized_end=222
   _globals['_ROUTE']._serialized_start=225
   _globals['_ROUTE']._serialized_end=518
-  _globals['_RECEIVERPREDICTION']._serialized_start=520
-  _globals['_RECEIVERPREDICTION']._serialized_end=620
-  _globals['_CENTERPREDICTION']._serialized_start=623
-  _globals['_CENTERPREDICTION']._serialized_end=782
-  _globals['_CENTERPREDICTION_SKILLSENTRY']._serialized_start=703
-  _globals['_CENTERPREDICTION_SKILLSENTRY']._serialized_end=782
-  _globals['_PLAN']._serialized_start=785
-  _globals['_PLAN']._serialized_end=1224
-  _globals['_PLAN_RECEIVERSENTRY']._serialized_start=1099
-  _globals['_PLAN_RECEIVERSENTRY']._serialized_end=1179
-  _globals['_PLAN_METAENTRY']._serialized_start=1181
-  _globals['_PLAN_METAENTRY']._serialized_end=1224
+  _globals['_RECEIVERPREDICTION']._serialized_start=521
+  _globals['_RECEIVERPREDICTION']._serialized_end=661
+  _globals['_CENTERPREDICTION']._serialized_start=664
+  _globals['_CENTERPREDICTION']._serialized_end=823
+  _globals['_CENTERPREDICTION_SKILLSENTRY']._serialized_start=744
+  _globals['_CENTERPREDICTION_SKILLSENTRY']._serialized_end=823
+  _globals['_PLAN']._serialized_start=826
+  _globals['_PLAN']._serialized_end=1265
+  _globals['_PLAN_RECEIVERSENTRY']._serialized_start=1140
+  _globals['_PLAN_RECEIVERSENTRY']._serialized_end=1220
+  _globals['_PLAN_METAENTRY']._serialized_start=1222
+  _globals['_PLAN_METAENTRY']._serialized_end=1265
 # @@protoc_insertion_point(module_scope)

@@ -113,16 +113,20 @@ class Route(_message.Message):
     def __init__(self, branch: _Optional[str] = ..., skill: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., kind: _Optional[_Union[RouteKind, str]] = ..., vip_targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., overload_action: _Optional[_Union[OverloadAction, str]] = ..., explanation: _Optional[str] = ..., home: _Optional[str] = ..., treatment: _Optional[_Union[Treatment, _Mapping]] = ...) -> None: ...
 
 class ReceiverPrediction(_message.Message):
-    __slots__ = ("agents", "load_erlangs", "service_level", "occupancy")
+    __slots__ = ("agents", "load_erlangs", "service_level", "occupancy", "backlog_erlangs", "aht_s")
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     LOAD_ERLANGS_FIELD_NUMBER: _ClassVar[int]
     SERVICE_LEVEL_FIELD_NUMBER: _ClassVar[int]
     OCCUPANCY_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_ERLANGS_FIELD_NUMBER: _ClassVar[int]
+    AHT_S_FIELD_NUMBER: _ClassVar[int]
     agents: int
     load_erlangs: float
     service_level: float
     occupancy: float
-    def __init__(self, agents: _Optional[int] = ..., load_erlangs: _Optional[float] = ..., service_level: _Optional[float] = ..., occupancy: _Optional[float] = ...) -> None: ...
+    backlog_erlangs: float
+    aht_s: float
+    def __init__(self, agents: _Optional[int] = ..., load_erlangs: _Optional[float] = ..., service_level: _Optional[float] = ..., occupancy: _Optional[float] = ..., backlog_erlangs: _Optional[float] = ..., aht_s: _Optional[float] = ...) -> None: ...
 
 class CenterPrediction(_message.Message):
     __slots__ = ("skills",)

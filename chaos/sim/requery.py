@@ -8,9 +8,11 @@ center gets the call at the back of its queue; "stay" leaves it where it waits. 
 `max_per_call` re-queries, each `after_s` after the last (the switch's ring timer restarts at the
 new center).
 
-The plan's receivers' predicted service levels are what the answer ranks centers by, so this
-policy's planner predicts (`predict=True`; `callroute` leaves them out). Reported under its own
-name, never as `callroute`. The policy is the topology's `policy.requery` unless given.
+The plan's receivers' predictions (with each one's live queue) are what the answer ranks centers
+by, so this policy's planner predicts (`predict=True`; `callroute` leaves them out). Each center's
+agent keeps its own `RequerySends` (the calls it re-queried lately), as the real agents do: a
+switch asks the agent of its branch's home center, or the backup agent while that one is dark.
+Reported under its own name, never as `callroute`. The policy is the topology's `policy.requery` unless given.
 Must not: see anything the switch and agent would not (the sim's queues are only in the reports).
 """
 
@@ -20,7 +22,7 @@ import math
 
 from controlplane.core.lookup import VIP_TIER
 from controlplane.core.model import RequeryPolicy
-from controlplane.core.requery import RequeryBook, RequeryQuery
+from controlplane.core.requery import RequeryBook, RequeryQuery, RequerySends
 
 from .engine import Simulation
 from .policies import POLICY_FACTORIES, CallroutePolicy
@@ -46,6 +48,8 @@ class RequeryPolicySim(CallroutePolicy):
         # switch's own record of its call, as a real switch keeps it in the call's state
         self.calls: dict[int, tuple[tuple[str, ...], int, float]] = {}
         self.book: RequeryBook | None = None
+        # per agent (center index): the calls it re-queried lately
+        self.sends = [RequerySends() for _ in sim.centers]
         self.requeries = self.moves = 0
         super().start(sim)
 
@@ -58,12 +62,15 @@ class RequeryPolicySim(CallroutePolicy):
         if used >= self.rq.max_per_call:
             return -1
         if self.book is None or self.book.plan is not plan:
-            self.book = RequeryBook(plan)
+            self.book = RequeryBook(plan, sim.topology.policy.service_level.answer_within_s)
         q = RequeryQuery(call_id=str(call), branch=sim.branches[sim.call_branch[call]],
                          skill=sim.skills[sim.call_skill[call]], waited_s=max(0.0, now - joined),
                          tried=tried, count=used, caller=str(sim.caller[call]),
                          tier=VIP_TIER if sim.vip is not None and sim.vip[call] else "")
-        a = self.book.answer(q, self.rq)
+        # the switch asks its own agent: the branch's home center's, or the backup while it is dark
+        home = sim.branch_home[sim.call_branch[call]]
+        agent = home if sim.center_open[home] else self._backup_agent(sim, home)
+        a = self.book.answer(q, self.rq, self.sends[agent], now)
         self.requeries += 1
         dest = sim.center_index.get(a.center, -1) if not a.stay else -1
         if dest >= 0 and not sim.center_open[dest]:

@@ -523,6 +523,12 @@ class ReceiverPrediction(msgspec.Struct, frozen=True):
     load_erlangs: float
     service_level: float
     occupancy: float
+    # The center's live queue beyond its ready agents as load (queued x AHT / the planner's queue
+    # horizon), and the AHT the plan counted: what a re-query adds to `load_erlangs` to rank centers
+    # by the wait a moved call meets now (core/requery.py). Not in `service_level`, which is the
+    # plan's own prediction operators read and feasibility is judged by. 0: not known (an older plan).
+    backlog_erlangs: float = 0.0
+    aht_s: float = 0.0
 
 
 class Plan(msgspec.Struct, frozen=True):

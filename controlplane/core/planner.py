@@ -883,8 +883,10 @@ class PlanTracker:
                 continue
             pred = service_level(cc.agents, load, cc.aht_s, t_s)
             occ = load / cc.agents if cc.agents > 0 else (1.0 if load > 0 else 0.0)
+            # the live queue rides along for re-query (core/requery.py), outside the SL operators read
             prediction = ReceiverPrediction(cc.agents, round_fast(load, 1e3, 3), round_fast(pred, 1e4, 4),
-                                            round_fast(min(occ, 1.0), 1e4, 4))
+                                            round_fast(min(occ, 1.0), 1e4, 4),
+                                            round_fast(cc.backlog, 1e3, 3), float(cc.aht_s))
             per_center = receivers.get(cid)
             if per_center is None:
                 receivers[cid] = {s: prediction}

@@ -18,7 +18,16 @@ nearly as good as the best, by predicted spare agents, rather than all joining o
 Pinned (specialty) routes never move: that business stays local.
 A plan without predictions (the planner's `predict=False`) ranks the route's targets by weight.
 
-Pure: no clock (the wait comes in the query), no I/O. Must not: hold per-call state.
+What a moved call meets is the receiver's queue now, not the plan's average: centers are ranked by
+the service level predicted with each one's live queue counted as load (`backlog_erlangs`, from the
+reports the plan was made from) and, when the agent passes its `RequerySends`, the calls it has
+itself re-queried there lately (the plan counts a moved call at the center it first went to, so
+its predictions never see re-query's own traffic arrive). The plan's `service_level`, what
+operators read, is left as the planner made it. A plan without those fields (an older control
+plane) ranks by `service_level` alone.
+
+Pure: no clock (the wait comes in the query, `now` for RequerySends from the shell), no I/O.
+Must not: hold per-call state (RequerySends holds counts per center and skill, never per call).
 """
 
 from __future__ import annotations
@@ -29,10 +38,11 @@ from collections.abc import Sequence
 import msgspec
 import xxhash
 
+from .erlang import service_level
 from .model import InvalidInput, Plan, ReceiverPrediction, RequeryPolicy, Route, RouteKind, check_id
 
-__all__ = ["RequeryQuery", "RequeryAnswer", "RequeryBook", "check_query", "MAX_TRIED",
-           "MAX_CALL_ID_LEN", "MAX_COUNT", "MAX_WAITED_S"]
+__all__ = ["RequeryQuery", "RequeryAnswer", "RequeryBook", "RequerySends", "check_query", "MAX_TRIED",
+           "MAX_CALL_ID_LEN", "MAX_COUNT", "MAX_WAITED_S", "SENT_TAU_S"]
 
 # Centers one call may list as tried: a route has at most 8 fallbacks (lookup.MAX_FALLBACKS) and a
 # policy at most 8 re-queries; twice that is a broken or hostile switch.
@@ -50,6 +60,17 @@ MAX_REASON_CHARS = 160
 SPREAD_CENTERS = 4
 SPREAD_SL = 0.05
 _xxh64 = xxhash.xxh64_intdigest
+# The calls an agent re-queried to a center count as load there for about this long, decaying
+# (exponentially, this time constant): a stream of r calls a second then counts r x tau calls, and
+# r x tau x AHT / tau = r x AHT Erlangs is the load it adds. The planner's queue horizon
+# (planner.QUEUE_HORIZON_S), so a sent call weighs what a queued one does in `backlog_erlangs`.
+SENT_TAU_S = 60.0
+# the threshold of the service level re-query ranks by when the shell does not give the
+# topology's (policy.service_level.answer_within_s defaults to it)
+DEFAULT_ANSWER_WITHIN_S = 20.0
+# centers and skills RequerySends keeps: a plan names at most this many pairs in practice (64
+# centers x 16 skills); past it the oldest counts are dropped rather than growing without bound
+MAX_SENT_KEYS = 1024
 # the tier whose route answers from vip_targets (lookup.VIP_TIER; not imported to keep the hot
 # path's module out of this one's dependencies)
 _VIP = "vip"
@@ -114,19 +135,61 @@ def check_query(q: RequeryQuery) -> None:
         check_id("tier", q.tier)
 
 
+class RequerySends:
+    """The calls one agent re-queried to each center and skill lately, as a count decaying with
+    SENT_TAU_S. Kept by the agent across plans (a new plan's queues show only part of what was
+    sent before it); time comes in as `now`, monotonic seconds."""
+
+    __slots__ = ("_sent",)
+
+    def __init__(self) -> None:
+        # (center, skill) -> (decayed count at `at`, at)
+        self._sent: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def record(self, center: str, skill: str, now: float) -> None:
+        key = (center, skill)
+        if key not in self._sent and len(self._sent) >= MAX_SENT_KEYS:
+            oldest = min(self._sent, key=lambda k: self._sent[k][1])
+            del self._sent[oldest]
+        self._sent[key] = (self.calls(center, skill, now) + 1.0, now)
+
+    def calls(self, center: str, skill: str, now: float) -> float:
+        """The decayed count of calls sent to `center` for `skill`, at `now`."""
+        got = self._sent.get((center, skill))
+        if got is None:
+            return 0.0
+        n, at = got
+        return n * math.exp(-max(0.0, now - at) / SENT_TAU_S)
+
+
 class RequeryBook:
-    """A plan's routes by (branch, skill), for re-queries. Immutable; build one per plan."""
+    """A plan's routes by (branch, skill), for re-queries. Immutable; build one per plan.
+    `answer_within_s` is the service-level threshold centers are ranked at (the topology's)."""
 
-    __slots__ = ("plan", "_routes", "_closed")
+    __slots__ = ("plan", "_routes", "_closed", "_t_s")
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, answer_within_s: float = DEFAULT_ANSWER_WITHIN_S) -> None:
         self.plan = plan
         self._routes: dict[tuple[str, str], Route] = {(r.branch, r.skill): r for r in plan.routes}
         self._closed = frozenset(plan.closed)
+        self._t_s = answer_within_s
 
-    def answer(self, q: RequeryQuery, policy: RequeryPolicy) -> RequeryAnswer:
+    def _rank_sl(self, p: ReceiverPrediction, extra_calls: float) -> tuple[float, float]:
+        """(service level, load in Erlangs) a call moved to this center meets now: the plan's load
+        with the live queue and `extra_calls` sent lately counted; the plan's own figure when it
+        carries no AHT (an older plan)."""
+        if p.aht_s <= 0:
+            return p.service_level, p.load_erlangs
+        load = p.load_erlangs + p.backlog_erlangs + extra_calls * p.aht_s / SENT_TAU_S
+        if load == p.load_erlangs:
+            return p.service_level, load
+        return service_level(p.agents, load, p.aht_s, self._t_s), load
+
+    def answer(self, q: RequeryQuery, policy: RequeryPolicy, sends: RequerySends | None = None,
+               now: float = 0.0) -> RequeryAnswer:
         """The decision for one checked query (see `check_query`); InvalidInput for an unknown
-        branch or skill."""
+        branch or skill. With `sends` (the agent's), the calls it sent lately count at their
+        receivers, and a move is recorded in it at `now`."""
         route = self._routes.get((q.branch, q.skill))
         if route is None:
             if not any(b == q.branch for b, _ in self._routes):
@@ -153,6 +216,9 @@ class RequeryBook:
         def usable(c: str) -> bool:
             return bool(c) and c not in tried and c not in self._closed
 
+        def sent(c: str) -> float:
+            return sends.calls(c, skill, now) if sends is not None else 0.0
+
         cur_pred = _pred(preds, current, skill)
         if not preds:
             # a plan without predictions: the head office, else the route's targets by weight
@@ -163,37 +229,41 @@ class RequeryBook:
                 return self._move(by_weight[0], f"route target, weight {weight[by_weight[0]]:.0%}", used,
                                   left)
             return self._stay("stay: no untried target in the route", used, left)
-        # what staying is worth: a center the plan closes or does not staff for the skill is nothing
-        stay_sl = cur_pred.service_level if cur_pred is not None and current not in self._closed else -1.0
+        # what staying is worth: a center the plan closes or does not staff for the skill is nothing;
+        # its live queue counts (the call waits in it), its own sends elsewhere do not
+        stay_sl = self._rank_sl(cur_pred, 0.0)[0] if cur_pred is not None and current not in self._closed \
+            else -1.0
         head = policy.head_office
         if usable(head):
             # the bank's rule (ICBC: three rings, then head office): the head office takes the call
             # whatever the prediction, as long as the plan has it open and staffed for the skill
             hp = _pred(preds, head, skill)
             if hp is not None and hp.agents > 0:
-                return self._move(head, f"head office, predicted SL {hp.service_level:.0%} "
-                                        f"vs {_sl_text(stay_sl)} here", used, left)
-        ranked: list[tuple[tuple[float, float, bool, str], str, ReceiverPrediction]] = []
+                return self._record(sends, skill, now, self._move(
+                    head, f"head office, predicted SL {hp.service_level:.0%} vs {_sl_text(stay_sl)} here",
+                    used, left))
+        # (sort key, center, SL and load a moved call meets there, agents)
+        ranked: list[tuple[tuple[float, float, bool, str], str, float, float, int]] = []
         for c, per_skill in preds.items():
             p = per_skill.get(skill)
             if p is None or p.agents <= 0 or not usable(c):
                 continue
+            sl, load = self._rank_sl(p, sent(c))
             # highest predicted SL; then least occupied; then the route's own targets; then by id
-            ranked.append(((-p.service_level, p.occupancy, c not in weight, c), c, p))
+            ranked.append(((-sl, load / p.agents, c not in weight, c), c, sl, load, p.agents))
         if not ranked:
             return self._stay("stay: no other center staffs this skill", used, left)
         ranked.sort()
-        best, best_pred = ranked[0][1], ranked[0][2]
-        if best_pred.service_level < stay_sl + policy.min_gain:
-            return self._stay(f"stay: best other {best} predicted SL {best_pred.service_level:.0%} "
+        best, best_sl = ranked[0][1], ranked[0][2]
+        if best_sl < stay_sl + policy.min_gain:
+            return self._stay(f"stay: best other {best} predicted SL {best_sl:.0%} "
                               f"vs {_sl_text(stay_sl)} here", used, left)
         # Every call waiting in one plan's time sees the same predictions: sending them all to the
         # one best center would pile them into its queue. They spread, by a stable hash of the call
         # id, over the few centers nearly as good, in proportion to each one's predicted spare agents.
-        floor = max(stay_sl + policy.min_gain, best_pred.service_level - SPREAD_SL)
-        pool = [(c, p.agents - p.load_erlangs) for _, c, p in ranked[:SPREAD_CENTERS]
-                if p.service_level >= floor and p.agents > p.load_erlangs]
-        chosen, chosen_pred = best, best_pred
+        floor = max(stay_sl + policy.min_gain, best_sl - SPREAD_SL)
+        pool = [(c, n - load) for _, c, sl, load, n in ranked[:SPREAD_CENTERS] if sl >= floor and n > load]
+        chosen, chosen_sl = best, best_sl
         total = sum(w for _, w in pool)
         if len(pool) > 1 and total > 0:
             x = _xxh64(q.call_id.encode()) / 2.0**64 * total
@@ -202,9 +272,15 @@ class RequeryBook:
                 if x < 0:
                     chosen = c
                     break
-            chosen_pred = next(p for _, c, p in ranked if c == chosen)
-        return self._move(chosen, f"best now, predicted SL {chosen_pred.service_level:.0%} vs "
-                                  f"{_sl_text(stay_sl)} here", used, left)
+            chosen_sl = next(sl for _, c, sl, _, _ in ranked if c == chosen)
+        return self._record(sends, skill, now, self._move(
+            chosen, f"best now, predicted SL {chosen_sl:.0%} vs {_sl_text(stay_sl)} here", used, left))
+
+    @staticmethod
+    def _record(sends: RequerySends | None, skill: str, now: float, a: RequeryAnswer) -> RequeryAnswer:
+        if sends is not None and not a.stay:
+            sends.record(a.center, skill, now)
+        return a
 
     def _stay(self, why: str, used: int, left: int) -> RequeryAnswer:
         return RequeryAnswer("", True, why[:MAX_REASON_CHARS], self.plan.version, used, left)
