@@ -362,10 +362,14 @@ async def test_f4_etcd_member_killed_publishing_resumes(etcd3, replicas):
                 "a command accepted after the member loss",
                 step=0.1,
             )
+            accepted = time.monotonic() - t0
             await wait_for(
                 lambda c=center: all(c in x.plans[x.version].closed for x in agents), 10, "publishing resumed"
             )
-            assert time.monotonic() - t0 < 0.5 + 2.0 + 1.0  # election timeout + 2 s (+1 s polling)
+            took = time.monotonic() - t0
+            # reliability.md F4: election timeout + 2 s (+0.2 s: two of the 0.1 s polls); before its
+            # own stale leader key was deleted at once, the replica waited it out: up to 3.6 s in CI
+            assert took < 0.5 + 2.0 + 0.2, (accepted, took)
             acked.append(reply.plan_version)
             etcd3.restart(etcd_leader)
         # every acknowledged write reads back

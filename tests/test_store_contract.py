@@ -11,6 +11,7 @@ Time is never slept on to wait for state: conditions are polled with a deadline.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 import uuid
@@ -592,6 +593,34 @@ async def test_one_leader_among_concurrent_candidates_and_handover(backend: Back
         await asyncio.gather(*tasks, return_exceptions=True)
         for e in elections:
             await e.resign()
+
+
+async def test_a_demoted_leader_campaigns_again_without_waiting_out_its_old_lease(backend: Backend) -> None:
+    # F4: an etcd leader killed under a leader with a short TTL; its keepalive misses the deadline,
+    # so it demotes itself, though the server (whose new leader renews every lease) keeps the lease
+    # and the leader key. Campaigning again used to wait for that key to expire with the old lease:
+    # a whole TTL of no publishing, with nobody else leading. Its own stale key is its to delete.
+    st, k = backend.store, backend.k
+    mine: collections.deque[int] = collections.deque(maxlen=8)  # the control plane's, across terms
+    old = Election(st, k("leader"), "me", 10, own_leases=mine)
+    first = await old.campaign()
+    assert old.keeper is not None
+    old_lease = old.keeper.lease
+    old.keeper._lose("keepalive deadline missed (test)")
+    await old.resign()  # as the leader loop does; the store kept the key (etcd had no leader then)
+    assert not old.is_leader and (await old.observe()) is not None
+    # the next term campaigns with a new Election, as ControlPlane.campaign does
+    e = Election(st, k("leader"), "me", 10, own_leases=mine)
+    second = await asyncio.wait_for(e.campaign(), 2)
+    assert second > first and e.keeper.lease.id != old_lease.id
+    leader = await e.observe()
+    assert leader is not None and leader.create_revision == second and leader.lease == e.keeper.lease.id
+    # somebody else's key is never taken: a rival waits for this term as before
+    rival = Election(await backend.client(), k("leader"), "rival", 10)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(rival.campaign(), 0.5)
+    await e.resign()
+    await rival.resign()
 
 
 @pytest.mark.parametrize("backend", WITH_CLUSTER, indirect=True)

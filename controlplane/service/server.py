@@ -17,6 +17,7 @@ and the store records live in their own modules.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
@@ -239,6 +240,9 @@ class ControlPlane:
         # the ids reports may name; replaced together when an operator applies a new one
         self.topology_version = 0
         self.topology_json = ""
+        # every lease this replica's elections were granted: its own stale leader key (an ended
+        # term whose lease the server kept) is deleted at its next campaign, not waited out (F4)
+        self._own_leases: collections.deque[int] = collections.deque(maxlen=8)
         self.known_branches = frozenset(b.id for b in topology.branches)
         self.known_skills = frozenset(topology.skills())
         self.store = store
@@ -290,6 +294,7 @@ class ControlPlane:
             f"{s.id}@{self.advertised()}",
             s.lease_ttl_s,
             on_lost=self.leader.on_lost,
+            own_leases=self._own_leases,
         )
         await election.campaign()
         return election

@@ -7,6 +7,7 @@ Must not import a backend or read wall time (deadlines on the loop's monotonic c
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
@@ -181,7 +182,8 @@ class Election:
     """
 
     def __init__(self, store: Store, name: str, candidate_id: str, ttl_s: float, *,
-                 on_lost: Callable[[str], None] | None = None) -> None:
+                 on_lost: Callable[[str], None] | None = None,
+                 own_leases: collections.deque[int] | None = None) -> None:
         self.store = store
         self.key = check_key("name", name)
         if not isinstance(candidate_id, str) or not candidate_id:
@@ -193,6 +195,10 @@ class Election:
         self.reason = ""
         self.keeper: LeaseKeeper | None = None
         self._on_lost = on_lost
+        # every lease this candidate was granted, shared by its successive Elections (a control
+        # plane campaigns with a new one each term): a leader key held by one that is not the
+        # current lease is this candidate's own ended term, never a rival's
+        self._own = own_leases if own_leases is not None else collections.deque(maxlen=8)
 
     @property
     def is_leader(self) -> bool:
@@ -220,6 +226,7 @@ class Election:
         if self.keeper is not None:
             await self.keeper.stop()
         lease = await self.store.grant_lease(self.ttl_s)
+        self._own.append(lease.id)
         self.keeper = LeaseKeeper(self.store, lease, on_lost=self._keeper_lost)
         self.keeper.start()
         return self.keeper
@@ -248,6 +255,17 @@ class Election:
                 # the key is ours already (campaign() called again while leading): same term
                 self.leader_rev = got.kvs[0].create_revision
                 return self.leader_rev
+            if got.kvs[0].lease in self._own:
+                # our own ended term: the keeper gave its lease up (a keepalive missed its deadline
+                # while etcd elected a new leader, F4) but the server kept it. Waiting for it to
+                # expire would leave nobody leading for a whole TTL. Deleting it is a late resign:
+                # that term already ended here, and its fenced writes compare its create revision.
+                stale = got.kvs[0]
+                log.warning("election %s: deleting %s's own leader key of an ended term (lease %x)",
+                            self.key, self.candidate_id, stale.lease)
+                await self.store.txn([create_revision_is(self.key, stale.create_revision)],
+                                     [Delete(self.key)])
+                continue
             await self._wait_deleted(r.revision + 1, keeper)
 
     async def _wait_deleted(self, start_revision: int, keeper: LeaseKeeper) -> None:
