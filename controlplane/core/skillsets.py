@@ -28,6 +28,13 @@ from collections.abc import Mapping, Sequence
 
 from .model import SkillSetAgents
 
+# Loads below this many Erlangs count as none: a call a day is not a reason to move an agent, and
+# dividing by a denormal load would overflow the water level.
+MIN_LOAD = 1e-6
+# Above this a load is not a center's (the planner's demand is bounded far below): left out, so the
+# arithmetic stays finite whatever a caller passes.
+MAX_LOAD = 1e9
+
 
 def _fill(base: list[float], weights: list[float], agents: int) -> list[float]:
     """Continuous water-filling: x_i >= 0, sum x_i = agents, and (base_i + x_i) / weights_i equal
@@ -83,7 +90,7 @@ def share_agents(sets: Sequence[SkillSetAgents], load: Mapping[str, float]) -> d
         if e.logged_in <= 0:
             continue
         w = [load.get(s, 0.0) for s in names]
-        w = [v if 0.0 < v < math.inf else 0.0 for v in w]
+        w = [v if MIN_LOAD <= v <= MAX_LOAD else 0.0 for v in w]
         if sum(w) <= 0.0:
             x = [e.logged_in / len(names)] * len(names)
         else:
