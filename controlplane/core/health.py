@@ -433,7 +433,8 @@ class HealthTracker:
             newest = c.acd_seen.gauges_newest(gauges, now, self._stale_after_s)
         if newest:
             c.skills = dict(report.skills)
-            c.skill_sets = tuple(report.skill_sets)
+            sets = report.skill_sets
+            c.skill_sets = tuple(sets) if sets else ()  # most reports have none: no tuple built
             c.state = report.state
         # a report arrived over some stream, so the center reaches us whatever we were told before
         c.closed_at = None
