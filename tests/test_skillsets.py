@@ -220,3 +220,19 @@ def test_the_health_tracker_keeps_skill_sets_with_the_gauges():
     # the newest message without sets: an ACD that stopped giving them, per-skill counts again
     t.observe(Report(center="a", seq=3, sent_at=1.0, skills=skills, gauges_from=AcdId("acd", 1, 6)), 1.5)
     assert t.view(1.5)["a"].skill_sets == ()
+
+
+def test_the_split_follows_the_calls_not_a_momentary_queue():
+    # a burst queued on retail counts against its spare capacity (the backlog), but does not move
+    # shared agents from plan to plan: the shares follow each skill's calls
+    topo = one_center(3.0, 3.0)
+    sets = (SkillSetAgents(BOTH, 10, 0),)
+    calm = live({"retail": 10, "credit_card": 10}, sets)
+    burst = CenterHealth("a", Status.HEALTHY, 1.0,
+                         {"retail": SkillLoad(logged_in=10, queued=40),
+                          "credit_card": SkillLoad(logged_in=10)},
+                         skill_sets=sets)
+    a = compute_plan(topo, NetworkView(health={"a": calm})).receivers["a"]
+    b = compute_plan(topo, NetworkView(health={"a": burst})).receivers["a"]
+    split = (a["retail"].agents, a["credit_card"].agents)
+    assert split == (b["retail"].agents, b["credit_card"].agents) == (5, 5)
