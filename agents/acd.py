@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from agents.pushacd import PushACD
 from agents.simacd import SimulatedACD
-from controlplane.core.model import AdminState, InvalidInput, SkillLoad, Topology
+from controlplane.core.model import AdminState, InvalidInput, SkillLoad, SkillSetAgents, Topology
 
 
 class ACD(Protocol):
@@ -28,6 +28,9 @@ class ACD(Protocol):
     # what the agent's ACD listener serves for this adapter; None = that path answers 404
     on_push: Callable[[bytes, float], None] | None  # a real ACD's pushed JSON message (and stdin lines)
     on_admin: Callable[[bytes, float], dict[str, Any]] | None  # drill and simulation commands
+    # the latest gauges' agents per exact set of skills, each agent counted once (issue 17 item 4;
+    # Report.skill_sets); [] when the ACD gives none: the planner uses per-skill logged_in then
+    skill_sets: list[SkillSetAgents]
 
     def sample(self, now: float) -> dict[str, SkillLoad] | None:
         """Per-skill load over the interval since the last sample; None = no fresh data."""

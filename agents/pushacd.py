@@ -7,7 +7,9 @@ never lost, but two replicas both given one count it twice.
 
 Gauges are the ACD's latest state: `gauges_from` names the message they come from (the newest of
 its source received; an older one overtaken on the way counts but does not roll them back), and
-reports carry it so the control plane takes gauges from the newest replica's report only.
+reports carry it so the control plane takes gauges from the newest replica's report only. The
+message's `skill_sets` (agents per exact set of skills, each counted once; issue 17 item 4) are
+gauges too: kept from the newest message that gives them, forwarded in Report.skill_sets.
 
 Time comes in as `now` (monotonic seconds); it never reads a clock, and does I/O only through the
 journal the agent's shell gives its carry (agents/acdjournal.py: held messages on disk, so a crash
@@ -26,6 +28,7 @@ import msgspec
 from controlplane.core.model import (
     MAX_ACD_PER_REPORT,
     MAX_COUNT,
+    MAX_SKILL_SETS_PER_REPORT,
     MAX_SKILLS_PER_REPORT,
     AcdCount,
     AcdId,
@@ -33,8 +36,10 @@ from controlplane.core.model import (
     InvalidInput,
     Report,
     SkillLoad,
+    SkillSetAgents,
     Topology,
     check_id,
+    check_skill_sets,
     validate_report,
 )
 from wire.invalid import invalid_from_msgspec
@@ -66,6 +71,43 @@ class PushMessage(msgspec.Struct, forbid_unknown_fields=True):
     source: str = ""
     epoch: int = 0
     seq: int = 0
+    # agents per exact set of skills, each counted once (issue 17 item 4); None: the message does
+    # not say (the sets held before stay), []: the ACD gives none (per-skill counts again)
+    skill_sets: list[SkillSetAgents] | None = None
+
+
+def parse_skill_sets(raw: Any, max_skills: int) -> list[SkillSetAgents]:
+    """A push body's `skill_sets`: a list of {"skills": [...], "logged_in": n, "ready": n}, at most
+    MAX_SKILL_SETS_PER_REPORT, each set's skills sorted; InvalidInput names the entry. Which skills
+    are known, repeats and the counts' ranges are model.check_skill_sets' (PushACD.push)."""
+    if not isinstance(raw, list):
+        raise InvalidInput("skill_sets", type(raw).__name__, "must be a list of skill sets")
+    if len(raw) > MAX_SKILL_SETS_PER_REPORT:
+        raise InvalidInput("skill_sets", len(raw), f"more than {MAX_SKILL_SETS_PER_REPORT} skill sets")
+    out: list[SkillSetAgents] = []
+    for i, e in enumerate(raw):
+        p = f"skill_sets[{i}]"
+        if not isinstance(e, dict):
+            raise InvalidInput(p, type(e).__name__, 'must be an object {"skills": [...], "logged_in": n}')
+        for k in e:
+            if k not in ("skills", "logged_in", "ready"):
+                raise InvalidInput(f"{p}.{str(k)[:64]}", e[k], "unknown field")
+        names = e.get("skills")
+        if not isinstance(names, list):
+            raise InvalidInput(f"{p}.skills", type(names).__name__, "must be a list of skills")
+        if not 1 <= len(names) <= max_skills:
+            raise InvalidInput(f"{p}.skills", len(names), f"must name 1..{max_skills} skills")
+        for name in names:
+            check_id(f"{p}.skills", name)
+        counts = []
+        for name in ("logged_in", "ready"):
+            v = e.get(name, 0)
+            # bool is an int to Python; a JSON true is not a head count
+            if type(v) is not int:
+                raise InvalidInput(f"{p}.{name}", v, "must be an integer")
+            counts.append(v)
+        out.append(SkillSetAgents(tuple(sorted(names)), counts[0], counts[1]))
+    return out
 
 
 def parse_push(body: bytes) -> PushMessage:
@@ -84,7 +126,7 @@ def parse_push(body: bytes) -> PushMessage:
     if not isinstance(raw, dict):
         raise InvalidInput("body", type(raw).__name__, "must be a JSON object")
     for k in raw:
-        if k not in ("skills", "state", "source", "epoch", "seq"):
+        if k not in ("skills", "state", "source", "epoch", "seq", "skill_sets"):
             raise InvalidInput(str(k)[:64], raw[k], "unknown field")
     ident: dict[str, Any] = {}
     for name in ("epoch", "seq"):
@@ -115,7 +157,9 @@ def parse_push(body: bytes) -> PushMessage:
             inner = invalid_from_msgspec(e, v)
             sub = f".{inner.field}" if inner.field != "body" else ""
             raise InvalidInput(f"skills[{name}]{sub}", inner.value if sub else v, inner.why) from None
-    return PushMessage(skills=skills, state=state, source=source, **ident)
+    sets = (parse_skill_sets(raw["skill_sets"], MAX_SKILLS_PER_REPORT) if "skill_sets" in raw
+            else None)
+    return PushMessage(skills=skills, state=state, source=source, skill_sets=sets, **ident)
 
 
 # ACD messages an agent holds until the control plane has them: at a message a second, over an
@@ -250,6 +294,8 @@ class PushACD:
         self.carry = AcdCarry()
         # the message the gauges are from (Report.gauges_from): the newest received of its source
         self.gauges_from: AcdId | None = None
+        # the latest gauges' agents per skill set (Report.skill_sets); [] when the ACD gives none
+        self.skill_sets: list[SkillSetAgents] = []
         self.older = 0  # pushes older than the gauges held (reordered): counted, gauges kept
         # this agent's own identity for unnumbered pushes: a source no other process shares (random,
         # so not an epoch: the control plane takes a lower epoch of a source as older)
@@ -280,6 +326,12 @@ class PushACD:
         skills = {s: SkillLoad(**msgspec.structs.asdict(v)) for s, v in msg.skills.items()}
         # the same checks the control plane applies, so a bad push never becomes a bad report
         validate_report(Report(center=self.center, seq=0, sent_at=0.0, skills=skills), {self.center})
+        if msg.skill_sets is not None:
+            if self.known_skills is None and any(len(e.skills) > self.max_skills for e in msg.skill_sets):
+                e = next(e for e in msg.skill_sets if len(e.skills) > self.max_skills)
+                raise InvalidInput(f"skill_sets[{msg.skill_sets.index(e)}].skills", len(e.skills),
+                                   f"must name 1..{self.max_skills} skills (push_max_skills)")
+            check_skill_sets(msg.skill_sets, self.known_skills)
         if self.known_skills is not None:
             for name in msg.skills:
                 if name not in self.known_skills:
@@ -309,6 +361,8 @@ class PushACD:
             # arriving after a newer one) counts, but must not roll them back
             self.gauges_from = AcdId(source, epoch, seq)
             self.state = state
+            if msg.skill_sets is not None:
+                self.skill_sets = msg.skill_sets
             for s, v in msg.skills.items():
                 self._gauges[s] = v
         else:

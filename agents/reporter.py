@@ -195,7 +195,10 @@ class Reporter:
                       broken_paths=dict(self.paths.broken) if self.paths is not None else {},
                       calls=carried, acd=self.carry.take() if self.carry is not None else [],
                       outcomes=self.outcomes.take(seq), counts_only=counts_only,
-                      gauges_from=None if counts_only else getattr(self.acd, "gauges_from", None))
+                      gauges_from=None if counts_only else getattr(self.acd, "gauges_from", None),
+                      # agents per skill set, each counted once (issue 17 item 4): gauges, so not
+                      # on a counts-only report; an adapter without them sends none
+                      skill_sets=[] if counts_only else list(getattr(self.acd, "skill_sets", ())))
 
     def _count_outcomes(self, skills: dict[str, Any]) -> None:
         """The sample's answered/abandoned into the carried tally; a skill the control plane does

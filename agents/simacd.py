@@ -19,14 +19,17 @@ from typing import Any
 import msgspec
 import xxhash
 
+from agents.pushacd import parse_skill_sets
 from controlplane.core.model import (
     MAX_COUNT,
     MAX_SKILLS_PER_REPORT,
     AdminState,
     InvalidInput,
     SkillLoad,
+    SkillSetAgents,
     Topology,
     check_id,
+    check_skill_sets,
 )
 from wire.invalid import invalid_from_msgspec
 
@@ -61,6 +64,9 @@ class AdminCommand(msgspec.Struct, forbid_unknown_fields=True):
     # center's ACD over the telephone network; simulated ACDs in separate processes need this
     # message so that a receiver's offered count rises when others send it calls.
     offer: dict[str, int] | None = None
+    # a drill's cross-trained groups, as a push body's `skill_sets` ([] clears them): reported as
+    # given (Report.skill_sets), so the planner's sharing can be drilled against a simulated center
+    skill_sets: list[Any] | None = None
 
 
 class _SkillSim:
@@ -98,6 +104,9 @@ class SimulatedACD:
         self.mode = "normal"
         self.on_push: Callable[[bytes, float], None] | None = None  # a simulation takes no ACD's pushes
         self.on_admin: Callable[[bytes, float], dict[str, Any]] | None = self.admin_json
+        # its agents each serve one skill, so per-skill logged_in already counts each once; a drill
+        # may declare cross-trained groups (the admin command's `skill_sets`), forwarded as given
+        self.skill_sets: list[SkillSetAgents] = []
         self.time_scale = time_scale
         self.patience_s = patience_s
         self.sl_s = topology.policy.service_level.answer_within_s or DEFAULT_SL_S
@@ -145,6 +154,10 @@ class SimulatedACD:
                 if n < 0 or n > MAX_COUNT:
                     raise InvalidInput(f"offer[{skill}]", n, f"must be an integer in [0, {MAX_COUNT}]")
             self.offer_routed(cmd.offer, now)
+        if cmd.skill_sets is not None:
+            sets = parse_skill_sets(cmd.skill_sets, max(1, len(self._skills)))
+            check_skill_sets(sets, frozenset(self._skills))
+            self.skill_sets = sets
         return {"mode": self.mode, "state": self.state.value}
 
     def entry_ok(self) -> bool:

@@ -185,7 +185,8 @@ def test_wire_field_numbers_never_change():
                                                  "state": 5, "incarnation": 6, "probes": 7, "broken_paths": 8,
                                                  "skills": 10,
                                                  "routed_to": 11, "demand": 12, "calls": 13, "acd": 14,
-                                                 "outcomes": 15, "gauges_from": 16, "counts_only": 17}
+                                                 "outcomes": 15, "gauges_from": 16, "counts_only": 17,
+                                                 "skill_sets": 18}
     assert nums["callroute.v1.ReportAck"] == {"seq": 1, "accepted": 2, "error": 3, "error_field": 4,
                                               "plan_version": 5, "prior_accepted_seq": 6, "probe": 7}
     assert nums["callroute.v1.PlanRequest"] == {"center": 1, "node": 2, "known_version": 3,
@@ -279,3 +280,11 @@ async def test_route_service_round_trip_over_loopback():
             assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         await server.stop(grace=None)
+
+
+def test_skill_set_agents_field_numbers_are_pinned():
+    from callroute.v1 import report_pb2
+
+    # issue 17 item 4: CenterReport.skill_sets (18) and its entries
+    fields = {f.name: f.number for f in report_pb2.SkillSetAgents.DESCRIPTOR.fields}
+    assert fields == {"skills": 1, "logged_in": 2, "ready": 3}

@@ -1,6 +1,7 @@
 """Cross-trained agents in the simulator (issue 17 item 4): a share of a skill's agents also serve a
-second skill, preferring their own; headcount is unchanged, and their ACD reports them under both
-skills (what the planner is given today). Small networks, fixed seeds."""
+second skill, preferring their own; headcount is unchanged. Their ACD's per-skill counts have them
+under both skills; its skill sets (Report.skill_sets) count each once, so the simulated planner
+shares them between the skills. Small networks, fixed seeds."""
 
 from __future__ import annotations
 
@@ -91,3 +92,37 @@ def test_bad_multiskill_names_the_field():
     assert multiskill_pairs(topo, 0.0) == ()
     with pytest.raises(InvalidInput, match="multiskill_share"):
         multiskill_pairs(topo, -0.5)
+
+
+def test_simulated_reports_carry_skill_sets_that_count_each_agent_once():
+    from chaos.sim.policies import CallroutePolicy
+
+    topo = one_center()
+    calls = generate_calls(topo, start_s=0.0, end_s=900.0, seed=1, profile=FLAT_PROFILE)
+    blend = (MultiSkill("c", "y", "x", 0.5),)
+    pol = CallroutePolicy(validate=True)
+    sim = Simulation(topo, calls, pol, flat_staffing(topo), window=(300.0, 900.0), warmup_s=300.0,
+                     multiskill=blend)
+    sim.run()
+    sets = {e.skills: e for e in sim.skill_set_agents(0)}
+    assert set(sets) == {("x",), ("y",), ("x", "y")}
+    assert sets[("x", "y")].logged_in >= 10 and sets[("y",)].logged_in >= 10
+    # the head count: 40 people, 40 in the sets (the per-skill counts say 50)
+    on_shift = sim.queue(0, 0).n + sim.queue(0, 1).n + sim.groups[0].n
+    assert on_shift == 40 and sum(e.logged_in for e in sets.values()) == on_shift
+    x, y = sim.queue(0, sim.skill_index["x"]), sim.queue(0, sim.skill_index["y"])
+    assert sim.agents(x)[0] + sim.agents(y)[0] == 50
+    # the control plane got them, and its planner counts each agent once
+    view = pol.health.view(sim.now)
+    assert sum(e.logged_in for e in view["c"].skill_sets) == sum(e.logged_in for e in sets.values())
+    from controlplane.core.model import NetworkView
+    from controlplane.core.planner import compute_plan
+
+    got = compute_plan(topo, NetworkView(health=view)).receivers["c"]
+    assert got["x"].agents + got["y"].agents == sum(e.logged_in for e in view["c"].skill_sets)
+    # an ACD from before skill sets: the per-skill counts only, each cross-trained agent twice
+    old = CallroutePolicy()
+    sim2 = Simulation(topo, calls, old, flat_staffing(topo), window=(300.0, 900.0), warmup_s=300.0,
+                      multiskill=blend, report_skill_sets=False)
+    sim2.run()
+    assert old.health.view(sim2.now)["c"].skill_sets == ()

@@ -28,6 +28,7 @@ from controlplane.core.model import (
     MAX_ACD_PER_REPORT,
     MAX_COUNT,
     MAX_DEMAND_ENTRIES,
+    MAX_SKILL_SETS_PER_REPORT,
     MAX_SKILLS_PER_REPORT,
     MAX_TARGETS_PER_REPORT,
     AcdCount,
@@ -41,6 +42,7 @@ from controlplane.core.model import (
     Route,
     RouteKind,
     SkillLoad,
+    SkillSetAgents,
     Status,
     Target,
     Treatment,
@@ -307,6 +309,7 @@ def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] |
         if known_skills is not None and skill not in known_skills:
             raise InvalidInput(f"demand[{i}].skill", skill, "unknown skill")
         per_skill[skill] = d.lookups
+    skill_sets = skill_sets_from_pb(msg.skill_sets, known_skills)
     calls = calls_from_pb(msg.calls, known_centers, known_branches, known_skills)
     outcomes = outcomes_from_pb(msg.outcomes, known_skills)
     r = Report(center=msg.center, seq=msg.seq, sent_at=msg.sent_at, interval_s=msg.interval_s,
@@ -314,8 +317,8 @@ def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] |
                probes=probes, broken_paths=broken, calls=calls, acd=acd, outcomes=outcomes,
                gauges_from=(AcdId(msg.gauges_from.source, msg.gauges_from.epoch, msg.gauges_from.seq)
                             if msg.HasField("gauges_from") else None),
-               counts_only=msg.counts_only)
-    validate_report(r, known_centers, known_branches=known_branches)
+               counts_only=msg.counts_only, skill_sets=skill_sets)
+    validate_report(r, known_centers, known_branches=known_branches, known_skills=known_skills)
     return r
 
 
@@ -345,7 +348,27 @@ def report_to_pb(r: Report) -> report_pb2.CenterReport:
                   for s, per_o in r.outcomes.items() for o, n in per_o.items()],
         gauges_from=(None if r.gauges_from is None else report_pb2.AcdId(
             source=r.gauges_from.source, epoch=r.gauges_from.epoch, seq=r.gauges_from.seq)),
-        counts_only=r.counts_only)
+        counts_only=r.counts_only,
+        skill_sets=[report_pb2.SkillSetAgents(skills=list(e.skills), logged_in=e.logged_in, ready=e.ready)
+                    for e in r.skill_sets])
+
+
+def skill_sets_from_pb(entries: Sequence[Any], known_skills: frozenset[str] | set[str] | None
+                       ) -> list[SkillSetAgents]:
+    """A report's skill sets, each set's skills sorted (the wire may give them in any order, so
+    {retail, credit_card} twice in two orders is caught as a duplicate); sizes are checked before
+    anything is copied, the rest by model.check_skill_sets (via validate_report), naming the entry."""
+    if len(entries) > MAX_SKILL_SETS_PER_REPORT:
+        raise InvalidInput("skill_sets", len(entries), f"more than {MAX_SKILL_SETS_PER_REPORT} skill sets")
+    most = len(known_skills) if known_skills is not None else MAX_SKILLS_PER_REPORT
+    out: list[SkillSetAgents] = []
+    for i, e in enumerate(entries):
+        if not 1 <= len(e.skills) <= most:
+            raise InvalidInput(f"skill_sets[{i}].skills", len(e.skills), f"must name 1..{most} skills")
+        for name in e.skills:
+            check_id(f"skill_sets[{i}].skills", name)
+        out.append(SkillSetAgents(tuple(sorted(e.skills)), e.logged_in, e.ready))
+    return out
 
 
 def acd_from_pb(entries: Sequence[Any]) -> list[AcdCount]:

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CenterReport(_message.Message):
-    __slots__ = ("center", "seq", "sent_at", "interval_s", "state", "incarnation", "probes", "broken_paths", "skills", "routed_to", "demand", "calls", "acd", "outcomes", "gauges_from", "counts_only")
+    __slots__ = ("center", "seq", "sent_at", "interval_s", "state", "incarnation", "probes", "broken_paths", "skills", "routed_to", "demand", "calls", "acd", "outcomes", "gauges_from", "counts_only", "skill_sets")
     CENTER_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class CenterReport(_message.Message):
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     GAUGES_FROM_FIELD_NUMBER: _ClassVar[int]
     COUNTS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    SKILL_SETS_FIELD_NUMBER: _ClassVar[int]
     center: str
     seq: int
     sent_at: float
@@ -41,7 +42,18 @@ class CenterReport(_message.Message):
     outcomes: _containers.RepeatedCompositeFieldContainer[OutcomeCount]
     gauges_from: AcdId
     counts_only: bool
-    def __init__(self, center: _Optional[str] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., incarnation: _Optional[int] = ..., probes: _Optional[_Iterable[_Union[ProbeResult, _Mapping]]] = ..., broken_paths: _Optional[_Iterable[_Union[BrokenPath, _Mapping]]] = ..., skills: _Optional[_Iterable[_Union[SkillReport, _Mapping]]] = ..., routed_to: _Optional[_Iterable[_Union[RoutedCount, _Mapping]]] = ..., demand: _Optional[_Iterable[_Union[BranchDemand, _Mapping]]] = ..., calls: _Optional[_Iterable[_Union[CallCount, _Mapping]]] = ..., acd: _Optional[_Iterable[_Union[AcdCount, _Mapping]]] = ..., outcomes: _Optional[_Iterable[_Union[OutcomeCount, _Mapping]]] = ..., gauges_from: _Optional[_Union[AcdId, _Mapping]] = ..., counts_only: _Optional[bool] = ...) -> None: ...
+    skill_sets: _containers.RepeatedCompositeFieldContainer[SkillSetAgents]
+    def __init__(self, center: _Optional[str] = ..., seq: _Optional[int] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., state: _Optional[_Union[_types_pb2.AdminState, str]] = ..., incarnation: _Optional[int] = ..., probes: _Optional[_Iterable[_Union[ProbeResult, _Mapping]]] = ..., broken_paths: _Optional[_Iterable[_Union[BrokenPath, _Mapping]]] = ..., skills: _Optional[_Iterable[_Union[SkillReport, _Mapping]]] = ..., routed_to: _Optional[_Iterable[_Union[RoutedCount, _Mapping]]] = ..., demand: _Optional[_Iterable[_Union[BranchDemand, _Mapping]]] = ..., calls: _Optional[_Iterable[_Union[CallCount, _Mapping]]] = ..., acd: _Optional[_Iterable[_Union[AcdCount, _Mapping]]] = ..., outcomes: _Optional[_Iterable[_Union[OutcomeCount, _Mapping]]] = ..., gauges_from: _Optional[_Union[AcdId, _Mapping]] = ..., counts_only: _Optional[bool] = ..., skill_sets: _Optional[_Iterable[_Union[SkillSetAgents, _Mapping]]] = ...) -> None: ...
+
+class SkillSetAgents(_message.Message):
+    __slots__ = ("skills", "logged_in", "ready")
+    SKILLS_FIELD_NUMBER: _ClassVar[int]
+    LOGGED_IN_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    skills: _containers.RepeatedScalarFieldContainer[str]
+    logged_in: int
+    ready: int
+    def __init__(self, skills: _Optional[_Iterable[str]] = ..., logged_in: _Optional[int] = ..., ready: _Optional[int] = ...) -> None: ...
 
 class AcdId(_message.Message):
     __slots__ = ("source", "epoch", "seq")

@@ -21,7 +21,7 @@ from controlplane.core.model import InvalidInput
 
 from .policies import EXTRA_POLICIES, POLICIES, PUBLISH_INTERVAL_S, REPORT_INTERVAL_S, CallbackSettings
 from .run import ScenarioRun, default_jobs, run_scenario
-from .scenarios import SCENARIOS, WARMUP_S, build_scenario
+from .scenarios import MULTISKILL_REPORTS, SCENARIOS, WARMUP_S, build_scenario
 from .workload import DEFAULT_PATIENCE_S
 
 DEFAULT_TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "national.yaml"
@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--multiskill", type=float, default=0.0,
                    help="share of the two biggest skills' agents at every center who serve both, "
                         "preferring their own (default 0: single-skilled)")
+    p.add_argument("--multiskill-report", choices=MULTISKILL_REPORTS, default="sets",
+                   help="how the ACDs report cross-trained agents: sets (each once, per skill set: "
+                        "the planner shares them) or per-skill (under both skills only, counted twice)")
     p.add_argument("--bin", type=float, default=15.0, help="time-series bin, minutes (default 15)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--out", default=None, help="directory for result.json and PNG plots")
@@ -133,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sc = build_scenario(args.scenario, topo, hours=args.hours, start_h=args.start, warmup_s=args.warmup,
                             patience_s=patience, handle=args.handle, priority=args.acd == "priority",
                             vip_share=args.vip_share, branch_floor=args.branch_floor,
-                            multiskill_share=args.multiskill)
+                            multiskill_share=args.multiskill, multiskill_report=args.multiskill_report)
         if not (math.isfinite(args.bin) and 1 <= args.bin <= 24 * 60):
             raise InvalidInput("bin", args.bin, "must be within [1, 1440] minutes")
         policies = args.policy or list(POLICIES)

@@ -39,7 +39,7 @@ from typing import Protocol
 
 import numpy as np
 
-from controlplane.core.model import InvalidInput, Topology
+from controlplane.core.model import InvalidInput, SkillSetAgents, Topology
 from controlplane.core.planner import effective_home
 
 from .workload import HOUR_S, CallSet, StaffingPlan
@@ -109,8 +109,9 @@ ScenarioEvent = Closure | StaffMove | PathBreak
 class MultiSkill:
     """At `center`, `share` of `primary`'s agents on shift are cross-trained for `secondary` too: a
     free one takes a `primary` call first, else a `secondary` one (an ACD's skill levels 1 and 2).
-    Headcount is unchanged: they are taken out of `primary`'s dedicated agents. Their ACD reports
-    them under both skills, as ACDs do today (issue 17 item 4: the planner counts them twice)."""
+    Headcount is unchanged: they are taken out of `primary`'s dedicated agents. Their ACD's per-skill
+    counts have them under both skills, as ACDs do; its skill sets (Simulation.skill_set_agents,
+    Report.skill_sets) count each once, under both skills together (issue 17 item 4)."""
 
     center: str
     primary: str
@@ -242,7 +243,8 @@ class Simulation:
                  window: tuple[float, float], warmup_s: float = 0.0,
                  events: Sequence[ScenarioEvent] = (), main_center: str | None = None,
                  progress: Callable[[float], None] | None = None, priority: bool = False,
-                 vip: np.ndarray | None = None, multiskill: Sequence[MultiSkill] = ()) -> None:
+                 vip: np.ndarray | None = None, multiskill: Sequence[MultiSkill] = (),
+                 report_skill_sets: bool = True) -> None:
         t0, t1 = window
         if not (math.isfinite(t0) and math.isfinite(t1) and 0 <= t0 < t1):
             raise InvalidInput("window", window, "must be finite with 0 <= start < end")
@@ -313,6 +315,9 @@ class Simulation:
         self.caller: list[int] = calls.caller.tolist()
         # the ACD's discipline and each caller's tier (VIP or not; None: nobody is)
         self.priority = bool(priority)
+        # with cross-trained agents, the ACDs' reports carry skill sets (each agent once); False:
+        # per-skill counts only, each cross-trained agent in both skills (an older ACD's reports)
+        self.report_skill_sets = bool(report_skill_sets)
         if vip is not None and len(vip) != n:
             raise InvalidInput("vip", len(vip), f"must have one flag per call ({n})")
         self.vip: bytearray | None = (bytearray(np.asarray(vip, dtype=bool).tobytes())
@@ -383,6 +388,26 @@ class Simulation:
             n += g.n
             busy += g.busy
         return n, busy
+
+    def skill_set_agents(self, center: int) -> list[SkillSetAgents]:
+        """The center's agents per exact set of skills they serve, each counted once, as its ACD's
+        report gives them (Report.skill_sets): dedicated agents under their one skill, a
+        cross-trained group under its skills together (the two groups of a pair add up). Logged in
+        is at least busy, as in the per-skill counts (agents finish their calls after a shift)."""
+        per: dict[tuple[str, ...], list[int]] = {}
+        skills = self.skills
+        for si, s in enumerate(skills):
+            q = self.queue(center, si)
+            if q.n or q.busy:
+                per[(s,)] = [q.n, q.busy]
+        for g in self.groups:
+            if g.center != center or not (g.n or g.busy):
+                continue
+            key = tuple(sorted(skills[q.skill] for q in g.queues))
+            row = per.setdefault(key, [0, 0])
+            row[0] += g.n
+            row[1] += g.busy
+        return [SkillSetAgents(k, max(n, busy), max(0, n - busy)) for k, (n, busy) in sorted(per.items())]
 
     def _next(self, q: Queue) -> int:
         """Take q's next waiting call in the ACD's order off the queue; -1 when none waits."""

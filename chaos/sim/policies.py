@@ -461,6 +461,7 @@ class CallroutePolicy(BasePolicy):
         branches, skill_names = sim.branches, sim.skills
         interval_s = self.tick_s or 0.5
         center_open = sim.center_open
+        sets_of = sim.skill_set_agents if sim.groups and sim.report_skill_sets else None
         for ci, cid in enumerate(sim.centers):
             routed = self.routed[ci]
             self.routed[ci] = {}
@@ -488,7 +489,9 @@ class CallroutePolicy(BasePolicy):
                     aht = self._aht(k)
                 n, busy, waiting = q.n, q.busy, q.waiting
                 if q.groups:
-                    n, busy = sim.agents(q)  # cross-trained agents count under each of their skills
+                    # cross-trained agents count under each of their skills here, as ACDs count
+                    # them per skill; the report's skill sets count each once (sets_of)
+                    n, busy = sim.agents(q)
                 if not reported[si]:
                     if not (d_off or n or busy or waiting):
                         continue
@@ -506,7 +509,12 @@ class CallroutePolicy(BasePolicy):
             seq = self.seq[ci] = self.seq[ci] + 1
             # positional, in Report's field order: center, seq, sent_at, interval_s, state, skills,
             # routed_to, demand
-            report = Report(cid, seq, now, interval_s, AdminState.OPEN, skills, routed, demand)
+            if sets_of is None:
+                report = Report(cid, seq, now, interval_s, AdminState.OPEN, skills, routed, demand)
+            else:
+                # cross-trained agents counted once (issue 17 item 4): the ACD's skill sets
+                report = Report(cid, seq, now, interval_s, AdminState.OPEN, skills, routed, demand,
+                                skill_sets=sets_of(ci))
             if self.validate:
                 validate_report(report, self.known, known_branches=self.known_branches)
             # a report can change a status too (a receiver found FAILING): log those as well

@@ -73,7 +73,8 @@ def run_policy(sc: Scenario, calls: CallSet, staffing: StaffingPlan, policy: str
     vip = vip_mask(calls, sc.vip_share) if sc.vip_share > 0 else None
     sim = Simulation(sc.topology, calls, pol, staffing, window=(sc.start_s, sc.end_s), warmup_s=sc.warmup_s,
                      events=sc.events, main_center=sc.main_center, progress=progress,
-                     priority=sc.priority, vip=vip, multiskill=sc.multiskill)
+                     priority=sc.priority, vip=vip, multiskill=sc.multiskill,
+                     report_skill_sets=sc.multiskill_report == "sets")
     result = sim.run()
     summary = getattr(pol, "summary", None)
     if summary is not None:

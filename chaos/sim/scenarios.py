@@ -117,6 +117,9 @@ class Scenario:
     # cross-trained agents (engine.MultiSkill): a share of each of the two biggest skills' agents
     # at every center also serve the other skill, preferring their own
     multiskill: tuple[MultiSkill, ...] = ()
+    # how the ACDs report them: "sets" (Report.skill_sets, each agent once: issue 17 item 4) or
+    # "per-skill" (each cross-trained agent under both skills only: an ACD from before skill sets)
+    multiskill_report: str = "sets"
 
     @property
     def hours(self) -> float:
@@ -263,13 +266,17 @@ def build_scenario(name: str, topology: Topology, *, hours: float = 24.0, start_
                    patience_s: float | None = DEFAULT_PATIENCE_S, handle: str = "exponential",
                    profile: tuple[float, ...] = INTRADAY_PROFILE, priority: bool = False,
                    vip_share: float | None = None, branch_floor: float | None = None,
-                   multiskill_share: float = 0.0) -> Scenario:
+                   multiskill_share: float = 0.0, multiskill_report: str = "sets") -> Scenario:
     """The named scenario on `topology` for a window of `hours`.
 
     `priority`: the ACDs serve by priority, with `vip_share` of callers VIP (default VIP_SHARE;
     FIFO has none unless given). `branch_floor`: the policy's service_level.branch_floor for this
     run (None: the topology's). `multiskill_share`: that share of the two biggest skills' agents at
-    every center serve both (see multiskill_pairs)."""
+    every center serve both (see multiskill_pairs); `multiskill_report`: how their ACDs report them,
+    "sets" (each agent once, Report.skill_sets) or "per-skill" (under both skills only)."""
+    if multiskill_report not in MULTISKILL_REPORTS:
+        raise InvalidInput("multiskill_report", multiskill_report,
+                           f"must be one of {', '.join(MULTISKILL_REPORTS)}")
     sc = _build(name, topology, hours=hours, start_h=start_h, warmup_s=warmup_s, main_center=main_center,
                 patience_s=patience_s, handle=handle, profile=profile, branch_floor=branch_floor)
     share = vip_share if vip_share is not None else (VIP_SHARE if priority else 0.0)
@@ -278,15 +285,21 @@ def build_scenario(name: str, topology: Topology, *, hours: float = 24.0, start_
     blends = multiskill_pairs(sc.topology, multiskill_share)
     if blends:
         a, b = blends[0].primary, blends[0].secondary
-        sc = Scenario(**{**sc.__dict__, "multiskill": blends,
+        how = ("reported once per skill set" if multiskill_report == "sets"
+               else "reported under both skills only (no skill sets)")
+        sc = Scenario(**{**sc.__dict__, "multiskill": blends, "multiskill_report": multiskill_report,
                          "notes": (*sc.notes, f"{multiskill_share:.0%} of {a} and of {b} agents at every "
-                                              f"center serve both skills, preferring their own")})
+                                              f"center serve both skills, preferring their own; {how}")})
     if not priority and share == 0:
         return sc
     acd = (f"ACDs serve by priority: VIP ({share:.0%} of callers), then calls moved from another "
            "queue, then the longest wait" if priority else f"ACDs FIFO; {share:.0%} of callers VIP")
     return Scenario(**{**sc.__dict__, "priority": priority, "vip_share": float(share),
                        "notes": (*sc.notes, acd)})
+
+
+# how the simulated ACDs report cross-trained agents (Scenario.multiskill_report)
+MULTISKILL_REPORTS = ("sets", "per-skill")
 
 
 def multiskill_pairs(topology: Topology, share: float) -> tuple[MultiSkill, ...]:

@@ -115,6 +115,7 @@ def aggregate(runs: Sequence[ScenarioRun]) -> dict[str, object]:
             "acd": {"discipline": "priority" if getattr(sc, "priority", False) else "fifo",
                     "vip_share": getattr(sc, "vip_share", 0.0),
                     "multiskill_share": max((m.share for m in getattr(sc, "multiskill", ())), default=0.0),
+                    "multiskill_report": getattr(sc, "multiskill_report", "sets"),
                     "branch_floor": getattr(runs[0].metrics[names[0]], "branch_floor", 0.0)},
             "policies": policies,
             "gap": {"baseline": f"max({', '.join(GAP_BASELINES)}) per seed", "bound": GAP_BOUND,

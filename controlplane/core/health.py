@@ -75,6 +75,7 @@ from controlplane.core.model import (
     InvalidInput,
     Report,
     SkillLoad,
+    SkillSetAgents,
     Status,
     check_id,
 )
@@ -266,6 +267,8 @@ class _Center(msgspec.Struct):
     floor: int = 0  # reports from an unknown incarnation below this are stale
     last_report_at: float | None = None
     skills: dict[str, SkillLoad] = {}
+    # agents per skill set (Report.skill_sets), kept and replaced with the other gauges
+    skill_sets: tuple[SkillSetAgents, ...] = ()
     state: AdminState = AdminState.OPEN
     open_streams: int = 0
     closed_at: float | None = None  # the last report stream closed then; None while one is open
@@ -430,6 +433,8 @@ class HealthTracker:
             newest = c.acd_seen.gauges_newest(gauges, now, self._stale_after_s)
         if newest:
             c.skills = dict(report.skills)
+            sets = report.skill_sets
+            c.skill_sets = tuple(sets) if sets else ()  # most reports have none: no tuple built
             c.state = report.state
         # a report arrived over some stream, so the center reaches us whatever we were told before
         c.closed_at = None
@@ -659,7 +664,7 @@ class HealthTracker:
         for cid, c in self._centers.items():
             v = self._evaluate(c, now)
             out[cid] = CenterHealth(center=cid, status=v.status, weight=v.weight, skills=dict(c.skills),
-                                    state=c.state, reason=v.reason)
+                                    state=c.state, reason=v.reason, skill_sets=c.skill_sets)
         return out
 
     def last_seq(self, center: str, incarnation: int = 0) -> int | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -242,6 +243,16 @@ class AcdCount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     skills: dict[str, tuple[int, int, int, int]] = {}
 
 
+class SkillSetAgents(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Agents who serve exactly `skills` (sorted, no repeats), each counted once here: a cross-trained
+    agent of retail and credit card is in the ("credit_card", "retail") entry and in no other
+    (issue 17 item 4). The planner shares them between their skills (core/skillsets.py)."""
+
+    skills: tuple[str, ...]
+    logged_in: int = 0
+    ready: int = 0  # idle and ready for a call of any of `skills` now
+
+
 class AcdId(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The ACD's identity of one message (as in AcdCount): which message a report's gauges are."""
 
@@ -291,6 +302,11 @@ class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # the ACD went silent: the report carries held counts only (acd, calls, outcomes); `skills` is
     # empty and `state` not the present, and the control plane takes it as no sign of life
     counts_only: bool = False
+    # the agents per exact set of skills they serve, each agent counted once (a gauge, like
+    # `skills`' logged_in, which counts a cross-trained agent under each of its skills). When
+    # present it is the center's whole staffing for capacity: the planner shares each set's agents
+    # between its skills (core/skillsets.py); empty: older agents, per-skill logged_in as before
+    skill_sets: list[SkillSetAgents] = []
 
 
 # what a receiving center's ACD did with a call: the billing ledger's ACD rows (core/ledger.py)
@@ -310,6 +326,9 @@ MAX_ID_LEN = 64
 # ACD messages in one report: at a message a second, two minutes of a stream that was down; an
 # agent holding more sends them over the next reports
 MAX_ACD_PER_REPORT = 128
+# distinct skill sets in one report: a center's ACD has a handful of skill groups (agents trained
+# for one, two or three lines); 64 is ten times that and keeps the planner's sharing per center cheap
+MAX_SKILL_SETS_PER_REPORT = 64
 
 
 def _check_count(field: str, v: int) -> None:
@@ -333,11 +352,13 @@ def check_id(field: str, v: str) -> None:
 
 
 def validate_report(r: Report, known_centers: frozenset[str] | set[str], *,
-                    known_branches: frozenset[str] | set[str] | None = None) -> None:
+                    known_branches: frozenset[str] | set[str] | None = None,
+                    known_skills: frozenset[str] | set[str] | None = None) -> None:
     """B2: reject what is wrong with a report, naming the field and the value.
 
     known_branches: the topology's branch ids, to reject demand for a branch nobody hosts;
     None leaves demand's branch ids unchecked against the topology (still well-formed).
+    known_skills: the topology's skills, which skill_sets may name (None: well-formed ids only).
     """
     check_id("center", r.center)
     if r.center not in known_centers:
@@ -400,8 +421,10 @@ def validate_report(r: Report, known_centers: frozenset[str] | set[str], *,
                 raise InvalidInput(f"gauges_from.{name}", v, "must be an unsigned 64-bit integer")
         if g.seq == 0:
             raise InvalidInput("gauges_from.seq", 0, "must be at least 1")
-    if r.counts_only and (r.skills or g is not None):
-        raise InvalidInput("counts_only", True, "a counts-only report carries no skills or gauges_from")
+    if r.counts_only and (r.skills or g is not None or r.skill_sets):
+        raise InvalidInput("counts_only", True,
+                           "a counts-only report carries no skills, skill_sets or gauges_from")
+    check_skill_sets(r.skill_sets, known_skills)
     if len(r.outcomes) > MAX_SKILLS_PER_REPORT:
         raise InvalidInput("outcomes", len(r.outcomes), f"more than {MAX_SKILLS_PER_REPORT} skills")
     for skill, per_outcome in r.outcomes.items():
@@ -424,6 +447,38 @@ def validate_report(r: Report, known_centers: frozenset[str] | set[str], *,
         for skill, n in per_skill.items():
             check_id(f"demand[{branch}].key", skill)
             _check_count(f"demand[{branch}][{skill}]", n)
+
+
+def check_skill_sets(sets: Sequence[SkillSetAgents], known_skills: frozenset[str] | set[str] | None,
+                     field: str = "skill_sets") -> None:
+    """A report's skill sets: bounded, each set's skills sorted ids without repeats (and the
+    topology's when known_skills is given), no set twice, counts in range, ready <= logged_in."""
+    if len(sets) > MAX_SKILL_SETS_PER_REPORT:
+        raise InvalidInput(field, len(sets), f"more than {MAX_SKILL_SETS_PER_REPORT} skill sets")
+    # a set names each skill at most once, so it is never longer than the topology's skill list
+    most = len(known_skills) if known_skills is not None else MAX_SKILLS_PER_REPORT
+    seen: set[tuple[str, ...]] = set()
+    for i, e in enumerate(sets):
+        p = f"{field}[{i}]"
+        skills = e.skills
+        if not isinstance(skills, tuple) or not 1 <= len(skills) <= most:
+            raise InvalidInput(f"{p}.skills", len(skills) if isinstance(skills, tuple) else skills,
+                               f"must name 1..{most} skills")
+        for name in skills:
+            check_id(f"{p}.skills", name)
+            if known_skills is not None and name not in known_skills:
+                raise InvalidInput(f"{p}.skills", name, "unknown skill")
+        if len(set(skills)) != len(skills):
+            raise InvalidInput(f"{p}.skills", ",".join(skills), "names a skill twice")
+        if list(skills) != sorted(skills):
+            raise InvalidInput(f"{p}.skills", ",".join(skills), "must be sorted")
+        if skills in seen:
+            raise InvalidInput(f"{p}.skills", ",".join(skills), "duplicate skill set")
+        seen.add(skills)
+        _check_count(f"{p}.logged_in", e.logged_in)
+        _check_count(f"{p}.ready", e.ready)
+        if e.ready > e.logged_in:
+            raise InvalidInput(f"{p}.ready", e.ready, "exceeds logged_in")
 
 
 def _check_acd(msgs: list[AcdCount]) -> None:
@@ -466,6 +521,8 @@ class CenterHealth(msgspec.Struct, frozen=True):
     skills: dict[str, SkillLoad] = {}
     state: AdminState = AdminState.OPEN  # what the center itself last reported
     reason: str = ""
+    # the latest report's agents per skill set (Report.skill_sets); empty: per-skill logged_in
+    skill_sets: tuple[SkillSetAgents, ...] = ()
 
 
 class NetworkView(msgspec.Struct, frozen=True):
