@@ -40,6 +40,11 @@ class ACD(Protocol):
         """Calls this agent's lookups sent to its own center since the last call."""
         ...
 
+    def live(self, skill: str, now: float) -> tuple[int, int] | None:
+        """The ACD's latest gauges for `skill`: (agents ready, calls queued), for look-ahead offers
+        (controlplane/core/lookahead.py); None when it has none fresh (unknown skill, quiet ACD)."""
+        ...
+
     def entry_ok(self) -> bool:
         """Whether the center's call entry takes calls, as far as the adapter can see (issue 16)."""
         ...

@@ -22,6 +22,7 @@ from controlplane.core.model import InvalidInput
 from controlplane.core.requery import RequeryQuery
 from wire.convert import (
     decision_to_pb,
+    parse_lookahead_bytes,
     parse_requery_bytes,
     parse_route_batch_bytes,
     parse_route_request_bytes,
@@ -99,7 +100,18 @@ class RouteServicer:
         eng.stats.ok += 1
         return route_pb2.RequeryReply(center=a.center, stay=a.stay, reason=a.reason,
                                       plan_version=a.plan_version, count=a.count,
-                                      left=a.left).SerializeToString()
+                                      left=a.left, offers=a.offers, again_s=a.again_s).SerializeToString()
+
+    async def look_ahead(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        eng = self.engine
+        try:
+            m = parse_lookahead_bytes(request)
+            a = eng.look_ahead(m.call_id, m.skill)
+        except InvalidInput as e:
+            eng.stats.bad += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        eng.stats.ok += 1
+        return route_pb2.LookAheadReply(accept=a.accept, reason=a.reason, free=a.free).SerializeToString()
 
     async def route_batch(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         eng = self.engine
@@ -162,6 +174,7 @@ class GrpcLookupServer:
             "Route": grpc.unary_unary_rpc_method_handler(self.servicer.route),
             "RouteBatch": grpc.unary_unary_rpc_method_handler(self.servicer.route_batch),
             "Requery": grpc.unary_unary_rpc_method_handler(self.servicer.requery),
+            "LookAhead": grpc.unary_unary_rpc_method_handler(self.servicer.look_ahead),
         }
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

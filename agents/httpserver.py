@@ -7,16 +7,25 @@
     POST /v1/routes   JSON list of {branch, skill, caller, tier?, probe?} -> list of decisions, or
                       of {"error", "field"} for a bad item (the others are still answered)
     GET  /v1/requery?call_id=..&branch=..&skill=..&waited_s=..&tried=a,b&count=N[&caller=..]
-                      [&tier=vip][&refused=1]  -> {center, stay, reason, plan_version, count, left}
+                      [&tier=vip][&refused=1]  -> {center, stay, reason, plan_version, count, left,
+                      offers, again_s}
                       a waiting call routed again (issue 17, controlplane/core/requery.py); "tried"
-                      ends with the center it waits at; stateless: the switch sends its count
+                      ends with the center it waits at; stateless: the switch sends its count.
+                      `offers`: centers to offer the call to first (look-ahead), `again_s`: when to
+                      re-query next (0: no more)
+    GET  /v1/lookahead?call_id=..&skill=..  -> {accept, reason, free}
+                      another center's switch offers this center a waiting call (look-ahead,
+                      controlplane/core/lookahead.py): accepted only with an agent of the skill
+                      free on this center's ACD now; a refusal costs the call nothing
 
 probe=1 / "probe": true: a monitor asking what a switch would be told, not a call: answered the
 same, but not counted as a call routed (routed_to, simulated offers) nor as the branch's demand.
     GET  /healthz     200 with plan version and age; 503 while draining or without a plan
     GET  /metrics     Prometheus text
 
-Nothing on this port changes routing: the ACD push and the simulated ACD's fault switches are on
+Nothing on this port changes routing (a look-ahead accept holds one free agent against further
+offers for a few seconds, never more than the ACD reports free: a flood of offers can make this
+center refuse interflows for that long, and nothing else): the ACD push and the simulated ACD's fault switches are on
 the ACD listener (`AcdHttpServer`, --acd-listen; loopback by default, TLS and a bearer token when
 not), so an anonymous POST to the switch port can close no center (B11).
 
@@ -169,11 +178,12 @@ class LookupStats:
     """Counters the hot path bumps (plain ints: no locks, the loop is single-threaded)."""
 
     __slots__ = ("ok", "bad", "no_plan", "errors", "hist", "hist_sum", "hist_n", "batch_items",
-                 "requery_moved", "requery_stayed")
+                 "requery_moved", "requery_stayed", "lookahead_accepted", "lookahead_refused")
 
     def __init__(self) -> None:
         self.ok = self.bad = self.no_plan = self.errors = self.batch_items = 0
         self.requery_moved = self.requery_stayed = 0
+        self.lookahead_accepted = self.lookahead_refused = 0
         self.hist = [0] * (len(LATENCY_BUCKETS) + 1)
         self.hist_sum = 0.0
         self.hist_n = 0
@@ -201,6 +211,12 @@ class LookupEngine:
         # the calls this agent re-queried to each center lately: they count at their receivers
         # until the plans' reported queues show them (core/requery.py RequerySends); kept across plans
         self.requery_sends: Any = None
+        # look-ahead offers to this center: its ACD's latest (ready, queued) for a skill, set by
+        # the agent (None: no ACD state, every offer is refused), and the accepts held
+        from controlplane.core.lookahead import LookAheadDesk
+
+        self.acd_live: Callable[[str, float], tuple[int, int] | None] | None = None
+        self.desk = LookAheadDesk()
         cache.on_swap.append(self._swapped)
 
     def _swapped(self, served: Served) -> None:
@@ -232,6 +248,30 @@ class LookupEngine:
             self.stats.requery_moved += 1
         return a
 
+    def look_ahead(self, call_id: str, skill: str) -> Any:
+        """Accept or refuse a waiting call another center's switch offers here (a
+        `LookAheadAnswer`); InvalidInput names a bad field. Without fresh ACD gauges for the skill
+        the answer is a refusal: the call stays where it waits, nothing is lost."""
+        from controlplane.core.lookahead import LookAheadAnswer
+        from controlplane.core.requery import MAX_CALL_ID_LEN
+
+        if not call_id or len(call_id) > MAX_CALL_ID_LEN or not call_id.isprintable():
+            raise InvalidInput("call_id", call_id[:MAX_CALL_ID_LEN],
+                               f"must be 1..{MAX_CALL_ID_LEN} printable characters")
+        check_id("skill", skill)
+        now = time.monotonic()
+        live = self.acd_live(skill, now) if self.acd_live is not None else None
+        if live is None:
+            self.stats.lookahead_refused += 1
+            return LookAheadAnswer(False, f"refuse: no live ACD state for {skill}", 0)
+        topo = self.cache.topology
+        a = self.desk.offer(skill, live[0], live[1], now, topo.policy.requery.reserve if topo is not None else 0)
+        if a.accept:
+            self.stats.lookahead_accepted += 1
+        else:
+            self.stats.lookahead_refused += 1
+        return a
+
     def resolve(self, served: Served, branch: str, skill: str, caller: str, tier: str,
                 probe: bool = False) -> Any:
         d = self.resolve_fn(served.compiled, branch, skill, caller, tier)
@@ -259,9 +299,12 @@ _REQUERY_ARGS = frozenset({"call_id", "branch", "skill", "waited_s", "tried", "c
                            "refused"})
 
 
+_LOOKAHEAD_ARGS = frozenset({"call_id", "skill"})
+
+
 def requery_dict(a: Any) -> dict[str, Any]:
     return {"center": a.center, "stay": a.stay, "reason": a.reason, "plan_version": a.plan_version,
-            "count": a.count, "left": a.left}
+            "count": a.count, "left": a.left, "offers": list(a.offers), "again_s": a.again_s}
 
 
 def _number(s: str, field: str) -> float:
@@ -501,6 +544,30 @@ class HttpLookupServer(HttpServerBase):
         eng.stats.ok += 1
         return _response(b"200 OK", _JSON.encode(requery_dict(a)))
 
+    def lookahead_get(self, query: bytes) -> bytes:
+        eng = self.engine
+        args: dict[str, str] = {}
+        try:
+            for part in query.split(b"&"):
+                k, _, v = part.partition(b"=")
+                if not k:
+                    continue
+                name = _arg(k, "query")[:64]
+                if name not in _LOOKAHEAD_ARGS:
+                    raise InvalidInput("query", name, "unknown parameter")
+                if name in args:
+                    raise InvalidInput(name, _arg(v, name)[:64], "given twice")
+                args[name] = _arg(v, name)
+            for name in ("call_id", "skill"):
+                if not args.get(name):
+                    raise InvalidInput(name, "", "required")
+            a = eng.look_ahead(args["call_id"], args["skill"])
+        except InvalidInput as e:
+            eng.stats.bad += 1
+            return _bad(e)
+        eng.stats.ok += 1
+        return _response(b"200 OK", _JSON.encode({"accept": a.accept, "reason": a.reason, "free": a.free}))
+
     def routes_post(self, body: bytes) -> bytes:
         served = self.cache.served
         eng = self.engine
@@ -551,6 +618,8 @@ class HttpLookupServer(HttpServerBase):
                 return self.routes_post(body) if method == b"POST" else _BAD_METHOD
             if path == b"/v1/requery":
                 return self.requery_get(url.partition(b"?")[2]) if method == b"GET" else _BAD_METHOD
+            if path == b"/v1/lookahead":
+                return self.lookahead_get(url.partition(b"?")[2]) if method == b"GET" else _BAD_METHOD
         except InvalidInput as e:
             return _bad(e)
         return _NOT_FOUND

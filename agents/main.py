@@ -112,6 +112,7 @@ class Agent:
         self.engine = LookupEngine(self.cache, self.counter)
         now = time.monotonic()
         self.acd: ACD = make_acd(settings, topology, now)
+        self.engine.acd_live = self.acd.live  # look-ahead offers are answered on the ACD's gauges
         carry = getattr(self.acd, "carry", None)
         if carry is not None and settings.state_dir:  # pushed messages survive a crash (acdjournal.py)
             if n := carry.use_journal(AcdJournal(Path(settings.state_dir) / "acd-held.jsonl")):
@@ -291,7 +292,11 @@ class Agent:
         lines += ["# HELP callroute_agent_requeries_total Re-queries answered (issue 17), by answer.",
                   "# TYPE callroute_agent_requeries_total counter",
                   f'callroute_agent_requeries_total{{center="{c}",answer="move"}} {st.requery_moved}',
-                  f'callroute_agent_requeries_total{{center="{c}",answer="stay"}} {st.requery_stayed}']
+                  f'callroute_agent_requeries_total{{center="{c}",answer="stay"}} {st.requery_stayed}',
+                  '# HELP callroute_agent_lookahead_total Look-ahead offers of waiting calls to this center, by answer.',
+                  '# TYPE callroute_agent_lookahead_total counter',
+                  f'callroute_agent_lookahead_total{{center="{c}",answer="accept"}} {st.lookahead_accepted}',
+                  f'callroute_agent_lookahead_total{{center="{c}",answer="refuse"}} {st.lookahead_refused}']
         lines += ["# HELP callroute_agent_lookup_latency_seconds Server-side lookup time (sampled).",
                   "# TYPE callroute_agent_lookup_latency_seconds histogram"]
         from agents.httpserver import LATENCY_BUCKETS

@@ -390,6 +390,12 @@ class PushACD:
         self._counts = {}
         return out
 
+    def live(self, skill: str, now: float) -> tuple[int, int] | None:
+        if self._last_push is None or now - self._last_push > self.stale_s:
+            return None  # a quiet ACD's gauges are no ground to take a call on
+        g = self._gauges.get(skill)
+        return None if g is None else (g.ready, g.queued)
+
     def entry_ok(self) -> bool:
         return True  # a pushed ACD's trunk is not visible to the agent
 

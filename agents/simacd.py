@@ -263,6 +263,14 @@ class SimulatedACD:
             self._free_agent(k, target)  # shift start: new agents take waiting calls
         self._sim_t = target
 
+    def live(self, skill: str, now: float) -> tuple[int, int] | None:
+        k = self._skills.get(skill)
+        if k is None or not k.staffed:
+            return None
+        self._advance(max(self._sim_t, self._sim_time(now)))
+        ready = 0 if self.mode == "not_answering" else max(0, k.logged_in - len(k.busy))
+        return ready, len(k.queue)
+
     def sample(self, now: float) -> dict[str, SkillLoad]:
         self._advance(max(self._sim_t, self._sim_time(now)))
         out: dict[str, SkillLoad] = {}

@@ -132,7 +132,7 @@ def test_api_surface():
     assert rpcs == {
         "ReportService": ["Report"],
         "PlanService": ["WatchPlan"],
-        "RouteService": ["Requery", "Route", "RouteBatch"],
+        "RouteService": ["LookAhead", "Requery", "Route", "RouteBatch"],  # LookAhead: issue 17
         "OperatorService": sorted(["ListCenters", "SetCenterState", "Approve", "ListPending", "StartDrill",
                                    "DrillStatus", "AbortDrill", "ShowPlan", "DiffPlans", "PlanHistory",
                                    "RollbackPlan", "Explain", "Audit",
@@ -218,7 +218,12 @@ def test_wire_field_numbers_never_change():
                                                    "tried": 5, "count": 6, "caller": 7, "tier": 8,
                                                    "refused": 9}
     assert nums["callroute.v1.RequeryReply"] == {"center": 1, "stay": 2, "reason": 3, "plan_version": 4,
-                                                 "count": 5, "left": 6}
+                                                 "count": 5, "left": 6, "offers": 7, "again_s": 8}
+    # issue 17: look-ahead offers
+    la = {cls.DESCRIPTOR.full_name: {f.name: f.number for f in cls.DESCRIPTOR.fields}
+          for cls in (route_pb2.LookAheadRequest, route_pb2.LookAheadReply)}
+    assert la == {"callroute.v1.LookAheadRequest": {"call_id": 1, "skill": 2},
+                  "callroute.v1.LookAheadReply": {"accept": 1, "reason": 2, "free": 3}}
     req = _fields(route_pb2.RequeryRequest)
     assert req["count"][1] == FieldDescriptor.TYPE_INT64 and req["waited_s"][1] == FieldDescriptor.TYPE_DOUBLE
 

@@ -115,3 +115,32 @@ def test_a_small_receiver_is_not_sent_more_re_queried_calls_than_it_can_serve():
     # and the network as a whole loses nothing
     everyone = np.ones_like(bt)
     assert _sl(r, everyone) >= _sl(base, everyone) - 0.005
+
+
+def busy_network(requery: RequeryPolicy) -> Topology:
+    # every center ~93% occupied: queues come and go at each, and an agent is free somewhere now and
+    # then while calls wait elsewhere; a move to the back of another queue rarely helps
+    return Topology((Center("main", agents={"x": 30}), Center("small", agents={"x": 6}),
+                     Center("other", agents={"x": 20})),
+                    (Branch("bm", home="main", calls_per_hour={"x": 340.0}),
+                     Branch("bs", home="small", calls_per_hour={"x": 66.0}),
+                     Branch("bo", home="other", calls_per_hour={"x": 225.0})),
+                    Policy(aht_s={"x": 300.0}, requery=requery))
+
+
+def test_look_ahead_takes_waiting_calls_to_free_agents_sooner_than_moves_alone():
+    """Issue 17, look-ahead: the same calls with re-query moves only, and with offers every second
+    to centers that accept only with an agent free (their ACD's gauges of the last report)."""
+    moves_only = RequeryPolicy(after_s=15.0, max_per_call=2)
+    look_ahead = RequeryPolicy(after_s=15.0, max_per_call=60, look_ahead=3, every_s=1.0, max_moves=2)
+    _, before = run(make_policy("callroute+requery"), busy_network(moves_only))
+    pol = make_policy("callroute+requery")
+    _, r = run(pol, busy_network(look_ahead))
+    assert isinstance(pol, RequeryPolicySim)
+    assert np.array_equal(before.arrival, r.arrival)
+    # most offers meet no free agent and are refused; those taken lift the network's SL
+    assert pol.offers > 10 * pol.offers_taken > 0
+    assert _sl(r, r.in_window) > _sl(before, before.in_window) + 0.03
+    summary = pol.summary()
+    assert summary["look_ahead_taken"] == pol.offers_taken
+    assert summary["requery_policy"]["look_ahead"] == 3

@@ -244,6 +244,15 @@ def parse_requery_bytes(b: bytes) -> Any:
     return _parse(route_pb2.RequeryRequest, b, MAX_REQUERY_REQUEST_BYTES)
 
 
+# a LookAheadRequest: a 128-byte call id and a skill id
+MAX_LOOKAHEAD_REQUEST_BYTES = 512
+
+
+def parse_lookahead_bytes(b: bytes) -> Any:
+    """A serialized LookAheadRequest (issue 17), bounded; its fields are checked by the engine."""
+    return _parse(route_pb2.LookAheadRequest, b, MAX_LOOKAHEAD_REQUEST_BYTES)
+
+
 # ---------------------------------------------------------------- reports
 
 def report_from_pb(msg: report_pb2.CenterReport, known_centers: frozenset[str] | set[str], *,

@@ -72,17 +72,39 @@ class RequeryRequest(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., branch: _Optional[str] = ..., skill: _Optional[str] = ..., waited_s: _Optional[float] = ..., tried: _Optional[_Iterable[str]] = ..., count: _Optional[int] = ..., caller: _Optional[str] = ..., tier: _Optional[str] = ..., refused: _Optional[bool] = ...) -> None: ...
 
 class RequeryReply(_message.Message):
-    __slots__ = ("center", "stay", "reason", "plan_version", "count", "left")
+    __slots__ = ("center", "stay", "reason", "plan_version", "count", "left", "offers", "again_s")
     CENTER_FIELD_NUMBER: _ClassVar[int]
     STAY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     LEFT_FIELD_NUMBER: _ClassVar[int]
+    OFFERS_FIELD_NUMBER: _ClassVar[int]
+    AGAIN_S_FIELD_NUMBER: _ClassVar[int]
     center: str
     stay: bool
     reason: str
     plan_version: int
     count: int
     left: int
-    def __init__(self, center: _Optional[str] = ..., stay: _Optional[bool] = ..., reason: _Optional[str] = ..., plan_version: _Optional[int] = ..., count: _Optional[int] = ..., left: _Optional[int] = ...) -> None: ...
+    offers: _containers.RepeatedScalarFieldContainer[str]
+    again_s: float
+    def __init__(self, center: _Optional[str] = ..., stay: _Optional[bool] = ..., reason: _Optional[str] = ..., plan_version: _Optional[int] = ..., count: _Optional[int] = ..., left: _Optional[int] = ..., offers: _Optional[_Iterable[str]] = ..., again_s: _Optional[float] = ...) -> None: ...
+
+class LookAheadRequest(_message.Message):
+    __slots__ = ("call_id", "skill")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    skill: str
+    def __init__(self, call_id: _Optional[str] = ..., skill: _Optional[str] = ...) -> None: ...
+
+class LookAheadReply(_message.Message):
+    __slots__ = ("accept", "reason", "free")
+    ACCEPT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FREE_FIELD_NUMBER: _ClassVar[int]
+    accept: bool
+    reason: str
+    free: int
+    def __init__(self, accept: _Optional[bool] = ..., reason: _Optional[str] = ..., free: _Optional[int] = ...) -> None: ...

@@ -50,6 +50,11 @@ class RouteServiceStub:
                 request_serializer=callroute_dot_v1_dot_route__pb2.RequeryRequest.SerializeToString,
                 response_deserializer=callroute_dot_v1_dot_route__pb2.RequeryReply.FromString,
                 _registered_method=True)
+        self.LookAhead = channel.unary_unary(
+                '/callroute.v1.RouteService/LookAhead',
+                request_serializer=callroute_dot_v1_dot_route__pb2.LookAheadRequest.SerializeToString,
+                response_deserializer=callroute_dot_v1_dot_route__pb2.LookAheadReply.FromString,
+                _registered_method=True)
 
 
 class RouteServiceServicer:
@@ -81,6 +86,14 @@ class RouteServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LookAhead(self, request, context):
+        """Another center's switch offers this center a waiting call (look-ahead, issue 17): accepted only
+        with an agent of the skill free on this center's ACD now; a refusal costs the call nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouteServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +111,11 @@ def add_RouteServiceServicer_to_server(servicer, server):
                     servicer.Requery,
                     request_deserializer=callroute_dot_v1_dot_route__pb2.RequeryRequest.FromString,
                     response_serializer=callroute_dot_v1_dot_route__pb2.RequeryReply.SerializeToString,
+            ),
+            'LookAhead': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookAhead,
+                    request_deserializer=callroute_dot_v1_dot_route__pb2.LookAheadRequest.FromString,
+                    response_serializer=callroute_dot_v1_dot_route__pb2.LookAheadReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +200,33 @@ class RouteService:
             '/callroute.v1.RouteService/Requery',
             callroute_dot_v1_dot_route__pb2.RequeryRequest.SerializeToString,
             callroute_dot_v1_dot_route__pb2.RequeryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookAhead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callroute.v1.RouteService/LookAhead',
+            callroute_dot_v1_dot_route__pb2.LookAheadRequest.SerializeToString,
+            callroute_dot_v1_dot_route__pb2.LookAheadReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,13 @@ center gets the call at the back of its queue; "stay" leaves it where it waits. 
 `max_per_call` re-queries, each `after_s` after the last (the switch's ring timer restarts at the
 new center).
 
+Look-ahead (`policy.requery.look_ahead` > 0): every answer also names centers to offer the call
+to first; each receiving center answers with the core's `LookAheadDesk` on its ACD's gauges as last
+pushed (the sim's queues sampled every report interval, as the agent's ACD push holds them), and
+the first to accept takes the call at the back of its queue (an agent was free when it accepted;
+another call may take that agent first, as on a real ACD). The call is re-queried every
+`every_s` while it waits, up to `max_per_call`; refused offers cost it nothing.
+
 The plan's receivers' predictions (with each one's live queue) are what the answer ranks centers
 by, so this policy's planner predicts (`predict=True`; `callroute` leaves them out). Each center's
 agent keeps its own `RequerySends` (the calls it re-queried lately), as the real agents do: a
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import math
 
+from controlplane.core.lookahead import LookAheadDesk
 from controlplane.core.lookup import VIP_TIER
 from controlplane.core.model import RequeryPolicy
 from controlplane.core.requery import RequeryBook, RequeryQuery, RequerySends
@@ -42,8 +50,17 @@ class RequeryPolicySim(CallroutePolicy):
     def start(self, sim: Simulation) -> None:
         self.rq = self._given or sim.topology.policy.requery
         # the engine offers a waiting call to requeue() this long after it arrived (callroute
-        # routes at once: arrival is when it joins its first queue); max_per_call 0 = never
-        self.requeue_after_s = self.rq.after_s if self.rq.max_per_call > 0 else None
+        # routes at once: arrival is when it joins its first queue); max_per_call 0 = never;
+        # with look-ahead the first re-query comes every_s after the call starts waiting
+        first = (self.rq.every_s or self.rq.after_s) if self.rq.look_ahead else self.rq.after_s
+        self.requeue_after_s = first if self.rq.max_per_call > 0 else None
+        # each center's look-ahead desk and its ACD's gauges as last pushed: (ready, queued) per
+        # skill, sampled every report interval (tick)
+        # an accept is held until the ACD's next push shows its agent busy: the sim's transfer is
+        # instant, so that is one report interval (the agent's default, HOLD_S, adds the transfer)
+        self.desks = [LookAheadDesk(hold_s=self.tick_s or 0.5) for _ in sim.centers]
+        self.gauges: list[list[tuple[int, int]]] = [[(0, 0)] * len(sim.skills) for _ in sim.centers]
+        self.offers = self.offers_taken = 0
         # per call: (centers tried, re-queries used, when it joined the queue it waits in): the
         # switch's own record of its call, as a real switch keeps it in the call's state
         self.calls: dict[int, tuple[tuple[str, ...], int, float]] = {}
@@ -72,6 +89,20 @@ class RequeryPolicySim(CallroutePolicy):
         agent = home if sim.center_open[home] else self._backup_agent(sim, home)
         a = self.book.answer(q, self.rq, self.sends[agent], now)
         self.requeries += 1
+        si = sim.call_skill[call]
+        for c in a.offers:
+            oi = sim.center_index.get(c, -1)
+            if oi < 0 or not sim.center_open[oi]:
+                continue  # the trunk to a dark center fails: no offer is made
+            self.offers += 1
+            ready, queued = self.gauges[oi][si]
+            if self.desks[oi].offer(sim.skills[si], ready, queued, now, self.rq.reserve).accept:
+                self.offers_taken += 1
+                self.moves += 1
+                # the switch's record: the taking center ends the tried list (once: a center tried
+                # before may take the call back)
+                self.calls[call] = ((*(t for t in tried if t != c), c), used + 1, now)
+                return oi
         dest = sim.center_index.get(a.center, -1) if not a.stay else -1
         if dest >= 0 and not sim.center_open[dest]:
             dest = -1  # the trunk to a dark center fails: the call stays where it waits
@@ -82,20 +113,34 @@ class RequeryPolicySim(CallroutePolicy):
             self.calls[call] = (tried, used + 1, joined)
         return dest
 
+    def tick(self, sim: Simulation, now: float) -> None:
+        super().tick(sim, now)
+        if not self.rq.look_ahead:
+            return
+        for ci in range(len(sim.centers)):
+            row = self.gauges[ci]
+            for si in range(len(sim.skills)):
+                q = sim.queue(ci, si)
+                n, busy = sim.agents(q)
+                row[si] = (max(0, n - busy), q.waiting)
+
     def requeue_again(self, call: int, now: float) -> float | None:
-        """When the switch re-queries this call next, if it may: its ring timer restarts now, at the
-        new center or (stay) at the same one."""
+        """When the switch re-queries this call next, if it may: the answer's `again_s` (the ring
+        timer restarts now, at the new center or, stay, at the same one)."""
         st = self.calls.get(call)
         if st is None or st[1] >= self.rq.max_per_call:
             return None
-        t = now + self.rq.after_s
+        t = now + (self.rq.every_s or self.rq.after_s)
         return t if math.isfinite(t) else None
 
     def summary(self) -> dict[str, object]:
         out = super().summary()
         out.update({"requeries": self.requeries, "requery_moves": self.moves,
+                    "look_ahead_offers": self.offers, "look_ahead_taken": self.offers_taken,
                     "requery_policy": {"after_s": self.rq.after_s, "max_per_call": self.rq.max_per_call,
-                                       "head_office": self.rq.head_office, "min_gain": self.rq.min_gain}})
+                                       "head_office": self.rq.head_office, "min_gain": self.rq.min_gain,
+                                       "look_ahead": self.rq.look_ahead, "every_s": self.rq.every_s,
+                                       "max_moves": self.rq.max_moves}})
         return out
 
 

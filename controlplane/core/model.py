@@ -172,6 +172,21 @@ class RequeryPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # a call moves only when the best other center's predicted service level beats the one it
     # waits at by at least this much: a move puts it at the back of another queue
     min_gain: float = 0.05
+    # Look-ahead (Avaya's look-ahead interflow, issue 17): each answer also names up to this many
+    # other centers to offer the call to first; each accepts only with an agent free now
+    # (core/lookahead.py, the receiving agent's own ACD state), and the call waits where it is
+    # until one does, so an offer can only shorten its wait. 0 = off (answers as before).
+    look_ahead: int = 0
+    # seconds between a call's later re-queries (the answer's `again_s`); 0 = `after_s` apart.
+    # With look-ahead, the first re-query also comes `every_s` after the call starts waiting.
+    every_s: float = 0.0
+    # moves to the back of another queue per call (the centers tried, less the first); a call
+    # taken by a look-ahead offer is answered at once and asks no more
+    max_moves: int = 8
+    # free agents a center keeps for its own callers before it takes an offered call (trunk
+    # reservation): without it a small center's free agents go to other centers' calls and its own
+    # branches wait (the worst branch of the severe surge, issue 17)
+    reserve: int = 0
 
 
 class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -65,6 +65,12 @@ _xxh64 = xxhash.xxh64_intdigest
 # r x tau x AHT / tau = r x AHT Erlangs is the load it adds. The planner's queue horizon
 # (planner.QUEUE_HORIZON_S), so a sent call weighs what a queued one does in `backlog_erlangs`.
 SENT_TAU_S = 60.0
+# A look-ahead ranking (core of every answer while calls wait) is reused for this long while the
+# agent's sends are unchanged: the receivers' decayed counts move by under 2% (tau 60 s) meanwhile
+RANK_REUSE_S = 1.0
+# rankings a book keeps (per sends object and skill) before it starts afresh: one agent's sends
+# times a plan's skills in practice; a bound, not a working size
+MAX_RANKINGS = 256
 # the threshold of the service level re-query ranks by when the shell does not give the
 # topology's (policy.service_level.answer_within_s defaults to it)
 DEFAULT_ANSWER_WITHIN_S = 20.0
@@ -103,6 +109,12 @@ class RequeryAnswer(msgspec.Struct, frozen=True):
     # re-queries the call has used including this one, and how many it has left
     count: int
     left: int
+    # look-ahead (policy.look_ahead): centers to offer the call to first, in order, while it waits
+    # where it is; the first that accepts (an agent free now) takes it, and only if none does is
+    # `center`/`stay` followed
+    offers: tuple[str, ...] = ()
+    # seconds until the switch should re-query this call again; 0 = it has no re-query left
+    again_s: float = 0.0
 
 
 def check_query(q: RequeryQuery) -> None:
@@ -140,11 +152,13 @@ class RequerySends:
     SENT_TAU_S. Kept by the agent across plans (a new plan's queues show only part of what was
     sent before it); time comes in as `now`, monotonic seconds."""
 
-    __slots__ = ("_sent",)
+    __slots__ = ("_sent", "version")
 
     def __init__(self) -> None:
         # (center, skill) -> (decayed count at `at`, at)
         self._sent: dict[tuple[str, str], tuple[float, float]] = {}
+        # bumped by every record: a ranking made from these counts is stale once it changes
+        self.version = 0
 
     def record(self, center: str, skill: str, now: float) -> None:
         key = (center, skill)
@@ -152,6 +166,7 @@ class RequerySends:
             oldest = min(self._sent, key=lambda k: self._sent[k][1])
             del self._sent[oldest]
         self._sent[key] = (self.calls(center, skill, now) + 1.0, now)
+        self.version += 1
 
     def calls(self, center: str, skill: str, now: float) -> float:
         """The decayed count of calls sent to `center` for `skill`, at `now`."""
@@ -166,13 +181,15 @@ class RequeryBook:
     """A plan's routes by (branch, skill), for re-queries. Immutable; build one per plan.
     `answer_within_s` is the service-level threshold centers are ranked at (the topology's)."""
 
-    __slots__ = ("plan", "_routes", "_closed", "_t_s")
+    __slots__ = ("plan", "_routes", "_closed", "_t_s", "_ranked")
 
     def __init__(self, plan: Plan, answer_within_s: float = DEFAULT_ANSWER_WITHIN_S) -> None:
         self.plan = plan
         self._routes: dict[tuple[str, str], Route] = {(r.branch, r.skill): r for r in plan.routes}
         self._closed = frozenset(plan.closed)
         self._t_s = answer_within_s
+        # look-ahead rankings per (sends object, skill): (sends version, time step, ranking)
+        self._ranked: dict[tuple[int, str], tuple[int, int, list[tuple[tuple[float, float, str], str, float, float, int]]]] = {}
 
     def _rank_sl(self, p: ReceiverPrediction, extra_calls: float) -> tuple[float, float]:
         """(service level, load in Erlangs) a call moved to this center meets now: the plan's load
@@ -201,12 +218,75 @@ class RequeryBook:
         left = max(0, policy.max_per_call - used)
         if q.count >= policy.max_per_call:
             return self._stay(f"stay: re-query limit reached ({policy.max_per_call} per call)", q.count, 0)
-        if not q.refused and q.waited_s < policy.after_s:
-            return self._stay(f"stay: waited {q.waited_s:g} s, re-query after {policy.after_s:g} s",
-                              used, left)
         if route.kind == RouteKind.PINNED:
             return self._stay("stay: pinned route (specialty business stays local)", used, left)
         current = q.tried[-1] if q.tried else ""
+        # look-ahead offers come at any wait: an offer moves the call only to an agent free now
+        offers = self._offers(q, policy, sends, now) if policy.look_ahead > 0 else ()
+        again = (policy.every_s or policy.after_s) if left > 0 else 0.0
+        a = self._decide(q, policy, route, current, sends, now, used, left)
+        if offers or again:
+            a = msgspec.structs.replace(a, offers=offers, again_s=again)
+        return a
+
+    def _offers(self, q: RequeryQuery, policy: RequeryPolicy, sends: RequerySends | None,
+                now: float) -> tuple[str, ...]:
+        """Up to `policy.look_ahead` centers to offer the call to, best first: every center the plan
+        predicts staffed for the skill, open, other than where the call waits (a center tried
+        before may have a free agent now). Calls waiting in one plan's time spread by call id over
+        the centers within SPREAD_SL of the best, as moves do, so their offers find different free
+        agents rather than all asking one center."""
+        current = q.tried[-1] if q.tried else ""
+        ranked = [r for r in self._ranking(q.skill, sends, now) if r[1] != current]
+        out: list[str] = []
+        for i in range(min(policy.look_ahead, len(ranked))):
+            floor = ranked[0][2] - SPREAD_SL
+            pool = [(c, max(n - load, 0.0)) for _, c, sl, load, n in ranked[:SPREAD_CENTERS] if sl >= floor]
+            chosen = ranked[0][1]
+            total = sum(w for _, w in pool)
+            if len(pool) > 1 and total > 0:
+                x = _xxh64(f"{q.call_id}/{q.count}/{i}".encode()) / 2.0**64 * total
+                for c, w in pool:
+                    x -= w
+                    if x < 0:
+                        chosen = c
+                        break
+            out.append(chosen)
+            ranked = [r for r in ranked if r[1] != chosen]
+        return tuple(out)
+
+    def _ranking(self, skill: str, sends: RequerySends | None,
+                 now: float) -> list[tuple[tuple[float, float, str], str, float, float, int]]:
+        """Every open center the plan staffs for `skill`, best first (predicted SL with its live
+        queue and the agent's sends counted). A switch re-queries each waiting call every second or
+        so: the ranking is reused within RANK_REUSE_S while the sends are unchanged."""
+        key = (id(sends), skill)
+        step = int(now // RANK_REUSE_S) if math.isfinite(now) else 0
+        version = sends.version if sends is not None else 0
+        hit = self._ranked.get(key)
+        if hit is not None and hit[0] == version and hit[1] == step:
+            return hit[2]
+        ranked = []
+        for c, per_skill in self.plan.receivers.items():
+            p = per_skill.get(skill)
+            if p is None or p.agents <= 0 or c in self._closed:
+                continue
+            sl, load = self._rank_sl(p, sends.calls(c, skill, now) if sends is not None else 0.0)
+            ranked.append(((-sl, load / p.agents, c), c, sl, load, p.agents))
+        ranked.sort()
+        if len(self._ranked) >= MAX_RANKINGS:
+            self._ranked.clear()
+        self._ranked[key] = (version, step, ranked)
+        return ranked
+
+    def _decide(self, q: RequeryQuery, policy: RequeryPolicy, route: Route, current: str,
+                sends: RequerySends | None, now: float, used: int, left: int) -> RequeryAnswer:
+        """Move to the back of another queue, or stay: the rule without look-ahead."""
+        if not q.refused and q.waited_s < policy.after_s:
+            return self._stay(f"stay: waited {q.waited_s:g} s, re-query after {policy.after_s:g} s",
+                              used, left)
+        if max(0, len(q.tried) - 1) >= policy.max_moves and current not in self._closed:
+            return self._stay(f"stay: move limit reached ({policy.max_moves} per call)", used, left)
         tried = frozenset(q.tried)
         preds = self.plan.receivers
         skill = q.skill

@@ -510,14 +510,28 @@ def _check_overflow(source: str, o: OverflowPolicy) -> None:
 
 # re-queries per call a policy may allow: Genesys stops at 4 redirects; a few more leave room
 MAX_REQUERIES_PER_CALL = 8
+# with look-ahead a call is re-queried every few seconds while it waits (an offer moves it only to a
+# free agent): a minute of them at one a second; the query's own bound (core/requery.MAX_COUNT)
+MAX_LOOK_AHEAD_REQUERIES = 64
+# centers one look-ahead answer may name (a plan's overflow spreads over 4, DR over 8)
+MAX_LOOK_AHEAD_OFFERS = 8
 
 
 def _check_requery(source: str, r: RequeryPolicy, centers: set[str]) -> None:
     p = "policy.requery"
     _check_number(source, f"{p}.after_s", r.after_s, 0.0, MAX_SECONDS)
-    if isinstance(r.max_per_call, bool) or not 0 <= r.max_per_call <= MAX_REQUERIES_PER_CALL:
+    if isinstance(r.look_ahead, bool) or not 0 <= r.look_ahead <= MAX_LOOK_AHEAD_OFFERS:
+        _fail(source, f"{p}.look_ahead", r.look_ahead, f"must be an integer in [0, {MAX_LOOK_AHEAD_OFFERS}]")
+    most = MAX_LOOK_AHEAD_REQUERIES if r.look_ahead else MAX_REQUERIES_PER_CALL
+    if isinstance(r.max_per_call, bool) or not 0 <= r.max_per_call <= most:
         _fail(source, f"{p}.max_per_call", r.max_per_call,
-              f"must be an integer in [0, {MAX_REQUERIES_PER_CALL}]")
+              f"must be an integer in [0, {most}]"
+              + ("" if r.look_ahead else f" ({MAX_LOOK_AHEAD_REQUERIES} with look_ahead)"))
+    if isinstance(r.max_moves, bool) or not 0 <= r.max_moves <= MAX_REQUERIES_PER_CALL:
+        _fail(source, f"{p}.max_moves", r.max_moves, f"must be an integer in [0, {MAX_REQUERIES_PER_CALL}]")
+    _check_number(source, f"{p}.every_s", r.every_s, 0.0, MAX_SECONDS)
+    if isinstance(r.reserve, bool) or not 0 <= r.reserve <= MAX_AGENTS:
+        _fail(source, f"{p}.reserve", r.reserve, f"must be an integer in [0, {MAX_AGENTS}]")
     if r.head_office and r.head_office not in centers:
         _fail(source, f"{p}.head_office", r.head_office,
               f"not a center of the topology {_known(r.head_office, sorted(centers))}")
@@ -603,6 +617,8 @@ _UNSET_POLICY_TREATMENTS = b',"treatments":[],"skill_treatments":{},"patience_s"
 # policy.requery (issue 17) at its defaults, as a Policy encodes it: left out of the hash like the
 # unset treatment fields, so a topology that does not set it keeps the hash it had before.
 _DEFAULT_POLICY_REQUERY = b',"requery":' + msgspec.json.encode(RequeryPolicy(), order="deterministic")
+# its look-ahead fields unset (the last four of RequeryPolicy): a set policy from before them keeps its hash
+_UNSET_LOOK_AHEAD = b',"look_ahead":0,"every_s":0.0,"max_moves":8,"reserve":0}'
 
 
 def _canonical(t: Topology) -> bytes:
@@ -611,6 +627,7 @@ def _canonical(t: Topology) -> bytes:
     without them keeps the hash it had before they existed (agents and control planes of both
     versions agree on plans during a rolling upgrade)."""
     canonical = msgspec.json.encode(t, order="deterministic").replace(_DEFAULT_POLICY_REQUERY, b"", 1)
+    canonical = canonical.replace(_UNSET_LOOK_AHEAD, b"}", 1)
     # time zones (centers, branches) and skill-named schedule rules: each the last field of its
     # struct, so unset it ends the object; ids and names cannot hold a quote, so no value matches
     canonical = canonical.replace(_UNSET_TZ, b"}").replace(_UNSET_RULE_SKILLS, b"}")
