@@ -25,7 +25,8 @@ same, but not counted as a call routed (routed_to, simulated offers) nor as the 
 
 Nothing on this port changes routing (a look-ahead accept holds one free agent against further
 offers for a few seconds, never more than the ACD reports free: a flood of offers can make this
-center refuse interflows for that long, and nothing else): the ACD push and the simulated ACD's fault switches are on
+center refuse interflows for that long, and nothing else): the ACD push and the simulated ACD's
+fault switches are on
 the ACD listener (`AcdHttpServer`, --acd-listen; loopback by default, TLS and a bearer token when
 not), so an anonymous POST to the switch port can close no center (B11).
 
@@ -265,7 +266,8 @@ class LookupEngine:
             self.stats.lookahead_refused += 1
             return LookAheadAnswer(False, f"refuse: no live ACD state for {skill}", 0)
         topo = self.cache.topology
-        a = self.desk.offer(skill, live[0], live[1], now, topo.policy.requery.reserve if topo is not None else 0)
+        reserve = topo.policy.requery.reserve if topo is not None else 0
+        a = self.desk.offer(skill, live[0], live[1], now, reserve)
         if a.accept:
             self.stats.lookahead_accepted += 1
         else:

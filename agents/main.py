@@ -293,7 +293,8 @@ class Agent:
                   "# TYPE callroute_agent_requeries_total counter",
                   f'callroute_agent_requeries_total{{center="{c}",answer="move"}} {st.requery_moved}',
                   f'callroute_agent_requeries_total{{center="{c}",answer="stay"}} {st.requery_stayed}',
-                  '# HELP callroute_agent_lookahead_total Look-ahead offers of waiting calls to this center, by answer.',
+                  "# HELP callroute_agent_lookahead_total Look-ahead offers of waiting calls to this center,"
+                  " by answer.",
                   '# TYPE callroute_agent_lookahead_total counter',
                   f'callroute_agent_lookahead_total{{center="{c}",answer="accept"}} {st.lookahead_accepted}',
                   f'callroute_agent_lookahead_total{{center="{c}",answer="refuse"}} {st.lookahead_refused}']

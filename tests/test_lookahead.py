@@ -154,7 +154,8 @@ def _topo(requery):  # type: ignore[no-untyped-def]
 
 
 def test_look_ahead_settings_are_parsed_checked_and_leave_old_hashes_alone():
-    t = parse_topology(_topo({"after_s": 15, "max_per_call": 60, "look_ahead": 3, "every_s": 1, "max_moves": 2}))
+    t = parse_topology(_topo({"after_s": 15, "max_per_call": 60, "look_ahead": 3, "every_s": 1,
+                              "max_moves": 2}))
     assert t.policy.requery == LA
     # a requery set before look-ahead existed keeps its hash; setting look-ahead changes it
     old = parse_topology(_topo({"after_s": 10}))

@@ -82,6 +82,10 @@ MAX_SENT_KEYS = 1024
 _VIP = "vip"
 
 
+# a ranked center: (sort key, center, SL and load a moved call meets there, agents)
+_Ranked = tuple[tuple[float, float, str], str, float, float, int]
+
+
 class RequeryQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One re-query from a switch."""
 
@@ -189,7 +193,7 @@ class RequeryBook:
         self._closed = frozenset(plan.closed)
         self._t_s = answer_within_s
         # look-ahead rankings per (sends object, skill): (sends version, time step, ranking)
-        self._ranked: dict[tuple[int, str], tuple[int, int, list[tuple[tuple[float, float, str], str, float, float, int]]]] = {}
+        self._ranked: dict[tuple[int, str], tuple[int, int, list[_Ranked]]] = {}
 
     def _rank_sl(self, p: ReceiverPrediction, extra_calls: float) -> tuple[float, float]:
         """(service level, load in Erlangs) a call moved to this center meets now: the plan's load
@@ -256,7 +260,7 @@ class RequeryBook:
         return tuple(out)
 
     def _ranking(self, skill: str, sends: RequerySends | None,
-                 now: float) -> list[tuple[tuple[float, float, str], str, float, float, int]]:
+                 now: float) -> list[_Ranked]:
         """Every open center the plan staffs for `skill`, best first (predicted SL with its live
         queue and the agent's sends counted). A switch re-queries each waiting call every second or
         so: the ranking is reused within RANK_REUSE_S while the sends are unchanged."""
