@@ -304,6 +304,26 @@ _REQUERY_ARGS = frozenset({"call_id", "branch", "skill", "waited_s", "tried", "c
 _LOOKAHEAD_ARGS = frozenset({"call_id", "skill"})
 
 
+def _query_args(query: bytes, allowed: frozenset[str], required: tuple[str, ...]) -> dict[str, str]:
+    """A query string's parameters: only `allowed` names, each at most once, `required` ones
+    non-empty; InvalidInput names the parameter otherwise."""
+    args: dict[str, str] = {}
+    for part in query.split(b"&"):
+        k, _, v = part.partition(b"=")
+        if not k:
+            continue
+        name = _arg(k, "query")[:64]
+        if name not in allowed:
+            raise InvalidInput("query", name, "unknown parameter")
+        if name in args:
+            raise InvalidInput(name, _arg(v, name)[:64], "given twice")
+        args[name] = _arg(v, name)
+    for name in required:
+        if not args.get(name):
+            raise InvalidInput(name, "", "required")
+    return args
+
+
 def requery_dict(a: Any) -> dict[str, Any]:
     return {"center": a.center, "stay": a.stay, "reason": a.reason, "plan_version": a.plan_version,
             "count": a.count, "left": a.left, "offers": list(a.offers), "again_s": a.again_s}
@@ -517,21 +537,8 @@ class HttpLookupServer(HttpServerBase):
         if served is None:
             eng.stats.no_plan += 1
             return _NO_PLAN
-        args: dict[str, str] = {}
         try:
-            for part in query.split(b"&"):
-                k, _, v = part.partition(b"=")
-                if not k:
-                    continue
-                name = _arg(k, "query")[:64]
-                if name not in _REQUERY_ARGS:
-                    raise InvalidInput("query", name, "unknown parameter")
-                if name in args:
-                    raise InvalidInput(name, _arg(v, name)[:64], "given twice")
-                args[name] = _arg(v, name)
-            for name in ("call_id", "branch", "skill", "waited_s"):
-                if not args.get(name):
-                    raise InvalidInput(name, "", "required")
+            args = _query_args(query, _REQUERY_ARGS, ("call_id", "branch", "skill", "waited_s"))
             q = RequeryQuery(
                 call_id=args["call_id"], branch=args["branch"], skill=args["skill"],
                 waited_s=_number(args["waited_s"], "waited_s"),
@@ -548,21 +555,8 @@ class HttpLookupServer(HttpServerBase):
 
     def lookahead_get(self, query: bytes) -> bytes:
         eng = self.engine
-        args: dict[str, str] = {}
         try:
-            for part in query.split(b"&"):
-                k, _, v = part.partition(b"=")
-                if not k:
-                    continue
-                name = _arg(k, "query")[:64]
-                if name not in _LOOKAHEAD_ARGS:
-                    raise InvalidInput("query", name, "unknown parameter")
-                if name in args:
-                    raise InvalidInput(name, _arg(v, name)[:64], "given twice")
-                args[name] = _arg(v, name)
-            for name in ("call_id", "skill"):
-                if not args.get(name):
-                    raise InvalidInput(name, "", "required")
+            args = _query_args(query, _LOOKAHEAD_ARGS, ("call_id", "skill"))
             a = eng.look_ahead(args["call_id"], args["skill"])
         except InvalidInput as e:
             eng.stats.bad += 1

@@ -2,13 +2,11 @@
 a real control-plane process on the embedded store and examples/small.yaml."""
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import settings
-from test_agent_fakes import ROOT, free_port, poll
+from test_agent_fakes import ROOT, controlplane_proc
 
 from devtools.etcd import EtcdCluster, etcd_binary
 
@@ -88,24 +86,5 @@ def pytest_collection_modifyitems(items) -> None:
 def controlplane(tmp_path):
     if not SMALL.exists():
         pytest.skip("examples/small.yaml not present")
-    port, mport = free_port(), free_port()
-    log = open(tmp_path / "cp.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "controlplane.service", "--operator-from-request",
-         "--topology", str(SMALL), "--store", "embedded",
-         "--listen", f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{mport}",
-         "--port-file", str(tmp_path / "cp.ports")],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL)
-    try:
-        poll(lambda: (tmp_path / "cp.ports").exists() or proc.poll() is not None, 30, what="control plane")
-        assert proc.poll() is None, (tmp_path / "cp.log").read_text()
-        yield f"127.0.0.1:{port}", mport
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with controlplane_proc(tmp_path, SMALL) as cp:
+        yield cp

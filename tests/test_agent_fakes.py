@@ -433,3 +433,30 @@ class SwitchClient:
 def p99(xs: list[float]) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(len(s) * 0.99))] if s else 0.0
+
+
+@contextlib.contextmanager
+def controlplane_proc(tmp: Path, topology: Path):  # type: ignore[no-untyped-def]
+    """A real control plane process (embedded store, operator from the request) on free ports, with
+    `topology`; yields ("127.0.0.1:PORT", metrics port) once it listens, and ends it afterwards."""
+    port, mport = free_port(), free_port()
+    log = open(tmp / "cp.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controlplane.service", "--operator-from-request",
+         "--topology", str(topology), "--store", "embedded",
+         "--listen", f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{mport}",
+         "--port-file", str(tmp / "cp.ports")],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL)
+    try:
+        poll(lambda: (tmp / "cp.ports").exists() or proc.poll() is not None, 30, what="control plane")
+        assert proc.poll() is None, (tmp / "cp.log").read_text()
+        yield f"127.0.0.1:{port}", mport
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
