@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from agents.httpserver import LookupEngine
 from agents.plancache import Served
 from callroute.v1 import route_pb2
+from controlplane.core.lookup import VIP_TIER
 from controlplane.core.model import InvalidInput
 from controlplane.core.requery import RequeryQuery
 from wire.convert import (
@@ -53,18 +54,23 @@ class RouteServicer:
 
     def __init__(self, engine: LookupEngine) -> None:
         self.engine = engine
+        # per decision object, standard and VIP callers apart (their priorities differ)
         self.replies: dict[int, tuple[Any, bytes]] = {}
+        self.replies_vip: dict[int, tuple[Any, bytes]] = {}
         engine.cache.on_swap.append(self._swapped)
 
     def _swapped(self, served: Served) -> None:
         self.replies = {}
+        self.replies_vip = {}
 
-    def _reply_bytes(self, d: Any) -> bytes:
-        hit = self.replies.get(id(d))
+    def _reply_bytes(self, d: Any, tier: str = "") -> bytes:
+        vip = tier == VIP_TIER
+        cache = self.replies_vip if vip else self.replies
+        hit = cache.get(id(d))
         if hit is not None and hit[0] is d:
             return hit[1]
-        b = decision_to_pb(d).SerializeToString()
-        self.replies[id(d)] = (d, b)
+        b = decision_to_pb(d, vip).SerializeToString()
+        cache[id(d)] = (d, b)
         return b
 
     async def route(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -80,7 +86,7 @@ class RouteServicer:
             eng.stats.bad += 1
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         eng.stats.ok += 1
-        return self._reply_bytes(d)
+        return self._reply_bytes(d, q.tier)
 
     async def requery(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         eng = self.engine
@@ -100,7 +106,8 @@ class RouteServicer:
         eng.stats.ok += 1
         return route_pb2.RequeryReply(center=a.center, stay=a.stay, reason=a.reason,
                                       plan_version=a.plan_version, count=a.count,
-                                      left=a.left, offers=a.offers, again_s=a.again_s).SerializeToString()
+                                      left=a.left, offers=a.offers, again_s=a.again_s,
+                                      priority=a.priority).SerializeToString()
 
     async def look_ahead(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         eng = self.engine
@@ -135,7 +142,8 @@ class RouteServicer:
                 bad += 1
             else:
                 try:
-                    b = self._reply_bytes(resolve(served, q.branch, q.skill, q.caller, q.tier))  # type: ignore[arg-type]
+                    b = self._reply_bytes(resolve(served, q.branch, q.skill, q.caller, q.tier),  # type: ignore[arg-type]
+                                          q.tier)
                     ok += 1
                 except InvalidInput as e:
                     b = route_pb2.RouteReply(

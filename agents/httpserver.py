@@ -1,7 +1,7 @@
 """Switch-facing HTTP/1.1 lookups on uvloop + httptools: one asyncio.Protocol, no framework.
 
     GET  /v1/route?branch=..&skill=..&caller=..[&tier=vip][&probe=1]  -> {center, fallbacks,
-                                                  plan_version, reason, overload_action, treatment,
+                                                  plan_version, priority, reason, overload_action, treatment,
                                                   treatment_prompt, predicted_wait_s,
                                                   treatment_threshold_s}
     POST /v1/routes   JSON list of {branch, skill, caller, tier?, probe?} -> list of decisions, or
@@ -63,7 +63,8 @@ import msgspec
 
 from agents.counting import RoutedCounter
 from agents.plancache import PlanCache, Served
-from controlplane.core.model import InvalidInput, check_id
+from controlplane.core.lookup import VIP_TIER
+from controlplane.core.model import CallPriority, InvalidInput, check_id
 from controlplane.core.treatments import RELEASING
 from wire.invalid import invalid_from_msgspec
 
@@ -152,11 +153,13 @@ _NO_PLAN = _response(b"503 Service Unavailable", b'{"error":"no plan yet","field
 _BAD_METHOD = _response(b"405 Method Not Allowed", b'{"error":"method not allowed","field":"method"}')
 
 
-def decision_dict(d: Any) -> dict[str, Any]:
+def decision_dict(d: Any, vip: bool = False) -> dict[str, Any]:
     # the overload treatment (issue 18) as flat keys, always present, so a switch's script reads
-    # each with one lookup: "" / 0 when none applies
+    # each with one lookup: "" / 0 when none applies; the priority for the center's ACD (issue 17,
+    # core/model.CallPriority) follows the caller's tier
     t = getattr(d, "treatment", None)
     return {"center": d.center, "fallbacks": list(d.fallbacks), "plan_version": d.plan_version,
+            "priority": int(CallPriority.VIP if vip else CallPriority.NORMAL),
             "reason": d.reason, "overload_action": str(d.overload_action or ""),
             "treatment": str(t.action) if t is not None else "",
             "treatment_prompt": t.prompt if t is not None else "",
@@ -205,8 +208,10 @@ class LookupEngine:
         self.counter = counter
         self.resolve_fn = resolve
         self.stats = LookupStats()
-        # encoded HTTP response per decision object of the served plan; dropped on every swap
+        # encoded HTTP response per decision object of the served plan, for standard and VIP
+        # callers (a route without VIP targets gives both the same decision); dropped on every swap
         self.responses: dict[int, tuple[Any, bytes]] = {}
+        self.responses_vip: dict[int, tuple[Any, bytes]] = {}
         # the served plan's routes by (branch, skill) for re-queries, built at the first one
         self.requery_book: Any = None
         # the calls this agent re-queried to each center lately: they count at their receivers
@@ -222,6 +227,7 @@ class LookupEngine:
 
     def _swapped(self, served: Served) -> None:
         self.responses = {}
+        self.responses_vip = {}
         self.requery_book = None
 
     def requery(self, served: Served, q: Any) -> Any:
@@ -288,12 +294,13 @@ class LookupEngine:
         counts[key] = counts.get(key, 0) + 1
         return d
 
-    def http_response(self, d: Any) -> bytes:
-        hit = self.responses.get(id(d))
+    def http_response(self, d: Any, vip: bool = False) -> bytes:
+        cache = self.responses_vip if vip else self.responses
+        hit = cache.get(id(d))
         if hit is not None and hit[0] is d:
             return hit[1]
-        resp = _response(b"200 OK", _JSON.encode(decision_dict(d)))
-        self.responses[id(d)] = (d, resp)
+        resp = _response(b"200 OK", _JSON.encode(decision_dict(d, vip)))
+        cache[id(d)] = (d, resp)
         return resp
 
 
@@ -326,7 +333,8 @@ def _query_args(query: bytes, allowed: frozenset[str], required: tuple[str, ...]
 
 def requery_dict(a: Any) -> dict[str, Any]:
     return {"center": a.center, "stay": a.stay, "reason": a.reason, "plan_version": a.plan_version,
-            "count": a.count, "left": a.left, "offers": list(a.offers), "again_s": a.again_s}
+            "count": a.count, "left": a.left, "offers": list(a.offers), "again_s": a.again_s,
+            "priority": a.priority}
 
 
 def _number(s: str, field: str) -> float:
@@ -527,7 +535,7 @@ class HttpLookupServer(HttpServerBase):
             eng.stats.bad += 1
             return _bad(InvalidInput("query", repr(query[:64]), f"bad percent-encoding: {e.reason}"))
         eng.stats.ok += 1
-        return eng.http_response(d)
+        return eng.http_response(d, tier == VIP_TIER)
 
     def requery_get(self, query: bytes) -> bytes:
         from controlplane.core.requery import RequeryQuery, tried_from_text
@@ -587,7 +595,7 @@ class HttpLookupServer(HttpServerBase):
                 if it.tier:
                     check_id("tier", it.tier)
                 d = eng.resolve(served, it.branch, it.skill, it.caller, it.tier, it.probe)
-                out.append(decision_dict(d))
+                out.append(decision_dict(d, it.tier == VIP_TIER))
                 eng.stats.ok += 1
             except InvalidInput as e:
                 eng.stats.bad += 1

@@ -152,6 +152,9 @@ def run_uas(port: int, name: str, record: str, code: int) -> None:
                     "branch": msg.get("x-branch"), "skill": msg.get("x-skill"),
                     "lookup_us": msg.get("x-callroute-lookup-us"), "plan": msg.get("x-callroute-plan"),
                     "requery": msg.get("x-callroute-requery"),
+                    # the last one added is the call's priority now (a re-query replaces it)
+                    "priority": (msg.get_all("x-callroute-priority") or [None])[-1],
+                    "priorities": msg.get_all("x-callroute-priority"),
                     "treatment": msg.get("x-callroute-treatment"), "prompt": msg.get("x-callroute-prompt"),
                     "at": time.monotonic()}) + "\n")
                 out.flush()

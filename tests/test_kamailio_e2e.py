@@ -189,6 +189,14 @@ def test_calls_follow_plan_close_and_fallback(net: dict[str, Any]) -> None:
         assert set(got.values()) == {HOME}, got
         home_recs = [r for r in _records(net, HOME) if r["branch"] == BRANCH]
         assert home_recs and all(r["lookup_us"] and r["plan"] for r in home_recs[-len(callers):])
+        # each carries its queue priority for the ACD (issue 17): 3, a standard caller; a VIP the
+        # IVR marked (X-Tier) is looked up as one and goes first in line (1)
+        assert all(r["priorities"] == ["3"] for r in home_recs[-len(callers):]), home_recs[-1]
+        r = sip.invite(("127.0.0.1", net["kam"]), "95533", "13800139999",
+                       {"X-Branch": BRANCH, "X-Skill": "retail", "X-Tier": "vip"})
+        assert r.status == 200, r.reply.headers
+        vip = [x for x in _records(net, HOME) if x["call_id"] == r.reply.get("call-id")]
+        assert len(vip) == 1 and vip[0]["priorities"] == ["1"], vip
 
         # 2) the operator closes the home center; once the agent's plan says so, calls go to DR receivers
         before = http_get(local, "/healthz")[1]["plan_version"]

@@ -79,6 +79,9 @@ def test_a_call_ringing_unanswered_is_rerouted_through_a_requery(net: dict[str, 
     first, moved = _got(net, HOME, cid), _got(net, HEAD_OFFICE, cid)
     assert len(first) == 1 and len(moved) == 1, (first, moved, log)
     assert moved[0]["requery"] == "1" and not first[0]["requery"]
+    # at home it queued as a standard call; the head office takes it as a moved call, ahead of its
+    # new ones (issue 17: the re-query answer's priority replaces the lookup's)
+    assert first[0]["priorities"] == ["3"] and moved[0]["priorities"] == ["2"], (first, moved)
     # it rang about REQUERY_AFTER_S first (tm's timers tick coarsely: 1.8 s for 2 s was seen)
     assert float(moved[0]["at"]) - float(first[0]["at"]) >= REQUERY_AFTER_S * 0.75
     assert r.elapsed_s >= REQUERY_AFTER_S * 0.75

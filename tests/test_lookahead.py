@@ -288,3 +288,60 @@ def test_the_agent_keeps_the_topologys_reserve():
             eng.cache.topology.policy, requery=msgspec.structs.replace(LA, reserve=1)))
     code, d = _body(srv.other(b"GET", b"/v1/lookahead?call_id=sip-1&skill=retail", b""))
     assert code == 200 and d["accept"] is False and "1 kept" in d["reason"]
+
+
+# ---------------------------------------------------------------- priorities for the ACD (item 3)
+
+
+def test_requery_answers_carry_the_priority_the_call_takes_with_it():
+    from controlplane.core.model import CallPriority
+
+    book = RequeryBook(_plan())
+    plain = RequeryPolicy(after_s=15.0, max_per_call=2)
+    # moved: ahead of the receiving center's new calls
+    assert book.answer(_q(waited_s=20.0), plain).priority == CallPriority.MOVED
+    # offered (look-ahead): taken as a moved call
+    assert book.answer(_q(waited_s=2.0), LA).priority == CallPriority.MOVED
+    # stays, no offers: nothing changes where it waits
+    assert book.answer(_q(waited_s=2.0), plain).priority == CallPriority.NORMAL
+    # a VIP stays first in line wherever it goes, also when the answer is an early stay
+    assert book.answer(_q(waited_s=20.0, tier="vip"), plain).priority == CallPriority.VIP
+    assert book.answer(_q(count=60, tier="vip"), LA).priority == CallPriority.VIP
+
+
+def test_route_answers_carry_the_callers_priority_cached_apart_for_vips():
+    srv, eng = _engine(None)
+    # small_topology's routes have no VIP targets: a VIP gets the same decision object, not the
+    # same priority
+    q = b"/v1/route?branch=b1&skill=retail&caller=139"
+    code, std = _body(srv.route_get(q.split(b"?")[1]))
+    code_v, vip = _body(srv.route_get(q.split(b"?")[1] + b"&tier=vip"))
+    code_s, again = _body(srv.route_get(q.split(b"?")[1]))
+    assert code == code_v == code_s == 200
+    assert std["center"] == vip["center"]
+    assert (std["priority"], vip["priority"], again["priority"]) == (3, 1, 3)
+    code, batch = _body(srv.routes_post(json.dumps([{"branch": "b1", "skill": "retail", "caller": "1"},
+                                                      {"branch": "b1", "skill": "retail", "caller": "1",
+                                                       "tier": "vip"}]).encode()))
+    assert code == 200 and [b["priority"] for b in batch] == [3, 1]
+
+
+async def test_grpc_route_and_requery_replies_carry_the_priority():
+    from agents.grpcserver import GrpcLookupServer
+    from callroute.v1 import route_pb2_grpc
+
+    _, eng = _engine(None)
+    server = GrpcLookupServer(eng)
+    port = await server.start("127.0.0.1", free_port())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = route_pb2_grpc.RouteServiceStub(ch)
+            std = await stub.Route(route_pb2.RouteRequest(branch="b1", skill="retail", caller="1"), timeout=5)
+            vip = await stub.Route(route_pb2.RouteRequest(branch="b1", skill="retail", caller="1",
+                                                          tier="vip"), timeout=5)
+            assert (std.priority, vip.priority) == (3, 1)
+            moved = await stub.Requery(route_pb2.RequeryRequest(call_id="x1", branch="b0", skill="retail",
+                                                                waited_s=30, tried=["c3"]), timeout=5)
+            assert not moved.stay and moved.priority == 2
+    finally:
+        await server.stop(0)

@@ -203,7 +203,8 @@ def test_wire_field_numbers_never_change():
     assert nums["callroute.v1.Target"] == {"center": 1, "weight": 2}
     assert nums["callroute.v1.RouteRequest"] == {"branch": 1, "skill": 2, "caller": 3, "tier": 4}
     assert nums["callroute.v1.RouteReply"] == {"center": 1, "fallbacks": 2, "plan_version": 3, "reason": 4,
-                                               "overload_action": 5, "error": 15, "treatment": 16}
+                                               "overload_action": 5, "error": 15, "treatment": 16,
+                                               "priority": 17}
     # issue 17: the receivers' live queue and AHT ride beside the prediction, for re-query
     assert {f.name: f.number for f in types_pb2.ReceiverPrediction.DESCRIPTOR.fields} == {
         "agents": 1, "load_erlangs": 2, "service_level": 3, "occupancy": 4, "backlog_erlangs": 5, "aht_s": 6}
@@ -218,7 +219,8 @@ def test_wire_field_numbers_never_change():
                                                    "tried": 5, "count": 6, "caller": 7, "tier": 8,
                                                    "refused": 9}
     assert nums["callroute.v1.RequeryReply"] == {"center": 1, "stay": 2, "reason": 3, "plan_version": 4,
-                                                 "count": 5, "left": 6, "offers": 7, "again_s": 8}
+                                                 "count": 5, "left": 6, "offers": 7, "again_s": 8,
+                                                 "priority": 9}
     # issue 17: look-ahead offers
     la = {cls.DESCRIPTOR.full_name: {f.name: f.number for f in cls.DESCRIPTOR.fields}
           for cls in (route_pb2.LookAheadRequest, route_pb2.LookAheadReply)}

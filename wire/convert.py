@@ -34,6 +34,7 @@ from controlplane.core.model import (
     AcdCount,
     AcdId,
     AdminState,
+    CallPriority,
     InvalidInput,
     OverloadAction,
     Plan,
@@ -676,9 +677,10 @@ def route_batch_from_pb(msg: route_pb2.RouteBatchRequest) -> list[RouteQuery | I
     return out
 
 
-def decision_to_pb(d: DecisionLike) -> route_pb2.RouteReply:
+def decision_to_pb(d: DecisionLike, vip: bool = False) -> route_pb2.RouteReply:
     m = route_pb2.RouteReply(center=d.center, fallbacks=d.fallbacks, plan_version=d.plan_version,
-                             reason=d.reason, overload_action=_OVERLOAD_TO_PB[d.overload_action])
+                             reason=d.reason, overload_action=_OVERLOAD_TO_PB[d.overload_action],
+                             priority=CallPriority.VIP if vip else CallPriority.NORMAL)
     # a decision-like value from before treatments (a test double, an old cache) has none
     t = getattr(d, "treatment", None)
     if t is not None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from callroute.v1 import types_pb2 as callroute_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61llroute/v1/route.proto\x12\x0c\x63\x61llroute.v1\x1a\x18\x63\x61llroute/v1/types.proto\"K\n\x0cRouteRequest\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\r\n\x05skill\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x0c\n\x04tier\x18\x04 \x01(\t\"\xc7\x01\n\nRouteReply\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x11\n\tfallbacks\x18\x02 \x03(\t\x12\x14\n\x0cplan_version\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x35\n\x0foverload_action\x18\x05 \x01(\x0e\x32\x1c.callroute.v1.OverloadAction\x12\r\n\x05\x65rror\x18\x0f \x01(\t\x12*\n\ttreatment\x18\x10 \x01(\x0b\x32\x17.callroute.v1.Treatment\"A\n\x11RouteBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.callroute.v1.RouteRequest\"<\n\x0fRouteBatchReply\x12)\n\x07replies\x18\x01 \x03(\x0b\x32\x18.callroute.v1.RouteReply\"\x9f\x01\n\x0eRequeryRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x02 \x01(\t\x12\r\n\x05skill\x18\x03 \x01(\t\x12\x10\n\x08waited_s\x18\x04 \x01(\x01\x12\r\n\x05tried\x18\x05 \x03(\t\x12\r\n\x05\x63ount\x18\x06 \x01(\x03\x12\x0e\n\x06\x63\x61ller\x18\x07 \x01(\t\x12\x0c\n\x04tier\x18\x08 \x01(\t\x12\x0f\n\x07refused\x18\t \x01(\x08\"\x90\x01\n\x0cRequeryReply\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x0c\n\x04stay\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0cplan_version\x18\x04 \x01(\x04\x12\r\n\x05\x63ount\x18\x05 \x01(\r\x12\x0c\n\x04left\x18\x06 \x01(\r\x12\x0e\n\x06offers\x18\x07 \x03(\t\x12\x0f\n\x07\x61gain_s\x18\x08 \x01(\x01\"2\n\x10LookAheadRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\r\n\x05skill\x18\x02 \x01(\t\">\n\x0eLookAheadReply\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04\x66ree\x18\x03 \x01(\r2\xab\x02\n\x0cRouteService\x12=\n\x05Route\x12\x1a.callroute.v1.RouteRequest\x1a\x18.callroute.v1.RouteReply\x12L\n\nRouteBatch\x12\x1f.callroute.v1.RouteBatchRequest\x1a\x1d.callroute.v1.RouteBatchReply\x12\x43\n\x07Requery\x12\x1c.callroute.v1.RequeryRequest\x1a\x1a.callroute.v1.RequeryReply\x12I\n\tLookAhead\x12\x1e.callroute.v1.LookAheadRequest\x1a\x1c.callroute.v1.LookAheadReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61llroute/v1/route.proto\x12\x0c\x63\x61llroute.v1\x1a\x18\x63\x61llroute/v1/types.proto\"K\n\x0cRouteRequest\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\r\n\x05skill\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x0c\n\x04tier\x18\x04 \x01(\t\"\xd9\x01\n\nRouteReply\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x11\n\tfallbacks\x18\x02 \x03(\t\x12\x14\n\x0cplan_version\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x35\n\x0foverload_action\x18\x05 \x01(\x0e\x32\x1c.callroute.v1.OverloadAction\x12\r\n\x05\x65rror\x18\x0f \x01(\t\x12*\n\ttreatment\x18\x10 \x01(\x0b\x32\x17.callroute.v1.Treatment\x12\x10\n\x08priority\x18\x11 \x01(\r\"A\n\x11RouteBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.callroute.v1.RouteRequest\"<\n\x0fRouteBatchReply\x12)\n\x07replies\x18\x01 \x03(\x0b\x32\x18.callroute.v1.RouteReply\"\x9f\x01\n\x0eRequeryRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x02 \x01(\t\x12\r\n\x05skill\x18\x03 \x01(\t\x12\x10\n\x08waited_s\x18\x04 \x01(\x01\x12\r\n\x05tried\x18\x05 \x03(\t\x12\r\n\x05\x63ount\x18\x06 \x01(\x03\x12\x0e\n\x06\x63\x61ller\x18\x07 \x01(\t\x12\x0c\n\x04tier\x18\x08 \x01(\t\x12\x0f\n\x07refused\x18\t \x01(\x08\"\xa2\x01\n\x0cRequeryReply\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\t\x12\x0c\n\x04stay\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0cplan_version\x18\x04 \x01(\x04\x12\r\n\x05\x63ount\x18\x05 \x01(\r\x12\x0c\n\x04left\x18\x06 \x01(\r\x12\x0e\n\x06offers\x18\x07 \x03(\t\x12\x0f\n\x07\x61gain_s\x18\x08 \x01(\x01\x12\x10\n\x08priority\x18\t \x01(\r\"2\n\x10LookAheadRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\r\n\x05skill\x18\x02 \x01(\t\">\n\x0eLookAheadReply\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04\x66ree\x18\x03 \x01(\r2\xab\x02\n\x0cRouteService\x12=\n\x05Route\x12\x1a.callroute.v1.RouteRequest\x1a\x18.callroute.v1.RouteReply\x12L\n\nRouteBatch\x12\x1f.callroute.v1.RouteBatchRequest\x1a\x1d.callroute.v1.RouteBatchReply\x12\x43\n\x07Requery\x12\x1c.callroute.v1.RequeryRequest\x1a\x1a.callroute.v1.RequeryReply\x12I\n\tLookAhead\x12\x1e.callroute.v1.LookAheadRequest\x1a\x1c.callroute.v1.LookAheadReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,19 +35,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTEREQUEST']._serialized_start=68
   _globals['_ROUTEREQUEST']._serialized_end=143
   _globals['_ROUTEREPLY']._serialized_start=146
-  _globals['_ROUTEREPLY']._serialized_end=345
-  _globals['_ROUTEBATCHREQUEST']._serialized_start=347
-  _globals['_ROUTEBATCHREQUEST']._serialized_end=412
-  _globals['_ROUTEBATCHREPLY']._serialized_start=414
-  _globals['_ROUTEBATCHREPLY']._serialized_end=474
-  _globals['_REQUERYREQUEST']._serialized_start=477
-  _globals['_REQUERYREQUEST']._serialized_end=636
-  _globals['_REQUERYREPLY']._serialized_start=639
-  _globals['_REQUERYREPLY']._serialized_end=783
-  _globals['_LOOKAHEADREQUEST']._serialized_start=785
-  _globals['_LOOKAHEADREQUEST']._serialized_end=835
-  _globals['_LOOKAHEADREPLY']._serialized_start=837
-  _globals['_LOOKAHEADREPLY']._serialized_end=899
-  _globals['_ROUTESERVICE']._serialized_start=902
-  _globals['_ROUTESERVICE']._serialized_end=1201
+  _globals['_ROUTEREPLY']._serialized_end=363
+  _globals['_ROUTEBATCHREQUEST']._serialized_start=365
+  _globals['_ROUTEBATCHREQUEST']._serialized_end=430
+  _globals['_ROUTEBATCHREPLY']._serialized_start=432
+  _globals['_ROUTEBATCHREPLY']._serialized_end=492
+  _globals['_REQUERYREQUEST']._serialized_start=495
+  _globals['_REQUERYREQUEST']._serialized_end=654
+  _globals['_REQUERYREPLY']._serialized_start=657
+  _globals['_REQUERYREPLY']._serialized_end=819
+  _globals['_LOOKAHEADREQUEST']._serialized_start=821
+  _globals['_LOOKAHEADREQUEST']._serialized_end=871
+  _globals['_LOOKAHEADREPLY']._serialized_start=873
+  _globals['_LOOKAHEADREPLY']._serialized_end=935
+  _globals['_ROUTESERVICE']._serialized_start=938
+  _globals['_ROUTESERVICE']._serialized_end=1237
 # @@protoc_insertion_point(module_scope)

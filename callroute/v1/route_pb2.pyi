@@ -20,7 +20,7 @@ class RouteRequest(_message.Message):
     def __init__(self, branch: _Optional[str] = ..., skill: _Optional[str] = ..., caller: _Optional[str] = ..., tier: _Optional[str] = ...) -> None: ...
 
 class RouteReply(_message.Message):
-    __slots__ = ("center", "fallbacks", "plan_version", "reason", "overload_action", "error", "treatment")
+    __slots__ = ("center", "fallbacks", "plan_version", "reason", "overload_action", "error", "treatment", "priority")
     CENTER_FIELD_NUMBER: _ClassVar[int]
     FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class RouteReply(_message.Message):
     OVERLOAD_ACTION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     TREATMENT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     center: str
     fallbacks: _containers.RepeatedScalarFieldContainer[str]
     plan_version: int
@@ -35,7 +36,8 @@ class RouteReply(_message.Message):
     overload_action: _types_pb2.OverloadAction
     error: str
     treatment: _types_pb2.Treatment
-    def __init__(self, center: _Optional[str] = ..., fallbacks: _Optional[_Iterable[str]] = ..., plan_version: _Optional[int] = ..., reason: _Optional[str] = ..., overload_action: _Optional[_Union[_types_pb2.OverloadAction, str]] = ..., error: _Optional[str] = ..., treatment: _Optional[_Union[_types_pb2.Treatment, _Mapping]] = ...) -> None: ...
+    priority: int
+    def __init__(self, center: _Optional[str] = ..., fallbacks: _Optional[_Iterable[str]] = ..., plan_version: _Optional[int] = ..., reason: _Optional[str] = ..., overload_action: _Optional[_Union[_types_pb2.OverloadAction, str]] = ..., error: _Optional[str] = ..., treatment: _Optional[_Union[_types_pb2.Treatment, _Mapping]] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class RouteBatchRequest(_message.Message):
     __slots__ = ("requests",)
@@ -72,7 +74,7 @@ class RequeryRequest(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., branch: _Optional[str] = ..., skill: _Optional[str] = ..., waited_s: _Optional[float] = ..., tried: _Optional[_Iterable[str]] = ..., count: _Optional[int] = ..., caller: _Optional[str] = ..., tier: _Optional[str] = ..., refused: _Optional[bool] = ...) -> None: ...
 
 class RequeryReply(_message.Message):
-    __slots__ = ("center", "stay", "reason", "plan_version", "count", "left", "offers", "again_s")
+    __slots__ = ("center", "stay", "reason", "plan_version", "count", "left", "offers", "again_s", "priority")
     CENTER_FIELD_NUMBER: _ClassVar[int]
     STAY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +83,7 @@ class RequeryReply(_message.Message):
     LEFT_FIELD_NUMBER: _ClassVar[int]
     OFFERS_FIELD_NUMBER: _ClassVar[int]
     AGAIN_S_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     center: str
     stay: bool
     reason: str
@@ -89,7 +92,8 @@ class RequeryReply(_message.Message):
     left: int
     offers: _containers.RepeatedScalarFieldContainer[str]
     again_s: float
-    def __init__(self, center: _Optional[str] = ..., stay: _Optional[bool] = ..., reason: _Optional[str] = ..., plan_version: _Optional[int] = ..., count: _Optional[int] = ..., left: _Optional[int] = ..., offers: _Optional[_Iterable[str]] = ..., again_s: _Optional[float] = ...) -> None: ...
+    priority: int
+    def __init__(self, center: _Optional[str] = ..., stay: _Optional[bool] = ..., reason: _Optional[str] = ..., plan_version: _Optional[int] = ..., count: _Optional[int] = ..., left: _Optional[int] = ..., offers: _Optional[_Iterable[str]] = ..., again_s: _Optional[float] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class LookAheadRequest(_message.Message):
     __slots__ = ("call_id", "skill")

@@ -39,7 +39,7 @@ from typing import Protocol
 
 import numpy as np
 
-from controlplane.core.model import InvalidInput, SkillSetAgents, Topology
+from controlplane.core.model import CallPriority, InvalidInput, SkillSetAgents, Topology
 from controlplane.core.planner import effective_home
 
 from .workload import HOUR_S, CallSet, StaffingPlan
@@ -51,8 +51,9 @@ PENDING, RINGING, WAITING, SERVED, ABANDONED, LOST = range(6)
 DEFERRED, CALLBACK_SERVED = 6, 7
 # RoutingPolicy.route's center for "callback accepted": the delay is when the call back is made
 ROUTE_DEFERRED = -2
-# priority classes of the ACD's discipline (lower is served first)
-PRIO_VIP, PRIO_MOVED, PRIO_NORMAL = 0, 1, 2
+# priority classes of the ACD's discipline (lower is served first): the ones route and re-query
+# answers give the ACD (core/model.CallPriority)
+PRIO_VIP, PRIO_MOVED, PRIO_NORMAL = int(CallPriority.VIP), int(CallPriority.MOVED), int(CallPriority.NORMAL)
 # why a call was lost
 LOST_CLOSED, LOST_NO_ROUTE, LOST_PATH = 1, 2, 3
 

@@ -59,6 +59,18 @@ class OverloadAction(enum.StrEnum):
     CALLBACK = "callback"
 
 
+class CallPriority(enum.IntEnum):
+    """The queue priority a route or re-query answer gives a call for the center's ACD (issue 17),
+    lower served first, as Avaya's and Genesys' ACDs queue by priority: VIP callers, then calls that
+    already waited at another center (moved by a re-query or taken by a look-ahead offer: they keep
+    their place in line), then the rest. Within one, the ACD serves the longest wait since the call
+    reached the network. 0 is not a priority: an answer from an agent before priorities."""
+
+    VIP = 1
+    MOVED = 2
+    NORMAL = 3
+
+
 class TreatmentAction(enum.StrEnum):
     """What a switch does with a caller whose predicted wait passes a treatment chain's threshold."""
 

@@ -39,7 +39,16 @@ import msgspec
 import xxhash
 
 from .erlang import service_level
-from .model import InvalidInput, Plan, ReceiverPrediction, RequeryPolicy, Route, RouteKind, check_id
+from .model import (
+    CallPriority,
+    InvalidInput,
+    Plan,
+    ReceiverPrediction,
+    RequeryPolicy,
+    Route,
+    RouteKind,
+    check_id,
+)
 
 __all__ = ["RequeryQuery", "RequeryAnswer", "RequeryBook", "RequerySends", "check_query", "MAX_TRIED",
            "MAX_CALL_ID_LEN", "MAX_COUNT", "MAX_WAITED_S", "SENT_TAU_S"]
@@ -119,6 +128,10 @@ class RequeryAnswer(msgspec.Struct, frozen=True):
     offers: tuple[str, ...] = ()
     # seconds until the switch should re-query this call again; 0 = it has no re-query left
     again_s: float = 0.0
+    # the queue priority the call carries to the center it is moved or offered to (CallPriority:
+    # VIP callers stay VIP, others go as moved calls, ahead of that center's new ones); with stay
+    # and no offers nothing changes where it waits (NORMAL, VIP for a VIP)
+    priority: int = CallPriority.NORMAL
 
 
 def check_query(q: RequeryQuery) -> None:
@@ -220,17 +233,21 @@ class RequeryBook:
                                                  f"plan {self.plan.version}")
         used = q.count + 1
         left = max(0, policy.max_per_call - used)
+        vip = q.tier == _VIP
         if q.count >= policy.max_per_call:
-            return self._stay(f"stay: re-query limit reached ({policy.max_per_call} per call)", q.count, 0)
+            return self._stay(f"stay: re-query limit reached ({policy.max_per_call} per call)", q.count, 0,
+                              vip)
         if route.kind == RouteKind.PINNED:
-            return self._stay("stay: pinned route (specialty business stays local)", used, left)
+            return self._stay("stay: pinned route (specialty business stays local)", used, left, vip)
         current = q.tried[-1] if q.tried else ""
         # look-ahead offers come at any wait: an offer moves the call only to an agent free now
         offers = self._offers(q, policy, sends, now) if policy.look_ahead > 0 else ()
         again = (policy.every_s or policy.after_s) if left > 0 else 0.0
         a = self._decide(q, policy, route, current, sends, now, used, left)
-        if offers or again:
-            a = msgspec.structs.replace(a, offers=offers, again_s=again)
+        prio = CallPriority.VIP if vip else (
+            CallPriority.MOVED if offers or not a.stay else CallPriority.NORMAL)
+        if offers or again or prio != a.priority:
+            a = msgspec.structs.replace(a, offers=offers, again_s=again, priority=int(prio))
         return a
 
     def _offers(self, q: RequeryQuery, policy: RequeryPolicy, sends: RequerySends | None,
@@ -366,8 +383,9 @@ class RequeryBook:
             sends.record(a.center, skill, now)
         return a
 
-    def _stay(self, why: str, used: int, left: int) -> RequeryAnswer:
-        return RequeryAnswer("", True, why[:MAX_REASON_CHARS], self.plan.version, used, left)
+    def _stay(self, why: str, used: int, left: int, vip: bool = False) -> RequeryAnswer:
+        return RequeryAnswer("", True, why[:MAX_REASON_CHARS], self.plan.version, used, left,
+                             priority=CallPriority.VIP if vip else CallPriority.NORMAL)
 
     def _move(self, center: str, why: str, used: int, left: int) -> RequeryAnswer:
         return RequeryAnswer(center, False, f"requery -> {center}: {why}"[:MAX_REASON_CHARS],
