@@ -7,7 +7,8 @@ core/requery.py); this is the receiving side, run by the receiving center's agen
 latest gauges, so the answer is as live as the ACD's pushes, not the plan's reports.
 
 A center accepts when an agent of the skill is free that no queued call and no offer it accepted
-lately is waiting for: ready - queued - held >= 1. An accepted offer is held against the free
+lately is waiting for, beyond the `reserve` it keeps for its own callers (trunk reservation):
+ready - queued - held - reserve >= 1. An accepted offer is held against the free
 agents for `hold_s` (the call's transfer and the ACD's next push showing that agent busy), so two
 switches offering at once do not both get the last free agent.
 
@@ -70,7 +71,7 @@ class LookAheadDesk:
     def offer(self, skill: str, ready: int, queued: int, now: float, reserve: int = 0) -> LookAheadAnswer:
         """Accept or refuse one offered call of `skill`, given the ACD's latest gauges for it:
         `ready` agents free and `queued` calls waiting. `reserve`: free agents kept for the
-        center's own callers (trunk reservation, policy.requery.look_ahead_reserve): an offer is
+        center's own callers (trunk reservation, policy.requery.reserve): an offer is
         taken only by an agent beyond them. None of the ACD's gauges (an unknown or unstaffed skill)
         is the caller's to turn into ready=0."""
         check_id("skill", skill)
