@@ -18,8 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from agents.httpserver import LookupEngine
 from agents.plancache import Served
 from callroute.v1 import route_pb2
-from controlplane.core.lookup import VIP_TIER
-from controlplane.core.model import InvalidInput
+from controlplane.core.model import VIP_TIER, InvalidInput
 from controlplane.core.requery import RequeryQuery
 from wire.convert import (
     decision_to_pb,

@@ -63,8 +63,7 @@ import msgspec
 
 from agents.counting import RoutedCounter
 from agents.plancache import PlanCache, Served
-from controlplane.core.lookup import VIP_TIER
-from controlplane.core.model import CallPriority, InvalidInput, check_id
+from controlplane.core.model import VIP_TIER, InvalidInput, call_priority, check_id
 from controlplane.core.treatments import RELEASING
 from wire.invalid import invalid_from_msgspec
 
@@ -159,7 +158,7 @@ def decision_dict(d: Any, vip: bool = False) -> dict[str, Any]:
     # core/model.CallPriority) follows the caller's tier
     t = getattr(d, "treatment", None)
     return {"center": d.center, "fallbacks": list(d.fallbacks), "plan_version": d.plan_version,
-            "priority": int(CallPriority.VIP if vip else CallPriority.NORMAL),
+            "priority": int(call_priority(vip)),
             "reason": d.reason, "overload_action": str(d.overload_action or ""),
             "treatment": str(t.action) if t is not None else "",
             "treatment_prompt": t.prompt if t is not None else "",
@@ -260,11 +259,9 @@ class LookupEngine:
         `LookAheadAnswer`); InvalidInput names a bad field. Without fresh ACD gauges for the skill
         the answer is a refusal: the call stays where it waits, nothing is lost."""
         from controlplane.core.lookahead import LookAheadAnswer
-        from controlplane.core.requery import MAX_CALL_ID_LEN
+        from controlplane.core.requery import check_call_id
 
-        if not call_id or len(call_id) > MAX_CALL_ID_LEN or not call_id.isprintable():
-            raise InvalidInput("call_id", call_id[:MAX_CALL_ID_LEN],
-                               f"must be 1..{MAX_CALL_ID_LEN} printable characters")
+        check_call_id(call_id)
         check_id("skill", skill)
         now = time.monotonic()
         live = self.acd_live(skill, now) if self.acd_live is not None else None

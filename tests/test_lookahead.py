@@ -124,7 +124,9 @@ def test_an_accepted_offer_holds_its_agent_until_the_acd_shows_it():
     assert desk.offer("card", 1, 0, now=10.5).accept
     # the hold ends: the ACD's gauges show the agent busy by now, or free again
     assert desk.offer("retail", 1, 0, now=12.0).accept
-    assert (desk.accepted, desk.refused) == (3, 1)
+    # and holds only what it accepted: one retail hold at 12 s, none left of card's
+    assert (desk.held("retail", 12.0), desk.held("card", 12.0)) == (1, 1)
+    assert desk.held("card", 12.5) == 0
 
 
 @pytest.mark.parametrize(("args", "field"), [

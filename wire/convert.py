@@ -34,7 +34,6 @@ from controlplane.core.model import (
     AcdCount,
     AcdId,
     AdminState,
-    CallPriority,
     InvalidInput,
     OverloadAction,
     Plan,
@@ -48,6 +47,7 @@ from controlplane.core.model import (
     Target,
     Treatment,
     TreatmentAction,
+    call_priority,
     check_id,
     validate_report,
 )
@@ -680,7 +680,7 @@ def route_batch_from_pb(msg: route_pb2.RouteBatchRequest) -> list[RouteQuery | I
 def decision_to_pb(d: DecisionLike, vip: bool = False) -> route_pb2.RouteReply:
     m = route_pb2.RouteReply(center=d.center, fallbacks=d.fallbacks, plan_version=d.plan_version,
                              reason=d.reason, overload_action=_OVERLOAD_TO_PB[d.overload_action],
-                             priority=CallPriority.VIP if vip else CallPriority.NORMAL)
+                             priority=call_priority(vip))
     # a decision-like value from before treatments (a test double, an old cache) has none
     t = getattr(d, "treatment", None)
     if t is not None:

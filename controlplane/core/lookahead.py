@@ -46,15 +46,13 @@ class LookAheadAnswer(msgspec.Struct, frozen=True):
 class LookAheadDesk:
     """One center's look-ahead answers and the accepts it holds; time comes in as `now`."""
 
-    __slots__ = ("hold_s", "_held", "accepted", "refused")
+    __slots__ = ("hold_s", "_held")
 
     def __init__(self, hold_s: float = HOLD_S) -> None:
         if not (math.isfinite(hold_s) and hold_s >= 0):
             raise InvalidInput("hold_s", hold_s, "must be a non-negative number of seconds")
         self.hold_s = hold_s
         self._held: dict[str, deque[float]] = {}
-        self.accepted = 0
-        self.refused = 0
 
     def held(self, skill: str, now: float) -> int:
         """Accepts of `skill` still held at `now` (older ones are dropped)."""
@@ -72,8 +70,8 @@ class LookAheadDesk:
         """Accept or refuse one offered call of `skill`, given the ACD's latest gauges for it:
         `ready` agents free and `queued` calls waiting. `reserve`: free agents kept for the
         center's own callers (trunk reservation, policy.requery.reserve): an offer is
-        taken only by an agent beyond them. None of the ACD's gauges (an unknown or unstaffed skill)
-        is the caller's to turn into ready=0."""
+        taken only by an agent beyond them. The caller refuses on its own when the ACD has no
+        gauges for the skill (unknown, unstaffed, or the ACD quiet)."""
         check_id("skill", skill)
         for field, v in (("ready", ready), ("queued", queued), ("reserve", reserve)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -81,14 +79,12 @@ class LookAheadDesk:
         held = self.held(skill, now)
         free = ready - queued - held - reserve
         if free < 1:
-            self.refused += 1
             why = (f"refuse: {ready} ready, {queued} queued, {held} offers held, {reserve} kept"
                    if ready else "refuse: no agent ready")
             return LookAheadAnswer(False, why, max(0, free))
         h = self._held.setdefault(skill, deque())
         if len(h) < MAX_HELD_PER_SKILL:
             h.append(now)
-        self.accepted += 1
         return LookAheadAnswer(True, f"accept: {ready} ready, {queued} queued, {held} offers held, "
                                      f"{reserve} kept",
                                free - 1)

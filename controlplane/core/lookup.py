@@ -21,15 +21,12 @@ from typing import NoReturn
 import msgspec
 import xxhash
 
-from .model import InvalidInput, OverloadAction, Plan, Route, Target, Treatment
+from .model import VIP_TIER, InvalidInput, OverloadAction, Plan, Route, Target, Treatment
 from .ring import MASK, SLOTS, CanonicalKey, Ring, RingCache, canonical_key, slot_owner
 
 __all__ = ["Decision", "CompiledPlan", "LazyPlan", "RingCache", "resolve", "resolve_many", "VIP_TIER",
            "MAX_FALLBACKS", "MAX_REASON_CHARS"]
 
-# The one caller tier the plan routes differently; other tiers a switch may send (gold, silver)
-# route as standard calls: the plan has no targets for them.
-VIP_TIER = "vip"
 
 # A switch tries the chosen center and then a few fallbacks before the caller gives up; DR
 # spreads over at most Policy.dr_receivers (8) centers. Capping keeps every reply small and the

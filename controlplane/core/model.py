@@ -59,6 +59,11 @@ class OverloadAction(enum.StrEnum):
     CALLBACK = "callback"
 
 
+# The one caller tier the plan routes differently; other tiers a switch may send (gold, silver)
+# route as standard calls: the plan has no targets for them. (core/lookup.py re-exports it.)
+VIP_TIER = "vip"
+
+
 class CallPriority(enum.IntEnum):
     """The queue priority a route or re-query answer gives a call for the center's ACD (issue 17),
     lower served first, as Avaya's and Genesys' ACDs queue by priority: VIP callers, then calls that
@@ -69,6 +74,12 @@ class CallPriority(enum.IntEnum):
     VIP = 1
     MOVED = 2
     NORMAL = 3
+
+
+def call_priority(vip: bool, moved: bool = False) -> CallPriority:
+    """The queue priority of a call: a VIP caller's wherever it goes, else MOVED for a call moved or
+    offered to another center, else NORMAL. The one rule route and re-query answers share."""
+    return CallPriority.VIP if vip else (CallPriority.MOVED if moved else CallPriority.NORMAL)
 
 
 class TreatmentAction(enum.StrEnum):

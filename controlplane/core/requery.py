@@ -40,6 +40,7 @@ import xxhash
 
 from .erlang import service_level
 from .model import (
+    VIP_TIER,
     CallPriority,
     InvalidInput,
     Plan,
@@ -47,10 +48,12 @@ from .model import (
     RequeryPolicy,
     Route,
     RouteKind,
+    call_priority,
     check_id,
 )
 
-__all__ = ["RequeryQuery", "RequeryAnswer", "RequeryBook", "RequerySends", "check_query", "MAX_TRIED",
+__all__ = ["RequeryQuery", "RequeryAnswer", "RequeryBook", "RequerySends", "check_query", "check_call_id",
+           "MAX_TRIED",
            "MAX_CALL_ID_LEN", "MAX_COUNT", "MAX_WAITED_S", "SENT_TAU_S"]
 
 # Centers one call may list as tried: a route has at most 8 fallbacks (lookup.MAX_FALLBACKS) and a
@@ -86,9 +89,6 @@ DEFAULT_ANSWER_WITHIN_S = 20.0
 # centers and skills RequerySends keeps: a plan names at most this many pairs in practice (64
 # centers x 16 skills); past it the oldest counts are dropped rather than growing without bound
 MAX_SENT_KEYS = 1024
-# the tier whose route answers from vip_targets (lookup.VIP_TIER; not imported to keep the hot
-# path's module out of this one's dependencies)
-_VIP = "vip"
 
 
 # a ranked center: (sort key, center, SL and load a moved call meets there, agents)
@@ -131,15 +131,19 @@ class RequeryAnswer(msgspec.Struct, frozen=True):
     # the queue priority the call carries to the center it is moved or offered to (CallPriority:
     # VIP callers stay VIP, others go as moved calls, ahead of that center's new ones); with stay
     # and no offers nothing changes where it waits (NORMAL, VIP for a VIP)
-    priority: int = CallPriority.NORMAL
+    priority: int = int(CallPriority.NORMAL)
+
+
+def check_call_id(v: object) -> None:
+    """A call id (re-query, look-ahead offer): 1..MAX_CALL_ID_LEN printable characters."""
+    if not isinstance(v, str) or not v or len(v) > MAX_CALL_ID_LEN or not v.isprintable():
+        raise InvalidInput("call_id", str(v)[:MAX_CALL_ID_LEN],
+                           f"must be 1..{MAX_CALL_ID_LEN} printable characters")
 
 
 def check_query(q: RequeryQuery) -> None:
     """Raise InvalidInput naming the first bad field and its value."""
-    if not isinstance(q.call_id, str) or not q.call_id or len(q.call_id) > MAX_CALL_ID_LEN \
-            or not q.call_id.isprintable():
-        raise InvalidInput("call_id", str(q.call_id)[:MAX_CALL_ID_LEN],
-                           f"must be 1..{MAX_CALL_ID_LEN} printable characters")
+    check_call_id(q.call_id)
     check_id("branch", q.branch)
     check_id("skill", q.skill)
     w = q.waited_s
@@ -206,7 +210,7 @@ class RequeryBook:
         self._closed = frozenset(plan.closed)
         self._t_s = answer_within_s
         # look-ahead rankings per (sends object, skill): (sends version, time step, ranking)
-        self._ranked: dict[tuple[int, str], tuple[int, int, list[_Ranked]]] = {}
+        self._ranked: dict[tuple[RequerySends | None, str], tuple[int, int, list[_Ranked]]] = {}
 
     def _rank_sl(self, p: ReceiverPrediction, extra_calls: float) -> tuple[float, float]:
         """(service level, load in Erlangs) a call moved to this center meets now: the plan's load
@@ -233,7 +237,7 @@ class RequeryBook:
                                                  f"plan {self.plan.version}")
         used = q.count + 1
         left = max(0, policy.max_per_call - used)
-        vip = q.tier == _VIP
+        vip = q.tier == VIP_TIER
         if q.count >= policy.max_per_call:
             return self._stay(f"stay: re-query limit reached ({policy.max_per_call} per call)", q.count, 0,
                               vip)
@@ -244,11 +248,8 @@ class RequeryBook:
         offers = self._offers(q, policy, sends, now) if policy.look_ahead > 0 else ()
         again = (policy.every_s or policy.after_s) if left > 0 else 0.0
         a = self._decide(q, policy, route, current, sends, now, used, left)
-        prio = CallPriority.VIP if vip else (
-            CallPriority.MOVED if offers or not a.stay else CallPriority.NORMAL)
-        if offers or again or prio != a.priority:
-            a = msgspec.structs.replace(a, offers=offers, again_s=again, priority=int(prio))
-        return a
+        return msgspec.structs.replace(a, offers=offers, again_s=again,
+                                       priority=int(call_priority(vip, moved=bool(offers) or not a.stay)))
 
     def _offers(self, q: RequeryQuery, policy: RequeryPolicy, sends: RequerySends | None,
                 now: float) -> tuple[str, ...]:
@@ -263,15 +264,7 @@ class RequeryBook:
         for i in range(min(policy.look_ahead, len(ranked))):
             floor = ranked[0][2] - SPREAD_SL
             pool = [(c, max(n - load, 0.0)) for _, c, sl, load, n in ranked[:SPREAD_CENTERS] if sl >= floor]
-            chosen = ranked[0][1]
-            total = sum(w for _, w in pool)
-            if len(pool) > 1 and total > 0:
-                x = _xxh64(f"{q.call_id}/{q.count}/{i}".encode()) / 2.0**64 * total
-                for c, w in pool:
-                    x -= w
-                    if x < 0:
-                        chosen = c
-                        break
+            chosen = _spread(pool, f"{q.call_id}/{q.count}/{i}", ranked[0][1])
             out.append(chosen)
             ranked = [r for r in ranked if r[1] != chosen]
         return tuple(out)
@@ -281,7 +274,7 @@ class RequeryBook:
         """Every open center the plan staffs for `skill`, best first (predicted SL with its live
         queue and the agent's sends counted). A switch re-queries each waiting call every second or
         so: the ranking is reused within RANK_REUSE_S while the sends are unchanged."""
-        key = (id(sends), skill)
+        key = (sends, skill)
         step = int(now // RANK_REUSE_S) if math.isfinite(now) else 0
         version = sends.version if sends is not None else 0
         hit = self._ranked.get(key)
@@ -311,7 +304,7 @@ class RequeryBook:
         tried = frozenset(q.tried)
         preds = self.plan.receivers
         skill = q.skill
-        targets = route.vip_targets if q.tier == _VIP and route.vip_targets else route.targets
+        targets = route.vip_targets if q.tier == VIP_TIER and route.vip_targets else route.targets
         weight = {t.center: t.weight for t in targets if t.weight > 0}
 
         def usable(c: str) -> bool:
@@ -364,16 +357,8 @@ class RequeryBook:
         # id, over the few centers nearly as good, in proportion to each one's predicted spare agents.
         floor = max(stay_sl + policy.min_gain, best_sl - SPREAD_SL)
         pool = [(c, n - load) for _, c, sl, load, n in ranked[:SPREAD_CENTERS] if sl >= floor and n > load]
-        chosen, chosen_sl = best, best_sl
-        total = sum(w for _, w in pool)
-        if len(pool) > 1 and total > 0:
-            x = _xxh64(q.call_id.encode()) / 2.0**64 * total
-            for c, w in pool:
-                x -= w
-                if x < 0:
-                    chosen = c
-                    break
-            chosen_sl = next(sl for _, c, sl, _, _ in ranked if c == chosen)
+        chosen = _spread(pool, q.call_id, best)
+        chosen_sl = next(sl for _, c, sl, _, _ in ranked if c == chosen)
         return self._record(sends, skill, now, self._move(
             chosen, f"best now, predicted SL {chosen_sl:.0%} vs {_sl_text(stay_sl)} here", used, left))
 
@@ -385,11 +370,25 @@ class RequeryBook:
 
     def _stay(self, why: str, used: int, left: int, vip: bool = False) -> RequeryAnswer:
         return RequeryAnswer("", True, why[:MAX_REASON_CHARS], self.plan.version, used, left,
-                             priority=CallPriority.VIP if vip else CallPriority.NORMAL)
+                             priority=int(call_priority(vip)))
 
     def _move(self, center: str, why: str, used: int, left: int) -> RequeryAnswer:
         return RequeryAnswer(center, False, f"requery -> {center}: {why}"[:MAX_REASON_CHARS],
                              self.plan.version, used, left)
+
+
+def _spread(pool: list[tuple[str, float]], key: str, default: str) -> str:
+    """One of `pool`'s centers, chosen by a stable hash of `key` in proportion to each one's weight
+    (spare agents); `default` when fewer than two have weight."""
+    total = sum(w for _, w in pool)
+    if len(pool) < 2 or total <= 0:
+        return default
+    x = _xxh64(key.encode()) / 2.0**64 * total
+    for c, w in pool:
+        x -= w
+        if x < 0:
+            return c
+    return default
 
 
 def _pred(preds: dict[str, dict[str, ReceiverPrediction]], center: str,
